@@ -1,0 +1,204 @@
+import { execa, type Options as ExecaOptions } from 'execa';
+import { ExitCode, GeminiError } from './errors.ts';
+
+/** A tool call as data: planners return these, `runPlan` executes them, tests snapshot them. */
+export interface CommandPlan {
+  cmd: string;
+  args: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+  /** Text or bytes written to the command's stdin. */
+  input?: string | Uint8Array;
+  /** A short human label for progress output; defaults to the command name. */
+  title?: string;
+}
+
+/** Which Debian package provides each external tool we call. */
+export const TOOL_PACKAGES: Record<string, string> = {
+  mmdebstrap: 'mmdebstrap',
+  'mkfs.ext4': 'e2fsprogs',
+  e2fsck: 'e2fsprogs',
+  resize2fs: 'e2fsprogs',
+  tune2fs: 'e2fsprogs',
+  mksquashfs: 'squashfs-tools',
+  unsquashfs: 'squashfs-tools',
+  'mkfs.erofs': 'erofs-utils',
+  'mkfs.vfat': 'dosfstools',
+  mcopy: 'mtools',
+  mmd: 'mtools',
+  mdir: 'mtools',
+  mtype: 'mtools',
+  sfdisk: 'fdisk',
+  sgdisk: 'gdisk',
+  'grub-mkimage': 'grub-common',
+  'grub-editenv': 'grub-common',
+  'grub-script-check': 'grub-common',
+  'qemu-img': 'qemu-utils',
+  'qemu-system-x86_64': 'qemu-system-x86',
+  'qemu-system-aarch64': 'qemu-system-arm',
+  xorriso: 'xorriso',
+  zstd: 'zstd',
+  xz: 'xz-utils',
+  'cloud-init': 'cloud-init',
+  'systemd-analyze': 'systemd',
+  pg_ctl: 'postgresql-common',
+  initdb: 'postgresql-common',
+  pg_basebackup: 'postgresql-common',
+  pg_rewind: 'postgresql-common',
+  psql: 'postgresql-client',
+  arping: 'iputils-arping',
+  ip: 'iproute2',
+  dockerd: 'docker.io',
+  docker: 'docker.io',
+  patroni: 'patroni',
+  etcd: 'etcd-server',
+  unshare: 'util-linux',
+  chroot: 'coreutils',
+  tar: 'tar',
+};
+
+export function packageFor(tool: string): string | undefined {
+  return TOOL_PACKAGES[tool.split('/').pop() ?? tool];
+}
+
+/** Quote a command line so it can be pasted into a shell. */
+export function quoteCommand(plan: Pick<CommandPlan, 'cmd' | 'args'>): string {
+  return [plan.cmd, ...plan.args].map(shellQuote).join(' ');
+}
+
+export function shellQuote(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
+/** Raised when a tool is not installed: names the Debian package that provides it. */
+export class ToolMissingError extends GeminiError {
+  readonly tool: string;
+  constructor(tool: string) {
+    const pkg = packageFor(tool);
+    super(
+      pkg
+        ? `required tool \`${tool}\` was not found: install the Debian package ${pkg} (apt-get install ${pkg}), or run scripts/install-host-deps.sh`
+        : `required tool \`${tool}\` was not found on PATH`,
+      ExitCode.missingTool,
+    );
+    this.name = 'ToolMissingError';
+    this.tool = tool;
+  }
+}
+
+/** Raised when a command exits non-zero: quotes it, gives the exit code and the tail of stderr. */
+export class CommandFailedError extends GeminiError {
+  readonly command: string;
+  readonly commandExitCode: number | undefined;
+  readonly stderrTail: string;
+  constructor(plan: CommandPlan, exitCode: number | undefined, stderr: string, signal?: string) {
+    const tail = lastLines(stderr, 15);
+    const how = signal ? `was killed by ${signal}` : `exited with code ${exitCode}`;
+    super(
+      `command ${how}: ${quoteCommand(plan)}${tail ? `\n--- last lines of stderr ---\n${tail}` : ''}`,
+      ExitCode.commandFailed,
+    );
+    this.name = 'CommandFailedError';
+    this.command = quoteCommand(plan);
+    this.commandExitCode = exitCode;
+    this.stderrTail = tail;
+  }
+}
+
+export function lastLines(text: string, n: number): string {
+  const lines = text.replace(/\s+$/, '').split('\n');
+  return lines.slice(-n).join('\n');
+}
+
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+  durationMs: number;
+}
+
+export interface RunOptions {
+  /** Return the result instead of throwing when the command exits non-zero. */
+  allowFailure?: boolean;
+  /** Give up after this many milliseconds. */
+  timeoutMs?: number;
+  /** Called with each line of stderr as it arrives, e.g. for progress. */
+  onStderrLine?: (line: string) => void;
+  /** Keep stdout as bytes (for binary output). */
+  binaryStdout?: boolean;
+  signal?: AbortSignal;
+}
+
+/** The single place where geminik8s starts external processes. */
+export async function runPlan(plan: CommandPlan, options: RunOptions = {}): Promise<RunResult> {
+  const started = performance.now();
+  const execaOptions: ExecaOptions = {
+    reject: false,
+    env: plan.env,
+    extendEnv: true,
+    cwd: plan.cwd,
+    input: plan.input as string | undefined,
+    timeout: options.timeoutMs,
+    cancelSignal: options.signal,
+    stripFinalNewline: false,
+    encoding: options.binaryStdout ? 'buffer' : 'utf8',
+  };
+  const child = execa(plan.cmd, plan.args, execaOptions);
+  if (options.onStderrLine && child.stderr) {
+    let pending = '';
+    child.stderr.on('data', (chunk: Buffer) => {
+      pending += chunk.toString();
+      const lines = pending.split(/\r?\n|\r/);
+      pending = lines.pop() ?? '';
+      for (const line of lines) options.onStderrLine?.(line);
+    });
+  }
+  const result = await child;
+  const durationMs = performance.now() - started;
+  const stderr = String(result.stderr ?? '');
+  const stdout = options.binaryStdout ? (result.stdout as unknown as string) : String(result.stdout ?? '');
+  if (result.failed) {
+    const code = (result as { code?: string }).code;
+    if (code === 'ENOENT' && (result as { exitCode?: number }).exitCode === undefined) {
+      throw new ToolMissingError(plan.cmd);
+    }
+    if (result.timedOut) {
+      throw new GeminiError(`command timed out after ${options.timeoutMs} ms: ${quoteCommand(plan)}`, ExitCode.timeout);
+    }
+    if (!options.allowFailure || result.exitCode === undefined) {
+      throw new CommandFailedError(plan, result.exitCode, stderr, result.signal);
+    }
+  }
+  return { stdout, stderr, exitCode: result.exitCode ?? 0, durationMs };
+}
+
+/** Resolve a tool on PATH, or undefined. */
+export async function findTool(tool: string): Promise<string | undefined> {
+  const { access, constants } = await import('node:fs/promises');
+  const { delimiter, join } = await import('node:path');
+  const dirs = (process.env.PATH ?? '').split(delimiter).concat(['/usr/sbin', '/sbin']);
+  for (const dir of dirs) {
+    const candidate = join(dir, tool);
+    try {
+      await access(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // not in this directory
+    }
+  }
+  return undefined;
+}
+
+/** Fail early, listing every missing tool with its Debian package. */
+export async function requireTools(tools: string[]): Promise<void> {
+  const missing: string[] = [];
+  for (const tool of tools) if (!(await findTool(tool))) missing.push(tool);
+  if (missing.length === 1) throw new ToolMissingError(missing[0]!);
+  if (missing.length > 1) {
+    const pkgs = [...new Set(missing.map((t) => packageFor(t)).filter(Boolean))];
+    throw new GeminiError(
+      `required tools not found: ${missing.join(', ')}; install the Debian packages ${pkgs.join(' ')} (apt-get install ${pkgs.join(' ')})`,
+      ExitCode.missingTool,
+    );
+  }
+}

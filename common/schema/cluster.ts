@@ -1,0 +1,214 @@
+import { z } from 'zod';
+import { API_VERSION } from './image.ts';
+import type { RuleIssue } from './rules.ts';
+import {
+  cidr,
+  cidrsOverlap,
+  dnsLabel,
+  duration,
+  formatDuration,
+  interfaceName,
+  ipToInt,
+  ipv4,
+  macAddress,
+  networkOf,
+  sameSubnet,
+} from './units.ts';
+
+export const NodeSchema = z.strictObject({
+  name: dnsLabel,
+  ip: ipv4,
+  mac: macAddress.optional(),
+});
+
+export const WitnessSchema = z.discriminatedUnion('type', [
+  z.strictObject({ type: z.literal('gateway') }),
+  z.strictObject({ type: z.literal('tcp'), host: z.union([ipv4, z.hostname()]), port: z.number().int().min(1).max(65535) }),
+  z.strictObject({ type: z.literal('http'), url: z.url({ protocol: /^https?$/ }) }),
+  z.strictObject({ type: z.literal('none') }),
+]);
+
+export const SYNC_POLICIES = ['degrade', 'strict'] as const;
+
+/** The spec of a cluster: everything both nodes share. Embedded as-is in each node's seed. */
+export const ClusterSpecSchema = z.strictObject({
+  name: dnsLabel,
+  network: z.strictObject({
+    interface: interfaceName.default('eth0'),
+    prefix: z.number().int().min(8).max(30).default(24),
+    gateway: ipv4.optional(),
+    dns: z.array(ipv4).default([]),
+    vip: ipv4,
+  }),
+  nodes: z.array(NodeSchema).length(2, 'a geminik8s cluster has exactly two nodes'),
+  bootstrapLeader: dnsLabel.optional(),
+  witness: WitnessSchema.default({ type: 'gateway' }),
+  k3s: z
+    .strictObject({
+      clusterCidr: cidr.default('10.42.0.0/16'),
+      serviceCidr: cidr.default('10.43.0.0/16'),
+      clusterDomain: z.string().default('cluster.local'),
+      tlsSan: z.array(z.string()).default([]),
+      disable: z.array(z.enum(['traefik', 'servicelb', 'local-storage', 'metrics-server', 'coredns'])).default(['servicelb']),
+      nodeLabels: z.record(z.string(), z.string()).default({}),
+      extraArgs: z.array(z.string().regex(/^--[a-z0-9-]+(=.*)?$/, 'must be a K3s flag such as --kubelet-arg=max-pods=200')).default([]),
+    })
+    .prefault({}),
+  postgresql: z
+    .strictObject({
+      port: z.number().int().min(1).max(65535).default(5432),
+      syncPolicy: z.enum(SYNC_POLICIES).default('degrade'),
+      maxConnections: z.number().int().min(20).max(10000).default(200),
+      sharedBuffers: z.string().regex(/^\d+(kB|MB|GB)$/, 'must be a PostgreSQL memory size such as 256MB').default('128MB'),
+    })
+    .prefault({}),
+  failover: z
+    .strictObject({
+      checkInterval: duration.default(1000),
+      checkTimeout: duration.default(800),
+      fenceAfter: duration.default(4000),
+      promoteAfter: duration.default(6000),
+      degradeAfter: duration.default(5000),
+    })
+    .prefault({}),
+  agent: z
+    .strictObject({
+      port: z.number().int().min(1).max(65535).default(7443),
+      tls: z.boolean().default(false),
+    })
+    .prefault({}),
+  ssh: z
+    .strictObject({
+      user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'must be a Linux user name').default('geminik8s'),
+      authorizedKeys: z.array(z.string().regex(/^(ssh-|ecdsa-|sk-)\S+ \S+/, 'must be an OpenSSH public key line')).default([]),
+    })
+    .prefault({}),
+});
+
+export const ClusterSchema = ClusterSpecSchema.extend({
+  apiVersion: z.literal(API_VERSION),
+  kind: z.literal('Cluster'),
+  /** Where the secrets live, relative to cluster.yaml. */
+  secretsDir: z.string().min(1).default('secrets'),
+});
+
+export type ClusterSpec = z.output<typeof ClusterSpecSchema>;
+export type Cluster = z.output<typeof ClusterSchema>;
+export type ClusterNode = z.output<typeof NodeSchema>;
+export type Witness = z.output<typeof WitnessSchema>;
+
+/** Rules between fields of a cluster spec; paths are relative to the spec. */
+export function clusterRules(spec: ClusterSpec): RuleIssue[] {
+  const issues: RuleIssue[] = [];
+  const { network, nodes, failover } = spec;
+  const [a, b] = nodes;
+  if (!a || !b) return issues;
+  const prefix = network.prefix;
+
+  if (a.name === b.name) issues.push({ path: ['nodes', 1, 'name'], message: 'node names must differ', found: JSON.stringify(b.name) });
+  if (a.ip === b.ip) issues.push({ path: ['nodes', 1, 'ip'], message: 'node IPs must differ', found: b.ip });
+  if (a.mac && b.mac && a.mac === b.mac) issues.push({ path: ['nodes', 1, 'mac'], message: 'node MAC addresses must differ', found: b.mac });
+  if (!sameSubnet(a.ip, b.ip, prefix)) {
+    issues.push({ path: ['nodes', 1, 'ip'], message: `both nodes must be in one /${prefix} subnet`, found: b.ip, expected: `an address in ${subnetText(a.ip, prefix)}` });
+  }
+  for (const [i, node] of nodes.entries()) {
+    if (isNetworkOrBroadcast(node.ip, prefix)) {
+      issues.push({ path: ['nodes', i, 'ip'], message: `is the network or broadcast address of ${subnetText(node.ip, prefix)}`, found: node.ip });
+    }
+  }
+  if (network.vip === a.ip || network.vip === b.ip) {
+    issues.push({ path: ['network', 'vip'], message: 'the VIP must differ from both node IPs', found: network.vip });
+  } else if (!sameSubnet(network.vip, a.ip, prefix)) {
+    issues.push({ path: ['network', 'vip'], message: "the VIP must be in the nodes' subnet", found: network.vip, expected: `an address in ${subnetText(a.ip, prefix)}` });
+  } else if (isNetworkOrBroadcast(network.vip, prefix)) {
+    issues.push({ path: ['network', 'vip'], message: `is the network or broadcast address of ${subnetText(a.ip, prefix)}`, found: network.vip });
+  }
+  if (network.gateway) {
+    if (!sameSubnet(network.gateway, a.ip, prefix)) {
+      issues.push({ path: ['network', 'gateway'], message: "the gateway must be in the nodes' subnet", found: network.gateway, expected: `an address in ${subnetText(a.ip, prefix)}` });
+    }
+    if ([a.ip, b.ip, network.vip].includes(network.gateway)) {
+      issues.push({ path: ['network', 'gateway'], message: 'the gateway must differ from the node IPs and the VIP', found: network.gateway });
+    }
+  }
+  if (spec.witness.type === 'gateway' && !network.gateway) {
+    issues.push({ path: ['witness', 'type'], message: 'the gateway witness needs network.gateway', expected: 'network.gateway set, or another witness type' });
+  }
+  if (spec.bootstrapLeader && !nodes.some((n) => n.name === spec.bootstrapLeader)) {
+    issues.push({ path: ['bootstrapLeader'], message: 'must name one of the two nodes', found: JSON.stringify(spec.bootstrapLeader), expected: `${JSON.stringify(a.name)} or ${JSON.stringify(b.name)}` });
+  }
+
+  // The leader must have fenced itself before the follower may promote, with one check of margin.
+  if (failover.fenceAfter + failover.checkInterval >= failover.promoteAfter) {
+    issues.push({
+      path: ['failover', 'fenceAfter'],
+      message: 'the leader must fence itself strictly before the follower may promote: fenceAfter + checkInterval must be less than promoteAfter',
+      found: `${formatDuration(failover.fenceAfter)} + ${formatDuration(failover.checkInterval)} >= ${formatDuration(failover.promoteAfter)}`,
+      expected: `fenceAfter below ${formatDuration(failover.promoteAfter - failover.checkInterval)}`,
+    });
+  }
+  if (failover.checkTimeout >= failover.checkInterval * 2) {
+    issues.push({ path: ['failover', 'checkTimeout'], message: 'a check must time out within two check intervals', found: formatDuration(failover.checkTimeout), expected: `below ${formatDuration(failover.checkInterval * 2)}` });
+  }
+  if (failover.fenceAfter < failover.checkInterval * 2) {
+    issues.push({ path: ['failover', 'fenceAfter'], message: 'must span at least two check intervals so one lost probe does not fence the leader', found: formatDuration(failover.fenceAfter) });
+  }
+  if (failover.degradeAfter < failover.fenceAfter) {
+    issues.push({ path: ['failover', 'degradeAfter'], message: 'the leader degrades to async only after it would have fenced had the witness been lost too', found: formatDuration(failover.degradeAfter), expected: `at least fenceAfter (${formatDuration(failover.fenceAfter)})` });
+  }
+
+  const nodeNet = `${ipPart(networkOf(a.ip, prefix))}/${prefix}`;
+  for (const key of ['clusterCidr', 'serviceCidr'] as const) {
+    if (cidrsOverlap(spec.k3s[key], nodeNet)) {
+      issues.push({ path: ['k3s', key], message: "overlaps the nodes' subnet", found: spec.k3s[key], expected: `a range outside ${nodeNet}` });
+    }
+  }
+  if (cidrsOverlap(spec.k3s.clusterCidr, spec.k3s.serviceCidr)) {
+    issues.push({ path: ['k3s', 'serviceCidr'], message: 'overlaps k3s.clusterCidr', found: spec.k3s.serviceCidr });
+  }
+  if (spec.agent.port === spec.postgresql.port) {
+    issues.push({ path: ['agent', 'port'], message: 'the agent port must differ from the PostgreSQL port', found: String(spec.agent.port) });
+  }
+  return issues;
+}
+
+function ipPart(n: number): string {
+  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
+}
+
+function subnetText(ip: string, prefix: number): string {
+  return `${ipPart(networkOf(ip, prefix))}/${prefix}`;
+}
+
+function isNetworkOrBroadcast(ip: string, prefix: number): boolean {
+  if (prefix >= 31) return false;
+  const n = ipToInt(ip)!;
+  const net = networkOf(ip, prefix);
+  const broadcast = (net | (0xffffffff >>> prefix)) >>> 0;
+  return n === net || n === broadcast;
+}
+
+/** The node that runs initdb on first boot. */
+export function bootstrapLeaderOf(spec: ClusterSpec): ClusterNode {
+  return spec.nodes.find((n) => n.name === spec.bootstrapLeader) ?? spec.nodes[0]!;
+}
+
+export function peerOf(spec: ClusterSpec, nodeName: string): ClusterNode {
+  const peer = spec.nodes.find((n) => n.name !== nodeName);
+  if (!peer) throw new Error(`cluster ${spec.name} has no peer for ${nodeName}`);
+  return peer;
+}
+
+/** The witness as a concrete probe target. */
+export function witnessTarget(spec: ClusterSpec): { kind: 'icmp'; host: string } | { kind: 'tcp'; host: string; port: number } | { kind: 'http'; url: string } | { kind: 'none' } {
+  switch (spec.witness.type) {
+    case 'gateway':
+      return { kind: 'icmp', host: spec.network.gateway! };
+    case 'tcp':
+      return { kind: 'tcp', host: spec.witness.host, port: spec.witness.port };
+    case 'http':
+      return { kind: 'http', url: spec.witness.url };
+    case 'none':
+      return { kind: 'none' };
+  }
+}

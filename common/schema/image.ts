@@ -1,0 +1,108 @@
+import { z } from 'zod';
+import { dnsLabel, size } from './units.ts';
+import type { RuleIssue } from './rules.ts';
+
+export const API_VERSION = 'geminik8s.io/v1alpha1';
+
+const debPackage = z.string().regex(/^[a-z0-9][a-z0-9+.-]+$/, 'must be a Debian package name');
+const releaseTag = z.string().regex(/^v\d+\.\d+\.\d+([+-][0-9A-Za-z.+-]+)?$/, 'must be a release tag such as v1.2.3');
+const kernelArg = z
+  .string()
+  .regex(/^\S+$/, 'must be one kernel argument without spaces')
+  .refine((a) => !/^(root|geminik8s\.slot)=/.test(a), 'root= and geminik8s.slot= are set by the bootloader, not by the image definition');
+
+export const ARCHES = ['amd64', 'arm64'] as const;
+export type Arch = (typeof ARCHES)[number];
+export const OUTPUT_FORMATS = ['raw', 'qcow2', 'raw.zst'] as const;
+export const ROOT_FS_TYPES = ['squashfs', 'erofs', 'ext4'] as const;
+
+export const ImageSchema = z.strictObject({
+  apiVersion: z.literal(API_VERSION),
+  kind: z.literal('Image'),
+  name: dnsLabel,
+  version: z.string().regex(/^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$/, 'must be a semantic version such as 1.0.0'),
+  description: z.string().optional(),
+  arch: z.enum(ARCHES),
+  base: z
+    .strictObject({
+      distribution: z.literal('debian').default('debian'),
+      suite: z.literal('trixie').default('trixie'),
+      mirror: z.url().default('http://deb.debian.org/debian'),
+    })
+    .prefault({}),
+  packages: z.array(debPackage).default([]),
+  kubernetes: z.strictObject({ enabled: z.boolean().default(true) }).prefault({}),
+  components: z.strictObject({
+    k3s: z.strictObject({ version: releaseTag, airgapImages: z.boolean().default(true) }).optional(),
+    kine: z.strictObject({ version: releaseTag }).optional(),
+    kubeVip: z.strictObject({ version: releaseTag }).optional(),
+    postgresql: z.strictObject({ major: z.number().int().min(13).max(18) }),
+  }),
+  partitions: z
+    .strictObject({
+      esp: size.default(64 * 1024 ** 2),
+      config: size.default(32 * 1024 ** 2),
+      root: size.default(2 * 1024 ** 3),
+      persistent: size.default(1024 ** 3),
+    })
+    .prefault({}),
+  rootfs: z
+    .strictObject({
+      type: z.enum(ROOT_FS_TYPES).default('squashfs'),
+      compression: z.enum(['zstd', 'xz', 'gzip', 'lz4']).default('zstd'),
+    })
+    .prefault({}),
+  boot: z
+    .strictObject({
+      modes: z.array(z.enum(['bios', 'uefi'])).min(1).default(['bios', 'uefi']),
+      kernelArgs: z.array(kernelArg).default([]),
+      timeoutSeconds: z.number().int().min(0).max(60).default(3),
+      tries: z.number().int().min(1).max(9).default(3),
+      serialConsole: z.string().regex(/^tty[A-Za-z0-9]+(,\d+)?$/, 'must look like ttyS0,115200').optional(),
+    })
+    .prefault({}),
+  outputs: z.array(z.enum(OUTPUT_FORMATS)).min(1).default(['raw', 'qcow2', 'raw.zst']),
+});
+
+export type ImageInput = z.input<typeof ImageSchema>;
+type ParsedImage = z.output<typeof ImageSchema>;
+/** A validated, normalized image definition: sizes in bytes, defaults filled in. */
+export type Image = Omit<ParsedImage, 'boot'> & { boot: ParsedImage['boot'] & { serialConsole: string } };
+
+const MiB = 1024 ** 2;
+
+/** Fill in values that depend on other fields. */
+export function normalizeImage(image: ParsedImage): Image {
+  return {
+    ...image,
+    boot: { ...image.boot, serialConsole: image.boot.serialConsole ?? (image.arch === 'arm64' ? 'ttyAMA0,115200' : 'ttyS0,115200') },
+  };
+}
+
+/** Rules that span fields; each names the path it is about. */
+export function imageRules(image: Image): RuleIssue[] {
+  const issues: RuleIssue[] = [];
+  if (image.kubernetes.enabled) {
+    for (const c of ['k3s', 'kine', 'kubeVip'] as const) {
+      if (!image.components[c]) {
+        issues.push({ path: ['components', c], message: `the Kubernetes layer is enabled, so components.${c} is required`, expected: '{ version: vX.Y.Z }' });
+      }
+    }
+  }
+  if (image.arch === 'arm64' && image.boot.modes.includes('bios')) {
+    issues.push({ path: ['boot', 'modes'], message: 'arm64 machines have no BIOS boot', found: '"bios"', expected: '["uefi"]' });
+  }
+  if (new Set(image.boot.modes).size !== image.boot.modes.length) {
+    issues.push({ path: ['boot', 'modes'], message: 'boot modes are listed more than once' });
+  }
+  if (new Set(image.outputs).size !== image.outputs.length) {
+    issues.push({ path: ['outputs'], message: 'outputs are listed more than once' });
+  }
+  const minimum = { esp: 32 * MiB, config: 4 * MiB, root: 256 * MiB, persistent: 256 * MiB } as const;
+  for (const [name, min] of Object.entries(minimum) as [keyof typeof minimum, number][]) {
+    const value = image.partitions[name];
+    if (value % MiB !== 0) issues.push({ path: ['partitions', name], message: 'partition sizes must be whole MiB', found: `${value} bytes` });
+    if (value < min) issues.push({ path: ['partitions', name], message: 'partition too small', found: `${value / MiB}MiB`, expected: `at least ${min / MiB}MiB` });
+  }
+  return issues;
+}

@@ -1,0 +1,48 @@
+import { z } from 'zod';
+import { ClusterSpecSchema, clusterRules } from './cluster.ts';
+import { API_VERSION } from './image.ts';
+import type { RuleIssue } from './rules.ts';
+import { dnsLabel } from './units.ts';
+
+const secret = z
+  .string()
+  .min(16, 'secrets must be at least 16 characters')
+  .regex(/^[A-Za-z0-9._~-]+$/, 'secrets may only contain letters, digits and ._~- (they end up in DSNs and config files)');
+
+export const SECRET_NAMES = ['k3sToken', 'postgresPassword', 'replicationPassword', 'agentToken'] as const;
+export type SecretName = (typeof SECRET_NAMES)[number];
+
+export const SecretsSchema = z.strictObject({
+  k3sToken: secret,
+  postgresPassword: secret,
+  replicationPassword: secret,
+  agentToken: secret,
+});
+export type Secrets = z.output<typeof SecretsSchema>;
+
+/** What one node receives at first boot (in the config partition, next to NoCloud data). */
+export const NodeSeedSchema = z.strictObject({
+  apiVersion: z.literal(API_VERSION),
+  kind: z.literal('NodeSeed'),
+  node: dnsLabel,
+  cluster: ClusterSpecSchema,
+  secrets: SecretsSchema,
+});
+export type NodeSeed = z.output<typeof NodeSeedSchema>;
+
+export function seedRules(seed: NodeSeed): RuleIssue[] {
+  const issues: RuleIssue[] = clusterRules(seed.cluster).map((i) => ({ ...i, path: ['cluster', ...i.path] }));
+  if (!seed.cluster.nodes.some((n) => n.name === seed.node)) {
+    issues.push({
+      path: ['node'],
+      message: 'must name one of the cluster nodes',
+      found: JSON.stringify(seed.node),
+      expected: seed.cluster.nodes.map((n) => JSON.stringify(n.name)).join(' or '),
+    });
+  }
+  const values = SECRET_NAMES.map((k) => seed.secrets[k]);
+  if (new Set(values).size !== values.length) {
+    issues.push({ path: ['secrets'], message: 'each secret must be different' });
+  }
+  return issues;
+}
