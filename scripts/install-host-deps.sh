@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install the Debian packages the geminik8s toolchain and its tests need. Idempotent.
+# Usage: scripts/install-host-deps.sh [--check]   (--check lists what is missing, installs nothing)
+set -euo pipefail
+
+PACKAGES=(
+  # image building
+  mmdebstrap e2fsprogs squashfs-tools erofs-utils dosfstools mtools fdisk gdisk
+  grub-common grub-pc-bin grub-efi-amd64-bin xorriso zstd xz-utils qemu-utils
+  qemu-user-static binfmt-support ca-certificates
+  # booting images under emulation
+  qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64
+  # rendering checks
+  cloud-init systemd
+  # failover harness and comparison
+  postgresql-15 iproute2 iputils-arping iputils-ping patroni etcd-server
+  # Containerfile path
+  docker.io
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+if [ "${1:-}" = "--check" ]; then
+  if [ ${#missing[@]} -eq 0 ]; then echo "all host packages are installed"; exit 0; fi
+  echo "missing: ${missing[*]}"; exit 3
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "host packages: all ${#PACKAGES[@]} installed"
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing: ${missing[*]}"
+$SUDO apt-get update -q
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
