@@ -132,7 +132,7 @@ export function clusterRules(spec: ClusterSpec): RuleIssue[] {
     }
   }
   if (spec.witness.type === 'gateway' && !network.gateway) {
-    issues.push({ path: ['witness', 'type'], message: 'the gateway witness needs network.gateway', expected: 'network.gateway set, or another witness type' });
+    issues.push({ path: ['witness', 'type'], message: 'the gateway witness needs network.gateway', expected: 'network.gateway set (init: --gateway), or another witness type (init: --witness none|tcp://HOST:PORT|http://URL)' });
   }
   if (spec.bootstrapLeader && !nodes.some((n) => n.name === spec.bootstrapLeader)) {
     issues.push({ path: ['bootstrapLeader'], message: 'must name one of the two nodes', found: JSON.stringify(spec.bootstrapLeader), expected: `${JSON.stringify(a.name)} or ${JSON.stringify(b.name)}` });

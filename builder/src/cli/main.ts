@@ -1,6 +1,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { ExitCode, exitCodeOf, GeminiError } from '../../../common/errors.ts';
 import { redact } from '../../../common/log.ts';
+import { registerInit } from './commands/init.ts';
 import { registerValidate } from './commands/validate.ts';
 import { registerVersion } from './commands/version.ts';
 import { contextFrom, type CliContext } from './context.ts';
@@ -31,6 +32,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
     .showSuggestionAfterError(true)
     .configureOutput({ writeOut: io.stdout, writeErr: io.stderr })
     .exitOverride();
+  registerInit(program, ctx);
   registerVersion(program, ctx);
   registerValidate(program, ctx);
   for (const cmd of program.commands) cmd.exitOverride().configureOutput({ writeOut: io.stdout, writeErr: io.stderr });

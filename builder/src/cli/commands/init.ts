@@ -1,0 +1,122 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline/promises';
+import { Command, Option } from 'commander';
+import { ExitCode, GeminiError, ValidationError } from '../../../../common/errors.ts';
+import { writeFileAtomic } from '../../../../common/fsutil.ts';
+import { readSource } from '../../../../common/source.ts';
+import { clusterYamlText } from '../../init/cluster-file.ts';
+import { buildClusterInput, validateClusterInput, type InitFlags } from '../../init/options.ts';
+import { writeSecrets } from '../../init/secrets.ts';
+import type { CliContext } from '../context.ts';
+
+interface InitOptions extends InitFlags {
+  configDir: string;
+  template?: string;
+  interactive?: boolean;
+  dryRun?: boolean;
+  force?: boolean;
+  rotateSecrets?: boolean;
+}
+
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
+
+/** The values --interactive asks for, in order, with the flag each one fills. */
+const PROMPTS: { key: keyof InitFlags; flag: string; question: string; fallback?: string }[] = [
+  { key: 'name', flag: '--name', question: 'Cluster name', fallback: 'site' },
+  { key: 'node1Ip', flag: '--node1-ip', question: 'IP of node1' },
+  { key: 'node2Ip', flag: '--node2-ip', question: 'IP of node2' },
+  { key: 'vip', flag: '--vip', question: 'Virtual IP of the control plane' },
+  { key: 'prefix', flag: '--prefix', question: 'Subnet prefix length', fallback: '24' },
+  { key: 'gateway', flag: '--gateway', question: 'Gateway (also the default witness)' },
+  { key: 'interface', flag: '--interface', question: 'Network interface', fallback: 'eth0' },
+];
+
+export function registerInit(program: Command, ctx: () => CliContext): void {
+  program
+    .command('init')
+    .description('describe a new two-node cluster: writes DIR/cluster.yaml (commented) and DIR/secrets/')
+    .option('--name <name>', 'cluster name (DNS label)')
+    .option('--node1-ip <ip>', 'IP of the first node (bootstrap leader)')
+    .option('--node2-ip <ip>', 'IP of the second node')
+    .option('--node1-name <name>', 'name of the first node', undefined)
+    .option('--node2-name <name>', 'name of the second node', undefined)
+    .option('--node1-mac <mac>', 'MAC address of the first node (match the NIC by MAC)')
+    .option('--node2-mac <mac>', 'MAC address of the second node')
+    .option('--vip <ip>', 'virtual IP of the control plane and PostgreSQL')
+    .option('--interface <name>', 'network interface (default eth0)')
+    .option('--prefix <len>', 'subnet prefix length (default 24)')
+    .option('--gateway <ip>', 'default gateway (also the default witness)')
+    .option('--dns <ip>', 'DNS server (repeat, or comma-separated)', collect)
+    .option('--witness <spec>', 'failover witness: gateway | none | tcp://HOST:PORT | http(s)://URL')
+    .addOption(new Option('--sync-policy <policy>', 'what the leader does when the standby is lost').choices(['degrade', 'strict']))
+    .option('--config-dir <dir>', 'where to write cluster.yaml and secrets/', '.')
+    .option('--template <file>', 'a partial cluster.yaml whose values are defaults for the flags')
+    .option('--interactive', 'ask for missing values (needs a terminal)')
+    .option('--dry-run', 'validate and print cluster.yaml; write nothing')
+    .option('--force', 'overwrite an existing cluster.yaml (secrets are kept unless --rotate-secrets)')
+    .option('--rotate-secrets', 'with --force: generate new secrets even when secret files exist')
+    .action(async (opts: InitOptions, command: Command) => {
+      const c = ctx();
+      const given = new Set(
+        command.options.filter((o) => command.getOptionValueSource(o.attributeName()) === 'cli').map((o) => o.long ?? ''),
+      );
+      if (opts.interactive) await askMissing(opts, given);
+
+      let template;
+      let templateData: Record<string, unknown> | undefined;
+      if (opts.template) {
+        const r = await readSource(opts.template);
+        if (!r.source) throw new ValidationError(r.issues);
+        if (typeof r.source.data !== 'object' || r.source.data === null || Array.isArray(r.source.data)) {
+          throw new ValidationError([{ file: opts.template, line: 1, col: 1, path: '', message: 'a template must be a mapping (a partial cluster.yaml)' }]);
+        }
+        template = r.source;
+        templateData = r.source.data as Record<string, unknown>;
+      }
+      const { input, flagIssues } = buildClusterInput(opts, templateData);
+      const { cluster, issues } = validateClusterInput(input, given, template);
+      if (flagIssues.length || !cluster) throw new ValidationError([...flagIssues, ...issues]);
+
+      const text = clusterYamlText(input);
+      const clusterFile = join(opts.configDir, 'cluster.yaml');
+      const secretsDir = join(opts.configDir, cluster.secretsDir);
+      if (opts.dryRun) {
+        c.print(text);
+        c.logger.info(`dry run: ${clusterFile} is valid; nothing written (secrets would go to ${secretsDir}/)`);
+        return;
+      }
+      if (existsSync(clusterFile) && !opts.force) {
+        throw new GeminiError(`${clusterFile} already exists; pass --force to overwrite it (existing secrets are kept)`, ExitCode.refused);
+      }
+      if (opts.rotateSecrets && !opts.force) {
+        throw new GeminiError('--rotate-secrets replaces the secrets of a running cluster; it needs --force too', ExitCode.invalidInput);
+      }
+      await writeFileAtomic(clusterFile, text, 0o644);
+      const secrets = await writeSecrets(secretsDir, { rotate: Boolean(opts.rotateSecrets) });
+      c.logger.info(`wrote ${clusterFile}`);
+      for (const f of secrets.written) c.logger.info(`wrote ${f} (0600)`);
+      for (const f of secrets.kept) c.logger.info(`kept existing ${f}`);
+      c.logger.info(`next: geminik8s validate ${clusterFile}`);
+    });
+}
+
+async function askMissing(opts: InitOptions, given: Set<string>): Promise<void> {
+  if (!process.stdin.isTTY) {
+    throw new GeminiError('--interactive needs a terminal on stdin; pass the values as flags instead (see geminik8s init --help)', ExitCode.invalidInput);
+  }
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    for (const p of PROMPTS) {
+      if (opts[p.key] !== undefined) continue;
+      const answer = (await rl.question(`${p.question}${p.fallback ? ` [${p.fallback}]` : ''}: `)).trim();
+      const value = answer || p.fallback;
+      if (value !== undefined) {
+        (opts as unknown as Record<string, string>)[p.key] = value;
+        given.add(p.flag);
+      }
+    }
+  } finally {
+    rl.close();
+  }
+}
