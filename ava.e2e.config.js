@@ -7,4 +7,5 @@ export default {
   concurrency: 1,
   serial: true,
   verbose: true,
+  workerThreads: false,
 };

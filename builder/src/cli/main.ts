@@ -2,6 +2,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { ExitCode, exitCodeOf, GeminiError } from '../../../common/errors.ts';
 import { redact } from '../../../common/log.ts';
 import { registerInit } from './commands/init.ts';
+import { registerRender } from './commands/render.ts';
 import { registerValidate } from './commands/validate.ts';
 import { registerVersion } from './commands/version.ts';
 import { contextFrom, type CliContext } from './context.ts';
@@ -33,6 +34,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
     .configureOutput({ writeOut: io.stdout, writeErr: io.stderr })
     .exitOverride();
   registerInit(program, ctx);
+  registerRender(program, ctx);
   registerVersion(program, ctx);
   registerValidate(program, ctx);
   for (const cmd of program.commands) cmd.exitOverride().configureOutput({ writeOut: io.stdout, writeErr: io.stderr });

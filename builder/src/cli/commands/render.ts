@@ -1,0 +1,60 @@
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { Command } from 'commander';
+import { assertKnownNode, loadCluster, loadImage, loadSecrets, secretsDirOf } from '../../../../common/config.ts';
+import { ExitCode, GeminiError } from '../../../../common/errors.ts';
+import { writeFileAtomic } from '../../../../common/fsutil.ts';
+import { registerSecret } from '../../../../common/log.ts';
+import { renderIpxe, renderNode, type RenderedFile } from '../../render/index.ts';
+import { resolveClusterFile, type CliContext } from '../context.ts';
+
+interface RenderOptions {
+  image: string;
+  cluster?: string;
+  node: string;
+  out: string;
+  force?: boolean;
+  json?: boolean;
+  pxeBaseUrl?: string;
+}
+
+/** Where a rendered file lands under --out: one folder per scope, node paths kept. */
+export function outputPath(out: string, file: RenderedFile): string {
+  return join(out, file.scope, file.path.replace(/^\/+/, ''));
+}
+
+export function registerRender(program: Command, ctx: () => CliContext): void {
+  program
+    .command('render')
+    .description("write every file an image and one node's seed will carry, without building anything")
+    .requiredOption('--image <file>', 'image definition (images/*.yaml)')
+    .option('--cluster <file>', 'cluster.yaml (default: --config)')
+    .requiredOption('--node <name>', 'node to render the seed for')
+    .requiredOption('--out <dir>', 'output directory (image/, boot/, seed/, node/ inside)')
+    .option('--pxe-base-url <url>', 'also render an iPXE script that boots from this HTTP base URL')
+    .option('--force', 'write into a non-empty --out')
+    .option('--json', 'print the file list as JSON')
+    .action(async (opts: RenderOptions) => {
+      const c = ctx();
+      const clusterFile = resolveClusterFile(opts.cluster, c);
+      const [image, cluster] = await Promise.all([loadImage(opts.image), loadCluster(clusterFile)]);
+      assertKnownNode(cluster, opts.node, clusterFile);
+      const secrets = await loadSecrets(secretsDirOf(clusterFile, cluster));
+      for (const s of Object.values(secrets)) registerSecret(s);
+      if (existsSync(opts.out) && readdirSync(opts.out).length > 0 && !opts.force) {
+        throw new GeminiError(`${opts.out} is not empty; pass --force to write into it`, ExitCode.refused);
+      }
+      const files = renderNode({ image, cluster, node: opts.node, secrets });
+      if (opts.pxeBaseUrl) files.push(renderIpxe(image, cluster, opts.node, opts.pxeBaseUrl));
+      for (const f of files) await writeFileAtomic(outputPath(opts.out, f), f.content, f.mode);
+      const rows = files.map((f) => ({ scope: f.scope, path: f.path, mode: `0${f.mode.toString(8)}`, bytes: Buffer.byteLength(f.content), secret: Boolean(f.secret) }));
+      if (opts.json) {
+        c.print(JSON.stringify({ out: opts.out, node: opts.node, files: rows }, null, 2));
+        return;
+      }
+      const width = Math.max(...rows.map((r) => r.path.length));
+      c.print(`${'SCOPE'.padEnd(6)} ${'PATH'.padEnd(width)} MODE  ${'BYTES'.padStart(6)}`);
+      for (const r of rows) c.print(`${r.scope.padEnd(6)} ${r.path.padEnd(width)} ${r.mode} ${String(r.bytes).padStart(6)}${r.secret ? '  (secret)' : ''}`);
+      c.logger.info(`rendered ${rows.length} files for ${opts.node} into ${opts.out}`);
+    });
+}

@@ -1,0 +1,68 @@
+import { createHash } from 'node:crypto';
+import { stringify } from 'yaml';
+import type { ClusterSpec } from '../../../common/schema/cluster.ts';
+import { NODE_PATHS } from './paths.ts';
+
+const yaml11 = (value: unknown): string => stringify(value, { version: '1.1', lineWidth: 0 });
+
+/** NoCloud user-data: users, SSH keys, hostname. No secrets: those travel in geminik8s/seed.yaml. */
+export function userData(spec: ClusterSpec, node: string): string {
+  const config = {
+    hostname: node,
+    fqdn: `${node}.${spec.name}.local`,
+    prefer_fqdn_over_hostname: false,
+    preserve_hostname: false,
+    manage_etc_hosts: true,
+    disable_root: true,
+    ssh_pwauth: false,
+    users: [
+      {
+        name: spec.ssh.user,
+        gecos: 'geminik8s operator',
+        shell: '/bin/bash',
+        groups: ['adm', 'systemd-journal'],
+        sudo: 'ALL=(ALL) NOPASSWD:ALL',
+        lock_passwd: true,
+        // cloud-init's schema rejects an empty key list, so leave the key out instead.
+        ...(spec.ssh.authorizedKeys.length ? { ssh_authorized_keys: spec.ssh.authorizedKeys } : {}),
+      },
+    ],
+    // The root is read-only; package installation at boot would fail and is never wanted.
+    package_update: false,
+    package_upgrade: false,
+  };
+  return `#cloud-config\n${yaml11(config)}`;
+}
+
+/** A stable instance-id: changes when the node's identity or the cluster's addressing changes. */
+export function instanceId(spec: ClusterSpec, node: string): string {
+  const self = spec.nodes.find((n) => n.name === node)!;
+  const digest = createHash('sha256')
+    .update(JSON.stringify([spec.name, node, self.ip, self.mac ?? '', spec.network]))
+    .digest('hex')
+    .slice(0, 12);
+  return `geminik8s-${spec.name}-${node}-${digest}`;
+}
+
+export function metaData(spec: ClusterSpec, node: string): string {
+  return yaml11({ 'instance-id': instanceId(spec, node), 'local-hostname': node });
+}
+
+/** Network config v2 (rendered by cloud-init to systemd-networkd): static address, gateway, DNS. */
+export function networkConfig(spec: ClusterSpec, node: string): string {
+  const self = spec.nodes.find((n) => n.name === node)!;
+  const iface: Record<string, unknown> = {};
+  if (self.mac) {
+    iface.match = { macaddress: self.mac };
+    iface['set-name'] = spec.network.interface;
+  }
+  iface.dhcp4 = false;
+  iface.dhcp6 = false;
+  iface.addresses = [`${self.ip}/${spec.network.prefix}`];
+  if (spec.network.gateway) iface.routes = [{ to: 'default', via: spec.network.gateway }];
+  if (spec.network.dns.length) iface.nameservers = { addresses: spec.network.dns };
+  return yaml11({ version: 2, ethernets: { [spec.network.interface]: iface } });
+}
+
+export const SEED_FILE_IN_PARTITION = 'geminik8s/seed.yaml';
+export { NODE_PATHS };

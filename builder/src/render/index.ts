@@ -1,0 +1,152 @@
+import { stringify } from 'yaml';
+import { pgHbaConf, postgresqlConf } from '../../../common/render/postgresql.ts';
+import { K3S_TOKEN_FILE, KINE_LISTEN, KINE_PGPASS_FILE, k3sConfigYaml, kineEnvironment, kinePassword, kinePgpass } from '../../../common/render/k3s.ts';
+import { AgentConfigSchema, type AgentConfig } from '../../../common/schema/agent.ts';
+import type { ClusterSpec } from '../../../common/schema/cluster.ts';
+import { API_VERSION, type Image } from '../../../common/schema/image.ts';
+import type { NodeSeed, Secrets } from '../../../common/schema/seed.ts';
+import { metaData, networkConfig, SEED_FILE_IN_PARTITION, userData } from './cloud-init.ts';
+import { kernelCmdline, renderGrubCfg } from './grub.ts';
+import { NODE_PATHS, pgBinDir, pgDataDir } from './paths.ts';
+import { renderTemplate } from './templates.ts';
+
+/**
+ * Where a rendered file goes:
+ * - `image`: baked into the generic root filesystem (never a secret, never per node);
+ * - `boot`: the ESP (path relative to the ESP root);
+ * - `seed`: the node's seed on the config partition (path relative to the partition);
+ * - `node`: written on the node at first boot from the seed, by the agent, with the same code.
+ */
+export type Scope = 'image' | 'boot' | 'seed' | 'node';
+
+export interface RenderedFile {
+  path: string;
+  content: string;
+  mode: number;
+  owner?: string;
+  scope: Scope;
+  /** True when the content includes a secret. */
+  secret?: boolean;
+}
+
+/** Seconds between watchdog deadlines; the agent pings at a third of it. */
+export const AGENT_WATCHDOG_SEC = 30;
+
+export function agentConfigFor(image: Image): AgentConfig {
+  return AgentConfigSchema.parse({
+    seedFile: NODE_PATHS.seedFile,
+    stateDir: NODE_PATHS.stateDir,
+    postgresql: { binDir: pgBinDir(image.components.postgresql.major), dataDir: pgDataDir(image.components.postgresql.major) },
+    kubernetes: { enabled: image.kubernetes.enabled },
+    serviceManager: 'systemd',
+    image: { version: image.version },
+  });
+}
+
+function unit(name: string, context: Record<string, unknown>): RenderedFile {
+  return { path: `${NODE_PATHS.unitDir}/${name}`, content: renderTemplate(`systemd/${name}.hbs`, context), mode: 0o644, scope: 'image' };
+}
+
+/** Files every node of this image carries, whatever its seed. */
+export function renderImageFiles(image: Image): RenderedFile[] {
+  const major = image.components.postgresql.major;
+  const common = { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig };
+  const files: RenderedFile[] = [
+    unit('geminik8s-agent.service', { ...common, seedFile: NODE_PATHS.seedFile, watchdogSec: AGENT_WATCHDOG_SEC }),
+    unit('geminik8s-firstboot.service', common),
+    unit('geminik8s-postgresql.service', { pgMajor: major, pgBinDir: pgBinDir(major), pgDataDir: pgDataDir(major) }),
+    unit('geminik8s-ready.service', { readyScript: NODE_PATHS.readyScript }),
+    {
+      path: NODE_PATHS.agentConfig,
+      content: `# geminik8s agent: node-local paths (cluster settings and secrets come from the seed).\n${stringify(agentConfigFor(image), { version: '1.1' })}`,
+      mode: 0o644,
+      scope: 'image',
+    },
+    { path: NODE_PATHS.grubCfg, content: renderGrubCfg(image), mode: 0o644, scope: 'boot' },
+  ];
+  if (image.kubernetes.enabled) {
+    files.push(
+      unit('kine.service', { kineEnvFile: NODE_PATHS.kineEnvFile, kineBin: NODE_PATHS.kineBin, kineListen: KINE_LISTEN, kineMetrics: NODE_PATHS.kineMetrics }),
+      unit('k3s.service', { kineListen: KINE_LISTEN, k3sBin: NODE_PATHS.k3sBin, k3sConfig: NODE_PATHS.k3sConfig }),
+      unit('kube-vip.service', { kubeVipEnvFile: NODE_PATHS.kubeVipEnvFile, kubeVipBin: NODE_PATHS.kubeVipBin, kubeconfig: NODE_PATHS.kubeconfig }),
+    );
+  }
+  return files;
+}
+
+/** The seed document one node receives. */
+export function nodeSeed(spec: ClusterSpec, node: string, secrets: Secrets): NodeSeed {
+  return { apiVersion: API_VERSION, kind: 'NodeSeed', node, cluster: spec, secrets };
+}
+
+function clusterSpecOf(cluster: ClusterSpec & { apiVersion?: string; kind?: string; secretsDir?: string }): ClusterSpec {
+  const { apiVersion: _a, kind: _k, secretsDir: _s, ...spec } = cluster;
+  return spec;
+}
+
+/** The per-node seed for the config partition: NoCloud files plus the geminik8s seed. */
+export function renderSeedFiles(cluster: ClusterSpec, node: string, secrets: Secrets): RenderedFile[] {
+  const spec = clusterSpecOf(cluster);
+  return [
+    { path: 'user-data', content: userData(spec, node), mode: 0o644, scope: 'seed' },
+    { path: 'meta-data', content: metaData(spec, node), mode: 0o644, scope: 'seed' },
+    { path: 'network-config', content: networkConfig(spec, node), mode: 0o644, scope: 'seed' },
+    {
+      path: SEED_FILE_IN_PARTITION,
+      content: `# geminik8s node seed for ${node}: contains secrets, keep it private.\n${stringify(nodeSeed(spec, node, secrets), { version: '1.1' })}`,
+      mode: 0o600,
+      scope: 'seed',
+      secret: true,
+    },
+  ];
+}
+
+/** Files the agent writes on the node at first boot from the seed (shown here for review). */
+export function renderNodeFiles(image: Image, cluster: ClusterSpec, node: string, secrets: Secrets): RenderedFile[] {
+  const spec = clusterSpecOf(cluster);
+  const data = pgDataDir(image.components.postgresql.major);
+  const files: RenderedFile[] = [
+    { path: `${data}/conf.d/geminik8s.conf`, content: postgresqlConf(spec), mode: 0o644, owner: 'postgres', scope: 'node' },
+    { path: `${data}/pg_hba.conf`, content: pgHbaConf(spec, node), mode: 0o640, owner: 'postgres', scope: 'node' },
+  ];
+  if (image.kubernetes.enabled) {
+    files.push(
+      { path: NODE_PATHS.k3sConfig, content: k3sConfigYaml(spec, node), mode: 0o600, scope: 'node' },
+      { path: K3S_TOKEN_FILE, content: `${secrets.k3sToken}\n`, mode: 0o600, scope: 'node', secret: true },
+      { path: NODE_PATHS.kineEnvFile, content: kineEnvironment(spec), mode: 0o644, scope: 'node' },
+      { path: NODE_PATHS.kubeVipEnvFile, content: `# geminik8s: kube-vip announces Service LoadBalancer addresses on this interface.\nvip_interface=${spec.network.interface}\n`, mode: 0o644, scope: 'node' },
+      { path: KINE_PGPASS_FILE, content: kinePgpass(spec, kinePassword(secrets.postgresPassword)), mode: 0o600, scope: 'node', secret: true },
+    );
+  }
+  return files;
+}
+
+/** Everything one node will carry: image, boot, seed and first-boot files. */
+export function renderNode(input: { image: Image; cluster: ClusterSpec; node: string; secrets: Secrets }): RenderedFile[] {
+  return [
+    ...renderImageFiles(input.image),
+    ...renderSeedFiles(input.cluster, input.node, input.secrets),
+    ...renderNodeFiles(input.image, input.cluster, input.node, input.secrets),
+  ];
+}
+
+/** An iPXE script that boots slot A over HTTP and points NoCloud at the node's seed URL. */
+export function renderIpxe(image: Image, cluster: ClusterSpec, node: string, baseUrl: string): RenderedFile {
+  return {
+    path: `pxe/${node}.ipxe`,
+    content: renderTemplate('ipxe.hbs', {
+      imageName: image.name,
+      imageVersion: image.version,
+      arch: image.arch,
+      node,
+      cluster: cluster.name,
+      baseUrl: baseUrl.replace(/\/+$/, ''),
+      kernel: `${image.name}-${image.version}-${image.arch}.vmlinuz`,
+      initrd: `${image.name}-${image.version}-${image.arch}.initrd.img`,
+      rootfsType: image.rootfs.type,
+      cmdline: kernelCmdline(image),
+    }),
+    mode: 0o644,
+    scope: 'seed',
+  };
+}

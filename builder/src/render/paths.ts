@@ -1,0 +1,30 @@
+/** Where things live on a node. One table, so the renderer, the rootfs builder and docs agree. */
+export const NODE_PATHS = {
+  agentBundle: '/usr/lib/geminik8s/agent.mjs',
+  agentConfig: '/etc/geminik8s/agent.yaml',
+  readyScript: '/usr/lib/geminik8s/ready.sh',
+  seedFile: '/var/lib/geminik8s/seed.yaml',
+  stateDir: '/var/lib/geminik8s',
+  unitDir: '/etc/systemd/system',
+  k3sBin: '/usr/local/bin/k3s',
+  kineBin: '/usr/local/bin/kine',
+  kubeVipBin: '/usr/local/bin/kube-vip',
+  k3sConfig: '/etc/rancher/k3s/config.yaml',
+  kubeconfig: '/etc/rancher/k3s/k3s.yaml',
+  kineEnvFile: '/var/lib/geminik8s/kine.env',
+  kineMetrics: '127.0.0.1:2381',
+  kubeVipEnvFile: '/var/lib/geminik8s/kube-vip.env',
+  grubCfg: '/grub/grub.cfg',
+  grubEnv: '/grub/grubenv',
+} as const;
+
+export function pgBinDir(major: number): string {
+  return `/usr/lib/postgresql/${major}/bin`;
+}
+
+export function pgDataDir(major: number): string {
+  return `/var/lib/postgresql/${major}/main`;
+}
+
+/** GPT partition numbers; grub.cfg finds the root slots by number on the boot disk. */
+export const PARTITION_NUMBERS = { biosBoot: 1, esp: 2, config: 3, rootA: 4, rootB: 5, persistent: 6 } as const;

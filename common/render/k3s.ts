@@ -1,0 +1,63 @@
+import { createHmac } from 'node:crypto';
+import { stringify } from 'yaml';
+import type { ClusterSpec } from '../schema/cluster.ts';
+import { KINE_DATABASE, KINE_USER } from './postgresql.ts';
+
+/** Where the node keeps secret material derived from its seed (0700 directory, 0600 files). */
+export const NODE_SECRETS_DIR = '/var/lib/geminik8s/secrets';
+export const K3S_TOKEN_FILE = `${NODE_SECRETS_DIR}/k3s-token`;
+export const KINE_PGPASS_FILE = `${NODE_SECRETS_DIR}/kine.pgpass`;
+export const KINE_LISTEN = '127.0.0.1:2379';
+
+/**
+ * `/etc/rancher/k3s/config.yaml` as an object: keys are K3s server flag names. The token is
+ * referenced by file so this file carries no secret. Never `cluster-init`: the datastore is
+ * Kine on loopback, which points at the PostgreSQL primary through the VIP.
+ */
+export function k3sConfig(spec: ClusterSpec, node: string): Record<string, unknown> {
+  const self = spec.nodes.find((n) => n.name === node)!;
+  const config: Record<string, unknown> = {
+    'datastore-endpoint': `http://${KINE_LISTEN}`,
+    'token-file': K3S_TOKEN_FILE,
+    'node-name': node,
+    'node-ip': self.ip,
+    'advertise-address': self.ip,
+    'tls-san': [spec.network.vip, ...spec.nodes.map((n) => n.ip), ...spec.k3s.tlsSan],
+    'cluster-cidr': spec.k3s.clusterCidr,
+    'service-cidr': spec.k3s.serviceCidr,
+    'cluster-domain': spec.k3s.clusterDomain,
+    'write-kubeconfig-mode': '0600',
+  };
+  if (spec.k3s.disable.length) config.disable = [...spec.k3s.disable];
+  const labels = Object.entries(spec.k3s.nodeLabels).map(([k, v]) => `${k}=${v}`);
+  if (labels.length) config['node-label'] = labels;
+  return config;
+}
+
+export function k3sConfigYaml(spec: ClusterSpec, node: string): string {
+  return `# geminik8s: K3s server configuration for ${node}.\n${stringify(k3sConfig(spec, node), { version: '1.1' })}`;
+}
+
+/** Kine's DSN: through the VIP, never the local standby; the password comes from PGPASSFILE. */
+export function kineEndpoint(spec: ClusterSpec): string {
+  return `postgres://${KINE_USER}@${spec.network.vip}:${spec.postgresql.port}/${KINE_DATABASE}?sslmode=disable`;
+}
+
+/** Environment file for kine.service (no secret: the password is in the pgpass file). */
+export function kineEnvironment(spec: ClusterSpec): string {
+  return `# geminik8s: Kine datastore endpoint (the VIP follows the PostgreSQL primary).\nKINE_ENDPOINT=${kineEndpoint(spec)}\nPGPASSFILE=${KINE_PGPASS_FILE}\nPGCONNECT_TIMEOUT=5\n`;
+}
+
+/** libpq/pgx password file line for Kine: host:port:db:user:password. */
+export function kinePgpass(spec: ClusterSpec, password: string): string {
+  const esc = (s: string): string => s.replaceAll('\\', '\\\\').replaceAll(':', '\\:');
+  return `${esc(spec.network.vip)}:${spec.postgresql.port}:${KINE_DATABASE}:${KINE_USER}:${esc(password)}\n`;
+}
+
+/**
+ * Kine's PostgreSQL password, derived from the superuser password so the seed carries one
+ * secret fewer and both nodes agree without coordination.
+ */
+export function kinePassword(postgresPassword: string): string {
+  return createHmac('sha256', postgresPassword).update('geminik8s/kine').digest('base64url');
+}

@@ -1,0 +1,95 @@
+import type { ClusterSpec } from '../schema/cluster.ts';
+import { peerOf } from '../schema/cluster.ts';
+import { intToIp, networkOf } from '../schema/units.ts';
+
+/** The PostgreSQL role used for streaming replication. */
+export const REPLICATION_USER = 'replicator';
+/** Kine's role and database. */
+export const KINE_USER = 'kine';
+export const KINE_DATABASE = 'kine';
+
+/** The replication slot a node's standby streams through (slot names allow [a-z0-9_]). */
+export function slotNameFor(node: string): string {
+  return `geminik8s_${node.replaceAll('-', '_')}`;
+}
+
+/**
+ * Settings both nodes carry in `conf.d/geminik8s.conf`. Settings that change with the role
+ * (synchronous_standby_names, primary_conninfo, primary_slot_name) are not here: the agent
+ * manages them in postgresql.auto.conf with ALTER SYSTEM, because they move on failover.
+ */
+export function postgresqlSettings(spec: ClusterSpec): Record<string, string | number> {
+  return {
+    listen_addresses: '*',
+    port: spec.postgresql.port,
+    max_connections: spec.postgresql.maxConnections,
+    shared_buffers: spec.postgresql.sharedBuffers,
+    password_encryption: 'scram-sha-256',
+    wal_level: 'replica',
+    // pg_rewind needs hint bits WAL-logged (data checksums are also enabled at initdb).
+    wal_log_hints: 'on',
+    max_wal_senders: 10,
+    max_replication_slots: 10,
+    wal_keep_size: '512MB',
+    hot_standby: 'on',
+    hot_standby_feedback: 'on',
+    synchronous_commit: 'on',
+    wal_receiver_timeout: '5s',
+    wal_sender_timeout: '5s',
+    wal_receiver_status_interval: '1s',
+    wal_retrieve_retry_interval: '1s',
+    archive_mode: 'off',
+    // A standby that was a primary must be able to follow the new timeline after pg_rewind.
+    recovery_target_timeline: 'latest',
+    log_line_prefix: '%m [%p] %q%u@%d ',
+    log_connections: 'on',
+    log_disconnections: 'on',
+    tcp_keepalives_idle: 5,
+    tcp_keepalives_interval: 2,
+    tcp_keepalives_count: 3,
+  };
+}
+
+function confValue(v: string | number): string {
+  return typeof v === 'number' ? String(v) : `'${v.replaceAll("'", "''")}'`;
+}
+
+/** `postgresql.conf` fragment text, one `name = value` a line, sorted. */
+export function postgresqlConf(spec: ClusterSpec): string {
+  const lines = Object.entries(postgresqlSettings(spec))
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([k, v]) => `${k} = ${confValue(v)}`);
+  return `# geminik8s: shared PostgreSQL settings for cluster ${spec.name}.\n# Role-dependent settings live in postgresql.auto.conf, managed by geminik8s-agent.\n${lines.join('\n')}\n`;
+}
+
+/**
+ * `pg_hba.conf`: local administration by peer auth, replication only from the peer node,
+ * Kine from the nodes' subnet, everything else rejected.
+ */
+export function pgHbaConf(spec: ClusterSpec, node: string): string {
+  const peer = peerOf(spec, node);
+  const self = spec.nodes.find((n) => n.name === node)!;
+  const subnet = `${intToIp(networkOf(self.ip, spec.network.prefix))}/${spec.network.prefix}`;
+  const rows: [string, string, string, string, string][] = [
+    ['local', 'all', 'postgres', '', 'peer'],
+    ['local', 'all', 'all', '', 'scram-sha-256'],
+    ['host', 'all', 'postgres', '127.0.0.1/32', 'scram-sha-256'],
+    ['host', 'replication', REPLICATION_USER, `${peer.ip}/32`, 'scram-sha-256'],
+    // pg_rewind and the agent's health checks connect to the peer's regular databases.
+    ['host', 'postgres', REPLICATION_USER, `${peer.ip}/32`, 'scram-sha-256'],
+    ['host', 'postgres', 'postgres', `${peer.ip}/32`, 'scram-sha-256'],
+    ['host', KINE_DATABASE, KINE_USER, '127.0.0.1/32', 'scram-sha-256'],
+    ['host', KINE_DATABASE, KINE_USER, subnet, 'scram-sha-256'],
+    ['host', 'all', 'all', '0.0.0.0/0', 'reject'],
+    ['host', 'all', 'all', '::/0', 'reject'],
+  ];
+  const width = [6, 12, 11, 18];
+  const text = rows
+    .map((r) => {
+      const cols = r[0] === 'local' ? [r[0], r[1], r[2], r[4]] : r;
+      if (r[0] === 'local') return `${cols[0]!.padEnd(width[0]!)} ${cols[1]!.padEnd(width[1]!)} ${cols[2]!.padEnd(width[2]! + width[3]! + 1)} ${cols[3]}`;
+      return `${r[0].padEnd(width[0]!)} ${r[1].padEnd(width[1]!)} ${r[2].padEnd(width[2]!)} ${r[3].padEnd(width[3]!)} ${r[4]}`;
+    })
+    .join('\n');
+  return `# geminik8s: client authentication for ${node} (peer ${peer.name} ${peer.ip}).\n# TYPE  DATABASE     USER        ADDRESS            METHOD\n${text}\n`;
+}

@@ -1,0 +1,10 @@
+#!/bin/sh
+# Print one line of boot facts on the console: the QEMU harness and operators wait for it.
+slot=$(sed -n 's/.*geminik8s\.slot=\([AB]\).*/\1/p' /proc/cmdline)
+role=unconfigured
+if [ -r /var/lib/geminik8s/hostmeta.json ]; then
+  role=$(sed -n 's/.*"role" *: *"\([a-z]*\)".*/\1/p' /var/lib/geminik8s/hostmeta.json)
+fi
+rootmode=$(findmnt -no OPTIONS / | tr ',' '\n' | grep -xE 'ro|rw' | head -n1)
+persist=$(findmnt -no SOURCE,SIZE /var/lib/geminik8s 2>/dev/null | tr -s ' ' ':')
+echo "GEMINIK8S-READY slot=${slot:-?} role=${role:-?} root=${rootmode:-?} persistent=${persist:-none}"
