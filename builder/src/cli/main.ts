@@ -1,6 +1,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { ExitCode, exitCodeOf, GeminiError } from '../../../common/errors.ts';
 import { redact } from '../../../common/log.ts';
+import { registerCompletion } from './commands/completion.ts';
 import { registerInit } from './commands/init.ts';
 import { registerRender } from './commands/render.ts';
 import { registerValidate } from './commands/validate.ts';
@@ -37,6 +38,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerRender(program, ctx);
   registerVersion(program, ctx);
   registerValidate(program, ctx);
+  registerCompletion(program, ctx);
   for (const cmd of program.commands) cmd.exitOverride().configureOutput({ writeOut: io.stdout, writeErr: io.stderr });
   return program;
 }
