@@ -42,10 +42,65 @@ function validateWith<S extends z.ZodType, T>(
   rules: (value: T) => RuleIssue[],
 ): { value?: T; issues: ValidationIssue[] } {
   const parsed = schema.safeParse(source.data);
-  if (!parsed.success) return { issues: issuesFromZod(source, parsed.error) };
-  const value = normalize(parsed.data as z.output<S>);
-  const issues = locateRules(source, rules(value));
-  return issues.length ? { issues } : { value, issues };
+  if (parsed.success) {
+    const value = normalize(parsed.data as z.output<S>);
+    const issues = locateRules(source, rules(value));
+    return issues.length ? { issues } : { value, issues };
+  }
+  const issues = issuesFromZod(source, parsed.error);
+  // Report cross-field problems too, where the fields they involve are sound: drop what the
+  // schema rejected, and if what remains parses, run the rules on it.
+  const pruned = pruneInvalid(source.data, parsed.error, schema);
+  if (pruned) {
+    const bad = parsed.error.issues.flatMap((i) =>
+      i.code === 'unrecognized_keys' ? i.keys.map((k) => [...i.path, k].join('.')) : [i.path.join('.')],
+    );
+    const touches = (p: string): boolean => bad.some((b) => b === p || b.startsWith(`${p}.`) || p.startsWith(`${b}.`));
+    const ruleIssues = rules(normalize(pruned as z.output<S>)).filter(
+      (r) => !touches(r.path.join('.')) && !(r.related ?? []).some((rel) => touches(rel.join('.'))),
+    );
+    issues.push(...locateRules(source, ruleIssues));
+  }
+  return { issues };
+}
+
+/** Remove the values a schema rejected (up to a few rounds); the parsed rest, or undefined. */
+function pruneInvalid(data: unknown, error: z.ZodError, schema: z.ZodType): unknown {
+  let current = structuredClone(data);
+  let err: z.ZodError | undefined = error;
+  for (let round = 0; round < 5 && err; round++) {
+    for (const issue of err.issues) {
+      if (issue.code === 'unrecognized_keys') {
+        const parent = getIn(current, issue.path);
+        if (parent && typeof parent === 'object') for (const k of issue.keys) delete (parent as Record<string, unknown>)[k];
+      } else if (issue.path.length > 0) {
+        const parent = getIn(current, issue.path.slice(0, -1));
+        const key = issue.path[issue.path.length - 1]!;
+        if (!parent || typeof parent !== 'object' || Array.isArray(parent)) return undefined;
+        const record = parent as Record<PropertyKey, unknown>;
+        // Names only feed equality rules, so a unique stand-in cannot invent a problem elsewhere;
+        // other rejected values are dropped, and defaults take their place where there are some.
+        if (key === 'name' || key === 'node') record[key] = `placeholder-${round}-${issue.path.join('-')}`.toLowerCase().replace(/[^a-z0-9-]/g, '-').slice(0, 63);
+        else delete record[key];
+      } else {
+        return undefined;
+      }
+    }
+    const again = schema.safeParse(current);
+    if (again.success) return again.data;
+    err = again.error;
+    current = structuredClone(current);
+  }
+  return undefined;
+}
+
+function getIn(data: unknown, path: readonly PropertyKey[]): unknown {
+  let v = data;
+  for (const seg of path) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<PropertyKey, unknown>)[seg];
+  }
+  return v;
 }
 
 /** Validate one parsed document, of a given kind or of the kind it declares. */

@@ -92,7 +92,14 @@ const YAML11_BOOLEAN_WORDS = /^(y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|fals
 
 /** Turn zod issues into located validation issues. */
 export function issuesFromZod(source: SourceDocument, error: z.ZodError, basePath: PropertyKey[] = []): ValidationIssue[] {
-  return error.issues.map((issue) => {
+  return error.issues.flatMap((issue): ValidationIssue[] => {
+    if (issue.code === 'unrecognized_keys') {
+      // One issue per unknown key, pointing at the key itself.
+      return issue.keys.map((key) => {
+        const path = [...basePath, ...issue.path, key];
+        return { file: source.file, ...locate(source, path), path: path.map(String).join('.'), message: 'unknown field (check the spelling)' };
+      });
+    }
     const path = [...basePath, ...issue.path];
     const found = valueAt(source.data, path);
     const { line, col } = locate(source, path);
@@ -107,9 +114,6 @@ export function issuesFromZod(source: SourceDocument, error: z.ZodError, basePat
         expected = `one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
         message = 'value not allowed';
         break;
-      case 'unrecognized_keys':
-        message = `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`;
-        break;
       default:
         break;
     }
@@ -117,15 +121,7 @@ export function issuesFromZod(source: SourceDocument, error: z.ZodError, basePat
     if (typeof found === 'boolean' && rawScalar && YAML11_BOOLEAN_WORDS.test(rawScalar) && expected === 'string') {
       message += `; YAML 1.1 (what cloud-init reads) turns unquoted ${rawScalar} into a boolean, quote it`;
     }
-    return {
-      file: source.file,
-      line,
-      col,
-      path: path.map(String).join('.'),
-      message,
-      found: issue.code === 'unrecognized_keys' ? undefined : describeValue(found),
-      expected,
-    };
+    return [{ file: source.file, line, col, path: path.map(String).join('.'), message, found: describeValue(found), expected }];
   });
 }
 

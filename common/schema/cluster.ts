@@ -105,11 +105,11 @@ export function clusterRules(spec: ClusterSpec): RuleIssue[] {
   if (!a || !b) return issues;
   const prefix = network.prefix;
 
-  if (a.name === b.name) issues.push({ path: ['nodes', 1, 'name'], message: 'node names must differ', found: JSON.stringify(b.name) });
-  if (a.ip === b.ip) issues.push({ path: ['nodes', 1, 'ip'], message: 'node IPs must differ', found: b.ip });
+  if (a.name === b.name) issues.push({ path: ['nodes', 1, 'name'], message: 'node names must differ', found: JSON.stringify(b.name), related: [['nodes', 0, 'name']] });
+  if (a.ip === b.ip) issues.push({ path: ['nodes', 1, 'ip'], message: 'node IPs must differ', found: b.ip, related: [['nodes', 0, 'ip']] });
   if (a.mac && b.mac && a.mac === b.mac) issues.push({ path: ['nodes', 1, 'mac'], message: 'node MAC addresses must differ', found: b.mac });
   if (!sameSubnet(a.ip, b.ip, prefix)) {
-    issues.push({ path: ['nodes', 1, 'ip'], message: `both nodes must be in one /${prefix} subnet`, found: b.ip, expected: `an address in ${subnetText(a.ip, prefix)}` });
+    issues.push({ path: ['nodes', 1, 'ip'], message: `both nodes must be in one /${prefix} subnet`, found: b.ip, expected: `an address in ${subnetText(a.ip, prefix)}`, related: [['nodes', 0, 'ip'], ['network', 'prefix']] });
   }
   for (const [i, node] of nodes.entries()) {
     if (isNetworkOrBroadcast(node.ip, prefix)) {
@@ -117,9 +117,9 @@ export function clusterRules(spec: ClusterSpec): RuleIssue[] {
     }
   }
   if (network.vip === a.ip || network.vip === b.ip) {
-    issues.push({ path: ['network', 'vip'], message: 'the VIP must differ from both node IPs', found: network.vip });
+    issues.push({ path: ['network', 'vip'], message: 'the VIP must differ from both node IPs', found: network.vip, related: [['nodes']] });
   } else if (!sameSubnet(network.vip, a.ip, prefix)) {
-    issues.push({ path: ['network', 'vip'], message: "the VIP must be in the nodes' subnet", found: network.vip, expected: `an address in ${subnetText(a.ip, prefix)}` });
+    issues.push({ path: ['network', 'vip'], message: "the VIP must be in the nodes' subnet", found: network.vip, expected: `an address in ${subnetText(a.ip, prefix)}`, related: [['nodes', 0, 'ip'], ['network', 'prefix']] });
   } else if (isNetworkOrBroadcast(network.vip, prefix)) {
     issues.push({ path: ['network', 'vip'], message: `is the network or broadcast address of ${subnetText(a.ip, prefix)}`, found: network.vip });
   }
@@ -132,7 +132,7 @@ export function clusterRules(spec: ClusterSpec): RuleIssue[] {
     }
   }
   if (spec.witness.type === 'gateway' && !network.gateway) {
-    issues.push({ path: ['witness', 'type'], message: 'the gateway witness needs network.gateway', expected: 'network.gateway set (init: --gateway), or another witness type (init: --witness none|tcp://HOST:PORT|http://URL)' });
+    issues.push({ path: ['witness', 'type'], related: [['network', 'gateway']], message: 'the gateway witness needs network.gateway', expected: 'network.gateway set (init: --gateway), or another witness type (init: --witness none|tcp://HOST:PORT|http://URL)' });
   }
   if (spec.bootstrapLeader && !nodes.some((n) => n.name === spec.bootstrapLeader)) {
     issues.push({ path: ['bootstrapLeader'], message: 'must name one of the two nodes', found: JSON.stringify(spec.bootstrapLeader), expected: `${JSON.stringify(a.name)} or ${JSON.stringify(b.name)}` });

@@ -4,4 +4,6 @@ export interface RuleIssue {
   message: string;
   found?: string;
   expected?: string;
+  /** Other fields the rule read: when one of them is itself invalid, the rule is not reported. */
+  related?: (string | number)[][];
 }
