@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline/promises';
+import { createInterface } from 'node:readline';
 import { Command, Option } from 'commander';
 import { ExitCode, GeminiError, ValidationError } from '../../../../common/errors.ts';
 import { writeFileAtomic } from '../../../../common/fsutil.ts';
@@ -105,12 +105,17 @@ async function askMissing(opts: InitOptions, given: Set<string>): Promise<void> 
   if (!process.stdin.isTTY) {
     throw new GeminiError('--interactive needs a terminal on stdin; pass the values as flags instead (see geminik8s init --help)', ExitCode.invalidInput);
   }
-  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: true });
+  // Read answers through the line iterator: it buffers lines typed (or pasted) ahead of a prompt.
+  const lines = rl[Symbol.asyncIterator]();
   try {
     for (const p of PROMPTS) {
       if (opts[p.key] !== undefined) continue;
-      const answer = (await rl.question(`${p.question}${p.fallback ? ` [${p.fallback}]` : ''}: `)).trim();
-      const value = answer || p.fallback;
+      rl.setPrompt(`${p.question}${p.fallback ? ` [${p.fallback}]` : ''}: `);
+      rl.prompt();
+      const next = await lines.next();
+      if (next.done) throw new GeminiError('--interactive: input ended before every value was given', ExitCode.invalidInput);
+      const value = String(next.value).trim() || p.fallback;
       if (value !== undefined) {
         (opts as unknown as Record<string, string>)[p.key] = value;
         given.add(p.flag);

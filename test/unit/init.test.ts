@@ -1,0 +1,97 @@
+import test from 'ava';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadCluster, loadSecrets } from '../../common/config.ts';
+import { runPlan } from '../../common/exec.ts';
+import { cli } from '../helpers/cli.ts';
+import { ROOT, tempDir } from '../helpers/fixtures.ts';
+
+const BASE = ['init', '--name', 'site-a', '--node1-ip', '192.168.10.11', '--node2-ip', '192.168.10.12', '--vip', '192.168.10.50', '--gateway', '192.168.10.1'];
+
+test('init writes a commented cluster.yaml that validates, and 0600 secrets in a 0700 directory', async (t) => {
+  const dir = tempDir();
+  const r = await cli(...BASE, '--dns', '192.168.10.1', '--config-dir', dir);
+  t.is(r.code, 0, r.stderr);
+  const text = readFileSync(join(dir, 'cluster.yaml'), 'utf8');
+  t.regex(text, /^# .*geminik8s validate/m);
+  t.regex(text, /# Virtual IP of the control plane/);
+  const cluster = await loadCluster(join(dir, 'cluster.yaml'));
+  t.is(cluster.network.vip, '192.168.10.50');
+  t.deepEqual(cluster.network.dns, ['192.168.10.1']);
+  t.is(statSync(join(dir, 'secrets')).mode & 0o777, 0o700);
+  const files = readdirSync(join(dir, 'secrets')).sort();
+  t.deepEqual(files, ['agent-token', 'k3s-token', 'postgres-password', 'replication-password']);
+  for (const f of files) t.is(statSync(join(dir, 'secrets', f)).mode & 0o777, 0o600, f);
+  const secrets = await loadSecrets(join(dir, 'secrets'));
+  t.is(new Set(Object.values(secrets)).size, 4);
+  for (const s of Object.values(secrets)) {
+    t.true(s.length >= 32);
+    t.false(r.stdout.includes(s) || r.stderr.includes(s), 'a secret was printed');
+  }
+});
+
+test('init refuses to overwrite without --force (exit 5) and keeps secrets with --force', async (t) => {
+  const dir = tempDir();
+  t.is((await cli(...BASE, '--config-dir', dir)).code, 0);
+  const before = readFileSync(join(dir, 'secrets', 'k3s-token'), 'utf8');
+  const again = await cli(...BASE, '--name', 'site-b', '--config-dir', dir);
+  t.is(again.code, 5);
+  t.regex(again.stderr, /cluster\.yaml already exists; pass --force/);
+  t.regex(readFileSync(join(dir, 'cluster.yaml'), 'utf8'), /name: site-a/);
+  t.is((await cli(...BASE, '--name', 'site-b', '--force', '--config-dir', dir)).code, 0);
+  t.regex(readFileSync(join(dir, 'cluster.yaml'), 'utf8'), /name: site-b/);
+  t.is(readFileSync(join(dir, 'secrets', 'k3s-token'), 'utf8'), before, 'secrets are kept by --force');
+  t.is((await cli(...BASE, '--force', '--rotate-secrets', '--config-dir', dir)).code, 0);
+  t.not(readFileSync(join(dir, 'secrets', 'k3s-token'), 'utf8'), before, '--rotate-secrets replaces them');
+});
+
+test('init --dry-run validates and prints, writes nothing', async (t) => {
+  const dir = join(tempDir(), 'new');
+  const r = await cli(...BASE, '--dry-run', '--config-dir', dir);
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stdout, /kind: Cluster/);
+  t.false(existsSync(dir));
+});
+
+test('init reports every bad flag at once, naming the flag (exit 2), and writes nothing', async (t) => {
+  const dir = join(tempDir(), 'new');
+  const r = await cli('init', '--name', 'Bad_Name', '--node1-ip', '192.168.10.11', '--node2-ip', '192.168.10.11', '--vip', '10.0.0.1', '--gateway', '192.168.10.1', '--prefix', 'x', '--witness', 'ftp://w', '--config-dir', dir);
+  t.is(r.code, 2);
+  t.regex(r.stderr, /--name: name: must be a DNS label/);
+  t.regex(r.stderr, /--prefix: network\.prefix: not a whole number/);
+  t.regex(r.stderr, /--witness: witness: not a witness/);
+  t.false(existsSync(dir));
+});
+
+test('init --template supplies defaults that flags override; template errors carry line:col', async (t) => {
+  const dir = tempDir();
+  const template = join(dir, 'template.yaml');
+  writeFileSync(template, 'network:\n  interface: enp1s0\n  prefix: 24\npostgresql:\n  syncPolicy: strict\n');
+  const r = await cli(...BASE, '--template', template, '--interface', 'eno1', '--config-dir', dir);
+  t.is(r.code, 0, r.stderr);
+  const cluster = await loadCluster(join(dir, 'cluster.yaml'));
+  t.is(cluster.network.interface, 'eno1');
+  t.is(cluster.postgresql.syncPolicy, 'strict');
+  writeFileSync(template, 'postgresql:\n  syncPolicy: sometimes\n');
+  const bad = await cli(...BASE, '--template', template, '--dry-run');
+  t.is(bad.code, 2);
+  t.regex(bad.stderr, new RegExp(`${template}:2:15: postgresql\\.syncPolicy`));
+});
+
+test('init --interactive without a terminal refuses cleanly (exit 2)', async (t) => {
+  const r = await runPlan({ cmd: 'node', args: [join(ROOT, 'bin/geminik8s.js'), 'init', '--interactive', '--config-dir', tempDir()], input: '' }, { allowFailure: true });
+  t.is(r.exitCode, 2);
+  t.regex(r.stderr, /--interactive needs a terminal/);
+});
+
+test('init --interactive on a terminal asks for each missing value', async (t) => {
+  // `script` gives the CLI a pseudo-terminal; answers are typed ahead, as a paste would be.
+  const answers = 'site-x\n192.168.20.11\n192.168.20.12\n192.168.20.50\n\n192.168.20.1\n\n';
+  const cmd = `node ${join(ROOT, 'bin/geminik8s.js')} init --interactive --dry-run`;
+  const r = await runPlan({ cmd: 'script', args: ['-qec', cmd, '/dev/null'], input: answers }, { allowFailure: true, timeoutMs: 60_000 });
+  t.is(r.exitCode, 0, r.stdout + r.stderr);
+  t.regex(r.stdout, /IP of node1/);
+  t.regex(r.stdout, /name: site-x/);
+  t.regex(r.stdout, /vip: 192\.168\.20\.50/);
+  t.regex(r.stdout, /gateway: 192\.168\.20\.1\b/);
+});
