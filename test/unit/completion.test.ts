@@ -51,3 +51,18 @@ test('completion for an unknown shell is a usage error (exit 2)', async (t) => {
   t.is(r.code, 2);
   t.regex(r.stderr, /bash, zsh, fish/);
 });
+
+test('zsh and fish accept their scripts (syntax check by the shells themselves)', async (t) => {
+  const dir = tempDir();
+  const zsh = join(dir, '_geminik8s');
+  const fish = join(dir, 'geminik8s.fish');
+  writeFileSync(zsh, (await cli('completion', 'zsh')).stdout);
+  writeFileSync(fish, (await cli('completion', 'fish')).stdout);
+  const z = await runPlan({ cmd: 'zsh', args: ['-n', zsh] }, { allowFailure: true });
+  t.is(z.exitCode, 0, z.stderr);
+  const f = await runPlan({ cmd: 'fish', args: ['--no-execute', fish] }, { allowFailure: true });
+  t.is(f.exitCode, 0, f.stderr);
+  // fish can also be asked for completions: the script must offer `validate` for "va".
+  const c = await runPlan({ cmd: 'fish', args: ['-c', `source ${fish}; complete -C 'geminik8s va'`] }, { allowFailure: true });
+  t.regex(c.stdout, /^validate\b/m, c.stderr);
+});
