@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# From a fresh machine to rendered node files: host packages, npm dependencies, a demo cluster.
+# Usage: bash scripts/quickstart.sh [DIR]   (default ./demo; re-runnable)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+demo=${1:-demo}
+
+bash scripts/install-host-deps.sh
+npm ci --no-audit --no-fund
+
+gk() { node bin/geminik8s.js "$@"; }
+if [ ! -f "$demo/cluster.yaml" ]; then
+  gk init --name site-a --node1-ip 192.168.10.11 --node2-ip 192.168.10.12 \
+     --vip 192.168.10.50 --gateway 192.168.10.1 --dns 192.168.10.1 --config-dir "$demo"
+fi
+gk validate images/edge-amd64.yaml images/edge-arm64.yaml images/test-amd64.yaml "$demo/cluster.yaml"
+for node in node1 node2; do
+  gk render --image images/edge-amd64.yaml --cluster "$demo/cluster.yaml" --node "$node" \
+     --out "$demo/render-$node" --force
+done
+echo
+echo "Done. Review $demo/cluster.yaml, then the files each node will carry under $demo/render-node1/."
