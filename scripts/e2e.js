@@ -1,12 +1,12 @@
 #!/usr/bin/env node
 // `npm run e2e -- [suite...]`: run the slow-tier suites under test/e2e/<suite>/ (all when none named).
-import { readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
 const e2eDir = join(root, 'test/e2e');
-const available = readdirSync(e2eDir).filter((d) => statSync(join(e2eDir, d)).isDirectory());
+const available = (existsSync(e2eDir) ? readdirSync(e2eDir) : []).filter((d) => statSync(join(e2eDir, d)).isDirectory());
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));
 const passThrough = process.argv.slice(2).filter((a) => a.startsWith('-'));
 for (const suite of wanted) {
