@@ -35,6 +35,10 @@ export const AgentConfigSchema = z.strictObject({
       k3sUnit: z.string().default('k3s.service'),
     })
     .prefault({}),
+  /** Manage the VIP with ip/arping (off only in tests without a shared L2). */
+  vip: z.strictObject({ enabled: z.boolean().default(true) }).prefault({}),
+  /** Where first boot finds the seed (the config partition, mounted read-only). */
+  seedSource: z.string().default('/run/geminik8s/config/geminik8s/seed.yaml'),
   /** How services are (re)started: systemd on a node, direct process control in the test harness. */
   serviceManager: z.enum(['systemd', 'direct']).default('systemd'),
   /** Executable health-check scripts (exit 0 = healthy), run in name order. */

@@ -25,6 +25,8 @@ export const WitnessSchema = z.discriminatedUnion('type', [
   z.strictObject({ type: z.literal('gateway') }),
   z.strictObject({ type: z.literal('tcp'), host: z.union([ipv4, z.hostname()]), port: z.number().int().min(1).max(65535) }),
   z.strictObject({ type: z.literal('http'), url: z.url({ protocol: /^https?$/ }) }),
+  // A geminik8s witness (`geminik8s-agent witness`): an arbiter holding a lease, not just a probe.
+  z.strictObject({ type: z.literal('lease'), url: z.url({ protocol: /^https?$/ }) }),
   z.strictObject({ type: z.literal('none') }),
 ]);
 
@@ -200,7 +202,14 @@ export function peerOf(spec: ClusterSpec, nodeName: string): ClusterNode {
 }
 
 /** The witness as a concrete probe target. */
-export function witnessTarget(spec: ClusterSpec): { kind: 'icmp'; host: string } | { kind: 'tcp'; host: string; port: number } | { kind: 'http'; url: string } | { kind: 'none' } {
+export type WitnessTarget =
+  | { kind: 'icmp'; host: string }
+  | { kind: 'tcp'; host: string; port: number }
+  | { kind: 'http'; url: string }
+  | { kind: 'lease'; url: string }
+  | { kind: 'none' };
+
+export function witnessTarget(spec: ClusterSpec): WitnessTarget {
   switch (spec.witness.type) {
     case 'gateway':
       return { kind: 'icmp', host: spec.network.gateway! };
@@ -208,6 +217,8 @@ export function witnessTarget(spec: ClusterSpec): { kind: 'icmp'; host: string }
       return { kind: 'tcp', host: spec.witness.host, port: spec.witness.port };
     case 'http':
       return { kind: 'http', url: spec.witness.url };
+    case 'lease':
+      return { kind: 'lease', url: spec.witness.url };
     case 'none':
       return { kind: 'none' };
   }
