@@ -1,0 +1,136 @@
+import { timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { Agent } from './agent.ts';
+
+/** The slot this system booted from (kernel command line `geminik8s.slot=A|B`). */
+export function bootSlot(cmdlineFile: string): string | null {
+  try {
+    return /(?:^|\s)geminik8s\.slot=([AB])(?:\s|$)/.exec(readFileSync(cmdlineFile, 'utf8'))?.[1] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** Everything /v1/status reports. */
+export function statusOf(agent: Agent): Record<string, unknown> {
+  const o = agent.snapshot.observation;
+  const { ctx } = agent;
+  const pg = o?.pg;
+  return {
+    cluster: ctx.spec.name,
+    node: ctx.self.name,
+    role: agent.role,
+    generation: agent.meta.generation,
+    lastTransition: agent.meta.lastTransition,
+    version: ctx.config.image.version,
+    slot: bootSlot(ctx.config.image.slotFile),
+    postgres: pg
+      ? { up: pg.up, role: pg.up ? (pg.inRecovery ? 'standby' : 'primary') : 'down', lsn: pg.lsn ?? null, timeline: pg.timeline ?? null, readOnly: pg.readOnly ?? null,
+          synchronousStandbyNames: pg.synchronousStandbyNames ?? null, receiverStreaming: pg.receiverStreaming ?? null,
+          standby: pg.peerReplication ?? null, lagBytes: lagBytes(pg.lsn, pg.peerReplication?.replayLsn ?? null) }
+      : null,
+    // For the peer's decisions: our view of its replication, when we are the primary.
+    standbySyncState: pg?.peerReplication?.syncState ?? null,
+    degraded: agent.memory.degraded,
+    vip: { address: ctx.spec.network.vip, heldHere: o?.vipHeld ?? false, holder: o?.vipHeld ? ctx.self.name : agent.role === 'leader' ? ctx.self.name : ctx.peer.name },
+    peer: { name: ctx.peer.name, ip: ctx.peer.ip, apiReachable: Boolean(o?.peerApi), postgresReachable: o?.peerPgOk ?? false, view: o?.peerApi ?? null,
+      lastSeenMsAgo: o ? Math.round(o.now - agent.memory.peerSeenAt) : null },
+    witness: { kind: ctx.witness.kind, reachable: o?.witnessOk ?? false, leaseHeld: o?.leaseHeld ?? null },
+    userChecks: agent.snapshot.userChecks,
+    decision: agent.snapshot.lastDecision ?? null,
+  };
+}
+
+function lagBytes(lsn: string | undefined, replay: string | null): number | null {
+  if (!lsn || !replay) return null;
+  const n = (l: string): bigint => {
+    const [hi, lo] = l.split('/');
+    return (BigInt(`0x${hi}`) << 32n) + BigInt(`0x${lo}`);
+  };
+  return Number(n(lsn) - n(replay));
+}
+
+/** Prometheus text exposition of the agent's state. */
+export function metricsOf(agent: Agent): string {
+  const o = agent.snapshot.observation;
+  const lines: string[] = [];
+  const metric = (name: string, help: string, type: 'gauge' | 'counter', samples: [Record<string, string>, number][]): void => {
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    for (const [labels, v] of samples) {
+      const l = Object.entries(labels).map(([k, val]) => `${k}="${val.replaceAll('\\', '\\\\').replaceAll('"', '\\"')}"`).join(',');
+      lines.push(`${name}${l ? `{${l}}` : ''} ${v}`);
+    }
+  };
+  const node = { node: agent.ctx.self.name };
+  metric('geminik8s_role', 'Current role of this node (1 for the active role).', 'gauge', (['init', 'leader', 'follower', 'fenced', 'unconfigured'] as const).map((r) => [{ ...node, role: r }, agent.role === r ? 1 : 0]));
+  metric('geminik8s_generation', 'Cluster generation as seen by this node; increases on every promotion.', 'gauge', [[node, agent.meta.generation]]);
+  metric('geminik8s_transitions_total', 'Role transitions since the agent started.', 'counter', [[node, agent.snapshot.transitions]]);
+  metric('geminik8s_postgres_up', 'PostgreSQL answers queries.', 'gauge', [[node, o?.pg.up ? 1 : 0]]);
+  metric('geminik8s_peer_reachable', 'The peer answered on a path.', 'gauge', [[{ ...node, path: 'api' }, o?.peerApi ? 1 : 0], [{ ...node, path: 'postgres' }, o?.peerPgOk ? 1 : 0]]);
+  metric('geminik8s_witness_reachable', 'The witness answered (lease witness: we hold the lease when leader).', 'gauge', [[node, o?.witnessOk ? 1 : 0]]);
+  metric('geminik8s_vip_held', 'This node holds the VIP.', 'gauge', [[node, o?.vipHeld ? 1 : 0]]);
+  metric('geminik8s_replication_degraded', 'Synchronous replication is switched off because the standby is lost.', 'gauge', [[node, agent.memory.degraded ? 1 : 0]]);
+  const sync = o?.pg.peerReplication?.syncState;
+  metric('geminik8s_standby_sync', 'The standby is synchronous (leader only).', 'gauge', [[node, sync === 'sync' ? 1 : 0]]);
+  const lag = lagBytes(o?.pg.lsn, o?.pg.peerReplication?.replayLsn ?? null);
+  if (lag !== null) metric('geminik8s_replication_lag_bytes', 'WAL bytes the standby has not replayed yet (leader only).', 'gauge', [[node, lag]]);
+  return `${lines.join('\n')}\n`;
+}
+
+function authorized(req: IncomingMessage, token: string): boolean {
+  const header = req.headers.authorization ?? '';
+  const given = Buffer.from(header.startsWith('Bearer ') ? header.slice(7) : '');
+  const want = Buffer.from(token);
+  return given.length === want.length && timingSafeEqual(given, want);
+}
+
+async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  let body = '';
+  for await (const chunk of req) {
+    body += String(chunk);
+    if (body.length > 65536) throw new Error('body too large');
+  }
+  return body ? (JSON.parse(body) as Record<string, unknown>) : {};
+}
+
+/** The agent's HTTP API: /healthz open, everything else behind the agent token. */
+export function startApi(agent: Agent): Promise<Server> {
+  const { ctx } = agent;
+  const handler = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const send = (code: number, body: unknown, type = 'application/json'): void => {
+      res.writeHead(code, { 'content-type': type });
+      res.end(typeof body === 'string' ? body : JSON.stringify(body));
+    };
+    const path = (req.url ?? '/').split('?')[0];
+    try {
+      if (path === '/healthz' && req.method === 'GET') return send(200, { ok: true, role: agent.role, generation: agent.meta?.generation ?? 0 });
+      if (!authorized(req, ctx.secrets.agentToken)) return send(401, { error: 'missing or wrong bearer token' });
+      if (path === '/v1/status' && req.method === 'GET') return send(200, statusOf(agent));
+      if (path === '/metrics' && req.method === 'GET') return send(200, metricsOf(agent), 'text/plain; version=0.0.4');
+      if (path === '/v1/switchover' && req.method === 'POST') {
+        const r = await agent.switchover();
+        return send(r.ok ? 200 : 409, r);
+      }
+      if (path === '/v1/promote' && req.method === 'POST') {
+        const body = await readJson(req);
+        if (typeof body.lsn !== 'string' || typeof body.generation !== 'number') return send(400, { error: 'expected {lsn, generation}' });
+        const r = await agent.promoteOnRequest(body.lsn, body.generation);
+        return send(r.ok ? 200 : 409, r);
+      }
+      return send(404, { error: 'not found' });
+    } catch (err) {
+      agent.log.error({ err: (err as Error).message, path }, 'API request failed');
+      return send(500, { error: (err as Error).message });
+    }
+  };
+  const { tlsCert, tlsKey, host } = ctx.config.listen;
+  const server = tlsCert && tlsKey
+    ? createHttpsServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }, (q, s) => void handler(q, s))
+    : createHttpServer((q, s) => void handler(q, s));
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(agent.ctx.apiPort, host, () => resolve(server));
+  });
+}

@@ -1,0 +1,66 @@
+import { readFile } from 'node:fs/promises';
+import { parse } from 'yaml';
+import { parseSeed } from '../../common/config.ts';
+import { ExitCode, GeminiError, ValidationError } from '../../common/errors.ts';
+import { registerSecret } from '../../common/log.ts';
+import { AgentConfigSchema, type AgentConfig } from '../../common/schema/agent.ts';
+import { bootstrapLeaderOf, peerOf, witnessTarget, type ClusterNode, type ClusterSpec, type WitnessTarget } from '../../common/schema/cluster.ts';
+import type { NodeSeed, Secrets } from '../../common/schema/seed.ts';
+
+/** Everything the agent knows about its place in the cluster, read once at start. */
+export interface NodeContext {
+  config: AgentConfig;
+  spec: ClusterSpec;
+  self: ClusterNode;
+  peer: ClusterNode;
+  secrets: Secrets;
+  witness: WitnessTarget;
+  isBootstrapLeader: boolean;
+  /** Port of the agent API (the cluster's, unless the local config overrides it). */
+  apiPort: number;
+  /** Port the peer's agent API listens on. */
+  peerApiPort: number;
+}
+
+export async function loadAgentConfig(file: string): Promise<AgentConfig> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch {
+    throw new GeminiError(`cannot read agent config ${file}`, ExitCode.invalidInput);
+  }
+  const parsed = AgentConfigSchema.safeParse(parse(text, { version: '1.1' }) ?? {});
+  if (!parsed.success) {
+    throw new ValidationError(parsed.error.issues.map((i) => ({ file, path: i.path.join('.'), message: i.message })));
+  }
+  return parsed.data;
+}
+
+export async function loadSeedFile(file: string): Promise<NodeSeed> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch {
+    throw new GeminiError(`cannot read node seed ${file}`, ExitCode.invalidInput);
+  }
+  const { seed, issues } = parseSeed(file, text);
+  if (!seed) throw new ValidationError(issues);
+  return seed;
+}
+
+export function nodeContext(config: AgentConfig, seed: NodeSeed): NodeContext {
+  for (const s of Object.values(seed.secrets)) registerSecret(s);
+  const self = seed.cluster.nodes.find((n) => n.name === seed.node)!;
+  const peer = peerOf(seed.cluster, seed.node);
+  return {
+    config,
+    spec: seed.cluster,
+    self,
+    peer,
+    secrets: seed.secrets,
+    witness: witnessTarget(seed.cluster),
+    isBootstrapLeader: bootstrapLeaderOf(seed.cluster).name === seed.node,
+    apiPort: config.listen.port ?? seed.cluster.agent.port,
+    peerApiPort: seed.cluster.agent.port,
+  };
+}

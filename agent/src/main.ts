@@ -1,0 +1,102 @@
+import { readFileSync } from 'node:fs';
+import pino from 'pino';
+import { Agent } from './agent.ts';
+import { startApi } from './api.ts';
+import { loadAgentConfig, loadSeedFile, nodeContext } from './context.ts';
+import { sdNotify, watchdogIntervalMs } from './sdnotify.ts';
+import { startWitnessServer } from './witness.ts';
+
+declare const GEMINIK8S_VERSION: string | undefined;
+const VERSION = typeof GEMINIK8S_VERSION === 'string' ? GEMINIK8S_VERSION : 'dev';
+
+const USAGE = `usage: geminik8s-agent run --config FILE
+       geminik8s-agent witness --listen HOST:PORT --token-file FILE
+       geminik8s-agent --version`;
+
+function option(args: string[], name: string): string | undefined {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+}
+
+function logger(node: string): pino.Logger {
+  return pino({
+    level: process.env.GEMINIK8S_LOG_LEVEL ?? 'info',
+    base: { node },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    // Belt and braces: secrets are never logged on purpose, and these keys are masked anyway.
+    redact: { paths: ['password', '*.password', 'token', '*.token', 'secrets', '*.secrets', 'dsn', '*.dsn'], censor: '***' },
+  });
+}
+
+async function run(args: string[]): Promise<number> {
+  const configFile = option(args, '--config');
+  if (!configFile) {
+    process.stderr.write(`${USAGE}\n`);
+    return 2;
+  }
+  const config = await loadAgentConfig(configFile);
+  const seed = await loadSeedFile(config.seedFile);
+  const ctx = nodeContext(config, seed);
+  const log = logger(ctx.self.name);
+  const agent = new Agent(ctx, log);
+  const stop = (signal: string): void => {
+    log.info({ event: 'stop', signal }, 'stopping');
+    agent.stop();
+    setTimeout(() => process.exit(0), 200).unref();
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  const server = await startApi(agent);
+  log.info({ event: 'start', version: VERSION, api: ctx.apiPort, witness: ctx.witness.kind }, `geminik8s agent ${VERSION} starting`);
+  await agent.init();
+  await sdNotify(`READY=1\nSTATUS=role ${agent.role}`);
+  const wd = watchdogIntervalMs();
+  let lastTick = performance.now();
+  if (wd) {
+    // Ping only while rounds keep happening: a stuck loop lets systemd restart us.
+    setInterval(() => {
+      if (performance.now() - lastTick < wd * 2) void sdNotify(`WATCHDOG=1\nSTATUS=role ${agent.role}`);
+    }, wd).unref();
+  }
+  await agent.run(() => {
+    lastTick = performance.now();
+  });
+  server.close();
+  return 0;
+}
+
+async function witness(args: string[]): Promise<number> {
+  const listen = option(args, '--listen');
+  const tokenFile = option(args, '--token-file');
+  if (!listen || !tokenFile) {
+    process.stderr.write(`${USAGE}\n`);
+    return 2;
+  }
+  const [host, port] = [listen.slice(0, listen.lastIndexOf(':')), Number(listen.slice(listen.lastIndexOf(':') + 1))];
+  const token = readFileSync(tokenFile, 'utf8').trim();
+  await startWitnessServer({ host, port, token });
+  logger('witness').info({ event: 'start', listen }, 'geminik8s witness listening');
+  return new Promise(() => undefined);
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === '--version' || command === 'version') {
+    process.stdout.write(`${VERSION}\n`);
+    return 0;
+  }
+  if (command === 'run') return run(rest);
+  if (command === 'witness') return witness(rest);
+  process.stderr.write(`${USAGE}\n`);
+  return 2;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code !== 0) process.exit(code);
+  },
+  (err: unknown) => {
+    process.stderr.write(`geminik8s-agent: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,251 @@
+import { existsSync } from 'node:fs';
+import { chown, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import pg from 'pg';
+import type { CommandPlan } from '../../common/exec.ts';
+import { runPlan } from '../../common/exec.ts';
+import { pgHbaConf, postgresqlConf, REPLICATION_USER, slotNameFor, KINE_DATABASE, KINE_USER } from '../../common/render/postgresql.ts';
+import { kinePassword } from '../../common/render/k3s.ts';
+import type { NodeContext } from './context.ts';
+
+/** What a query of the local server says about itself. */
+export interface LocalPgStatus {
+  up: boolean;
+  inRecovery?: boolean;
+  /** Current WAL position (primary: insert LSN; standby: replay LSN). */
+  lsn?: string;
+  timeline?: number;
+  /** Standby: the WAL receiver is streaming from the peer. */
+  receiverStreaming?: boolean;
+  /** Primary: the peer's replication state as seen in pg_stat_replication. */
+  peerReplication?: { state: string; syncState: string; replayLsn: string | null; flushLsn: string | null };
+  synchronousStandbyNames?: string;
+  readOnly?: boolean;
+  error?: string;
+}
+
+// The plans below are pure: the executor runs them through the process seam.
+
+function asPostgres(ctx: NodeContext, cmd: string, args: string[], env: Record<string, string> = {}): CommandPlan {
+  // runuser keeps the environment we pass (PGPASSFILE) and drops root for PostgreSQL tools.
+  return { cmd: 'runuser', args: ['-u', ctx.config.postgresql.osUser, '--', join(ctx.config.postgresql.binDir, cmd), ...args], env };
+}
+
+export function initdbPlan(ctx: NodeContext, pwfile: string): CommandPlan {
+  return asPostgres(ctx, 'initdb', [
+    '-D', ctx.config.postgresql.dataDir,
+    '--data-checksums',
+    '--encoding=UTF8', '--locale=C',
+    '--username=postgres',
+    `--pwfile=${pwfile}`,
+    '--auth-local=peer', '--auth-host=scram-sha-256',
+  ]);
+}
+
+export function pgCtlStartPlan(ctx: NodeContext): CommandPlan {
+  if (ctx.config.serviceManager === 'systemd') return { cmd: 'systemctl', args: ['start', 'geminik8s-postgresql.service'] };
+  return asPostgres(ctx, 'pg_ctl', ['-D', ctx.config.postgresql.dataDir, '-l', join(ctx.config.stateDir, 'postgresql.log'), '-w', '-t', '60', '-o', `-k ${ctx.config.postgresql.socketDir}`, 'start']);
+}
+
+export function pgCtlStopPlan(ctx: NodeContext, mode: 'fast' | 'immediate'): CommandPlan {
+  if (ctx.config.serviceManager === 'systemd') {
+    return mode === 'immediate'
+      ? { cmd: 'systemctl', args: ['kill', '--signal=SIGQUIT', 'geminik8s-postgresql.service'] }
+      : { cmd: 'systemctl', args: ['stop', 'geminik8s-postgresql.service'] };
+  }
+  return asPostgres(ctx, 'pg_ctl', ['-D', ctx.config.postgresql.dataDir, '-m', mode, '-w', '-t', '30', 'stop']);
+}
+
+/** Clone the peer's data directory as a standby, streaming through this node's slot. */
+export function basebackupPlan(ctx: NodeContext): CommandPlan {
+  return asPostgres(
+    ctx,
+    'pg_basebackup',
+    ['-h', ctx.peer.ip, '-p', String(ctx.spec.postgresql.port), '-U', REPLICATION_USER, '-D', ctx.config.postgresql.dataDir, '-X', 'stream', '-c', 'fast', '--no-password', '-S', slotNameFor(ctx.self.name)],
+    { PGPASSFILE: pgpassFile(ctx), PGCONNECT_TIMEOUT: '5' },
+  );
+}
+
+/** Rewind this node's diverged data directory onto the peer's timeline. */
+export function rewindPlan(ctx: NodeContext): CommandPlan {
+  return asPostgres(
+    ctx,
+    'pg_rewind',
+    ['-D', ctx.config.postgresql.dataDir, `--source-server=host=${ctx.peer.ip} port=${ctx.spec.postgresql.port} user=postgres dbname=postgres connect_timeout=5`, '--no-ensure-shutdown', '--progress'],
+    { PGPASSFILE: pgpassFile(ctx) },
+  );
+}
+
+export function pgpassFile(ctx: NodeContext): string {
+  return join(ctx.config.stateDir, 'pgpass');
+}
+
+/** Write the files PostgreSQL reads that come from the seed: conf fragment, pg_hba, pgpass. */
+export async function writeNodeConfig(ctx: NodeContext): Promise<void> {
+  const data = ctx.config.postgresql.dataDir;
+  const { uid, gid } = await osUserIds(ctx.config.postgresql.osUser);
+  await mkdir(join(data, 'conf.d'), { recursive: true, mode: 0o700 });
+  await writeFile(join(data, 'conf.d', 'geminik8s.conf'), postgresqlConf(ctx.spec) + (ctx.config.postgresql.confFragment ? `${ctx.config.postgresql.confFragment}\n` : ''));
+  await writeFile(join(data, 'pg_hba.conf'), pgHbaConf(ctx.spec, ctx.self.name), { mode: 0o600 });
+  const conf = join(data, 'postgresql.conf');
+  const text = await readFile(conf, 'utf8');
+  if (!text.includes("include_dir = 'conf.d'")) await writeFile(conf, `${text}\ninclude_dir = 'conf.d'\n`);
+  for (const f of [join(data, 'conf.d'), join(data, 'conf.d', 'geminik8s.conf'), join(data, 'pg_hba.conf')]) await chown(f, uid, gid);
+  await writePgpass(ctx);
+}
+
+export async function writePgpass(ctx: NodeContext): Promise<void> {
+  const { uid, gid } = await osUserIds(ctx.config.postgresql.osUser);
+  const esc = (s: string): string => s.replaceAll('\\', '\\\\').replaceAll(':', '\\:');
+  const port = ctx.spec.postgresql.port;
+  const lines = [
+    `*:${port}:replication:${REPLICATION_USER}:${esc(ctx.secrets.replicationPassword)}`,
+    `*:${port}:*:postgres:${esc(ctx.secrets.postgresPassword)}`,
+  ];
+  await mkdir(ctx.config.stateDir, { recursive: true, mode: 0o700 });
+  const file = pgpassFile(ctx);
+  await writeFile(file, `${lines.join('\n')}\n`, { mode: 0o600 });
+  await chown(file, uid, gid);
+}
+
+/** Standby settings: where to stream from and through which slot (no password: passfile). */
+export async function configureStandby(ctx: NodeContext): Promise<void> {
+  const data = ctx.config.postgresql.dataDir;
+  const conninfo = `host=${ctx.peer.ip} port=${ctx.spec.postgresql.port} user=${REPLICATION_USER} passfile=${pgpassFile(ctx)} application_name=${ctx.self.name} connect_timeout=3 keepalives_idle=5 keepalives_interval=2 keepalives_count=2`;
+  await setAutoConf(ctx, { primary_conninfo: conninfo, primary_slot_name: slotNameFor(ctx.self.name), synchronous_standby_names: '' });
+  await writeFile(join(data, 'standby.signal'), '');
+  const { uid, gid } = await osUserIds(ctx.config.postgresql.osUser);
+  await chown(join(data, 'standby.signal'), uid, gid);
+}
+
+/** Edit postgresql.auto.conf while the server is stopped (ALTER SYSTEM needs it running). */
+export async function setAutoConf(ctx: NodeContext, settings: Record<string, string>): Promise<void> {
+  const file = join(ctx.config.postgresql.dataDir, 'postgresql.auto.conf');
+  const existing = existsSync(file) ? await readFile(file, 'utf8') : '# Do not edit this file manually!\n';
+  const keep = existing.split('\n').filter((l) => !Object.keys(settings).some((k) => new RegExp(`^\\s*${k}\\s*=`).test(l)));
+  const added = Object.entries(settings).map(([k, v]) => `${k} = '${v.replaceAll("'", "''")}'`);
+  await writeFile(file, `${[...keep.filter((l, i) => l !== '' || i < keep.length - 1), ...added].join('\n')}\n`);
+  const { uid, gid } = await osUserIds(ctx.config.postgresql.osUser);
+  await chown(file, uid, gid);
+}
+
+export async function removeStandbySignal(ctx: NodeContext): Promise<void> {
+  await rm(join(ctx.config.postgresql.dataDir, 'standby.signal'), { force: true });
+}
+
+export function hasData(ctx: NodeContext): boolean {
+  return existsSync(join(ctx.config.postgresql.dataDir, 'PG_VERSION'));
+}
+
+const idCache = new Map<string, { uid: number; gid: number }>();
+export async function osUserIds(user: string): Promise<{ uid: number; gid: number }> {
+  const hit = idCache.get(user);
+  if (hit) return hit;
+  const passwd = await readFile('/etc/passwd', 'utf8');
+  const line = passwd.split('\n').find((l) => l.startsWith(`${user}:`));
+  if (!line) throw new Error(`OS user ${user} does not exist`);
+  const [, , uid, gid] = line.split(':');
+  const ids = { uid: Number(uid), gid: Number(gid) };
+  idCache.set(user, ids);
+  return ids;
+}
+
+/** A short-lived connection to a PostgreSQL server as the superuser. */
+export async function withClient<T>(ctx: NodeContext, host: string, fn: (c: pg.Client) => Promise<T>, timeoutMs = ctx.spec.failover.checkTimeout): Promise<T> {
+  const client = new pg.Client({
+    host,
+    port: ctx.spec.postgresql.port,
+    user: 'postgres',
+    password: ctx.secrets.postgresPassword,
+    database: 'postgres',
+    connectionTimeoutMillis: timeoutMs,
+    statement_timeout: Math.max(timeoutMs, 2000),
+    application_name: 'geminik8s-agent',
+  });
+  client.on('error', () => undefined);
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+/** Query the local server's role, position and replication state. */
+export async function localStatus(ctx: NodeContext): Promise<LocalPgStatus> {
+  try {
+    return await withClient(ctx, '127.0.0.1', async (c) => {
+      const r = await c.query(`SELECT pg_is_in_recovery() AS rec,
+          CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END AS lsn,
+          (SELECT timeline_id FROM pg_control_checkpoint()) AS tli,
+          current_setting('synchronous_standby_names') AS ssn,
+          current_setting('default_transaction_read_only') AS ro`);
+      const row = r.rows[0] as { rec: boolean; lsn: string; tli: number; ssn: string; ro: string };
+      const status: LocalPgStatus = { up: true, inRecovery: row.rec, lsn: row.lsn, timeline: Number(row.tli), synchronousStandbyNames: row.ssn, readOnly: row.ro === 'on' };
+      if (row.rec) {
+        const w = await c.query(`SELECT status, received_tli FROM pg_stat_wal_receiver`);
+        status.receiverStreaming = w.rows[0]?.status === 'streaming';
+        if (w.rows[0]?.received_tli) status.timeline = Math.max(status.timeline ?? 0, Number(w.rows[0].received_tli));
+      } else {
+        const rep = await c.query(`SELECT state, sync_state, replay_lsn::text AS replay, flush_lsn::text AS flush FROM pg_stat_replication WHERE application_name = $1 ORDER BY backend_start DESC LIMIT 1`, [ctx.peer.name]);
+        const p = rep.rows[0] as { state: string; sync_state: string; replay: string | null; flush: string | null } | undefined;
+        if (p) status.peerReplication = { state: p.state, syncState: p.sync_state, replayLsn: p.replay, flushLsn: p.flush };
+      }
+      return status;
+    });
+  } catch (err) {
+    return { up: false, error: (err as Error).message };
+  }
+}
+
+/** First start of the bootstrap leader: roles, Kine's database and the peer's slot. */
+export async function bootstrapPrimaryObjects(ctx: NodeContext): Promise<void> {
+  await withClient(ctx, '127.0.0.1', async (c) => {
+    const ident = (s: string): string => `"${s.replaceAll('"', '""')}"`;
+    const lit = (s: string): string => `'${s.replaceAll("'", "''")}'`;
+    const roles = await c.query(`SELECT rolname FROM pg_roles WHERE rolname = ANY($1)`, [[REPLICATION_USER, KINE_USER]]);
+    const have = new Set(roles.rows.map((r: { rolname: string }) => r.rolname));
+    if (!have.has(REPLICATION_USER)) await c.query(`CREATE ROLE ${ident(REPLICATION_USER)} WITH REPLICATION LOGIN PASSWORD ${lit(ctx.secrets.replicationPassword)}`);
+    if (!have.has(KINE_USER)) await c.query(`CREATE ROLE ${ident(KINE_USER)} WITH LOGIN PASSWORD ${lit(kinePassword(ctx.secrets.postgresPassword))}`);
+    const db = await c.query(`SELECT 1 FROM pg_database WHERE datname = $1`, [KINE_DATABASE]);
+    if (db.rowCount === 0) await c.query(`CREATE DATABASE ${ident(KINE_DATABASE)} OWNER ${ident(KINE_USER)}`);
+  }, 10_000);
+  await ensurePeerSlot(ctx);
+}
+
+/** The primary keeps a physical slot for its peer so WAL the peer needs is never recycled. */
+export async function ensurePeerSlot(ctx: NodeContext): Promise<void> {
+  await withClient(ctx, '127.0.0.1', async (c) => {
+    const slot = slotNameFor(ctx.peer.name);
+    const r = await c.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1`, [slot]);
+    if (r.rowCount === 0) await c.query(`SELECT pg_create_physical_replication_slot($1, true)`, [slot]);
+  }, 5000);
+}
+
+/** Set synchronous_standby_names on the running primary and reload. */
+export async function setSyncStandby(ctx: NodeContext, names: string): Promise<void> {
+  await withClient(ctx, '127.0.0.1', async (c) => {
+    await c.query(`ALTER SYSTEM SET synchronous_standby_names = '${names.replaceAll("'", "''")}'`);
+    await c.query(`SELECT pg_reload_conf()`);
+  }, 5000);
+}
+
+export async function promote(ctx: NodeContext): Promise<void> {
+  await withClient(ctx, '127.0.0.1', async (c) => {
+    const r = await c.query(`SELECT pg_promote(true, 30)`);
+    if (r.rows[0]?.pg_promote !== true) throw new Error('pg_promote did not complete within 30 s');
+  }, 35_000);
+}
+
+/** Stop accepting writes without stopping the server: used for a planned switchover. */
+export async function setReadOnly(ctx: NodeContext, on: boolean): Promise<void> {
+  await withClient(ctx, '127.0.0.1', async (c) => {
+    await c.query(`ALTER SYSTEM SET default_transaction_read_only = ${on ? 'on' : 'off'}`);
+    await c.query(`SELECT pg_reload_conf()`);
+    if (on) await c.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND usename <> 'postgres'`);
+  }, 5000);
+}
+
+export async function run(plan: CommandPlan, timeoutMs = 120_000): Promise<void> {
+  await runPlan(plan, { timeoutMs });
+}

@@ -1,0 +1,20 @@
+import { runPlan } from '../../common/exec.ts';
+
+/**
+ * Tell systemd about readiness and liveness. Node has no unix datagram sockets, so the
+ * message goes through `systemd-notify` with our PID (NotifyAccess=main needs --pid).
+ */
+export async function sdNotify(state: string): Promise<boolean> {
+  if (!process.env.NOTIFY_SOCKET) return false;
+  const args = [`--pid=${process.pid}`, ...state.split('\n').filter(Boolean)];
+  const r = await runPlan({ cmd: 'systemd-notify', args }, { allowFailure: true, timeoutMs: 2000 });
+  return r.exitCode === 0;
+}
+
+/** Watchdog ping interval: half of WATCHDOG_USEC, or undefined when systemd set none. */
+export function watchdogIntervalMs(): number | undefined {
+  const usec = Number(process.env.WATCHDOG_USEC);
+  if (!Number.isFinite(usec) || usec <= 0) return undefined;
+  if (process.env.WATCHDOG_PID && Number(process.env.WATCHDOG_PID) !== process.pid) return undefined;
+  return Math.floor(usec / 1000 / 2);
+}
