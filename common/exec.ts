@@ -202,3 +202,40 @@ export async function requireTools(tools: string[]): Promise<void> {
     );
   }
 }
+
+/** A long-running process started from a plan (daemons in test harnesses, QEMU). */
+export interface RunningProcess {
+  pid: number;
+  /** Resolves with the exit code (or the signal name) when the process ends. */
+  exited: Promise<number | string>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+/** Start a plan without waiting for it; each stdout/stderr line goes to the callbacks. */
+export function spawnPlan(plan: CommandPlan, handlers: { stdout?: (line: string) => void; stderr?: (line: string) => void } = {}): RunningProcess {
+  const child = execa(plan.cmd, plan.args, { env: plan.env, extendEnv: true, cwd: plan.cwd, reject: false, buffer: false, stdin: 'ignore' });
+  const pipe = (stream: NodeJS.ReadableStream | null | undefined, fn?: (line: string) => void): void => {
+    if (!stream) return;
+    let pending = '';
+    stream.on('data', (chunk: Buffer) => {
+      pending += chunk.toString();
+      const lines = pending.split('\n');
+      pending = lines.pop() ?? '';
+      if (fn) for (const l of lines) fn(l);
+    });
+  };
+  pipe(child.stdout, handlers.stdout);
+  pipe(child.stderr, handlers.stderr);
+  if (child.pid === undefined) throw new ToolMissingError(plan.cmd);
+  return {
+    pid: child.pid,
+    exited: child.then((r) => r.signal ?? r.exitCode ?? -1),
+    kill: (signal = 'SIGTERM') => {
+      try {
+        child.kill(signal);
+      } catch {
+        // already gone
+      }
+    },
+  };
+}

@@ -11,9 +11,9 @@ PACKAGES=(
   # booting images under emulation
   qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64
   # rendering checks
-  cloud-init systemd zsh fish bsdutils
+  cloud-init systemd zsh fish bsdutils curl
   # failover harness and comparison
-  postgresql-15 iproute2 iputils-arping iputils-ping patroni etcd-server
+  postgresql-15 iproute2 iptables iputils-arping iputils-ping patroni etcd-server
   # Containerfile path
   docker.io
 )

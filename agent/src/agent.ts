@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { chown, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { runPlan } from '../../common/exec.ts';
@@ -68,11 +68,15 @@ export class Agent {
   /** First start or restart: bring PostgreSQL up in the role the node had, or bootstrap it. */
   async init(): Promise<void> {
     const { ctx } = this;
-    await mkdir(ctx.config.stateDir, { recursive: true, mode: 0o700 });
+    // root:postgres 0750: PostgreSQL's tools read the pgpass file kept here.
+    await mkdir(ctx.config.stateDir, { recursive: true, mode: 0o750 });
     const { uid, gid } = await pgc.osUserIds(ctx.config.postgresql.osUser);
-    await chown(ctx.config.stateDir, 0, gid).catch(() => undefined);
+    await chown(ctx.config.stateDir, 0, gid);
+    await chmod(ctx.config.stateDir, 0o750);
     await mkdir(ctx.config.postgresql.socketDir, { recursive: true, mode: 0o2775 });
     await chown(ctx.config.postgresql.socketDir, uid, gid);
+    await mkdir(pgc.pgLogDir(ctx), { recursive: true, mode: 0o750 });
+    await chown(pgc.pgLogDir(ctx), uid, gid);
     await pgc.writePgpass(ctx);
     const existing = await readHostMeta(ctx.config.stateDir);
     this.meta = existing ?? {

@@ -44,7 +44,7 @@ export function initdbPlan(ctx: NodeContext, pwfile: string): CommandPlan {
 
 export function pgCtlStartPlan(ctx: NodeContext): CommandPlan {
   if (ctx.config.serviceManager === 'systemd') return { cmd: 'systemctl', args: ['start', 'geminik8s-postgresql.service'] };
-  return asPostgres(ctx, 'pg_ctl', ['-D', ctx.config.postgresql.dataDir, '-l', join(ctx.config.stateDir, 'postgresql.log'), '-w', '-t', '60', '-o', `-k ${ctx.config.postgresql.socketDir}`, 'start']);
+  return asPostgres(ctx, 'pg_ctl', ['-D', ctx.config.postgresql.dataDir, '-l', join(pgLogDir(ctx), 'postgresql.log'), '-w', '-t', '60', '-o', `-k ${ctx.config.postgresql.socketDir}`, 'start']);
 }
 
 export function pgCtlStopPlan(ctx: NodeContext, mode: 'fast' | 'immediate'): CommandPlan {
@@ -76,6 +76,11 @@ export function rewindPlan(ctx: NodeContext): CommandPlan {
   );
 }
 
+/** PostgreSQL's own log (direct mode), in a postgres-owned directory under the state dir. */
+export function pgLogDir(ctx: NodeContext): string {
+  return join(ctx.config.stateDir, 'pglog');
+}
+
 export function pgpassFile(ctx: NodeContext): string {
   return join(ctx.config.stateDir, 'pgpass');
 }
@@ -102,7 +107,6 @@ export async function writePgpass(ctx: NodeContext): Promise<void> {
     `*:${port}:replication:${REPLICATION_USER}:${esc(ctx.secrets.replicationPassword)}`,
     `*:${port}:*:postgres:${esc(ctx.secrets.postgresPassword)}`,
   ];
-  await mkdir(ctx.config.stateDir, { recursive: true, mode: 0o700 });
   const file = pgpassFile(ctx);
   await writeFile(file, `${lines.join('\n')}\n`, { mode: 0o600 });
   await chown(file, uid, gid);

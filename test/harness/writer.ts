@@ -1,0 +1,42 @@
+// Runs inside the client namespace: inserts sequential ids through the VIP and prints one
+// JSON line per ACKNOWLEDGED (committed) insert. Bounded in count and time.
+import pg from 'pg';
+
+const [host, port, user, password, database, maxSecondsArg, intervalArg] = process.argv.slice(2);
+const maxMs = Number(maxSecondsArg ?? 600) * 1000;
+const intervalMs = Number(intervalArg ?? 50);
+const started = Date.now();
+let id = 0;
+let client: pg.Client | undefined;
+let stopping = false;
+process.on('SIGTERM', () => {
+  stopping = true;
+});
+
+async function connect(): Promise<pg.Client> {
+  const c = new pg.Client({ host, port: Number(port), user, password, database, connectionTimeoutMillis: 1000, query_timeout: 2000, application_name: 'harness-writer' });
+  c.on('error', () => undefined);
+  await c.connect();
+  await c.query('CREATE TABLE IF NOT EXISTS harness_writes (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())');
+  return c;
+}
+
+while (!stopping && Date.now() - started < maxMs && id < 1_000_000) {
+  try {
+    client ??= await connect();
+    const next = id + 1;
+    await client.query('INSERT INTO harness_writes (id) VALUES ($1) ON CONFLICT (id) DO NOTHING', [next]);
+    id = next;
+    process.stdout.write(`${JSON.stringify({ ack: id, t: Date.now() })}\n`);
+  } catch (err) {
+    process.stdout.write(`${JSON.stringify({ error: (err as Error).message.slice(0, 120), t: Date.now() })}\n`);
+    const c = client;
+    client = undefined;
+    void c?.end().catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 100));
+    continue;
+  }
+  await new Promise((r) => setTimeout(r, intervalMs));
+}
+await client?.end().catch(() => undefined);
+process.exit(0);
