@@ -13,8 +13,8 @@ export const AgentConfigSchema = z.strictObject({
   listen: z
     .strictObject({
       host: z.string().default('0.0.0.0'),
-      /** Overrides the cluster's agent.port (tests run two agents on one host). */
-      port: z.number().int().min(1).max(65535).optional(),
+      /** Overrides the cluster's agent.port (tests run two agents on one host; 0 = any free port). */
+      port: z.number().int().min(0).max(65535).optional(),
       tlsCert: z.string().optional(),
       tlsKey: z.string().optional(),
     })
