@@ -134,6 +134,15 @@ export class HarnessCluster {
     return JSON.parse(r.stdout) as Record<string, any>;
   }
 
+  lastSwitchoverMs?: number;
+
+  /** POST /v1/switchover to a node's agent, from inside the client namespace. */
+  async switchover(node: string): Promise<{ ok: boolean; reason: string; tookMs: number } | undefined> {
+    const ip = NET.nodes.find((n) => n.name === node)!.ip;
+    const r = await runPlan(inNs(this.topology.clientNs, 'curl', ['-s', '-m', '30', '-X', 'POST', '-H', `Authorization: Bearer ${SECRETS.agentToken}`, `http://${ip}:7443/v1/switchover`]), { allowFailure: true });
+    return r.stdout ? (JSON.parse(r.stdout) as { ok: boolean; reason: string; tookMs: number }) : undefined;
+  }
+
   /** Run SQL on a node's local PostgreSQL from inside its namespace (works while partitioned). */
   async sql(node: string, query: string): Promise<string | undefined> {
     const r = await runPlan(inNs(this.topology.nodeNs[node]!, 'psql', ['-h', '127.0.0.1', '-U', 'postgres', '-d', process.env.HARNESS_DB ?? 'kine', '-XAtq', '-c', query], { PGPASSWORD: SECRETS.postgresPassword, PGCONNECT_TIMEOUT: '2' }), { allowFailure: true, timeoutMs: 10_000 });

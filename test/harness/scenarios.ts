@@ -112,6 +112,16 @@ export const SCENARIOS: Scenario[] = [
     heal: (c, _leader, follower) => linkUp(c.topology, follower),
   },
   {
+    name: 'planned switchover',
+    expectFailover: true,
+    fault: async (c, leader) => {
+      const r = await c.switchover(leader);
+      c.log(`switchover answered ${JSON.stringify(r)}`);
+      if (!r || r.ok !== true) throw new Error(`switchover failed: ${JSON.stringify(r)}`);
+      c.lastSwitchoverMs = r.tookMs;
+    },
+  },
+  {
     name: 'flapping leader link',
     expectFailover: false,
     fault: async (c, leader) => {

@@ -36,6 +36,10 @@ for (const scenario of SCENARIOS) {
     results.push(r);
     t.deepEqual(r.writesLost, [], 'every acknowledged write is on the current primary');
     t.is(r.dualPrimarySamples, 0, 'two writable primaries never coexisted');
+    if (scenario.name === 'planned switchover') {
+      t.log(`switchover took ${cluster.lastSwitchoverMs?.toFixed(0)} ms`);
+      t.true((cluster.lastSwitchoverMs ?? Infinity) <= 5000, 'a planned switchover completes within 5 s');
+    }
     if (scenario.expectFailover) t.not(r.leaderAfter, r.leaderBefore, 'the follower took over');
     else t.is(r.leaderAfter, r.leaderBefore, 'the leader kept its role');
   });
