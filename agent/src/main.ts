@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import pino from 'pino';
 import { Agent } from './agent.ts';
+import { firstboot } from './firstboot.ts';
 import { startApi } from './api.ts';
 import { loadAgentConfig, loadSeedFile, nodeContext } from './context.ts';
 import { sdNotify, watchdogIntervalMs } from './sdnotify.ts';
@@ -10,6 +11,7 @@ declare const GEMINIK8S_VERSION: string | undefined;
 const VERSION = typeof GEMINIK8S_VERSION === 'string' ? GEMINIK8S_VERSION : 'dev';
 
 const USAGE = `usage: geminik8s-agent run --config FILE
+       geminik8s-agent firstboot --config FILE [--root DIR]
        geminik8s-agent witness --listen HOST:PORT --token-file FILE
        geminik8s-agent --version`;
 
@@ -86,6 +88,16 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (command === 'run') return run(rest);
+  if (command === 'firstboot') {
+    const configFile = option(rest, '--config');
+    if (!configFile) {
+      process.stderr.write(`${USAGE}\n`);
+      return 2;
+    }
+    // An unconfigured node is a valid outcome: boot goes on and the node stays reachable for repair.
+    await firstboot(await loadAgentConfig(configFile), option(rest, '--root') ?? '/');
+    return 0;
+  }
   if (command === 'witness') return witness(rest);
   process.stderr.write(`${USAGE}\n`);
   return 2;

@@ -1,33 +1,17 @@
 import { stringify } from 'yaml';
-import { pgHbaConf, postgresqlConf } from '../../../common/render/postgresql.ts';
-import { K3S_TOKEN_FILE, KINE_LISTEN, KINE_PGPASS_FILE, k3sConfigYaml, kineEnvironment, kinePassword, kinePgpass } from '../../../common/render/k3s.ts';
+import { KINE_LISTEN } from '../../../common/render/k3s.ts';
 import { AgentConfigSchema, type AgentConfig } from '../../../common/schema/agent.ts';
 import type { ClusterSpec } from '../../../common/schema/cluster.ts';
 import { API_VERSION, type Image } from '../../../common/schema/image.ts';
 import type { NodeSeed, Secrets } from '../../../common/schema/seed.ts';
 import { metaData, networkConfig, SEED_FILE_IN_PARTITION, userData } from './cloud-init.ts';
 import { kernelCmdline, renderGrubCfg } from './grub.ts';
-import { NODE_PATHS, pgBinDir, pgDataDir } from './paths.ts';
+import { NODE_PATHS, pgBinDir, pgDataDir } from '../../../common/render/paths.ts';
+import { renderNodeFiles, type RenderedFile, type Scope } from '../../../common/render/node.ts';
 import { renderTemplate } from './templates.ts';
 
-/**
- * Where a rendered file goes:
- * - `image`: baked into the generic root filesystem (never a secret, never per node);
- * - `boot`: the ESP (path relative to the ESP root);
- * - `seed`: the node's seed on the config partition (path relative to the partition);
- * - `node`: written on the node at first boot from the seed, by the agent, with the same code.
- */
-export type Scope = 'image' | 'boot' | 'seed' | 'node';
-
-export interface RenderedFile {
-  path: string;
-  content: string;
-  mode: number;
-  owner?: string;
-  scope: Scope;
-  /** True when the content includes a secret. */
-  secret?: boolean;
-}
+export type { RenderedFile, Scope };
+export { renderNodeFiles };
 
 /** Seconds between watchdog deadlines; the agent pings at a third of it. */
 export const AGENT_WATCHDOG_SEC = 30;
@@ -101,32 +85,12 @@ export function renderSeedFiles(cluster: ClusterSpec, node: string, secrets: Sec
   ];
 }
 
-/** Files the agent writes on the node at first boot from the seed (shown here for review). */
-export function renderNodeFiles(image: Image, cluster: ClusterSpec, node: string, secrets: Secrets): RenderedFile[] {
-  const spec = clusterSpecOf(cluster);
-  const data = pgDataDir(image.components.postgresql.major);
-  const files: RenderedFile[] = [
-    { path: `${data}/conf.d/geminik8s.conf`, content: postgresqlConf(spec), mode: 0o644, owner: 'postgres', scope: 'node' },
-    { path: `${data}/pg_hba.conf`, content: pgHbaConf(spec, node), mode: 0o640, owner: 'postgres', scope: 'node' },
-  ];
-  if (image.kubernetes.enabled) {
-    files.push(
-      { path: NODE_PATHS.k3sConfig, content: k3sConfigYaml(spec, node), mode: 0o600, scope: 'node' },
-      { path: K3S_TOKEN_FILE, content: `${secrets.k3sToken}\n`, mode: 0o600, scope: 'node', secret: true },
-      { path: NODE_PATHS.kineEnvFile, content: kineEnvironment(spec), mode: 0o644, scope: 'node' },
-      { path: NODE_PATHS.kubeVipEnvFile, content: `# geminik8s: kube-vip announces Service LoadBalancer addresses on this interface.\nvip_interface=${spec.network.interface}\n`, mode: 0o644, scope: 'node' },
-      { path: KINE_PGPASS_FILE, content: kinePgpass(spec, kinePassword(secrets.postgresPassword)), mode: 0o600, scope: 'node', secret: true },
-    );
-  }
-  return files;
-}
-
 /** Everything one node will carry: image, boot, seed and first-boot files. */
 export function renderNode(input: { image: Image; cluster: ClusterSpec; node: string; secrets: Secrets }): RenderedFile[] {
   return [
     ...renderImageFiles(input.image),
     ...renderSeedFiles(input.cluster, input.node, input.secrets),
-    ...renderNodeFiles(input.image, input.cluster, input.node, input.secrets),
+    ...renderNodeFiles(input.image, clusterSpecOf(input.cluster), input.node, input.secrets),
   ];
 }
 

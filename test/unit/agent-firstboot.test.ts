@@ -1,0 +1,66 @@
+import test from 'ava';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { firstboot } from '../../agent/src/firstboot.ts';
+import { renderSeedFiles } from '../../builder/src/render/index.ts';
+import { AgentConfigSchema } from '../../common/schema/agent.ts';
+import { FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
+
+const config = (kubernetes: boolean) =>
+  AgentConfigSchema.parse({ postgresql: { binDir: '/usr/lib/postgresql/17/bin', dataDir: '/var/lib/postgresql/17/main' }, kubernetes: { enabled: kubernetes } });
+
+async function seedInto(root: string, mutate: (text: string) => string = (t) => t): Promise<void> {
+  const cluster = await loadFixtureCluster();
+  const seed = renderSeedFiles(cluster, 'node1', FAKE_SECRETS).find((f) => f.path === 'geminik8s/seed.yaml')!;
+  const dir = join(root, 'run/geminik8s/config/geminik8s');
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'seed.yaml'), mutate(seed.content));
+}
+
+test('first boot with a good seed keeps a 0600 copy and writes the node files (Kubernetes layer on)', async (t) => {
+  const root = tempDir();
+  await seedInto(root);
+  const lines: string[] = [];
+  const r = await firstboot(config(true), root, (l) => lines.push(l));
+  t.is(r.state, 'configured');
+  t.is(statSync(join(root, 'var/lib/geminik8s/seed.yaml')).mode & 0o777, 0o600);
+  t.regex(readFileSync(join(root, 'etc/rancher/k3s/config.yaml'), 'utf8'), /token-file: \/var\/lib\/geminik8s\/secrets\/k3s-token/);
+  t.is(statSync(join(root, 'var/lib/geminik8s/secrets/k3s-token')).mode & 0o777, 0o600);
+  t.is(readFileSync(join(root, 'var/lib/geminik8s/secrets/k3s-token'), 'utf8').trim(), FAKE_SECRETS.k3sToken);
+  t.regex(lines.join('\n'), /node node1 of cluster site-a configured/);
+  t.false(lines.join('\n').includes(FAKE_SECRETS.k3sToken));
+  t.like(JSON.parse(readFileSync(join(root, 'var/lib/geminik8s/status.json'), 'utf8')), { state: 'configured', node: 'node1' });
+  // Idempotent: a second run (e.g. after a reboot mid-way) gives the same files.
+  const again = await firstboot(config(true), root, () => undefined);
+  t.deepEqual(again.written, r.written);
+});
+
+test('first boot with the Kubernetes layer off writes no K3s or Kine files', async (t) => {
+  const root = tempDir();
+  await seedInto(root);
+  const r = await firstboot(config(false), root, () => undefined);
+  t.is(r.state, 'configured');
+  t.false(existsSync(join(root, 'etc/rancher/k3s/config.yaml')));
+  t.deepEqual(r.written, ['/var/lib/geminik8s/seed.yaml']);
+});
+
+test('a bad seed leaves the node unconfigured, says why on the console, and changes nothing', async (t) => {
+  const root = tempDir();
+  await seedInto(root, (text) => text.replace('vip: 192.168.10.50', 'vip: 192.168.10.11'));
+  const lines: string[] = [];
+  const r = await firstboot(config(true), root, (l) => lines.push(l));
+  t.is(r.state, 'unconfigured');
+  t.regex(lines.join('\n'), /UNCONFIGURED/);
+  t.regex(lines.join('\n'), /seed\.yaml:\d+:\d+: cluster\.network\.vip: the VIP must differ from both node IPs/);
+  t.false(existsSync(join(root, 'var/lib/geminik8s/seed.yaml')));
+  t.false(existsSync(join(root, 'etc/rancher')));
+  t.like(JSON.parse(readFileSync(join(root, 'var/lib/geminik8s/status.json'), 'utf8')), { state: 'unconfigured' });
+});
+
+test('no seed at all: unconfigured with a message that says how to provide one', async (t) => {
+  const root = tempDir();
+  const lines: string[] = [];
+  const r = await firstboot(config(false), root, (l) => lines.push(l));
+  t.is(r.state, 'unconfigured');
+  t.regex(lines.join('\n'), /no geminik8s seed found: write one with `geminik8s seed`/);
+});
