@@ -4,6 +4,7 @@ import { redact } from '../../../common/log.ts';
 import { registerCompletion } from './commands/completion.ts';
 import { registerInit } from './commands/init.ts';
 import { registerRender } from './commands/render.ts';
+import { registerSeed } from './commands/seed.ts';
 import { registerValidate } from './commands/validate.ts';
 import { registerVersion } from './commands/version.ts';
 import { contextFrom, type CliContext } from './context.ts';
@@ -36,6 +37,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
     .exitOverride();
   registerInit(program, ctx);
   registerRender(program, ctx);
+  registerSeed(program, ctx);
   registerVersion(program, ctx);
   registerValidate(program, ctx);
   registerCompletion(program, ctx);
