@@ -2,6 +2,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { ExitCode, exitCodeOf, GeminiError } from '../../../common/errors.ts';
 import { redact } from '../../../common/log.ts';
 import { registerCompletion } from './commands/completion.ts';
+import { registerComponents } from './commands/components.ts';
 import { registerInit } from './commands/init.ts';
 import { registerRender } from './commands/render.ts';
 import { registerSeed } from './commands/seed.ts';
@@ -36,6 +37,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
     .configureOutput({ writeOut: io.stdout, writeErr: io.stderr })
     .exitOverride();
   registerInit(program, ctx);
+  registerComponents(program, ctx);
   registerRender(program, ctx);
   registerSeed(program, ctx);
   registerVersion(program, ctx);
