@@ -1,6 +1,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { ExitCode, exitCodeOf, GeminiError } from '../../../common/errors.ts';
 import { redact } from '../../../common/log.ts';
+import { registerBuild } from './commands/build.ts';
 import { registerCompletion } from './commands/completion.ts';
 import { registerComponents } from './commands/components.ts';
 import { registerInit } from './commands/init.ts';
@@ -37,6 +38,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
     .configureOutput({ writeOut: io.stdout, writeErr: io.stderr })
     .exitOverride();
   registerInit(program, ctx);
+  registerBuild(program, ctx);
   registerComponents(program, ctx);
   registerRender(program, ctx);
   registerSeed(program, ctx);

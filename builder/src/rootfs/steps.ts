@@ -1,0 +1,136 @@
+import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmod, copyFile, mkdir, rename, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { buildAgent } from '../../../agent/build.ts';
+import { ExitCode, GeminiError } from '../../../common/errors.ts';
+import { requireTools, runPlan } from '../../../common/exec.ts';
+import { writeFileAtomic } from '../../../common/fsutil.ts';
+import { renderImageFiles } from '../render/index.ts';
+import { artifactsFor, DEFAULT_RELEASE_BASE } from '../components/catalog.ts';
+import { fetchArtifacts, type ResolvedArtifact } from '../components/fetch.ts';
+import { readLock } from '../components/lock.ts';
+import type { BuildContext, Step } from '../build/steps.ts';
+import { mmdebstrapPlan } from './mmdebstrap.ts';
+import { rootPackages } from './packages.ts';
+
+const ROOT = new URL('../../../', import.meta.url).pathname;
+
+export function rootfsName(ctx: BuildContext): string {
+  return `${ctx.image.name}-${ctx.image.version}-${ctx.image.arch}`;
+}
+
+const staging = (ctx: BuildContext): string => join(ctx.workDir, 'staging');
+const put = (ctx: BuildContext, path: string): string => join(staging(ctx), path.replace(/^\/+/, ''));
+
+/** Units enabled in every image, and those of the Kubernetes layer. */
+export function enabledUnits(ctx: Pick<BuildContext, 'image'>): string[] {
+  const units = ['geminik8s-firstboot.service', 'geminik8s-agent.service', 'geminik8s-ready.service', 'systemd-networkd.service'];
+  if (ctx.image.kubernetes.enabled) units.push('kine.service', 'k3s.service', 'kube-vip.service');
+  return units;
+}
+
+/** The steps of `geminik8s build --stage rootfs`. */
+export const ROOTFS_STEPS: Step[] = [
+  {
+    name: 'check host tools',
+    async run(ctx) {
+      await requireTools(['mmdebstrap', 'tar']);
+      if (ctx.image.arch !== hostArch() && !existsSync(`/proc/sys/fs/binfmt_misc/qemu-${ctx.image.arch === 'arm64' ? 'aarch64' : 'x86_64'}`)) {
+        throw new GeminiError(`building an ${ctx.image.arch} root on ${hostArch()} needs binfmt emulation: install qemu-user-static and binfmt-support (apt-get install qemu-user-static binfmt-support)`, ExitCode.missingTool);
+      }
+    },
+  },
+  {
+    name: 'fetch upstream components',
+    skip: (ctx) => (ctx.image.kubernetes.enabled ? false : 'the Kubernetes layer is off'),
+    async run(ctx) {
+      const specs = artifactsFor(ctx.image, process.env.GEMINIK8S_RELEASE_BASE_URL ?? DEFAULT_RELEASE_BASE);
+      ctx.state.artifacts = await fetchArtifacts(specs, {
+        cacheDir: join(ctx.cacheDir, 'artifacts'), artifactsDir: ctx.artifactsDir, offline: ctx.offline,
+        lock: readLock(join(dirname(ctx.imageFile), 'components.lock.json')),
+        onProgress: (name, got, total) => ctx.logger.info(`  ${name}: ${Math.round(got / 1048576)} MiB${total ? ` of ${Math.round(total / 1048576)} MiB` : ''}`),
+      });
+    },
+  },
+  {
+    name: 'stage files: overlays, units, agent, components, manifest',
+    async run(ctx) {
+      const dir = staging(ctx);
+      await rm(dir, { recursive: true, force: true });
+      mkdirSync(dir, { recursive: true, mode: 0o755 });
+      cpSync(join(ROOT, 'overlays'), dir, { recursive: true });
+      for (const f of renderImageFiles(ctx.image).filter((x) => x.scope === 'image')) {
+        mkdirSync(dirname(put(ctx, f.path)), { recursive: true });
+        writeFileSync(put(ctx, f.path), f.content, { mode: f.mode });
+      }
+      mkdirSync(put(ctx, '/usr/lib/geminik8s'), { recursive: true });
+      await buildAgent(put(ctx, '/usr/lib/geminik8s/agent.mjs'));
+      const artifacts = (ctx.state.artifacts ?? []) as ResolvedArtifact[];
+      for (const a of artifacts) {
+        const dest = put(ctx, a.spec.installPath);
+        await mkdir(dirname(dest), { recursive: true });
+        if (a.spec.extract) {
+          await runPlan({ cmd: 'tar', args: ['-xzf', a.path, '-C', dirname(dest), a.spec.extract] });
+        } else {
+          await copyFile(a.path, dest);
+        }
+        await chmod(dest, a.spec.mode);
+      }
+      const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+      const manifest = {
+        image: ctx.image.name, version: ctx.image.version, arch: ctx.image.arch, base: `debian/${ctx.image.base.suite}`,
+        kubernetes: ctx.image.kubernetes.enabled,
+        components: {
+          postgresql: { major: ctx.image.components.postgresql.major, source: 'debian' },
+          ...Object.fromEntries(artifacts.map((a) => [`${a.spec.component}:${a.spec.name}`, { version: a.spec.version, sha256: a.sha256 }])),
+        },
+        packages: rootPackages(ctx.image),
+        builder: `geminik8s ${pkg.version}`,
+        buildTime: new Date(ctx.sourceDateEpoch * 1000).toISOString(),
+      };
+      mkdirSync(put(ctx, '/usr/share/geminik8s'), { recursive: true });
+      writeFileSync(put(ctx, '/usr/share/geminik8s/manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+      ctx.state.manifest = manifest;
+    },
+  },
+  {
+    name: 'build the root with mmdebstrap',
+    async run(ctx) {
+      const aptCache = join(ctx.cacheDir, 'apt', `${ctx.image.base.suite}-${ctx.image.arch}`);
+      mkdirSync(aptCache, { recursive: true });
+      const tmp = join(ctx.outDir, `.${rootfsName(ctx)}.rootfs.tar.tmp-${process.pid}`);
+      const plan = mmdebstrapPlan({ image: ctx.image, output: tmp, staging: staging(ctx), aptCache, sourceDateEpoch: ctx.sourceDateEpoch, enableUnits: enabledUnits(ctx) });
+      // os-release names our image on top of Debian's.
+      plan.args.splice(plan.args.length - 3, 0, `--customize-hook=printf 'VARIANT="geminik8s"\\nVARIANT_ID=geminik8s\\nIMAGE_ID=${ctx.image.name}\\nIMAGE_VERSION=${ctx.image.version}\\n' >> "$1"/usr/lib/os-release`);
+      let last = '';
+      try {
+        await runPlan(plan, { timeoutMs: 60 * 60_000, onStderrLine: (l) => {
+          const m = /^I: (.*)$/.exec(l);
+          if (m && m[1] !== last) {
+            last = m[1]!;
+            ctx.logger.info(`  ${last}`);
+          }
+        } });
+      } catch (err) {
+        await rm(tmp, { force: true });
+        throw err;
+      }
+      const final = join(ctx.outDir, `${rootfsName(ctx)}.rootfs.tar`);
+      await rename(tmp, final);
+      ctx.state.rootfsTar = final;
+      ctx.state.rootfsBytes = (await stat(final)).size;
+    },
+  },
+  {
+    name: 'write the manifest next to the root',
+    async run(ctx) {
+      const out = join(ctx.outDir, `${rootfsName(ctx)}.manifest.json`);
+      await writeFileAtomic(out, `${JSON.stringify({ ...(ctx.state.manifest as object), rootfsTar: `${rootfsName(ctx)}.rootfs.tar`, rootfsBytes: ctx.state.rootfsBytes }, null, 2)}\n`);
+      ctx.state.manifestFile = out;
+    },
+  },
+];
+
+function hostArch(): string {
+  return process.arch === 'x64' ? 'amd64' : process.arch;
+}
