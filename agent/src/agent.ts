@@ -1,11 +1,11 @@
 import { existsSync } from 'node:fs';
-import { chmod, chown, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { runPlan } from '../../common/exec.ts';
 import type { HostMeta, Role } from '../../common/schema/hostmeta.ts';
 import type { NodeContext } from './context.ts';
-import { decide, remember, type Action, type Memory, type Observation, type PeerView, type Timings } from './decide.ts';
+import { decide, lsnToBigInt, remember, type Action, type Memory, type Observation, type Timings } from './decide.ts';
 import { readHostMeta, transition, writeHostMeta } from './hostmeta.ts';
 import * as pgc from './postgres.ts';
 import { probePeerApi, probePeerPg, probeWitness, runUserChecks } from './probes.ts';
@@ -360,7 +360,7 @@ export class Agent {
       await pgc.setReadOnly(ctx, true);
       // A checkpoint-free shutdown record is the last WAL; wait for the standby to replay our position.
       let st = await pgc.localStatus(ctx);
-      while (!(st.peerReplication && st.lsn && st.peerReplication.replayLsn && BigInt(lsnNum(st.peerReplication.replayLsn)) >= BigInt(lsnNum(st.lsn)))) {
+      while (!(st.peerReplication && st.lsn && st.peerReplication.replayLsn && lsnToBigInt(st.peerReplication.replayLsn) >= lsnToBigInt(st.lsn))) {
         if (performance.now() - started > timeoutMs) {
           await pgc.setReadOnly(ctx, false);
           return { ok: false, reason: 'the standby did not catch up in time; writes resumed here', tookMs: performance.now() - started };
@@ -395,7 +395,7 @@ export class Agent {
     this.switching = true;
     try {
       const st = await pgc.localStatus(this.ctx);
-      if (!st.lsn || BigInt(lsnNum(st.lsn)) < BigInt(lsnNum(lsn))) return { ok: false, reason: `replayed ${st.lsn}, need ${lsn}` };
+      if (!st.lsn || lsnToBigInt(st.lsn) < lsnToBigInt(lsn)) return { ok: false, reason: `replayed ${st.lsn}, need ${lsn}` };
       await pgc.promote(this.ctx);
       await pgc.setSyncStandby(this.ctx, quoteName(this.ctx.peer.name));
       await pgc.ensurePeerSlot(this.ctx).catch(() => undefined);
@@ -424,16 +424,7 @@ export class Agent {
   }
 }
 
-function lsnNum(lsn: string): string {
-  const [hi, lo] = lsn.split('/');
-  return ((BigInt(`0x${hi}`) << 32n) + BigInt(`0x${lo}`)).toString();
-}
-
 /** synchronous_standby_names takes application names; quote them as identifiers. */
 export function quoteName(name: string): string {
   return `"${name}"`;
-}
-
-export async function readStatusFile(file: string): Promise<string | undefined> {
-  return readFile(file, 'utf8').catch(() => undefined);
 }

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Agent } from './agent.ts';
+import { lsnToBigInt } from './decide.ts';
 
 /** The slot this system booted from (kernel command line `geminik8s.slot=A|B`). */
 export function bootSlot(cmdlineFile: string): string | null {
@@ -45,11 +46,7 @@ export function statusOf(agent: Agent): Record<string, unknown> {
 
 function lagBytes(lsn: string | undefined, replay: string | null): number | null {
   if (!lsn || !replay) return null;
-  const n = (l: string): bigint => {
-    const [hi, lo] = l.split('/');
-    return (BigInt(`0x${hi}`) << 32n) + BigInt(`0x${lo}`);
-  };
-  return Number(n(lsn) - n(replay));
+  return Number(lsnToBigInt(lsn) - lsnToBigInt(replay));
 }
 
 /** Prometheus text exposition of the agent's state. */
