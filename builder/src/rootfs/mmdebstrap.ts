@@ -51,6 +51,8 @@ export function mmdebstrapPlan(input: RootfsPlanInput): CommandPlan {
     `--customize-hook=sync-out /var/cache/apt/archives ${input.aptCache}`,
     hook('--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb "$1"/var/cache/apt/*.bin'),
     hook('--customize-hook=rm -rf "$1"/var/lib/apt/lists/*'),
+    // update-alternatives links manual pages that dpkg's path-exclude already dropped.
+    hook('--customize-hook=rm -rf "$1"/usr/share/man'),
     `--customize-hook=sync-in ${input.staging} /`,
     `--customize-hook=chroot "$1" systemctl enable ${input.enableUnits.join(' ')}`,
     // Debian starts the packaged PostgreSQL cluster by default; the agent owns ours.
