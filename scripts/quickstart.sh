@@ -18,5 +18,8 @@ for node in node1 node2; do
   gk render --image images/edge-amd64.yaml --cluster "$demo/cluster.yaml" --node "$node" \
      --out "$demo/render-$node" --force
 done
+gk seed --cluster "$demo/cluster.yaml" --node node1 --out "$demo/seed-node1.iso" --format iso --force
+gk build --image images/test-amd64.yaml --stage rootfs --out "$demo/out"
 echo
-echo "Done. Review $demo/cluster.yaml, then the files each node will carry under $demo/render-node1/."
+echo "Done. Review $demo/cluster.yaml and the files each node will carry under $demo/render-node1/;"
+echo "the test image's root filesystem is in $demo/out/."
