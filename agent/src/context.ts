@@ -22,13 +22,16 @@ export interface NodeContext {
   peerApiPort: number;
 }
 
-export async function loadAgentConfig(file: string): Promise<AgentConfig> {
-  let text: string;
+async function readText(file: string, what: string): Promise<string> {
   try {
-    text = await readFile(file, 'utf8');
+    return await readFile(file, 'utf8');
   } catch {
-    throw new GeminiError(`cannot read agent config ${file}`, ExitCode.invalidInput);
+    throw new GeminiError(`cannot read ${what} ${file}`, ExitCode.invalidInput);
   }
+}
+
+export async function loadAgentConfig(file: string): Promise<AgentConfig> {
+  const text = await readText(file, 'agent config');
   const parsed = AgentConfigSchema.safeParse(parse(text, { version: '1.1' }) ?? {});
   if (!parsed.success) {
     throw new ValidationError(parsed.error.issues.map((i) => ({ file, path: i.path.join('.'), message: i.message })));
@@ -37,12 +40,7 @@ export async function loadAgentConfig(file: string): Promise<AgentConfig> {
 }
 
 export async function loadSeedFile(file: string): Promise<NodeSeed> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch {
-    throw new GeminiError(`cannot read node seed ${file}`, ExitCode.invalidInput);
-  }
+  const text = await readText(file, 'node seed');
   const { seed, issues } = parseSeed(file, text);
   if (!seed) throw new ValidationError(issues);
   return seed;
