@@ -8,7 +8,7 @@ import type { NodeContext } from './context.ts';
 import { decide, lsnToBigInt, remember, type Action, type Memory, type Observation, type Timings } from './decide.ts';
 import { readHostMeta, transition, writeHostMeta } from './hostmeta.ts';
 import * as pgc from './postgres.ts';
-import { probePeerApi, probePeerPg, probeWitness, runUserChecks } from './probes.ts';
+import { probeIcmp, probePeerApi, probePeerPg, probeWitness, runUserChecks } from './probes.ts';
 import { dropVip, takeVip, vipHeld, type VipSpec } from './vip.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -253,10 +253,11 @@ export class Agent {
     const wantLease = this.timings.leaseWitness && (this.role === 'leader' || this.role === 'fenced' || this.role === 'follower');
     // A follower asks for the lease only once the leader is silent long enough to promote.
     const followerWants = this.role === 'follower' && performance.now() - this.memory.peerSeenAt >= this.timings.promoteAfter;
-    const [pg, peerApi, peerPg, witness, held, checks] = await Promise.all([
+    const [pg, peerApi, peerPg, peerIcmp, witness, held, checks] = await Promise.all([
       pgc.localStatus(ctx),
       probePeerApi(ctx),
       probePeerPg(ctx),
+      probeIcmp(ctx.peer.ip, ctx.spec.failover.checkTimeout),
       probeWitness(ctx, wantLease && (this.role !== 'follower' || followerWants)),
       ctx.config.vip.enabled ? vipHeld(this.vip) : Promise.resolve(this.role === 'leader'),
       runUserChecks(ctx.config.checksDir, ctx.spec.failover.checkTimeout),
@@ -270,6 +271,7 @@ export class Agent {
       pg,
       peerApi,
       peerPgOk: peerPg.ok,
+      peerIcmpOk: peerIcmp,
       peerPgIsPrimary: peerPg.primary,
       peerPgSaysOurSyncState: peerPg.ourSyncState,
       // For a lease witness the leader counts the witness as reachable only while it holds the lease.

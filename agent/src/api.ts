@@ -36,7 +36,7 @@ export function statusOf(agent: Agent): Record<string, unknown> {
     standbySyncState: pg?.peerReplication?.syncState ?? null,
     degraded: agent.memory.degraded,
     vip: { address: ctx.spec.network.vip, heldHere: o?.vipHeld ?? false, holder: o?.vipHeld ? ctx.self.name : agent.role === 'leader' ? ctx.self.name : ctx.peer.name },
-    peer: { name: ctx.peer.name, ip: ctx.peer.ip, apiReachable: Boolean(o?.peerApi), postgresReachable: o?.peerPgOk ?? false, view: o?.peerApi ?? null,
+    peer: { name: ctx.peer.name, ip: ctx.peer.ip, apiReachable: Boolean(o?.peerApi), postgresReachable: o?.peerPgOk ?? false, icmpReachable: o?.peerIcmpOk ?? null, view: o?.peerApi ?? null,
       lastSeenMsAgo: o ? Math.round(o.now - agent.memory.peerSeenAt) : null },
     witness: { kind: ctx.witness.kind, reachable: o?.witnessOk ?? false, leaseHeld: o?.leaseHeld ?? null },
     userChecks: agent.snapshot.userChecks,
@@ -65,7 +65,7 @@ export function metricsOf(agent: Agent): string {
   metric('geminik8s_generation', 'Cluster generation as seen by this node; increases on every promotion.', 'gauge', [[node, agent.meta.generation]]);
   metric('geminik8s_transitions_total', 'Role transitions since the agent started.', 'counter', [[node, agent.snapshot.transitions]]);
   metric('geminik8s_postgres_up', 'PostgreSQL answers queries.', 'gauge', [[node, o?.pg.up ? 1 : 0]]);
-  metric('geminik8s_peer_reachable', 'The peer answered on a path.', 'gauge', [[{ ...node, path: 'api' }, o?.peerApi ? 1 : 0], [{ ...node, path: 'postgres' }, o?.peerPgOk ? 1 : 0]]);
+  metric('geminik8s_peer_reachable', 'The peer answered on a path (icmp is diagnostic, not a liveness path).', 'gauge', [[{ ...node, path: 'api' }, o?.peerApi ? 1 : 0], [{ ...node, path: 'postgres' }, o?.peerPgOk ? 1 : 0], [{ ...node, path: 'icmp' }, o?.peerIcmpOk ? 1 : 0]]);
   metric('geminik8s_witness_reachable', 'The witness answered (lease witness: we hold the lease when leader).', 'gauge', [[node, o?.witnessOk ? 1 : 0]]);
   metric('geminik8s_vip_held', 'This node holds the VIP.', 'gauge', [[node, o?.vipHeld ? 1 : 0]]);
   metric('geminik8s_replication_degraded', 'Synchronous replication is switched off because the standby is lost.', 'gauge', [[node, agent.memory.degraded ? 1 : 0]]);

@@ -23,6 +23,8 @@ export interface Observation {
   peerPgSaysOurSyncState?: string;
   /** The peer's PostgreSQL is a primary (not in recovery). */
   peerPgIsPrimary?: boolean;
+  /** The peer's host answers ICMP. Diagnostic only: a box whose services are dead still pings. */
+  peerIcmpOk?: boolean;
   /** Reachability probe of the witness (or lease renewal/acquisition for a lease witness). */
   witnessOk: boolean;
   /** Lease witness only: we hold the lease after this round. */

@@ -71,7 +71,7 @@ test('API: /healthz is open, everything else needs the bearer token; status and 
   agent.memory = { role: 'leader', generation: 3, peerSeenAt: 0, witnessOkAt: 0, syncConfirmedAt: 0, degraded: false, pgRestarts: 0 };
   agent.snapshot.observation = {
     now: 10, pg: { up: true, inRecovery: false, lsn: '0/5000', timeline: 2, peerReplication: { state: 'streaming', syncState: 'sync', replayLsn: '0/4F00', flushLsn: '0/5000' } },
-    peerApi: { role: 'follower', generation: 3 }, peerPgOk: true, witnessOk: true, leaseHeld: true, vipHeld: true,
+    peerApi: { role: 'follower', generation: 3 }, peerPgOk: true, peerIcmpOk: true, witnessOk: true, leaseHeld: true, vipHeld: true,
   };
   const server = await startApi(agent);
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -96,6 +96,8 @@ test('API: /healthz is open, everything else needs the bearer token; status and 
     t.regex(metrics, /^geminik8s_role\{node="node1",role="leader"\} 1$/m);
     t.regex(metrics, /^geminik8s_generation\{node="node1"\} 3$/m);
     t.regex(metrics, /^geminik8s_standby_sync\{node="node1"\} 1$/m);
+    t.regex(metrics, /^geminik8s_peer_reachable\{node="node1",path="icmp"\} 1$/m);
+    t.like(status.peer, { apiReachable: true, postgresReachable: true, icmpReachable: true });
     t.regex(metrics, /^geminik8s_replication_lag_bytes\{node="node1"\} 256$/m);
     for (const line of metrics.trim().split('\n')) t.regex(line, /^(# (HELP|TYPE) \w+ .+|\w+(\{[^}]*\})? -?\d+(\.\d+)?)$/, line);
     t.deepEqual(statusOf(agent).role, 'leader');
