@@ -1,6 +1,6 @@
 import { createHmac } from 'node:crypto';
 import { stringify } from 'yaml';
-import type { ClusterSpec } from '../schema/cluster.ts';
+import { K3S_MANAGED_FLAGS, type ClusterSpec } from '../schema/cluster.ts';
 import { KINE_DATABASE, KINE_USER } from './postgresql.ts';
 
 /** Where the node keeps secret material derived from its seed (0700 directory, 0600 files). */
@@ -31,7 +31,29 @@ export function k3sConfig(spec: ClusterSpec, node: string): Record<string, unkno
   if (spec.k3s.disable.length) config.disable = [...spec.k3s.disable];
   const labels = Object.entries(spec.k3s.nodeLabels).map(([k, v]) => `${k}=${v}`);
   if (labels.length) config['node-label'] = labels;
+  for (const [key, values] of extraArgEntries(spec.k3s.extraArgs)) {
+    const current = config[key];
+    if (Array.isArray(current)) config[key] = [...current, ...values];
+    else if (current !== undefined || K3S_MANAGED_FLAGS[key]) throw new Error(`k3s.extraArgs: --${key} is set by geminik8s`);
+    // K3s expands a list into one --key=value per element (repeatable flags such as kubelet-arg).
+    else config[key] = values.length === 1 ? values[0] : values;
+  }
   return config;
+}
+
+/**
+ * `--flag=value` arguments grouped by flag, in first-seen order; a bare `--flag` is `true`.
+ * The cluster rules have already rejected flags geminik8s sets itself.
+ */
+export function extraArgEntries(args: readonly string[]): [string, (string | boolean)[]][] {
+  const grouped = new Map<string, (string | boolean)[]>();
+  for (const arg of args) {
+    const m = /^--([a-z0-9-]+)(?:=(.*))?$/s.exec(arg);
+    if (!m) throw new Error(`k3s.extraArgs: ${JSON.stringify(arg)} is not a --flag or --flag=value`);
+    const [, key, value] = m as unknown as [string, string, string | undefined];
+    grouped.set(key, [...(grouped.get(key) ?? []), value ?? true]);
+  }
+  return [...grouped];
 }
 
 export function k3sConfigYaml(spec: ClusterSpec, node: string): string {

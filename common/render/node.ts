@@ -37,7 +37,7 @@ export function renderNodeFiles(image: Pick<Image, 'kubernetes' | 'components'>,
       { path: NODE_PATHS.k3sConfig, content: k3sConfigYaml(spec, node), mode: 0o600, scope: 'node' },
       { path: K3S_TOKEN_FILE, content: `${secrets.k3sToken}\n`, mode: 0o600, scope: 'node', secret: true },
       { path: NODE_PATHS.kineEnvFile, content: kineEnvironment(spec), mode: 0o644, scope: 'node' },
-      { path: NODE_PATHS.kubeVipEnvFile, content: `# geminik8s: kube-vip announces Service LoadBalancer addresses on this interface.\nvip_interface=${spec.network.interface}\n`, mode: 0o644, scope: 'node' },
+      { path: NODE_PATHS.kubeVipEnvFile, content: `# geminik8s: kube-vip announces Service LoadBalancer addresses on this interface;\n# its per-Service leases use the K3s node name.\nvip_interface=${spec.network.interface}\nvip_nodename=${node}\n`, mode: 0o644, scope: 'node' },
       { path: KINE_PGPASS_FILE, content: kinePgpass(spec, kinePassword(secrets.postgresPassword)), mode: 0o600, scope: 'node', secret: true },
     );
   }

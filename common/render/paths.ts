@@ -4,6 +4,9 @@ export const NODE_PATHS = {
   agentConfig: '/etc/geminik8s/agent.yaml',
   readyScript: '/usr/lib/geminik8s/ready.sh',
   seedFile: '/var/lib/geminik8s/seed.yaml',
+  /** Where geminik8s-firstboot mounts the seed medium (config partition or cidata ISO), read-only. */
+  seedMount: '/run/geminik8s/config',
+  mountSeedScript: '/usr/lib/geminik8s/mount-seed.sh',
   stateDir: '/var/lib/geminik8s',
   unitDir: '/etc/systemd/system',
   k3sBin: '/usr/local/bin/k3s',

@@ -30,6 +30,30 @@ export const WitnessSchema = z.discriminatedUnion('type', [
   z.strictObject({ type: z.literal('none') }),
 ]);
 
+/**
+ * K3s server flags geminik8s sets itself, with the reason; `k3s.extraArgs` may not set them
+ * (flags that take a list, such as tls-san or node-label, may be added to).
+ */
+export const K3S_MANAGED_FLAGS: Readonly<Record<string, string>> = {
+  'datastore-endpoint': 'the datastore is Kine on 127.0.0.1:2379, which follows the PostgreSQL primary',
+  'cluster-init': 'geminik8s never runs embedded etcd',
+  server: 'both nodes are servers on the shared datastore',
+  token: 'the token comes from the seed (token-file)',
+  'token-file': 'the token comes from the seed',
+  'agent-token': 'the token comes from the seed',
+  'agent-token-file': 'the token comes from the seed',
+  'node-name': 'the node name is the cluster node name',
+  'node-ip': "the node IP is the cluster node's ip",
+  'advertise-address': "the node's own ip is advertised",
+  'cluster-cidr': 'use k3s.clusterCidr',
+  'service-cidr': 'use k3s.serviceCidr',
+  'cluster-domain': 'use k3s.clusterDomain',
+  config: 'the config file is /etc/rancher/k3s/config.yaml',
+  'data-dir': 'K3s state must stay on the persistent partition',
+  'write-kubeconfig': 'kube-vip and the agent read /etc/rancher/k3s/k3s.yaml',
+  'write-kubeconfig-mode': 'the kubeconfig holds admin credentials (0600)',
+};
+
 export const SYNC_POLICIES = ['degrade', 'strict'] as const;
 
 /** The spec of a cluster: everything both nodes share. Embedded as-is in each node's seed. */
@@ -167,6 +191,11 @@ export function clusterRules(spec: ClusterSpec): RuleIssue[] {
   }
   if (cidrsOverlap(spec.k3s.clusterCidr, spec.k3s.serviceCidr)) {
     issues.push({ path: ['k3s', 'serviceCidr'], message: 'overlaps k3s.clusterCidr', found: spec.k3s.serviceCidr });
+  }
+  for (const [i, arg] of spec.k3s.extraArgs.entries()) {
+    const flag = /^--([a-z0-9-]+)/.exec(arg)?.[1] ?? '';
+    const why = K3S_MANAGED_FLAGS[flag];
+    if (why) issues.push({ path: ['k3s', 'extraArgs', i], message: `--${flag} is set by geminik8s: ${why}`, found: arg });
   }
   if (spec.agent.port === spec.postgresql.port) {
     issues.push({ path: ['agent', 'port'], message: 'the agent port must differ from the PostgreSQL port', found: String(spec.agent.port) });

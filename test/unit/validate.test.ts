@@ -83,6 +83,7 @@ const CASES: Case[] = [
   { title: 'bootstrapLeader unknown', text: `${CLUSTER}bootstrapLeader: node3\n`, expect: [{ at: '13:18', path: 'bootstrapLeader', message: /one of the two nodes/ }] },
   { title: 'gateway witness without a gateway', text: edit(CLUSTER, '  gateway: 192.168.10.1\n', ''), expect: [{ at: '1:1', path: 'witness.type', message: /needs network.gateway/ }] },
   { title: 'cluster CIDR overlaps the node subnet', text: `${CLUSTER}k3s:\n  clusterCidr: 192.168.0.0/16\n`, expect: [{ at: '14:16', path: 'k3s.clusterCidr', message: /overlaps the nodes' subnet/ }] },
+  { title: 'K3s extra arg that geminik8s owns', text: `${CLUSTER}k3s:\n  extraArgs: [--kubelet-arg=max-pods=200, --cluster-init]\n`, expect: [{ at: '14:43', path: 'k3s.extraArgs.1', message: /--cluster-init is set by geminik8s: geminik8s never runs embedded etcd/ }] },
   { title: 'wrong apiVersion', text: edit(CLUSTER, 'geminik8s.io/v1alpha1', 'geminik8s.io/v9'), expect: [{ at: '1:13', path: 'apiVersion', message: /.*/ }] },
   { title: 'unknown kind', text: edit(CLUSTER, 'kind: Cluster', 'kind: Clustr'), expect: [{ at: '2:7', path: 'kind', message: /cannot tell what kind/ }] },
   { title: 'image: arm64 with BIOS boot', text: `${edit(IMAGE, 'arch: amd64', 'arch: arm64')}boot:\n  modes: [bios, uefi]\n`, expect: [{ at: '12:10', path: 'boot.modes', message: /no BIOS/ }] },

@@ -59,7 +59,9 @@ export function networkConfig(spec: ClusterSpec, node: string): string {
   iface.dhcp4 = false;
   iface.dhcp6 = false;
   iface.addresses = [`${self.ip}/${spec.network.prefix}`];
-  if (spec.network.gateway) iface.routes = [{ to: 'default', via: spec.network.gateway }];
+  // `to: default` is netplan syntax that cloud-init's own network state rejects before 25.3
+  // ("Address default is not a valid ip address", canonical/cloud-init#6391): spell it out.
+  if (spec.network.gateway) iface.routes = [{ to: '0.0.0.0/0', via: spec.network.gateway }];
   if (spec.network.dns.length) iface.nameservers = { addresses: spec.network.dns };
   return yaml11({ version: 2, ethernets: { [spec.network.interface]: iface } });
 }

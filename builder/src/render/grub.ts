@@ -5,7 +5,10 @@ import { renderTemplate } from './templates.ts';
 /** The kernel arguments every slot gets, after root=, rootfstype=, ro and geminik8s.slot=. */
 export function kernelCmdline(image: Image): string {
   // panic=10: a try slot whose kernel panics reboots, spending a try, instead of hanging.
-  return ['console=tty0', `console=${image.boot.serialConsole}`, 'panic=10', ...image.boot.kernelArgs].join(' ');
+  // net.ifnames=0: the first NIC is eth0, the cluster's default network.interface, on any
+  // hardware; a node with a MAC in cluster.yaml is renamed by cloud-init anyway.
+  const ifnames = image.boot.kernelArgs.some((a) => a.startsWith('net.ifnames=')) ? [] : ['net.ifnames=0'];
+  return ['console=tty0', `console=${image.boot.serialConsole}`, 'panic=10', ...ifnames, ...image.boot.kernelArgs].join(' ');
 }
 
 /** grub.cfg for the ESP: A/B slots with boot counting through the grubenv block. */

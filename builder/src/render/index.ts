@@ -19,6 +19,7 @@ export const AGENT_WATCHDOG_SEC = 30;
 export function agentConfigFor(image: Image): AgentConfig {
   return AgentConfigSchema.parse({
     seedFile: NODE_PATHS.seedFile,
+    seedSource: `${NODE_PATHS.seedMount}/${SEED_FILE_IN_PARTITION}`,
     stateDir: NODE_PATHS.stateDir,
     postgresql: { binDir: pgBinDir(image.components.postgresql.major), dataDir: pgDataDir(image.components.postgresql.major) },
     kubernetes: { enabled: image.kubernetes.enabled },
@@ -37,7 +38,7 @@ export function renderImageFiles(image: Image): RenderedFile[] {
   const common = { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig };
   const files: RenderedFile[] = [
     unit('geminik8s-agent.service', { ...common, seedFile: NODE_PATHS.seedFile, watchdogSec: AGENT_WATCHDOG_SEC }),
-    unit('geminik8s-firstboot.service', common),
+    unit('geminik8s-firstboot.service', { ...common, mountSeedScript: NODE_PATHS.mountSeedScript, seedMount: NODE_PATHS.seedMount }),
     unit('geminik8s-postgresql.service', { pgMajor: major, pgBinDir: pgBinDir(major), pgDataDir: pgDataDir(major) }),
     unit('geminik8s-ready.service', { readyScript: NODE_PATHS.readyScript }),
     {
