@@ -53,6 +53,8 @@ export const TOOL_PACKAGES: Record<string, string> = {
   patroni: 'patroni',
   etcd: 'etcd-server',
   unshare: 'util-linux',
+  losetup: 'mount',
+  blkid: 'util-linux',
   chroot: 'coreutils',
   tar: 'tar',
 };
