@@ -1,4 +1,5 @@
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { assertKnownNode, loadCluster, loadImage, loadSecrets, secretsDirOf } from '../../../../common/config.ts';
@@ -41,11 +42,17 @@ export function registerRender(program: Command, ctx: () => CliContext): void {
       assertKnownNode(cluster, opts.node, clusterFile);
       const secrets = await loadSecrets(secretsDirOf(clusterFile, cluster));
       for (const s of Object.values(secrets)) registerSecret(s);
+      if (existsSync(opts.out) && !statSync(opts.out).isDirectory()) {
+        throw new GeminiError(`--out ${opts.out} exists and is not a directory`, ExitCode.invalidInput);
+      }
       if (existsSync(opts.out) && readdirSync(opts.out).length > 0 && !opts.force) {
         throw new GeminiError(`${opts.out} is not empty; pass --force to write into it`, ExitCode.refused);
       }
+      // Render everything before writing anything: a template error leaves --out untouched.
       const files = renderNode({ image, cluster, node: opts.node, secrets });
       if (opts.pxeBaseUrl) files.push(renderIpxe(image, cluster, opts.node, opts.pxeBaseUrl));
+      // The output holds the node's secrets: private from the top.
+      await mkdir(opts.out, { recursive: true, mode: 0o700 });
       for (const f of files) await writeFileAtomic(outputPath(opts.out, f), f.content, f.mode);
       const rows = files.map((f) => ({ scope: f.scope, path: f.path, mode: `0${f.mode.toString(8)}`, bytes: Buffer.byteLength(f.content), secret: Boolean(f.secret) }));
       if (opts.json) {
