@@ -5,6 +5,7 @@ import { runPlan } from '../../common/exec.ts';
 import { renderImageFiles, renderIpxe, renderNode, type RenderedFile } from '../../builder/src/render/index.ts';
 import { renderTemplate } from '../../builder/src/render/templates.ts';
 import { k3sConfig } from '../../common/render/k3s.ts';
+import { instanceId, userData } from '../../builder/src/render/cloud-init.ts';
 import { NODE_PATHS, pgBinDir, pgDataDir } from '../../common/render/paths.ts';
 import { assertGolden } from '../helpers/golden.ts';
 import { FAKE_SECRETS, loadFixtureCluster, loadImageDef, ROOT, tempDir } from '../helpers/fixtures.ts';
@@ -66,14 +67,18 @@ test('templates are strict: a missing variable is an error, not an empty string'
   t.regex(err!.message, /readyScript/);
 });
 
-test('rendered user-data passes cloud-init\'s own schema', async (t) => {
-  for (const { image } of ARCHES) {
+test('rendered user-data passes cloud-init\'s own schema, with and without SSH keys', async (t) => {
+  const cluster = await loadFixtureCluster();
+  const withKeys = { ...cluster, ssh: { user: 'ops', authorizedKeys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC0 ops@example', 'ecdsa-sha2-nistp256 AAAAE2VjZHNh ops2@example'] } };
+  const variants = [...ARCHES.map((a) => a.image), 'with-keys'];
+  for (const variant of variants) {
     const dir = tempDir();
-    const userData = (await renderFor(image)).find((f) => f.path === 'user-data')!;
+    const content = variant === 'with-keys' ? userData(withKeys, 'node1') : (await renderFor(variant)).find((f) => f.path === 'user-data')!.content;
+    if (variant === 'with-keys') t.regex(content, /ssh_authorized_keys:\n\s+- ssh-ed25519 /);
     const file = join(dir, 'user-data');
-    writeFileSync(file, userData.content);
+    writeFileSync(file, content);
     const r = await runPlan({ cmd: 'cloud-init', args: ['schema', '--config-file', file] }, { allowFailure: true });
-    t.is(r.exitCode, 0, r.stdout + r.stderr);
+    t.is(r.exitCode, 0, `${variant}: ${r.stdout}${r.stderr}`);
     t.regex(r.stdout, /Valid cloud-config/);
   }
 });
@@ -200,4 +205,16 @@ test('the firstboot unit mounts the seed medium where the agent config says the 
   t.regex(firstboot.content, new RegExp(`^ExecStartPre=${NODE_PATHS.mountSeedScript} ${NODE_PATHS.seedMount}$`, 'm'));
   t.regex(agentYaml.content, new RegExp(`^seedSource: ${NODE_PATHS.seedMount}/geminik8s/seed.yaml$`, 'm'));
   t.is(statSync(join(ROOT, 'overlays', NODE_PATHS.mountSeedScript)).mode & 0o111, 0o111, 'mount-seed.sh is executable');
+});
+
+test('the instance-id is stable for one seed and changes when what cloud-init applies changes', async (t) => {
+  const cluster = await loadFixtureCluster();
+  const id = instanceId(cluster, 'node1');
+  t.regex(id, /^geminik8s-site-a-node1-[0-9a-f]{12}$/);
+  t.is(instanceId(structuredClone(cluster), 'node1'), id);
+  t.not(instanceId(cluster, 'node2'), id);
+  t.not(instanceId({ ...cluster, ssh: { ...cluster.ssh, authorizedKeys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC0 ops@example'] } }, 'node1'), id);
+  t.not(instanceId({ ...cluster, network: { ...cluster.network, dns: ['192.168.10.2'] } }, 'node1'), id);
+  // Failover timings are the agent's business, not cloud-init's: no new instance for them.
+  t.is(instanceId({ ...cluster, failover: { ...cluster.failover, checkInterval: 500 } }, 'node1'), id);
 });

@@ -15,6 +15,9 @@ export function userData(spec: ClusterSpec, node: string): string {
     manage_etc_hosts: true,
     disable_root: true,
     ssh_pwauth: false,
+    // A new instance-id (any seed change below) must not rotate the node's SSH host keys;
+    // cloud-init still generates them when missing, on the very first boot.
+    ssh_deletekeys: false,
     users: [
       {
         name: spec.ssh.user,
@@ -34,11 +37,14 @@ export function userData(spec: ClusterSpec, node: string): string {
   return `#cloud-config\n${yaml11(config)}`;
 }
 
-/** A stable instance-id: changes when the node's identity or the cluster's addressing changes. */
+/**
+ * The instance-id: cluster and node, plus a digest of what cloud-init applies (user-data and
+ * network-config). Re-seeding a node with changed users, keys or addressing makes a new
+ * instance, so cloud-init applies it again; an unchanged seed keeps the id on every boot.
+ */
 export function instanceId(spec: ClusterSpec, node: string): string {
-  const self = spec.nodes.find((n) => n.name === node)!;
   const digest = createHash('sha256')
-    .update(JSON.stringify([spec.name, node, self.ip, self.mac ?? '', spec.network]))
+    .update(JSON.stringify([spec.name, node, userData(spec, node), networkConfig(spec, node)]))
     .digest('hex')
     .slice(0, 12);
   return `geminik8s-${spec.name}-${node}-${digest}`;
