@@ -33,6 +33,7 @@ export const TOOL_PACKAGES: Record<string, string> = {
   'grub-mkimage': 'grub-common',
   'grub-editenv': 'grub-common',
   'grub-script-check': 'grub-common',
+  'grub-emu': 'grub-emu',
   'qemu-img': 'qemu-utils',
   'qemu-system-x86_64': 'qemu-system-x86',
   'qemu-system-aarch64': 'qemu-system-arm',

@@ -11,7 +11,7 @@ PACKAGES=(
   # booting images under emulation
   qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64
   # rendering checks
-  cloud-init systemd zsh fish bsdutils curl
+  cloud-init systemd zsh fish bsdutils curl grub-emu
   # failover harness and comparison
   postgresql-15 iproute2 iptables iputils-arping iputils-ping patroni etcd-server
   # Containerfile path
