@@ -30,7 +30,7 @@ export function renderNodeFiles(image: Pick<Image, 'kubernetes' | 'components'>,
   const data = pgDataDir(image.components.postgresql.major);
   const files: RenderedFile[] = [
     { path: `${data}/conf.d/geminik8s.conf`, content: postgresqlConf(spec), mode: 0o644, owner: 'postgres', scope: 'node' },
-    { path: `${data}/pg_hba.conf`, content: pgHbaConf(spec, node), mode: 0o640, owner: 'postgres', scope: 'node' },
+    { path: `${data}/pg_hba.conf`, content: pgHbaConf(spec, node), mode: 0o600, owner: 'postgres', scope: 'node' },
   ];
   if (image.kubernetes.enabled) {
     files.push(
