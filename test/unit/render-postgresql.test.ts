@@ -1,0 +1,105 @@
+import test from 'ava';
+import { chownSync, existsSync, readdirSync, readFileSync, writeFileSync, appendFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { runPlan, type CommandPlan } from '../../common/exec.ts';
+import { pgBinDir } from '../../common/render/paths.ts';
+import { pgHbaConf, postgresqlConf, postgresqlSettings } from '../../common/render/postgresql.ts';
+import { loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
+
+// The rendered postgresql.conf fragment and pg_hba.conf, loaded by a real PostgreSQL server
+// (the one installed on the test host): every setting accepted, every hba line parsed.
+
+const major = existsSync('/usr/lib/postgresql') ? readdirSync('/usr/lib/postgresql').map(Number).find((m) => existsSync(`${pgBinDir(m)}/postgres`)) : undefined;
+const isRoot = process.getuid?.() === 0;
+
+/** PostgreSQL refuses to run as root: drop to the postgres OS user when we are root. */
+function asPg(bin: string, args: string[]): CommandPlan {
+  const cmd = join(pgBinDir(major!), bin);
+  return isRoot ? { cmd: 'runuser', args: ['-u', 'postgres', '--', cmd, ...args] } : { cmd, args };
+}
+
+function pgIds(): { uid: number; gid: number } {
+  const line = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith('postgres:'));
+  if (!line) throw new Error('no postgres OS user on this host (install postgresql-NN)');
+  const [, , uid, gid] = line.split(':');
+  return { uid: Number(uid), gid: Number(gid) };
+}
+
+(major ? test.serial : test.serial.skip)('a real PostgreSQL accepts the rendered settings and pg_hba.conf', async (t) => {
+  const cluster = await loadFixtureCluster();
+  const dir = tempDir();
+  const data = join(dir, 'data');
+  const socket = join(dir, 'sock');
+  mkdirSync(socket);
+  if (isRoot) {
+    const { uid, gid } = pgIds();
+    chownSync(dir, uid, gid);
+    chownSync(socket, uid, gid);
+  }
+  await runPlan(asPg('initdb', ['-D', data, '-U', 'postgres', '--auth-local=peer', '--auth-host=scram-sha-256', '--no-sync']));
+  // What the agent does with these files (agent/src/postgres.ts writeNodeConfig).
+  mkdirSync(join(data, 'conf.d'));
+  writeFileSync(join(data, 'conf.d', 'geminik8s.conf'), postgresqlConf(cluster));
+  appendFileSync(join(data, 'postgresql.conf'), "\ninclude_dir = 'conf.d'\n");
+  writeFileSync(join(data, 'pg_hba.conf'), pgHbaConf(cluster, 'node1'));
+  if (isRoot) {
+    const { uid, gid } = pgIds();
+    for (const p of [join(data, 'conf.d'), join(data, 'conf.d', 'geminik8s.conf'), join(data, 'pg_hba.conf')]) chownSync(p, uid, gid);
+  }
+
+  // postgres -C parses every configuration file and fails on any invalid value.
+  const parsed = await runPlan(asPg('postgres', ['-D', data, '-C', 'wal_level']), { allowFailure: true });
+  t.is(parsed.exitCode, 0, parsed.stderr);
+  t.is(parsed.stdout.trim(), 'replica');
+
+  // pg_hba.conf is parsed when the server starts; pg_hba_file_rules reports each line's error.
+  // Only a private socket: no TCP port, nothing reachable from elsewhere.
+  const port = String(20000 + Math.floor(Math.random() * 20000));
+  const log = join(dir, 'pg.log');
+  const start = await runPlan(asPg('pg_ctl', ['-D', data, '-l', log, '-w', '-t', '60', '-o', `-c listen_addresses= -c port=${port} -k ${socket}`, 'start']), { allowFailure: true });
+  t.is(start.exitCode, 0, existsSync(log) ? readFileSync(log, 'utf8') : start.stderr);
+  try {
+    const q = async (sql: string) => (await runPlan(asPg('psql', ['-h', socket, '-p', port, '-U', 'postgres', '-d', 'postgres', '-XAtc', sql]))).stdout.replace(/\n+$/, '');
+    t.is(await q('select count(*) from pg_hba_file_rules where error is not null'), '0');
+    t.is(await q("select coalesce(string_agg(name || ': ' || error, '; '), '') from pg_file_settings where error is not null and sourcefile like '%geminik8s.conf' and name not in ('listen_addresses', 'port')"), '');
+    const rules = await q("select type || ' ' || array_to_string(database, ',') || ' ' || array_to_string(user_name, ',') || ' ' || coalesce(address, '') || ' ' || auth_method from pg_hba_file_rules order by line_number");
+    t.deepEqual(rules.split('\n'), [
+      'local all postgres  peer',
+      'local all all  scram-sha-256',
+      'host all postgres 127.0.0.1 scram-sha-256',
+      'host replication replicator 192.168.10.12 scram-sha-256',
+      'host postgres replicator 192.168.10.12 scram-sha-256',
+      'host postgres postgres 192.168.10.12 scram-sha-256',
+      'host kine kine 127.0.0.1 scram-sha-256',
+      'host kine kine 192.168.10.0 scram-sha-256',
+      'host all all 0.0.0.0 reject',
+      'host all all :: reject',
+    ]);
+    // Every rendered setting is in effect, as written (listen_addresses and port are overridden
+    // above to keep this server private).
+    for (const [name, value] of Object.entries(postgresqlSettings(cluster))) {
+      if (name === 'listen_addresses' || name === 'port') continue;
+      // TCP keepalives read 0 on this Unix-socket session; check they were applied from the file.
+      const sql = name.startsWith('tcp_keepalives_')
+        ? `select setting from pg_file_settings where name = '${name}' and applied and sourcefile like '%geminik8s.conf'`
+        : `show ${name}`;
+      t.is(await q(sql), String(value), name);
+    }
+  } finally {
+    await runPlan(asPg('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop']), { allowFailure: true });
+  }
+});
+
+(major ? test.serial : test.serial.skip)('the check is able to fail: PostgreSQL rejects an invalid setting value', async (t) => {
+  const dir = tempDir();
+  const data = join(dir, 'data');
+  if (isRoot) {
+    const { uid, gid } = pgIds();
+    chownSync(dir, uid, gid);
+  }
+  await runPlan(asPg('initdb', ['-D', data, '-U', 'postgres', '--auth-local=peer', '--no-sync']));
+  appendFileSync(join(data, 'postgresql.conf'), "\nwal_level = 'bogus'\n");
+  const r = await runPlan(asPg('postgres', ['-D', data, '-C', 'wal_level']), { allowFailure: true });
+  t.not(r.exitCode, 0);
+  t.regex(r.stderr, /wal_level/);
+});
