@@ -3,7 +3,10 @@ import { chownSync, existsSync, readdirSync, readFileSync, writeFileSync, append
 import { join } from 'node:path';
 import { runPlan, type CommandPlan } from '../../common/exec.ts';
 import { pgBinDir } from '../../common/render/paths.ts';
-import { pgHbaConf, postgresqlConf, postgresqlSettings } from '../../common/render/postgresql.ts';
+import { pgHbaConf, postgresqlConf, postgresqlSettings, KINE_DATABASE, KINE_USER } from '../../common/render/postgresql.ts';
+import { kineEndpoint, kinePassword, kinePgpass } from '../../common/render/k3s.ts';
+import type { ClusterSpec } from '../../common/schema/cluster.ts';
+import { FAKE_SECRETS } from '../helpers/fixtures.ts';
 import { loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
 
 // The rendered postgresql.conf fragment and pg_hba.conf, loaded by a real PostgreSQL server
@@ -102,4 +105,60 @@ function pgIds(): { uid: number; gid: number } {
   const r = await runPlan(asPg('postgres', ['-D', data, '-C', 'wal_level']), { allowFailure: true });
   t.not(r.exitCode, 0);
   t.regex(r.stderr, /wal_level/);
+});
+
+(major ? test.serial : test.serial.skip)("Kine's DSN, password file and pg_hba.conf let Kine in with the derived password, through the VIP address", async (t) => {
+  // The same cluster moved onto loopback: the "VIP" is 127.0.0.50, which the server listens on.
+  const fixture = await loadFixtureCluster();
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const spec: ClusterSpec = {
+    ...fixture,
+    network: { ...fixture.network, gateway: '127.0.0.1', dns: [], vip: '127.0.0.50' },
+    nodes: [{ name: 'node1', ip: '127.0.0.11' }, { name: 'node2', ip: '127.0.0.12' }],
+    postgresql: { ...fixture.postgresql, port },
+  };
+  const dir = tempDir();
+  const data = join(dir, 'data');
+  const socket = join(dir, 'sock');
+  mkdirSync(socket);
+  if (isRoot) {
+    const { uid, gid } = pgIds();
+    chownSync(dir, uid, gid);
+    chownSync(socket, uid, gid);
+  }
+  await runPlan(asPg('initdb', ['-D', data, '-U', 'postgres', '--auth-local=peer', '--auth-host=scram-sha-256', '--no-sync']));
+  mkdirSync(join(data, 'conf.d'));
+  writeFileSync(join(data, 'conf.d', 'geminik8s.conf'), postgresqlConf(spec));
+  appendFileSync(join(data, 'postgresql.conf'), "\ninclude_dir = 'conf.d'\n");
+  writeFileSync(join(data, 'pg_hba.conf'), pgHbaConf(spec, 'node1'));
+  if (isRoot) {
+    const { uid, gid } = pgIds();
+    for (const p of [join(data, 'conf.d'), join(data, 'conf.d', 'geminik8s.conf'), join(data, 'pg_hba.conf')]) chownSync(p, uid, gid);
+  }
+  const log = join(dir, 'pg.log');
+  const start = await runPlan(asPg('pg_ctl', ['-D', data, '-l', log, '-w', '-t', '60', '-o', `-c listen_addresses=127.0.0.50 -k ${socket}`, 'start']), { allowFailure: true });
+  t.is(start.exitCode, 0, existsSync(log) ? readFileSync(log, 'utf8') : start.stderr);
+  try {
+    const admin = (sql: string) => runPlan(asPg('psql', ['-h', socket, '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-XAtc', sql]));
+    // What the bootstrap leader does for Kine (agent/src/postgres.ts), with the derived password.
+    await admin(`create role ${KINE_USER} login password '${kinePassword(FAKE_SECRETS.postgresPassword)}'`);
+    await admin(`create database ${KINE_DATABASE} owner ${KINE_USER}`);
+    const pgpass = join(dir, 'kine.pgpass');
+    writeFileSync(pgpass, kinePgpass(spec, kinePassword(FAKE_SECRETS.postgresPassword)), { mode: 0o600 });
+    const dsn = kineEndpoint(spec);
+    t.is(dsn, `postgres://kine@127.0.0.50:${port}/kine?sslmode=disable`);
+    const psql = join(pgBinDir(major!), 'psql');
+    const ok = await runPlan({ cmd: psql, args: [dsn, '-XAtc', 'select current_user, inet_server_addr()'], env: { PGPASSFILE: pgpass, PGCONNECT_TIMEOUT: '5' } }, { allowFailure: true });
+    t.is(ok.exitCode, 0, ok.stderr);
+    t.is(ok.stdout.trim(), 'kine|127.0.0.50');
+    // Without the password file Kine gets nowhere: the DSN itself carries no secret.
+    const denied = await runPlan({ cmd: psql, args: [dsn, '-XAtwc', 'select 1'], env: { PGPASSFILE: join(dir, 'none'), PGCONNECT_TIMEOUT: '5' } }, { allowFailure: true });
+    t.not(denied.exitCode, 0);
+    t.regex(denied.stderr, /password/);
+    // Kine may not reach other databases, and nobody else may use Kine's path.
+    const other = await runPlan({ cmd: psql, args: [dsn.replace('/kine?', '/postgres?'), '-XAtwc', 'select 1'], env: { PGPASSFILE: pgpass, PGCONNECT_TIMEOUT: '5' } }, { allowFailure: true });
+    t.regex(other.stderr, /pg_hba\.conf rejects connection for host "127\.0\.0\.1", user "kine", database "postgres"/);
+  } finally {
+    await runPlan(asPg('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop']), { allowFailure: true });
+  }
 });
