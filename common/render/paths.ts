@@ -7,6 +7,13 @@ export const NODE_PATHS = {
   /** Where geminik8s-firstboot mounts the seed medium (config partition or cidata ISO), read-only. */
   seedMount: '/run/geminik8s/config',
   mountSeedScript: '/usr/lib/geminik8s/mount-seed.sh',
+  growScript: '/usr/lib/geminik8s/grow-persistent.sh',
+  customizeScript: '/usr/lib/geminik8s/customize-root.sh',
+  /** Inputs of the customize script, removed by it. */
+  buildDir: '/usr/lib/geminik8s/build',
+  /** PERSISTENT, mounted by the initramfs; /etc's upper layer and the persistent directories live there. */
+  persistentMount: '/run/geminik8s/persistent',
+  espMount: '/boot/efi',
   stateDir: '/var/lib/geminik8s',
   unitDir: '/etc/systemd/system',
   k3sBin: '/usr/local/bin/k3s',

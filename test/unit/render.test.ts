@@ -120,6 +120,7 @@ test('rendered units pass systemd-analyze verify; only units whose binaries a bu
     const expected = [
       'geminik8s-firstboot.service ' + NODE_PATHS.mountSeedScript,
       'geminik8s-ready.service ' + NODE_PATHS.readyScript,
+      'geminik8s-grow.service ' + NODE_PATHS.growScript,
       'k3s.service ' + NODE_PATHS.k3sBin,
       'kine.service ' + NODE_PATHS.kineBin,
       'kube-vip.service ' + NODE_PATHS.kubeVipBin,
@@ -140,6 +141,7 @@ test('the templates of units that skip above verify cleanly with their real bina
       name: 'geminik8s-firstboot.service',
       content: renderTemplate('systemd/geminik8s-firstboot.service.hbs', { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig, mountSeedScript: overlay(NODE_PATHS.mountSeedScript), seedMount: NODE_PATHS.seedMount }),
     },
+    { name: 'geminik8s-grow.service', content: renderTemplate('systemd/geminik8s-grow.service.hbs', { growScript: overlay(NODE_PATHS.growScript), persistentMount: NODE_PATHS.persistentMount }) },
     { name: 'geminik8s-postgresql.service', content: renderTemplate('systemd/geminik8s-postgresql.service.hbs', { pgMajor: major, pgBinDir: pgBinDir(major), pgDataDir: pgDataDir(major) }) },
   ];
   t.deepEqual(await verifyUnits(tempDir(), units), []);

@@ -41,6 +41,7 @@ export function renderImageFiles(image: Image): RenderedFile[] {
     unit('geminik8s-firstboot.service', { ...common, mountSeedScript: NODE_PATHS.mountSeedScript, seedMount: NODE_PATHS.seedMount }),
     unit('geminik8s-postgresql.service', { pgMajor: major, pgBinDir: pgBinDir(major), pgDataDir: pgDataDir(major) }),
     unit('geminik8s-ready.service', { readyScript: NODE_PATHS.readyScript }),
+    unit('geminik8s-grow.service', { growScript: NODE_PATHS.growScript, persistentMount: NODE_PATHS.persistentMount }),
     {
       path: NODE_PATHS.agentConfig,
       content: `# geminik8s agent: node-local paths (cluster settings and secrets come from the seed).\n${stringify(agentConfigFor(image), { version: '1.1' })}`,

@@ -1,5 +1,6 @@
 import type { CommandPlan } from '../../../common/exec.ts';
 import type { Image } from '../../../common/schema/image.ts';
+import { NODE_PATHS } from '../../../common/render/paths.ts';
 import { rootPackages } from './packages.ts';
 
 /** Paths dpkg never writes into the root: documentation, manuals, translations. */
@@ -22,8 +23,6 @@ export interface RootfsPlanInput {
   /** Reused between builds: downloaded .deb files. */
   aptCache: string;
   sourceDateEpoch: number;
-  /** Units enabled in the image. */
-  enableUnits: string[];
 }
 
 /**
@@ -33,7 +32,6 @@ export interface RootfsPlanInput {
  */
 export function mmdebstrapPlan(input: RootfsPlanInput): CommandPlan {
   const { image } = input;
-  const hook = (s: string): string => s;
   const args = [
     '--variant=apt',
     // The output is a temporary name, so the format cannot come from its extension.
@@ -49,17 +47,10 @@ export function mmdebstrapPlan(input: RootfsPlanInput): CommandPlan {
     '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/',
     `--setup-hook=sync-in ${input.aptCache} /var/cache/apt/archives/`,
     `--customize-hook=sync-out /var/cache/apt/archives ${input.aptCache}`,
-    hook('--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb "$1"/var/cache/apt/*.bin'),
-    hook('--customize-hook=rm -rf "$1"/var/lib/apt/lists/*'),
-    // update-alternatives links manual pages that dpkg's path-exclude already dropped.
-    hook('--customize-hook=rm -rf "$1"/usr/share/man'),
+    '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb',
     `--customize-hook=sync-in ${input.staging} /`,
-    `--customize-hook=chroot "$1" systemctl enable ${input.enableUnits.join(' ')}`,
-    // Debian starts the packaged PostgreSQL cluster by default; the agent owns ours.
-    hook('--customize-hook=chroot "$1" sh -c "systemctl mask postgresql.service; rm -rf /etc/postgresql/*/main /var/lib/postgresql/*/main"'),
-    hook('--customize-hook=chroot "$1" sh -c "dpkg-query -W -f=\'\\${Package}\\t\\${Version}\\n\' > /usr/share/geminik8s/packages.tsv"'),
-    // Per-machine identity is created on first boot (cloud-init makes SSH host keys), never baked in.
-    hook('--customize-hook=rm -f "$1"/etc/machine-id "$1"/var/lib/dbus/machine-id "$1"/etc/ssh/ssh_host_* && touch "$1"/etc/machine-id'),
+    // The same script the Containerfile runs: units, initramfs, kernel links, identity removed.
+    `--customize-hook=chroot "$1" ${NODE_PATHS.customizeScript}`,
     image.base.suite,
     input.output,
     image.base.mirror,

@@ -3,7 +3,7 @@ import type { Image } from '../../../common/schema/image.ts';
 /** Debian packages every node OS carries (Debian 13 trixie). */
 const BASE = [
   'systemd-sysv', 'systemd-resolved', 'udev', 'dbus', 'kmod', 'procps', 'util-linux', 'e2fsprogs', 'dosfstools',
-  'initramfs-tools', 'cloud-init', 'cloud-guest-utils', 'sudo', 'ca-certificates', 'zstd',
+  'initramfs-tools', 'busybox', 'fdisk', 'cloud-init', 'cloud-guest-utils', 'sudo', 'ca-certificates', 'zstd',
   'iproute2', 'iputils-ping', 'iputils-arping', 'nodejs',
 ];
 

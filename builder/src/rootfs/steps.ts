@@ -5,6 +5,7 @@ import { buildAgent } from '../../../agent/build.ts';
 import { ExitCode, GeminiError } from '../../../common/errors.ts';
 import { requireTools, runPlan } from '../../../common/exec.ts';
 import { writeFileAtomic } from '../../../common/fsutil.ts';
+import { NODE_PATHS } from '../../../common/render/paths.ts';
 import { renderImageFiles } from '../render/index.ts';
 import { artifactsFor, DEFAULT_RELEASE_BASE } from '../components/catalog.ts';
 import { fetchArtifacts, type ResolvedArtifact } from '../components/fetch.ts';
@@ -24,9 +25,14 @@ const put = (ctx: BuildContext, path: string): string => join(staging(ctx), path
 
 /** Units enabled in every image, and those of the Kubernetes layer. */
 export function enabledUnits(ctx: Pick<BuildContext, 'image'>): string[] {
-  const units = ['geminik8s-firstboot.service', 'geminik8s-agent.service', 'geminik8s-ready.service', 'systemd-networkd.service'];
+  const units = ['geminik8s-grow.service', 'geminik8s-firstboot.service', 'geminik8s-agent.service', 'geminik8s-ready.service', 'systemd-networkd.service'];
   if (ctx.image.kubernetes.enabled) units.push('kine.service', 'k3s.service', 'kube-vip.service');
   return units;
+}
+
+/** Lines appended to Debian's os-release: our image on top of Debian's. */
+export function osReleaseFragment(image: BuildContext['image']): string {
+  return `VARIANT="geminik8s"\nVARIANT_ID=geminik8s\nIMAGE_ID=${image.name}\nIMAGE_VERSION=${image.version}\n`;
 }
 
 /** The steps of `geminik8s build --stage rootfs`. */
@@ -90,6 +96,10 @@ export const ROOTFS_STEPS: Step[] = [
       };
       mkdirSync(put(ctx, '/usr/share/geminik8s'), { recursive: true });
       writeFileSync(put(ctx, '/usr/share/geminik8s/manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+      // Inputs of customize-root.sh, which every root source runs inside the root.
+      mkdirSync(put(ctx, NODE_PATHS.buildDir), { recursive: true });
+      writeFileSync(put(ctx, `${NODE_PATHS.buildDir}/enabled-units`), `${enabledUnits(ctx).join('\n')}\n`);
+      writeFileSync(put(ctx, `${NODE_PATHS.buildDir}/os-release`), osReleaseFragment(ctx.image));
       ctx.state.manifest = manifest;
     },
   },
@@ -99,9 +109,7 @@ export const ROOTFS_STEPS: Step[] = [
       const aptCache = join(ctx.cacheDir, 'apt', `${ctx.image.base.suite}-${ctx.image.arch}`);
       mkdirSync(aptCache, { recursive: true });
       const tmp = join(ctx.outDir, `.${rootfsName(ctx)}.rootfs.tar.tmp-${process.pid}`);
-      const plan = mmdebstrapPlan({ image: ctx.image, output: tmp, staging: staging(ctx), aptCache, sourceDateEpoch: ctx.sourceDateEpoch, enableUnits: enabledUnits(ctx) });
-      // os-release names our image on top of Debian's.
-      plan.args.splice(plan.args.length - 3, 0, `--customize-hook=printf 'VARIANT="geminik8s"\\nVARIANT_ID=geminik8s\\nIMAGE_ID=${ctx.image.name}\\nIMAGE_VERSION=${ctx.image.version}\\n' >> "$1"/usr/lib/os-release`);
+      const plan = mmdebstrapPlan({ image: ctx.image, output: tmp, staging: staging(ctx), aptCache, sourceDateEpoch: ctx.sourceDateEpoch });
       let last = '';
       try {
         await runPlan(plan, { timeoutMs: 60 * 60_000, onStderrLine: (l) => {

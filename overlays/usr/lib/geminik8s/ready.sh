@@ -6,5 +6,6 @@ if [ -r /var/lib/geminik8s/hostmeta.json ]; then
   role=$(sed -n 's/.*"role" *: *"\([a-z]*\)".*/\1/p' /var/lib/geminik8s/hostmeta.json)
 fi
 rootmode=$(findmnt -no OPTIONS / | tr ',' '\n' | grep -xE 'ro|rw' | head -n1)
+uptime=$(cut -d" " -f1 /proc/uptime)
 persist=$(findmnt -no SOURCE,SIZE /var/lib/geminik8s 2>/dev/null | tr -s ' ' ':')
-echo "GEMINIK8S-READY slot=${slot:-?} role=${role:-?} root=${rootmode:-?} persistent=${persist:-none}"
+echo "GEMINIK8S-READY slot=${slot:-?} role=${role:-?} root=${rootmode:-?} persistent=${persist:-none} uptime=${uptime}"
