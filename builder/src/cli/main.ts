@@ -5,6 +5,7 @@ import { registerBuild } from './commands/build.ts';
 import { registerCompletion } from './commands/completion.ts';
 import { registerComponents } from './commands/components.ts';
 import { registerInit } from './commands/init.ts';
+import { registerQemu } from './commands/qemu.ts';
 import { registerRender } from './commands/render.ts';
 import { registerSeed } from './commands/seed.ts';
 import { registerValidate } from './commands/validate.ts';
@@ -42,6 +43,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerComponents(program, ctx);
   registerRender(program, ctx);
   registerSeed(program, ctx);
+  registerQemu(program, ctx);
   registerVersion(program, ctx);
   registerValidate(program, ctx);
   registerCompletion(program, ctx);

@@ -1,0 +1,165 @@
+import test from 'ava';
+import { ExitCode, GeminiError } from '../../common/errors.ts';
+import { shellQuote, type CommandPlan } from '../../common/exec.ts';
+import { archFromFileName, formatFromFileName, overlayPlan, qemuOptionProblems, qemuPlan, type QemuOptions } from '../../qemu/plan.ts';
+import { assertGolden } from '../helpers/golden.ts';
+
+const RUN = '/run/gk-qemu-test';
+
+/** One option and its value per line, like a hand-written shell script: easy to review in a diff. */
+function render(plan: CommandPlan): string {
+  const lines: string[] = [];
+  for (let i = 0; i < plan.args.length; i++) {
+    const a = plan.args[i]!;
+    const next = plan.args[i + 1];
+    if (a.startsWith('-') && next !== undefined && !next.startsWith('-')) {
+      lines.push(`${a} ${shellQuote(next)}`);
+      i++;
+    } else lines.push(a);
+  }
+  return `${plan.cmd} \\\n${lines.map((l) => `  ${l}`).join(' \\\n')}\n`;
+}
+
+const base = (over: Partial<QemuOptions>): QemuOptions => ({
+  arch: 'amd64',
+  firmware: 'bios',
+  disk: { path: `${RUN}/overlay.qcow2`, format: 'qcow2' },
+  serialLog: `${RUN}/serial.log`,
+  qmpSocket: `${RUN}/qmp.sock`,
+  ...over,
+});
+
+test('amd64 BIOS: q35, SeaBIOS, TCG, user network restricted with 127.0.0.1 forwards', (t) => {
+  const plan = qemuPlan(base({ networks: [{ kind: 'user', hostfwd: [{ hostPort: 2222, guestPort: 22 }, { hostPort: 6443, guestPort: 6443 }] }], seed: { path: `${RUN}/seed.iso` } }));
+  assertGolden(t, 'qemu/amd64-bios.txt', render(plan));
+  t.false(plan.args.some((a) => a.includes('pflash')));
+});
+
+test('amd64 UEFI: OVMF code read-only, a per-run VARS copy, socket and user networks', (t) => {
+  const plan = qemuPlan(
+    base({
+      firmware: 'uefi',
+      uefi: { vars: `${RUN}/efivars.fd` },
+      disk: { path: '/images/node-amd64.raw', format: 'raw' },
+      memoryMiB: 4096,
+      cpus: 2,
+      networks: [
+        { kind: 'socket', listen: 40001, mac: '52:54:00:aa:00:01' },
+        { kind: 'user', hostfwd: [{ hostPort: 2201, guestPort: 22 }] },
+      ],
+    }),
+  );
+  assertGolden(t, 'qemu/amd64-uefi.txt', render(plan));
+});
+
+test('arm64 UEFI: virt, cpu max, AAVMF, seed as a CD-ROM, socket connect, direct kernel boot', (t) => {
+  const plan = qemuPlan({
+    arch: 'arm64',
+    firmware: 'uefi',
+    uefi: { vars: `${RUN}/efivars.fd` },
+    disk: { path: `${RUN}/overlay.qcow2`, format: 'qcow2' },
+    seed: { path: `${RUN}/seed.iso`, as: 'cdrom' },
+    serialLog: `${RUN}/serial.log`,
+    qmpSocket: `${RUN}/qmp.sock`,
+    networks: [{ kind: 'socket', connect: 40001, mac: '52:54:00:aa:00:02' }],
+    kernel: { kernel: '/boot/vmlinuz', initrd: '/boot/initrd.img', append: 'console=ttyAMA0 geminik8s.slot=A' },
+  });
+  assertGolden(t, 'qemu/arm64-uefi.txt', render(plan));
+});
+
+test('every network listens on or connects to 127.0.0.1 only, user networks are restricted', (t) => {
+  const plan = qemuPlan(
+    base({
+      networks: [
+        { kind: 'user', hostfwd: [{ hostPort: 8080, guestPort: 80, proto: 'udp' }] },
+        { kind: 'socket', listen: 40010, mac: '52:54:00:00:00:aa' },
+        { kind: 'socket', connect: 40011, mac: '52:54:00:00:00:ab' },
+      ],
+    }),
+  );
+  const netdevs = plan.args.filter((_, i) => plan.args[i - 1] === '-netdev');
+  t.deepEqual(netdevs, ['user,id=net0,restrict=on,hostfwd=udp:127.0.0.1:8080-:80', 'socket,id=net1,listen=127.0.0.1:40010', 'socket,id=net2,connect=127.0.0.1:40011']);
+  t.true(plan.args.includes('-nodefaults') && plan.args.includes('-no-user-config'));
+  t.is(plan.args[plan.args.indexOf('-display') + 1], 'none');
+});
+
+test('commas in paths are doubled, as QEMU option syntax requires', (t) => {
+  const plan = qemuPlan(base({ disk: { path: '/tmp/a,b.raw', format: 'raw' } }));
+  t.true(plan.args.includes('if=none,id=disk0,format=raw,file=/tmp/a,,b.raw'));
+});
+
+const invalid = (opts: QemuOptions): GeminiError => {
+  const err = (() => {
+    try {
+      qemuPlan(opts);
+    } catch (e) {
+      return e;
+    }
+    return undefined;
+  })();
+  if (!(err instanceof GeminiError)) throw new Error(`expected a GeminiError, got ${String(err)}`);
+  return err;
+};
+
+test('BIOS on arm64 is refused with exit 2 and a hint', (t) => {
+  const err = invalid(base({ arch: 'arm64', firmware: 'bios' }));
+  t.is(err.exitCode, ExitCode.invalidInput);
+  t.regex(err.message, /arm64 has no BIOS.*--uefi/);
+});
+
+test('every problem is reported at once', (t) => {
+  const problems = qemuOptionProblems(
+    base({
+      firmware: 'uefi',
+      memoryMiB: 64,
+      cpus: 0,
+      networks: [
+        { kind: 'user', hostfwd: [{ hostPort: 70000, guestPort: 22 }, { hostPort: 2222, guestPort: 22 }, { hostPort: 2222, guestPort: 23 }] },
+        { kind: 'socket', listen: 1, connect: 2, mac: '53:54:00:00:00:01' },
+        { kind: 'socket', mac: 'nope' },
+        { kind: 'wifi' } as never,
+      ],
+    }),
+  );
+  const expected = [
+    /^uefi\.vars: UEFI needs a writable copy/,
+    /^memory: .*found 64/,
+    /^cpus: expected 1 to 8, found 0/,
+    /^networks\.0\.hostfwd\.0\.hostPort: expected a port 1-65535, found 70000/,
+    /^networks\.0\.hostfwd\.2\.hostPort: 127\.0\.0\.1:2222 is forwarded twice/,
+    /^networks\.1\.mac: 53:54:00:00:00:01 is a multicast address/,
+    /^networks\.1: a socket network needs exactly one of listen or connect/,
+    /^networks\.2\.mac: expected six hex octets/,
+    /^networks\.2: a socket network needs exactly one of listen or connect/,
+    /^networks\.3\.kind: expected user or socket/,
+  ];
+  t.is(problems.length, expected.length, problems.join('\n'));
+  expected.forEach((re, i) => t.regex(problems[i]!, re));
+  const err = invalid(base({ cpus: 99 }));
+  t.regex(err.message, /^invalid QEMU options:\n {2}cpus: expected 1 to 8, found 99$/);
+});
+
+test('a QMP socket path too long for a unix socket is refused', (t) => {
+  const err = invalid(base({ qmpSocket: `/tmp/${'x'.repeat(120)}/qmp.sock` }));
+  t.regex(err.message, /longer than 107 bytes.*TMPDIR/);
+});
+
+test('overlayPlan: a qcow2 overlay backed by the absolute image path with its format', (t) => {
+  t.deepEqual(overlayPlan('/images/node-arm64.raw', 'raw', '/tmp/x/overlay.qcow2'), {
+    cmd: 'qemu-img',
+    args: ['create', '-q', '-f', 'qcow2', '-b', '/images/node-arm64.raw', '-F', 'raw', '/tmp/x/overlay.qcow2'],
+    title: 'disk overlay',
+  });
+  t.throws(() => overlayPlan('node.raw', 'raw', '/tmp/o.qcow2'), { message: /absolute/ });
+});
+
+test('architecture and format come from the image file name', (t) => {
+  t.is(archFromFileName('/out/geminik8s-edge-amd64.raw'), 'amd64');
+  t.is(archFromFileName('edge-arm64-1.2.qcow2'), 'arm64');
+  t.is(archFromFileName('/x-arm64/disk.raw'), undefined);
+  t.is(archFromFileName('amd64disk.raw'), undefined);
+  t.is(formatFromFileName('a.raw'), 'raw');
+  t.is(formatFromFileName('a.IMG'), 'raw');
+  t.is(formatFromFileName('a.qcow2'), 'qcow2');
+  t.is(formatFromFileName('a.vmdk'), undefined);
+});
