@@ -42,6 +42,7 @@ export const TOOL_PACKAGES: Record<string, string> = {
   xz: 'xz-utils',
   'cloud-init': 'cloud-init',
   'systemd-analyze': 'systemd',
+  systemctl: 'systemd',
   pg_ctl: 'postgresql-common',
   initdb: 'postgresql-common',
   pg_basebackup: 'postgresql-common',

@@ -1,17 +1,26 @@
 import { existsSync } from 'node:fs';
 import { chmod, chown, mkdir, rm, writeFile } from 'node:fs/promises';
+import { uptime } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { runPlan } from '../../common/exec.ts';
+import { bootSettings } from '../../common/schema/agent.ts';
 import type { HostMeta, Role } from '../../common/schema/hostmeta.ts';
+import { blessDecision, type BlessDecision } from './bootgate.ts';
+import { bless, describeChanges, readBootState, rebootPlan, type BootState } from './bootslot.ts';
 import type { NodeContext } from './context.ts';
 import { decide, lsnToBigInt, remember, type Action, type Memory, type Observation, type Timings } from './decide.ts';
 import { readHostMeta, transition, writeHostMeta } from './hostmeta.ts';
 import * as pgc from './postgres.ts';
-import { probeIcmp, probePeerApi, probePeerPg, probeWitness, runUserChecks } from './probes.ts';
+import { probeIcmp, probeK3sReady, probePeerApi, probePeerPg, probeWitness, runUserChecks } from './probes.ts';
 import { dropVip, takeVip, vipHeld, type VipSpec } from './vip.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** The A/B boot state and, while trying, the health gate's latest decision. */
+export interface BootStatus extends BootState {
+  gate?: { action: BlessDecision['action']; ok: boolean; reason: string; healthyForMs: number; blessAfterMs: number; trialTimeoutMs: number; k3s?: string };
+}
 
 /** The last observation, kept for /v1/status and /metrics. */
 export interface Snapshot {
@@ -19,6 +28,9 @@ export interface Snapshot {
   userChecks: { name: string; ok: boolean }[];
   transitions: number;
   lastDecision?: string;
+  /** Monotonic time the last round of the loop completed without error. */
+  lastRoundOkAt?: number;
+  boot?: BootStatus;
 }
 
 /** The node agent: bootstrap, then observe → decide → act every check interval. */
@@ -31,6 +43,7 @@ export class Agent {
   /** A planned switchover in progress: the loop keeps its hands off. */
   switching = false;
   private leaseDeadline = 0;
+  private readonly bootGate: { healthySince?: number; logged?: string; rebootAt?: number } = {};
   readonly vip: VipSpec;
   readonly timings: Timings;
 
@@ -241,6 +254,7 @@ export class Agent {
       if (d.transition && this.role !== d.transition.to && !d.actions.some((a) => a.kind === 'promote' || a.kind === 'rejoin' || a.kind === 'fence' || a.kind === 'unfence')) {
         await this.setRole(d.transition.to, d.transition.reason);
       }
+      this.snapshot.lastRoundOkAt = performance.now();
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'round failed');
     } finally {
@@ -412,7 +426,90 @@ export class Agent {
     }
   }
 
+  /**
+   * One round of A/B boot counting: read the boot state and, while this boot is a try, run
+   * the health gate and bless, wait or reboot (docs/boot-slots.md).
+   */
+  async bootRound(): Promise<void> {
+    const { config } = this.ctx;
+    const settings = bootSettings(config);
+    const state = await readBootState(settings);
+    const previous = this.snapshot.boot;
+    if (!previous || previous.state !== state.state || previous.detail !== state.detail) {
+      this.log.info({ event: 'boot', state: state.state, booted: state.booted, active: state.active, trySlot: state.trySlot, tryCount: state.tryCount }, `boot ${state.state}: ${state.detail}`);
+    }
+    if (state.state !== 'trying') {
+      this.bootGate.healthySince = undefined;
+      this.snapshot.boot = state;
+      return;
+    }
+    const now = performance.now();
+    const k3s = config.kubernetes.enabled ? await probeK3sReady(Math.max(this.timings.checkTimeout, 5000)) : undefined;
+    const d = blessDecision({
+      state: state.state, now, sinceBootMs: uptime() * 1000, healthySince: this.bootGate.healthySince,
+      blessAfterMs: settings.blessAfterMs, trialTimeoutMs: settings.trialTimeoutMs, role: this.role,
+      lastRoundAgeMs: this.snapshot.lastRoundOkAt === undefined ? undefined : now - this.snapshot.lastRoundOkAt,
+      maxRoundAgeMs: 3 * this.timings.checkInterval + this.timings.checkTimeout,
+      observation: this.snapshot.observation, kubernetes: config.kubernetes.enabled, k3sReady: k3s?.ready,
+    });
+    this.bootGate.healthySince = d.healthySince;
+    this.snapshot.boot = {
+      ...state,
+      gate: { action: d.action, ok: d.gate.ok, reason: d.gate.reason, healthyForMs: d.healthySince === undefined ? 0 : Math.round(now - d.healthySince),
+        blessAfterMs: settings.blessAfterMs, trialTimeoutMs: settings.trialTimeoutMs, ...(k3s ? { k3s: k3s.detail } : {}) },
+    };
+    // Log when the gate's verdict changes, not every round.
+    const key = `${d.action}|${d.gate.ok}|${d.gate.reason}`;
+    if (key !== this.bootGate.logged) {
+      this.bootGate.logged = key;
+      const fields = { event: 'boot-gate', action: d.action, slot: state.booted, gateOk: d.gate.ok, reason: d.reason };
+      if (d.gate.ok || d.action !== 'wait') this.log.info(fields, d.reason);
+      else this.log.warn(fields, `not blessing slot ${state.booted}: ${d.reason}`);
+    }
+    if (d.action === 'bless') {
+      const r = await bless(settings);
+      this.log.info({ event: 'bless', slot: state.booted, changed: r.changed, changes: describeChanges(r.changes) }, r.reason);
+      this.snapshot.boot = r.after;
+      return;
+    }
+    if (d.action === 'reboot') await this.rebootForTry(d.reason);
+  }
+
+  private async rebootForTry(reason: string): Promise<void> {
+    const now = performance.now();
+    // One request is enough; ask again only if the node is still up minutes later.
+    if (this.bootGate.rebootAt !== undefined && now - this.bootGate.rebootAt < 5 * 60_000) return;
+    this.bootGate.rebootAt = now;
+    if (this.ctx.config.serviceManager !== 'systemd') {
+      this.log.warn({ event: 'boot-reboot', reason, skipped: true }, 'would reboot for the next boot try, but services are not managed by systemd here');
+      return;
+    }
+    this.log.warn({ event: 'boot-reboot', reason }, `rebooting: ${reason}`);
+    await runPlan(rebootPlan(), { timeoutMs: 60_000 });
+  }
+
+  /** The boot-counting loop, beside the failover loop so a slow K3s probe never delays failover. */
+  private async bootLoop(): Promise<void> {
+    const every = Math.max(this.timings.checkInterval, 5000);
+    let failed: string | undefined;
+    while (!this.stopped) {
+      const started = performance.now();
+      if (!this.switching) {
+        try {
+          await this.bootRound();
+          failed = undefined;
+        } catch (err) {
+          const message = (err as Error).message;
+          if (message !== failed) this.log.error({ event: 'boot', err: message }, 'boot round failed');
+          failed = message;
+        }
+      }
+      await sleep(Math.max(0, every - (performance.now() - started)));
+    }
+  }
+
   async run(onTick?: () => void): Promise<void> {
+    void this.bootLoop();
     while (!this.stopped) {
       const started = performance.now();
       await this.tick();

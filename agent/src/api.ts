@@ -2,7 +2,7 @@ import { timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import type { Agent } from './agent.ts';
+import type { Agent, BootStatus } from './agent.ts';
 import { lsnToBigInt } from './decide.ts';
 
 /** The slot this system booted from (kernel command line `geminik8s.slot=A|B`). */
@@ -41,6 +41,16 @@ export function statusOf(agent: Agent): Record<string, unknown> {
     witness: { kind: ctx.witness.kind, reachable: o?.witnessOk ?? false, leaseHeld: o?.leaseHeld ?? null },
     userChecks: agent.snapshot.userChecks,
     decision: agent.snapshot.lastDecision ?? null,
+    boot: bootStatusOf(agent.snapshot.boot),
+  };
+}
+
+/** The A/B boot part of /v1/status (null until the agent has read it). */
+export function bootStatusOf(b: BootStatus | undefined): Record<string, unknown> | null {
+  if (!b) return null;
+  return {
+    state: b.state, booted: b.booted ?? null, active: b.active ?? null, trySlot: b.trySlot ?? null, tryCount: b.tryCount ?? null,
+    detail: b.detail, pending: b.pending, last: b.last ?? null, gate: b.gate ?? null,
   };
 }
 
@@ -73,6 +83,19 @@ export function metricsOf(agent: Agent): string {
   metric('geminik8s_standby_sync', 'The standby is synchronous (leader only).', 'gauge', [[node, sync === 'sync' ? 1 : 0]]);
   const lag = lagBytes(o?.pg.lsn, o?.pg.peerReplication?.replayLsn ?? null);
   if (lag !== null) metric('geminik8s_replication_lag_bytes', 'WAL bytes the standby has not replayed yet (leader only).', 'gauge', [[node, lag]]);
+  const boot = agent.snapshot.boot;
+  if (boot) {
+    const slots = ['A', 'B'] as const;
+    metric('geminik8s_boot_slot', 'The A/B slot this system booted from (1 for that slot).', 'gauge', slots.map((s) => [{ ...node, slot: s }, boot.booted === s ? 1 : 0]));
+    metric('geminik8s_boot_active_slot', 'The active slot in the GRUB environment (1 for that slot).', 'gauge', slots.map((s) => [{ ...node, slot: s }, boot.active === s ? 1 : 0]));
+    metric('geminik8s_boot_state', 'A/B boot state (1 for the current one).', 'gauge', (['steady', 'trying', 'fell-back', 'unknown'] as const).map((st) => [{ ...node, state: st }, boot.state === st ? 1 : 0]));
+    metric('geminik8s_boot_trying', 'This boot is a try of a new slot, not blessed yet.', 'gauge', [[node, boot.state === 'trying' ? 1 : 0]]);
+    metric('geminik8s_boot_fell_back', 'The last try ended without a bless: GRUB fell back to the active slot.', 'gauge', [[node, boot.state === 'fell-back' ? 1 : 0]]);
+    if (boot.state === 'trying') {
+      metric('geminik8s_boot_tries_left', 'Boots of the try slot GRUB still grants after this one.', 'gauge', [[node, boot.tryCount ?? 0]]);
+      metric('geminik8s_boot_gate_ok', 'The health gate for blessing the try slot passes now.', 'gauge', [[node, boot.gate?.ok ? 1 : 0]]);
+    }
+  }
   return `${lines.join('\n')}\n`;
 }
 

@@ -5,6 +5,7 @@ import { firstboot } from './firstboot.ts';
 import { startApi } from './api.ts';
 import { loadAgentConfig, loadSeedFile, nodeContext } from './context.ts';
 import { sdNotify, watchdogIntervalMs } from './sdnotify.ts';
+import { slotCommand } from './slotcli.ts';
 import { startWitnessServer } from './witness.ts';
 
 declare const GEMINIK8S_VERSION: string | undefined;
@@ -13,6 +14,7 @@ const VERSION = typeof GEMINIK8S_VERSION === 'string' ? GEMINIK8S_VERSION : 'dev
 const USAGE = `usage: geminik8s-agent run --config FILE
        geminik8s-agent firstboot --config FILE [--root DIR]
        geminik8s-agent witness --listen HOST:PORT --token-file FILE
+       geminik8s-agent slot status [--json] | arm A|B [--tries N] | bless  [--config FILE]
        geminik8s-agent --version`;
 
 function option(args: string[], name: string): string | undefined {
@@ -99,6 +101,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (command === 'witness') return witness(rest);
+  if (command === 'slot') return slotCommand(rest);
   process.stderr.write(`${USAGE}\n`);
   return 2;
 }

@@ -1,7 +1,8 @@
 import { connect } from 'node:net';
 import { readdir, access, constants } from 'node:fs/promises';
 import { join } from 'node:path';
-import { runPlan } from '../../common/exec.ts';
+import { lastLines, runPlan, type CommandPlan } from '../../common/exec.ts';
+import { NODE_PATHS } from '../../common/render/paths.ts';
 import type { NodeContext } from './context.ts';
 import type { PeerView } from './decide.ts';
 import { withClient } from './postgres.ts';
@@ -117,4 +118,20 @@ export async function runUserChecks(dir: string, timeoutMs: number): Promise<{ n
     results.push({ name, ok: r?.exitCode === 0 });
   }
   return results;
+}
+
+/** Ask K3s whether its API server is ready (`k3s kubectl get --raw /readyz` answers "ok"). */
+export function k3sReadyPlan(k3sBin = NODE_PATHS.k3sBin, kubeconfig = NODE_PATHS.kubeconfig): CommandPlan {
+  return { cmd: k3sBin, args: ['kubectl', 'get', '--raw', '/readyz'], env: { KUBECONFIG: kubeconfig }, title: 'k3s readyz' };
+}
+
+/** Run the readiness plan: ready only on exit 0 with "ok"; the detail says what failed. */
+export async function probeK3sReady(timeoutMs: number, plan = k3sReadyPlan()): Promise<{ ready: boolean; detail: string }> {
+  try {
+    const r = await runPlan(plan, { allowFailure: true, timeoutMs });
+    if (r.exitCode === 0 && r.stdout.trim() === 'ok') return { ready: true, detail: 'ok' };
+    return { ready: false, detail: lastLines(`${r.stdout}\n${r.stderr}`.trim(), 1) || `exit code ${r.exitCode}` };
+  } catch (err) {
+    return { ready: false, detail: (err as Error).message.split('\n')[0]! };
+  }
 }

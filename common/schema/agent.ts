@@ -1,5 +1,26 @@
 import { z } from 'zod';
 
+/** The agent's A/B boot settings; every field has a default. */
+export const BootConfigSchema = z
+  .strictObject({
+    /** Where the ESP is mounted on the running node. */
+    espMount: z.string().default('/boot/efi'),
+    /** The GRUB environment block, relative to the ESP (NODE_PATHS.grubEnv). */
+    grubEnv: z.string().default('grub/grubenv'),
+    /** The kernel command line carrying `geminik8s.slot=A|B`; defaults to `image.slotFile`. */
+    cmdline: z.string().optional(),
+    /** This boot's id: tells "armed in this boot" from "armed, then rebooted". */
+    bootId: z.string().default('/proc/sys/kernel/random/boot_id'),
+    /** The health gate must pass continuously this long before a try slot is blessed. */
+    blessAfterMs: z.number().int().min(0).default(60_000),
+    /** A try slot whose gate has not passed after this long since boot is rebooted (0: never). */
+    trialTimeoutMs: z.number().int().min(0).default(15 * 60_000),
+  })
+  .refine((b) => b.trialTimeoutMs === 0 || b.trialTimeoutMs > b.blessAfterMs, {
+    message: 'boot.trialTimeoutMs must be 0 (never reboot) or longer than boot.blessAfterMs',
+    path: ['trialTimeoutMs'],
+  });
+
 /**
  * /etc/geminik8s/agent.yaml: where things are on this node. Cluster-wide settings and secrets
  * come from the node seed (`seedFile`); this file holds only node-local paths and switches,
@@ -43,6 +64,11 @@ export const AgentConfigSchema = z.strictObject({
   serviceManager: z.enum(['systemd', 'direct']).default('systemd'),
   /** Executable health-check scripts (exit 0 = healthy), run in name order. */
   checksDir: z.string().default('/etc/geminik8s/checks.d'),
+  /**
+   * A/B boot counting (docs/boot-slots.md). Optional so the rendered agent.yaml stays as it
+   * is; `bootSettings()` fills in the defaults.
+   */
+  boot: BootConfigSchema.optional(),
   /** Image facts reported in /v1/status. */
   image: z
     .strictObject({
@@ -53,3 +79,62 @@ export const AgentConfigSchema = z.strictObject({
 });
 
 export type AgentConfig = z.output<typeof AgentConfigSchema>;
+
+/** Boot settings with defaults applied and every path resolved. */
+export interface BootSettings {
+  grubEnvFile: string;
+  cmdlineFile: string;
+  bootIdFile: string;
+  /** The agent's record of armed tries (boot.json in the state dir). */
+  recordFile: string;
+  blessAfterMs: number;
+  trialTimeoutMs: number;
+}
+
+/** Resolve `config.boot` (absent in a rendered agent.yaml: all defaults). */
+export function bootSettings(config: AgentConfig): BootSettings {
+  const b = BootConfigSchema.parse(config.boot ?? {});
+  return {
+    grubEnvFile: `${b.espMount.replace(/\/+$/, '')}/${b.grubEnv.replace(/^\/+/, '')}`,
+    cmdlineFile: b.cmdline ?? config.image.slotFile,
+    bootIdFile: b.bootId,
+    recordFile: `${config.stateDir.replace(/\/+$/, '')}/boot.json`,
+    blessAfterMs: b.blessAfterMs,
+    trialTimeoutMs: b.trialTimeoutMs,
+  };
+}
+
+export const SLOTS = ['A', 'B'] as const;
+export type Slot = (typeof SLOTS)[number];
+
+/**
+ * boot.json in the state dir: the try the agent knows is (or was) armed. GRUB clears
+ * try_slot when the tries are spent, exactly as a bless does; this record is what tells a
+ * fall-back from a bless afterwards.
+ */
+export const BootRecordSchema = z.strictObject({
+  pending: z
+    .strictObject({
+      slot: z.enum(SLOTS),
+      /** The slot that was running when the try was armed or first seen. */
+      from: z.enum(SLOTS).optional(),
+      tries: z.number().int().nonnegative().optional(),
+      /** `armed` by this agent (slot arm), or `observed` in grubenv (armed by another tool). */
+      how: z.enum(['armed', 'observed']),
+      /** The kernel boot id at that moment. */
+      bootId: z.string(),
+      at: z.string(),
+    })
+    .nullable()
+    .default(null),
+  /** How the last remembered try ended, and when that was noticed. */
+  last: z
+    .strictObject({
+      slot: z.enum(SLOTS),
+      outcome: z.enum(['blessed', 'cancelled', 'fell-back']),
+      at: z.string(),
+      armedAt: z.string().optional(),
+    })
+    .optional(),
+});
+export type BootRecord = z.output<typeof BootRecordSchema>;
