@@ -15,6 +15,8 @@ export const ARCHES = ['amd64', 'arm64'] as const;
 export type Arch = (typeof ARCHES)[number];
 export const OUTPUT_FORMATS = ['raw', 'qcow2', 'raw.zst'] as const;
 export const ROOT_FS_TYPES = ['squashfs', 'erofs', 'ext4'] as const;
+/** Squashfs compressors GRUB's squash4 driver can read. */
+export const GRUB_SQUASHFS_COMPRESSION: readonly string[] = ['xz', 'gzip'];
 
 export const ImageSchema = z.strictObject({
   apiVersion: z.literal(API_VERSION),
@@ -49,7 +51,7 @@ export const ImageSchema = z.strictObject({
   rootfs: z
     .strictObject({
       type: z.enum(ROOT_FS_TYPES).default('squashfs'),
-      compression: z.enum(['zstd', 'xz', 'gzip', 'lz4']).default('zstd'),
+      compression: z.enum(['zstd', 'xz', 'gzip', 'lz4']).default('xz'),
     })
     .prefault({}),
   boot: z
@@ -91,6 +93,13 @@ export function imageRules(image: Image): RuleIssue[] {
   }
   if (image.arch === 'arm64' && image.boot.modes.includes('bios')) {
     issues.push({ path: ['boot', 'modes'], message: 'arm64 machines have no BIOS boot', found: '"bios"', expected: '["uefi"]' });
+  }
+  // GRUB loads the kernel from the slot itself, so the slot must be a filesystem GRUB reads.
+  if (image.rootfs.type === 'squashfs' && !GRUB_SQUASHFS_COMPRESSION.includes(image.rootfs.compression)) {
+    issues.push({ path: ['rootfs', 'compression'], message: "GRUB reads the kernel from the root slot, and GRUB's squashfs driver reads only gzip, xz and lzo", found: `"${image.rootfs.compression}"`, expected: '"xz" (smaller) or "gzip" (faster to boot)' });
+  }
+  if (image.rootfs.type === 'erofs') {
+    issues.push({ path: ['rootfs', 'type'], message: 'GRUB 2.06 (the amd64 build host) has no erofs driver, so it could not load the kernel from the slot', found: '"erofs"', expected: '"squashfs" or "ext4"' });
   }
   if (new Set(image.boot.modes).size !== image.boot.modes.length) {
     issues.push({ path: ['boot', 'modes'], message: 'boot modes are listed more than once' });

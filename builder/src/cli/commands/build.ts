@@ -6,13 +6,17 @@ import { Command, Option } from 'commander';
 import { loadImage } from '../../../../common/config.ts';
 import { formatBytes } from '../../../../common/schema/units.ts';
 import { runSteps, type BuildContext, type StepEvent } from '../../build/steps.ts';
-import { ROOTFS_STEPS } from '../../rootfs/steps.ts';
+import { ROOTFS_STEPS, rootfsName } from '../../rootfs/steps.ts';
+import { DISK_STEPS, readManifest } from '../../disk/steps.ts';
+import { buildReport, reportTable } from '../../disk/report.ts';
+import { writeFileAtomic } from '../../../../common/fsutil.ts';
 import type { CliContext } from '../context.ts';
 
 interface BuildOptions {
   image: string;
   out: string;
-  stage: 'rootfs';
+  stage: 'rootfs' | 'disk' | 'all';
+  rootfsTar?: string;
   artifacts?: string;
   offline?: boolean;
   cacheDir: string;
@@ -28,10 +32,11 @@ function sourceDateEpoch(): number {
 export function registerBuild(program: Command, ctx: () => CliContext): void {
   program
     .command('build')
-    .description('build an image stage from its definition (rootfs: a Debian 13 root tar with everything baked in)')
+    .description('build an image from its definition: the root tar (rootfs), then the A/B disk images (disk); both by default')
     .requiredOption('--image <file>', 'image definition (images/*.yaml)')
     .requiredOption('--out <dir>', 'output directory')
-    .addOption(new Option('--stage <stage>', 'what to build').choices(['rootfs']).makeOptionMandatory())
+    .addOption(new Option('--stage <stage>', 'what to build: rootfs (root tar), disk (images from an existing root tar), all').choices(['rootfs', 'disk', 'all']).default('all'))
+    .option('--rootfs-tar <file>', 'disk stage: the root tar to use (default: OUT/<name>-<version>-<arch>.rootfs.tar)')
     .option('--artifacts <dir>', 'air-gapped: pre-fetched upstream release files')
     .option('--offline', 'never open a connection for upstream artifacts')
     .option('--cache-dir <dir>', 'apt and artifact cache', join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'geminik8s'))
@@ -43,7 +48,7 @@ export function registerBuild(program: Command, ctx: () => CliContext): void {
       const workDir = mkdtempSync(join(tmpdir(), 'gk-build-'));
       const build: BuildContext = {
         image, imageFile: opts.image, outDir: opts.out, workDir, cacheDir: opts.cacheDir, artifactsDir: opts.artifacts,
-        offline: Boolean(opts.offline), sourceDateEpoch: sourceDateEpoch(), logger: c.logger, state: {},
+        offline: Boolean(opts.offline), sourceDateEpoch: sourceDateEpoch(), logger: c.logger, state: opts.rootfsTar ? { rootfsTar: opts.rootfsTar } : {},
       };
       const report = (e: StepEvent): void => {
         if (opts.json) return c.print(JSON.stringify({ time: new Date().toISOString(), ...e }));
@@ -54,10 +59,20 @@ export function registerBuild(program: Command, ctx: () => CliContext): void {
       };
       const started = performance.now();
       try {
-        const timings = await runSteps(ROOTFS_STEPS, build, report);
-        const total = ((performance.now() - started) / 1000).toFixed(1);
-        if (opts.json) c.print(JSON.stringify({ result: { rootfs: build.state.rootfsTar, manifest: build.state.manifestFile, bytes: build.state.rootfsBytes, seconds: Number(total), steps: timings } }));
-        else c.print(`${build.state.rootfsTar} (${formatBytes(build.state.rootfsBytes as number)}) in ${total} s\n${build.state.manifestFile}`);
+        const steps = [...(opts.stage === 'disk' ? [] : ROOTFS_STEPS), ...(opts.stage === 'rootfs' ? [] : DISK_STEPS)];
+        const timings = await runSteps(steps, build, report);
+        const seconds = Number(((performance.now() - started) / 1000).toFixed(1));
+        if (opts.stage === 'rootfs') {
+          if (opts.json) c.print(JSON.stringify({ result: { rootfs: build.state.rootfsTar, manifest: build.state.manifestFile, bytes: build.state.rootfsBytes, seconds, steps: timings } }));
+          else c.print(`${build.state.rootfsTar} (${formatBytes(build.state.rootfsBytes as number)}) in ${seconds} s\n${build.state.manifestFile}`);
+          return;
+        }
+        const manifest = readManifest(join(opts.out, `${rootfsName(build)}.manifest.json`));
+        const result = buildReport(build, timings, seconds, manifest);
+        const reportFile = join(opts.out, `${rootfsName(build)}.report.json`);
+        await writeFileAtomic(reportFile, `${JSON.stringify(result, null, 2)}\n`);
+        if (opts.json) c.print(JSON.stringify({ result: { ...result, report: reportFile } }));
+        else c.print(`${reportTable(result)}\n\n${reportFile}`);
       } finally {
         await rm(workDir, { recursive: true, force: true });
       }

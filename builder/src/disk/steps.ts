@@ -1,0 +1,282 @@
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { open, readFile, rename, rm, stat, truncate, utimes } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { ExitCode, GeminiError } from '../../../common/errors.ts';
+import { requireTools, runPlan, type CommandPlan } from '../../../common/exec.ts';
+import { writeFileAtomic } from '../../../common/fsutil.ts';
+import { NODE_PATHS } from '../../../common/render/paths.ts';
+import type { BuildContext, Step } from '../build/steps.ts';
+import { renderImageFiles } from '../render/index.ts';
+import { rootfsName } from '../rootfs/steps.ts';
+import { patchBiosBoot } from './bios.ts';
+import { assertFits, layoutSeed, partition, planDisk, sfdiskScript, type DiskLayout, type PartitionRole } from './layout.ts';
+import { ext4Plan, extractRootPlan, grubEarlyConfig, grubMkimagePlan, mcopyPlans, qcow2Plan, sfdiskPlan, squashfsPlan, vfatPlan, zstdPlan, type GrubTarget } from './plans.ts';
+
+const HOST_GRUB = '/usr/lib/grub';
+
+/** What the disk steps leave in `ctx.state.disk`. */
+export interface DiskState {
+  layout: DiskLayout;
+  /** Partition images by role, with the bytes their content uses. */
+  images: Partial<Record<PartitionRole, { file: string; used: number }>>;
+  rootTree?: string;
+  outputs: { format: string; file: string; bytes: number; sha256: string }[];
+  rawTmp?: string;
+}
+
+const disk = (ctx: BuildContext): DiskState => ctx.state.disk as DiskState;
+const work = (ctx: BuildContext, name: string): string => join(ctx.workDir, 'disk', name);
+export const imageBaseName = (ctx: BuildContext): string => rootfsName(ctx);
+
+/** Run plans as root, or under fakeroot (sharing one state file) when the builder is not root. */
+function privileged(ctx: BuildContext, plan: CommandPlan): CommandPlan {
+  if (process.getuid?.() === 0) return plan;
+  const state = work(ctx, 'fakeroot.state');
+  const keep = existsSync(state) ? ['-i', state] : [];
+  return { ...plan, cmd: 'fakeroot', args: [...keep, '-s', state, '--', plan.cmd, ...plan.args], title: `fakeroot ${plan.title ?? plan.cmd}` };
+}
+
+function grubTargets(ctx: BuildContext): GrubTarget[] {
+  const targets: GrubTarget[] = [];
+  if (ctx.image.boot.modes.includes('bios')) targets.push('i386-pc');
+  if (ctx.image.boot.modes.includes('uefi')) targets.push(ctx.image.arch === 'arm64' ? 'arm64-efi' : 'x86_64-efi');
+  return targets;
+}
+
+/** GRUB modules for a target: the host's for x86, the arm64 root's for arm64-efi (Debian amd64 has no grub-efi-arm64-bin). */
+function grubModuleDir(ctx: BuildContext, target: GrubTarget): string {
+  return target === 'arm64-efi' ? join(disk(ctx).rootTree!, 'usr/lib/grub/arm64-efi') : join(HOST_GRUB, target);
+}
+
+/** Copy a partition image into the disk image at its offset, leaving zero blocks as holes. */
+async function writeAt(diskFile: string, partFile: string, offset: number): Promise<void> {
+  const out = await open(diskFile, 'r+');
+  try {
+    let position = offset;
+    for await (const chunk of createReadStream(partFile, { highWaterMark: 1024 * 1024 }) as AsyncIterable<Buffer>) {
+      if (chunk.some((b) => b !== 0)) await out.write(chunk, 0, chunk.length, position);
+      position += chunk.length;
+    }
+  } finally {
+    await out.close();
+  }
+}
+
+async function sha256File(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(file) as AsyncIterable<Buffer>) h.update(chunk);
+  return h.digest('hex');
+}
+
+/** Write `<file>.sha256` in sha256sum's format, and record the output. */
+async function recordOutput(ctx: BuildContext, format: string, file: string): Promise<void> {
+  const sha256 = await sha256File(file);
+  await writeFileAtomic(`${file}.sha256`, `${sha256}  ${basename(file)}\n`);
+  disk(ctx).outputs.push({ format, file, bytes: (await stat(file)).size, sha256 });
+}
+
+/** Produce `final` through a temporary name in the same directory, so a failed step leaves nothing under it. */
+async function atomically(final: string, make: (tmp: string) => Promise<void>): Promise<void> {
+  const tmp = join(final, '..', `.${basename(final)}.tmp-${process.pid}`);
+  try {
+    await make(tmp);
+    await rename(tmp, final);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+}
+
+/** The steps of the disk stage: from a root tar to raw, qcow2 and compressed images. */
+export const DISK_STEPS: Step[] = [
+  {
+    name: 'check disk tools',
+    async run(ctx) {
+      const tools = ['tar', 'sfdisk', 'mkfs.ext4', 'mkfs.vfat', 'mmd', 'mcopy', 'grub-mkimage', 'grub-editenv'];
+      if (ctx.image.rootfs.type === 'squashfs') tools.push('mksquashfs');
+      if (ctx.image.outputs.includes('qcow2')) tools.push('qemu-img');
+      if (ctx.image.outputs.includes('raw.zst')) tools.push('zstd');
+      if (process.getuid?.() !== 0) tools.push('fakeroot');
+      await requireTools(tools);
+      for (const target of grubTargets(ctx).filter((t) => t !== 'arm64-efi')) {
+        if (!existsSync(join(HOST_GRUB, target, 'kernel.img'))) {
+          const pkg = target === 'i386-pc' ? 'grub-pc-bin' : 'grub-efi-amd64-bin';
+          throw new GeminiError(`GRUB modules for ${target} are missing from ${HOST_GRUB}/${target}: install ${pkg} (apt-get install ${pkg})`, ExitCode.missingTool);
+        }
+      }
+      const rootfsTar = (ctx.state.rootfsTar as string | undefined) ?? join(ctx.outDir, `${rootfsName(ctx)}.rootfs.tar`);
+      if (!existsSync(rootfsTar)) {
+        throw new GeminiError(`no root tar at ${rootfsTar}: build it first (geminik8s build --stage rootfs) or give --rootfs-tar FILE`, ExitCode.invalidInput);
+      }
+      ctx.state.rootfsTar = rootfsTar;
+      mkdirSync(work(ctx, ''), { recursive: true });
+      const state: DiskState = { layout: planDisk(ctx.image, layoutSeed(ctx.image, ctx.sourceDateEpoch)), images: {}, outputs: [] };
+      ctx.state.disk = state;
+    },
+  },
+  {
+    name: 'extract the root tree',
+    async run(ctx) {
+      const dir = work(ctx, 'root');
+      mkdirSync(dir, { recursive: true });
+      await runPlan(privileged(ctx, extractRootPlan(ctx.state.rootfsTar as string, dir)), { timeoutMs: 30 * 60_000 });
+      if (!existsSync(join(dir, 'boot/vmlinuz')) || !existsSync(join(dir, 'boot/initrd.img'))) {
+        throw new GeminiError(`the root ${ctx.state.rootfsTar} has no /boot/vmlinuz or /boot/initrd.img: it was not made by geminik8s build --stage rootfs`, ExitCode.invalidInput);
+      }
+      disk(ctx).rootTree = dir;
+    },
+  },
+  {
+    name: 'make the root slot filesystem',
+    async run(ctx) {
+      const slot = partition(disk(ctx).layout, 'rootA');
+      const file = work(ctx, 'root-slot.img');
+      const dir = disk(ctx).rootTree!;
+      if (ctx.image.rootfs.type === 'squashfs') {
+        await runPlan(privileged(ctx, squashfsPlan({ dir, output: file, compression: ctx.image.rootfs.compression, sourceDateEpoch: ctx.sourceDateEpoch })), { timeoutMs: 60 * 60_000 });
+      } else {
+        await runPlan(privileged(ctx, ext4Plan({ output: file, part: { ...slot, fsId: slot.uuid.toLowerCase(), label: slot.name }, dir, sourceDateEpoch: ctx.sourceDateEpoch, readOnly: true })), { timeoutMs: 60 * 60_000 });
+      }
+      const used = (await stat(file)).size;
+      assertFits(slot, used, `the root filesystem (${ctx.image.rootfs.type})`);
+      disk(ctx).images.rootA = { file, used };
+    },
+  },
+  {
+    name: 'make GRUB images',
+    skip: (ctx) => (grubTargets(ctx).length ? false : 'no boot modes'),
+    async run(ctx) {
+      const esp = partition(disk(ctx).layout, 'esp');
+      const early = work(ctx, 'grub-early.cfg');
+      writeFileSync(early, grubEarlyConfig(esp.fsId!));
+      for (const target of grubTargets(ctx)) {
+        const moduleDir = grubModuleDir(ctx, target);
+        if (!existsSync(join(moduleDir, 'kernel.img'))) {
+          throw new GeminiError(`GRUB ${target} modules are missing from ${moduleDir}${target === 'arm64-efi' ? ': the arm64 root must include grub-efi-arm64-bin' : ''}`, ExitCode.missingTool);
+        }
+        await runPlan(grubMkimagePlan({ target, moduleDir, earlyConfig: early, output: work(ctx, `grub-${target}.img`), sourceDateEpoch: ctx.sourceDateEpoch }));
+      }
+    },
+  },
+  {
+    name: 'make the ESP',
+    async run(ctx) {
+      const esp = partition(disk(ctx).layout, 'esp');
+      const file = work(ctx, 'esp.img');
+      const files = work(ctx, 'esp-files');
+      mkdirSync(files, { recursive: true });
+      const boot = renderImageFiles(ctx.image).filter((f) => f.scope === 'boot');
+      const entries: { from: string; to: string }[] = [];
+      for (const f of boot) {
+        const from = join(files, basename(f.path));
+        writeFileSync(from, f.content);
+        entries.push({ from, to: f.path });
+      }
+      // The environment block starts steady on slot A; only the agent and upgrades change it.
+      const env = join(files, 'grubenv');
+      await runPlan({ cmd: 'grub-editenv', args: [env, 'create'] });
+      await runPlan({ cmd: 'grub-editenv', args: [env, 'set', 'active_slot=A', 'try_slot=', 'try_count=0'] });
+      entries.push({ from: env, to: NODE_PATHS.grubEnv });
+      const efiTarget = grubTargets(ctx).find((t) => t !== 'i386-pc');
+      if (efiTarget) entries.push({ from: work(ctx, `grub-${efiTarget}.img`), to: efiTarget === 'arm64-efi' ? '/EFI/BOOT/BOOTAA64.EFI' : '/EFI/BOOT/BOOTX64.EFI' });
+      for (const e of entries) await utimes(e.from, ctx.sourceDateEpoch, ctx.sourceDateEpoch);
+      await runPlan(vfatPlan({ output: file, part: esp, fat32: true }));
+      for (const plan of mcopyPlans(file, entries, ctx.sourceDateEpoch)) await runPlan(plan);
+      let used = 0;
+      for (const e of entries) used += (await stat(e.from)).size;
+      assertFits(esp, used, 'the ESP content');
+      disk(ctx).images.esp = { file, used };
+    },
+  },
+  {
+    name: 'make the config partition',
+    async run(ctx) {
+      const part = partition(disk(ctx).layout, 'config');
+      const file = work(ctx, 'config.img');
+      const readme = work(ctx, 'README.txt');
+      writeFileSync(readme, CONFIG_README.replaceAll('\n', '\r\n'));
+      await utimes(readme, ctx.sourceDateEpoch, ctx.sourceDateEpoch);
+      await runPlan(vfatPlan({ output: file, part, fat32: false }));
+      for (const plan of mcopyPlans(file, [{ from: readme, to: '/README.txt' }], ctx.sourceDateEpoch)) await runPlan(plan);
+      disk(ctx).images.config = { file, used: (await stat(readme)).size };
+    },
+  },
+  {
+    name: 'make the persistent partition',
+    async run(ctx) {
+      const part = partition(disk(ctx).layout, 'persistent');
+      const file = work(ctx, 'persistent.img');
+      await runPlan(ext4Plan({ output: file, part, sourceDateEpoch: ctx.sourceDateEpoch }));
+      disk(ctx).images.persistent = { file, used: 0 };
+    },
+  },
+  {
+    name: 'assemble the raw image',
+    async run(ctx) {
+      const { layout, images } = disk(ctx);
+      const tmp = join(ctx.outDir, `.${imageBaseName(ctx)}.raw.tmp-${process.pid}`);
+      disk(ctx).rawTmp = tmp;
+      await rm(tmp, { force: true });
+      writeFileSync(tmp, '');
+      await truncate(tmp, layout.size);
+      await runPlan(sfdiskPlan(tmp, sfdiskScript(layout)));
+      for (const [role, img] of Object.entries(images) as [PartitionRole, { file: string }][]) {
+        await writeAt(tmp, img.file, partition(layout, role).offset);
+      }
+      if (grubTargets(ctx).includes('i386-pc')) {
+        const bios = partition(layout, 'biosBoot');
+        const handle = await open(tmp, 'r+');
+        try {
+          const mbr = Buffer.alloc(512);
+          await handle.read(mbr, 0, 512, 0);
+          const patched = patchBiosBoot({
+            bootImg: await readFile(join(HOST_GRUB, 'i386-pc/boot.img')),
+            coreImg: await readFile(work(ctx, 'grub-i386-pc.img')),
+            mbr, coreSector: bios.offset / 512, maxCoreBytes: bios.size,
+          });
+          await handle.write(patched.mbr, 0, 512, 0);
+          await handle.write(patched.core, 0, patched.core.length, bios.offset);
+          images.biosBoot = { file: work(ctx, 'grub-i386-pc.img'), used: patched.core.length };
+        } finally {
+          await handle.close();
+        }
+      }
+    },
+  },
+  {
+    name: 'write outputs: raw, qcow2, raw.zst with sha256 sums',
+    async run(ctx) {
+      const tmp = disk(ctx).rawTmp!;
+      const base = join(ctx.outDir, imageBaseName(ctx));
+      try {
+        if (ctx.image.outputs.includes('qcow2')) await atomically(`${base}.qcow2`, (t) => runPlan(qcow2Plan(tmp, t), { timeoutMs: 30 * 60_000 }).then(() => undefined));
+        if (ctx.image.outputs.includes('raw.zst')) await atomically(`${base}.raw.zst`, (t) => runPlan(zstdPlan(tmp, t), { timeoutMs: 30 * 60_000 }).then(() => undefined));
+        if (ctx.image.outputs.includes('raw')) await rename(tmp, `${base}.raw`);
+      } finally {
+        await rm(tmp, { force: true });
+      }
+      for (const format of ctx.image.outputs) await recordOutput(ctx, format, `${base}.${format}`);
+    },
+  },
+];
+
+/** Text on the config partition, for the person who opens it after flashing. */
+export const CONFIG_README = `geminik8s configuration partition (label CIDATA)
+
+Put this node's seed here, as written by \`geminik8s seed --out DIR\`:
+  user-data, meta-data, network-config   (cloud-init NoCloud)
+  geminik8s/seed.yaml                    (geminik8s node settings; contains secrets)
+or let \`geminik8s seed --into IMAGE\` write them into a copy of the image.
+The node reads them on first boot. Without a seed it stays "unconfigured" and says why on
+its console.
+`;
+
+/** Read the sizes used by each partition for the build report. */
+export function partitionReport(state: DiskState): { number: number; name: string; fs: string; size: number; used: number | null }[] {
+  return state.layout.partitions.map((p) => ({ number: p.number, name: p.name, fs: p.fs, size: p.size, used: state.images[p.role]?.used ?? (p.role === 'rootB' ? 0 : null) }));
+}
+
+export function readManifest(file: string): Record<string, unknown> | undefined {
+  return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>) : undefined;
+}
