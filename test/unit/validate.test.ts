@@ -86,6 +86,7 @@ const CASES: Case[] = [
   { title: 'K3s extra arg that geminik8s owns', text: `${CLUSTER}k3s:\n  extraArgs: [--kubelet-arg=max-pods=200, --cluster-init]\n`, expect: [{ at: '14:43', path: 'k3s.extraArgs.1', message: /--cluster-init is set by geminik8s: geminik8s never runs embedded etcd/ }] },
   { title: 'wrong apiVersion', text: edit(CLUSTER, 'geminik8s.io/v1alpha1', 'geminik8s.io/v9'), expect: [{ at: '1:13', path: 'apiVersion', message: /.*/ }] },
   { title: 'unknown kind', text: edit(CLUSTER, 'kind: Cluster', 'kind: Clustr'), expect: [{ at: '2:7', path: 'kind', message: /cannot tell what kind/ }] },
+  { title: 'image: squashfs compressed with zstd, which GRUB cannot read', text: `${IMAGE}rootfs:\n  type: squashfs\n  compression: zstd\n`, expect: [{ at: '13:16', path: 'rootfs.compression', message: /GRUB's squashfs driver reads only gzip, xz and lzo/ }] },
   { title: 'image: arm64 with BIOS boot', text: `${edit(IMAGE, 'arch: amd64', 'arch: arm64')}boot:\n  modes: [bios, uefi]\n`, expect: [{ at: '12:10', path: 'boot.modes', message: /no BIOS/ }] },
   { title: 'image: Kubernetes on without K3s', text: edit(IMAGE, '  k3s: { version: v1.33.4+k3s1 }\n', ''), expect: [{ at: '7:3', path: 'components.k3s', message: /components.k3s is required/ }] },
   { title: 'image: bad version tag', text: edit(IMAGE, 'v0.13.17', '0.13'), expect: [{ at: '8:20', path: 'components.kine.version', message: /wrong type/ }] },

@@ -50,7 +50,7 @@ function grubModuleDir(ctx: BuildContext, target: GrubTarget): string {
 }
 
 /** Copy a partition image into the disk image at its offset, leaving zero blocks as holes. */
-async function writeAt(diskFile: string, partFile: string, offset: number): Promise<void> {
+export async function writeAt(diskFile: string, partFile: string, offset: number): Promise<void> {
   const out = await open(diskFile, 'r+');
   try {
     let position = offset;

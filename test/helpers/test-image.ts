@@ -1,0 +1,62 @@
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join, relative } from 'node:path';
+import { cli } from './cli.ts';
+import { ROOT } from './fixtures.ts';
+
+/** Everything that goes into a built image: a change to any of it means a new image. */
+const INPUTS = ['overlays', 'templates', 'agent/src', 'agent/build.ts', 'builder/src', 'common', 'package-lock.json'];
+
+function* files(path: string): Generator<string> {
+  if (statSync(path).isDirectory()) for (const n of readdirSync(path).sort()) yield* files(join(path, n));
+  else yield path;
+}
+
+/** A key over the image definition and every source file the build reads. */
+export function imageKey(imageFile: string): string {
+  const h = createHash('sha256');
+  for (const input of [...INPUTS, imageFile]) {
+    for (const f of files(join(ROOT, input))) h.update(relative(ROOT, f)).update('\0').update(readFileSync(f)).update('\0');
+  }
+  return h.digest('hex').slice(0, 16);
+}
+
+export interface BuiltImage {
+  dir: string;
+  base: string;
+  raw: string;
+  qcow2: string;
+  rootfsTar: string;
+  report: Record<string, unknown>;
+  /** Seconds the build took, or 0 when it came from the cache. */
+  buildSeconds: number;
+}
+
+/**
+ * The image built from `images/<file>`, cached under ~/.cache/geminik8s/e2e/<name>-<key>/ so
+ * the slow suites share one build per source state; rebuilt when missing or when any input changed.
+ */
+export async function testImage(file = 'test-amd64.yaml', log: (m: string) => void = () => {}): Promise<BuiltImage> {
+  const imageFile = join('images', file);
+  const name = file.replace(/\.yaml$/, '');
+  const cacheRoot = join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'geminik8s', 'e2e');
+  const dir = join(cacheRoot, `${name}-${imageKey(imageFile)}`);
+  let buildSeconds = 0;
+  if (!existsSync(join(dir, 'complete'))) {
+    // Older builds of the same definition are stale: keep the disk from filling up.
+    if (existsSync(cacheRoot)) for (const old of readdirSync(cacheRoot).filter((n) => n.startsWith(`${name}-`))) rmSync(join(cacheRoot, old), { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true });
+    log(`building ${imageFile} into ${dir}`);
+    const started = Date.now();
+    const r = await cli('build', '--image', join(ROOT, imageFile), '--out', dir, '--json');
+    if (r.code !== 0) throw new Error(`build of ${imageFile} failed (${r.code}): ${r.stderr.slice(-4000)}`);
+    buildSeconds = (Date.now() - started) / 1000;
+    writeFileSync(join(dir, 'complete'), `${new Date().toISOString()}\n`);
+  } else {
+    log(`using the cached build in ${dir}`);
+  }
+  const reportFile = readdirSync(dir).find((n) => n.endsWith('.report.json'))!;
+  const base = join(dir, reportFile.replace(/\.report\.json$/, ''));
+  return { dir, base, raw: `${base}.raw`, qcow2: `${base}.qcow2`, rootfsTar: `${base}.rootfs.tar`, report: JSON.parse(readFileSync(join(dir, reportFile), 'utf8')), buildSeconds };
+}
