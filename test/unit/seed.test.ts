@@ -59,3 +59,43 @@ test('the seed ISO plan pins dates under SOURCE_DATE_EPOCH', (t) => {
   t.snapshot(seedIsoPlan('/tmp/seed', '/tmp/out.iso', '1700000000'));
   t.false(seedIsoPlan('/tmp/seed', '/tmp/out.iso').args.some((a) => a.startsWith('--modification-date')));
 });
+
+test('seed --into writes the seed onto the config partition of a copy of a raw image (mtools, 0600), the original untouched', async (t) => {
+  const { planDisk, layoutSeed, partition, sfdiskScript } = await import('../../builder/src/disk/layout.ts');
+  const { vfatPlan, sfdiskPlan } = await import('../../builder/src/disk/plans.ts');
+  const { writeAt } = await import('../../builder/src/disk/steps.ts');
+  const { loadImageDef } = await import('../helpers/fixtures.ts');
+  const { createHash } = await import('node:crypto');
+  const image = await loadImageDef('test-amd64.yaml');
+  const small = { ...image, partitions: { esp: 33 * 1024 ** 2, config: 4 * 1024 ** 2, root: 4 * 1024 ** 2, persistent: 4 * 1024 ** 2 } };
+  const layout = planDisk(small, layoutSeed(small, 1));
+  const dir = tempDir();
+  const raw = join(dir, 'generic.raw');
+  await runPlan({ cmd: 'truncate', args: ['-s', String(layout.size), raw] });
+  await runPlan(sfdiskPlan(raw, sfdiskScript(layout)));
+  const config = join(dir, 'config.img');
+  await runPlan(vfatPlan({ output: config, part: partition(layout, 'config'), fat32: false }));
+  await writeAt(raw, config, partition(layout, 'config').offset);
+  const before = createHash('sha256').update(readFileSync(raw)).digest('hex');
+
+  const file = await cluster();
+  const out = join(dir, 'node1.raw');
+  const r = await cli('seed', '--cluster', file, '--node', 'node1', '--into', raw, '--out', out);
+  t.is(r.code, 0, r.stderr);
+  t.is(statSync(out).mode & 0o777, 0o600);
+  t.is(createHash('sha256').update(readFileSync(raw)).digest('hex'), before, 'the generic image is not modified');
+  const at = `${out}@@${partition(layout, 'config').offset}`;
+  const seed = (await runPlan({ cmd: 'mtype', args: ['-i', at, '::geminik8s/seed.yaml'] })).stdout;
+  t.regex(seed, /node: node1/);
+  t.regex((await runPlan({ cmd: 'mtype', args: ['-i', at, '::meta-data'] })).stdout, /local-hostname: node1/);
+  t.is((await cli('seed', '--cluster', file, '--node', 'node1', '--into', raw, '--out', out)).code, 5, 'an existing output is refused');
+  const qcow2 = join(dir, 'generic.qcow2');
+  await runPlan({ cmd: 'qemu-img', args: ['convert', '-O', 'qcow2', raw, qcow2] });
+  const q = await cli('seed', '--cluster', file, '--node', 'node1', '--into', qcow2, '--out', join(dir, 'x.raw'));
+  t.is(q.code, 2);
+  t.regex(q.stderr, /qcow2 image; give the \.raw image/);
+  const notDisk = join(dir, 'notdisk.raw');
+  await runPlan({ cmd: 'truncate', args: ['-s', '1M', notDisk] });
+  t.is((await cli('seed', '--cluster', file, '--node', 'node1', '--into', notDisk, '--out', join(dir, 'y.raw'))).code, 2);
+  t.false(existsSync(join(dir, 'y.raw')));
+});

@@ -10,6 +10,7 @@ import { writeFileAtomic } from '../../../../common/fsutil.ts';
 import { registerSecret } from '../../../../common/log.ts';
 import { renderSeedFiles } from '../../render/index.ts';
 import { seedIsoPlan } from '../../seed/iso.ts';
+import { seedIntoImage } from '../../seed/into-image.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
 
 interface SeedOptions {
@@ -17,6 +18,7 @@ interface SeedOptions {
   node: string;
   out: string;
   format: 'dir' | 'iso';
+  into?: string;
   force?: boolean;
 }
 
@@ -26,7 +28,8 @@ export function registerSeed(program: Command, ctx: () => CliContext): void {
     .description("write one node's seed: NoCloud user-data, meta-data, network-config and the geminik8s node settings")
     .option('--cluster <file>', 'cluster.yaml (default: --config)')
     .requiredOption('--node <name>', 'the node the seed is for')
-    .requiredOption('--out <path>', 'output directory (--format dir) or ISO file (--format iso)')
+    .requiredOption('--out <path>', 'output directory (--format dir), ISO file (--format iso), or disk image (--into)')
+    .option('--into <image>', 'write the seed into the config partition of a copy of this raw disk image (at --out)')
     .addOption(new Option('--format <format>', 'a directory to copy onto the config partition, or a cidata ISO for virtual machines').choices(['dir', 'iso']).default('dir'))
     .option('--force', 'replace an existing output')
     .action(async (opts: SeedOptions) => {
@@ -37,6 +40,12 @@ export function registerSeed(program: Command, ctx: () => CliContext): void {
       const secrets = await loadSecrets(secretsDirOf(clusterFile, cluster));
       for (const s of Object.values(secrets)) registerSecret(s);
       const files = renderSeedFiles(cluster, opts.node, secrets);
+      if (opts.into) {
+        await seedIntoImage(opts.into, opts.out, files, Boolean(opts.force));
+        c.logger.info(`wrote ${opts.out}: ${opts.into} with the seed of ${opts.node} on its config partition (0600)`);
+        c.print(opts.out);
+        return;
+      }
       const exists = opts.format === 'dir' ? existsSync(opts.out) && readdirSync(opts.out).length > 0 : existsSync(opts.out);
       if (exists && !opts.force) throw new GeminiError(`${opts.out} already exists; pass --force to replace it`, ExitCode.refused);
 
