@@ -28,6 +28,8 @@ export interface BootOptions {
   networks?: NetworkSpec[];
   kernel?: QemuOptions['kernel'];
   name?: string;
+  /** Attach a virtio console (guest /dev/hvc0) for `Vm.shell()`; test images run a root shell there. */
+  console?: boolean;
   /** Keep the serial console in this file; by default it lives in the VM's temp dir. */
   serialLog?: string;
   /** How long `stop()` waits after SIGTERM before SIGKILL (default 5000 ms). */
@@ -112,6 +114,8 @@ export class Vm {
   readonly dir: string;
   readonly serialLogPath: string;
   readonly qmpSocket: string;
+  /** The virtio console socket, when the VM was booted with `console: true`. */
+  consoleSocket?: string;
   readonly plan: CommandPlan;
   readonly image: string;
   /** Resolves with QEMU's exit code or signal name. */
@@ -400,6 +404,7 @@ export async function bootVm(opts: BootOptions): Promise<Vm> {
       cpus: opts.cpus,
       serialLog,
       qmpSocket: join(dir, 'qmp.sock'),
+      consoleSocket: opts.console ? join(dir, 'console.sock') : undefined,
       networks: opts.networks,
       kernel: opts.kernel,
       name: opts.name,
@@ -433,6 +438,7 @@ export async function bootVm(opts: BootOptions): Promise<Vm> {
       },
     });
     const vm = new Vm({ proc, stderrLines, dir, serialLogPath: serialLog, qmpSocket: qemuOpts.qmpSocket, plan, image: opts.image, write: Boolean(opts.write), graceMs: opts.stopGraceMs ?? 5000 });
+    vm.consoleSocket = qemuOpts.consoleSocket;
     const deadline = performance.now() + 30_000;
     while (!existsSync(vm.qmpSocket)) {
       if (!vm.running || performance.now() > deadline) {

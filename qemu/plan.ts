@@ -52,6 +52,8 @@ export interface QemuOptions {
   kernel?: { kernel: string; initrd?: string; append?: string };
   /** A VM name shown in `ps` and QMP. */
   name?: string;
+  /** A virtio console (the guest's /dev/hvc0) on this unix socket: test images put a root shell there. */
+  consoleSocket?: string;
 }
 
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
@@ -163,6 +165,9 @@ export function qemuPlan(opts: QemuOptions): CommandPlan {
   args.push('-object', 'rng-random,id=rng0,filename=/dev/urandom', '-device', 'virtio-rng-pci,rng=rng0');
   args.push('-chardev', `file,id=serial0,path=${optValue(opts.serialLog)}`, '-serial', 'chardev:serial0');
   args.push('-qmp', `unix:${optValue(opts.qmpSocket)},server=on,wait=off`);
+  if (opts.consoleSocket) {
+    args.push('-device', 'virtio-serial-pci,id=vser0', '-chardev', `socket,id=console0,path=${optValue(opts.consoleSocket)},server=on,wait=off`, '-device', 'virtconsole,bus=vser0.0,chardev=console0,name=geminik8s.console');
+  }
   if (opts.kernel) {
     args.push('-kernel', opts.kernel.kernel);
     if (opts.kernel.initrd) args.push('-initrd', opts.kernel.initrd);

@@ -61,6 +61,8 @@ export const ImageSchema = z.strictObject({
       timeoutSeconds: z.number().int().min(0).max(60).default(3),
       tries: z.number().int().min(1).max(9).default(3),
       serialConsole: z.string().regex(/^tty[A-Za-z0-9]+(,\d+)?$/, 'must look like ttyS0,115200').optional(),
+      /** A root shell without password on the virtio console hvc0, for test images driven by the QEMU harness. Never for nodes. */
+      debugShell: z.boolean().default(false),
     })
     .prefault({}),
   outputs: z.array(z.enum(OUTPUT_FORMATS)).min(1).default(['raw', 'qcow2', 'raw.zst']),
@@ -100,6 +102,9 @@ export function imageRules(image: Image): RuleIssue[] {
   }
   if (image.rootfs.type === 'erofs') {
     issues.push({ path: ['rootfs', 'type'], message: 'GRUB 2.06 (the amd64 build host) has no erofs driver, so it could not load the kernel from the slot', found: '"erofs"', expected: '"squashfs" or "ext4"' });
+  }
+  if (image.boot.debugShell && image.kubernetes.enabled) {
+    issues.push({ path: ['boot', 'debugShell'], message: 'a password-less root console is for offline test images only, not for images with the Kubernetes layer', found: 'true', expected: 'false' });
   }
   if (new Set(image.boot.modes).size !== image.boot.modes.length) {
     issues.push({ path: ['boot', 'modes'], message: 'boot modes are listed more than once' });

@@ -135,7 +135,7 @@ test('a miniature disk assembled from real tools: GPT readable by sfdisk, filesy
   t.is(await probe(partition(layout, 'esp').offset, 'UUID'), `${partition(layout, 'esp').fsId!.slice(0, 4)}-${partition(layout, 'esp').fsId!.slice(4)}`);
   t.is(await probe(partition(layout, 'rootA').offset, 'TYPE'), 'squashfs');
   t.is(await probe(partition(layout, 'persistent').offset, 'LABEL'), 'PERSISTENT');
-  t.is(await probe(partition(layout, 'persistent').offset, 'UUID'), partition(layout, 'persistent').fsId);
+  t.is(await probe(partition(layout, 'persistent').offset, 'UUID'), partition(layout, 'persistent').fsId!);
   const head = readFileSync(raw).subarray(0, 512);
   t.is(head.readUInt16LE(510), 0xaa55, 'protective MBR signature kept');
   t.is(head[450], 0xee, 'protective MBR partition type kept');

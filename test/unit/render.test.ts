@@ -62,6 +62,17 @@ test('the test image (Kubernetes layer off) renders no K3s, Kine or kube-vip fil
   t.true(names.includes('/etc/systemd/system/geminik8s-agent.service'));
 });
 
+test('boot.debugShell: only test images get the autologin console on hvc0, and it verifies as a systemd drop-in', async (t) => {
+  const test = renderImageFiles(await loadImageDef('test-amd64.yaml'));
+  const dropIn = test.find((f) => f.path === '/etc/systemd/system/serial-getty@hvc0.service.d/geminik8s-debug-shell.conf');
+  t.truthy(dropIn);
+  t.regex(dropIn!.content, /^ExecStart=-\/sbin\/agetty --autologin root .* - \$TERM$/m);
+  assertGolden(t, 'render/test-amd64/debug-shell.conf', dropIn!.content);
+  for (const edge of ['edge-amd64.yaml', 'edge-arm64.yaml']) {
+    t.false(renderImageFiles(await loadImageDef(edge)).some((f) => f.path.includes('hvc0')), `${edge} has no debug shell`);
+  }
+});
+
 test('templates are strict: a missing variable is an error, not an empty string', (t) => {
   const err = t.throws(() => renderTemplate('systemd/geminik8s-ready.service.hbs', {}));
   t.regex(err!.message, /readyScript/);

@@ -87,6 +87,7 @@ const CASES: Case[] = [
   { title: 'wrong apiVersion', text: edit(CLUSTER, 'geminik8s.io/v1alpha1', 'geminik8s.io/v9'), expect: [{ at: '1:13', path: 'apiVersion', message: /.*/ }] },
   { title: 'unknown kind', text: edit(CLUSTER, 'kind: Cluster', 'kind: Clustr'), expect: [{ at: '2:7', path: 'kind', message: /cannot tell what kind/ }] },
   { title: 'image: squashfs compressed with zstd, which GRUB cannot read', text: `${IMAGE}rootfs:\n  type: squashfs\n  compression: zstd\n`, expect: [{ at: '13:16', path: 'rootfs.compression', message: /GRUB's squashfs driver reads only gzip, xz and lzo/ }] },
+  { title: 'image: a debug shell on an image with the Kubernetes layer', text: `${IMAGE}boot:\n  debugShell: true\n`, expect: [{ at: '12:15', path: 'boot.debugShell', message: /offline test images only/ }] },
   { title: 'image: arm64 with BIOS boot', text: `${edit(IMAGE, 'arch: amd64', 'arch: arm64')}boot:\n  modes: [bios, uefi]\n`, expect: [{ at: '12:10', path: 'boot.modes', message: /no BIOS/ }] },
   { title: 'image: Kubernetes on without K3s', text: edit(IMAGE, '  k3s: { version: v1.33.4+k3s1 }\n', ''), expect: [{ at: '7:3', path: 'components.k3s', message: /components.k3s is required/ }] },
   { title: 'image: bad version tag', text: edit(IMAGE, 'v0.13.17', '0.13'), expect: [{ at: '8:20', path: 'components.kine.version', message: /wrong type/ }] },

@@ -1,0 +1,170 @@
+import test from 'ava';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { runPlan } from '../../../common/exec.ts';
+import { loadImage } from '../../../common/config.ts';
+import { layoutSeed, partition, planDisk } from '../../../builder/src/disk/layout.ts';
+import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '../../../qemu/index.ts';
+import { cli } from '../../helpers/cli.ts';
+import { ROOT, tempDir } from '../../helpers/fixtures.ts';
+import { testImage, type BuiltImage } from '../../helpers/test-image.ts';
+
+// Two QEMU guests from the same test image (Kubernetes layer off), each with its own seed
+// written onto its config partition by `geminik8s seed --into`, on a private L2 between the
+// guests only (QEMU socket netdev on 127.0.0.1). The test reads the guests through a root shell
+// on their virtio console (the test image's boot.debugShell), never through a network.
+const BOOT_TIMEOUT = 12 * 60_000;
+const NET = { node1: '192.168.77.11', node2: '192.168.77.12', vip: '192.168.77.50' };
+const MAC = { node1: '52:54:00:77:00:11', node2: '52:54:00:77:00:12', bad: '52:54:00:77:00:13' };
+const PG = '/usr/lib/postgresql/17/bin';
+const DATA = '/var/lib/postgresql/17/main';
+
+let img: BuiltImage;
+let clusterDir: string;
+const vms: Vm[] = [];
+const shells: GuestShell[] = [];
+
+/** A free TCP port on 127.0.0.1 for the socket link. */
+async function freePort(): Promise<number> {
+  const { createServer } = await import('node:net');
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function configOffset(): Promise<number> {
+  const image = await loadImage(join(ROOT, 'images/test-amd64.yaml'));
+  return partition(planDisk(image, layoutSeed(image, 1_700_000_000)), 'config').offset;
+}
+
+async function nodeDisk(node: string): Promise<string> {
+  const out = join(tempDir(`gk-e2e-${node}-`), `${node}.raw`);
+  const r = await cli('seed', '--cluster', join(clusterDir, 'cluster.yaml'), '--node', node, '--into', img.raw, '--out', out);
+  if (r.code !== 0) throw new Error(`seed --into for ${node} failed: ${r.stderr}`);
+  return out;
+}
+
+const sql = (shell: GuestShell, query: string): Promise<string> => shell.check(`runuser -u postgres -- ${PG}/psql -XtA -c "${query}"`).then((s) => s.trim());
+
+async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const v = await probe();
+      if (v !== undefined) return v;
+    } catch (err) {
+      last = err;
+    }
+    await new Promise((r) => setTimeout(r, 3000));
+  }
+  throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+}
+
+test.before(async (t) => {
+  img = await testImage('test-amd64.yaml', (m) => t.log(m));
+  clusterDir = tempDir('gk-e2e-cluster-');
+  const r = await cli('init', '--name', 'e2e', '--node1-ip', NET.node1, '--node2-ip', NET.node2, '--node1-mac', MAC.node1, '--node2-mac', MAC.node2,
+    '--vip', NET.vip, '--witness', 'none', '--config-dir', clusterDir);
+  if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`);
+});
+
+test.after.always(async () => {
+  for (const s of shells.splice(0)) s.close();
+  for (const vm of vms.splice(0)) await vm.stop();
+});
+
+test.serial('two nodes from one image: leader primary, follower synchronous, VIP on the leader, a write through the VIP on both, hostmeta agreed, follower rejoins after a reboot without a re-clone', async (t) => {
+  const port = await freePort();
+  const [disk1, disk2] = await Promise.all([nodeDisk('node1'), nodeDisk('node2')]);
+  const logDir = tempDir('gk-e2e-cluster-logs-');
+  const started = Date.now();
+  const node1 = await bootVm({ arch: 'amd64', firmware: 'bios', image: disk1, format: 'raw', write: true, console: true, name: 'node1', serialLog: join(logDir, 'node1.log'), networks: [{ kind: 'socket', listen: port, mac: MAC.node1 }] });
+  vms.push(node1);
+  const node2 = await bootVm({ arch: 'amd64', firmware: 'bios', image: disk2, format: 'raw', write: true, console: true, name: 'node2', serialLog: join(logDir, 'node2.log'), networks: [{ kind: 'socket', connect: port, mac: MAC.node2 }] });
+  vms.push(node2);
+  t.log(`serial logs in ${logDir}`);
+
+  const [r1, r2] = await Promise.all([node1.waitFor(READY_MARKER, BOOT_TIMEOUT), node2.waitFor(READY_MARKER, BOOT_TIMEOUT)]);
+  t.log(`node1: ${r1.line}`);
+  t.log(`node2: ${r2.line}`);
+  const s1 = await GuestShell.open(node1.consoleSocket!, 120_000);
+  shells.push(s1);
+  const s2 = await GuestShell.open(node2.consoleSocket!, 120_000);
+  shells.push(s2);
+
+  const syncState = await until('node2 to stream synchronously', 8 * 60_000, async () => {
+    const row = await sql(s1, "select application_name || ' ' || state || ' ' || sync_state from pg_stat_replication");
+    return /streaming sync/.test(row) ? row : undefined;
+  });
+  const readyGuest = Number((await s1.check('cut -d" " -f1 /proc/uptime')).trim());
+  t.log(`cluster ready (both nodes up, synchronous replication): ${((Date.now() - started) / 1000).toFixed(0)} s wall, node1 guest uptime ${readyGuest.toFixed(0)} s; ${syncState}`);
+  t.regex(syncState, /^node2 streaming sync$/);
+  t.is(await sql(s1, 'select pg_is_in_recovery()'), 'f', 'node1 is the primary');
+  t.is(await sql(s2, 'select pg_is_in_recovery()'), 't', 'node2 is a standby');
+  t.is(await sql(s2, 'select status from pg_stat_wal_receiver'), 'streaming');
+  t.regex(await sql(s2, 'select slot_name from pg_stat_wal_receiver'), /\S+/, 'the follower streams through a replication slot');
+
+  t.regex(await s1.check('ip -o -4 addr show dev eth0'), new RegExp(`inet ${NET.vip.replaceAll('.', '\\.')}/`), 'the VIP is on the leader');
+  t.notRegex(await s2.check('ip -o -4 addr show dev eth0'), new RegExp(`inet ${NET.vip.replaceAll('.', '\\.')}/`), 'and not on the follower');
+  await s2.check(`ping -c 2 -W 3 ${NET.vip}`);
+  const neigh = await s2.check(`ip neigh show ${NET.vip}`);
+  t.regex(neigh, new RegExp(MAC.node1), 'the VIP answers with the leader\'s MAC');
+
+  const password = readFileSync(join(clusterDir, 'secrets/postgres-password'), 'utf8').trim();
+  await s2.check(`PGPASSWORD='${password}' ${PG}/psql -XtA -h ${NET.vip} -U postgres -d postgres -c "create table e2e_probe(v text); insert into e2e_probe values ('through-the-vip')"`);
+  const seen = await until('the row on the follower', 60_000, async () => {
+    const v = await sql(s2, 'select v from e2e_probe').catch(() => '');
+    return v === 'through-the-vip' ? v : undefined;
+  });
+  t.is(seen, 'through-the-vip');
+
+  const meta1 = JSON.parse(await s1.check('cat /var/lib/geminik8s/hostmeta.json'));
+  const meta2 = JSON.parse(await s2.check('cat /var/lib/geminik8s/hostmeta.json'));
+  t.like(meta1, { cluster: 'e2e', node: 'node1', role: 'leader', peer: 'node2' });
+  t.like(meta2, { cluster: 'e2e', node: 'node2', role: 'follower', peer: 'node1' });
+  t.is(meta1.generation, meta2.generation, 'both nodes agree on the generation');
+
+  // A hard reset of the follower: it must come back streaming from its own data, not a new clone.
+  const inode = (await s2.check(`stat -c %i ${DATA}/PG_VERSION`)).trim();
+  const sysid = await sql(s2, 'select system_identifier from pg_control_system()');
+  s2.close();
+  const mark = node2.mark();
+  await node2.reset();
+  const again = await node2.waitFor(READY_MARKER, BOOT_TIMEOUT, { since: mark });
+  t.like(parseMarkerFields(again.line), { role: 'follower', boots: '2' });
+  const s2b = await GuestShell.open(node2.consoleSocket!, 120_000);
+  shells.push(s2b);
+  await until('node2 to stream synchronously again', 5 * 60_000, async () => (/streaming sync/.test(await sql(s1, "select state || ' ' || sync_state from pg_stat_replication")) ? true : undefined));
+  t.is((await s2b.check(`stat -c %i ${DATA}/PG_VERSION`)).trim(), inode, 'the data directory was not re-cloned');
+  t.is(await sql(s2b, 'select system_identifier from pg_control_system()'), sysid);
+  t.is(await sql(s2b, 'select v from e2e_probe'), 'through-the-vip');
+  const cloned = await s2b.run('journalctl -b -u geminik8s-agent --no-pager | grep -c pg_basebackup');
+  t.is(cloned.output.trim(), '0', 'no pg_basebackup in this boot');
+});
+
+test.serial('a node booted with a bad seed ends "unconfigured", with the error on its serial console, nothing destroyed', async (t) => {
+  const disk = await nodeDisk('node1');
+  // Break the seed on the config partition: an address that is not one.
+  const at = `${disk}@@${await configOffset()}`;
+  const local = join(tempDir(), 'seed.yaml');
+  await runPlan({ cmd: 'mcopy', args: ['-i', at, '::geminik8s/seed.yaml', local] });
+  writeFileSync(local, readFileSync(local, 'utf8').replace(`ip: ${NET.node1}`, 'ip: 192.168.77.300'));
+  await runPlan({ cmd: 'mcopy', args: ['-o', '-i', at, local, '::geminik8s/seed.yaml'] });
+  const vm = await bootVm({ arch: 'amd64', firmware: 'bios', image: disk, format: 'raw', write: true, console: true, name: 'bad-seed', serialLog: join(tempDir(), 'bad.log'), networks: [{ kind: 'socket', listen: await freePort(), mac: MAC.bad }] });
+  vms.push(vm);
+  const bad = await vm.waitFor(/geminik8s: UNCONFIGURED: the node seed is invalid/, BOOT_TIMEOUT);
+  const detail = await vm.waitFor(/geminik8s:\s+.*seed\.yaml:\d+:\d+/, 60_000, { since: bad.end });
+  t.log(detail.line);
+  t.regex(detail.line, /192\.168\.77\.300/);
+  const ready = await vm.waitFor(READY_MARKER, BOOT_TIMEOUT);
+  t.like(parseMarkerFields(ready.line), { role: 'unconfigured' });
+  const shell = await GuestShell.open(vm.consoleSocket!, 120_000);
+  shells.push(shell);
+  const status = JSON.parse(await shell.check('cat /var/lib/geminik8s/status.json'));
+  t.is(status.state, 'unconfigured');
+  t.is((await shell.run(`test -e ${DATA}`)).code, 1, 'no PostgreSQL data was created');
+});
