@@ -1,5 +1,5 @@
 import test from 'ava';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createReadStream, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { runPlan } from '../../../common/exec.ts';
@@ -27,7 +27,12 @@ test.afterEach.always(async () => {
   for (const vm of vms.splice(0)) await vm.stop();
 });
 
-const sha256 = (f: string): string => createHash('sha256').update(readFileSync(f)).digest('hex');
+/** Streamed: the raw image is larger than a Node buffer may be. */
+async function sha256(f: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(f) as AsyncIterable<Buffer>) h.update(chunk);
+  return h.digest('hex');
+}
 
 /** Copy the raw image sparsely, so a test may change it. */
 async function scratchCopy(): Promise<string> {
@@ -54,14 +59,14 @@ async function grubenv(raw: string, set?: string[]): Promise<Record<string, stri
   return Object.fromEntries(list.split('\n').filter(Boolean).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
 }
 
-test('outputs: raw, qcow2 with sha256 sums and a report; nothing temporary left', (t) => {
+test('outputs: raw, qcow2 with sha256 sums and a report; nothing temporary left', async (t) => {
   const names = readdirSync(img.dir).sort();
   t.true(names.includes('test-0.1.0-amd64.raw') && names.includes('test-0.1.0-amd64.qcow2'), names.join(' '));
   t.deepEqual(names.filter((n) => n.startsWith('.')), [], 'no temporary files');
   for (const f of [img.raw, img.qcow2]) {
     const [sum, name] = readFileSync(`${f}.sha256`, 'utf8').trim().split(/\s+/);
     t.is(name, f.split('/').pop());
-    t.is(sum, sha256(f), `${name}: sha256 file matches`);
+    t.is(sum, await sha256(f), `${name}: sha256 file matches`);
   }
   const report = img.report as { partitions: { name: string; size: number; used: number | null }[]; outputs: unknown[] };
   t.deepEqual(report.partitions.map((p) => p.name), ['BIOS', 'ESP', 'CONFIG', 'ROOT_A', 'ROOT_B', 'PERSISTENT']);
@@ -74,8 +79,8 @@ test('the same root tar, definition and SOURCE_DATE_EPOCH give a byte-identical 
   const out = tempDir('gk-e2e-repro-');
   const r = await cli('build', '--image', join(ROOT, 'images/test-amd64.yaml'), '--stage', 'disk', '--rootfs-tar', img.rootfsTar, '--out', out, '--json');
   t.is(r.code, 0, r.stderr.slice(-3000));
-  t.is(sha256(join(out, 'test-0.1.0-amd64.raw')), sha256(img.raw), 'raw images differ');
-  t.is(sha256(join(out, 'test-0.1.0-amd64.qcow2')), sha256(img.qcow2), 'qcow2 images differ');
+  t.is(await sha256(join(out, 'test-0.1.0-amd64.raw')), await sha256(img.raw), 'raw images differ');
+  t.is(await sha256(join(out, 'test-0.1.0-amd64.qcow2')), await sha256(img.qcow2), 'qcow2 images differ');
 });
 
 test('BIOS (SeaBIOS): boots slot A to the marker; root read-only, /etc an overlay, PERSISTENT grown and kept across a reboot', async (t) => {
