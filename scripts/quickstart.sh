@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# From a fresh machine to rendered node files: host packages, npm dependencies, a demo cluster.
+# From a fresh machine to a booted node image: host packages, npm dependencies, a demo cluster,
+# its node files and seeds, the test image (root tar, A/B raw and qcow2 disks), one boot in QEMU.
 # Usage: bash scripts/quickstart.sh [DIR]   (default ./demo; re-runnable)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,9 @@ for node in node1 node2; do
      --out "$demo/render-$node" --force
 done
 gk seed --cluster "$demo/cluster.yaml" --node node1 --out "$demo/seed-node1.iso" --format iso --force
-gk build --image images/test-amd64.yaml --stage rootfs --out "$demo/out"
+gk build --image images/test-amd64.yaml --out "$demo/out"
+gk seed --cluster "$demo/cluster.yaml" --node node1 --into "$demo/out/test-0.1.0-amd64.raw" --out "$demo/node1.raw" --force
+gk qemu boot "$demo/node1.raw" --timeout 900
 echo
 echo "Done. Review $demo/cluster.yaml and the files each node will carry under $demo/render-node1/;"
-echo "the test image's root filesystem is in $demo/out/."
+echo "the test image (root tar, .raw, .qcow2, report) is in $demo/out/, node1's seeded disk is $demo/node1.raw."
