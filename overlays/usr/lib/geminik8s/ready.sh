@@ -9,7 +9,7 @@ rootmode=$(findmnt -no OPTIONS / | tr ',' '\n' | grep -xE 'ro|rw' | head -n1)
 etc=$(findmnt -no FSTYPE /etc)
 # Counted on the persistent partition: it grows by one per boot only if that partition persists.
 boots=$(( $(cat /var/lib/geminik8s/boots 2>/dev/null || echo 0) + 1 ))
-echo "$boots" > /var/lib/geminik8s/boots 2>/dev/null || boots=unwritable
+echo "$boots" > /var/lib/geminik8s/boots 2>/dev/null && sync /var/lib/geminik8s/boots || boots=unwritable
 uptime=$(cut -d" " -f1 /proc/uptime)
 persist=$(findmnt -no SOURCE,SIZE /var/lib/geminik8s 2>/dev/null | tr -s ' ' ':')
 echo "GEMINIK8S-READY slot=${slot:-?} role=${role:-?} root=${rootmode:-?} etc=${etc:-?} boots=${boots} persistent=${persist:-none} uptime=${uptime}"
