@@ -40,6 +40,8 @@ export const TOOL_PACKAGES: Record<string, string> = {
   xorriso: 'xorriso',
   zstd: 'zstd',
   xz: 'xz-utils',
+  gzip: 'gzip',
+  bzip2: 'bzip2',
   'cloud-init': 'cloud-init',
   'systemd-analyze': 'systemd',
   systemctl: 'systemd',

@@ -14,6 +14,21 @@ export const DPKG_EXCLUDES = [
   'path-exclude=/usr/share/lintian/*',
 ];
 
+/** apt settings of every root: no translations, no recommended packages. */
+export const APT_OPTIONS = ['Acquire::Languages "none"', 'APT::Install-Recommends "false"'];
+
+/**
+ * The hooks every mmdebstrap-run source ends with: the staging tree laid over the root, then
+ * the customize script run inside it (the Containerfile does the same with COPY and RUN).
+ */
+export function stagingHooks(staging: string): string[] {
+  return [
+    `--customize-hook=sync-in ${staging} /`,
+    // The same script the Containerfile runs: units, initramfs, kernel links, identity removed.
+    `--customize-hook=chroot "$1" ${NODE_PATHS.customizeScript}`,
+  ];
+}
+
 export interface RootfsPlanInput {
   image: Image;
   /** Where the finished tar goes (a temporary name; the caller renames it). */
@@ -39,8 +54,7 @@ export function mmdebstrapPlan(input: RootfsPlanInput): CommandPlan {
     `--arch=${image.arch}`,
     '--components=main',
     `--include=${rootPackages(image).join(',')}`,
-    '--aptopt=Acquire::Languages "none"',
-    '--aptopt=APT::Install-Recommends "false"',
+    ...APT_OPTIONS.map((o) => `--aptopt=${o}`),
     ...DPKG_EXCLUDES.map((o) => `--dpkgopt=${o}`),
     '--skip=download/empty',
     '--skip=essential/unlink',
@@ -48,9 +62,7 @@ export function mmdebstrapPlan(input: RootfsPlanInput): CommandPlan {
     `--setup-hook=sync-in ${input.aptCache} /var/cache/apt/archives/`,
     `--customize-hook=sync-out /var/cache/apt/archives ${input.aptCache}`,
     '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb',
-    `--customize-hook=sync-in ${input.staging} /`,
-    // The same script the Containerfile runs: units, initramfs, kernel links, identity removed.
-    `--customize-hook=chroot "$1" ${NODE_PATHS.customizeScript}`,
+    ...stagingHooks(input.staging),
     image.base.suite,
     input.output,
     image.base.mirror,

@@ -3,7 +3,7 @@ import { chmod, copyFile, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { buildAgent } from '../../../agent/build.ts';
 import { ExitCode, GeminiError } from '../../../common/errors.ts';
-import { requireTools, runPlan } from '../../../common/exec.ts';
+import { findTool, quoteCommand, requireTools, runPlan, type CommandPlan } from '../../../common/exec.ts';
 import { writeFileAtomic } from '../../../common/fsutil.ts';
 import { NODE_PATHS } from '../../../common/render/paths.ts';
 import { renderImageFiles } from '../render/index.ts';
@@ -11,7 +11,7 @@ import { artifactsFor, DEFAULT_RELEASE_BASE } from '../components/catalog.ts';
 import { fetchArtifacts, type ResolvedArtifact } from '../components/fetch.ts';
 import { readLock } from '../components/lock.ts';
 import type { BuildContext, Step } from '../build/steps.ts';
-import { mmdebstrapPlan } from './mmdebstrap.ts';
+import { parseRootSource, type RootSource } from './sources/index.ts';
 import { rootPackages } from './packages.ts';
 
 const ROOT = new URL('../../../', import.meta.url).pathname;
@@ -27,6 +27,7 @@ const put = (ctx: BuildContext, path: string): string => join(staging(ctx), path
 export function enabledUnits(ctx: Pick<BuildContext, 'image'>): string[] {
   const units = ['geminik8s-grow.service', 'geminik8s-firstboot.service', 'geminik8s-agent.service', 'geminik8s-ready.service', 'systemd-networkd.service'];
   if (ctx.image.kubernetes.enabled) units.push('kine.service', 'k3s.service', 'kube-vip.service');
+  if (ctx.image.boot.debugShell) units.push('serial-getty@hvc0.service');
   return units;
 }
 
@@ -40,9 +41,32 @@ export const ROOTFS_STEPS: Step[] = [
   {
     name: 'check host tools',
     async run(ctx) {
-      await requireTools(['mmdebstrap', 'tar']);
-      if (ctx.image.arch !== hostArch() && !existsSync(`/proc/sys/fs/binfmt_misc/qemu-${ctx.image.arch === 'arm64' ? 'aarch64' : 'x86_64'}`)) {
-        throw new GeminiError(`building an ${ctx.image.arch} root on ${hostArch()} needs binfmt emulation: install qemu-user-static and binfmt-support (apt-get install qemu-user-static binfmt-support)`, ExitCode.missingTool);
+      // The docker source needs an engine (checked by the source), not mmdebstrap.
+      const source = (ctx.state.rootSource as RootSource | undefined)?.name ?? 'mmdebstrap';
+      await requireTools(source === 'docker' ? ['tar'] : ['mmdebstrap', 'tar']);
+      if (ctx.image.arch === hostArch()) return;
+      // mmdebstrap refuses a foreign architecture without arch-test.
+      if (!(await findTool('arch-test'))) {
+        throw new GeminiError(`building an ${ctx.image.arch} root on ${hostArch()} needs \`arch-test\` (mmdebstrap's foreign-architecture check): install the Debian packages arch-test qemu-user-static binfmt-support (apt-get install arch-test qemu-user-static binfmt-support), or run scripts/install-host-deps.sh`, ExitCode.missingTool);
+      }
+      // A foreign root runs its maintainer scripts through qemu-user-static's binfmt entry. On a
+      // fresh machine (CI, containers without systemd-binfmt) binfmt_misc may be unmounted or the
+      // entry disabled: mount it and enable the entry before giving up.
+      const binfmt = '/proc/sys/fs/binfmt_misc';
+      const entry = `qemu-${ctx.image.arch === 'arm64' ? 'aarch64' : 'x86_64'}`;
+      const enabled = (): boolean => existsSync(`${binfmt}/${entry}`) && readFileSync(`${binfmt}/${entry}`, 'utf8').startsWith('enabled');
+      if (!enabled()) {
+        const plans: CommandPlan[] = [
+          ...(existsSync(`${binfmt}/register`) ? [] : [{ cmd: 'mount', args: ['-t', 'binfmt_misc', 'binfmt_misc', binfmt] }]),
+          { cmd: 'update-binfmts', args: ['--enable', entry] },
+        ];
+        for (const plan of plans) {
+          ctx.logger.info(`  ${quoteCommand(plan)}`);
+          await runPlan(plan, { allowFailure: true }).catch(() => undefined);
+        }
+      }
+      if (!enabled()) {
+        throw new GeminiError(`building an ${ctx.image.arch} root on ${hostArch()} needs binfmt emulation (${binfmt}/${entry}), and enabling it failed: install qemu-user-static and binfmt-support (apt-get install qemu-user-static binfmt-support), then run \`update-binfmts --enable ${entry}\` as root`, ExitCode.missingTool);
       }
     },
   },
@@ -104,21 +128,21 @@ export const ROOTFS_STEPS: Step[] = [
     },
   },
   {
-    name: 'build the root with mmdebstrap',
+    name: 'build the root',
     async run(ctx) {
-      const aptCache = join(ctx.cacheDir, 'apt', `${ctx.image.base.suite}-${ctx.image.arch}`);
-      mkdirSync(aptCache, { recursive: true });
+      // --rootfs: mmdebstrap (default), docker[:BASE] or tar:PATH; each lays the staging tree over
+      // its root and runs customize-root.sh inside, so all make the same node OS.
+      const source = (ctx.state.rootSource as RootSource | undefined) ?? parseRootSource('mmdebstrap');
+      const sourceCtx = { image: ctx.image, staging: staging(ctx), cacheDir: ctx.cacheDir, workDir: ctx.workDir, sourceDateEpoch: ctx.sourceDateEpoch, logger: ctx.logger };
+      ctx.logger.info(`  root source: ${source.origin}`);
+      await source.check(sourceCtx);
+      // The manifest, in the root and next to it, records how the root was made.
+      const manifest = { ...(ctx.state.manifest as object), rootSource: { name: source.name, origin: source.origin } };
+      writeFileSync(put(ctx, '/usr/share/geminik8s/manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+      ctx.state.manifest = manifest;
       const tmp = join(ctx.outDir, `.${rootfsName(ctx)}.rootfs.tar.tmp-${process.pid}`);
-      const plan = mmdebstrapPlan({ image: ctx.image, output: tmp, staging: staging(ctx), aptCache, sourceDateEpoch: ctx.sourceDateEpoch });
-      let last = '';
       try {
-        await runPlan(plan, { timeoutMs: 60 * 60_000, onStderrLine: (l) => {
-          const m = /^I: (.*)$/.exec(l);
-          if (m && m[1] !== last) {
-            last = m[1]!;
-            ctx.logger.info(`  ${last}`);
-          }
-        } });
+        await source.produce(sourceCtx, tmp);
       } catch (err) {
         await rm(tmp, { force: true });
         throw err;

@@ -7,6 +7,7 @@ import { loadImage } from '../../../../common/config.ts';
 import { formatBytes } from '../../../../common/schema/units.ts';
 import { runSteps, type BuildContext, type StepEvent } from '../../build/steps.ts';
 import { ROOTFS_STEPS, rootfsName } from '../../rootfs/steps.ts';
+import { parseRootSource } from '../../rootfs/sources/index.ts';
 import { DISK_STEPS, readManifest } from '../../disk/steps.ts';
 import { buildReport, reportTable } from '../../disk/report.ts';
 import { writeFileAtomic } from '../../../../common/fsutil.ts';
@@ -17,6 +18,7 @@ interface BuildOptions {
   out: string;
   stage: 'rootfs' | 'disk' | 'all';
   rootfsTar?: string;
+  rootfs: string;
   artifacts?: string;
   offline?: boolean;
   cacheDir: string;
@@ -36,6 +38,7 @@ export function registerBuild(program: Command, ctx: () => CliContext): void {
     .requiredOption('--image <file>', 'image definition (images/*.yaml)')
     .requiredOption('--out <dir>', 'output directory')
     .addOption(new Option('--stage <stage>', 'what to build: rootfs (root tar), disk (images from an existing root tar), all').choices(['rootfs', 'disk', 'all']).default('all'))
+    .option('--rootfs <source>', 'rootfs stage: where the root comes from: mmdebstrap, docker[:BASE-IMAGE] (the Containerfile through a Docker engine, base debian:trixie) or tar:PATH (an existing root tarball)', 'mmdebstrap')
     .option('--rootfs-tar <file>', 'disk stage: the root tar to use (default: OUT/<name>-<version>-<arch>.rootfs.tar)')
     .option('--artifacts <dir>', 'air-gapped: pre-fetched upstream release files')
     .option('--offline', 'never open a connection for upstream artifacts')
@@ -43,6 +46,7 @@ export function registerBuild(program: Command, ctx: () => CliContext): void {
     .option('--json', 'one JSON line per step event on stdout')
     .action(async (opts: BuildOptions) => {
       const c = ctx();
+      const rootSource = parseRootSource(opts.rootfs);
       const image = await loadImage(opts.image);
       await mkdir(opts.out, { recursive: true });
       const workDir = mkdtempSync(join(tmpdir(), 'gk-build-'));
@@ -50,6 +54,7 @@ export function registerBuild(program: Command, ctx: () => CliContext): void {
         image, imageFile: opts.image, outDir: opts.out, workDir, cacheDir: opts.cacheDir, artifactsDir: opts.artifacts,
         offline: Boolean(opts.offline), sourceDateEpoch: sourceDateEpoch(), logger: c.logger, state: opts.rootfsTar ? { rootfsTar: opts.rootfsTar } : {},
       };
+      build.state.rootSource = rootSource;
       const report = (e: StepEvent): void => {
         if (opts.json) return c.print(JSON.stringify({ time: new Date().toISOString(), ...e }));
         if (e.status === 'start') c.logger.info(`▶ ${e.step}`);

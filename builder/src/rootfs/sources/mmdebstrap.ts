@@ -1,0 +1,38 @@
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { requireTools, runPlan, type CommandPlan } from '../../../../common/exec.ts';
+import type { Logger } from '../../../../common/log.ts';
+import { mmdebstrapPlan } from '../mmdebstrap.ts';
+import type { RootSource, RootSourceContext } from './source.ts';
+
+/** Run an mmdebstrap plan, logging each new `I:` status line. */
+export async function runMmdebstrap(plan: CommandPlan, logger: Logger): Promise<void> {
+  let last = '';
+  await runPlan(plan, {
+    timeoutMs: 60 * 60_000,
+    onStderrLine: (l) => {
+      const m = /^I: (.*)$/.exec(l);
+      if (m && m[1] !== last) {
+        last = m[1]!;
+        logger.info(`  ${last}`);
+      }
+    },
+  });
+}
+
+/** The default source: Debian 13 from the image's mirror with mmdebstrap, staging laid over by its hooks. */
+export function mmdebstrapSource(): RootSource {
+  return {
+    name: 'mmdebstrap',
+    origin: 'mmdebstrap',
+    async check() {
+      await requireTools(['mmdebstrap', 'tar']);
+    },
+    async produce(ctx: RootSourceContext, output: string) {
+      const aptCache = join(ctx.cacheDir, 'apt', `${ctx.image.base.suite}-${ctx.image.arch}`);
+      mkdirSync(aptCache, { recursive: true });
+      const plan = mmdebstrapPlan({ image: ctx.image, output, staging: ctx.staging, aptCache, sourceDateEpoch: ctx.sourceDateEpoch });
+      await runMmdebstrap(plan, ctx.logger);
+    },
+  };
+}
