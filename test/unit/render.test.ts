@@ -62,12 +62,15 @@ test('the test image (Kubernetes layer off) renders no K3s, Kine or kube-vip fil
   t.true(names.includes('/etc/systemd/system/geminik8s-agent.service'));
 });
 
-test('boot.debugShell: only test images get the autologin console on hvc0, and it verifies as a systemd drop-in', async (t) => {
+test('boot.debugShell: only test images get the root shell on hvc0', async (t) => {
   const test = renderImageFiles(await loadImageDef('test-amd64.yaml'));
   const dropIn = test.find((f) => f.path === '/etc/systemd/system/serial-getty@hvc0.service.d/geminik8s-debug-shell.conf');
   t.truthy(dropIn);
-  t.regex(dropIn!.content, /^ExecStart=-\/sbin\/agetty --autologin root .* - \$TERM$/m);
+  t.regex(dropIn!.content, /^ConditionPathExists=\/nonexistent\//m, 'no getty competes for hvc0');
+  const shell = test.find((f) => f.path === '/etc/systemd/system/geminik8s-debug-shell.service');
+  t.regex(shell!.content, /^TTYPath=\/dev\/hvc0$/m);
   assertGolden(t, 'render/test-amd64/debug-shell.conf', dropIn!.content);
+  assertGolden(t, 'render/test-amd64/geminik8s-debug-shell.service', shell!.content);
   for (const edge of ['edge-amd64.yaml', 'edge-arm64.yaml']) {
     t.false(renderImageFiles(await loadImageDef(edge)).some((f) => f.path.includes('hvc0')), `${edge} has no debug shell`);
   }

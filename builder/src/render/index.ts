@@ -51,7 +51,10 @@ export function renderImageFiles(image: Image): RenderedFile[] {
     { path: NODE_PATHS.grubCfg, content: renderGrubCfg(image), mode: 0o644, scope: 'boot' },
   ];
   if (image.boot.debugShell) {
-    files.push({ path: `${NODE_PATHS.unitDir}/serial-getty@hvc0.service.d/geminik8s-debug-shell.conf`, content: renderTemplate('systemd/debug-shell.conf.hbs', {}), mode: 0o644, scope: 'image' });
+    files.push(
+      unit('geminik8s-debug-shell.service', {}),
+      { path: `${NODE_PATHS.unitDir}/serial-getty@hvc0.service.d/geminik8s-debug-shell.conf`, content: renderTemplate('systemd/debug-shell.conf.hbs', {}), mode: 0o644, scope: 'image' },
+    );
   }
   if (image.kubernetes.enabled) {
     files.push(
