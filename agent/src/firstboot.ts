@@ -6,6 +6,7 @@ import { formatIssue, type ValidationIssue } from '../../common/errors.ts';
 import { writeFileAtomic } from '../../common/fsutil.ts';
 import { renderNodeFiles } from '../../common/render/node.ts';
 import type { AgentConfig } from '../../common/schema/agent.ts';
+import { seedDocument } from '../../common/schema/seed.ts';
 import { stringify } from 'yaml';
 
 export interface FirstbootResult {
@@ -50,7 +51,7 @@ export async function firstboot(config: AgentConfig, root = '/', print: (line: s
     return finish({ state: 'unconfigured', issues, written: [] });
   }
   const written: string[] = [];
-  await writeFileAtomic(at(config.seedFile), stringify(seed, { version: '1.1' }), 0o600);
+  await writeFileAtomic(at(config.seedFile), stringify(seedDocument(seed), { version: '1.1' }), 0o600);
   written.push(config.seedFile);
   const image = { kubernetes: { enabled: config.kubernetes.enabled }, components: { postgresql: { major: pgMajor(config) } } };
   // PostgreSQL's own files are written by the agent when it creates or clones the data directory.

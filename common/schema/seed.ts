@@ -46,3 +46,13 @@ export function seedRules(seed: NodeSeed): RuleIssue[] {
   }
   return issues;
 }
+
+/**
+ * The seed as a YAML document. A validated seed holds durations in milliseconds, but a bare
+ * number in YAML means seconds, so they are written back with their unit: parsing the
+ * document again gives the same seed (firstboot re-writes its private copy this way).
+ */
+export function seedDocument(seed: NodeSeed): Record<string, unknown> {
+  const failover = Object.fromEntries(Object.entries(seed.cluster.failover).map(([k, ms]) => [k, `${ms}ms`]));
+  return { ...seed, cluster: { ...seed.cluster, failover } };
+}

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { runPlan } from '../../common/exec.ts';
 import { seedIsoPlan } from '../../builder/src/seed/iso.ts';
 import { cli } from '../helpers/cli.ts';
-import { tempDir } from '../helpers/fixtures.ts';
+import { ROOT as ROOT_DIR, tempDir } from '../helpers/fixtures.ts';
 
 const INIT = ['init', '--name', 'site-a', '--node1-ip', '192.168.10.11', '--node2-ip', '192.168.10.12', '--vip', '192.168.10.50', '--gateway', '192.168.10.1'];
 
@@ -98,4 +98,26 @@ test('seed --into writes the seed onto the config partition of a copy of a raw i
   await runPlan({ cmd: 'truncate', args: ['-s', '1M', notDisk] });
   t.is((await cli('seed', '--cluster', file, '--node', 'node1', '--into', notDisk, '--out', join(dir, 'y.raw'))).code, 2);
   t.false(existsSync(join(dir, 'y.raw')));
+});
+
+test('durations survive the seed: rendered in ms with their unit, parsed back to the same ms, again after firstboot re-writes it', async (t) => {
+  const { loadCluster } = await import('../../common/config.ts');
+  const { parseSeed } = await import('../../common/config.ts');
+  const { renderSeedFiles } = await import('../../builder/src/render/index.ts');
+  const { seedDocument } = await import('../../common/schema/seed.ts');
+  const { stringify } = await import('yaml');
+  const { FAKE_SECRETS } = await import('../helpers/fixtures.ts');
+  const { writeFileSync } = await import('node:fs');
+  const file = join(tempDir(), 'cluster.yaml');
+  const text = readFileSync(join(ROOT_DIR, 'test/fixtures/cluster.yaml'), 'utf8').replace('postgresql:', 'failover:\n  checkInterval: 3s\n  checkTimeout: 5s\n  fenceAfter: 20s\n  promoteAfter: 30s\n  degradeAfter: 20s\npostgresql:');
+  writeFileSync(file, text);
+  const cluster = await loadCluster(file);
+  t.deepEqual(cluster.failover, { checkInterval: 3000, checkTimeout: 5000, fenceAfter: 20000, promoteAfter: 30000, degradeAfter: 20000 });
+  const seedText = renderSeedFiles(cluster, 'node1', FAKE_SECRETS).find((f) => f.path === 'geminik8s/seed.yaml')!.content;
+  t.regex(seedText, /checkInterval: 3000ms/);
+  const first = parseSeed('seed.yaml', seedText);
+  t.deepEqual(first.issues, []);
+  t.deepEqual(first.seed!.cluster.failover, cluster.failover);
+  const again = parseSeed('seed.yaml', stringify(seedDocument(first.seed!), { version: '1.1' }));
+  t.deepEqual(again.seed!.cluster.failover, cluster.failover, 'a re-written seed keeps its timings');
 });

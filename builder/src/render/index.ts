@@ -3,7 +3,7 @@ import { KINE_LISTEN } from '../../../common/render/k3s.ts';
 import { AgentConfigSchema, type AgentConfig } from '../../../common/schema/agent.ts';
 import type { ClusterSpec } from '../../../common/schema/cluster.ts';
 import { API_VERSION, type Image } from '../../../common/schema/image.ts';
-import type { NodeSeed, Secrets } from '../../../common/schema/seed.ts';
+import { seedDocument, type NodeSeed, type Secrets } from '../../../common/schema/seed.ts';
 import { metaData, networkConfig, SEED_FILE_IN_PARTITION, userData } from './cloud-init.ts';
 import { kernelCmdline, renderGrubCfg } from './grub.ts';
 import { NODE_PATHS, pgBinDir, pgDataDir } from '../../../common/render/paths.ts';
@@ -85,7 +85,7 @@ export function renderSeedFiles(cluster: ClusterSpec, node: string, secrets: Sec
     { path: 'network-config', content: networkConfig(spec, node), mode: 0o644, scope: 'seed' },
     {
       path: SEED_FILE_IN_PARTITION,
-      content: `# geminik8s node seed for ${node}: contains secrets, keep it private.\n${stringify(nodeSeed(spec, node, secrets), { version: '1.1' })}`,
+      content: `# geminik8s node seed for ${node}: contains secrets, keep it private.\n${stringify(seedDocument(nodeSeed(spec, node, secrets)), { version: '1.1' })}`,
       mode: 0o600,
       scope: 'seed',
       secret: true,

@@ -71,8 +71,8 @@ test.before(async (t) => {
   const r = await cli('init', '--name', 'e2e', '--node1-ip', NET.node1, '--node2-ip', NET.node2, '--node1-mac', MAC.node1, '--node2-mac', MAC.node2,
     '--vip', NET.vip, '--witness', 'none', '--config-dir', clusterDir);
   if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`);
-  // Timings for guests under TCG, 10 to 50 times slower than hardware: a SCRAM login from
-  // Node.js alone takes longer than the default 800 ms check timeout there.
+  // Timings for guests under TCG, many times slower than hardware: the defaults (check every
+  // second, 800 ms timeout) are meant for real machines.
   const file = join(clusterDir, 'cluster.yaml');
   const doc = parseDocument(readFileSync(file, 'utf8'), { version: '1.1' });
   doc.setIn(['failover'], doc.createNode({ checkInterval: '3s', checkTimeout: '5s', fenceAfter: '20s', promoteAfter: '30s', degradeAfter: '20s' }));
