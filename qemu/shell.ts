@@ -2,6 +2,7 @@ import { createConnection, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ExitCode, GeminiError } from '../common/errors.ts';
+import { cleanLine } from './harness.ts';
 
 export interface ShellResult {
   code: number;
@@ -33,7 +34,7 @@ export class GuestShell {
     // Until getty has logged root in, input is lost or read by agetty: keep asking.
     while (Date.now() < deadline) {
       // Quoted apart so that the echo of the typed line cannot match, only the command's output.
-      socket.write(`\nstty -echo; PS1=''; export TERM=dumb; echo "READY-""${nonce}"\n`);
+      socket.write(`\nstty -echo; PS1=''; export TERM=dumb NO_COLOR=1; echo "READY-""${nonce}"\n`);
       for (let i = 0; i < 20; i++) {
         await sleep(250);
         if (shell.buffer.includes(`READY-${nonce}`)) {
@@ -56,7 +57,7 @@ export class GuestShell {
     while (Date.now() < deadline) {
       const m = done.exec(this.buffer);
       if (m) {
-        const output = this.buffer.slice(0, m.index).replace(/\r/g, '').replace(/\n$/, '');
+        const output = cleanLine(this.buffer.slice(0, m.index)).replace(/\n$/, '');
         this.buffer = this.buffer.slice(m.index + m[0].length);
         return { code: Number(m[1]), output };
       }

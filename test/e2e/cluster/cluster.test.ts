@@ -117,10 +117,10 @@ test.serial('two nodes from one image: leader primary, follower synchronous, VIP
   t.is(await sql(s2, 'select status from pg_stat_wal_receiver'), 'streaming');
   t.regex(await sql(s2, 'select slot_name from pg_stat_wal_receiver'), /\S+/, 'the follower streams through a replication slot');
 
-  t.regex(await s1.check('ip -o -4 addr show dev eth0'), new RegExp(`inet ${NET.vip.replaceAll('.', '\\.')}/`), 'the VIP is on the leader');
-  t.notRegex(await s2.check('ip -o -4 addr show dev eth0'), new RegExp(`inet ${NET.vip.replaceAll('.', '\\.')}/`), 'and not on the follower');
+  t.regex(await s1.check('ip -color=never -o -4 addr show dev eth0'), new RegExp(`inet ${NET.vip.replaceAll('.', '\\.')}/`), 'the VIP is on the leader');
+  t.notRegex(await s2.check('ip -color=never -o -4 addr show dev eth0'), new RegExp(`inet ${NET.vip.replaceAll('.', '\\.')}/`), 'and not on the follower');
   await s2.check(`ping -c 2 -W 3 ${NET.vip}`);
-  const neigh = await s2.check(`ip neigh show ${NET.vip}`);
+  const neigh = await s2.check(`ip -color=never neigh show ${NET.vip}`);
   t.regex(neigh, new RegExp(MAC.node1), 'the VIP answers with the leader\'s MAC');
 
   const password = readFileSync(join(clusterDir, 'secrets/postgres-password'), 'utf8').trim();
