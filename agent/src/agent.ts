@@ -52,7 +52,7 @@ export class Agent {
     const f = ctx.spec.failover;
     this.timings = {
       checkInterval: f.checkInterval, checkTimeout: f.checkTimeout, fenceAfter: f.fenceAfter, promoteAfter: f.promoteAfter,
-      degradeAfter: f.degradeAfter, syncPolicy: ctx.spec.postgresql.syncPolicy, leaseWitness: ctx.witness.kind === 'lease',
+      degradeAfter: f.degradeAfter, syncPolicy: ctx.spec.postgresql.syncPolicy, leaseWitness: ctx.witness.kind === 'lease', noWitness: ctx.witness.kind === 'none',
     };
   }
 

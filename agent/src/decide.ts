@@ -56,6 +56,11 @@ export interface Timings {
   degradeAfter: number;
   syncPolicy: 'degrade' | 'strict';
   leaseWitness: boolean;
+  /**
+   * No witness (`witness: none`): failover is manual. The follower never promotes by itself,
+   * so the leader has no rival to fence against and keeps serving when it loses the peer.
+   */
+  noWitness?: boolean;
 }
 
 export type Action =
@@ -110,7 +115,7 @@ export function decide(m: Memory, o: Observation, t: Timings): Decision {
       const witnessLostFor = o.now - m.witnessOkAt;
       // A lease must be given up before it expires at the witness, hence one interval of margin.
       const fenceAt = t.leaseWitness ? t.fenceAfter - t.checkInterval : t.fenceAfter;
-      if (peerLostFor >= fenceAt && witnessLostFor >= fenceAt) {
+      if (!t.noWitness && peerLostFor >= fenceAt && witnessLostFor >= fenceAt) {
         return { actions: [{ kind: 'fence' }], transition: { to: 'fenced', reason: `lost peer for ${peerLostFor} ms and witness for ${witnessLostFor} ms` }, reason: 'isolated' };
       }
       const actions: Action[] = [];
@@ -157,7 +162,7 @@ export function decide(m: Memory, o: Observation, t: Timings): Decision {
         return { actions: [{ kind: 'rejoin' }], transition: { to: 'follower', reason: `peer is leader (${describePeer(o.peerApi)})` }, reason: 'rejoin' };
       }
       const peerIsOurStandby = o.peerApi !== undefined && o.peerApi.role === 'follower' && o.peerApi.generation <= m.generation;
-      if (peerIsOurStandby && o.witnessOk) return { actions: [{ kind: 'unfence' }], transition: { to: 'leader', reason: 'peer and witness are back and the peer is still our standby' }, reason: 'unfence' };
+      if (peerIsOurStandby && (o.witnessOk || t.noWitness)) return { actions: [{ kind: 'unfence' }], transition: { to: 'leader', reason: 'peer and witness are back and the peer is still our standby' }, reason: 'unfence' };
       if (!o.peerApi && !o.peerPgOk && t.leaseWitness && o.leaseHeld) {
         return { actions: [{ kind: 'unfence' }], transition: { to: 'leader', reason: 'the witness granted us the lease: the peer cannot be primary' }, reason: 'unfence' };
       }

@@ -126,3 +126,20 @@ test('a follower follows a newer timeline by rewinding, and never holds the VIP'
   const v = decide(m, obs({ peerApi: { role: 'leader', generation: 1 }, vipHeld: true }), T);
   t.deepEqual(v.actions, [{ kind: 'dropVip' }]);
 });
+
+test('witness none: the leader keeps serving (and degrades) when the peer is lost, the follower never promotes, a fenced leader takes its standby back', (t) => {
+  const NONE: Timings = { ...T, leaseWitness: false, noWitness: true };
+  const leader = mem({ role: 'leader', peerSeenAt: 0, witnessOkAt: 0 });
+  const lostPeer = (now: number): Observation => obs({ now, witnessOk: false, leaseHeld: false, vipHeld: true, pg: { up: true, inRecovery: false, lsn: '0/3000000', timeline: 1 } });
+  const acts = rounds(leader, lostPeer, 30_000, NONE);
+  t.false(acts.some((a) => a.kinds.includes('fence')), JSON.stringify(acts));
+  t.deepEqual(acts.find((a) => a.kinds.includes('degrade'))?.at, 5000, 'degrades to async after degradeAfter (policy degrade)');
+  // The same loss with a witness that is also gone fences, as before.
+  t.true(rounds(leader, lostPeer, 30_000, { ...T, leaseWitness: false }).some((a) => a.kinds.includes('fence')));
+  const follower = mem({ role: 'follower', peerSeenAt: 0, syncConfirmedAt: 0 });
+  t.deepEqual(decide(follower, obs({ now: 60_000, witnessOk: false, leaseHeld: false }), NONE).actions, [], 'no automatic promotion without a witness');
+  const fenced = mem({ role: 'fenced', generation: 2 });
+  const back = obs({ now: 1000, witnessOk: false, leaseHeld: false, peerApi: { role: 'follower', generation: 2 } as Observation['peerApi'] });
+  t.is(decide(fenced, back, NONE).transition?.to, 'leader');
+  t.is(decide(fenced, back, { ...T, leaseWitness: false }).transition, undefined, 'with a witness, unfencing still needs it');
+});
