@@ -6,20 +6,37 @@ import { basename, dirname, join } from 'node:path';
  * Write a file atomically: a temporary file in the same directory, created with its final
  * mode (never chmod'ed after the content is there), fsync'ed, then renamed into place.
  */
-export async function writeFileAtomic(path: string, content: string | Uint8Array, mode = 0o644): Promise<void> {
+export async function writeFileAtomic(path: string, content: string | Uint8Array, mode = 0o644, options: { syncDir?: boolean } = {}): Promise<void> {
   await mkdir(dirname(path), { recursive: true });
   const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   const handle = await open(tmp, 'wx', mode);
   try {
     await handle.writeFile(content);
     await handle.sync();
-  } finally {
+  } catch (err) {
     await handle.close();
+    await rm(tmp, { force: true });
+    throw err;
   }
+  await handle.close();
   try {
     await rename(tmp, path);
   } catch (err) {
     await rm(tmp, { force: true });
     throw err;
+  }
+  if (options.syncDir) await syncDirectory(dirname(path));
+}
+
+/** fsync a directory, so a rename in it is on disk (vfat orders nothing unless asked). */
+export async function syncDirectory(dir: string): Promise<void> {
+  const d = await open(dir, 'r');
+  try {
+    await d.sync();
+  } catch (err) {
+    // Some filesystems cannot fsync a directory; the rename is still done.
+    if (!['EINVAL', 'ENOTSUP', 'EBADF'].includes((err as NodeJS.ErrnoException).code ?? '')) throw err;
+  } finally {
+    await d.close();
   }
 }

@@ -1,7 +1,6 @@
-import { randomBytes } from 'node:crypto';
-import { open, readFile, rename, rm } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { ExitCode, GeminiError } from '../../common/errors.ts';
+import { writeFileAtomic } from '../../common/fsutil.ts';
 
 // GRUB's environment block (grub-core/lib/envblk.c), byte for byte. The block is a file of
 // fixed size: the signature line, then `name=value\n` lines, then '#' up to the end. In a
@@ -230,33 +229,7 @@ export async function readEnvFile(path: string): Promise<Buffer> {
  */
 export async function writeEnvFile(path: string, buf: Uint8Array): Promise<void> {
   checkSignature(buf);
-  const dir = dirname(path);
-  const tmp = join(dir, `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
-  const handle = await open(tmp, 'wx', 0o644);
-  try {
-    await handle.writeFile(buf);
-    await handle.sync();
-  } catch (err) {
-    await handle.close();
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  await handle.close();
-  try {
-    await rename(tmp, path);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  const d = await open(dir, 'r');
-  try {
-    await d.sync();
-  } catch (err) {
-    // Some filesystems cannot fsync a directory; the rename is still done.
-    if (!['EINVAL', 'ENOTSUP', 'EBADF'].includes((err as NodeJS.ErrnoException).code ?? '')) throw err;
-  } finally {
-    await d.close();
-  }
+  await writeFileAtomic(path, buf, 0o644, { syncDir: true });
 }
 
 /** Read, change and atomically rewrite a block file, keeping its size; returns both versions. */
