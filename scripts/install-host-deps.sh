@@ -5,9 +5,9 @@ set -euo pipefail
 
 PACKAGES=(
   # image building
-  mmdebstrap e2fsprogs squashfs-tools erofs-utils dosfstools mtools fdisk gdisk
+  mmdebstrap e2fsprogs squashfs-tools erofs-utils dosfstools mtools fdisk gdisk fakeroot
   grub-common grub-pc-bin grub-efi-amd64-bin xorriso zstd xz-utils qemu-utils
-  qemu-user-static binfmt-support ca-certificates
+  qemu-user-static binfmt-support arch-test ca-certificates
   # booting images under emulation
   qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64
   # rendering checks
