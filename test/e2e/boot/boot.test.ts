@@ -144,7 +144,7 @@ test('a generic image carries no seed: the config partition holds only its READM
   const image = await loadImage(join(ROOT, 'images/test-amd64.yaml'));
   const config = partition(planDisk(image, layoutSeed(image, 1_700_000_000)), 'config');
   const listing = (await runPlan({ cmd: 'mdir', args: ['-b', '-/', '-i', `${img.raw}@@${config.offset}`, '::'] })).stdout.trim().split('\n');
-  t.deepEqual(listing, ['::/README.TXT']);
+  t.deepEqual(listing, ['::/README.txt']);
   const label = (await runPlan({ cmd: 'blkid', args: ['-p', '-o', 'value', '-s', 'LABEL', '-O', String(config.offset), img.raw] })).stdout.trim();
   t.is(label, 'CIDATA');
 });
