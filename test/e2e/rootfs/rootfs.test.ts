@@ -20,7 +20,7 @@ test.before(async () => {
   if (r.code !== 0) throw new Error(`build failed (${r.code}): ${r.stderr.slice(-3000)}`);
   root = join(out, 'root');
   mkdirSync(root);
-  await runPlan({ cmd: 'tar', args: ['-xf', join(out, 'test-0.1.0-amd64.rootfs.tar'), '-C', root, '--numeric-owner'] });
+  await runPlan({ cmd: 'tar', args: ['--xattrs', '--xattrs-include=*', '-xf', join(out, 'test-0.1.0-amd64.rootfs.tar'), '-C', root, '--numeric-owner'] });
 });
 
 test('the root tar and its manifest are written under their final names, nothing temporary left', (t) => {
