@@ -1,9 +1,12 @@
-// npm run bench:rootfs -- [--image images/test-amd64.yaml] [--json FILE]
+// npm run bench:rootfs -- [--image images/test-amd64.yaml] [--warm-only [--cache-dir DIR]] [--json FILE]
 // Cold (empty apt cache) and warm root builds; root size uncompressed and zstd-compressed.
+// --image images/test-arm64.yaml measures an arm64 root built on this host through
+// qemu-user-static binfmt. --warm-only skips the cold build and reuses an existing cache
+// (default ~/.cache/geminik8s, as `geminik8s build` uses), which it leaves in place.
 // Prints figures; asserts nothing.
-import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { arch, cpus, homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runPlan } from '../common/exec.ts';
 
@@ -13,29 +16,46 @@ const arg = (name: string, fallback: string): string => {
 };
 const image = arg('--image', 'images/test-amd64.yaml');
 const jsonFile = arg('--json', '');
-const cacheDir = mkdtempSync(join(tmpdir(), 'gk-bench-cache-'));
+const warmOnly = process.argv.includes('--warm-only');
+const cacheDir = warmOnly
+  ? arg('--cache-dir', join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'geminik8s'))
+  : mkdtempSync(join(tmpdir(), 'gk-bench-cache-'));
 const cli = new URL('../bin/geminik8s.js', import.meta.url).pathname;
+const outDirs: string[] = [];
 
-async function build(label: string): Promise<{ seconds: number; tar: string }> {
+interface BuildFigures { seconds: number; mmdebstrapSeconds: number; tar: string; arch: string }
+
+async function build(label: string): Promise<BuildFigures> {
   const out = mkdtempSync(join(tmpdir(), 'gk-bench-rootfs-'));
+  outDirs.push(out);
   const started = performance.now();
-  const r = await runPlan({ cmd: 'node', args: [cli, '--quiet', 'build', '--image', image, '--stage', 'rootfs', '--out', out, '--cache-dir', cacheDir, '--json'] }, { timeoutMs: 60 * 60_000 });
+  const r = await runPlan({ cmd: 'node', args: [cli, '--quiet', 'build', '--image', image, '--stage', 'rootfs', '--out', out, '--cache-dir', cacheDir, '--json'] }, { timeoutMs: 90 * 60_000 });
   const seconds = (performance.now() - started) / 1000;
-  const result = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { result?: { rootfs: string } }).find((l) => l.result)!.result!;
-  console.log(`${label} build: ${seconds.toFixed(1)} s`);
-  return { seconds, tar: result.rootfs };
+  const result = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { result?: { rootfs: string; manifest: string; steps: { step: string; ms?: number }[] } }).find((l) => l.result)!.result!;
+  const step = result.steps.find((s) => /mmdebstrap|root source|build the root/.test(s.step));
+  const mmdebstrapSeconds = (step?.ms ?? 0) / 1000;
+  const manifest = JSON.parse(readFileSync(result.manifest, 'utf8')) as { arch: string };
+  console.log(`${label} build: ${seconds.toFixed(1)} s (root step ${mmdebstrapSeconds.toFixed(1)} s)`);
+  return { seconds, mmdebstrapSeconds, tar: result.rootfs, arch: manifest.arch };
 }
 
 try {
-  const cold = await build('cold (empty apt cache)');
+  console.log(`${image} on ${arch()} (${cpus().length} cores), cache ${cacheDir}`);
+  const cold = warmOnly ? undefined : await build('cold (empty apt cache)');
   const warm = await build('warm (apt cache filled)');
   const bytes = statSync(warm.tar).size;
   const zst = `${warm.tar}.zst`;
   await runPlan({ cmd: 'zstd', args: ['-q', '-T0', '-10', warm.tar, '-o', zst] });
   const compressed = statSync(zst).size;
-  const figures = { image, coldSeconds: cold.seconds, warmSeconds: warm.seconds, rootBytes: bytes, zstd10Bytes: compressed };
-  console.log(`root: ${(bytes / 1048576).toFixed(0)} MiB uncompressed, ${(compressed / 1048576).toFixed(0)} MiB zstd -10`);
+  const figures = {
+    image, arch: warm.arch, host: arch(), cores: cpus().length,
+    coldSeconds: cold?.seconds ?? null, warmSeconds: warm.seconds,
+    coldRootStepSeconds: cold?.mmdebstrapSeconds ?? null, warmRootStepSeconds: warm.mmdebstrapSeconds,
+    rootBytes: bytes, zstd10Bytes: compressed,
+  };
+  console.log(`root (${warm.arch}): ${(bytes / 1048576).toFixed(0)} MiB uncompressed, ${(compressed / 1048576).toFixed(0)} MiB zstd -10`);
   if (jsonFile) writeFileSync(jsonFile, `${JSON.stringify(figures, null, 2)}\n`);
 } finally {
-  await rm(cacheDir, { recursive: true, force: true });
+  if (!warmOnly) await rm(cacheDir, { recursive: true, force: true });
+  for (const d of outDirs) await rm(d, { recursive: true, force: true });
 }
