@@ -22,7 +22,7 @@ done
 gk seed --cluster "$demo/cluster.yaml" --node node1 --out "$demo/seed-node1.iso" --format iso --force
 gk build --image images/test-amd64.yaml --out "$demo/out"
 gk seed --cluster "$demo/cluster.yaml" --node node1 --into "$demo/out/test-0.1.0-amd64.raw" --out "$demo/node1.raw" --force
-gk qemu boot "$demo/node1.raw" --timeout 900
+gk qemu boot "$demo/node1.raw" --arch amd64 --timeout 900
 echo
 echo "Done. Review $demo/cluster.yaml and the files each node will carry under $demo/render-node1/;"
 echo "the test image (root tar, .raw, .qcow2, report) is in $demo/out/, node1's seeded disk is $demo/node1.raw."
