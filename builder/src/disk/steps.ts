@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { open, readFile, rename, rm, stat, truncate, utimes } from 'node:fs/promises';
 import { basename, join } from 'node:path';
@@ -8,6 +7,7 @@ import { writeFileAtomic } from '../../../common/fsutil.ts';
 import { NODE_PATHS } from '../../../common/render/paths.ts';
 import type { BuildContext, Step } from '../build/steps.ts';
 import { renderImageFiles } from '../render/index.ts';
+import { sha256File } from '../components/fetch.ts';
 import { rootfsName } from '../rootfs/steps.ts';
 import { patchBiosBoot } from './bios.ts';
 import { assertFits, layoutSeed, partition, planDisk, sfdiskScript, type DiskLayout, type PartitionRole } from './layout.ts';
@@ -27,7 +27,6 @@ export interface DiskState {
 
 const disk = (ctx: BuildContext): DiskState => ctx.state.disk as DiskState;
 const work = (ctx: BuildContext, name: string): string => join(ctx.workDir, 'disk', name);
-export const imageBaseName = (ctx: BuildContext): string => rootfsName(ctx);
 
 /** Run plans as root, or under fakeroot (sharing one state file) when the builder is not root. */
 function privileged(ctx: BuildContext, plan: CommandPlan): CommandPlan {
@@ -61,12 +60,6 @@ export async function writeAt(diskFile: string, partFile: string, offset: number
   } finally {
     await out.close();
   }
-}
-
-async function sha256File(file: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(file) as AsyncIterable<Buffer>) h.update(chunk);
-  return h.digest('hex');
 }
 
 /** Write `<file>.sha256` in sha256sum's format, and record the output. */
@@ -215,7 +208,7 @@ export const DISK_STEPS: Step[] = [
     name: 'assemble the raw image',
     async run(ctx) {
       const { layout, images } = disk(ctx);
-      const tmp = join(ctx.outDir, `.${imageBaseName(ctx)}.raw.tmp-${process.pid}`);
+      const tmp = join(ctx.outDir, `.${rootfsName(ctx)}.raw.tmp-${process.pid}`);
       disk(ctx).rawTmp = tmp;
       await rm(tmp, { force: true });
       writeFileSync(tmp, '');
@@ -248,7 +241,7 @@ export const DISK_STEPS: Step[] = [
     name: 'write outputs: raw, qcow2, raw.zst with sha256 sums',
     async run(ctx) {
       const tmp = disk(ctx).rawTmp!;
-      const base = join(ctx.outDir, imageBaseName(ctx));
+      const base = join(ctx.outDir, rootfsName(ctx));
       try {
         if (ctx.image.outputs.includes('qcow2')) await atomically(`${base}.qcow2`, (t) => runPlan(qcow2Plan(tmp, t), { timeoutMs: 30 * 60_000 }).then(() => undefined));
         if (ctx.image.outputs.includes('raw.zst')) await atomically(`${base}.raw.zst`, (t) => runPlan(zstdPlan(tmp, t), { timeoutMs: 30 * 60_000 }).then(() => undefined));

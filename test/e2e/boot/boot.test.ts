@@ -1,11 +1,11 @@
 import test from 'ava';
-import { createReadStream, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createHash } from 'node:crypto';
 import { runPlan } from '../../../common/exec.ts';
 import { loadImage } from '../../../common/config.ts';
-import { layoutSeed, partition, planDisk } from '../../../builder/src/disk/layout.ts';
 import { writeAt } from '../../../builder/src/disk/steps.ts';
+import { sha256File } from '../../../builder/src/components/fetch.ts';
+import { partitionOffset } from '../../../builder/src/seed/into-image.ts';
 import { squashfsPlan } from '../../../builder/src/disk/plans.ts';
 import { bootVm, parseMarkerFields, READY_MARKER, type Vm } from '../../../qemu/index.ts';
 import { cli } from '../../helpers/cli.ts';
@@ -27,12 +27,6 @@ test.afterEach.always(async () => {
   for (const vm of vms.splice(0)) await vm.stop();
 });
 
-/** Streamed: the raw image is larger than a Node buffer may be. */
-async function sha256(f: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(f) as AsyncIterable<Buffer>) h.update(chunk);
-  return h.digest('hex');
-}
 
 /** Copy the raw image sparsely, so a test may change it. */
 async function scratchCopy(): Promise<string> {
@@ -41,14 +35,9 @@ async function scratchCopy(): Promise<string> {
   return copy;
 }
 
-async function espOffset(): Promise<number> {
-  const image = await loadImage(join(ROOT, 'images/test-amd64.yaml'));
-  return partition(planDisk(image, layoutSeed(image, 1_700_000_000)), 'esp').offset;
-}
-
 /** Read or change the GRUB environment block on a raw image's ESP, with mtools and grub-editenv. */
 async function grubenv(raw: string, set?: string[]): Promise<Record<string, string>> {
-  const at = `${raw}@@${await espOffset()}`;
+  const at = `${raw}@@${await partitionOffset(raw, 'ESP')}`;
   const local = join(tempDir(), 'grubenv');
   await runPlan({ cmd: 'mcopy', args: ['-i', at, '::grub/grubenv', local] });
   if (set) {
@@ -66,7 +55,7 @@ test('outputs: raw, qcow2 with sha256 sums and a report; nothing temporary left'
   for (const f of [img.raw, img.qcow2]) {
     const [sum, name] = readFileSync(`${f}.sha256`, 'utf8').trim().split(/\s+/);
     t.is(name, f.split('/').pop());
-    t.is(sum, await sha256(f), `${name}: sha256 file matches`);
+    t.is(sum, await sha256File(f), `${name}: sha256 file matches`);
   }
   const report = img.report as { partitions: { name: string; size: number; used: number | null }[]; outputs: unknown[] };
   t.deepEqual(report.partitions.map((p) => p.name), ['BIOS', 'ESP', 'CONFIG', 'ROOT_A', 'ROOT_B', 'PERSISTENT']);
@@ -79,8 +68,8 @@ test('the same root tar, definition and SOURCE_DATE_EPOCH give a byte-identical 
   const out = tempDir('gk-e2e-repro-');
   const r = await cli('build', '--image', join(ROOT, 'images/test-amd64.yaml'), '--stage', 'disk', '--rootfs-tar', img.rootfsTar, '--out', out, '--json');
   t.is(r.code, 0, r.stderr.slice(-3000));
-  t.is(await sha256(join(out, 'test-0.1.0-amd64.raw')), await sha256(img.raw), 'raw images differ');
-  t.is(await sha256(join(out, 'test-0.1.0-amd64.qcow2')), await sha256(img.qcow2), 'qcow2 images differ');
+  t.is(await sha256File(join(out, 'test-0.1.0-amd64.raw')), await sha256File(img.raw), 'raw images differ');
+  t.is(await sha256File(join(out, 'test-0.1.0-amd64.qcow2')), await sha256File(img.qcow2), 'qcow2 images differ');
 });
 
 test('BIOS (SeaBIOS): boots slot A to the marker; root read-only, /etc an overlay, PERSISTENT grown and kept across a reboot', async (t) => {
@@ -124,7 +113,7 @@ test('a try of a slot whose kernel cannot boot falls back to the active slot onc
   const slotB = join(tempDir(), 'slot-b.squashfs');
   await runPlan(squashfsPlan({ dir: tree, output: slotB, compression: 'gzip', sourceDateEpoch: 1_700_000_000 }));
   const image = await loadImage(join(ROOT, 'images/test-amd64.yaml'));
-  await writeAt(raw, slotB, partition(planDisk(image, layoutSeed(image, 1_700_000_000)), 'rootB').offset);
+  await writeAt(raw, slotB, await partitionOffset(raw, 'ROOT_B'));
   t.deepEqual(await grubenv(raw, ['try_slot=B', `try_count=${image.boot.tries}`]), { active_slot: 'A', try_slot: 'B', try_count: String(image.boot.tries) });
 
   const vm = await bootVm({ arch: 'amd64', firmware: 'bios', image: raw, format: 'raw', write: true, serialLog: join(tempDir('gk-e2e-fallback-'), 'serial.log') });
@@ -141,10 +130,9 @@ test('a try of a slot whose kernel cannot boot falls back to the active slot onc
 });
 
 test('a generic image carries no seed: the config partition holds only its README', async (t) => {
-  const image = await loadImage(join(ROOT, 'images/test-amd64.yaml'));
-  const config = partition(planDisk(image, layoutSeed(image, 1_700_000_000)), 'config');
-  const listing = (await runPlan({ cmd: 'mdir', args: ['-b', '-/', '-i', `${img.raw}@@${config.offset}`, '::'] })).stdout.trim().split('\n');
+  const config = await partitionOffset(img.raw, 'CONFIG');
+  const listing = (await runPlan({ cmd: 'mdir', args: ['-b', '-/', '-i', `${img.raw}@@${config}`, '::'] })).stdout.trim().split('\n');
   t.deepEqual(listing, ['::/README.txt']);
-  const label = (await runPlan({ cmd: 'blkid', args: ['-p', '-o', 'value', '-s', 'LABEL', '-O', String(config.offset), img.raw] })).stdout.trim();
+  const label = (await runPlan({ cmd: 'blkid', args: ['-p', '-o', 'value', '-s', 'LABEL', '-O', String(config), img.raw] })).stdout.trim();
   t.is(label, 'CIDATA');
 });

@@ -3,11 +3,10 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseDocument } from 'yaml';
 import { runPlan } from '../../../common/exec.ts';
-import { loadImage } from '../../../common/config.ts';
-import { layoutSeed, partition, planDisk } from '../../../builder/src/disk/layout.ts';
+import { partitionOffset } from '../../../builder/src/seed/into-image.ts';
 import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '../../../qemu/index.ts';
 import { cli } from '../../helpers/cli.ts';
-import { ROOT, tempDir } from '../../helpers/fixtures.ts';
+import { tempDir } from '../../helpers/fixtures.ts';
 import { testImage, type BuiltImage } from '../../helpers/test-image.ts';
 
 // Two QEMU guests from the same test image (Kubernetes layer off), each with its own seed
@@ -34,11 +33,6 @@ async function freePort(): Promise<number> {
       s.close(() => resolve(port));
     });
   });
-}
-
-async function configOffset(): Promise<number> {
-  const image = await loadImage(join(ROOT, 'images/test-amd64.yaml'));
-  return partition(planDisk(image, layoutSeed(image, 1_700_000_000)), 'config').offset;
 }
 
 async function nodeDisk(node: string): Promise<string> {
@@ -158,7 +152,7 @@ test.serial('two nodes from one image: leader primary, follower synchronous, VIP
 test.serial('a node booted with a bad seed ends "unconfigured", with the error on its serial console, nothing destroyed', async (t) => {
   const disk = await nodeDisk('node1');
   // Break the seed on the config partition: an address that is not one.
-  const at = `${disk}@@${await configOffset()}`;
+  const at = `${disk}@@${await partitionOffset(disk, 'CONFIG')}`;
   const local = join(tempDir(), 'seed.yaml');
   await runPlan({ cmd: 'mcopy', args: ['-i', at, '::geminik8s/seed.yaml', local] });
   writeFileSync(local, readFileSync(local, 'utf8').replace(`ip: ${NET.node1}`, 'ip: 192.168.77.300'));

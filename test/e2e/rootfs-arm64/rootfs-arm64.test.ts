@@ -3,8 +3,7 @@ import { closeSync, existsSync, lstatSync, openSync, readFileSync, readSync, rea
 import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { runPlan } from '../../../common/exec.ts';
-import { loadImage } from '../../../common/config.ts';
-import { layoutSeed, partition, planDisk } from '../../../builder/src/disk/layout.ts';
+import { partitionOffset } from '../../../builder/src/seed/into-image.ts';
 import { bootVm, parseMarkerFields, READY_MARKER, type Vm } from '../../../qemu/index.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';
 import { testImage, type BuiltImage } from '../../helpers/test-image.ts';
@@ -132,12 +131,10 @@ test('our units are enabled and Debian\'s default PostgreSQL cluster is gone, as
 });
 
 test('the arm64 disk: GPT with the same layout, BOOTAA64.EFI (an arm64 PE) and grub.cfg on the ESP, serial console ttyAMA0', async (t) => {
-  const image = await loadImage(join(ROOT, 'images/test-arm64.yaml'));
-  const layout = planDisk(image, layoutSeed(image, 1_700_000_000));
   const table = JSON.parse((await runPlan({ cmd: 'sfdisk', args: ['-J', img.raw] })).stdout).partitiontable;
   t.deepEqual(table.partitions.map((p: { name: string }) => p.name), ['BIOS', 'ESP', 'CONFIG', 'ROOT_A', 'ROOT_B', 'PERSISTENT']);
   t.is(table.partitions[3].type, 'B921B045-1DF0-41C3-AF44-4C6F280D3FAE', 'ROOT_A typed as an ARM64 root');
-  const esp = `${img.raw}@@${partition(layout, 'esp').offset}`;
+  const esp = `${img.raw}@@${await partitionOffset(img.raw, 'ESP')}`;
   const listing = (await runPlan({ cmd: 'mdir', args: ['-b', '-/', '-i', esp, '::'] })).stdout;
   t.regex(listing, /::\/EFI\/BOOT\/BOOTAA64\.EFI/);
   t.notRegex(listing, /BOOTX64/);
