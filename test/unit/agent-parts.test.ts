@@ -128,7 +128,9 @@ test('sd_notify reaches the socket systemd gives us, with READY=1 and our PID', 
   // A tiny stand-in for systemd's notification socket: one datagram, written to a file.
   const py = `import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nopen(sys.argv[2],'wb').write(s.recv(4096))\n`;
   const listener = spawnPlan({ cmd: 'python3', args: ['-c', py, sock, out] });
-  for (let i = 0; i < 50 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+  // Python's start-up alone can take seconds while the rest of the fast tier loads the machine.
+  for (let i = 0; i < 400 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+  t.true(existsSync(sock), 'the stand-in notification socket is bound');
   process.env.NOTIFY_SOCKET = sock;
   try {
     t.true(await sdNotify('READY=1\nSTATUS=role leader'));
