@@ -1,0 +1,674 @@
+import type { HostMeta, Role } from '../../../common/schema/hostmeta.ts';
+import type { ArbiterAnswer, ArbiterRequest } from '../witness/arbiter.ts';
+import { formatLsn } from './lsn.ts';
+import type { ControllerSettings, Ports, PromoteRequest, RejoinMethod, TimerHandle } from './ports.ts';
+import { decide, remember, type Action, type Memory, type Observation } from './rules.ts';
+
+/** Guard period: fencing deadline checks and supervisor heartbeats, independent of the loop. */
+export const GUARD_MS = 100;
+
+/** What /v1/status and /metrics show of the controller. */
+export interface ControllerSnapshot {
+  observation?: Observation;
+  decision?: string;
+  transitions: number;
+  lastRoundOkAt?: number;
+  lastRejoin?: { method: RejoinMethod; at: number };
+  switching: boolean;
+}
+
+type SwitchResult = { ok: boolean; reason: string; tookMs: number };
+
+/**
+ * The node agent's control: reconcile at start, then three independent timers:
+ * - the loop (observe → decide → act every checkInterval), which may block on long operations;
+ * - the lease keeper (leader: renew at the witness every checkInterval);
+ * - the guard (every GUARD_MS: fence once our own deadline passes, ping the supervisor).
+ * No long operation delays the keeper or the guard.
+ */
+export class Controller {
+  meta!: HostMeta;
+  readonly snapshot: ControllerSnapshot = { transitions: 0, switching: false };
+  private memory!: Memory;
+  /** Local monotonic deadline of our lease (leader, lease mode): writable strictly before it. */
+  private leaseDeadline = 0;
+  /** Bumped whenever the lease is given up or lost: renewals sent before it are ignored. */
+  private leaseEpoch = 0;
+  private promotable: string | null | undefined;
+  private fencing?: Promise<void>;
+  private busy = false;
+  private switching = false;
+  private stopped = false;
+  private timers: TimerHandle[] = [];
+  private renewing = false;
+  private metaDirty = false;
+
+  constructor(private readonly p: Ports, readonly s: ControllerSettings) {}
+
+  get role(): Role {
+    return this.meta.role;
+  }
+
+  get generation(): number {
+    return this.meta.generation;
+  }
+
+  /** Lease mode: the cluster has a witness. Without one, failover is manual. */
+  get arbiter(): boolean {
+    return this.p.witness !== undefined;
+  }
+
+  leaseValid(): boolean {
+    return this.p.clock.now() < this.leaseDeadline;
+  }
+
+  /** A leader may make itself writable only now: under a valid lease, or in manual mode. */
+  mayWrite(): boolean {
+    return this.meta.role === 'leader' && (!this.arbiter || this.leaseValid());
+  }
+
+  leaseInfo(): { held: boolean; msLeft: number; promotable: string | null | undefined } {
+    const left = this.leaseDeadline - this.p.clock.now();
+    return { held: left > 0, msLeft: Math.max(0, Math.round(left)), promotable: this.promotable };
+  }
+
+  // ---------------------------------------------------------------- state
+
+  private async setRole(to: Role, reason: string, generation = this.meta.generation, timeline = this.meta.timeline): Promise<void> {
+    const from = this.meta.role;
+    if (generation < this.meta.generation) generation = this.meta.generation;
+    this.meta = { ...this.meta, role: to, generation, timeline, lastTransition: { at: new Date().toISOString(), from, to, reason } };
+    this.snapshot.transitions++;
+    this.p.log.info({ event: 'transition', from, to, generation, timeline }, `role ${from} -> ${to}: ${reason}`);
+    await this.persist();
+  }
+
+  /** Write hostmeta; on failure (disk full) keep going and retry every round. */
+  private async persist(): Promise<void> {
+    try {
+      await this.p.state.write(this.meta);
+      this.metaDirty = false;
+    } catch (err) {
+      this.metaDirty = true;
+      this.p.log.error({ event: 'state-write', err: (err as Error).message }, 'could not write hostmeta; will retry');
+    }
+  }
+
+  private async witness(req: ArbiterRequest): Promise<ArbiterAnswer | undefined> {
+    try {
+      return await this.p.witness!.call(req);
+    } catch (err) {
+      this.p.log.debug({ event: 'witness', op: req.op, err: (err as Error).message }, 'witness unreachable');
+      return undefined;
+    }
+  }
+
+  /** Start holding a lease the witness just granted, counted from when we sent the request. */
+  private holdLease(sentAt: number, a: ArbiterAnswer): void {
+    this.leaseDeadline = Math.max(this.leaseDeadline, sentAt + this.s.fenceAfter);
+    this.promotable = a.promotable;
+  }
+
+  private dropLease(): void {
+    this.leaseDeadline = 0;
+    this.leaseEpoch++;
+  }
+
+  private async acquire(generation: number, bootstrap = false): Promise<{ sentAt: number; answer?: ArbiterAnswer }> {
+    const sentAt = this.p.clock.now();
+    const answer = await this.witness({ op: 'acquire', node: this.s.self, generation, ttlMs: this.s.promoteAfter, bootstrap });
+    if (answer && !answer.ok && answer.code === 'stale' && answer.holder === this.s.self && answer.generation > generation) {
+      // The witness handed us a newer generation and we crashed (or could not write) before recording it.
+      this.p.log.warn({ event: 'lease', generation: answer.generation }, `the witness says we hold generation ${answer.generation}, we had recorded ${generation}`);
+      return this.acquire(answer.generation);
+    }
+    return { sentAt, answer };
+  }
+
+  // ---------------------------------------------------------------- start
+
+  /** Reconcile what hostmeta says with what PostgreSQL and the witness say, then start the timers. */
+  async start(): Promise<void> {
+    const now = this.p.clock.now();
+    this.memory = { peerSeenAt: now, leaderSeenAt: now, flushAdvancedAt: now, syncRounds: 0, pgRestarts: 0 };
+    const existing = await this.p.state.read();
+    this.meta = existing ?? {
+      cluster: this.s.cluster, node: this.s.self, role: 'init', peer: this.s.peer, generation: 0,
+      lastTransition: { at: new Date().toISOString(), from: 'init', to: 'init', reason: 'first start' },
+    };
+    if (!existing) await this.persist();
+    this.timers.push(this.every(GUARD_MS, () => this.guard()));
+    if (this.arbiter) this.timers.push(this.every(this.s.checkInterval, () => void this.renew()));
+    await this.reconcile();
+    this.timers.push(this.every(this.s.checkInterval, () => void this.tick()));
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const t of this.timers) t.cancel();
+  }
+
+  private every(ms: number, fn: () => void): TimerHandle {
+    let handle: TimerHandle;
+    const loop = (): void => {
+      if (this.stopped) return;
+      fn();
+      handle = this.p.clock.setTimer(ms, loop);
+    };
+    handle = this.p.clock.setTimer(ms, loop);
+    return { cancel: () => handle.cancel() };
+  }
+
+  private async reconcile(): Promise<void> {
+    let disk = await this.p.pg.disk();
+    if (!disk.hasData) return this.bootstrap();
+    const pg = await this.p.pg.status();
+    if (!this.arbiter) return this.reconcileManual(disk.standbySignal, pg.up && !pg.inRecovery);
+    // Lease mode: the witness's record is the truth about who may be primary.
+    let record: ArbiterAnswer | undefined;
+    for (;;) {
+      record = await this.witness({ op: 'read' });
+      if (record || this.stopped) break;
+      // Never serve writes without the lease; a primary left running by a previous agent is stopped.
+      if (pg.up && !pg.inRecovery && this.meta.role !== 'fenced') {
+        await this.setRole('fenced', 'restarted with a running primary and no answer from the witness');
+        await this.fenceNow('restarted without the lease');
+      }
+      await this.p.clock.sleep(this.s.checkInterval);
+    }
+    if (!record) return;
+    if (record.holder === this.s.self) {
+      const { sentAt, answer } = await this.acquire(record.generation);
+      if (answer?.ok) {
+        this.holdLease(sentAt, answer);
+        disk = await this.p.pg.disk();
+        // The witness issued this generation to us: we are (or were becoming) the leader.
+        await this.setRole('leader', record.generation > this.meta.generation ? `the witness handed us generation ${record.generation}: finishing the promotion` : 'restarted as the lease holder', record.generation);
+        if (disk.standbySignal) return this.finishPromotion('restart');
+        await this.p.pg.start();
+        return;
+      }
+    }
+    if (pg.up && !pg.inRecovery) await this.fenceNow(`restarted as ${this.meta.role}; the witness says ${record.holder ?? 'nobody'} holds generation ${record.generation}`);
+    if (disk.standbySignal) {
+      await this.p.pg.start().catch((err) => this.p.log.warn({ err: (err as Error).message }, 'could not start the standby'));
+      await this.setRole('follower', 'data directory is a standby', Math.max(this.meta.generation, record.holder === this.s.peer ? record.generation : 0));
+      return;
+    }
+    if (this.meta.role !== 'fenced') await this.setRole('fenced', `restarted with a primary data directory without the lease (holder ${record.holder ?? 'nobody'}, generation ${record.generation})`);
+  }
+
+  private async reconcileManual(standby: boolean, runningPrimary: boolean): Promise<void> {
+    if (standby) {
+      await this.p.pg.start().catch(() => undefined);
+      if (this.meta.role !== 'follower') await this.setRole('follower', 'data directory is a standby');
+      return;
+    }
+    if (this.meta.role === 'leader') {
+      // Without a witness nobody is promoted automatically: our data is the primary's.
+      if (!runningPrimary) await this.p.pg.start();
+      return;
+    }
+    if (runningPrimary) await this.fenceNow(`restarted as ${this.meta.role} with a running primary`);
+    if (this.meta.role !== 'fenced') await this.setRole('fenced', `restarted in role ${this.meta.role} with a primary data directory: waiting for the peer`);
+  }
+
+  private async bootstrap(): Promise<void> {
+    const syncNames = this.s.syncPolicy === 'strict' ? quoteName(this.s.peer) : '';
+    while (!this.stopped) {
+      if (this.s.isBootstrapLeader) {
+        const peer = await this.p.peer.status();
+        if (peer?.role !== 'leader') {
+          let generation = 1;
+          if (this.arbiter) {
+            const { sentAt, answer } = await this.acquire(this.meta.generation, true);
+            if (answer?.ok) {
+              this.holdLease(sentAt, answer);
+              generation = answer.generation;
+            } else if (answer && answer.holder !== this.s.self) {
+              this.p.log.warn({ event: 'bootstrap', holder: answer.holder }, `the witness says ${answer.holder} leads: cloning instead of initdb`);
+            } else {
+              await this.p.clock.sleep(this.s.checkInterval);
+              continue;
+            }
+          }
+          if (!this.arbiter || this.leaseValid()) {
+            this.meta = { ...this.meta, role: 'leader', generation };
+            this.p.log.info({ event: 'bootstrap' }, 'bootstrap leader: initdb');
+            await this.p.pg.initPrimary(syncNames);
+            const st = await this.p.pg.status();
+            await this.setRole('leader', 'bootstrap leader initialized the database', generation, st.timeline);
+            if (this.mayWrite()) await this.p.vip.take();
+            return;
+          }
+        }
+      }
+      const peer = await this.p.peer.status();
+      const peerPg = await this.p.peer.pg();
+      if (peer?.role === 'leader' && peerPg.ok && peerPg.primary) {
+        this.p.log.info({ event: 'bootstrap' }, `cloning ${this.s.peer}`);
+        await this.p.pg.clone();
+        await this.p.pg.start();
+        await this.setRole('follower', `cloned from ${this.s.peer}`, peer.generation);
+        return;
+      }
+      await this.p.clock.sleep(this.s.checkInterval);
+    }
+  }
+
+  // ---------------------------------------------------------------- timers
+
+  /** The guard: fence by our own deadline, whatever the loop is doing; and tell the supervisor we live. */
+  private guard(): void {
+    this.p.heartbeat();
+    if (this.arbiter && this.meta?.role === 'leader' && !this.leaseValid() && !this.switching) {
+      void this.fence('our lease deadline passed without a granted renewal');
+    }
+  }
+
+  /** The lease keeper: a leader renews every interval, independent of the loop. */
+  private async renew(): Promise<void> {
+    if (this.renewing || this.meta?.role !== 'leader' || this.switching) return;
+    this.renewing = true;
+    const epoch = this.leaseEpoch;
+    const generation = this.meta.generation;
+    try {
+      const { sentAt, answer } = await this.acquire(generation);
+      if (!answer || epoch !== this.leaseEpoch || this.meta.role !== 'leader' || this.meta.generation !== generation) return;
+      if (answer.ok) this.holdLease(sentAt, answer);
+      else if (answer.code !== 'invalid') void this.fence(`the witness refused our renewal: ${answer.reason}`);
+    } finally {
+      this.renewing = false;
+    }
+  }
+
+  /** Stop being writable now: role first (so no path makes us writable again), then PostgreSQL, then the VIP. */
+  fence(reason: string): Promise<void> {
+    if (this.fencing) return this.fencing;
+    this.fencing = (async () => {
+      this.dropLease();
+      if (this.meta.role === 'leader') {
+        this.meta = { ...this.meta, role: 'fenced' };
+        this.p.log.warn({ event: 'fence', reason }, `fencing: ${reason}`);
+      }
+      await this.fenceNow(reason);
+      await this.setRole('fenced', reason);
+    })().finally(() => {
+      this.fencing = undefined;
+    });
+    return this.fencing;
+  }
+
+  /** PostgreSQL stopped (retrying until it is), VIP dropped. */
+  private async fenceNow(reason: string): Promise<void> {
+    for (let i = 0; ; i++) {
+      try {
+        await this.p.pg.fence();
+        break;
+      } catch (err) {
+        this.p.log.error({ event: 'fence', err: (err as Error).message, attempt: i + 1 }, `could not stop PostgreSQL (${reason}); retrying`);
+        if (this.stopped) return;
+        await this.p.clock.sleep(200);
+      }
+    }
+    await this.p.vip.drop().catch((err) => this.p.log.error({ event: 'fence', err: (err as Error).message }, 'could not drop the VIP'));
+  }
+
+  // ---------------------------------------------------------------- loop
+
+  async tick(): Promise<void> {
+    if (this.busy || this.switching || this.stopped || this.fencing) return;
+    this.busy = true;
+    try {
+      if (this.metaDirty) await this.persist();
+      const o = await this.observe();
+      this.memory = remember(this.memory, o, this.meta.role);
+      this.snapshot.observation = o;
+      const d = decide(this.meta.role, this.memory, o, { arbiter: this.arbiter, valid: this.leaseValid(), promotable: this.promotable }, this.s);
+      if (d.reason !== this.snapshot.decision) this.p.log.debug({ event: 'decision', role: this.meta.role, reason: d.reason }, d.reason);
+      this.snapshot.decision = d.reason;
+      for (const a of d.actions) {
+        if (this.fencing || this.switching) break;
+        await this.act(a, o);
+      }
+      this.snapshot.lastRoundOkAt = this.p.clock.now();
+    } catch (err) {
+      this.p.log.error({ event: 'round', err: (err as Error).message }, 'round failed');
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private async observe(): Promise<Observation> {
+    const [pg, peer, peerPg, vipHeld] = await Promise.all([
+      this.p.pg.status(),
+      this.p.peer.status(),
+      this.p.peer.pg().catch(() => ({ ok: false })),
+      this.p.vip.held().catch(() => false),
+    ]);
+    return { now: this.p.clock.now(), pg, peer, peerPg, vipHeld };
+  }
+
+  private async act(a: Action, o: Observation): Promise<void> {
+    const { pg, vip, log } = this.p;
+    log.debug({ event: 'action', action: a.kind, role: this.meta.role }, a.kind);
+    switch (a.kind) {
+      case 'startPg':
+        this.memory.pgRestarts++;
+        if (this.mayWrite()) await pg.start();
+        return;
+      case 'startStandby': {
+        const disk = await pg.disk();
+        if (!disk.standbySignal) {
+          // A follower whose data is not a standby: never start it as a primary.
+          await this.setRole('fenced', 'follower with a primary data directory');
+          return;
+        }
+        await pg.start();
+        return;
+      }
+      case 'handOver':
+        await this.fence(`PostgreSQL failed to start ${this.memory.pgRestarts} times; handing over to the peer`);
+        if (this.arbiter) await this.witness({ op: 'release', node: this.s.self, generation: this.meta.generation });
+        return;
+      case 'fence':
+        await this.fenceNow('fenced node with a running server');
+        return;
+      case 'takeVip':
+        if (this.mayWrite()) await vip.take();
+        return;
+      case 'dropVip':
+        await vip.drop();
+        return;
+      case 'degrade': {
+        if (this.arbiter) {
+          // Patroni's /sync rule: nobody may be promoted BEFORE commits stop waiting for the standby.
+          const r = await this.witness({ op: 'promotable', node: this.s.self, generation: this.meta.generation, promotable: null });
+          if (!r?.ok) {
+            log.warn({ event: 'degrade', answer: r?.reason ?? 'unreachable' }, 'cannot degrade: the witness did not record that nobody may be promoted; commits keep waiting');
+            return;
+          }
+          this.promotable = null;
+        }
+        if (!this.mayWrite()) return;
+        await pg.setSyncStandby('');
+        log.warn({ event: 'degrade', reason: a.why }, `synchronous replication off: ${a.why}`);
+        return;
+      }
+      case 'restoreSync':
+        await pg.ensurePeerSlot().catch(() => undefined);
+        await pg.setSyncStandby(quoteName(this.s.peer));
+        this.memory.syncRounds = 0;
+        log.info({ event: 'restoreSync' }, 'standby caught up: synchronous replication on');
+        return;
+      case 'setPromotable': {
+        const r = await this.witness({ op: 'promotable', node: this.s.self, generation: this.meta.generation, promotable: a.to });
+        if (r?.ok) {
+          this.promotable = r.promotable;
+          log.info({ event: 'promotable', promotable: a.to, generation: this.meta.generation }, a.to ? `${a.to} is synchronous: recorded as promotable` : 'recorded that nobody may be promoted');
+        }
+        return;
+      }
+      case 'takeOver':
+        return this.takeOver();
+      case 'reacquire':
+        return this.reacquire(o);
+      case 'rejoin':
+        return this.rejoin('the peer leads on a newer timeline');
+      case 'unfence':
+        if (this.arbiter) return;
+        await pg.start();
+        await this.setRole('leader', 'the peer is our standby (manual failover mode)');
+        if (this.mayWrite()) await vip.take();
+        return;
+      case 'adoptPrimary':
+        return this.adoptPrimary();
+    }
+  }
+
+  /** Our server is a primary, or a leader's server still a standby: only the lease holder keeps it. */
+  private async adoptPrimary(): Promise<void> {
+    if (!this.arbiter) {
+      if (this.meta.role === 'follower') await this.fenceNow('follower whose server is a primary');
+      return;
+    }
+    const rec = await this.witness({ op: 'read' });
+    if (rec?.holder === this.s.self) {
+      const { sentAt, answer } = await this.acquire(rec.generation);
+      if (answer?.ok) {
+        this.holdLease(sentAt, answer);
+        await this.setRole('leader', 'the witness says we hold the lease', rec.generation);
+        return this.finishPromotion('adopt');
+      }
+    }
+    if (this.meta.role === 'follower') {
+      await this.fenceNow(`our server is a primary but the witness says ${rec?.holder ?? '(unreachable)'} holds the lease`);
+      await this.setRole('fenced', 'follower whose server was a primary without the lease');
+    }
+  }
+
+  /** Follower: ask the witness for the lease; it hands it over only to the recorded synchronous standby after expiry. */
+  private async takeOver(): Promise<void> {
+    const { sentAt, answer } = await this.acquire(this.meta.generation);
+    if (!answer) return;
+    if (!answer.ok) {
+      this.p.log.debug({ event: 'takeover', code: answer.code }, answer.reason);
+      if (answer.holder === this.s.self) return;
+      return;
+    }
+    this.holdLease(sentAt, answer);
+    this.p.log.warn({ event: 'takeover', generation: answer.generation }, `the witness handed us the lease at generation ${answer.generation}: promoting`);
+    // Recorded before the promotion: a crash from here on finishes it on restart (the witness agrees).
+    await this.setRole('leader', `leader lost; the witness handed over the lease (generation ${answer.generation}) to its synchronous standby`, answer.generation);
+    await this.finishPromotion('failover');
+  }
+
+  /** Promote our server (if it still is a standby), record the timeline, take the VIP, restart Kubernetes. */
+  private async finishPromotion(why: string): Promise<void> {
+    const { pg } = this.p;
+    const st0 = await pg.status();
+    if (!st0.up) {
+      const disk = await pg.disk();
+      if (!this.mayWrite()) return;
+      await pg.start();
+      if (!disk.standbySignal) return this.afterPromotion(why, false);
+    }
+    const st = await pg.status();
+    if (st.up && st.inRecovery) {
+      if (!this.mayWrite()) return;
+      await pg.promote();
+      return this.afterPromotion(why, true);
+    }
+    return this.afterPromotion(why, false);
+  }
+
+  private async afterPromotion(why: string, promoted: boolean): Promise<void> {
+    const { pg, vip, log } = this.p;
+    const st = await pg.status();
+    if (this.meta.role !== 'leader') return;
+    if (promoted || st.timeline !== this.meta.timeline) {
+      this.meta = { ...this.meta, timeline: st.timeline };
+      await this.persist();
+    }
+    if (this.arbiter && st.timeline !== undefined) await this.witness({ op: 'timeline', node: this.s.self, generation: this.meta.generation, timeline: st.timeline });
+    if (promoted) {
+      await pg.setSyncStandby(this.s.syncPolicy === 'strict' ? quoteName(this.s.peer) : '').catch((err) => log.warn({ err: (err as Error).message }, 'could not set synchronous_standby_names'));
+      log.info({ event: 'promoted', generation: this.meta.generation, timeline: st.timeline, why }, `promoted: generation ${this.meta.generation}, timeline ${st.timeline}`);
+    }
+    await pg.ensurePeerSlot().catch(() => undefined);
+    if (this.mayWrite()) await vip.take();
+    if (promoted) await this.p.kube.restart().catch(() => undefined);
+  }
+
+  /** Fenced (lease mode): regain the lease we hold, or follow the peer that holds a newer one. */
+  private async reacquire(o: Observation): Promise<void> {
+    const disk = await this.p.pg.disk();
+    if (disk.standbySignal) {
+      await this.setRole('follower', 'fenced node whose data directory is a standby');
+      return;
+    }
+    const { sentAt, answer } = await this.acquire(this.meta.generation);
+    if (!answer) return;
+    if (answer.ok) {
+      this.holdLease(sentAt, answer);
+      await this.setRole('leader', 'the witness renewed our lease: unfencing', answer.generation);
+      await this.p.pg.start();
+      if (!this.mayWrite()) return;
+      await this.p.pg.setReadOnly(false);
+      await this.p.vip.take();
+      return;
+    }
+    const peerLeads = o.peer?.role === 'leader' || o.peerPg.primary === true;
+    if (answer.holder === this.s.peer && answer.generation > this.meta.generation && peerLeads) {
+      await this.rejoin(`${this.s.peer} holds generation ${answer.generation}`, answer.generation);
+    }
+  }
+
+  /** Follow the peer: stop, pg_rewind (else a fresh clone), start as standby. */
+  async rejoin(reason: string, generation = this.meta.generation): Promise<void> {
+    const { pg, vip, log } = this.p;
+    if (this.meta.role === 'leader') this.dropLease();
+    if (this.meta.role !== 'fenced') await this.setRole('fenced', `rejoining: ${reason}`);
+    await vip.drop().catch(() => undefined);
+    log.info({ event: 'rejoin' }, `rejoining as standby: ${reason}`);
+    let method: RejoinMethod;
+    try {
+      method = await pg.rejoin();
+    } catch (err) {
+      log.error({ event: 'rejoin', err: (err as Error).message }, 'rejoin failed; staying fenced');
+      return;
+    }
+    this.snapshot.lastRejoin = { method, at: this.p.clock.now() };
+    log.warn({ event: 'rejoin', method }, `rejoined through ${method}`);
+    await pg.start().catch((err) => log.warn({ err: (err as Error).message }, 'standby did not start yet'));
+    this.memory.leaderSeenAt = this.p.clock.now();
+    await this.setRole('follower', `${reason} (rejoined through ${method})`, generation);
+  }
+
+  // ---------------------------------------------------------------- switchover
+
+  /**
+   * Planned switchover: stop writes, wait until the standby has everything, stop, give up the
+   * lease, ask the peer to take it over. Every failure path ends with one writable primary.
+   */
+  async switchover(timeoutMs = 5000): Promise<SwitchResult> {
+    const { pg, vip, clock, log } = this.p;
+    const started = clock.now();
+    const took = (): number => Math.round(clock.now() - started);
+    if (this.meta.role !== 'leader' || !this.mayWrite()) return { ok: false, reason: `this node is ${this.meta.role}, not a leader holding its lease`, tookMs: 0 };
+    if (this.switching) return { ok: false, reason: 'a switchover is in progress', tookMs: 0 };
+    while (this.busy) await clock.sleep(20);
+    const st0 = await pg.status();
+    if (st0.standby?.state !== 'streaming') return { ok: false, reason: 'the standby is not streaming', tookMs: took() };
+    if (this.arbiter && this.promotable !== this.s.peer) return { ok: false, reason: 'the standby is not recorded as synchronous at the witness', tookMs: took() };
+    this.switching = true;
+    this.snapshot.switching = true;
+    const generation = this.meta.generation;
+    try {
+      await pg.setReadOnly(true);
+      let st = await pg.status();
+      while (!(st.up && st.lsn !== undefined && st.standby?.replayLsn != null && st.standby.replayLsn >= st.lsn)) {
+        if (clock.now() - started > timeoutMs || !this.mayWrite()) {
+          await pg.setReadOnly(false);
+          return { ok: false, reason: 'the standby did not catch up in time; writes resumed here', tookMs: took() };
+        }
+        await clock.sleep(50);
+        st = await pg.status();
+      }
+      const target = st.lsn!;
+      // From here this node is not writable: role, lease, server, address, in that order.
+      this.dropLease();
+      this.meta = { ...this.meta, role: 'fenced' };
+      await pg.stop();
+      await vip.drop();
+      await this.persist();
+      if (this.arbiter) await this.witness({ op: 'release', node: this.s.self, generation });
+      const res = await this.p.peer.promote({ lsn: target, generation }).catch((err: Error) => ({ ok: false, generation: undefined, reason: err.message }));
+      if (res.ok) {
+        await this.becomeStandby('planned switchover', res.generation ?? generation + 1);
+        return { ok: true, reason: 'switched over', tookMs: took() };
+      }
+      log.warn({ event: 'switchover', reason: res.reason }, `the peer did not take over: ${res.reason}`);
+      return { ...(await this.recoverSwitchover(generation, res.reason)), tookMs: took() };
+    } finally {
+      this.switching = false;
+      this.snapshot.switching = false;
+    }
+  }
+
+  /** The peer refused or did not answer: whoever the witness says holds the lease is the primary. */
+  private async recoverSwitchover(generation: number, why: string): Promise<{ ok: boolean; reason: string }> {
+    if (!this.arbiter) {
+      await this.p.pg.start();
+      await this.p.pg.setReadOnly(false);
+      await this.setRole('leader', `switchover failed (${why}); writes resumed here`);
+      if (this.mayWrite()) await this.p.vip.take();
+      return { ok: false, reason: `the peer did not take over (${why}); writes resumed here` };
+    }
+    for (let i = 0; i < 3; i++) {
+      const { sentAt, answer } = await this.acquire(generation);
+      if (answer?.ok) {
+        this.holdLease(sentAt, answer);
+        await this.setRole('leader', `switchover failed (${why}); the lease is ours again`, answer.generation);
+        await this.p.pg.start();
+        if (this.mayWrite()) {
+          await this.p.pg.setReadOnly(false);
+          await this.p.vip.take();
+        }
+        return { ok: false, reason: `the peer did not take over (${why}); writes resumed here` };
+      }
+      if (answer && answer.holder === this.s.peer) {
+        await this.becomeStandby(`switchover: ${this.s.peer} took the lease (generation ${answer.generation})`, answer.generation);
+        return { ok: true, reason: `the peer took over although its answer was lost (${why})` };
+      }
+      await this.p.clock.sleep(this.s.checkInterval);
+    }
+    await this.setRole('fenced', `switchover failed (${why}) and the witness did not answer`);
+    return { ok: false, reason: `the peer did not take over (${why}) and the witness did not answer: fenced until it does` };
+  }
+
+  private async becomeStandby(reason: string, generation: number): Promise<void> {
+    await this.p.pg.setReadOnly(false).catch(() => undefined);
+    await this.p.pg.configureStandby();
+    await this.p.pg.start().catch(() => undefined);
+    this.memory.leaderSeenAt = this.p.clock.now();
+    await this.setRole('follower', reason, generation);
+  }
+
+  /** The peer asks us to take over in a planned switchover. */
+  async promoteOnRequest(req: PromoteRequest): Promise<{ ok: boolean; generation?: number; reason: string }> {
+    const { pg, clock } = this.p;
+    if (this.meta.role !== 'follower') return { ok: false, reason: `this node is ${this.meta.role}` };
+    if (this.switching) return { ok: false, reason: 'busy' };
+    while (this.busy) await clock.sleep(20);
+    this.switching = true;
+    try {
+      const until = clock.now() + 5000;
+      let st = await pg.status();
+      while (!(st.up && st.lsn !== undefined && st.lsn >= req.lsn)) {
+        if (clock.now() > until) return { ok: false, reason: `replayed ${st.lsn === undefined ? 'nothing' : formatLsn(st.lsn)}, need ${formatLsn(req.lsn)}` };
+        await clock.sleep(50);
+        st = await pg.status();
+      }
+      let generation: number;
+      if (this.arbiter) {
+        const { sentAt, answer } = await this.acquire(req.generation);
+        if (!answer?.ok) return { ok: false, reason: `the witness did not hand us the lease: ${answer?.reason ?? 'unreachable'}` };
+        this.holdLease(sentAt, answer);
+        generation = answer.generation;
+      } else {
+        generation = Math.max(req.generation, this.meta.generation) + 1;
+      }
+      await this.setRole('leader', 'planned switchover', generation);
+      await this.finishPromotion('switchover');
+      return { ok: true, generation, reason: 'promoted' };
+    } finally {
+      this.switching = false;
+    }
+  }
+}
+
+/** synchronous_standby_names takes application names; quote them as identifiers. */
+export function quoteName(name: string): string {
+  return `"${name}"`;
+}

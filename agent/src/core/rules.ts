@@ -1,0 +1,167 @@
+import type { Role } from '../../../common/schema/hostmeta.ts';
+import type { ControllerSettings, PeerView, PgStatus } from './ports.ts';
+
+/** One round of observations. Times are monotonic milliseconds on this node's clock. */
+export interface Observation {
+  now: number;
+  pg: PgStatus;
+  peer?: PeerView;
+  peerPg: { ok: boolean; primary?: boolean };
+  vipHeld: boolean;
+}
+
+/** What the controller remembers between rounds. Only liveness depends on it: safety comes from PostgreSQL and the witness. */
+export interface Memory {
+  /** Last time the peer answered on any path. */
+  peerSeenAt: number;
+  /** Follower: last time a leader was visible (its agent, its PostgreSQL as primary, or our WAL receiver streaming). */
+  leaderSeenAt: number;
+  /** Leader: the standby's flush LSN and when it last advanced. */
+  standbyFlush?: bigint;
+  flushAdvancedAt: number;
+  /** Leader: consecutive rounds the standby was synchronous and caught up. */
+  syncRounds: number;
+  pgRestarts: number;
+}
+
+/** The lease as this node holds it. */
+export interface LeaseView {
+  /** The cluster has a witness (lease mode); without one, failover is manual. */
+  arbiter: boolean;
+  /** Leader: our own fencing deadline has not passed. */
+  valid: boolean;
+  /** Who the witness last said may be promoted. */
+  promotable: string | null | undefined;
+}
+
+export type Action =
+  | { kind: 'startPg' }
+  | { kind: 'startStandby' }
+  | { kind: 'handOver' }
+  | { kind: 'fence' }
+  | { kind: 'takeVip' }
+  | { kind: 'dropVip' }
+  | { kind: 'degrade'; why: string }
+  | { kind: 'restoreSync' }
+  | { kind: 'setPromotable'; to: string | null }
+  | { kind: 'takeOver' }
+  | { kind: 'reacquire' }
+  | { kind: 'rejoin' }
+  | { kind: 'unfence' }
+  | { kind: 'adoptPrimary' };
+
+export interface Decision {
+  actions: Action[];
+  reason: string;
+}
+
+export const PG_RESTART_LIMIT = 3;
+
+/** Fold an observation into memory (pure). */
+export function remember(m: Memory, o: Observation, role: Role): Memory {
+  const next = { ...m };
+  if (o.peer || o.peerPg.ok) next.peerSeenAt = o.now;
+  if (o.peer?.role === 'leader' || o.peerPg.primary || o.pg.receiverStreaming) next.leaderSeenAt = o.now;
+  if (o.pg.up) next.pgRestarts = 0;
+  const flush = o.pg.standby?.flushLsn ?? undefined;
+  if (role === 'leader' && flush !== undefined && flush !== null) {
+    if (m.standbyFlush === undefined || flush > m.standbyFlush || (o.pg.syncWaiters ?? 0) === 0) next.flushAdvancedAt = o.now;
+    next.standbyFlush = flush;
+  } else if (role === 'leader' && (o.pg.syncWaiters ?? 0) === 0) {
+    next.flushAdvancedAt = o.now;
+  }
+  next.syncRounds = role === 'leader' && standbyInSync(o.pg) ? m.syncRounds + 1 : 0;
+  return next;
+}
+
+/** The standby is synchronous, streaming and has flushed everything the primary has written. */
+export function standbyInSync(pg: PgStatus): boolean {
+  const s = pg.standby;
+  return Boolean(pg.up && !pg.inRecovery && pg.synchronousStandbyNames && s && s.state === 'streaming' && s.syncState === 'sync' && s.flushLsn !== null && pg.lsn !== undefined && s.flushLsn >= pg.lsn);
+}
+
+function caughtUp(pg: PgStatus): boolean {
+  const s = pg.standby;
+  return Boolean(s && s.state === 'streaming' && s.flushLsn !== null && pg.lsn !== undefined && s.flushLsn >= pg.lsn);
+}
+
+/**
+ * The role rules (pure). Safety does not rest on these: a leader is writable only under a lease
+ * the witness granted (checked again right before every action that makes it writable), and a
+ * follower is promoted only by the witness handing it the lease.
+ */
+export function decide(role: Role, m: Memory, o: Observation, lease: LeaseView, s: ControllerSettings): Decision {
+  const acts: Action[] = [];
+  const done = (reason: string): Decision => ({ actions: acts, reason: acts.length ? `${acts.map((a) => a.kind).join(',')}: ${reason}` : reason });
+  switch (role) {
+    case 'leader': {
+      if (lease.arbiter && !lease.valid) return done('lease not valid: the guard fences');
+      if (!o.pg.up) {
+        if (m.pgRestarts < PG_RESTART_LIMIT) acts.push({ kind: 'startPg' });
+        else if (o.peer || o.peerPg.ok) acts.push({ kind: 'handOver' });
+        return done('PostgreSQL is down');
+      }
+      if (o.pg.inRecovery) {
+        acts.push({ kind: 'adoptPrimary' });
+        return done('leader whose server is still a standby');
+      }
+      if (!o.vipHeld && !o.pg.readOnly) acts.push({ kind: 'takeVip' });
+      const syncOn = Boolean(o.pg.synchronousStandbyNames);
+      if (s.syncPolicy === 'degrade') {
+        const peerLost = o.now - m.peerSeenAt >= s.degradeAfter && o.pg.standby?.state !== 'streaming';
+        const stalled = (o.pg.syncWaiters ?? 0) > 0 && o.now - m.flushAdvancedAt >= s.degradeAfter;
+        if (syncOn && (peerLost || stalled)) {
+          acts.push({ kind: 'degrade', why: peerLost ? `standby lost for ${o.now - m.peerSeenAt} ms` : `synchronous commits waiting and the standby's flush LSN still for ${o.now - m.flushAdvancedAt} ms` });
+          return done('degrade');
+        }
+        if (!syncOn && caughtUp(o.pg)) acts.push({ kind: 'restoreSync' });
+      } else if (!syncOn) {
+        acts.push({ kind: 'restoreSync' });
+      }
+      if (lease.arbiter) {
+        // A record naming our standby while commits are not synchronous is never allowed to stand.
+        if (!syncOn && lease.promotable !== null) acts.push({ kind: 'setPromotable', to: null });
+        else if (syncOn && m.syncRounds >= 2 && lease.promotable !== s.peer && standbyInSync(o.pg)) acts.push({ kind: 'setPromotable', to: s.peer });
+      }
+      return done('leader');
+    }
+    case 'follower': {
+      if (o.pg.up && !o.pg.inRecovery) {
+        acts.push({ kind: 'adoptPrimary' });
+        return done('our server is a primary but we are follower');
+      }
+      if (!o.pg.up) acts.push({ kind: 'startStandby' });
+      if (o.vipHeld) acts.push({ kind: 'dropVip' });
+      const peerLeads = o.peer?.role === 'leader' || o.peerPg.primary === true;
+      if (peerLeads && o.pg.up && o.pg.receiverStreaming === false && o.peer?.timeline !== undefined && o.pg.timeline !== undefined && o.peer.timeline > o.pg.timeline) {
+        acts.push({ kind: 'rejoin' });
+        return done(`leader is on timeline ${o.peer.timeline}, we are on ${o.pg.timeline}`);
+      }
+      if (lease.arbiter && o.now - m.leaderSeenAt >= s.fenceAfter) {
+        acts.push({ kind: 'takeOver' });
+        return done(`no leader visible for ${o.now - m.leaderSeenAt} ms: asking the witness`);
+      }
+      return done(peerLeads ? 'following' : `leader not visible for ${o.now - m.leaderSeenAt} ms`);
+    }
+    case 'fenced': {
+      if (o.pg.up) acts.push({ kind: 'fence' });
+      if (o.vipHeld) acts.push({ kind: 'dropVip' });
+      const peerLeads = o.peer?.role === 'leader' || o.peerPg.primary === true;
+      if (lease.arbiter) {
+        acts.push({ kind: 'reacquire' });
+        return done('fenced: asking the witness');
+      }
+      if (peerLeads) {
+        acts.push({ kind: 'rejoin' });
+        return done('fenced and the peer leads');
+      }
+      if (o.peer && (o.peer.role === 'follower' || o.peer.role === 'init')) {
+        acts.push({ kind: 'unfence' });
+        return done('the peer is our standby (manual failover mode)');
+      }
+      return done('fenced: waiting for the peer');
+    }
+    default:
+      return done(`role ${role}`);
+  }
+}

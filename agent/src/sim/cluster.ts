@@ -1,0 +1,373 @@
+import type { HostMeta } from '../../../common/schema/hostmeta.ts';
+import { Controller } from '../core/controller.ts';
+import type { ControllerSettings, LogPort, PeerView, Ports } from '../core/ports.ts';
+import type { ArbiterRecord } from '../witness/arbiter.ts';
+import { WitnessService } from '../witness/service.ts';
+import { replicate, SimPostgres, simPgPort } from './pg.ts';
+import { RpcError, Rng, settle, SimProcess, World } from './world.ts';
+
+/** Defaults as `init` writes them (common/schema/cluster.ts), in milliseconds. */
+export const INIT_TIMINGS = { checkInterval: 1000, checkTimeout: 800, fenceAfter: 4000, promoteAfter: 6000, degradeAfter: 5000 };
+
+export interface SimOptions {
+  seed: number;
+  syncPolicy?: 'degrade' | 'strict';
+  maxDrift?: number;
+  /** Probability a pg_rewind fails and the node re-clones. */
+  rewindFailure?: number;
+  /** Keep this many trace lines for a violation report. */
+  traceLines?: number;
+}
+
+export interface Violation {
+  at: number;
+  what: string;
+}
+
+/** One simulated node: the agent process, its PostgreSQL, its durable hostmeta and its share of the VIP. */
+export class SimNode {
+  readonly proc: SimProcess;
+  readonly pg: SimPostgres;
+  hostmeta?: HostMeta;
+  diskFull = false;
+  vip = false;
+  controller?: Controller;
+  lastHeartbeat = 0;
+  restarts = 0;
+  rejoins: string[] = [];
+  constructor(readonly name: string, world: World) {
+    this.proc = new SimProcess(name);
+    this.pg = new SimPostgres(name, world, this.proc);
+  }
+}
+
+const quiet: LogPort = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined };
+
+/**
+ * The whole system under simulation: two agents and the witness with their real code, a
+ * PostgreSQL model per node, a client writing through the VIP, and the invariants checked
+ * after every event.
+ */
+export class SimCluster {
+  readonly world: World;
+  readonly rng: Rng;
+  readonly nodes: [SimNode, SimNode];
+  readonly witnessProc = new SimProcess('witness');
+  readonly clientProc = new SimProcess('client');
+  witnessRecord?: ArbiterRecord;
+  witnessDiskFull = false;
+  witness?: WitnessService;
+  readonly violations: Violation[] = [];
+  readonly acked: number[] = [];
+  private nextWrite = 1;
+  private lastGeneration = 0;
+  private readonly nodeGenerations = new Map<string, number>();
+  private checked = { primary: '', version: -1, acked: -1 };
+  readonly settings: Omit<ControllerSettings, 'self' | 'peer' | 'isBootstrapLeader'>;
+  /** Writes acknowledged per second of virtual time (for stall measurements). */
+  readonly ackTimes: number[] = [];
+  /** Longest gap between acknowledged writes while the client kept trying. */
+  writable: Record<string, number> = {};
+  /** Called right after a node's promotion completes: used by scenarios to crash there. */
+  onPromoted?: (node: SimNode) => void;
+
+  constructor(readonly opts: SimOptions) {
+    this.rng = new Rng(opts.seed);
+    this.world = new World(this.rng);
+    this.world.traceLimit = opts.traceLines ?? 300;
+    this.nodes = [new SimNode('n1', this.world), new SimNode('n2', this.world)];
+    this.settings = { cluster: 'sim', ...INIT_TIMINGS, syncPolicy: opts.syncPolicy ?? 'degrade', maxDrift: opts.maxDrift ?? 0.01 };
+    const drift = this.settings.maxDrift;
+    for (const p of [this.nodes[0].proc, this.nodes[1].proc, this.witnessProc]) {
+      p.rate = 1 + this.rng.between(-drift, drift);
+      p.offset = this.rng.between(0, 1e6);
+    }
+    for (const n of this.nodes) n.pg.onViolation = (what) => this.violate(what);
+  }
+
+  node(name: string): SimNode {
+    return this.nodes.find((n) => n.name === name)!;
+  }
+
+  other(n: SimNode): SimNode {
+    return n === this.nodes[0] ? this.nodes[1] : this.nodes[0];
+  }
+
+  violate(what: string): void {
+    this.violations.push({ at: this.world.now, what });
+    this.world.log(`VIOLATION ${what}`);
+  }
+
+  // ------------------------------------------------------------------ processes
+
+  startWitness(): void {
+    const w = this.witnessProc;
+    w.alive = true;
+    w.epoch++;
+    const service = new WitnessService({
+      store: {
+        load: () => new Promise((resolve) => this.world.inProcess(w, 5, () => resolve(this.witnessRecord ? [{ ...this.witnessRecord }] : []))),
+        save: (record) =>
+          new Promise((resolve, reject) =>
+            this.world.inProcess(w, this.rng.between(1, 10), () => {
+              if (this.witnessDiskFull) return reject(new Error('ENOSPC'));
+              if (this.witnessRecord && record.generation < this.witnessRecord.generation) this.violate(`witness generation went down: ${this.witnessRecord.generation} -> ${record.generation}`);
+              this.witnessRecord = { ...record };
+              resolve();
+            }),
+          ),
+      },
+      now: () => this.world.localNow(w),
+      audit: (_c, e) => this.world.log(`witness: ${e.op} ${e.node ?? ''} -> ${e.code} gen ${e.generation} holder ${e.holder} promotable ${e.promotable}`),
+    });
+    this.witness = undefined;
+    void service.load().then(() => {
+      if (w.alive) this.witness = service;
+    });
+    this.world.log('witness: started');
+  }
+
+  crashWitness(): void {
+    this.witnessProc.alive = false;
+    this.witnessProc.epoch++;
+    this.witness = undefined;
+    this.world.log('witness: crashed');
+  }
+
+  startAgent(n: SimNode): void {
+    n.proc.alive = true;
+    n.proc.epoch++;
+    n.proc.pausedUntil = 0;
+    n.lastHeartbeat = this.world.now;
+    const c = new Controller(this.ports(n), { ...this.settings, self: n.name, peer: this.other(n).name, isBootstrapLeader: n === this.nodes[0] });
+    n.controller = c;
+    this.world.log(`${n.name} agent: started (hostmeta ${n.hostmeta ? `${n.hostmeta.role} gen ${n.hostmeta.generation}` : 'none'})`);
+    c.start().catch((err: Error) => this.world.log(`${n.name} agent: start failed: ${err.message}`));
+  }
+
+  /**
+   * The agent dies; systemd stops PostgreSQL with it (BindsTo=), the unit's ExecStopPost drops
+   * the VIP, and Restart= brings the agent back later.
+   */
+  crashAgent(n: SimNode, why: string, restartAfter?: number): void {
+    if (!n.proc.alive) return;
+    n.controller?.stop();
+    n.proc.alive = false;
+    n.proc.epoch++;
+    n.controller = undefined;
+    n.pg.halt(`agent ${why}`);
+    n.vip = false;
+    this.world.log(`${n.name} agent: ${why}`);
+    if (restartAfter !== undefined) {
+      n.restarts++;
+      this.world.at(this.world.now + restartAfter, () => this.startAgent(n));
+    }
+  }
+
+  /** Power loss: agent, PostgreSQL and the address are gone; the node boots again later. */
+  powerOff(n: SimNode, bootAfter?: number): void {
+    this.crashAgent(n, 'power loss');
+    n.vip = false;
+    if (bootAfter !== undefined) this.world.at(this.world.now + bootAfter, () => this.startAgent(n));
+  }
+
+  pauseAgent(n: SimNode, ms: number): void {
+    if (!n.proc.alive) return;
+    n.proc.pausedUntil = this.world.now + ms;
+    this.world.log(`${n.name} agent: paused for ${ms.toFixed(0)} ms`);
+  }
+
+  // ------------------------------------------------------------------ ports
+
+  private ports(n: SimNode): Ports {
+    const w = this.world;
+    const peerNode = this.other(n);
+    const proc = n.proc;
+    const rpcTo = <T>(to: SimProcess, timeout: number, handler: () => Promise<T>): Promise<T> => w.rpc(proc, to, timeout, handler);
+    const timeout = this.settings.checkTimeout;
+    return {
+      clock: {
+        now: () => w.localNow(proc),
+        setTimer: (ms, fn) => w.timer(proc, ms, fn),
+        sleep: (ms) => new Promise((r) => w.timer(proc, ms, r)),
+      },
+      pg: simPgPort(w, proc, n.pg, () => peerNode.pg, () => w.linkUp(n.name, peerNode.name) && w.linkUp(peerNode.name, n.name), { rewindFails: () => this.rng.chance(this.opts.rewindFailure ?? 0.05) }),
+      peer: {
+        status: () =>
+          rpcTo(peerNode.proc, timeout, async (): Promise<PeerView | undefined> => {
+            const c = peerNode.controller;
+            if (!c?.meta) throw new RpcError('not ready');
+            return { role: c.meta.role, generation: c.meta.generation, timeline: peerNode.pg.running ? peerNode.pg.timeline : undefined, pgPrimary: peerNode.pg.primary };
+          }).catch(() => undefined),
+        pg: async () => {
+          const there = w.transit(n.name, peerNode.name);
+          const back = w.transit(peerNode.name, n.name);
+          await new Promise((r) => w.timer(proc, (there ?? timeout) + (back ?? 0), () => r(undefined)));
+          if (there === undefined || back === undefined || !peerNode.pg.running) return { ok: false };
+          return { ok: true, primary: peerNode.pg.primary };
+        },
+        promote: (req) =>
+          rpcTo(peerNode.proc, 35_000, async () => {
+            const c = peerNode.controller;
+            if (!c?.meta) return { ok: false, reason: 'agent starting' };
+            const r = await c.promoteOnRequest(req);
+            return r;
+          }),
+      },
+      witness: {
+        call: (req) =>
+          rpcTo(this.witnessProc, timeout, async () => {
+            if (!this.witness) throw new RpcError('witness starting');
+            return this.witness.handle('sim', req);
+          }),
+      },
+      vip: {
+        held: () => new Promise((r) => w.inProcess(proc, 1, () => r(n.vip))),
+        take: () =>
+          new Promise((r) =>
+            w.inProcess(proc, w.rng.between(1, 20), () => {
+              if (!n.vip) w.log(`${n.name}: VIP taken`);
+              n.vip = true;
+              r();
+            }),
+          ),
+        drop: () =>
+          new Promise((r) =>
+            w.inProcess(proc, w.rng.between(1, 20), () => {
+              if (n.vip) w.log(`${n.name}: VIP dropped`);
+              n.vip = false;
+              r();
+            }),
+          ),
+      },
+      state: {
+        read: () => new Promise((r) => w.inProcess(proc, 1, () => r(n.hostmeta ? { ...n.hostmeta } : undefined))),
+        write: (meta) =>
+          new Promise((resolve, reject) =>
+            w.inProcess(proc, w.rng.between(1, 10), () => {
+              if (n.diskFull) return reject(new Error('ENOSPC: no space left on device'));
+              const before = this.nodeGenerations.get(n.name) ?? 0;
+              if (meta.generation < before) this.violate(`${n.name}: hostmeta generation went down ${before} -> ${meta.generation}`);
+              this.nodeGenerations.set(n.name, meta.generation);
+              if (!n.hostmeta || n.hostmeta.role !== meta.role) w.log(`${n.name} hostmeta: ${meta.role} gen ${meta.generation} (${meta.lastTransition.reason})`);
+              n.hostmeta = { ...meta };
+              resolve();
+            }),
+          ),
+      },
+      kube: { restart: () => new Promise((r) => w.inProcess(proc, 10, r)) },
+      log: {
+        ...quiet,
+        warn: (f, msg) => {
+          if (f.event === 'rejoin' && typeof f.method === 'string') n.rejoins.push(f.method);
+          w.log(`${n.name} agent: ${msg}`);
+        },
+        error: (_f, msg) => w.log(`${n.name} agent: ERROR ${msg}`),
+        info: (f, msg) => {
+          if (f.event === 'transition' || f.event === 'promoted' || f.event === 'promotable' || f.event === 'restoreSync' || f.event === 'bootstrap') w.log(`${n.name} agent: ${msg}`);
+          if (f.event === 'promoted') this.onPromoted?.(n);
+        },
+      },
+      heartbeat: () => {
+        n.lastHeartbeat = w.now;
+      },
+    };
+  }
+
+  // ------------------------------------------------------------------ client and background
+
+  /** The client writes sequential ids through the VIP; with no VIP holder it tries each node (multi-host DSN). */
+  private clientWrite(): void {
+    const holders = this.nodes.filter((n) => n.vip);
+    const target = holders.length > 0 ? this.rng.pick(holders) : this.rng.pick(this.nodes);
+    const id = this.nextWrite++;
+    const there = this.world.transit('client', target.name);
+    if (there === undefined) return;
+    this.world.inProcess(this.clientProc, there, () => {
+      target.pg.write(id).then(
+        () => {
+          const back = this.world.transit(target.name, 'client');
+          if (back === undefined) return;
+          this.world.inProcess(this.clientProc, back, () => {
+            this.acked.push(id);
+            this.ackTimes.push(this.world.now);
+          });
+        },
+        () => undefined,
+      );
+    });
+  }
+
+  private background(until: number): void {
+    const w = this.world;
+    const tick = (): void => {
+      if (w.now > until) return;
+      replicate(w, this.nodes[0].pg, this.nodes[1].pg);
+      w.at(w.now + 20, tick);
+    };
+    tick();
+    const client = (): void => {
+      if (w.now > until) return;
+      this.clientWrite();
+      w.at(w.now + this.rng.between(30, 150), client);
+    };
+    w.at(3000, client);
+    // systemd's watchdog (WATCHDOG_USEC = fenceAfter): a silent agent is killed, PostgreSQL with it.
+    const watchdog = (): void => {
+      if (w.now > until) return;
+      for (const n of this.nodes) {
+        if (n.proc.alive && w.now - n.lastHeartbeat > this.settings.fenceAfter) this.crashAgent(n, 'killed by the watchdog', this.rng.between(500, 3000));
+      }
+      w.at(w.now + 100, watchdog);
+    };
+    w.at(100, watchdog);
+  }
+
+  // ------------------------------------------------------------------ invariants
+
+  check(): void {
+    const writable = this.nodes.filter((n) => n.pg.writable);
+    if (writable.length > 1) this.violate('two nodes accept writes at the same instant');
+    if (this.nodes.filter((n) => n.vip).length > 1) this.violate('the VIP is on two nodes');
+    const rec = this.witnessRecord;
+    if (rec) {
+      if (rec.generation < this.lastGeneration) this.violate(`generation went down ${this.lastGeneration} -> ${rec.generation}`);
+      this.lastGeneration = rec.generation;
+    }
+    const p = writable[0];
+    if (p && (p.name !== this.checked.primary || p.pg.version !== this.checked.version || this.acked.length !== this.checked.acked)) {
+      const missing = this.acked.filter((id) => !p.pg.ids.has(id));
+      if (missing.length > 0) this.violate(`${missing.length} acknowledged write(s) missing from primary ${p.name} (first ${missing.slice(0, 5).join(', ')})`);
+      this.checked = { primary: p.name, version: p.pg.version, acked: this.acked.length };
+    }
+  }
+
+  /** The pair is healthy: one writable leader under its lease, the other streaming synchronously. */
+  healthy(): boolean {
+    const [a, b] = this.nodes;
+    const leader = a.pg.writable ? a : b.pg.writable ? b : undefined;
+    if (!leader) return false;
+    const f = this.other(leader);
+    const st = leader.pg.status();
+    return Boolean(leader.vip && f.pg.running && f.pg.standbySignal && st.standby?.syncState === 'sync' && leader.controller?.role === 'leader' && f.controller?.role === 'follower');
+  }
+
+  // ------------------------------------------------------------------ run
+
+  /** Boot everything and run until `untilMs` of virtual time, checking invariants after every event. */
+  async run(untilMs: number, stopWhen?: () => boolean): Promise<void> {
+    const w = this.world;
+    if (w.now === 0) {
+      this.startWitness();
+      for (const n of this.nodes) this.startAgent(n);
+      this.background(Number.POSITIVE_INFINITY);
+    }
+    while (w.step(untilMs)) {
+      await settle();
+      this.check();
+      if (this.violations.length > 0) return;
+      if (stopWhen?.()) return;
+    }
+    w.now = Math.max(w.now, untilMs);
+  }
+}

@@ -1,0 +1,287 @@
+import type { PgDiskFacts, PgPort, PgStatus, RejoinMethod } from '../core/ports.ts';
+import type { SimProcess, World } from './world.ts';
+
+/** One WAL record: a client write (id > 0) or a timeline switch (id < 0). */
+export interface Wal {
+  id: number;
+  tl: number;
+}
+
+interface Waiter {
+  pos: number;
+  ack: () => void;
+  fail: () => void;
+}
+
+/**
+ * A model of one node's PostgreSQL with the semantics the agent relies on: WAL positions,
+ * synchronous commit that waits for the standby's flush (released when the setting is
+ * cleared), asynchronous commit, promotion onto a new timeline, rewind to the common history,
+ * read-only, and a server that is down, starting or running.
+ */
+export class SimPostgres {
+  wal: Wal[] = [];
+  hasData = false;
+  standbySignal = false;
+  running = false;
+  timeline = 1;
+  syncNames = '';
+  readOnly = false;
+  /** Primary: how far the standby flushed, and whether it streams. */
+  peerFlush = 0;
+  peerStreaming = false;
+  /** Standby: the WAL receiver streams from the peer. */
+  receiverStreaming = false;
+  /** Gray fault: the receiver stays connected but stops flushing and acknowledging. */
+  receiverStalled = false;
+  /** Version of the WAL array's content, bumped on truncation or replacement. */
+  version = 0;
+  ids = new Set<number>();
+  private waiters: Waiter[] = [];
+  private starting = false;
+  /** Set by the simulator: called when a standby.signal would land in a live primary. */
+  onViolation: (what: string) => void = () => undefined;
+
+  constructor(readonly node: string, readonly world: World, readonly proc: SimProcess) {}
+
+  get primary(): boolean {
+    return this.running && !this.standbySignal;
+  }
+
+  get writable(): boolean {
+    return this.primary && !this.readOnly;
+  }
+
+  append(e: Wal): void {
+    this.wal.push(e);
+    if (e.id > 0) this.ids.add(e.id);
+  }
+
+  replaceWal(wal: Wal[]): void {
+    this.wal = wal;
+    this.ids = new Set(wal.filter((e) => e.id > 0).map((e) => e.id));
+    this.version++;
+  }
+
+  /** A client write: ack when committed (and, under synchronous commit, flushed by the standby). */
+  write(id: number): Promise<void> {
+    if (!this.writable) return Promise.reject(new Error('not writable'));
+    this.append({ id, tl: this.timeline });
+    const pos = this.wal.length;
+    if (!this.syncNames) return Promise.resolve();
+    return new Promise((ack, fail) => {
+      this.waiters.push({ pos, ack, fail: () => fail(new Error('server stopped')) });
+      this.releaseWaiters();
+    });
+  }
+
+  releaseWaiters(): void {
+    if (this.waiters.length === 0) return;
+    const keep: Waiter[] = [];
+    for (const w of this.waiters) {
+      if (!this.syncNames || (this.peerStreaming && this.peerFlush >= w.pos)) w.ack();
+      else keep.push(w);
+    }
+    this.waiters = keep;
+  }
+
+  /** The server stops: every waiting commit fails (never acknowledged). */
+  halt(why: string): void {
+    if (!this.running) return;
+    this.running = false;
+    this.peerStreaming = false;
+    this.receiverStreaming = false;
+    for (const w of this.waiters) w.fail();
+    this.waiters = [];
+    this.world.log(`${this.node} pg: stopped (${why})`);
+  }
+
+  status(): PgStatus {
+    if (!this.running) return { up: false, error: 'connection refused' };
+    const s: PgStatus = { up: true, inRecovery: this.standbySignal, lsn: BigInt(this.wal.length), timeline: this.timeline, synchronousStandbyNames: this.syncNames, readOnly: this.readOnly };
+    if (this.standbySignal) s.receiverStreaming = this.receiverStreaming;
+    else {
+      s.syncWaiters = this.waiters.length;
+      if (this.peerStreaming) {
+        s.standby = { state: 'streaming', syncState: this.syncNames ? 'sync' : 'async', flushLsn: BigInt(this.peerFlush), replayLsn: BigInt(this.peerFlush) };
+      }
+    }
+    return s;
+  }
+
+  startServer(): void {
+    if (this.running || this.starting || !this.hasData) return;
+    this.starting = true;
+    this.world.at(this.world.now + this.world.rng.between(200, 1500), () => {
+      this.starting = false;
+      if (this.running || !this.hasData) return;
+      this.running = true;
+      this.world.log(`${this.node} pg: started as ${this.standbySignal ? 'standby' : `primary (tl ${this.timeline}${this.readOnly ? ', read-only' : ''})`}`);
+    });
+  }
+}
+
+/** The length of the history two WALs share. */
+export function commonPrefix(a: Wal[], b: Wal[]): number {
+  const n = Math.min(a.length, b.length);
+  let i = 0;
+  while (i < n && a[i]!.id === b[i]!.id && a[i]!.tl === b[i]!.tl) i++;
+  return i;
+}
+
+/** A standby's history is a prefix of the primary's (checked at its last record). */
+export function isPrefix(s: Wal[], p: Wal[]): boolean {
+  if (s.length > p.length) return false;
+  if (s.length === 0) return true;
+  const a = s[s.length - 1]!;
+  const b = p[s.length - 1]!;
+  return a.id === b.id && a.tl === b.tl;
+}
+
+let timelineMarker = -1;
+
+/** The PgPort of a simulated node: every call takes simulated time and is answered inside the agent's process. */
+export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, peer: () => SimPostgres, reachable: () => boolean, opts: { rewindFails: () => boolean }): PgPort {
+  const op = <T>(lo: number, hi: number, fn: () => T): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      world.inProcess(agent, world.rng.between(lo, hi), () => {
+        try {
+          resolve(fn());
+        } catch (err) {
+          reject(err);
+        }
+      });
+    });
+  const waitFor = (cond: () => boolean, limitMs: number, what: string): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const start = world.now;
+      const poll = (): void => {
+        if (cond()) return resolve();
+        if (world.now - start > limitMs) return reject(new Error(`${what}: timed out`));
+        world.inProcess(agent, 50, poll);
+      };
+      poll();
+    });
+  const needPrimary = (): void => {
+    if (!self.primary) throw new Error('not a running primary');
+  };
+  return {
+    status: () => op(1, 15, () => self.status()),
+    disk: () => op(1, 5, (): PgDiskFacts => ({ hasData: self.hasData, standbySignal: self.standbySignal })),
+    start: async () => {
+      if (!self.hasData) throw new Error('no data directory');
+      self.startServer();
+      await waitFor(() => self.running, 60_000, 'start');
+    },
+    stop: () => op(50, 400, () => self.halt('clean shutdown')),
+    fence: () => op(5, 60, () => self.halt('fenced: immediate shutdown')),
+    promote: async () => {
+      await op(1, 5, () => {
+        if (!self.running || !self.standbySignal) throw new Error('recovery is not in progress');
+      });
+      await op(100, 1500, () => {
+        if (!self.running || !self.standbySignal) throw new Error('server stopped during promotion');
+        self.standbySignal = false;
+        self.receiverStreaming = false;
+        self.timeline++;
+        self.append({ id: timelineMarker--, tl: self.timeline });
+        self.syncNames = '';
+        world.log(`${self.node} pg: promoted to timeline ${self.timeline} at lsn ${self.wal.length}`);
+      });
+    },
+    setSyncStandby: (names) =>
+      op(2, 20, () => {
+        needPrimary();
+        self.syncNames = names;
+        world.log(`${self.node} pg: synchronous_standby_names='${names}'`);
+        self.releaseWaiters();
+      }),
+    setReadOnly: (on) =>
+      op(2, 20, () => {
+        if (!self.hasData) throw new Error('no data');
+        self.readOnly = on;
+      }),
+    initPrimary: async (names) => {
+      await op(1000, 3000, () => {
+        self.replaceWal([]);
+        self.hasData = true;
+        self.standbySignal = false;
+        self.timeline = 1;
+        self.syncNames = names;
+      });
+      self.startServer();
+      await waitFor(() => self.running, 60_000, 'start');
+    },
+    configureStandby: () =>
+      op(2, 10, () => {
+        if (self.primary) {
+          self.onViolation(`${self.node}: standby.signal written into a live primary`);
+          throw new Error('refusing to configure a running primary as standby');
+        }
+        self.standbySignal = true;
+        self.syncNames = '';
+      }),
+    rejoin: async (): Promise<RejoinMethod> => {
+      await op(50, 400, () => self.halt('stopped for rejoin'));
+      return op(300, 3000, () => {
+        const p = peer();
+        if (!reachable() || !p.primary) throw new Error('the peer is not a reachable primary');
+        if (opts.rewindFails()) {
+          self.replaceWal(p.wal.slice());
+          self.timeline = p.timeline;
+          self.standbySignal = true;
+          self.syncNames = '';
+          self.readOnly = false;
+          world.log(`${self.node} pg: pg_rewind failed; re-cloned (${p.wal.length} records)`);
+          return 'pg_basebackup';
+        }
+        const keep = commonPrefix(self.wal, p.wal);
+        const dropped = self.wal.length - keep;
+        self.replaceWal(self.wal.slice(0, keep));
+        self.timeline = p.timeline;
+        self.standbySignal = true;
+        self.syncNames = '';
+        self.readOnly = false;
+        world.log(`${self.node} pg: pg_rewind kept ${keep} records, dropped ${dropped}`);
+        return 'pg_rewind';
+      });
+    },
+    clone: () =>
+      op(1000, 3000, () => {
+        const p = peer();
+        if (!reachable() || !p.primary) throw new Error('the peer is not a reachable primary');
+        self.replaceWal(p.wal.slice());
+        self.hasData = true;
+        self.timeline = p.timeline;
+        self.standbySignal = true;
+        self.syncNames = '';
+        world.log(`${self.node} pg: cloned ${p.wal.length} records`);
+      }),
+    ensurePeerSlot: () => op(1, 5, () => undefined),
+  };
+}
+
+/** Streaming replication, one round: every standby pulls from its peer when the links allow. */
+export function replicate(world: World, a: SimPostgres, b: SimPostgres): void {
+  for (const [s, p] of [[a, b], [b, a]] as const) {
+    if (!s.running || !s.standbySignal) {
+      p.peerStreaming = false;
+      continue;
+    }
+    const linked = world.linkUp(s.node, p.node) && world.linkUp(p.node, s.node);
+    if (!p.primary || !linked || !isPrefix(s.wal, p.wal)) {
+      s.receiverStreaming = false;
+      if (p.running) p.peerStreaming = false;
+      continue;
+    }
+    s.receiverStreaming = true;
+    p.peerStreaming = true;
+    if (s.receiverStalled) continue;
+    if (s.wal.length < p.wal.length) {
+      for (let i = s.wal.length; i < p.wal.length; i++) s.append(p.wal[i]!);
+      s.timeline = p.timeline;
+    }
+    p.peerFlush = s.wal.length;
+    p.releaseWaiters();
+  }
+}
