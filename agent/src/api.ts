@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Agent, BootStatus } from './agent.ts';
-import { lsnToBigInt } from './decide.ts';
+import { formatLsn, lsnToBigInt } from './core/lsn.ts';
 
 /** The slot this system booted from (kernel command line `geminik8s.slot=A|B`). */
 export function bootSlot(cmdlineFile: string): string | null {
@@ -16,9 +16,9 @@ export function bootSlot(cmdlineFile: string): string | null {
 
 /** Everything /v1/status reports. */
 export function statusOf(agent: Agent): Record<string, unknown> {
-  const o = agent.snapshot.observation;
+  const round = agent.snapshot.round;
+  const c = agent.controller;
   const { ctx } = agent;
-  const pg = o?.pg;
   return {
     cluster: ctx.spec.name,
     node: ctx.self.name,
@@ -27,18 +27,21 @@ export function statusOf(agent: Agent): Record<string, unknown> {
     lastTransition: agent.meta.lastTransition,
     version: ctx.config.image.version,
     slot: bootSlot(ctx.config.image.slotFile),
-    postgres: pg
-      ? { up: pg.up, role: pg.up ? (pg.inRecovery ? 'standby' : 'primary') : 'down', lsn: pg.lsn ?? null, timeline: pg.timeline ?? null, readOnly: pg.readOnly ?? null,
-          synchronousStandbyNames: pg.synchronousStandbyNames ?? null, receiverStreaming: pg.receiverStreaming ?? null,
-          standby: pg.peerReplication ?? null, lagBytes: lagBytes(pg.lsn, pg.peerReplication?.replayLsn ?? null) }
+    postgres: round
+      ? { up: round.pg.up, role: round.pg.up ? (round.pg.inRecovery ? 'standby' : 'primary') : 'down', lsn: lsnText(round.pg.lsn), timeline: round.pg.timeline ?? null, readOnly: round.pg.readOnly ?? null,
+          synchronousStandbyNames: round.pg.synchronousStandbyNames ?? null, receiverStreaming: round.pg.receiverStreaming ?? null, syncWaiters: round.pg.syncWaiters ?? null,
+          standby: round.pg.standby ? { state: round.pg.standby.state, syncState: round.pg.standby.syncState, flushLsn: lsnText(round.pg.standby.flushLsn), replayLsn: lsnText(round.pg.standby.replayLsn) } : null,
+          lagBytes: round.pg.lsn !== undefined && round.pg.standby?.replayLsn != null ? Number(round.pg.lsn - round.pg.standby.replayLsn) : null }
       : null,
-    // For the peer's decisions: our view of its replication, when we are the primary.
-    standbySyncState: pg?.peerReplication?.syncState ?? null,
-    degraded: agent.memory.degraded,
-    vip: { address: ctx.spec.network.vip, heldHere: o?.vipHeld ?? false, holder: o?.vipHeld ? ctx.self.name : agent.role === 'leader' ? ctx.self.name : ctx.peer.name },
-    peer: { name: ctx.peer.name, ip: ctx.peer.ip, apiReachable: Boolean(o?.peerApi), postgresReachable: o?.peerPgOk ?? false, icmpReachable: o?.peerIcmpOk ?? null, view: o?.peerApi ?? null,
-      lastSeenMsAgo: o ? Math.round(o.now - agent.memory.peerSeenAt) : null },
-    witness: { kind: ctx.witness.kind, reachable: o?.witnessOk ?? false, leaseHeld: o?.leaseHeld ?? null },
+    // For the peer's health gate: our view of its replication, when we are the primary.
+    standbySyncState: round?.pg.standby?.syncState ?? null,
+    degraded: Boolean(round?.pg.up && !round.pg.inRecovery && !round.pg.synchronousStandbyNames),
+    lease: { arbiter: c.arbiter, ...c.leaseInfo() },
+    switching: c.snapshot.switching,
+    lastRejoin: c.snapshot.lastRejoin ?? null,
+    vip: { address: ctx.spec.network.vip, heldHere: round?.vipHeld ?? false },
+    peer: { name: ctx.peer.name, ip: ctx.peer.ip, apiReachable: Boolean(round?.peer), postgresReachable: round?.peerPg.ok ?? false, view: round?.peer ?? null },
+    witness: { kind: ctx.witness.kind },
     userChecks: agent.snapshot.userChecks,
     decision: agent.snapshot.lastDecision ?? null,
     boot: bootStatusOf(agent.snapshot.boot),
@@ -54,14 +57,14 @@ export function bootStatusOf(b: BootStatus | undefined): Record<string, unknown>
   };
 }
 
-function lagBytes(lsn: string | undefined, replay: string | null): number | null {
-  if (!lsn || !replay) return null;
-  return Number(lsnToBigInt(lsn) - lsnToBigInt(replay));
+function lsnText(lsn: bigint | null | undefined): string | null {
+  return lsn === undefined || lsn === null ? null : formatLsn(lsn);
 }
 
 /** Prometheus text exposition of the agent's state. */
 export function metricsOf(agent: Agent): string {
-  const o = agent.snapshot.observation;
+  const o = agent.snapshot.round;
+  const lease = agent.controller.leaseInfo();
   const lines: string[] = [];
   const metric = (name: string, help: string, type: 'gauge' | 'counter', samples: [Record<string, string>, number][]): void => {
     lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
@@ -73,15 +76,16 @@ export function metricsOf(agent: Agent): string {
   const node = { node: agent.ctx.self.name };
   metric('geminik8s_role', 'Current role of this node (1 for the active role).', 'gauge', (['init', 'leader', 'follower', 'fenced', 'unconfigured'] as const).map((r) => [{ ...node, role: r }, agent.role === r ? 1 : 0]));
   metric('geminik8s_generation', 'Cluster generation as seen by this node; increases on every promotion.', 'gauge', [[node, agent.meta.generation]]);
-  metric('geminik8s_transitions_total', 'Role transitions since the agent started.', 'counter', [[node, agent.snapshot.transitions]]);
+  metric('geminik8s_transitions_total', 'Role transitions since the agent started.', 'counter', [[node, agent.controller.snapshot.transitions]]);
   metric('geminik8s_postgres_up', 'PostgreSQL answers queries.', 'gauge', [[node, o?.pg.up ? 1 : 0]]);
-  metric('geminik8s_peer_reachable', 'The peer answered on a path (icmp is diagnostic, not a liveness path).', 'gauge', [[{ ...node, path: 'api' }, o?.peerApi ? 1 : 0], [{ ...node, path: 'postgres' }, o?.peerPgOk ? 1 : 0], [{ ...node, path: 'icmp' }, o?.peerIcmpOk ? 1 : 0]]);
-  metric('geminik8s_witness_reachable', 'The witness answered (lease witness: we hold the lease when leader).', 'gauge', [[node, o?.witnessOk ? 1 : 0]]);
+  metric('geminik8s_peer_reachable', 'The peer answered on a path.', 'gauge', [[{ ...node, path: 'api' }, o?.peer ? 1 : 0], [{ ...node, path: 'postgres' }, o?.peerPg.ok ? 1 : 0]]);
+  metric('geminik8s_lease_held', 'This node holds the witness lease (its own fencing deadline has not passed).', 'gauge', [[node, lease.held ? 1 : 0]]);
+  metric('geminik8s_lease_remaining_seconds', 'Time left before this node fences itself unless the witness renews its lease.', 'gauge', [[node, lease.msLeft / 1000]]);
   metric('geminik8s_vip_held', 'This node holds the VIP.', 'gauge', [[node, o?.vipHeld ? 1 : 0]]);
-  metric('geminik8s_replication_degraded', 'Synchronous replication is switched off because the standby is lost.', 'gauge', [[node, agent.memory.degraded ? 1 : 0]]);
-  const sync = o?.pg.peerReplication?.syncState;
+  metric('geminik8s_replication_degraded', 'Synchronous replication is switched off because the standby is lost.', 'gauge', [[node, o?.pg.up && !o.pg.inRecovery && !o.pg.synchronousStandbyNames ? 1 : 0]]);
+  const sync = o?.pg.standby?.syncState;
   metric('geminik8s_standby_sync', 'The standby is synchronous (leader only).', 'gauge', [[node, sync === 'sync' ? 1 : 0]]);
-  const lag = lagBytes(o?.pg.lsn, o?.pg.peerReplication?.replayLsn ?? null);
+  const lag = o?.pg.lsn !== undefined && o.pg.standby?.replayLsn != null ? Number(o.pg.lsn - o.pg.standby.replayLsn) : null;
   if (lag !== null) metric('geminik8s_replication_lag_bytes', 'WAL bytes the standby has not replayed yet (leader only).', 'gauge', [[node, lag]]);
   const boot = agent.snapshot.boot;
   if (boot) {
@@ -135,8 +139,14 @@ export function startApi(agent: Agent): Promise<Server> {
       }
       if (path === '/v1/promote' && req.method === 'POST') {
         const body = await readJson(req);
-        if (typeof body.lsn !== 'string' || typeof body.generation !== 'number') return send(400, { error: 'expected {lsn, generation}' });
-        const r = await agent.promoteOnRequest(body.lsn, body.generation);
+        let lsn: bigint;
+        try {
+          lsn = lsnToBigInt(String(body.lsn));
+        } catch {
+          return send(400, { error: 'expected {lsn: "HI/LO", generation}' });
+        }
+        if (!Number.isInteger(body.generation) || (body.generation as number) < 0) return send(400, { error: 'expected {lsn, generation: a non-negative integer}' });
+        const r = await agent.promoteOnRequest({ lsn, generation: body.generation as number });
         return send(r.ok ? 200 : 409, r);
       }
       return send(404, { error: 'not found' });

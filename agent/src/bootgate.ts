@@ -1,8 +1,16 @@
 import type { Role } from '../../common/schema/hostmeta.ts';
 import type { BootStateName } from './bootslot.ts';
-import type { Observation } from './decide.ts';
 
 /** Everything the bless decision looks at. Times are milliseconds. */
+/** What the gate reads of the agent's last round. */
+export interface GateObservation {
+  pg: { up: boolean; lsn?: string; inRecovery?: boolean; readOnly?: boolean; receiverStreaming?: boolean; error?: string; peerReplication?: { state: string; syncState: string; replayLsn: string | null; flushLsn: string | null } };
+  /** The peer's agent: its role and, as leader, our sync_state in its pg_stat_replication. */
+  peerApi?: { role: Role; generation: number; timeline?: number; standbySyncState?: string };
+  peerPgOk: boolean;
+  peerPgSaysOurSyncState?: string;
+}
+
 export interface GateInputs {
   state: BootStateName;
   /** Monotonic clock now. */
@@ -19,7 +27,7 @@ export interface GateInputs {
   lastRoundAgeMs?: number;
   /** Older than this, the loop counts as stalled. */
   maxRoundAgeMs: number;
-  observation?: Pick<Observation, 'pg' | 'peerApi' | 'peerPgOk' | 'peerPgSaysOurSyncState'>;
+  observation?: GateObservation;
   kubernetes: boolean;
   k3sReady?: boolean;
 }

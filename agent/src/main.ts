@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
 import pino from 'pino';
 import { Agent } from './agent.ts';
 import { firstboot } from './firstboot.ts';
@@ -6,14 +7,19 @@ import { startApi } from './api.ts';
 import { loadAgentConfig, loadSeedFile, nodeContext } from './context.ts';
 import { sdNotify, watchdogIntervalMs } from './sdnotify.ts';
 import { slotCommand } from './slotcli.ts';
-import { startWitnessServer } from './witness.ts';
+import { createLogPort } from './adapters/log.ts';
+import { createVipPort } from './adapters/vip.ts';
+import { FileRecordStore } from './witness/file-store.ts';
+import { startWitnessHttp } from './witness/http.ts';
+import { WitnessService } from './witness/service.ts';
 
 declare const GEMINIK8S_VERSION: string | undefined;
 const VERSION = typeof GEMINIK8S_VERSION === 'string' ? GEMINIK8S_VERSION : 'dev';
 
 const USAGE = `usage: geminik8s-agent run --config FILE
        geminik8s-agent firstboot --config FILE [--root DIR]
-       geminik8s-agent witness --listen HOST:PORT --token-file FILE
+       geminik8s-agent witness [serve] --listen HOST:PORT --token-file FILE [--state-dir DIR]
+       geminik8s-agent release-vip --config FILE     (the agent unit's ExecStopPost)
        geminik8s-agent slot status [--json] | arm A|B [--tries N] | bless  [--config FILE]
        geminik8s-agent --version`;
 
@@ -50,36 +56,61 @@ async function run(args: string[]): Promise<number> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // The guard timer pings systemd; the watchdog fires within fenceAfter of a silent agent, which
+  // stops PostgreSQL with it (BindsTo=) before the witness can hand the lease over.
+  let lastPing = 0;
+  const watchdog = watchdogIntervalMs() !== undefined;
+  agent.heartbeat = () => {
+    const now = performance.now();
+    if (!watchdog || now - lastPing < 500) return;
+    lastPing = now;
+    void sdNotify(`WATCHDOG=1\nSTATUS=role ${agent.role}`);
+  };
+  if (watchdog) await sdNotify(`WATCHDOG_USEC=${ctx.spec.failover.fenceAfter * 1000}`);
   const server = await startApi(agent);
   log.info({ event: 'start', version: VERSION, api: ctx.apiPort, witness: ctx.witness.kind }, `geminik8s agent ${VERSION} starting`);
   await agent.init();
   await sdNotify(`READY=1\nSTATUS=role ${agent.role}`);
-  const wd = watchdogIntervalMs();
-  let lastTick = performance.now();
-  if (wd) {
-    // Ping only while rounds keep happening: a stuck loop lets systemd restart us.
-    setInterval(() => {
-      if (performance.now() - lastTick < wd * 2) void sdNotify(`WATCHDOG=1\nSTATUS=role ${agent.role}`);
-    }, wd).unref();
-  }
-  await agent.run(() => {
-    lastTick = performance.now();
-  });
+  await agent.run();
   server.close();
   return 0;
 }
 
+/** ExecStopPost of the agent unit: whatever killed the agent, the VIP leaves with it. */
+async function releaseVip(args: string[]): Promise<number> {
+  const configFile = option(args, '--config');
+  if (!configFile) {
+    process.stderr.write(`${USAGE}\n`);
+    return 2;
+  }
+  const config = await loadAgentConfig(configFile);
+  if (!config.vip.enabled) return 0;
+  const ctx = nodeContext(config, await loadSeedFile(config.seedFile));
+  await createVipPort(ctx).drop();
+  return 0;
+}
+
 async function witness(args: string[]): Promise<number> {
+  if (args[0] === 'serve') args = args.slice(1);
   const listen = option(args, '--listen');
   const tokenFile = option(args, '--token-file');
+  const stateDir = option(args, '--state-dir') ?? '/var/lib/geminik8s-witness';
   if (!listen || !tokenFile) {
     process.stderr.write(`${USAGE}\n`);
     return 2;
   }
   const [host, port] = [listen.slice(0, listen.lastIndexOf(':')), Number(listen.slice(listen.lastIndexOf(':') + 1))];
   const token = readFileSync(tokenFile, 'utf8').trim();
-  await startWitnessServer({ host, port, token });
-  logger('witness').info({ event: 'start', listen }, 'geminik8s witness listening');
+  const log = createLogPort(logger('witness'));
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  const service = new WitnessService({
+    store: new FileRecordStore(stateDir),
+    now: () => performance.now(),
+    audit: (cluster, e) => log.info({ event: 'arbiter', cluster, ...e }, `${cluster}: ${e.op} by ${e.node ?? '-'}: ${e.code}, generation ${e.generation}, holder ${e.holder ?? 'nobody'}, promotable ${e.promotable ?? 'nobody'}${e.timeline ? `, timeline ${e.timeline}` : ''}`),
+  });
+  await service.load();
+  await startWitnessHttp({ host, port, token, service, log });
+  log.info({ event: 'start', listen, stateDir }, 'geminik8s witness listening');
   return new Promise(() => undefined);
 }
 
@@ -101,6 +132,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (command === 'witness') return witness(rest);
+  if (command === 'release-vip') return releaseVip(rest);
   if (command === 'slot') return slotCommand(rest);
   process.stderr.write(`${USAGE}\n`);
   return 2;

@@ -205,7 +205,7 @@ export class HarnessCluster extends PairHarness {
     this.agentBundle = await buildAgent(join(this.dir, 'agent.mjs'));
     const tokenFile = join(this.dir, 'witness-token');
     writeFileSync(tokenFile, SECRETS.agentToken, { mode: 0o600 });
-    this.others.push(this.spawnLogged('witness', inNs(this.topology.witnessNs, 'node', [this.agentBundle, 'witness', '--listen', `${NET.gateway}:${NET.witnessPort}`, '--token-file', tokenFile])));
+    this.others.push(this.spawnLogged('witness', inNs(this.topology.witnessNs, 'node', [this.agentBundle, 'witness', '--listen', `${NET.gateway}:${NET.witnessPort}`, '--token-file', tokenFile, '--state-dir', join(this.dir, 'witness-state')])));
     for (const n of NET.nodes) this.writeNodeFiles(n.name);
     for (const n of NET.nodes) this.startAgent(n.name);
   }

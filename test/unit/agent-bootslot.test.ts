@@ -438,8 +438,7 @@ async function agentOn(n: FakeNode, logs: Record<string, unknown>[]): Promise<Ag
   const log = pino({ level: 'debug' }, { write: (line: string) => logs.push(JSON.parse(line) as Record<string, unknown>) });
   const agent = new Agent(nodeContext(config, seed), log);
   agent.meta = { cluster: 'c', node: 'node1', role: 'leader', peer: 'node2', generation: 3, lastTransition: { at: '2026-01-01T00:00:00Z', from: 'init', to: 'leader', reason: 'test' } };
-  agent.memory = { role: 'leader', generation: 3, peerSeenAt: 0, witnessOkAt: 0, syncConfirmedAt: 0, degraded: false, pgRestarts: 0 };
-  agent.snapshot.observation = { now: performance.now(), ...healthyLeader.observation!, witnessOk: true, vipHeld: true };
+  agent.snapshot.observation = { now: performance.now(), ...healthyLeader.observation!, vipHeld: true };
   agent.snapshot.lastRoundOkAt = performance.now();
   return agent;
 }

@@ -10,7 +10,6 @@ import { readHostMeta, writeHostMeta } from '../../agent/src/hostmeta.ts';
 import { basebackupPlan, initdbPlan, rewindPlan } from '../../agent/src/postgres.ts';
 import { sdNotify, watchdogIntervalMs } from '../../agent/src/sdnotify.ts';
 import { garpPlan, vipAddPlan, vipDelPlan } from '../../agent/src/vip.ts';
-import { requestLease, startWitnessServer } from '../../agent/src/witness.ts';
 import { runPlan, spawnPlan } from '../../common/exec.ts';
 import { AgentConfigSchema } from '../../common/schema/agent.ts';
 import type { HostMeta } from '../../common/schema/hostmeta.ts';
@@ -43,35 +42,13 @@ test('hostmeta is written atomically and its generation never goes down', async 
   await t.throwsAsync(readHostMeta(dir), { message: /hostmeta.json is unreadable/ });
 });
 
-test('the witness grants one lease, lets it expire on its own clock, and needs the token', async (t) => {
-  let clock = 1000;
-  const server = await startWitnessServer({ host: '127.0.0.1', port: 0, token: FAKE_SECRETS.agentToken, now: () => clock });
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  try {
-    t.true((await requestLease(url, FAKE_SECRETS.agentToken, 'c', 'node1', 4000, 2000)).granted);
-    const other = await requestLease(url, FAKE_SECRETS.agentToken, 'c', 'node2', 4000, 2000);
-    t.false(other.granted);
-    t.is(other.holder, 'node1');
-    t.true((await requestLease(url, FAKE_SECRETS.agentToken, 'c', 'node1', 4000, 2000)).granted, 'the holder renews');
-    clock += 3999;
-    t.false((await requestLease(url, FAKE_SECRETS.agentToken, 'c', 'node2', 4000, 2000)).granted);
-    clock += 2;
-    t.true((await requestLease(url, FAKE_SECRETS.agentToken, 'c', 'node2', 4000, 2000)).granted, 'after expiry the other node may take it');
-    t.true((await requestLease(url, FAKE_SECRETS.agentToken, 'other-cluster', 'node1', 4000, 2000)).granted, 'leases are per cluster');
-    await t.throwsAsync(requestLease(url, 'wrong-token-wrong-token', 'c', 'node1', 4000, 2000), { message: /401/ });
-  } finally {
-    server.close();
-  }
-});
-
 test('API: /healthz is open, everything else needs the bearer token; status and metrics', async (t) => {
   const ctx = await context();
   const agent = new Agent(ctx, pino({ level: 'silent' }));
   agent.meta = meta();
-  agent.memory = { role: 'leader', generation: 3, peerSeenAt: 0, witnessOkAt: 0, syncConfirmedAt: 0, degraded: false, pgRestarts: 0 };
-  agent.snapshot.observation = {
-    now: 10, pg: { up: true, inRecovery: false, lsn: '0/5000', timeline: 2, peerReplication: { state: 'streaming', syncState: 'sync', replayLsn: '0/4F00', flushLsn: '0/5000' } },
-    peerApi: { role: 'follower', generation: 3 }, peerPgOk: true, peerIcmpOk: true, witnessOk: true, leaseHeld: true, vipHeld: true,
+  agent.snapshot.round = {
+    now: 10, pg: { up: true, inRecovery: false, lsn: 0x5000n, timeline: 2, synchronousStandbyNames: '"node2"', standby: { state: 'streaming', syncState: 'sync', replayLsn: 0x4f00n, flushLsn: 0x5000n } },
+    peer: { role: 'follower', generation: 3 }, peerPg: { ok: true, primary: false }, vipHeld: true,
   };
   const server = await startApi(agent);
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -89,15 +66,18 @@ test('API: /healthz is open, everything else needs the bearer token; status and 
     t.like(status, { role: 'leader', generation: 3, standbySyncState: 'sync', node: 'node1' });
     t.like(status.postgres, { role: 'primary', lsn: '0/5000', timeline: 2, lagBytes: 0x100 });
     t.like(status.vip, { address: '192.168.10.50', heldHere: true });
-    t.like(status.witness, { kind: 'lease', reachable: true, leaseHeld: true });
+    t.like(status.witness, { kind: 'lease' });
+    t.like(status.lease, { arbiter: true, held: false });
+    t.false(status.degraded);
     t.false(JSON.stringify(status).includes(FAKE_SECRETS.agentToken));
     const metrics = await (await fetch(`${base}/metrics`, { headers: auth })).text();
     t.regex(metrics, /^# TYPE geminik8s_role gauge$/m);
     t.regex(metrics, /^geminik8s_role\{node="node1",role="leader"\} 1$/m);
     t.regex(metrics, /^geminik8s_generation\{node="node1"\} 3$/m);
     t.regex(metrics, /^geminik8s_standby_sync\{node="node1"\} 1$/m);
-    t.regex(metrics, /^geminik8s_peer_reachable\{node="node1",path="icmp"\} 1$/m);
-    t.like(status.peer, { apiReachable: true, postgresReachable: true, icmpReachable: true });
+    t.regex(metrics, /^geminik8s_peer_reachable\{node="node1",path="postgres"\} 1$/m);
+    t.regex(metrics, /^geminik8s_lease_held\{node="node1"\} 0$/m);
+    t.like(status.peer, { apiReachable: true, postgresReachable: true });
     t.regex(metrics, /^geminik8s_replication_lag_bytes\{node="node1"\} 256$/m);
     for (const line of metrics.trim().split('\n')) t.regex(line, /^(# (HELP|TYPE) \w+ .+|\w+(\{[^}]*\})? -?\d+(\.\d+)?)$/, line);
     t.deepEqual(statusOf(agent).role, 'leader');

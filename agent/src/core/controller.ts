@@ -42,6 +42,8 @@ export class Controller {
   private timers: TimerHandle[] = [];
   private renewing = false;
   private metaDirty = false;
+  /** Called after every completed round (the shell keeps its status page and health gate fed). */
+  onRound?: (o: Observation) => void;
 
   constructor(private readonly p: Ports, readonly s: ControllerSettings) {}
 
@@ -332,6 +334,7 @@ export class Controller {
         await this.act(a, o);
       }
       this.snapshot.lastRoundOkAt = this.p.clock.now();
+      this.onRound?.(o);
     } catch (err) {
       this.p.log.error({ event: 'round', err: (err as Error).message }, 'round failed');
     } finally {

@@ -78,6 +78,8 @@ export interface PeerView {
   timeline?: number;
   /** Its PostgreSQL is a primary accepting connections. */
   pgPrimary?: boolean;
+  /** As a leader: our sync_state in its pg_stat_replication (for the boot health gate). */
+  standbySyncState?: string;
 }
 
 export interface PromoteRequest {
