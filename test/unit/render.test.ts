@@ -157,6 +157,8 @@ test('the templates of units that skip above verify cleanly with their real bina
     },
     { name: 'geminik8s-grow.service', content: renderTemplate('systemd/geminik8s-grow.service.hbs', { growScript: overlay(NODE_PATHS.growScript), persistentMount: NODE_PATHS.persistentMount }) },
     { name: 'geminik8s-postgresql.service', content: renderTemplate('systemd/geminik8s-postgresql.service.hbs', { pgMajor: major, pgBinDir: pgBinDir(major), pgDataDir: pgDataDir(major) }) },
+    // PostgreSQL is bound to the agent (BindsTo=), so the agent's unit is verified beside it.
+    { name: 'geminik8s-agent.service', content: renderTemplate('systemd/geminik8s-agent.service.hbs', { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig, seedFile: NODE_PATHS.seedFile, watchdogSec: 30 }) },
   ];
   t.deepEqual(await verifyUnits(tempDir(), units), []);
   // And the check can fail: a misspelt key is reported.
