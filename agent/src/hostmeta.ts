@@ -1,5 +1,6 @@
-import { open, readFile, rename } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFileAtomic } from '../../common/fsutil.ts';
 import { HostMetaSchema, type HostMeta, type Role } from '../../common/schema/hostmeta.ts';
 
 export function hostmetaPath(stateDir: string): string {
@@ -15,22 +16,14 @@ export async function readHostMeta(stateDir: string): Promise<HostMeta | undefin
   }
 }
 
-/** Persist atomically (temp file, fsync, rename). The generation never decreases. */
+/** Persist atomically and durably (temp file, fsync, rename, directory fsync). The generation never decreases. */
 export async function writeHostMeta(stateDir: string, meta: HostMeta): Promise<void> {
   const previous = await readHostMeta(stateDir).catch(() => undefined);
   if (previous && meta.generation < previous.generation) {
     throw new Error(`refusing to lower the generation from ${previous.generation} to ${meta.generation}`);
   }
-  const file = hostmetaPath(stateDir);
-  const tmp = `${file}.tmp-${process.pid}`;
-  const h = await open(tmp, 'w', 0o644);
-  try {
-    await h.writeFile(`${JSON.stringify(HostMetaSchema.parse(meta), null, 2)}\n`);
-    await h.sync();
-  } finally {
-    await h.close();
-  }
-  await rename(tmp, file);
+  // Temp file, fsync, rename, then fsync the directory so the rename itself survives a crash.
+  await writeFileAtomic(hostmetaPath(stateDir), `${JSON.stringify(HostMetaSchema.parse(meta), null, 2)}\n`, 0o644, { syncDir: true });
 }
 
 export function transition(meta: HostMeta, to: Role, reason: string, generation = meta.generation, timeline = meta.timeline): HostMeta {

@@ -66,12 +66,16 @@ export function basebackupPlan(ctx: NodeContext): CommandPlan {
   );
 }
 
-/** Rewind this node's diverged data directory onto the peer's timeline. */
+/**
+ * Rewind this node's diverged data directory onto the peer's timeline. Without
+ * `--no-ensure-shutdown`: a directory left by a crash or an immediate shutdown (a fence) is
+ * first brought to a clean state by pg_rewind itself (single-user crash recovery).
+ */
 export function rewindPlan(ctx: NodeContext): CommandPlan {
   return asPostgres(
     ctx,
     'pg_rewind',
-    ['-D', ctx.config.postgresql.dataDir, `--source-server=host=${ctx.peer.ip} port=${ctx.spec.postgresql.port} user=postgres dbname=postgres connect_timeout=5`, '--no-ensure-shutdown', '--progress'],
+    ['-D', ctx.config.postgresql.dataDir, `--source-server=host=${ctx.peer.ip} port=${ctx.spec.postgresql.port} user=postgres dbname=postgres connect_timeout=5`],
     { PGPASSFILE: pgpassFile(ctx) },
   );
 }

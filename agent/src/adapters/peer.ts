@@ -1,0 +1,90 @@
+import { ROLES, type Role } from '../../../common/schema/hostmeta.ts';
+import type { NodeContext } from '../context.ts';
+import { formatLsn } from '../core/lsn.ts';
+import type { PeerPort, PeerView, PromoteRequest } from '../core/ports.ts';
+import * as pgc from '../postgres.ts';
+
+/** Long enough for the peer's pg_promote(true, 30) plus its settings. */
+export const PROMOTE_TIMEOUT_MS = 35_000;
+
+/**
+ * Base URL of the peer's agent API. With `agent.tls` the peer is reached over https with the
+ * platform's default certificate verification.
+ * TODO(issue 11): a cluster CA in the seed, so self-signed agent certificates verify; until then
+ * a TLS cluster needs certificates the default trust store accepts. Never disable verification.
+ */
+export function peerBaseUrl(ctx: NodeContext): string {
+  return `${ctx.spec.agent.tls ? 'https' : 'http'}://${ctx.peer.ip}:${ctx.peerApiPort}`;
+}
+
+/** Map the peer's /v1/status body to what the controller uses; undefined when it is not one. */
+export function peerViewOf(body: unknown): PeerView | undefined {
+  if (typeof body !== 'object' || body === null) return undefined;
+  const b = body as { role?: unknown; generation?: unknown; postgres?: { role?: unknown; timeline?: unknown } | null };
+  if (typeof b.role !== 'string' || !(ROLES as readonly string[]).includes(b.role)) return undefined;
+  if (!Number.isInteger(b.generation) || (b.generation as number) < 0) return undefined;
+  const view: PeerView = { role: b.role as Role, generation: b.generation as number };
+  const pg = b.postgres && typeof b.postgres === 'object' ? b.postgres : undefined;
+  if (pg && Number.isInteger(pg.timeline)) view.timeline = pg.timeline as number;
+  if (pg) view.pgPrimary = pg.role === 'primary';
+  const sss = (body as { standbySyncState?: unknown }).standbySyncState;
+  if (typeof sss === 'string') view.standbySyncState = sss;
+  return view;
+}
+
+/** The production PeerPort: the peer agent's HTTP API and a direct query of its PostgreSQL. */
+export function createPeerPort(ctx: NodeContext): PeerPort {
+  const base = peerBaseUrl(ctx);
+  const headers = { authorization: `Bearer ${ctx.secrets.agentToken}` };
+  return {
+    async status(): Promise<PeerView | undefined> {
+      try {
+        const res = await fetch(`${base}/v1/status`, { headers, signal: AbortSignal.timeout(ctx.spec.failover.checkTimeout) });
+        if (res.status !== 200) {
+          await res.body?.cancel();
+          return undefined;
+        }
+        return peerViewOf(await res.json());
+      } catch {
+        return undefined;
+      }
+    },
+
+    async pg(): Promise<{ ok: boolean; primary?: boolean }> {
+      try {
+        return await pgc.withClient(ctx, ctx.peer.ip, async (c) => {
+          const r = await c.query(`SELECT pg_is_in_recovery() AS rec`);
+          return { ok: true, primary: !(r.rows[0] as { rec: boolean }).rec };
+        });
+      } catch {
+        return { ok: false };
+      }
+    },
+
+    /** 200 → ok with the peer's generation; any other status → refused with its reason. Throws when no answer arrives. */
+    async promote(req: PromoteRequest): Promise<{ ok: boolean; generation?: number; reason: string }> {
+      // No answer (network error, timeout) throws: the peer may or may not have promoted, and
+      // that is not the same as a refusal.
+      const res = await fetch(`${base}/v1/promote`, {
+        method: 'POST',
+        headers: { ...headers, 'content-type': 'application/json' },
+        body: JSON.stringify({ lsn: formatLsn(req.lsn), generation: req.generation }),
+        signal: AbortSignal.timeout(PROMOTE_TIMEOUT_MS),
+      }).catch((err: Error) => {
+        throw new Error(`peer ${ctx.peer.name} did not answer the promote request (outcome unknown): ${err.message}`);
+      });
+      const text = await res.text().catch(() => '');
+      let body: { generation?: unknown; reason?: unknown } = {};
+      try {
+        body = JSON.parse(text) as typeof body;
+      } catch {
+        // not JSON: the status says it
+      }
+      const reason = typeof body.reason === 'string' ? body.reason : undefined;
+      if (res.status === 200) {
+        return { ok: true, ...(Number.isInteger(body.generation) ? { generation: body.generation as number } : {}), reason: reason ?? 'promoted' };
+      }
+      return { ok: false, reason: reason ?? `peer answered ${res.status}` };
+    },
+  };
+}

@@ -1,0 +1,33 @@
+import type { NodeContext } from '../context.ts';
+import type { VipPort } from '../core/ports.ts';
+import { dropVip, takeVip, vipHeld, type VipSpec } from '../vip.ts';
+
+export function vipSpecOf(ctx: NodeContext): VipSpec {
+  return { address: ctx.spec.network.vip, prefix: ctx.spec.network.prefix, device: ctx.spec.network.interface };
+}
+
+/**
+ * The control-plane VIP (decision 4): `ip addr add` plus gratuitous ARP. With `vip.enabled`
+ * off (tests without a shared L2) the address is only remembered, so the controller's view of
+ * "who holds the VIP" still follows its own take/drop calls.
+ */
+export function createVipPort(ctx: NodeContext): VipPort {
+  if (!ctx.config.vip.enabled) {
+    let held = false;
+    return {
+      held: async () => held,
+      take: async () => {
+        held = true;
+      },
+      drop: async () => {
+        held = false;
+      },
+    };
+  }
+  const spec = vipSpecOf(ctx);
+  return {
+    held: () => vipHeld(spec),
+    take: () => takeVip(spec),
+    drop: () => dropVip(spec),
+  };
+}

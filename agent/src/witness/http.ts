@@ -1,0 +1,169 @@
+import { timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { LogPort, WitnessPort } from '../core/ports.ts';
+import { parseRequest, type ArbiterAnswer, type ArbiterRequest } from './arbiter.ts';
+import { CLUSTER_NAME } from './file-store.ts';
+import type { WitnessService } from './service.ts';
+
+/** Largest request body the witness reads. */
+export const MAX_BODY_BYTES = 4096;
+
+export interface WitnessHttpOptions {
+  host: string;
+  port: number;
+  token: string;
+  service: WitnessService;
+  log: LogPort;
+}
+
+function tokenOk(header: string | undefined, token: string): boolean {
+  const m = /^Bearer\s+(.+)$/i.exec(header ?? '');
+  const given = Buffer.from(m?.[1] ?? '');
+  const want = Buffer.from(token);
+  // Compare equal lengths only (timingSafeEqual throws otherwise); an empty token never matches.
+  return want.length > 0 && given.length === want.length && timingSafeEqual(given, want);
+}
+
+class BodyTooLarge extends Error {}
+
+async function readBody(req: IncomingMessage): Promise<string> {
+  const declared = Number(req.headers['content-length']);
+  if (Number.isFinite(declared) && declared > MAX_BODY_BYTES) throw new BodyTooLarge();
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) throw new BodyTooLarge();
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/**
+ * The witness's HTTP face:
+ * - `POST /v1/clusters/<cluster>/arbiter` (bearer token): an ArbiterRequest → 200 with the
+ *   ArbiterAnswer, also when it refuses (the answer says why); 400 for a bad body, 413 above
+ *   4096 bytes, 503 when the record could not be made durable (and no answer at all then);
+ * - `GET /v1/clusters/<cluster>` (bearer token): the durable record;
+ * - `GET /healthz`: open.
+ */
+export function startWitnessHttp(opts: WitnessHttpOptions): Promise<Server> {
+  const { service, log } = opts;
+  const handler = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const send = (code: number, body: unknown, extra: Record<string, string> = {}): void => {
+      if (res.headersSent) return;
+      res.writeHead(code, { 'content-type': 'application/json', 'cache-control': 'no-store', ...extra });
+      res.end(JSON.stringify(body));
+    };
+    const path = (req.url ?? '/').split('?')[0]!;
+    if (path === '/healthz') return req.method === 'GET' ? send(200, { ok: true }) : send(405, { error: 'method not allowed' });
+    if (!tokenOk(req.headers.authorization, opts.token)) return send(401, { error: 'missing or wrong bearer token' });
+    const m = /^\/v1\/clusters\/([^/]+)(\/arbiter)?$/.exec(path);
+    if (!m) return send(404, { error: 'not found' });
+    let cluster: string;
+    try {
+      cluster = decodeURIComponent(m[1]!);
+    } catch {
+      return send(400, { error: 'bad cluster name' });
+    }
+    if (!CLUSTER_NAME.test(cluster)) return send(400, { error: 'the cluster name must be a DNS label' });
+    if (!m[2]) {
+      if (req.method !== 'GET') return send(405, { error: 'method not allowed' });
+      const record = service.record(cluster);
+      return record ? send(200, record) : send(404, { error: `no record for cluster ${cluster}` });
+    }
+    if (req.method !== 'POST') return send(405, { error: 'method not allowed' });
+    let body: string;
+    try {
+      body = await readBody(req);
+    } catch (err) {
+      if (err instanceof BodyTooLarge) {
+        // Answer now and close: the rest of the body is not worth reading.
+        send(413, { error: `the body exceeds ${MAX_BODY_BYTES} bytes` }, { connection: 'close' });
+        req.resume();
+        return;
+      }
+      throw err;
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(body);
+    } catch {
+      return send(400, { error: 'the body must be JSON' });
+    }
+    const parsed = parseRequest(json);
+    if (typeof parsed === 'string') return send(400, { error: parsed });
+    let answer: ArbiterAnswer;
+    try {
+      answer = await service.handle(cluster, parsed);
+    } catch (err) {
+      // The record could not be made durable: promise nothing.
+      log.error({ event: 'witness-store', cluster, op: parsed.op, err: (err as Error).message }, 'witness could not persist its record; request refused');
+      return send(503, { error: 'the witness could not persist its record' });
+    }
+    return send(200, answer);
+  };
+  const server = createServer((req, res) => {
+    handler(req, res).catch((err: Error) => {
+      log.error({ event: 'witness-http', err: err.message }, 'witness request failed');
+      if (!res.headersSent) {
+        res.writeHead(500, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ error: 'internal error' }));
+      } else res.destroy();
+    });
+  });
+  server.requestTimeout = 10_000;
+  server.headersTimeout = 5000;
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port, opts.host, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
+  });
+}
+
+const ANSWER_CODES = new Set(['granted', 'renewed', 'set', 'released', 'recorded', 'read', 'held', 'not-promotable', 'stale', 'not-holder', 'invalid']);
+
+/** Check the shape of an answer from the wire. */
+export function isArbiterAnswer(v: unknown): v is ArbiterAnswer {
+  if (typeof v !== 'object' || v === null) return false;
+  const a = v as Record<string, unknown>;
+  const name = (x: unknown): boolean => x === null || typeof x === 'string';
+  return typeof a.ok === 'boolean' && typeof a.code === 'string' && ANSWER_CODES.has(a.code) && Number.isInteger(a.generation) && name(a.holder) && name(a.promotable)
+    && typeof a.remainingMs === 'number' && typeof a.reason === 'string';
+}
+
+/** The agent's WitnessPort over HTTP. Throws on a network error, a timeout or any status but 200. */
+export function httpWitnessPort(url: string, token: string, cluster: string, timeoutMs: number): WitnessPort {
+  const endpoint = new URL(`/v1/clusters/${encodeURIComponent(cluster)}/arbiter`, url);
+  return {
+    async call(req: ArbiterRequest): Promise<ArbiterAnswer> {
+      let res: Response;
+      let text: string;
+      try {
+        res = await fetch(endpoint, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+          body: JSON.stringify(req),
+          signal: AbortSignal.timeout(timeoutMs),
+        });
+        text = await res.text();
+      } catch (err) {
+        // A timeout rejects with a DOMException, which is not an Error in Node 20: make it one.
+        const e = err as { name?: string; message?: string; cause?: { message?: string } };
+        const why = e.name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : `${e.message ?? String(err)}${e.cause?.message ? ` (${e.cause.message})` : ''}`;
+        throw new Error(`witness ${endpoint.origin} unreachable: ${why}`);
+      }
+      if (res.status !== 200) throw new Error(`witness answered ${res.status}: ${text.slice(0, 200)}`);
+      let body: unknown;
+      try {
+        body = JSON.parse(text);
+      } catch {
+        throw new Error('witness answered 200 with a body that is not JSON');
+      }
+      if (!isArbiterAnswer(body)) throw new Error('witness answered 200 with something that is not an arbiter answer');
+      return body;
+    },
+  };
+}

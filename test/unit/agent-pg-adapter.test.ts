@@ -1,0 +1,145 @@
+import test from 'ava';
+import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { createPgPort, inProgressMarker, livePostmasterPid } from '../../agent/src/adapters/pg.ts';
+import { nodeContext, type NodeContext } from '../../agent/src/context.ts';
+import type { LogPort } from '../../agent/src/core/ports.ts';
+import { withClient } from '../../agent/src/postgres.ts';
+import { AgentConfigSchema } from '../../common/schema/agent.ts';
+import { API_VERSION } from '../../common/schema/image.ts';
+import { NodeSeedSchema } from '../../common/schema/seed.ts';
+import { FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
+
+/**
+ * The PgPort against a real PostgreSQL 15 on loopback (direct mode, pg_ctl as the postgres
+ * user): needs root and the Debian postgresql-15 package; skipped otherwise. One node only:
+ * the peer is 127.0.0.2, where nothing listens.
+ */
+const BIN = '/usr/lib/postgresql/15/bin';
+const runnable = process.getuid?.() === 0 && existsSync(join(BIN, 'initdb'));
+const maybe = runnable ? test.serial : test.skip;
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const { port } = s.address() as AddressInfo;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+async function context(root: string): Promise<NodeContext> {
+  const cluster = await loadFixtureCluster();
+  const { apiVersion: _a, kind: _k, secretsDir: _s, ...spec } = cluster;
+  const seed = NodeSeedSchema.parse({ apiVersion: API_VERSION, kind: 'NodeSeed', node: 'node1', cluster: { ...spec, postgresql: { ...spec.postgresql, port: await freePort(), sharedBuffers: '16MB' } }, secrets: FAKE_SECRETS });
+  const stateDir = join(root, 'state');
+  const config = AgentConfigSchema.parse({
+    stateDir, seedFile: join(stateDir, 'seed.yaml'), listen: { host: '127.0.0.1', port: 0 },
+    postgresql: { binDir: BIN, dataDir: join(stateDir, 'pg'), socketDir: join(root, 'sock'), confFragment: "listen_addresses = '127.0.0.1'" },
+    serviceManager: 'direct', vip: { enabled: false },
+  });
+  const ctx = nodeContext(config, seed);
+  // The fixture's durations are already milliseconds; parsing them again in the seed reads them as seconds.
+  const failover = { ...ctx.spec.failover, checkInterval: 1000, checkTimeout: 800, fenceAfter: 4000, promoteAfter: 6000, degradeAfter: 5000 };
+  return { ...ctx, spec: { ...ctx.spec, failover }, peer: { ...ctx.peer, ip: '127.0.0.2' } };
+}
+
+maybe('pg adapter on a real PostgreSQL: bootstrap, status, sync waiters, refusals, fence, start as standby', async (t) => {
+  const root = tempDir('gk-pg-');
+  chmodSync(root, 0o755); // the postgres user walks into it
+  const ctx = await context(root);
+  const lines: string[] = [];
+  const log: LogPort = { info: () => undefined, debug: () => undefined, warn: (_f, m) => lines.push(m), error: (_f, m) => lines.push(m) };
+  const pg = createPgPort(ctx, log);
+  const data = ctx.config.postgresql.dataDir;
+  try {
+    t.like(await pg.status(), { up: false });
+    await pg.initPrimary('');
+    t.false(existsSync(inProgressMarker(ctx)));
+    t.deepEqual(await pg.disk(), { hasData: true, standbySignal: false });
+    const st = await pg.status();
+    t.like(st, { up: true, inRecovery: false, timeline: 1, synchronousStandbyNames: '', readOnly: false, syncWaiters: 0 });
+    t.is(typeof st.lsn, 'bigint');
+    t.true(st.lsn! > 0n);
+    t.is(st.standby, undefined);
+    await t.throwsAsync(pg.initPrimary(''), { message: /refusing to initdb/ });
+
+    // Never a standby underneath a running primary.
+    await t.throwsAsync(pg.configureStandby(), { message: /running here as a primary/ });
+    t.false(existsSync(join(data, 'standby.signal')));
+
+    // Synchronous replication to a standby that is not there: a write waits, and is counted.
+    await pg.setSyncStandby('"node2"');
+    t.is((await pg.status()).synchronousStandbyNames, '"node2"');
+    const write = withClient(ctx, '127.0.0.1', (c) => c.query('CREATE TABLE waits_for_sync (x int)'), 30_000);
+    let waiters = 0;
+    for (let i = 0; i < 100 && waiters === 0; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      waiters = (await pg.status()).syncWaiters ?? 0;
+    }
+    t.is(waiters, 1, 'the write waits for the synchronous standby');
+    await pg.setSyncStandby('');
+    await write;
+    t.is((await pg.status()).syncWaiters, 0, 'degrading releases it');
+
+    await pg.setReadOnly(true);
+    t.true((await pg.status()).readOnly);
+    await pg.setReadOnly(false);
+    await pg.ensurePeerSlot();
+    t.is(await withClient(ctx, '127.0.0.1', async (c) => (await c.query(`SELECT count(*)::int AS n FROM pg_replication_slots WHERE slot_name = 'geminik8s_node2'`)).rows[0].n), 1);
+
+    // Fence: resolves only once nothing runs.
+    await pg.fence();
+    t.like(await pg.status(), { up: false });
+    t.is(await livePostmasterPid(data), undefined);
+    await pg.start();
+    t.like(await pg.status(), { up: true, inRecovery: false });
+    await pg.start(); // no-op when up
+    await pg.stop();
+    t.like(await pg.status(), { up: false });
+    await pg.stop(); // no-op when down
+
+    // Rejoin and clone need the peer as a primary; without it nothing is touched.
+    await t.throwsAsync(pg.rejoin(), { message: /refusing to rejoin: the peer's PostgreSQL .* does not answer .*; nothing was changed/ });
+    await t.throwsAsync(pg.clone(), { message: /refusing to clone/ });
+    t.deepEqual(await pg.disk(), { hasData: true, standbySignal: false });
+    t.deepEqual(readdirSync(ctx.config.stateDir).filter((n) => n.includes('pre-rejoin')), []);
+
+    // Stopped: becomes a standby of the (absent) peer, and starts as one.
+    await pg.configureStandby();
+    t.deepEqual(await pg.disk(), { hasData: true, standbySignal: true });
+    await pg.start();
+    t.like(await pg.status(), { up: true, inRecovery: true, receiverStreaming: false, synchronousStandbyNames: '' });
+    await pg.configureStandby(); // a running standby may be re-configured
+    await pg.fence();
+    t.like(await pg.status(), { up: false });
+    t.deepEqual(lines, []);
+  } finally {
+    await pg.fence().catch(() => undefined);
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+maybe('pg adapter: a bootstrap interrupted before its end leaves no usable data', async (t) => {
+  const root = tempDir('gk-pg-');
+  chmodSync(root, 0o755);
+  const ctx = await context(root);
+  const pg = createPgPort(ctx, { info: () => undefined, debug: () => undefined, warn: () => undefined, error: () => undefined });
+  try {
+    mkdirSync(ctx.config.stateDir, { recursive: true });
+    // An initdb that cannot start the server (the port is taken) fails after initdb ran.
+    const blocker = createServer();
+    await new Promise<void>((r) => blocker.listen(ctx.spec.postgresql.port, '127.0.0.1', r));
+    try {
+      await t.throwsAsync(pg.initPrimary(''));
+    } finally {
+      blocker.close();
+    }
+    t.true(existsSync(join(ctx.config.postgresql.dataDir, 'PG_VERSION')));
+    t.deepEqual(await pg.disk(), { hasData: false, standbySignal: false }, 'the marker says the directory is unfinished');
+  } finally {
+    await pg.fence().catch(() => undefined);
+    rmSync(root, { recursive: true, force: true });
+  }
+});
