@@ -1,5 +1,4 @@
 import { readFileSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
 import pino from 'pino';
 import { Agent } from './agent.ts';
 import { firstboot } from './firstboot.ts';
@@ -9,9 +8,7 @@ import { sdNotify, watchdogIntervalMs } from './sdnotify.ts';
 import { slotCommand } from './slotcli.ts';
 import { createLogPort } from './adapters/log.ts';
 import { createVipPort } from './adapters/vip.ts';
-import { FileRecordStore } from './witness/file-store.ts';
-import { startWitnessHttp } from './witness/http.ts';
-import { WitnessService } from './witness/service.ts';
+import { DEFAULT_WITNESS_STATE_DIR, serveWitness } from './witness/serve.ts';
 
 declare const GEMINIK8S_VERSION: string | undefined;
 const VERSION = typeof GEMINIK8S_VERSION === 'string' ? GEMINIK8S_VERSION : 'dev';
@@ -94,23 +91,11 @@ async function witness(args: string[]): Promise<number> {
   if (args[0] === 'serve') args = args.slice(1);
   const listen = option(args, '--listen');
   const tokenFile = option(args, '--token-file');
-  const stateDir = option(args, '--state-dir') ?? '/var/lib/geminik8s-witness';
   if (!listen || !tokenFile) {
     process.stderr.write(`${USAGE}\n`);
     return 2;
   }
-  const [host, port] = [listen.slice(0, listen.lastIndexOf(':')), Number(listen.slice(listen.lastIndexOf(':') + 1))];
-  const token = readFileSync(tokenFile, 'utf8').trim();
-  const log = createLogPort(logger('witness'));
-  await mkdir(stateDir, { recursive: true, mode: 0o700 });
-  const service = new WitnessService({
-    store: new FileRecordStore(stateDir),
-    now: () => performance.now(),
-    audit: (cluster, e) => log.info({ event: 'arbiter', cluster, ...e }, `${cluster}: ${e.op} by ${e.node ?? '-'}: ${e.code}, generation ${e.generation}, holder ${e.holder ?? 'nobody'}, promotable ${e.promotable ?? 'nobody'}${e.timeline ? `, timeline ${e.timeline}` : ''}`),
-  });
-  await service.load();
-  await startWitnessHttp({ host, port, token, service, log });
-  log.info({ event: 'start', listen, stateDir }, 'geminik8s witness listening');
+  await serveWitness({ listen, tokenFile, stateDir: option(args, '--state-dir') ?? DEFAULT_WITNESS_STATE_DIR, log: createLogPort(logger('witness')) });
   return new Promise(() => undefined);
 }
 

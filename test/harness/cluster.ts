@@ -247,7 +247,7 @@ export class HarnessCluster extends PairHarness {
   }
 
   startAgent(node: string): void {
-    const plan = inNs(this.topology.nodeNs[node]!, 'node', [this.agentBundle, 'run', '--config', join(this.nodeDir(node), 'agent.yaml')], { GEMINIK8S_LOG_LEVEL: 'info' });
+    const plan = inNs(this.topology.nodeNs[node]!, 'node', [this.agentBundle, 'run', '--config', join(this.nodeDir(node), 'agent.yaml')], { GEMINIK8S_LOG_LEVEL: process.env.GEMINIK8S_LOG_LEVEL ?? 'info' });
     this.agents.set(node, this.spawnLogged(node, plan));
   }
 
@@ -281,7 +281,10 @@ export class HarnessCluster extends PairHarness {
     const leader = await super.healthyPair();
     if (!leader) return undefined;
     const follower = await this.status(this.other(leader));
-    return follower?.role === 'follower' ? leader : undefined;
+    if (follower?.role !== 'follower') return undefined;
+    // Healthy means automatic failover is possible: the witness records the standby as promotable.
+    const ls = await this.status(leader);
+    return ls?.lease?.promotable === this.other(leader) ? leader : undefined;
   }
 
   /** PIDs of a node's PostgreSQL postmaster (from postmaster.pid). */

@@ -48,11 +48,11 @@ export class Controller {
   constructor(private readonly p: Ports, readonly s: ControllerSettings) {}
 
   get role(): Role {
-    return this.meta.role;
+    return this.meta?.role ?? 'init';
   }
 
   get generation(): number {
-    return this.meta.generation;
+    return this.meta?.generation ?? 0;
   }
 
   /** Lease mode: the cluster has a witness. Without one, failover is manual. */
@@ -402,6 +402,7 @@ export class Controller {
         await pg.ensurePeerSlot().catch(() => undefined);
         await pg.setSyncStandby(quoteName(this.s.peer));
         this.memory.syncRounds = 0;
+        this.memory.syncBaseline = undefined;
         log.info({ event: 'restoreSync' }, 'standby caught up: synchronous replication on');
         return;
       case 'setPromotable': {

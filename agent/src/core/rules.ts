@@ -19,9 +19,17 @@ export interface Memory {
   /** Leader: the standby's flush LSN and when it last advanced. */
   standbyFlush?: bigint;
   flushAdvancedAt: number;
-  /** Leader: consecutive rounds the standby was synchronous and caught up. */
+  /** Leader: consecutive rounds the standby streamed as `sync`. */
   syncRounds: number;
+  /**
+   * Leader: our WAL position in the first round the standby was seen `sync`. Every commit after
+   * it waited for the standby; once the standby has flushed past it, it holds every
+   * acknowledged write, and only then may it be recorded as promotable.
+   */
+  syncBaseline?: bigint;
   pgRestarts: number;
+  /** Follower: since when our server is a standby whose WAL receiver does not stream. */
+  receiverDownSince?: number;
 }
 
 /** The lease as this node holds it. */
@@ -63,6 +71,7 @@ export function remember(m: Memory, o: Observation, role: Role): Memory {
   if (o.peer || o.peerPg.ok) next.peerSeenAt = o.now;
   if (o.peer?.role === 'leader' || o.peerPg.primary || o.pg.receiverStreaming) next.leaderSeenAt = o.now;
   if (o.pg.up) next.pgRestarts = 0;
+  next.receiverDownSince = o.pg.up && o.pg.inRecovery && !o.pg.receiverStreaming ? (m.receiverDownSince ?? o.now) : undefined;
   const flush = o.pg.standby?.flushLsn ?? undefined;
   if (role === 'leader' && flush !== undefined && flush !== null) {
     if (m.standbyFlush === undefined || flush > m.standbyFlush || (o.pg.syncWaiters ?? 0) === 0) next.flushAdvancedAt = o.now;
@@ -70,19 +79,30 @@ export function remember(m: Memory, o: Observation, role: Role): Memory {
   } else if (role === 'leader' && (o.pg.syncWaiters ?? 0) === 0) {
     next.flushAdvancedAt = o.now;
   }
-  next.syncRounds = role === 'leader' && standbyInSync(o.pg) ? m.syncRounds + 1 : 0;
+  const syncing = role === 'leader' && streamingSync(o.pg);
+  next.syncRounds = syncing ? m.syncRounds + 1 : 0;
+  next.syncBaseline = syncing ? (m.syncBaseline ?? o.pg.lsn) : undefined;
   return next;
 }
 
-/** The standby is synchronous, streaming and has flushed everything the primary has written. */
-export function standbyInSync(pg: PgStatus): boolean {
+/** The standby streams and counts as synchronous. */
+export function streamingSync(pg: PgStatus): boolean {
   const s = pg.standby;
-  return Boolean(pg.up && !pg.inRecovery && pg.synchronousStandbyNames && s && s.state === 'streaming' && s.syncState === 'sync' && s.flushLsn !== null && pg.lsn !== undefined && s.flushLsn >= pg.lsn);
+  return Boolean(pg.up && !pg.inRecovery && pg.synchronousStandbyNames && s && s.state === 'streaming' && s.syncState === 'sync');
 }
+
+/** The standby may be recorded as promotable: synchronous for two rounds and flushed past the baseline. */
+export function standbyInSync(pg: PgStatus, m: Memory): boolean {
+  const flush = pg.standby?.flushLsn;
+  return streamingSync(pg) && m.syncRounds >= 2 && m.syncBaseline !== undefined && flush !== undefined && flush !== null && flush >= m.syncBaseline;
+}
+
+/** Close enough to turn synchronous commit on: commits wait only for the last bit of catch-up. */
+export const SYNC_CATCHUP_BYTES = 1n << 20n;
 
 function caughtUp(pg: PgStatus): boolean {
   const s = pg.standby;
-  return Boolean(s && s.state === 'streaming' && s.flushLsn !== null && pg.lsn !== undefined && s.flushLsn >= pg.lsn);
+  return Boolean(s && s.state === 'streaming' && s.flushLsn !== null && pg.lsn !== undefined && s.flushLsn + SYNC_CATCHUP_BYTES >= pg.lsn);
 }
 
 /**
@@ -121,7 +141,11 @@ export function decide(role: Role, m: Memory, o: Observation, lease: LeaseView, 
       if (lease.arbiter) {
         // A record naming our standby while commits are not synchronous is never allowed to stand.
         if (!syncOn && lease.promotable !== null) acts.push({ kind: 'setPromotable', to: null });
-        else if (syncOn && m.syncRounds >= 2 && lease.promotable !== s.peer && standbyInSync(o.pg)) acts.push({ kind: 'setPromotable', to: s.peer });
+        else if (syncOn && lease.promotable !== s.peer && standbyInSync(o.pg, m)) acts.push({ kind: 'setPromotable', to: s.peer });
+      }
+      if (lease.arbiter && lease.promotable !== s.peer) {
+        const st = o.pg.standby;
+        return done(`leader; ${s.peer} not promotable yet (sync ${syncOn ? 'on' : 'off'}, standby ${st ? `${st.state}/${st.syncState}` : 'absent'}, ${m.syncRounds} sync rounds${m.syncBaseline !== undefined && st?.flushLsn != null && st.flushLsn < m.syncBaseline ? ', flush behind the baseline' : ''})`);
       }
       return done('leader');
     }
@@ -133,7 +157,10 @@ export function decide(role: Role, m: Memory, o: Observation, lease: LeaseView, 
       if (!o.pg.up) acts.push({ kind: 'startStandby' });
       if (o.vipHeld) acts.push({ kind: 'dropVip' });
       const peerLeads = o.peer?.role === 'leader' || o.peerPg.primary === true;
-      if (peerLeads && o.pg.up && o.pg.receiverStreaming === false && o.peer?.timeline !== undefined && o.pg.timeline !== undefined && o.peer.timeline > o.pg.timeline) {
+      // Rewind only onto a primary we can reach, after the receiver had time to reconnect by itself
+      // (a standby's own timeline is stale while it does not stream).
+      const receiverDownFor = m.receiverDownSince === undefined ? 0 : o.now - m.receiverDownSince;
+      if (o.peerPg.ok && o.peerPg.primary && o.pg.up && receiverDownFor >= 3 * s.checkInterval && o.peer?.timeline !== undefined && o.pg.timeline !== undefined && o.peer.timeline > o.pg.timeline) {
         acts.push({ kind: 'rejoin' });
         return done(`leader is on timeline ${o.peer.timeline}, we are on ${o.pg.timeline}`);
       }

@@ -349,7 +349,8 @@ export class SimCluster {
     if (!leader) return false;
     const f = this.other(leader);
     const st = leader.pg.status();
-    return Boolean(leader.vip && f.pg.running && f.pg.standbySignal && st.standby?.syncState === 'sync' && leader.controller?.role === 'leader' && f.controller?.role === 'follower');
+    return Boolean(leader.vip && f.pg.running && f.pg.standbySignal && st.standby?.syncState === 'sync' && leader.controller?.role === 'leader' && f.controller?.role === 'follower'
+      && this.witnessRecord?.holder === leader.name && this.witnessRecord.promotable === f.name);
   }
 
   // ------------------------------------------------------------------ run

@@ -10,6 +10,7 @@ import { registerRender } from './commands/render.ts';
 import { registerSeed } from './commands/seed.ts';
 import { registerValidate } from './commands/validate.ts';
 import { registerVersion } from './commands/version.ts';
+import { registerWitness } from './commands/witness.ts';
 import { contextFrom, type CliContext } from './context.ts';
 
 export interface MainIo {
@@ -46,6 +47,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerQemu(program, ctx);
   registerVersion(program, ctx);
   registerValidate(program, ctx);
+  registerWitness(program, ctx);
   registerCompletion(program, ctx);
   for (const cmd of program.commands) cmd.exitOverride().configureOutput({ writeOut: io.stdout, writeErr: io.stderr });
   return program;
