@@ -118,6 +118,36 @@ async function procComm(pid: number): Promise<string | undefined | null> {
   }
 }
 
+/** The process has exited and waits to be reaped (state Z or X in /proc/<pid>/stat). */
+async function isZombie(pid: number): Promise<boolean> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state === 'Z' || state === 'X';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A postmaster killed outright stays a zombie when its parent (here, whatever adopted it) does not
+ * reap it, and PostgreSQL then refuses to start: its lock file names a "live" pid. PostgreSQL's
+ * own shared-memory check still refuses if any of its old backends lingers.
+ */
+export async function removeZombieLock(dataDir: string, log: LogPort): Promise<void> {
+  const file = join(dataDir, 'postmaster.pid');
+  let pid: number;
+  try {
+    pid = Number((await readFile(file, 'utf8')).split('\n')[0]);
+  } catch {
+    return;
+  }
+  if (Number.isInteger(pid) && pid > 1 && (await isZombie(pid))) {
+    log.warn({ event: 'pg-start', pid }, `postmaster ${pid} is a zombie: removing its stale postmaster.pid`);
+    await rm(file, { force: true });
+  }
+}
+
 /** The pid in postmaster.pid if that process is alive and a PostgreSQL process; undefined otherwise. */
 export async function livePostmasterPid(dataDir: string): Promise<number | undefined> {
   let text: string;
@@ -130,6 +160,8 @@ export async function livePostmasterPid(dataDir: string): Promise<number | undef
   if (!Number.isInteger(pid) || pid <= 1) return undefined;
   const comm = await procComm(pid);
   if (comm === undefined) return undefined;
+  // A killed postmaster whose parent never reaps it stays a zombie: it runs nothing.
+  if (await isZombie(pid)) return undefined;
   if (comm !== null) return /^(postgres|postmaster)/.test(comm) ? pid : undefined;
   try {
     process.kill(pid, 0);
@@ -309,6 +341,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
     async start(): Promise<void> {
       if ((await status()).up) return;
       if (!(await postmasterRunning())) {
+        await removeZombieLock(dataDir, log);
         await prepare();
         await pgc.run(pgc.pgCtlStartPlan(ctx), 120_000);
       }
