@@ -14,7 +14,7 @@ export interface Observation {
 export interface Memory {
   /** Last time the peer answered on any path. */
   peerSeenAt: number;
-  /** Follower: last time a leader was visible (its agent, its PostgreSQL as primary, or our WAL receiver streaming). */
+  /** Follower: last time a leader was visible (its agent, or its PostgreSQL as primary). */
   leaderSeenAt: number;
   /** Leader: the standby's flush LSN and when it last advanced. */
   standbyFlush?: bigint;
@@ -69,7 +69,9 @@ export const PG_RESTART_LIMIT = 3;
 export function remember(m: Memory, o: Observation, role: Role): Memory {
   const next = { ...m };
   if (o.peer || o.peerPg.ok) next.peerSeenAt = o.now;
-  if (o.peer?.role === 'leader' || o.peerPg.primary || o.pg.receiverStreaming) next.leaderSeenAt = o.now;
+  // Our WAL receiver is no evidence: it reports "streaming" until TCP keepalives give up (~9 s)
+  // on a dead primary. Asking the witness early is harmless: it refuses while the lease lives.
+  if (o.peer?.role === 'leader' || o.peerPg.primary) next.leaderSeenAt = o.now;
   if (o.pg.up) next.pgRestarts = 0;
   next.receiverDownSince = o.pg.up && o.pg.inRecovery && !o.pg.receiverStreaming ? (m.receiverDownSince ?? o.now) : undefined;
   const flush = o.pg.standby?.flushLsn ?? undefined;
