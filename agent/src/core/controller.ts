@@ -76,8 +76,7 @@ export class Controller {
 
   // ---------------------------------------------------------------- state
 
-  private async setRole(to: Role, reason: string, generation = this.meta.generation, timeline = this.meta.timeline): Promise<void> {
-    const from = this.meta.role;
+  private async setRole(to: Role, reason: string, generation = this.meta.generation, timeline = this.meta.timeline, from: Role = this.meta.role): Promise<void> {
     if (generation < this.meta.generation) generation = this.meta.generation;
     this.meta = { ...this.meta, role: to, generation, timeline, lastTransition: { at: new Date().toISOString(), from, to, reason } };
     this.snapshot.transitions++;
@@ -235,11 +234,13 @@ export class Controller {
             }
           }
           if (!this.arbiter || this.leaseValid()) {
+            const from = this.meta.role;
+            // In memory first, so the lease keeper renews while initdb runs.
             this.meta = { ...this.meta, role: 'leader', generation };
             this.p.log.info({ event: 'bootstrap' }, 'bootstrap leader: initdb');
             await this.p.pg.initPrimary(syncNames);
             const st = await this.p.pg.status();
-            await this.setRole('leader', 'bootstrap leader initialized the database', generation, st.timeline);
+            await this.setRole('leader', 'bootstrap leader initialized the database', generation, st.timeline, from);
             if (this.mayWrite()) await this.p.vip.take();
             return;
           }
@@ -289,12 +290,13 @@ export class Controller {
     if (this.fencing) return this.fencing;
     this.fencing = (async () => {
       this.dropLease();
-      if (this.meta.role === 'leader') {
+      const from = this.meta.role;
+      if (from === 'leader') {
         this.meta = { ...this.meta, role: 'fenced' };
         this.p.log.warn({ event: 'fence', reason }, `fencing: ${reason}`);
       }
       await this.fenceNow(reason);
-      await this.setRole('fenced', reason);
+      await this.setRole('fenced', reason, this.meta.generation, this.meta.timeline, from);
     })().finally(() => {
       this.fencing = undefined;
     });
