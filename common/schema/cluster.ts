@@ -21,11 +21,18 @@ export const NodeSchema = z.strictObject({
   mac: macAddress.optional(),
 });
 
+/**
+ * The failover witness. Only `lease` (a geminik8s witness on a third box, an arbiter that records
+ * the lease holder, the generation and who may be promoted) and `none` (manual failover) are
+ * accepted by `clusterRules`. The probe types `gateway`, `tcp` and `http` still parse, so that a
+ * file using one is refused with the reason (see PROBE_WITNESS_REASON) instead of a bare
+ * "invalid union" error.
+ */
 export const WitnessSchema = z.discriminatedUnion('type', [
   z.strictObject({ type: z.literal('gateway') }),
   z.strictObject({ type: z.literal('tcp'), host: z.union([ipv4, z.hostname()]), port: z.number().int().min(1).max(65535) }),
   z.strictObject({ type: z.literal('http'), url: z.url({ protocol: /^https?$/ }) }),
-  // A geminik8s witness (`geminik8s-agent witness`): an arbiter holding a lease, not just a probe.
+  // A geminik8s witness on a third box: an arbiter holding a lease, not just a probe.
   z.strictObject({ type: z.literal('lease'), url: z.url({ protocol: /^https?$/ }) }),
   z.strictObject({ type: z.literal('none') }),
 ]);
@@ -56,6 +63,18 @@ export const K3S_MANAGED_FLAGS: Readonly<Record<string, string>> = {
 
 export const SYNC_POLICIES = ['degrade', 'strict'] as const;
 
+/** Default port of the geminik8s witness (`init --witness HOST` means http://HOST:7444). */
+export const WITNESS_DEFAULT_PORT = 7444;
+
+/** Witness types that only probe reachability; refused by clusterRules. */
+export const PROBE_WITNESS_TYPES = ['gateway', 'tcp', 'http'] as const;
+
+/** Why a reachability probe is refused as a witness (design decision 3). */
+export const PROBE_WITNESS_REASON =
+  'a reachability probe cannot tell a dead leader from one cut off from its peer, so with it the follower can promote ' +
+  'while the old leader still accepts writes (two writable primaries, the VIP on both nodes) and, with syncPolicy degrade, ' +
+  'acknowledged writes are lost';
+
 /** The spec of a cluster: everything both nodes share. Embedded as-is in each node's seed. */
 export const ClusterSpecSchema = z.strictObject({
   name: dnsLabel,
@@ -68,7 +87,7 @@ export const ClusterSpecSchema = z.strictObject({
   }),
   nodes: z.array(NodeSchema).length(2, 'a geminik8s cluster has exactly two nodes'),
   bootstrapLeader: dnsLabel.optional(),
-  witness: WitnessSchema.default({ type: 'gateway' }),
+  witness: WitnessSchema.default({ type: 'none' }),
   k3s: z
     .strictObject({
       clusterCidr: cidr.default('10.42.0.0/16'),
@@ -157,8 +176,28 @@ export function clusterRules(spec: ClusterSpec): RuleIssue[] {
       issues.push({ path: ['network', 'gateway'], message: 'the gateway must differ from the node IPs and the VIP', found: network.gateway });
     }
   }
-  if (spec.witness.type === 'gateway' && !network.gateway) {
-    issues.push({ path: ['witness', 'type'], related: [['network', 'gateway']], message: 'the gateway witness needs network.gateway', expected: 'network.gateway set (init: --gateway), or another witness type (init: --witness none|tcp://HOST:PORT|http://URL)' });
+  const witness = spec.witness;
+  if ((PROBE_WITNESS_TYPES as readonly string[]).includes(witness.type)) {
+    issues.push({
+      path: ['witness', 'type'],
+      message: `the ${witness.type} witness is refused: ${PROBE_WITNESS_REASON}`,
+      found: witness.type,
+      expected: `lease (a geminik8s witness on a third box; init: --witness HOST[:PORT], port ${WITNESS_DEFAULT_PORT} by default) or none (manual failover)`,
+    });
+  }
+  if (witness.type === 'lease') {
+    const host = witnessHost(witness.url);
+    const onNode = nodes.find((n) => n.ip === host);
+    const where = onNode ? `node ${onNode.name}'s IP` : host === network.vip ? 'the VIP' : host !== undefined && isLoopback(host) ? 'a loopback address (on each node, the node itself)' : undefined;
+    if (where) {
+      issues.push({
+        path: ['witness', 'url'],
+        message: `the witness must run on a third box, not on a node nor behind the VIP: this URL points at ${where}, so losing that node loses the arbiter too`,
+        found: witness.url,
+        expected: `the URL of a geminik8s witness on a box other than ${a.ip}, ${b.ip} and ${network.vip}`,
+        related: [['nodes'], ['network', 'vip']],
+      });
+    }
   }
   if (spec.bootstrapLeader && !nodes.some((n) => n.name === spec.bootstrapLeader)) {
     issues.push({ path: ['bootstrapLeader'], message: 'must name one of the two nodes', found: JSON.stringify(spec.bootstrapLeader), expected: `${JSON.stringify(a.name)} or ${JSON.stringify(b.name)}` });
@@ -203,6 +242,19 @@ export function clusterRules(spec: ClusterSpec): RuleIssue[] {
   return issues;
 }
 
+/** The host of a witness URL, without IPv6 brackets; undefined when it does not parse. */
+function witnessHost(url: string): string | undefined {
+  try {
+    return new URL(url).hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+  } catch {
+    return undefined;
+  }
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host.endsWith('.localhost') || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
 function ipPart(n: number): string {
   return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
 }
@@ -230,7 +282,7 @@ export function peerOf(spec: ClusterSpec, nodeName: string): ClusterNode {
   return peer;
 }
 
-/** The witness as a concrete probe target. */
+/** The witness as a concrete target. The probe kinds are refused by clusterRules (and by the agent). */
 export type WitnessTarget =
   | { kind: 'icmp'; host: string }
   | { kind: 'tcp'; host: string; port: number }

@@ -30,6 +30,57 @@ test('init writes a commented cluster.yaml that validates, and 0600 secrets in a
   }
 });
 
+test('init without --witness writes witness none (manual failover) and explains both choices in the comment', async (t) => {
+  const dir = tempDir();
+  const r = await cli(...BASE, '--config-dir', dir);
+  t.is(r.code, 0, r.stderr);
+  const text = readFileSync(join(dir, 'cluster.yaml'), 'utf8');
+  t.regex(text, /^witness:\n {2}type: none\n/m);
+  t.deepEqual((await loadCluster(join(dir, 'cluster.yaml'))).witness, { type: 'none' });
+  const comment = /((?:^#.*\n)+)^witness:/m.exec(text)?.[1] ?? '';
+  t.regex(comment, /type: lease.*url: http:\/\/HOST:7444/);
+  t.regex(comment, /third box/);
+  t.regex(comment, /geminik8s witness serve/);
+  t.regex(comment, /automatic failover/);
+  t.regex(comment, /type: none +\(the default\) manual failover only/);
+  t.regex(comment, /geminik8s failover/);
+  t.regex(text, /record at the witness that nobody may be promoted, then drop to async/);
+  t.regex(text, /by its own deadline: fenceAfter after it sent the last renewal/);
+  t.regex(text, /lease expire promoteAfter after granting it/);
+  t.regex(text, /fenceAfter \+ checkInterval < promoteAfter/);
+  t.notRegex(text, /type: gateway|default (failover )?witness/i, 'the gateway is no longer offered as the witness');
+});
+
+for (const [flag, url] of [['10.0.0.9', 'http://10.0.0.9:7444'], ['10.0.0.9:8000', 'http://10.0.0.9:8000'], ['witness.example.org', 'http://witness.example.org:7444'], ['https://10.0.0.9:9443', 'https://10.0.0.9:9443']] as const) {
+  test(`init --witness ${flag} writes the lease witness at ${url}`, async (t) => {
+    const dir = tempDir();
+    const r = await cli(...BASE, '--witness', flag, '--config-dir', dir);
+    t.is(r.code, 0, r.stderr);
+    t.regex(readFileSync(join(dir, 'cluster.yaml'), 'utf8'), new RegExp(`^witness:\\n {2}type: lease\\n {2}url: ${url.replace(/\./g, '\\.')}\\n`, 'm'));
+    t.deepEqual((await loadCluster(join(dir, 'cluster.yaml'))).witness, { type: 'lease', url });
+  });
+}
+
+test('init --witness none is accepted; a probe witness or a witness on a node is refused, naming --witness (exit 2)', async (t) => {
+  const dir = tempDir();
+  const none = await cli(...BASE, '--witness', 'none', '--config-dir', dir);
+  t.is(none.code, 0, none.stderr);
+  t.deepEqual((await loadCluster(join(dir, 'cluster.yaml'))).witness, { type: 'none' });
+  for (const spec of ['gateway', 'tcp://10.0.0.9:7444']) {
+    const r = await cli(...BASE, '--witness', spec, '--dry-run');
+    t.is(r.code, 2, spec);
+    t.regex(r.stderr, /--witness: witness\.type: the (gateway|tcp) witness is refused: a reachability probe cannot tell a dead leader from one cut off from its peer/, spec);
+  }
+  for (const spec of ['192.168.10.11', '192.168.10.12:7444', 'http://192.168.10.50:7444']) {
+    const r = await cli(...BASE, '--witness', spec, '--dry-run');
+    t.is(r.code, 2, spec);
+    t.regex(r.stderr, /--witness: witness\.url: the witness must run on a third box/, spec);
+  }
+  const port = await cli(...BASE, '--witness', '10.0.0.9:70000', '--dry-run');
+  t.is(port.code, 2);
+  t.regex(port.stderr, /--witness: witness: not a witness.*port must be 1-65535/);
+});
+
 test('init refuses to overwrite without --force (exit 5) and keeps secrets with --force', async (t) => {
   const dir = tempDir();
   t.is((await cli(...BASE, '--config-dir', dir)).code, 0);
@@ -86,7 +137,7 @@ test('init --interactive without a terminal refuses cleanly (exit 2)', async (t)
 
 test('init --interactive on a terminal asks for each missing value', async (t) => {
   // `script` gives the CLI a pseudo-terminal; answers are typed ahead, as a paste would be.
-  const answers = 'site-x\n192.168.20.11\n192.168.20.12\n192.168.20.50\n\n192.168.20.1\n\n';
+  const answers = 'site-x\n192.168.20.11\n192.168.20.12\n192.168.20.50\n\n192.168.20.1\n\n192.168.20.9\n';
   const cmd = `node ${join(ROOT, 'bin/geminik8s.js')} init --interactive --dry-run`;
   const r = await runPlan({ cmd: 'script', args: ['-qec', cmd, '/dev/null'], input: answers }, { allowFailure: true, timeoutMs: 60_000 });
   t.is(r.exitCode, 0, r.stdout + r.stderr);
@@ -94,4 +145,6 @@ test('init --interactive on a terminal asks for each missing value', async (t) =
   t.regex(r.stdout, /name: site-x/);
   t.regex(r.stdout, /vip: 192\.168\.20\.50/);
   t.regex(r.stdout, /gateway: 192\.168\.20\.1\b/);
+  t.regex(r.stdout, /Witness HOST\[:PORT\]/);
+  t.regex(r.stdout, /url: http:\/\/192\.168\.20\.9:7444/);
 });

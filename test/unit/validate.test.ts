@@ -1,7 +1,9 @@
 import test from 'ava';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { parse } from 'yaml';
 import { runPlan } from '../../common/exec.ts';
+import { ClusterSchema } from '../../common/schema/cluster.ts';
 import { cli } from '../helpers/cli.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 
@@ -53,6 +55,8 @@ const edit = (base: string, from: string, to: string): string => {
   return base.replace(from, to);
 };
 
+const PROBE_REFUSED = /witness is refused: a reachability probe cannot tell a dead leader from one cut off from its peer.*two writable primaries.*acknowledged writes are lost/;
+
 interface Case {
   title: string;
   text: string;
@@ -81,7 +85,16 @@ const CASES: Case[] = [
   { title: 'duplicate key', text: edit(CLUSTER, 'name: site-a', 'name: site-a\nname: site-b'), expect: [{ at: '4:1', path: '', message: /YAML syntax.*unique/i }] },
   { title: 'YAML syntax error', text: edit(CLUSTER, 'nodes:', 'nodes: [unclosed'), expect: [{ at: '8:9', path: '', message: /YAML syntax/ }] },
   { title: 'bootstrapLeader unknown', text: `${CLUSTER}bootstrapLeader: node3\n`, expect: [{ at: '13:18', path: 'bootstrapLeader', message: /one of the two nodes/ }] },
-  { title: 'gateway witness without a gateway', text: edit(CLUSTER, '  gateway: 192.168.10.1\n', ''), expect: [{ at: '1:1', path: 'witness.type', message: /needs network.gateway/ }] },
+  // Reachability probes are refused as witnesses whatever the sync policy (design decision 3).
+  ...(['degrade', 'strict'] as const).flatMap((policy) => [
+    { title: `gateway (ICMP) witness refused, syncPolicy ${policy}`, text: `${CLUSTER}witness:\n  type: gateway\npostgresql:\n  syncPolicy: ${policy}\n`, expect: [{ at: '14:9', path: 'witness.type', message: PROBE_REFUSED }] },
+    { title: `tcp witness refused, syncPolicy ${policy}`, text: `${CLUSTER}witness:\n  type: tcp\n  host: 192.168.10.9\n  port: 7444\npostgresql:\n  syncPolicy: ${policy}\n`, expect: [{ at: '14:9', path: 'witness.type', message: PROBE_REFUSED }] },
+    { title: `http witness refused, syncPolicy ${policy}`, text: `${CLUSTER}witness:\n  type: http\n  url: http://192.168.10.9/healthz\npostgresql:\n  syncPolicy: ${policy}\n`, expect: [{ at: '14:9', path: 'witness.type', message: PROBE_REFUSED }] },
+  ]),
+  { title: 'lease witness on a node', text: `${CLUSTER}witness:\n  type: lease\n  url: http://192.168.10.12:7444\n`, expect: [{ at: '15:8', path: 'witness.url', message: /third box.*node node2's IP/ }] },
+  { title: 'lease witness behind the VIP', text: `${CLUSTER}witness:\n  type: lease\n  url: https://192.168.10.50:7444/\n`, expect: [{ at: '15:8', path: 'witness.url', message: /third box.*the VIP/ }] },
+  { title: 'lease witness on loopback', text: `${CLUSTER}witness:\n  type: lease\n  url: http://127.0.0.1:7444\n`, expect: [{ at: '15:8', path: 'witness.url', message: /third box.*loopback/ }] },
+  { title: 'seed: probe witness inside the seed', text: edit(SEED, '  nodes:\n', '  witness: { type: gateway }\n  nodes:\n'), expect: [{ at: '7:20', path: 'cluster.witness.type', message: PROBE_REFUSED }] },
   { title: 'cluster CIDR overlaps the node subnet', text: `${CLUSTER}k3s:\n  clusterCidr: 192.168.0.0/16\n`, expect: [{ at: '14:16', path: 'k3s.clusterCidr', message: /overlaps the nodes' subnet/ }] },
   { title: 'K3s extra arg that geminik8s owns', text: `${CLUSTER}k3s:\n  extraArgs: [--kubelet-arg=max-pods=200, --cluster-init]\n`, expect: [{ at: '14:43', path: 'k3s.extraArgs.1', message: /--cluster-init is set by geminik8s: geminik8s never runs embedded etcd/ }] },
   { title: 'wrong apiVersion', text: edit(CLUSTER, 'geminik8s.io/v1alpha1', 'geminik8s.io/v9'), expect: [{ at: '1:13', path: 'apiVersion', message: /.*/ }] },
@@ -142,6 +155,22 @@ test('valid files pass, and the shipped examples are valid', async (t) => {
   t.is(r.code, 0, r.stderr);
   t.regex(r.stdout, /c\.yaml: ok \(Cluster\)/);
   t.regex(r.stdout, /s\.yaml: ok \(NodeSeed\)/);
+});
+
+test('witness: the default is none (manual failover), a lease witness on a third box is valid, a probe is refused with what to use instead', async (t) => {
+  t.deepEqual(ClusterSchema.parse(parse(CLUSTER, { version: '1.1' })).witness, { type: 'none' });
+  const dir = tempDir();
+  const lease = join(dir, 'lease.yaml');
+  writeFileSync(lease, `${CLUSTER}witness:\n  type: lease\n  url: http://192.168.10.9:7444\n`);
+  const ok = await cli('validate', lease);
+  t.is(ok.code, 0, ok.stderr);
+  const probe = join(dir, 'probe.yaml');
+  writeFileSync(probe, `${CLUSTER}witness:\n  type: gateway\n`);
+  const r = await cli('validate', probe);
+  t.is(r.code, 2);
+  t.regex(r.stderr, new RegExp(`${probe}:14:9: witness\\.type: the gateway witness is refused: a reachability probe cannot tell a dead leader from one cut off from its peer`));
+  t.regex(r.stderr, /\(found gateway; expected lease \(a geminik8s witness on a third box; init: --witness HOST\[:PORT\], port 7444 by default\) or none \(manual failover\)\)/);
+  t.notRegex(r.stderr, /invalid union|invalid input/i, 'the probe types still parse, so the reason is given instead');
 });
 
 test('a missing file exits 2 naming it', async (t) => {

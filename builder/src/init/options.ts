@@ -1,5 +1,5 @@
 import type { ValidationIssue } from '../../../common/errors.ts';
-import { ClusterSchema, clusterRules, type Cluster } from '../../../common/schema/cluster.ts';
+import { ClusterSchema, clusterRules, WITNESS_DEFAULT_PORT, type Cluster } from '../../../common/schema/cluster.ts';
 import { API_VERSION } from '../../../common/schema/image.ts';
 import { issuesFromZod, locate, type SourceDocument } from '../../../common/source.ts';
 
@@ -46,13 +46,29 @@ export const FLAG_FOR_PATH: Record<string, string> = {
 /** The shape written to cluster.yaml: user-facing (durations as text), before normalization. */
 export type ClusterInput = Record<string, unknown> & { nodes: Record<string, unknown>[] };
 
-/** Parse `--witness`: gateway | none | tcp://host:port | http(s)://url. */
+const WITNESS_FORMS = `HOST[:PORT] (a geminik8s witness on a third box, port ${WITNESS_DEFAULT_PORT} by default), http(s)://URL (the same, by URL) or none (manual failover)`;
+
+/**
+ * Parse `--witness`:
+ * - `HOST[:PORT]` or `http(s)://URL`: the geminik8s lease witness (`{type: lease, url}`);
+ * - `none`: no witness, manual failover.
+ * The old probe forms `gateway` and `tcp://HOST:PORT` are still recognized, so that validation
+ * refuses them with the reason rather than reading `gateway` as a host name.
+ */
 export function parseWitness(value: string): Record<string, unknown> | { error: string } {
-  if (value === 'gateway' || value === 'none') return { type: value };
-  if (/^https?:\/\//.test(value)) return { type: 'http', url: value };
-  const tcp = /^tcp:\/\/([^:/]+):(\d+)$/.exec(value);
+  const v = value.trim();
+  if (v === 'none') return { type: 'none' };
+  if (v === 'gateway') return { type: 'gateway' };
+  const tcp = /^tcp:\/\/([^:/]+):(\d+)$/.exec(v);
   if (tcp) return { type: 'tcp', host: tcp[1], port: Number(tcp[2]) };
-  return { error: 'expected gateway, none, tcp://HOST:PORT or http(s)://URL' };
+  if (/^https?:\/\//i.test(v)) return { type: 'lease', url: v };
+  const hostPort = /^([A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::(\d+))?$/.exec(v);
+  if (hostPort) {
+    const port = hostPort[2] === undefined ? WITNESS_DEFAULT_PORT : Number(hostPort[2]);
+    if (!Number.isInteger(port) || port < 1 || port > 65535) return { error: `${WITNESS_FORMS}; the port must be 1-65535` };
+    return { type: 'lease', url: `http://${hostPort[1]}:${port}` };
+  }
+  return { error: WITNESS_FORMS };
 }
 
 function setIn(target: Record<string, unknown>, path: (string | number)[], value: unknown): void {
@@ -76,7 +92,8 @@ export function buildClusterInput(flags: InitFlags, template?: Record<string, un
     name: 'site',
     network: { interface: 'eth0', prefix: 24, gateway: undefined, dns: [], vip: undefined },
     nodes: [{ name: 'node1' }, { name: 'node2' }],
-    witness: { type: 'gateway' },
+    // Safe without a third box: no automatic failover. `--witness HOST` enables it.
+    witness: { type: 'none' },
     k3s: { disable: ['servicelb'] },
     postgresql: { syncPolicy: 'degrade' },
     failover: { checkInterval: '1s', checkTimeout: '800ms', fenceAfter: '4s', promoteAfter: '6s', degradeAfter: '5s' },

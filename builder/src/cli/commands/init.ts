@@ -28,8 +28,9 @@ const PROMPTS: { key: keyof InitFlags; flag: string; question: string; fallback?
   { key: 'node2Ip', flag: '--node2-ip', question: 'IP of node2' },
   { key: 'vip', flag: '--vip', question: 'Virtual IP of the control plane' },
   { key: 'prefix', flag: '--prefix', question: 'Subnet prefix length', fallback: '24' },
-  { key: 'gateway', flag: '--gateway', question: 'Gateway (also the default witness)' },
+  { key: 'gateway', flag: '--gateway', question: 'Gateway (empty for none)' },
   { key: 'interface', flag: '--interface', question: 'Network interface', fallback: 'eth0' },
+  { key: 'witness', flag: '--witness', question: 'Witness HOST[:PORT] on a third box for automatic failover, or none for manual failover', fallback: 'none' },
 ];
 
 export function registerInit(program: Command, ctx: () => CliContext): void {
@@ -46,9 +47,9 @@ export function registerInit(program: Command, ctx: () => CliContext): void {
     .option('--vip <ip>', 'virtual IP of the control plane and PostgreSQL')
     .option('--interface <name>', 'network interface (default eth0)')
     .option('--prefix <len>', 'subnet prefix length (default 24)')
-    .option('--gateway <ip>', 'default gateway (also the default witness)')
+    .option('--gateway <ip>', 'default gateway')
     .option('--dns <ip>', 'DNS server (repeat, or comma-separated)', collect)
-    .option('--witness <spec>', 'failover witness: gateway | none | tcp://HOST:PORT | http(s)://URL')
+    .option('--witness <spec>', 'failover arbiter: HOST[:PORT] or http(s)://URL of a geminik8s witness on a third box (port 7444 by default; automatic failover), or none (manual failover; the default)')
     .addOption(new Option('--sync-policy <policy>', 'what the leader does when the standby is lost').choices(['degrade', 'strict']))
     .option('--config-dir <dir>', 'where to write cluster.yaml and secrets/', '.')
     .option('--template <file>', 'a partial cluster.yaml whose values are defaults for the flags')
