@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import pino from 'pino';
 import { Agent } from './agent.ts';
+import { watchdogMs } from './core/controller.ts';
 import { firstboot } from './firstboot.ts';
 import { startApi } from './api.ts';
 import { loadAgentConfig, loadSeedFile, nodeContext } from './context.ts';
@@ -53,8 +54,8 @@ async function run(args: string[]): Promise<number> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  // The guard timer pings systemd; the watchdog fires within fenceAfter of a silent agent, which
-  // stops PostgreSQL with it (BindsTo=) before the witness can hand the lease over.
+  // The guard timer pings systemd (a leader only while its lease outlasts the watchdog period), so
+  // a frozen agent is killed, and PostgreSQL stopped with it (BindsTo=), before the lease can pass.
   let lastPing = 0;
   const watchdog = watchdogIntervalMs() !== undefined;
   agent.heartbeat = () => {
@@ -63,7 +64,7 @@ async function run(args: string[]): Promise<number> {
     lastPing = now;
     void sdNotify(`WATCHDOG=1\nSTATUS=role ${agent.role}`);
   };
-  if (watchdog) await sdNotify(`WATCHDOG_USEC=${ctx.spec.failover.fenceAfter * 1000}`);
+  if (watchdog) await sdNotify(`WATCHDOG_USEC=${Math.round(watchdogMs(ctx.spec.failover.fenceAfter) * 1000)}`);
   const server = await startApi(agent);
   log.info({ event: 'start', version: VERSION, api: ctx.apiPort, witness: ctx.witness.kind }, `geminik8s agent ${VERSION} starting`);
   await agent.init();

@@ -53,6 +53,18 @@ test('isolated leader (clients still reach it): it fences before the witness han
   t.true((c.witnessRecord?.generation ?? 0) >= 2);
 });
 
+test('isolated leader whose agent then freezes before its deadline: the watchdog stops it before the handover (seed 827 of the first 100,000-seed run)', async (t) => {
+  const c = await scenario(21, (c) => {
+    c.world.at(20_000, () => {
+      for (const o of ['n2', 'witness', 'client']) cutBoth(c, 'n1', o);
+    });
+    // Frozen after its last renewal but before its own deadline: the guard cannot run.
+    c.world.at(23_700, () => c.pauseAgent(c.node('n1'), 12_000));
+  }, 60_000);
+  t.deepEqual(c.violations, [], report(c));
+  t.is(c.witnessRecord?.holder, 'n2');
+});
+
 test('witness restart during a peer cut: the record survives, nobody else gets the lease', async (t) => {
   const c = await scenario(13, (c) => {
     c.world.at(20_000, () => cutBoth(c, 'n1', 'n2'));

@@ -7,6 +7,14 @@ import { decide, remember, type Action, type Memory, type Observation } from './
 /** Guard period: fencing deadline checks and supervisor heartbeats, independent of the loop. */
 export const GUARD_MS = 100;
 
+/** The supervisor's watchdog period: half of fenceAfter (the agent sets WATCHDOG_USEC to it). */
+export function watchdogMs(fenceAfter: number): number {
+  return fenceAfter / 2;
+}
+
+/** A leader stops signalling life this long before its watchdog period would outlast its lease. */
+export const WATCHDOG_SLACK_MS = 500;
+
 /** What /v1/status and /metrics show of the controller. */
 export interface ControllerSnapshot {
   observation?: Observation;
@@ -263,7 +271,9 @@ export class Controller {
 
   /** The guard: fence by our own deadline, whatever the loop is doing; and tell the supervisor we live. */
   private guard(): void {
-    this.p.heartbeat();
+    // A leader signals life only while its lease outlasts the watchdog period: a frozen leader is
+    // then killed (and its PostgreSQL stopped with it) by about its own deadline, whatever froze it.
+    if (!this.arbiter || this.meta?.role !== 'leader' || this.leaseDeadline - this.p.clock.now() > watchdogMs(this.s.fenceAfter) - WATCHDOG_SLACK_MS) this.p.heartbeat();
     if (this.arbiter && this.meta?.role === 'leader' && !this.leaseValid() && !this.switching) {
       void this.fence('our lease deadline passed without a granted renewal');
     }

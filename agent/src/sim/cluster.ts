@@ -1,5 +1,5 @@
 import type { HostMeta } from '../../../common/schema/hostmeta.ts';
-import { Controller } from '../core/controller.ts';
+import { Controller, watchdogMs } from '../core/controller.ts';
 import type { ControllerSettings, LogPort, PeerView, Ports } from '../core/ports.ts';
 import type { ArbiterRecord } from '../witness/arbiter.ts';
 import { WitnessService } from '../witness/service.ts';
@@ -312,11 +312,11 @@ export class SimCluster {
       w.at(w.now + this.rng.between(30, 150), client);
     };
     w.at(3000, client);
-    // systemd's watchdog (WATCHDOG_USEC = fenceAfter): a silent agent is killed, PostgreSQL with it.
+    // systemd's watchdog (WATCHDOG_USEC = fenceAfter / 2): a silent agent is killed, PostgreSQL with it.
     const watchdog = (): void => {
       if (w.now > until) return;
       for (const n of this.nodes) {
-        if (n.proc.alive && w.now - n.lastHeartbeat > this.settings.fenceAfter) this.crashAgent(n, 'killed by the watchdog', this.rng.between(500, 3000));
+        if (n.proc.alive && w.now - n.lastHeartbeat > watchdogMs(this.settings.fenceAfter)) this.crashAgent(n, 'killed by the watchdog', this.rng.between(500, 3000));
       }
       w.at(w.now + 100, watchdog);
     };
