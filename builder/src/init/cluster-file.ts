@@ -18,7 +18,7 @@ const COMMENTS: Record<string, string> = {
     '   type: lease, url: http://HOST:7444  a geminik8s witness on a third box (not a node, not the VIP),',
     '       started there with `geminik8s witness serve`; enables automatic failover (init: --witness HOST[:PORT]).',
     '   type: none  (the default) manual failover only: the follower never promotes by itself; after making',
-    '       sure the leader is down, promote it with `geminik8s failover`.',
+    '       sure the leader is down, an operator promotes the follower by hand (`geminik8s failover` is planned).',
     ' Reachability probes (gateway, tcp, http) are refused: they cannot tell a dead leader from one cut off',
     ' from its peer, so the follower could promote while the old leader still accepts writes.',
   ].join('\n'),
