@@ -80,7 +80,24 @@ test.after.always(async () => {
   for (const vm of vms.splice(0)) await vm.stop();
 });
 
+/** On failure, what the agents said: the tail of each open guest's agent and PostgreSQL journal. */
+async function dumpJournals(t: { log: (...v: unknown[]) => void }): Promise<void> {
+  for (const [i, s] of shells.entries()) {
+    const r = await s.run('journalctl -b -u geminik8s-agent -u geminik8s-postgresql --no-pager -o cat | tail -n 60').catch((err: Error) => ({ code: -1, output: `(no journal: ${err.message})` }));
+    t.log(`guest shell ${i + 1} journal:\n${r.output}`);
+  }
+}
+
 test.serial('two nodes from one image: leader primary, follower synchronous, VIP on the leader, a write through the VIP on both, hostmeta agreed, follower rejoins after a reboot without a re-clone', async (t) => {
+  try {
+    await pairTest(t);
+  } catch (err) {
+    await dumpJournals(t);
+    throw err;
+  }
+});
+
+async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   const port = await freePort();
   const [disk1, disk2] = await Promise.all([nodeDisk('node1'), nodeDisk('node2')]);
   const logDir = tempDir('gk-e2e-cluster-logs-');
@@ -147,7 +164,7 @@ test.serial('two nodes from one image: leader primary, follower synchronous, VIP
   t.is(await sql(s2b, 'select v from e2e_probe'), 'through-the-vip');
   const cloned = await s2b.run('journalctl -b -u geminik8s-agent --no-pager | grep -c pg_basebackup');
   t.is(cloned.output.trim(), '0', 'no pg_basebackup in this boot');
-});
+}
 
 test.serial('a node booted with a bad seed ends "unconfigured", with the error on its serial console, nothing destroyed', async (t) => {
   const disk = await nodeDisk('node1');
