@@ -58,11 +58,16 @@ async function run(args: string[]): Promise<number> {
   // a frozen agent is killed, and PostgreSQL stopped with it (BindsTo=), before the lease can pass.
   let lastPing = 0;
   const watchdog = watchdogIntervalMs() !== undefined;
+  let pinging = false;
   agent.heartbeat = () => {
     const now = performance.now();
-    if (!watchdog || now - lastPing < 500) return;
+    // One systemd-notify at a time: on a loaded box a spawn can take seconds.
+    if (!watchdog || pinging || now - lastPing < 500) return;
     lastPing = now;
-    void sdNotify(`WATCHDOG=1\nSTATUS=role ${agent.role}`);
+    pinging = true;
+    void sdNotify(`WATCHDOG=1\nSTATUS=role ${agent.role}`).finally(() => {
+      pinging = false;
+    });
   };
   if (watchdog) await sdNotify(`WATCHDOG_USEC=${Math.round(watchdogMs(ctx.spec.failover.fenceAfter) * 1000)}`);
   const server = await startApi(agent);

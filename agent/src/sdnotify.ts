@@ -4,10 +4,10 @@ import { runPlan } from '../../common/exec.ts';
  * Tell systemd about readiness and liveness. Node has no unix datagram sockets, so the
  * message goes through `systemd-notify` with our PID (NotifyAccess=main needs --pid).
  */
-export async function sdNotify(state: string): Promise<boolean> {
+export async function sdNotify(state: string, timeoutMs = 10_000): Promise<boolean> {
   if (!process.env.NOTIFY_SOCKET) return false;
   const args = [`--pid=${process.pid}`, ...state.split('\n').filter(Boolean)];
-  const r = await runPlan({ cmd: 'systemd-notify', args }, { allowFailure: true, timeoutMs: 2000 });
+  const r = await runPlan({ cmd: 'systemd-notify', args }, { allowFailure: true, timeoutMs });
   return r.exitCode === 0;
 }
 
