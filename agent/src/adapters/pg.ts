@@ -434,6 +434,8 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
       await prepare();
       try {
         if (existsSync(marker)) throw new Error('the data directory is an unfinished clone or initdb: nothing to rewind');
+        // A freshly promoted source shows its old timeline in pg_control until a checkpoint (PostgreSQL docs, pg_rewind).
+        await pgc.withClient(ctx, ctx.peer.ip, (c) => c.query('CHECKPOINT'), 60_000);
         await pgc.run(pgc.rewindPlan(ctx), 10 * 60_000);
       } catch (err) {
         const why = err instanceof CommandFailedError ? lastLines(err.stderrTail, 5) || err.message.split('\n')[0]! : (err as Error).message.split('\n')[0]!;

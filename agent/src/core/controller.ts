@@ -338,6 +338,8 @@ export class Controller {
       const o = await this.observe();
       this.memory = remember(this.memory, o, this.meta.role);
       this.snapshot.observation = o;
+      // A leader holding its lease is never left read-only outside a switchover.
+      if (this.meta.role === 'leader' && o.pg.up && !o.pg.inRecovery && o.pg.readOnly && this.mayWrite()) await this.p.pg.setReadOnly(false);
       const d = decide(this.meta.role, this.memory, o, { arbiter: this.arbiter, valid: this.leaseValid(), promotable: this.promotable }, this.s);
       if (d.reason !== this.snapshot.decision) this.p.log.debug({ event: 'decision', role: this.meta.role, reason: d.reason }, d.reason);
       this.snapshot.decision = d.reason;
@@ -502,6 +504,8 @@ export class Controller {
     const { pg, vip, log } = this.p;
     const st = await pg.status();
     if (this.meta.role !== 'leader') return;
+    // The old leader of a switchover keeps default_transaction_read_only = on in its auto.conf.
+    if (st.readOnly && this.mayWrite()) await pg.setReadOnly(false);
     if (promoted || st.timeline !== this.meta.timeline) {
       this.meta = { ...this.meta, timeline: st.timeline };
       await this.persist();
