@@ -471,7 +471,6 @@ export class Controller {
     if (!answer) return;
     if (!answer.ok) {
       this.p.log.debug({ event: 'takeover', code: answer.code }, answer.reason);
-      if (answer.holder === this.s.self) return;
       return;
     }
     this.holdLease(sentAt, answer);

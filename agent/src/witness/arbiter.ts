@@ -149,7 +149,7 @@ export function arbitrate(state: ArbiterState, req: ArbiterRequest, now: number)
   }
 }
 
-/** Parse and check a request body; undefined when it is not a request. */
+/** Parse and check a request body; a string saying what is wrong when it is not a request. */
 export function parseRequest(body: unknown): ArbiterRequest | string {
   if (typeof body !== 'object' || body === null) return 'expected a JSON object';
   const b = body as Record<string, unknown>;
