@@ -14,6 +14,9 @@ import { testImage, type BuiltImage } from '../../helpers/test-image.ts';
 // guests only (QEMU socket netdev on 127.0.0.1). The test reads the guests through a root shell
 // on their virtio console (the test image's boot.debugShell), never through a network.
 const BOOT_TIMEOUT = 12 * 60_000;
+// The shell answers once the guest's console is free of boot output; on a loaded 2-core host
+// with TCG that took more than 120 s, so wait as long as a boot may take.
+const SHELL_TIMEOUT = BOOT_TIMEOUT;
 const NET = { node1: '192.168.77.11', node2: '192.168.77.12', vip: '192.168.77.50' };
 const MAC = { node1: '52:54:00:77:00:11', node2: '52:54:00:77:00:12', bad: '52:54:00:77:00:13' };
 const PG = '/usr/lib/postgresql/17/bin';
@@ -94,6 +97,10 @@ test.serial('two nodes from one image: leader primary, follower synchronous, VIP
   } catch (err) {
     await dumpJournals(t);
     throw err;
+  } finally {
+    // The pair is done with: two TCG guests left running starved the next test's guest of CPU.
+    for (const s of shells.splice(0)) s.close();
+    for (const vm of vms.splice(0)) await vm.stop();
   }
 });
 
@@ -111,9 +118,9 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   const [r1, r2] = await Promise.all([node1.waitFor(READY_MARKER, BOOT_TIMEOUT), node2.waitFor(READY_MARKER, BOOT_TIMEOUT)]);
   t.log(`node1: ${r1.line}`);
   t.log(`node2: ${r2.line}`);
-  const s1 = await GuestShell.open(node1.consoleSocket!, 120_000);
+  const s1 = await GuestShell.open(node1.consoleSocket!, SHELL_TIMEOUT);
   shells.push(s1);
-  const s2 = await GuestShell.open(node2.consoleSocket!, 120_000);
+  const s2 = await GuestShell.open(node2.consoleSocket!, SHELL_TIMEOUT);
   shells.push(s2);
 
   const syncState = await until('node2 to stream synchronously', 8 * 60_000, async () => {
@@ -156,7 +163,7 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   await node2.reset();
   const again = await node2.waitFor(READY_MARKER, BOOT_TIMEOUT, { since: mark });
   t.like(parseMarkerFields(again.line), { role: 'follower', boots: '2' });
-  const s2b = await GuestShell.open(node2.consoleSocket!, 120_000);
+  const s2b = await GuestShell.open(node2.consoleSocket!, SHELL_TIMEOUT);
   shells.push(s2b);
   await until('node2 to stream synchronously again', 5 * 60_000, async () => (/streaming sync/.test(await sql(s1, "select state || ' ' || sync_state from pg_stat_replication")) ? true : undefined));
   t.is((await s2b.check(`stat -c %i ${DATA}/PG_VERSION`)).trim(), inode, 'the data directory was not re-cloned');
@@ -182,7 +189,7 @@ test.serial('a node booted with a bad seed ends "unconfigured", with the error o
   t.regex(detail.line, /192\.168\.77\.300/);
   const ready = await vm.waitFor(READY_MARKER, BOOT_TIMEOUT);
   t.like(parseMarkerFields(ready.line), { role: 'unconfigured' });
-  const shell = await GuestShell.open(vm.consoleSocket!, 120_000);
+  const shell = await GuestShell.open(vm.consoleSocket!, SHELL_TIMEOUT);
   shells.push(shell);
   const status = JSON.parse(await shell.check('cat /var/lib/geminik8s/status.json'));
   t.is(status.state, 'unconfigured');
