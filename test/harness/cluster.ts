@@ -1,32 +1,109 @@
-import { mkdirSync, writeFileSync, chmodSync, readFileSync, existsSync, appendFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync, chmodSync, readFileSync, readdirSync, renameSync, existsSync, appendFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { runPlan, spawnPlan, type RunningProcess } from '../../common/exec.ts';
+import { loadCluster, loadSecrets, SECRET_FILES } from '../../common/config.ts';
 import { kinePassword } from '../../common/render/k3s.ts';
-import { API_VERSION } from '../../common/schema/image.ts';
+import type { Cluster } from '../../common/schema/cluster.ts';
 import type { Secrets } from '../../common/schema/seed.ts';
 import { buildAgent } from '../../agent/build.ts';
+import { clusterYamlText } from '../../builder/src/init/cluster-file.ts';
+import { buildClusterInput, validateClusterInput, type InitFlags } from '../../builder/src/init/options.ts';
+import { writeSecrets } from '../../builder/src/init/secrets.ts';
+import { SEED_FILE_IN_PARTITION } from '../../builder/src/render/cloud-init.ts';
+import { renderSeedFiles } from '../../builder/src/render/index.ts';
 import { createTopology, destroyNamespaces, inNs, NET, type Topology } from './netns.ts';
 
 export const PG_BIN = '/usr/lib/postgresql/15/bin';
 const ROOT = new URL('../../', import.meta.url).pathname;
-
-const SECRETS: Secrets = {
-  k3sToken: 'harness-k3s-token-0123456789',
-  postgresPassword: 'harness-postgres-password-0123',
-  replicationPassword: 'harness-replication-password-0123',
-  agentToken: 'harness-agent-token-0123456789',
-};
 
 export interface Ack {
   id: number;
   t: number;
 }
 
+/** One line of a node's write sampler (test/harness/sampler.ts). */
 export interface Sample {
   node: string;
+  /** The probe ran in [t, end] (ms since the epoch); a writable probe committed inside it. */
   t: number;
+  end: number;
   writable: boolean;
+  reason?: string;
+}
+
+/** A JSON log line of an agent or the witness, with the time the harness received it. */
+export interface LogEvent {
+  source: string;
+  at: number;
+  e: Record<string, any>;
+}
+
+/**
+ * Consecutive writable samples of one node further apart than this are not merged into one
+ * writable span: nothing was observed in between.
+ */
+export const MAX_SPAN_GAP_MS = 1000;
+
+/**
+ * Per node, the periods it was seen accepting writes: each run of consecutive writable samples
+ * (no non-writable sample between them, gaps below MAX_SPAN_GAP_MS) becomes one span from the
+ * first probe's start to the last probe's end. A lone writable sample is its own window.
+ */
+export function writableSpans(samples: Sample[], since = 0): Map<string, [number, number][]> {
+  const byNode = new Map<string, Sample[]>();
+  for (const s of samples) {
+    if (s.end < since) continue;
+    const list = byNode.get(s.node) ?? [];
+    list.push(s);
+    byNode.set(s.node, list);
+  }
+  const spans = new Map<string, [number, number][]>();
+  for (const [node, list] of byNode) {
+    list.sort((a, b) => a.t - b.t);
+    const out: [number, number][] = [];
+    let open: [number, number] | undefined;
+    for (const s of list) {
+      if (!s.writable) {
+        open = undefined;
+        continue;
+      }
+      if (open && s.t - open[1] < MAX_SPAN_GAP_MS) open[1] = Math.max(open[1], s.end);
+      else {
+        open = [s.t, s.end];
+        out.push(open);
+      }
+    }
+    spans.set(node, out);
+  }
+  return spans;
+}
+
+/**
+ * Dual-writable evidence: writable samples of one node whose window intersects a writable span
+ * of another node, and the total time two nodes' writable spans overlap. Interleaved samples
+ * (A writable at 0 and 200 ms, B at 100 and 300 ms) count, because each node's span covers the
+ * other's samples; two spans that merely come close do not.
+ */
+export function dualWritable(samples: Sample[], since = 0): { samples: number; overlapMs: number } {
+  const spans = writableSpans(samples, since);
+  const intersects = (a0: number, a1: number, b: [number, number]): boolean => a0 <= b[1] && b[0] <= a1;
+  let count = 0;
+  for (const s of samples) {
+    if (!s.writable || s.end < since) continue;
+    const other = [...spans.entries()].filter(([n]) => n !== s.node).flatMap(([, l]) => l);
+    if (other.some((b) => intersects(s.t, s.end, b))) count++;
+  }
+  let overlapMs = 0;
+  const nodes = [...spans.keys()];
+  for (let i = 0; i < nodes.length; i++) {
+    for (let j = i + 1; j < nodes.length; j++) {
+      for (const a of spans.get(nodes[i]!)!) {
+        for (const b of spans.get(nodes[j]!)!) overlapMs += Math.max(0, Math.min(a[1], b[1]) - Math.max(a[0], b[0]));
+      }
+    }
+  }
+  return { samples: count, overlapMs };
 }
 
 /** Credentials the writer uses through the VIP. */
@@ -53,9 +130,13 @@ export abstract class PairHarness {
   topology!: Topology;
   readonly acks: Ack[] = [];
   readonly samples: Sample[] = [];
+  /** JSON log lines of the agents and the witness, parsed (see spawnJsonLogged). */
+  readonly events: LogEvent[] = [];
   /** The system's main process on each node (killed on power loss). */
   readonly agents = new Map<string, RunningProcess>();
   protected others: RunningProcess[] = [];
+  /** The write sampler of each node: the harness's instrument, not part of the node. */
+  protected samplers = new Map<string, RunningProcess>();
   private writer?: RunningProcess;
   readonly logFile: string;
 
@@ -75,7 +156,24 @@ export abstract class PairHarness {
     mkdirSync(this.dir, { recursive: true });
     chmodSync(this.dir, 0o755);
     this.topology = await createTopology(this.prefix);
+    await this.bundleProbes();
     await this.startSystem();
+  }
+
+  /**
+   * The writer and the samplers, bundled once to plain JavaScript: started with tsx, each would
+   * transpile on start, three CPU-heavy starts at once that on a 2-core machine delay the agents'
+   * checks enough to fence a healthy leader.
+   */
+  private async bundleProbes(): Promise<void> {
+    const { build } = await import('esbuild');
+    for (const name of ['writer', 'sampler']) {
+      await build({
+        entryPoints: [join(ROOT, `test/harness/${name}.ts`)], outfile: join(this.dir, `${name}.mjs`), bundle: true, platform: 'node', target: 'node20', format: 'esm',
+        external: ['pg-native'], logLevel: 'error',
+        banner: { js: "import { createRequire as __gkCreateRequire } from 'node:module'; const require = __gkCreateRequire(import.meta.url);" },
+      });
+    }
   }
 
   protected spawnLogged(name: string, plan: Parameters<typeof spawnPlan>[0], onStdout?: (l: string) => void): RunningProcess {
@@ -88,10 +186,28 @@ export abstract class PairHarness {
     });
   }
 
+  /** Like spawnLogged, and every JSON stdout line is also kept in `events`. */
+  protected spawnJsonLogged(name: string, plan: Parameters<typeof spawnPlan>[0]): RunningProcess {
+    return this.spawnLogged(name, plan, (l) => {
+      this.log(`[${name}] ${l}`);
+      if (!l.startsWith('{')) return;
+      try {
+        this.events.push({ source: name, at: Date.now(), e: JSON.parse(l) as Record<string, any> });
+      } catch {
+        // not JSON after all
+      }
+    });
+  }
+
+  /** Events of one source (an agent's node name, or `witness`) received at or after `since` that match. */
+  eventsOf(source: string, since: number, match: (e: Record<string, any>) => boolean = () => true): LogEvent[] {
+    return this.events.filter((x) => x.source === source && x.at >= since && match(x.e));
+  }
+
   /** Start the writer through the VIP and a sampler on each node. */
   startTraffic(maxSeconds = 900): void {
     const login = this.writerLogin();
-    this.writer = this.spawnLogged('writer', inNs(this.topology.clientNs, 'node', ['--import', 'tsx', join(ROOT, 'test/harness/writer.ts'), NET.vip, '5432', login.user, login.password, login.database, String(maxSeconds), '50']), (l) => {
+    this.writer = this.spawnLogged('writer', inNs(this.topology.clientNs, 'node', [join(this.dir, 'writer.mjs'), NET.vip, '5432', login.user, login.password, login.database, String(maxSeconds), '50']), (l) => {
       try {
         const m = JSON.parse(l) as { ack?: number; t: number; error?: string };
         if (m.ack) this.acks.push({ id: m.ack, t: m.t });
@@ -101,9 +217,11 @@ export abstract class PairHarness {
       }
     });
     for (const n of NET.nodes) {
-      this.others.push(this.spawnLogged(`sampler-${n.name}`, inNs(this.topology.nodeNs[n.name]!, 'node', ['--import', 'tsx', join(ROOT, 'test/harness/sampler.ts'), n.name, '5432', this.superuserPassword(), String(maxSeconds)]), (l) => {
+      this.samplers.set(n.name, this.spawnLogged(`sampler-${n.name}`, inNs(this.topology.nodeNs[n.name]!, 'node', [join(this.dir, 'sampler.mjs'), n.name, '5432', this.superuserPassword(), String(maxSeconds)]), (l) => {
         try {
-          this.samples.push(JSON.parse(l) as Sample);
+          const sample = JSON.parse(l) as Sample;
+          sample.end ??= sample.t;
+          this.samples.push(sample);
         } catch {
           this.log(`[sampler?] ${l}`);
         }
@@ -129,22 +247,29 @@ export abstract class PairHarness {
     return sync === 'sync' ? leader : undefined;
   }
 
-  async waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
+  /** Poll `fn` every `intervalMs` until it gives a value (not undefined, not false). */
+  async waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs: number, intervalMs = 400): Promise<T> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const v = await fn().catch(() => undefined);
       if (v !== undefined && v !== false) return v as T;
       if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; see ${this.logFile}`);
-      await new Promise((r) => setTimeout(r, 250));
+      await new Promise((r) => setTimeout(r, intervalMs));
     }
   }
 
-  /** Simulated power loss: every process of the node dies at once and its NIC goes dark. */
+  /**
+   * Simulated power loss: every process of the node dies at once and its NIC goes dark. The
+   * node's write sampler is spared: it is the harness's probe, and keeps reporting the node as
+   * not writable while it is off (and as whatever it is once it is back).
+   */
   async powerOff(node: string): Promise<void> {
     const { linkDown } = await import('./netns.ts');
     await linkDown(this.topology, node);
     const pids = await runPlan({ cmd: 'ip', args: ['netns', 'pids', this.topology.nodeNs[node]!] }, { allowFailure: true });
+    const sampler = this.samplers.get(node)?.pid;
     for (const pid of pids.stdout.split('\n').filter(Boolean)) {
+      if (Number(pid) === sampler) continue;
       try {
         process.kill(Number(pid), 'SIGKILL');
       } catch {
@@ -172,56 +297,150 @@ export abstract class PairHarness {
     return acked.filter((id) => !have.has(id));
   }
 
-  /** Number of moments (200 ms buckets) in which both nodes accepted a write. */
+  /**
+   * Writable samples of one node that fall inside a period in which the other node was seen
+   * writable (see dualWritable): 0 unless two nodes accepted writes at the same time.
+   */
   dualPrimarySamples(since = 0): number {
-    const buckets = new Map<number, Set<string>>();
-    for (const s of this.samples) {
-      if (!s.writable || s.t < since) continue;
-      const b = Math.floor(s.t / 200);
-      for (const k of [b, b + 1]) {
-        const set = buckets.get(k) ?? new Set<string>();
-        set.add(s.node);
-        buckets.set(k, set);
-      }
-    }
-    let dual = 0;
-    for (const set of buckets.values()) if (set.size > 1) dual++;
-    return Math.ceil(dual / 2);
+    return dualWritable(this.samples, since).samples;
+  }
+
+  /** Wait for a sample of every node that started after now; the nodes that were writable in it. */
+  async writableNow(timeoutMs = 15_000): Promise<string[]> {
+    const after = Date.now();
+    const latest = await this.waitFor('a fresh write sample of each node', async () => {
+      const fresh = NET.nodes.map((n) => [...this.samples].reverse().find((s) => s.node === n.name && s.t > after));
+      return fresh.every(Boolean) ? (fresh as Sample[]) : undefined;
+    }, timeoutMs);
+    return latest.filter((s) => s.writable).map((s) => s.node);
   }
 
   async stop(): Promise<void> {
     this.writer?.kill('SIGKILL');
-    for (const p of [...this.agents.values(), ...this.others]) p.kill('SIGKILL');
+    for (const p of [...this.agents.values(), ...this.samplers.values(), ...this.others]) p.kill('SIGKILL');
     await destroyNamespaces(this.prefix);
   }
 }
 
-/** Two geminik8s nodes with a lease witness. */
+/**
+ * The flags a site would give `geminik8s init` for the harness's network: two nodes, their IPs,
+ * the VIP, prefix and gateway, and the witness in its own namespace. Nothing else: timings,
+ * syncPolicy and the rest are init's defaults. The interface is init's default (eth0), which is
+ * also what the harness names each namespace's NIC, so no override is needed.
+ */
+export function harnessInitFlags(): { flags: InitFlags; given: Set<string> } {
+  const flags: InitFlags = {
+    name: 'harness',
+    node1Ip: NET.nodes[0].ip,
+    node2Ip: NET.nodes[1].ip,
+    vip: NET.vip,
+    prefix: String(NET.prefix),
+    gateway: NET.gateway,
+    witness: `${NET.gateway}:${NET.witnessPort}`,
+  };
+  const given = new Set(['--name', '--node1-ip', '--node2-ip', '--vip', '--prefix', '--gateway', '--witness']);
+  return { flags, given };
+}
+
+/** What the witness has on disk for the harness cluster (its fsynced record). */
+export interface WitnessRecord {
+  generation: number;
+  holder: string | null;
+  promotable: string | null;
+  ttlMs: number;
+  timeline: number | null;
+}
+
+/** Two geminik8s nodes with a lease witness, configured by the code `geminik8s init` runs. */
 export class HarnessCluster extends PairHarness {
   override readonly system = 'geminik8s';
   private agentBundle = '';
+  private witnessProc?: RunningProcess;
+  /** The cluster as `geminik8s init` wrote and `geminik8s validate` reads it. */
+  config!: Cluster;
+  secrets!: Secrets;
+
+  get configDir(): string {
+    return join(this.dir, 'site');
+  }
+
+  get witnessStateDir(): string {
+    return join(this.dir, 'witness-state');
+  }
+
+  /**
+   * `geminik8s init --name harness --node1-ip … --node2-ip … --vip … --prefix … --gateway …
+   * --witness GATEWAY:7444 --config-dir DIR`, through init's own functions: defaults + flags,
+   * validation, the commented cluster.yaml and the secrets directory. Then, as `geminik8s seed`
+   * does, the file is loaded and validated again and each node's seed rendered from it.
+   */
+  private async init(): Promise<void> {
+    const { flags, given } = harnessInitFlags();
+    const { input, flagIssues } = buildClusterInput(flags);
+    const { cluster, issues } = validateClusterInput(input, given);
+    if (flagIssues.length || issues.length || !cluster) throw new Error(`geminik8s init refused the harness flags: ${JSON.stringify([...flagIssues, ...issues])}`);
+    mkdirSync(this.configDir, { recursive: true });
+    const clusterFile = join(this.configDir, 'cluster.yaml');
+    writeFileSync(clusterFile, clusterYamlText(input));
+    const secretsDir = join(this.configDir, cluster.secretsDir);
+    await writeSecrets(secretsDir, { rotate: false });
+    this.config = await loadCluster(clusterFile);
+    this.secrets = await loadSecrets(secretsDir);
+    if (this.config.witness.type !== 'lease') throw new Error(`init --witness gave a ${this.config.witness.type} witness, expected lease`);
+    const { network, nodes, witness, postgresql, failover } = this.config;
+    this.log(`cluster from init: ${JSON.stringify({ network, nodes, witness, postgresql, failover })}`);
+  }
 
   protected async startSystem(): Promise<void> {
+    await this.init();
     this.agentBundle = await buildAgent(join(this.dir, 'agent.mjs'));
-    const tokenFile = join(this.dir, 'witness-token');
-    writeFileSync(tokenFile, SECRETS.agentToken, { mode: 0o600 });
-    this.others.push(this.spawnLogged('witness', inNs(this.topology.witnessNs, 'node', [this.agentBundle, 'witness', '--listen', `${NET.gateway}:${NET.witnessPort}`, '--token-file', tokenFile, '--state-dir', join(this.dir, 'witness-state')])));
+    this.startWitness();
     for (const n of NET.nodes) this.writeNodeFiles(n.name);
     for (const n of NET.nodes) this.startAgent(n.name);
   }
 
+  /** `geminik8s witness serve` in the witness namespace; the token file is init's agent token. */
+  startWitness(): void {
+    const url = new URL((this.config.witness as { url: string }).url);
+    const tokenFile = join(this.configDir, this.config.secretsDir, SECRET_FILES.agentToken);
+    const p = this.spawnJsonLogged('witness', inNs(this.topology.witnessNs, 'node', [this.agentBundle, 'witness', '--listen', `${url.hostname}:${url.port}`, '--token-file', tokenFile, '--state-dir', this.witnessStateDir]));
+    this.witnessProc = p;
+    void p.exited.then(() => {
+      if (this.witnessProc === p) this.witnessProc = undefined;
+    });
+  }
+
+  witnessRunning(): boolean {
+    return this.witnessProc !== undefined;
+  }
+
+  /** SIGKILL the witness process and wait until it is gone. */
+  async killWitness(): Promise<void> {
+    const p = this.witnessProc;
+    if (!p) return;
+    p.kill('SIGKILL');
+    await p.exited;
+    this.witnessProc = undefined;
+  }
+
+  /** The witness's durable record of the harness cluster, read from its state directory. */
+  witnessRecord(): WitnessRecord | undefined {
+    const file = join(this.witnessStateDir, `${this.config.name}.json`);
+    try {
+      return JSON.parse(readFileSync(file, 'utf8')) as WitnessRecord;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** The node's seed, rendered from cluster.yaml exactly as `geminik8s seed` renders it; node-local paths in agent.yaml. */
   private writeNodeFiles(node: string): void {
     const dir = this.nodeDir(node);
     mkdirSync(dir, { recursive: true });
     chmodSync(dir, 0o755);
-    const cluster = {
-      name: 'harness',
-      network: { interface: 'eth0', prefix: NET.prefix, gateway: NET.gateway, dns: [], vip: NET.vip },
-      nodes: NET.nodes.map((n) => ({ name: n.name, ip: n.ip })),
-      witness: { type: 'lease', url: `http://${NET.gateway}:${NET.witnessPort}` },
-      postgresql: { syncPolicy: 'degrade' },
-    };
-    writeFileSync(join(dir, 'seed.yaml'), stringify({ apiVersion: API_VERSION, kind: 'NodeSeed', node, cluster, secrets: SECRETS }), { mode: 0o600 });
+    const seed = renderSeedFiles(this.config, node, this.secrets).find((f) => f.path === SEED_FILE_IN_PARTITION);
+    if (!seed) throw new Error(`renderSeedFiles produced no ${SEED_FILE_IN_PARTITION}`);
+    writeFileSync(join(dir, 'seed.yaml'), seed.content, { mode: 0o600 });
     writeFileSync(
       join(dir, 'agent.yaml'),
       stringify({
@@ -235,26 +454,115 @@ export class HarnessCluster extends PairHarness {
   }
 
   writerLogin(): WriterLogin {
-    return { user: 'kine', password: kinePassword(SECRETS.postgresPassword), database: 'kine' };
+    return { user: 'kine', password: kinePassword(this.secrets.postgresPassword), database: 'kine' };
   }
 
   superuserPassword(): string {
-    return SECRETS.postgresPassword;
+    return this.secrets.postgresPassword;
   }
 
   startNode(node: string): void {
     this.startAgent(node);
   }
 
+  /** Agent processes the harness ends on purpose (crash, power loss, stop): not restarted by the supervisor emulation. */
+  private deliberate = new Set<number>();
+  private stopping = false;
+  /** Agents that exited by themselves, with when and how (systemd would have restarted them; so does the harness). */
+  readonly unexpectedExits: { node: string; at: number; code: number | string }[] = [];
+
+  /**
+   * Start the agent. Like geminik8s-agent.service (Restart=always, RestartSec=2, PostgreSQL
+   * BindsTo= the agent, ExecStopPost= release-vip), an agent that exits by itself is followed by
+   * the stop of its PostgreSQL and the VIP, and started again 2 s later. Such exits are recorded
+   * in `unexpectedExits` and logged.
+   */
   startAgent(node: string): void {
+    if (this.agents.has(node)) {
+      this.log(`[harness] ${node}: its agent runs already (pid ${this.agents.get(node)!.pid}); not starting a second one`);
+      return;
+    }
     const plan = inNs(this.topology.nodeNs[node]!, 'node', [this.agentBundle, 'run', '--config', join(this.nodeDir(node), 'agent.yaml')], { GEMINIK8S_LOG_LEVEL: process.env.GEMINIK8S_LOG_LEVEL ?? 'info' });
-    this.agents.set(node, this.spawnLogged(node, plan));
+    const p = this.spawnJsonLogged(node, plan);
+    this.agents.set(node, p);
+    void p.exited.then(async (code) => {
+      if (this.stopping || this.deliberate.has(p.pid) || this.agents.get(node) !== p) return;
+      this.unexpectedExits.push({ node, at: Date.now(), code });
+      this.log(`[harness] ${node}: the agent exited by itself (${code}); as systemd would: PostgreSQL stops (BindsTo=), release-vip (ExecStopPost=), restart in 2 s (Restart=always)`);
+      this.agents.delete(node);
+      await this.stopServiceAfterAgent(node);
+      await new Promise((r) => setTimeout(r, 2000));
+      if (!this.stopping && !this.agents.has(node)) this.startAgent(node);
+    });
+  }
+
+  /** What systemd does once the agent unit is down: PostgreSQL stops (BindsTo=, KillSignal=SIGINT), then ExecStopPost= release-vip. */
+  private async stopServiceAfterAgent(node: string): Promise<void> {
+    const pm = this.postmasterPid(node);
+    if (pm && processAlive(pm)) {
+      try {
+        process.kill(pm, 'SIGINT');
+      } catch {
+        // not running
+      }
+      await this.waitFor(`${node}: postmaster ${pm} gone`, async () => (processAlive(pm) ? undefined : true), 60_000);
+    }
+    await runPlan(inNs(this.topology.nodeNs[node]!, 'node', [this.agentBundle, 'release-vip', '--config', join(this.nodeDir(node), 'agent.yaml')]), { allowFailure: true, timeoutMs: 30_000 });
+  }
+
+  override async powerOff(node: string): Promise<void> {
+    const p = this.agents.get(node);
+    if (p) this.deliberate.add(p.pid);
+    await super.powerOff(node);
+  }
+
+  override async stop(): Promise<void> {
+    this.stopping = true;
+    await super.stop();
+  }
+
+  /**
+   * The agent process dies (kill -9) and what `geminik8s-agent.service` does about it follows,
+   * since the harness runs the agent without systemd (serviceManager direct): PostgreSQL stops
+   * through its BindsTo= (KillSignal=SIGINT, a fast shutdown), and ExecStopPost= runs
+   * `agent.mjs release-vip`. Restart=always with RestartSec=2 is up to the caller (restartAgent).
+   */
+  async crashAgent(node: string): Promise<void> {
+    const p = this.agents.get(node);
+    if (!p) throw new Error(`no agent process for ${node}`);
+    this.deliberate.add(p.pid);
+    p.kill('SIGKILL');
+    await p.exited;
+    this.agents.delete(node);
+    this.log(`[harness] ${node}: agent killed (SIGKILL); stopping PostgreSQL as BindsTo= would, then ExecStopPost= release-vip`);
+    await this.stopServiceAfterAgent(node);
+  }
+
+  /**
+   * Last resort of the harness, after a scenario left a node that does not rejoin by itself: stop
+   * its agent and PostgreSQL, move its data directory aside (kept for inspection) and start the
+   * agent, which finds no data and clones the leader. Logged loudly; the scenario has failed already.
+   */
+  async recloneNode(node: string): Promise<void> {
+    this.log(`[harness] REPAIR: ${node} does not rejoin by itself; moving its data directory aside and letting its agent clone the leader`);
+    if (this.agents.has(node)) await this.crashAgent(node);
+    else await this.stopServiceAfterAgent(node);
+    const data = join(this.nodeDir(node), 'pgdata');
+    if (existsSync(data)) renameSync(data, `${data}.broken-${Date.now()}`);
+    this.startAgent(node);
+  }
+
+  /** crashAgent, then systemd's restart after RestartSec=2. */
+  async restartAgent(node: string): Promise<void> {
+    await this.crashAgent(node);
+    await new Promise((r) => setTimeout(r, 2000));
+    this.startAgent(node);
   }
 
   /** GET /v1/status of a node's agent, from inside the client namespace. */
   async status(node: string): Promise<Record<string, any> | undefined> {
     const ip = NET.nodes.find((n) => n.name === node)!.ip;
-    const r = await runPlan(inNs(this.topology.clientNs, 'curl', ['-sf', '-m', '2', '-H', `Authorization: Bearer ${SECRETS.agentToken}`, `http://${ip}:7443/v1/status`]), { allowFailure: true });
+    const r = await runPlan(inNs(this.topology.clientNs, 'curl', ['-sf', '-m', '2', '-H', `Authorization: Bearer ${this.secrets.agentToken}`, `http://${ip}:7443/v1/status`]), { allowFailure: true });
     if (r.exitCode !== 0) return undefined;
     return JSON.parse(r.stdout) as Record<string, any>;
   }
@@ -262,9 +570,9 @@ export class HarnessCluster extends PairHarness {
   lastSwitchoverMs?: number;
 
   /** POST /v1/switchover to a node's agent, from inside the client namespace. */
-  async switchover(node: string): Promise<{ ok: boolean; reason: string; tookMs: number } | undefined> {
+  async switchover(node: string, timeoutSeconds = 30): Promise<{ ok: boolean; reason: string; tookMs: number } | undefined> {
     const ip = NET.nodes.find((n) => n.name === node)!.ip;
-    const r = await runPlan(inNs(this.topology.clientNs, 'curl', ['-s', '-m', '30', '-X', 'POST', '-H', `Authorization: Bearer ${SECRETS.agentToken}`, `http://${ip}:7443/v1/switchover`]), { allowFailure: true });
+    const r = await runPlan(inNs(this.topology.clientNs, 'curl', ['-s', '-m', String(timeoutSeconds), '-X', 'POST', '-H', `Authorization: Bearer ${this.secrets.agentToken}`, `http://${ip}:7443/v1/switchover`]), { allowFailure: true, timeoutMs: (timeoutSeconds + 10) * 1000 });
     return r.stdout ? (JSON.parse(r.stdout) as { ok: boolean; reason: string; tookMs: number }) : undefined;
   }
 
@@ -282,15 +590,52 @@ export class HarnessCluster extends PairHarness {
     if (!leader) return undefined;
     const follower = await this.status(this.other(leader));
     if (follower?.role !== 'follower') return undefined;
-    // Healthy means automatic failover is possible: the witness records the standby as promotable.
+    // Healthy means the leader takes writes (not left read-only), and automatic failover is
+    // possible: the witness records the standby as promotable.
     const ls = await this.status(leader);
-    return ls?.lease?.promotable === this.other(leader) ? leader : undefined;
+    return ls?.lease?.promotable === this.other(leader) && ls.postgres?.readOnly === false ? leader : undefined;
   }
 
   /** PIDs of a node's PostgreSQL postmaster (from postmaster.pid). */
   postmasterPid(node: string): number | undefined {
     const file = join(this.nodeDir(node), 'pgdata', 'postmaster.pid');
     if (!existsSync(file)) return undefined;
-    return Number(readFileSync(file, 'utf8').split('\n')[0]);
+    const pid = Number(readFileSync(file, 'utf8').split('\n')[0]);
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+  }
+
+  /** A child of the node's postmaster whose title contains `title` (e.g. `walreceiver`, `startup`). */
+  postgresChild(node: string, title: string): number | undefined {
+    const pm = this.postmasterPid(node);
+    if (!pm) return undefined;
+    // Children by their parent pid (field 4 of /proc/<pid>/stat).
+    const children = readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((d) => {
+      try {
+        const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+        return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pm;
+      } catch {
+        return false;
+      }
+    });
+    for (const c of children) {
+      try {
+        const cmd = readFileSync(`/proc/${c}/cmdline`, 'utf8').replaceAll('\0', ' ');
+        if (cmd.includes(title)) return Number(c);
+      } catch {
+        // gone
+      }
+    }
+    return undefined;
+  }
+}
+
+/** The process exists and is not a zombie. */
+export function processAlive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
   }
 }

@@ -107,3 +107,41 @@ export async function blockPeer(t: Topology, node: string, peerIp: string, on: b
   await runPlan(inNs(t.nodeNs[node]!, 'iptables', [op, 'INPUT', '-s', peerIp, '-j', 'DROP']));
   await runPlan(inNs(t.nodeNs[node]!, 'iptables', [op, 'OUTPUT', '-d', peerIp, '-j', 'DROP']));
 }
+
+/** The namespace of a member: a node's name, `witness` or `client`. */
+export function nsOf(t: Topology, member: string): string {
+  if (member === 'witness') return t.witnessNs;
+  if (member === 'client') return t.clientNs;
+  const ns = t.nodeNs[member];
+  if (!ns) throw new Error(`no namespace for ${member}`);
+  return ns;
+}
+
+/** The address of a member: a node's IP, the witness's (the gateway) or the client's. */
+export function ipOf(member: string): string {
+  if (member === 'witness') return NET.gateway;
+  if (member === 'client') return NET.client;
+  const n = NET.nodes.find((x) => x.name === member);
+  if (!n) throw new Error(`no address for ${member}`);
+  return n.ip;
+}
+
+/**
+ * One-way cut: packets from `from` stop arriving at `to` (a DROP in `to`'s INPUT chain for
+ * `from`'s address); the other direction still works. Dropped on arrival, so the sender sees a
+ * silent loss, as on a real network, rather than an immediate error.
+ */
+export async function cutOneWay(t: Topology, from: string, to: string, on: boolean): Promise<void> {
+  await runPlan(inNs(nsOf(t, to), 'iptables', [on ? '-A' : '-D', 'INPUT', '-s', ipOf(from), '-j', 'DROP']));
+}
+
+/** Remove every filter rule of a member's namespace (heals any cut made there). */
+export async function flushRules(t: Topology, member: string): Promise<void> {
+  await runPlan(inNs(nsOf(t, member), 'iptables', ['-F']), { allowFailure: true });
+}
+
+/** The filter rules of a member's namespace, one per line (for the log). */
+export async function listRules(t: Topology, member: string): Promise<string> {
+  const r = await runPlan(inNs(nsOf(t, member), 'iptables', ['-S']), { allowFailure: true });
+  return r.stdout.trim();
+}

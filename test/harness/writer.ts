@@ -16,9 +16,16 @@ process.on('SIGTERM', () => {
 async function connect(): Promise<pg.Client> {
   const c = new pg.Client({ host, port: Number(port), user, password, database, connectionTimeoutMillis: 1000, query_timeout: 2000, application_name: 'harness-writer' });
   c.on('error', () => undefined);
-  await c.connect();
-  await c.query('CREATE TABLE IF NOT EXISTS harness_writes (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())');
-  return c;
+  try {
+    await c.connect();
+    await c.query('CREATE TABLE IF NOT EXISTS harness_writes (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())');
+    return c;
+  } catch (err) {
+    // Connected but refused (read-only, say): close it, or every retry leaks a server connection
+    // until max_connections is used up.
+    void c.end().catch(() => undefined);
+    throw err;
+  }
 }
 
 while (!stopping && Date.now() - started < maxMs && id < 1_000_000) {
