@@ -131,6 +131,8 @@ export function startApi(agent: Agent): Promise<Server> {
     try {
       if (path === '/healthz' && req.method === 'GET') return send(200, { ok: true, role: agent.role, generation: agent.meta?.generation ?? 0 });
       if (!authorized(req, ctx.secrets.agentToken)) return send(401, { error: 'missing or wrong bearer token' });
+      // Between the listener opening and the state being read, there is nothing true to report yet.
+      if (!agent.meta && (path === '/v1/status' || path === '/metrics')) return send(503, { error: 'starting: the node state is not read yet' });
       if (path === '/v1/status' && req.method === 'GET') return send(200, statusOf(agent));
       if (path === '/metrics' && req.method === 'GET') return send(200, metricsOf(agent), 'text/plain; version=0.0.4');
       if (path === '/v1/switchover' && req.method === 'POST') {

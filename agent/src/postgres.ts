@@ -171,11 +171,24 @@ export async function withClient<T>(ctx: NodeContext, host: string, fn: (c: pg.C
     application_name: 'geminik8s-agent',
   });
   client.on('error', () => undefined);
-  await client.connect();
+  // statement_timeout is enforced by the server: a link cut mid-query would leave us waiting for
+  // TCP to give up (minutes). Our own deadline covers connect plus every query.
+  const limitMs = timeoutMs + Math.max(timeoutMs, 2000);
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      reject(new Error(`PostgreSQL at ${host} did not answer within ${limitMs} ms`));
+      (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+    }, limitMs);
+  });
+  expired.catch(() => undefined);
   try {
-    return await fn(client);
+    await Promise.race([client.connect(), expired]);
+    return await Promise.race([fn(client), expired]);
   } finally {
-    await client.end().catch(() => undefined);
+    clearTimeout(timer);
+    // Not awaited: on a cut link the goodbye would wait for TCP too.
+    client.end().catch(() => undefined);
   }
 }
 

@@ -83,6 +83,22 @@ maybe('pg adapter on a real PostgreSQL: bootstrap, status, sync waiters, refusal
     await write;
     t.is((await pg.status()).syncWaiters, 0, 'degrading releases it');
 
+    // A server that stops answering mid-query (its backend frozen, as behind a cut link): our own
+    // deadline ends the call, not TCP after minutes. statement_timeout cannot: the server is frozen.
+    let frozen: number | undefined;
+    const t0 = performance.now();
+    await t.throwsAsync(
+      withClient(ctx, '127.0.0.1', async (c) => {
+        frozen = (await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+        process.kill(frozen, 'SIGSTOP');
+        return c.query('SELECT 1');
+      }, 500),
+      { message: /did not answer within 2500 ms/ },
+    );
+    const took = performance.now() - t0;
+    if (frozen) process.kill(frozen, 'SIGCONT');
+    t.true(took < 10_000, `withClient gave up after ${Math.round(took)} ms`);
+
     await pg.setReadOnly(true);
     t.true((await pg.status()).readOnly);
     await pg.setReadOnly(false);

@@ -137,6 +137,19 @@ test('planned switchover hands over; a switchover whose peer hangs ends with exa
   t.truthy(leaderOf(hung));
 });
 
+test('two switchover requests at once: one hands over, the other is refused while it runs', async (t) => {
+  const answers: { ok: boolean; reason: string }[] = [];
+  const c = await scenario(20, (c) => {
+    c.world.at(20_000, () => {
+      for (let i = 0; i < 2; i++) void c.node('n1').controller!.switchover().then((r) => answers.push(r));
+    });
+  }, 40_000);
+  t.deepEqual(c.violations, [], report(c));
+  t.is(leaderOf(c)?.name, 'n2');
+  t.is(answers.filter((a) => a.ok).length, 1, JSON.stringify(answers));
+  t.regex(answers.find((a) => !a.ok)?.reason ?? '', /in progress/);
+});
+
 test('1,000 random seeds: no violation of any invariant', async (t) => {
   t.timeout(900_000);
   const failed: string[] = [];

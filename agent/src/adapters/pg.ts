@@ -350,6 +350,8 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
       let last = await status();
       while (!last.up) {
         if (performance.now() >= until) throw new Error(`PostgreSQL was started but does not accept connections after 60 s: ${last.error ?? 'unknown error'}`);
+        // A fence (or a crash) meanwhile: nothing left to wait for.
+        if (!(await postmasterRunning())) throw new Error(`PostgreSQL stopped while we waited for it to accept connections: ${last.error ?? 'unknown error'}`);
         await sleep(250);
         last = await status();
       }

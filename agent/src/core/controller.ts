@@ -50,6 +50,8 @@ export class Controller {
   private timers: TimerHandle[] = [];
   private renewing = false;
   private metaDirty = false;
+  /** Until reconcile has decided, hostmeta's role is a memory, not a fact the guard may act on. */
+  private reconciled = false;
   /** Called after every completed round (the shell keeps its status page and health gate fed). */
   onRound?: (o: Observation) => void;
 
@@ -149,6 +151,7 @@ export class Controller {
     this.timers.push(this.every(GUARD_MS, () => this.guard()));
     if (this.arbiter) this.timers.push(this.every(this.s.checkInterval, () => void this.renew()));
     await this.reconcile();
+    this.reconciled = true;
     this.timers.push(this.every(this.s.checkInterval, () => void this.tick()));
   }
 
@@ -173,16 +176,14 @@ export class Controller {
     if (!disk.hasData) return this.bootstrap();
     const pg = await this.p.pg.status();
     if (!this.arbiter) return this.reconcileManual(disk.standbySignal, pg.up && !pg.inRecovery);
-    // Lease mode: the witness's record is the truth about who may be primary.
+    // Lease mode: the witness's record is the truth about who may be primary. A primary left
+    // running by a previous agent runs without a lease we know of (its deadline died with that
+    // process): stop it before anything else. Under systemd it is already stopped (BindsTo).
+    if (pg.up && !pg.inRecovery) await this.fenceNow('restarted with a running primary: stopped until the witness confirms our lease');
     let record: ArbiterAnswer | undefined;
     for (;;) {
       record = await this.witness({ op: 'read' });
       if (record || this.stopped) break;
-      // Never serve writes without the lease; a primary left running by a previous agent is stopped.
-      if (pg.up && !pg.inRecovery && this.meta.role !== 'fenced') {
-        await this.setRole('fenced', 'restarted with a running primary and no answer from the witness');
-        await this.fenceNow('restarted without the lease');
-      }
       await this.p.clock.sleep(this.s.checkInterval);
     }
     if (!record) return;
@@ -198,7 +199,6 @@ export class Controller {
         return;
       }
     }
-    if (pg.up && !pg.inRecovery) await this.fenceNow(`restarted as ${this.meta.role}; the witness says ${record.holder ?? 'nobody'} holds generation ${record.generation}`);
     if (disk.standbySignal) {
       await this.p.pg.start().catch((err) => this.p.log.warn({ err: (err as Error).message }, 'could not start the standby'));
       await this.setRole('follower', 'data directory is a standby', Math.max(this.meta.generation, record.holder === this.s.peer ? record.generation : 0));
@@ -258,7 +258,14 @@ export class Controller {
       const peerPg = await this.p.peer.pg();
       if (peer?.role === 'leader' && peerPg.ok && peerPg.primary) {
         this.p.log.info({ event: 'bootstrap' }, `cloning ${this.s.peer}`);
-        await this.p.pg.clone();
+        try {
+          await this.p.pg.clone();
+        } catch (err) {
+          // The leader reports its role while it still creates its roles: the first try may be early.
+          this.p.log.warn({ event: 'bootstrap', err: (err as Error).message.split('\n')[0] }, 'clone failed; retrying');
+          await this.p.clock.sleep(this.s.checkInterval);
+          continue;
+        }
         await this.p.pg.start();
         await this.setRole('follower', `cloned from ${this.s.peer}`, peer.generation);
         return;
@@ -274,14 +281,14 @@ export class Controller {
     // A leader signals life only while its lease outlasts the watchdog period: a frozen leader is
     // then killed (and its PostgreSQL stopped with it) by about its own deadline, whatever froze it.
     if (!this.arbiter || this.meta?.role !== 'leader' || this.leaseDeadline - this.p.clock.now() > watchdogMs(this.s.fenceAfter) - WATCHDOG_SLACK_MS) this.p.heartbeat();
-    if (this.arbiter && this.meta?.role === 'leader' && !this.leaseValid() && !this.switching) {
+    if (this.arbiter && this.reconciled && this.meta?.role === 'leader' && !this.leaseValid()) {
       void this.fence('our lease deadline passed without a granted renewal');
     }
   }
 
   /** The lease keeper: a leader renews every interval, independent of the loop. */
   private async renew(): Promise<void> {
-    if (this.renewing || this.meta?.role !== 'leader' || this.switching) return;
+    if (this.renewing || this.meta?.role !== 'leader') return;
     this.renewing = true;
     const epoch = this.leaseEpoch;
     const generation = this.meta.generation;
@@ -538,7 +545,8 @@ export class Controller {
       return;
     }
     const peerLeads = o.peer?.role === 'leader' || o.peerPg.primary === true;
-    if (answer.holder === this.s.peer && answer.generation > this.meta.generation && peerLeads) {
+    // >=: a node may have recorded the peer's generation as a follower before it was fenced.
+    if (answer.holder === this.s.peer && answer.generation >= this.meta.generation && peerLeads) {
       await this.rejoin(`${this.s.peer} holds generation ${answer.generation}`, answer.generation);
     }
   }
@@ -576,18 +584,22 @@ export class Controller {
     const took = (): number => Math.round(clock.now() - started);
     if (this.meta.role !== 'leader' || !this.mayWrite()) return { ok: false, reason: `this node is ${this.meta.role}, not a leader holding its lease`, tookMs: 0 };
     if (this.switching) return { ok: false, reason: 'a switchover is in progress', tookMs: 0 };
-    while (this.busy) await clock.sleep(20);
-    const st0 = await pg.status();
-    if (st0.standby?.state !== 'streaming') return { ok: false, reason: 'the standby is not streaming', tookMs: took() };
-    if (this.arbiter && this.promotable !== this.s.peer) return { ok: false, reason: 'the standby is not recorded as synchronous at the witness', tookMs: took() };
+    // Claimed before the first await: a second request arriving meanwhile is refused above.
     this.switching = true;
     this.snapshot.switching = true;
-    const generation = this.meta.generation;
     try {
+      while (this.busy) await clock.sleep(20);
+      if (this.meta.role !== 'leader' || !this.mayWrite()) return { ok: false, reason: `this node is ${this.meta.role}, not a leader holding its lease`, tookMs: took() };
+      const st0 = await pg.status();
+      if (st0.standby?.state !== 'streaming') return { ok: false, reason: 'the standby is not streaming', tookMs: took() };
+      if (this.arbiter && this.promotable !== this.s.peer) return { ok: false, reason: 'the standby is not recorded as synchronous at the witness', tookMs: took() };
+      const generation = this.meta.generation;
       await pg.setReadOnly(true);
       let st = await pg.status();
       while (!(st.up && st.lsn !== undefined && st.standby?.replayLsn != null && st.standby.replayLsn >= st.lsn)) {
-        if (clock.now() - started > timeoutMs || !this.mayWrite()) {
+        // The lease keeper renews meanwhile; if the lease is lost anyway, the guard has fenced us.
+        if (!this.mayWrite()) return { ok: false, reason: 'the lease was lost while the standby caught up: fenced', tookMs: took() };
+        if (clock.now() - started > timeoutMs) {
           await pg.setReadOnly(false);
           return { ok: false, reason: 'the standby did not catch up in time; writes resumed here', tookMs: took() };
         }
@@ -598,6 +610,8 @@ export class Controller {
       // From here this node is not writable: role, lease, server, address, in that order.
       this.dropLease();
       this.meta = { ...this.meta, role: 'fenced' };
+      // A renewal already in flight must reach the witness before our release, never after it.
+      while (this.renewing) await clock.sleep(10);
       await pg.stop();
       await vip.drop();
       await this.persist();
@@ -659,9 +673,10 @@ export class Controller {
     const { pg, clock } = this.p;
     if (this.meta.role !== 'follower') return { ok: false, reason: `this node is ${this.meta.role}` };
     if (this.switching) return { ok: false, reason: 'busy' };
-    while (this.busy) await clock.sleep(20);
     this.switching = true;
     try {
+      while (this.busy) await clock.sleep(20);
+      if (this.meta.role !== 'follower') return { ok: false, reason: `this node is ${this.meta.role}` };
       const until = clock.now() + 5000;
       let st = await pg.status();
       while (!(st.up && st.lsn !== undefined && st.lsn >= req.lsn)) {

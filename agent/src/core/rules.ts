@@ -162,7 +162,9 @@ export function decide(role: Role, m: Memory, o: Observation, lease: LeaseView, 
       // Rewind only onto a primary we can reach, after the receiver had time to reconnect by itself
       // (a standby's own timeline is stale while it does not stream).
       const receiverDownFor = m.receiverDownSince === undefined ? 0 : o.now - m.receiverDownSince;
-      if (o.peerPg.ok && o.peerPg.primary && o.pg.up && receiverDownFor >= 3 * s.checkInterval && o.peer?.timeline !== undefined && o.pg.timeline !== undefined && o.peer.timeline > o.pg.timeline) {
+      if (o.peerPg.ok && o.peerPg.primary && o.pg.up && receiverDownFor >= 3 * s.checkInterval && o.peer?.timeline !== undefined && o.pg.timeline !== undefined && o.peer.timeline !== o.pg.timeline) {
+        // Newer: we missed a promotion. Older: we were promoted ourselves and diverged (a switchover
+        // that failed after our pg_promote); the receiver can never stream from there either.
         acts.push({ kind: 'rejoin' });
         return done(`leader is on timeline ${o.peer.timeline}, we are on ${o.pg.timeline}`);
       }
