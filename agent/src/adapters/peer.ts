@@ -1,11 +1,8 @@
 import { ROLES, type Role } from '../../../common/schema/hostmeta.ts';
 import type { NodeContext } from '../context.ts';
 import { formatLsn } from '../core/lsn.ts';
-import type { PeerPort, PeerView, PromoteRequest } from '../core/ports.ts';
+import { PROMOTE_TIMEOUT_MS, type PeerPort, type PeerView, type PromoteRequest } from '../core/ports.ts';
 import * as pgc from '../postgres.ts';
-
-/** Long enough for the peer's pg_promote(true, 30) plus its settings. */
-export const PROMOTE_TIMEOUT_MS = 35_000;
 
 /**
  * Base URL of the peer's agent API. With `agent.tls` the peer is reached over https with the

@@ -159,3 +159,10 @@ export interface ControllerSettings {
   /** Clock-rate drift the timing argument allows (fraction, e.g. 0.01). */
   maxDrift: number;
 }
+
+/**
+ * How long the old leader waits for the peer's answer to a switchover's promote request. Past
+ * it, the old leader asks the witness who holds the lease and follows that (a frozen peer cost
+ * 36 s without writes at 35 s): safe whether the peer promoted, is still promoting, or never began.
+ */
+export const PROMOTE_TIMEOUT_MS = 10_000;

@@ -1,6 +1,6 @@
 import type { HostMeta } from '../../../common/schema/hostmeta.ts';
 import { Controller, watchdogMs } from '../core/controller.ts';
-import type { ControllerSettings, LogPort, PeerView, Ports } from '../core/ports.ts';
+import { PROMOTE_TIMEOUT_MS, type ControllerSettings, type LogPort, type PeerView, type Ports } from '../core/ports.ts';
 import type { ArbiterRecord } from '../witness/arbiter.ts';
 import { WitnessService } from '../witness/service.ts';
 import { replicate, SimPostgres, simPgPort } from './pg.ts';
@@ -207,7 +207,7 @@ export class SimCluster {
           return { ok: true, primary: peerNode.pg.primary };
         },
         promote: (req) =>
-          rpcTo(peerNode.proc, 35_000, async () => {
+          rpcTo(peerNode.proc, PROMOTE_TIMEOUT_MS, async () => {
             const c = peerNode.controller;
             if (!c?.meta) return { ok: false, reason: 'agent starting' };
             const r = await c.promoteOnRequest(req);
