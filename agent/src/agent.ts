@@ -79,7 +79,7 @@ export function productionPorts(ctx: NodeContext, log: Logger, heartbeat: () => 
     pg: createPgPort(ctx, logPort),
     peer: createPeerPort(ctx),
     witness: w.kind === 'lease' ? httpWitnessPort(w.url, ctx.secrets.agentToken, ctx.spec.name, ctx.spec.failover.checkTimeout) : undefined,
-    vip: ctx.config.vip.enabled ? createVipPort(ctx) : { held: async () => false, take: async () => undefined, drop: async () => undefined },
+    vip: createVipPort(ctx),
     state: createStatePort(ctx),
     kube: createKubePort(ctx),
     log: logPort,

@@ -1,5 +1,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { appendFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Agent, BootStatus } from './agent.ts';
@@ -110,51 +112,163 @@ function authorized(req: IncomingMessage, token: string): boolean {
   return given.length === want.length && timingSafeEqual(given, want);
 }
 
-async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
-  let body = '';
-  for await (const chunk of req) {
-    body += String(chunk);
-    if (body.length > 65536) throw new Error('body too large');
+/** Largest request body the API reads; more is a 413 and the rest is not read. */
+export const MAX_BODY_BYTES = 4096;
+
+/** An answer with a status other than 200, raised from a handler. */
+class HttpError extends Error {
+  constructor(readonly status: number, message: string) {
+    super(message);
   }
-  return body ? (JSON.parse(body) as Record<string, unknown>) : {};
 }
 
-/** The agent's HTTP API: /healthz open, everything else behind the agent token. */
-export function startApi(agent: Agent): Promise<Server> {
-  const { ctx } = agent;
-  const handler = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    const send = (code: number, body: unknown, type = 'application/json'): void => {
-      res.writeHead(code, { 'content-type': type });
-      res.end(typeof body === 'string' ? body : JSON.stringify(body));
-    };
-    const path = (req.url ?? '/').split('?')[0];
-    try {
-      if (path === '/healthz' && req.method === 'GET') return send(200, { ok: true, role: agent.role, generation: agent.meta?.generation ?? 0 });
-      if (!authorized(req, ctx.secrets.agentToken)) return send(401, { error: 'missing or wrong bearer token' });
-      // Between the listener opening and the state being read, there is nothing true to report yet.
-      if (!agent.meta && (path === '/v1/status' || path === '/metrics')) return send(503, { error: 'starting: the node state is not read yet' });
-      if (path === '/v1/status' && req.method === 'GET') return send(200, statusOf(agent));
-      if (path === '/metrics' && req.method === 'GET') return send(200, metricsOf(agent), 'text/plain; version=0.0.4');
-      if (path === '/v1/switchover' && req.method === 'POST') {
+async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY_BYTES) throw new HttpError(413, `request body larger than ${MAX_BODY_BYTES} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  if (!text) return {};
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch (err) {
+    throw new HttpError(400, `request body is not JSON: ${(err as Error).message}`);
+  }
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new HttpError(400, 'request body must be a JSON object');
+  return body as Record<string, unknown>;
+}
+
+/** Failed authentications per remote address: past the limit within the window, 429 without checking. */
+export class AuthLimiter {
+  private readonly failures = new Map<string, { since: number; count: number; logged: boolean }>();
+  constructor(private readonly limit = 10, private readonly windowMs = 10_000, private readonly now = () => performance.now()) {}
+
+  blocked(addr: string): boolean {
+    const f = this.failures.get(addr);
+    if (!f) return false;
+    if (this.now() - f.since > this.windowMs) {
+      this.failures.delete(addr);
+      return false;
+    }
+    return f.count >= this.limit;
+  }
+
+  /** Count a failure; true when it should be logged (the first of each window). */
+  fail(addr: string): boolean {
+    const t = this.now();
+    let f = this.failures.get(addr);
+    if (!f || t - f.since > this.windowMs) {
+      f = { since: t, count: 0, logged: false };
+      this.failures.set(addr, f);
+    }
+    f.count++;
+    if (f.logged) return false;
+    f.logged = true;
+    return true;
+  }
+}
+
+interface Route {
+  method: 'GET' | 'POST';
+  /** Open to anyone (liveness only), or behind the agent token. */
+  open?: boolean;
+  /** Changes something: every call is written to the audit log. */
+  mutating?: boolean;
+  handle: (req: IncomingMessage) => Promise<{ status: number; body: unknown; type?: string }>;
+}
+
+/** Every endpoint of the agent API, with its method and who may call it. */
+export function routes(agent: Agent): Record<string, Route> {
+  const notReady = (): { status: number; body: unknown } | undefined =>
+    // Between the listener opening and the state being read, there is nothing true to report yet.
+    agent.meta ? undefined : { status: 503, body: { error: 'starting: the node state is not read yet' } };
+  return {
+    '/healthz': { method: 'GET', open: true, handle: async () => ({ status: 200, body: { ok: true } }) },
+    '/v1/status': { method: 'GET', handle: async () => notReady() ?? { status: 200, body: statusOf(agent) } },
+    '/metrics': { method: 'GET', handle: async () => notReady() ?? { status: 200, body: metricsOf(agent), type: 'text/plain; version=0.0.4' } },
+    '/v1/switchover': {
+      method: 'POST', mutating: true,
+      handle: async (req) => {
+        await readJson(req);
+        if (!agent.meta) return notReady()!;
         const r = await agent.switchover();
-        return send(r.ok ? 200 : 409, r);
-      }
-      if (path === '/v1/promote' && req.method === 'POST') {
+        return { status: r.ok ? 200 : 409, body: r };
+      },
+    },
+    '/v1/promote': {
+      method: 'POST', mutating: true,
+      handle: async (req) => {
         const body = await readJson(req);
         let lsn: bigint;
         try {
           lsn = lsnToBigInt(String(body.lsn));
         } catch {
-          return send(400, { error: 'expected {lsn: "HI/LO", generation}' });
+          throw new HttpError(400, `lsn: expected a WAL position such as "0/16B3748" (found ${JSON.stringify(body.lsn) ?? 'nothing'})`);
         }
-        if (!Number.isInteger(body.generation) || (body.generation as number) < 0) return send(400, { error: 'expected {lsn, generation: a non-negative integer}' });
+        if (!Number.isInteger(body.generation) || (body.generation as number) < 0) {
+          throw new HttpError(400, `generation: expected a non-negative integer (found ${JSON.stringify(body.generation) ?? 'nothing'})`);
+        }
+        if (!agent.meta) return notReady()!;
         const r = await agent.promoteOnRequest({ lsn, generation: body.generation as number });
-        return send(r.ok ? 200 : 409, r);
+        return { status: r.ok ? 200 : 409, body: r };
+      },
+    },
+  };
+}
+
+/** One JSON line per mutating call: who, what, when, result. 0600, appended. */
+async function audit(file: string, entry: Record<string, unknown>): Promise<void> {
+  await appendFile(file, `${JSON.stringify(entry)}\n`, { mode: 0o600 });
+}
+
+/** The agent's HTTP API: /healthz open (liveness only), everything else behind the agent token. */
+export function startApi(agent: Agent): Promise<Server> {
+  const { ctx } = agent;
+  const table = routes(agent);
+  const limiter = new AuthLimiter();
+  const auditFile = join(ctx.config.stateDir, 'audit.log');
+  const handler = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const send = (code: number, body: unknown, type = 'application/json', extra: Record<string, string> = {}): void => {
+      if (res.headersSent) return;
+      res.writeHead(code, { 'content-type': type, 'cache-control': 'no-store', ...extra });
+      res.end(typeof body === 'string' ? body : JSON.stringify(body));
+    };
+    const path = (req.url ?? '/').split('?')[0]!;
+    const addr = req.socket.remoteAddress ?? 'unknown';
+    const route = Object.hasOwn(table, path) ? table[path] : undefined;
+    if (!route) return send(404, { error: `no such endpoint: ${path}` });
+    if (req.method !== route.method) return send(405, { error: `${path} accepts ${route.method} only` }, 'application/json', { allow: route.method });
+    if (!route.open) {
+      if (limiter.blocked(addr)) return send(429, { error: 'too many failed authentications from this address; try again later' });
+      if (!authorized(req, ctx.secrets.agentToken)) {
+        // The presented credential is never logged, only that it failed and from where.
+        if (limiter.fail(addr)) agent.log.warn({ event: 'auth-failed', from: addr, path }, `refused ${req.method} ${path} from ${addr}: missing or wrong bearer token`);
+        return send(401, { error: 'missing or wrong bearer token' });
       }
-      return send(404, { error: 'not found' });
+    }
+    let status = 500;
+    try {
+      const r = await route.handle(req);
+      status = r.status;
+      send(r.status, r.body, r.type);
     } catch (err) {
-      agent.log.error({ err: (err as Error).message, path }, 'API request failed');
-      return send(500, { error: (err as Error).message });
+      if (err instanceof HttpError) {
+        status = err.status;
+        send(err.status, { error: err.message });
+      } else {
+        agent.log.error({ err: (err as Error).message, path }, 'API request failed');
+        send(500, { error: (err as Error).message });
+      }
+    } finally {
+      if (route.mutating) {
+        const entry = { at: new Date().toISOString(), from: addr, who: 'agent-token', what: `${req.method} ${path}`, status };
+        agent.log.info({ event: 'audit', ...entry }, `audit: ${entry.what} from ${addr} -> ${status}`);
+        await audit(auditFile, entry).catch((err: Error) => agent.log.error({ event: 'audit', err: err.message }, 'could not append to the audit log'));
+      }
     }
   };
   const { tlsCert, tlsKey, host } = ctx.config.listen;

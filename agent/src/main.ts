@@ -1,5 +1,4 @@
 import { readFileSync } from 'node:fs';
-import pino from 'pino';
 import { Agent } from './agent.ts';
 import { watchdogMs } from './core/controller.ts';
 import { firstboot } from './firstboot.ts';
@@ -7,7 +6,7 @@ import { startApi } from './api.ts';
 import { loadAgentConfig, loadSeedFile, nodeContext } from './context.ts';
 import { sdNotify, watchdogIntervalMs } from './sdnotify.ts';
 import { slotCommand } from './slotcli.ts';
-import { createLogPort } from './adapters/log.ts';
+import { agentLogger, createLogPort } from './adapters/log.ts';
 import { createVipPort } from './adapters/vip.ts';
 import { DEFAULT_WITNESS_STATE_DIR, serveWitness } from './witness/serve.ts';
 
@@ -26,16 +25,6 @@ function option(args: string[], name: string): string | undefined {
   return i >= 0 ? args[i + 1] : undefined;
 }
 
-function logger(node: string): pino.Logger {
-  return pino({
-    level: process.env.GEMINIK8S_LOG_LEVEL ?? 'info',
-    base: { node },
-    timestamp: pino.stdTimeFunctions.isoTime,
-    // Belt and braces: secrets are never logged on purpose, and these keys are masked anyway.
-    redact: { paths: ['password', '*.password', 'token', '*.token', 'secrets', '*.secrets', 'dsn', '*.dsn'], censor: '***' },
-  });
-}
-
 async function run(args: string[]): Promise<number> {
   const configFile = option(args, '--config');
   if (!configFile) {
@@ -45,7 +34,7 @@ async function run(args: string[]): Promise<number> {
   const config = await loadAgentConfig(configFile);
   const seed = await loadSeedFile(config.seedFile);
   const ctx = nodeContext(config, seed);
-  const log = logger(ctx.self.name);
+  const log = agentLogger(ctx.self.name);
   const agent = new Agent(ctx, log);
   const stop = (signal: string): void => {
     log.info({ event: 'stop', signal }, 'stopping');
@@ -101,7 +90,7 @@ async function witness(args: string[]): Promise<number> {
     process.stderr.write(`${USAGE}\n`);
     return 2;
   }
-  await serveWitness({ listen, tokenFile, stateDir: option(args, '--state-dir') ?? DEFAULT_WITNESS_STATE_DIR, log: createLogPort(logger('witness')) });
+  await serveWitness({ listen, tokenFile, stateDir: option(args, '--state-dir') ?? DEFAULT_WITNESS_STATE_DIR, log: createLogPort(agentLogger('witness')) });
   return new Promise(() => undefined);
 }
 

@@ -1,10 +1,12 @@
 import test from 'ava';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import pino from 'pino';
 import { Agent } from '../../agent/src/agent.ts';
-import { metricsOf, startApi, statusOf } from '../../agent/src/api.ts';
+import { agentLogger, createLogPort } from '../../agent/src/adapters/log.ts';
+import { AuthLimiter, MAX_BODY_BYTES, metricsOf, startApi, statusOf } from '../../agent/src/api.ts';
+import { registerSecret } from '../../common/log.ts';
 import { nodeContext } from '../../agent/src/context.ts';
 import { readHostMeta, writeHostMeta } from '../../agent/src/hostmeta.ts';
 import { basebackupPlan, initdbPlan, rewindPlan } from '../../agent/src/postgres.ts';
@@ -55,7 +57,7 @@ test('API: /healthz is open, everything else needs the bearer token; status and 
   try {
     const health = await fetch(`${base}/healthz`);
     t.is(health.status, 200);
-    t.like(await health.json(), { ok: true, role: 'leader' });
+    t.deepEqual(await health.json(), { ok: true }, '/healthz says the process lives, nothing about the cluster');
     for (const path of ['/v1/status', '/metrics']) {
       t.is((await fetch(`${base}${path}`)).status, 401, path);
       t.is((await fetch(`${base}${path}`, { headers: { authorization: 'Bearer nope' } })).status, 401, path);
@@ -85,6 +87,128 @@ test('API: /healthz is open, everything else needs the bearer token; status and 
   } finally {
     server.close();
   }
+});
+
+test('API: every endpoint with every credential; bad input is a 4xx naming what was wrong and changes nothing; mutating calls are audited', async (t) => {
+  const ctx = await context();
+  const agent = new Agent(ctx, pino({ level: 'silent' }));
+  agent.meta = meta();
+  let switchovers = 0;
+  let promotes = 0;
+  agent.switchover = async () => {
+    switchovers++;
+    return { ok: false, reason: 'test: refused', tookMs: 0 };
+  };
+  agent.promoteOnRequest = async () => {
+    promotes++;
+    return { ok: false, reason: 'test: refused' };
+  };
+  const server = await startApi(agent);
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const token = { authorization: `Bearer ${FAKE_SECRETS.agentToken}` };
+  const call = (path: string, init: RequestInit = {}) => fetch(`${base}${path}`, init).then(async (r) => ({ status: r.status, allow: r.headers.get('allow'), body: await r.text() }));
+  try {
+    // The role matrix: no credential, a wrong one, the agent token.
+    const matrix: [string, string, number, number, number][] = [
+      // path, method, none, wrong, token
+      ['/healthz', 'GET', 200, 200, 200],
+      ['/v1/status', 'GET', 401, 401, 200],
+      ['/metrics', 'GET', 401, 401, 200],
+      ['/v1/switchover', 'POST', 401, 401, 409],
+      ['/v1/promote', 'POST', 401, 401, 409],
+    ];
+    for (const [path, method, none, wrong, good] of matrix) {
+      const body = path === '/v1/promote' ? JSON.stringify({ lsn: '0/10', generation: 3 }) : undefined;
+      t.is((await call(path, { method, body })).status, none, `${method} ${path} without a credential`);
+      t.is((await call(path, { method, body, headers: { authorization: 'Bearer wrong-token-of-some-length' } })).status, wrong, `${method} ${path} with a wrong token`);
+      t.is((await call(path, { method, body, headers: token })).status, good, `${method} ${path} with the agent token`);
+      const other = method === 'GET' ? 'POST' : 'GET';
+      const r = await call(path, { method: other, headers: token });
+      t.is(r.status, 405, `${other} ${path}`);
+      t.is(r.allow, method);
+    }
+    t.is((await call('/v1/nope', { headers: token })).status, 404);
+    t.is((await call('/v1/nope')).status, 404, 'unknown routes are 404 before authentication');
+    t.is(switchovers, 1);
+    t.is(promotes, 1);
+
+    // Bad input: a clear 4xx, and the handler never runs.
+    const bad: [string, BodyInit, number, RegExp][] = [
+      ['not json', 'lsn=0/10', 400, /not JSON/],
+      ['truncated', '{"lsn": "0/10", "gener', 400, /not JSON/],
+      ['an array', '[1,2]', 400, /JSON object/],
+      ['lsn of the wrong type', JSON.stringify({ lsn: 16, generation: 3 }), 400, /^\{"error":"lsn: expected a WAL position/],
+      ['generation a string', JSON.stringify({ lsn: '0/10', generation: '3' }), 400, /generation: expected a non-negative integer \(found \\"3\\"\)/],
+      ['negative generation', JSON.stringify({ lsn: '0/10', generation: -1 }), 400, /generation: expected a non-negative integer/],
+      ['oversized', JSON.stringify({ lsn: '0/10', generation: 3, pad: 'x'.repeat(MAX_BODY_BYTES) }), 413, /larger than 4096 bytes/],
+    ];
+    for (const [what, body, status, message] of bad) {
+      const r = await call('/v1/promote', { method: 'POST', headers: token, body });
+      t.is(r.status, status, what);
+      t.regex(r.body, message, what);
+    }
+    t.is(promotes, 1, 'no bad request reached the controller');
+    t.is((await call('/v1/switchover', { method: 'POST', headers: token, body: '{' })).status, 400);
+    t.is(switchovers, 1);
+
+    // Every mutating call is audited, with its result; nothing secret in the file, and only we read it.
+    const file = join(ctx.config.stateDir, 'audit.log');
+    const entries = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    t.true(entries.length >= 10);
+    t.like(entries.find((e) => e.what === 'POST /v1/switchover' && e.status === 409), { who: 'agent-token', from: '127.0.0.1' });
+    t.true(entries.some((e) => e.what === 'POST /v1/promote' && e.status === 413));
+    t.false(readFileSync(file, 'utf8').includes(FAKE_SECRETS.agentToken));
+    t.is(statSync(file).mode & 0o077, 0, 'the audit log is not readable by others');
+  } finally {
+    server.close();
+  }
+});
+
+test('API: failed authentications are rate-limited per address, logged once per window, never with the token', async (t) => {
+  let now = 0;
+  const limiter = new AuthLimiter(3, 10_000, () => now);
+  t.true(limiter.fail('10.0.0.9'), 'the first failure is logged');
+  t.false(limiter.fail('10.0.0.9'));
+  t.false(limiter.blocked('10.0.0.9'));
+  limiter.fail('10.0.0.9');
+  t.true(limiter.blocked('10.0.0.9'), 'blocked after 3 failures');
+  t.false(limiter.blocked('10.0.0.8'), 'other addresses are not');
+  now = 10_001;
+  t.false(limiter.blocked('10.0.0.9'), 'the window passes');
+
+  const ctx = await context();
+  const lines: string[] = [];
+  const agent = new Agent(ctx, agentLogger('node1', { write: (l: string) => void lines.push(l) }));
+  agent.meta = meta();
+  const server = await startApi(agent);
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  try {
+    const presented = `Bearer ${FAKE_SECRETS.agentToken}x`;
+    const codes: number[] = [];
+    for (let i = 0; i < 12; i++) codes.push((await fetch(`${base}/v1/status`, { headers: { authorization: presented } })).status);
+    t.deepEqual(codes, [...Array(10).fill(401), 429, 429]);
+    t.is((await fetch(`${base}/v1/status`, { headers: { authorization: `Bearer ${FAKE_SECRETS.agentToken}` } })).status, 429, 'even the right token waits out the window');
+    const refusals = lines.filter((l) => l.includes('auth-failed'));
+    t.is(refusals.length, 1, 'one log line per window, not one per attempt');
+    t.false(lines.join('').includes(FAKE_SECRETS.agentToken));
+  } finally {
+    server.close();
+  }
+});
+
+test('agent logger: every line is redacted, whoever logs it and however', (t) => {
+  const lines: string[] = [];
+  const log = agentLogger('node1', { write: (l: string) => void lines.push(l) });
+  const secret = FAKE_SECRETS.postgresPassword;
+  registerSecret(secret);
+  log.info(`connecting with ${secret}`);
+  log.warn({ dsn2: `postgres://postgres:${secret}@10.0.0.1/postgres`, nested: { list: [secret] } }, 'fields');
+  log.error({ err: new Error(`auth failed for ${secret}`) }, 'an error object');
+  log.error(new Error(`thrown: ${secret}`));
+  createLogPort(log).warn({ why: secret }, `port ${secret}`);
+  t.is(lines.length, 5);
+  for (const l of lines) t.false(l.includes(secret), l);
+  t.true(lines.every((l) => l.includes('***')));
 });
 
 test('command plans: VIP, gratuitous ARP, initdb, clone and rewind carry no secret', async (t) => {

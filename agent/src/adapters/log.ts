@@ -1,4 +1,4 @@
-import type { Logger } from 'pino';
+import pino, { type DestinationStream, type Logger } from 'pino';
 import { redact } from '../../../common/log.ts';
 import type { LogPort } from '../core/ports.ts';
 
@@ -46,4 +46,21 @@ export function createLogPort(logger: Logger): LogPort {
     logger[level](clean, redact(msg));
   };
   return { info: emit('info'), warn: emit('warn'), error: emit('error'), debug: emit('debug') };
+}
+
+/**
+ * The agent's pino logger. Every serialized line passes through `redact()` on its way out,
+ * whichever path logged it (the LogPort, the API, a library's error), so registered secrets
+ * never reach the journal.
+ */
+export function agentLogger(node: string, destination?: DestinationStream): Logger {
+  const options: pino.LoggerOptions = {
+    level: process.env.GEMINIK8S_LOG_LEVEL ?? 'info',
+    base: { node },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    // Belt and braces: these keys are masked even when their value was never registered.
+    redact: { paths: ['password', '*.password', 'token', '*.token', 'secrets', '*.secrets', 'dsn', '*.dsn'], censor: '***' },
+    hooks: { streamWrite: (line: string) => redact(line) },
+  };
+  return destination ? pino(options, destination) : pino(options);
 }
