@@ -175,6 +175,9 @@ export const SECRET_FILES: Record<keyof Secrets, string> = {
   postgresPassword: 'postgres-password',
   replicationPassword: 'replication-password',
   agentToken: 'agent-token',
+  witnessToken: 'witness-token',
+  readToken: 'read-token',
+  adminToken: 'admin-token',
 };
 
 export function secretsDirOf(clusterFile: string, cluster: Cluster): string {

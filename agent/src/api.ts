@@ -105,11 +105,24 @@ export function metricsOf(agent: Agent): string {
   return `${lines.join('\n')}\n`;
 }
 
-function authorized(req: IncomingMessage, token: string): boolean {
-  const header = req.headers.authorization ?? '';
-  const given = Buffer.from(header.startsWith('Bearer ') ? header.slice(7) : '');
+/** Who may call the agent API: the peer agent, or an operator with the read or the admin token. */
+export type Caller = 'peer' | 'read' | 'admin';
+
+const same = (given: Buffer, token: string): boolean => {
   const want = Buffer.from(token);
   return given.length === want.length && timingSafeEqual(given, want);
+};
+
+/** The caller a bearer token identifies, if any. The witness's token is not one of them. */
+export function callerOf(authorization: string | undefined, secrets: { agentToken: string; readToken: string; adminToken: string }): Caller | undefined {
+  const header = authorization ?? '';
+  if (!header.startsWith('Bearer ')) return undefined;
+  const given = Buffer.from(header.slice(7));
+  // Every comparison runs, so the time taken does not say which token came close.
+  const peer = same(given, secrets.agentToken);
+  const read = same(given, secrets.readToken);
+  const admin = same(given, secrets.adminToken);
+  return peer ? 'peer' : admin ? 'admin' : read ? 'read' : undefined;
 }
 
 /** Largest request body the API reads; more is a 413 and the rest is not read. */
@@ -174,8 +187,8 @@ export class AuthLimiter {
 
 interface Route {
   method: 'GET' | 'POST';
-  /** Open to anyone (liveness only), or behind the agent token. */
-  open?: boolean;
+  /** Who may call it; empty: anyone (liveness only). */
+  callers: Caller[];
   /** Changes something: every call is written to the audit log. */
   mutating?: boolean;
   handle: (req: IncomingMessage) => Promise<{ status: number; body: unknown; type?: string }>;
@@ -187,11 +200,11 @@ export function routes(agent: Agent): Record<string, Route> {
     // Between the listener opening and the state being read, there is nothing true to report yet.
     agent.meta ? undefined : { status: 503, body: { error: 'starting: the node state is not read yet' } };
   return {
-    '/healthz': { method: 'GET', open: true, handle: async () => ({ status: 200, body: { ok: true } }) },
-    '/v1/status': { method: 'GET', handle: async () => notReady() ?? { status: 200, body: statusOf(agent) } },
-    '/metrics': { method: 'GET', handle: async () => notReady() ?? { status: 200, body: metricsOf(agent), type: 'text/plain; version=0.0.4' } },
+    '/healthz': { method: 'GET', callers: [], handle: async () => ({ status: 200, body: { ok: true } }) },
+    '/v1/status': { method: 'GET', callers: ['peer', 'read', 'admin'], handle: async () => notReady() ?? { status: 200, body: statusOf(agent) } },
+    '/metrics': { method: 'GET', callers: ['peer', 'read', 'admin'], handle: async () => notReady() ?? { status: 200, body: metricsOf(agent), type: 'text/plain; version=0.0.4' } },
     '/v1/switchover': {
-      method: 'POST', mutating: true,
+      method: 'POST', callers: ['admin'], mutating: true,
       handle: async (req) => {
         await readJson(req);
         if (!agent.meta) return notReady()!;
@@ -199,8 +212,9 @@ export function routes(agent: Agent): Record<string, Route> {
         return { status: r.ok ? 200 : 409, body: r };
       },
     },
+    // The switchover handshake between the two agents: never an operator's call.
     '/v1/promote': {
-      method: 'POST', mutating: true,
+      method: 'POST', callers: ['peer'], mutating: true,
       handle: async (req) => {
         const body = await readJson(req);
         let lsn: bigint;
@@ -225,11 +239,10 @@ async function audit(file: string, entry: Record<string, unknown>): Promise<void
   await appendFile(file, `${JSON.stringify(entry)}\n`, { mode: 0o600 });
 }
 
-/** The agent's HTTP API: /healthz open (liveness only), everything else behind the agent token. */
-export function startApi(agent: Agent): Promise<Server> {
+/** The agent's HTTP API: /healthz open (liveness only); every other endpoint names the callers it accepts. */
+export function startApi(agent: Agent, limiter = new AuthLimiter()): Promise<Server> {
   const { ctx } = agent;
   const table = routes(agent);
-  const limiter = new AuthLimiter();
   const auditFile = join(ctx.config.stateDir, 'audit.log');
   const handler = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const send = (code: number, body: unknown, type = 'application/json', extra: Record<string, string> = {}): void => {
@@ -242,31 +255,38 @@ export function startApi(agent: Agent): Promise<Server> {
     const route = Object.hasOwn(table, path) ? table[path] : undefined;
     if (!route) return send(404, { error: `no such endpoint: ${path}` });
     if (req.method !== route.method) return send(405, { error: `${path} accepts ${route.method} only` }, 'application/json', { allow: route.method });
-    if (!route.open) {
-      if (limiter.blocked(addr)) return send(429, { error: 'too many failed authentications from this address; try again later' });
-      if (!authorized(req, ctx.secrets.agentToken)) {
-        // The presented credential is never logged, only that it failed and from where.
-        if (limiter.fail(addr)) agent.log.warn({ event: 'auth-failed', from: addr, path }, `refused ${req.method} ${path} from ${addr}: missing or wrong bearer token`);
-        return send(401, { error: 'missing or wrong bearer token' });
-      }
-    }
+    let caller: Caller | 'anyone' | 'nobody' = route.callers.length > 0 ? 'nobody' : 'anyone';
     let status = 500;
+    const answer = (code: number, body: unknown, type?: string): void => {
+      status = code;
+      send(code, body, type);
+    };
     try {
+      if (route.callers.length > 0) {
+        if (limiter.blocked(addr)) return answer(429, { error: 'too many failed authentications from this address; try again later' });
+        const who = callerOf(req.headers.authorization, ctx.secrets);
+        if (!who) {
+          // The presented credential is never logged, only that it failed and from where.
+          if (limiter.fail(addr)) agent.log.warn({ event: 'auth-failed', from: addr, path }, `refused ${req.method} ${path} from ${addr}: missing or wrong bearer token`);
+          return answer(401, { error: 'missing or wrong bearer token' });
+        }
+        caller = who;
+        if (!route.callers.includes(who)) return answer(403, { error: `${req.method} ${path} is for ${route.callers.join(' or ')}, not for the ${who} credential` });
+      }
       const r = await route.handle(req);
-      status = r.status;
-      send(r.status, r.body, r.type);
+      answer(r.status, r.body, r.type);
     } catch (err) {
       if (err instanceof HttpError) {
-        status = err.status;
-        send(err.status, { error: err.message });
+        answer(err.status, { error: err.message });
       } else {
         agent.log.error({ err: (err as Error).message, path }, 'API request failed');
-        send(500, { error: (err as Error).message });
+        answer(500, { error: (err as Error).message });
       }
     } finally {
+      // Refused calls too: an audit trail that only shows what succeeded hides the probing.
       if (route.mutating) {
-        const entry = { at: new Date().toISOString(), from: addr, who: 'agent-token', what: `${req.method} ${path}`, status };
-        agent.log.info({ event: 'audit', ...entry }, `audit: ${entry.what} from ${addr} -> ${status}`);
+        const entry = { at: new Date().toISOString(), from: addr, who: caller, what: `${req.method} ${path}`, status };
+        agent.log.info({ event: 'audit', ...entry }, `audit: ${entry.what} by ${caller} from ${addr} -> ${status}`);
         await audit(auditFile, entry).catch((err: Error) => agent.log.error({ event: 'audit', err: err.message }, 'could not append to the audit log'));
       }
     }

@@ -9,7 +9,12 @@ const secret = z
   .min(16, 'secrets must be at least 16 characters')
   .regex(/^[A-Za-z0-9._~-]+$/, 'secrets may only contain letters, digits and ._~- (they end up in DSNs and config files)');
 
-export const SECRET_NAMES = ['k3sToken', 'postgresPassword', 'replicationPassword', 'agentToken'] as const;
+/**
+ * Credentials per party: `agentToken` is the peer agent's, `witnessToken` the only one the
+ * witness knows (lease calls), `readToken` an operator's for status and metrics, `adminToken`
+ * an operator's for switchover (and later upgrade and backup).
+ */
+export const SECRET_NAMES = ['k3sToken', 'postgresPassword', 'replicationPassword', 'agentToken', 'witnessToken', 'readToken', 'adminToken'] as const;
 export type SecretName = (typeof SECRET_NAMES)[number];
 
 export const SecretsSchema = z.strictObject({
@@ -17,6 +22,9 @@ export const SecretsSchema = z.strictObject({
   postgresPassword: secret,
   replicationPassword: secret,
   agentToken: secret,
+  witnessToken: secret,
+  readToken: secret,
+  adminToken: secret,
 });
 export type Secrets = z.output<typeof SecretsSchema>;
 

@@ -402,7 +402,7 @@ export class HarnessCluster extends PairHarness {
   /** `geminik8s witness serve` in the witness namespace; the token file is init's agent token. */
   startWitness(): void {
     const url = new URL((this.config.witness as { url: string }).url);
-    const tokenFile = join(this.configDir, this.config.secretsDir, SECRET_FILES.agentToken);
+    const tokenFile = join(this.configDir, this.config.secretsDir, SECRET_FILES.witnessToken);
     const p = this.spawnJsonLogged('witness', inNs(this.topology.witnessNs, 'node', [this.agentBundle, 'witness', '--listen', `${url.hostname}:${url.port}`, '--token-file', tokenFile, '--state-dir', this.witnessStateDir]));
     this.witnessProc = p;
     void p.exited.then(() => {
@@ -562,7 +562,7 @@ export class HarnessCluster extends PairHarness {
   /** GET /v1/status of a node's agent, from inside the client namespace. */
   async status(node: string): Promise<Record<string, any> | undefined> {
     const ip = NET.nodes.find((n) => n.name === node)!.ip;
-    const r = await runPlan(inNs(this.topology.clientNs, 'curl', ['-sf', '-m', '2', '-H', `Authorization: Bearer ${this.secrets.agentToken}`, `http://${ip}:7443/v1/status`]), { allowFailure: true });
+    const r = await runPlan(inNs(this.topology.clientNs, 'curl', ['-sf', '-m', '2', '-H', `Authorization: Bearer ${this.secrets.readToken}`, `http://${ip}:7443/v1/status`]), { allowFailure: true });
     if (r.exitCode !== 0) return undefined;
     return JSON.parse(r.stdout) as Record<string, any>;
   }
@@ -572,7 +572,7 @@ export class HarnessCluster extends PairHarness {
   /** POST /v1/switchover to a node's agent, from inside the client namespace. */
   async switchover(node: string, timeoutSeconds = 30): Promise<{ ok: boolean; reason: string; tookMs: number } | undefined> {
     const ip = NET.nodes.find((n) => n.name === node)!.ip;
-    const r = await runPlan(inNs(this.topology.clientNs, 'curl', ['-s', '-m', String(timeoutSeconds), '-X', 'POST', '-H', `Authorization: Bearer ${this.secrets.agentToken}`, `http://${ip}:7443/v1/switchover`]), { allowFailure: true, timeoutMs: (timeoutSeconds + 10) * 1000 });
+    const r = await runPlan(inNs(this.topology.clientNs, 'curl', ['-s', '-m', String(timeoutSeconds), '-X', 'POST', '-H', `Authorization: Bearer ${this.secrets.adminToken}`, `http://${ip}:7443/v1/switchover`]), { allowFailure: true, timeoutMs: (timeoutSeconds + 10) * 1000 });
     return r.stdout ? (JSON.parse(r.stdout) as { ok: boolean; reason: string; tookMs: number }) : undefined;
   }
 

@@ -13,6 +13,9 @@ export const FAKE_SECRETS: Secrets = {
   postgresPassword: 'TEST-postgres-password-0123456789',
   replicationPassword: 'TEST-replication-password-0123456789',
   agentToken: 'TEST-agent-token-0123456789abcdef',
+  witnessToken: 'TEST-witness-token-0123456789abcdef',
+  readToken: 'TEST-read-token-0123456789abcdef',
+  adminToken: 'TEST-admin-token-0123456789abcdef',
 };
 
 export const loadFixtureCluster = () => loadCluster(CLUSTER_FIXTURE);

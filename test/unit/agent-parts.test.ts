@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { Agent } from '../../agent/src/agent.ts';
 import { agentLogger, createLogPort } from '../../agent/src/adapters/log.ts';
-import { AuthLimiter, MAX_BODY_BYTES, metricsOf, startApi, statusOf } from '../../agent/src/api.ts';
+import { AuthLimiter, MAX_BODY_BYTES, metricsOf, routes, startApi, statusOf } from '../../agent/src/api.ts';
 import { registerSecret } from '../../common/log.ts';
 import { nodeContext } from '../../agent/src/context.ts';
 import { readHostMeta, writeHostMeta } from '../../agent/src/hostmeta.ts';
@@ -103,25 +103,31 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
     promotes++;
     return { ok: false, reason: 'test: refused' };
   };
-  const server = await startApi(agent);
+  // This test fails authentication on purpose, many times: its own limiter, out of the way.
+  const server = await startApi(agent, new AuthLimiter(1000));
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   const token = { authorization: `Bearer ${FAKE_SECRETS.agentToken}` };
   const call = (path: string, init: RequestInit = {}) => fetch(`${base}${path}`, init).then(async (r) => ({ status: r.status, allow: r.headers.get('allow'), body: await r.text() }));
   try {
-    // The role matrix: no credential, a wrong one, the agent token.
-    const matrix: [string, string, number, number, number][] = [
-      // path, method, none, wrong, token
-      ['/healthz', 'GET', 200, 200, 200],
-      ['/v1/status', 'GET', 401, 401, 200],
-      ['/metrics', 'GET', 401, 401, 200],
-      ['/v1/switchover', 'POST', 401, 401, 409],
-      ['/v1/promote', 'POST', 401, 401, 409],
-    ];
-    for (const [path, method, none, wrong, good] of matrix) {
+    // The role matrix: every endpoint with every credential. 409 = the (stubbed) controller refused.
+    const creds: Record<string, string | undefined> = {
+      none: undefined, wrong: 'wrong-token-of-some-length', witness: FAKE_SECRETS.witnessToken,
+      peer: FAKE_SECRETS.agentToken, read: FAKE_SECRETS.readToken, admin: FAKE_SECRETS.adminToken,
+    };
+    const matrix: Record<string, [string, Record<keyof typeof creds, number>]> = {
+      '/healthz': ['GET', { none: 200, wrong: 200, witness: 200, peer: 200, read: 200, admin: 200 }],
+      '/v1/status': ['GET', { none: 401, wrong: 401, witness: 401, peer: 200, read: 200, admin: 200 }],
+      '/metrics': ['GET', { none: 401, wrong: 401, witness: 401, peer: 200, read: 200, admin: 200 }],
+      '/v1/switchover': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
+      '/v1/promote': ['POST', { none: 401, wrong: 401, witness: 401, peer: 409, read: 403, admin: 403 }],
+    };
+    t.deepEqual(Object.keys(matrix).sort(), Object.keys(routes(agent)).sort(), 'the matrix covers every endpoint');
+    for (const [path, [method, expect]] of Object.entries(matrix)) {
       const body = path === '/v1/promote' ? JSON.stringify({ lsn: '0/10', generation: 3 }) : undefined;
-      t.is((await call(path, { method, body })).status, none, `${method} ${path} without a credential`);
-      t.is((await call(path, { method, body, headers: { authorization: 'Bearer wrong-token-of-some-length' } })).status, wrong, `${method} ${path} with a wrong token`);
-      t.is((await call(path, { method, body, headers: token })).status, good, `${method} ${path} with the agent token`);
+      for (const [who, secret] of Object.entries(creds)) {
+        const headers: Record<string, string> = secret ? { authorization: `Bearer ${secret}` } : {};
+        t.is((await call(path, { method, body, headers })).status, expect[who]!, `${method} ${path} as ${who}`);
+      }
       const other = method === 'GET' ? 'POST' : 'GET';
       const r = await call(path, { method: other, headers: token });
       t.is(r.status, 405, `${other} ${path}`);
@@ -129,8 +135,8 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
     }
     t.is((await call('/v1/nope', { headers: token })).status, 404);
     t.is((await call('/v1/nope')).status, 404, 'unknown routes are 404 before authentication');
-    t.is(switchovers, 1);
-    t.is(promotes, 1);
+    t.is(switchovers, 1, 'only the admin reached the switchover');
+    t.is(promotes, 1, 'only the peer reached the promote handshake');
 
     // Bad input: a clear 4xx, and the handler never runs.
     const bad: [string, BodyInit, number, RegExp][] = [
@@ -148,16 +154,18 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
       t.regex(r.body, message, what);
     }
     t.is(promotes, 1, 'no bad request reached the controller');
-    t.is((await call('/v1/switchover', { method: 'POST', headers: token, body: '{' })).status, 400);
+    t.is((await call('/v1/switchover', { method: 'POST', headers: { authorization: `Bearer ${FAKE_SECRETS.adminToken}` }, body: '{' })).status, 400);
     t.is(switchovers, 1);
 
     // Every mutating call is audited, with its result; nothing secret in the file, and only we read it.
     const file = join(ctx.config.stateDir, 'audit.log');
     const entries = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
     t.true(entries.length >= 10);
-    t.like(entries.find((e) => e.what === 'POST /v1/switchover' && e.status === 409), { who: 'agent-token', from: '127.0.0.1' });
+    t.like(entries.find((e) => e.what === 'POST /v1/switchover' && e.status === 409), { who: 'admin', from: '127.0.0.1' });
+    t.true(entries.some((e) => e.what === 'POST /v1/switchover' && e.status === 403 && e.who === 'read'));
+    t.like(entries.find((e) => e.what === 'POST /v1/switchover' && e.status === 401), { who: 'nobody' });
     t.true(entries.some((e) => e.what === 'POST /v1/promote' && e.status === 413));
-    t.false(readFileSync(file, 'utf8').includes(FAKE_SECRETS.agentToken));
+    for (const secret of Object.values(FAKE_SECRETS)) t.false(readFileSync(file, 'utf8').includes(secret));
     t.is(statSync(file).mode & 0o077, 0, 'the audit log is not readable by others');
   } finally {
     server.close();

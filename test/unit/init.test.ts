@@ -20,10 +20,10 @@ test('init writes a commented cluster.yaml that validates, and 0600 secrets in a
   t.deepEqual(cluster.network.dns, ['192.168.10.1']);
   t.is(statSync(join(dir, 'secrets')).mode & 0o777, 0o700);
   const files = readdirSync(join(dir, 'secrets')).sort();
-  t.deepEqual(files, ['agent-token', 'k3s-token', 'postgres-password', 'replication-password']);
+  t.deepEqual(files, ['admin-token', 'agent-token', 'k3s-token', 'postgres-password', 'read-token', 'replication-password', 'witness-token']);
   for (const f of files) t.is(statSync(join(dir, 'secrets', f)).mode & 0o777, 0o600, f);
   const secrets = await loadSecrets(join(dir, 'secrets'));
-  t.is(new Set(Object.values(secrets)).size, 4);
+  t.is(new Set(Object.values(secrets)).size, 7);
   for (const s of Object.values(secrets)) {
     t.true(s.length >= 32);
     t.false(r.stdout.includes(s) || r.stderr.includes(s), 'a secret was printed');

@@ -47,6 +47,9 @@ secrets:
   postgresPassword: postgres-password-0123456789
   replicationPassword: replication-password-0123456789
   agentToken: agent-token-0123456789abcdef
+  witnessToken: witness-token-0123456789abcdef
+  readToken: read-token-0123456789abcdef
+  adminToken: admin-token-0123456789abcdef
 `;
 
 /** Replace the first occurrence of `from` with `to` (the mutation under test). */

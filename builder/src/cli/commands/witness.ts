@@ -18,7 +18,7 @@ export function registerWitness(program: Command, ctx: () => CliContext): void {
     .command('serve')
     .description('answer lease requests; keep each cluster\'s record durably under --state-dir')
     .option('--listen <host:port>', 'address to listen on', `0.0.0.0:${DEFAULT_WITNESS_PORT}`)
-    .requiredOption('--token-file <file>', 'file holding the bearer token (the seed\'s agentToken)')
+    .requiredOption('--token-file <file>', 'file holding the bearer token (secrets/witness-token from init: the only credential the witness knows)')
     .option('--state-dir <dir>', 'where the records live', DEFAULT_WITNESS_STATE_DIR)
     .action(async (opts: { listen: string; tokenFile: string; stateDir: string }) => {
       if (!parseListen(opts.listen)) throw new GeminiError(`--listen: expected HOST:PORT, got ${JSON.stringify(opts.listen)}`, ExitCode.invalidInput);
