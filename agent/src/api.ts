@@ -292,11 +292,42 @@ export function startApi(agent: Agent, limiter = new AuthLimiter()): Promise<Ser
     }
   };
   const { tlsCert, tlsKey, host } = ctx.config.listen;
-  const server = tlsCert && tlsKey
+  const make = (): Server => (tlsCert && tlsKey
     ? createHttpsServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }, (q, s) => void handler(q, s))
-    : createHttpServer((q, s) => void handler(q, s));
-  return new Promise((resolve, reject) => {
+    : createHttpServer((q, s) => void handler(q, s)));
+  const listen = (server: Server, address: string): Promise<Server> => new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(agent.ctx.apiPort, host, () => resolve(server));
+    server.listen(agent.ctx.apiPort, address, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
+  });
+  if (host) return listen(make(), host);
+  // The node's own address and loopback, not every interface (the VIP, a management NIC).
+  const local = make();
+  const own = make();
+  local.on('close', () => own.close());
+  return listen(local, '127.0.0.1').then(async (server) => {
+    try {
+      await listen(own, ctx.self.ip);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRNOTAVAIL') {
+        server.close();
+        throw err;
+      }
+      // Early in boot the address may not be configured yet: keep trying rather than give up.
+      agent.log.warn({ event: 'api', address: ctx.self.ip }, `${ctx.self.ip} is not configured yet: the API listens on 127.0.0.1 only until it is`);
+      const retry = (): void => {
+        setTimeout(() => {
+          if (!local.listening) return;
+          listen(own, ctx.self.ip).then(
+            () => agent.log.info({ event: 'api', address: ctx.self.ip }, `the API listens on ${ctx.self.ip} too`),
+            () => retry(),
+          );
+        }, 1000).unref();
+      };
+      retry();
+    }
+    return server;
   });
 }

@@ -33,7 +33,8 @@ export const AgentConfigSchema = z.strictObject({
   stateDir: z.string().default('/var/lib/geminik8s'),
   listen: z
     .strictObject({
-      host: z.string().default('0.0.0.0'),
+      /** One address to listen on. Unset: the node's own address (from the seed) and 127.0.0.1, never every interface. */
+      host: z.string().optional(),
       /** Overrides the cluster's agent.port (tests run two agents on one host; 0 = any free port). */
       port: z.number().int().min(0).max(65535).optional(),
       tlsCert: z.string().optional(),

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import pino from 'pino';
 import { Agent } from '../../agent/src/agent.ts';
@@ -199,6 +199,26 @@ test('API: failed authentications are rate-limited per address, logged once per 
     const refusals = lines.filter((l) => l.includes('auth-failed'));
     t.is(refusals.length, 1, 'one log line per window, not one per attempt');
     t.false(lines.join('').includes(FAKE_SECRETS.agentToken));
+  } finally {
+    server.close();
+  }
+});
+
+test('API: without listen.host it listens on the node\'s own address and loopback, never on every interface', async (t) => {
+  const base = await context();
+  const port = await new Promise<number>((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as AddressInfo).port;
+      s.close(() => resolve(p));
+    });
+  });
+  const ctx = { ...base, apiPort: port, self: { ...base.self, ip: '127.0.0.2' }, config: { ...base.config, listen: { ...base.config.listen, host: undefined } } };
+  const agent = new Agent(ctx, pino({ level: 'silent' }));
+  agent.meta = meta();
+  const server = await startApi(agent);
+  try {
+    for (const host of ['127.0.0.1', '127.0.0.2']) t.is((await fetch(`http://${host}:${port}/healthz`)).status, 200, host);
+    await t.throwsAsync(fetch(`http://127.0.0.3:${port}/healthz`), undefined, 'not on an address that is not ours');
   } finally {
     server.close();
   }
