@@ -195,7 +195,8 @@ export class Controller {
         // The witness issued this generation to us: we are (or were becoming) the leader.
         await this.setRole('leader', record.generation > this.meta.generation ? `the witness handed us generation ${record.generation}: finishing the promotion` : 'restarted as the lease holder', record.generation);
         if (disk.standbySignal) return this.finishPromotion('restart');
-        await this.p.pg.start();
+        // A failed start is the loop's to handle (restarts, then a handover), not a failed agent.
+        await this.p.pg.start().catch((err: Error) => this.p.log.warn({ event: 'start', err: err.message }, 'PostgreSQL did not start; the loop retries'));
         return;
       }
     }
@@ -280,7 +281,9 @@ export class Controller {
   private guard(): void {
     // A leader signals life only while its lease outlasts the watchdog period: a frozen leader is
     // then killed (and its PostgreSQL stopped with it) by about its own deadline, whatever froze it.
-    if (!this.arbiter || this.meta?.role !== 'leader' || this.leaseDeadline - this.p.clock.now() > watchdogMs(this.s.fenceAfter) - WATCHDOG_SLACK_MS) this.p.heartbeat();
+    // Before reconcile no lease is held and a primary left running is stopped first: ping, or a
+    // restart while the witness is unreachable would be killed over and over.
+    if (!this.reconciled || !this.arbiter || this.meta?.role !== 'leader' || this.leaseDeadline - this.p.clock.now() > watchdogMs(this.s.fenceAfter) - WATCHDOG_SLACK_MS) this.p.heartbeat();
     if (this.arbiter && this.reconciled && this.meta?.role === 'leader' && !this.leaseValid()) {
       void this.fence('our lease deadline passed without a granted renewal');
     }

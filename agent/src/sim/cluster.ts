@@ -142,7 +142,13 @@ export class SimCluster {
     const c = new Controller(this.ports(n), { ...this.settings, self: n.name, peer: this.other(n).name, isBootstrapLeader: n === this.nodes[0] });
     n.controller = c;
     this.world.log(`${n.name} agent: started (hostmeta ${n.hostmeta ? `${n.hostmeta.role} gen ${n.hostmeta.generation}` : 'none'})`);
-    c.start().catch((err: Error) => this.world.log(`${n.name} agent: start failed: ${err.message}`));
+    const epoch = n.proc.epoch;
+    c.start().catch((err: Error) => {
+      if (n.proc.epoch !== epoch) return;
+      // main() exits non-zero; systemd's Restart=always (RestartSec=2) starts the agent again.
+      this.world.log(`${n.name} agent: start failed: ${err.message}`);
+      this.crashAgent(n, 'exited after a failed start', 2000);
+    });
   }
 
   /**

@@ -38,7 +38,9 @@ export class SimPostgres {
   version = 0;
   ids = new Set<number>();
   private waiters: Waiter[] = [];
-  private starting = false;
+  starting = false;
+  /** Bumped by every halt: a start in flight when the server is stopped never completes. */
+  private startEpoch = 0;
   /** Set by the simulator: called when a standby.signal would land in a live primary. */
   onViolation: (what: string) => void = () => undefined;
 
@@ -87,6 +89,9 @@ export class SimPostgres {
 
   /** The server stops: every waiting commit fails (never acknowledged). */
   halt(why: string): void {
+    // A server still starting dies too (power loss, a fence, BindsTo= when its agent dies).
+    this.startEpoch++;
+    this.starting = false;
     if (!this.running) return;
     this.running = false;
     this.peerStreaming = false;
@@ -112,7 +117,9 @@ export class SimPostgres {
   startServer(): void {
     if (this.running || this.starting || !this.hasData) return;
     this.starting = true;
+    const epoch = this.startEpoch;
     this.world.at(this.world.now + this.world.rng.between(200, 1500), () => {
+      if (epoch !== this.startEpoch) return;
       this.starting = false;
       if (this.running || !this.hasData) return;
       this.running = true;
@@ -156,7 +163,11 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
     new Promise((resolve, reject) => {
       const start = world.now;
       const poll = (): void => {
-        if (cond()) return resolve();
+        try {
+          if (cond()) return resolve();
+        } catch (err) {
+          return reject(err);
+        }
         if (world.now - start > limitMs) return reject(new Error(`${what}: timed out`));
         world.inProcess(agent, 50, poll);
       };
@@ -171,7 +182,11 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
     start: async () => {
       if (!self.hasData) throw new Error('no data directory');
       self.startServer();
-      await waitFor(() => self.running, 60_000, 'start');
+      // As the production port: a server stopped while starting (a crash, a fence) ends the wait.
+      await waitFor(() => {
+        if (!self.running && !self.starting) throw new Error('PostgreSQL stopped while we waited for it to accept connections');
+        return self.running;
+      }, 60_000, 'start');
     },
     stop: () => op(50, 400, () => self.halt('clean shutdown')),
     fence: () => op(5, 60, () => self.halt('fenced: immediate shutdown')),
@@ -210,7 +225,11 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
         self.syncNames = names;
       });
       self.startServer();
-      await waitFor(() => self.running, 60_000, 'start');
+      // As the production port: a server stopped while starting (a crash, a fence) ends the wait.
+      await waitFor(() => {
+        if (!self.running && !self.starting) throw new Error('PostgreSQL stopped while we waited for it to accept connections');
+        return self.running;
+      }, 60_000, 'start');
     },
     configureStandby: () =>
       op(2, 10, () => {
