@@ -646,12 +646,16 @@ export class Controller {
       if (answer?.ok) {
         this.holdLease(sentAt, answer);
         await this.setRole('leader', `switchover failed (${why}); the lease is ours again`, answer.generation);
-        await this.p.pg.start();
-        if (this.mayWrite()) {
+        // If the server does not come back, the loop's restarts (then a handover) take it from here.
+        const started = await this.p.pg.start().then(() => true, (err: Error) => {
+          this.p.log.warn({ event: 'switchover', err: err.message }, 'PostgreSQL did not start after the failed switchover; the loop retries');
+          return false;
+        });
+        if (started && this.mayWrite()) {
           await this.p.pg.setReadOnly(false);
           await this.p.vip.take();
         }
-        return { ok: false, reason: `the peer did not take over (${why}); writes resumed here` };
+        return { ok: false, reason: `the peer did not take over (${why}); ${started ? 'writes resumed here' : 'the lease is ours again, PostgreSQL restarts'}` };
       }
       if (answer && answer.holder === this.s.peer) {
         await this.becomeStandby(`switchover: ${this.s.peer} took the lease (generation ${answer.generation})`, answer.generation);

@@ -105,7 +105,10 @@ function injectRandomFault(c: SimCluster): string {
     }
     case 12: {
       const leader = c.nodes.find((n) => n.controller?.role === 'leader');
-      if (leader?.controller) void leader.controller.switchover().then((r) => w.log(`switchover on ${leader.name}: ${r.ok ? 'ok' : 'failed'}: ${r.reason}`));
+      if (leader?.controller) void leader.controller.switchover().then(
+        (r) => w.log(`switchover on ${leader.name}: ${r.ok ? 'ok' : 'failed'}: ${r.reason}`),
+        (err: Error) => w.log(`switchover on ${leader.name} threw: ${err.message}`),
+      );
       return 'switchover';
     }
     default: {
@@ -122,6 +125,19 @@ function injectRandomFault(c: SimCluster): string {
 /** Run one seed: boot, random faults, heal, then check the pair recovers within a bound. */
 export async function runSeed(seed: number, minutes = 3, opts: { recoveryBoundMs?: number } = {}): Promise<SeedResult> {
   const c = new SimCluster({ seed });
+  // In the agent an unhandled rejection ends the process (Node's default): here it is a finding.
+  const unhandled = (reason: unknown): void => c.violate(`unhandled rejection: ${reason instanceof Error ? reason.message : String(reason)}`);
+  process.on('unhandledRejection', unhandled);
+  try {
+    return await runSeedIn(c, seed, minutes, opts);
+  } finally {
+    // Rejections surface a microtask turn late: let them land on this seed before detaching.
+    await new Promise((r) => setImmediate(r));
+    process.off('unhandledRejection', unhandled);
+  }
+}
+
+async function runSeedIn(c: SimCluster, seed: number, minutes: number, opts: { recoveryBoundMs?: number }): Promise<SeedResult> {
   const total = minutes * 60_000;
   const bound = opts.recoveryBoundMs ?? 90_000;
   const faultsEnd = Math.max(30_000, total - bound);
