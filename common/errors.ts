@@ -8,6 +8,10 @@ export const ExitCode = {
   refused: 5,
   artifact: 6,
   timeout: 7,
+  /** `status`: a leader writes, but a node, the witness or synchronous replication is missing. */
+  degraded: 8,
+  /** `status`: no node is a leader with a writable primary (or two claim to be). */
+  down: 9,
   interrupted: 130,
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];

@@ -2,7 +2,10 @@ import test from 'ava';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { runPlan } from '../../common/exec.ts';
 import { dualWritable, HarnessCluster, type Sample } from '../harness/cluster.ts';
+import { inNs } from '../harness/netns.ts';
+import { ROOT } from '../helpers/fixtures.ts';
 import { outageAfter, resultLine, runScenario, SCENARIOS, type ScenarioResult } from '../harness/scenarios.ts';
 
 // The dual-writable computation, without namespaces.
@@ -59,6 +62,40 @@ test.after.always(async (t) => {
   for (const r of results) console.log(resultLine(r));
   for (const x of cluster.unexpectedExits) console.log(`agent of ${x.node} exited by itself at ${new Date(x.at).toISOString()} (${x.code}); restarted as systemd would`);
   console.log(`${results.length} scenarios in ${((Date.now() - started) / 1000).toFixed(0)} s; harness log: ${cluster.logFile}`);
+});
+
+// Runs before the scenarios (serial tests run in file order): the pair is healthy then.
+serial('geminik8s status reads the running pair from the client namespace: table, json, and exit codes', async (t) => {
+  t.timeout(300_000);
+  const run = (...args: string[]) =>
+    runPlan(inNs(cluster.topology.clientNs, 'node', [join(ROOT, 'bin/geminik8s.js'), 'status', '--cluster', join(cluster.configDir, 'cluster.yaml'), ...args]), { allowFailure: true, timeoutMs: 120_000 });
+  await cluster.waitFor('a healthy pair', () => cluster.healthyPair(), 120_000);
+  const healthy = await run('--output', 'json');
+  t.is(healthy.exitCode, 0, healthy.stderr);
+  const s = JSON.parse(healthy.stdout) as { health: string; leader: string; nodes: { name: string; role: string; pg: { role: string; syncState: string | null } }[]; witness: { holder: string; promotable: string } };
+  t.is(s.health, 'healthy');
+  const leader = s.nodes.find((n) => n.role === 'leader')!;
+  const follower = s.nodes.find((n) => n.role === 'follower')!;
+  t.is(s.leader, leader.name);
+  t.like(leader.pg, { role: 'primary', syncState: 'sync' });
+  t.like(s.witness, { holder: leader.name, promotable: follower.name });
+  const table = await run();
+  t.log(table.stdout);
+  t.is(table.exitCode, 0);
+  t.regex(table.stdout, new RegExp(`^${leader.name}\\s+leader\\s+\\d+\\s+primary\\s+\\d+\\s+\\S+\\s+read-write\\s+sync`, 'm'));
+  t.regex(table.stdout, /HEALTHY/);
+  for (const secret of Object.values(cluster.secrets)) t.false(`${table.stdout}${table.stderr}`.includes(secret));
+  // One node's agent gone: degraded (exit 8), and the table says which node does not answer.
+  await cluster.crashAgent(follower.name);
+  try {
+    const degraded = await run();
+    t.is(degraded.exitCode, 8, degraded.stdout);
+    t.regex(degraded.stdout, new RegExp(`^${follower.name}\\s+unreachable`, 'm'));
+    t.regex(degraded.stderr, /is degraded/);
+  } finally {
+    cluster.startAgent(follower.name);
+  }
+  await cluster.waitFor('a healthy pair again', () => cluster.healthyPair(), 120_000);
 });
 
 for (const scenario of selected) {

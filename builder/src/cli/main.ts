@@ -11,6 +11,7 @@ import { registerSeed } from './commands/seed.ts';
 import { registerValidate } from './commands/validate.ts';
 import { registerVersion } from './commands/version.ts';
 import { registerWitness } from './commands/witness.ts';
+import { registerStatus } from './commands/status.ts';
 import { contextFrom, type CliContext } from './context.ts';
 
 export interface MainIo {
@@ -48,6 +49,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerVersion(program, ctx);
   registerValidate(program, ctx);
   registerWitness(program, ctx);
+  registerStatus(program, ctx);
   registerCompletion(program, ctx);
   for (const cmd of program.commands) cmd.exitOverride().configureOutput({ writeOut: io.stdout, writeErr: io.stderr });
   return program;

@@ -1,6 +1,5 @@
 import { Command } from 'commander';
-import pino from 'pino';
-import { createLogPort } from '../../../../agent/src/adapters/log.ts';
+import { agentLogger, createLogPort } from '../../../../agent/src/adapters/log.ts';
 import { DEFAULT_WITNESS_PORT, DEFAULT_WITNESS_STATE_DIR, parseListen, serveWitness } from '../../../../agent/src/witness/serve.ts';
 import { NODE_PATHS } from '../../../../common/render/paths.ts';
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
@@ -22,7 +21,7 @@ export function registerWitness(program: Command, ctx: () => CliContext): void {
     .option('--state-dir <dir>', 'where the records live', DEFAULT_WITNESS_STATE_DIR)
     .action(async (opts: { listen: string; tokenFile: string; stateDir: string }) => {
       if (!parseListen(opts.listen)) throw new GeminiError(`--listen: expected HOST:PORT, got ${JSON.stringify(opts.listen)}`, ExitCode.invalidInput);
-      await serveWitness({ ...opts, log: createLogPort(pino({ base: { node: 'witness' }, timestamp: pino.stdTimeFunctions.isoTime })) });
+      await serveWitness({ ...opts, log: createLogPort(agentLogger('witness')) });
       ctx();
       await new Promise(() => undefined);
     });

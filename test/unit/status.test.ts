@@ -1,0 +1,65 @@
+import test from 'ava';
+import { assess, collectStatus, nodeViewOf, renderStatusTable, type Fetcher, type NodeView, type WitnessView } from '../../builder/src/ops/status.ts';
+import { ClusterSchema } from '../../common/schema/cluster.ts';
+import { FAKE_SECRETS, loadFixtureCluster } from '../helpers/fixtures.ts';
+
+// A /v1/status body as the agent's statusOf writes it (fields the status command reads).
+const body = (role: string, pg: Record<string, unknown>, over: Record<string, unknown> = {}) => ({
+  role, generation: 4, version: '0.1.0', slot: 'A', degraded: false, vip: { heldHere: role === 'leader' }, lease: { held: role === 'leader', msLeft: 3500 },
+  lastTransition: { at: '2026-11-30T10:00:00.000Z', from: 'follower', to: role, reason: 'test' },
+  boot: { state: 'steady', booted: 'A', active: 'A' }, postgres: { up: true, timeline: 3, lsn: '0/5000', readOnly: role !== 'leader', ...pg }, ...over,
+});
+const leaderBody = body('leader', { role: 'primary', standby: { state: 'streaming', syncState: 'sync' }, lagBytes: 0 });
+const followerBody = body('follower', { role: 'standby', receiverStreaming: true });
+const witnessOk: WitnessView = { kind: 'lease', url: 'http://10.0.0.9:7444', reachable: true, holder: 'node1', generation: 4, promotable: 'node2', timeline: 3 };
+
+test('assess: healthy, degraded for each missing piece, down without (or with two) writable leaders', (t) => {
+  const l = nodeViewOf('node1', '10.0.0.1', leaderBody);
+  const f = nodeViewOf('node2', '10.0.0.2', followerBody);
+  t.deepEqual(assess([l, f], witnessOk), { health: 'healthy', reasons: [], leader: 'node1' });
+  const gone: NodeView = { name: 'node2', ip: '10.0.0.2', reachable: false, error: 'connect ECONNREFUSED' };
+  t.like(assess([l, gone], { ...witnessOk }), { health: 'degraded', leader: 'node1' });
+  t.regex(assess([l, gone], witnessOk).reasons.join('\n'), /node2 does not answer \(connect ECONNREFUSED\)/);
+  t.regex(assess([l, f], { kind: 'lease', reachable: false, error: 'timeout' }).reasons.join(), /the witness does not answer/);
+  t.regex(assess([l, f], { ...witnessOk, promotable: null }).reasons.join(), /nobody as promotable: no automatic failover/);
+  const async = nodeViewOf('node1', '10.0.0.1', body('leader', { role: 'primary', standby: { state: 'streaming', syncState: 'async' } }, { degraded: true }));
+  t.is(assess([async, f], witnessOk).health, 'degraded');
+  t.deepEqual(assess([l, f], { kind: 'none', reachable: false }).health, 'healthy', 'no witness: manual failover is a configuration, not a fault');
+  const readOnly = nodeViewOf('node1', '10.0.0.1', body('leader', { role: 'primary', readOnly: true }));
+  t.like(assess([readOnly, f], witnessOk), { health: 'down', leader: null });
+  const fenced = nodeViewOf('node1', '10.0.0.1', body('fenced', { up: false, role: 'down' }));
+  t.like(assess([fenced, f], witnessOk), { health: 'down' });
+  const second = nodeViewOf('node2', '10.0.0.2', leaderBody);
+  t.regex(assess([l, second], witnessOk).reasons[0]!, /node1 and node2 both report a writable primary/);
+  t.is(assess([gone, { ...gone, name: 'node1' }], witnessOk).health, 'down');
+});
+
+test('collectStatus: read-token for the agents, witness-token for the witness; a table per state', async (t) => {
+  const cluster = ClusterSchema.parse({ ...(await loadFixtureCluster()), witness: { type: 'lease', url: 'http://192.168.10.9:7444' } });
+  const asked: { url: string; auth: string }[] = [];
+  const answers: Record<string, () => { status: number; body: unknown }> = {
+    'http://192.168.10.11:7443/v1/status': () => ({ status: 200, body: leaderBody }),
+    'http://192.168.10.12:7443/v1/status': () => ({ status: 200, body: followerBody }),
+    [`http://192.168.10.9:7444/v1/clusters/${cluster.name}`]: () => ({ status: 200, body: { cluster: cluster.name, holder: 'node1', generation: 4, promotable: 'node2', ttlMs: 6000, timeline: 3 } }),
+  };
+  const fetcher: Fetcher = async (url, init) => {
+    asked.push({ url, auth: init.headers.authorization ?? '' });
+    const a = answers[url];
+    if (!a) throw new Error(`connect ECONNREFUSED ${url}`);
+    return a();
+  };
+  const now = new Date('2026-11-30T12:00:00Z');
+  const healthy = await collectStatus(cluster, FAKE_SECRETS, fetcher, now);
+  t.like(healthy, { health: 'healthy', leader: 'node1' });
+  t.true(asked.filter((a) => a.url.endsWith('/v1/status')).every((a) => a.auth === `Bearer ${FAKE_SECRETS.readToken}`));
+  t.is(asked.find((a) => a.url.includes('/v1/clusters/'))?.auth, `Bearer ${FAKE_SECRETS.witnessToken}`);
+  t.snapshot(renderStatusTable(healthy), 'healthy');
+  delete answers['http://192.168.10.12:7443/v1/status'];
+  const degraded = await collectStatus(cluster, FAKE_SECRETS, fetcher, now);
+  t.is(degraded.health, 'degraded');
+  t.snapshot(renderStatusTable(degraded), 'node2 unreachable');
+  answers['http://192.168.10.11:7443/v1/status'] = () => ({ status: 503, body: { error: 'starting: the node state is not read yet' } });
+  const down = await collectStatus(cluster, FAKE_SECRETS, fetcher, now);
+  t.is(down.health, 'down');
+  t.regex(renderStatusTable(down), /node1\s+unreachable.*HTTP 503: starting/);
+});
