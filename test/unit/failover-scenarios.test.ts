@@ -65,7 +65,7 @@ test.after.always(async (t) => {
 });
 
 // Runs before the scenarios (serial tests run in file order): the pair is healthy then.
-serial('geminik8s status reads the running pair from the client namespace: table, json, and exit codes', async (t) => {
+serial('geminik8s status and failover on the running pair, from the client namespace: table, json, exit codes, a refused, a dry and a real switchover', async (t) => {
   t.timeout(300_000);
   const run = (...args: string[]) =>
     runPlan(inNs(cluster.topology.clientNs, 'node', [join(ROOT, 'bin/geminik8s.js'), 'status', '--cluster', join(cluster.configDir, 'cluster.yaml'), ...args]), { allowFailure: true, timeoutMs: 120_000 });
@@ -85,15 +85,32 @@ serial('geminik8s status reads the running pair from the client namespace: table
   t.regex(table.stdout, new RegExp(`^${leader.name}\\s+leader\\s+\\d+\\s+primary\\s+\\d+\\s+\\S+\\s+read-write\\s+sync`, 'm'));
   t.regex(table.stdout, /HEALTHY/);
   for (const secret of Object.values(cluster.secrets)) t.false(`${table.stdout}${table.stderr}`.includes(secret));
-  // One node's agent gone: degraded (exit 8), and the table says which node does not answer.
-  await cluster.crashAgent(follower.name);
+  // geminik8s failover: refused to the leader itself, a dry run changes nothing, then the real one.
+  const cmd = (...args: string[]) =>
+    runPlan(inNs(cluster.topology.clientNs, 'node', [join(ROOT, 'bin/geminik8s.js'), 'failover', '--cluster', join(cluster.configDir, 'cluster.yaml'), ...args]), { allowFailure: true, timeoutMs: 300_000 });
+  const self = await cmd('--to', leader.name);
+  t.is(self.exitCode, 5, self.stderr);
+  t.regex(self.stderr, /already the leader/);
+  const dry = await cmd('--to', follower.name, '--dry-run');
+  t.is(dry.exitCode, 0, dry.stderr);
+  t.regex(dry.stdout, new RegExp(`switchover ${leader.name} -> ${follower.name}`));
+  t.is(await cluster.leader(), leader.name, 'a dry run changes nothing');
+  const real = await cmd('--to', follower.name, '--wait', '--timeout', '2m');
+  t.log(real.stdout);
+  t.is(real.exitCode, 0, real.stderr);
+  t.regex(real.stdout, new RegExp(`HEALTHY \\(leader ${follower.name}\\)`));
+  t.deepEqual(await cluster.missingAcks(follower.name), [], 'every acknowledged write is on the new leader');
+  // One node's agent gone (the old leader, now the follower): degraded (exit 8), and the table
+  // says which node does not answer.
+  await cluster.waitFor('a healthy pair after the switchover', () => cluster.healthyPair(), 120_000);
+  await cluster.crashAgent(leader.name);
   try {
     const degraded = await run();
     t.is(degraded.exitCode, 8, degraded.stdout);
-    t.regex(degraded.stdout, new RegExp(`^${follower.name}\\s+unreachable`, 'm'));
+    t.regex(degraded.stdout, new RegExp(`^${leader.name}\\s+unreachable`, 'm'));
     t.regex(degraded.stderr, /is degraded/);
   } finally {
-    cluster.startAgent(follower.name);
+    cluster.startAgent(leader.name);
   }
   await cluster.waitFor('a healthy pair again', () => cluster.healthyPair(), 120_000);
 });

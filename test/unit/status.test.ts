@@ -1,4 +1,5 @@
 import test from 'ava';
+import { planFailover } from '../../builder/src/ops/failover.ts';
 import { assess, collectStatus, nodeViewOf, renderStatusTable, type Fetcher, type NodeView, type WitnessView } from '../../builder/src/ops/status.ts';
 import { ClusterSchema } from '../../common/schema/cluster.ts';
 import { FAKE_SECRETS, loadFixtureCluster } from '../helpers/fixtures.ts';
@@ -62,4 +63,23 @@ test('collectStatus: read-token for the agents, witness-token for the witness; a
   const down = await collectStatus(cluster, FAKE_SECRETS, fetcher, now);
   t.is(down.health, 'down');
   t.regex(renderStatusTable(down), /node1\s+unreachable.*HTTP 503: starting/);
+});
+
+test('planFailover: a switchover only to the synchronous, promotable standby of a writing leader; otherwise the rule that refuses it', (t) => {
+  const l = nodeViewOf('node1', '10.0.0.1', leaderBody);
+  const f = nodeViewOf('node2', '10.0.0.2', followerBody);
+  const status = (nodes: NodeView[], witness = witnessOk) => ({ cluster: 'site-a', at: '', nodes, witness, ...assess(nodes, witness) });
+  const ok = planFailover(status([l, f]), 'node2');
+  t.like(ok, { ok: true, from: 'node1', to: 'node2' });
+  t.is(ok.steps.length, 4);
+  t.regex(ok.rule, /synchronous standby .* promotable holds every acknowledged write/);
+  t.regex(planFailover(status([l, f]), 'node1').rule, /already the leader/);
+  t.regex(planFailover(status([l, f]), 'node3').rule, /not a node of cluster site-a/);
+  t.regex(planFailover(status([l, f], { ...witnessOk, promotable: null }), 'node2').rule, /witness records nobody as promotable/);
+  const async = nodeViewOf('node1', '10.0.0.1', body('leader', { role: 'primary', standby: { state: 'streaming', syncState: 'async' } }));
+  t.regex(planFailover(status([async, f]), 'node2').rule, /standby is async: only a synchronous standby/);
+  const down = nodeViewOf('node1', '10.0.0.1', body('fenced', { up: false, role: 'down' }));
+  t.regex(planFailover(status([down, f]), 'node2').rule, /no node is a leader with a writable primary/);
+  t.regex(planFailover(status([l, { name: 'node2', ip: '10.0.0.2', reachable: false, error: 'timeout' }]), 'node2').rule, /node2 does not answer/);
+  for (const p of [planFailover(status([l, f]), 'node1'), planFailover(status([async, f]), 'node2')]) t.false(p.ok);
 });

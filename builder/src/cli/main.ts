@@ -12,6 +12,7 @@ import { registerValidate } from './commands/validate.ts';
 import { registerVersion } from './commands/version.ts';
 import { registerWitness } from './commands/witness.ts';
 import { registerStatus } from './commands/status.ts';
+import { registerFailover } from './commands/failover.ts';
 import { contextFrom, type CliContext } from './context.ts';
 
 export interface MainIo {
@@ -50,6 +51,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerValidate(program, ctx);
   registerWitness(program, ctx);
   registerStatus(program, ctx);
+  registerFailover(program, ctx);
   registerCompletion(program, ctx);
   for (const cmd of program.commands) cmd.exitOverride().configureOutput({ writeOut: io.stdout, writeErr: io.stderr });
   return program;
