@@ -12,6 +12,8 @@ PACKAGES=(
   qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64
   # rendering checks
   cloud-init systemd zsh fish bsdutils curl grub-emu
+  # node scripts run for real on loop devices (grow-persistent.sh: growpart)
+  cloud-guest-utils
   # failover harness and comparison
   postgresql-15 iproute2 iptables iputils-arping iputils-ping patroni etcd-server
   # Containerfile path

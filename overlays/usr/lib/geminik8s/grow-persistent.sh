@@ -3,7 +3,8 @@
 # Idempotent. On every boot but the first there is nothing to do, and that answer must be
 # quick: growpart took 32-122 s under TCG to say NOCHANGE, on the path to first boot.
 set -eu
-dev=$(blkid -l -o device -t PARTLABEL=PERSISTENT || true)
+# GEMINIK8S_PERSISTENT_LABEL: tests name a partition no other device carries.
+dev=$(blkid -c /dev/null -l -o device -t "PARTLABEL=${GEMINIK8S_PERSISTENT_LABEL:-PERSISTENT}" || true)
 [ -n "$dev" ] || { echo "geminik8s: no PERSISTENT partition to grow"; exit 0; }
 name=$(basename "$(readlink -f "$dev")")
 diskname=$(basename "$(readlink -f "/sys/class/block/$name/..")")
