@@ -15,7 +15,7 @@ PACKAGES=(
   # node scripts run for real on loop devices (grow-persistent.sh: growpart)
   cloud-guest-utils
   # failover harness and comparison
-  postgresql-15 iproute2 iptables iputils-arping iputils-ping patroni etcd-server
+  postgresql iproute2 iptables iputils-arping iputils-ping patroni etcd-server
   # Containerfile path
   docker.io
 )

@@ -13,8 +13,10 @@ import { writeSecrets } from '../../builder/src/init/secrets.ts';
 import { SEED_FILE_IN_PARTITION } from '../../builder/src/render/cloud-init.ts';
 import { renderSeedFiles } from '../../builder/src/render/index.ts';
 import { createTopology, destroyNamespaces, inNs, NET, type Topology } from './netns.ts';
+import { hostPgBinDir } from '../helpers/host-pg.ts';
 
-export const PG_BIN = '/usr/lib/postgresql/15/bin';
+/** The host's PostgreSQL binaries (the newest installed major; GEMINIK8S_PG_BIN overrides). */
+export const PG_BIN = hostPgBinDir() ?? '/usr/lib/postgresql/15/bin';
 const ROOT = new URL('../../', import.meta.url).pathname;
 
 export interface Ack {

@@ -11,13 +11,14 @@ import { AgentConfigSchema } from '../../common/schema/agent.ts';
 import { API_VERSION } from '../../common/schema/image.ts';
 import { NodeSeedSchema } from '../../common/schema/seed.ts';
 import { FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
+import { hostPgBinDir } from '../helpers/host-pg.ts';
 
 /**
  * The PgPort against a real PostgreSQL 15 on loopback (direct mode, pg_ctl as the postgres
  * user): needs root and the Debian postgresql-15 package; skipped otherwise. One node only:
  * the peer is 127.0.0.2, where nothing listens.
  */
-const BIN = '/usr/lib/postgresql/15/bin';
+const BIN = hostPgBinDir() ?? '/usr/lib/postgresql/15/bin';
 const runnable = process.getuid?.() === 0 && existsSync(join(BIN, 'initdb'));
 const maybe = runnable ? test.serial : test.skip;
 
