@@ -1,4 +1,3 @@
-import { timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { appendFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -6,6 +5,7 @@ import { createServer as createHttpServer, type IncomingMessage, type Server, ty
 import { createServer as createHttpsServer } from 'node:https';
 import type { Agent, BootStatus } from './agent.ts';
 import { formatLsn, lsnToBigInt } from './core/lsn.ts';
+import { tokenMatches } from '../../common/token.ts';
 
 /** The slot this system booted from (kernel command line `geminik8s.slot=A|B`). */
 export function bootSlot(cmdlineFile: string): string | null {
@@ -108,20 +108,15 @@ export function metricsOf(agent: Agent): string {
 /** Who may call the agent API: the peer agent, or an operator with the read or the admin token. */
 export type Caller = 'peer' | 'read' | 'admin';
 
-const same = (given: Buffer, token: string): boolean => {
-  const want = Buffer.from(token);
-  return given.length === want.length && timingSafeEqual(given, want);
-};
-
 /** The caller a bearer token identifies, if any. The witness's token is not one of them. */
 export function callerOf(authorization: string | undefined, secrets: { agentToken: string; readToken: string; adminToken: string }): Caller | undefined {
   const header = authorization ?? '';
   if (!header.startsWith('Bearer ')) return undefined;
-  const given = Buffer.from(header.slice(7));
+  const given = header.slice(7);
   // Every comparison runs, so the time taken does not say which token came close.
-  const peer = same(given, secrets.agentToken);
-  const read = same(given, secrets.readToken);
-  const admin = same(given, secrets.adminToken);
+  const peer = tokenMatches(given, secrets.agentToken);
+  const read = tokenMatches(given, secrets.readToken);
+  const admin = tokenMatches(given, secrets.adminToken);
   return peer ? 'peer' : admin ? 'admin' : read ? 'read' : undefined;
 }
 

@@ -1,9 +1,9 @@
-import { timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { LogPort, WitnessPort } from '../core/ports.ts';
 import { parseRequest, type ArbiterAnswer, type ArbiterRequest } from './arbiter.ts';
 import { CLUSTER_NAME } from './file-store.ts';
 import type { WitnessService } from './service.ts';
+import { tokenMatches } from '../../../common/token.ts';
 
 /** Largest request body the witness reads. */
 export const MAX_BODY_BYTES = 4096;
@@ -18,10 +18,7 @@ export interface WitnessHttpOptions {
 
 function tokenOk(header: string | undefined, token: string): boolean {
   const m = /^Bearer\s+(.+)$/i.exec(header ?? '');
-  const given = Buffer.from(m?.[1] ?? '');
-  const want = Buffer.from(token);
-  // Compare equal lengths only (timingSafeEqual throws otherwise); an empty token never matches.
-  return want.length > 0 && given.length === want.length && timingSafeEqual(given, want);
+  return tokenMatches(m?.[1] ?? '', token);
 }
 
 class BodyTooLarge extends Error {}
