@@ -1,9 +1,6 @@
 import type { Cluster } from '../../../common/schema/cluster.ts';
 import type { Secrets } from '../../../common/schema/seed.ts';
-import { collectStatus, type ClusterStatus, type Fetcher } from './status.ts';
-
-/** POST with a deadline (a port, like Fetcher). */
-export type Poster = (url: string, init: { headers: Record<string, string>; timeoutMs: number }) => Promise<{ status: number; body: unknown }>;
+import { agentUrl, collectStatus, type ClusterStatus, type Fetcher } from './status.ts';
 
 /** What a planned switchover to `to` would do, or why it may not (pure). */
 export interface FailoverPlan {
@@ -40,12 +37,12 @@ export function planFailover(s: ClusterStatus, to: string): FailoverPlan {
 }
 
 /** Ask the leader's agent for the switchover (admin-token), as planned. */
-export async function requestSwitchover(cluster: Cluster, secrets: Secrets, leader: string, post: Poster): Promise<{ ok: boolean; reason: string; tookMs?: number }> {
+export async function requestSwitchover(cluster: Cluster, secrets: Secrets, leader: string, fetcher: Fetcher): Promise<{ ok: boolean; reason: string; tookMs?: number }> {
   const node = cluster.nodes.find((n) => n.name === leader)!;
-  const scheme = cluster.agent.tls ? 'https' : 'http';
   // The agent waits 5 s for catch-up and 10 s for the peer's answer, then asks the witness.
-  const r = await post(`${scheme}://${node.ip}:${cluster.agent.port}/v1/switchover`, { headers: { authorization: `Bearer ${secrets.adminToken}` }, timeoutMs: 60_000 });
-  const b = (r.body ?? {}) as { ok?: unknown; reason?: unknown; tookMs?: unknown; error?: unknown };
+  const r = await fetcher(agentUrl(cluster, node.ip, '/v1/switchover'), { method: 'POST', headers: { authorization: `Bearer ${secrets.adminToken}` }, timeoutMs: 60_000 });
+  // A body that is not JSON is the reason itself.
+  const b = (typeof r.body === 'string' ? { error: r.body } : (r.body ?? {})) as { ok?: unknown; reason?: unknown; tookMs?: unknown; error?: unknown };
   const reason = typeof b.reason === 'string' ? b.reason : typeof b.error === 'string' ? b.error : `HTTP ${r.status}`;
   return { ok: r.status === 200 && b.ok === true, reason, ...(typeof b.tookMs === 'number' ? { tookMs: b.tookMs } : {}) };
 }

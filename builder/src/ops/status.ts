@@ -1,8 +1,13 @@
 import type { Cluster } from '../../../common/schema/cluster.ts';
 import type { Secrets } from '../../../common/schema/seed.ts';
 
-/** How the CLI reaches an HTTP endpoint (a port: tests and `--watch` use the same code). */
-export type Fetcher = (url: string, init: { headers: Record<string, string>; timeoutMs: number }) => Promise<{ status: number; body: unknown }>;
+/** How the CLI reaches an HTTP endpoint (a port: tests and `--watch` use the same code). GET unless told. */
+export type Fetcher = (url: string, init: { method?: 'GET' | 'POST'; headers: Record<string, string>; timeoutMs: number }) => Promise<{ status: number; body: unknown }>;
+
+/** The URL of an endpoint of a node's agent API. */
+export function agentUrl(cluster: Cluster, ip: string, path: string): string {
+  return `${cluster.agent.tls ? 'https' : 'http'}://${ip}:${cluster.agent.port}${path}`;
+}
 
 /** What one node's agent said, or why it said nothing. */
 export interface NodeView {
@@ -112,12 +117,11 @@ export function assess(nodes: NodeView[], witness: WitnessView): { health: Healt
 
 /** Read both agents (read-token) and the witness (witness-token), then assess. */
 export async function collectStatus(cluster: Cluster, secrets: Secrets, fetcher: Fetcher, now = new Date()): Promise<ClusterStatus> {
-  const scheme = cluster.agent.tls ? 'https' : 'http';
   const timeoutMs = Math.max(2000, cluster.failover.checkTimeout * 2);
   const nodes = await Promise.all(
     cluster.nodes.map(async (n): Promise<NodeView> => {
       try {
-        const r = await fetcher(`${scheme}://${n.ip}:${cluster.agent.port}/v1/status`, { headers: { authorization: `Bearer ${secrets.readToken}` }, timeoutMs });
+        const r = await fetcher(agentUrl(cluster, n.ip, '/v1/status'), { headers: { authorization: `Bearer ${secrets.readToken}` }, timeoutMs });
         if (r.status !== 200) return { name: n.name, ip: n.ip, reachable: false, error: `HTTP ${r.status}${str(obj(r.body).error) ? `: ${str(obj(r.body).error)}` : ''}` };
         return nodeViewOf(n.name, n.ip, r.body);
       } catch (err) {

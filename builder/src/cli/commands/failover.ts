@@ -3,7 +3,7 @@ import { loadCluster, loadSecrets, secretsDirOf } from '../../../../common/confi
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
 import { registerSecret } from '../../../../common/log.ts';
 import { duration } from '../../../../common/schema/units.ts';
-import { planFailover, requestSwitchover, waitForLeader, type Poster } from '../../ops/failover.ts';
+import { planFailover, requestSwitchover, waitForLeader } from '../../ops/failover.ts';
 import { collectStatus, renderStatusTable } from '../../ops/status.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
 import { httpFetcher } from './status.ts';
@@ -15,16 +15,6 @@ interface FailoverOptions {
   wait?: boolean;
   timeout: string;
 }
-
-const httpPoster: Poster = async (url, init) => {
-  const res = await fetch(url, { method: 'POST', headers: init.headers, signal: AbortSignal.timeout(init.timeoutMs) });
-  const text = await res.text();
-  try {
-    return { status: res.status, body: JSON.parse(text) as unknown };
-  } catch {
-    return { status: res.status, body: { error: text } };
-  }
-};
 
 export function registerFailover(program: Command, ctx: () => CliContext): void {
   program
@@ -52,7 +42,7 @@ export function registerFailover(program: Command, ctx: () => CliContext): void 
       }
       c.print(`switchover ${plan.from} -> ${plan.to}:\n${plan.steps.map((s, i) => `  ${i + 1}. ${s}`).join('\n')}`);
       if (opts.dryRun) return;
-      const r = await requestSwitchover(cluster, secrets, plan.from!, httpPoster);
+      const r = await requestSwitchover(cluster, secrets, plan.from!, httpFetcher);
       if (!r.ok) throw new GeminiError(`the switchover did not happen: ${r.reason}`, ExitCode.commandFailed);
       c.logger.info(`${plan.from} handed over to ${plan.to}${r.tookMs !== undefined ? ` in ${r.tookMs} ms` : ''}: ${r.reason}`);
       if (!opts.wait) return;
