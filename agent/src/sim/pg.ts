@@ -173,6 +173,14 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
       };
       poll();
     });
+  /** Start the server and wait until it accepts connections; as the production port, a server stopped while starting (a crash, a fence) ends the wait. */
+  const startAndWait = async (): Promise<void> => {
+    self.startServer();
+    await waitFor(() => {
+      if (!self.running && !self.starting) throw new Error('PostgreSQL stopped while we waited for it to accept connections');
+      return self.running;
+    }, 60_000, 'start');
+  };
   const needPrimary = (): void => {
     if (!self.primary) throw new Error('not a running primary');
   };
@@ -181,12 +189,7 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
     disk: () => op(1, 5, (): PgDiskFacts => ({ hasData: self.hasData, standbySignal: self.standbySignal })),
     start: async () => {
       if (!self.hasData) throw new Error('no data directory');
-      self.startServer();
-      // As the production port: a server stopped while starting (a crash, a fence) ends the wait.
-      await waitFor(() => {
-        if (!self.running && !self.starting) throw new Error('PostgreSQL stopped while we waited for it to accept connections');
-        return self.running;
-      }, 60_000, 'start');
+      await startAndWait();
     },
     stop: () => op(50, 400, () => self.halt('clean shutdown')),
     fence: () => op(5, 60, () => self.halt('fenced: immediate shutdown')),
@@ -224,12 +227,7 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
         self.timeline = 1;
         self.syncNames = names;
       });
-      self.startServer();
-      // As the production port: a server stopped while starting (a crash, a fence) ends the wait.
-      await waitFor(() => {
-        if (!self.running && !self.starting) throw new Error('PostgreSQL stopped while we waited for it to accept connections');
-        return self.running;
-      }, 60_000, 'start');
+      await startAndWait();
     },
     configureStandby: () =>
       op(2, 10, () => {
