@@ -1,0 +1,163 @@
+// npm run bench:boot -- [--arch amd64|arm64|all] [--only unseeded,direct,uefi,leader,reboot,follower] [--json FILE]
+// Guest seconds to GEMINIK8S-READY (the guest's uptime on the marker line) under TCG, for the
+// offline test image (built and cached like the e2e suites):
+//   unseeded   the generic image, BIOS (amd64) or UEFI (arm64)
+//   uefi       the same under UEFI (amd64)
+//   direct     the same with the kernel and initrd given to QEMU: no firmware, no GRUB. Wall
+//              time minus guest uptime, against the firmware boot, splits off GRUB's share.
+//   leader     node1's first boot from its seed (initdb, setup)
+//   reboot     node1 rebooted (`systemctl reboot`) once configured
+//   follower   node2's first boot beside the running leader (clone included)
+// After each marker the guest's `systemd-analyze` time, critical chain and top of blame are
+// printed. Prints figures; asserts nothing.
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { runPlan } from '../common/exec.ts';
+import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Arch, type BootOptions, type Vm, type WaitResult } from '../qemu/index.ts';
+import { cli } from '../test/helpers/cli.ts';
+import { testImage, type BuiltImage } from '../test/helpers/test-image.ts';
+
+const arg = (name: string, fallback: string): string => {
+  const i = process.argv.indexOf(name);
+  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1]! : fallback;
+};
+const arches: Arch[] = arg('--arch', 'amd64') === 'all' ? ['amd64', 'arm64'] : [arg('--arch', 'amd64') as Arch];
+const only = new Set(arg('--only', 'unseeded,uefi,direct,leader,reboot,follower').split(','));
+const jsonFile = arg('--json', '');
+const BOOT_TIMEOUT = 20 * 60_000;
+const NET = { node1: '192.168.77.11', node2: '192.168.77.12', vip: '192.168.77.50' };
+const MAC = { node1: '52:54:00:77:00:11', node2: '52:54:00:77:00:12' };
+
+interface Figure {
+  arch: Arch;
+  scenario: string;
+  firmware: string;
+  /** role= on the marker line: unconfigured, leader, follower (init means the agent had not set up). */
+  role: string;
+  wallS: number;
+  guestS: number | null;
+  /** Wall seconds before the kernel's clock started: QEMU, firmware, boot loader. */
+  preKernelS: number | null;
+  systemdAnalyze?: string;
+  criticalChain?: string;
+  blame?: string;
+  kernelLog?: string;
+}
+const figures: Figure[] = [];
+
+const freePort = (): Promise<number> =>
+  new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+
+async function record(arch: Arch, scenario: string, firmware: string, vm: Vm, r: WaitResult, profile = true): Promise<Figure> {
+  const guestS = r.guestUptimeS ?? null;
+  const wallS = r.waitedMs / 1000;
+  const role = parseMarkerFields(r.line).role ?? '?';
+  const f: Figure = { arch, scenario, firmware, role, wallS, guestS, preKernelS: guestS === null ? null : wallS - guestS };
+  // The marker comes whatever the outcome: a node that should be leader but says "init" failed.
+  console.log(`${arch} ${scenario.padEnd(9)} ${firmware.padEnd(6)} ready as ${role}: ${guestS?.toFixed(1) ?? '?'} s guest, ${wallS.toFixed(1)} s wall (${f.preKernelS?.toFixed(1) ?? '?'} s before the kernel)`);
+  if (profile && vm.consoleSocket) {
+    const shell = await GuestShell.open(vm.consoleSocket, BOOT_TIMEOUT);
+    try {
+      // systemd-analyze answers only once the boot has finished: let the last jobs end first.
+      const pending = (await shell.run('timeout 300 systemctl is-system-running --wait >/dev/null 2>&1 || systemctl list-jobs --no-pager --no-legend', 330_000)).output.trim();
+      if (pending) console.log(`  jobs still running 300 s after the marker:\n    ${pending.replaceAll('\n', '\n    ')}`);
+      f.systemdAnalyze = (await shell.run('systemd-analyze time 2>&1 | head -n 3')).output.trim();
+      f.criticalChain = (await shell.run('systemd-analyze critical-chain --no-pager geminik8s-ready.service 2>&1 | tail -n +3')).output.trim();
+      f.blame = (await shell.run('systemd-analyze blame --no-pager 2>&1 | head -n 15')).output.trim();
+      // The kernel's share split: its own init, then the initramfs until systemd runs from the root.
+      f.kernelLog = (await shell.run("dmesg | grep -E 'Unpacking initramfs|Freeing initrd memory|Run /init as init process|systemd\\[1\\]: systemd [0-9]+ running|EXT4-fs \\(vda6\\): mounted|squashfs: version' | cut -c1-110")).output.trim();
+    } finally {
+      shell.close();
+    }
+    console.log(`  ${f.systemdAnalyze?.replaceAll('\n', '\n  ')}\n  critical chain:\n    ${f.criticalChain?.replaceAll('\n', '\n    ')}\n  blame:\n    ${f.blame?.replaceAll('\n', '\n    ')}\n  kernel and initramfs:\n    ${f.kernelLog?.replaceAll('\n', '\n    ')}`);
+  }
+  figures.push(f);
+  return f;
+}
+
+async function withVm<T>(opts: BootOptions, body: (vm: Vm) => Promise<T>): Promise<T> {
+  const vm = await bootVm({ console: true, ...opts });
+  try {
+    return await body(vm);
+  } finally {
+    await vm.stop();
+  }
+}
+
+/** The kernel, initrd and command line GRUB would boot from slot A, for a direct-kernel boot. */
+async function directKernel(img: BuiltImage, dir: string): Promise<NonNullable<BootOptions['kernel']>> {
+  await runPlan({ cmd: 'tar', args: ['-xf', img.rootfsTar, '-C', dir, '--wildcards', './boot/vmlinuz-*', './boot/initrd.img-*'] });
+  const boot = join(dir, 'boot');
+  const ls = (await runPlan({ cmd: 'ls', args: [boot] })).stdout.split('\n');
+  const kernel = join(boot, ls.find((n) => n.startsWith('vmlinuz-'))!);
+  const initrd = join(boot, ls.find((n) => n.startsWith('initrd.img-'))!);
+  const esp = `${img.raw}@@${Number((await runPlan({ cmd: 'partx', args: ['-g', '-o', 'START', '-n', '2', img.raw] })).stdout.trim()) * 512}`;
+  const cfg = (await runPlan({ cmd: 'mtype', args: ['-i', esp, '::grub/grub.cfg'] })).stdout;
+  const line = cfg.split('\n').find((l) => /^\s*linux .*geminik8s\.slot=A/.test(l))!;
+  return { kernel, initrd, append: line.trim().split(/\s+/).slice(2).join(' ') };
+}
+
+async function seeded(img: BuiltImage, clusterDir: string, node: string, dir: string): Promise<string> {
+  const out = join(dir, `${node}.raw`);
+  const r = await cli('seed', '--cluster', join(clusterDir, 'cluster.yaml'), '--node', node, '--into', img.raw, '--out', out);
+  if (r.code !== 0) throw new Error(`seed --into for ${node} failed: ${r.stderr}`);
+  return out;
+}
+
+for (const arch of arches) {
+  const img = await testImage(`test-${arch}.yaml`, (m) => console.log(m));
+  const dir = mkdtempSync(join(tmpdir(), 'gk-bench-boot-'));
+  const fw = arch === 'arm64' ? 'uefi' : 'bios';
+  try {
+    if (only.has('unseeded')) {
+      await withVm({ arch, firmware: fw, image: img.qcow2, format: 'qcow2', name: 'unseeded' }, async (vm) => record(arch, 'unseeded', fw, vm, await vm.waitFor(READY_MARKER, BOOT_TIMEOUT)));
+    }
+    if (only.has('uefi') && arch === 'amd64') {
+      await withVm({ arch, firmware: 'uefi', image: img.qcow2, format: 'qcow2', name: 'unseeded-uefi' }, async (vm) => record(arch, 'unseeded', 'uefi', vm, await vm.waitFor(READY_MARKER, BOOT_TIMEOUT), false));
+    }
+    if (only.has('direct')) {
+      const kernel = await directKernel(img, dir);
+      await withVm({ arch, firmware: fw, image: img.qcow2, format: 'qcow2', kernel, name: 'direct' }, async (vm) => record(arch, 'unseeded', 'direct', vm, await vm.waitFor(READY_MARKER, BOOT_TIMEOUT), false));
+    }
+    if (only.has('leader') || only.has('reboot') || only.has('follower')) {
+      const clusterDir = join(dir, 'cluster');
+      const r = await cli('init', '--name', 'bench', '--node1-ip', NET.node1, '--node2-ip', NET.node2, '--node1-mac', MAC.node1, '--node2-mac', MAC.node2, '--vip', NET.vip, '--witness', 'none', '--config-dir', clusterDir);
+      if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`);
+      const port = await freePort();
+      const node1 = await bootVm({ arch, firmware: fw, image: await seeded(img, clusterDir, 'node1', dir), format: 'raw', write: true, console: true, name: 'node1', networks: [{ kind: 'socket', listen: port, mac: MAC.node1 }] });
+      try {
+        await record(arch, 'leader', fw, node1, await node1.waitFor(READY_MARKER, BOOT_TIMEOUT), only.has('leader'));
+        if (only.has('reboot')) {
+          const shell = await GuestShell.open(node1.consoleSocket!, BOOT_TIMEOUT);
+          const mark = node1.mark();
+          await shell.run('systemctl reboot', 10_000).catch(() => undefined);
+          shell.close();
+          const again = await node1.waitFor(READY_MARKER, BOOT_TIMEOUT, { since: mark });
+          // waitedMs counts from the reboot request, shutdown included: the guest figure is the one that counts.
+          await record(arch, 'reboot', fw, node1, again);
+        }
+        if (only.has('follower')) {
+          const disk2 = await seeded(img, clusterDir, 'node2', dir);
+          await withVm({ arch, firmware: fw, image: disk2, format: 'raw', write: true, name: 'node2', networks: [{ kind: 'socket', connect: port, mac: MAC.node2 }] }, async (vm) =>
+            record(arch, 'follower', fw, vm, await vm.waitFor(READY_MARKER, BOOT_TIMEOUT)),
+          );
+        }
+      } finally {
+        await node1.stop();
+      }
+    }
+  } finally {
+    await runPlan({ cmd: 'rm', args: ['-rf', dir] });
+  }
+}
+
+console.log('\narch   scenario  firmware  role          guest s  wall s  before kernel s');
+for (const f of figures) console.log(`${f.arch.padEnd(6)} ${f.scenario.padEnd(9)} ${f.firmware.padEnd(9)} ${f.role.padEnd(12)} ${(f.guestS?.toFixed(1) ?? '?').padStart(7)} ${f.wallS.toFixed(1).padStart(7)} ${(f.preKernelS?.toFixed(1) ?? '?').padStart(15)}`);
+if (jsonFile) writeFileSync(jsonFile, `${JSON.stringify(figures, null, 2)}\n`);

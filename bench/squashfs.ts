@@ -1,0 +1,77 @@
+// npm run bench:squashfs -- [--variants gzip:1M,gzip:128K,lzo:128K,lz4:128K,zstd:128K,xz:128K] [--json FILE]
+// Chooses the root slot's squashfs codec and block size by measurement. For each variant it
+// makes the test image's slot from its root tree (size, host seconds), writes it into slot A of
+// a copy of the disk, boots that directly (kernel and initrd given to QEMU, so GRUB's codec
+// support does not limit the choice) under TCG, and times cold reads in the guest, page cache
+// dropped before each: start Node.js, import cloud-init, start postgres, read all of /usr.
+// Prints figures; asserts nothing.
+import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { runPlan } from '../common/exec.ts';
+import { squashfsPlan } from '../builder/src/disk/plans.ts';
+import { writeAt } from '../builder/src/disk/steps.ts';
+import { partitionOffset } from '../builder/src/seed/into-image.ts';
+import { bootVm, GuestShell, READY_MARKER } from '../qemu/index.ts';
+import { testImage } from '../test/helpers/test-image.ts';
+
+const arg = (name: string, fallback: string): string => {
+  const i = process.argv.indexOf(name);
+  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1]! : fallback;
+};
+const variants = arg('--variants', 'gzip:1M,gzip:128K,lzo:128K,lz4:128K,zstd:128K,xz:128K').split(',').map((v) => v.split(':') as [string, string]);
+const jsonFile = arg('--json', '');
+const TIMEOUT = 20 * 60_000;
+const PROBES: Record<string, string> = {
+  node: 'node -e 0',
+  cloudinit: "python3 -c 'import cloudinit.cmd.main, cloudinit.config.schema'",
+  postgres: '/usr/lib/postgresql/*/bin/postgres --version >/dev/null',
+  readUsr: 'tar -cf - /usr 2>/dev/null | wc -c >/dev/null',
+};
+
+const img = await testImage('test-amd64.yaml', (m) => console.log(m));
+const work = mkdtempSync(join(tmpdir(), 'gk-bench-squashfs-'));
+const rows: Record<string, unknown>[] = [];
+try {
+  const tree = join(work, 'tree');
+  await runPlan({ cmd: 'mkdir', args: [tree] });
+  await runPlan({ cmd: 'tar', args: ['-xpf', img.rootfsTar, '-C', tree, '--numeric-owner'] });
+  await runPlan({ cmd: 'tar', args: ['-xf', img.rootfsTar, '-C', work, '--wildcards', './boot/vmlinuz-*', './boot/initrd.img-*'] });
+  const boot = (await runPlan({ cmd: 'ls', args: [join(work, 'boot')] })).stdout.split('\n');
+  const kernel = join(work, 'boot', boot.find((n) => n.startsWith('vmlinuz-'))!);
+  const initrd = join(work, 'boot', boot.find((n) => n.startsWith('initrd.img-'))!);
+  for (const [comp, block] of variants) {
+    const slot = join(work, `slot-${comp}-${block}.sqfs`);
+    const started = performance.now();
+    await runPlan(squashfsPlan({ dir: tree, output: slot, compression: comp as 'gzip', blockSize: block, sourceDateEpoch: 1_700_000_000 }), { timeoutMs: 60 * 60_000 });
+    const mkSeconds = (performance.now() - started) / 1000;
+    const bytes = statSync(slot).size;
+    const raw = join(work, 'disk.raw');
+    await runPlan({ cmd: 'cp', args: ['--sparse=always', img.raw, raw] });
+    await writeAt(raw, slot, await partitionOffset(raw, 'ROOT_A'));
+    const vm = await bootVm({ arch: 'amd64', firmware: 'bios', image: raw, format: 'raw', write: true, console: true, name: `sqfs-${comp}`,
+      kernel: { kernel, initrd, append: 'root=PARTLABEL=ROOT_A rootfstype=squashfs ro geminik8s.slot=A console=tty0 console=ttyS0,115200 panic=10 net.ifnames=0' } });
+    const row: Record<string, unknown> = { comp, block, mib: +(bytes / 1048576).toFixed(1), mkSeconds: +mkSeconds.toFixed(1) };
+    try {
+      const ready = await vm.waitFor(READY_MARKER, TIMEOUT);
+      row.readyGuestS = ready.guestUptimeS;
+      const shell = await GuestShell.open(vm.consoleSocket!, TIMEOUT);
+      await shell.run('timeout 300 systemctl is-system-running --wait >/dev/null 2>&1', 330_000);
+      for (const [name, cmd] of Object.entries(PROBES)) {
+        const out = await shell.check(`sync; echo 3 > /proc/sys/vm/drop_caches; s=$(cut -d' ' -f1 /proc/uptime); ${cmd}; e=$(cut -d' ' -f1 /proc/uptime); echo "$s $e"`, 600_000);
+        const [s, e] = out.trim().split('\n').pop()!.split(' ').map(Number);
+        row[`${name}S`] = +(e! - s!).toFixed(2);
+      }
+      shell.close();
+    } finally {
+      await vm.stop();
+    }
+    console.log(JSON.stringify(row));
+    rows.push(row);
+  }
+} finally {
+  await runPlan({ cmd: 'rm', args: ['-rf', work] });
+}
+console.log('\ncodec  block  MiB    mksquashfs s  ready guest s  node s  cloud-init s  postgres s  read /usr s');
+for (const r of rows) console.log(`${String(r.comp).padEnd(6)} ${String(r.block).padEnd(6)} ${String(r.mib).padEnd(6)} ${String(r.mkSeconds).padStart(12)} ${String(r.readyGuestS).padStart(14)} ${String(r.nodeS).padStart(7)} ${String(r.cloudinitS).padStart(13)} ${String(r.postgresS).padStart(11)} ${String(r.readUsrS).padStart(12)}`);
+if (jsonFile) writeFileSync(jsonFile, `${JSON.stringify(rows, null, 2)}\n`);
