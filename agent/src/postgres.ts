@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import type { CommandPlan } from '../../common/exec.ts';
 import { runPlan } from '../../common/exec.ts';
-import { pgHbaConf, postgresqlConf, REPLICATION_USER, slotNameFor, KINE_DATABASE, KINE_USER } from '../../common/render/postgresql.ts';
+import { pgHbaConf, pgIdentConf, postgresqlConf, REPLICATION_USER, slotNameFor, KINE_DATABASE, KINE_USER } from '../../common/render/postgresql.ts';
 import { kinePassword } from '../../common/render/k3s.ts';
 import type { NodeContext } from './context.ts';
 
@@ -96,10 +96,11 @@ export async function writeNodeConfig(ctx: NodeContext): Promise<void> {
   await mkdir(join(data, 'conf.d'), { recursive: true, mode: 0o700 });
   await writeFile(join(data, 'conf.d', 'geminik8s.conf'), postgresqlConf(ctx.spec) + (ctx.config.postgresql.confFragment ? `${ctx.config.postgresql.confFragment}\n` : ''));
   await writeFile(join(data, 'pg_hba.conf'), pgHbaConf(ctx.spec, ctx.self.name), { mode: 0o600 });
+  await writeFile(join(data, 'pg_ident.conf'), pgIdentConf(ctx.config.postgresql.osUser), { mode: 0o600 });
   const conf = join(data, 'postgresql.conf');
   const text = await readFile(conf, 'utf8');
   if (!text.includes("include_dir = 'conf.d'")) await writeFile(conf, `${text}\ninclude_dir = 'conf.d'\n`);
-  for (const f of [join(data, 'conf.d'), join(data, 'conf.d', 'geminik8s.conf'), join(data, 'pg_hba.conf')]) await chown(f, uid, gid);
+  for (const f of [join(data, 'conf.d'), join(data, 'conf.d', 'geminik8s.conf'), join(data, 'pg_hba.conf'), join(data, 'pg_ident.conf')]) await chown(f, uid, gid);
   await writePgpass(ctx);
 }
 
@@ -158,13 +159,17 @@ export async function osUserIds(user: string): Promise<{ uid: number; gid: numbe
   return ids;
 }
 
-/** A short-lived connection to a PostgreSQL server as the superuser. */
+/**
+ * A short-lived connection to a PostgreSQL server as the superuser: the peer's over TCP with the
+ * password, or, when `host` is a directory (`localHost(ctx)`), this node's over its socket by
+ * peer authentication (pg_ident.conf maps root to postgres), without a SCRAM exchange.
+ */
 export async function withClient<T>(ctx: NodeContext, host: string, fn: (c: pg.Client) => Promise<T>, timeoutMs = ctx.spec.failover.checkTimeout): Promise<T> {
   const client = new pg.Client({
     host,
     port: ctx.spec.postgresql.port,
     user: 'postgres',
-    password: ctx.secrets.postgresPassword,
+    password: host.startsWith('/') ? undefined : ctx.secrets.postgresPassword,
     database: 'postgres',
     connectionTimeoutMillis: timeoutMs,
     statement_timeout: Math.max(timeoutMs, 2000),
@@ -192,10 +197,13 @@ export async function withClient<T>(ctx: NodeContext, host: string, fn: (c: pg.C
   }
 }
 
+/** This node's server, as `withClient` reaches it: its socket directory. */
+export const localHost = (ctx: NodeContext): string => ctx.config.postgresql.socketDir;
+
 /** Query the local server's role, position and replication state. */
 export async function localStatus(ctx: NodeContext): Promise<LocalPgStatus> {
   try {
-    return await withClient(ctx, '127.0.0.1', async (c) => {
+    return await withClient(ctx, localHost(ctx), async (c) => {
       const r = await c.query(`SELECT pg_is_in_recovery() AS rec,
           CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END AS lsn,
           (SELECT timeline_id FROM pg_control_checkpoint()) AS tli,
@@ -221,7 +229,7 @@ export async function localStatus(ctx: NodeContext): Promise<LocalPgStatus> {
 
 /** First start of the bootstrap leader: roles, Kine's database and the peer's slot. */
 export async function bootstrapPrimaryObjects(ctx: NodeContext): Promise<void> {
-  await withClient(ctx, '127.0.0.1', async (c) => {
+  await withClient(ctx, localHost(ctx), async (c) => {
     const ident = (s: string): string => `"${s.replaceAll('"', '""')}"`;
     const lit = (s: string): string => `'${s.replaceAll("'", "''")}'`;
     const roles = await c.query(`SELECT rolname FROM pg_roles WHERE rolname = ANY($1)`, [[REPLICATION_USER, KINE_USER]]);
@@ -236,7 +244,7 @@ export async function bootstrapPrimaryObjects(ctx: NodeContext): Promise<void> {
 
 /** The primary keeps a physical slot for its peer so WAL the peer needs is never recycled. */
 export async function ensurePeerSlot(ctx: NodeContext): Promise<void> {
-  await withClient(ctx, '127.0.0.1', async (c) => {
+  await withClient(ctx, localHost(ctx), async (c) => {
     const slot = slotNameFor(ctx.peer.name);
     const r = await c.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1`, [slot]);
     if (r.rowCount === 0) await c.query(`SELECT pg_create_physical_replication_slot($1, true)`, [slot]);
@@ -245,14 +253,14 @@ export async function ensurePeerSlot(ctx: NodeContext): Promise<void> {
 
 /** Set synchronous_standby_names on the running primary and reload. */
 export async function setSyncStandby(ctx: NodeContext, names: string): Promise<void> {
-  await withClient(ctx, '127.0.0.1', async (c) => {
+  await withClient(ctx, localHost(ctx), async (c) => {
     await c.query(`ALTER SYSTEM SET synchronous_standby_names = '${names.replaceAll("'", "''")}'`);
     await c.query(`SELECT pg_reload_conf()`);
   }, 5000);
 }
 
 export async function promote(ctx: NodeContext): Promise<void> {
-  await withClient(ctx, '127.0.0.1', async (c) => {
+  await withClient(ctx, localHost(ctx), async (c) => {
     const r = await c.query(`SELECT pg_promote(true, 30)`);
     if (r.rows[0]?.pg_promote !== true) throw new Error('pg_promote did not complete within 30 s');
   }, 35_000);
@@ -260,7 +268,7 @@ export async function promote(ctx: NodeContext): Promise<void> {
 
 /** Stop accepting writes without stopping the server: used for a planned switchover. */
 export async function setReadOnly(ctx: NodeContext, on: boolean): Promise<void> {
-  await withClient(ctx, '127.0.0.1', async (c) => {
+  await withClient(ctx, localHost(ctx), async (c) => {
     await c.query(`ALTER SYSTEM SET default_transaction_read_only = ${on ? 'on' : 'off'}`);
     await c.query(`SELECT pg_reload_conf()`);
     if (on) await c.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND usename <> 'postgres'`);

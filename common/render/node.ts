@@ -1,6 +1,6 @@
 import { K3S_TOKEN_FILE, KINE_PGPASS_FILE, k3sConfigYaml, kineEnvironment, kinePassword, kinePgpass } from './k3s.ts';
 import { NODE_PATHS, pgDataDir } from './paths.ts';
-import { pgHbaConf, postgresqlConf } from './postgresql.ts';
+import { pgHbaConf, pgIdentConf, postgresqlConf } from './postgresql.ts';
 import type { ClusterSpec } from '../schema/cluster.ts';
 import type { Image } from '../schema/image.ts';
 import type { Secrets } from '../schema/seed.ts';
@@ -31,6 +31,7 @@ export function renderNodeFiles(image: Pick<Image, 'kubernetes' | 'components'>,
   const files: RenderedFile[] = [
     { path: `${data}/conf.d/geminik8s.conf`, content: postgresqlConf(spec), mode: 0o644, owner: 'postgres', scope: 'node' },
     { path: `${data}/pg_hba.conf`, content: pgHbaConf(spec, node), mode: 0o600, owner: 'postgres', scope: 'node' },
+    { path: `${data}/pg_ident.conf`, content: pgIdentConf(), mode: 0o600, owner: 'postgres', scope: 'node' },
   ];
   if (image.kubernetes.enabled) {
     files.push(

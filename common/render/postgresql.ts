@@ -62,8 +62,21 @@ export function postgresqlConf(spec: ClusterSpec): string {
   return `# geminik8s: shared PostgreSQL settings for cluster ${spec.name}.\n# Role-dependent settings live in postgresql.auto.conf, managed by geminik8s-agent.\n${lines.join('\n')}\n`;
 }
 
+/** The pg_ident.conf map the local `postgres` rule uses. */
+export const PEER_MAP = 'geminik8s';
+
 /**
- * `pg_hba.conf`: local administration by peer auth, replication only from the peer node,
+ * `pg_ident.conf`: who may be `postgres` over the local socket. The agent runs as root and
+ * administers its own server there: peer authentication costs no SCRAM exchange (slow under
+ * emulation, and the health check connects every second) and needs no password on the host.
+ */
+export function pgIdentConf(osUser = 'postgres'): string {
+  const users = [...new Set(['root', osUser, 'postgres'])];
+  return `# geminik8s: operating-system users that may connect as the postgres role over the local socket.\n${users.map((u) => `${PEER_MAP} ${u} postgres`).join('\n')}\n`;
+}
+
+/**
+ * `pg_hba.conf`: local administration by peer auth (root and the PostgreSQL user, pg_ident.conf), replication only from the peer node,
  * Kine from the nodes' subnet, everything else rejected.
  */
 export function pgHbaConf(spec: ClusterSpec, node: string): string {
@@ -71,7 +84,7 @@ export function pgHbaConf(spec: ClusterSpec, node: string): string {
   const self = spec.nodes.find((n) => n.name === node)!;
   const subnet = `${intToIp(networkOf(self.ip, spec.network.prefix))}/${spec.network.prefix}`;
   const rows: [string, string, string, string, string][] = [
-    ['local', 'all', 'postgres', '', 'peer'],
+    ['local', 'all', 'postgres', '', `peer map=${PEER_MAP}`],
     ['local', 'all', 'all', '', 'scram-sha-256'],
     ['host', 'all', 'postgres', '127.0.0.1/32', 'scram-sha-256'],
     ['host', 'replication', REPLICATION_USER, `${peer.ip}/32`, 'scram-sha-256'],

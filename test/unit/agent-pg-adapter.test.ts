@@ -37,7 +37,8 @@ async function context(root: string): Promise<NodeContext> {
   const stateDir = join(root, 'state');
   const config = AgentConfigSchema.parse({
     stateDir, seedFile: join(stateDir, 'seed.yaml'), listen: { host: '127.0.0.1', port: 0 },
-    postgresql: { binDir: BIN, dataDir: join(stateDir, 'pg'), socketDir: join(root, 'sock'), confFragment: "listen_addresses = '127.0.0.1'" },
+    // The data directory's parents do not exist yet, as in a node image (Debian's layout, /var/lib/postgresql/N/main).
+    postgresql: { binDir: BIN, dataDir: join(stateDir, 'pg', '17', 'main'), socketDir: join(root, 'sock'), confFragment: "listen_addresses = '127.0.0.1'" },
     serviceManager: 'direct', vip: { enabled: false },
   });
   const ctx = nodeContext(config, seed);

@@ -1,9 +1,9 @@
 import test from 'ava';
-import { chownSync, existsSync, readdirSync, readFileSync, writeFileSync, appendFileSync, mkdirSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, readdirSync, readFileSync, writeFileSync, appendFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { runPlan, type CommandPlan } from '../../common/exec.ts';
 import { pgBinDir } from '../../common/render/paths.ts';
-import { pgHbaConf, postgresqlConf, postgresqlSettings, KINE_DATABASE, KINE_USER } from '../../common/render/postgresql.ts';
+import { pgHbaConf, pgIdentConf, postgresqlConf, postgresqlSettings, KINE_DATABASE, KINE_USER } from '../../common/render/postgresql.ts';
 import { kineEndpoint, kinePassword, kinePgpass } from '../../common/render/k3s.ts';
 import type { ClusterSpec } from '../../common/schema/cluster.ts';
 import { FAKE_SECRETS } from '../helpers/fixtures.ts';
@@ -45,9 +45,10 @@ function pgIds(): { uid: number; gid: number } {
   writeFileSync(join(data, 'conf.d', 'geminik8s.conf'), postgresqlConf(cluster));
   appendFileSync(join(data, 'postgresql.conf'), "\ninclude_dir = 'conf.d'\n");
   writeFileSync(join(data, 'pg_hba.conf'), pgHbaConf(cluster, 'node1'));
+  writeFileSync(join(data, 'pg_ident.conf'), pgIdentConf());
   if (isRoot) {
     const { uid, gid } = pgIds();
-    for (const p of [join(data, 'conf.d'), join(data, 'conf.d', 'geminik8s.conf'), join(data, 'pg_hba.conf')]) chownSync(p, uid, gid);
+    for (const p of [join(data, 'conf.d'), join(data, 'conf.d', 'geminik8s.conf'), join(data, 'pg_hba.conf'), join(data, 'pg_ident.conf')]) chownSync(p, uid, gid);
   }
 
   // postgres -C parses every configuration file and fails on any invalid value.
@@ -64,6 +65,19 @@ function pgIds(): { uid: number; gid: number } {
   try {
     const q = async (sql: string) => (await runPlan(asPg('psql', ['-h', socket, '-p', port, '-U', 'postgres', '-d', 'postgres', '-XAtc', sql]))).stdout.replace(/\n+$/, '');
     t.is(await q('select count(*) from pg_hba_file_rules where error is not null'), '0');
+    t.is(await q('select count(*) from pg_ident_file_mappings where error is not null'), '0');
+    if (isRoot) {
+      // The agent (root) administers the server as postgres over the socket, with no password;
+      // any other operating-system user is refused.
+      const agentSide = await runPlan({ cmd: join(pgBinDir(major!), 'psql'), args: ['-h', socket, '-p', port, '-U', 'postgres', '-d', 'postgres', '-XAtwc', 'select current_user'] }, { allowFailure: true });
+      t.is(agentSide.exitCode, 0, agentSide.stderr);
+      t.is(agentSide.stdout.trim(), 'postgres');
+      chmodSync(dir, 0o711);
+      chmodSync(socket, 0o777);
+      const other = await runPlan({ cmd: 'runuser', args: ['-u', 'nobody', '--', join(pgBinDir(major!), 'psql'), '-h', socket, '-p', port, '-U', 'postgres', '-d', 'postgres', '-XAtwc', 'select 1'] }, { allowFailure: true });
+      t.not(other.exitCode, 0);
+      t.regex(other.stderr, /Peer authentication failed for user "postgres"/);
+    }
     t.is(await q("select coalesce(string_agg(name || ': ' || error, '; '), '') from pg_file_settings where error is not null and sourcefile like '%geminik8s.conf' and name not in ('listen_addresses', 'port')"), '');
     const rules = await q("select type || ' ' || array_to_string(database, ',') || ' ' || array_to_string(user_name, ',') || ' ' || coalesce(address, '') || ' ' || auth_method from pg_hba_file_rules order by line_number");
     t.deepEqual(rules.split('\n'), [
@@ -131,9 +145,10 @@ function pgIds(): { uid: number; gid: number } {
   writeFileSync(join(data, 'conf.d', 'geminik8s.conf'), postgresqlConf(spec));
   appendFileSync(join(data, 'postgresql.conf'), "\ninclude_dir = 'conf.d'\n");
   writeFileSync(join(data, 'pg_hba.conf'), pgHbaConf(spec, 'node1'));
+  writeFileSync(join(data, 'pg_ident.conf'), pgIdentConf());
   if (isRoot) {
     const { uid, gid } = pgIds();
-    for (const p of [join(data, 'conf.d'), join(data, 'conf.d', 'geminik8s.conf'), join(data, 'pg_hba.conf')]) chownSync(p, uid, gid);
+    for (const p of [join(data, 'conf.d'), join(data, 'conf.d', 'geminik8s.conf'), join(data, 'pg_hba.conf'), join(data, 'pg_ident.conf')]) chownSync(p, uid, gid);
   }
   const log = join(dir, 'pg.log');
   const start = await runPlan(asPg('pg_ctl', ['-D', data, '-l', log, '-w', '-t', '60', '-o', `-c listen_addresses=127.0.0.50 -k ${socket}`, 'start']), { allowFailure: true });

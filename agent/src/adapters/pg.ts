@@ -214,14 +214,14 @@ async function dirBytes(dir: string): Promise<number> {
 
 // ---------------------------------------------------------------------------------------------
 
-/** The production PgPort over postgres.ts: pg_ctl or systemd, pg_rewind, pg_basebackup, SQL on 127.0.0.1. */
+/** The production PgPort over postgres.ts: pg_ctl or systemd, pg_rewind, pg_basebackup, SQL on the local socket. */
 export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
   const dataDir = ctx.config.postgresql.dataDir;
   const marker = inProgressMarker(ctx);
 
   const status = async (): Promise<PgStatus> => {
     try {
-      return await pgc.withClient(ctx, '127.0.0.1', async (c) => {
+      return await pgc.withClient(ctx, pgc.localHost(ctx), async (c) => {
         const r = await c.query(`SELECT pg_is_in_recovery() AS rec,
             CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END AS lsn,
             CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END AS walfile,
@@ -288,9 +288,20 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
 
   /** An empty data directory owned by the PostgreSQL user. */
   const freshDataDir = async (): Promise<{ uid: number; gid: number }> => {
-    await rm(dataDir, { recursive: true, force: true });
-    await mkdir(dataDir, { recursive: true, mode: 0o700 });
     const ids = await pgc.osUserIds(ctx.config.postgresql.osUser);
+    await rm(dataDir, { recursive: true, force: true });
+    // Parents this makes (/var/lib/postgresql/17 on a node) belong to the PostgreSQL user and
+    // are 0755, as Debian makes them: under the agent's umask they would be root's and 0700,
+    // and initdb, running as that user, could not reach its directory.
+    const first = await mkdir(dirname(dataDir), { recursive: true });
+    if (first) {
+      for (let d = dirname(dataDir); ; d = dirname(d)) {
+        await chown(d, ids.uid, ids.gid);
+        await chmod(d, 0o755);
+        if (d === first || d === dirname(d)) break;
+      }
+    }
+    await mkdir(dataDir, { mode: 0o700 });
     await chown(dataDir, ids.uid, ids.gid);
     return ids;
   };
@@ -390,7 +401,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
       let seen = '';
       for (;;) {
         try {
-          seen = await pgc.withClient(ctx, '127.0.0.1', async (c) => (await c.query(`SELECT current_setting('synchronous_standby_names') AS v`)).rows[0].v as string, 2000);
+          seen = await pgc.withClient(ctx, pgc.localHost(ctx), async (c) => (await c.query(`SELECT current_setting('synchronous_standby_names') AS v`)).rows[0].v as string, 2000);
           if (seen === names) return;
         } catch (err) {
           seen = `(${(err as Error).message})`;
