@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { Agent } from './agent.ts';
 import { watchdogMs } from './core/controller.ts';
 import { firstboot } from './firstboot.ts';
@@ -108,7 +109,9 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
     // An unconfigured node is a valid outcome: boot goes on and the node stays reachable for repair.
-    await firstboot(await loadAgentConfig(configFile), option(rest, '--root') ?? '/');
+    // What first boot read besides the seed: the next boot skips it while all are unchanged.
+    const inputs = [process.argv[1], configFile].filter((f): f is string => !!f).map((f) => resolve(f));
+    await firstboot(await loadAgentConfig(configFile), option(rest, '--root') ?? '/', undefined, inputs);
     return 0;
   }
   if (command === 'witness') return witness(rest);

@@ -7,6 +7,10 @@ export const NODE_PATHS = {
   /** Where geminik8s-firstboot mounts the seed medium (config partition or cidata ISO), read-only. */
   seedMount: '/run/geminik8s/config',
   mountSeedScript: '/usr/lib/geminik8s/mount-seed.sh',
+  /** ExecCondition of geminik8s-firstboot: skip it when nothing it reads has changed. */
+  firstbootNeededScript: '/usr/lib/geminik8s/firstboot-needed.sh',
+  /** sha256sum lines of what the last configuring first boot read (seed, agent, agent config). */
+  firstbootStamp: '/var/lib/geminik8s/firstboot.sha256',
   growScript: '/usr/lib/geminik8s/grow-persistent.sh',
   customizeScript: '/usr/lib/geminik8s/customize-root.sh',
   /** Inputs of the customize script, removed by it. */
@@ -27,6 +31,14 @@ export const NODE_PATHS = {
   grubCfg: '/grub/grub.cfg',
   grubEnv: '/grub/grubenv',
 } as const;
+
+/**
+ * A slot's kernel and initrd on the ESP, where GRUB loads them: FAT reads fast and needs no
+ * driver for the slot's compression. The slot's own /boot holds the same files.
+ */
+export function slotBootPath(slot: 'A' | 'B', name: 'vmlinuz' | 'initrd.img'): string {
+  return `/slot-${slot.toLowerCase()}/${name}`;
+}
 
 export function pgBinDir(major: number): string {
   return `/usr/lib/postgresql/${major}/bin`;

@@ -64,3 +64,46 @@ test('no seed at all: unconfigured with a message that says how to provide one',
   t.is(r.state, 'unconfigured');
   t.regex(lines.join('\n'), /no geminik8s seed found: write one with `geminik8s seed`/);
 });
+
+// firstboot-needed.sh (the unit's ExecCondition) reads the record first boot writes: run for real.
+const NEEDED = join(new URL('../../', import.meta.url).pathname, 'overlays/usr/lib/geminik8s/firstboot-needed.sh');
+const needed = async (stamp: string): Promise<{ code: number; out: string }> => {
+  const { runPlan } = await import('../../common/exec.ts');
+  const r = await runPlan({ cmd: 'sh', args: [NEEDED, stamp] }, { allowFailure: true });
+  return { code: r.exitCode, out: r.stdout.trim() };
+};
+
+test('a configured node skips its next first boot until the seed, the agent or its config changes', async (t) => {
+  const root = tempDir();
+  await seedInto(root);
+  const bundle = join(root, 'agent.mjs');
+  const agentYaml = join(root, 'agent.yaml');
+  writeFileSync(bundle, '// agent v1\n');
+  writeFileSync(agentYaml, 'kubernetes: {enabled: false}\n');
+  const stamp = join(root, 'var/lib/geminik8s/firstboot.sha256');
+  t.is((await needed(stamp)).code, 0, 'never configured: first boot runs');
+
+  await firstboot(config(false), root, () => undefined, [bundle, agentYaml]);
+  t.is(statSync(stamp).mode & 0o777, 0o600);
+  const skip = await needed(stamp);
+  t.is(skip.code, 1, 'nothing changed: skipped');
+  t.regex(skip.out, /first boot skipped/);
+
+  for (const [file, change] of [
+    [join(root, 'run/geminik8s/config/geminik8s/seed.yaml'), (s: string) => s.replace('192.168.10.50', '192.168.10.51')],
+    [bundle, (s: string) => `${s}// agent v2\n`],
+    [agentYaml, (s: string) => s.replace('false', 'true')],
+  ] as const) {
+    const before = readFileSync(file, 'utf8');
+    writeFileSync(file, change(before));
+    t.is((await needed(stamp)).code, 0, `${file} changed: first boot runs`);
+    writeFileSync(file, before);
+    t.is((await needed(stamp)).code, 1);
+  }
+
+  // A re-seed that is invalid leaves the node unconfigured and drops the record.
+  await seedInto(root, (text) => text.replace('vip: 192.168.10.50', 'vip: 192.168.10.11'));
+  t.is((await firstboot(config(false), root, () => undefined, [bundle, agentYaml])).state, 'unconfigured');
+  t.false(existsSync(stamp));
+  t.is((await needed(stamp)).code, 0);
+});

@@ -120,7 +120,7 @@ async function verifyUnits(dir: string, units: { name: string; content: string }
 test('rendered units pass systemd-analyze verify; only units whose binaries a build host lacks skip, exactly those', async (t) => {
   // Binaries that exist only inside the node image, never on a build or CI host:
   // upstream components and our overlay scripts. PostgreSQL is checked separately below.
-  const imageOnly = [NODE_PATHS.k3sBin, NODE_PATHS.kineBin, NODE_PATHS.kubeVipBin, NODE_PATHS.readyScript, NODE_PATHS.mountSeedScript];
+  const imageOnly = [NODE_PATHS.k3sBin, NODE_PATHS.kineBin, NODE_PATHS.kubeVipBin, NODE_PATHS.readyScript, NODE_PATHS.mountSeedScript, NODE_PATHS.firstbootNeededScript];
   for (const p of imageOnly) t.false(existsSync(p), `${p} exists on this host: the expected skips below would be wrong`);
   for (const { arch, image } of ARCHES) {
     const files = await renderFor(image);
@@ -132,6 +132,7 @@ test('rendered units pass systemd-analyze verify; only units whose binaries a bu
     const reported = output.filter((l) => missing.test(l)).map((l) => l.replace(missing, '$1 $2')).sort();
     t.deepEqual(output.filter((l) => !missing.test(l)), [], `${arch}: systemd-analyze reported problems`);
     const expected = [
+      'geminik8s-firstboot.service ' + NODE_PATHS.firstbootNeededScript,
       'geminik8s-firstboot.service ' + NODE_PATHS.mountSeedScript,
       'geminik8s-ready.service ' + NODE_PATHS.readyScript,
       'geminik8s-grow.service ' + NODE_PATHS.growScript,
@@ -153,7 +154,7 @@ test('the templates of units that skip above verify cleanly with their real bina
     { name: 'geminik8s-ready.service', content: renderTemplate('systemd/geminik8s-ready.service.hbs', { readyScript: overlay(NODE_PATHS.readyScript) }) },
     {
       name: 'geminik8s-firstboot.service',
-      content: renderTemplate('systemd/geminik8s-firstboot.service.hbs', { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig, mountSeedScript: overlay(NODE_PATHS.mountSeedScript), seedMount: NODE_PATHS.seedMount }),
+      content: renderTemplate('systemd/geminik8s-firstboot.service.hbs', { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig, mountSeedScript: overlay(NODE_PATHS.mountSeedScript), seedMount: NODE_PATHS.seedMount, firstbootNeededScript: overlay(NODE_PATHS.firstbootNeededScript), firstbootStamp: NODE_PATHS.firstbootStamp }),
     },
     { name: 'geminik8s-grow.service', content: renderTemplate('systemd/geminik8s-grow.service.hbs', { growScript: overlay(NODE_PATHS.growScript), persistentMount: NODE_PATHS.persistentMount }) },
     { name: 'geminik8s-postgresql.service', content: renderTemplate('systemd/geminik8s-postgresql.service.hbs', { pgMajor: major, pgBinDir: pgBinDir(major), pgDataDir: pgDataDir(major) }) },
