@@ -38,10 +38,10 @@ export function extractRootPlan(tar: string, dir: string): CommandPlan {
 }
 
 /** mksquashfs of a slot: every timestamp is SOURCE_DATE_EPOCH and entries are sorted, so one tree gives one image. */
-export function squashfsPlan(input: { dir: string; output: string; compression: Image['rootfs']['compression']; sourceDateEpoch: number }): CommandPlan {
+export function squashfsPlan(input: { dir: string; output: string; compression: Image['rootfs']['compression'] | 'lzo'; sourceDateEpoch: number; blockSize?: Image['rootfs']['blockSize'] | string }): CommandPlan {
   return {
     cmd: 'mksquashfs',
-    args: [input.dir, input.output, '-noappend', '-comp', input.compression, '-b', '1M', '-no-progress', '-quiet', '-wildcards', '-e', 'proc/*', 'sys/*', 'dev/*', 'run/*', 'tmp/*'],
+    args: [input.dir, input.output, '-noappend', '-comp', input.compression, '-b', input.blockSize ?? '128K', '-no-progress', '-quiet', '-wildcards', '-e', 'proc/*', 'sys/*', 'dev/*', 'run/*', 'tmp/*'],
     env: { SOURCE_DATE_EPOCH: String(input.sourceDateEpoch) },
     title: `mksquashfs (${input.compression})`,
   };

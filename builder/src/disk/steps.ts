@@ -1,10 +1,10 @@
-import { createReadStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, createReadStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { open, readFile, rename, rm, stat, truncate, utimes } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { ExitCode, GeminiError } from '../../../common/errors.ts';
 import { requireTools, runPlan, type CommandPlan } from '../../../common/exec.ts';
 import { writeFileAtomic } from '../../../common/fsutil.ts';
-import { NODE_PATHS } from '../../../common/render/paths.ts';
+import { NODE_PATHS, slotBootPath } from '../../../common/render/paths.ts';
 import type { BuildContext, Step } from '../build/steps.ts';
 import { renderImageFiles } from '../render/index.ts';
 import { sha256File } from '../components/fetch.ts';
@@ -127,7 +127,7 @@ export const DISK_STEPS: Step[] = [
       const file = work(ctx, 'root-slot.img');
       const dir = disk(ctx).rootTree!;
       if (ctx.image.rootfs.type === 'squashfs') {
-        await runPlan(privileged(ctx, squashfsPlan({ dir, output: file, compression: ctx.image.rootfs.compression, sourceDateEpoch: ctx.sourceDateEpoch })), { timeoutMs: 60 * 60_000 });
+        await runPlan(privileged(ctx, squashfsPlan({ dir, output: file, compression: ctx.image.rootfs.compression, blockSize: ctx.image.rootfs.blockSize, sourceDateEpoch: ctx.sourceDateEpoch })), { timeoutMs: 60 * 60_000 });
       } else {
         await runPlan(privileged(ctx, ext4Plan({ output: file, part: { ...slot, fsId: slot.uuid.toLowerCase(), label: slot.name }, dir, sourceDateEpoch: ctx.sourceDateEpoch, readOnly: true })), { timeoutMs: 60 * 60_000 });
       }
@@ -171,6 +171,13 @@ export const DISK_STEPS: Step[] = [
       await runPlan({ cmd: 'grub-editenv', args: [env, 'create'] });
       await runPlan({ cmd: 'grub-editenv', args: [env, 'set', 'active_slot=A', 'try_slot=', 'try_count=0'] });
       entries.push({ from: env, to: NODE_PATHS.grubEnv });
+      // Slot A's kernel and initrd, where GRUB reads them cheaply (FAT, not the compressed slot):
+      // GRUB then needs no driver for the slot's codec. An upgrade writes /slot-b/ with ROOT_B.
+      for (const name of ['vmlinuz', 'initrd.img'] as const) {
+        const from = join(files, `slot-a-${name}`);
+        copyFileSync(join(disk(ctx).rootTree!, 'boot', name), from);
+        entries.push({ from, to: slotBootPath('A', name) });
+      }
       const efiTarget = grubTargets(ctx).find((t) => t !== 'i386-pc');
       if (efiTarget) entries.push({ from: work(ctx, `grub-${efiTarget}.img`), to: efiTarget === 'arm64-efi' ? '/EFI/BOOT/BOOTAA64.EFI' : '/EFI/BOOT/BOOTX64.EFI' });
       for (const e of entries) await utimes(e.from, ctx.sourceDateEpoch, ctx.sourceDateEpoch);

@@ -1,5 +1,5 @@
 import type { Image } from '../../../common/schema/image.ts';
-import { PARTITION_NUMBERS } from '../../../common/render/paths.ts';
+import { PARTITION_NUMBERS, slotBootPath } from '../../../common/render/paths.ts';
 import { renderTemplate } from './templates.ts';
 
 /** The kernel arguments every slot gets, after root=, rootfstype=, ro and geminik8s.slot=. */
@@ -30,8 +30,8 @@ export function renderGrubCfg(image: Image): string {
     rootfsType: image.rootfs.type,
     cmdline: kernelCmdline(image),
     slots: [
-      { name: 'A', id: 'a', partition: PARTITION_NUMBERS.rootA, partlabel: 'ROOT_A' },
-      { name: 'B', id: 'b', partition: PARTITION_NUMBERS.rootB, partlabel: 'ROOT_B' },
+      { name: 'A', id: 'a', partition: PARTITION_NUMBERS.rootA, partlabel: 'ROOT_A', kernel: slotBootPath('A', 'vmlinuz'), initrd: slotBootPath('A', 'initrd.img') },
+      { name: 'B', id: 'b', partition: PARTITION_NUMBERS.rootB, partlabel: 'ROOT_B', kernel: slotBootPath('B', 'vmlinuz'), initrd: slotBootPath('B', 'initrd.img') },
     ],
   });
 }

@@ -1,12 +1,11 @@
 import test from 'ava';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { runPlan } from '../../../common/exec.ts';
 import { loadImage } from '../../../common/config.ts';
-import { writeAt } from '../../../builder/src/disk/steps.ts';
 import { sha256File } from '../../../builder/src/components/fetch.ts';
 import { partitionOffset } from '../../../builder/src/seed/into-image.ts';
-import { squashfsPlan } from '../../../builder/src/disk/plans.ts';
+import { slotBootPath } from '../../../common/render/paths.ts';
 import { bootVm, parseMarkerFields, READY_MARKER, type Vm } from '../../../qemu/index.ts';
 import { cli } from '../../helpers/cli.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';
@@ -89,6 +88,8 @@ test('BIOS (SeaBIOS): boots slot A to the marker; root read-only, /etc an overla
   const persistentMiB = Number(/:([\d.]+)G$/.exec(f.persistent!)?.[1] ?? 0) * 1024 || Number(/:([\d.]+)M$/.exec(f.persistent!)?.[1] ?? 0);
   t.true(persistentMiB > 1200, `PERSISTENT grown from 512 MiB to fill the disk: ${f.persistent}`);
   t.regex(vm.log(), /UNCONFIGURED: .*no geminik8s seed found/, 'no seed: the node says why on its console');
+  t.regex(vm.log(), /geminik8s: cloud-init skip: no seed medium with NoCloud data/, 'the empty CONFIG partition is no NoCloud source: cloud-init stays off');
+  t.notRegex(vm.log(), /Cloud-init: (Local|Network) Stage|cloud-init\[\d+\]/, 'no cloud-init unit ran');
 
   const mark = vm.mark();
   await vm.reset();
@@ -106,14 +107,18 @@ test('UEFI (OVMF): boots slot A to the marker', async (t) => {
 
 test('a try of a slot whose kernel cannot boot falls back to the active slot once its tries are spent', async (t) => {
   const raw = await scratchCopy();
-  // Slot B: a real kernel and an initrd that is not one, so the kernel panics (panic=10 reboots).
+  // Slot B: a real kernel and an initrd that is not one, on the ESP where GRUB loads a slot's
+  // kernel from, so the kernel panics (panic=10 reboots).
   const tree = tempDir('gk-e2e-badslot-');
-  await runPlan({ cmd: 'tar', args: ['-xf', img.rootfsTar, '-C', tree, '--wildcards', './boot/vmlinuz*'] });
-  writeFileSync(join(tree, 'boot/initrd.img'), Buffer.alloc(65536, 0x5a));
-  const slotB = join(tempDir(), 'slot-b.squashfs');
-  await runPlan(squashfsPlan({ dir: tree, output: slotB, compression: 'gzip', sourceDateEpoch: 1_700_000_000 }));
+  await runPlan({ cmd: 'tar', args: ['-xf', img.rootfsTar, '-C', tree, '--wildcards', './boot/vmlinuz-*'] });
+  const kernel = join(tree, 'boot', readdirSync(join(tree, 'boot')).find((n) => n.startsWith('vmlinuz-'))!);
+  const badInitrd = join(tree, 'initrd.img');
+  writeFileSync(badInitrd, Buffer.alloc(65536, 0x5a));
+  const esp = `${raw}@@${await partitionOffset(raw, 'ESP')}`;
+  await runPlan({ cmd: 'mmd', args: ['-i', esp, `::${dirname(slotBootPath('B', 'vmlinuz'))}`] });
+  await runPlan({ cmd: 'mcopy', args: ['-i', esp, kernel, `::${slotBootPath('B', 'vmlinuz')}`] });
+  await runPlan({ cmd: 'mcopy', args: ['-i', esp, badInitrd, `::${slotBootPath('B', 'initrd.img')}`] });
   const image = await loadImage(join(ROOT, 'images/test-amd64.yaml'));
-  await writeAt(raw, slotB, await partitionOffset(raw, 'ROOT_B'));
   t.deepEqual(await grubenv(raw, ['try_slot=B', `try_count=${image.boot.tries}`]), { active_slot: 'A', try_slot: 'B', try_count: String(image.boot.tries) });
 
   const vm = await bootVm({ arch: 'amd64', firmware: 'bios', image: raw, format: 'raw', write: true, serialLog: join(tempDir('gk-e2e-fallback-'), 'serial.log') });
@@ -135,4 +140,15 @@ test('a generic image carries no seed: the config partition holds only its READM
   t.deepEqual(listing, ['::/README.txt']);
   const label = (await runPlan({ cmd: 'blkid', args: ['-p', '-o', 'value', '-s', 'LABEL', '-O', String(config), img.raw] })).stdout.trim();
   t.is(label, 'CIDATA');
+});
+
+test("slot A's kernel and initrd are on the ESP, the same bytes as the slot's /boot", async (t) => {
+  const esp = `${img.raw}@@${await partitionOffset(img.raw, 'ESP')}`;
+  const tree = tempDir('gk-e2e-espboot-');
+  await runPlan({ cmd: 'tar', args: ['-xhf', img.rootfsTar, '-C', tree, './boot/vmlinuz', './boot/initrd.img'] });
+  for (const name of ['vmlinuz', 'initrd.img'] as const) {
+    const local = join(tempDir(), name);
+    await runPlan({ cmd: 'mcopy', args: ['-i', esp, `::${slotBootPath('A', name)}`, local] });
+    t.is(await sha256File(local), await sha256File(join(tree, 'boot', name)), name);
+  }
 });
