@@ -18,6 +18,19 @@ export const DPKG_EXCLUDES = [
 export const APT_OPTIONS = ['Acquire::Languages "none"', 'APT::Install-Recommends "false"'];
 
 /**
+ * Staging files that must be in the root before the packages install, so that their scripts
+ * do less: Debian's default PostgreSQL cluster is never made (initdb, then deleted), and the
+ * kernel's initramfs is made with MODULES=list instead of every storage driver (the customize
+ * script makes the real one, with our hook).
+ */
+export const EARLY_STAGING_FILES = ['etc/postgresql-common/createcluster.d/geminik8s.conf', 'etc/initramfs-tools/conf.d/geminik8s'];
+
+/** mmdebstrap setup hooks that put `EARLY_STAGING_FILES` into the root before any package. */
+export function earlyStagingHooks(staging: string): string[] {
+  return EARLY_STAGING_FILES.map((f) => `--setup-hook=mkdir -p "$1/${f.slice(0, f.lastIndexOf('/'))}" && cp '${staging}/${f}' "$1/${f}"`);
+}
+
+/**
  * The hooks every mmdebstrap-run source ends with: the staging tree laid over the root, then
  * the customize script run inside it (the Containerfile does the same with COPY and RUN).
  */
@@ -60,6 +73,7 @@ export function mmdebstrapPlan(input: RootfsPlanInput): CommandPlan {
     '--skip=essential/unlink',
     '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/',
     `--setup-hook=sync-in ${input.aptCache} /var/cache/apt/archives/`,
+    ...earlyStagingHooks(input.staging),
     `--customize-hook=sync-out /var/cache/apt/archives ${input.aptCache}`,
     '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb',
     ...stagingHooks(input.staging),

@@ -118,6 +118,8 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   const [r1, r2] = await Promise.all([node1.waitFor(READY_MARKER, BOOT_TIMEOUT), node2.waitFor(READY_MARKER, BOOT_TIMEOUT)]);
   t.log(`node1: ${r1.line}`);
   t.log(`node2: ${r2.line}`);
+  // A first boot from a seed: cloud-init applies it (the initramfs gate lets it run).
+  for (const vm of [node1, node2]) t.regex(vm.log(), /geminik8s: cloud-init run: instance geminik8s-e2e-node\d-\w+ is not applied yet/);
   const s1 = await GuestShell.open(node1.consoleSocket!, SHELL_TIMEOUT);
   shells.push(s1);
   const s2 = await GuestShell.open(node2.consoleSocket!, SHELL_TIMEOUT);
@@ -163,6 +165,11 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   await node2.reset();
   const again = await node2.waitFor(READY_MARKER, BOOT_TIMEOUT, { since: mark });
   t.like(parseMarkerFields(again.line), { role: 'follower', boots: '2' });
+  // The seed is applied and unchanged: neither cloud-init nor first boot runs again, and what
+  // they applied (hostname, the static address the follower streams over) persisted.
+  const reboot = node2.log().slice(mark);
+  t.regex(reboot, /geminik8s: cloud-init skip: instance geminik8s-e2e-node2-\w+ is already applied/);
+  t.regex(reboot, /first boot skipped/);
   const s2b = await GuestShell.open(node2.consoleSocket!, SHELL_TIMEOUT);
   shells.push(s2b);
   await until('node2 to stream synchronously again', 5 * 60_000, async () => (/streaming sync/.test(await sql(s1, "select state || ' ' || sync_state from pg_stat_replication")) ? true : undefined));
@@ -171,6 +178,8 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   t.is(await sql(s2b, 'select v from e2e_probe'), 'through-the-vip');
   const cloned = await s2b.run('journalctl -b -u geminik8s-agent --no-pager | grep -c pg_basebackup');
   t.is(cloned.output.trim(), '0', 'no pg_basebackup in this boot');
+  t.is((await s2b.check('hostname')).trim(), 'node2');
+  t.is((await s2b.run('systemctl is-active cloud-init-main.service geminik8s-firstboot.service')).output.trim().split('\n').join(' '), 'inactive inactive');
 }
 
 test.serial('a node booted with a bad seed ends "unconfigured", with the error on its serial console, nothing destroyed', async (t) => {

@@ -12,4 +12,6 @@ boots=$(( $(cat /var/lib/geminik8s/boots 2>/dev/null || echo 0) + 1 ))
 echo "$boots" > /var/lib/geminik8s/boots 2>/dev/null && sync /var/lib/geminik8s/boots || boots=unwritable
 uptime=$(cut -d" " -f1 /proc/uptime)
 persist=$(findmnt -no SOURCE,SIZE /var/lib/geminik8s 2>/dev/null | tr -s ' ' ':')
+# On a line of its own: a getty's login prompt may be on the console, without its newline yet.
+printf '\n'
 echo "GEMINIK8S-READY slot=${slot:-?} role=${role:-?} root=${rootmode:-?} etc=${etc:-?} boots=${boots} persistent=${persist:-none} uptime=${uptime}"
