@@ -226,7 +226,7 @@ export class Vm {
 
   /** Send one QMP command (after the capabilities handshake) and return its `return` value. */
   qmp(command: string, args?: Record<string, unknown>, timeoutMs = 10_000): Promise<unknown> {
-    const call = this.qmpQueue.then(() => qmpCall(this.qmpSocket, command, args, timeoutMs));
+    const call = this.qmpQueue.then(() => qmpRequest(this.qmpSocket, command, args, timeoutMs, () => this.running));
     this.qmpQueue = call.catch(() => undefined);
     return call;
   }
@@ -304,6 +304,27 @@ function section(title: string, body: string): string {
 
 function formatSeconds(ms: number): string {
   return `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`;
+}
+
+/**
+ * One QMP command on `socketPath`, within `timeoutMs`. QEMU makes its QMP socket while it
+ * starts, so on a loaded machine a call can come before it listens: while `alive()` says QEMU
+ * runs, a socket that is missing or refuses the connection is tried again.
+ */
+export async function qmpRequest(socketPath: string, command: string, args: Record<string, unknown> | undefined, timeoutMs: number, alive: () => boolean): Promise<unknown> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await qmpCall(socketPath, command, args, Math.max(1, deadline - performance.now()));
+    } catch (err) {
+      const code = ((err as Error).cause as NodeJS.ErrnoException | undefined)?.code;
+      if ((code === 'ENOENT' || code === 'ECONNREFUSED') && alive() && performance.now() < deadline - 200) {
+        await sleep(200);
+        continue;
+      }
+      throw err;
+    }
+  }
 }
 
 /** One QMP exchange on a fresh connection: greeting, qmp_capabilities, then the command. */

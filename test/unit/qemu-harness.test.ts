@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ExitCode, GeminiError } from '../../common/errors.ts';
 import { spawnPlan } from '../../common/exec.ts';
-import { bootVm, cleanLine, parseMarkerFields, VmTimeoutError, type Vm } from '../../qemu/index.ts';
+import { bootVm, cleanLine, parseMarkerFields, qmpRequest, VmTimeoutError, type Vm } from '../../qemu/index.ts';
 import { cli } from '../helpers/cli.ts';
 import { ROOT, tempDir as makeTempDir } from '../helpers/fixtures.ts';
 
@@ -283,4 +283,25 @@ test('QEMU dying while waiting is reported at once (exit 4), not as a timeout', 
   t.regex(err!.message, /^QEMU was killed by SIGKILL before \/\^GEMINIK8S-READY\\b\/ appeared on the serial console: qemu-system-x86_64 /);
   t.regex(err!.message, /--- serial console ---\nABOUT-TO-DIE/);
   t.false(existsSync(vm.dir));
+});
+
+test('QMP: a socket QEMU has not made yet is waited for while QEMU runs; a dead QEMU is not', async (t) => {
+  const path = join(makeTempDir(), 'qmp.sock');
+  // A stand-in QMP server that starts listening only after 1 s, as a loaded QEMU may.
+  const server = createServer((c) => {
+    c.write('{"QMP": {"version": {}, "capabilities": []}}\n');
+    c.on('data', (d) => {
+      for (const line of d.toString().split('\n').filter(Boolean)) {
+        const { execute } = JSON.parse(line) as { execute: string };
+        c.write(execute === 'qmp_capabilities' ? '{"return": {}}\n' : '{"return": {"status": "running"}}\n');
+      }
+    });
+  });
+  setTimeout(() => server.listen(path), 1000);
+  try {
+    t.deepEqual(await qmpRequest(path, 'query-status', undefined, 10_000, () => true), { status: 'running' });
+    await t.throwsAsync(qmpRequest(join(makeTempDir(), 'none.sock'), 'query-status', undefined, 10_000, () => false), { message: /cannot talk to .*ENOENT/ });
+  } finally {
+    server.close();
+  }
 });
