@@ -17,7 +17,8 @@ import { join } from 'node:path';
 import { runPlan } from '../common/exec.ts';
 import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Arch, type BootOptions, type Vm, type WaitResult } from '../qemu/index.ts';
 import { cli } from '../test/helpers/cli.ts';
-import { testImage, type BuiltImage } from '../test/helpers/test-image.ts';
+import { partitionOffset } from '../builder/src/seed/into-image.ts';
+import { bootFiles, testImage, type BuiltImage } from '../test/helpers/test-image.ts';
 
 const arg = (name: string, fallback: string): string => {
   const i = process.argv.indexOf(name);
@@ -93,12 +94,8 @@ async function withVm<T>(opts: BootOptions, body: (vm: Vm) => Promise<T>): Promi
 
 /** The kernel, initrd and command line GRUB would boot from slot A, for a direct-kernel boot. */
 async function directKernel(img: BuiltImage, dir: string): Promise<NonNullable<BootOptions['kernel']>> {
-  await runPlan({ cmd: 'tar', args: ['-xf', img.rootfsTar, '-C', dir, '--wildcards', './boot/vmlinuz-*', './boot/initrd.img-*'] });
-  const boot = join(dir, 'boot');
-  const ls = (await runPlan({ cmd: 'ls', args: [boot] })).stdout.split('\n');
-  const kernel = join(boot, ls.find((n) => n.startsWith('vmlinuz-'))!);
-  const initrd = join(boot, ls.find((n) => n.startsWith('initrd.img-'))!);
-  const esp = `${img.raw}@@${Number((await runPlan({ cmd: 'partx', args: ['-g', '-o', 'START', '-n', '2', img.raw] })).stdout.trim()) * 512}`;
+  const { kernel, initrd } = await bootFiles(img.rootfsTar, dir);
+  const esp = `${img.raw}@@${await partitionOffset(img.raw, 'ESP')}`;
   const cfg = (await runPlan({ cmd: 'mtype', args: ['-i', esp, '::grub/grub.cfg'] })).stdout;
   const line = cfg.split('\n').find((l) => /^\s*linux .*geminik8s\.slot=A/.test(l))!;
   return { kernel, initrd, append: line.trim().split(/\s+/).slice(2).join(' ') };

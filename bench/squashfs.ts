@@ -13,7 +13,7 @@ import { squashfsPlan } from '../builder/src/disk/plans.ts';
 import { writeAt } from '../builder/src/disk/steps.ts';
 import { partitionOffset } from '../builder/src/seed/into-image.ts';
 import { bootVm, GuestShell, READY_MARKER } from '../qemu/index.ts';
-import { testImage } from '../test/helpers/test-image.ts';
+import { bootFiles, testImage } from '../test/helpers/test-image.ts';
 
 const arg = (name: string, fallback: string): string => {
   const i = process.argv.indexOf(name);
@@ -36,10 +36,7 @@ try {
   const tree = join(work, 'tree');
   await runPlan({ cmd: 'mkdir', args: [tree] });
   await runPlan({ cmd: 'tar', args: ['-xpf', img.rootfsTar, '-C', tree, '--numeric-owner'] });
-  await runPlan({ cmd: 'tar', args: ['-xf', img.rootfsTar, '-C', work, '--wildcards', './boot/vmlinuz-*', './boot/initrd.img-*'] });
-  const boot = (await runPlan({ cmd: 'ls', args: [join(work, 'boot')] })).stdout.split('\n');
-  const kernel = join(work, 'boot', boot.find((n) => n.startsWith('vmlinuz-'))!);
-  const initrd = join(work, 'boot', boot.find((n) => n.startsWith('initrd.img-'))!);
+  const { kernel, initrd } = await bootFiles(img.rootfsTar, work);
   for (const [comp, block] of variants) {
     const slot = join(work, `slot-${comp}-${block}.sqfs`);
     const started = performance.now();

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, relative } from 'node:path';
+import { runPlan } from '../../common/exec.ts';
 import { cli } from './cli.ts';
 import { ROOT } from './fixtures.ts';
 
@@ -59,4 +60,11 @@ export async function testImage(file = 'test-amd64.yaml', log: (m: string) => vo
   const reportFile = readdirSync(dir).find((n) => n.endsWith('.report.json'))!;
   const base = join(dir, reportFile.replace(/\.report\.json$/, ''));
   return { dir, base, raw: `${base}.raw`, qcow2: `${base}.qcow2`, rootfsTar: `${base}.rootfs.tar`, report: JSON.parse(readFileSync(join(dir, reportFile), 'utf8')), buildSeconds };
+}
+
+/** Extract the kernel and initrd of a built root tar (the versioned files /boot's links name) into `dir`. */
+export async function bootFiles(rootfsTar: string, dir: string): Promise<{ kernel: string; initrd: string }> {
+  await runPlan({ cmd: 'tar', args: ['-xf', rootfsTar, '-C', dir, '--wildcards', './boot/vmlinuz-*', './boot/initrd.img-*'] });
+  const names = readdirSync(join(dir, 'boot'));
+  return { kernel: join(dir, 'boot', names.find((n) => n.startsWith('vmlinuz-'))!), initrd: join(dir, 'boot', names.find((n) => n.startsWith('initrd.img-'))!) };
 }

@@ -9,7 +9,7 @@ import { slotBootPath } from '../../../common/render/paths.ts';
 import { bootVm, parseMarkerFields, READY_MARKER, type Vm } from '../../../qemu/index.ts';
 import { cli } from '../../helpers/cli.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';
-import { testImage, type BuiltImage } from '../../helpers/test-image.ts';
+import { bootFiles, testImage, type BuiltImage } from '../../helpers/test-image.ts';
 
 // The offline test image (Kubernetes layer off), built once per source state and cached.
 // Boots run under TCG; a boot of this image takes 1.5 to 3 minutes here.
@@ -110,8 +110,7 @@ test('a try of a slot whose kernel cannot boot falls back to the active slot onc
   // Slot B: a real kernel and an initrd that is not one, on the ESP where GRUB loads a slot's
   // kernel from, so the kernel panics (panic=10 reboots).
   const tree = tempDir('gk-e2e-badslot-');
-  await runPlan({ cmd: 'tar', args: ['-xf', img.rootfsTar, '-C', tree, '--wildcards', './boot/vmlinuz-*'] });
-  const kernel = join(tree, 'boot', readdirSync(join(tree, 'boot')).find((n) => n.startsWith('vmlinuz-'))!);
+  const { kernel } = await bootFiles(img.rootfsTar, tree);
   const badInitrd = join(tree, 'initrd.img');
   writeFileSync(badInitrd, Buffer.alloc(65536, 0x5a));
   const esp = `${raw}@@${await partitionOffset(raw, 'ESP')}`;
