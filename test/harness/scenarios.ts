@@ -350,6 +350,12 @@ export const SCENARIOS: Scenario[] = [
       const startup = x.c.postgresChild(x.follower, 'startup');
       if (!startup) throw new Error(`no startup process on ${x.follower}`);
       stop(x, startup);
+      // The premise is WAL the standby has not replayed. Stopped while idle it may already hold
+      // everything; then the switchover rightly goes ahead, so wait for the workload to write past it.
+      const replayed = await x.c.sql(x.follower, 'SELECT pg_last_wal_replay_lsn()', 'postgres');
+      if (!replayed) throw new Error(`no replay position from ${x.follower}`);
+      await x.c.waitFor(`${x.leader} past ${x.follower}'s replay position ${replayed}`, async () =>
+        (await x.c.sql(x.leader, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '${replayed}') > 0`, 'postgres')) === 't' ? true : undefined, 30_000, 50);
       const r = await x.c.switchover(x.leader);
       noteAnswer(x, r);
       if (r?.ok !== false) x.failures.push(`expected a failed switchover, got ${JSON.stringify(r)}`);
