@@ -16,6 +16,8 @@ PACKAGES=(
   cloud-guest-utils
   # failover harness and comparison
   postgresql iproute2 iptables iputils-arping iputils-ping patroni etcd-server
+  # upgrade bundles: signatures checked against minisign itself
+  minisign
   # Containerfile path
   docker.io
 )
