@@ -69,7 +69,7 @@ const rotr = (x: bigint, n: bigint): bigint => ((x >> n) | (x << (64n - n))) & M
 export function blake2b(data: Uint8Array, outLen = 64): Buffer {
   if (!Number.isInteger(outLen) || outLen < 1 || outLen > 64) throw new RangeError('BLAKE2b output length must be 1 to 64 bytes');
   const h = [...IV];
-  h[0] ^= 0x01010000n ^ BigInt(outLen);
+  h[0] = h[0]! ^ 0x01010000n ^ BigInt(outLen);
   const blocks = Math.max(1, Math.ceil(data.length / 128));
   for (let b = 0; b < blocks; b++) {
     const block = Buffer.alloc(128);
@@ -78,9 +78,9 @@ export function blake2b(data: Uint8Array, outLen = 64): Buffer {
     const last = b === blocks - 1;
     const t = BigInt(last ? data.length : (b + 1) * 128);
     const v = [...h, ...IV];
-    v[12] ^= t & MASK;
-    v[13] ^= t >> 64n;
-    if (last) v[14] ^= MASK;
+    v[12] = v[12]! ^ (t & MASK);
+    v[13] = v[13]! ^ (t >> 64n);
+    if (last) v[14] = v[14]! ^ MASK;
     const g = (a: number, bb: number, c: number, d: number, x: bigint, y: bigint): void => {
       v[a] = (v[a]! + v[bb]! + x) & MASK;
       v[d] = rotr(v[d]! ^ v[a]!, 32n);

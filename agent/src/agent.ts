@@ -1,7 +1,7 @@
 import { uptime } from 'node:os';
 import type { Logger } from 'pino';
 import { runPlan } from '../../common/exec.ts';
-import { bootSettings } from '../../common/schema/agent.ts';
+import { bootSettings, upgradeSettings } from '../../common/schema/agent.ts';
 import type { HostMeta, Role } from '../../common/schema/hostmeta.ts';
 import { createClock } from './adapters/clock.ts';
 import { createKubePort } from './adapters/kube.ts';
@@ -12,6 +12,7 @@ import { createStatePort } from './adapters/state.ts';
 import { createVipPort } from './adapters/vip.ts';
 import { blessDecision, type BlessDecision, type GateInputs } from './bootgate.ts';
 import { bless, describeChanges, readBootState, rebootPlan, type BootState } from './bootslot.ts';
+import { noteTrialFailure } from './upgrade.ts';
 import type { NodeContext } from './context.ts';
 import { Controller } from './core/controller.ts';
 import type { ControllerSettings, Ports, PromoteRequest } from './core/ports.ts';
@@ -181,14 +182,16 @@ export class Agent {
       this.snapshot.boot = r.after;
       return;
     }
-    if (d.action === 'reboot') await this.rebootForTry(d.reason);
+    if (d.action === 'reboot') await this.rebootForTry(d.reason, state.booted);
   }
 
-  private async rebootForTry(reason: string): Promise<void> {
+  private async rebootForTry(reason: string, slot: BootState['booted']): Promise<void> {
     const now = performance.now();
     // One request is enough; ask again only if the node is still up minutes later.
     if (this.bootGate.rebootAt !== undefined && now - this.bootGate.rebootAt < 5 * 60_000) return;
     this.bootGate.rebootAt = now;
+    // Why the try failed outlives the reboot: the fall-back is reported with it (upgrade status).
+    await noteTrialFailure(upgradeSettings(this.ctx.config).recordFile, slot, reason).catch((err: Error) => this.log.warn({ event: 'upgrade', err: err.message }, 'could not record why the try failed'));
     if (this.ctx.config.serviceManager !== 'systemd') {
       this.log.warn({ event: 'boot-reboot', reason, skipped: true }, 'would reboot for the next boot try, but services are not managed by systemd here');
       return;

@@ -7,6 +7,7 @@ import { startApi } from './api.ts';
 import { loadAgentConfig, loadSeedFile, nodeContext } from './context.ts';
 import { sdNotify, watchdogIntervalMs } from './sdnotify.ts';
 import { slotCommand } from './slotcli.ts';
+import { upgradeCommand } from './upgradecli.ts';
 import { agentLogger, createLogPort } from './adapters/log.ts';
 import { createVipPort } from './adapters/vip.ts';
 import { DEFAULT_WITNESS_STATE_DIR, serveWitness } from './witness/serve.ts';
@@ -19,6 +20,7 @@ const USAGE = `usage: geminik8s-agent run --config FILE
        geminik8s-agent witness [serve] --listen HOST:PORT --token-file FILE [--state-dir DIR]
        geminik8s-agent release-vip --config FILE     (the agent unit's ExecStopPost)
        geminik8s-agent slot status [--json] | arm A|B [--tries N] | bless  [--config FILE]
+       geminik8s-agent upgrade stage BUNDLE [--retry] | status  [--json] [--config FILE]
        geminik8s-agent --version`;
 
 function option(args: string[], name: string): string | undefined {
@@ -117,6 +119,7 @@ export async function main(argv: string[]): Promise<number> {
   if (command === 'witness') return witness(rest);
   if (command === 'release-vip') return releaseVip(rest);
   if (command === 'slot') return slotCommand(rest);
+  if (command === 'upgrade') return upgradeCommand(rest);
   process.stderr.write(`${USAGE}\n`);
   return 2;
 }

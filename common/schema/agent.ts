@@ -70,6 +70,19 @@ export const AgentConfigSchema = z.strictObject({
    * is; `bootSettings()` fills in the defaults.
    */
   boot: BootConfigSchema.optional(),
+  /** A/B upgrades (docs/upgrades.md). Optional like `boot`; `upgradeSettings()` fills in the defaults. */
+  upgrade: z
+    .strictObject({
+      /** The root slot partitions, written whole by an upgrade. */
+      slotDevices: z.strictObject({ A: z.string().default('/dev/disk/by-partlabel/ROOT_A'), B: z.string().default('/dev/disk/by-partlabel/ROOT_B') }).prefault({}),
+      /** What the running slot is: the build manifest in the image. */
+      imageManifest: z.string().default('/usr/share/geminik8s/manifest.json'),
+      /** Directories of minisign public keys (*.pub) a bundle may be signed with: the image's, then the operator's. */
+      trustedKeyDirs: z.array(z.string()).default(['/usr/share/geminik8s/upgrade-keys', '/etc/geminik8s/upgrade-keys']),
+      /** Boots GRUB grants the new slot before it falls back. */
+      tries: z.number().int().min(1).max(9).default(3),
+    })
+    .optional(),
   /** Image facts reported in /v1/status. */
   image: z
     .strictObject({
@@ -103,6 +116,24 @@ export function bootSettings(config: AgentConfig): BootSettings {
     blessAfterMs: b.blessAfterMs,
     trialTimeoutMs: b.trialTimeoutMs,
   };
+}
+
+/** Upgrade settings with defaults applied. */
+export interface UpgradeSettings {
+  slotDevices: Record<'A' | 'B', string>;
+  imageManifest: string;
+  trustedKeyDirs: string[];
+  tries: number;
+  /** Where the ESP is mounted: each slot's kernel and initrd go to /slot-a/, /slot-b/ there. */
+  espMount: string;
+  /** upgrade.json in the state dir: the last staged bundle and the bundles that failed here. */
+  recordFile: string;
+}
+
+export function upgradeSettings(config: AgentConfig): UpgradeSettings {
+  const u = AgentConfigSchema.shape.upgrade.unwrap().parse(config.upgrade ?? {});
+  const b = BootConfigSchema.parse(config.boot ?? {});
+  return { ...u, espMount: b.espMount.replace(/\/+$/, ''), recordFile: `${config.stateDir.replace(/\/+$/, '')}/upgrade.json` };
 }
 
 export const SLOTS = ['A', 'B'] as const;

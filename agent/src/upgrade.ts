@@ -1,0 +1,264 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readdir, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { z } from 'zod';
+import { ExitCode, GeminiError } from '../../common/errors.ts';
+import { syncDirectory, writeFileAtomic } from '../../common/fsutil.ts';
+import { parsePublicKey, type MinisignPublicKey } from '../../common/minisign.ts';
+import { slotBootPath } from '../../common/render/paths.ts';
+import type { BootSettings, Slot, UpgradeSettings } from '../../common/schema/agent.ts';
+import { verifyBundle, type PartName, type RunningImage, type TarMember, type VerifiedBundle } from '../../common/upgrade/bundle.ts';
+import { armTry, readBootState, type BootChange, type BootState } from './bootslot.ts';
+import { editEnvFile } from './grubenv.ts';
+
+// The node's half of an upgrade (docs/upgrades.md): check a bundle completely, write the
+// passive slot and its kernel and initrd, then arm a try. Nothing is written before every
+// check has passed, and the try is armed only after every byte is on disk, so a crash at any
+// point leaves the node booting its current slot.
+
+const UpgradeStateSchema = z.enum(['writing', 'armed', 'blessed', 'fell-back', 'cancelled', 'failed']);
+
+/** upgrade.json: the last bundle staged on this node, and the bundles that failed here. */
+export const UpgradeRecordSchema = z.strictObject({
+  current: z
+    .strictObject({
+      image: z.string(),
+      version: z.string(),
+      manifestSha256: z.string(),
+      signer: z.string(),
+      slot: z.enum(['A', 'B']),
+      state: UpgradeStateSchema,
+      at: z.string(),
+      /** When the try was armed (boot.json's pending.at): ties the boot outcome to this bundle. */
+      armedAt: z.string().optional(),
+      /** Why the slot was not blessed: the health gate's last reason before the agent rebooted the try. */
+      reason: z.string().optional(),
+    })
+    .nullable()
+    .default(null),
+  /** Bundles that fell back or failed here: not staged again unless the operator says so. */
+  failed: z.array(z.strictObject({ manifestSha256: z.string(), version: z.string(), reason: z.string(), at: z.string() })).default([]),
+});
+export type UpgradeRecord = z.output<typeof UpgradeRecordSchema>;
+
+export async function readUpgradeRecord(file: string): Promise<UpgradeRecord> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch {
+    return UpgradeRecordSchema.parse({});
+  }
+  try {
+    return UpgradeRecordSchema.parse(JSON.parse(text));
+  } catch (err) {
+    throw new GeminiError(`${file} is unreadable (${(err as Error).message}); remove it to forget the upgrade history`, ExitCode.invalidInput);
+  }
+}
+
+async function writeUpgradeRecord(file: string, record: UpgradeRecord): Promise<void> {
+  await writeFileAtomic(file, `${JSON.stringify(UpgradeRecordSchema.parse(record), null, 2)}\n`, 0o644);
+}
+
+/**
+ * Bring the record up to date with how the armed try ended (pure). A fall-back puts the
+ * bundle on the failed list with the reason the health gate last gave.
+ */
+export function reconcileUpgrade(record: UpgradeRecord, boot: BootState, now: string): UpgradeRecord {
+  const c = record.current;
+  const last = boot.last;
+  if (!c || c.state !== 'armed' || !last || last.slot !== c.slot || (c.armedAt && last.armedAt && last.armedAt !== c.armedAt)) return record;
+  if (last.outcome === 'blessed') return { ...record, current: { ...c, state: 'blessed', at: now } };
+  if (last.outcome === 'cancelled') return { ...record, current: { ...c, state: 'cancelled', at: now } };
+  const reason = c.reason ?? `slot ${c.slot} was never blessed: GRUB spent its tries and booted slot ${boot.booted ?? '?'} again (the new slot did not come up, or hung before its agent ran)`;
+  return {
+    current: { ...c, state: 'fell-back', at: now, reason },
+    failed: [...record.failed.filter((f) => f.manifestSha256 !== c.manifestSha256), { manifestSha256: c.manifestSha256, version: c.version, reason, at: now }],
+  };
+}
+
+/** Keep the health gate's reason with the armed bundle before the agent reboots a try that did not pass. */
+export async function noteTrialFailure(file: string, slot: Slot | undefined, reason: string): Promise<void> {
+  const record = await readUpgradeRecord(file);
+  if (!record.current || record.current.state !== 'armed' || record.current.slot !== slot) return;
+  await writeUpgradeRecord(file, { ...record, current: { ...record.current, reason } });
+}
+
+/** The running image, from the build manifest it carries. */
+export async function loadRunningImage(file: string): Promise<RunningImage> {
+  let m: { image?: unknown; version?: unknown; arch?: unknown; components?: { postgresql?: { major?: unknown } } };
+  try {
+    m = JSON.parse(await readFile(file, 'utf8')) as typeof m;
+  } catch (err) {
+    throw new GeminiError(`cannot read the image manifest ${file}: ${(err as Error).message}`, ExitCode.invalidInput);
+  }
+  const major = m.components?.postgresql?.major;
+  if (typeof m.image !== 'string' || typeof m.version !== 'string' || typeof m.arch !== 'string' || typeof major !== 'number') {
+    throw new GeminiError(`${file}: expected image, version, arch and components.postgresql.major`, ExitCode.invalidInput);
+  }
+  return { image: m.image, version: m.version, arch: m.arch, postgresqlMajor: major };
+}
+
+/** Every *.pub in the directories (missing directories are skipped; a bad key file is an error). */
+export async function loadTrustedKeys(dirs: string[]): Promise<MinisignPublicKey[]> {
+  const keys: MinisignPublicKey[] = [];
+  for (const dir of dirs) {
+    let names: string[];
+    try {
+      names = (await readdir(dir)).filter((n) => n.endsWith('.pub')).sort();
+    } catch {
+      continue;
+    }
+    for (const n of names) keys.push(parsePublicKey(await readFile(join(dir, n), 'utf8'), join(dir, n)));
+  }
+  return keys;
+}
+
+/** Size of a block device (from sysfs) or of a regular file standing in for one. */
+export async function deviceSize(path: string): Promise<number> {
+  const st = await stat(path);
+  if (!st.isBlockDevice()) return st.size;
+  // /dev/disk/by-partlabel/ROOT_B -> /dev/vda5 -> /sys/class/block/vda5/size (512-byte sectors).
+  const sectors = Number((await readFile(`/sys/class/block/${basename(await realpath(path))}/size`, 'utf8')).trim());
+  return sectors * 512;
+}
+
+/** Copy a member of the bundle to `target` at offset 0, hashing what is written; fsync. */
+async function copyMember(bundle: string, m: TarMember, target: string, flags: 'r+' | 'wx', mode?: number): Promise<string> {
+  const hash = createHash('sha256');
+  const out = await open(target, flags, mode);
+  try {
+    let position = 0;
+    for await (const chunk of createReadStream(bundle, { start: m.offset, end: m.offset + m.size - 1, highWaterMark: 1024 * 1024 }) as AsyncIterable<Buffer>) {
+      hash.update(chunk);
+      await out.write(chunk, 0, chunk.length, position);
+      position += chunk.length;
+    }
+    await out.sync();
+  } finally {
+    await out.close();
+  }
+  return hash.digest('hex');
+}
+
+/** What staging did. */
+export interface StageResult {
+  slot: Slot;
+  from: Slot;
+  version: string;
+  runningVersion: string;
+  manifestSha256: string;
+  signer: string;
+  bytes: Record<PartName, number>;
+  ms: { verify: number; root: number; boot: number };
+  arm: BootChange;
+}
+
+export interface StageOptions {
+  bundle: string;
+  upgrade: UpgradeSettings;
+  boot: BootSettings;
+  /** Stage a bundle that failed on this node before. */
+  retryFailed?: boolean;
+  /** Progress lines for people. */
+  progress?: (line: string) => void;
+}
+
+function refuse(message: string): never {
+  throw new GeminiError(`upgrade refused: ${message}`, ExitCode.refused);
+}
+
+/**
+ * Stage a bundle: verify it (signature, image, arch, version, PostgreSQL major, every part's
+ * sha256), write the passive slot and its kernel and initrd on the ESP, then arm a try of it.
+ * The reboot is the caller's decision.
+ */
+export async function stageUpgrade(o: StageOptions): Promise<StageResult> {
+  const say = o.progress ?? (() => undefined);
+  const now = (): string => new Date().toISOString();
+  const boot = await readBootState(o.boot);
+  let record = reconcileUpgrade(await readUpgradeRecord(o.upgrade.recordFile), boot, now());
+  if (boot.state === 'trying') refuse(`this boot is a try of slot ${boot.booted}, not yet blessed: let it pass its health gate (or fall back) first`);
+  if (boot.state === 'unknown' || !boot.booted) refuse(boot.detail);
+  const from = boot.booted;
+  const slot: Slot = from === 'A' ? 'B' : 'A';
+
+  const t0 = performance.now();
+  const running = await loadRunningImage(o.upgrade.imageManifest);
+  const keys = await loadTrustedKeys(o.upgrade.trustedKeyDirs);
+  say(`checking ${o.bundle}: signature, manifest and the sha256 of every part`);
+  let verified: VerifiedBundle;
+  try {
+    verified = await verifyBundle(o.bundle, keys, running);
+  } catch (err) {
+    if (err instanceof GeminiError && err.exitCode === ExitCode.refused) refuse(err.message);
+    throw err;
+  }
+  const { manifest } = verified;
+  const failedBefore = record.failed.find((f) => f.manifestSha256 === verified.manifestSha256);
+  if (failedBefore && !o.retryFailed) {
+    refuse(`bundle ${manifest.version} failed on this node at ${failedBefore.at} (${failedBefore.reason}); it is not retried automatically (--retry to stage it again)`);
+  }
+  const device = o.upgrade.slotDevices[slot];
+  const room = await deviceSize(device).catch((err: Error) => refuse(`cannot read slot ${slot}'s device ${device}: ${err.message}`));
+  const root = verified.parts['root.img'];
+  if (root.size > room) refuse(`root.img is ${root.size} bytes; slot ${slot} (${device}) holds ${room}`);
+  const verifyMs = Math.round(performance.now() - t0);
+
+  // From here on the passive slot is rewritten: first make sure no try points at it.
+  if (boot.trySlot) {
+    say(`withdrawing the try of slot ${boot.trySlot} armed in this boot`);
+    await editEnvFile(o.boot.grubEnvFile, { try_slot: '', try_count: '0' });
+  }
+  const base = { image: manifest.image, version: manifest.version, manifestSha256: verified.manifestSha256, signer: verified.signer.keyId, slot };
+  record = { ...record, current: { ...base, state: 'writing', at: now() } };
+  await writeUpgradeRecord(o.upgrade.recordFile, record);
+
+  const fail = async (why: string): Promise<never> => {
+    await writeUpgradeRecord(o.upgrade.recordFile, { ...record, current: { ...base, state: 'failed', at: now(), reason: why } });
+    throw new GeminiError(`upgrade failed: ${why}; slot ${slot} is not armed, the node keeps booting slot ${from}`, ExitCode.commandFailed);
+  };
+
+  // The passive slot's kernel and initrd go first, so the ESP never holds a stale pair beside a new root.
+  const espDir = join(o.upgrade.espMount, slotBootPath(slot, 'vmlinuz').split('/')[1]!);
+  await rm(espDir, { recursive: true, force: true });
+  const t1 = performance.now();
+  say(`writing root.img (${root.size} bytes) to slot ${slot} (${device})`);
+  const rootSha = await copyMember(o.bundle, root, device, 'r+').catch((err: Error) => fail(`writing ${device}: ${err.message}`));
+  if (rootSha !== root.sha256) await fail('root.img changed while it was written (its sha256 no longer matches the manifest)');
+  const rootMs = Math.round(performance.now() - t1);
+
+  const t2 = performance.now();
+  await mkdir(espDir, { recursive: true });
+  for (const name of ['vmlinuz', 'initrd.img'] as const) {
+    const part = verified.parts[name];
+    const final = join(o.upgrade.espMount, slotBootPath(slot, name));
+    const tmp = `${final}.new`;
+    say(`writing ${name} (${part.size} bytes) to ${final}`);
+    await rm(tmp, { force: true });
+    const sha = await copyMember(o.bundle, part, tmp, 'wx', 0o644).catch((err: Error) => fail(`writing ${tmp}: ${err.message}`));
+    if (sha !== part.sha256) await fail(`${name} changed while it was written`);
+    await rename(tmp, final);
+  }
+  await syncDirectory(espDir);
+  await syncDirectory(o.upgrade.espMount);
+  const bootMs = Math.round(performance.now() - t2);
+
+  say(`arming a try of slot ${slot} for ${o.upgrade.tries} boots`);
+  const arm = await armTry(o.boot, slot, o.upgrade.tries);
+  await writeUpgradeRecord(o.upgrade.recordFile, { ...record, current: { ...base, state: 'armed', at: now(), armedAt: arm.after.pending?.at } });
+  return {
+    slot, from, version: manifest.version, runningVersion: running.version, manifestSha256: verified.manifestSha256, signer: verified.signer.keyId,
+    bytes: { vmlinuz: verified.parts.vmlinuz.size, 'initrd.img': verified.parts['initrd.img'].size, 'root.img': root.size },
+    ms: { verify: verifyMs, root: rootMs, boot: bootMs }, arm,
+  };
+}
+
+/** Status of upgrades on this node: the record, reconciled with the boot state (and saved when that changed it). */
+export async function upgradeStatus(upgrade: UpgradeSettings, boot: BootSettings): Promise<{ boot: BootState; record: UpgradeRecord }> {
+  const state = await readBootState(boot);
+  const before = await readUpgradeRecord(upgrade.recordFile);
+  const record = reconcileUpgrade(before, state, new Date().toISOString());
+  if (JSON.stringify(record) !== JSON.stringify(before)) await writeUpgradeRecord(upgrade.recordFile, record);
+  return { boot: state, record };
+}
