@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { mkdir, open, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 /**
@@ -39,4 +39,13 @@ export async function syncDirectory(dir: string): Promise<void> {
   } finally {
     await d.close();
   }
+}
+
+/** Size of a file, or of a block device (from sysfs: stat reports 0 for devices). */
+export async function deviceSize(path: string): Promise<number> {
+  const st = await stat(path);
+  if (!st.isBlockDevice()) return st.size;
+  // /dev/disk/by-partlabel/ROOT_B -> /dev/vda5 -> /sys/class/block/vda5/size (512-byte sectors).
+  const sectors = Number((await readFile(`/sys/class/block/${basename(await realpath(path))}/size`, 'utf8')).trim());
+  return sectors * 512;
 }

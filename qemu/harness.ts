@@ -26,6 +26,8 @@ export interface BootOptions {
   memoryMiB?: number;
   cpus?: number;
   networks?: NetworkSpec[];
+  /** Read-only extra disks (see QemuOptions.drives). */
+  drives?: QemuOptions['drives'];
   kernel?: QemuOptions['kernel'];
   name?: string;
   /** Attach a virtio console (guest /dev/hvc0) for `Vm.shell()`; test images run a root shell there. */
@@ -427,6 +429,7 @@ export async function bootVm(opts: BootOptions): Promise<Vm> {
       qmpSocket: join(dir, 'qmp.sock'),
       consoleSocket: opts.console ? join(dir, 'console.sock') : undefined,
       networks: opts.networks,
+      drives: opts.drives?.map((d) => ({ ...d, path: resolve(d.path) })),
       kernel: opts.kernel,
       name: opts.name,
     };

@@ -37,6 +37,8 @@ export interface QemuOptions {
   disk: { path: string; format: DiskFormat };
   /** A NoCloud seed ISO, attached read-only as a second drive (default `virtio`). */
   seed?: { path: string; as?: 'virtio' | 'cdrom' };
+  /** More disks, read-only virtio drives; the guest finds each at /dev/disk/by-id/virtio-SERIAL. */
+  drives?: { path: string; serial: string }[];
   /** UEFI only: the read-only firmware code (default: Debian's) and the per-run writable VARS copy. */
   uefi?: { code?: string; vars: string };
   /** MiB, default 2048. */
@@ -76,6 +78,10 @@ export function qemuOptionProblems(opts: QemuOptions): string[] {
   if (!opts.disk?.path) problems.push('disk.path: missing');
   if (opts.disk && opts.disk.format !== 'raw' && opts.disk.format !== 'qcow2') problems.push(`disk.format: expected raw or qcow2, found ${JSON.stringify(opts.disk.format)}`);
   if (opts.seed && !opts.seed.path) problems.push('seed.path: missing');
+  for (const [i, d] of (opts.drives ?? []).entries()) {
+    if (!d.path) problems.push(`drives.${i}.path: missing`);
+    if (!/^[A-Za-z0-9_-]{1,20}$/.test(d.serial)) problems.push(`drives.${i}.serial: expected 1 to 20 letters, digits, - or _ (virtio-blk serials are at most 20 bytes), found ${JSON.stringify(d.serial)}`);
+  }
   if (opts.seed?.as !== undefined && opts.seed.as !== 'virtio' && opts.seed.as !== 'cdrom') problems.push(`seed.as: expected virtio or cdrom, found ${JSON.stringify(opts.seed.as)}`);
   const memory = opts.memoryMiB ?? 2048;
   if (!Number.isInteger(memory) || memory < 128 || memory > 65536) problems.push(`memory: expected a whole number of MiB between 128 and 65536, found ${memory}`);
@@ -160,6 +166,10 @@ export function qemuPlan(opts: QemuOptions): CommandPlan {
       args.push('-device', 'virtio-scsi-pci,id=scsi0', '-device', 'scsi-cd,bus=scsi0.0,drive=seed0');
     }
   }
+  (opts.drives ?? []).forEach((d, i) => {
+    args.push('-drive', `if=none,id=extra${i},format=raw,readonly=on,file=${optValue(d.path)}`);
+    args.push('-device', `virtio-blk-pci,drive=extra${i},serial=${optValue(d.serial)}`);
+  });
   (opts.networks ?? []).forEach((n, i) => args.push(...networkArgs(n, i)));
   // Entropy for the guest: TCG boots are slow enough without waiting for the CRNG.
   args.push('-object', 'rng-random,id=rng0,filename=/dev/urandom', '-device', 'virtio-rng-pci,rng=rng0');

@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { z } from 'zod';
 import { ExitCode, GeminiError } from '../../common/errors.ts';
-import { syncDirectory, writeFileAtomic } from '../../common/fsutil.ts';
+import { deviceSize, syncDirectory, writeFileAtomic } from '../../common/fsutil.ts';
 import { parsePublicKey, type MinisignPublicKey } from '../../common/minisign.ts';
 import { slotBootPath } from '../../common/render/paths.ts';
 import type { BootSettings, Slot, UpgradeSettings } from '../../common/schema/agent.ts';
@@ -112,15 +112,6 @@ export async function loadTrustedKeys(dirs: string[]): Promise<MinisignPublicKey
     for (const n of names) keys.push(parsePublicKey(await readFile(join(dir, n), 'utf8'), join(dir, n)));
   }
   return keys;
-}
-
-/** Size of a block device (from sysfs) or of a regular file standing in for one. */
-export async function deviceSize(path: string): Promise<number> {
-  const st = await stat(path);
-  if (!st.isBlockDevice()) return st.size;
-  // /dev/disk/by-partlabel/ROOT_B -> /dev/vda5 -> /sys/class/block/vda5/size (512-byte sectors).
-  const sectors = Number((await readFile(`/sys/class/block/${basename(await realpath(path))}/size`, 'utf8')).trim());
-  return sectors * 512;
 }
 
 /** Copy a member of the bundle to `target` at offset 0, hashing what is written; fsync. */

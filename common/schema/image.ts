@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { dnsLabel, size } from './units.ts';
 import type { RuleIssue } from './rules.ts';
+import { rangeError } from '../semver.ts';
 
 export const API_VERSION = 'geminik8s.io/v1alpha1';
 
@@ -13,7 +14,10 @@ const kernelArg = z
 
 export const ARCHES = ['amd64', 'arm64'] as const;
 export type Arch = (typeof ARCHES)[number];
-export const OUTPUT_FORMATS = ['raw', 'qcow2', 'raw.zst'] as const;
+export const OUTPUT_FORMATS = ['raw', 'qcow2', 'raw.zst', 'upgrade'] as const;
+export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
+/** The outputs that are a whole disk image (the rest: the upgrade bundle). */
+export const DISK_FORMATS = ['raw', 'qcow2', 'raw.zst'] as const;
 export const ROOT_FS_TYPES = ['squashfs', 'erofs', 'ext4'] as const;
 
 export const ImageSchema = z.strictObject({
@@ -68,6 +72,22 @@ export const ImageSchema = z.strictObject({
     })
     .prefault({}),
   outputs: z.array(z.enum(OUTPUT_FORMATS)).min(1).default(['raw', 'qcow2', 'raw.zst']),
+  upgrade: z
+    .strictObject({
+      /** minisign public keys (files, relative to the image definition) whose bundles nodes accept. */
+      trustedKeys: z.array(z.string().min(1)).default([]),
+      /** Running versions this image's upgrade bundle may replace; default: any older version. */
+      from: z
+        .array(
+          z.string().superRefine((r, ctx) => {
+            const e = rangeError(r);
+            if (e) ctx.addIssue({ code: 'custom', message: e });
+          }),
+        )
+        .min(1)
+        .optional(),
+    })
+    .prefault({}),
 });
 
 export type ImageInput = z.input<typeof ImageSchema>;

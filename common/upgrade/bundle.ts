@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, stat, type FileHandle } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
+import { deviceSize } from '../fsutil.ts';
 import { z } from 'zod';
 import { ExitCode, GeminiError } from '../errors.ts';
 import { verifyData, type MinisignPublicKey, type MinisignVerified } from '../minisign.ts';
@@ -110,9 +111,9 @@ function parseOctal(field: Buffer): number | undefined {
   return /^[0-7]+$/.test(text) ? parseInt(text, 8) : text === '' ? 0 : undefined;
 }
 
-/** List the regular files of a tar with their offsets, reading headers only. */
+/** List the regular files of a tar (a file, or a block device holding one) with their offsets, reading headers only. */
 export async function indexTar(file: string): Promise<TarMember[]> {
-  const total = (await stat(file)).size;
+  const total = await deviceSize(file);
   const handle = await open(file, 'r');
   try {
     const members: TarMember[] = [];

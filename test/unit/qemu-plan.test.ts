@@ -43,6 +43,7 @@ test('amd64 UEFI: OVMF code read-only, a per-run VARS copy, socket and user netw
       disk: { path: '/images/node-amd64.raw', format: 'raw' },
       memoryMiB: 4096,
       cpus: 2,
+      drives: [{ path: '/bundles/edge-1.1.0.upgrade.tar', serial: 'bundle' }],
       networks: [
         { kind: 'socket', listen: 40001, mac: '52:54:00:aa:00:01' },
         { kind: 'user', hostfwd: [{ hostPort: 2201, guestPort: 22 }] },
@@ -113,6 +114,7 @@ test('every problem is reported at once', (t) => {
       firmware: 'uefi',
       memoryMiB: 64,
       cpus: 0,
+      drives: [{ path: '/x', serial: 'a serial with spaces' }],
       networks: [
         { kind: 'user', hostfwd: [{ hostPort: 70000, guestPort: 22 }, { hostPort: 2222, guestPort: 22 }, { hostPort: 2222, guestPort: 23 }] },
         { kind: 'socket', listen: 1, connect: 2, mac: '53:54:00:00:00:01' },
@@ -123,6 +125,7 @@ test('every problem is reported at once', (t) => {
   );
   const expected = [
     /^uefi\.vars: UEFI needs a writable copy/,
+    /^drives\.0\.serial: expected 1 to 20 letters/,
     /^memory: .*found 64/,
     /^cpus: expected 1 to 8, found 0/,
     /^networks\.0\.hostfwd\.0\.hostPort: expected a port 1-65535, found 70000/,

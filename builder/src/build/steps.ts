@@ -1,5 +1,32 @@
 import type { Logger } from '../../../common/log.ts';
-import type { Image } from '../../../common/schema/image.ts';
+import type { Image, OutputFormat } from '../../../common/schema/image.ts';
+import type { MinisignSecretKey } from '../../../common/minisign.ts';
+import type { BundleManifest } from '../../../common/upgrade/bundle.ts';
+import type { ResolvedArtifact } from '../components/fetch.ts';
+import type { DiskState } from '../disk/steps.ts';
+import type { RootSource } from '../rootfs/sources/index.ts';
+
+/** The root's build manifest (/usr/share/geminik8s/manifest.json and `<name>.manifest.json`). */
+export type RootManifest = Record<string, unknown> & { image: string; version: string; arch: string };
+
+/** What the steps leave for later steps; each field names the step that fills it. */
+export interface BuildState {
+  /** From the command line: where the root comes from. */
+  rootSource?: RootSource;
+  /** fetch upstream components */
+  artifacts?: ResolvedArtifact[];
+  /** stage files, build the root */
+  manifest?: RootManifest;
+  /** build the root (or --rootfs-tar) */
+  rootfsTar?: string;
+  rootfsBytes?: number;
+  /** write the manifest next to the root */
+  manifestFile?: string;
+  /** the disk steps */
+  disk?: DiskState;
+  /** write the upgrade bundle */
+  upgrade?: { file: string; manifest: BundleManifest; signed: boolean };
+}
 
 /** Everything the build steps share; each step reads what earlier steps left here. */
 export interface BuildContext {
@@ -13,8 +40,12 @@ export interface BuildContext {
   offline: boolean;
   sourceDateEpoch: number;
   logger: Logger;
+  /** The upgrade bundle's signing key (`--sign-key`); unsigned bundles are refused by nodes. */
+  signKey?: MinisignSecretKey;
+  /** Output formats to write: the image definition's, or `--output`. */
+  outputs: OutputFormat[];
   /** Filled in by the steps. */
-  state: Record<string, unknown>;
+  state: BuildState;
 }
 
 /** One named build step; skips itself (with a reason) when it does not apply. */

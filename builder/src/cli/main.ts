@@ -13,6 +13,7 @@ import { registerVersion } from './commands/version.ts';
 import { registerWitness } from './commands/witness.ts';
 import { registerStatus } from './commands/status.ts';
 import { registerFailover } from './commands/failover.ts';
+import { registerKeygen } from './commands/keygen.ts';
 import { contextFrom, type CliContext } from './context.ts';
 
 export interface MainIo {
@@ -52,6 +53,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerWitness(program, ctx);
   registerStatus(program, ctx);
   registerFailover(program, ctx);
+  registerKeygen(program, ctx);
   registerCompletion(program, ctx);
   for (const cmd of program.commands) cmd.exitOverride().configureOutput({ writeOut: io.stdout, writeErr: io.stderr });
   return program;

@@ -19,7 +19,7 @@ export interface BuildReport {
 }
 
 export function buildReport(ctx: BuildContext, steps: StepTiming[], seconds: number, manifest: Record<string, unknown> | undefined): BuildReport {
-  const state = ctx.state.disk as DiskState;
+  const state = ctx.state.disk!;
   return {
     image: ctx.image.name,
     version: ctx.image.version,
@@ -27,8 +27,8 @@ export function buildReport(ctx: BuildContext, steps: StepTiming[], seconds: num
     sourceDateEpoch: ctx.sourceDateEpoch,
     seconds,
     rootfs: {
-      tar: ctx.state.rootfsTar as string,
-      bytes: (ctx.state.rootfsBytes as number | undefined) ?? (manifest?.rootfsBytes as number | undefined) ?? 0,
+      tar: ctx.state.rootfsTar!,
+      bytes: ctx.state.rootfsBytes ?? (manifest?.rootfsBytes as number | undefined) ?? 0,
       slotFilesystem: `${ctx.image.rootfs.type}${ctx.image.rootfs.type === 'squashfs' ? `/${ctx.image.rootfs.compression}` : ''}`,
       slotBytes: state.images.rootA?.used ?? null,
     },

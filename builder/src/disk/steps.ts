@@ -9,6 +9,8 @@ import type { BuildContext, Step } from '../build/steps.ts';
 import { renderImageFiles } from '../render/index.ts';
 import { sha256File } from '../components/fetch.ts';
 import { rootfsName } from '../rootfs/steps.ts';
+import { writeBundle } from '../upgrade/write.ts';
+import { DISK_FORMATS, type OutputFormat } from '../../../common/schema/image.ts';
 import { patchBiosBoot } from './bios.ts';
 import { assertFits, layoutSeed, partition, planDisk, sfdiskScript, type DiskLayout, type PartitionRole } from './layout.ts';
 import { ext4Plan, extractRootPlan, grubEarlyConfig, grubMkimagePlan, mcopyPlans, qcow2Plan, sfdiskPlan, squashfsPlan, vfatPlan, zstdPlan, type GrubTarget } from './plans.ts';
@@ -25,7 +27,10 @@ export interface DiskState {
   rawTmp?: string;
 }
 
-const disk = (ctx: BuildContext): DiskState => ctx.state.disk as DiskState;
+function disk(ctx: BuildContext): DiskState {
+  if (!ctx.state.disk) throw new Error('the disk state is read before "check disk tools" made it');
+  return ctx.state.disk;
+}
 const work = (ctx: BuildContext, name: string): string => join(ctx.workDir, 'disk', name);
 
 /** Run plans as root, or under fakeroot (sharing one state file) when the builder is not root. */
@@ -81,15 +86,19 @@ async function atomically(final: string, make: (tmp: string) => Promise<void>): 
   }
 }
 
-/** The steps of the disk stage: from a root tar to raw, qcow2 and compressed images. */
+const isDiskFormat = (f: OutputFormat): boolean => (DISK_FORMATS as readonly string[]).includes(f);
+/** Skip reason for the steps only a disk image needs (`--output upgrade` alone). */
+const noDisk = (ctx: BuildContext): string | false => (ctx.outputs.some(isDiskFormat) ? false : 'no disk image among the outputs');
+
+/** The steps of the disk stage: from a root tar to raw, qcow2 and compressed images, and the upgrade bundle. */
 export const DISK_STEPS: Step[] = [
   {
     name: 'check disk tools',
     async run(ctx) {
       const tools = ['tar', 'sfdisk', 'mkfs.ext4', 'mkfs.vfat', 'mmd', 'mcopy', 'grub-mkimage', 'grub-editenv'];
       if (ctx.image.rootfs.type === 'squashfs') tools.push('mksquashfs');
-      if (ctx.image.outputs.includes('qcow2')) tools.push('qemu-img');
-      if (ctx.image.outputs.includes('raw.zst')) tools.push('zstd');
+      if (ctx.outputs.includes('qcow2')) tools.push('qemu-img');
+      if (ctx.outputs.includes('raw.zst')) tools.push('zstd');
       if (process.getuid?.() !== 0) tools.push('fakeroot');
       await requireTools(tools);
       for (const target of grubTargets(ctx).filter((t) => t !== 'arm64-efi')) {
@@ -98,7 +107,7 @@ export const DISK_STEPS: Step[] = [
           throw new GeminiError(`GRUB modules for ${target} are missing from ${HOST_GRUB}/${target}: install ${pkg} (apt-get install ${pkg})`, ExitCode.missingTool);
         }
       }
-      const rootfsTar = (ctx.state.rootfsTar as string | undefined) ?? join(ctx.outDir, `${rootfsName(ctx)}.rootfs.tar`);
+      const rootfsTar = ctx.state.rootfsTar ?? join(ctx.outDir, `${rootfsName(ctx)}.rootfs.tar`);
       if (!existsSync(rootfsTar)) {
         throw new GeminiError(`no root tar at ${rootfsTar}: build it first (geminik8s build --stage rootfs) or give --rootfs-tar FILE`, ExitCode.invalidInput);
       }
@@ -113,7 +122,7 @@ export const DISK_STEPS: Step[] = [
     async run(ctx) {
       const dir = work(ctx, 'root');
       mkdirSync(dir, { recursive: true });
-      await runPlan(privileged(ctx, extractRootPlan(ctx.state.rootfsTar as string, dir)), { timeoutMs: 30 * 60_000 });
+      await runPlan(privileged(ctx, extractRootPlan(ctx.state.rootfsTar!, dir)), { timeoutMs: 30 * 60_000 });
       if (!existsSync(join(dir, 'boot/vmlinuz')) || !existsSync(join(dir, 'boot/initrd.img'))) {
         throw new GeminiError(`the root ${ctx.state.rootfsTar} has no /boot/vmlinuz or /boot/initrd.img: it was not made by geminik8s build --stage rootfs`, ExitCode.invalidInput);
       }
@@ -138,7 +147,7 @@ export const DISK_STEPS: Step[] = [
   },
   {
     name: 'make GRUB images',
-    skip: (ctx) => (grubTargets(ctx).length ? false : 'no boot modes'),
+    skip: (ctx) => noDisk(ctx) || (grubTargets(ctx).length ? false : 'no boot modes'),
     async run(ctx) {
       const esp = partition(disk(ctx).layout, 'esp');
       const early = work(ctx, 'grub-early.cfg');
@@ -154,6 +163,7 @@ export const DISK_STEPS: Step[] = [
   },
   {
     name: 'make the ESP',
+    skip: noDisk,
     async run(ctx) {
       const esp = partition(disk(ctx).layout, 'esp');
       const file = work(ctx, 'esp.img');
@@ -191,6 +201,7 @@ export const DISK_STEPS: Step[] = [
   },
   {
     name: 'make the config partition',
+    skip: noDisk,
     async run(ctx) {
       const part = partition(disk(ctx).layout, 'config');
       const file = work(ctx, 'config.img');
@@ -204,6 +215,7 @@ export const DISK_STEPS: Step[] = [
   },
   {
     name: 'make the persistent partition',
+    skip: noDisk,
     async run(ctx) {
       const part = partition(disk(ctx).layout, 'persistent');
       const file = work(ctx, 'persistent.img');
@@ -213,6 +225,7 @@ export const DISK_STEPS: Step[] = [
   },
   {
     name: 'assemble the raw image',
+    skip: noDisk,
     async run(ctx) {
       const { layout, images } = disk(ctx);
       const tmp = join(ctx.outDir, `.${rootfsName(ctx)}.raw.tmp-${process.pid}`);
@@ -246,17 +259,35 @@ export const DISK_STEPS: Step[] = [
   },
   {
     name: 'write outputs: raw, qcow2, raw.zst with sha256 sums',
+    skip: noDisk,
     async run(ctx) {
       const tmp = disk(ctx).rawTmp!;
       const base = join(ctx.outDir, rootfsName(ctx));
       try {
-        if (ctx.image.outputs.includes('qcow2')) await atomically(`${base}.qcow2`, (t) => runPlan(qcow2Plan(tmp, t), { timeoutMs: 30 * 60_000 }).then(() => undefined));
-        if (ctx.image.outputs.includes('raw.zst')) await atomically(`${base}.raw.zst`, (t) => runPlan(zstdPlan(tmp, t), { timeoutMs: 30 * 60_000 }).then(() => undefined));
-        if (ctx.image.outputs.includes('raw')) await rename(tmp, `${base}.raw`);
+        if (ctx.outputs.includes('qcow2')) await atomically(`${base}.qcow2`, (t) => runPlan(qcow2Plan(tmp, t), { timeoutMs: 30 * 60_000 }).then(() => undefined));
+        if (ctx.outputs.includes('raw.zst')) await atomically(`${base}.raw.zst`, (t) => runPlan(zstdPlan(tmp, t), { timeoutMs: 30 * 60_000 }).then(() => undefined));
+        if (ctx.outputs.includes('raw')) await rename(tmp, `${base}.raw`);
       } finally {
         await rm(tmp, { force: true });
       }
-      for (const format of ctx.image.outputs) await recordOutput(ctx, format, `${base}.${format}`);
+      for (const format of ctx.outputs.filter(isDiskFormat)) await recordOutput(ctx, format, `${base}.${format}`);
+    },
+  },
+  {
+    name: 'write the upgrade bundle',
+    skip: (ctx) => (ctx.outputs.includes('upgrade') ? false : 'not among the outputs'),
+    async run(ctx) {
+      const file = join(ctx.outDir, `${rootfsName(ctx)}.upgrade.tar`);
+      const tree = disk(ctx).rootTree!;
+      const manifest = await writeBundle(file, {
+        image: ctx.image.name, version: ctx.image.version, arch: ctx.image.arch, postgresqlMajor: ctx.image.components.postgresql.major,
+        upgradableFrom: ctx.image.upgrade.from ?? [`<${ctx.image.version}`], rootfsType: ctx.image.rootfs.type === 'ext4' ? 'ext4' : 'squashfs',
+        sourceDateEpoch: ctx.sourceDateEpoch,
+        parts: { vmlinuz: join(tree, 'boot/vmlinuz'), 'initrd.img': join(tree, 'boot/initrd.img'), 'root.img': disk(ctx).images.rootA!.file },
+      }, ctx.signKey);
+      if (!ctx.signKey) ctx.logger.warn(`${basename(file)} is unsigned: nodes refuse it (sign with --sign-key FILE)`);
+      ctx.state.upgrade = { file, manifest, signed: Boolean(ctx.signKey) };
+      await recordOutput(ctx, 'upgrade', file);
     },
   },
 ];

@@ -1,17 +1,19 @@
 import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { chmod, copyFile, mkdir, rename, rm, stat } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { chmod, copyFile, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { dirname, isAbsolute, join } from 'node:path';
 import { buildAgent } from '../../../agent/build.ts';
 import { ExitCode, GeminiError } from '../../../common/errors.ts';
 import { findTool, quoteCommand, requireTools, runPlan, type CommandPlan } from '../../../common/exec.ts';
 import { writeFileAtomic } from '../../../common/fsutil.ts';
 import { NODE_PATHS } from '../../../common/render/paths.ts';
+import { encodePublicKey, keyIdHex, parsePublicKey, type MinisignPublicKey } from '../../../common/minisign.ts';
+import type { Image } from '../../../common/schema/image.ts';
 import { renderImageFiles } from '../render/index.ts';
 import { artifactsFor, DEFAULT_RELEASE_BASE } from '../components/catalog.ts';
-import { fetchArtifacts, type ResolvedArtifact } from '../components/fetch.ts';
+import { fetchArtifacts } from '../components/fetch.ts';
 import { readLock } from '../components/lock.ts';
 import type { BuildContext, Step } from '../build/steps.ts';
-import { parseRootSource, type RootSource } from './sources/index.ts';
+import { parseRootSource } from './sources/index.ts';
 import { rootPackages } from './packages.ts';
 
 const ROOT = new URL('../../../', import.meta.url).pathname;
@@ -37,12 +39,37 @@ export function osReleaseFragment(image: BuildContext['image']): string {
 }
 
 /** The steps of `geminik8s build --stage rootfs`. */
+/** Where the image's trusted upgrade keys go in the root (the agent's first trustedKeyDirs entry). */
+export const UPGRADE_KEYS_DIR = '/usr/share/geminik8s/upgrade-keys';
+
+/** The image's `upgrade.trustedKeys`, read and parsed; a bad entry names the image file and field. */
+export async function readTrustedKeys(image: Image, imageFile: string): Promise<MinisignPublicKey[]> {
+  const keys: MinisignPublicKey[] = [];
+  for (const [i, rel] of image.upgrade.trustedKeys.entries()) {
+    const file = isAbsolute(rel) ? rel : join(dirname(imageFile), rel);
+    const where = `${imageFile}: upgrade.trustedKeys.${i}`;
+    const text = await readFile(file, 'utf8').catch((err: Error) => {
+      throw new GeminiError(`${where}: cannot read ${file} (${err.message}); expected a minisign public key file (geminik8s keygen)`, ExitCode.invalidInput);
+    });
+    try {
+      keys.push(parsePublicKey(text, file));
+    } catch (err) {
+      throw new GeminiError(`${where}: ${(err as Error).message}`, ExitCode.invalidInput);
+    }
+  }
+  return keys;
+}
+
+export async function trustedKeyIds(image: Image, imageFile: string): Promise<string[]> {
+  return (await readTrustedKeys(image, imageFile)).map((k) => keyIdHex(k.keyId));
+}
+
 export const ROOTFS_STEPS: Step[] = [
   {
     name: 'check host tools',
     async run(ctx) {
       // The docker source needs an engine (checked by the source), not mmdebstrap.
-      const source = (ctx.state.rootSource as RootSource | undefined)?.name ?? 'mmdebstrap';
+      const source = ctx.state.rootSource?.name ?? 'mmdebstrap';
       await requireTools(source === 'docker' ? ['tar'] : ['mmdebstrap', 'tar']);
       if (ctx.image.arch === hostArch()) return;
       // mmdebstrap refuses a foreign architecture without arch-test.
@@ -95,7 +122,7 @@ export const ROOTFS_STEPS: Step[] = [
       }
       mkdirSync(put(ctx, '/usr/lib/geminik8s'), { recursive: true });
       await buildAgent(put(ctx, '/usr/lib/geminik8s/agent.mjs'));
-      const artifacts = (ctx.state.artifacts ?? []) as ResolvedArtifact[];
+      const artifacts = ctx.state.artifacts ?? [];
       for (const a of artifacts) {
         const dest = put(ctx, a.spec.installPath);
         await mkdir(dirname(dest), { recursive: true });
@@ -119,6 +146,11 @@ export const ROOTFS_STEPS: Step[] = [
         buildTime: new Date(ctx.sourceDateEpoch * 1000).toISOString(),
       };
       mkdirSync(put(ctx, '/usr/share/geminik8s'), { recursive: true });
+      // Upgrade bundles signed by these keys are accepted by nodes running this image.
+      for (const key of await readTrustedKeys(ctx.image, ctx.imageFile)) {
+        mkdirSync(put(ctx, UPGRADE_KEYS_DIR), { recursive: true });
+        writeFileSync(put(ctx, `${UPGRADE_KEYS_DIR}/${keyIdHex(key.keyId)}.pub`), encodePublicKey(key), { mode: 0o644 });
+      }
       writeFileSync(put(ctx, '/usr/share/geminik8s/manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
       // Inputs of customize-root.sh, which every root source runs inside the root.
       mkdirSync(put(ctx, NODE_PATHS.buildDir), { recursive: true });
@@ -132,12 +164,12 @@ export const ROOTFS_STEPS: Step[] = [
     async run(ctx) {
       // --rootfs: mmdebstrap (default), docker[:BASE] or tar:PATH; each lays the staging tree over
       // its root and runs customize-root.sh inside, so all make the same node OS.
-      const source = (ctx.state.rootSource as RootSource | undefined) ?? parseRootSource('mmdebstrap');
+      const source = ctx.state.rootSource ?? parseRootSource('mmdebstrap');
       const sourceCtx = { image: ctx.image, staging: staging(ctx), cacheDir: ctx.cacheDir, workDir: ctx.workDir, sourceDateEpoch: ctx.sourceDateEpoch, logger: ctx.logger };
       ctx.logger.info(`  root source: ${source.origin}`);
       await source.check(sourceCtx);
       // The manifest, in the root and next to it, records how the root was made.
-      const manifest = { ...(ctx.state.manifest as object), rootSource: { name: source.name, origin: source.origin } };
+      const manifest = { ...ctx.state.manifest!, rootSource: { name: source.name, origin: source.origin } };
       writeFileSync(put(ctx, '/usr/share/geminik8s/manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
       ctx.state.manifest = manifest;
       const tmp = join(ctx.outDir, `.${rootfsName(ctx)}.rootfs.tar.tmp-${process.pid}`);
@@ -157,7 +189,7 @@ export const ROOTFS_STEPS: Step[] = [
     name: 'write the manifest next to the root',
     async run(ctx) {
       const out = join(ctx.outDir, `${rootfsName(ctx)}.manifest.json`);
-      await writeFileAtomic(out, `${JSON.stringify({ ...(ctx.state.manifest as object), rootfsTar: `${rootfsName(ctx)}.rootfs.tar`, rootfsBytes: ctx.state.rootfsBytes }, null, 2)}\n`);
+      await writeFileAtomic(out, `${JSON.stringify({ ...ctx.state.manifest, rootfsTar: `${rootfsName(ctx)}.rootfs.tar`, rootfsBytes: ctx.state.rootfsBytes }, null, 2)}\n`);
       ctx.state.manifestFile = out;
     },
   },

@@ -3,7 +3,12 @@ import { mkdir, rm } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command, Option } from 'commander';
+import { readFile } from 'node:fs/promises';
 import { loadImage } from '../../../../common/config.ts';
+import { ExitCode, GeminiError } from '../../../../common/errors.ts';
+import { keyIdHex, parseSecretKey, secretKeyEncrypted, type MinisignSecretKey } from '../../../../common/minisign.ts';
+import { OUTPUT_FORMATS, type OutputFormat } from '../../../../common/schema/image.ts';
+import { trustedKeyIds } from '../../rootfs/steps.ts';
 import { formatBytes } from '../../../../common/schema/units.ts';
 import { runSteps, type BuildContext, type StepEvent } from '../../build/steps.ts';
 import { ROOTFS_STEPS, rootfsName } from '../../rootfs/steps.ts';
@@ -23,6 +28,30 @@ interface BuildOptions {
   offline?: boolean;
   cacheDir: string;
   json?: boolean;
+  output?: string;
+  signKey?: string;
+  signPasswordFile?: string;
+}
+
+/** `--output raw,upgrade`: the formats to write instead of the image definition's `outputs`. */
+export function parseOutputs(value: string): OutputFormat[] {
+  const list = value.split(',').map((f) => f.trim()).filter(Boolean);
+  const bad = list.filter((f) => !(OUTPUT_FORMATS as readonly string[]).includes(f));
+  if (!list.length || bad.length) {
+    throw new GeminiError(`--output: ${bad.length ? `unknown format ${bad.map((b) => JSON.stringify(b)).join(', ')}` : 'no format given'}; expected a comma-separated list of ${OUTPUT_FORMATS.join(', ')}`, ExitCode.invalidInput);
+  }
+  return [...new Set(list)] as OutputFormat[];
+}
+
+/** Read the signing key named by --sign-key, decrypting it with --sign-password-file when it is encrypted. */
+export async function loadSignKey(file: string, passwordFile?: string): Promise<MinisignSecretKey> {
+  const read = async (f: string, what: string): Promise<string> => readFile(f, 'utf8').catch((err: Error) => {
+    throw new GeminiError(`cannot read ${what} ${f}: ${err.message}`, ExitCode.invalidInput);
+  });
+  const text = await read(file, 'the signing key');
+  if (!secretKeyEncrypted(text, file)) return parseSecretKey(text, file);
+  if (!passwordFile) throw new GeminiError(`${file}: the key is encrypted: give its password with --sign-password-file FILE`, ExitCode.invalidInput);
+  return parseSecretKey(text, file, (await read(passwordFile, 'the password file')).replace(/\r?\n$/, ''));
 }
 
 /** SOURCE_DATE_EPOCH, or a fixed default so two builds of the same inputs can match. */
@@ -44,15 +73,24 @@ export function registerBuild(program: Command, ctx: () => CliContext): void {
     .option('--offline', 'never open a connection for upstream artifacts')
     .option('--cache-dir <dir>', 'apt and artifact cache', join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'geminik8s'))
     .option('--json', 'one JSON line per step event on stdout')
+    .option('--output <formats>', `disk stage: what to write, comma-separated (${OUTPUT_FORMATS.join(', ')}); default: the image definition's outputs`)
+    .option('--sign-key <file>', 'minisign secret key that signs the upgrade bundle (geminik8s keygen)')
+    .option('--sign-password-file <file>', 'password of an encrypted --sign-key')
     .action(async (opts: BuildOptions) => {
       const c = ctx();
       const rootSource = parseRootSource(opts.rootfs);
       const image = await loadImage(opts.image);
+      const outputs = opts.output ? parseOutputs(opts.output) : image.outputs;
+      const signKey = opts.signKey ? await loadSignKey(opts.signKey, opts.signPasswordFile) : undefined;
+      if (signKey && outputs.includes('upgrade') && image.upgrade.trustedKeys.length && !(await trustedKeyIds(image, opts.image)).includes(keyIdHex(signKey.keyId))) {
+        c.logger.warn(`the signing key ${keyIdHex(signKey.keyId)} is not among this image's upgrade.trustedKeys: nodes running it will refuse the next bundle signed with the same key`);
+      }
       await mkdir(opts.out, { recursive: true });
       const workDir = mkdtempSync(join(tmpdir(), 'gk-build-'));
       const build: BuildContext = {
         image, imageFile: opts.image, outDir: opts.out, workDir, cacheDir: opts.cacheDir, artifactsDir: opts.artifacts,
         offline: Boolean(opts.offline), sourceDateEpoch: sourceDateEpoch(), logger: c.logger, state: opts.rootfsTar ? { rootfsTar: opts.rootfsTar } : {},
+        outputs, signKey,
       };
       build.state.rootSource = rootSource;
       const report = (e: StepEvent): void => {
