@@ -1,6 +1,6 @@
 import test from 'ava';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { bless } from '../../agent/src/bootslot.ts';
@@ -10,11 +10,14 @@ import { upgradeCommand } from '../../agent/src/upgradecli.ts';
 import { writeBundle, type BundleInput } from '../../builder/src/upgrade/write.ts';
 import { ExitCode } from '../../common/errors.ts';
 import { runPlan } from '../../common/exec.ts';
-import { encodePublicKey, generateKeyPair, type MinisignSecretKey } from '../../common/minisign.ts';
+import { encodePublicKey, generateKeyPair, keyIdHex, parsePublicKey, type MinisignSecretKey } from '../../common/minisign.ts';
+import { loadSignKey, parseOutputs } from '../../builder/src/cli/commands/build.ts';
+import { readTrustedKeys, trustedKeyIds } from '../../builder/src/rootfs/steps.ts';
+import { cli } from '../helpers/cli.ts';
 import { AgentConfigSchema, bootSettings, upgradeSettings } from '../../common/schema/agent.ts';
 import { compareVersions, parseVersion, rangeError, satisfies } from '../../common/semver.ts';
 import { indexTar, readBundle, ustarHeader } from '../../common/upgrade/bundle.ts';
-import { tempDir } from '../helpers/fixtures.ts';
+import { loadImageDef, ROOT, tempDir } from '../helpers/fixtures.ts';
 
 const MiB = 1024 * 1024;
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -248,4 +251,53 @@ test('a try armed earlier in this boot is withdrawn before its slot is rewritten
   t.true(lines.some((l) => l.startsWith('withdrawing the try of slot B')));
   t.like(envValues(await readEnvFile(join(node.esp, 'grub/grubenv'))), { try_slot: 'B', try_count: '3' });
   t.like((await readUpgradeRecord(node.upgrade.recordFile)).current, { version: '1.1.1', state: 'armed' });
+});
+
+test('keygen writes a 0600 secret key and a public key, refuses to overwrite them, encrypts with a password file; bundle inspect checks the signature', async (t) => {
+  const dir = tempDir('gk-keygen-');
+  const prefix = join(dir, 'release');
+  const r = await cli('keygen', '--out', prefix, '--json');
+  t.is(r.code, 0, r.stderr);
+  const made = JSON.parse(r.stdout) as { keyId: string; encrypted: boolean };
+  t.regex(made.keyId, /^[0-9A-F]{16}$/);
+  t.false(made.encrypted);
+  t.is(statSync(`${prefix}.key`).mode & 0o777, 0o600);
+  t.is(statSync(`${prefix}.pub`).mode & 0o777, 0o644);
+  t.is(parsePublicKey(readFileSync(`${prefix}.pub`, 'utf8'), 'pub').keyId.length, 8);
+  const again = await cli('keygen', '--out', prefix);
+  t.is(again.code, ExitCode.refused);
+  t.regex(again.stderr, /release\.key exists/);
+  // The key signs a bundle minisign's format; inspect verifies it and names the wrong key.
+  const file = await bundle(dir, await loadSignKey(`${prefix}.key`));
+  const good = await cli('bundle', 'inspect', file, '--trusted-key', `${prefix}.pub`);
+  t.is(good.code, 0, good.stderr);
+  t.regex(good.stdout, new RegExp(`signature: good, key ${made.keyId}`));
+  await cli('keygen', '--out', join(dir, 'other'));
+  const bad = await cli('bundle', 'inspect', file, '--trusted-key', join(dir, 'other.pub'));
+  t.is(bad.code, ExitCode.refused);
+  t.regex(bad.stderr, new RegExp(`signed with key ${made.keyId}, which is not trusted`));
+
+  writeFileSync(join(dir, 'pw'), 'correct horse\n');
+  t.is((await cli('keygen', '--out', join(dir, 'enc'), '--password-file', join(dir, 'pw'))).code, 0);
+  await t.throwsAsync(loadSignKey(join(dir, 'enc.key')), { message: /encrypted: give its password with --sign-password-file/ });
+  t.deepEqual((await loadSignKey(join(dir, 'enc.key'), join(dir, 'pw'))).publicKey, parsePublicKey(readFileSync(join(dir, 'enc.pub'), 'utf8'), 'p').publicKey);
+});
+
+test('build options and the image\'s trusted keys: errors name the option, or the image file and field', async (t) => {
+  t.deepEqual(parseOutputs('raw,upgrade,raw'), ['raw', 'upgrade']);
+  t.throws(() => parseOutputs('raw,iso'), { message: /--output: unknown format "iso"; expected a comma-separated list of raw, qcow2, raw\.zst, upgrade/ });
+  const dir = tempDir('gk-trust-');
+  const key = generateKeyPair();
+  writeFileSync(join(dir, 'good.pub'), encodePublicKey(key));
+  writeFileSync(join(dir, 'bad.pub'), 'untrusted comment: x\nnot a key\n');
+  const image = await loadImageDef('test-amd64.yaml');
+  const imageFile = join(dir, 'image.yaml');
+  t.deepEqual(await trustedKeyIds({ ...image, upgrade: { trustedKeys: ['good.pub'] } }, imageFile), [keyIdHex(key.keyId)]);
+  await t.throwsAsync(readTrustedKeys({ ...image, upgrade: { trustedKeys: ['good.pub', 'bad.pub'] } }, imageFile), { message: /image\.yaml: upgrade\.trustedKeys\.1: .*bad\.pub: line 2: not base64/ });
+  await t.throwsAsync(readTrustedKeys({ ...image, upgrade: { trustedKeys: ['missing.pub'] } }, imageFile), { message: /upgrade\.trustedKeys\.0: cannot read .*missing\.pub/ });
+  // A range the schema cannot read is reported with its path.
+  writeFileSync(imageFile, readFileSync(join(ROOT, 'images/test-amd64.yaml'), 'utf8') + 'upgrade:\n  from: [">=1.0"]\n');
+  const v = await cli('validate', imageFile);
+  t.is(v.code, ExitCode.invalidInput);
+  t.regex(v.stderr, /upgrade\.from\.0: ">=1\.0" is not a comparator/);
 });
