@@ -68,3 +68,43 @@ export async function bootFiles(rootfsTar: string, dir: string): Promise<{ kerne
   const names = readdirSync(join(dir, 'boot'));
   return { kernel: join(dir, 'boot', names.find((n) => n.startsWith('vmlinuz-'))!), initrd: join(dir, 'boot', names.find((n) => n.startsWith('initrd.img-'))!) };
 }
+
+export interface BuiltBundle {
+  dir: string;
+  /** The signed upgrade bundle. */
+  bundle: string;
+  /** The minisign key pair that signed it (a test key, kept with the cached bundle). */
+  publicKey: string;
+  secretKey: string;
+  version: string;
+}
+
+/**
+ * An upgrade bundle of the test image at another `version`: the root re-made from the built
+ * image's root tar (`--rootfs tar:`, so os-release and the manifest carry the new version),
+ * signed with a test key made by `geminik8s keygen`. Cached beside the image, keyed the same way.
+ */
+export async function upgradeBundle(img: BuiltImage, version: string, file = 'test-amd64.yaml', log: (m: string) => void = () => {}): Promise<BuiltBundle> {
+  const name = `${file.replace(/\.yaml$/, '')}-upgrade-${version}`;
+  const cacheRoot = join(img.dir, '..');
+  const dir = join(cacheRoot, `${name}-${imageKey(join('images', file))}`);
+  const base = `test-${version}-amd64`;
+  const out = { dir, bundle: join(dir, `${base}.upgrade.tar`), publicKey: join(dir, 'release.pub'), secretKey: join(dir, 'release.key'), version };
+  if (existsSync(join(dir, 'complete'))) {
+    log(`using the cached bundle in ${dir}`);
+    return out;
+  }
+  for (const old of readdirSync(cacheRoot).filter((n) => n.startsWith(`${name}-`))) rmSync(join(cacheRoot, old), { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  log(`building the ${version} upgrade bundle into ${dir}`);
+  const definition = join(dir, `${name}.yaml`);
+  writeFileSync(definition, readFileSync(join(ROOT, 'images', file), 'utf8').replace(/^version: .*$/m, `version: ${version}`));
+  const k = await cli('keygen', '--out', join(dir, 'release'));
+  if (k.code !== 0) throw new Error(`keygen failed: ${k.stderr}`);
+  const r = await cli('build', '--image', definition, '--rootfs', `tar:${img.rootfsTar}`, '--output', 'upgrade', '--sign-key', out.secretKey, '--out', dir, '--json');
+  if (r.code !== 0) throw new Error(`build of the ${version} bundle failed (${r.code}): ${r.stderr.slice(-4000)}`);
+  // The re-made root tar is only an intermediate here.
+  rmSync(join(dir, `${base}.rootfs.tar`), { force: true });
+  writeFileSync(join(dir, 'complete'), `${new Date().toISOString()}\n`);
+  return out;
+}

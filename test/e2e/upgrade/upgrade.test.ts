@@ -1,0 +1,186 @@
+import test from 'ava';
+import { closeSync, copyFileSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseDocument } from 'yaml';
+import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '../../../qemu/index.ts';
+import { generateKeyPair, signData } from '../../../common/minisign.ts';
+import { indexTar, readBundle } from '../../../common/upgrade/bundle.ts';
+import { cli } from '../../helpers/cli.ts';
+import { tempDir } from '../../helpers/fixtures.ts';
+import { testImage, upgradeBundle, type BuiltBundle, type BuiltImage } from '../../helpers/test-image.ts';
+
+// One QEMU guest from the test image, seeded as the leader of a pair whose follower never comes
+// (the gate passes for a leader whose peer is down). Bundles reach it as read-only virtio disks
+// (/dev/disk/by-id/virtio-SERIAL), the agent stages them from there, and the test reads the
+// guest through the root shell on its virtio console.
+const BOOT_TIMEOUT = 12 * 60_000;
+const SHELL_TIMEOUT = BOOT_TIMEOUT;
+const STAGE_TIMEOUT = 15 * 60_000;
+const BLESS_TIMEOUT = 10 * 60_000;
+const NET = { node1: '192.168.78.11', node2: '192.168.78.12', vip: '192.168.78.50' };
+const MAC = '52:54:00:78:00:11';
+const PG = '/usr/lib/postgresql/17/bin';
+const AGENT = 'node /usr/lib/geminik8s/agent.mjs';
+
+let img: BuiltImage;
+let v2: BuiltBundle;
+let clusterDir: string;
+const vms: Vm[] = [];
+const shells: GuestShell[] = [];
+
+test.before(async (t) => {
+  img = await testImage('test-amd64.yaml', (m) => t.log(m));
+  v2 = await upgradeBundle(img, '0.2.0', 'test-amd64.yaml', (m) => t.log(m));
+  clusterDir = tempDir('gk-e2e-upgrade-');
+  const r = await cli('init', '--name', 'upg', '--node1-ip', NET.node1, '--node2-ip', NET.node2, '--node1-mac', MAC, '--node2-mac', '52:54:00:78:00:12',
+    '--vip', NET.vip, '--witness', 'none', '--config-dir', clusterDir);
+  if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`);
+  // TCG guests are many times slower than hardware (as in the cluster suite).
+  const file = join(clusterDir, 'cluster.yaml');
+  const doc = parseDocument(readFileSync(file, 'utf8'), { version: '1.1' });
+  doc.setIn(['failover'], doc.createNode({ checkInterval: '3s', checkTimeout: '5s', fenceAfter: '20s', promoteAfter: '30s', degradeAfter: '20s' }));
+  writeFileSync(file, doc.toString());
+  const v = await cli('validate', file);
+  if (v.code !== 0) throw new Error(`the e2e cluster.yaml does not validate: ${v.stderr}`);
+});
+
+test.after.always(async () => {
+  for (const s of shells.splice(0)) s.close();
+  for (const vm of vms.splice(0)) await vm.stop();
+});
+
+/** Copies of the good bundle, broken two ways: a flipped byte in root.img, and a signature by a key the node does not trust. */
+async function brokenBundles(dir: string): Promise<{ tampered: string; untrusted: string }> {
+  const tampered = join(dir, 'tampered.tar');
+  const untrusted = join(dir, 'untrusted.tar');
+  copyFileSync(v2.bundle, tampered);
+  copyFileSync(v2.bundle, untrusted);
+  const members = await indexTar(v2.bundle);
+  const root = members.find((m) => m.name === 'root.img')!;
+  const fd = openSync(tampered, 'r+');
+  const at = root.offset + Math.floor(root.size / 2);
+  const byte = Buffer.alloc(1);
+  readSync(fd, byte, 0, 1, at);
+  byte[0]! ^= 0xff;
+  writeSync(fd, byte, 0, 1, at);
+  closeSync(fd);
+  // Same manifest, same trusted comment, another key: the signature member keeps its size.
+  const { manifestBytes, signature } = await readBundle(v2.bundle);
+  const comment = /^trusted comment: (.*)$/m.exec(signature!)![1]!;
+  const forged = Buffer.from(signData(generateKeyPair(), manifestBytes, comment));
+  const sig = members.find((m) => m.name === 'manifest.json.minisig')!;
+  if (forged.length !== sig.size) throw new Error(`the forged signature is ${forged.length} bytes, the original ${sig.size}`);
+  const fd2 = openSync(untrusted, 'r+');
+  writeSync(fd2, forged, 0, forged.length, sig.offset);
+  closeSync(fd2);
+  return { tampered, untrusted };
+}
+
+/** A free TCP port on 127.0.0.1 for the (unconnected) socket link the seed's NIC sits on. */
+async function freePort(): Promise<number> {
+  const { createServer } = await import('node:net');
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function seededDisk(): Promise<string> {
+  const out = join(tempDir('gk-e2e-upgrade-node1-'), 'node1.raw');
+  const r = await cli('seed', '--cluster', join(clusterDir, 'cluster.yaml'), '--node', 'node1', '--into', img.raw, '--out', out);
+  if (r.code !== 0) throw new Error(`seed --into failed: ${r.stderr}`);
+  return out;
+}
+
+async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const v = await probe();
+      if (v !== undefined) return v;
+    } catch (err) {
+      last = err;
+    }
+    await new Promise((r) => setTimeout(r, 3000));
+  }
+  throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+}
+
+/** What a refused bundle must leave alone: the passive slot's first 64 MiB, grubenv, the ESP's slot-b, the upgrade record. */
+const UNTOUCHED = 'head -c 64M /dev/disk/by-partlabel/ROOT_B | sha256sum; sha256sum /boot/efi/grub/grubenv; ls /boot/efi; cat /var/lib/geminik8s/upgrade.json 2>/dev/null || echo no-record';
+
+test.serial('v1 -> v2 on one node: refused bundles write nothing; a signed bundle is staged from a disk, boots as a try on slot B, passes the health gate and is blessed; data survives', async (t) => {
+  const work = tempDir('gk-e2e-upgrade-bundles-');
+  const { tampered, untrusted } = await brokenBundles(work);
+  const disk = await seededDisk();
+  const logDir = tempDir('gk-e2e-upgrade-logs-');
+  const vm = await bootVm({
+    arch: 'amd64', firmware: 'bios', image: disk, format: 'raw', write: true, console: true, name: 'upgrade-node1',
+    serialLog: join(logDir, 'node1.log'), networks: [{ kind: 'socket', listen: await freePort(), mac: MAC }],
+    drives: [{ path: v2.bundle, serial: 'bundle' }, { path: tampered, serial: 'bundle-tampered' }, { path: untrusted, serial: 'bundle-untrusted' }],
+  });
+  vms.push(vm);
+  t.log(`serial log ${join(logDir, 'node1.log')}`);
+  try {
+    const ready = await vm.waitFor(READY_MARKER, BOOT_TIMEOUT);
+    t.like(parseMarkerFields(ready.line), { role: 'leader' });
+    const shell = await GuestShell.open(vm.consoleSocket!, SHELL_TIMEOUT);
+    shells.push(shell);
+    t.is((await shell.check('cat /proc/cmdline')).match(/geminik8s\.slot=(\w)/)?.[1], 'A');
+    // The operator's trusted key, in /etc (persistent): the image itself trusts none.
+    const pub = readFileSync(v2.publicKey, 'utf8').trim().split('\n');
+    await shell.check(`install -d -m 0755 /etc/geminik8s/upgrade-keys && printf '%s\\n' '${pub[0]}' '${pub[1]}' > /etc/geminik8s/upgrade-keys/e2e.pub`);
+    await shell.check(`runuser -u postgres -- ${PG}/psql -XtA -c "create table upgrade_probe(v text); insert into upgrade_probe values ('written on 0.1.0')"`);
+
+    const before = await shell.check(UNTOUCHED, 5 * 60_000);
+    for (const [serial, reason] of [['bundle-tampered', /root\.img does not match its sha256/], ['bundle-untrusted', /which is not trusted/]] as const) {
+      const r = await shell.run(`${AGENT} upgrade stage /dev/disk/by-id/virtio-${serial}`, STAGE_TIMEOUT);
+      t.is(r.code, 5, `${serial}: ${r.output}`);
+      t.regex(r.output, reason);
+      t.is(await shell.check(UNTOUCHED, 5 * 60_000), before, `${serial}: nothing written`);
+    }
+
+    const staged = await shell.run(`${AGENT} upgrade stage /dev/disk/by-id/virtio-bundle --json 2>/dev/null`, STAGE_TIMEOUT);
+    t.is(staged.code, 0, staged.output);
+    const result = JSON.parse(staged.output.slice(staged.output.indexOf('{'))) as { slot: string; version: string; runningVersion: string; ms: Record<string, number>; bytes: Record<string, number> };
+    t.like(result, { slot: 'B', version: '0.2.0', runningVersion: '0.1.0' });
+    t.log(`staged 0.2.0 in guest time: verify ${result.ms.verify} ms, root ${result.ms.root} ms (${result.bytes['root.img']} bytes), kernel+initrd ${result.ms.boot} ms`);
+    t.regex(await shell.check(`${AGENT} slot status`), /try: +B \(3 tries left\)/);
+
+    // A hard reset right after staging: everything staged is on disk before the try is armed.
+    shell.close();
+    const mark = vm.mark();
+    const resetAt = Date.now();
+    await vm.reset();
+    const again = await vm.waitFor(READY_MARKER, BOOT_TIMEOUT, { since: mark });
+    t.like(parseMarkerFields(again.line), { role: 'leader' });
+    const s2 = await GuestShell.open(vm.consoleSocket!, SHELL_TIMEOUT);
+    shells.push(s2);
+    const uptime = Number((await s2.check('cut -d" " -f1 /proc/uptime')).trim());
+    t.is((await s2.check('cat /proc/cmdline')).match(/geminik8s\.slot=(\w)/)?.[1], 'B', 'the try boots slot B');
+    t.regex(await s2.check('. /etc/os-release; echo "$IMAGE_VERSION"'), /^0\.2\.0$/m);
+    const blessed = await until('slot B to be blessed', BLESS_TIMEOUT, async () => {
+      const s = JSON.parse(await s2.check(`${AGENT} upgrade status --json`)) as { boot: { state: string }; upgrade: { current: { state: string; version: string } | null } };
+      return s.upgrade.current?.state === 'blessed' ? s : undefined;
+    });
+    const blessedUptime = Number((await s2.check('cut -d" " -f1 /proc/uptime')).trim());
+    t.log(`0.2.0 on slot B: READY at ${uptime.toFixed(0)} s of guest time, blessed at ${blessedUptime.toFixed(0)} s; ${((Date.now() - resetAt) / 1000).toFixed(0)} s wall from the reset`);
+    t.like(blessed, { boot: { state: 'steady' }, upgrade: { current: { version: '0.2.0' } } });
+    const slots = JSON.parse(await s2.check(`${AGENT} slot status --json`)) as { active: string; trySlot?: string; booted: string };
+    t.like(slots, { active: 'B', booted: 'B' });
+    t.is(slots.trySlot, undefined);
+    t.is((await s2.check(`runuser -u postgres -- ${PG}/psql -XtA -c "select v from upgrade_probe"`)).trim(), 'written on 0.1.0');
+    t.is((await s2.check(`runuser -u postgres -- ${PG}/psql -XtA -c "select pg_is_in_recovery()"`)).trim(), 'f');
+    // The same bundle again: 0.2.0 does not upgrade from 0.2.0; nothing is written.
+    const same = await s2.run(`${AGENT} upgrade stage /dev/disk/by-id/virtio-bundle`, STAGE_TIMEOUT);
+    t.is(same.code, 5);
+    t.regex(same.output, /upgrades from <0\.2\.0; this node runs 0\.2\.0/);
+  } catch (err) {
+    const s = shells.at(-1);
+    if (s) t.log((await s.run('journalctl -b -u geminik8s-agent --no-pager -o cat | tail -n 60').catch(() => ({ output: '(no journal)' }))).output);
+    throw err;
+  }
+});
