@@ -12,7 +12,7 @@ import { createStatePort } from './adapters/state.ts';
 import { createVipPort } from './adapters/vip.ts';
 import { blessDecision, type BlessDecision, type GateInputs } from './bootgate.ts';
 import { bless, describeChanges, readBootState, rebootPlan, type BootState } from './bootslot.ts';
-import { noteTrialFailure } from './upgrade.ts';
+import { noteTrialFailure, reconcileUpgradeFile, slotVersions, type UpgradeRecord } from './upgrade.ts';
 import type { NodeContext } from './context.ts';
 import { Controller } from './core/controller.ts';
 import type { ControllerSettings, Ports, PromoteRequest } from './core/ports.ts';
@@ -27,6 +27,10 @@ export const MAX_CLOCK_DRIFT = 0.01;
 
 /** The A/B boot state and, while trying, the health gate's latest decision. */
 export interface BootStatus extends BootState {
+  /** The last staged upgrade and the bundles that failed here (upgrade.json, reconciled). */
+  upgrade?: UpgradeRecord;
+  /** What each slot holds, as far as this node knows. */
+  slots?: Record<'A' | 'B', string | null>;
   gate?: { action: BlessDecision['action']; ok: boolean; reason: string; healthyForMs: number; blessAfterMs: number; trialTimeoutMs: number; k3s?: string };
 }
 
@@ -143,7 +147,9 @@ export class Agent {
   async bootRound(): Promise<void> {
     const { config } = this.ctx;
     const settings = bootSettings(config);
-    const state = await readBootState(settings);
+    const state: BootStatus = await readBootState(settings);
+    const upgrade = await reconcileUpgradeFile(upgradeSettings(config).recordFile, state).catch(() => undefined);
+    if (upgrade) Object.assign(state, { upgrade, slots: slotVersions(state.booted, config.image.version, upgrade) });
     const previous = this.snapshot.boot;
     if (!previous || previous.state !== state.state || previous.detail !== state.detail) {
       this.log.info({ event: 'boot', state: state.state, booted: state.booted, active: state.active, trySlot: state.trySlot, tryCount: state.tryCount }, `boot ${state.state}: ${state.detail}`);

@@ -56,6 +56,9 @@ export function bootStatusOf(b: BootStatus | undefined): Record<string, unknown>
   return {
     state: b.state, booted: b.booted ?? null, active: b.active ?? null, trySlot: b.trySlot ?? null, tryCount: b.tryCount ?? null,
     detail: b.detail, pending: b.pending, last: b.last ?? null, gate: b.gate ?? null,
+    slots: b.slots ?? null,
+    upgrade: b.upgrade?.current ?? null,
+    failedUpgrades: b.upgrade?.failed ?? [],
   };
 }
 

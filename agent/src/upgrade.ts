@@ -28,6 +28,8 @@ export const UpgradeRecordSchema = z.strictObject({
       manifestSha256: z.string(),
       signer: z.string(),
       slot: z.enum(['A', 'B']),
+      /** The version that ran when the bundle was staged: what the other slot holds. */
+      fromVersion: z.string(),
       state: UpgradeStateSchema,
       at: z.string(),
       /** When the try was armed (boot.json's pending.at): ties the boot outcome to this bundle. */
@@ -201,7 +203,7 @@ export async function stageUpgrade(o: StageOptions): Promise<StageResult> {
     say(`withdrawing the try of slot ${boot.trySlot} armed in this boot`);
     await editEnvFile(o.boot.grubEnvFile, { try_slot: '', try_count: '0' });
   }
-  const base = { image: manifest.image, version: manifest.version, manifestSha256: verified.manifestSha256, signer: verified.signer.keyId, slot };
+  const base = { image: manifest.image, version: manifest.version, manifestSha256: verified.manifestSha256, signer: verified.signer.keyId, slot, fromVersion: running.version };
   record = { ...record, current: { ...base, state: 'writing', at: now() } };
   await writeUpgradeRecord(o.upgrade.recordFile, record);
 
@@ -245,11 +247,34 @@ export async function stageUpgrade(o: StageOptions): Promise<StageResult> {
   };
 }
 
-/** Status of upgrades on this node: the record, reconciled with the boot state (and saved when that changed it). */
-export async function upgradeStatus(upgrade: UpgradeSettings, boot: BootSettings): Promise<{ boot: BootState; record: UpgradeRecord }> {
-  const state = await readBootState(boot);
-  const before = await readUpgradeRecord(upgrade.recordFile);
+/** The upgrade record reconciled with a boot state already read, saved when that changed it. */
+export async function reconcileUpgradeFile(file: string, state: BootState): Promise<UpgradeRecord> {
+  const before = await readUpgradeRecord(file);
   const record = reconcileUpgrade(before, state, new Date().toISOString());
-  if (JSON.stringify(record) !== JSON.stringify(before)) await writeUpgradeRecord(upgrade.recordFile, record);
-  return { boot: state, record };
+  if (JSON.stringify(record) !== JSON.stringify(before)) await writeUpgradeRecord(file, record);
+  return record;
+}
+
+/** Status of upgrades on this node: the record, reconciled with the boot state. */
+export async function upgradeStatus(upgrade: UpgradeSettings, boot: BootSettings): Promise<{ boot: BootState; record: UpgradeRecord; slots: Record<Slot, string | null> }> {
+  const state = await readBootState(boot);
+  const record = await reconcileUpgradeFile(upgrade.recordFile, state);
+  const running = await loadRunningImage(upgrade.imageManifest).then((r) => r.version, () => null);
+  return { boot: state, record, slots: slotVersions(state.booted, running, record) };
+}
+
+/**
+ * What each slot holds, as far as this node knows: the running version, and for the other
+ * slot the bundle last written there or the version that ran before it (null: unknown).
+ */
+export function slotVersions(booted: Slot | undefined, running: string | null, record: UpgradeRecord): Record<Slot, string | null> {
+  const out: Record<Slot, string | null> = { A: null, B: null };
+  if (!booted) return out;
+  out[booted] = running;
+  const c = record.current;
+  if (!c) return out;
+  const other: Slot = booted === 'A' ? 'B' : 'A';
+  if (c.slot === other && c.state !== 'writing' && c.state !== 'failed') out[other] = c.version;
+  if (c.slot === booted) out[other] = c.fromVersion;
+  return out;
 }

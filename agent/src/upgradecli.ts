@@ -33,11 +33,12 @@ export async function upgradeCommand(
     const boot = bootSettings(config);
     const upgrade = upgradeSettings(config);
     if (sub === 'status') {
-      const { boot: state, record } = await upgradeStatus(upgrade, boot);
-      if (json) print(JSON.stringify({ boot: state, upgrade: record }, null, 2));
+      const { boot: state, record, slots } = await upgradeStatus(upgrade, boot);
+      if (json) print(JSON.stringify({ boot: state, slots, upgrade: record }, null, 2));
       else {
         const c = record.current;
         print(`boot:     ${state.state} (booted ${state.booted ?? '-'}, active ${state.active ?? '-'})`);
+        print(`slots:    A ${slots.A ?? '?'}, B ${slots.B ?? '?'}`);
         print(c ? `upgrade:  ${c.image} ${c.version} on slot ${c.slot}: ${c.state} at ${c.at}${c.reason ? ` (${c.reason})` : ''}` : 'upgrade:  none staged');
         for (const f of record.failed) print(`failed:   ${f.version} at ${f.at}: ${f.reason}`);
       }

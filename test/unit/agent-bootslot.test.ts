@@ -479,6 +479,11 @@ test('past the trial timeout the agent asks for a reboot (skipped and logged wit
   // The host has been up for more than 1 ms: the trial is over at once.
   const n = await fakeNode('A', { active_slot: 'A' }, { blessAfterMs: 0, trialTimeoutMs: 1 });
   await armTry(n.settings, 'B', 3);
+  // An upgrade staged this try: the gate's reason is kept with it before the reboot.
+  mkdirSync(join(n.dir, 'state'), { recursive: true });
+  const upgradeFile = join(n.dir, 'state/upgrade.json');
+  const armedAt = (await readBootState(n.settings)).pending?.at;
+  writeFileSync(upgradeFile, JSON.stringify({ current: { image: 'edge', version: '1.1.0', manifestSha256: 'x', signer: 'K', slot: 'B', fromVersion: '1.0.0', state: 'armed', at: armedAt, armedAt }, failed: [] }));
   await grubBoots(n);
   const logs: Record<string, unknown>[] = [];
   const agent = await agentOn(n, logs);
@@ -489,6 +494,8 @@ test('past the trial timeout the agent asks for a reboot (skipped and logged wit
   t.like(reboot, { skipped: true });
   t.regex(String(reboot?.reason), /PostgreSQL is down/);
   t.deepEqual(await n.env(), { active_slot: 'A', try_slot: 'B', try_count: '2' });
+  t.regex(JSON.parse(readFileSync(upgradeFile, 'utf8')).current.reason, /PostgreSQL is down/);
+  t.like(statusOf(agent).boot, { upgrade: { version: '1.1.0', state: 'armed' }, slots: { A: '1.0.0', B: 'unknown' } });
 });
 
 test('slot status, arm and bless from the command line', async (t) => {
