@@ -35,6 +35,15 @@ test('assess: healthy, degraded for each missing piece, down without (or with tw
   t.is(assess([gone, { ...gone, name: 'node1' }], witnessOk).health, 'down');
 });
 
+test('status shows what each slot holds and the last upgrade with its reason', (t) => {
+  const l = nodeViewOf('node1', '10.0.0.1', { ...leaderBody, boot: { state: 'fell-back', booted: 'A', active: 'A', slots: { A: '0.1.0', B: '0.2.0' }, upgrade: { version: '0.2.0', slot: 'B', state: 'fell-back', at: '2026-11-30T10:00:00.000Z', reason: 'the health gate did not pass: replication is not synchronous' } } });
+  const f = nodeViewOf('node2', '10.0.0.2', followerBody);
+  t.deepEqual(l.slots, { A: '0.1.0', B: '0.2.0' });
+  const table = renderStatusTable({ cluster: 'c', at: 'now', ...assess([l, f], witnessOk), nodes: [l, f], witness: witnessOk });
+  t.regex(table, /^node1: slots A 0\.1\.0, B 0\.2\.0; last upgrade 0\.2\.0 on slot B: fell-back 2026-11-30T10:00:00\.000Z \(the health gate did not pass: replication is not synchronous\)$/m);
+  t.notRegex(table, /^node2:/m, 'a node that reports nothing about slots gets no line');
+});
+
 test('collectStatus: read-token for the agents, witness-token for the witness; a table per state', async (t) => {
   const cluster = ClusterSchema.parse({ ...(await loadFixtureCluster()), witness: { type: 'lease', url: 'http://192.168.10.9:7444' } });
   const asked: { url: string; auth: string }[] = [];

@@ -24,6 +24,10 @@ export interface NodeView {
   slot?: { booted: string | null; active: string | null; state: string | null };
   version?: string;
   lastTransition?: { at: string; from: string; to: string; reason: string };
+  /** What each slot holds, as far as the node knows. */
+  slots?: { A: string | null; B: string | null };
+  /** The last upgrade staged on the node. */
+  upgrade?: { version: string; slot: string; state: string; at: string; reason: string | null };
 }
 
 /** The witness's durable record, or why it could not be read. */
@@ -77,6 +81,10 @@ export function nodeViewOf(name: string, ip: string, body: unknown): NodeView {
     lease: b.lease ? { held: lease.held === true, msLeft: num(lease.msLeft) ?? 0 } : undefined,
     slot: b.boot ? { booted: str(boot.booted), active: str(boot.active), state: str(boot.state) } : { booted: str(b.slot), active: null, state: null },
     version: str(b.version) ?? undefined,
+    slots: boot.slots ? { A: str(obj(boot.slots).A), B: str(obj(boot.slots).B) } : undefined,
+    upgrade: boot.upgrade
+      ? { version: str(obj(boot.upgrade).version) ?? '?', slot: str(obj(boot.upgrade).slot) ?? '?', state: str(obj(boot.upgrade).state) ?? '?', at: str(obj(boot.upgrade).at) ?? '', reason: str(obj(boot.upgrade).reason) }
+      : undefined,
     lastTransition: b.lastTransition ? { at: str(lt.at) ?? '', from: str(lt.from) ?? '', to: str(lt.to) ?? '', reason: str(lt.reason) ?? '' } : undefined,
   };
 }
@@ -163,6 +171,12 @@ export function renderStatusTable(s: ClusterStatus): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   const lines = rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd());
   const w = s.witness;
+  for (const n of s.nodes) {
+    if (!n.reachable || (!n.slots && !n.upgrade)) continue;
+    const slots = n.slots ? `slots A ${n.slots.A ?? '?'}, B ${n.slots.B ?? '?'}` : '';
+    const u = n.upgrade ? `last upgrade ${n.upgrade.version} on slot ${n.upgrade.slot}: ${n.upgrade.state} ${n.upgrade.at}${n.upgrade.reason ? ` (${n.upgrade.reason})` : ''}` : 'no upgrade staged';
+    lines.push(`${n.name}: ${[slots, u].filter(Boolean).join('; ')}`);
+  }
   lines.push('');
   if (w.kind === 'none') lines.push('witness: none (failover is manual)');
   else if (!w.reachable) lines.push(`witness: ${w.url} unreachable (${w.error ?? 'no answer'})`);
