@@ -11,6 +11,7 @@ import { upgradeCommand } from './upgradecli.ts';
 import { agentLogger, createLogPort } from './adapters/log.ts';
 import { createVipPort } from './adapters/vip.ts';
 import { DEFAULT_WITNESS_STATE_DIR, serveWitness } from './witness/serve.ts';
+import { option } from './args.ts';
 
 declare const GEMINIK8S_VERSION: string | undefined;
 const VERSION = typeof GEMINIK8S_VERSION === 'string' ? GEMINIK8S_VERSION : 'dev';
@@ -23,10 +24,6 @@ const USAGE = `usage: geminik8s-agent run --config FILE
        geminik8s-agent upgrade stage BUNDLE [--retry] | status  [--json] [--config FILE]
        geminik8s-agent --version`;
 
-function option(args: string[], name: string): string | undefined {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-}
 
 async function run(args: string[]): Promise<number> {
   const configFile = option(args, '--config');

@@ -3,15 +3,12 @@ import { NODE_PATHS } from '../../common/render/paths.ts';
 import { bootSettings } from '../../common/schema/agent.ts';
 import { armTry, bless, describeChanges, readBootState, type BootChange, type BootState } from './bootslot.ts';
 import { loadAgentConfig } from './context.ts';
+import { option, stderrLine, stdoutLine, type Printer } from './args.ts';
 
 export const SLOT_USAGE = `usage: geminik8s-agent slot status [--json] [--config FILE]
        geminik8s-agent slot arm A|B [--tries N] [--json] [--config FILE]
        geminik8s-agent slot bless [--json] [--config FILE]`;
 
-function option(args: string[], name: string): string | undefined {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-}
 
 function describeState(b: BootState): string[] {
   const lines = [
@@ -36,8 +33,8 @@ function describeChange(c: BootChange): string[] {
  */
 export async function slotCommand(
   args: string[],
-  print: (line: string) => void = (l) => process.stdout.write(`${l}\n`),
-  printError: (line: string) => void = (l) => process.stderr.write(`${l}\n`),
+  print: Printer = stdoutLine,
+  printError: Printer = stderrLine,
 ): Promise<number> {
   const [sub, ...rest] = args;
   const json = rest.includes('--json');

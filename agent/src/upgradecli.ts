@@ -4,14 +4,11 @@ import { bootSettings, upgradeSettings } from '../../common/schema/agent.ts';
 import { describeChanges } from './bootslot.ts';
 import { loadAgentConfig } from './context.ts';
 import { stageUpgrade, upgradeStatus } from './upgrade.ts';
+import { option, stderrLine, stdoutLine, type Printer } from './args.ts';
 
 export const UPGRADE_USAGE = `usage: geminik8s-agent upgrade stage BUNDLE [--retry] [--json] [--config FILE]
        geminik8s-agent upgrade status [--json] [--config FILE]`;
 
-function option(args: string[], name: string): string | undefined {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-}
 
 /**
  * `upgrade stage|status`: write a verified bundle to the passive slot and arm a try of it
@@ -19,8 +16,8 @@ function option(args: string[], name: string): string | undefined {
  */
 export async function upgradeCommand(
   args: string[],
-  print: (line: string) => void = (l) => process.stdout.write(`${l}\n`),
-  printError: (line: string) => void = (l) => process.stderr.write(`${l}\n`),
+  print: Printer = stdoutLine,
+  printError: Printer = stderrLine,
 ): Promise<number> {
   const [sub, ...rest] = args;
   const json = rest.includes('--json');

@@ -1,13 +1,13 @@
 import test from 'ava';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseDocument } from 'yaml';
 import { runPlan } from '../../../common/exec.ts';
 import { partitionOffset } from '../../../builder/src/seed/into-image.ts';
 import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '../../../qemu/index.ts';
 import { cli } from '../../helpers/cli.ts';
 import { tempDir } from '../../helpers/fixtures.ts';
 import { testImage, type BuiltImage } from '../../helpers/test-image.ts';
+import { freePort, initGuestCluster, until } from '../../helpers/e2e.ts';
 
 // Two QEMU guests from the same test image (Kubernetes layer off), each with its own seed
 // written onto its config partition by `geminik8s seed --into`, on a private L2 between the
@@ -27,16 +27,6 @@ let clusterDir: string;
 const vms: Vm[] = [];
 const shells: GuestShell[] = [];
 
-/** A free TCP port on 127.0.0.1 for the socket link. */
-async function freePort(): Promise<number> {
-  const { createServer } = await import('node:net');
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function nodeDisk(node: string): Promise<string> {
   const out = join(tempDir(`gk-e2e-${node}-`), `${node}.raw`);
@@ -47,35 +37,10 @@ async function nodeDisk(node: string): Promise<string> {
 
 const sql = (shell: GuestShell, query: string): Promise<string> => shell.check(`runuser -u postgres -- ${PG}/psql -XtA -c "${query}"`).then((s) => s.trim());
 
-async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const v = await probe();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    await new Promise((r) => setTimeout(r, 3000));
-  }
-  throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
-}
 
 test.before(async (t) => {
   img = await testImage('test-amd64.yaml', (m) => t.log(m));
-  clusterDir = tempDir('gk-e2e-cluster-');
-  const r = await cli('init', '--name', 'e2e', '--node1-ip', NET.node1, '--node2-ip', NET.node2, '--node1-mac', MAC.node1, '--node2-mac', MAC.node2,
-    '--vip', NET.vip, '--witness', 'none', '--config-dir', clusterDir);
-  if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`);
-  // Timings for guests under TCG, many times slower than hardware: the defaults (check every
-  // second, 800 ms timeout) are meant for real machines.
-  const file = join(clusterDir, 'cluster.yaml');
-  const doc = parseDocument(readFileSync(file, 'utf8'), { version: '1.1' });
-  doc.setIn(['failover'], doc.createNode({ checkInterval: '3s', checkTimeout: '5s', fenceAfter: '20s', promoteAfter: '30s', degradeAfter: '20s' }));
-  writeFileSync(file, doc.toString());
-  const v = await cli('validate', file);
-  if (v.code !== 0) throw new Error(`the e2e cluster.yaml does not validate: ${v.stderr}`);
+  clusterDir = await initGuestCluster('e2e', NET, MAC);
 });
 
 test.after.always(async () => {

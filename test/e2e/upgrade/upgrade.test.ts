@@ -1,13 +1,13 @@
 import test from 'ava';
-import { closeSync, copyFileSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseDocument } from 'yaml';
 import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '../../../qemu/index.ts';
 import { generateKeyPair, signData } from '../../../common/minisign.ts';
 import { indexTar, readBundle } from '../../../common/upgrade/bundle.ts';
 import { cli } from '../../helpers/cli.ts';
 import { tempDir } from '../../helpers/fixtures.ts';
 import { testImage, upgradeBundle, type BuiltBundle, type BuiltImage } from '../../helpers/test-image.ts';
+import { freePort, initGuestCluster, until } from '../../helpers/e2e.ts';
 
 // One QEMU guest from the test image, seeded as the leader of a pair whose follower never comes
 // (the gate passes for a leader whose peer is down). Bundles reach it as read-only virtio disks
@@ -31,17 +31,7 @@ const shells: GuestShell[] = [];
 test.before(async (t) => {
   img = await testImage('test-amd64.yaml', (m) => t.log(m));
   v2 = await upgradeBundle(img, '0.2.0', 'test-amd64.yaml', (m) => t.log(m));
-  clusterDir = tempDir('gk-e2e-upgrade-');
-  const r = await cli('init', '--name', 'upg', '--node1-ip', NET.node1, '--node2-ip', NET.node2, '--node1-mac', MAC, '--node2-mac', '52:54:00:78:00:12',
-    '--vip', NET.vip, '--witness', 'none', '--config-dir', clusterDir);
-  if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`);
-  // TCG guests are many times slower than hardware (as in the cluster suite).
-  const file = join(clusterDir, 'cluster.yaml');
-  const doc = parseDocument(readFileSync(file, 'utf8'), { version: '1.1' });
-  doc.setIn(['failover'], doc.createNode({ checkInterval: '3s', checkTimeout: '5s', fenceAfter: '20s', promoteAfter: '30s', degradeAfter: '20s' }));
-  writeFileSync(file, doc.toString());
-  const v = await cli('validate', file);
-  if (v.code !== 0) throw new Error(`the e2e cluster.yaml does not validate: ${v.stderr}`);
+  clusterDir = await initGuestCluster('upg', NET, { node1: MAC, node2: '52:54:00:78:00:12' });
 });
 
 test.after.always(async () => {
@@ -76,16 +66,6 @@ async function brokenBundles(dir: string): Promise<{ tampered: string; untrusted
   return { tampered, untrusted };
 }
 
-/** A free TCP port on 127.0.0.1 for the (unconnected) socket link the seed's NIC sits on. */
-async function freePort(): Promise<number> {
-  const { createServer } = await import('node:net');
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function seededDisk(): Promise<string> {
   const out = join(tempDir('gk-e2e-upgrade-node1-'), 'node1.raw');
@@ -94,20 +74,6 @@ async function seededDisk(): Promise<string> {
   return out;
 }
 
-async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const v = await probe();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    await new Promise((r) => setTimeout(r, 3000));
-  }
-  throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
-}
 
 /** What a refused bundle must leave alone: the passive slot's first 64 MiB, grubenv, the ESP's slot-b, the upgrade record. */
 const UNTOUCHED = 'head -c 64M /dev/disk/by-partlabel/ROOT_B | sha256sum; sha256sum /boot/efi/grub/grubenv; ls /boot/efi; cat /var/lib/geminik8s/upgrade.json 2>/dev/null || echo no-record';
