@@ -12,7 +12,7 @@ import { createStatePort } from './adapters/state.ts';
 import { createVipPort } from './adapters/vip.ts';
 import { blessDecision, type BlessDecision, type GateInputs } from './bootgate.ts';
 import { bless, describeChanges, readBootState, rebootPlan, type BootState } from './bootslot.ts';
-import { noteTrialFailure, reconcileUpgradeFile, slotVersions, type UpgradeRecord } from './upgrade.ts';
+import { currentBootId, noteTrialFailure, reconcileUpgradeFile, slotVersions, type UpgradeRecord } from './upgrade.ts';
 import type { NodeContext } from './context.ts';
 import { Controller } from './core/controller.ts';
 import type { ControllerSettings, Ports, PromoteRequest } from './core/ports.ts';
@@ -148,7 +148,7 @@ export class Agent {
     const { config } = this.ctx;
     const settings = bootSettings(config);
     const state: BootStatus = await readBootState(settings);
-    const upgrade = await reconcileUpgradeFile(upgradeSettings(config).recordFile, state).catch(() => undefined);
+    const upgrade = await reconcileUpgradeFile(upgradeSettings(config).recordFile, state, await currentBootId(settings)).catch(() => undefined);
     if (upgrade) Object.assign(state, { upgrade, slots: slotVersions(state.booted, config.image.version, upgrade) });
     const previous = this.snapshot.boot;
     if (!previous || previous.state !== state.state || previous.detail !== state.detail) {

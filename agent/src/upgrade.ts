@@ -17,7 +17,7 @@ import { editEnvFile } from './grubenv.ts';
 // check has passed, and the try is armed only after every byte is on disk, so a crash at any
 // point leaves the node booting its current slot.
 
-const UpgradeStateSchema = z.enum(['writing', 'armed', 'blessed', 'fell-back', 'cancelled', 'failed']);
+const UpgradeStateSchema = z.enum(['writing', 'interrupted', 'armed', 'blessed', 'fell-back', 'cancelled', 'failed']);
 
 /** upgrade.json: the last bundle staged on this node, and the bundles that failed here. */
 export const UpgradeRecordSchema = z.strictObject({
@@ -36,6 +36,8 @@ export const UpgradeRecordSchema = z.strictObject({
       armedAt: z.string().optional(),
       /** Why the slot was not blessed: the health gate's last reason before the agent rebooted the try. */
       reason: z.string().optional(),
+      /** The boot the bundle was written in: a `writing` record from another boot was interrupted. */
+      bootId: z.string().optional(),
     })
     .nullable()
     .default(null),
@@ -63,11 +65,15 @@ async function writeUpgradeRecord(file: string, record: UpgradeRecord): Promise<
 }
 
 /**
- * Bring the record up to date with how the armed try ended (pure). A fall-back puts the
- * bundle on the failed list with the reason the health gate last gave.
+ * Bring the record up to date (pure): a write that a restart cut short is `interrupted`, and
+ * the armed try's outcome is taken from the boot state. A fall-back puts the bundle on the
+ * failed list with the reason the health gate last gave.
  */
-export function reconcileUpgrade(record: UpgradeRecord, boot: BootState, now: string): UpgradeRecord {
+export function reconcileUpgrade(record: UpgradeRecord, boot: BootState, now: string, bootId: string): UpgradeRecord {
   const c = record.current;
+  if (c?.state === 'writing' && c.bootId && c.bootId !== bootId) {
+    return { ...record, current: { ...c, state: 'interrupted', at: now, reason: `the node restarted while slot ${c.slot} was being written; the slot was never armed and is not booted` } };
+  }
   const last = boot.last;
   if (!c || c.state !== 'armed' || !last || last.slot !== c.slot || (c.armedAt && last.armedAt && last.armedAt !== c.armedAt)) return record;
   if (last.outcome === 'blessed') return { ...record, current: { ...c, state: 'blessed', at: now } };
@@ -77,6 +83,11 @@ export function reconcileUpgrade(record: UpgradeRecord, boot: BootState, now: st
     current: { ...c, state: 'fell-back', at: now, reason },
     failed: [...record.failed.filter((f) => f.manifestSha256 !== c.manifestSha256), { manifestSha256: c.manifestSha256, version: c.version, reason, at: now }],
   };
+}
+
+/** This boot's id (the kernel's random boot_id). */
+export async function currentBootId(boot: BootSettings): Promise<string> {
+  return (await readFile(boot.bootIdFile, 'utf8').catch(() => '')).trim();
 }
 
 /** Keep the health gate's reason with the armed bundle before the agent reboots a try that did not pass. */
@@ -170,7 +181,8 @@ export async function stageUpgrade(o: StageOptions): Promise<StageResult> {
   const say = o.progress ?? (() => undefined);
   const now = (): string => new Date().toISOString();
   const boot = await readBootState(o.boot);
-  let record = reconcileUpgrade(await readUpgradeRecord(o.upgrade.recordFile), boot, now());
+  const bootId = await currentBootId(o.boot);
+  let record = reconcileUpgrade(await readUpgradeRecord(o.upgrade.recordFile), boot, now(), bootId);
   if (boot.state === 'trying') refuse(`this boot is a try of slot ${boot.booted}, not yet blessed: let it pass its health gate (or fall back) first`);
   if (boot.state === 'unknown' || !boot.booted) refuse(boot.detail);
   const from = boot.booted;
@@ -203,7 +215,7 @@ export async function stageUpgrade(o: StageOptions): Promise<StageResult> {
     say(`withdrawing the try of slot ${boot.trySlot} armed in this boot`);
     await editEnvFile(o.boot.grubEnvFile, { try_slot: '', try_count: '0' });
   }
-  const base = { image: manifest.image, version: manifest.version, manifestSha256: verified.manifestSha256, signer: verified.signer.keyId, slot, fromVersion: running.version };
+  const base = { image: manifest.image, version: manifest.version, manifestSha256: verified.manifestSha256, signer: verified.signer.keyId, slot, fromVersion: running.version, bootId };
   record = { ...record, current: { ...base, state: 'writing', at: now() } };
   await writeUpgradeRecord(o.upgrade.recordFile, record);
 
@@ -248,9 +260,9 @@ export async function stageUpgrade(o: StageOptions): Promise<StageResult> {
 }
 
 /** The upgrade record reconciled with a boot state already read, saved when that changed it. */
-export async function reconcileUpgradeFile(file: string, state: BootState): Promise<UpgradeRecord> {
+export async function reconcileUpgradeFile(file: string, state: BootState, bootId: string): Promise<UpgradeRecord> {
   const before = await readUpgradeRecord(file);
-  const record = reconcileUpgrade(before, state, new Date().toISOString());
+  const record = reconcileUpgrade(before, state, new Date().toISOString(), bootId);
   if (JSON.stringify(record) !== JSON.stringify(before)) await writeUpgradeRecord(file, record);
   return record;
 }
@@ -258,7 +270,7 @@ export async function reconcileUpgradeFile(file: string, state: BootState): Prom
 /** Status of upgrades on this node: the record, reconciled with the boot state. */
 export async function upgradeStatus(upgrade: UpgradeSettings, boot: BootSettings): Promise<{ boot: BootState; record: UpgradeRecord; slots: Record<Slot, string | null> }> {
   const state = await readBootState(boot);
-  const record = await reconcileUpgradeFile(upgrade.recordFile, state);
+  const record = await reconcileUpgradeFile(upgrade.recordFile, state, await currentBootId(boot));
   const running = await loadRunningImage(upgrade.imageManifest).then((r) => r.version, () => null);
   return { boot: state, record, slots: slotVersions(state.booted, running, record) };
 }
@@ -274,7 +286,7 @@ export function slotVersions(booted: Slot | undefined, running: string | null, r
   const c = record.current;
   if (!c) return out;
   const other: Slot = booted === 'A' ? 'B' : 'A';
-  if (c.slot === other && c.state !== 'writing' && c.state !== 'failed') out[other] = c.version;
+  if (c.slot === other && !['writing', 'interrupted', 'failed'].includes(c.state)) out[other] = c.version;
   if (c.slot === booted) out[other] = c.fromVersion;
   return out;
 }

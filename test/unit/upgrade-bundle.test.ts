@@ -301,3 +301,31 @@ test('build options and the image\'s trusted keys: errors name the option, or th
   t.is(v.code, ExitCode.invalidInput);
   t.regex(v.stderr, /upgrade\.from\.0: ">=1\.0" is not a comparator/);
 });
+
+test('a restart while the slot is written leaves the old slot booting, and the record says the write was interrupted', async (t) => {
+  const node = fakeNode();
+  await grubenv(node, 'active_slot=A', 'try_slot=', 'try_count=0');
+  const key = generateKeyPair();
+  trust(node, key);
+  const file = await bundle(node.dir, key);
+  // A missing slot device is refused before anything is written.
+  const missing = await t.throwsAsync(stageUpgrade({ bundle: file, upgrade: { ...node.upgrade, slotDevices: { A: node.slots.A, B: join(node.dir, 'no-such-device') } }, boot: node.boot }));
+  t.regex(missing?.message ?? '', /cannot read slot B's device/);
+  t.is((await readUpgradeRecord(node.upgrade.recordFile)).current, null);
+  // The record as a power cut during the write leaves it: writing, in this boot.
+  await stageUpgrade({ bundle: file, upgrade: node.upgrade, boot: node.boot });
+  const done = await readUpgradeRecord(node.upgrade.recordFile);
+  t.is(done.current?.bootId, readFileSync(join(node.dir, 'boot_id'), 'utf8').trim());
+  writeFileSync(node.upgrade.recordFile, JSON.stringify({ ...done, current: { ...done.current, state: 'writing', armedAt: undefined } }));
+  await grubenv(node, 'try_slot=', 'try_count=0');
+  t.is((await upgradeStatus(node.upgrade, node.boot)).record.current?.state, 'writing', 'still writing in the same boot');
+  writeFileSync(join(node.dir, 'boot_id'), `${randomUUID()}\n`);
+  const after = await upgradeStatus(node.upgrade, node.boot);
+  t.like(after.record.current, { state: 'interrupted', slot: 'B' });
+  t.regex(after.record.current?.reason ?? '', /restarted while slot B was being written; the slot was never armed/);
+  t.is(after.boot.state, 'steady');
+  t.is(after.boot.trySlot, undefined);
+  t.deepEqual(after.slots, { A: '1.0.0', B: null });
+  // Staging again works.
+  t.is((await stageUpgrade({ bundle: file, upgrade: node.upgrade, boot: node.boot })).slot, 'B');
+});
