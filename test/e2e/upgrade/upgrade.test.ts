@@ -78,7 +78,7 @@ async function seededDisk(): Promise<string> {
 /** What a refused bundle must leave alone: the passive slot's first 64 MiB, grubenv, the ESP's slot-b, the upgrade record. */
 const UNTOUCHED = 'head -c 64M /dev/disk/by-partlabel/ROOT_B | sha256sum; sha256sum /boot/efi/grub/grubenv; ls /boot/efi; cat /var/lib/geminik8s/upgrade.json 2>/dev/null || echo no-record';
 
-test.serial('v1 -> v2 on one node: refused bundles write nothing; a signed bundle is staged from a disk, boots as a try on slot B, passes the health gate and is blessed; data survives', async (t) => {
+test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mid-write boots the old slot; a signed bundle staged from a disk boots as a try on slot B, passes the health gate and is blessed; data survives', async (t) => {
   const work = tempDir('gk-e2e-upgrade-bundles-');
   const { tampered, untrusted } = await brokenBundles(work);
   const disk = await seededDisk();
@@ -109,15 +109,30 @@ test.serial('v1 -> v2 on one node: refused bundles write nothing; a signed bundl
       t.is(await shell.check(UNTOUCHED, 5 * 60_000), before, `${serial}: nothing written`);
     }
 
-    const staged = await shell.run(`${AGENT} upgrade stage /dev/disk/by-id/virtio-bundle --json 2>/dev/null`, STAGE_TIMEOUT);
+    // A power cut while slot B is written: the node boots slot A, and the record says so.
+    await shell.check(`(${AGENT} upgrade stage /dev/disk/by-id/virtio-bundle > /root/stage.log 2>&1 &)`);
+    await until('the write of slot B to start', STAGE_TIMEOUT, async () => (/writing root\.img/.test(await shell.check('cat /root/stage.log')) ? true : undefined));
+    shell.close();
+    const cutMark = vm.mark();
+    await vm.reset();
+    await vm.waitFor(READY_MARKER, BOOT_TIMEOUT, { since: cutMark });
+    const s1 = await GuestShell.open(vm.consoleSocket!, SHELL_TIMEOUT);
+    shells.push(s1);
+    t.is((await s1.check('cat /proc/cmdline')).match(/geminik8s\.slot=(\w)/)?.[1], 'A', 'after the cut the node boots slot A');
+    const cut = JSON.parse(await s1.check(`${AGENT} upgrade status --json`)) as { boot: { state: string; trySlot?: string }; upgrade: { current: { state: string; reason?: string } } };
+    t.like(cut, { boot: { state: 'steady' }, upgrade: { current: { state: 'interrupted' } } });
+    t.is(cut.boot.trySlot, undefined, 'no try armed');
+    t.log(`after the power cut: ${cut.upgrade.current.reason}`);
+
+    const staged = await s1.run(`${AGENT} upgrade stage /dev/disk/by-id/virtio-bundle --json 2>/dev/null`, STAGE_TIMEOUT);
     t.is(staged.code, 0, staged.output);
     const result = JSON.parse(staged.output.slice(staged.output.indexOf('{'))) as { slot: string; version: string; runningVersion: string; ms: Record<string, number>; bytes: Record<string, number> };
     t.like(result, { slot: 'B', version: '0.2.0', runningVersion: '0.1.0' });
     t.log(`staged 0.2.0 in guest time: verify ${result.ms.verify} ms, root ${result.ms.root} ms (${result.bytes['root.img']} bytes), kernel+initrd ${result.ms.boot} ms`);
-    t.regex(await shell.check(`${AGENT} slot status`), /try: +B \(3 tries left\)/);
+    t.regex(await s1.check(`${AGENT} slot status`), /try: +B \(3 tries left\)/);
 
     // A hard reset right after staging: everything staged is on disk before the try is armed.
-    shell.close();
+    s1.close();
     const mark = vm.mark();
     const resetAt = Date.now();
     await vm.reset();
