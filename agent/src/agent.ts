@@ -12,6 +12,7 @@ import { createStatePort } from './adapters/state.ts';
 import { createVipPort } from './adapters/vip.ts';
 import { blessDecision, type BlessDecision, type GateInputs } from './bootgate.ts';
 import { bless, describeChanges, readBootState, rebootPlan, type BootState } from './bootslot.ts';
+import { rebootDecision } from './upgradeorder.ts';
 import { currentBootId, noteTrialFailure, reconcileUpgradeFile, slotVersions, type UpgradeRecord } from './upgrade.ts';
 import type { NodeContext } from './context.ts';
 import { Controller } from './core/controller.ts';
@@ -134,6 +135,32 @@ export class Agent {
 
   switchover(): Promise<{ ok: boolean; reason: string; tookMs: number }> {
     return this.controller.switchover();
+  }
+
+  /**
+   * Reboot into the staged slot when the pair allows it (`rebootDecision`): a leader hands over
+   * to its synchronous standby first. The reboot is asked for after the answer has gone out.
+   */
+  async upgradeReboot(): Promise<{ ok: boolean; reason: string; retryable?: boolean; switchedOver: boolean }> {
+    const d = rebootDecision({ role: this.role, boot: this.snapshot.boot, peer: this.snapshot.round?.peer, standbySyncState: this.snapshot.round?.pg.standby?.syncState });
+    if (d.action === 'refuse') {
+      this.log.warn({ event: 'upgrade-reboot', refused: true, reason: d.reason }, `not rebooting into the staged slot: ${d.reason}`);
+      return { ok: false, reason: d.reason, retryable: d.retryable, switchedOver: false };
+    }
+    let switchedOver = false;
+    if (d.action === 'switchover') {
+      const r = await this.controller.switchover();
+      if (!r.ok) return { ok: false, reason: `the switchover before the reboot failed: ${r.reason}`, retryable: true, switchedOver: false };
+      switchedOver = true;
+    }
+    const reason = switchedOver ? `switched over to ${this.ctx.peer.name}; rebooting into slot ${this.snapshot.boot?.trySlot}` : d.reason;
+    if (this.ctx.config.serviceManager !== 'systemd') {
+      this.log.warn({ event: 'upgrade-reboot', reason, skipped: true }, 'would reboot into the staged slot, but services are not managed by systemd here');
+    } else {
+      this.log.warn({ event: 'upgrade-reboot', reason }, `rebooting: ${reason}`);
+      setTimeout(() => void runPlan({ ...rebootPlan(), title: 'reboot into the staged slot' }, { timeoutMs: 60_000 }).catch((err: Error) => this.log.error({ event: 'upgrade-reboot', err: err.message }, 'reboot failed')), 500);
+    }
+    return { ok: true, reason, switchedOver };
   }
 
   promoteOnRequest(req: PromoteRequest): Promise<{ ok: boolean; generation?: number; reason: string }> {

@@ -210,6 +210,16 @@ export function routes(agent: Agent): Record<string, Route> {
         return { status: r.ok ? 200 : 409, body: r };
       },
     },
+    // Reboot into a staged upgrade when the pair allows it (a leader switches over first).
+    '/v1/upgrade/reboot': {
+      method: 'POST', callers: ['admin'], mutating: true,
+      handle: async (req) => {
+        await readJson(req);
+        if (!agent.meta) return notReady()!;
+        const r = await agent.upgradeReboot();
+        return { status: r.ok ? 200 : 409, body: r };
+      },
+    },
     // The switchover handshake between the two agents: never an operator's call.
     '/v1/promote': {
       method: 'POST', callers: ['peer'], mutating: true,

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { parse, stringify } from 'yaml';
 import { Agent } from '../../agent/src/agent.ts';
-import { metricsOf, statusOf } from '../../agent/src/api.ts';
+import { metricsOf, routes, statusOf } from '../../agent/src/api.ts';
 import { blessDecision, gateCheck, type GateInputs } from '../../agent/src/bootgate.ts';
 import { armTry, bless, classifyBoot, readBootState, rebootPlan, slotFromCmdline, type BootState } from '../../agent/src/bootslot.ts';
 import { nodeContext } from '../../agent/src/context.ts';
@@ -596,4 +596,25 @@ test('editEnvFile keeps the size and leaves an unchanged file alone', async (t) 
   const mtime = statSync(file).mtimeMs;
   await editEnvFile(file, { active_slot: 'B' });
   t.is(statSync(file).mtimeMs, mtime);
+});
+
+test('reboot into a staged upgrade: admin only; a follower beside a healthy leader goes (logged, no systemd here), a refusal says why', async (t) => {
+  const n = await fakeNode('A', { active_slot: 'A' });
+  await armTry(n.settings, 'B', 3);
+  const logs: Record<string, unknown>[] = [];
+  const agent = await agentOn(n, logs);
+  t.deepEqual(routes(agent)['/v1/upgrade/reboot']?.callers, ['admin']);
+  t.true(routes(agent)['/v1/upgrade/reboot']?.mutating);
+  agent.meta = { ...agent.meta, role: 'follower' };
+  await agent.bootRound();
+  const peer = { role: 'leader' as const, generation: 3, pgPrimary: true, boot: { state: 'steady', trySlot: null } };
+  agent.snapshot.round = { now: performance.now(), pg: { up: true, inRecovery: true }, peer, peerPg: { ok: true, primary: true }, vipHeld: false };
+  const ok = await agent.upgradeReboot();
+  t.like(ok, { ok: true, switchedOver: false });
+  t.regex(ok.reason, /the peer leads; rebooting into slot B/);
+  t.like(logs.find((l) => l.event === 'upgrade-reboot'), { skipped: true });
+  agent.snapshot.round = { ...agent.snapshot.round, peer: { ...peer, boot: { state: 'trying', trySlot: 'B' } } };
+  const refused = await agent.upgradeReboot();
+  t.like(refused, { ok: false, retryable: true });
+  t.regex(refused.reason, /peer's slot is trying/);
 });

@@ -26,6 +26,8 @@ export function peerViewOf(body: unknown): PeerView | undefined {
   if (pg) view.pgPrimary = pg.role === 'primary';
   const sss = (body as { standbySyncState?: unknown }).standbySyncState;
   if (typeof sss === 'string') view.standbySyncState = sss;
+  const boot = (body as { boot?: { state?: unknown; trySlot?: unknown } | null }).boot;
+  if (boot && typeof boot.state === 'string') view.boot = { state: boot.state, trySlot: typeof boot.trySlot === 'string' ? boot.trySlot : null };
   return view;
 }
 

@@ -80,6 +80,8 @@ export interface PeerView {
   pgPrimary?: boolean;
   /** As a leader: our sync_state in its pg_stat_replication (for the boot health gate). */
   standbySyncState?: string;
+  /** Its A/B boot state, and a try it has armed (for upgrade ordering across the pair). */
+  boot?: { state: string; trySlot: string | null };
 }
 
 export interface PromoteRequest {
