@@ -103,6 +103,11 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
     promotes++;
     return { ok: false, reason: 'test: refused' };
   };
+  let upgradeReboots = 0;
+  agent.upgradeReboot = async () => {
+    upgradeReboots++;
+    return { ok: false, reason: 'test: refused', retryable: true, switchedOver: false };
+  };
   // This test fails authentication on purpose, many times: its own limiter, out of the way.
   const server = await startApi(agent, new AuthLimiter(1000));
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -120,6 +125,7 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
       '/metrics': ['GET', { none: 401, wrong: 401, witness: 401, peer: 200, read: 200, admin: 200 }],
       '/v1/switchover': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
       '/v1/promote': ['POST', { none: 401, wrong: 401, witness: 401, peer: 409, read: 403, admin: 403 }],
+      '/v1/upgrade/reboot': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
     };
     t.deepEqual(Object.keys(matrix).sort(), Object.keys(routes(agent)).sort(), 'the matrix covers every endpoint');
     for (const [path, [method, expect]] of Object.entries(matrix)) {
@@ -137,6 +143,7 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
     t.is((await call('/v1/nope')).status, 404, 'unknown routes are 404 before authentication');
     t.is(switchovers, 1, 'only the admin reached the switchover');
     t.is(promotes, 1, 'only the peer reached the promote handshake');
+    t.is(upgradeReboots, 1, 'only the admin reached the upgrade reboot');
 
     // Bad input: a clear 4xx, and the handler never runs.
     const bad: [string, BodyInit, number, RegExp][] = [
