@@ -61,7 +61,9 @@ export async function readUpgradeRecord(file: string): Promise<UpgradeRecord> {
 }
 
 async function writeUpgradeRecord(file: string, record: UpgradeRecord): Promise<void> {
-  await writeFileAtomic(file, `${JSON.stringify(UpgradeRecordSchema.parse(record), null, 2)}\n`, 0o644);
+  // The directory is synced too: a power cut right after "writing" must still find the record
+  // (the e2e suite's cut came within seconds of the rename, before ext4 committed it).
+  await writeFileAtomic(file, `${JSON.stringify(UpgradeRecordSchema.parse(record), null, 2)}\n`, 0o644, { syncDir: true });
 }
 
 /**
