@@ -25,7 +25,23 @@ export async function writeFileAtomic(path: string, content: string | Uint8Array
     await rm(tmp, { force: true });
     throw err;
   }
-  if (options.syncDir) await syncDirectory(dirname(path));
+  if (options.syncDir) await syncRenamed(path);
+}
+
+/**
+ * Make a rename durable: fsync the file under its new name, then its directory. On vfat (the
+ * ESP) a renamed file's directory entry gets its start cluster and size only when the inode is
+ * written back at its new place: fsync of the directory alone left entries of size 0 pointing
+ * at nothing after a reset (the upgrade e2e suite, grubenv and the slot's kernel).
+ */
+export async function syncRenamed(path: string): Promise<void> {
+  const f = await open(path, 'r');
+  try {
+    await f.sync();
+  } finally {
+    await f.close();
+  }
+  await syncDirectory(dirname(path));
 }
 
 /** fsync a directory, so a rename in it is on disk (vfat orders nothing unless asked). */

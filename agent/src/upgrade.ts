@@ -4,7 +4,7 @@ import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { ExitCode, GeminiError } from '../../common/errors.ts';
-import { deviceSize, syncDirectory, writeFileAtomic } from '../../common/fsutil.ts';
+import { deviceSize, syncDirectory, syncRenamed, writeFileAtomic } from '../../common/fsutil.ts';
 import { parsePublicKey, type MinisignPublicKey } from '../../common/minisign.ts';
 import { slotBootPath } from '../../common/render/paths.ts';
 import type { BootSettings, Slot, UpgradeSettings } from '../../common/schema/agent.ts';
@@ -246,8 +246,8 @@ export async function stageUpgrade(o: StageOptions): Promise<StageResult> {
     const sha = await copyMember(o.bundle, part, tmp, 'wx', 0o644).catch((err: Error) => fail(`writing ${tmp}: ${err.message}`));
     if (sha !== part.sha256) await fail(`${name} changed while it was written`);
     await rename(tmp, final);
+    await syncRenamed(final);
   }
-  await syncDirectory(espDir);
   await syncDirectory(o.upgrade.espMount);
   const bootMs = Math.round(performance.now() - t2);
 
