@@ -1,18 +1,62 @@
+import { readFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { ExitCode, GeminiError } from '../../common/errors.ts';
 import { NODE_PATHS } from '../../common/render/paths.ts';
-import { bootSettings, upgradeSettings } from '../../common/schema/agent.ts';
+import { bootSettings, upgradeSettings, type AgentConfig } from '../../common/schema/agent.ts';
+import { duration } from '../../common/schema/units.ts';
 import { describeChanges } from './bootslot.ts';
-import { loadAgentConfig } from './context.ts';
+import { loadAgentConfig, loadSeedFile } from './context.ts';
+import { runSucJob } from './sucjob.ts';
 import { stageUpgrade, upgradeStatus } from './upgrade.ts';
 import { option, stderrLine, stdoutLine, type Printer } from './args.ts';
 
 export const UPGRADE_USAGE = `usage: geminik8s-agent upgrade stage BUNDLE [--retry] [--json] [--config FILE]
-       geminik8s-agent upgrade status [--json] [--config FILE]`;
+       geminik8s-agent upgrade status [--json] [--config FILE]
+       geminik8s-agent upgrade suc-job BUNDLE [--poll DURATION] [--deadline DURATION] [--config FILE]`;
+
+/** POST /v1/upgrade/reboot to this node's own agent, with the admin token from its seed. */
+async function rebootThroughAgent(config: AgentConfig): Promise<{ ok: boolean; reason: string; retryable?: boolean }> {
+  const seed = await loadSeedFile(config.seedFile);
+  const port = config.listen.port ?? seed.cluster.agent.port;
+  const { tlsCert } = config.listen;
+  const body = '{}';
+  const options = {
+    host: '127.0.0.1', port, method: 'POST', path: '/v1/upgrade/reboot', timeout: 120_000,
+    headers: { authorization: `Bearer ${seed.secrets.adminToken}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+    // Loopback to our own agent: trust exactly its certificate, whatever names it carries.
+    ...(tlsCert ? { ca: readFileSync(tlsCert), checkServerIdentity: () => undefined } : {}),
+  };
+  return new Promise((resolve) => {
+    const req = (tlsCert ? httpsRequest : httpRequest)(options, (res) => {
+      let text = '';
+      res.setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () => {
+        try {
+          const r = JSON.parse(text) as { ok?: boolean; reason?: string; error?: string; retryable?: boolean };
+          resolve({ ok: r.ok === true, reason: r.reason ?? r.error ?? `HTTP ${res.statusCode}`, retryable: r.retryable ?? res.statusCode !== 403 });
+        } catch {
+          resolve({ ok: false, reason: `HTTP ${res.statusCode}: ${text.slice(0, 200)}`, retryable: true });
+        }
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer within 120 s')));
+    req.on('error', (err) => resolve({ ok: false, reason: `the local agent does not answer: ${err.message}`, retryable: true }));
+    req.end(body);
+  });
+}
+
+function durationOption(rest: string[], name: string, fallback: string): number {
+  const text = option(rest, name) ?? fallback;
+  const parsed = duration.safeParse(text);
+  if (!parsed.success || parsed.data <= 0) throw new GeminiError(`${name}: expected a duration such as 10s or 55m, found ${JSON.stringify(text)}`, ExitCode.invalidInput);
+  return parsed.data;
+}
 
 
 /**
- * `upgrade stage|status`: write a verified bundle to the passive slot and arm a try of it
- * (the reboot is left to the caller), or show the last upgrade and its outcome.
+ * `upgrade stage|status|suc-job`: write a verified bundle to the passive slot and arm a try of
+ * it (the reboot is left to the caller), show the last upgrade and its outcome, or run the
+ * System Upgrade Controller job's loop (stage, reboot when the pair allows, wait for the blessing).
  */
 export async function upgradeCommand(
   args: string[],
@@ -21,7 +65,7 @@ export async function upgradeCommand(
 ): Promise<number> {
   const [sub, ...rest] = args;
   const json = rest.includes('--json');
-  if (sub !== 'stage' && sub !== 'status') {
+  if (sub !== 'stage' && sub !== 'status' && sub !== 'suc-job') {
     printError(UPGRADE_USAGE);
     return ExitCode.invalidInput;
   }
@@ -41,10 +85,26 @@ export async function upgradeCommand(
       }
       return ExitCode.ok;
     }
-    const bundle = rest.find((a, i) => !a.startsWith('--') && rest[i - 1] !== '--config');
+    const bundle = rest.find((a, i) => !a.startsWith('--') && !['--config', '--poll', '--deadline'].includes(rest[i - 1] ?? ''));
     if (!bundle) {
       printError(UPGRADE_USAGE);
       return ExitCode.invalidInput;
+    }
+    if (sub === 'suc-job') {
+      const pollMs = durationOption(rest, '--poll', '10s');
+      const deadlineMs = durationOption(rest, '--deadline', '55m');
+      // SUC sets SYSTEM_UPGRADE_NODE_NAME to the node the job was scheduled on.
+      const scheduledOn = process.env.SYSTEM_UPGRADE_NODE_NAME;
+      const node = (await loadSeedFile(config.seedFile)).node;
+      if (scheduledOn && scheduledOn !== node) throw new GeminiError(`SYSTEM_UPGRADE_NODE_NAME is ${scheduledOn}, but this host is ${node}: the job would upgrade the wrong node`, ExitCode.refused);
+      const log = (l: string): void => printError(`suc-job ${node}: ${l}`);
+      log(`plan ${process.env.SYSTEM_UPGRADE_PLAN_NAME ?? '-'} version ${process.env.SYSTEM_UPGRADE_PLAN_LATEST_VERSION ?? '-'}, bundle ${bundle}`);
+      const r = await runSucJob(
+        { bundle, upgrade, boot, pollMs, deadlineMs },
+        { requestReboot: () => rebootThroughAgent(config), sleep: (ms) => new Promise((res) => setTimeout(res, ms)), now: () => Date.now(), log },
+      );
+      (r.exitCode === ExitCode.ok ? print : printError)(`suc-job ${node}: ${r.exitCode === ExitCode.ok ? 'done' : 'failed'}: ${r.reason}`);
+      return r.exitCode;
     }
     const r = await stageUpgrade({ bundle, upgrade, boot, retryFailed: rest.includes('--retry'), progress: json ? undefined : (l) => printError(l) });
     if (json) print(JSON.stringify(r, null, 2));

@@ -14,6 +14,7 @@ import { registerWitness } from './commands/witness.ts';
 import { registerStatus } from './commands/status.ts';
 import { registerFailover } from './commands/failover.ts';
 import { registerKeygen } from './commands/keygen.ts';
+import { registerSucPlan } from './commands/suc.ts';
 import { contextFrom, type CliContext } from './context.ts';
 
 export interface MainIo {
@@ -54,6 +55,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerStatus(program, ctx);
   registerFailover(program, ctx);
   registerKeygen(program, ctx);
+  registerSucPlan(program, ctx);
   registerCompletion(program, ctx);
   for (const cmd of program.commands) cmd.exitOverride().configureOutput({ writeOut: io.stdout, writeErr: io.stderr });
   return program;
