@@ -13,7 +13,7 @@ import { createVipPort } from './adapters/vip.ts';
 import { blessDecision, type BlessDecision, type GateInputs } from './bootgate.ts';
 import { bless, describeChanges, readBootState, rebootPlan, type BootState } from './bootslot.ts';
 import { rebootDecision } from './upgradeorder.ts';
-import { currentBootId, noteTrialFailure, reconcileUpgradeFile, slotVersions, type UpgradeRecord } from './upgrade.ts';
+import { currentBootId, noteTrialFailure, reconcileUpgradeFile, slotVersions, stageRollback, type RollbackResult, type UpgradeRecord } from './upgrade.ts';
 import type { NodeContext } from './context.ts';
 import { Controller } from './core/controller.ts';
 import type { ControllerSettings, Ports, PromoteRequest } from './core/ports.ts';
@@ -142,7 +142,11 @@ export class Agent {
    * to its synchronous standby first. The reboot is asked for after the answer has gone out.
    */
   async upgradeReboot(): Promise<{ ok: boolean; reason: string; retryable?: boolean; switchedOver: boolean }> {
-    const d = rebootDecision({ role: this.role, boot: this.snapshot.boot, peer: this.snapshot.round?.peer, standbySyncState: this.snapshot.round?.pg.standby?.syncState });
+    // Read the boot state now: a try armed a moment ago (stage, then reboot) is not in the
+    // snapshot until the next boot round, and a stale "nothing staged" would be final.
+    const settings = bootSettings(this.ctx.config);
+    const boot = this.snapshot.boot?.state === 'trying' ? this.snapshot.boot : await readBootState(settings, { remember: false }).catch(() => this.snapshot.boot);
+    const d = rebootDecision({ role: this.role, boot, peer: this.snapshot.round?.peer, standbySyncState: this.snapshot.round?.pg.standby?.syncState });
     if (d.action === 'refuse') {
       this.log.warn({ event: 'upgrade-reboot', refused: true, reason: d.reason }, `not rebooting into the staged slot: ${d.reason}`);
       return { ok: false, reason: d.reason, retryable: d.retryable, switchedOver: false };
@@ -153,7 +157,7 @@ export class Agent {
       if (!r.ok) return { ok: false, reason: `the switchover before the reboot failed: ${r.reason}`, retryable: true, switchedOver: false };
       switchedOver = true;
     }
-    const reason = switchedOver ? `switched over to ${this.ctx.peer.name}; rebooting into slot ${this.snapshot.boot?.trySlot}` : d.reason;
+    const reason = switchedOver ? `switched over to ${this.ctx.peer.name}; rebooting into slot ${boot?.trySlot}` : d.reason;
     if (this.ctx.config.serviceManager !== 'systemd') {
       this.log.warn({ event: 'upgrade-reboot', reason, skipped: true }, 'would reboot into the staged slot, but services are not managed by systemd here');
     } else {
@@ -161,6 +165,24 @@ export class Agent {
       setTimeout(() => void runPlan({ ...rebootPlan(), title: 'reboot into the staged slot' }, { timeoutMs: 60_000 }).catch((err: Error) => this.log.error({ event: 'upgrade-reboot', err: err.message }, 'reboot failed')), 500);
     }
     return { ok: true, reason, switchedOver };
+  }
+
+  /**
+   * Roll back to the version the other slot holds (`stageRollback`), then reboot into it under
+   * the same ordering as an upgrade. A refused reboot leaves the try armed: ask again through
+   * /v1/upgrade/reboot.
+   */
+  async upgradeRollback(reason: string): Promise<{ ok: boolean; reason: string; rollback?: RollbackResult; reboot?: Awaited<ReturnType<Agent['upgradeReboot']>> }> {
+    let rollback: RollbackResult;
+    try {
+      rollback = await stageRollback({ upgrade: upgradeSettings(this.ctx.config), boot: bootSettings(this.ctx.config), reason });
+    } catch (err) {
+      this.log.warn({ event: 'upgrade-rollback', refused: true, reason: (err as Error).message }, (err as Error).message);
+      return { ok: false, reason: (err as Error).message };
+    }
+    this.log.warn({ event: 'upgrade-rollback', slot: rollback.slot, version: rollback.version, leaving: rollback.leaving, reason }, `rolling back to ${rollback.version} on slot ${rollback.slot}: ${reason}`);
+    const reboot = await this.upgradeReboot();
+    return { ok: true, reason: `slot ${rollback.slot} (${rollback.version}) armed; ${reboot.ok ? reboot.reason : `the reboot waits: ${reboot.reason}`}`, rollback, reboot };
   }
 
   promoteOnRequest(req: PromoteRequest): Promise<{ ok: boolean; generation?: number; reason: string }> {

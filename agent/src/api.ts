@@ -220,6 +220,19 @@ export function routes(agent: Agent): Record<string, Route> {
         return { status: r.ok ? 200 : 409, body: r };
       },
     },
+    // Back to the version the other slot holds, then the same ordered reboot as an upgrade.
+    '/v1/upgrade/rollback': {
+      method: 'POST', callers: ['admin'], mutating: true,
+      handle: async (req) => {
+        const body = await readJson(req);
+        if (body.reason !== undefined && (typeof body.reason !== 'string' || body.reason.length > 500)) {
+          throw new HttpError(400, `reason: expected a string of at most 500 characters (found ${JSON.stringify(body.reason).slice(0, 60)})`);
+        }
+        if (!agent.meta) return notReady()!;
+        const r = await agent.upgradeRollback((body.reason as string | undefined) || 'no reason given');
+        return { status: r.ok ? 200 : 409, body: r };
+      },
+    },
     // The switchover handshake between the two agents: never an operator's call.
     '/v1/promote': {
       method: 'POST', callers: ['peer'], mutating: true,

@@ -37,7 +37,7 @@ export function sucJobStep(i: SucJobInputs): SucJobStep {
   }
   const failed = i.record.failed.find((f) => f.manifestSha256 === i.target.manifestSha256);
   if (failed) {
-    return { action: 'fail', reason: `${v} fell back on this node at ${failed.at} (${failed.reason}); it is not retried automatically: fix the cause and publish a new version, or stage it by hand with geminik8s-agent upgrade stage --retry` };
+    return { action: 'fail', reason: `${v} failed on this node at ${failed.at} (${failed.reason}); it is not retried automatically: fix the cause and publish a new version, or stage it by hand with geminik8s-agent upgrade stage --retry` };
   }
   if (i.boot.state === 'trying') return { action: 'wait', reason: `this boot is an unblessed try of slot ${i.boot.booted}: waiting for it to bless or fall back` };
   if (i.boot.state === 'unknown') return { action: 'fail', reason: `the boot state is unknown: ${i.boot.detail}` };

@@ -38,6 +38,8 @@ export const UpgradeRecordSchema = z.strictObject({
       reason: z.string().optional(),
       /** The boot the bundle was written in: a `writing` record from another boot was interrupted. */
       bootId: z.string().optional(),
+      /** `rollback`: the operator sent the node back to the version its other slot still holds. */
+      kind: z.enum(['upgrade', 'rollback']).optional(),
     })
     .nullable()
     .default(null),
@@ -81,6 +83,8 @@ export function reconcileUpgrade(record: UpgradeRecord, boot: BootState, now: st
   if (last.outcome === 'blessed') return { ...record, current: { ...c, state: 'blessed', at: now } };
   if (last.outcome === 'cancelled') return { ...record, current: { ...c, state: 'cancelled', at: now } };
   const reason = c.reason ?? `slot ${c.slot} was never blessed: GRUB spent its tries and booted slot ${boot.booted ?? '?'} again (the new slot did not come up, or hung before its agent ran)`;
+  // A rollback that fell back leaves the node on the version it was sent away from; no bundle failed.
+  if (c.kind === 'rollback') return { ...record, current: { ...c, state: 'fell-back', at: now, reason } };
   return {
     current: { ...c, state: 'fell-back', at: now, reason },
     failed: [...record.failed.filter((f) => f.manifestSha256 !== c.manifestSha256), { manifestSha256: c.manifestSha256, version: c.version, reason, at: now }],
@@ -259,6 +263,53 @@ export async function stageUpgrade(o: StageOptions): Promise<StageResult> {
     bytes: { vmlinuz: verified.parts.vmlinuz.size, 'initrd.img': verified.parts['initrd.img'].size, 'root.img': root.size },
     ms: { verify: verifyMs, root: rootMs, boot: bootMs }, arm,
   };
+}
+
+/** What a rollback armed. */
+export interface RollbackResult {
+  slot: Slot;
+  from: Slot;
+  /** The version the node goes back to (what the other slot holds). */
+  version: string;
+  /** The version it leaves, now on the failed list so nothing re-stages it by itself. */
+  leaving: string;
+  arm: BootChange;
+}
+
+/**
+ * Send the node back to the version its other slot still holds: only after an upgrade this
+ * node blessed (so the other slot is the one it ran before, and its kernel and initrd are on
+ * the ESP). The version it leaves goes on the failed list, so an automatic delivery (the SUC
+ * job) does not stage it again; the try of the old slot then passes the same health gate as
+ * an upgrade, and falls back to the current slot if it does not. The reboot is the caller's.
+ */
+export async function stageRollback(o: { upgrade: UpgradeSettings; boot: BootSettings; reason: string }): Promise<RollbackResult> {
+  const now = (): string => new Date().toISOString();
+  const boot = await readBootState(o.boot);
+  const record = reconcileUpgrade(await readUpgradeRecord(o.upgrade.recordFile), boot, now(), await currentBootId(o.boot));
+  const no = (why: string): never => {
+    throw new GeminiError(`rollback refused: ${why}`, ExitCode.refused);
+  };
+  if (boot.state === 'trying') no(`this boot is an unblessed try of slot ${boot.booted}: it falls back by itself if its health gate fails`);
+  if (boot.state === 'unknown' || !boot.booted) no(boot.detail);
+  if (boot.trySlot) no(`a try of slot ${boot.trySlot} is armed: reboot into it, or stage again, before rolling back`);
+  const from = boot.booted!;
+  const slot: Slot = from === 'A' ? 'B' : 'A';
+  const c = record.current;
+  if (!c || c.slot !== from || c.state !== 'blessed') {
+    no(`slot ${slot} holds no version this node ran before the current one (the last upgrade here: ${c ? `${c.version} on slot ${c.slot}, ${c.state}` : 'none'})`);
+  }
+  for (const name of ['vmlinuz', 'initrd.img'] as const) {
+    const file = join(o.upgrade.espMount, slotBootPath(slot, name));
+    await readFile(file).catch(() => no(`${file} is missing: slot ${slot} cannot boot`));
+  }
+  const arm = await armTry(o.boot, slot, o.upgrade.tries);
+  const at = now();
+  await writeUpgradeRecord(o.upgrade.recordFile, {
+    current: { ...c!, kind: 'rollback', version: c!.fromVersion, fromVersion: c!.version, slot, state: 'armed', at, armedAt: arm.after.pending?.at, reason: undefined },
+    failed: [...record.failed.filter((f) => f.manifestSha256 !== c!.manifestSha256), { manifestSha256: c!.manifestSha256, version: c!.version, reason: `rolled back by the operator: ${o.reason}`, at }],
+  });
+  return { slot, from, version: c!.fromVersion, leaving: c!.version, arm };
 }
 
 /** The upgrade record reconciled with a boot state already read, saved when that changed it. */

@@ -606,7 +606,8 @@ test('reboot into a staged upgrade: admin only; a follower beside a healthy lead
   t.deepEqual(routes(agent)['/v1/upgrade/reboot']?.callers, ['admin']);
   t.true(routes(agent)['/v1/upgrade/reboot']?.mutating);
   agent.meta = { ...agent.meta, role: 'follower' };
-  await agent.bootRound();
+  // No boot round since the try was armed: the request reads the boot state itself.
+  t.is(agent.snapshot.boot, undefined);
   const peer = { role: 'leader' as const, generation: 3, pgPrimary: true, boot: { state: 'steady', trySlot: null } };
   agent.snapshot.round = { now: performance.now(), pg: { up: true, inRecovery: true }, peer, peerPg: { ok: true, primary: true }, vipHeld: false };
   const ok = await agent.upgradeReboot();

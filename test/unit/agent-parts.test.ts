@@ -108,6 +108,11 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
     upgradeReboots++;
     return { ok: false, reason: 'test: refused', retryable: true, switchedOver: false };
   };
+  let rollbacks = 0;
+  agent.upgradeRollback = async () => {
+    rollbacks++;
+    return { ok: false, reason: 'test: refused' };
+  };
   // This test fails authentication on purpose, many times: its own limiter, out of the way.
   const server = await startApi(agent, new AuthLimiter(1000));
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -126,6 +131,7 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
       '/v1/switchover': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
       '/v1/promote': ['POST', { none: 401, wrong: 401, witness: 401, peer: 409, read: 403, admin: 403 }],
       '/v1/upgrade/reboot': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
+      '/v1/upgrade/rollback': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
     };
     t.deepEqual(Object.keys(matrix).sort(), Object.keys(routes(agent)).sort(), 'the matrix covers every endpoint');
     for (const [path, [method, expect]] of Object.entries(matrix)) {
@@ -144,6 +150,12 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
     t.is(switchovers, 1, 'only the admin reached the switchover');
     t.is(promotes, 1, 'only the peer reached the promote handshake');
     t.is(upgradeReboots, 1, 'only the admin reached the upgrade reboot');
+    t.is(rollbacks, 1, 'only the admin reached the rollback');
+    const admin = { authorization: `Bearer ${FAKE_SECRETS.adminToken}` };
+    const badReason = await call('/v1/upgrade/rollback', { method: 'POST', headers: admin, body: JSON.stringify({ reason: 42 }) });
+    t.is(badReason.status, 400);
+    t.regex(badReason.body, /reason: expected a string of at most 500 characters \(found 42\)/);
+    t.is(rollbacks, 1, 'a bad reason never reached the rollback');
 
     // Bad input: a clear 4xx, and the handler never runs.
     const bad: [string, BodyInit, number, RegExp][] = [

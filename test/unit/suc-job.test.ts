@@ -30,7 +30,7 @@ test('suc-job step: stage, reboot once armed, wait for the blessing, done; a bun
   t.like(sucJobStep({ target, running: '1.1.0', boot: { ...steady, state: 'trying', booted: 'B' }, record: record() }), { action: 'wait' });
   t.like(sucJobStep({ target, running: '1.1.0', boot: { ...steady, booted: 'B' }, record: record() }), { action: 'done', reason: 'this node runs 1.1.0 on its blessed slot B' });
   const failed = record({ failed: [{ manifestSha256: target.manifestSha256, version: '1.1.0', reason: 'replication is not synchronous', at: '2026-12-01T08:00:00Z' }] });
-  t.regex(sucJobStep({ target, running: '1.0.0', boot: { ...steady, state: 'fell-back' }, record: failed }).reason, /1\.1\.0 fell back on this node at .* \(replication is not synchronous\); it is not retried automatically/);
+  t.regex(sucJobStep({ target, running: '1.0.0', boot: { ...steady, state: 'fell-back' }, record: failed }).reason, /1\.1\.0 failed on this node at .* \(replication is not synchronous\); it is not retried automatically/);
   t.is(sucJobStep({ target, running: '1.0.0', boot: { ...steady, state: 'fell-back' }, record: failed }).action, 'fail');
   t.is(sucJobStep({ target, running: '0.9.0', boot: { ...steady, state: 'trying' }, record: record() }).action, 'wait', 'another try is being assessed');
   t.is(sucJobStep({ target, running: null, boot: { ...steady, state: 'unknown', booted: undefined, detail: 'no grubenv' }, record: record() }).action, 'fail');
@@ -118,7 +118,7 @@ test('suc-job: a bundle that fell back on this node fails the job and writes not
   const again = ports([]);
   const r2 = await runSucJob({ bundle: file, upgrade: node.upgrade, boot: node.boot, pollMs: 1000, deadlineMs: 60_000 }, again.p);
   t.is(r2.exitCode, ExitCode.refused);
-  t.regex(r2.reason, /1\.1\.0 fell back on this node .*the witness does not answer.*not retried automatically/);
+  t.regex(r2.reason, /1\.1\.0 failed on this node .*the witness does not answer.*not retried automatically/);
   t.deepEqual(r2.steps, ['fail']);
   t.is(createHash('sha256').update(readFileSync(node.slots.B)).digest('hex'), before, 'slot B untouched');
 });

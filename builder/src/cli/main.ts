@@ -15,6 +15,7 @@ import { registerStatus } from './commands/status.ts';
 import { registerFailover } from './commands/failover.ts';
 import { registerKeygen } from './commands/keygen.ts';
 import { registerSucPlan } from './commands/suc.ts';
+import { registerRollback } from './commands/rollback.ts';
 import { contextFrom, type CliContext } from './context.ts';
 
 export interface MainIo {
@@ -56,6 +57,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerFailover(program, ctx);
   registerKeygen(program, ctx);
   registerSucPlan(program, ctx);
+  registerRollback(program, ctx);
   registerCompletion(program, ctx);
   for (const cmd of program.commands) cmd.exitOverride().configureOutput({ writeOut: io.stdout, writeErr: io.stderr });
   return program;

@@ -2,7 +2,7 @@ import type { Cluster } from '../../../common/schema/cluster.ts';
 import type { Secrets } from '../../../common/schema/seed.ts';
 
 /** How the CLI reaches an HTTP endpoint (a port: tests and `--watch` use the same code). GET unless told. */
-export type Fetcher = (url: string, init: { method?: 'GET' | 'POST'; headers: Record<string, string>; timeoutMs: number }) => Promise<{ status: number; body: unknown }>;
+export type Fetcher = (url: string, init: { method?: 'GET' | 'POST'; headers: Record<string, string>; body?: string; timeoutMs: number }) => Promise<{ status: number; body: unknown }>;
 
 /** The URL of an endpoint of a node's agent API. */
 export function agentUrl(cluster: Cluster, ip: string, path: string): string {

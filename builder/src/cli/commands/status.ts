@@ -19,7 +19,7 @@ export const HEALTH_EXIT: Record<Health, ExitCodeValue> = { healthy: ExitCode.ok
 
 /** Plain fetch with a deadline; the body as JSON when it is JSON, else its text. */
 export const httpFetcher: Fetcher = async (url, init) => {
-  const res = await fetch(url, { method: init.method ?? 'GET', headers: init.headers, signal: AbortSignal.timeout(init.timeoutMs) });
+  const res = await fetch(url, { method: init.method ?? 'GET', headers: init.headers, body: init.body, signal: AbortSignal.timeout(init.timeoutMs) });
   const text = await res.text();
   let body: unknown = text;
   try {

@@ -1,0 +1,57 @@
+import { Command } from 'commander';
+import { loadCluster, loadSecrets, secretsDirOf } from '../../../../common/config.ts';
+import { ExitCode, GeminiError } from '../../../../common/errors.ts';
+import { registerSecret } from '../../../../common/log.ts';
+import { duration } from '../../../../common/schema/units.ts';
+import { requestRollback, waitForRollback } from '../../ops/rollback.ts';
+import { renderStatusTable } from '../../ops/status.ts';
+import { resolveClusterFile, type CliContext } from '../context.ts';
+import { httpFetcher } from './status.ts';
+
+interface RollbackOptions {
+  cluster?: string;
+  node: string;
+  reason?: string;
+  wait?: boolean;
+  timeout: string;
+  json?: boolean;
+}
+
+export function registerRollback(program: Command, ctx: () => CliContext): void {
+  program
+    .command('rollback')
+    .description('send a node back to the version its other slot holds (after an upgrade it blessed), rebooting when the pair allows')
+    .option('--cluster <file>', 'cluster.yaml (default: --config); its secrets/ hold the admin-token')
+    .requiredOption('--node <name>', 'the node to roll back')
+    .option('--reason <text>', 'why, kept in the node\'s upgrade record (the version left is not re-staged automatically)')
+    .option('--wait', 'ask again while the reboot is refused, and wait until the node runs the old slot blessed and the pair is healthy')
+    .option('--timeout <duration>', 'how long --wait waits', '20m')
+    .option('--json', 'print the result as JSON')
+    .action(async (opts: RollbackOptions) => {
+      const c = ctx();
+      const timeout = duration.safeParse(opts.timeout);
+      if (!timeout.success) throw new GeminiError(`--timeout: expected a duration such as 20m, found ${JSON.stringify(opts.timeout)}`, ExitCode.invalidInput);
+      const clusterFile = resolveClusterFile(opts.cluster, c);
+      const cluster = await loadCluster(clusterFile);
+      if (!cluster.nodes.some((n) => n.name === opts.node)) {
+        throw new GeminiError(`--node: ${JSON.stringify(opts.node)} is not a node of ${clusterFile} (expected ${cluster.nodes.map((n) => n.name).join(' or ')})`, ExitCode.invalidInput);
+      }
+      const secrets = await loadSecrets(secretsDirOf(clusterFile, cluster));
+      for (const s of Object.values(secrets)) registerSecret(s);
+      const r = await requestRollback(cluster, secrets, opts.node, opts.reason ?? 'requested with geminik8s rollback', httpFetcher);
+      if (!r.ok) throw new GeminiError(`${opts.node} did not roll back: ${r.reason}`, ExitCode.refused);
+      c.logger.info(`${opts.node}: ${r.reason}`);
+      let result: { done: boolean; reason: string } | undefined;
+      if (opts.wait) {
+        const w = await waitForRollback(cluster, secrets, opts.node, r.slot!, r.rebooting, httpFetcher, timeout.data, (ms) => new Promise((res) => setTimeout(res, ms)), (l) => c.logger.info(l));
+        result = w;
+        if (!opts.json) c.print(renderStatusTable(w.status));
+        if (!w.done) {
+          if (opts.json) c.print(JSON.stringify({ node: opts.node, ...r, done: false, waited: w.reason }));
+          throw new GeminiError(`${opts.node}: ${w.reason}`, w.reason.startsWith('not done in time') ? ExitCode.timeout : ExitCode.commandFailed);
+        }
+      }
+      if (opts.json) c.print(JSON.stringify({ node: opts.node, ...r, ...(result ? { done: true, waited: result.reason } : {}) }));
+      else c.print(result ? result.reason : `${opts.node} goes back to ${r.version} on slot ${r.slot}${r.rebooting ? ', rebooting now' : '; its reboot waits for the pair (run again with --wait, or POST /v1/upgrade/reboot)'}`);
+    });
+}
