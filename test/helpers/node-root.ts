@@ -33,6 +33,10 @@ export async function assertNodeRoot(t: ExecutionContext, root: string): Promise
   const v = await runPlan({ cmd: 'chroot', args: [root, '/usr/bin/node', '/usr/lib/geminik8s/agent.mjs', '--version'] }, { allowFailure: true });
   t.is(v.exitCode, 0, v.stderr);
   t.is(v.stdout.trim(), JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version);
+  // The same through the command operators and the SUC job use.
+  const w = await runPlan({ cmd: 'chroot', args: [root, '/usr/bin/geminik8s-agent', '--version'] }, { allowFailure: true });
+  t.is(w.exitCode, 0, w.stderr);
+  t.is(w.stdout.trim(), v.stdout.trim());
   const fb = await runPlan({ cmd: 'chroot', args: [root, '/usr/bin/node', '/usr/lib/geminik8s/agent.mjs', 'firstboot', '--config', '/etc/geminik8s/agent.yaml'] }, { allowFailure: true });
   t.is(fb.exitCode, 0, fb.stderr);
   t.regex(fb.stdout, /UNCONFIGURED: .*no geminik8s seed found/);
