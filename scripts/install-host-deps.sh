@@ -16,8 +16,9 @@ PACKAGES=(
   cloud-guest-utils
   # failover harness and comparison
   postgresql iproute2 iptables iputils-arping iputils-ping patroni etcd-server
-  # upgrade bundles: signatures checked against minisign itself
-  minisign
+  # upgrade bundles: signatures checked against minisign itself; the SUC image: busybox
+  # (the layer's shell in the tests), skopeo and a registry to push to on loopback
+  minisign busybox skopeo docker-registry
   # Containerfile path
   docker.io
 )

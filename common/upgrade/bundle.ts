@@ -58,19 +58,20 @@ function octal(value: number, width: number): string {
   return `${value.toString(8).padStart(width - 1, '0')}\0`;
 }
 
-/** A ustar header for a regular file (mode 0644, root:root). */
-export function ustarHeader(name: string, size: number, mtime: number): Buffer {
+/** A ustar header, root:root: a regular file (mode 0644 unless told) or a directory (type 5). */
+export function ustarHeader(name: string, size: number, mtime: number, opts: { mode?: number; type?: '0' | '5' } = {}): Buffer {
   if (Buffer.byteLength(name) > 100) throw new Error(`tar member name too long: ${name}`);
   if (size >= 8 ** 11) throw new Error(`tar member ${name} is too large for ustar (${size} bytes)`);
+  const type = opts.type ?? '0';
   const h = Buffer.alloc(BLOCK);
   h.write(name, 0, 'utf8');
-  h.write(octal(0o644, 8), 100, 'latin1');
+  h.write(octal(opts.mode ?? (type === '5' ? 0o755 : 0o644), 8), 100, 'latin1');
   h.write(octal(0, 8), 108, 'latin1');
   h.write(octal(0, 8), 116, 'latin1');
   h.write(octal(size, 12), 124, 'latin1');
   h.write(octal(mtime, 12), 136, 'latin1');
   h.write('        ', 148, 'latin1');
-  h.write('0', 156, 'latin1');
+  h.write(type, 156, 'latin1');
   h.write('ustar\0', 257, 'latin1');
   h.write('00', 263, 'latin1');
   h.write('root', 265, 'latin1');
@@ -112,7 +113,7 @@ function parseOctal(field: Buffer): number | undefined {
 }
 
 /** List the regular files of a tar (a file, or a block device holding one) with their offsets, reading headers only. */
-export async function indexTar(file: string): Promise<TarMember[]> {
+export async function indexTar(file: string, opts: { skipDirectories?: boolean } = {}): Promise<TarMember[]> {
   const total = await deviceSize(file);
   const handle = await open(file, 'r');
   try {
@@ -130,9 +131,10 @@ export async function indexTar(file: string): Promise<TarMember[]> {
       const size = parseOctal(header.subarray(124, 136));
       const type = String.fromCharCode(header[156]!);
       if (size === undefined) throw bundleError(file, `member ${name}: unreadable size`);
-      if (type !== '0' && type !== '\0') throw bundleError(file, `member ${name}: type ${JSON.stringify(type)}; a bundle holds regular files only`);
+      const directory = type === '5' && opts.skipDirectories;
+      if (type !== '0' && type !== '\0' && !directory) throw bundleError(file, `member ${name}: type ${JSON.stringify(type)}; a bundle holds regular files only`);
       if (pos + BLOCK + size > total) throw bundleError(file, `truncated: member ${name} needs ${size} bytes`);
-      members.push({ name, offset: pos + BLOCK, size });
+      if (!directory) members.push({ name, offset: pos + BLOCK, size });
       pos += BLOCK + size + padding(size).length;
     }
     return members;

@@ -26,6 +26,8 @@ export interface BuildState {
   disk?: DiskState;
   /** write the upgrade bundle */
   upgrade?: { file: string; manifest: BundleManifest; signed: boolean };
+  /** write the OCI image for the System Upgrade Controller */
+  oci?: { file: string; manifestDigest: string };
 }
 
 /** Everything the build steps share; each step reads what earlier steps left here. */

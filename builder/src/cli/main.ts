@@ -16,6 +16,7 @@ import { registerFailover } from './commands/failover.ts';
 import { registerKeygen } from './commands/keygen.ts';
 import { registerSucPlan } from './commands/suc.ts';
 import { registerRollback } from './commands/rollback.ts';
+import { registerPush } from './commands/push.ts';
 import { contextFrom, type CliContext } from './context.ts';
 
 export interface MainIo {
@@ -58,6 +59,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerKeygen(program, ctx);
   registerSucPlan(program, ctx);
   registerRollback(program, ctx);
+  registerPush(program, ctx);
   registerCompletion(program, ctx);
   for (const cmd of program.commands) cmd.exitOverride().configureOutput({ writeOut: io.stdout, writeErr: io.stderr });
   return program;

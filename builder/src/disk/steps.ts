@@ -9,6 +9,7 @@ import type { BuildContext, Step } from '../build/steps.ts';
 import { renderImageFiles } from '../render/index.ts';
 import { sha256File } from '../components/fetch.ts';
 import { rootfsName } from '../rootfs/steps.ts';
+import { writeOciArchive } from '../upgrade/oci.ts';
 import { writeBundle } from '../upgrade/write.ts';
 import { DISK_FORMATS, type OutputFormat } from '../../../common/schema/image.ts';
 import { patchBiosBoot } from './bios.ts';
@@ -275,9 +276,10 @@ export const DISK_STEPS: Step[] = [
   },
   {
     name: 'write the upgrade bundle',
-    skip: (ctx) => (ctx.outputs.includes('upgrade') ? false : 'not among the outputs'),
+    skip: (ctx) => (ctx.outputs.includes('upgrade') || ctx.outputs.includes('oci') ? false : 'not among the outputs'),
     async run(ctx) {
-      const file = join(ctx.outDir, `${rootfsName(ctx)}.upgrade.tar`);
+      // For the OCI image alone, the bundle is only its content: it stays in the scratch space.
+      const file = join(ctx.outputs.includes('upgrade') ? ctx.outDir : ctx.workDir, `${rootfsName(ctx)}.upgrade.tar`);
       const tree = disk(ctx).rootTree!;
       const manifest = await writeBundle(file, {
         image: ctx.image.name, version: ctx.image.version, arch: ctx.image.arch, postgresqlMajor: ctx.image.components.postgresql.major,
@@ -287,7 +289,20 @@ export const DISK_STEPS: Step[] = [
       }, ctx.signKey);
       if (!ctx.signKey) ctx.logger.warn(`${basename(file)} is unsigned: nodes refuse it (sign with --sign-key FILE)`);
       ctx.state.upgrade = { file, manifest, signed: Boolean(ctx.signKey) };
-      await recordOutput(ctx, 'upgrade', file);
+      if (ctx.outputs.includes('upgrade')) await recordOutput(ctx, 'upgrade', file);
+    },
+  },
+  {
+    name: 'write the OCI image for the System Upgrade Controller',
+    skip: (ctx) => (ctx.outputs.includes('oci') ? false : 'not among the outputs'),
+    async run(ctx) {
+      const file = join(ctx.outDir, `${rootfsName(ctx)}.oci.tar`);
+      const r = await writeOciArchive(file, {
+        tree: disk(ctx).rootTree!, bundle: ctx.state.upgrade!.file, image: ctx.image.name, version: ctx.image.version,
+        arch: ctx.image.arch, sourceDateEpoch: ctx.sourceDateEpoch, workDir: ctx.workDir,
+      });
+      ctx.state.oci = { file, manifestDigest: r.manifestDigest };
+      await recordOutput(ctx, 'oci', file);
     },
   },
 ];

@@ -82,7 +82,7 @@ export function registerBuild(program: Command, ctx: () => CliContext): void {
       const image = await loadImage(opts.image);
       const outputs = opts.output ? parseOutputs(opts.output) : image.outputs;
       const signKey = opts.signKey ? await loadSignKey(opts.signKey, opts.signPasswordFile) : undefined;
-      if (signKey && outputs.includes('upgrade') && image.upgrade.trustedKeys.length && !(await trustedKeyIds(image, opts.image)).includes(keyIdHex(signKey.keyId))) {
+      if (signKey && (outputs.includes('upgrade') || outputs.includes('oci')) && image.upgrade.trustedKeys.length && !(await trustedKeyIds(image, opts.image)).includes(keyIdHex(signKey.keyId))) {
         c.logger.warn(`the signing key ${keyIdHex(signKey.keyId)} is not among this image's upgrade.trustedKeys: nodes running it will refuse the next bundle signed with the same key`);
       }
       await mkdir(opts.out, { recursive: true });

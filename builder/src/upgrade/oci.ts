@@ -1,0 +1,204 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { open, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join, posix } from 'node:path';
+import { END_OF_ARCHIVE, indexTar, padding, ustarHeader } from '../../../common/upgrade/bundle.ts';
+import { SUC_IMAGE_PATHS } from '../../../common/upgrade/suc.ts';
+import { elfClosure } from './elf.ts';
+
+// The image the System Upgrade Controller pulls (docs/upgrades.md): one layer holding the
+// bundle, a shell and the job's entrypoint, written as an OCI image layout in one tar
+// (image-spec v1.1: oci-layout, index.json, blobs/sha256/...). The shell is the node root's
+// own busybox with the libraries it loads, so the image has no base to pull and runs on the
+// same architecture as the nodes it upgrades.
+
+export const OCI_MEDIA_TYPES = {
+  index: 'application/vnd.oci.image.index.v1+json',
+  manifest: 'application/vnd.oci.image.manifest.v1+json',
+  config: 'application/vnd.oci.image.config.v1+json',
+  layer: 'application/vnd.oci.image.layer.v1.tar',
+} as const;
+
+/** Where the job copies the bundle on the host (PERSISTENT, so it survives the reboot). */
+export const HOST_INCOMING_DIR = '/var/lib/geminik8s/upgrade/incoming';
+
+/**
+ * The job's entrypoint: copy the bundle under the host's root (unless the same bytes are there
+ * already, as when SUC runs the job again after the reboot), then run the host's agent there.
+ */
+export function sucJobScript(version: string): string {
+  const file = `${HOST_INCOMING_DIR}/${version}.upgrade.tar`;
+  return `#!/bin/busybox sh
+# geminik8s: the System Upgrade Controller job's entrypoint. SUC mounts the host's root at
+# /host; the host's agent verifies the bundle and writes it (geminik8s-agent upgrade suc-job).
+set -eu
+bb=/bin/busybox
+if [ ! -x /host/usr/bin/geminik8s-agent ]; then
+  echo "suc-job: /host/usr/bin/geminik8s-agent is missing: this is not a geminik8s node, or the host's root is not at /host" >&2
+  exit 3
+fi
+$bb mkdir -p "/host${HOST_INCOMING_DIR}"
+if [ ! -f "/host${file}" ] || ! $bb cmp -s ${SUC_IMAGE_PATHS.bundle} "/host${file}"; then
+  $bb cp ${SUC_IMAGE_PATHS.bundle} "/host${file}.tmp"
+  $bb sync
+  $bb mv "/host${file}.tmp" "/host${file}"
+fi
+exec $bb env -u LD_LIBRARY_PATH $bb chroot /host /usr/bin/geminik8s-agent upgrade suc-job "${file}"
+`;
+}
+
+export interface OciInput {
+  /** The node's root tree (for busybox and its libraries). */
+  tree: string;
+  bundle: string;
+  image: string;
+  version: string;
+  arch: 'amd64' | 'arm64';
+  sourceDateEpoch: number;
+  /** Scratch space for the layer before its digest is known. */
+  workDir: string;
+}
+
+export interface OciResult {
+  manifestDigest: string;
+  layerDigest: string;
+  configDigest: string;
+  bytes: number;
+}
+
+interface Writer {
+  put(b: Buffer): Promise<void>;
+}
+
+async function writeMember(w: Writer, name: string, bytes: Buffer, mtime: number, mode?: number): Promise<void> {
+  await w.put(ustarHeader(name, bytes.length, mtime, { mode }));
+  await w.put(bytes);
+  await w.put(padding(bytes.length));
+}
+
+async function writeFileMember(w: Writer, name: string, file: string, mtime: number, mode?: number): Promise<void> {
+  const size = (await stat(file)).size;
+  await w.put(ustarHeader(name, size, mtime, { mode }));
+  for await (const chunk of createReadStream(file, { highWaterMark: 1024 * 1024 }) as AsyncIterable<Buffer>) await w.put(chunk);
+  await w.put(padding(size));
+}
+
+/** Write a tar through a temporary name; `hash` also digests every byte. */
+async function writeTar(out: string, body: (w: Writer) => Promise<void>): Promise<string> {
+  const tmp = join(dirname(out), `.${basename(out)}.tmp-${process.pid}`);
+  const handle = await open(tmp, 'w', 0o644);
+  const hash = createHash('sha256');
+  try {
+    await body({
+      put: async (b) => {
+        hash.update(b);
+        await handle.write(b);
+      },
+    });
+    await handle.write(END_OF_ARCHIVE);
+    hash.update(END_OF_ARCHIVE);
+    await handle.sync();
+    await handle.close();
+    await rename(tmp, out);
+  } catch (err) {
+    await handle.close().catch(() => undefined);
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  return `sha256:${hash.digest('hex')}`;
+}
+
+const json = (v: unknown): Buffer => Buffer.from(JSON.stringify(v));
+
+/** The layer's directories for a set of file paths, parents first. */
+function directoriesOf(paths: string[]): string[] {
+  const dirs = new Set<string>();
+  for (const p of paths) for (let d = posix.dirname(p); d !== '.' && d !== '/'; d = posix.dirname(d)) dirs.add(d);
+  return [...dirs].sort();
+}
+
+/** Write `out`: an OCI image layout tar for the bundle, tagged with its version. */
+export async function writeOciArchive(out: string, input: OciInput): Promise<OciResult> {
+  const mtime = input.sourceDateEpoch;
+  const busybox = await elfClosure(input.tree, '/usr/bin/busybox', input.arch);
+  const script = Buffer.from(sucJobScript(input.version));
+  const files: { at: string; write: (w: Writer) => Promise<void> }[] = [
+    ...busybox.map(({ at, from }) => ({
+      // The program under /bin, where the script's #! looks; the loader and libraries where they are asked for.
+      at: at === '/usr/bin/busybox' ? 'bin/busybox' : at.slice(1),
+      write: (w: Writer) => writeFileMember(w, at === '/usr/bin/busybox' ? 'bin/busybox' : at.slice(1), join(input.tree, from), mtime, 0o755),
+    })),
+    { at: SUC_IMAGE_PATHS.entrypoint.slice(1), write: (w: Writer) => writeMember(w, SUC_IMAGE_PATHS.entrypoint.slice(1), script, mtime, 0o755) },
+    { at: SUC_IMAGE_PATHS.bundle.slice(1), write: (w: Writer) => writeFileMember(w, SUC_IMAGE_PATHS.bundle.slice(1), input.bundle, mtime) },
+  ];
+  const layerFile = join(input.workDir, 'layer.tar');
+  const layerDigest = await writeTar(layerFile, async (w) => {
+    for (const d of directoriesOf(files.map((f) => f.at))) await w.put(ustarHeader(`${d}/`, 0, mtime, { type: '5' }));
+    for (const f of files.sort((a, b) => a.at.localeCompare(b.at))) await f.write(w);
+  });
+  const layerSize = (await stat(layerFile)).size;
+  const created = new Date(mtime * 1000).toISOString();
+  const config = json({
+    created,
+    architecture: input.arch,
+    os: 'linux',
+    config: {
+      Entrypoint: [SUC_IMAGE_PATHS.entrypoint],
+      Env: ['PATH=/bin'],
+      Labels: { 'org.opencontainers.image.title': `${input.image} upgrade`, 'org.opencontainers.image.version': input.version },
+    },
+    rootfs: { type: 'layers', diff_ids: [layerDigest] },
+    history: [{ created, created_by: 'geminik8s build --output oci' }],
+  });
+  const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+  const manifest = json({
+    schemaVersion: 2,
+    mediaType: OCI_MEDIA_TYPES.manifest,
+    config: { mediaType: OCI_MEDIA_TYPES.config, digest: sha(config), size: config.length },
+    layers: [{ mediaType: OCI_MEDIA_TYPES.layer, digest: layerDigest, size: layerSize }],
+    annotations: { 'org.opencontainers.image.version': input.version, 'org.opencontainers.image.created': created },
+  });
+  const index = json({
+    schemaVersion: 2,
+    mediaType: OCI_MEDIA_TYPES.index,
+    manifests: [{
+      mediaType: OCI_MEDIA_TYPES.manifest, digest: sha(manifest), size: manifest.length,
+      platform: { architecture: input.arch, os: 'linux' },
+      annotations: { 'org.opencontainers.image.ref.name': input.version },
+    }],
+  });
+  const blob = (digest: string): string => `blobs/sha256/${digest.slice('sha256:'.length)}`;
+  await writeTar(out, async (w) => {
+    await writeMember(w, 'oci-layout', json({ imageLayoutVersion: '1.0.0' }), mtime);
+    await writeMember(w, 'index.json', index, mtime);
+    for (const d of ['blobs/', 'blobs/sha256/']) await w.put(ustarHeader(d, 0, mtime, { type: '5' }));
+    await writeMember(w, blob(sha(config)), config, mtime);
+    await writeMember(w, blob(sha(manifest)), manifest, mtime);
+    await writeFileMember(w, blob(layerDigest), layerFile, mtime);
+  });
+  await rm(layerFile, { force: true });
+  return { manifestDigest: sha(manifest), layerDigest, configDigest: sha(config), bytes: (await stat(out)).size };
+}
+
+/** The pieces of an OCI layout tar, as `push` reads them. */
+export interface OciArchive {
+  index: { manifests: { mediaType: string; digest: string; size: number; annotations?: Record<string, string> }[] };
+  /** Offsets of the members, by name. */
+  members: Map<string, { offset: number; size: number }>;
+}
+
+/** Read an OCI layout tar's index and where each blob sits (no extraction). */
+export async function readOciArchive(file: string): Promise<OciArchive> {
+  const members = new Map((await indexTar(file, { skipDirectories: true })).map((m) => [m.name, { offset: m.offset, size: m.size }]));
+  const layout = members.get('oci-layout');
+  const idx = members.get('index.json');
+  if (!layout || !idx) throw new Error(`${file}: not an OCI image layout (no oci-layout or index.json)`);
+  const handle = await open(file, 'r');
+  try {
+    const buf = Buffer.alloc(idx.size);
+    await handle.read(buf, 0, idx.size, idx.offset);
+    return { index: JSON.parse(buf.toString('utf8')) as OciArchive['index'], members };
+  } finally {
+    await handle.close();
+  }
+}
