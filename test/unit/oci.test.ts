@@ -57,7 +57,7 @@ test('ELF: the interpreter and DT_NEEDED of the host\'s busybox, and its closure
   await t.throwsAsync(elfClosure(fake, '/usr/bin/busybox', 'amd64'), { message: /\/lib64\/ld-linux-x86-64\.so\.2: \/lib64 does not exist/ });
 });
 
-test('build --output oci: an OCI layout skopeo reads; its layer runs, copies the bundle under /host and hands it to the host agent', async (t) => {
+test('build --output oci: an OCI layout skopeo reads; its layer runs and hands the bundle to the host agent through /proc, copying nothing', async (t) => {
   const { dir, file, bundleFile } = await ociImage();
   const inspect = await runPlan({ cmd: 'skopeo', args: ['inspect', '--config', `oci-archive:${file}`] });
   const config = JSON.parse(inspect.stdout) as { architecture: string; os: string; config: { Entrypoint: string[] } };
@@ -85,29 +85,35 @@ test('build --output oci: an OCI layout skopeo reads; its layer runs, copies the
   t.is(bare.exitCode, 3);
   t.regex(bare.stderr, /\/host\/usr\/bin\/geminik8s-agent is missing/);
 
-  // A host root at /host whose "agent" records how it was called.
+  // A host root at /host whose "agent" records how it was called and what it could read.
+  // Both see the host's PID namespace, through their own /proc, as under SUC (hostPID).
   const host = join(root, 'host');
   await extractLayer(file, host);
   rmSync(join(host, 'geminik8s'), { recursive: true });
-  mkdirSync(join(host, 'usr/bin'), { recursive: true });
-  mkdirSync(join(host, 'var/lib/geminik8s'), { recursive: true });
-  writeFileSync(join(host, 'usr/bin/geminik8s-agent'), '#!/bin/busybox sh\necho "$@" > /var/lib/geminik8s/called\n/bin/busybox env > /var/lib/geminik8s/env\nexit 0\n');
+  for (const d of [join(host, 'usr/bin'), join(host, 'var/lib/geminik8s'), join(root, 'proc'), join(host, 'proc')]) mkdirSync(d, { recursive: true });
+  writeFileSync(join(host, 'usr/bin/geminik8s-agent'), '#!/bin/busybox sh\necho "$@" > /var/lib/geminik8s/called\n/bin/busybox env > /var/lib/geminik8s/env\n/bin/busybox sha256sum < "$3" > /var/lib/geminik8s/bundle.sha256\nexit 0\n');
   chmodSync(join(host, 'usr/bin/geminik8s-agent'), 0o755);
+  for (const p of [join(root, 'proc'), join(host, 'proc')]) {
+    await runPlan({ cmd: 'mount', args: ['-t', 'proc', 'proc', p] });
+    t.teardown(() => runPlan({ cmd: 'umount', args: [p] }, { allowFailure: true }).then(() => undefined));
+  }
   const env = { SYSTEM_UPGRADE_NODE_NAME: 'node1', SYSTEM_UPGRADE_PLAN_NAME: 'geminik8s-os-site-a', SYSTEM_UPGRADE_PLAN_LATEST_VERSION: '1.1.0', LD_LIBRARY_PATH: '/lib/x86_64-linux-gnu' };
   const run = await runPlan({ cmd: 'chroot', args: [root, '/geminik8s/suc-job'], env }, { allowFailure: true });
   t.is(run.exitCode, 0, run.stderr);
-  const incoming = join(host, 'var/lib/geminik8s/upgrade/incoming/1.1.0.upgrade.tar');
-  t.true(readFileSync(incoming).equals(readFileSync(bundleFile)), 'the bundle, byte for byte');
-  t.is(readFileSync(join(host, 'var/lib/geminik8s/called'), 'utf8').trim(), 'upgrade suc-job /var/lib/geminik8s/upgrade/incoming/1.1.0.upgrade.tar');
+  t.regex(readFileSync(join(host, 'var/lib/geminik8s/called'), 'utf8').trim(), /^upgrade suc-job \/proc\/\d+\/root\/geminik8s\/bundle\.tar$/);
+  t.is(readFileSync(join(host, 'var/lib/geminik8s/bundle.sha256'), 'utf8').split(' ')[0], createHash('sha256').update(readFileSync(bundleFile)).digest('hex'), 'the host read the job\'s bundle through /proc, byte for byte');
+  t.false(existsSync(join(host, 'var/lib/geminik8s/upgrade')), 'nothing copied onto the host');
   const seen = readFileSync(join(host, 'var/lib/geminik8s/env'), 'utf8');
   t.regex(seen, /^SYSTEM_UPGRADE_NODE_NAME=node1$/m);
   t.regex(seen, /^SYSTEM_UPGRADE_PLAN_LATEST_VERSION=1\.1\.0$/m);
   t.notRegex(seen, /LD_LIBRARY_PATH/, 'the container\'s library path does not leak into the host\'s agent');
-  // SUC runs the job again after the reboot: the same bytes are not copied again.
-  const mtime = statSync(incoming).mtimeMs;
-  t.is((await runPlan({ cmd: 'chroot', args: [root, '/geminik8s/suc-job'], env }, { allowFailure: true })).exitCode, 0);
-  t.is(statSync(incoming).mtimeMs, mtime);
-  t.false(existsSync(`${incoming}.tmp`));
+  // The agent's exit code is the job's.
+  writeFileSync(join(host, 'usr/bin/geminik8s-agent'), '#!/bin/busybox sh\necho refused >&2\nexit 5\n');
+  t.is((await runPlan({ cmd: 'chroot', args: [root, '/geminik8s/suc-job'], env }, { allowFailure: true })).exitCode, 5);
+  // Outside the host's PID namespace the host could not reach the bundle: refused.
+  const ns = await runPlan({ cmd: 'unshare', args: ['--pid', '--fork', 'chroot', root, '/geminik8s/suc-job'], env }, { allowFailure: true });
+  t.is(ns.exitCode, 3);
+  t.regex(ns.stderr, /not in the host's PID namespace/);
 });
 
 /** Debian's docker-registry (distribution 2.8) on a loopback port, storing under a temp dir. */

@@ -19,31 +19,28 @@ export const OCI_MEDIA_TYPES = {
   layer: 'application/vnd.oci.image.layer.v1.tar',
 } as const;
 
-/** Where the job copies the bundle on the host (PERSISTENT, so it survives the reboot). */
-export const HOST_INCOMING_DIR = '/var/lib/geminik8s/upgrade/incoming';
-
 /**
- * The job's entrypoint: copy the bundle under the host's root (unless the same bytes are there
- * already, as when SUC runs the job again after the reboot), then run the host's agent there.
+ * The job's entrypoint: run the host's agent on the host's root, on the bundle read through
+ * this shell's own root. SUC runs the job with the host's PID namespace, so `/proc/$$/root`
+ * seen from the host is the container's filesystem: nothing is copied, and the shell waits for
+ * the agent, which keeps that root alive.
  */
-export function sucJobScript(version: string): string {
-  const file = `${HOST_INCOMING_DIR}/${version}.upgrade.tar`;
+export function sucJobScript(): string {
   return `#!/bin/busybox sh
 # geminik8s: the System Upgrade Controller job's entrypoint. SUC mounts the host's root at
-# /host; the host's agent verifies the bundle and writes it (geminik8s-agent upgrade suc-job).
-set -eu
+# /host and runs the job in the host's PID namespace; the host's agent verifies the bundle
+# and writes it (geminik8s-agent upgrade suc-job).
 bb=/bin/busybox
 if [ ! -x /host/usr/bin/geminik8s-agent ]; then
   echo "suc-job: /host/usr/bin/geminik8s-agent is missing: this is not a geminik8s node, or the host's root is not at /host" >&2
   exit 3
 fi
-$bb mkdir -p "/host${HOST_INCOMING_DIR}"
-if [ ! -f "/host${file}" ] || ! $bb cmp -s ${SUC_IMAGE_PATHS.bundle} "/host${file}"; then
-  $bb cp ${SUC_IMAGE_PATHS.bundle} "/host${file}.tmp"
-  $bb sync
-  $bb mv "/host${file}.tmp" "/host${file}"
+# Seen from the host, /proc/$$/root must be this job's own root.
+if [ "$($bb stat -L -c %d:%i /geminik8s/suc-job)" != "$($bb stat -L -c %d:%i /host/proc/$$/root/geminik8s/suc-job 2>&1)" ]; then
+  echo "suc-job: not in the host's PID namespace (SUC runs its jobs with hostPID): the host cannot reach this job's files" >&2
+  exit 3
 fi
-exec $bb env -u LD_LIBRARY_PATH $bb chroot /host /usr/bin/geminik8s-agent upgrade suc-job "${file}"
+$bb env -u LD_LIBRARY_PATH $bb chroot /host /usr/bin/geminik8s-agent upgrade suc-job "/proc/$$/root${SUC_IMAGE_PATHS.bundle}"
 `;
 }
 
@@ -121,7 +118,7 @@ function directoriesOf(paths: string[]): string[] {
 export async function writeOciArchive(out: string, input: OciInput): Promise<OciResult> {
   const mtime = input.sourceDateEpoch;
   const busybox = await elfClosure(input.tree, '/usr/bin/busybox', input.arch);
-  const script = Buffer.from(sucJobScript(input.version));
+  const script = Buffer.from(sucJobScript());
   const files: { at: string; write: (w: Writer) => Promise<void> }[] = [
     ...busybox.map(({ at, from }) => ({
       // The program under /bin, where the script's #! looks; the loader and libraries where they are asked for.
