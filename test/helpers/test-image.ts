@@ -73,6 +73,8 @@ export interface BuiltBundle {
   dir: string;
   /** The signed upgrade bundle. */
   bundle: string;
+  /** The same bundle in the image the System Upgrade Controller pulls (`--output oci`). */
+  oci: string;
   /** The minisign key pair that signed it (a test key, kept with the cached bundle). */
   publicKey: string;
   secretKey: string;
@@ -82,14 +84,15 @@ export interface BuiltBundle {
 /**
  * An upgrade bundle of the test image at another `version`: the root re-made from the built
  * image's root tar (`--rootfs tar:`, so os-release and the manifest carry the new version),
- * signed with a test key made by `geminik8s keygen`. Cached beside the image, keyed the same way.
+ * signed with a test key made by `geminik8s keygen`, and the OCI image holding it. Cached
+ * beside the image, keyed the same way.
  */
 export async function upgradeBundle(img: BuiltImage, version: string, file = 'test-amd64.yaml', log: (m: string) => void = () => {}): Promise<BuiltBundle> {
   const name = `${file.replace(/\.yaml$/, '')}-upgrade-${version}`;
   const cacheRoot = join(img.dir, '..');
   const dir = join(cacheRoot, `${name}-${imageKey(join('images', file))}`);
   const base = `test-${version}-amd64`;
-  const out = { dir, bundle: join(dir, `${base}.upgrade.tar`), publicKey: join(dir, 'release.pub'), secretKey: join(dir, 'release.key'), version };
+  const out = { dir, bundle: join(dir, `${base}.upgrade.tar`), oci: join(dir, `${base}.oci.tar`), publicKey: join(dir, 'release.pub'), secretKey: join(dir, 'release.key'), version };
   if (existsSync(join(dir, 'complete'))) {
     log(`using the cached bundle in ${dir}`);
     return out;
@@ -101,7 +104,7 @@ export async function upgradeBundle(img: BuiltImage, version: string, file = 'te
   writeFileSync(definition, readFileSync(join(ROOT, 'images', file), 'utf8').replace(/^version: .*$/m, `version: ${version}`));
   const k = await cli('keygen', '--out', join(dir, 'release'));
   if (k.code !== 0) throw new Error(`keygen failed: ${k.stderr}`);
-  const r = await cli('build', '--image', definition, '--rootfs', `tar:${img.rootfsTar}`, '--output', 'upgrade', '--sign-key', out.secretKey, '--out', dir, '--json');
+  const r = await cli('build', '--image', definition, '--rootfs', `tar:${img.rootfsTar}`, '--output', 'upgrade,oci', '--sign-key', out.secretKey, '--out', dir, '--json');
   if (r.code !== 0) throw new Error(`build of the ${version} bundle failed (${r.code}): ${r.stderr.slice(-4000)}`);
   // The re-made root tar is only an intermediate here.
   rmSync(join(dir, `${base}.rootfs.tar`), { force: true });

@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import test from 'ava';
 import { elfClosure, elfLinking } from '../../builder/src/upgrade/elf.ts';
-import { readOciArchive, writeOciArchive } from '../../builder/src/upgrade/oci.ts';
+import { readOciArchive, readOciImage, writeOciArchive } from '../../builder/src/upgrade/oci.ts';
 import { parseChallenge, parseImageRef, pushOci } from '../../builder/src/upgrade/registry.ts';
 import { runPlan } from '../../common/exec.ts';
 import { generateKeyPair } from '../../common/minisign.ts';
@@ -32,9 +32,7 @@ async function ociImage(): Promise<{ dir: string; file: string; bundleFile: stri
 
 /** The image's one layer, extracted into `into`. */
 async function extractLayer(file: string, into: string): Promise<void> {
-  const archive = await readOciArchive(file);
-  const manifestAt = archive.members.get(`blobs/sha256/${archive.index.manifests[0]!.digest.slice(7)}`)!;
-  const manifest = JSON.parse(readFileSync(file).subarray(manifestAt.offset, manifestAt.offset + manifestAt.size).toString('utf8')) as { layers: { digest: string }[] };
+  const { archive, manifest } = await readOciImage(file);
   const layer = archive.members.get(`blobs/sha256/${manifest.layers[0]!.digest.slice(7)}`)!;
   const layerFile = join(into, '..', `layer-${Math.random().toString(36).slice(2)}.tar`);
   writeFileSync(layerFile, readFileSync(file).subarray(layer.offset, layer.offset + layer.size));

@@ -199,3 +199,25 @@ export async function readOciArchive(file: string): Promise<OciArchive> {
     await handle.close();
   }
 }
+
+/** The one image in an OCI layout tar: its index entry, manifest (parsed and as bytes). */
+export async function readOciImage(file: string): Promise<{
+  archive: OciArchive;
+  entry: OciArchive['index']['manifests'][number];
+  manifest: { mediaType: string; config: { digest: string; size: number }; layers: { mediaType: string; digest: string; size: number }[] };
+  manifestBytes: Buffer;
+}> {
+  const archive = await readOciArchive(file);
+  if (archive.index.manifests.length !== 1) throw new Error(`${file}: expected one image in index.json, found ${archive.index.manifests.length}`);
+  const entry = archive.index.manifests[0]!;
+  const at = archive.members.get(`blobs/sha256/${entry.digest.replace(/^sha256:/, '')}`);
+  if (!at) throw new Error(`${file}: the manifest blob ${entry.digest} is missing`);
+  const handle = await open(file, 'r');
+  try {
+    const manifestBytes = Buffer.alloc(at.size);
+    await handle.read(manifestBytes, 0, at.size, at.offset);
+    return { archive, entry, manifest: JSON.parse(manifestBytes.toString('utf8')) as never, manifestBytes };
+  } finally {
+    await handle.close();
+  }
+}

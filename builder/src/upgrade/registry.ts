@@ -1,9 +1,8 @@
 import { createReadStream } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { ExitCode, GeminiError } from '../../../common/errors.ts';
-import { readOciArchive } from './oci.ts';
+import { readOciImage } from './oci.ts';
 
 // `geminik8s push`: an OCI layout tar to a registry through the distribution API v2
 // (blob existence check, monolithic blob upload, manifest put), with the registry's token
@@ -121,9 +120,9 @@ function fail(what: string, r: Reply): never {
 /** Push the image in an OCI layout tar to `ref` (the tag defaults to the image's version). */
 export async function pushOci(file: string, refText: string, o: PushOptions = {}): Promise<PushResult> {
   const ref = parseImageRef(refText);
-  const archive = await readOciArchive(file);
-  if (archive.index.manifests.length !== 1) throw new GeminiError(`${file}: expected one image in index.json, found ${archive.index.manifests.length}`, ExitCode.invalidInput);
-  const entry = archive.index.manifests[0]!;
+  const { archive, entry, manifest, manifestBytes } = await readOciImage(file).catch((err: Error) => {
+    throw new GeminiError(err.message, ExitCode.invalidInput);
+  });
   const tag = ref.tag ?? entry.annotations?.['org.opencontainers.image.ref.name'];
   if (!tag) throw new GeminiError(`${refText}: no tag given and the image has no org.opencontainers.image.ref.name`, ExitCode.invalidInput);
   const blobMember = (digest: string): { offset: number; size: number } => {
@@ -131,15 +130,6 @@ export async function pushOci(file: string, refText: string, o: PushOptions = {}
     if (!m) throw new GeminiError(`${file}: blob ${digest} is missing`, ExitCode.invalidInput);
     return m;
   };
-  const manifestMember = blobMember(entry.digest);
-  const handle = await open(file, 'r');
-  const manifestBytes = Buffer.alloc(manifestMember.size);
-  try {
-    await handle.read(manifestBytes, 0, manifestMember.size, manifestMember.offset);
-  } finally {
-    await handle.close();
-  }
-  const manifest = JSON.parse(manifestBytes.toString('utf8')) as { mediaType: string; config: { digest: string; size: number }; layers: { digest: string; size: number }[] };
   const reg = new Registry(`${o.plainHttp ? 'http' : 'https'}://${ref.registry}`, ref.repository, o);
   const say = o.progress ?? (() => undefined);
   const blobs: PushResult['blobs'] = [];

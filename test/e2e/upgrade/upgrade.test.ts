@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '../../../qemu/index.ts';
 import { generateKeyPair, signData } from '../../../common/minisign.ts';
 import { indexTar, readBundle } from '../../../common/upgrade/bundle.ts';
+import { readOciImage } from '../../../builder/src/upgrade/oci.ts';
 import { cli } from '../../helpers/cli.ts';
 import { tempDir } from '../../helpers/fixtures.ts';
 import { testImage, upgradeBundle, type BuiltBundle, type BuiltImage } from '../../helpers/test-image.ts';
@@ -86,7 +87,7 @@ test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mi
   const vm = await bootVm({
     arch: 'amd64', firmware: 'bios', image: disk, format: 'raw', write: true, console: true, name: 'upgrade-node1',
     serialLog: join(logDir, 'node1.log'), networks: [{ kind: 'socket', listen: await freePort(), mac: MAC }],
-    drives: [{ path: v2.bundle, serial: 'bundle' }, { path: tampered, serial: 'bundle-tampered' }, { path: untrusted, serial: 'bundle-untrusted' }],
+    drives: [{ path: v2.bundle, serial: 'bundle' }, { path: tampered, serial: 'bundle-tampered' }, { path: untrusted, serial: 'bundle-untrusted' }, { path: v2.oci, serial: 'suc-image' }],
   });
   vms.push(vm);
   t.log(`serial log ${join(logDir, 'node1.log')}`);
@@ -124,12 +125,29 @@ test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mi
     t.is(cut.boot.trySlot, undefined, 'no try armed');
     t.log(`after the power cut: ${cut.upgrade.current.reason}`);
 
-    const staged = await s1.run(`${AGENT} upgrade stage /dev/disk/by-id/virtio-bundle --json 2>/dev/null`, STAGE_TIMEOUT);
-    t.is(staged.code, 0, staged.output);
-    const result = JSON.parse(staged.output.slice(staged.output.indexOf('{'))) as { slot: string; version: string; runningVersion: string; ms: Record<string, number>; bytes: Record<string, number> };
-    t.like(result, { slot: 'B', version: '0.2.0', runningVersion: '0.1.0' });
-    t.log(`staged 0.2.0 in guest time: verify ${result.ms.verify} ms, root ${result.ms.root} ms (${result.bytes['root.img']} bytes), kernel+initrd ${result.ms.boot} ms`);
+    // Staged the System Upgrade Controller's way: its job's image (build --output oci), run as
+    // SUC runs it (the host's root at /host, the host's PID namespace, SYSTEM_UPGRADE_* set),
+    // hands the bundle to the host's agent, which writes it and then asks to reboot. This pair's
+    // follower never comes, so the agent refuses the reboot (retryably) and the job keeps asking.
+    const { manifest } = await readOciImage(v2.oci);
+    const layer = manifest.layers[0]!.digest.replace(/^sha256:/, '');
+    await s1.check(`mkdir -p /run/suc && mount -t tmpfs -o size=700m suc /run/suc && tar -xOf /dev/disk/by-id/virtio-suc-image blobs/sha256/${layer} | tar -x -C /run/suc && mkdir /run/suc/host`, STAGE_TIMEOUT);
+    const sucEnv = 'SYSTEM_UPGRADE_NODE_NAME=node1 SYSTEM_UPGRADE_PLAN_NAME=geminik8s-os-upg SYSTEM_UPGRADE_PLAN_LATEST_VERSION=0.2.0';
+    const sucJob = `unshare -m sh -c 'mount --rbind / /run/suc/host && exec env ${sucEnv} chroot /run/suc /geminik8s/suc-job'`;
+    await s1.check(`(${sucJob} > /root/suc-job.log 2>&1; echo "exit $?" >> /root/suc-job.log) &`);
+    const jobLog = await until('the SUC job to stage the bundle and ask for the reboot', STAGE_TIMEOUT, async () => {
+      const l = await s1.check('cat /root/suc-job.log');
+      if (/^exit \d+$/m.test(l)) throw new Error(`the SUC job ended: ${l}`);
+      return /not yet: the peer does not answer/.test(l) ? l : undefined;
+    });
+    const staged = /staged 0\.2\.0 on slot B \(verify (\d+) ms, root (\d+) ms, kernel and initrd (\d+) ms\)/.exec(jobLog);
+    t.truthy(staged, jobLog);
+    t.regex(jobLog, /suc-job node1: plan geminik8s-os-upg version 0\.2\.0, bundle \/proc\/\d+\/root\/geminik8s\/bundle\.tar/);
+    t.log(`staged 0.2.0 by the SUC job in guest time: verify ${staged![1]} ms, root ${staged![2]} ms, kernel+initrd ${staged![3]} ms`);
+    const armed = JSON.parse(await s1.check(`${AGENT} upgrade status --json`)) as { upgrade: { current: { state: string; version: string; slot: string } } };
+    t.like(armed.upgrade.current, { state: 'armed', version: '0.2.0', slot: 'B' });
     t.regex(await s1.check(`${AGENT} slot status`), /try: +B \(3 tries left\)/);
+    await s1.check("pkill -f 'upgrade suc-job' || true");
 
     // A hard reset right after staging: everything staged is on disk before the try is armed.
     s1.close();
@@ -155,6 +173,10 @@ test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mi
     t.is(slots.trySlot, undefined);
     t.is((await s2.check(`runuser -u postgres -- ${PG}/psql -XtA -c "select v from upgrade_probe"`)).trim(), 'written on 0.1.0');
     t.is((await s2.check(`runuser -u postgres -- ${PG}/psql -XtA -c "select pg_is_in_recovery()"`)).trim(), 'f');
+    // SUC runs the job again once the node is back: it finds 0.2.0 blessed and completes.
+    const rerun = await s2.run(`mkdir -p /run/suc && mount -t tmpfs -o size=700m suc /run/suc && tar -xOf /dev/disk/by-id/virtio-suc-image blobs/sha256/${layer} | tar -x -C /run/suc && mkdir /run/suc/host && ${sucJob}`, STAGE_TIMEOUT);
+    t.is(rerun.code, 0, rerun.output);
+    t.regex(rerun.output, /suc-job node1: done: this node runs 0\.2\.0 on its blessed slot B/);
     // The same bundle again: 0.2.0 does not upgrade from 0.2.0; nothing is written.
     const same = await s2.run(`${AGENT} upgrade stage /dev/disk/by-id/virtio-bundle`, STAGE_TIMEOUT);
     t.is(same.code, 5);
