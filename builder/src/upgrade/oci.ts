@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { open, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join, posix } from 'node:path';
-import { END_OF_ARCHIVE, indexTar, padding, ustarHeader } from '../../../common/upgrade/bundle.ts';
+import { open, rm, stat } from 'node:fs/promises';
+import { join, posix } from 'node:path';
+import { indexTar, ustarHeader } from '../../../common/upgrade/bundle.ts';
 import { SUC_IMAGE_PATHS } from '../../../common/upgrade/suc.ts';
 import { elfClosure } from './elf.ts';
+import { writeFileMember, writeMember, writeTar, type TarWriter } from './tar.ts';
 
 // The image the System Upgrade Controller pulls (docs/upgrades.md): one layer holding the
 // bundle, a shell and the job's entrypoint, written as an OCI image layout in one tar
@@ -63,48 +63,6 @@ export interface OciResult {
   bytes: number;
 }
 
-interface Writer {
-  put(b: Buffer): Promise<void>;
-}
-
-async function writeMember(w: Writer, name: string, bytes: Buffer, mtime: number, mode?: number): Promise<void> {
-  await w.put(ustarHeader(name, bytes.length, mtime, { mode }));
-  await w.put(bytes);
-  await w.put(padding(bytes.length));
-}
-
-async function writeFileMember(w: Writer, name: string, file: string, mtime: number, mode?: number): Promise<void> {
-  const size = (await stat(file)).size;
-  await w.put(ustarHeader(name, size, mtime, { mode }));
-  for await (const chunk of createReadStream(file, { highWaterMark: 1024 * 1024 }) as AsyncIterable<Buffer>) await w.put(chunk);
-  await w.put(padding(size));
-}
-
-/** Write a tar through a temporary name; `hash` also digests every byte. */
-async function writeTar(out: string, body: (w: Writer) => Promise<void>): Promise<string> {
-  const tmp = join(dirname(out), `.${basename(out)}.tmp-${process.pid}`);
-  const handle = await open(tmp, 'w', 0o644);
-  const hash = createHash('sha256');
-  try {
-    await body({
-      put: async (b) => {
-        hash.update(b);
-        await handle.write(b);
-      },
-    });
-    await handle.write(END_OF_ARCHIVE);
-    hash.update(END_OF_ARCHIVE);
-    await handle.sync();
-    await handle.close();
-    await rename(tmp, out);
-  } catch (err) {
-    await handle.close().catch(() => undefined);
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  return `sha256:${hash.digest('hex')}`;
-}
-
 const json = (v: unknown): Buffer => Buffer.from(JSON.stringify(v));
 
 /** The layer's directories for a set of file paths, parents first. */
@@ -119,14 +77,14 @@ export async function writeOciArchive(out: string, input: OciInput): Promise<Oci
   const mtime = input.sourceDateEpoch;
   const busybox = await elfClosure(input.tree, '/usr/bin/busybox', input.arch);
   const script = Buffer.from(sucJobScript());
-  const files: { at: string; write: (w: Writer) => Promise<void> }[] = [
+  const files: { at: string; write: (w: TarWriter) => Promise<void> }[] = [
     ...busybox.map(({ at, from }) => ({
       // The program under /bin, where the script's #! looks; the loader and libraries where they are asked for.
       at: at === '/usr/bin/busybox' ? 'bin/busybox' : at.slice(1),
-      write: (w: Writer) => writeFileMember(w, at === '/usr/bin/busybox' ? 'bin/busybox' : at.slice(1), join(input.tree, from), mtime, 0o755),
+      write: (w: TarWriter) => writeFileMember(w, at === '/usr/bin/busybox' ? 'bin/busybox' : at.slice(1), join(input.tree, from), mtime, 0o755),
     })),
-    { at: SUC_IMAGE_PATHS.entrypoint.slice(1), write: (w: Writer) => writeMember(w, SUC_IMAGE_PATHS.entrypoint.slice(1), script, mtime, 0o755) },
-    { at: SUC_IMAGE_PATHS.bundle.slice(1), write: (w: Writer) => writeFileMember(w, SUC_IMAGE_PATHS.bundle.slice(1), input.bundle, mtime) },
+    { at: SUC_IMAGE_PATHS.entrypoint.slice(1), write: (w: TarWriter) => writeMember(w, SUC_IMAGE_PATHS.entrypoint.slice(1), script, mtime, 0o755) },
+    { at: SUC_IMAGE_PATHS.bundle.slice(1), write: (w: TarWriter) => writeFileMember(w, SUC_IMAGE_PATHS.bundle.slice(1), input.bundle, mtime) },
   ];
   const layerFile = join(input.workDir, 'layer.tar');
   const layerDigest = await writeTar(layerFile, async (w) => {

@@ -1,11 +1,8 @@
-import { createReadStream } from 'node:fs';
-import { open, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { stat } from 'node:fs/promises';
 import { signData, defaultTrustedComment, type MinisignSecretKey } from '../../../common/minisign.ts';
 import { sha256File } from '../components/fetch.ts';
-import {
-  BUNDLE_KIND, BundleManifestSchema, END_OF_ARCHIVE, MANIFEST_NAME, padding, PART_NAMES, SIGNATURE_NAME, ustarHeader, type BundleManifest, type PartName,
-} from '../../../common/upgrade/bundle.ts';
+import { BUNDLE_KIND, BundleManifestSchema, MANIFEST_NAME, PART_NAMES, SIGNATURE_NAME, type BundleManifest, type PartName } from '../../../common/upgrade/bundle.ts';
+import { writeFileMember, writeMember, writeTar } from './tar.ts';
 import { API_VERSION } from '../../../common/schema/image.ts';
 
 /** What the bundle describes; the parts' sizes and hashes are measured here. */
@@ -42,35 +39,13 @@ export async function writeBundle(out: string, input: BundleInput, key?: Minisig
   const manifest = await bundleManifest(input);
   const manifestBytes = Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);
   const mtime = input.sourceDateEpoch;
-  const tmp = join(dirname(out), `.${basename(out)}.tmp-${process.pid}`);
-  const handle = await open(tmp, 'w', 0o644);
-  try {
-    const put = async (b: Buffer): Promise<void> => {
-      await handle.write(b);
-    };
-    const member = async (name: string, bytes: Buffer): Promise<void> => {
-      await put(ustarHeader(name, bytes.length, mtime));
-      await put(bytes);
-      await put(padding(bytes.length));
-    };
-    await member(MANIFEST_NAME, manifestBytes);
+  await writeTar(out, async (t) => {
+    await writeMember(t, MANIFEST_NAME, manifestBytes, mtime);
     if (key) {
       const comment = `${defaultTrustedComment(MANIFEST_NAME, input.sourceDateEpoch)}\tgeminik8s:${manifest.image}-${manifest.version}-${manifest.arch}`;
-      await member(SIGNATURE_NAME, Buffer.from(signData(key, manifestBytes, comment)));
+      await writeMember(t, SIGNATURE_NAME, Buffer.from(signData(key, manifestBytes, comment)), mtime);
     }
-    for (const p of manifest.parts) {
-      await put(ustarHeader(p.name, p.bytes, mtime));
-      for await (const chunk of createReadStream(input.parts[p.name], { highWaterMark: 1024 * 1024 }) as AsyncIterable<Buffer>) await put(chunk);
-      await put(padding(p.bytes));
-    }
-    await put(END_OF_ARCHIVE);
-    await handle.sync();
-    await handle.close();
-    await rename(tmp, out);
-  } catch (err) {
-    await handle.close().catch(() => undefined);
-    await rm(tmp, { force: true });
-    throw err;
-  }
+    for (const p of manifest.parts) await writeFileMember(t, p.name, input.parts[p.name], mtime);
+  });
   return manifest;
 }
