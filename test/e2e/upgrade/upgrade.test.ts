@@ -134,7 +134,7 @@ test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mi
     await s1.check(`mkdir -p /run/suc && mount -t tmpfs -o size=700m suc /run/suc && tar -xOf /dev/disk/by-id/virtio-suc-image blobs/sha256/${layer} | tar -x -C /run/suc && mkdir /run/suc/host`, STAGE_TIMEOUT);
     const sucEnv = 'SYSTEM_UPGRADE_NODE_NAME=node1 SYSTEM_UPGRADE_PLAN_NAME=geminik8s-os-upg SYSTEM_UPGRADE_PLAN_LATEST_VERSION=0.2.0';
     const sucJob = `unshare -m sh -c 'mount --rbind / /run/suc/host && exec env ${sucEnv} chroot /run/suc /geminik8s/suc-job'`;
-    await s1.check(`(${sucJob} > /root/suc-job.log 2>&1; echo "exit $?" >> /root/suc-job.log) &`);
+    await s1.check(`( (${sucJob} > /root/suc-job.log 2>&1; echo "exit $?" >> /root/suc-job.log) & )`);
     const jobLog = await until('the SUC job to stage the bundle and ask for the reboot', STAGE_TIMEOUT, async () => {
       const l = await s1.check('cat /root/suc-job.log');
       if (/^exit \d+$/m.test(l)) throw new Error(`the SUC job ended: ${l}`);
