@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, relative } from 'node:path';
 import { runPlan } from '../../common/exec.ts';
@@ -12,6 +12,27 @@ const INPUTS = ['overlays', 'templates', 'agent/src', 'agent/build.ts', 'builder
 function* files(path: string): Generator<string> {
   if (statSync(path).isDirectory()) for (const n of readdirSync(path).sort()) yield* files(join(path, n));
   else yield path;
+}
+
+/**
+ * Remove older builds of `name` (`<name>-<16 hex key>` exactly, so an image's prune never takes
+ * its bundles) that no run has used for three hours: a run of another source tree on the same
+ * machine may be using its own entry right now.
+ */
+function pruneStale(cacheRoot: string, name: string, keep: string): void {
+  if (!existsSync(cacheRoot)) return;
+  const entry = new RegExp(`^${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}-[0-9a-f]{16}$`);
+  for (const n of readdirSync(cacheRoot).filter((x) => entry.test(x) && join(cacheRoot, x) !== keep)) {
+    const marker = join(cacheRoot, n, 'complete');
+    const used = existsSync(marker) ? statSync(marker).mtimeMs : statSync(join(cacheRoot, n)).mtimeMs;
+    if (Date.now() - used > 3 * 3600_000) rmSync(join(cacheRoot, n), { recursive: true, force: true });
+  }
+}
+
+/** Mark a cache entry as used now (pruneStale keeps what was used recently). */
+function touchUsed(dir: string): void {
+  const now = new Date();
+  utimesSync(join(dir, 'complete'), now, now);
 }
 
 /** A key over the image definition and every source file the build reads. */
@@ -46,7 +67,7 @@ export async function testImage(file = 'test-amd64.yaml', log: (m: string) => vo
   let buildSeconds = 0;
   if (!existsSync(join(dir, 'complete'))) {
     // Older builds of the same definition are stale: keep the disk from filling up.
-    if (existsSync(cacheRoot)) for (const old of readdirSync(cacheRoot).filter((n) => n.startsWith(`${name}-`))) rmSync(join(cacheRoot, old), { recursive: true, force: true });
+    pruneStale(cacheRoot, name, dir);
     mkdirSync(dir, { recursive: true });
     log(`building ${imageFile} into ${dir}`);
     const started = Date.now();
@@ -56,6 +77,7 @@ export async function testImage(file = 'test-amd64.yaml', log: (m: string) => vo
     writeFileSync(join(dir, 'complete'), `${new Date().toISOString()}\n`);
   } else {
     log(`using the cached build in ${dir}`);
+    touchUsed(dir);
   }
   const reportFile = readdirSync(dir).find((n) => n.endsWith('.report.json'))!;
   const base = join(dir, reportFile.replace(/\.report\.json$/, ''));
@@ -95,9 +117,10 @@ export async function upgradeBundle(img: BuiltImage, version: string, file = 'te
   const out = { dir, bundle: join(dir, `${base}.upgrade.tar`), oci: join(dir, `${base}.oci.tar`), publicKey: join(dir, 'release.pub'), secretKey: join(dir, 'release.key'), version };
   if (existsSync(join(dir, 'complete'))) {
     log(`using the cached bundle in ${dir}`);
+    touchUsed(dir);
     return out;
   }
-  for (const old of readdirSync(cacheRoot).filter((n) => n.startsWith(`${name}-`))) rmSync(join(cacheRoot, old), { recursive: true, force: true });
+  pruneStale(cacheRoot, name, dir);
   mkdirSync(dir, { recursive: true });
   log(`building the ${version} upgrade bundle into ${dir}`);
   const definition = join(dir, `${name}.yaml`);
