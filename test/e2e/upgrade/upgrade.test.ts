@@ -79,7 +79,7 @@ async function seededDisk(): Promise<string> {
 /** What a refused bundle must leave alone: the passive slot's first 64 MiB, grubenv, the ESP's slot-b, the upgrade record. */
 const UNTOUCHED = 'head -c 64M /dev/disk/by-partlabel/ROOT_B | sha256sum; sha256sum /boot/efi/grub/grubenv; ls /boot/efi; cat /var/lib/geminik8s/upgrade.json 2>/dev/null || echo no-record';
 
-test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mid-write boots the old slot; a signed bundle staged from a disk boots as a try on slot B, passes the health gate and is blessed; data survives', async (t) => {
+test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mid-write boots the old slot; the SUC job\'s image stages the signed bundle, the try of slot B passes the health gate and is blessed, the job\'s re-run completes; a manual rollback returns to 0.1.0 and the job does not write 0.2.0 again; data survives', async (t) => {
   const work = tempDir('gk-e2e-upgrade-bundles-');
   const { tampered, untrusted } = await brokenBundles(work);
   const disk = await seededDisk();
@@ -181,6 +181,39 @@ test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mi
     const same = await s2.run(`${AGENT} upgrade stage /dev/disk/by-id/virtio-bundle`, STAGE_TIMEOUT);
     t.is(same.code, 5);
     t.regex(same.output, /upgrades from <0\.2\.0; this node runs 0\.2\.0/);
+
+    // The operator rolls back to 0.1.0 through the agent's API (the admin token from the node's
+    // seed, never leaving the guest). With no follower the agent arms slot A but refuses the
+    // reboot; a hard reset stands in for it. The try of A is blessed like an upgrade's.
+    const rollbackJs = `const s = require('fs').readFileSync('/var/lib/geminik8s/seed.yaml', 'utf8');
+const token = /adminToken: *['"]?([^'"\\s]+)/.exec(s)[1];
+fetch('http://127.0.0.1:7443/v1/upgrade/rollback', { method: 'POST', headers: { authorization: 'Bearer ' + token, 'content-type': 'application/json' }, body: JSON.stringify({ reason: 'e2e: back to 0.1.0' }) })
+  .then(async (r) => { console.log(r.status, await r.text()); process.exit(r.status === 200 ? 0 : 1); }, (e) => { console.error(e); process.exit(2); });`;
+    const rb = await s2.run(`echo ${Buffer.from(rollbackJs).toString('base64')} | base64 -d > /root/rollback.js && node /root/rollback.js`, STAGE_TIMEOUT);
+    t.is(rb.code, 0, rb.output);
+    t.regex(rb.output, /slot A \(0\.1\.0\) armed; the reboot waits: the peer does not answer/);
+    const armedBack = JSON.parse(await s2.check(`${AGENT} upgrade status --json`)) as { boot: { trySlot?: string }; upgrade: { current: Record<string, unknown>; failed: { version: string; reason: string }[] } };
+    t.like(armedBack.upgrade.current, { kind: 'rollback', state: 'armed', slot: 'A', version: '0.1.0' });
+    t.is(armedBack.boot.trySlot, 'A');
+    s2.close();
+    const rbMark = vm.mark();
+    await vm.reset();
+    await vm.waitFor(READY_MARKER, BOOT_TIMEOUT, { since: rbMark });
+    const s3 = await GuestShell.open(vm.consoleSocket!, SHELL_TIMEOUT);
+    shells.push(s3);
+    t.is((await s3.check('cat /proc/cmdline')).match(/geminik8s\.slot=(\w)/)?.[1], 'A', 'the rollback boots slot A');
+    t.regex(await s3.check('. /etc/os-release; echo "$IMAGE_VERSION"'), /^0\.1\.0$/m);
+    const back = await until('slot A to be blessed again', BLESS_TIMEOUT, async () => {
+      const s = JSON.parse(await s3.check(`${AGENT} upgrade status --json`)) as { boot: { state: string }; upgrade: { current: { state: string; kind?: string; version: string } | null; failed: { version: string; reason: string }[] } };
+      return s.upgrade.current?.state === 'blessed' ? s : undefined;
+    });
+    t.like(back.upgrade.current, { kind: 'rollback', version: '0.1.0' });
+    t.like(back.upgrade.failed.find((f) => f.version === '0.2.0'), { reason: 'rolled back by the operator: e2e: back to 0.1.0' });
+    t.is((await s3.check(`runuser -u postgres -- ${PG}/psql -XtA -c "select v from upgrade_probe"`)).trim(), 'written on 0.1.0');
+    // SUC runs the job again (say, the Plan was re-applied): 0.2.0 is not written again, the job fails with the reason.
+    const noLoop = await s3.run(`mkdir -p /run/suc && mount -t tmpfs -o size=700m suc /run/suc && tar -xOf /dev/disk/by-id/virtio-suc-image blobs/sha256/${layer} | tar -x -C /run/suc && mkdir /run/suc/host && ${sucJob}`, STAGE_TIMEOUT);
+    t.is(noLoop.code, 5, noLoop.output);
+    t.regex(noLoop.output, /0\.2\.0 failed on this node .*rolled back by the operator/);
   } catch (err) {
     const s = shells.at(-1);
     if (s) t.log((await s.run('journalctl -b -u geminik8s-agent --no-pager -o cat | tail -n 60').catch(() => ({ output: '(no journal)' }))).output);
