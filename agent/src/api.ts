@@ -278,9 +278,12 @@ export function startApi(agent: Agent, limiter = new AuthLimiter()): Promise<Ser
     if (req.method !== route.method) return send(405, { error: `${path} accepts ${route.method} only` }, 'application/json', { allow: route.method });
     let caller: Caller | 'anyone' | 'nobody' = route.callers.length > 0 ? 'nobody' : 'anyone';
     let status = 500;
+    let reply: { body: unknown; type?: string } = { body: { error: 'internal error' } };
+    // The answer goes out after the audit entry is written: a caller never sees the result of
+    // a call the trail does not hold yet.
     const answer = (code: number, body: unknown, type?: string): void => {
       status = code;
-      send(code, body, type);
+      reply = { body, type };
     };
     try {
       if (route.callers.length > 0) {
@@ -310,6 +313,7 @@ export function startApi(agent: Agent, limiter = new AuthLimiter()): Promise<Ser
         agent.log.info({ event: 'audit', ...entry }, `audit: ${entry.what} by ${caller} from ${addr} -> ${status}`);
         await audit(auditFile, entry).catch((err: Error) => agent.log.error({ event: 'audit', err: err.message }, 'could not append to the audit log'));
       }
+      send(status, reply.body, reply.type);
     }
   };
   const { tlsCert, tlsKey, host } = ctx.config.listen;

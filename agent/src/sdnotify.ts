@@ -4,10 +4,11 @@ import { runPlan } from '../../common/exec.ts';
  * Tell systemd about readiness and liveness. Node has no unix datagram sockets, so the
  * message goes through `systemd-notify` with our PID (NotifyAccess=main needs --pid).
  */
-export async function sdNotify(state: string, timeoutMs = 10_000): Promise<boolean> {
-  if (!process.env.NOTIFY_SOCKET) return false;
+export async function sdNotify(state: string, opts: { socket?: string; timeoutMs?: number } = {}): Promise<boolean> {
+  const socket = opts.socket ?? process.env.NOTIFY_SOCKET;
+  if (!socket) return false;
   const args = [`--pid=${process.pid}`, ...state.split('\n').filter(Boolean)];
-  const r = await runPlan({ cmd: 'systemd-notify', args }, { allowFailure: true, timeoutMs });
+  const r = await runPlan({ cmd: 'systemd-notify', args, env: { NOTIFY_SOCKET: socket } }, { allowFailure: true, timeoutMs: opts.timeoutMs ?? 10_000 });
   return r.exitCode === 0;
 }
 

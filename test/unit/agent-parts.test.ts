@@ -276,18 +276,17 @@ test('sd_notify reaches the socket systemd gives us, with READY=1 and our PID', 
   const dir = tempDir();
   const sock = join(dir, 'notify.sock');
   const out = join(dir, 'got.txt');
-  // A tiny stand-in for systemd's notification socket: one datagram, written to a file.
-  const py = `import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nopen(sys.argv[2],'wb').write(s.recv(4096))\n`;
+  // A tiny stand-in for systemd's notification socket: one datagram, written to a file. Then it
+  // takes systemd-notify's BARRIER=1 (its passed fd is closed on receipt, which releases the
+  // barrier); leaving before it made systemd-notify fail with "Failed to invoke barrier".
+  const py = `import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nopen(sys.argv[2],'wb').write(s.recv(4096))\ns.settimeout(5)\ntry:\n  s.recv(4096)\nexcept OSError:\n  pass\n`;
   const listener = spawnPlan({ cmd: 'python3', args: ['-c', py, sock, out] });
   // Python's start-up alone can take seconds while the rest of the fast tier loads the machine.
   for (let i = 0; i < 400 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
   t.true(existsSync(sock), 'the stand-in notification socket is bound');
-  process.env.NOTIFY_SOCKET = sock;
-  try {
-    t.true(await sdNotify('READY=1\nSTATUS=role leader'));
-  } finally {
-    delete process.env.NOTIFY_SOCKET;
-  }
+  // The socket is handed over, not put in process.env: a PostgreSQL another test starts
+  // meanwhile would inherit NOTIFY_SOCKET and send its own READY=1 to the stand-in.
+  t.true(await sdNotify('READY=1\nSTATUS=role leader', { socket: sock }));
   await listener.exited;
   const got = readFileSync(out, 'utf8');
   t.regex(got, /READY=1/);
