@@ -1,6 +1,5 @@
-import { createHash } from 'node:crypto';
 import { ExitCode, GeminiError, type ExitCodeValue } from '../../common/errors.ts';
-import { readBundle } from '../../common/upgrade/bundle.ts';
+import { manifestDigest, readBundle } from '../../common/upgrade/bundle.ts';
 import type { BootSettings, UpgradeSettings } from '../../common/schema/agent.ts';
 import type { BootState } from './bootslot.ts';
 import { stageUpgrade, upgradeStatus, type UpgradeRecord } from './upgrade.ts';
@@ -75,7 +74,7 @@ export interface SucJobResult {
 /** Run the job's loop until the node is done, the job must fail, or the deadline passes. */
 export async function runSucJob(o: SucJobOptions, ports: SucJobPorts): Promise<SucJobResult> {
   const { manifest, manifestBytes } = await readBundle(o.bundle);
-  const target = { version: manifest.version, manifestSha256: createHash('sha256').update(manifestBytes).digest('hex') };
+  const target = { version: manifest.version, manifestSha256: manifestDigest(manifestBytes) };
   const start = ports.now();
   const steps: SucJobStep['action'][] = [];
   let rebootAsked = false;

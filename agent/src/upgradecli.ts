@@ -4,6 +4,7 @@ import { request as httpsRequest } from 'node:https';
 import { ExitCode, GeminiError } from '../../common/errors.ts';
 import { NODE_PATHS } from '../../common/render/paths.ts';
 import { bootSettings, upgradeSettings, type AgentConfig } from '../../common/schema/agent.ts';
+import type { NodeSeed } from '../../common/schema/seed.ts';
 import { duration } from '../../common/schema/units.ts';
 import { describeChanges } from './bootslot.ts';
 import { loadAgentConfig, loadSeedFile } from './context.ts';
@@ -16,8 +17,7 @@ export const UPGRADE_USAGE = `usage: geminik8s-agent upgrade stage BUNDLE [--ret
        geminik8s-agent upgrade suc-job BUNDLE [--poll DURATION] [--deadline DURATION] [--config FILE]`;
 
 /** POST /v1/upgrade/reboot to this node's own agent, with the admin token from its seed. */
-async function rebootThroughAgent(config: AgentConfig): Promise<{ ok: boolean; reason: string; retryable?: boolean }> {
-  const seed = await loadSeedFile(config.seedFile);
+async function rebootThroughAgent(config: AgentConfig, seed: NodeSeed): Promise<{ ok: boolean; reason: string; retryable?: boolean }> {
   const port = config.listen.port ?? seed.cluster.agent.port;
   const { tlsCert } = config.listen;
   const body = '{}';
@@ -95,13 +95,15 @@ export async function upgradeCommand(
       const deadlineMs = durationOption(rest, '--deadline', '55m');
       // SUC sets SYSTEM_UPGRADE_NODE_NAME to the node the job was scheduled on.
       const scheduledOn = process.env.SYSTEM_UPGRADE_NODE_NAME;
-      const node = (await loadSeedFile(config.seedFile)).node;
+      // Read once: the job asks its agent again every poll while the reboot is refused.
+      const seed = await loadSeedFile(config.seedFile);
+      const { node } = seed;
       if (scheduledOn && scheduledOn !== node) throw new GeminiError(`SYSTEM_UPGRADE_NODE_NAME is ${scheduledOn}, but this host is ${node}: the job would upgrade the wrong node`, ExitCode.refused);
       const log = (l: string): void => printError(`suc-job ${node}: ${l}`);
       log(`plan ${process.env.SYSTEM_UPGRADE_PLAN_NAME ?? '-'} version ${process.env.SYSTEM_UPGRADE_PLAN_LATEST_VERSION ?? '-'}, bundle ${bundle}`);
       const r = await runSucJob(
         { bundle, upgrade, boot, pollMs, deadlineMs },
-        { requestReboot: () => rebootThroughAgent(config), sleep: (ms) => new Promise((res) => setTimeout(res, ms)), now: () => Date.now(), log },
+        { requestReboot: () => rebootThroughAgent(config, seed), sleep: (ms) => new Promise((res) => setTimeout(res, ms)), now: () => Date.now(), log },
       );
       (r.exitCode === ExitCode.ok ? print : printError)(`suc-job ${node}: ${r.exitCode === ExitCode.ok ? 'done' : 'failed'}: ${r.reason}`);
       return r.exitCode;

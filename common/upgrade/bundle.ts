@@ -222,6 +222,11 @@ export function mismatch(manifest: BundleManifest, running: RunningImage): strin
  * the manifest against the running image, and every part against its sha256 (one full read).
  * Throws GeminiError (exit `refused`) with the reason.
  */
+/** How a node names a bundle (its failed list, its record): the sha256 of the manifest's bytes. */
+export function manifestDigest(manifestBytes: Buffer): string {
+  return createHash('sha256').update(manifestBytes).digest('hex');
+}
+
 export async function verifyBundle(file: string, trusted: MinisignPublicKey[], running: RunningImage): Promise<VerifiedBundle> {
   const { members, manifestBytes, manifest, signature } = await readBundle(file);
   if (signature === undefined) throw bundleError(file, `unsigned (no ${SIGNATURE_NAME}); sign it with geminik8s build --sign-key`);
@@ -239,5 +244,5 @@ export async function verifyBundle(file: string, trusted: MinisignPublicKey[], r
     parts[p.name] = { ...m, sha256 };
   }
   for (const name of PART_NAMES) if (!parts[name]) throw bundleError(file, `the manifest does not list ${name}`);
-  return { file, manifest, manifestSha256: createHash('sha256').update(manifestBytes).digest('hex'), signer, parts };
+  return { file, manifest, manifestSha256: manifestDigest(manifestBytes), signer, parts };
 }

@@ -31,16 +31,22 @@ export interface SucPlanOptions {
 
 export const SUC_DEFAULTS = { namespace: 'system-upgrade', serviceAccount: 'system-upgrade', deadlineSeconds: 3600 } as const;
 
-// Docker reference grammar (distribution/reference): [host[:port]/]path-component(/path-component)*
-const HOST = '(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)';
+// Docker reference grammar (distribution/reference), shared with `geminik8s push`:
+// [host[:port]/]path-component(/path-component)*[:tag]
+/** A registry host with an optional port. */
+export const REGISTRY_HOST = '(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)';
 const COMPONENT = '[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*';
-const NAME_RE = new RegExp(`^(?:${HOST}/)?${COMPONENT}(?:/${COMPONENT})*$`);
-const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
+/** A repository path: lowercase components separated by "/". */
+export const REPOSITORY_PATH = `${COMPONENT}(?:/${COMPONENT})*`;
+/** An image tag. */
+export const IMAGE_TAG = '[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}';
+const NAME_RE = new RegExp(`^(?:${REGISTRY_HOST}/)?${REPOSITORY_PATH}$`);
+const TAG_RE = new RegExp(`^${IMAGE_TAG}$`);
 
 /** Check the options as one batch; every problem is returned with the option it concerns. */
 export function checkSucOptions(o: SucPlanOptions): ValidationIssue[] {
   const issues: ValidationIssue[] = [];
-  if (/@sha256:|@/.test(o.image)) {
+  if (o.image.includes('@')) {
     issues.push({ file: 'command line', path: '--image', message: 'must not carry a digest: SUC appends the plan version as the tag', found: o.image, expected: 'a repository such as registry.example:5000/geminik8s/edge' });
   } else if (!NAME_RE.test(o.image)) {
     const tagged = /^(.*\/)?[^/:]+:[^/]+$/.test(o.image) && NAME_RE.test(o.image.replace(/:[^/:]+$/, ''));

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { writeBundle, type BundleInput } from '../../builder/src/upgrade/write.ts';
 import { runPlan } from '../../common/exec.ts';
-import { encodePublicKey, type MinisignSecretKey } from '../../common/minisign.ts';
+import { encodePublicKey, generateKeyPair, type MinisignSecretKey } from '../../common/minisign.ts';
 import { AgentConfigSchema, bootSettings, upgradeSettings } from '../../common/schema/agent.ts';
 import { tempDir } from './fixtures.ts';
 
@@ -63,3 +63,12 @@ export async function bundle(dir: string, key: MinisignSecretKey | undefined, ov
   return out;
 }
 
+
+/** A node running slot A with no try armed, trusting a fresh key, and a 1.1.0 bundle signed by it. */
+export async function nodeWithBundle(): Promise<{ node: ReturnType<typeof fakeNode>; key: MinisignSecretKey; file: string }> {
+  const node = fakeNode();
+  await grubenv(node, 'active_slot=A', 'try_slot=', 'try_count=0');
+  const key = generateKeyPair();
+  trust(node, key);
+  return { node, key, file: await bundle(node.dir, key) };
+}

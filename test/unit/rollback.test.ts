@@ -7,10 +7,9 @@ import { sucJobStep } from '../../agent/src/sucjob.ts';
 import { noteTrialFailure, stageRollback, stageUpgrade, upgradeStatus } from '../../agent/src/upgrade.ts';
 import { requestRollback, waitForRollback } from '../../builder/src/ops/rollback.ts';
 import type { Fetcher } from '../../builder/src/ops/status.ts';
-import { generateKeyPair } from '../../common/minisign.ts';
 import { cli } from '../helpers/cli.ts';
 import { CLUSTER_FIXTURE, FAKE_SECRETS, loadFixtureCluster } from '../helpers/fixtures.ts';
-import { bundle, fakeNode, grubenv, trust } from '../helpers/upgrade-node.ts';
+import { fakeNode, grubenv, nodeWithBundle } from '../helpers/upgrade-node.ts';
 
 type Node = ReturnType<typeof fakeNode>;
 
@@ -25,11 +24,7 @@ async function bootInto(node: Node, slot: 'A' | 'B', version: string, ...env: st
 
 /** A node that ran 1.0.0 on A, then upgraded to 1.1.0 on B and blessed it. */
 async function upgradedNode(): Promise<{ node: Node; file: string }> {
-  const node = fakeNode();
-  await grubenv(node, 'active_slot=A', 'try_slot=', 'try_count=0');
-  const key = generateKeyPair();
-  trust(node, key);
-  const file = await bundle(node.dir, key);
+  const { node, file } = await nodeWithBundle();
   await stageUpgrade({ bundle: file, upgrade: node.upgrade, boot: node.boot });
   await bootInto(node, 'B', '1.1.0', 'try_count=2');
   await bless(node.boot);

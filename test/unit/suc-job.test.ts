@@ -9,11 +9,10 @@ import { runSucJob, sucJobStep, type SucJobInputs, type SucJobPorts } from '../.
 import { noteTrialFailure, UpgradeRecordSchema } from '../../agent/src/upgrade.ts';
 import { upgradeCommand } from '../../agent/src/upgradecli.ts';
 import { ExitCode } from '../../common/errors.ts';
-import { generateKeyPair } from '../../common/minisign.ts';
 import { stringify } from 'yaml';
 import { cli } from '../helpers/cli.ts';
 import { tempDir } from '../helpers/fixtures.ts';
-import { bundle, fakeNode, grubenv, trust } from '../helpers/upgrade-node.ts';
+import { grubenv, nodeWithBundle } from '../helpers/upgrade-node.ts';
 
 const target = { version: '1.1.0', manifestSha256: 'f'.repeat(64) };
 const record = (over: Partial<SucJobInputs['record']> = {}): SucJobInputs['record'] => ({ ...UpgradeRecordSchema.parse({}), ...over });
@@ -59,11 +58,7 @@ function ports(answers: { ok: boolean; reason: string; retryable?: boolean }[], 
 }
 
 test('suc-job on a node: stages the bundle, waits while the agent refuses, asks once, and after the reboot waits for the blessing', async (t) => {
-  const node = fakeNode();
-  await grubenv(node, 'active_slot=A', 'try_slot=', 'try_count=0');
-  const key = generateKeyPair();
-  trust(node, key);
-  const file = await bundle(node.dir, key);
+  const { node, file } = await nodeWithBundle();
   const opts = { bundle: file, upgrade: node.upgrade, boot: node.boot, pollMs: 10_000, deadlineMs: 600_000 };
 
   // First run: the peer is upgrading, then the agent agrees (the reboot would end the process).
@@ -96,11 +91,7 @@ test('suc-job on a node: stages the bundle, waits while the agent refuses, asks 
 });
 
 test('suc-job: a bundle that fell back on this node fails the job and writes nothing; a non-retryable refusal fails too', async (t) => {
-  const node = fakeNode();
-  await grubenv(node, 'active_slot=A', 'try_slot=', 'try_count=0');
-  const key = generateKeyPair();
-  trust(node, key);
-  const file = await bundle(node.dir, key);
+  const { node, file } = await nodeWithBundle();
   const p = ports([{ ok: false, reason: 'this boot is itself an unblessed try of slot B', retryable: false }]);
   const r = await runSucJob({ bundle: file, upgrade: node.upgrade, boot: node.boot, pollMs: 1000, deadlineMs: 60_000 }, p.p);
   t.is(r.exitCode, ExitCode.refused);
@@ -124,11 +115,7 @@ test('suc-job: a bundle that fell back on this node fails the job and writes not
 });
 
 test.serial('suc-job command: asks its own agent over loopback with the admin token from the seed; refuses another node\'s job; bad durations exit 2', async (t) => {
-  const node = fakeNode();
-  await grubenv(node, 'active_slot=A', 'try_slot=', 'try_count=0');
-  const key = generateKeyPair();
-  trust(node, key);
-  const file = await bundle(node.dir, key);
+  const { node, file } = await nodeWithBundle();
   const dir = tempDir();
   t.is((await cli('init', '--name', 'site-a', '--node1-ip', '192.168.10.11', '--node2-ip', '192.168.10.12', '--vip', '192.168.10.50', '--gateway', '192.168.10.1', '--config-dir', dir)).code, 0);
   t.is((await cli('seed', '--cluster', join(dir, 'cluster.yaml'), '--node', 'node1', '--out', join(dir, 'seed'))).code, 0);

@@ -1,6 +1,6 @@
 import type { Cluster } from '../../../common/schema/cluster.ts';
 import type { Secrets } from '../../../common/schema/seed.ts';
-import { agentUrl, collectStatus, type ClusterStatus, type Fetcher } from './status.ts';
+import { agentAnswer, agentUrl, collectStatus, type ClusterStatus, type Fetcher } from './status.ts';
 
 /** What a planned switchover to `to` would do, or why it may not (pure). */
 export interface FailoverPlan {
@@ -41,10 +41,8 @@ export async function requestSwitchover(cluster: Cluster, secrets: Secrets, lead
   const node = cluster.nodes.find((n) => n.name === leader)!;
   // The agent waits 5 s for catch-up and 10 s for the peer's answer, then asks the witness.
   const r = await fetcher(agentUrl(cluster, node.ip, '/v1/switchover'), { method: 'POST', headers: { authorization: `Bearer ${secrets.adminToken}` }, timeoutMs: 60_000 });
-  // A body that is not JSON is the reason itself.
-  const b = (typeof r.body === 'string' ? { error: r.body } : (r.body ?? {})) as { ok?: unknown; reason?: unknown; tookMs?: unknown; error?: unknown };
-  const reason = typeof b.reason === 'string' ? b.reason : typeof b.error === 'string' ? b.error : `HTTP ${r.status}`;
-  return { ok: r.status === 200 && b.ok === true, reason, ...(typeof b.tookMs === 'number' ? { tookMs: b.tookMs } : {}) };
+  const { ok, reason, body } = agentAnswer(r);
+  return { ok, reason, ...(typeof body.tookMs === 'number' ? { tookMs: body.tookMs } : {}) };
 }
 
 /** Poll until `to` leads a healthy pair, or the deadline passes; the last status either way. */

@@ -1,6 +1,6 @@
 import type { Cluster } from '../../../common/schema/cluster.ts';
 import type { Secrets } from '../../../common/schema/seed.ts';
-import { agentUrl, collectStatus, type ClusterStatus, type Fetcher } from './status.ts';
+import { agentAnswer, agentUrl, collectStatus, type ClusterStatus, type Fetcher } from './status.ts';
 
 /** The agent's answer to POST /v1/upgrade/rollback. */
 export interface RollbackAnswer {
@@ -14,17 +14,6 @@ export interface RollbackAnswer {
   rebooting: boolean;
 }
 
-type Body = { ok?: unknown; reason?: unknown; error?: unknown; rollback?: { slot?: unknown; version?: unknown; leaving?: unknown }; reboot?: { ok?: unknown } };
-
-function bodyOf(r: { status: number; body: unknown }): Body {
-  return (typeof r.body === 'string' ? { error: r.body } : (r.body ?? {})) as Body;
-}
-
-function reasonOf(r: { status: number; body: unknown }): string {
-  const b = bodyOf(r);
-  return typeof b.reason === 'string' ? b.reason : typeof b.error === 'string' ? b.error : `HTTP ${r.status}`;
-}
-
 const nodeOf = (cluster: Cluster, name: string) => cluster.nodes.find((n) => n.name === name)!;
 
 /** Ask `node`'s agent to roll back to its other slot (admin-token). */
@@ -32,15 +21,16 @@ export async function requestRollback(cluster: Cluster, secrets: Secrets, node: 
   const url = agentUrl(cluster, nodeOf(cluster, node).ip, '/v1/upgrade/rollback');
   // A leader switches over before it reboots: that can take the switchover's own deadlines.
   const r = await fetcher(url, { method: 'POST', headers: { authorization: `Bearer ${secrets.adminToken}`, 'content-type': 'application/json' }, body: JSON.stringify({ reason }), timeoutMs: 60_000 });
-  const b = bodyOf(r);
-  const rb = b.rollback ?? {};
+  const answer = agentAnswer(r);
+  const { body } = answer;
+  const rb = (body.rollback ?? {}) as { slot?: unknown; version?: unknown; leaving?: unknown };
   return {
-    ok: r.status === 200 && b.ok === true,
-    reason: reasonOf(r),
+    ok: answer.ok,
+    reason: answer.reason,
     ...(typeof rb.slot === 'string' ? { slot: rb.slot } : {}),
     ...(typeof rb.version === 'string' ? { version: rb.version } : {}),
     ...(typeof rb.leaving === 'string' ? { leaving: rb.leaving } : {}),
-    rebooting: b.reboot?.ok === true,
+    rebooting: (body.reboot as { ok?: unknown } | undefined)?.ok === true,
   };
 }
 
@@ -69,11 +59,11 @@ export async function waitForRollback(
     }
     if (!rebooting && v?.reachable) {
       const r = await fetcher(agentUrl(cluster, nodeOf(cluster, node).ip, '/v1/upgrade/reboot'), { method: 'POST', headers: { authorization: `Bearer ${secrets.adminToken}` }, timeoutMs: 60_000 });
-      const b = bodyOf(r);
-      if (r.status === 200 && b.ok === true) {
+      const answer = agentAnswer(r);
+      if (answer.ok) {
         rebooting = true;
-        say(`${node} reboots: ${reasonOf(r)}`);
-      } else say(`${node} does not reboot yet: ${reasonOf(r)}`);
+        say(`${node} reboots: ${answer.reason}`);
+      } else say(`${node} does not reboot yet: ${answer.reason}`);
     } else if (!v?.reachable) say(`${node} does not answer (rebooting)`);
     else say(`${node}: slot ${v.slot?.booted ?? '?'} ${v.slot?.state ?? '?'}; the pair is ${status.health}`);
     if (now() >= deadline) return { done: false, reason: `not done in time: ${last}`, status };

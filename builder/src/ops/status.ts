@@ -4,6 +4,16 @@ import type { Secrets } from '../../../common/schema/seed.ts';
 /** How the CLI reaches an HTTP endpoint (a port: tests and `--watch` use the same code). GET unless told. */
 export type Fetcher = (url: string, init: { method?: 'GET' | 'POST'; headers: Record<string, string>; body?: string; timeoutMs: number }) => Promise<{ status: number; body: unknown }>;
 
+/**
+ * An agent's answer to a POST: the JSON body (a body that is not JSON is the reason itself),
+ * whether it succeeded (200 with `ok: true`), and its reason, error or HTTP status.
+ */
+export function agentAnswer(r: { status: number; body: unknown }): { ok: boolean; reason: string; body: Record<string, unknown> } {
+  const body = (typeof r.body === 'string' ? { error: r.body } : (r.body ?? {})) as Record<string, unknown>;
+  const reason = typeof body.reason === 'string' ? body.reason : typeof body.error === 'string' ? body.error : `HTTP ${r.status}`;
+  return { ok: r.status === 200 && body.ok === true, reason, body };
+}
+
 /** The URL of an endpoint of a node's agent API. */
 export function agentUrl(cluster: Cluster, ip: string, path: string): string {
   return `${cluster.agent.tls ? 'https' : 'http'}://${ip}:${cluster.agent.port}${path}`;

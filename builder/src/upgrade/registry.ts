@@ -2,6 +2,7 @@ import { createReadStream } from 'node:fs';
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { ExitCode, GeminiError } from '../../../common/errors.ts';
+import { IMAGE_TAG, REGISTRY_HOST, REPOSITORY_PATH } from '../../../common/upgrade/suc.ts';
 import { readOciImage } from './oci.ts';
 
 // `geminik8s push`: an OCI layout tar to a registry through the distribution API v2
@@ -15,7 +16,7 @@ export interface ImageRef {
   tag?: string;
 }
 
-const REF_RE = /^([a-zA-Z0-9.-]+(?::[0-9]+)?)\/([a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)(?::([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?$/;
+const REF_RE = new RegExp(`^(${REGISTRY_HOST})/(${REPOSITORY_PATH})(?::(${IMAGE_TAG}))?$`);
 
 export function parseImageRef(ref: string): ImageRef {
   const m = REF_RE.exec(ref);
@@ -38,7 +39,10 @@ function send(url: URL, method: string, headers: Record<string, string>, body?: 
     const size = body === undefined ? 0 : Buffer.isBuffer(body) ? body.length : body.size;
     const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, { method, headers: { ...headers, 'content-length': String(size) }, timeout: 120_000 }, (res) => {
       let text = '';
-      res.setEncoding('utf8').on('data', (d: string) => (text += d.length + text.length < 65_536 ? d : '')).on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text }));
+      // The body is only for messages: keep its first 64 KiB.
+      res.setEncoding('utf8').on('data', (d: string) => {
+        if (text.length < 65_536) text += d;
+      }).on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text }));
     });
     req.on('timeout', () => req.destroy(new Error(`${method} ${url.origin}${url.pathname}: no answer within 120 s`)));
     req.on('error', reject);
