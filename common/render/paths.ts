@@ -11,6 +11,8 @@ export const NODE_PATHS = {
   firstbootNeededScript: '/usr/lib/geminik8s/firstboot-needed.sh',
   /** sha256sum lines of what the last configuring first boot read (seed, agent, agent config). */
   firstbootStamp: '/var/lib/geminik8s/firstboot.sha256',
+  /** Written by the initramfs when firstboot-needed.sh finds nothing changed: the unit is skipped without a fork. */
+  firstbootUnchanged: '/run/geminik8s/firstboot-unchanged',
   growScript: '/usr/lib/geminik8s/grow-persistent.sh',
   customizeScript: '/usr/lib/geminik8s/customize-root.sh',
   /** Inputs of the customize script, removed by it. */

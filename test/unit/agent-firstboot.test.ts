@@ -107,3 +107,39 @@ test('a configured node skips its next first boot until the seed, the agent or i
   t.false(existsSync(stamp));
   t.is((await needed(stamp)).code, 0);
 });
+
+// The initramfs runs the same check before the switch to the root (GEMINIK8S_ROOT): the record's
+// paths are the booted system's, read under the new root, except the seed medium's (under /run,
+// kept as is). A wrong decision there would skip a first boot that a new seed needs.
+test('firstboot-needed.sh under GEMINIK8S_ROOT reads the recorded paths under that root, except the kept prefix', async (t) => {
+  const { runPlan } = await import('../../common/exec.ts');
+  const root = tempDir();
+  const media = tempDir();
+  for (const [file, text] of [
+    [join(root, 'usr/lib/geminik8s/agent.mjs'), '// agent v1\n'],
+    [join(root, 'etc/geminik8s/agent.yaml'), 'kubernetes: {enabled: false}\n'],
+    [join(media, 'geminik8s/seed.yaml'), 'seed v1\n'],
+  ] as const) {
+    mkdirSync(join(file, '..'), { recursive: true });
+    writeFileSync(file, text);
+  }
+  const { createHash } = await import('node:crypto');
+  const sum = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
+  // As the node records it: absolute paths of the booted system.
+  const stamp = join(root, 'var/lib/geminik8s/firstboot.sha256');
+  mkdirSync(join(stamp, '..'), { recursive: true });
+  writeFileSync(
+    stamp,
+    [`${sum(join(media, 'geminik8s/seed.yaml'))}  ${media}/geminik8s/seed.yaml`, `${sum(join(root, 'usr/lib/geminik8s/agent.mjs'))}  /usr/lib/geminik8s/agent.mjs`, `${sum(join(root, 'etc/geminik8s/agent.yaml'))}  /etc/geminik8s/agent.yaml`, ''].join('\n'),
+  );
+  const check = async (env: Record<string, string>) => (await runPlan({ cmd: 'sh', args: [NEEDED, stamp], env }, { allowFailure: true })).exitCode;
+  const env = { GEMINIK8S_ROOT: root, GEMINIK8S_ROOT_KEEP: `${media}/` };
+  t.is(await check(env), 1, 'unchanged under the root: skipped');
+  t.is(await check({}), 0, 'without the root the paths do not exist: first boot runs');
+  t.is(await check({ GEMINIK8S_ROOT: root }), 0, 'the seed prefixed with the root does not exist: first boot runs');
+  writeFileSync(join(media, 'geminik8s/seed.yaml'), 'seed v2\n');
+  t.is(await check(env), 0, 'a new seed on the medium: first boot runs');
+  writeFileSync(join(media, 'geminik8s/seed.yaml'), 'seed v1\n');
+  writeFileSync(join(root, 'usr/lib/geminik8s/agent.mjs'), '// agent v2\n');
+  t.is(await check(env), 0, 'a new agent in the root: first boot runs');
+});

@@ -154,7 +154,7 @@ test('the templates of units that skip above verify cleanly with their real bina
     { name: 'geminik8s-ready.service', content: renderTemplate('systemd/geminik8s-ready.service.hbs', { readyScript: overlay(NODE_PATHS.readyScript) }) },
     {
       name: 'geminik8s-firstboot.service',
-      content: renderTemplate('systemd/geminik8s-firstboot.service.hbs', { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig, mountSeedScript: overlay(NODE_PATHS.mountSeedScript), seedMount: NODE_PATHS.seedMount, firstbootNeededScript: overlay(NODE_PATHS.firstbootNeededScript), firstbootStamp: NODE_PATHS.firstbootStamp }),
+      content: renderTemplate('systemd/geminik8s-firstboot.service.hbs', { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig, mountSeedScript: overlay(NODE_PATHS.mountSeedScript), seedMount: NODE_PATHS.seedMount, firstbootNeededScript: overlay(NODE_PATHS.firstbootNeededScript), firstbootStamp: NODE_PATHS.firstbootStamp, firstbootUnchanged: NODE_PATHS.firstbootUnchanged }),
     },
     { name: 'geminik8s-grow.service', content: renderTemplate('systemd/geminik8s-grow.service.hbs', { growScript: overlay(NODE_PATHS.growScript), persistentMount: NODE_PATHS.persistentMount }) },
     { name: 'geminik8s-postgresql.service', content: renderTemplate('systemd/geminik8s-postgresql.service.hbs', { pgMajor: major, pgBinDir: pgBinDir(major), pgDataDir: pgDataDir(major) }) },

@@ -145,6 +145,13 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   t.is(cloned.output.trim(), '0', 'no pg_basebackup in this boot');
   t.is((await s2b.check('hostname')).trim(), 'node2');
   t.is((await s2b.run('systemctl is-active cloud-init-main.service geminik8s-firstboot.service')).output.trim().split('\n').join(' '), 'inactive inactive');
+  // The initramfs decided that (no first boot process started), and left the seed medium mounted
+  // as mount-seed.sh would: read-only, files readable by root alone.
+  t.is((await s2b.run('test -e /run/geminik8s/firstboot-unchanged && systemctl show -P ConditionResult geminik8s-firstboot.service')).output.trim(), 'no');
+  const seedMount = (await s2b.check('findmnt -no FSTYPE,OPTIONS /run/geminik8s/config')).trim();
+  t.regex(seedMount, /^vfat\s+ro,/);
+  t.regex(seedMount, /fmask=0177/);
+  t.is((await s2b.check('stat -c %a /run/geminik8s/config/geminik8s/seed.yaml')).trim(), '600');
 }
 
 test.serial('a node booted with a bad seed ends "unconfigured", with the error on its serial console, nothing destroyed', async (t) => {
