@@ -12,6 +12,8 @@ import { agentLogger, createLogPort } from './adapters/log.ts';
 import { createVipPort } from './adapters/vip.ts';
 import { DEFAULT_WITNESS_STATE_DIR, serveWitness } from './witness/serve.ts';
 import { option } from './args.ts';
+import { createClock } from './adapters/clock.ts';
+import { deviceHasAddress, waitForOwnAddress } from './netwait.ts';
 
 declare const GEMINIK8S_VERSION: string | undefined;
 const VERSION = typeof GEMINIK8S_VERSION === 'string' ? GEMINIK8S_VERSION : 'dev';
@@ -58,6 +60,19 @@ async function run(args: string[]): Promise<number> {
       pinging = false;
     });
   };
+  // Before the watchdog is armed: waiting for the network must not look like a frozen agent.
+  // 120 s, systemd-networkd-wait-online's default, after which it goes on as that unit did.
+  const device = ctx.spec.network.interface;
+  const address = ctx.self.ip;
+  const net = await waitForOwnAddress(
+    {
+      hasAddress: () => deviceHasAddress(device, address),
+      clock: createClock(),
+      waiting: (ms) => log.info({ event: 'wait-address', device, address, waitedMs: Math.round(ms) }, `waiting for ${address} on ${device}`),
+    },
+    { timeoutMs: 120_000, pollMs: 200, reportEveryMs: 30_000 },
+  );
+  if (!net.present) log.warn({ event: 'wait-address', device, address, waitedMs: Math.round(net.waitedMs) }, `${address} is not on ${device} after ${Math.round(net.waitedMs / 1000)} s: starting anyway`);
   if (watchdog) await sdNotify(`WATCHDOG_USEC=${Math.round(watchdogMs(ctx.spec.failover.fenceAfter) * 1000)}`);
   const server = await startApi(agent);
   log.info({ event: 'start', version: VERSION, api: ctx.apiPort, witness: ctx.witness.kind }, `geminik8s agent ${VERSION} starting`);
