@@ -43,6 +43,12 @@ systemctl mask systemd-binfmt.service proc-sys-fs-binfmt_misc.automount proc-sys
   systemd-pcrphase-sysinit.service systemd-pcrphase-initrd.service systemd-tpm2-setup.service \
   systemd-tpm2-setup-early.service apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \
   man-db.timer fstrim.timer 2>/dev/null || true
+# Kernel modules and file systems nothing on a node uses, each loaded or mounted by its own unit
+# early in boot: DRM (headless), EFI pstore, configfs, FUSE; udev rules from credentials (none
+# are passed). See /usr/lib/modprobe.d/geminik8s.conf for the modules kept from loading by alias.
+systemctl mask modprobe@drm.service modprobe@efi_pstore.service modprobe@configfs.service modprobe@fuse.service \
+  sys-kernel-config.mount sys-fs-fuse-connections.mount systemd-pstore.service \
+  systemd-udev-load-credentials.service 2>/dev/null || true
 # Generators: GPT auto-mounting (our partitions are mounted by the initramfs and fstab), hibernation,
 # TPM2, SSH-over-vsock, SysV init scripts, rc.local, offline updates, Debian's PostgreSQL clusters
 # (the agent runs the one cluster).
