@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import type { z } from 'zod';
 import { ExitCode, GeminiError, ValidationError, type ValidationIssue } from './errors.ts';
+import { registerSecret } from './log.ts';
 import { ClusterSchema, clusterRules, type Cluster } from './schema/cluster.ts';
 import { API_VERSION, ImageSchema, imageRules, normalizeImage, type Image } from './schema/image.ts';
 import type { RuleIssue } from './schema/rules.ts';
@@ -182,6 +183,13 @@ export const SECRET_FILES: Record<keyof Secrets, string> = {
 
 export function secretsDirOf(clusterFile: string, cluster: Cluster): string {
   return isAbsolute(cluster.secretsDir) ? cluster.secretsDir : join(dirname(clusterFile), cluster.secretsDir);
+}
+
+/** The secrets of `cluster` (read from `clusterFile`'s secrets directory), registered for redaction before anything can log them. */
+export async function loadClusterSecrets(clusterFile: string, cluster: Cluster): Promise<Secrets> {
+  const secrets = await loadSecrets(secretsDirOf(clusterFile, cluster));
+  for (const s of Object.values(secrets)) registerSecret(s);
+  return secrets;
 }
 
 /** Read the cluster's secrets directory; every missing or bad file is reported. */

@@ -1,7 +1,6 @@
 import { Command } from 'commander';
-import { loadCluster, loadSecrets, secretsDirOf } from '../../../../common/config.ts';
+import { loadCluster, loadClusterSecrets } from '../../../../common/config.ts';
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
-import { registerSecret } from '../../../../common/log.ts';
 import { duration } from '../../../../common/schema/units.ts';
 import { planFailover, requestSwitchover, waitForLeader } from '../../ops/failover.ts';
 import { collectStatus, renderStatusTable } from '../../ops/status.ts';
@@ -31,8 +30,7 @@ export function registerFailover(program: Command, ctx: () => CliContext): void 
       if (!timeout.success) throw new GeminiError(`--timeout: expected a duration such as 5m, found ${JSON.stringify(opts.timeout)}`, ExitCode.invalidInput);
       const clusterFile = resolveClusterFile(opts.cluster, c);
       const cluster = await loadCluster(clusterFile);
-      const secrets = await loadSecrets(secretsDirOf(clusterFile, cluster));
-      for (const s of Object.values(secrets)) registerSecret(s);
+      const secrets = await loadClusterSecrets(clusterFile, cluster);
       const status = await collectStatus(cluster, secrets, httpFetcher);
       const plan = planFailover(status, opts.to);
       c.logger.info(`rule: ${plan.rule}`);

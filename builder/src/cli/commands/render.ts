@@ -2,10 +2,9 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Command } from 'commander';
-import { assertKnownNode, loadCluster, loadImage, loadSecrets, secretsDirOf } from '../../../../common/config.ts';
+import { assertKnownNode, loadCluster, loadImage, loadClusterSecrets } from '../../../../common/config.ts';
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
 import { writeFileAtomic } from '../../../../common/fsutil.ts';
-import { registerSecret } from '../../../../common/log.ts';
 import { renderIpxe, renderNode, type RenderedFile } from '../../render/index.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
 
@@ -40,8 +39,7 @@ export function registerRender(program: Command, ctx: () => CliContext): void {
       const clusterFile = resolveClusterFile(opts.cluster, c);
       const [image, cluster] = await Promise.all([loadImage(opts.image), loadCluster(clusterFile)]);
       assertKnownNode(cluster, opts.node, clusterFile);
-      const secrets = await loadSecrets(secretsDirOf(clusterFile, cluster));
-      for (const s of Object.values(secrets)) registerSecret(s);
+      const secrets = await loadClusterSecrets(clusterFile, cluster);
       if (existsSync(opts.out) && !statSync(opts.out).isDirectory()) {
         throw new GeminiError(`--out ${opts.out} exists and is not a directory`, ExitCode.invalidInput);
       }

@@ -1,7 +1,6 @@
 import { Command } from 'commander';
-import { loadCluster, loadSecrets, secretsDirOf } from '../../../../common/config.ts';
+import { loadCluster, loadClusterSecrets } from '../../../../common/config.ts';
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
-import { registerSecret } from '../../../../common/log.ts';
 import { duration } from '../../../../common/schema/units.ts';
 import { requestRollback, waitForRollback } from '../../ops/rollback.ts';
 import { renderStatusTable } from '../../ops/status.ts';
@@ -36,8 +35,7 @@ export function registerRollback(program: Command, ctx: () => CliContext): void 
       if (!cluster.nodes.some((n) => n.name === opts.node)) {
         throw new GeminiError(`--node: ${JSON.stringify(opts.node)} is not a node of ${clusterFile} (expected ${cluster.nodes.map((n) => n.name).join(' or ')})`, ExitCode.invalidInput);
       }
-      const secrets = await loadSecrets(secretsDirOf(clusterFile, cluster));
-      for (const s of Object.values(secrets)) registerSecret(s);
+      const secrets = await loadClusterSecrets(clusterFile, cluster);
       const r = await requestRollback(cluster, secrets, opts.node, opts.reason ?? 'requested with geminik8s rollback', httpFetcher);
       if (!r.ok) throw new GeminiError(`${opts.node} did not roll back: ${r.reason}`, ExitCode.refused);
       c.logger.info(`${opts.node}: ${r.reason}`);

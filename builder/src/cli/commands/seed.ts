@@ -3,11 +3,10 @@ import { chmod, mkdir, rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { Command, Option } from 'commander';
-import { assertKnownNode, loadCluster, loadSecrets, secretsDirOf } from '../../../../common/config.ts';
+import { assertKnownNode, loadCluster, loadClusterSecrets } from '../../../../common/config.ts';
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
 import { runPlan } from '../../../../common/exec.ts';
 import { writeFileAtomic } from '../../../../common/fsutil.ts';
-import { registerSecret } from '../../../../common/log.ts';
 import { renderSeedFiles } from '../../render/index.ts';
 import { seedIsoPlan } from '../../seed/iso.ts';
 import { seedIntoImage } from '../../seed/into-image.ts';
@@ -37,8 +36,7 @@ export function registerSeed(program: Command, ctx: () => CliContext): void {
       const clusterFile = resolveClusterFile(opts.cluster, c);
       const cluster = await loadCluster(clusterFile);
       assertKnownNode(cluster, opts.node, clusterFile);
-      const secrets = await loadSecrets(secretsDirOf(clusterFile, cluster));
-      for (const s of Object.values(secrets)) registerSecret(s);
+      const secrets = await loadClusterSecrets(clusterFile, cluster);
       const files = renderSeedFiles(cluster, opts.node, secrets);
       if (opts.into) {
         await seedIntoImage(opts.into, opts.out, files, Boolean(opts.force));

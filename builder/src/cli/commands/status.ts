@@ -1,8 +1,7 @@
 import { Command, Option } from 'commander';
 import { stringify } from 'yaml';
-import { loadCluster, loadSecrets, secretsDirOf } from '../../../../common/config.ts';
+import { loadCluster, loadClusterSecrets } from '../../../../common/config.ts';
 import { ExitCode, GeminiError, type ExitCodeValue } from '../../../../common/errors.ts';
-import { registerSecret } from '../../../../common/log.ts';
 import { duration } from '../../../../common/schema/units.ts';
 import { collectStatus, renderStatusTable, type ClusterStatus, type Fetcher, type Health } from '../../ops/status.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
@@ -50,8 +49,7 @@ export function registerStatus(program: Command, ctx: () => CliContext): void {
       if (!refresh.success || refresh.data < 200) throw new GeminiError(`--refresh: expected a duration of at least 200ms such as 2s, found ${JSON.stringify(opts.refresh)}`, ExitCode.invalidInput);
       const clusterFile = resolveClusterFile(opts.cluster, c);
       const cluster = await loadCluster(clusterFile);
-      const secrets = await loadSecrets(secretsDirOf(clusterFile, cluster));
-      for (const s of Object.values(secrets)) registerSecret(s);
+      const secrets = await loadClusterSecrets(clusterFile, cluster);
       for (;;) {
         const s = await collectStatus(cluster, secrets, httpFetcher);
         if (opts.watch && c.interactive && opts.output === 'table') c.print(`\x1b[2J\x1b[H${render(s, opts.output)}`);
