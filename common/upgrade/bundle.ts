@@ -217,16 +217,16 @@ export function mismatch(manifest: BundleManifest, running: RunningImage): strin
   return undefined;
 }
 
-/**
- * Everything a node checks before it writes a byte: the signature against its trusted keys,
- * the manifest against the running image, and every part against its sha256 (one full read).
- * Throws GeminiError (exit `refused`) with the reason.
- */
 /** How a node names a bundle (its failed list, its record): the sha256 of the manifest's bytes. */
 export function manifestDigest(manifestBytes: Buffer): string {
   return createHash('sha256').update(manifestBytes).digest('hex');
 }
 
+/**
+ * Everything a node checks before it writes a byte: the signature against its trusted keys,
+ * the manifest against the running image, and every part against its sha256 (one full read).
+ * Throws GeminiError (exit `refused`) with the reason.
+ */
 export async function verifyBundle(file: string, trusted: MinisignPublicKey[], running: RunningImage): Promise<VerifiedBundle> {
   const { members, manifestBytes, manifest, signature } = await readBundle(file);
   if (signature === undefined) throw bundleError(file, `unsigned (no ${SIGNATURE_NAME}); sign it with geminik8s build --sign-key`);

@@ -63,7 +63,6 @@ export async function bundle(dir: string, key: MinisignSecretKey | undefined, ov
   return out;
 }
 
-
 /** A node running slot A with no try armed, trusting a fresh key, and a 1.1.0 bundle signed by it. */
 export async function nodeWithBundle(): Promise<{ node: ReturnType<typeof fakeNode>; key: MinisignSecretKey; file: string }> {
   const node = fakeNode();
