@@ -1,5 +1,6 @@
 import type { CommandPlan } from '../../common/exec.ts';
 import { runPlan } from '../../common/exec.ts';
+import { listsAddress } from './netwait.ts';
 
 export interface VipSpec {
   address: string;
@@ -27,7 +28,7 @@ export function vipShowPlan(v: VipSpec): CommandPlan {
 
 export async function vipHeld(v: VipSpec): Promise<boolean> {
   const r = await runPlan(vipShowPlan(v), { allowFailure: true, timeoutMs: 3000 });
-  return r.stdout.split('\n').some((l) => l.includes(` ${v.address}/`));
+  return listsAddress(r.stdout, v.address);
 }
 
 export async function takeVip(v: VipSpec): Promise<void> {
