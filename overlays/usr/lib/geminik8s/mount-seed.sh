@@ -8,7 +8,8 @@
 set -eu
 target=${1:-/run/geminik8s/config}
 labels=${GEMINIK8S_SEED_LABELS:-CIDATA cidata}
-if mountpoint -q "$target"; then exit 0; fi
+# /proc/mounts rather than mountpoint(1): the initramfs, which runs this too, has no mountpoint.
+if grep -qs " $target " /proc/mounts; then exit 0; fi
 install -d -m 0700 "$(dirname "$target")" "$target"
 
 mount_medium() {
