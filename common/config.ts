@@ -7,6 +7,7 @@ import { ClusterSchema, clusterRules, type Cluster } from './schema/cluster.ts';
 import { API_VERSION, ImageSchema, imageRules, normalizeImage, type Image } from './schema/image.ts';
 import type { RuleIssue } from './schema/rules.ts';
 import { NodeSeedSchema, SECRET_NAMES, SecretsSchema, seedRules, type NodeSeed, type Secrets } from './schema/seed.ts';
+import type { TlsMaterial } from './tls.ts';
 import { describeValue, issuesFromZod, locate, parseSource, readSource, type SourceDocument } from './source.ts';
 
 export const KINDS = ['Image', 'Cluster', 'NodeSeed'] as const;
@@ -221,4 +222,40 @@ export function assertKnownNode(cluster: Cluster, node: string, clusterFile: str
       ExitCode.invalidInput,
     );
   }
+}
+
+/** The cluster's TLS files, under the secrets directory: `tls/ca.{crt,key}` and `tls/<party>.{crt,key}` (node names, `witness`). */
+export const TLS_DIR = 'tls';
+
+export function tlsFiles(secretsDir: string, party: string): { cert: string; key: string } {
+  return { cert: join(secretsDir, TLS_DIR, `${party}.crt`), key: join(secretsDir, TLS_DIR, `${party}.key`) };
+}
+
+async function readTlsFile(file: string): Promise<string> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch {
+    throw new ValidationError([{ file, path: '', message: 'TLS file is missing; create it with `geminik8s init --force` (keeps the secrets and the CA) or set agent.insecurePlaintext for development' }]);
+  }
+}
+
+/** The cluster CA's certificate (what operators verify the agents with); undefined without TLS (`agent.insecurePlaintext`). */
+export async function loadClusterCa(clusterFile: string, cluster: Cluster): Promise<string | undefined> {
+  if (cluster.agent.insecurePlaintext) return undefined;
+  return readTlsFile(tlsFiles(secretsDirOf(clusterFile, cluster), 'ca').cert);
+}
+
+/**
+ * The CA certificate and `party`'s certificate and key, read from the secrets directory;
+ * undefined without TLS (`agent.insecurePlaintext`). The key is registered for redaction
+ * before anything can log it.
+ */
+export async function loadClusterTls(clusterFile: string, cluster: Cluster, party: string): Promise<TlsMaterial | undefined> {
+  const ca = await loadClusterCa(clusterFile, cluster);
+  if (ca === undefined) return undefined;
+  const files = tlsFiles(secretsDirOf(clusterFile, cluster), party);
+  const cert = await readTlsFile(files.cert);
+  const key = await readTlsFile(files.key);
+  registerSecret(key);
+  return { ca, cert, key };
 }

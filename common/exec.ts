@@ -61,6 +61,7 @@ export const TOOL_PACKAGES: Record<string, string> = {
   blkid: 'util-linux',
   chroot: 'coreutils',
   tar: 'tar',
+  openssl: 'openssl',
 };
 
 export function packageFor(tool: string): string | undefined {

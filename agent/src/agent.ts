@@ -84,7 +84,7 @@ export function productionPorts(ctx: NodeContext, log: Logger, heartbeat: () => 
     clock: createClock(),
     pg: createPgPort(ctx, logPort),
     peer: createPeerPort(ctx),
-    witness: w.kind === 'lease' ? httpWitnessPort(w.url, ctx.secrets.witnessToken, ctx.spec.name, ctx.spec.failover.checkTimeout) : undefined,
+    witness: w.kind === 'lease' ? httpWitnessPort(w.url, ctx.secrets.witnessToken, ctx.spec.name, ctx.spec.failover.checkTimeout, ctx.tls) : undefined,
     vip: createVipPort(ctx),
     state: createStatePort(ctx),
     kube: createKubePort(ctx),

@@ -6,6 +6,8 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { Agent, BootStatus } from './agent.ts';
 import { formatLsn, lsnToBigInt } from './core/lsn.ts';
 import { tokenMatches } from '../../common/token.ts';
+import { peerIdentity } from '../../common/tls.ts';
+import { apiScheme } from './context.ts';
 
 /** The slot this system booted from (kernel command line `geminik8s.slot=A|B`). */
 export function bootSlot(cmdlineFile: string): string | null {
@@ -295,6 +297,14 @@ export function startApi(agent: Agent, limiter = new AuthLimiter()): Promise<Ser
           return answer(401, { error: 'missing or wrong bearer token' });
         }
         caller = who;
+        if (who === 'peer' && ctx.tls) {
+          // The agent token alone is in every seed: the peer must also prove itself with its certificate.
+          const id = peerIdentity(req.socket);
+          if (id?.cluster !== ctx.spec.name || id.name !== ctx.peer.name) {
+            if (limiter.fail(addr)) agent.log.warn({ event: 'auth-failed', from: addr, path }, `refused ${req.method} ${path} from ${addr}: the agent token without ${ctx.peer.name}'s client certificate`);
+            return answer(403, { error: `the peer credential needs ${ctx.peer.name}'s client certificate from the cluster CA` });
+          }
+        }
         if (!route.callers.includes(who)) return answer(403, { error: `${req.method} ${path} is for ${route.callers.join(' or ')}, not for the ${who} credential` });
       }
       const r = await route.handle(req);
@@ -316,9 +326,12 @@ export function startApi(agent: Agent, limiter = new AuthLimiter()): Promise<Ser
       send(status, reply.body, reply.type);
     }
   };
-  const { tlsCert, tlsKey, host } = ctx.config.listen;
-  const make = (): Server => (tlsCert && tlsKey
-    ? createHttpsServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }, (q, s) => void handler(q, s))
+  const { host } = ctx.config.listen;
+  const tls = apiScheme(ctx) === 'https' ? ctx.tls! : undefined;
+  // A client certificate is asked for, not required: operators authenticate with a token, the
+  // peer with its certificate and token (checked per call above).
+  const make = (): Server => (tls
+    ? createHttpsServer({ cert: tls.cert, key: tls.key, ca: tls.ca, requestCert: true, rejectUnauthorized: false }, (q, s) => void handler(q, s))
     : createHttpServer((q, s) => void handler(q, s)));
   const listen = (server: Server, address: string): Promise<Server> => new Promise((resolve, reject) => {
     server.once('error', reject);

@@ -6,6 +6,7 @@ import { registerSecret } from '../../common/log.ts';
 import { AgentConfigSchema, type AgentConfig } from '../../common/schema/agent.ts';
 import { bootstrapLeaderOf, peerOf, witnessTarget, type ClusterNode, type ClusterSpec, type WitnessTarget } from '../../common/schema/cluster.ts';
 import type { NodeSeed, Secrets } from '../../common/schema/seed.ts';
+import type { TlsMaterial } from '../../common/tls.ts';
 
 /** Everything the agent knows about its place in the cluster, read once at start. */
 export interface NodeContext {
@@ -20,6 +21,8 @@ export interface NodeContext {
   apiPort: number;
   /** Port the peer's agent API listens on. */
   peerApiPort: number;
+  /** The cluster CA, this node's certificate and key; undefined only with `agent.insecurePlaintext`. */
+  tls?: TlsMaterial;
 }
 
 async function readText(file: string, what: string): Promise<string> {
@@ -48,6 +51,7 @@ export async function loadSeedFile(file: string): Promise<NodeSeed> {
 
 export function nodeContext(config: AgentConfig, seed: NodeSeed): NodeContext {
   for (const s of Object.values(seed.secrets)) registerSecret(s);
+  if (seed.tls) registerSecret(seed.tls.key);
   const self = seed.cluster.nodes.find((n) => n.name === seed.node)!;
   const peer = peerOf(seed.cluster, seed.node);
   return {
@@ -60,5 +64,13 @@ export function nodeContext(config: AgentConfig, seed: NodeSeed): NodeContext {
     isBootstrapLeader: bootstrapLeaderOf(seed.cluster).name === seed.node,
     apiPort: config.listen.port ?? seed.cluster.agent.port,
     peerApiPort: seed.cluster.agent.port,
+    ...(seed.tls ? { tls: seed.tls } : {}),
   };
+}
+
+/** The scheme of the agents' and the witness's APIs: https with the cluster CA, http only in development. */
+export function apiScheme(ctx: Pick<NodeContext, 'spec' | 'tls'>): 'https' | 'http' {
+  if (ctx.tls) return 'https';
+  if (ctx.spec.agent.insecurePlaintext) return 'http';
+  throw new GeminiError('the seed has no TLS material and cluster.agent.insecurePlaintext is not set: refusing plain HTTP', ExitCode.invalidInput);
 }

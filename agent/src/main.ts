@@ -20,7 +20,7 @@ const VERSION = typeof GEMINIK8S_VERSION === 'string' ? GEMINIK8S_VERSION : 'dev
 
 const USAGE = `usage: geminik8s-agent run --config FILE
        geminik8s-agent firstboot --config FILE [--root DIR]
-       geminik8s-agent witness [serve] --listen HOST:PORT --token-file FILE [--state-dir DIR]
+       geminik8s-agent witness [serve] --listen HOST:PORT --token-file FILE (--tls-dir DIR | --insecure-plaintext) [--state-dir DIR]
        geminik8s-agent release-vip --config FILE     (the agent unit's ExecStopPost)
        geminik8s-agent slot status [--json] | arm A|B [--tries N] | bless  [--config FILE]
        geminik8s-agent upgrade stage BUNDLE [--retry] | status  [--json] [--config FILE]
@@ -105,7 +105,11 @@ async function witness(args: string[]): Promise<number> {
     process.stderr.write(`${USAGE}\n`);
     return 2;
   }
-  await serveWitness({ listen, tokenFile, stateDir: option(args, '--state-dir') ?? DEFAULT_WITNESS_STATE_DIR, log: createLogPort(agentLogger('witness')) });
+  const tlsDir = option(args, '--tls-dir');
+  await serveWitness({
+    listen, tokenFile, stateDir: option(args, '--state-dir') ?? DEFAULT_WITNESS_STATE_DIR, log: createLogPort(agentLogger('witness')),
+    ...(tlsDir ? { tlsDir } : {}), insecurePlaintext: args.includes('--insecure-plaintext'),
+  });
   return new Promise(() => undefined);
 }
 

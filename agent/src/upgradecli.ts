@@ -1,13 +1,11 @@
-import { readFileSync } from 'node:fs';
-import { request as httpRequest } from 'node:http';
-import { request as httpsRequest } from 'node:https';
 import { ExitCode, GeminiError } from '../../common/errors.ts';
 import { NODE_PATHS } from '../../common/render/paths.ts';
 import { bootSettings, upgradeSettings, type AgentConfig } from '../../common/schema/agent.ts';
 import type { NodeSeed } from '../../common/schema/seed.ts';
 import { duration } from '../../common/schema/units.ts';
 import { describeChanges } from './bootslot.ts';
-import { loadAgentConfig, loadSeedFile } from './context.ts';
+import { apiScheme, loadAgentConfig, loadSeedFile } from './context.ts';
+import { httpCall } from '../../common/httpclient.ts';
 import { runSucJob } from './sucjob.ts';
 import { stageUpgrade, upgradeStatus } from './upgrade.ts';
 import { option, stderrLine, stdoutLine, type Printer } from './args.ts';
@@ -19,30 +17,26 @@ export const UPGRADE_USAGE = `usage: geminik8s-agent upgrade stage BUNDLE [--ret
 /** POST /v1/upgrade/reboot to this node's own agent, with the admin token from its seed. */
 async function rebootThroughAgent(config: AgentConfig, seed: NodeSeed): Promise<{ ok: boolean; reason: string; retryable?: boolean }> {
   const port = config.listen.port ?? seed.cluster.agent.port;
-  const { tlsCert } = config.listen;
-  const body = '{}';
-  const options = {
-    host: '127.0.0.1', port, method: 'POST', path: '/v1/upgrade/reboot', timeout: 120_000,
-    headers: { authorization: `Bearer ${seed.secrets.adminToken}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-    // Loopback to our own agent: trust exactly its certificate, whatever names it carries.
-    ...(tlsCert ? { ca: readFileSync(tlsCert), checkServerIdentity: () => undefined } : {}),
-  };
-  return new Promise((resolve) => {
-    const req = (tlsCert ? httpsRequest : httpRequest)(options, (res) => {
-      let text = '';
-      res.setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () => {
-        try {
-          const r = JSON.parse(text) as { ok?: boolean; reason?: string; error?: string; retryable?: boolean };
-          resolve({ ok: r.ok === true, reason: r.reason ?? r.error ?? `HTTP ${res.statusCode}`, retryable: r.retryable ?? res.statusCode !== 403 });
-        } catch {
-          resolve({ ok: false, reason: `HTTP ${res.statusCode}: ${text.slice(0, 200)}`, retryable: true });
-        }
-      });
+  // The node's certificate covers 127.0.0.1; without TLS only in development plaintext.
+  const scheme = apiScheme({ spec: seed.cluster, ...(seed.tls ? { tls: seed.tls } : {}) });
+  let res: { status: number; text: string };
+  try {
+    res = await httpCall(`${scheme}://127.0.0.1:${port}/v1/upgrade/reboot`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${seed.secrets.adminToken}`, 'content-type': 'application/json' },
+      body: '{}',
+      timeoutMs: 120_000,
+      ...(seed.tls ? { tls: { ca: seed.tls.ca } } : {}),
     });
-    req.on('timeout', () => req.destroy(new Error('no answer within 120 s')));
-    req.on('error', (err) => resolve({ ok: false, reason: `the local agent does not answer: ${err.message}`, retryable: true }));
-    req.end(body);
-  });
+  } catch (err) {
+    return { ok: false, reason: `the local agent does not answer: ${(err as Error).message}`, retryable: true };
+  }
+  try {
+    const r = JSON.parse(res.text) as { ok?: boolean; reason?: string; error?: string; retryable?: boolean };
+    return { ok: r.ok === true, reason: r.reason ?? r.error ?? `HTTP ${res.status}`, retryable: r.retryable ?? res.status !== 403 };
+  } catch {
+    return { ok: false, reason: `HTTP ${res.status}: ${res.text.slice(0, 200)}`, retryable: true };
+  }
 }
 
 function durationOption(rest: string[], name: string, fallback: string): number {

@@ -37,8 +37,6 @@ export const AgentConfigSchema = z.strictObject({
       host: z.string().optional(),
       /** Overrides the cluster's agent.port (tests run two agents on one host; 0 = any free port). */
       port: z.number().int().min(0).max(65535).optional(),
-      tlsCert: z.string().optional(),
-      tlsKey: z.string().optional(),
     })
     .prefault({}),
   postgresql: z.strictObject({

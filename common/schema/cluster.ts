@@ -61,9 +61,12 @@ export const K3S_MANAGED_FLAGS: Readonly<Record<string, string>> = {
   'write-kubeconfig-mode': 'the kubeconfig holds admin credentials (0600)',
 };
 
+/** Names of the non-node parties in secrets/tls/ (the CA, the witness, the operators); no node may take one. */
+export const RESERVED_PARTY_NAMES = ['ca', 'witness', 'operator'] as const;
+
 export const SYNC_POLICIES = ['degrade', 'strict'] as const;
 
-/** Default port of the geminik8s witness (`init --witness HOST` means http://HOST:7444). */
+/** Default port of the geminik8s witness (`init --witness HOST` means https://HOST:7444). */
 export const WITNESS_DEFAULT_PORT = 7444;
 
 /** Witness types that only probe reachability; refused by clusterRules. */
@@ -119,7 +122,11 @@ export const ClusterSpecSchema = z.strictObject({
   agent: z
     .strictObject({
       port: z.number().int().min(1).max(65535).default(7443),
-      tls: z.boolean().default(false),
+      /**
+       * Development only: the agents and the witness speak plain HTTP, with bearer tokens in the
+       * clear and no certificates. Off, every party uses mutual TLS against the cluster CA.
+       */
+      insecurePlaintext: z.boolean().default(false),
     })
     .prefault({}),
   ssh: z
@@ -157,6 +164,9 @@ export function clusterRules(spec: ClusterSpec): RuleIssue[] {
     issues.push({ path: ['nodes', 1, 'ip'], message: `both nodes must be in one /${prefix} subnet`, found: b.ip, expected: `an address in ${subnetText(a.ip, prefix)}`, related: [['nodes', 0, 'ip'], ['network', 'prefix']] });
   }
   for (const [i, node] of nodes.entries()) {
+    if ((RESERVED_PARTY_NAMES as readonly string[]).includes(node.name)) {
+      issues.push({ path: ['nodes', i, 'name'], message: `is reserved: the cluster's certificates use ${RESERVED_PARTY_NAMES.map((n) => JSON.stringify(n)).join(' and ')} for the CA, the witness and the operators`, found: JSON.stringify(node.name) });
+    }
     if (isNetworkOrBroadcast(node.ip, prefix)) {
       issues.push({ path: ['nodes', i, 'ip'], message: `is the network or broadcast address of ${subnetText(node.ip, prefix)}`, found: node.ip });
     }
@@ -196,6 +206,18 @@ export function clusterRules(spec: ClusterSpec): RuleIssue[] {
         found: witness.url,
         expected: `the URL of a geminik8s witness on a box other than ${a.ip}, ${b.ip} and ${network.vip}`,
         related: [['nodes'], ['network', 'vip']],
+      });
+    }
+    const scheme = spec.agent.insecurePlaintext ? 'http:' : 'https:';
+    if (URL.canParse(witness.url) && new URL(witness.url).protocol !== scheme) {
+      issues.push({
+        path: ['witness', 'url'],
+        message: spec.agent.insecurePlaintext
+          ? 'agent.insecurePlaintext is set, so the witness speaks plain HTTP: its URL must be http://'
+          : 'the witness speaks mutual TLS with the cluster CA: its URL must be https:// (plain HTTP only with agent.insecurePlaintext, for development)',
+        found: witness.url,
+        expected: `${scheme}//HOST:${WITNESS_DEFAULT_PORT}`,
+        related: [['agent', 'insecurePlaintext']],
       });
     }
   }

@@ -3,6 +3,7 @@ import { ClusterSpecSchema, clusterRules } from './cluster.ts';
 import { API_VERSION } from './image.ts';
 import type { RuleIssue } from './rules.ts';
 import { dnsLabel } from './units.ts';
+import { isCertPem, isKeyPem, tlsMaterialProblem } from '../tls.ts';
 
 const secret = z
   .string()
@@ -28,6 +29,13 @@ export const SecretsSchema = z.strictObject({
 });
 export type Secrets = z.output<typeof SecretsSchema>;
 
+/** The node's TLS material (PEM): the cluster CA's certificate, the node's certificate and key. */
+export const SeedTlsSchema = z.strictObject({
+  ca: z.string().refine(isCertPem, 'must be a PEM certificate (-----BEGIN CERTIFICATE-----)'),
+  cert: z.string().refine(isCertPem, 'must be a PEM certificate (-----BEGIN CERTIFICATE-----)'),
+  key: z.string().refine(isKeyPem, 'must be a PEM private key (-----BEGIN PRIVATE KEY-----)'),
+});
+
 /** What one node receives at first boot (in the config partition, next to NoCloud data). */
 export const NodeSeedSchema = z.strictObject({
   apiVersion: z.literal(API_VERSION),
@@ -35,6 +43,8 @@ export const NodeSeedSchema = z.strictObject({
   node: dnsLabel,
   cluster: ClusterSpecSchema,
   secrets: SecretsSchema,
+  /** Required unless `cluster.agent.insecurePlaintext`. */
+  tls: SeedTlsSchema.optional(),
 });
 export type NodeSeed = z.output<typeof NodeSeedSchema>;
 
@@ -47,6 +57,13 @@ export function seedRules(seed: NodeSeed): RuleIssue[] {
       found: JSON.stringify(seed.node),
       expected: seed.cluster.nodes.map((n) => JSON.stringify(n.name)).join(' or '),
     });
+  }
+  const self = seed.cluster.nodes.find((n) => n.name === seed.node);
+  if (!seed.cluster.agent.insecurePlaintext && !seed.tls) {
+    issues.push({ path: ['tls'], message: 'the node needs its TLS material (the cluster CA, its certificate and key): write the seed with `geminik8s seed`, or set cluster.agent.insecurePlaintext for development', expected: 'tls: {ca, cert, key}' });
+  } else if (seed.tls && self) {
+    const problem = tlsMaterialProblem(seed.tls, { cluster: seed.cluster.name, name: seed.node, host: self.ip });
+    if (problem) issues.push({ path: ['tls', 'cert'], message: `does not fit this node: ${problem}`, expected: `a certificate for ${seed.node} (${self.ip}) of cluster ${seed.cluster.name} signed by tls.ca; reissue with \`geminik8s init --force\`` });
   }
   const values = SECRET_NAMES.map((k) => seed.secrets[k]);
   if (new Set(values).size !== values.length) {

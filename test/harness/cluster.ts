@@ -2,7 +2,8 @@ import { mkdirSync, writeFileSync, chmodSync, readFileSync, readdirSync, renameS
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { runPlan, spawnPlan, type RunningProcess } from '../../common/exec.ts';
-import { loadCluster, loadSecrets, SECRET_FILES } from '../../common/config.ts';
+import { loadCluster, loadClusterTls, loadSecrets, SECRET_FILES, tlsFiles } from '../../common/config.ts';
+import type { TlsMaterial } from '../../common/tls.ts';
 import { kinePassword } from '../../common/render/k3s.ts';
 import type { Cluster } from '../../common/schema/cluster.ts';
 import type { Secrets } from '../../common/schema/seed.ts';
@@ -10,6 +11,7 @@ import { buildAgent } from '../../agent/build.ts';
 import { clusterYamlText } from '../../builder/src/init/cluster-file.ts';
 import { buildClusterInput, validateClusterInput, type InitFlags } from '../../builder/src/init/options.ts';
 import { writeSecrets } from '../../builder/src/init/secrets.ts';
+import { writeClusterTls, writeWitnessCredentials } from '../../builder/src/init/tls.ts';
 import { SEED_FILE_IN_PARTITION } from '../../builder/src/render/cloud-init.ts';
 import { renderSeedFiles } from '../../builder/src/render/index.ts';
 import { createTopology, destroyNamespaces, inNs, NET, type Topology } from './netns.ts';
@@ -370,6 +372,19 @@ export class HarnessCluster extends PairHarness {
     return join(this.dir, 'witness-state');
   }
 
+  /** The witness's credentials as `geminik8s witness credentials` writes them. */
+  get witnessTlsDir(): string {
+    return join(this.dir, 'witness-tls');
+  }
+
+  /** The CA certificate operators verify the agents with (init's secrets/tls/ca.crt). */
+  get caFile(): string {
+    return tlsFiles(join(this.configDir, this.config.secretsDir), 'ca').cert;
+  }
+
+  /** Each node's TLS material from init, as its seed carries it. */
+  private readonly tls = new Map<string, TlsMaterial>();
+
   /**
    * `geminik8s init --name harness --node1-ip … --node2-ip … --vip … --prefix … --gateway …
    * --witness GATEWAY:7444 --config-dir DIR`, through init's own functions: defaults + flags,
@@ -386,8 +401,12 @@ export class HarnessCluster extends PairHarness {
     writeFileSync(clusterFile, clusterYamlText(input));
     const secretsDir = join(this.configDir, cluster.secretsDir);
     await writeSecrets(secretsDir, { rotate: false });
+    await writeClusterTls(secretsDir, cluster, { rotate: false });
     this.config = await loadCluster(clusterFile);
     this.secrets = await loadSecrets(secretsDir);
+    for (const n of this.config.nodes) this.tls.set(n.name, (await loadClusterTls(clusterFile, this.config, n.name))!);
+    // What an operator copies to the witness box: `geminik8s witness credentials --out DIR`.
+    await writeWitnessCredentials(clusterFile, { out: this.witnessTlsDir });
     if (this.config.witness.type !== 'lease') throw new Error(`init --witness gave a ${this.config.witness.type} witness, expected lease`);
     const { network, nodes, witness, postgresql, failover } = this.config;
     this.log(`cluster from init: ${JSON.stringify({ network, nodes, witness, postgresql, failover })}`);
@@ -405,7 +424,7 @@ export class HarnessCluster extends PairHarness {
   startWitness(): void {
     const url = new URL((this.config.witness as { url: string }).url);
     const tokenFile = join(this.configDir, this.config.secretsDir, SECRET_FILES.witnessToken);
-    const p = this.spawnJsonLogged('witness', inNs(this.topology.witnessNs, 'node', [this.agentBundle, 'witness', '--listen', `${url.hostname}:${url.port}`, '--token-file', tokenFile, '--state-dir', this.witnessStateDir]));
+    const p = this.spawnJsonLogged('witness', inNs(this.topology.witnessNs, 'node', [this.agentBundle, 'witness', '--listen', `${url.hostname}:${url.port}`, '--token-file', tokenFile, '--tls-dir', this.witnessTlsDir, '--state-dir', this.witnessStateDir]));
     this.witnessProc = p;
     void p.exited.then(() => {
       if (this.witnessProc === p) this.witnessProc = undefined;
@@ -440,7 +459,7 @@ export class HarnessCluster extends PairHarness {
     const dir = this.nodeDir(node);
     mkdirSync(dir, { recursive: true });
     chmodSync(dir, 0o755);
-    const seed = renderSeedFiles(this.config, node, this.secrets).find((f) => f.path === SEED_FILE_IN_PARTITION);
+    const seed = renderSeedFiles(this.config, node, this.secrets, this.tls.get(node)).find((f) => f.path === SEED_FILE_IN_PARTITION);
     if (!seed) throw new Error(`renderSeedFiles produced no ${SEED_FILE_IN_PARTITION}`);
     writeFileSync(join(dir, 'seed.yaml'), seed.content, { mode: 0o600 });
     writeFileSync(
@@ -564,7 +583,7 @@ export class HarnessCluster extends PairHarness {
   /** GET /v1/status of a node's agent, from inside the client namespace. */
   async status(node: string): Promise<Record<string, any> | undefined> {
     const ip = NET.nodes.find((n) => n.name === node)!.ip;
-    const r = await runPlan(inNs(this.topology.clientNs, 'curl', ['-sf', '-m', '2', '-H', `Authorization: Bearer ${this.secrets.readToken}`, `http://${ip}:7443/v1/status`]), { allowFailure: true });
+    const r = await runPlan(inNs(this.topology.clientNs, 'curl', ['-sf', '-m', '2', '--cacert', this.caFile, '-H', `Authorization: Bearer ${this.secrets.readToken}`, `https://${ip}:7443/v1/status`]), { allowFailure: true });
     if (r.exitCode !== 0) return undefined;
     return JSON.parse(r.stdout) as Record<string, any>;
   }
@@ -574,7 +593,7 @@ export class HarnessCluster extends PairHarness {
   /** POST /v1/switchover to a node's agent, from inside the client namespace. */
   async switchover(node: string, timeoutSeconds = 30): Promise<{ ok: boolean; reason: string; tookMs: number } | undefined> {
     const ip = NET.nodes.find((n) => n.name === node)!.ip;
-    const r = await runPlan(inNs(this.topology.clientNs, 'curl', ['-s', '-m', String(timeoutSeconds), '-X', 'POST', '-H', `Authorization: Bearer ${this.secrets.adminToken}`, `http://${ip}:7443/v1/switchover`]), { allowFailure: true, timeoutMs: (timeoutSeconds + 10) * 1000 });
+    const r = await runPlan(inNs(this.topology.clientNs, 'curl', ['-s', '-m', String(timeoutSeconds), '--cacert', this.caFile, '-X', 'POST', '-H', `Authorization: Bearer ${this.secrets.adminToken}`, `https://${ip}:7443/v1/switchover`]), { allowFailure: true, timeoutMs: (timeoutSeconds + 10) * 1000 });
     return r.stdout ? (JSON.parse(r.stdout) as { ok: boolean; reason: string; tookMs: number }) : undefined;
   }
 

@@ -1,8 +1,9 @@
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadCluster, loadImage } from '../../common/config.ts';
 import type { Secrets } from '../../common/schema/seed.ts';
+import type { TlsMaterial } from '../../common/tls.ts';
 
 export const ROOT = new URL('../../', import.meta.url).pathname;
 export const CLUSTER_FIXTURE = join(ROOT, 'test/fixtures/cluster.yaml');
@@ -23,4 +24,19 @@ export const loadImageDef = (name: string) => loadImage(join(ROOT, 'images', nam
 
 export function tempDir(prefix = 'gk-test-'): string {
   return mkdtempSync(join(tmpdir(), prefix));
+}
+
+/**
+ * TLS material of the fixture cluster (site-a) for `party` (node1, node2, witness): made once
+ * with common/tls.ts, valid for 100 years, committed so rendered seeds stay golden. Test-only keys.
+ */
+export function fakeTls(party: string): TlsMaterial {
+  const read = (name: string): string => readFileSync(join(ROOT, 'test/fixtures/tls', name), 'utf8');
+  return { ca: read('ca.crt'), cert: read(`${party}.crt`), key: read(`${party}.key`) };
+}
+
+/** The fixture CA itself (certificate and key), to issue further test certificates. */
+export function fakeCa(): { cert: string; key: string } {
+  const read = (name: string): string => readFileSync(join(ROOT, 'test/fixtures/tls', name), 'utf8');
+  return { cert: read('ca.crt'), key: read('ca.key') };
 }

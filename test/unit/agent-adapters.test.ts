@@ -1,6 +1,8 @@
 import test from 'ava';
 import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { peerIdentity } from '../../common/tls.ts';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -22,7 +24,7 @@ import { registerSecret } from '../../common/log.ts';
 import { AgentConfigSchema } from '../../common/schema/agent.ts';
 import { API_VERSION } from '../../common/schema/image.ts';
 import { NodeSeedSchema } from '../../common/schema/seed.ts';
-import { FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
+import { FAKE_SECRETS, fakeTls, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
 
 async function context(over: { stateDir?: string; tls?: boolean; vip?: boolean; kubernetes?: boolean; serviceManager?: 'systemd' | 'direct'; pgPort?: number } = {}): Promise<NodeContext> {
   const stateDir = over.stateDir ?? tempDir();
@@ -30,8 +32,9 @@ async function context(over: { stateDir?: string; tls?: boolean; vip?: boolean; 
   const { apiVersion: _a, kind: _k, secretsDir: _s, ...spec } = cluster;
   const seed = NodeSeedSchema.parse({
     apiVersion: API_VERSION, kind: 'NodeSeed', node: 'node1',
-    cluster: { ...spec, agent: { ...spec.agent, tls: over.tls ?? false }, postgresql: { ...spec.postgresql, port: over.pgPort ?? spec.postgresql.port } },
+    cluster: { ...spec, agent: { ...spec.agent, insecurePlaintext: !(over.tls ?? true) }, postgresql: { ...spec.postgresql, port: over.pgPort ?? spec.postgresql.port } },
     secrets: FAKE_SECRETS,
+    ...(over.tls ?? true ? { tls: fakeTls('node1') } : {}),
   });
   const config = AgentConfigSchema.parse({
     stateDir, seedFile: join(stateDir, 'seed.yaml'), listen: { host: '127.0.0.1', port: 0 },
@@ -176,22 +179,25 @@ test('pg fence: when the immediate shutdown does not stop the postmaster, SIGKIL
   await pg.fence(); // fencing a stopped server is a no-op
 });
 
-test('peer: status mapping, https with agent.tls, promote sends the LSN as PostgreSQL spells it', async (t) => {
+test('peer: status mapping, mutual TLS with the cluster CA (http only in development plaintext), promote sends the LSN as PostgreSQL spells it', async (t) => {
   t.deepEqual(peerViewOf({ role: 'leader', generation: 4, postgres: { role: 'primary', timeline: 3 } }), { role: 'leader', generation: 4, timeline: 3, pgPrimary: true });
   t.deepEqual(peerViewOf({ role: 'follower', generation: 4, postgres: null }), { role: 'follower', generation: 4 });
   t.deepEqual(peerViewOf({ role: 'leader', generation: 4, postgres: null, standbySyncState: 'sync' }), { role: 'leader', generation: 4, standbySyncState: 'sync' });
   t.deepEqual(peerViewOf({ role: 'follower', generation: 4, postgres: { role: 'standby', timeline: null } }), { role: 'follower', generation: 4, pgPrimary: false });
   t.is(peerViewOf({ role: 'king', generation: 1 }), undefined);
   t.is(peerViewOf({ role: 'leader', generation: -1 }), undefined);
-  t.regex(peerBaseUrl(await context({ tls: true })), /^https:\/\/127\.0\.0\.2:/);
+  t.regex(peerBaseUrl(await context()), /^https:\/\/127\.0\.0\.2:/);
+  t.regex(peerBaseUrl(await context({ tls: false })), /^http:\/\/127\.0\.0\.2:/);
 
-  const seen: { auth?: string; body?: string }[] = [];
+  const seen: { auth?: string; body?: string; client?: string }[] = [];
   let answer: [number, unknown] = [200, {}];
-  const server = createServer((req, res) => {
+  // node2's agent as the peer: its certificate from the fixture CA, asking for node1's.
+  const node2 = fakeTls('node2');
+  const server = createHttpsServer({ cert: node2.cert, key: node2.key, ca: node2.ca, requestCert: true, rejectUnauthorized: true }, (req, res) => {
     let body = '';
     req.on('data', (c: Buffer) => (body += c.toString()));
     req.on('end', () => {
-      seen.push({ auth: req.headers.authorization, body });
+      seen.push({ auth: req.headers.authorization, body, client: peerIdentity(req.socket)?.name });
       if (req.url === '/v1/status') {
         res.writeHead(200, { 'content-type': 'application/json' });
         return res.end(JSON.stringify({ role: 'follower', generation: 2, postgres: { role: 'standby', timeline: 1 } }));
@@ -207,6 +213,7 @@ test('peer: status mapping, https with agent.tls, promote sends the LSN as Postg
     const peer = createPeerPort(ctx);
     t.deepEqual(await peer.status(), { role: 'follower', generation: 2, timeline: 1, pgPrimary: false });
     t.is(seen[0]!.auth, `Bearer ${FAKE_SECRETS.agentToken}`);
+    t.is(seen[0]!.client, 'node1', 'the peer presents its own client certificate');
     answer = [200, { ok: true, generation: 3, reason: 'promoted' }];
     t.deepEqual(await peer.promote({ lsn: 0x16b374d848n, generation: 2 }), { ok: true, generation: 3, reason: 'promoted' });
     t.deepEqual(JSON.parse(seen[1]!.body!), { lsn: '16/B374D848', generation: 2 });
@@ -214,6 +221,12 @@ test('peer: status mapping, https with agent.tls, promote sends the LSN as Postg
     t.deepEqual(await peer.promote({ lsn: 1n, generation: 2 }), { ok: false, reason: 'replayed 0/1, need 16/B374D848' });
     answer = [500, 'oops'];
     t.deepEqual(await peer.promote({ lsn: 1n, generation: 2 }), { ok: false, reason: 'peer answered 500' });
+    // A peer whose certificate is not from the cluster CA is not talked to.
+    const stranger = createPeerPort({ ...ctx, tls: { ...ctx.tls!, ca: fakeTls('node1').cert } });
+    const before = seen.length;
+    t.is(await stranger.status(), undefined);
+    await t.throwsAsync(stranger.promote({ lsn: 1n, generation: 2 }), { message: /outcome unknown.*(certificate|issuer)/i });
+    t.is(seen.length, before);
   } finally {
     server.close();
   }

@@ -19,7 +19,7 @@ import { runPlan } from '../../common/exec.ts';
 import { AgentConfigSchema, bootSettings, type BootSettings } from '../../common/schema/agent.ts';
 import { API_VERSION } from '../../common/schema/image.ts';
 import { NodeSeedSchema } from '../../common/schema/seed.ts';
-import { FAKE_SECRETS, loadFixtureCluster, loadImageDef, ROOT, tempDir } from '../helpers/fixtures.ts';
+import { FAKE_SECRETS, fakeTls, loadFixtureCluster, loadImageDef, ROOT, tempDir } from '../helpers/fixtures.ts';
 
 const editenv = (file: string, ...args: string[]) => runPlan({ cmd: 'grub-editenv', args: [file, ...args] });
 
@@ -433,7 +433,7 @@ test('K3s readiness: a plan over k3s kubectl /readyz; ready only on "ok"', async
 async function agentOn(n: FakeNode, logs: Record<string, unknown>[]): Promise<Agent> {
   const cluster = await loadFixtureCluster();
   const { apiVersion: _a, kind: _k, secretsDir: _s, ...spec } = cluster;
-  const seed = NodeSeedSchema.parse({ apiVersion: API_VERSION, kind: 'NodeSeed', node: 'node1', cluster: spec, secrets: FAKE_SECRETS });
+  const seed = NodeSeedSchema.parse({ apiVersion: API_VERSION, kind: 'NodeSeed', node: 'node1', cluster: spec, secrets: FAKE_SECRETS, tls: fakeTls('node1') });
   const config = AgentConfigSchema.parse({ ...parse(readFileSync(n.configFile, 'utf8')), kubernetes: { enabled: false } });
   const log = pino({ level: 'debug' }, { write: (line: string) => logs.push(JSON.parse(line) as Record<string, unknown>) });
   const agent = new Agent(nodeContext(config, seed), log);

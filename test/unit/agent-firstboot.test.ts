@@ -4,14 +4,14 @@ import { join } from 'node:path';
 import { firstboot } from '../../agent/src/firstboot.ts';
 import { renderSeedFiles } from '../../builder/src/render/index.ts';
 import { AgentConfigSchema } from '../../common/schema/agent.ts';
-import { FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
+import { FAKE_SECRETS, fakeTls, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
 
 const config = (kubernetes: boolean) =>
   AgentConfigSchema.parse({ postgresql: { binDir: '/usr/lib/postgresql/17/bin', dataDir: '/var/lib/postgresql/17/main' }, kubernetes: { enabled: kubernetes } });
 
 async function seedInto(root: string, mutate: (text: string) => string = (t) => t): Promise<void> {
   const cluster = await loadFixtureCluster();
-  const seed = renderSeedFiles(cluster, 'node1', FAKE_SECRETS).find((f) => f.path === 'geminik8s/seed.yaml')!;
+  const seed = renderSeedFiles(cluster, 'node1', FAKE_SECRETS, fakeTls('node1')).find((f) => f.path === 'geminik8s/seed.yaml')!;
   const dir = join(root, 'run/geminik8s/config/geminik8s');
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'seed.yaml'), mutate(seed.content));

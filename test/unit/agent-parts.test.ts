@@ -17,12 +17,22 @@ import { AgentConfigSchema } from '../../common/schema/agent.ts';
 import type { HostMeta } from '../../common/schema/hostmeta.ts';
 import { API_VERSION } from '../../common/schema/image.ts';
 import { NodeSeedSchema } from '../../common/schema/seed.ts';
-import { FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
+import { FAKE_SECRETS, fakeTls, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
+import { tlsFetch } from '../helpers/tlsfetch.ts';
 
-async function context(stateDir = tempDir()) {
+/** Calls as the peer (node2's client certificate) and as an operator (the CA only, no certificate). */
+const peerFetch = tlsFetch(fakeTls('node2'));
+const operatorFetch = tlsFetch({ ca: fakeTls('node2').ca });
+
+/** node1's context, with mutual TLS from the fixture CA as init sets it up, or in development plaintext. */
+async function context(stateDir = tempDir(), tls = true) {
   const cluster = await loadFixtureCluster();
   const { apiVersion: _a, kind: _k, secretsDir: _s, ...spec } = cluster;
-  const seed = NodeSeedSchema.parse({ apiVersion: API_VERSION, kind: 'NodeSeed', node: 'node1', cluster: { ...spec, witness: { type: 'lease', url: 'http://127.0.0.1:1' } }, secrets: FAKE_SECRETS });
+  const seed = NodeSeedSchema.parse({
+    apiVersion: API_VERSION, kind: 'NodeSeed', node: 'node1',
+    cluster: { ...spec, witness: { type: 'lease', url: `${tls ? 'https' : 'http'}://127.0.0.1:1` }, agent: { ...spec.agent, insecurePlaintext: !tls } },
+    secrets: FAKE_SECRETS, ...(tls ? { tls: fakeTls('node1') } : {}),
+  });
   const config = AgentConfigSchema.parse({ stateDir, seedFile: join(stateDir, 'seed.yaml'), listen: { host: '127.0.0.1', port: 0 }, postgresql: { binDir: '/usr/lib/postgresql/15/bin', dataDir: join(stateDir, 'pg') }, serviceManager: 'direct' });
   return nodeContext(config, seed);
 }
@@ -53,18 +63,18 @@ test('API: /healthz is open, everything else needs the bearer token; status and 
     peer: { role: 'follower', generation: 3 }, peerPg: { ok: true, primary: false }, vipHeld: true,
   };
   const server = await startApi(agent);
-  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const base = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
   try {
-    const health = await fetch(`${base}/healthz`);
+    const health = await peerFetch(`${base}/healthz`);
     t.is(health.status, 200);
     t.deepEqual(await health.json(), { ok: true }, '/healthz says the process lives, nothing about the cluster');
     for (const path of ['/v1/status', '/metrics']) {
-      t.is((await fetch(`${base}${path}`)).status, 401, path);
-      t.is((await fetch(`${base}${path}`, { headers: { authorization: 'Bearer nope' } })).status, 401, path);
+      t.is((await peerFetch(`${base}${path}`)).status, 401, path);
+      t.is((await peerFetch(`${base}${path}`, { headers: { authorization: 'Bearer nope' } })).status, 401, path);
     }
-    t.is((await fetch(`${base}/v1/switchover`, { method: 'POST' })).status, 401);
+    t.is((await peerFetch(`${base}/v1/switchover`, { method: 'POST' })).status, 401);
     const auth = { authorization: `Bearer ${FAKE_SECRETS.agentToken}` };
-    const status = (await (await fetch(`${base}/v1/status`, { headers: auth })).json()) as Record<string, any>;
+    const status = (await (await peerFetch(`${base}/v1/status`, { headers: auth })).json()) as Record<string, any>;
     t.like(status, { role: 'leader', generation: 3, standbySyncState: 'sync', node: 'node1' });
     t.like(status.postgres, { role: 'primary', lsn: '0/5000', timeline: 2, lagBytes: 0x100 });
     t.like(status.vip, { address: '192.168.10.50', heldHere: true });
@@ -72,7 +82,7 @@ test('API: /healthz is open, everything else needs the bearer token; status and 
     t.like(status.lease, { arbiter: true, held: false });
     t.false(status.degraded);
     t.false(JSON.stringify(status).includes(FAKE_SECRETS.agentToken));
-    const metrics = await (await fetch(`${base}/metrics`, { headers: auth })).text();
+    const metrics = await (await peerFetch(`${base}/metrics`, { headers: auth })).text();
     t.regex(metrics, /^# TYPE geminik8s_role gauge$/m);
     t.regex(metrics, /^geminik8s_role\{node="node1",role="leader"\} 1$/m);
     t.regex(metrics, /^geminik8s_generation\{node="node1"\} 3$/m);
@@ -115,9 +125,9 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
   };
   // This test fails authentication on purpose, many times: its own limiter, out of the way.
   const server = await startApi(agent, new AuthLimiter(1000));
-  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const base = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
   const token = { authorization: `Bearer ${FAKE_SECRETS.agentToken}` };
-  const call = (path: string, init: RequestInit = {}) => fetch(`${base}${path}`, init).then(async (r) => ({ status: r.status, allow: r.headers.get('allow'), body: await r.text() }));
+  const call = (path: string, init: { method?: string; headers?: Record<string, string>; body?: string } = {}) => peerFetch(`${base}${path}`, init).then(async (r) => ({ status: r.status, allow: r.headers.get('allow'), body: await r.text() }));
   try {
     // The role matrix: every endpoint with every credential. 409 = the (stubbed) controller refused.
     const creds: Record<string, string | undefined> = {
@@ -149,6 +159,19 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
     t.is((await call('/v1/nope')).status, 404, 'unknown routes are 404 before authentication');
     t.is(switchovers, 1, 'only the admin reached the switchover');
     t.is(promotes, 1, 'only the peer reached the promote handshake');
+    // The agent token is in both seeds: as the peer it counts only with the peer's client certificate.
+    const promote = { method: 'POST', headers: token, body: JSON.stringify({ lsn: '0/10', generation: 3 }) };
+    for (const [who, as] of [['no certificate (an operator)', operatorFetch], ["node1's own certificate", tlsFetch(fakeTls('node1'))], ["the operators' certificate", tlsFetch(fakeTls('operator'))]] as const) {
+      const r = await as(`${base}/v1/promote`, promote);
+      t.is(r.status, 403, who);
+      t.regex(await r.text(), /needs node2's client certificate/, who);
+      t.is((await as(`${base}/v1/status`, { headers: token })).status, 403, `status with the agent token and ${who}`);
+      t.is((await as(`${base}/v1/status`, { headers: { authorization: `Bearer ${FAKE_SECRETS.readToken}` } })).status, 200, `the read token with ${who}`);
+    }
+    t.is(promotes, 1, 'no promote without the peer certificate');
+    // A client that does not trust the cluster CA gets no answer at all.
+    await t.throwsAsync(tlsFetch({ ca: fakeTls('node2').cert })(`${base}/healthz`), { message: /certificate|issuer/i });
+    await t.throwsAsync(fetch(`${base}/healthz`), undefined, 'the platform trust store does not know the cluster CA');
     t.is(upgradeReboots, 1, 'only the admin reached the upgrade reboot');
     t.is(rollbacks, 1, 'only the admin reached the rollback');
     const admin = { authorization: `Bearer ${FAKE_SECRETS.adminToken}` };
@@ -158,7 +181,7 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
     t.is(rollbacks, 1, 'a bad reason never reached the rollback');
 
     // Bad input: a clear 4xx, and the handler never runs.
-    const bad: [string, BodyInit, number, RegExp][] = [
+    const bad: [string, string, number, RegExp][] = [
       ['not json', 'lsn=0/10', 400, /not JSON/],
       ['truncated', '{"lsn": "0/10", "gener', 400, /not JSON/],
       ['an array', '[1,2]', 400, /JSON object/],
@@ -208,13 +231,13 @@ test('API: failed authentications are rate-limited per address, logged once per 
   const agent = new Agent(ctx, agentLogger('node1', { write: (l: string) => void lines.push(l) }));
   agent.meta = meta();
   const server = await startApi(agent);
-  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const base = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
   try {
     const presented = `Bearer ${FAKE_SECRETS.agentToken}x`;
     const codes: number[] = [];
-    for (let i = 0; i < 12; i++) codes.push((await fetch(`${base}/v1/status`, { headers: { authorization: presented } })).status);
+    for (let i = 0; i < 12; i++) codes.push((await peerFetch(`${base}/v1/status`, { headers: { authorization: presented } })).status);
     t.deepEqual(codes, [...Array(10).fill(401), 429, 429]);
-    t.is((await fetch(`${base}/v1/status`, { headers: { authorization: `Bearer ${FAKE_SECRETS.agentToken}` } })).status, 429, 'even the right token waits out the window');
+    t.is((await peerFetch(`${base}/v1/status`, { headers: { authorization: `Bearer ${FAKE_SECRETS.agentToken}` } })).status, 429, 'even the right token waits out the window');
     const refusals = lines.filter((l) => l.includes('auth-failed'));
     t.is(refusals.length, 1, 'one log line per window, not one per attempt');
     t.false(lines.join('').includes(FAKE_SECRETS.agentToken));
@@ -224,7 +247,8 @@ test('API: failed authentications are rate-limited per address, logged once per 
 });
 
 test('API: without listen.host it listens on the node\'s own address and loopback, never on every interface', async (t) => {
-  const base = await context();
+  // About addresses, not TLS: node1's certificate does not cover 127.0.0.2.
+  const base = await context(tempDir(), false);
   const port = await new Promise<number>((resolve) => {
     const s = createServer().listen(0, '127.0.0.1', () => {
       const p = (s.address() as AddressInfo).port;

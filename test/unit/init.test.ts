@@ -3,6 +3,7 @@ import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from '
 import { join } from 'node:path';
 import { loadCluster, loadSecrets } from '../../common/config.ts';
 import { runPlan } from '../../common/exec.ts';
+import { tlsMaterialProblem } from '../../common/tls.ts';
 import { cli } from '../helpers/cli.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 
@@ -19,9 +20,25 @@ test('init writes a commented cluster.yaml that validates, and 0600 secrets in a
   t.is(cluster.network.vip, '192.168.10.50');
   t.deepEqual(cluster.network.dns, ['192.168.10.1']);
   t.is(statSync(join(dir, 'secrets')).mode & 0o777, 0o700);
-  const files = readdirSync(join(dir, 'secrets')).sort();
+  const files = readdirSync(join(dir, 'secrets')).filter((f) => f !== 'tls').sort();
   t.deepEqual(files, ['admin-token', 'agent-token', 'k3s-token', 'postgres-password', 'read-token', 'replication-password', 'witness-token']);
   for (const f of files) t.is(statSync(join(dir, 'secrets', f)).mode & 0o777, 0o600, f);
+  // The cluster CA and a certificate per party; no witness certificate without a lease witness.
+  t.is(statSync(join(dir, 'secrets/tls')).mode & 0o777, 0o700);
+  const tls = readdirSync(join(dir, 'secrets/tls')).sort();
+  t.deepEqual(tls, ['ca.crt', 'ca.key', 'node1.crt', 'node1.key', 'node2.crt', 'node2.key', 'operator.crt', 'operator.key']);
+  for (const f of tls) t.is(statSync(join(dir, 'secrets/tls', f)).mode & 0o777, 0o600, f);
+  const ca = readFileSync(join(dir, 'secrets/tls/ca.crt'), 'utf8');
+  for (const [node, ip] of [['node1', '192.168.10.11'], ['node2', '192.168.10.12']] as const) {
+    const material = { ca, cert: readFileSync(join(dir, `secrets/tls/${node}.crt`), 'utf8'), key: readFileSync(join(dir, `secrets/tls/${node}.key`), 'utf8') };
+    t.is(tlsMaterialProblem(material, { cluster: 'site-a', name: node, host: ip }, new Date()), undefined, node);
+    t.is(tlsMaterialProblem(material, { cluster: 'site-a', name: node, host: '127.0.0.1' }), undefined, `${node} covers loopback`);
+    t.is(tlsMaterialProblem(material, { cluster: 'site-a', name: node, host: '192.168.10.50' }), undefined, `${node} covers the VIP`);
+    t.false(r.stderr.includes(material.key), 'a key was printed');
+  }
+  // openssl agrees that the CA issued them.
+  const verify = await runPlan({ cmd: 'openssl', args: ['verify', '-CAfile', join(dir, 'secrets/tls/ca.crt'), join(dir, 'secrets/tls/node1.crt'), join(dir, 'secrets/tls/operator.crt')] });
+  t.regex(verify.stdout, /node1\.crt: OK\n.*operator\.crt: OK/);
   const secrets = await loadSecrets(join(dir, 'secrets'));
   t.is(new Set(Object.values(secrets)).size, 7);
   for (const s of Object.values(secrets)) {
@@ -38,7 +55,8 @@ test('init without --witness writes witness none (manual failover) and explains 
   t.regex(text, /^witness:\n {2}type: none\n/m);
   t.deepEqual((await loadCluster(join(dir, 'cluster.yaml'))).witness, { type: 'none' });
   const comment = /((?:^#.*\n)+)^witness:/m.exec(text)?.[1] ?? '';
-  t.regex(comment, /type: lease.*url: http:\/\/HOST:7444/);
+  t.regex(comment, /type: lease.*url: https:\/\/HOST:7444/);
+  t.regex(comment, /geminik8s witness credentials/);
   t.regex(comment, /third box/);
   t.regex(comment, /geminik8s witness serve/);
   t.regex(comment, /automatic failover/);
@@ -51,7 +69,7 @@ test('init without --witness writes witness none (manual failover) and explains 
   t.notRegex(text, /type: gateway|default (failover )?witness/i, 'the gateway is no longer offered as the witness');
 });
 
-for (const [flag, url] of [['10.0.0.9', 'http://10.0.0.9:7444'], ['10.0.0.9:8000', 'http://10.0.0.9:8000'], ['witness.example.org', 'http://witness.example.org:7444'], ['https://10.0.0.9:9443', 'https://10.0.0.9:9443']] as const) {
+for (const [flag, url] of [['10.0.0.9', 'https://10.0.0.9:7444'], ['10.0.0.9:8000', 'https://10.0.0.9:8000'], ['witness.example.org', 'https://witness.example.org:7444'], ['https://10.0.0.9:9443', 'https://10.0.0.9:9443']] as const) {
   test(`init --witness ${flag} writes the lease witness at ${url}`, async (t) => {
     const dir = tempDir();
     const r = await cli(...BASE, '--witness', flag, '--config-dir', dir);
@@ -146,5 +164,38 @@ test('init --interactive on a terminal asks for each missing value', async (t) =
   t.regex(r.stdout, /vip: 192\.168\.20\.50/);
   t.regex(r.stdout, /gateway: 192\.168\.20\.1\b/);
   t.regex(r.stdout, /Witness HOST\[:PORT\]/);
-  t.regex(r.stdout, /url: http:\/\/192\.168\.20\.9:7444/);
+  t.regex(r.stdout, /url: https:\/\/192\.168\.20\.9:7444/);
+});
+
+test('init --witness HOST issues the witness certificate for HOST; --rotate-certs reissues every certificate from the kept CA; --force alone keeps them', async (t) => {
+  const dir = tempDir();
+  t.is((await cli(...BASE, '--witness', '192.168.10.9', '--config-dir', dir)).code, 0);
+  const read = (f: string): string => readFileSync(join(dir, 'secrets/tls', f), 'utf8');
+  const ca = read('ca.crt');
+  t.is(tlsMaterialProblem({ ca, cert: read('witness.crt'), key: read('witness.key') }, { cluster: 'site-a', name: 'witness', host: '192.168.10.9' }), undefined);
+  const before = { ca, caKey: read('ca.key'), node1: read('node1.crt'), witness: read('witness.crt') };
+  t.is((await cli(...BASE, '--witness', '192.168.10.9', '--config-dir', dir, '--force')).code, 0);
+  t.deepEqual({ ca: read('ca.crt'), caKey: read('ca.key'), node1: read('node1.crt'), witness: read('witness.crt') }, before, '--force keeps valid certificates');
+  const refused = await cli(...BASE, '--witness', '192.168.10.9', '--config-dir', tempDir(), '--rotate-certs');
+  t.is(refused.code, 2);
+  t.regex(refused.stderr, /--rotate-certs changes the credentials of a running cluster; it needs --force too/);
+  t.is((await cli(...BASE, '--witness', '192.168.10.9', '--config-dir', dir, '--force', '--rotate-certs')).code, 0);
+  t.is(read('ca.crt'), before.ca, 'the CA is kept, so old and new certificates verify alike during the rollout');
+  t.not(read('node1.crt'), before.node1);
+  t.not(read('witness.crt'), before.witness);
+  t.is(tlsMaterialProblem({ ca, cert: read('node1.crt'), key: read('node1.key') }, { cluster: 'site-a', name: 'node1', host: '192.168.10.11' }), undefined);
+  // A node that moves gets a certificate for its new address on the next init --force.
+  t.is((await cli(...BASE.map((a) => (a === '192.168.10.11' ? '192.168.10.21' : a)), '--witness', '192.168.10.9', '--config-dir', dir, '--force')).code, 0);
+  t.is(tlsMaterialProblem({ ca, cert: read('node1.crt'), key: read('node1.key') }, { cluster: 'site-a', name: 'node1', host: '192.168.10.21' }), undefined);
+});
+
+test('init --insecure-plaintext: no CA, no certificates, a plain http witness, and a warning', async (t) => {
+  const dir = tempDir();
+  const r = await cli(...BASE, '--witness', '192.168.10.9', '--insecure-plaintext', '--config-dir', dir);
+  t.is(r.code, 0, r.stderr);
+  const cluster = await loadCluster(join(dir, 'cluster.yaml'));
+  t.true(cluster.agent.insecurePlaintext);
+  t.deepEqual(cluster.witness, { type: 'lease', url: 'http://192.168.10.9:7444' });
+  t.false(existsSync(join(dir, 'secrets/tls')));
+  t.regex(r.stderr, /insecurePlaintext: no TLS; bearer tokens cross the network in the clear/);
 });

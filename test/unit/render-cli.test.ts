@@ -1,18 +1,21 @@
 import test from 'ava';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { parse } from 'yaml';
 import { cli } from '../helpers/cli.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 
 const INIT = ['init', '--name', 'site-a', '--node1-ip', '192.168.10.11', '--node2-ip', '192.168.10.12', '--vip', '192.168.10.50', '--gateway', '192.168.10.1'];
 const IMAGE = join(ROOT, 'images/edge-amd64.yaml');
 
-async function cluster(): Promise<{ file: string; secrets: string[] }> {
+async function cluster(): Promise<{ file: string; secrets: string[]; keys: Record<string, string> }> {
   const dir = tempDir();
   const r = await cli(...INIT, '--config-dir', dir);
   if (r.code !== 0) throw new Error(r.stderr);
   const secretsDir = join(dir, 'secrets');
-  return { file: join(dir, 'cluster.yaml'), secrets: readdirSync(secretsDir).map((f) => readFileSync(join(secretsDir, f), 'utf8').trim()) };
+  const tlsDir = join(secretsDir, 'tls');
+  const keys = Object.fromEntries(readdirSync(tlsDir).filter((f) => f.endsWith('.key')).map((f) => [f.replace(/\.key$/, ''), readFileSync(join(tlsDir, f), 'utf8')]));
+  return { file: join(dir, 'cluster.yaml'), secrets: readdirSync(secretsDir).filter((f) => f !== 'tls').map((f) => readFileSync(join(secretsDir, f), 'utf8').trim()), keys };
 }
 
 interface Row {
@@ -24,7 +27,7 @@ interface Row {
 }
 
 test('render writes every file under --out/<scope>/ with its mode, lists it, and never prints a secret', async (t) => {
-  const { file, secrets } = await cluster();
+  const { file, secrets, keys } = await cluster();
   const out = join(tempDir(), 'render');
   const r = await cli('--log-level', 'debug', 'render', '--image', IMAGE, '--cluster', file, '--node', 'node2', '--out', out, '--json', '--pxe-base-url', 'http://10.0.2.2:8080/pxe');
   t.is(r.code, 0, r.stderr);
@@ -44,6 +47,15 @@ test('render writes every file under --out/<scope>/ with its mode, lists it, and
   for (const s of secrets) {
     t.false(r.stdout.includes(s) || r.stderr.includes(s), 'a secret reached the output');
     t.true(readFileSync(join(out, 'seed/geminik8s/seed.yaml'), 'utf8').includes(s), 'the seed carries every secret');
+  }
+  // Of the private keys, the seed carries node2's own and no other: never the CA's.
+  t.deepEqual(Object.keys(keys).sort(), ['ca', 'node1', 'node2', 'operator']);
+  const seedDoc = parse(readFileSync(join(out, 'seed/geminik8s/seed.yaml'), 'utf8')) as { tls: { key: string; cert: string } };
+  t.is(seedDoc.tls.key, keys.node2!);
+  for (const [party, key] of Object.entries(keys)) {
+    const body = key.split('\n')[1]!;
+    t.false(r.stdout.includes(body) || r.stderr.includes(body), `${party}'s key reached the output`);
+    if (party !== 'node2') t.false(JSON.stringify(seedDoc).includes(body), `the seed carries ${party}'s key`);
   }
   // No leftover temporary files: every file was renamed into place.
   const all = (dir: string): string[] => readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? all(join(dir, e.name)) : [e.name]));

@@ -8,7 +8,7 @@ import { k3sConfig } from '../../common/render/k3s.ts';
 import { instanceId, userData } from '../../builder/src/render/cloud-init.ts';
 import { NODE_PATHS, pgBinDir, pgDataDir } from '../../common/render/paths.ts';
 import { assertGolden } from '../helpers/golden.ts';
-import { FAKE_SECRETS, loadFixtureCluster, loadImageDef, ROOT, tempDir } from '../helpers/fixtures.ts';
+import { FAKE_SECRETS, fakeTls, loadFixtureCluster, loadImageDef, ROOT, tempDir } from '../helpers/fixtures.ts';
 
 const ARCHES = [
   { arch: 'amd64', image: 'edge-amd64.yaml' },
@@ -17,7 +17,7 @@ const ARCHES = [
 
 async function renderFor(imageFile: string): Promise<RenderedFile[]> {
   const [image, cluster] = await Promise.all([loadImageDef(imageFile), loadFixtureCluster()]);
-  return [...renderNode({ image, cluster, node: 'node1', secrets: FAKE_SECRETS }), renderIpxe(image, cluster, 'node1', 'http://pxe.example.invalid/geminik8s')];
+  return [...renderNode({ image, cluster, node: 'node1', secrets: FAKE_SECRETS, tls: fakeTls('node1') }), renderIpxe(image, cluster, 'node1', 'http://pxe.example.invalid/geminik8s')];
 }
 
 function goldenName(arch: string, f: RenderedFile): string {
@@ -39,6 +39,7 @@ test('no secret reaches an image or boot file, and secret files are 0600', async
     const files = await renderFor(image);
     for (const f of files.filter((x) => x.scope === 'image' || x.scope === 'boot')) {
       for (const [name, value] of Object.entries(FAKE_SECRETS)) t.false(f.content.includes(value), `${f.path} contains ${name}`);
+      t.false(f.content.includes(fakeTls('node1').key.split('\n')[1]!), `${f.path} contains the node's private key`);
     }
     for (const f of files.filter((x) => x.secret)) t.is(f.mode, 0o600, f.path);
     const withSecret = files.filter((f) => Object.values(FAKE_SECRETS).some((s) => f.content.includes(s)));

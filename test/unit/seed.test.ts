@@ -106,18 +106,25 @@ test('durations survive the seed: rendered in ms with their unit, parsed back to
   const { renderSeedFiles } = await import('../../builder/src/render/index.ts');
   const { seedDocument } = await import('../../common/schema/seed.ts');
   const { stringify } = await import('yaml');
-  const { FAKE_SECRETS } = await import('../helpers/fixtures.ts');
+  const { FAKE_SECRETS, fakeTls } = await import('../helpers/fixtures.ts');
   const { writeFileSync } = await import('node:fs');
   const file = join(tempDir(), 'cluster.yaml');
   const text = readFileSync(join(ROOT_DIR, 'test/fixtures/cluster.yaml'), 'utf8').replace('postgresql:', 'failover:\n  checkInterval: 3s\n  checkTimeout: 5s\n  fenceAfter: 20s\n  promoteAfter: 30s\n  degradeAfter: 20s\npostgresql:');
   writeFileSync(file, text);
   const cluster = await loadCluster(file);
   t.deepEqual(cluster.failover, { checkInterval: 3000, checkTimeout: 5000, fenceAfter: 20000, promoteAfter: 30000, degradeAfter: 20000 });
-  const seedText = renderSeedFiles(cluster, 'node1', FAKE_SECRETS).find((f) => f.path === 'geminik8s/seed.yaml')!.content;
+  const seedText = renderSeedFiles(cluster, 'node1', FAKE_SECRETS, fakeTls('node1')).find((f) => f.path === 'geminik8s/seed.yaml')!.content;
   t.regex(seedText, /checkInterval: 3000ms/);
   const first = parseSeed('seed.yaml', seedText);
   t.deepEqual(first.issues, []);
   t.deepEqual(first.seed!.cluster.failover, cluster.failover);
   const again = parseSeed('seed.yaml', stringify(seedDocument(first.seed!), { version: '1.1' }));
   t.deepEqual(again.seed!.cluster.failover, cluster.failover, 'a re-written seed keeps its timings');
+  t.deepEqual(again.seed!.tls, fakeTls('node1'), 'and its TLS material, byte for byte');
+  // A seed without TLS material, or with another node's, is refused with what to do.
+  const { tls: _tls, ...bare } = first.seed!;
+  const without = parseSeed('seed.yaml', stringify(seedDocument(bare), { version: '1.1' }));
+  t.regex(without.issues.map((i) => `${i.path}: ${i.message}`).join('\n'), /^tls: the node needs its TLS material .*geminik8s seed/m);
+  const other = parseSeed('seed.yaml', stringify(seedDocument({ ...first.seed!, tls: fakeTls('node2') }), { version: '1.1' }));
+  t.regex(other.issues.map((i) => `${i.path}: ${i.message}`).join('\n'), /^tls\.cert: does not fit this node: the certificate names node2 of cluster site-a, not node1/m);
 });

@@ -45,12 +45,12 @@ test('status shows what each slot holds and the last upgrade with its reason', (
 });
 
 test('collectStatus: read-token for the agents, witness-token for the witness; a table per state', async (t) => {
-  const cluster = ClusterSchema.parse({ ...(await loadFixtureCluster()), witness: { type: 'lease', url: 'http://192.168.10.9:7444' } });
+  const cluster = ClusterSchema.parse({ ...(await loadFixtureCluster()), witness: { type: 'lease', url: 'https://192.168.10.9:7444' } });
   const asked: { url: string; auth: string }[] = [];
   const answers: Record<string, () => { status: number; body: unknown }> = {
-    'http://192.168.10.11:7443/v1/status': () => ({ status: 200, body: leaderBody }),
-    'http://192.168.10.12:7443/v1/status': () => ({ status: 200, body: followerBody }),
-    [`http://192.168.10.9:7444/v1/clusters/${cluster.name}`]: () => ({ status: 200, body: { cluster: cluster.name, holder: 'node1', generation: 4, promotable: 'node2', ttlMs: 6000, timeline: 3 } }),
+    'https://192.168.10.11:7443/v1/status': () => ({ status: 200, body: leaderBody }),
+    'https://192.168.10.12:7443/v1/status': () => ({ status: 200, body: followerBody }),
+    [`https://192.168.10.9:7444/v1/clusters/${cluster.name}`]: () => ({ status: 200, body: { cluster: cluster.name, holder: 'node1', generation: 4, promotable: 'node2', ttlMs: 6000, timeline: 3 } }),
   };
   const fetcher: Fetcher = async (url, init) => {
     asked.push({ url, auth: init.headers.authorization ?? '' });
@@ -64,11 +64,11 @@ test('collectStatus: read-token for the agents, witness-token for the witness; a
   t.true(asked.filter((a) => a.url.endsWith('/v1/status')).every((a) => a.auth === `Bearer ${FAKE_SECRETS.readToken}`));
   t.is(asked.find((a) => a.url.includes('/v1/clusters/'))?.auth, `Bearer ${FAKE_SECRETS.witnessToken}`);
   t.snapshot(renderStatusTable(healthy), 'healthy');
-  delete answers['http://192.168.10.12:7443/v1/status'];
+  delete answers['https://192.168.10.12:7443/v1/status'];
   const degraded = await collectStatus(cluster, FAKE_SECRETS, fetcher, now);
   t.is(degraded.health, 'degraded');
   t.snapshot(renderStatusTable(degraded), 'node2 unreachable');
-  answers['http://192.168.10.11:7443/v1/status'] = () => ({ status: 503, body: { error: 'starting: the node state is not read yet' } });
+  answers['https://192.168.10.11:7443/v1/status'] = () => ({ status: 503, body: { error: 'starting: the node state is not read yet' } });
   const down = await collectStatus(cluster, FAKE_SECRETS, fetcher, now);
   t.is(down.health, 'down');
   t.regex(renderStatusTable(down), /node1\s+unreachable.*HTTP 503: starting/);

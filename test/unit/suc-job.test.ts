@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import test from 'ava';
@@ -121,7 +121,9 @@ test.serial('suc-job command: asks its own agent over loopback with the admin to
   t.is((await cli('seed', '--cluster', join(dir, 'cluster.yaml'), '--node', 'node1', '--out', join(dir, 'seed'))).code, 0);
   const adminToken = readFileSync(join(dir, 'secrets/admin-token'), 'utf8').trim();
   const calls: { path?: string; auth?: string }[] = [];
-  const server = createServer((req, res) => {
+  // The node's own agent, serving node1's certificate from init (it covers 127.0.0.1).
+  const tls = (name: string): string => readFileSync(join(dir, 'secrets/tls', name), 'utf8');
+  const server = createHttpsServer({ cert: tls('node1.crt'), key: tls('node1.key') }, (req, res) => {
     calls.push({ path: req.url, auth: req.headers.authorization });
     req.resume().on('end', () => {
       res.writeHead(409, { 'content-type': 'application/json' }).end(JSON.stringify({ ok: false, reason: 'the peer does not answer: rebooting now would leave no node up', retryable: true, switchedOver: false }));

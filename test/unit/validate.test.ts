@@ -1,11 +1,11 @@
 import test from 'ava';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parse } from 'yaml';
+import { parse, stringify } from 'yaml';
 import { runPlan } from '../../common/exec.ts';
 import { ClusterSchema } from '../../common/schema/cluster.ts';
 import { cli } from '../helpers/cli.ts';
-import { ROOT, tempDir } from '../helpers/fixtures.ts';
+import { fakeTls, ROOT, tempDir } from '../helpers/fixtures.ts';
 
 const CLUSTER = `apiVersion: geminik8s.io/v1alpha1
 kind: Cluster
@@ -50,7 +50,7 @@ secrets:
   witnessToken: witness-token-0123456789abcdef
   readToken: read-token-0123456789abcdef
   adminToken: admin-token-0123456789abcdef
-`;
+${stringify({ tls: fakeTls('node1') })}`;
 
 /** Replace the first occurrence of `from` with `to` (the mutation under test). */
 const edit = (base: string, from: string, to: string): string => {
@@ -94,9 +94,12 @@ const CASES: Case[] = [
     { title: `tcp witness refused, syncPolicy ${policy}`, text: `${CLUSTER}witness:\n  type: tcp\n  host: 192.168.10.9\n  port: 7444\npostgresql:\n  syncPolicy: ${policy}\n`, expect: [{ at: '14:9', path: 'witness.type', message: PROBE_REFUSED }] },
     { title: `http witness refused, syncPolicy ${policy}`, text: `${CLUSTER}witness:\n  type: http\n  url: http://192.168.10.9/healthz\npostgresql:\n  syncPolicy: ${policy}\n`, expect: [{ at: '14:9', path: 'witness.type', message: PROBE_REFUSED }] },
   ]),
-  { title: 'lease witness on a node', text: `${CLUSTER}witness:\n  type: lease\n  url: http://192.168.10.12:7444\n`, expect: [{ at: '15:8', path: 'witness.url', message: /third box.*node node2's IP/ }] },
+  { title: 'lease witness over plain http', text: `${CLUSTER}witness:\n  type: lease\n  url: http://192.168.10.9:7444\n`, expect: [{ at: '15:8', path: 'witness.url', message: /must be https:\/\/ \(plain HTTP only with agent\.insecurePlaintext/ }] },
+  { title: 'seed: no TLS material', text: SEED.replace(/^tls:[\s\S]*$/m, ''), expect: [{ at: '1:1', path: 'tls', message: /the node needs its TLS material/ }] },
+  { title: 'seed: TLS material of the other node', text: SEED.replace('node: node1', 'node: node2'), expect: [{ at: '32:9', path: 'tls.cert', message: /names node1 of cluster site-a, not node2/ }] },
+  { title: 'lease witness on a node', text: `${CLUSTER}witness:\n  type: lease\n  url: https://192.168.10.12:7444\n`, expect: [{ at: '15:8', path: 'witness.url', message: /third box.*node node2's IP/ }] },
   { title: 'lease witness behind the VIP', text: `${CLUSTER}witness:\n  type: lease\n  url: https://192.168.10.50:7444/\n`, expect: [{ at: '15:8', path: 'witness.url', message: /third box.*the VIP/ }] },
-  { title: 'lease witness on loopback', text: `${CLUSTER}witness:\n  type: lease\n  url: http://127.0.0.1:7444\n`, expect: [{ at: '15:8', path: 'witness.url', message: /third box.*loopback/ }] },
+  { title: 'lease witness on loopback', text: `${CLUSTER}witness:\n  type: lease\n  url: https://127.0.0.1:7444\n`, expect: [{ at: '15:8', path: 'witness.url', message: /third box.*loopback/ }] },
   { title: 'seed: probe witness inside the seed', text: edit(SEED, '  nodes:\n', '  witness: { type: gateway }\n  nodes:\n'), expect: [{ at: '7:20', path: 'cluster.witness.type', message: PROBE_REFUSED }] },
   { title: 'cluster CIDR overlaps the node subnet', text: `${CLUSTER}k3s:\n  clusterCidr: 192.168.0.0/16\n`, expect: [{ at: '14:16', path: 'k3s.clusterCidr', message: /overlaps the nodes' subnet/ }] },
   { title: 'K3s extra arg that geminik8s owns', text: `${CLUSTER}k3s:\n  extraArgs: [--kubelet-arg=max-pods=200, --cluster-init]\n`, expect: [{ at: '14:43', path: 'k3s.extraArgs.1', message: /--cluster-init is set by geminik8s: geminik8s never runs embedded etcd/ }] },
@@ -165,7 +168,7 @@ test('witness: the default is none (manual failover), a lease witness on a third
   t.deepEqual(ClusterSchema.parse(parse(CLUSTER, { version: '1.1' })).witness, { type: 'none' });
   const dir = tempDir();
   const lease = join(dir, 'lease.yaml');
-  writeFileSync(lease, `${CLUSTER}witness:\n  type: lease\n  url: http://192.168.10.9:7444\n`);
+  writeFileSync(lease, `${CLUSTER}witness:\n  type: lease\n  url: https://192.168.10.9:7444\n`);
   const ok = await cli('validate', lease);
   t.is(ok.code, 0, ok.stderr);
   const probe = join(dir, 'probe.yaml');

@@ -9,7 +9,8 @@ import { arbitrate, emptyRecord, restoredState, type ArbiterRecord, type Arbiter
 import { FileRecordStore } from '../../agent/src/witness/file-store.ts';
 import { httpWitnessPort, startWitnessHttp } from '../../agent/src/witness/http.ts';
 import { WitnessService, type RecordStore } from '../../agent/src/witness/service.ts';
-import { tempDir } from '../helpers/fixtures.ts';
+import { fakeCa, fakeTls, tempDir } from '../helpers/fixtures.ts';
+import { issueCa, issueLeaf } from '../../common/tls.ts';
 
 const TTL = 6000;
 const MARGIN = 2000;
@@ -344,4 +345,35 @@ test('http client: a witness that accepts but never answers makes the call throw
   } finally {
     silent.close();
   }
+});
+
+test('mutual TLS: a node speaks only for itself in its own cluster; no certificate, or one from another CA, gets no answer; any certificate of the cluster reads the record', async (t) => {
+  const ca = fakeCa();
+  // The witness on loopback: a certificate for 127.0.0.1 from the fixture CA (site-a).
+  const witnessCert = await issueLeaf(ca, { cluster: 'site-a', name: 'witness', hosts: ['127.0.0.1'], usage: 'server' });
+  const warnings: string[] = [];
+  const log: LogPort = { ...quiet, warn: (_f, m) => void warnings.push(m) };
+  const service = new WitnessService({ store: new MemoryStore(), now: () => performance.now(), audit: () => undefined });
+  await service.load();
+  const server = await startWitnessHttp({ host: '127.0.0.1', port: 0, token: TOKEN, service, log, tls: { ...witnessCert, ca: ca.cert } });
+  t.teardown(() => server.close());
+  const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const node1 = httpWitnessPort(url, TOKEN, 'site-a', 5000, fakeTls('node1'));
+  t.like(await node1.call(boot('node1')), { ok: true, code: 'granted', holder: 'node1' });
+  // node1's certificate, speaking for node2: refused, whatever the token.
+  await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-a', 5000, { ...fakeTls('node1') }).call(acquire('node2', 1)), { message: /403.*may only speak for itself.*names node1, the request node2/ });
+  t.regex(warnings.join('\n'), /refused acquire for node2: the client certificate is node1's/);
+  // The operators' certificate is of the cluster: it may read, not act.
+  t.like(await httpWitnessPort(url, TOKEN, 'site-a', 5000, fakeTls('operator')).call({ op: 'read' }), { ok: true, holder: 'node1' });
+  await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-a', 5000, fakeTls('operator')).call(acquire('node1', 1)), { message: /403/ });
+  // Another cluster's name in the URL: the certificate is not one of its.
+  await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-b', 5000, fakeTls('node1')).call({ op: 'read' }), { message: /403.*not one of cluster site-b's/ });
+  // No client certificate, or one from another CA: the handshake fails, nothing is answered.
+  await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-a', 5000, { ca: ca.cert, cert: '', key: '' }).call({ op: 'read' }), { message: /unreachable/ });
+  const strangerCa = await issueCa('site-a');
+  const stranger = await issueLeaf(strangerCa, { cluster: 'site-a', name: 'node2', hosts: ['127.0.0.1'], usage: 'both' });
+  await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-a', 5000, { ca: ca.cert, ...stranger }).call(acquire('node2', 1)), { message: /unreachable/ });
+  // And the node does not talk to a witness whose certificate is not from its CA.
+  await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-a', 5000, { ...fakeTls('node1'), ca: strangerCa.cert }).call({ op: 'read' }), { message: /unreachable.*(certificate|issuer)/i });
+  t.is(service.record('site-a')?.holder, 'node1', 'nothing refused changed the record');
 });

@@ -1,17 +1,13 @@
 import { ROLES, type Role } from '../../../common/schema/hostmeta.ts';
-import type { NodeContext } from '../context.ts';
+import { httpCall } from '../../../common/httpclient.ts';
+import { apiScheme, type NodeContext } from '../context.ts';
 import { formatLsn } from '../core/lsn.ts';
 import { PROMOTE_TIMEOUT_MS, type PeerPort, type PeerView, type PromoteRequest } from '../core/ports.ts';
 import * as pgc from '../postgres.ts';
 
-/**
- * Base URL of the peer's agent API. With `agent.tls` the peer is reached over https with the
- * platform's default certificate verification.
- * TODO(issue 11): a cluster CA in the seed, so self-signed agent certificates verify; until then
- * a TLS cluster needs certificates the default trust store accepts. Never disable verification.
- */
+/** Base URL of the peer's agent API: https with the cluster CA unless the cluster is in development plaintext. */
 export function peerBaseUrl(ctx: NodeContext): string {
-  return `${ctx.spec.agent.tls ? 'https' : 'http'}://${ctx.peer.ip}:${ctx.peerApiPort}`;
+  return `${apiScheme(ctx)}://${ctx.peer.ip}:${ctx.peerApiPort}`;
 }
 
 /** Map the peer's /v1/status body to what the controller uses; undefined when it is not one. */
@@ -38,12 +34,9 @@ export function createPeerPort(ctx: NodeContext): PeerPort {
   return {
     async status(): Promise<PeerView | undefined> {
       try {
-        const res = await fetch(`${base}/v1/status`, { headers, signal: AbortSignal.timeout(ctx.spec.failover.checkTimeout) });
-        if (res.status !== 200) {
-          await res.body?.cancel();
-          return undefined;
-        }
-        return peerViewOf(await res.json());
+        const res = await httpCall(`${base}/v1/status`, { headers, timeoutMs: ctx.spec.failover.checkTimeout, ...(ctx.tls ? { tls: ctx.tls } : {}) });
+        if (res.status !== 200) return undefined;
+        return peerViewOf(JSON.parse(res.text));
       } catch {
         return undefined;
       }
@@ -64,15 +57,16 @@ export function createPeerPort(ctx: NodeContext): PeerPort {
     async promote(req: PromoteRequest): Promise<{ ok: boolean; generation?: number; reason: string }> {
       // No answer (network error, timeout) throws: the peer may or may not have promoted, and
       // that is not the same as a refusal.
-      const res = await fetch(`${base}/v1/promote`, {
+      const res = await httpCall(`${base}/v1/promote`, {
         method: 'POST',
         headers: { ...headers, 'content-type': 'application/json' },
         body: JSON.stringify({ lsn: formatLsn(req.lsn), generation: req.generation }),
-        signal: AbortSignal.timeout(PROMOTE_TIMEOUT_MS),
+        timeoutMs: PROMOTE_TIMEOUT_MS,
+        ...(ctx.tls ? { tls: ctx.tls } : {}),
       }).catch((err: Error) => {
         throw new Error(`peer ${ctx.peer.name} did not answer the promote request (outcome unknown): ${err.message}`);
       });
-      const text = await res.text().catch(() => '');
+      const text = res.text;
       let body: { generation?: unknown; reason?: unknown } = {};
       try {
         body = JSON.parse(text) as typeof body;

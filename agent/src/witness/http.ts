@@ -4,6 +4,9 @@ import { parseRequest, type ArbiterAnswer, type ArbiterRequest } from './arbiter
 import { CLUSTER_NAME } from './file-store.ts';
 import type { WitnessService } from './service.ts';
 import { tokenMatches } from '../../../common/token.ts';
+import { httpCall } from '../../../common/httpclient.ts';
+import { peerIdentity, type TlsMaterial } from '../../../common/tls.ts';
+import { createServer as createHttpsServer } from 'node:https';
 
 /** Largest request body the witness reads. */
 export const MAX_BODY_BYTES = 4096;
@@ -14,6 +17,12 @@ export interface WitnessHttpOptions {
   token: string;
   service: WitnessService;
   log: LogPort;
+  /**
+   * The witness's certificate and key and the cluster CA(s) it trusts. With it every client must
+   * present a certificate from a trusted CA, and a node may speak only for itself (its CN) in its
+   * own cluster (its O). Without it: plain HTTP, development only.
+   */
+  tls?: TlsMaterial;
 }
 
 function tokenOk(header: string | undefined, token: string): boolean {
@@ -55,6 +64,7 @@ export function startWitnessHttp(opts: WitnessHttpOptions): Promise<Server> {
     const path = (req.url ?? '/').split('?')[0]!;
     if (path === '/healthz') return req.method === 'GET' ? send(200, { ok: true }) : send(405, { error: 'method not allowed' });
     if (!tokenOk(req.headers.authorization, opts.token)) return send(401, { error: 'missing or wrong bearer token' });
+    const id = opts.tls ? peerIdentity(req.socket) : undefined;
     const m = /^\/v1\/clusters\/([^/]+)(\/arbiter)?$/.exec(path);
     if (!m) return send(404, { error: 'not found' });
     let cluster: string;
@@ -64,6 +74,7 @@ export function startWitnessHttp(opts: WitnessHttpOptions): Promise<Server> {
       return send(400, { error: 'bad cluster name' });
     }
     if (!CLUSTER_NAME.test(cluster)) return send(400, { error: 'the cluster name must be a DNS label' });
+    if (opts.tls && id?.cluster !== cluster) return send(403, { error: `the client certificate is not one of cluster ${cluster}'s` });
     if (!m[2]) {
       if (req.method !== 'GET') return send(405, { error: 'method not allowed' });
       const record = service.record(cluster);
@@ -90,6 +101,10 @@ export function startWitnessHttp(opts: WitnessHttpOptions): Promise<Server> {
     }
     const parsed = parseRequest(json);
     if (typeof parsed === 'string') return send(400, { error: parsed });
+    if (opts.tls && parsed.op !== 'read' && parsed.node !== id?.name) {
+      log.warn({ event: 'witness-auth', cluster, op: parsed.op, claimed: parsed.node, certificate: id?.name }, `refused ${parsed.op} for ${parsed.node}: the client certificate is ${id?.name ?? 'missing'}'s`);
+      return send(403, { error: `a node may only speak for itself: the client certificate names ${id?.name ?? 'nobody'}, the request ${parsed.node}` });
+    }
     let answer: ArbiterAnswer;
     try {
       answer = await service.handle(cluster, parsed);
@@ -100,7 +115,7 @@ export function startWitnessHttp(opts: WitnessHttpOptions): Promise<Server> {
     }
     return send(200, answer);
   };
-  const server = createServer((req, res) => {
+  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     handler(req, res).catch((err: Error) => {
       log.error({ event: 'witness-http', err: err.message }, 'witness request failed');
       if (!res.headersSent) {
@@ -108,7 +123,10 @@ export function startWitnessHttp(opts: WitnessHttpOptions): Promise<Server> {
         res.end(JSON.stringify({ error: 'internal error' }));
       } else res.destroy();
     });
-  });
+  };
+  const server = opts.tls
+    ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key, ca: opts.tls.ca, requestCert: true, rejectUnauthorized: true }, onRequest)
+    : createServer(onRequest);
   server.requestTimeout = 10_000;
   server.headersTimeout = 5000;
   return new Promise((resolve, reject) => {
@@ -132,26 +150,23 @@ export function isArbiterAnswer(v: unknown): v is ArbiterAnswer {
 }
 
 /** The agent's WitnessPort over HTTP. Throws on a network error, a timeout or any status but 200. */
-export function httpWitnessPort(url: string, token: string, cluster: string, timeoutMs: number): WitnessPort {
+export function httpWitnessPort(url: string, token: string, cluster: string, timeoutMs: number, tls?: TlsMaterial): WitnessPort {
   const endpoint = new URL(`/v1/clusters/${encodeURIComponent(cluster)}/arbiter`, url);
   return {
     async call(req: ArbiterRequest): Promise<ArbiterAnswer> {
-      let res: Response;
-      let text: string;
+      let res: { status: number; text: string };
       try {
-        res = await fetch(endpoint, {
+        res = await httpCall(endpoint, {
           method: 'POST',
           headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
           body: JSON.stringify(req),
-          signal: AbortSignal.timeout(timeoutMs),
+          timeoutMs,
+          ...(tls ? { tls } : {}),
         });
-        text = await res.text();
       } catch (err) {
-        // A timeout rejects with a DOMException, which is not an Error in Node 20: make it one.
-        const e = err as { name?: string; message?: string; cause?: { message?: string } };
-        const why = e.name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : `${e.message ?? String(err)}${e.cause?.message ? ` (${e.cause.message})` : ''}`;
-        throw new Error(`witness ${endpoint.origin} unreachable: ${why}`);
+        throw new Error(`witness ${endpoint.origin} unreachable: ${(err as Error).message}`);
       }
+      const { text } = res;
       if (res.status !== 200) throw new Error(`witness answered ${res.status}: ${text.slice(0, 200)}`);
       let body: unknown;
       try {

@@ -15,8 +15,9 @@ const COMMENTS: Record<string, string> = {
   witness: [
     ' Who decides failover. Two nodes cannot vote, so automatic failover needs an arbiter on a third box',
     ' that records who holds the lease and who may be promoted. Choose one:',
-    '   type: lease, url: http://HOST:7444  a geminik8s witness on a third box (not a node, not the VIP),',
-    '       started there with `geminik8s witness serve`; enables automatic failover (init: --witness HOST[:PORT]).',
+    '   type: lease, url: https://HOST:7444  a geminik8s witness on a third box (not a node, not the VIP),',
+    '       started there with `geminik8s witness serve` and the credentials from `geminik8s witness credentials`;',
+    '       enables automatic failover (init: --witness HOST[:PORT]).',
     '   type: none  (the default) manual failover only: the follower never promotes by itself; after making',
     '       sure the leader is down, an operator promotes the follower by hand (`geminik8s failover` is planned).',
     ' Reachability probes (gateway, tcp, http) are refused: they cannot tell a dead leader from one cut off',
@@ -36,9 +37,13 @@ const COMMENTS: Record<string, string> = {
     ' then may the follower take the lease and promote, and only if the witness records it as promotable.',
     ' So fenceAfter + checkInterval < promoteAfter (geminik8s validate checks it).',
   ].join('\n'),
-  agent: ' The geminik8s agent HTTP API (/healthz open; everything else needs the agent token from secrets/).',
+  agent: [
+    ' The geminik8s agent API: HTTPS with mutual TLS from the cluster CA in secrets/tls/ (/healthz open; everything',
+    ' else needs a token from secrets/, and the peer also its certificate). insecurePlaintext: true turns TLS off',
+    ' everywhere (plain HTTP, tokens in the clear): development only.',
+  ].join('\n'),
   ssh: ' Login user and SSH public keys written by cloud-init on first boot.',
-  secretsDir: ' Directory with the K3s token, PostgreSQL passwords and the agent token (0700, files 0600). Never commit it.',
+  secretsDir: ' Directory with the tokens, PostgreSQL passwords and tls/ (the cluster CA and each party\'s certificate and key) (0700, files 0600). Never commit it.',
 };
 
 /** Build cluster.yaml as a commented YAML document (YAML 1.1, as cloud-init reads YAML). */

@@ -19,6 +19,8 @@ export interface InitFlags {
   dns?: string[];
   witness?: string;
   syncPolicy?: string;
+  /** Development only: no TLS, plain HTTP between the agents and the witness. */
+  insecurePlaintext?: boolean;
 }
 
 /** Which flag sets which dotted path, so errors can name the flag the user typed. */
@@ -41,6 +43,7 @@ export const FLAG_FOR_PATH: Record<string, string> = {
   'witness.host': '--witness',
   'witness.port': '--witness',
   'postgresql.syncPolicy': '--sync-policy',
+  'agent.insecurePlaintext': '--insecure-plaintext',
 };
 
 /** The shape written to cluster.yaml: user-facing (durations as text), before normalization. */
@@ -50,12 +53,13 @@ const WITNESS_FORMS = `HOST[:PORT] (a geminik8s witness on a third box, port ${W
 
 /**
  * Parse `--witness`:
- * - `HOST[:PORT]` or `http(s)://URL`: the geminik8s lease witness (`{type: lease, url}`);
+ * - `HOST[:PORT]` or `http(s)://URL`: the geminik8s lease witness (`{type: lease, url}`), over
+ *   https unless `scheme` says otherwise (the development flag `--insecure-plaintext`);
  * - `none`: no witness, manual failover.
  * The old probe forms `gateway` and `tcp://HOST:PORT` are still recognized, so that validation
  * refuses them with the reason rather than reading `gateway` as a host name.
  */
-export function parseWitness(value: string): Record<string, unknown> | { error: string } {
+export function parseWitness(value: string, scheme: 'https' | 'http' = 'https'): Record<string, unknown> | { error: string } {
   const v = value.trim();
   if (v === 'none') return { type: 'none' };
   if (v === 'gateway') return { type: 'gateway' };
@@ -66,7 +70,7 @@ export function parseWitness(value: string): Record<string, unknown> | { error: 
   if (hostPort) {
     const port = hostPort[2] === undefined ? WITNESS_DEFAULT_PORT : Number(hostPort[2]);
     if (!Number.isInteger(port) || port < 1 || port > 65535) return { error: `${WITNESS_FORMS}; the port must be 1-65535` };
-    return { type: 'lease', url: `http://${hostPort[1]}:${port}` };
+    return { type: 'lease', url: `${scheme}://${hostPort[1]}:${port}` };
   }
   return { error: WITNESS_FORMS };
 }
@@ -123,11 +127,12 @@ export function buildClusterInput(flags: InitFlags, template?: Record<string, un
   set(['network', 'gateway'], flags.gateway);
   if (flags.dns) set(['network', 'dns'], flags.dns.flatMap((d) => d.split(',')).map((d) => d.trim()).filter(Boolean));
   if (flags.witness !== undefined) {
-    const w = parseWitness(flags.witness);
+    const w = parseWitness(flags.witness, flags.insecurePlaintext ? 'http' : 'https');
     if ('error' in w) flagIssues.push({ file: '--witness', path: 'witness', message: 'not a witness', found: JSON.stringify(flags.witness), expected: String(w.error) });
     else input.witness = w;
   }
   set(['postgresql', 'syncPolicy'], flags.syncPolicy);
+  if (flags.insecurePlaintext) set(['agent', 'insecurePlaintext'], true);
   return { input, flagIssues };
 }
 

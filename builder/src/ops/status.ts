@@ -16,7 +16,7 @@ export function agentAnswer(r: { status: number; body: unknown }): { ok: boolean
 
 /** The URL of an endpoint of a node's agent API. */
 export function agentUrl(cluster: Cluster, ip: string, path: string): string {
-  return `${cluster.agent.tls ? 'https' : 'http'}://${ip}:${cluster.agent.port}${path}`;
+  return `${cluster.agent.insecurePlaintext ? 'http' : 'https'}://${ip}:${cluster.agent.port}${path}`;
 }
 
 /** What one node's agent said, or why it said nothing. */

@@ -9,6 +9,7 @@ import { kernelCmdline, renderGrubCfg } from './grub.ts';
 import { NODE_PATHS, pgBinDir, pgDataDir } from '../../../common/render/paths.ts';
 import { renderNodeFiles, type RenderedFile, type Scope } from '../../../common/render/node.ts';
 import { renderTemplate } from './templates.ts';
+import type { TlsMaterial } from '../../../common/tls.ts';
 
 export type { RenderedFile, Scope };
 export { renderNodeFiles };
@@ -67,8 +68,8 @@ export function renderImageFiles(image: Image): RenderedFile[] {
 }
 
 /** The seed document one node receives. */
-export function nodeSeed(spec: ClusterSpec, node: string, secrets: Secrets): NodeSeed {
-  return { apiVersion: API_VERSION, kind: 'NodeSeed', node, cluster: spec, secrets };
+export function nodeSeed(spec: ClusterSpec, node: string, secrets: Secrets, tls?: TlsMaterial): NodeSeed {
+  return { apiVersion: API_VERSION, kind: 'NodeSeed', node, cluster: spec, secrets, ...(tls ? { tls } : {}) };
 }
 
 function clusterSpecOf(cluster: ClusterSpec & { apiVersion?: string; kind?: string; secretsDir?: string }): ClusterSpec {
@@ -77,7 +78,7 @@ function clusterSpecOf(cluster: ClusterSpec & { apiVersion?: string; kind?: stri
 }
 
 /** The per-node seed for the config partition: NoCloud files plus the geminik8s seed. */
-export function renderSeedFiles(cluster: ClusterSpec, node: string, secrets: Secrets): RenderedFile[] {
+export function renderSeedFiles(cluster: ClusterSpec, node: string, secrets: Secrets, tls?: TlsMaterial): RenderedFile[] {
   const spec = clusterSpecOf(cluster);
   return [
     { path: 'user-data', content: userData(spec, node), mode: 0o644, scope: 'seed' },
@@ -85,7 +86,7 @@ export function renderSeedFiles(cluster: ClusterSpec, node: string, secrets: Sec
     { path: 'network-config', content: networkConfig(spec, node), mode: 0o644, scope: 'seed' },
     {
       path: SEED_FILE_IN_PARTITION,
-      content: `# geminik8s node seed for ${node}: contains secrets, keep it private.\n${stringify(seedDocument(nodeSeed(spec, node, secrets)), { version: '1.1' })}`,
+      content: `# geminik8s node seed for ${node}: contains secrets, keep it private.\n${stringify(seedDocument(nodeSeed(spec, node, secrets, tls)), { version: '1.1' })}`,
       mode: 0o600,
       scope: 'seed',
       secret: true,
@@ -94,10 +95,10 @@ export function renderSeedFiles(cluster: ClusterSpec, node: string, secrets: Sec
 }
 
 /** Everything one node will carry: image, boot, seed and first-boot files. */
-export function renderNode(input: { image: Image; cluster: ClusterSpec; node: string; secrets: Secrets }): RenderedFile[] {
+export function renderNode(input: { image: Image; cluster: ClusterSpec; node: string; secrets: Secrets; tls?: TlsMaterial }): RenderedFile[] {
   return [
     ...renderImageFiles(input.image),
-    ...renderSeedFiles(input.cluster, input.node, input.secrets),
+    ...renderSeedFiles(input.cluster, input.node, input.secrets, input.tls),
     ...renderNodeFiles(input.image, clusterSpecOf(input.cluster), input.node, input.secrets),
   ];
 }

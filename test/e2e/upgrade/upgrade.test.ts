@@ -187,10 +187,16 @@ test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mi
     // The operator rolls back to 0.1.0 through the agent's API (the admin token from the node's
     // seed, never leaving the guest). With no follower the agent arms slot A but refuses the
     // reboot; a hard reset stands in for it. The try of A is blessed like an upgrade's.
+    // Over https, verified against the cluster CA from the seed (its first certificate).
     const rollbackJs = `const s = require('fs').readFileSync('/var/lib/geminik8s/seed.yaml', 'utf8');
 const token = /adminToken: *['"]?([^'"\\s]+)/.exec(s)[1];
-fetch('http://127.0.0.1:7443/v1/upgrade/rollback', { method: 'POST', headers: { authorization: 'Bearer ' + token, 'content-type': 'application/json' }, body: JSON.stringify({ reason: 'e2e: back to 0.1.0' }) })
-  .then(async (r) => { console.log(r.status, await r.text()); process.exit(r.status === 200 ? 0 : 1); }, (e) => { console.error(e); process.exit(2); });`;
+const ca = s.match(/-----BEGIN CERTIFICATE-----[\\s\\S]+?-----END CERTIFICATE-----/)[0].replace(/\\n\\s+/g, '\\n');
+const body = JSON.stringify({ reason: 'e2e: back to 0.1.0' });
+const req = require('https').request('https://127.0.0.1:7443/v1/upgrade/rollback', { method: 'POST', ca, headers: { authorization: 'Bearer ' + token, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (r) => {
+  let text = ''; r.on('data', (d) => (text += d)).on('end', () => { console.log(r.statusCode, text); process.exit(r.statusCode === 200 ? 0 : 1); });
+});
+req.on('error', (e) => { console.error(e); process.exit(2); });
+req.end(body);`;
     const rb = await s2.run(`echo ${Buffer.from(rollbackJs).toString('base64')} | base64 -d > /root/rollback.js && node /root/rollback.js`, STAGE_TIMEOUT);
     t.is(rb.code, 0, rb.output);
     t.regex(rb.output, /slot A \(0\.1\.0\) armed; the reboot waits: the peer does not answer/);

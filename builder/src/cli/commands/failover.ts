@@ -5,7 +5,7 @@ import { duration } from '../../../../common/schema/units.ts';
 import { planFailover, requestSwitchover, waitForLeader } from '../../ops/failover.ts';
 import { collectStatus, renderStatusTable } from '../../ops/status.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
-import { httpFetcher } from './status.ts';
+import { operatorFetcher } from './status.ts';
 
 interface FailoverOptions {
   cluster?: string;
@@ -31,6 +31,7 @@ export function registerFailover(program: Command, ctx: () => CliContext): void 
       const clusterFile = resolveClusterFile(opts.cluster, c);
       const cluster = await loadCluster(clusterFile);
       const secrets = await loadClusterSecrets(clusterFile, cluster);
+      const httpFetcher = await operatorFetcher(clusterFile, cluster);
       const status = await collectStatus(cluster, secrets, httpFetcher);
       const plan = planFailover(status, opts.to);
       c.logger.info(`rule: ${plan.rule}`);

@@ -8,6 +8,7 @@ import { readSource } from '../../../../common/source.ts';
 import { clusterYamlText } from '../../init/cluster-file.ts';
 import { buildClusterInput, validateClusterInput, type InitFlags } from '../../init/options.ts';
 import { writeSecrets } from '../../init/secrets.ts';
+import { writeClusterTls } from '../../init/tls.ts';
 import type { CliContext } from '../context.ts';
 
 interface InitOptions extends InitFlags {
@@ -17,6 +18,7 @@ interface InitOptions extends InitFlags {
   dryRun?: boolean;
   force?: boolean;
   rotateSecrets?: boolean;
+  rotateCerts?: boolean;
 }
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
@@ -57,6 +59,8 @@ export function registerInit(program: Command, ctx: () => CliContext): void {
     .option('--dry-run', 'validate and print cluster.yaml; write nothing')
     .option('--force', 'overwrite an existing cluster.yaml (secrets are kept unless --rotate-secrets)')
     .option('--rotate-secrets', 'with --force: generate new secrets even when secret files exist')
+    .option('--rotate-certs', 'with --force: reissue every node and witness certificate from the kept cluster CA (the pair keeps trusting both the old and the new ones)')
+    .option('--insecure-plaintext', 'development only: no cluster CA, no TLS; agents and witness speak plain HTTP with bearer tokens in the clear')
     .action(async (opts: InitOptions, command: Command) => {
       const c = ctx();
       const given = new Set(
@@ -90,14 +94,20 @@ export function registerInit(program: Command, ctx: () => CliContext): void {
       if (existsSync(clusterFile) && !opts.force) {
         throw new GeminiError(`${clusterFile} already exists; pass --force to overwrite it (existing secrets are kept)`, ExitCode.refused);
       }
-      if (opts.rotateSecrets && !opts.force) {
-        throw new GeminiError('--rotate-secrets replaces the secrets of a running cluster; it needs --force too', ExitCode.invalidInput);
+      for (const flag of ['rotateSecrets', 'rotateCerts'] as const) {
+        if (opts[flag] && !opts.force) {
+          throw new GeminiError(`--${flag === 'rotateSecrets' ? 'rotate-secrets' : 'rotate-certs'} changes the credentials of a running cluster; it needs --force too`, ExitCode.invalidInput);
+        }
       }
-      await writeFileAtomic(clusterFile, text, 0o644);
+      // Secrets and certificates first: cluster.yaml under its final name means init finished.
       const secrets = await writeSecrets(secretsDir, { rotate: Boolean(opts.rotateSecrets) });
+      const tls = await writeClusterTls(secretsDir, cluster, { rotate: Boolean(opts.rotateCerts) });
+      await writeFileAtomic(clusterFile, text, 0o644);
       c.logger.info(`wrote ${clusterFile}`);
-      for (const f of secrets.written) c.logger.info(`wrote ${f} (0600)`);
-      for (const f of secrets.kept) c.logger.info(`kept existing ${f}`);
+      for (const f of [...secrets.written, ...tls.written]) c.logger.info(`wrote ${f} (0600)`);
+      for (const f of [...secrets.kept, ...tls.kept]) c.logger.info(`kept existing ${f}`);
+      if (cluster.agent.insecurePlaintext) c.logger.warn('agent.insecurePlaintext: no TLS; bearer tokens cross the network in the clear (development only)');
+      else if (cluster.witness.type === 'lease') c.logger.info(`the witness's credentials: geminik8s witness credentials --cluster ${clusterFile} --out DIR`);
       c.logger.info(`next: geminik8s validate ${clusterFile}`);
     });
 }

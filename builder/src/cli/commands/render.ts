@@ -2,7 +2,7 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Command } from 'commander';
-import { assertKnownNode, loadCluster, loadImage, loadClusterSecrets } from '../../../../common/config.ts';
+import { assertKnownNode, loadCluster, loadImage, loadClusterSecrets, loadClusterTls } from '../../../../common/config.ts';
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
 import { writeFileAtomic } from '../../../../common/fsutil.ts';
 import { renderIpxe, renderNode, type RenderedFile } from '../../render/index.ts';
@@ -40,6 +40,7 @@ export function registerRender(program: Command, ctx: () => CliContext): void {
       const [image, cluster] = await Promise.all([loadImage(opts.image), loadCluster(clusterFile)]);
       assertKnownNode(cluster, opts.node, clusterFile);
       const secrets = await loadClusterSecrets(clusterFile, cluster);
+      const tls = await loadClusterTls(clusterFile, cluster, opts.node);
       if (existsSync(opts.out) && !statSync(opts.out).isDirectory()) {
         throw new GeminiError(`--out ${opts.out} exists and is not a directory`, ExitCode.invalidInput);
       }
@@ -47,7 +48,7 @@ export function registerRender(program: Command, ctx: () => CliContext): void {
         throw new GeminiError(`${opts.out} is not empty; pass --force to write into it`, ExitCode.refused);
       }
       // Render everything before writing anything: a template error leaves --out untouched.
-      const files = renderNode({ image, cluster, node: opts.node, secrets });
+      const files = renderNode({ image, cluster, node: opts.node, secrets, tls });
       if (opts.pxeBaseUrl) files.push(renderIpxe(image, cluster, opts.node, opts.pxeBaseUrl));
       // The output holds the node's secrets: private from the top.
       await mkdir(opts.out, { recursive: true, mode: 0o700 });

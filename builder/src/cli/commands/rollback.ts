@@ -5,7 +5,7 @@ import { duration } from '../../../../common/schema/units.ts';
 import { requestRollback, waitForRollback } from '../../ops/rollback.ts';
 import { renderStatusTable } from '../../ops/status.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
-import { httpFetcher } from './status.ts';
+import { operatorFetcher } from './status.ts';
 
 interface RollbackOptions {
   cluster?: string;
@@ -36,6 +36,7 @@ export function registerRollback(program: Command, ctx: () => CliContext): void 
         throw new GeminiError(`--node: ${JSON.stringify(opts.node)} is not a node of ${clusterFile} (expected ${cluster.nodes.map((n) => n.name).join(' or ')})`, ExitCode.invalidInput);
       }
       const secrets = await loadClusterSecrets(clusterFile, cluster);
+      const httpFetcher = await operatorFetcher(clusterFile, cluster);
       const r = await requestRollback(cluster, secrets, opts.node, opts.reason ?? 'requested with geminik8s rollback', httpFetcher);
       if (!r.ok) throw new GeminiError(`${opts.node} did not roll back: ${r.reason}`, ExitCode.refused);
       c.logger.info(`${opts.node}: ${r.reason}`);

@@ -3,7 +3,7 @@ import { chmod, mkdir, rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { Command, Option } from 'commander';
-import { assertKnownNode, loadCluster, loadClusterSecrets } from '../../../../common/config.ts';
+import { assertKnownNode, loadCluster, loadClusterSecrets, loadClusterTls } from '../../../../common/config.ts';
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
 import { runPlan } from '../../../../common/exec.ts';
 import { writeFileAtomic } from '../../../../common/fsutil.ts';
@@ -37,7 +37,8 @@ export function registerSeed(program: Command, ctx: () => CliContext): void {
       const cluster = await loadCluster(clusterFile);
       assertKnownNode(cluster, opts.node, clusterFile);
       const secrets = await loadClusterSecrets(clusterFile, cluster);
-      const files = renderSeedFiles(cluster, opts.node, secrets);
+      const tls = await loadClusterTls(clusterFile, cluster, opts.node);
+      const files = renderSeedFiles(cluster, opts.node, secrets, tls);
       if (opts.into) {
         await seedIntoImage(opts.into, opts.out, files, Boolean(opts.force));
         c.logger.info(`wrote ${opts.out}: ${opts.into} with the seed of ${opts.node} on its config partition (0600)`);

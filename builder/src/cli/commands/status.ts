@@ -1,6 +1,9 @@
 import { Command, Option } from 'commander';
 import { stringify } from 'yaml';
-import { loadCluster, loadClusterSecrets } from '../../../../common/config.ts';
+import { loadCluster, loadClusterSecrets, loadClusterTls } from '../../../../common/config.ts';
+import { httpCall, type ClientTls } from '../../../../common/httpclient.ts';
+import type { Cluster } from '../../../../common/schema/cluster.ts';
+import { OPERATOR_PARTY } from '../../init/tls.ts';
 import { ExitCode, GeminiError, type ExitCodeValue } from '../../../../common/errors.ts';
 import { duration } from '../../../../common/schema/units.ts';
 import { collectStatus, renderStatusTable, type ClusterStatus, type Fetcher, type Health } from '../../ops/status.ts';
@@ -16,18 +19,28 @@ interface StatusOptions {
 /** Exit code per health (README: exit codes). */
 export const HEALTH_EXIT: Record<Health, ExitCodeValue> = { healthy: ExitCode.ok, degraded: ExitCode.degraded, down: ExitCode.down };
 
-/** Plain fetch with a deadline; the body as JSON when it is JSON, else its text. */
-export const httpFetcher: Fetcher = async (url, init) => {
-  const res = await fetch(url, { method: init.method ?? 'GET', headers: init.headers, body: init.body, signal: AbortSignal.timeout(init.timeoutMs) });
-  const text = await res.text();
-  let body: unknown = text;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    // not JSON: keep the text
-  }
-  return { status: res.status, body };
-};
+/**
+ * The operator's Fetcher: https against the cluster CA with the operator's client certificate
+ * (the witness asks every client for one), or plain http for a development cluster. The body
+ * as JSON when it is JSON, else its text.
+ */
+export function httpFetcher(tls: ClientTls | undefined): Fetcher {
+  return async (url, init) => {
+    const res = await httpCall(url, { method: init.method ?? 'GET', headers: init.headers, ...(init.body !== undefined ? { body: init.body } : {}), timeoutMs: init.timeoutMs, ...(tls ? { tls } : {}) });
+    let body: unknown = res.text;
+    try {
+      body = JSON.parse(res.text);
+    } catch {
+      // not JSON: keep the text
+    }
+    return { status: res.status, body };
+  };
+}
+
+/** The operator's Fetcher for `cluster`, with its TLS files from secrets/tls/. */
+export async function operatorFetcher(clusterFile: string, cluster: Cluster): Promise<Fetcher> {
+  return httpFetcher(await loadClusterTls(clusterFile, cluster, OPERATOR_PARTY));
+}
 
 function render(s: ClusterStatus, output: StatusOptions['output']): string {
   if (output === 'json') return JSON.stringify(s, null, 2);
@@ -50,8 +63,9 @@ export function registerStatus(program: Command, ctx: () => CliContext): void {
       const clusterFile = resolveClusterFile(opts.cluster, c);
       const cluster = await loadCluster(clusterFile);
       const secrets = await loadClusterSecrets(clusterFile, cluster);
+      const fetcher = await operatorFetcher(clusterFile, cluster);
       for (;;) {
-        const s = await collectStatus(cluster, secrets, httpFetcher);
+        const s = await collectStatus(cluster, secrets, fetcher);
         if (opts.watch && c.interactive && opts.output === 'table') c.print(`\x1b[2J\x1b[H${render(s, opts.output)}`);
         else c.print(render(s, opts.output));
         if (!opts.watch) {
