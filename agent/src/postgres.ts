@@ -1,10 +1,10 @@
 import { existsSync } from 'node:fs';
-import { chown, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
 import type { CommandPlan } from '../../common/exec.ts';
 import { runPlan } from '../../common/exec.ts';
-import { pgHbaConf, pgIdentConf, postgresqlConf, REPLICATION_USER, slotNameFor, KINE_DATABASE, KINE_USER } from '../../common/render/postgresql.ts';
+import { libpqTlsParams, pgHbaConf, pgIdentConf, pgTlsConf, pgTlsDir, postgresqlConf, PG_TLS_FILES, REPLICATION_USER, slotNameFor, KINE_DATABASE, KINE_USER } from '../../common/render/postgresql.ts';
 import { kinePassword } from '../../common/render/k3s.ts';
 import type { NodeContext } from './context.ts';
 
@@ -62,7 +62,7 @@ export function basebackupPlan(ctx: NodeContext): CommandPlan {
     ctx,
     'pg_basebackup',
     ['-h', ctx.peer.ip, '-p', String(ctx.spec.postgresql.port), '-U', REPLICATION_USER, '-D', ctx.config.postgresql.dataDir, '-X', 'stream', '-c', 'fast', '--no-password', '-S', slotNameFor(ctx.self.name)],
-    { PGPASSFILE: pgpassFile(ctx), PGCONNECT_TIMEOUT: '5' },
+    { PGPASSFILE: pgpassFile(ctx), PGCONNECT_TIMEOUT: '5', ...envTls(ctx) },
   );
 }
 
@@ -75,7 +75,7 @@ export function rewindPlan(ctx: NodeContext): CommandPlan {
   return asPostgres(
     ctx,
     'pg_rewind',
-    ['-D', ctx.config.postgresql.dataDir, `--source-server=host=${ctx.peer.ip} port=${ctx.spec.postgresql.port} user=postgres dbname=postgres connect_timeout=5`],
+    ['-D', ctx.config.postgresql.dataDir, `--source-server=host=${ctx.peer.ip} port=${ctx.spec.postgresql.port} user=postgres dbname=postgres connect_timeout=5${conninfoTls(ctx)}`],
     { PGPASSFILE: pgpassFile(ctx) },
   );
 }
@@ -97,6 +97,7 @@ export async function writeNodeConfig(ctx: NodeContext): Promise<void> {
   await writeFile(join(data, 'conf.d', 'geminik8s.conf'), postgresqlConf(ctx.spec) + (ctx.config.postgresql.confFragment ? `${ctx.config.postgresql.confFragment}\n` : ''));
   await writeFile(join(data, 'pg_hba.conf'), pgHbaConf(ctx.spec, ctx.self.name), { mode: 0o600 });
   await writeFile(join(data, 'pg_ident.conf'), pgIdentConf(ctx.config.postgresql.osUser), { mode: 0o600 });
+  await writePgTls(ctx, data, uid, gid);
   const conf = join(data, 'postgresql.conf');
   const text = await readFile(conf, 'utf8');
   if (!text.includes("include_dir = 'conf.d'")) await writeFile(conf, `${text}\ninclude_dir = 'conf.d'\n`);
@@ -117,10 +118,60 @@ export async function writePgpass(ctx: NodeContext): Promise<void> {
   await chown(file, uid, gid);
 }
 
+/**
+ * PostgreSQL's TLS: the node's certificate and key and the cluster CA from the seed, copied to a
+ * directory the PostgreSQL user owns (the server and libpq refuse a key others can read), and
+ * the settings that use them. Without TLS material (development plaintext) both are removed.
+ */
+async function writePgTls(ctx: NodeContext, data: string, uid: number, gid: number): Promise<void> {
+  const conf = join(data, 'conf.d', 'geminik8s-tls.conf');
+  await writePgTlsFiles(ctx);
+  if (!ctx.tls) {
+    await rm(conf, { force: true });
+    return;
+  }
+  await writeFile(conf, pgTlsConf(pgTlsDir(ctx.config.stateDir)));
+  await chown(conf, uid, gid);
+}
+
+/** The TLS files alone: a clone or a rewind needs them before there is a data directory to configure. */
+export async function writePgTlsFiles(ctx: NodeContext): Promise<void> {
+  const dir = pgTlsDir(ctx.config.stateDir);
+  if (!ctx.tls) {
+    await rm(dir, { recursive: true, force: true });
+    return;
+  }
+  const { uid, gid } = await osUserIds(ctx.config.postgresql.osUser);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await chown(dir, uid, gid);
+  await chmod(dir, 0o700);
+  const files: [string, string][] = [[PG_TLS_FILES.cert, ctx.tls.cert], [PG_TLS_FILES.key, ctx.tls.key], [PG_TLS_FILES.ca, ctx.tls.ca]];
+  for (const [name, text] of files) {
+    const file = join(dir, name);
+    // Written aside and renamed: a running server never reads half a key.
+    await writeFile(`${file}.tmp`, text, { mode: 0o600 });
+    await chown(`${file}.tmp`, uid, gid);
+    await rename(`${file}.tmp`, file);
+  }
+}
+
+/** libpq's TLS settings for this node's connections to its peer, as key=value conninfo words; empty without TLS. */
+function conninfoTls(ctx: NodeContext): string {
+  if (!ctx.tls) return '';
+  return Object.entries(libpqTlsParams(pgTlsDir(ctx.config.stateDir))).map(([k, v]) => ` ${k}=${v}`).join('');
+}
+
+/** The same settings as libpq environment variables (PGSSLMODE…), for pg_basebackup. */
+function envTls(ctx: NodeContext): Record<string, string> {
+  if (!ctx.tls) return {};
+  const p = libpqTlsParams(pgTlsDir(ctx.config.stateDir));
+  return { PGSSLMODE: p.sslmode, PGSSLROOTCERT: p.sslrootcert, PGSSLCERT: p.sslcert, PGSSLKEY: p.sslkey };
+}
+
 /** Standby settings: where to stream from and through which slot (no password: passfile). */
 export async function configureStandby(ctx: NodeContext): Promise<void> {
   const data = ctx.config.postgresql.dataDir;
-  const conninfo = `host=${ctx.peer.ip} port=${ctx.spec.postgresql.port} user=${REPLICATION_USER} passfile=${pgpassFile(ctx)} application_name=${ctx.self.name} connect_timeout=3 keepalives_idle=5 keepalives_interval=2 keepalives_count=2`;
+  const conninfo = `host=${ctx.peer.ip} port=${ctx.spec.postgresql.port} user=${REPLICATION_USER} passfile=${pgpassFile(ctx)} application_name=${ctx.self.name} connect_timeout=3 keepalives_idle=5 keepalives_interval=2 keepalives_count=2${conninfoTls(ctx)}`;
   await setAutoConf(ctx, { primary_conninfo: conninfo, primary_slot_name: slotNameFor(ctx.self.name), synchronous_standby_names: '' });
   await writeFile(join(data, 'standby.signal'), '');
   const { uid, gid } = await osUserIds(ctx.config.postgresql.osUser);
@@ -174,6 +225,8 @@ export async function withClient<T>(ctx: NodeContext, host: string, fn: (c: pg.C
     connectionTimeoutMillis: timeoutMs,
     statement_timeout: Math.max(timeoutMs, 2000),
     application_name: 'geminik8s-agent',
+    // The peer over TCP: TLS against the cluster CA, with this node's certificate (pg_hba asks for it).
+    ...(ctx.tls && !host.startsWith('/') ? { ssl: { ca: ctx.tls.ca, cert: ctx.tls.cert, key: ctx.tls.key } } : {}),
   });
   client.on('error', () => undefined);
   // statement_timeout is enforced by the server: a link cut mid-query would leave us waiting for

@@ -1,7 +1,9 @@
 import { createHmac } from 'node:crypto';
 import { stringify } from 'yaml';
 import { K3S_MANAGED_FLAGS, type ClusterSpec } from '../schema/cluster.ts';
-import { KINE_DATABASE, KINE_USER } from './postgresql.ts';
+import { join } from 'node:path';
+import { NODE_PATHS } from './paths.ts';
+import { KINE_DATABASE, KINE_USER, PG_TLS_FILES, pgTlsDir } from './postgresql.ts';
 
 /** Where the node keeps secret material derived from its seed (0700 directory, 0600 files). */
 export const NODE_SECRETS_DIR = '/var/lib/geminik8s/secrets';
@@ -60,9 +62,14 @@ export function k3sConfigYaml(spec: ClusterSpec, node: string): string {
   return `# geminik8s: K3s server configuration for ${node}.\n${stringify(k3sConfig(spec, node), { version: '1.1' })}`;
 }
 
-/** Kine's DSN: through the VIP, never the local standby; the password comes from PGPASSFILE. */
+/**
+ * Kine's DSN: through the VIP, never the local standby; the password comes from PGPASSFILE.
+ * With TLS the server must show a certificate from the cluster CA that covers the VIP (both
+ * nodes' do): sslmode=verify-full.
+ */
 export function kineEndpoint(spec: ClusterSpec): string {
-  return `postgres://${KINE_USER}@${spec.network.vip}:${spec.postgresql.port}/${KINE_DATABASE}?sslmode=disable`;
+  const tls = spec.agent.insecurePlaintext ? 'sslmode=disable' : `sslmode=verify-full&sslrootcert=${join(pgTlsDir(NODE_PATHS.stateDir), PG_TLS_FILES.ca)}`;
+  return `postgres://${KINE_USER}@${spec.network.vip}:${spec.postgresql.port}/${KINE_DATABASE}?${tls}`;
 }
 
 /** Environment file for kine.service (no secret: the password is in the pgpass file). */

@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import type { ClusterSpec } from '../schema/cluster.ts';
 import { peerOf } from '../schema/cluster.ts';
 import { intToIp, networkOf } from '../schema/units.ts';
@@ -75,28 +76,62 @@ export function pgIdentConf(osUser = 'postgres'): string {
   return `# geminik8s: operating-system users that may connect as the postgres role over the local socket.\n${users.map((u) => `${PEER_MAP} ${u} postgres`).join('\n')}\n`;
 }
 
+/** The files of PostgreSQL's TLS directory: the node's certificate and key (server and client) and the cluster CA. */
+export const PG_TLS_FILES = { cert: 'node.crt', key: 'node.key', ca: 'ca.crt' } as const;
+
+/** Where the agent keeps PostgreSQL's copy of the node's TLS files (owned by the PostgreSQL user, 0600). */
+export function pgTlsDir(stateDir: string): string {
+  return join(stateDir, 'pgtls');
+}
+
+/** Server TLS settings (`conf.d/geminik8s-tls.conf`): the node's certificate, clients verified against the cluster CA. */
+export function pgTlsConf(dir: string): string {
+  const settings: [string, string][] = [
+    ['ssl', 'on'],
+    ['ssl_cert_file', join(dir, PG_TLS_FILES.cert)],
+    ['ssl_key_file', join(dir, PG_TLS_FILES.key)],
+    ['ssl_ca_file', join(dir, PG_TLS_FILES.ca)],
+    ['ssl_min_protocol_version', 'TLSv1.2'],
+  ];
+  return `# geminik8s: TLS with the cluster CA (secrets/tls/ from geminik8s init).\n${settings.map(([k, v]) => `${k} = ${confValue(v)}`).join('\n')}\n`;
+}
+
+/**
+ * libpq connection parameters for a node's own connections to its peer (replication,
+ * pg_basebackup, pg_rewind): the peer's certificate must be the cluster CA's and name the
+ * address dialled (verify-full), and the node shows its own certificate.
+ */
+export function libpqTlsParams(dir: string): Record<'sslmode' | 'sslrootcert' | 'sslcert' | 'sslkey', string> {
+  return { sslmode: 'verify-full', sslrootcert: join(dir, PG_TLS_FILES.ca), sslcert: join(dir, PG_TLS_FILES.cert), sslkey: join(dir, PG_TLS_FILES.key) };
+}
+
 /**
  * `pg_hba.conf`: local administration by peer auth (root and the PostgreSQL user, pg_ident.conf), replication only from the peer node,
- * Kine from the nodes' subnet, everything else rejected.
+ * Kine from the nodes' subnet, everything else rejected. With TLS (the default) every connection
+ * from another address must use TLS, and the peer's (replication, pg_rewind, health checks) must
+ * also show a client certificate from the cluster CA.
  */
 export function pgHbaConf(spec: ClusterSpec, node: string): string {
   const peer = peerOf(spec, node);
   const self = spec.nodes.find((n) => n.name === node)!;
   const subnet = `${intToIp(networkOf(self.ip, spec.network.prefix))}/${spec.network.prefix}`;
+  const tls = !spec.agent.insecurePlaintext;
+  const remote = tls ? 'hostssl' : 'host';
+  const peerAuth = tls ? 'scram-sha-256 clientcert=verify-ca' : 'scram-sha-256';
   const rows: [string, string, string, string, string][] = [
     ['local', 'all', 'postgres', '', `peer map=${PEER_MAP}`],
     ['local', 'all', 'all', '', 'scram-sha-256'],
     ['host', 'all', 'postgres', '127.0.0.1/32', 'scram-sha-256'],
-    ['host', 'replication', REPLICATION_USER, `${peer.ip}/32`, 'scram-sha-256'],
+    [remote, 'replication', REPLICATION_USER, `${peer.ip}/32`, peerAuth],
     // pg_rewind and the agent's health checks connect to the peer's regular databases.
-    ['host', 'postgres', REPLICATION_USER, `${peer.ip}/32`, 'scram-sha-256'],
-    ['host', 'postgres', 'postgres', `${peer.ip}/32`, 'scram-sha-256'],
+    [remote, 'postgres', REPLICATION_USER, `${peer.ip}/32`, peerAuth],
+    [remote, 'postgres', 'postgres', `${peer.ip}/32`, peerAuth],
     ['host', KINE_DATABASE, KINE_USER, '127.0.0.1/32', 'scram-sha-256'],
-    ['host', KINE_DATABASE, KINE_USER, subnet, 'scram-sha-256'],
+    [remote, KINE_DATABASE, KINE_USER, subnet, 'scram-sha-256'],
     ['host', 'all', 'all', '0.0.0.0/0', 'reject'],
     ['host', 'all', 'all', '::/0', 'reject'],
   ];
-  const width = [6, 12, 11, 18];
+  const width = [7, 12, 11, 18];
   const text = rows
     .map((r) => {
       const cols = r[0] === 'local' ? [r[0], r[1], r[2], r[4]] : r;
@@ -104,5 +139,5 @@ export function pgHbaConf(spec: ClusterSpec, node: string): string {
       return `${r[0].padEnd(width[0]!)} ${r[1].padEnd(width[1]!)} ${r[2].padEnd(width[2]!)} ${r[3].padEnd(width[3]!)} ${r[4]}`;
     })
     .join('\n');
-  return `# geminik8s: client authentication for ${node} (peer ${peer.name} ${peer.ip}).\n# TYPE  DATABASE     USER        ADDRESS            METHOD\n${text}\n`;
+  return `# geminik8s: client authentication for ${node} (peer ${peer.name} ${peer.ip}).\n# TYPE   DATABASE     USER        ADDRESS            METHOD\n${text}\n`;
 }

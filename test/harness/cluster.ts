@@ -115,6 +115,8 @@ export interface WriterLogin {
   user: string;
   password: string;
   database: string;
+  /** The CA file to verify the server with (verify-full through the VIP, like Kine); unset: no TLS. */
+  caFile?: string;
 }
 
 /**
@@ -211,7 +213,7 @@ export abstract class PairHarness {
   /** Start the writer through the VIP and a sampler on each node. */
   startTraffic(maxSeconds = 900): void {
     const login = this.writerLogin();
-    this.writer = this.spawnLogged('writer', inNs(this.topology.clientNs, 'node', [join(this.dir, 'writer.mjs'), NET.vip, '5432', login.user, login.password, login.database, String(maxSeconds), '50']), (l) => {
+    this.writer = this.spawnLogged('writer', inNs(this.topology.clientNs, 'node', [join(this.dir, 'writer.mjs'), NET.vip, '5432', login.user, login.password, login.database, String(maxSeconds), '50'], login.caFile ? { WRITER_CA_FILE: login.caFile } : {}), (l) => {
       try {
         const m = JSON.parse(l) as { ack?: number; t: number; error?: string };
         if (m.ack) this.acks.push({ id: m.ack, t: m.t });
@@ -475,7 +477,7 @@ export class HarnessCluster extends PairHarness {
   }
 
   writerLogin(): WriterLogin {
-    return { user: 'kine', password: kinePassword(this.secrets.postgresPassword), database: 'kine' };
+    return { user: 'kine', password: kinePassword(this.secrets.postgresPassword), database: 'kine', caFile: this.caFile };
   }
 
   superuserPassword(): string {

@@ -1,11 +1,14 @@
 // Runs inside the client namespace: inserts sequential ids through the VIP and prints one
 // JSON line per ACKNOWLEDGED (committed) insert. Bounded in count and time.
+import { readFileSync } from 'node:fs';
 import pg from 'pg';
 
 const [host, port, user, password, database, maxSecondsArg, intervalArg] = process.argv.slice(2);
 const maxMs = Number(maxSecondsArg ?? 600) * 1000;
 const intervalMs = Number(intervalArg ?? 50);
 const started = Date.now();
+// As Kine connects: TLS, the server's certificate from the cluster CA and covering the VIP.
+const ssl = process.env.WRITER_CA_FILE ? { ca: readFileSync(process.env.WRITER_CA_FILE, 'utf8') } : undefined;
 let id = 0;
 let client: pg.Client | undefined;
 let stopping = false;
@@ -14,7 +17,7 @@ process.on('SIGTERM', () => {
 });
 
 async function connect(): Promise<pg.Client> {
-  const c = new pg.Client({ host, port: Number(port), user, password, database, connectionTimeoutMillis: 1000, query_timeout: 2000, application_name: 'harness-writer' });
+  const c = new pg.Client({ host, port: Number(port), user, password, database, connectionTimeoutMillis: 1000, query_timeout: 2000, application_name: 'harness-writer', ...(ssl ? { ssl } : {}) });
   c.on('error', () => undefined);
   try {
     await c.connect();

@@ -292,6 +292,9 @@ test('command plans: VIP, gratuitous ARP, initdb, clone and rewind carry no secr
   t.snapshot(plans);
   const text = JSON.stringify(plans);
   for (const s of Object.values(FAKE_SECRETS)) t.false(text.includes(s));
+  t.false(text.includes(fakeTls('node1').key.split('\n')[1]!), 'the key stays in its file');
+  t.like(basebackupPlan(ctx).env, { PGSSLMODE: 'verify-full', PGSSLROOTCERT: '/var/lib/geminik8s/pgtls/ca.crt', PGSSLCERT: '/var/lib/geminik8s/pgtls/node.crt', PGSSLKEY: '/var/lib/geminik8s/pgtls/node.key' });
+  t.regex(rewindPlan(ctx).args.join(' '), / sslmode=verify-full sslrootcert=\/var\/lib\/geminik8s\/pgtls\/ca\.crt sslcert=\S+ sslkey=\S+$/);
   t.true(plans.every((p) => p.cmd === 'runuser' && p.args.slice(0, 3).join(' ') === '-u postgres --'));
   t.true(initdbPlan(ctx, 'x').args.includes('--data-checksums'));
 });

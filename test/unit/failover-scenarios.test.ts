@@ -65,6 +65,24 @@ test.after.always(async (t) => {
 });
 
 // Runs before the scenarios (serial tests run in file order): the pair is healthy then.
+serial('every link between the parties is TLS from the cluster CA: replication with the standby\'s certificate, Kine-style writes through the VIP, the agent API; plaintext is refused', async (t) => {
+  t.timeout(180_000);
+  const leader = await cluster.waitFor('a healthy pair', () => cluster.healthyPair(), 120_000);
+  const follower = cluster.other(leader);
+  const replication = await cluster.sql(leader, 'SELECT s.ssl, s.client_dn FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)', 'postgres');
+  t.regex(replication ?? '', new RegExp(`^t\\|/O=harness/CN=${follower}$`), 'the standby streams over TLS with its own certificate');
+  const writer = await cluster.sql(leader, "SELECT bool_and(s.ssl) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'harness-writer'", 'postgres');
+  t.is(writer, 't', 'the writer (as Kine) reaches the primary over TLS');
+  const ip = cluster.config.nodes.find((n) => n.name === leader)!.ip;
+  const plain = await runPlan(inNs(cluster.topology.clientNs, 'psql', [`host=${ip} user=kine dbname=kine sslmode=disable connect_timeout=5`, '-XAtqc', 'select 1'], { PGPASSWORD: cluster.writerLogin().password }), { allowFailure: true });
+  t.not(plain.exitCode, 0);
+  t.regex(plain.stderr, /pg_hba\.conf rejects connection .*user "kine", database "kine", no encryption/);
+  const http = await runPlan(inNs(cluster.topology.clientNs, 'curl', ['-s', '-m', '5', '-o', '/dev/null', '-w', '%{http_code}', `http://${ip}:7443/healthz`]), { allowFailure: true });
+  t.not(http.stdout, '200', 'the agent API does not answer plain HTTP');
+  const https = await runPlan(inNs(cluster.topology.clientNs, 'curl', ['-s', '-m', '5', '--cacert', cluster.caFile, `https://${ip}:7443/healthz`]), { allowFailure: true });
+  t.is(https.stdout, '{"ok":true}');
+});
+
 serial('geminik8s status and failover on the running pair, from the client namespace: table, json, exit codes, a refused, a dry and a real switchover', async (t) => {
   t.timeout(300_000);
   const run = (...args: string[]) =>

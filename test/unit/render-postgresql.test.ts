@@ -3,11 +3,12 @@ import { chmodSync, chownSync, existsSync, readdirSync, readFileSync, writeFileS
 import { join } from 'node:path';
 import { runPlan, type CommandPlan } from '../../common/exec.ts';
 import { pgBinDir } from '../../common/render/paths.ts';
-import { pgHbaConf, pgIdentConf, postgresqlConf, postgresqlSettings, KINE_DATABASE, KINE_USER } from '../../common/render/postgresql.ts';
+import { pgHbaConf, pgIdentConf, pgTlsConf, postgresqlConf, postgresqlSettings, KINE_DATABASE, KINE_USER, PG_TLS_FILES } from '../../common/render/postgresql.ts';
 import { kineEndpoint, kinePassword, kinePgpass } from '../../common/render/k3s.ts';
-import type { ClusterSpec } from '../../common/schema/cluster.ts';
-import { FAKE_SECRETS } from '../helpers/fixtures.ts';
-import { loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
+import type { Cluster, ClusterSpec } from '../../common/schema/cluster.ts';
+import { issueCa, issueLeaf, type TlsMaterial } from '../../common/tls.ts';
+import { nodeSubject } from '../../builder/src/init/tls.ts';
+import { FAKE_SECRETS, fakeCa, fakeTls, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
 
 // The rendered postgresql.conf fragment and pg_hba.conf, loaded by a real PostgreSQL server
 // (the one installed on the test host): every setting accepted, every hba line parsed.
@@ -26,6 +27,18 @@ function pgIds(): { uid: number; gid: number } {
   if (!line) throw new Error('no postgres OS user on this host (install postgresql-NN)');
   const [, , uid, gid] = line.split(':');
   return { uid: Number(uid), gid: Number(gid) };
+}
+
+/** What the agent does with the node's TLS material (agent/src/postgres.ts writePgTls): files the server's user owns, 0600, and the TLS settings. */
+function writeTls(data: string, dir: string, material: TlsMaterial): void {
+  mkdirSync(dir, { mode: 0o700 });
+  const files: [string, string][] = [[PG_TLS_FILES.cert, material.cert], [PG_TLS_FILES.key, material.key], [PG_TLS_FILES.ca, material.ca]];
+  for (const [name, text] of files) writeFileSync(join(dir, name), text, { mode: 0o600 });
+  writeFileSync(join(data, 'conf.d', 'geminik8s-tls.conf'), pgTlsConf(dir));
+  if (isRoot) {
+    const { uid, gid } = pgIds();
+    for (const p of [dir, ...files.map(([n]) => join(dir, n)), join(data, 'conf.d', 'geminik8s-tls.conf')]) chownSync(p, uid, gid);
+  }
 }
 
 (major ? test.serial : test.serial.skip)('a real PostgreSQL accepts the rendered settings and pg_hba.conf', async (t) => {
@@ -50,6 +63,8 @@ function pgIds(): { uid: number; gid: number } {
     const { uid, gid } = pgIds();
     for (const p of [join(data, 'conf.d'), join(data, 'conf.d', 'geminik8s.conf'), join(data, 'pg_hba.conf'), join(data, 'pg_ident.conf')]) chownSync(p, uid, gid);
   }
+  // hostssl rows are an error unless the server has TLS: the node's certificate from the fixture CA.
+  writeTls(data, join(dir, 'pgtls'), fakeTls('node1'));
 
   // postgres -C parses every configuration file and fails on any invalid value.
   const parsed = await runPlan(asPg('postgres', ['-D', data, '-C', 'wal_level']), { allowFailure: true });
@@ -79,16 +94,16 @@ function pgIds(): { uid: number; gid: number } {
       t.regex(other.stderr, /Peer authentication failed for user "postgres"/);
     }
     t.is(await q("select coalesce(string_agg(name || ': ' || error, '; '), '') from pg_file_settings where error is not null and sourcefile like '%geminik8s.conf' and name not in ('listen_addresses', 'port')"), '');
-    const rules = await q("select type || ' ' || array_to_string(database, ',') || ' ' || array_to_string(user_name, ',') || ' ' || coalesce(address, '') || ' ' || auth_method from pg_hba_file_rules order by line_number");
+    const rules = await q("select type || ' ' || array_to_string(database, ',') || ' ' || array_to_string(user_name, ',') || ' ' || coalesce(address, '') || ' ' || auth_method || coalesce(' ' || array_to_string(options, ','), '') from pg_hba_file_rules order by line_number");
     t.deepEqual(rules.split('\n'), [
-      'local all postgres  peer',
+      'local all postgres  peer map=geminik8s',
       'local all all  scram-sha-256',
       'host all postgres 127.0.0.1 scram-sha-256',
-      'host replication replicator 192.168.10.12 scram-sha-256',
-      'host postgres replicator 192.168.10.12 scram-sha-256',
-      'host postgres postgres 192.168.10.12 scram-sha-256',
+      'hostssl replication replicator 192.168.10.12 scram-sha-256 clientcert=verify-ca',
+      'hostssl postgres replicator 192.168.10.12 scram-sha-256 clientcert=verify-ca',
+      'hostssl postgres postgres 192.168.10.12 scram-sha-256 clientcert=verify-ca',
       'host kine kine 127.0.0.1 scram-sha-256',
-      'host kine kine 192.168.10.0 scram-sha-256',
+      'hostssl kine kine 192.168.10.0 scram-sha-256',
       'host all all 0.0.0.0 reject',
       'host all all :: reject',
     ]);
@@ -150,6 +165,9 @@ function pgIds(): { uid: number; gid: number } {
     const { uid, gid } = pgIds();
     for (const p of [join(data, 'conf.d'), join(data, 'conf.d', 'geminik8s.conf'), join(data, 'pg_hba.conf'), join(data, 'pg_ident.conf')]) chownSync(p, uid, gid);
   }
+  // node1's certificate as init issues it for this cluster: it covers the VIP, which Kine dials.
+  const ca = fakeCa();
+  writeTls(data, join(dir, 'pgtls'), { ca: ca.cert, ...(await issueLeaf(ca, nodeSubject({ ...spec, name: 'site-a' } as Cluster, 'node1'))) });
   const log = join(dir, 'pg.log');
   const start = await runPlan(asPg('pg_ctl', ['-D', data, '-l', log, '-w', '-t', '60', '-o', `-c listen_addresses=127.0.0.50 -k ${socket}`, 'start']), { allowFailure: true });
   t.is(start.exitCode, 0, existsSync(log) ? readFileSync(log, 'utf8') : start.stderr);
@@ -160,12 +178,22 @@ function pgIds(): { uid: number; gid: number } {
     await admin(`create database ${KINE_DATABASE} owner ${KINE_USER}`);
     const pgpass = join(dir, 'kine.pgpass');
     writeFileSync(pgpass, kinePgpass(spec, kinePassword(FAKE_SECRETS.postgresPassword)), { mode: 0o600 });
-    const dsn = kineEndpoint(spec);
-    t.is(dsn, `postgres://kine@127.0.0.50:${port}/kine?sslmode=disable`);
+    const rendered = kineEndpoint(spec);
+    t.is(rendered, `postgres://kine@127.0.0.50:${port}/kine?sslmode=verify-full&sslrootcert=/var/lib/geminik8s/pgtls/ca.crt`);
+    // On a node the agent keeps the CA there; here it is the test's copy.
+    const caFile = join(dir, 'kine-ca.crt');
+    writeFileSync(caFile, ca.cert);
+    const dsn = rendered.replace('/var/lib/geminik8s/pgtls/ca.crt', caFile);
     const psql = join(pgBinDir(major!), 'psql');
     const ok = await runPlan({ cmd: psql, args: [dsn, '-XAtc', 'select current_user, inet_server_addr()'], env: { PGPASSFILE: pgpass, PGCONNECT_TIMEOUT: '5' } }, { allowFailure: true });
     t.is(ok.exitCode, 0, ok.stderr);
     t.is(ok.stdout.trim(), 'kine|127.0.0.50');
+    // verify-full: a CA that did not issue the server's certificate gets no connection.
+    const stranger = join(dir, 'stranger-ca.crt');
+    writeFileSync(stranger, (await issueCa('site-a')).cert);
+    const unverified = await runPlan({ cmd: psql, args: [dsn.replace(caFile, stranger), '-XAtc', 'select 1'], env: { PGPASSFILE: pgpass, PGCONNECT_TIMEOUT: '5' } }, { allowFailure: true });
+    t.not(unverified.exitCode, 0);
+    t.regex(unverified.stderr, /certificate verify failed/);
     // Without the password file Kine gets nowhere: the DSN itself carries no secret.
     const denied = await runPlan({ cmd: psql, args: [dsn, '-XAtwc', 'select 1'], env: { PGPASSFILE: join(dir, 'none'), PGCONNECT_TIMEOUT: '5' } }, { allowFailure: true });
     t.not(denied.exitCode, 0);

@@ -275,6 +275,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
     await mkdir(pgc.pgLogDir(ctx), { recursive: true, mode: 0o750 });
     await chown(pgc.pgLogDir(ctx), uid, gid);
     await pgc.writePgpass(ctx);
+    await pgc.writePgTlsFiles(ctx);
   };
 
   const setMarker = async (what: string): Promise<void> => {

@@ -263,7 +263,9 @@ export class Controller {
           await this.p.pg.clone();
         } catch (err) {
           // The leader reports its role while it still creates its roles: the first try may be early.
-          this.p.log.warn({ event: 'bootstrap', err: (err as Error).message.split('\n')[0] }, 'clone failed; retrying');
+          // The first line names the command; the last is the tool's own last word (its stderr).
+          const lines = (err as Error).message.split('\n');
+          this.p.log.warn({ event: 'bootstrap', err: lines.length > 1 ? `${lines[0]} (${lines.at(-1)})` : lines[0] }, 'clone failed; retrying');
           await this.p.clock.sleep(this.s.checkInterval);
           continue;
         }
