@@ -19,6 +19,8 @@ PACKAGES=(
   # upgrade bundles: signatures checked against minisign itself; the SUC image: busybox
   # (the layer's shell in the tests), skopeo and a registry to push to on loopback
   minisign busybox skopeo docker-registry
+  # the cluster CA and certificates (geminik8s init)
+  openssl
   # Containerfile path
   docker.io
 )
