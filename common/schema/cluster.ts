@@ -127,6 +127,8 @@ export const ClusterSpecSchema = z.strictObject({
        * clear and no certificates. Off, every party uses mutual TLS against the cluster CA.
        */
       insecurePlaintext: z.boolean().default(false),
+      /** Replaced by mutual TLS on by default; still parsed so that clusterRules can say so. */
+      tls: z.boolean().optional(),
     })
     .prefault({}),
   ssh: z
@@ -220,6 +222,9 @@ export function clusterRules(spec: ClusterSpec): RuleIssue[] {
         related: [['agent', 'insecurePlaintext']],
       });
     }
+  }
+  if (spec.agent.tls !== undefined) {
+    issues.push({ path: ['agent', 'tls'], message: 'agent.tls is gone: the agents, the witness and PostgreSQL use mutual TLS from the cluster CA unless agent.insecurePlaintext is true; remove agent.tls and run `geminik8s init --force` to make the CA and certificates', found: String(spec.agent.tls) });
   }
   if (spec.bootstrapLeader && !nodes.some((n) => n.name === spec.bootstrapLeader)) {
     issues.push({ path: ['bootstrapLeader'], message: 'must name one of the two nodes', found: JSON.stringify(spec.bootstrapLeader), expected: `${JSON.stringify(a.name)} or ${JSON.stringify(b.name)}` });

@@ -94,6 +94,7 @@ const CASES: Case[] = [
     { title: `tcp witness refused, syncPolicy ${policy}`, text: `${CLUSTER}witness:\n  type: tcp\n  host: 192.168.10.9\n  port: 7444\npostgresql:\n  syncPolicy: ${policy}\n`, expect: [{ at: '14:9', path: 'witness.type', message: PROBE_REFUSED }] },
     { title: `http witness refused, syncPolicy ${policy}`, text: `${CLUSTER}witness:\n  type: http\n  url: http://192.168.10.9/healthz\npostgresql:\n  syncPolicy: ${policy}\n`, expect: [{ at: '14:9', path: 'witness.type', message: PROBE_REFUSED }] },
   ]),
+  { title: 'agent.tls of an older cluster.yaml', text: `${CLUSTER}agent:\n  tls: false\n`, expect: [{ at: '14:8', path: 'agent.tls', message: /agent\.tls is gone: .*mutual TLS .*geminik8s init --force/ }] },
   { title: 'lease witness over plain http', text: `${CLUSTER}witness:\n  type: lease\n  url: http://192.168.10.9:7444\n`, expect: [{ at: '15:8', path: 'witness.url', message: /must be https:\/\/ \(plain HTTP only with agent\.insecurePlaintext/ }] },
   { title: 'seed: no TLS material', text: SEED.replace(/^tls:[\s\S]*$/m, ''), expect: [{ at: '1:1', path: 'tls', message: /the node needs its TLS material/ }] },
   { title: 'seed: TLS material of the other node', text: SEED.replace('node: node1', 'node: node2'), expect: [{ at: '32:9', path: 'tls.cert', message: /names node1 of cluster site-a, not node2/ }] },
