@@ -108,8 +108,16 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   const neigh = await s2.check(`ip -color=never neigh show ${NET.vip}`);
   t.regex(neigh, new RegExp(MAC.node1), 'the VIP answers with the leader\'s MAC');
 
-  const password = readFileSync(join(clusterDir, 'secrets/postgres-password'), 'utf8').trim();
-  await s2.check(`PGPASSWORD='${password}' ${PG}/psql -XtA -h ${NET.vip} -U postgres -d postgres -c "create table e2e_probe(v text); insert into e2e_probe values ('through-the-vip')"`);
+  // Through the VIP from the follower, as the agent would: TLS verify-full (the leader's
+  // certificate must cover the VIP), node2's client certificate (pg_hba asks the peer for it),
+  // the password from the node's pgpass: no secret on the command line.
+  const tls = 'sslmode=verify-full sslrootcert=/var/lib/geminik8s/pgtls/ca.crt sslcert=/var/lib/geminik8s/pgtls/node.crt sslkey=/var/lib/geminik8s/pgtls/node.key';
+  const viaVip = (extra: string) => `runuser -u postgres -- env PGPASSFILE=/var/lib/geminik8s/pgpass ${PG}/psql -XtA "host=${NET.vip} user=postgres dbname=postgres ${extra}"`;
+  await s2.check(`${viaVip(tls)} -c "create table e2e_probe(v text); insert into e2e_probe values ('through-the-vip')"`);
+  t.regex(await s2.check(`${viaVip(tls)} -c "select ssl, client_dn from pg_stat_ssl where pid = pg_backend_pid()"`), /^t\|\/O=e2e\/CN=node2$/m, 'TLS, and the server saw node2\'s certificate');
+  const plain = await s2.run(`${viaVip('sslmode=disable')} -c "select 1"`);
+  t.not(plain.code, 0);
+  t.regex(plain.output, /pg_hba\.conf rejects connection for host "192\.168\.77\.12", user "postgres", database "postgres", no encryption/, 'plain TCP from the peer is refused');
   const seen = await until('the row on the follower', 60_000, async () => {
     const v = await sql(s2, 'select v from e2e_probe').catch(() => '');
     return v === 'through-the-vip' ? v : undefined;
