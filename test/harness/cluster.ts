@@ -575,6 +575,27 @@ export class HarnessCluster extends PairHarness {
     this.startAgent(node);
   }
 
+  /**
+   * `geminik8s init --force --rotate-certs` (every certificate reissued from the kept CA), then
+   * a new seed for `node` only and its agent restarted: the rollout's halfway point, one node
+   * on its new certificate, the other still on its old one.
+   */
+  async rotateCertsOn(node: string): Promise<void> {
+    const clusterFile = join(this.configDir, 'cluster.yaml');
+    await writeClusterTls(join(this.configDir, this.config.secretsDir), this.config, { rotate: true });
+    this.tls.set(node, (await loadClusterTls(clusterFile, this.config, node))!);
+    this.writeNodeFiles(node);
+    await this.restartAgent(node);
+  }
+
+  /** The certificate a node's agent API serves now, as PEM (read from inside the client namespace). */
+  async servedCertificate(node: string): Promise<string | undefined> {
+    const ip = NET.nodes.find((n) => n.name === node)!.ip;
+    // stdin closed at once: s_client prints the handshake and leaves.
+    const r = await runPlan({ ...inNs(this.topology.clientNs, 'openssl', ['s_client', '-connect', `${ip}:7443`, '-CAfile', this.caFile, '-verify_return_error']), input: '' }, { allowFailure: true, timeoutMs: 10_000 });
+    return /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(r.stdout)?.[0];
+  }
+
   /** crashAgent, then systemd's restart after RestartSec=2. */
   async restartAgent(node: string): Promise<void> {
     await this.crashAgent(node);

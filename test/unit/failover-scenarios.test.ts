@@ -64,6 +64,22 @@ test.after.always(async (t) => {
   console.log(`${results.length} scenarios in ${((Date.now() - started) / 1000).toFixed(0)} s; harness log: ${cluster.logFile}`);
 });
 
+serial('certificate rotation: with one node on a reissued certificate and the other on its old one, the pair stays healthy and replicates over TLS', async (t) => {
+  t.timeout(300_000);
+  const leader = await cluster.waitFor('a healthy pair', () => cluster.healthyPair(), 120_000);
+  const follower = cluster.other(leader);
+  const before = await cluster.servedCertificate(follower);
+  t.truthy(before, 'the follower serves a certificate the CA verifies');
+  await cluster.rotateCertsOn(follower);
+  const after = await cluster.waitFor('the follower on its new certificate', async () => {
+    const c = await cluster.servedCertificate(follower);
+    return c && c !== before ? c : undefined;
+  }, 120_000);
+  t.not(after, before);
+  await cluster.waitFor('a healthy pair again', () => cluster.healthyPair(), 180_000);
+  t.regex(await cluster.sql(leader, 'SELECT s.ssl, s.client_dn FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)', 'postgres') ?? '', new RegExp(`^t\\|/O=harness/CN=${follower}$`));
+});
+
 // Runs before the scenarios (serial tests run in file order): the pair is healthy then.
 serial('every link between the parties is TLS from the cluster CA: replication with the standby\'s certificate, Kine-style writes through the VIP, the agent API; plaintext is refused', async (t) => {
   t.timeout(180_000);
