@@ -65,10 +65,13 @@ export function k3sConfigYaml(spec: ClusterSpec, node: string): string {
 /**
  * Kine's DSN: through the VIP, never the local standby; the password comes from PGPASSFILE.
  * With TLS the server must show a certificate from the cluster CA that covers the VIP (both
- * nodes' do): sslmode=verify-full.
+ * nodes' do): sslmode=verify-full; Kine shows the node's certificate (pg_hba asks for one).
  */
 export function kineEndpoint(spec: ClusterSpec): string {
-  const tls = spec.agent.insecurePlaintext ? 'sslmode=disable' : `sslmode=verify-full&sslrootcert=${join(pgTlsDir(NODE_PATHS.stateDir), PG_TLS_FILES.ca)}`;
+  const dir = pgTlsDir(NODE_PATHS.stateDir);
+  const tls = spec.agent.insecurePlaintext
+    ? 'sslmode=disable'
+    : `sslmode=verify-full&sslrootcert=${join(dir, PG_TLS_FILES.ca)}&sslcert=${join(dir, PG_TLS_FILES.cert)}&sslkey=${join(dir, PG_TLS_FILES.key)}`;
   return `postgres://${KINE_USER}@${spec.network.vip}:${spec.postgresql.port}/${KINE_DATABASE}?${tls}`;
 }
 

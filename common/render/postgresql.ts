@@ -108,8 +108,8 @@ export function libpqTlsParams(dir: string): Record<'sslmode' | 'sslrootcert' | 
 /**
  * `pg_hba.conf`: local administration by peer auth (root and the PostgreSQL user, pg_ident.conf), replication only from the peer node,
  * Kine from the nodes' subnet, everything else rejected. With TLS (the default) every connection
- * from another address must use TLS, and the peer's (replication, pg_rewind, health checks) must
- * also show a client certificate from the cluster CA.
+ * from another address must use TLS and show a client certificate from the cluster CA (the
+ * peer's for replication, pg_rewind and health checks; a node's for Kine).
  */
 export function pgHbaConf(spec: ClusterSpec, node: string): string {
   const peer = peerOf(spec, node);
@@ -127,7 +127,8 @@ export function pgHbaConf(spec: ClusterSpec, node: string): string {
     [remote, 'postgres', REPLICATION_USER, `${peer.ip}/32`, peerAuth],
     [remote, 'postgres', 'postgres', `${peer.ip}/32`, peerAuth],
     ['host', KINE_DATABASE, KINE_USER, '127.0.0.1/32', 'scram-sha-256'],
-    [remote, KINE_DATABASE, KINE_USER, subnet, 'scram-sha-256'],
+    // Kine on either node, through the VIP: with the node's certificate.
+    [remote, KINE_DATABASE, KINE_USER, subnet, peerAuth],
     ['host', 'all', 'all', '0.0.0.0/0', 'reject'],
     ['host', 'all', 'all', '::/0', 'reject'],
   ];

@@ -115,8 +115,8 @@ export interface WriterLogin {
   user: string;
   password: string;
   database: string;
-  /** The CA file to verify the server with (verify-full through the VIP, like Kine); unset: no TLS. */
-  caFile?: string;
+  /** TLS as Kine has it: the CA to verify the server with (verify-full through the VIP) and a node's certificate; unset: no TLS. */
+  tls?: { caFile: string; certFile: string; keyFile: string };
 }
 
 /**
@@ -213,7 +213,7 @@ export abstract class PairHarness {
   /** Start the writer through the VIP and a sampler on each node. */
   startTraffic(maxSeconds = 900): void {
     const login = this.writerLogin();
-    this.writer = this.spawnLogged('writer', inNs(this.topology.clientNs, 'node', [join(this.dir, 'writer.mjs'), NET.vip, '5432', login.user, login.password, login.database, String(maxSeconds), '50'], login.caFile ? { WRITER_CA_FILE: login.caFile } : {}), (l) => {
+    this.writer = this.spawnLogged('writer', inNs(this.topology.clientNs, 'node', [join(this.dir, 'writer.mjs'), NET.vip, '5432', login.user, login.password, login.database, String(maxSeconds), '50'], login.tls ? { WRITER_CA_FILE: login.tls.caFile, WRITER_CERT_FILE: login.tls.certFile, WRITER_KEY_FILE: login.tls.keyFile } : {}), (l) => {
       try {
         const m = JSON.parse(l) as { ack?: number; t: number; error?: string };
         if (m.ack) this.acks.push({ id: m.ack, t: m.t });
@@ -477,7 +477,9 @@ export class HarnessCluster extends PairHarness {
   }
 
   writerLogin(): WriterLogin {
-    return { user: 'kine', password: kinePassword(this.secrets.postgresPassword), database: 'kine', caFile: this.caFile };
+    // Kine runs on a node and shows that node's certificate: node1's here.
+    const node1 = tlsFiles(join(this.configDir, this.config.secretsDir), NET.nodes[0].name);
+    return { user: 'kine', password: kinePassword(this.secrets.postgresPassword), database: 'kine', tls: { caFile: this.caFile, certFile: node1.cert, keyFile: node1.key } };
   }
 
   superuserPassword(): string {

@@ -8,7 +8,9 @@ const maxMs = Number(maxSecondsArg ?? 600) * 1000;
 const intervalMs = Number(intervalArg ?? 50);
 const started = Date.now();
 // As Kine connects: TLS, the server's certificate from the cluster CA and covering the VIP.
-const ssl = process.env.WRITER_CA_FILE ? { ca: readFileSync(process.env.WRITER_CA_FILE, 'utf8') } : undefined;
+const ssl = process.env.WRITER_CA_FILE
+  ? { ca: readFileSync(process.env.WRITER_CA_FILE, 'utf8'), cert: readFileSync(process.env.WRITER_CERT_FILE!, 'utf8'), key: readFileSync(process.env.WRITER_KEY_FILE!, 'utf8') }
+  : undefined;
 let id = 0;
 let client: pg.Client | undefined;
 let stopping = false;

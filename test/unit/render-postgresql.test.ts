@@ -103,7 +103,7 @@ function writeTls(data: string, dir: string, material: TlsMaterial): void {
       'hostssl postgres replicator 192.168.10.12 scram-sha-256 clientcert=verify-ca',
       'hostssl postgres postgres 192.168.10.12 scram-sha-256 clientcert=verify-ca',
       'host kine kine 127.0.0.1 scram-sha-256',
-      'hostssl kine kine 192.168.10.0 scram-sha-256',
+      'hostssl kine kine 192.168.10.0 scram-sha-256 clientcert=verify-ca',
       'host all all 0.0.0.0 reject',
       'host all all :: reject',
     ]);
@@ -167,7 +167,8 @@ function writeTls(data: string, dir: string, material: TlsMaterial): void {
   }
   // node1's certificate as init issues it for this cluster: it covers the VIP, which Kine dials.
   const ca = fakeCa();
-  writeTls(data, join(dir, 'pgtls'), { ca: ca.cert, ...(await issueLeaf(ca, nodeSubject({ ...spec, name: 'site-a' } as Cluster, 'node1'))) });
+  const node1 = await issueLeaf(ca, nodeSubject({ ...spec, name: 'site-a' } as Cluster, 'node1'));
+  writeTls(data, join(dir, 'pgtls'), { ca: ca.cert, ...node1 });
   const log = join(dir, 'pg.log');
   const start = await runPlan(asPg('pg_ctl', ['-D', data, '-l', log, '-w', '-t', '60', '-o', `-c listen_addresses=127.0.0.50 -k ${socket}`, 'start']), { allowFailure: true });
   t.is(start.exitCode, 0, existsSync(log) ? readFileSync(log, 'utf8') : start.stderr);
@@ -179,11 +180,14 @@ function writeTls(data: string, dir: string, material: TlsMaterial): void {
     const pgpass = join(dir, 'kine.pgpass');
     writeFileSync(pgpass, kinePgpass(spec, kinePassword(FAKE_SECRETS.postgresPassword)), { mode: 0o600 });
     const rendered = kineEndpoint(spec);
-    t.is(rendered, `postgres://kine@127.0.0.50:${port}/kine?sslmode=verify-full&sslrootcert=/var/lib/geminik8s/pgtls/ca.crt`);
-    // On a node the agent keeps the CA there; here it is the test's copy.
+    t.is(rendered, `postgres://kine@127.0.0.50:${port}/kine?sslmode=verify-full&sslrootcert=/var/lib/geminik8s/pgtls/ca.crt&sslcert=/var/lib/geminik8s/pgtls/node.crt&sslkey=/var/lib/geminik8s/pgtls/node.key`);
+    // On a node the agent keeps these files there; here they are the test's copies (the
+    // client runs as this user, and libpq wants the key to be its own, 0600).
     const caFile = join(dir, 'kine-ca.crt');
     writeFileSync(caFile, ca.cert);
-    const dsn = rendered.replace('/var/lib/geminik8s/pgtls/ca.crt', caFile);
+    writeFileSync(join(dir, 'kine.crt'), node1.cert);
+    writeFileSync(join(dir, 'kine.key'), node1.key, { mode: 0o600 });
+    const dsn = rendered.replace('/var/lib/geminik8s/pgtls/ca.crt', caFile).replace('/var/lib/geminik8s/pgtls/node.crt', join(dir, 'kine.crt')).replace('/var/lib/geminik8s/pgtls/node.key', join(dir, 'kine.key'));
     const psql = join(pgBinDir(major!), 'psql');
     const ok = await runPlan({ cmd: psql, args: [dsn, '-XAtc', 'select current_user, inet_server_addr()'], env: { PGPASSFILE: pgpass, PGCONNECT_TIMEOUT: '5' } }, { allowFailure: true });
     t.is(ok.exitCode, 0, ok.stderr);
