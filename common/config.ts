@@ -6,7 +6,7 @@ import { registerSecret } from './log.ts';
 import { ClusterSchema, clusterRules, type Cluster } from './schema/cluster.ts';
 import { API_VERSION, ImageSchema, imageRules, normalizeImage, type Image } from './schema/image.ts';
 import type { RuleIssue } from './schema/rules.ts';
-import { NodeSeedSchema, SECRET_NAMES, SecretsSchema, seedRules, type NodeSeed, type Secrets } from './schema/seed.ts';
+import { NodeSeedSchema, normalizeSeed, SECRET_NAMES, SecretsSchema, seedRules, type NodeSeed, type Secrets } from './schema/seed.ts';
 import type { TlsMaterial } from './tls.ts';
 import { describeValue, issuesFromZod, locate, parseSource, readSource, type SourceDocument } from './source.ts';
 
@@ -131,7 +131,7 @@ export function validateSource(source: SourceDocument, expectedKind?: Kind): { r
       return r.value ? { result: { kind, value: r.value }, issues: [] } : { issues: r.issues };
     }
     case 'NodeSeed': {
-      const r = validateWith(source, NodeSeedSchema, (s) => s, seedRules);
+      const r = validateWith(source, NodeSeedSchema, normalizeSeed, seedRules);
       return r.value ? { result: { kind, value: r.value }, issues: [] } : { issues: r.issues };
     }
   }
@@ -235,7 +235,7 @@ async function readTlsFile(file: string): Promise<string> {
   try {
     return await readFile(file, 'utf8');
   } catch {
-    throw new ValidationError([{ file, path: '', message: 'TLS file is missing; create it with `geminik8s init --force` (keeps the secrets and the CA) or set agent.insecurePlaintext for development' }]);
+    throw new ValidationError([{ file, path: '', message: 'TLS file is missing; make what is missing with `geminik8s init --force --template DIR/cluster.yaml --config-dir DIR` (keeps cluster.yaml\'s values, the secrets and the CA), or set agent.insecurePlaintext for development' }]);
   }
 }
 

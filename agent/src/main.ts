@@ -75,7 +75,8 @@ async function run(args: string[]): Promise<number> {
   if (!net.present) log.warn({ event: 'wait-address', device, address, waitedMs: Math.round(net.waitedMs) }, `${address} is not on ${device} after ${Math.round(net.waitedMs / 1000)} s: starting anyway`);
   if (watchdog) await sdNotify(`WATCHDOG_USEC=${Math.round(watchdogMs(ctx.spec.failover.fenceAfter) * 1000)}`);
   const server = await startApi(agent);
-  log.info({ event: 'start', version: VERSION, api: ctx.apiPort, witness: ctx.witness.kind }, `geminik8s agent ${VERSION} starting`);
+  log.info({ event: 'start', version: VERSION, api: ctx.apiPort, witness: ctx.witness.kind, tls: Boolean(ctx.tls) }, `geminik8s agent ${VERSION} starting`);
+  if (!ctx.tls) log.warn({ event: 'plaintext' }, 'no TLS: the API, the witness calls and PostgreSQL between the nodes are in plain text (cluster.agent.insecurePlaintext, or a seed from before TLS); write new seeds with `geminik8s seed` to turn it on');
   await agent.init();
   await sdNotify(`READY=1\nSTATUS=role ${agent.role}`);
   await agent.run();

@@ -119,8 +119,8 @@ export async function writePgpass(ctx: NodeContext): Promise<void> {
 }
 
 /**
- * PostgreSQL's TLS: the node's certificate and key and the cluster CA from the seed, copied to a
- * directory the PostgreSQL user owns (the server and libpq refuse a key others can read), and
+ * PostgreSQL's TLS: the node's certificate and key and the cluster CA from the seed, copied to
+ * files the PostgreSQL user owns, 0600 (the server and libpq refuse a key others can read), and
  * the settings that use them. Without TLS material (development plaintext) both are removed.
  */
 async function writePgTls(ctx: NodeContext, data: string, uid: number, gid: number): Promise<void> {
@@ -142,9 +142,11 @@ export async function writePgTlsFiles(ctx: NodeContext): Promise<void> {
     return;
   }
   const { uid, gid } = await osUserIds(ctx.config.postgresql.osUser);
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  await chown(dir, uid, gid);
-  await chmod(dir, 0o700);
+  // Ours, readable by the server's group: were it the server's own, whoever runs code as the
+  // database user could plant a symlink under a name we write as root.
+  await mkdir(dir, { recursive: true, mode: 0o750 });
+  await chown(dir, process.getuid?.() ?? 0, gid);
+  await chmod(dir, 0o750);
   const files: [string, string][] = [[PG_TLS_FILES.cert, ctx.tls.cert], [PG_TLS_FILES.key, ctx.tls.key], [PG_TLS_FILES.ca, ctx.tls.ca]];
   for (const [name, text] of files) {
     const file = join(dir, name);

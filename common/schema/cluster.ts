@@ -61,8 +61,8 @@ export const K3S_MANAGED_FLAGS: Readonly<Record<string, string>> = {
   'write-kubeconfig-mode': 'the kubeconfig holds admin credentials (0600)',
 };
 
-/** Names of the non-node parties in secrets/tls/ (the CA, the witness, the operators); no node may take one. */
-export const RESERVED_PARTY_NAMES = ['ca', 'witness', 'operator'] as const;
+/** Names of the non-node parties in secrets/tls/ (the CA and the witness); no node may take one. */
+export const RESERVED_PARTY_NAMES = ['ca', 'witness'] as const;
 
 export const SYNC_POLICIES = ['degrade', 'strict'] as const;
 
@@ -167,7 +167,7 @@ export function clusterRules(spec: ClusterSpec): RuleIssue[] {
   }
   for (const [i, node] of nodes.entries()) {
     if ((RESERVED_PARTY_NAMES as readonly string[]).includes(node.name)) {
-      issues.push({ path: ['nodes', i, 'name'], message: `is reserved: the cluster's certificates use ${RESERVED_PARTY_NAMES.map((n) => JSON.stringify(n)).join(' and ')} for the CA, the witness and the operators`, found: JSON.stringify(node.name) });
+      issues.push({ path: ['nodes', i, 'name'], message: `is reserved: the cluster's certificates use ${RESERVED_PARTY_NAMES.map((n) => JSON.stringify(n)).join(' and ')} for the CA and the witness`, found: JSON.stringify(node.name) });
     }
     if (isNetworkOrBroadcast(node.ip, prefix)) {
       issues.push({ path: ['nodes', i, 'ip'], message: `is the network or broadcast address of ${subnetText(node.ip, prefix)}`, found: node.ip });
@@ -224,7 +224,7 @@ export function clusterRules(spec: ClusterSpec): RuleIssue[] {
     }
   }
   if (spec.agent.tls !== undefined) {
-    issues.push({ path: ['agent', 'tls'], message: 'agent.tls is gone: the agents, the witness and PostgreSQL use mutual TLS from the cluster CA unless agent.insecurePlaintext is true; remove agent.tls and run `geminik8s init --force` to make the CA and certificates', found: String(spec.agent.tls) });
+    issues.push({ path: ['agent', 'tls'], message: 'agent.tls is gone: the agents, the witness and PostgreSQL use mutual TLS from the cluster CA unless agent.insecurePlaintext is true; remove agent.tls and make the CA and certificates with `geminik8s init --force --template DIR/cluster.yaml --config-dir DIR`', found: String(spec.agent.tls) });
   }
   if (spec.bootstrapLeader && !nodes.some((n) => n.name === spec.bootstrapLeader)) {
     issues.push({ path: ['bootstrapLeader'], message: 'must name one of the two nodes', found: JSON.stringify(spec.bootstrapLeader), expected: `${JSON.stringify(a.name)} or ${JSON.stringify(b.name)}` });

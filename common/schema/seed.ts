@@ -48,6 +48,17 @@ export const NodeSeedSchema = z.strictObject({
 });
 export type NodeSeed = z.output<typeof NodeSeedSchema>;
 
+/**
+ * A seed written before TLS (`cluster.agent.tls: false`, no `tls`) still runs: as a
+ * development-plaintext node (the agent warns at every start), so that a pair upgraded in place
+ * keeps working until both nodes are re-seeded. `agent.tls: true` stays an error.
+ */
+export function normalizeSeed(seed: NodeSeed): NodeSeed {
+  const { tls, ...agent } = seed.cluster.agent;
+  if (tls !== false || seed.tls) return seed;
+  return { ...seed, cluster: { ...seed.cluster, agent: { ...agent, insecurePlaintext: true } } };
+}
+
 export function seedRules(seed: NodeSeed): RuleIssue[] {
   const issues: RuleIssue[] = clusterRules(seed.cluster).map((i) => ({ ...i, path: ['cluster', ...i.path] }));
   if (!seed.cluster.nodes.some((n) => n.name === seed.node)) {
@@ -59,7 +70,9 @@ export function seedRules(seed: NodeSeed): RuleIssue[] {
     });
   }
   const self = seed.cluster.nodes.find((n) => n.name === seed.node);
-  if (!seed.cluster.agent.insecurePlaintext && !seed.tls) {
+  if (seed.cluster.agent.insecurePlaintext && seed.tls) {
+    issues.push({ path: ['tls'], message: 'must be absent when cluster.agent.insecurePlaintext is true: a node with TLS material and a plaintext cluster would speak neither consistently', related: [['cluster', 'agent', 'insecurePlaintext']] });
+  } else if (!seed.cluster.agent.insecurePlaintext && !seed.tls) {
     issues.push({ path: ['tls'], message: 'the node needs its TLS material (the cluster CA, its certificate and key): write the seed with `geminik8s seed`, or set cluster.agent.insecurePlaintext for development', expected: 'tls: {ca, cert, key}' });
   } else if (seed.tls && self) {
     const problem = tlsMaterialProblem(seed.tls, { cluster: seed.cluster.name, name: seed.node, host: self.ip });

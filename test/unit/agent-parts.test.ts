@@ -161,7 +161,7 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
     t.is(promotes, 1, 'only the peer reached the promote handshake');
     // The agent token is in both seeds: as the peer it counts only with the peer's client certificate.
     const promote = { method: 'POST', headers: token, body: JSON.stringify({ lsn: '0/10', generation: 3 }) };
-    for (const [who, as] of [['no certificate (an operator)', operatorFetch], ["node1's own certificate", tlsFetch(fakeTls('node1'))], ["the operators' certificate", tlsFetch(fakeTls('operator'))]] as const) {
+    for (const [who, as] of [['no certificate (an operator)', operatorFetch], ["node1's own certificate", tlsFetch(fakeTls('node1'))], ["the witness's (server-only) certificate", tlsFetch(fakeTls('witness'))]] as const) {
       const r = await as(`${base}/v1/promote`, promote);
       t.is(r.status, 403, who);
       t.regex(await r.text(), /needs node2's client certificate/, who);

@@ -26,7 +26,7 @@ test('init writes a commented cluster.yaml that validates, and 0600 secrets in a
   // The cluster CA and a certificate per party; no witness certificate without a lease witness.
   t.is(statSync(join(dir, 'secrets/tls')).mode & 0o777, 0o700);
   const tls = readdirSync(join(dir, 'secrets/tls')).sort();
-  t.deepEqual(tls, ['ca.crt', 'ca.key', 'node1.crt', 'node1.key', 'node2.crt', 'node2.key', 'operator.crt', 'operator.key']);
+  t.deepEqual(tls, ['ca.crt', 'ca.key', 'node1.crt', 'node1.key', 'node2.crt', 'node2.key']);
   for (const f of tls) t.is(statSync(join(dir, 'secrets/tls', f)).mode & 0o777, 0o600, f);
   const ca = readFileSync(join(dir, 'secrets/tls/ca.crt'), 'utf8');
   for (const [node, ip] of [['node1', '192.168.10.11'], ['node2', '192.168.10.12']] as const) {
@@ -37,8 +37,8 @@ test('init writes a commented cluster.yaml that validates, and 0600 secrets in a
     t.false(r.stderr.includes(material.key), 'a key was printed');
   }
   // openssl agrees that the CA issued them.
-  const verify = await runPlan({ cmd: 'openssl', args: ['verify', '-CAfile', join(dir, 'secrets/tls/ca.crt'), join(dir, 'secrets/tls/node1.crt'), join(dir, 'secrets/tls/operator.crt')] });
-  t.regex(verify.stdout, /node1\.crt: OK\n.*operator\.crt: OK/);
+  const verify = await runPlan({ cmd: 'openssl', args: ['verify', '-CAfile', join(dir, 'secrets/tls/ca.crt'), '-purpose', 'sslclient', join(dir, 'secrets/tls/node1.crt'), join(dir, 'secrets/tls/node2.crt')] });
+  t.regex(verify.stdout, /node1\.crt: OK\n.*node2\.crt: OK/);
   const secrets = await loadSecrets(join(dir, 'secrets'));
   t.is(new Set(Object.values(secrets)).size, 7);
   for (const s of Object.values(secrets)) {

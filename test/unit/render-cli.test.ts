@@ -49,7 +49,7 @@ test('render writes every file under --out/<scope>/ with its mode, lists it, and
     t.true(readFileSync(join(out, 'seed/geminik8s/seed.yaml'), 'utf8').includes(s), 'the seed carries every secret');
   }
   // Of the private keys, the seed carries node2's own and no other: never the CA's.
-  t.deepEqual(Object.keys(keys).sort(), ['ca', 'node1', 'node2', 'operator']);
+  t.deepEqual(Object.keys(keys).sort(), ['ca', 'node1', 'node2']);
   const seedDoc = parse(readFileSync(join(out, 'seed/geminik8s/seed.yaml'), 'utf8')) as { tls: { key: string; cert: string } };
   t.is(seedDoc.tls.key, keys.node2!);
   for (const [party, key] of Object.entries(keys)) {

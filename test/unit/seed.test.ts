@@ -127,4 +127,16 @@ test('durations survive the seed: rendered in ms with their unit, parsed back to
   t.regex(without.issues.map((i) => `${i.path}: ${i.message}`).join('\n'), /^tls: the node needs its TLS material .*geminik8s seed/m);
   const other = parseSeed('seed.yaml', stringify(seedDocument({ ...first.seed!, tls: fakeTls('node2') }), { version: '1.1' }));
   t.regex(other.issues.map((i) => `${i.path}: ${i.message}`).join('\n'), /^tls\.cert: does not fit this node: the certificate names node2 of cluster site-a, not node1/m);
+  // A seed from before TLS (agent.tls: false, no tls) runs as development plaintext; agent.tls: true does not parse into one.
+  const legacyDoc = seedDocument(bare) as { cluster: { agent: Record<string, unknown>; witness: Record<string, unknown> } };
+  legacyDoc.cluster.agent = { port: 7443, tls: false };
+  legacyDoc.cluster.witness = { type: 'lease', url: 'http://192.168.10.5:7444' };
+  const legacy = parseSeed('seed.yaml', stringify(legacyDoc, { version: '1.1' }));
+  t.deepEqual(legacy.issues, []);
+  t.deepEqual(legacy.seed!.cluster.agent, { port: 7443, insecurePlaintext: true });
+  legacyDoc.cluster.agent = { port: 7443, tls: true };
+  t.regex(parseSeed('seed.yaml', stringify(legacyDoc, { version: '1.1' })).issues.map((i) => `${i.path}: ${i.message}`).join('\n'), /^cluster\.agent\.tls: agent\.tls is gone/m);
+  // TLS material in a plaintext cluster's seed is refused.
+  const mixed = seedDocument({ ...first.seed!, cluster: { ...first.seed!.cluster, agent: { port: 7443, insecurePlaintext: true } } });
+  t.regex(parseSeed('seed.yaml', stringify(mixed, { version: '1.1' })).issues.map((i) => `${i.path}: ${i.message}`).join('\n'), /^tls: must be absent when cluster\.agent\.insecurePlaintext is true/m);
 });

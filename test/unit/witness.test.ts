@@ -347,7 +347,7 @@ test('http client: a witness that accepts but never answers makes the call throw
   }
 });
 
-test('mutual TLS: a node speaks only for itself in its own cluster; no certificate, or one from another CA, gets no answer; any certificate of the cluster reads the record', async (t) => {
+test('mutual TLS: a lease call needs that node\'s own certificate of this cluster; no certificate, another node\'s, another CA\'s or another cluster\'s is refused; reading needs the token only', async (t) => {
   const ca = fakeCa();
   // The witness on loopback: a certificate for 127.0.0.1 from the fixture CA (site-a).
   const witnessCert = await issueLeaf(ca, { cluster: 'site-a', name: 'witness', hosts: ['127.0.0.1'], usage: 'server' });
@@ -361,19 +361,24 @@ test('mutual TLS: a node speaks only for itself in its own cluster; no certifica
   const node1 = httpWitnessPort(url, TOKEN, 'site-a', 5000, fakeTls('node1'));
   t.like(await node1.call(boot('node1')), { ok: true, code: 'granted', holder: 'node1' });
   // node1's certificate, speaking for node2: refused, whatever the token.
-  await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-a', 5000, { ...fakeTls('node1') }).call(acquire('node2', 1)), { message: /403.*may only speak for itself.*names node1, the request node2/ });
-  t.regex(warnings.join('\n'), /refused acquire for node2: the client certificate is node1's/);
-  // The operators' certificate is of the cluster: it may read, not act.
-  t.like(await httpWitnessPort(url, TOKEN, 'site-a', 5000, fakeTls('operator')).call({ op: 'read' }), { ok: true, holder: 'node1' });
-  await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-a', 5000, fakeTls('operator')).call(acquire('node1', 1)), { message: /403/ });
-  // Another cluster's name in the URL: the certificate is not one of its.
-  await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-b', 5000, fakeTls('node1')).call({ op: 'read' }), { message: /403.*not one of cluster site-b's/ });
-  // No client certificate, or one from another CA: the handshake fails, nothing is answered.
-  await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-a', 5000, { ca: ca.cert, cert: '', key: '' }).call({ op: 'read' }), { message: /unreachable/ });
+  await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-a', 5000, fakeTls('node1')).call(acquire('node2', 1)), { message: /403.*may only speak for itself.*request is for node2 of cluster site-a, the client certificate names node1 of cluster site-a/ });
+  t.regex(warnings.join('\n'), /refused acquire for node2 of site-a: client certificate node1 of cluster site-a/);
+  // The operator (the CA to verify the witness, no certificate): may read with the token, not act.
+  const operator = httpWitnessPort(url, TOKEN, 'site-a', 5000, { ca: ca.cert });
+  t.like(await operator.call({ op: 'read' }), { ok: true, holder: 'node1' });
+  await t.throwsAsync(operator.call(acquire('node1', 1)), { message: /403.*names none/ });
+  await t.throwsAsync(operator.call({ op: 'release', node: 'node1', generation: 1 }), { message: /403/ });
+  // node1's certificate in another cluster's name: refused.
+  await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-b', 5000, fakeTls('node1')).call(boot('node1')), { message: /403.*node1 of cluster site-b.*names node1 of cluster site-a/ });
+  // A certificate from another CA naming node2: not verified, so it names nobody.
   const strangerCa = await issueCa('site-a');
   const stranger = await issueLeaf(strangerCa, { cluster: 'site-a', name: 'node2', hosts: ['127.0.0.1'], usage: 'both' });
-  await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-a', 5000, { ca: ca.cert, ...stranger }).call(acquire('node2', 1)), { message: /unreachable/ });
+  await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-a', 5000, { ca: ca.cert, ...stranger }).call(acquire('node2', 1)), { message: /403.*names none/ });
+  // The witness's own certificate is for serving only: it cannot act as a client at all.
+  await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-a', 5000, { ca: ca.cert, ...witnessCert }).call(acquire('witness', 1)), { message: /403.*names none|unreachable/ });
   // And the node does not talk to a witness whose certificate is not from its CA.
   await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-a', 5000, { ...fakeTls('node1'), ca: strangerCa.cert }).call({ op: 'read' }), { message: /unreachable.*(certificate|issuer)/i });
+  // Without the token nothing, certificate or not.
+  await t.throwsAsync(httpWitnessPort(url, 'wrong-token-0123456789', 'site-a', 5000, fakeTls('node1')).call({ op: 'read' }), { message: /401/ });
   t.is(service.record('site-a')?.holder, 'node1', 'nothing refused changed the record');
 });

@@ -4,7 +4,7 @@ import { parseRequest, type ArbiterAnswer, type ArbiterRequest } from './arbiter
 import { CLUSTER_NAME } from './file-store.ts';
 import type { WitnessService } from './service.ts';
 import { tokenMatches } from '../../../common/token.ts';
-import { httpCall } from '../../../common/httpclient.ts';
+import { httpCall, type ClientTls } from '../../../common/httpclient.ts';
 import { peerIdentity, type TlsMaterial } from '../../../common/tls.ts';
 import { createServer as createHttpsServer } from 'node:https';
 
@@ -18,9 +18,10 @@ export interface WitnessHttpOptions {
   service: WitnessService;
   log: LogPort;
   /**
-   * The witness's certificate and key and the cluster CA(s) it trusts. With it every client must
-   * present a certificate from a trusted CA, and a node may speak only for itself (its CN) in its
-   * own cluster (its O). Without it: plain HTTP, development only.
+   * The witness's certificate and key and the cluster CA it trusts. With it a lease call is
+   * answered only over a connection with a node certificate from that CA, for that node (its CN)
+   * of that cluster (its O); reading the record needs the token only. Without it: plain HTTP,
+   * development only.
    */
   tls?: TlsMaterial;
 }
@@ -64,6 +65,7 @@ export function startWitnessHttp(opts: WitnessHttpOptions): Promise<Server> {
     const path = (req.url ?? '/').split('?')[0]!;
     if (path === '/healthz') return req.method === 'GET' ? send(200, { ok: true }) : send(405, { error: 'method not allowed' });
     if (!tokenOk(req.headers.authorization, opts.token)) return send(401, { error: 'missing or wrong bearer token' });
+    // A verified client certificate: a node's (the CA issues client certificates to the nodes only).
     const id = opts.tls ? peerIdentity(req.socket) : undefined;
     const m = /^\/v1\/clusters\/([^/]+)(\/arbiter)?$/.exec(path);
     if (!m) return send(404, { error: 'not found' });
@@ -74,7 +76,6 @@ export function startWitnessHttp(opts: WitnessHttpOptions): Promise<Server> {
       return send(400, { error: 'bad cluster name' });
     }
     if (!CLUSTER_NAME.test(cluster)) return send(400, { error: 'the cluster name must be a DNS label' });
-    if (opts.tls && id?.cluster !== cluster) return send(403, { error: `the client certificate is not one of cluster ${cluster}'s` });
     if (!m[2]) {
       if (req.method !== 'GET') return send(405, { error: 'method not allowed' });
       const record = service.record(cluster);
@@ -101,9 +102,11 @@ export function startWitnessHttp(opts: WitnessHttpOptions): Promise<Server> {
     }
     const parsed = parseRequest(json);
     if (typeof parsed === 'string') return send(400, { error: parsed });
-    if (opts.tls && parsed.op !== 'read' && parsed.node !== id?.name) {
-      log.warn({ event: 'witness-auth', cluster, op: parsed.op, claimed: parsed.node, certificate: id?.name }, `refused ${parsed.op} for ${parsed.node}: the client certificate is ${id?.name ?? 'missing'}'s`);
-      return send(403, { error: `a node may only speak for itself: the client certificate names ${id?.name ?? 'nobody'}, the request ${parsed.node}` });
+    // Reading needs the token only; a lease call needs that node's own certificate of this cluster.
+    if (opts.tls && parsed.op !== 'read' && (id?.cluster !== cluster || parsed.node !== id.name)) {
+      const shown = id ? `${id.name ?? '?'} of cluster ${id.cluster ?? '?'}` : 'none';
+      log.warn({ event: 'witness-auth', cluster, op: parsed.op, claimed: parsed.node, certificate: shown }, `refused ${parsed.op} for ${parsed.node} of ${cluster}: client certificate ${shown}`);
+      return send(403, { error: `a node may only speak for itself: the request is for ${parsed.node} of cluster ${cluster}, the client certificate names ${shown}` });
     }
     let answer: ArbiterAnswer;
     try {
@@ -125,7 +128,7 @@ export function startWitnessHttp(opts: WitnessHttpOptions): Promise<Server> {
     });
   };
   const server = opts.tls
-    ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key, ca: opts.tls.ca, requestCert: true, rejectUnauthorized: true }, onRequest)
+    ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key, ca: opts.tls.ca, requestCert: true, rejectUnauthorized: false }, onRequest)
     : createServer(onRequest);
   server.requestTimeout = 10_000;
   server.headersTimeout = 5000;
@@ -150,7 +153,7 @@ export function isArbiterAnswer(v: unknown): v is ArbiterAnswer {
 }
 
 /** The agent's WitnessPort over HTTP. Throws on a network error, a timeout or any status but 200. */
-export function httpWitnessPort(url: string, token: string, cluster: string, timeoutMs: number, tls?: TlsMaterial): WitnessPort {
+export function httpWitnessPort(url: string, token: string, cluster: string, timeoutMs: number, tls?: ClientTls): WitnessPort {
   const endpoint = new URL(`/v1/clusters/${encodeURIComponent(cluster)}/arbiter`, url);
   return {
     async call(req: ArbiterRequest): Promise<ArbiterAnswer> {

@@ -11,8 +11,6 @@ import { issueCa, issueLeaf, tlsMaterialProblem, type ClusterCa, type LeafSubjec
 
 /** The witness's party name: the CN of its certificate. */
 export const WITNESS_PARTY = 'witness';
-/** The operators' client certificate (status reads the witness's record, which wants one). */
-export const OPERATOR_PARTY = 'operator';
 
 /**
  * The names a node's certificate covers: its own address (peer and witness calls), 127.0.0.1
@@ -93,14 +91,16 @@ export async function ensureLeaf(secretsDir: string, ca: ClusterCa, subject: Lea
 
 /**
  * The cluster's TLS files: the CA (made once, kept), a certificate per node and one for a lease
- * witness. Nothing without TLS (`agent.insecurePlaintext`).
+ * witness. Nothing without TLS (`agent.insecurePlaintext`). Operators get no certificate: they
+ * verify the agents and the witness with the CA and authenticate with tokens, so the only
+ * client certificates the CA ever issues are the two nodes' (pg_hba's clientcert=verify-ca and
+ * the witness's lease calls rely on that).
  */
 export async function writeClusterTls(secretsDir: string, cluster: Cluster, options: { rotate: boolean }): Promise<TlsWriteResult> {
   const result: TlsWriteResult = { written: [], kept: [] };
   if (cluster.agent.insecurePlaintext) return result;
   const ca = await ensureCa(secretsDir, cluster, result);
   for (const node of cluster.nodes) await ensureLeaf(secretsDir, ca, nodeSubject(cluster, node.name), options.rotate, result);
-  await ensureLeaf(secretsDir, ca, { cluster: cluster.name, name: OPERATOR_PARTY, hosts: [OPERATOR_PARTY], usage: 'client' }, options.rotate, result);
   const host = witnessUrlHost(cluster);
   if (host) await ensureLeaf(secretsDir, ca, witnessSubject(cluster, host), options.rotate, result);
   return result;

@@ -1,9 +1,8 @@
 import { Command, Option } from 'commander';
 import { stringify } from 'yaml';
-import { loadCluster, loadClusterSecrets, loadClusterTls } from '../../../../common/config.ts';
+import { loadCluster, loadClusterCa, loadClusterSecrets } from '../../../../common/config.ts';
 import { httpCall, type ClientTls } from '../../../../common/httpclient.ts';
 import type { Cluster } from '../../../../common/schema/cluster.ts';
-import { OPERATOR_PARTY } from '../../init/tls.ts';
 import { ExitCode, GeminiError, type ExitCodeValue } from '../../../../common/errors.ts';
 import { duration } from '../../../../common/schema/units.ts';
 import { collectStatus, renderStatusTable, type ClusterStatus, type Fetcher, type Health } from '../../ops/status.ts';
@@ -20,9 +19,9 @@ interface StatusOptions {
 export const HEALTH_EXIT: Record<Health, ExitCodeValue> = { healthy: ExitCode.ok, degraded: ExitCode.degraded, down: ExitCode.down };
 
 /**
- * The operator's Fetcher: https against the cluster CA with the operator's client certificate
- * (the witness asks every client for one), or plain http for a development cluster. The body
- * as JSON when it is JSON, else its text.
+ * The operator's Fetcher: https verified against the cluster CA (the operator authenticates
+ * with its tokens), or plain http for a development cluster. The body as JSON when it is JSON,
+ * else its text.
  */
 export function httpFetcher(tls: ClientTls | undefined): Fetcher {
   return async (url, init) => {
@@ -37,9 +36,10 @@ export function httpFetcher(tls: ClientTls | undefined): Fetcher {
   };
 }
 
-/** The operator's Fetcher for `cluster`, with its TLS files from secrets/tls/. */
+/** The operator's Fetcher for `cluster`: the CA certificate from secrets/tls/. */
 export async function operatorFetcher(clusterFile: string, cluster: Cluster): Promise<Fetcher> {
-  return httpFetcher(await loadClusterTls(clusterFile, cluster, OPERATOR_PARTY));
+  const ca = await loadClusterCa(clusterFile, cluster);
+  return httpFetcher(ca === undefined ? undefined : { ca });
 }
 
 function render(s: ClusterStatus, output: StatusOptions['output']): string {
