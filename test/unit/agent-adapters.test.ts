@@ -24,7 +24,8 @@ import { registerSecret } from '../../common/log.ts';
 import { AgentConfigSchema } from '../../common/schema/agent.ts';
 import { API_VERSION } from '../../common/schema/image.ts';
 import { NodeSeedSchema } from '../../common/schema/seed.ts';
-import { FAKE_SECRETS, fakeTls, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
+import { FAKE_SECRETS, fakeCa, fakeTls, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
+import { expiredLeaf } from '../helpers/expired-cert.ts';
 
 async function context(over: { stateDir?: string; tls?: boolean; vip?: boolean; kubernetes?: boolean; serviceManager?: 'systemd' | 'direct'; pgPort?: number } = {}): Promise<NodeContext> {
   const stateDir = over.stateDir ?? tempDir();
@@ -229,6 +230,18 @@ test('peer: status mapping, mutual TLS with the cluster CA (http only in develop
     t.is(seen.length, before);
   } finally {
     server.close();
+  }
+  // A peer serving an expired certificate (the right CA, the right address) is not talked to either.
+  const expired = await expiredLeaf(fakeCa(), { cluster: 'site-a', name: 'node2', hosts: ['127.0.0.1'] });
+  const old = createHttpsServer({ ...expired, ca: fakeTls('node2').ca, requestCert: true, rejectUnauthorized: true }, (_req, res) => res.end('{}'));
+  await new Promise<void>((r) => old.listen(0, '127.0.0.1', r));
+  try {
+    const base = await context();
+    const toOld = createPeerPort({ ...base, peer: { ...base.peer, ip: '127.0.0.1' }, peerApiPort: (old.address() as AddressInfo).port });
+    t.is(await toOld.status(), undefined);
+    await t.throwsAsync(toOld.promote({ lsn: 1n, generation: 2 }), { message: /outcome unknown.*expired/i });
+  } finally {
+    old.close();
   }
   const gone = await context();
   const unreachable = createPeerPort({ ...gone, peer: { ...gone.peer, ip: '127.0.0.1' }, peerApiPort: await closedPort() });

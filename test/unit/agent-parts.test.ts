@@ -17,7 +17,8 @@ import { AgentConfigSchema } from '../../common/schema/agent.ts';
 import type { HostMeta } from '../../common/schema/hostmeta.ts';
 import { API_VERSION } from '../../common/schema/image.ts';
 import { NodeSeedSchema } from '../../common/schema/seed.ts';
-import { FAKE_SECRETS, fakeTls, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
+import { FAKE_SECRETS, fakeCa, fakeTls, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
+import { expiredLeaf } from '../helpers/expired-cert.ts';
 import { tlsFetch } from '../helpers/tlsfetch.ts';
 
 /** Calls as the peer (node2's client certificate) and as an operator (the CA only, no certificate). */
@@ -168,6 +169,10 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
       t.is((await as(`${base}/v1/status`, { headers: token })).status, 403, `status with the agent token and ${who}`);
       t.is((await as(`${base}/v1/status`, { headers: { authorization: `Bearer ${FAKE_SECRETS.readToken}` } })).status, 200, `the read token with ${who}`);
     }
+    // The peer's name and the right CA, but expired.
+    const expired = await expiredLeaf(fakeCa(), { cluster: 'site-a', name: 'node2', hosts: ['192.168.10.12'] });
+    const stale = await tlsFetch({ ca: fakeTls('node2').ca, ...expired })(`${base}/v1/promote`, promote);
+    t.is(stale.status, 403, 'an expired peer certificate');
     t.is(promotes, 1, 'no promote without the peer certificate');
     // A client that does not trust the cluster CA gets no answer at all.
     await t.throwsAsync(tlsFetch({ ca: fakeTls('node2').cert })(`${base}/healthz`), { message: /certificate|issuer/i });

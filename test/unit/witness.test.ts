@@ -11,6 +11,7 @@ import { httpWitnessPort, startWitnessHttp } from '../../agent/src/witness/http.
 import { WitnessService, type RecordStore } from '../../agent/src/witness/service.ts';
 import { fakeCa, fakeTls, tempDir } from '../helpers/fixtures.ts';
 import { issueCa, issueLeaf } from '../../common/tls.ts';
+import { expiredLeaf } from '../helpers/expired-cert.ts';
 
 const TTL = 6000;
 const MARGIN = 2000;
@@ -347,7 +348,7 @@ test('http client: a witness that accepts but never answers makes the call throw
   }
 });
 
-test('mutual TLS: a lease call needs that node\'s own certificate of this cluster; no certificate, another node\'s, another CA\'s or another cluster\'s is refused; reading needs the token only', async (t) => {
+test('mutual TLS: a lease call needs that node\'s own certificate of this cluster; no certificate, another node\'s, an expired one, another CA\'s or another cluster\'s is refused; reading needs the token only', async (t) => {
   const ca = fakeCa();
   // The witness on loopback: a certificate for 127.0.0.1 from the fixture CA (site-a).
   const witnessCert = await issueLeaf(ca, { cluster: 'site-a', name: 'witness', hosts: ['127.0.0.1'], usage: 'server' });
@@ -374,6 +375,9 @@ test('mutual TLS: a lease call needs that node\'s own certificate of this cluste
   const strangerCa = await issueCa('site-a');
   const stranger = await issueLeaf(strangerCa, { cluster: 'site-a', name: 'node2', hosts: ['127.0.0.1'], usage: 'both' });
   await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-a', 5000, { ca: ca.cert, ...stranger }).call(acquire('node2', 1)), { message: /403.*names none/ });
+  // node2's certificate from the right CA, but expired: it names nobody either.
+  const expired = await expiredLeaf(ca, { cluster: 'site-a', name: 'node2', hosts: ['127.0.0.1'] });
+  await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-a', 5000, { ca: ca.cert, ...expired }).call(acquire('node2', 1)), { message: /403.*names none/ });
   // The witness's own certificate is for serving only: it cannot act as a client at all.
   await t.throwsAsync(httpWitnessPort(url, TOKEN, 'site-a', 5000, { ca: ca.cert, ...witnessCert }).call(acquire('witness', 1)), { message: /403.*names none|unreachable/ });
   // And the node does not talk to a witness whose certificate is not from its CA.
