@@ -172,3 +172,19 @@ test('1,000 random seeds: no violation of any invariant', async (t) => {
   }
   t.deepEqual(failed, []);
 });
+
+test('a promote request with a generation older than the follower\'s is refused as stale, before the witness is asked, and changes nothing', async (t) => {
+  const answers: { ok: boolean; reason: string }[] = [];
+  const c = await scenario(23, (c) => {
+    c.world.at(20_000, () => {
+      const follower = c.nodes.find((n) => n.controller?.role === 'follower')!;
+      const generation = follower.controller!.meta.generation;
+      void follower.controller!.promoteOnRequest({ lsn: 0n, generation: generation - 1 }).then((r) => answers.push(r));
+    });
+  }, 30_000);
+  t.deepEqual(c.violations, [], report(c));
+  t.is(answers.length, 1);
+  t.false(answers[0]!.ok);
+  t.regex(answers[0]!.reason, /^stale generation \d+: this node is at generation \d+$/);
+  t.is(leaderOf(c)?.name, 'n1', 'the leader did not change');
+});

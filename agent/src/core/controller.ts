@@ -681,6 +681,10 @@ export class Controller {
   async promoteOnRequest(req: PromoteRequest): Promise<{ ok: boolean; generation?: number; reason: string }> {
     const { pg, clock } = this.p;
     if (this.meta.role !== 'follower') return { ok: false, reason: `this node is ${this.meta.role}` };
+    // A leader asks with the generation both nodes agree on; an older one is a replay or a
+    // leader that missed a handover. With a witness it would refuse too; without one this is
+    // the only check.
+    if (req.generation < this.meta.generation) return { ok: false, reason: `stale generation ${req.generation}: this node is at generation ${this.meta.generation}` };
     if (this.switching) return { ok: false, reason: 'busy' };
     this.switching = true;
     try {
