@@ -270,7 +270,7 @@ export function clusterRules(spec: ClusterSpec): RuleIssue[] {
 }
 
 /** The host of a witness URL, without IPv6 brackets; undefined when it does not parse. */
-function witnessHost(url: string): string | undefined {
+export function witnessHost(url: string): string | undefined {
   try {
     return new URL(url).hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
   } catch {

@@ -6,7 +6,7 @@ import { ExitCode, GeminiError } from '../../../common/errors.ts';
 import { WITNESS_TLS_FILES } from '../../../agent/src/witness/serve.ts';
 import { writeFileAtomic } from '../../../common/fsutil.ts';
 import { registerSecret } from '../../../common/log.ts';
-import type { Cluster } from '../../../common/schema/cluster.ts';
+import { witnessHost, type Cluster } from '../../../common/schema/cluster.ts';
 import { issueCa, issueLeaf, tlsMaterialProblem, type ClusterCa, type LeafSubject } from '../../../common/tls.ts';
 
 /** The witness's party name: the CN of its certificate. */
@@ -28,9 +28,9 @@ export function witnessSubject(cluster: Cluster, host: string): LeafSubject {
   return { cluster: cluster.name, name: WITNESS_PARTY, hosts: [host], usage: 'server' };
 }
 
-/** The host of a lease witness's URL, without IPv6 brackets; undefined for other witnesses. */
+/** The host of a lease witness's URL (see witnessHost); undefined for other witnesses. */
 export function witnessUrlHost(cluster: Cluster): string | undefined {
-  return cluster.witness.type === 'lease' ? new URL(cluster.witness.url).hostname.replace(/^\[(.*)\]$/, '$1') : undefined;
+  return cluster.witness.type === 'lease' ? witnessHost(cluster.witness.url) : undefined;
 }
 
 async function readOptional(file: string): Promise<string | undefined> {
