@@ -50,6 +50,7 @@ export const TOOL_PACKAGES: Record<string, string> = {
   pg_basebackup: 'postgresql-common',
   pg_rewind: 'postgresql-common',
   psql: 'postgresql-client',
+  pg_verifybackup: 'postgresql-client',
   arping: 'iputils-arping',
   ip: 'iproute2',
   dockerd: 'docker.io',
@@ -237,6 +238,38 @@ export function spawnPlan(plan: CommandPlan, handlers: { stdout?: (line: string)
   return {
     pid: child.pid,
     exited: child.then((r) => r.signal ?? r.exitCode ?? -1),
+    kill: (signal = 'SIGTERM') => {
+      try {
+        child.kill(signal);
+      } catch {
+        // already gone
+      }
+    },
+  };
+}
+
+/** A process whose stdout is read as a stream (a backup): `done` settles when it has exited. */
+export interface StreamingProcess {
+  stdout: NodeJS.ReadableStream;
+  /** Resolves when the command exits 0; rejects with CommandFailedError (stderr tail) otherwise. */
+  done: Promise<void>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+/** Start a plan and hand its stdout over as a stream; stderr is kept for the error. */
+export function streamPlan(plan: CommandPlan): StreamingProcess {
+  const child = execa(plan.cmd, plan.args, { env: plan.env, extendEnv: true, cwd: plan.cwd, reject: false, buffer: { stdout: false, stderr: true }, stdin: 'ignore', encoding: 'buffer' });
+  if (!child.stdout) throw new GeminiError(`no stdout from ${quoteCommand(plan)}`, ExitCode.commandFailed);
+  const done = child.then((r) => {
+    const code = (r as { code?: string }).code;
+    if (code === 'ENOENT' && r.exitCode === undefined) throw new ToolMissingError(plan.cmd);
+    if (r.failed) throw new CommandFailedError(plan, r.exitCode, Buffer.from(r.stderr as unknown as Uint8Array ?? []).toString('utf8'), r.signal);
+  });
+  // The caller may stop reading early; the rejection is theirs to observe through `done`.
+  done.catch(() => undefined);
+  return {
+    stdout: child.stdout,
+    done,
     kill: (signal = 'SIGTERM') => {
       try {
         child.kill(signal);

@@ -64,3 +64,71 @@ export function httpCall(url: string | URL, call: HttpCall): Promise<{ status: n
     req.end(call.body);
   });
 }
+
+/** A streamed answer: the body is read by the caller; `trailers` once it has ended. */
+export interface StreamedAnswer {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: IncomingMessage;
+  /** The trailers, after the body has been read to its end; rejects when the stream broke. */
+  ended: Promise<Record<string, string | undefined>>;
+}
+
+/**
+ * One request whose answer is streamed (a backup), with the same TLS rules as `httpCall`.
+ * `connectTimeoutMs` bounds the wait for the answer's head; after that a stalled body fails
+ * after `idleTimeoutMs` without a byte.
+ */
+export function httpStream(url: string | URL, call: Omit<HttpCall, 'timeoutMs' | 'body'> & { body?: string | AsyncIterable<Uint8Array>; connectTimeoutMs: number; idleTimeoutMs: number }): Promise<StreamedAnswer> {
+  const u = new URL(url);
+  const https = u.protocol === 'https:';
+  if (!https && u.protocol !== 'http:') return Promise.reject(new Error(`${u.origin}: only http and https URLs are supported`));
+  if (https && !call.tls) return Promise.reject(new Error(`${u.origin}: an https call needs the cluster CA`));
+  return new Promise((resolve, reject) => {
+    const streamed = call.body !== undefined && typeof call.body !== 'string';
+    const headers = { ...call.headers, ...(typeof call.body === 'string' ? { 'content-length': String(Buffer.byteLength(call.body)) } : {}) };
+    const options = { method: call.method ?? 'GET', headers, timeout: call.idleTimeoutMs };
+    const onAnswer = (res: IncomingMessage): void => {
+      clearTimeout(deadline);
+      const ended = new Promise<Record<string, string | undefined>>((ok, fail) => {
+        res.once('end', () => ok(res.trailers));
+        res.once('error', fail);
+        res.once('aborted', () => fail(new Error('the connection broke before the end of the answer')));
+        res.once('close', () => {
+          if (!res.complete) fail(new Error('the connection broke before the end of the answer'));
+        });
+      });
+      ended.catch(() => undefined);
+      resolve({ status: res.statusCode ?? 0, headers: res.headers, body: res, ended });
+    };
+    const req = https
+      ? httpsRequest(u, { ...options, ca: call.tls!.ca, ...(call.tls!.cert ? { cert: call.tls!.cert, key: call.tls!.key } : {}) }, onAnswer)
+      : httpRequest(u, options, onAnswer);
+    let deadline = setTimeout(() => req.destroy(new Error(`no answer within ${call.connectTimeoutMs} ms`)), call.connectTimeoutMs);
+    req.on('timeout', () => req.destroy(new Error(`nothing received for ${call.idleTimeoutMs} ms`)));
+    req.on('error', (err) => {
+      clearTimeout(deadline);
+      reject(err);
+    });
+    if (!streamed) {
+      req.end(call.body as string | undefined);
+      return;
+    }
+    // A streamed body: the answer may only come once it is all sent (a restore), so the
+    // deadline for the answer's head starts after the last byte.
+    clearTimeout(deadline);
+    void (async () => {
+      try {
+        for await (const chunk of call.body as AsyncIterable<Uint8Array>) {
+          if (req.destroyed) return;
+          // Drained, or closed (the server answered early and hung up): never wait forever.
+          if (!req.write(chunk)) await new Promise<void>((r) => { req.once('drain', () => r()); req.once('close', () => r()); });
+        }
+        req.end();
+        deadline = setTimeout(() => req.destroy(new Error(`no answer within ${call.connectTimeoutMs} ms of the end of the request`)), call.connectTimeoutMs);
+      } catch (err) {
+        req.destroy(err as Error);
+      }
+    })();
+  });
+}
