@@ -67,6 +67,18 @@ export function basebackupPlan(ctx: NodeContext): CommandPlan {
 }
 
 /**
+ * A base backup of this node's own server to stdout, over the local socket as the postgres
+ * role (peer authentication): tar format, the WAL it needs fetched into pg_wal/, and a backup
+ * manifest with a SHA-256 per file, which pg_basebackup appends to the tar as its last entry.
+ */
+export function backupPlan(ctx: NodeContext): CommandPlan {
+  return asPostgres(ctx, 'pg_basebackup', [
+    '-h', localHost(ctx), '-p', String(ctx.spec.postgresql.port), '-U', 'postgres', '--no-password',
+    '-D', '-', '-F', 'tar', '-X', 'fetch', '-c', 'fast', '--manifest-checksums=SHA256',
+  ]);
+}
+
+/**
  * Rewind this node's diverged data directory onto the peer's timeline. Without
  * `--no-ensure-shutdown`: a directory left by a crash or an immediate shutdown (a fence) is
  * first brought to a clean state by pg_rewind itself (single-user crash recovery).

@@ -120,6 +120,8 @@ export function pgHbaConf(spec: ClusterSpec, node: string): string {
   const peerAuth = tls ? 'scram-sha-256 clientcert=verify-ca' : 'scram-sha-256';
   const rows: [string, string, string, string, string][] = [
     ['local', 'all', 'postgres', '', `peer map=${PEER_MAP}`],
+    // The agent's own base backups (geminik8s backup) stream over the local socket.
+    ['local', 'replication', 'postgres', '', `peer map=${PEER_MAP}`],
     ['local', 'all', 'all', '', 'scram-sha-256'],
     ['host', 'all', 'postgres', '127.0.0.1/32', 'scram-sha-256'],
     [remote, 'replication', REPLICATION_USER, `${peer.ip}/32`, peerAuth],

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -8,6 +8,7 @@ import { nodeContext, type NodeContext } from '../../agent/src/context.ts';
 import type { LogPort } from '../../agent/src/core/ports.ts';
 import { withClient } from '../../agent/src/postgres.ts';
 import { AgentConfigSchema } from '../../common/schema/agent.ts';
+import { pgHbaConf } from '../../common/render/postgresql.ts';
 import { API_VERSION } from '../../common/schema/image.ts';
 import { NodeSeedSchema } from '../../common/schema/seed.ts';
 import { FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
@@ -117,6 +118,15 @@ maybe('pg adapter on a real PostgreSQL: bootstrap, status, sync waiters, refusal
     await pg.stop();
     t.like(await pg.status(), { up: false });
     await pg.stop(); // no-op when down
+
+    // Every start writes what the seed says: an older pg_hba.conf (an image from before a rule,
+    // a pair from before TLS) and a restore's leftover recovery settings do not survive it.
+    writeFileSync(join(data, 'pg_hba.conf'), 'local all all trust\n');
+    writeFileSync(join(data, 'conf.d', 'geminik8s-restore.conf'), "recovery_target = 'immediate'\n");
+    await pg.start();
+    t.is(readFileSync(join(data, 'pg_hba.conf'), 'utf8'), pgHbaConf(ctx.spec, 'node1'));
+    t.false(existsSync(join(data, 'conf.d', 'geminik8s-restore.conf')));
+    await pg.stop();
 
     // Rejoin and clone need the peer as a primary; without it nothing is touched.
     await t.throwsAsync(pg.rejoin(), { message: /refusing to rejoin: the peer's PostgreSQL .* does not answer .*; nothing was changed/ });

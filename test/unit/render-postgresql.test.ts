@@ -97,6 +97,7 @@ function writeTls(data: string, dir: string, material: TlsMaterial): void {
     const rules = await q("select type || ' ' || array_to_string(database, ',') || ' ' || array_to_string(user_name, ',') || ' ' || coalesce(address, '') || ' ' || auth_method || coalesce(' ' || array_to_string(options, ','), '') from pg_hba_file_rules order by line_number");
     t.deepEqual(rules.split('\n'), [
       'local all postgres  peer map=geminik8s',
+      'local replication postgres  peer map=geminik8s',
       'local all all  scram-sha-256',
       'host all postgres 127.0.0.1 scram-sha-256',
       'hostssl replication replicator 192.168.10.12 scram-sha-256 clientcert=verify-ca',

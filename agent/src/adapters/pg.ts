@@ -7,6 +7,7 @@ import type { NodeContext } from '../context.ts';
 import type { LogPort, PgDiskFacts, PgPort, PgStatus, RejoinMethod } from '../core/ports.ts';
 import { lsnToBigInt } from '../core/lsn.ts';
 import * as pgc from '../postgres.ts';
+import { RESTORE_CONF } from '../restorestate.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -355,6 +356,15 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
       if (!(await postmasterRunning())) {
         await removeZombieLock(dataDir, log);
         await prepare();
+        // What the seed says wins at every start, not only at initdb, clone or rewind: an
+        // upgraded image (a new pg_hba row) or a seed turned to TLS takes effect here.
+        if ((await port.disk()).hasData) {
+          await pgc.writeNodeConfig(ctx);
+          if (existsSync(join(dataDir, 'standby.signal'))) await pgc.configureStandby(ctx);
+          // A restore's recovery settings outlive its recovery only by accident (a crash right
+          // after the promotion); on a later standby, recovery_target would stop replication.
+          if (!existsSync(join(dataDir, 'recovery.signal'))) await rm(join(dataDir, 'conf.d', RESTORE_CONF), { force: true });
+        }
         await pgc.run(pgc.pgCtlStartPlan(ctx), 120_000);
       }
       // pg_ctl -w waits, systemd's Type=notify too; confirm on our own connection either way.
@@ -485,28 +495,32 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
     ensurePeerSlot: () => pgc.ensurePeerSlot(ctx),
   };
 
-  /** Before a re-clone: keep the diverged directory aside if the disk allows, else delete it. */
-  async function setAside(): Promise<{ kept?: string; reason: string }> {
-    if (!existsSync(dataDir)) return { reason: 'there was none' };
-    // An unfinished clone or initdb is worth nothing: never let it replace an earlier copy.
-    if (existsSync(marker)) {
-      await rm(dataDir, { recursive: true, force: true });
-      return { reason: 'it was an unfinished clone or initdb (bootstrap-in-progress marker); earlier copies kept' };
-    }
-    const parent = dirname(dataDir.replace(/\/+$/, ''));
-    for (const old of olderAsides(dataDir, await readdir(parent).catch(() => []))) await rm(old, { recursive: true, force: true });
-    const size = await dirBytes(dataDir);
-    const fs = await statfs(dataDir);
-    const free = Number(fs.bavail) * Number(fs.bsize);
-    if (canKeepAside(size, free)) {
-      const target = preRejoinName(dataDir, new Date());
-      await rename(dataDir, target);
-      await syncDirectory(parent);
-      return { kept: target, reason: `${free} bytes free > 1.1 × ${size}` };
-    }
-    await rm(dataDir, { recursive: true, force: true });
-    return { reason: `only ${free} bytes free for a ${size}-byte directory and its fresh clone` };
-  }
+  const setAside = (): Promise<{ kept?: string; reason: string }> => setAsideDataDir(ctx);
 
   return port;
+}
+
+/** Before a re-clone: keep the data directory aside if the disk allows, else delete it. */
+export async function setAsideDataDir(ctx: NodeContext): Promise<{ kept?: string; reason: string }> {
+  const dataDir = ctx.config.postgresql.dataDir;
+  const marker = inProgressMarker(ctx);
+  if (!existsSync(dataDir)) return { reason: 'there was none' };
+  // An unfinished clone or initdb is worth nothing: never let it replace an earlier copy.
+  if (existsSync(marker)) {
+    await rm(dataDir, { recursive: true, force: true });
+    return { reason: 'it was an unfinished clone or initdb (bootstrap-in-progress marker); earlier copies kept' };
+  }
+  const parent = dirname(dataDir.replace(/\/+$/, ''));
+  for (const old of olderAsides(dataDir, await readdir(parent).catch(() => []))) await rm(old, { recursive: true, force: true });
+  const size = await dirBytes(dataDir);
+  const fs = await statfs(dataDir);
+  const free = Number(fs.bavail) * Number(fs.bsize);
+  if (canKeepAside(size, free)) {
+    const target = preRejoinName(dataDir, new Date());
+    await rename(dataDir, target);
+    await syncDirectory(parent);
+    return { kept: target, reason: `${free} bytes free > 1.1 × ${size}` };
+  }
+  await rm(dataDir, { recursive: true, force: true });
+  return { reason: `only ${free} bytes free for a ${size}-byte directory and its fresh clone` };
 }
