@@ -20,6 +20,7 @@ import type { ControllerSettings, Ports, PromoteRequest } from './core/ports.ts'
 import type { Observation } from './core/rules.ts';
 import { probeK3sReady, runUserChecks } from './probes.ts';
 import { httpWitnessPort } from './witness/http.ts';
+import { finishInterruptedRestore } from './restorestate.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -130,6 +131,7 @@ export class Agent {
 
   /** Reconcile and start the controller's timers (bootstraps on first start). */
   async init(): Promise<void> {
+    await finishInterruptedRestore(this.ctx, (msg) => this.log.warn({ event: 'restore' }, msg));
     await this.controller.start();
   }
 

@@ -8,6 +8,8 @@ import { formatLsn, lsnToBigInt } from './core/lsn.ts';
 import { tokenMatches } from '../../common/token.ts';
 import { peerIdentity } from '../../common/tls.ts';
 import { apiScheme } from './context.ts';
+import { startBackup } from './backup.ts';
+import { recloneHere, restoreHere } from './restore.ts';
 
 /** The slot this system booted from (kernel command line `geminik8s.slot=A|B`). */
 export function bootSlot(cmdlineFile: string): string | null {
@@ -191,7 +193,38 @@ interface Route {
   callers: Caller[];
   /** Changes something: every call is written to the audit log. */
   mutating?: boolean;
-  handle: (req: IncomingMessage) => Promise<{ status: number; body: unknown; type?: string }>;
+  handle: (req: IncomingMessage) => Promise<{ status: number; body: unknown; type?: string; stream?: StreamedBody }>;
+}
+
+/**
+ * A 200 answer whose body is a stream (a base backup): after its last byte the trailer
+ * `x-geminik8s-result` says `ok` or why it failed, so a client never takes a cut stream for a
+ * whole one.
+ */
+export interface StreamedBody {
+  source: NodeJS.ReadableStream;
+  done: Promise<void>;
+  headers: Record<string, string>;
+  kill: () => void;
+}
+
+/** The trailer a streamed answer ends with. */
+export const RESULT_TRAILER = 'x-geminik8s-result';
+
+function sendStream(res: ServerResponse, s: StreamedBody): void {
+  res.writeHead(200, { 'content-type': 'application/octet-stream', 'cache-control': 'no-store', trailer: RESULT_TRAILER, ...s.headers });
+  // A client gone mid-stream: stop the producer instead of filling a dead socket.
+  res.on('close', () => {
+    if (!res.writableFinished) s.kill();
+  });
+  s.source.on('error', () => s.kill());
+  s.source.pipe(res, { end: false });
+  s.source.on('end', () => {
+    s.done.then(
+      () => res.addTrailers({ [RESULT_TRAILER]: 'ok' }),
+      (err: Error) => res.addTrailers({ [RESULT_TRAILER]: `failed: ${err.message.split('\n').slice(-3).join(' ').replace(/[^\x20-\x7e]/g, ' ').slice(0, 500)}` }),
+    ).finally(() => res.end());
+  });
 }
 
 /** Every endpoint of the agent API, with its method and who may call it. */
@@ -233,6 +266,38 @@ export function routes(agent: Agent): Record<string, Route> {
         if (!agent.meta) return notReady()!;
         const r = await agent.upgradeRollback((body.reason as string | undefined) || 'no reason given');
         return { status: r.ok ? 200 : 409, body: r };
+      },
+    },
+    // A base backup of the leader's primary, streamed (geminik8s backup).
+    '/v1/backup': {
+      method: 'POST', callers: ['admin'], mutating: true,
+      handle: async (req) => {
+        await readJson(req);
+        if (!agent.meta) return notReady()!;
+        const r = await startBackup(agent);
+        if (!r.ok) return { status: 409, body: r };
+        const { proc, identity } = r;
+        return { status: 200, body: null, stream: { source: proc.stdout, done: proc.done, kill: () => proc.kill(), headers: { 'x-geminik8s-backup': JSON.stringify(identity) } } };
+      },
+    },
+    // Replace the leader's data with a backup streamed in the body (geminik8s restore).
+    '/v1/restore': {
+      method: 'POST', callers: ['admin'], mutating: true,
+      handle: async (req) => {
+        if (!agent.meta) return notReady()!;
+        const declared = req.headers['x-geminik8s-restore-bytes'];
+        const bytes = declared === undefined ? undefined : Number(declared);
+        if (bytes !== undefined && !(Number.isInteger(bytes) && bytes >= 0)) throw new HttpError(400, `x-geminik8s-restore-bytes: expected a byte count (found ${JSON.stringify(declared)})`);
+        return restoreHere(agent, req, bytes);
+      },
+    },
+    // Rebuild this follower's standby from the leader (after a restore).
+    '/v1/reclone': {
+      method: 'POST', callers: ['admin'], mutating: true,
+      handle: async (req) => {
+        await readJson(req);
+        if (!agent.meta) return notReady()!;
+        return recloneHere(agent);
       },
     },
     // The switchover handshake between the two agents: never an operator's call.
@@ -280,12 +345,12 @@ export function startApi(agent: Agent, limiter = new AuthLimiter()): Promise<Ser
     if (req.method !== route.method) return send(405, { error: `${path} accepts ${route.method} only` }, 'application/json', { allow: route.method });
     let caller: Caller | 'anyone' | 'nobody' = route.callers.length > 0 ? 'nobody' : 'anyone';
     let status = 500;
-    let reply: { body: unknown; type?: string } = { body: { error: 'internal error' } };
+    let reply: { body: unknown; type?: string; stream?: StreamedBody } = { body: { error: 'internal error' } };
     // The answer goes out after the audit entry is written: a caller never sees the result of
     // a call the trail does not hold yet.
-    const answer = (code: number, body: unknown, type?: string): void => {
+    const answer = (code: number, body: unknown, type?: string, stream?: StreamedBody): void => {
       status = code;
-      reply = { body, type };
+      reply = { body, type, stream };
     };
     try {
       if (route.callers.length > 0) {
@@ -308,7 +373,7 @@ export function startApi(agent: Agent, limiter = new AuthLimiter()): Promise<Ser
         if (!route.callers.includes(who)) return answer(403, { error: `${req.method} ${path} is for ${route.callers.join(' or ')}, not for the ${who} credential` });
       }
       const r = await route.handle(req);
-      answer(r.status, r.body, r.type);
+      answer(r.status, r.body, r.type, r.stream);
     } catch (err) {
       if (err instanceof HttpError) {
         answer(err.status, { error: err.message });
@@ -323,16 +388,19 @@ export function startApi(agent: Agent, limiter = new AuthLimiter()): Promise<Ser
         agent.log.info({ event: 'audit', ...entry }, `audit: ${entry.what} by ${caller} from ${addr} -> ${status}`);
         await audit(auditFile, entry).catch((err: Error) => agent.log.error({ event: 'audit', err: err.message }, 'could not append to the audit log'));
       }
-      send(status, reply.body, reply.type);
+      if (reply.stream) sendStream(res, reply.stream);
+      else send(status, reply.body, reply.type);
     }
   };
   const { host } = ctx.config.listen;
   const tls = apiScheme(ctx) === 'https' ? ctx.tls! : undefined;
   // A client certificate is asked for, not required: operators authenticate with a token, the
   // peer with its certificate and token (checked per call above).
+  // No limit on receiving a whole request: a restore's body is a database. Headers still must
+  // arrive within headersTimeout, and an unauthenticated call is answered before its body.
   const make = (): Server => (tls
-    ? createHttpsServer({ cert: tls.cert, key: tls.key, ca: tls.ca, requestCert: true, rejectUnauthorized: false }, (q, s) => void handler(q, s))
-    : createHttpServer((q, s) => void handler(q, s)));
+    ? createHttpsServer({ cert: tls.cert, key: tls.key, ca: tls.ca, requestCert: true, rejectUnauthorized: false, requestTimeout: 0 }, (q, s) => void handler(q, s))
+    : createHttpServer({ requestTimeout: 0 }, (q, s) => void handler(q, s)));
   const listen = (server: Server, address: string): Promise<Server> => new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(agent.ctx.apiPort, address, () => {

@@ -143,6 +143,10 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
       '/v1/promote': ['POST', { none: 401, wrong: 401, witness: 401, peer: 409, read: 403, admin: 403 }],
       '/v1/upgrade/reboot': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
       '/v1/upgrade/rollback': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
+      // A leader without a PostgreSQL round or a lease: backup and restore refuse; a re-clone is for followers.
+      '/v1/backup': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
+      '/v1/restore': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
+      '/v1/reclone': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
     };
     t.deepEqual(Object.keys(matrix).sort(), Object.keys(routes(agent)).sort(), 'the matrix covers every endpoint');
     for (const [path, [method, expect]] of Object.entries(matrix)) {

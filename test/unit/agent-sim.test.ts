@@ -188,3 +188,37 @@ test('a promote request with a generation older than the follower\'s is refused 
   t.regex(answers[0]!.reason, /^stale generation \d+: this node is at generation \d+$/);
   t.is(leaderOf(c)?.name, 'n1', 'the leader did not change');
 });
+
+test('an operator operation on the leader (a restore): promotion forbidden at the witness first, PostgreSQL stopped for 20 s under the held loop; no failover, a second operation refused, a healthy pair after', async (t) => {
+  let promoted = false;
+  const answers: unknown[] = [];
+  const c = await scenario(24, (c) => {
+    c.onPromoted = () => (promoted = true);
+    c.world.at(20_000, () => {
+      const ctl = c.node('n1').controller!;
+      void ctl.exclusive('restore', ['leader'], async () => {
+        answers.push(['forbidden', await ctl.forbidPromotion()]);
+        answers.push(['promotable at the witness', c.witnessRecord?.promotable ?? null]);
+        await ctl.ports.pg.stop();
+        await ctl.ports.clock.sleep(20_000);
+        await ctl.ports.pg.start();
+        return 'done';
+      }).then((r) => answers.push(['first', r.ok]));
+      void ctl.exclusive('re-clone', ['leader'], async () => 'ran').then((r) => answers.push(['second', r.ok ? 'ran' : r.reason]));
+      void c.node('n2').controller!.exclusive('re-clone', ['leader'], async () => 'ran').then((r) => answers.push(['on the follower', r.ok ? 'ran' : r.reason]));
+    });
+    // Held off, the loop does not start the server behind the operation's back.
+    c.world.at(35_000, () => answers.push(['running mid-operation', c.node('n1').pg.running]));
+  }, 60_000);
+  t.deepEqual(c.violations, [], report(c));
+  t.false(promoted, 'the follower was not promoted while the leader\'s PostgreSQL was down under a held lease');
+  t.is(leaderOf(c)?.name, 'n1');
+  t.deepEqual(answers, [
+    ['second', 'busy: a switchover, a fence or another operation runs'],
+    ['on the follower', 'this node is the follower; a re-clone runs on the leader'],
+    ['forbidden', true],
+    ['promotable at the witness', null],
+    ['running mid-operation', false],
+    ['first', true],
+  ]);
+});

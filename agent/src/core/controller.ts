@@ -677,6 +677,56 @@ export class Controller {
     await this.setRole('follower', reason, generation);
   }
 
+  // ---------------------------------------------------------------- operator maintenance
+
+  /**
+   * Run `fn` with the control loop held off, as a switchover holds it (the lease keeper and the
+   * guard go on, so a leader that loses its lease is still fenced): a restore or a re-clone an
+   * operator asked for. Refused unless this node's role is one of `roles`, and while a
+   * switchover, a fence or another such operation runs.
+   */
+  async exclusive<T>(what: string, roles: Role[], fn: () => Promise<T>): Promise<{ ok: true; value: T } | { ok: false; reason: string }> {
+    const wrongRole = (): string | undefined => (roles.includes(this.meta.role) ? undefined : `this node is the ${this.meta.role}; a ${what} runs on the ${roles.join(' or ')}`);
+    if (wrongRole()) return { ok: false, reason: wrongRole()! };
+    if (this.switching || this.fencing) return { ok: false, reason: 'busy: a switchover, a fence or another operation runs' };
+    this.switching = true;
+    this.snapshot.switching = true;
+    try {
+      while (this.busy) await this.p.clock.sleep(20);
+      if (wrongRole()) return { ok: false, reason: wrongRole()! };
+      this.p.log.warn({ event: what }, `${what}: the control loop waits until it is done`);
+      return { ok: true, value: await fn() };
+    } finally {
+      this.switching = false;
+      this.snapshot.switching = false;
+    }
+  }
+
+  /**
+   * Record at the witness that nobody may be promoted, as a degrade does: before a restore
+   * discards the history the standby holds. False when the witness did not record it.
+   */
+  async forbidPromotion(): Promise<boolean> {
+    if (!this.arbiter) return true;
+    const r = await this.witness({ op: 'promotable', node: this.s.self, generation: this.meta.generation, promotable: null });
+    if (!r?.ok) return false;
+    this.promotable = null;
+    return true;
+  }
+
+  /** After a restore: the timeline the restored primary runs on, in hostmeta and at the witness. */
+  async recordRestore(timeline: number, reason: string): Promise<void> {
+    const role = this.meta.role;
+    this.meta = { ...this.meta, timeline, lastTransition: { at: new Date().toISOString(), from: role, to: role, reason } };
+    await this.persist();
+    if (this.arbiter) await this.witness({ op: 'timeline', node: this.s.self, generation: this.meta.generation, timeline });
+  }
+
+  /** The ports, for operator operations that run under `exclusive`. */
+  get ports(): Ports {
+    return this.p;
+  }
+
   /** The peer asks us to take over in a planned switchover. */
   async promoteOnRequest(req: PromoteRequest): Promise<{ ok: boolean; generation?: number; reason: string }> {
     const { pg, clock } = this.p;

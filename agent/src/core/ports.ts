@@ -120,6 +120,8 @@ export interface StatePort {
 /** Kine and K3s, restarted after a promotion that may have lost data. */
 export interface KubePort {
   restart(): Promise<void>;
+  /** Stop Kine and K3s (before a restore puts the datastore back in time). */
+  stop(): Promise<void>;
 }
 
 /** Structured log lines: `event` is machine-readable, `msg` for people. */

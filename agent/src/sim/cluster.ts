@@ -261,7 +261,7 @@ export class SimCluster {
             }),
           ),
       },
-      kube: { restart: () => new Promise((r) => w.inProcess(proc, 10, r)) },
+      kube: { restart: () => new Promise((r) => w.inProcess(proc, 10, r)), stop: () => new Promise((r) => w.inProcess(proc, 10, r)) },
       log: {
         ...quiet,
         warn: (f, msg) => {
