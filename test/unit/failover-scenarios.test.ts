@@ -1,5 +1,6 @@
 import test from 'ava';
-import { mkdtempSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runPlan } from '../../common/exec.ts';
@@ -149,6 +150,70 @@ serial('geminik8s status and failover on the running pair, from the client names
   await cluster.waitFor('a healthy pair again', () => cluster.healthyPair(), 120_000);
 });
 
+serial('geminik8s backup on the running pair, from the client namespace: encrypted and verified with pg_verifybackup, refused on the follower, retention; a wrong key, a flipped byte and a truncated file are refused', async (t) => {
+  t.timeout(600_000);
+  const leader = await cluster.waitFor('a healthy pair', () => cluster.healthyPair(), 120_000);
+  const follower = cluster.other(leader);
+  const dir = mkdtempSync(join(tmpdir(), 'gk-backups-'));
+  const cli = (...args: string[]) => runPlan(inNs(cluster.topology.clientNs, 'node', [join(ROOT, 'bin/geminik8s.js'), ...args]), { allowFailure: true, timeoutMs: 600_000 });
+  const key = join(dir, 'backup.key');
+  writeFileSync(key, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+  const acked = cluster.acks.length;
+  const enc = await cli('backup', '--cluster', join(cluster.configDir, 'cluster.yaml'), '--output', join(dir, 'one.gkbackup'), '--encryption-key', key, '--verify');
+  t.log(enc.stdout);
+  t.is(enc.exitCode, 0, enc.stderr);
+  t.regex(enc.stdout, new RegExp(`one\\.gkbackup: [\\d.]+ MB from ${leader} .* MB/s, AES-256-GCM`));
+  t.regex(enc.stdout, /verified: \d+ files, [\d.]+ MB match the manifest; \S*pg_verifybackup passed/);
+  const file = join(dir, 'one.gkbackup');
+  t.is(statSync(file).mode & 0o777, 0o600);
+  const bytes = readFileSync(file);
+  for (const secret of Object.values(cluster.secrets)) t.false(bytes.includes(Buffer.from(secret)), 'no secret in clear in an encrypted backup');
+  t.true(acked > 0);
+  t.deepEqual(readdirSync(dir).filter((f) => f.startsWith('.')), [], 'no partial or scratch file left');
+
+  // The follower's agent refuses: a backup is of the leader's primary.
+  const ip = cluster.config.nodes.find((n) => n.name === follower)!.ip;
+  const refused = await runPlan(inNs(cluster.topology.clientNs, 'curl', ['-s', '-m', '20', '--cacert', cluster.caFile, '-X', 'POST', '-H', `Authorization: Bearer ${cluster.secrets.adminToken}`, `https://${ip}:7443/v1/backup`]), { allowFailure: true });
+  t.regex(refused.stdout, /not the leader: back up from the leader's primary/);
+
+  // Damaged copies, each refused with exit 6 and its reason; the right key passes.
+  const verify = (f: string, k = key) => cli('check-backup', f, '--encryption-key', k);
+  t.is((await verify(file)).exitCode, 0);
+  const other = join(dir, 'other.key');
+  writeFileSync(other, randomBytes(32).toString('hex'), { mode: 0o600 });
+  const wrong = await verify(file, other);
+  t.is(wrong.exitCode, 6, wrong.stderr);
+  t.regex(wrong.stderr, /wrong --encryption-key/);
+  const flipped = Buffer.from(bytes);
+  flipped[Math.floor(flipped.length / 2)]! ^= 0x01;
+  writeFileSync(join(dir, 'flipped.bin'), flipped, { mode: 0o600 });
+  const f = await verify(join(dir, 'flipped.bin'));
+  t.is(f.exitCode, 6, f.stderr);
+  t.regex(f.stderr, /does not authenticate: the file is damaged or was altered/);
+  writeFileSync(join(dir, 'truncated.bin'), bytes.subarray(0, bytes.length - 1000), { mode: 0o600 });
+  const tr = await verify(join(dir, 'truncated.bin'));
+  t.is(tr.exitCode, 6, tr.stderr);
+  t.regex(tr.stderr, /truncated/);
+  const nokey = await cli('check-backup', file);
+  t.is(nokey.exitCode, 2);
+  t.regex(nokey.stderr, /encrypted \(key id [0-9a-f]{16}\): give its key with --encryption-key/);
+  rmSync(join(dir, 'flipped.bin'));
+  rmSync(join(dir, 'truncated.bin'));
+
+  // Retention: two more (unencrypted) backups keeping 2; the oldest goes, other files stay.
+  writeFileSync(join(dir, 'notes.txt'), 'not a backup\n');
+  for (const name of ['two.gkbackup', 'three.gkbackup']) {
+    const r = await cli('backup', '--cluster', join(cluster.configDir, 'cluster.yaml'), '--output', join(dir, name), '--retention', '2');
+    t.is(r.exitCode, 0, r.stderr);
+  }
+  t.deepEqual(readdirSync(dir).sort(), ['backup.key', 'notes.txt', 'other.key', 'three.gkbackup', 'two.gkbackup']);
+  const again = await cli('backup', '--cluster', join(cluster.configDir, 'cluster.yaml'), '--output', join(dir, 'two.gkbackup'));
+  t.is(again.exitCode, 5, 'an existing file is not replaced without --force');
+  const plain = await cli('check-backup', join(dir, 'three.gkbackup'));
+  t.is(plain.exitCode, 0, plain.stderr);
+  await cluster.waitFor('a healthy pair after the backups', () => cluster.healthyPair(), 120_000);
+});
+
 for (const scenario of selected) {
   serial(`failover: ${scenario.name}`, async (t) => {
     t.timeout(600_000);
@@ -164,3 +229,79 @@ for (const scenario of selected) {
     t.deepEqual(r.failures, [], 'the scenario\'s own checks');
   });
 }
+
+// Last: a restore takes the pair back in time on purpose, which no scenario after it expects.
+serial('geminik8s restore on the running pair: a damaged, mis-keyed or truncated file is refused with nothing touched; a dry run changes nothing; the real one brings back the tables as they were, on a new timeline, with the follower re-cloned and synchronous', async (t) => {
+  t.timeout(900_000);
+  const leader = await cluster.waitFor('a healthy pair', () => cluster.healthyPair(), 180_000);
+  const follower = cluster.other(leader);
+  const dir = mkdtempSync(join(tmpdir(), 'gk-restore-'));
+  const clusterFile = join(cluster.configDir, 'cluster.yaml');
+  const cli = (...args: string[]) => runPlan(inNs(cluster.topology.clientNs, 'node', [join(ROOT, 'bin/geminik8s.js'), ...args]), { allowFailure: true, timeoutMs: 900_000 });
+  const key = join(dir, 'backup.key');
+  writeFileSync(key, randomBytes(32).toString('hex'), { mode: 0o600 });
+  const probe = "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM restore_probe";
+  t.truthy(await cluster.sql(leader, 'CREATE TABLE restore_probe (id int PRIMARY KEY, v text NOT NULL); INSERT INTO restore_probe SELECT g, md5(g::text) FROM generate_series(1, 5000) g; SELECT 1'));
+  const before = await cluster.sql(leader, probe);
+  t.truthy(before);
+  const ackedBefore = cluster.acks.length;
+  const file = join(dir, 'b.gkbackup');
+  const b = await cli('backup', '--cluster', clusterFile, '--output', file, '--encryption-key', key);
+  t.is(b.exitCode, 0, b.stderr);
+  // Everything after the backup is what the restore discards.
+  t.truthy(await cluster.sql(leader, "UPDATE restore_probe SET v = 'changed' WHERE id % 2 = 0; INSERT INTO restore_probe SELECT g, 'later' FROM generate_series(5001, 6000) g; SELECT 1"));
+  const changed = await cluster.sql(leader, probe);
+  t.not(changed, before);
+  // A switchover after the backup: the pair moves to a timeline the backup never saw, and the
+  // restore lands on the other node. Its new timeline must be past that one, never equal to it.
+  const sw = await cluster.switchover(leader);
+  t.true(sw?.ok, sw?.reason);
+  const target = await cluster.waitFor('a healthy pair led by the other node', async () => ((await cluster.healthyPair()) === follower ? follower : undefined), 180_000);
+  const standby = cluster.other(target);
+  const timelineOf = async (node: string) => Number(await cluster.sql(node, 'SELECT timeline_id FROM pg_control_checkpoint()', 'postgres'));
+  await cluster.sql(target, 'CHECKPOINT', 'postgres');
+  const timelineBefore = await timelineOf(target);
+  t.true(timelineBefore > 1);
+
+  // Refused before anything is touched: each case leaves the data and the timeline as they are.
+  const restore = (...args: string[]) => cli('restore', '--cluster', clusterFile, ...args);
+  const other = join(dir, 'other.key');
+  writeFileSync(other, randomBytes(32).toString('hex'), { mode: 0o600 });
+  const bytes = readFileSync(file);
+  const flipped = Buffer.from(bytes);
+  flipped[bytes.length - 5000]! ^= 0x40;
+  writeFileSync(join(dir, 'flipped'), flipped, { mode: 0o600 });
+  writeFileSync(join(dir, 'truncated'), bytes.subarray(0, Math.floor(bytes.length * 0.9)), { mode: 0o600 });
+  for (const [name, args, why] of [
+    ['wrong key', ['--backup-file', file, '--encryption-key', other, '--force'], /wrong --encryption-key/],
+    ['flipped byte', ['--backup-file', join(dir, 'flipped'), '--encryption-key', key, '--force'], /does not authenticate/],
+    ['truncated', ['--backup-file', join(dir, 'truncated'), '--encryption-key', key, '--force'], /truncated/],
+  ] as const) {
+    const r = await restore(...args);
+    t.is(r.exitCode, 6, `${name}: ${r.stderr}`);
+    t.regex(r.stderr, why, name);
+    t.is(await cluster.sql(target, probe), changed, `${name}: nothing touched`);
+  }
+  const dry = await restore('--backup-file', file, '--encryption-key', key, '--dry-run');
+  t.is(dry.exitCode, 0, dry.stderr);
+  t.regex(dry.stdout, new RegExp(`restore onto ${target}:`));
+  const noForce = await restore('--backup-file', file, '--encryption-key', key);
+  t.is(noForce.exitCode, 5, noForce.stderr);
+  t.regex(noForce.stderr, /discards every write made after .*give --force/);
+  t.is(await cluster.sql(target, probe), changed, 'a dry run and a refused restore change nothing');
+  t.is(await timelineOf(target), timelineBefore);
+
+  const real = await restore('--backup-file', file, '--encryption-key', key, '--force');
+  t.log(real.stdout);
+  t.is(real.exitCode, 0, real.stderr);
+  t.regex(real.stdout, new RegExp(`${target}: restored; PostgreSQL is a primary on timeline \\d+; the replaced data directory is kept as \\S+\\.pre-restore-`));
+  t.regex(real.stdout, new RegExp(`${standby}: re-cloned from ${target}`));
+  t.regex(real.stdout, new RegExp(`HEALTHY \\(leader ${target}\\)`));
+  t.is(await cluster.sql(target, probe), before, 'the table is as it was at the backup');
+  t.true((await timelineOf(target)) > timelineBefore, `a timeline this cluster never used (was ${timelineBefore}, now ${await timelineOf(target)})`);
+  t.deepEqual(await cluster.missingAcks(target, ackedBefore), [], 'every write acknowledged before the backup is back');
+  await cluster.waitFor('a healthy pair after the restore', () => cluster.healthyPair(), 180_000);
+  t.is(await cluster.sql(standby, probe), before, 'the re-cloned standby has the restored data');
+  const writes = cluster.acks.length;
+  await cluster.waitFor('writes through the VIP again', async () => (cluster.acks.length > writes + 5 ? true : undefined), 120_000);
+});

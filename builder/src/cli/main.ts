@@ -13,6 +13,7 @@ import { registerVersion } from './commands/version.ts';
 import { registerWitness } from './commands/witness.ts';
 import { registerStatus } from './commands/status.ts';
 import { registerFailover } from './commands/failover.ts';
+import { registerBackup } from './commands/backup.ts';
 import { registerKeygen } from './commands/keygen.ts';
 import { registerSucPlan } from './commands/suc.ts';
 import { registerRollback } from './commands/rollback.ts';
@@ -56,6 +57,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerWitness(program, ctx);
   registerStatus(program, ctx);
   registerFailover(program, ctx);
+  registerBackup(program, ctx);
   registerKeygen(program, ctx);
   registerSucPlan(program, ctx);
   registerRollback(program, ctx);
