@@ -1,11 +1,12 @@
-import { chown, lchown, mkdir, open, symlink } from 'node:fs/promises';
+import { chown, mkdir, open } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { EntrySink } from './archive.ts';
 
 /**
  * Extract a backup's data directory into `dir`, entry by entry, as `readPayload` hands them over
  * (names already checked to stay inside). Files are created new (never over an existing one),
- * 0600, directories 0700, owned by `owner` when given (PostgreSQL's user on a node).
+ * 0600, directories 0700, owned by `owner` when given (PostgreSQL's user on a node). Links and
+ * other special entries are refused.
  */
 export function extractSink(dir: string, owner?: { uid: number; gid: number }): EntrySink {
   const own = async (path: string): Promise<void> => {
@@ -14,6 +15,7 @@ export function extractSink(dir: string, owner?: { uid: number; gid: number }): 
   const made = new Set<string>([dir]);
   const ensureDir = async (d: string): Promise<void> => {
     if (made.has(d)) return;
+    if (!d.startsWith(`${dir}/`)) throw new Error(`${d} is outside ${dir}`);
     await ensureDir(dirname(d));
     await mkdir(d, { recursive: true, mode: 0o700 });
     await own(d);
@@ -29,14 +31,8 @@ export function extractSink(dir: string, owner?: { uid: number; gid: number }): 
       return;
     }
     await ensureDir(dirname(target));
-    if (header.type === 'symlink') {
-      for await (const _ of body) {
-        // no data
-      }
-      await symlink(header.linkname ?? '', target);
-      if (owner) await lchown(target, owner.uid, owner.gid);
-      return;
-    }
+    // No links: the extractor runs as root, and a later entry written through a link planted by
+    // an earlier one could land anywhere. A base backup to stdout has no tablespace links anyway.
     if (header.type !== 'file') throw new Error(`${name}: unexpected entry type ${header.type} in the base backup`);
     const h = await open(target, 'wx', 0o600);
     try {

@@ -7,6 +7,7 @@ import tarStream from 'tar-stream';
 import { ManifestCheck, packPayload, readPayload, walSegmentsFor, type BackupMeta } from '../../common/backup/archive.ts';
 import { CHUNK_BYTES, decodeBackup, encodeBackup, encryptionFor, keyIdOf, parseBackupKey, readBackupHeader, type BackupHeader } from '../../common/backup/format.ts';
 import { runPlan } from '../../common/exec.ts';
+import { extractSink } from '../../common/backup/extract.ts';
 import { backupRefusal } from '../../agent/src/backup.ts';
 import { hostPgBinDir } from '../helpers/host-pg.ts';
 import { tempDir } from '../helpers/fixtures.ts';
@@ -182,4 +183,29 @@ test('the encoded file of a packed payload has the header outside, the token ins
   t.is(header.cluster, 'site-a');
   t.false(file.includes(Buffer.from(meta.k3sToken)));
   t.false(JSON.stringify(header).includes(meta.k3sToken));
+});
+
+test('extraction refuses names that climb out, absolute names and links, writing nothing outside', async (t) => {
+  const root = tempDir('gk-extract-');
+  const target = join(root, 'data');
+  mkdirSync(target);
+  const payload = async (entries: { name: string; type?: 'file' | 'symlink' | 'directory'; linkname?: string; data?: string }[]) => {
+    const pack = tarStream.pack();
+    const out = collect(pack as unknown as AsyncIterable<Uint8Array>);
+    const metaJson = Buffer.from(JSON.stringify(meta));
+    pack.entry({ name: 'geminik8s/backup.json', size: metaJson.length, type: 'file' }, metaJson);
+    for (const e of entries) {
+      const data = Buffer.from(e.data ?? '');
+      const isFile = !e.type || e.type === 'file';
+      pack.entry({ name: e.name, type: e.type ?? 'file', size: isFile ? data.length : 0, ...(e.linkname ? { linkname: e.linkname } : {}) }, isFile ? data : Buffer.alloc(0));
+    }
+    pack.finalize();
+    return out;
+  };
+  const outside = join(root, 'outside');
+  await t.throwsAsync(readPayload(Readable.from([await payload([{ name: 'pgdata/../outside', data: 'x' }])]), extractSink(target)), { message: /unsafe path/ });
+  await t.throwsAsync(readPayload(Readable.from([await payload([{ name: '/etc/evil', data: 'x' }])]), extractSink(target)), { message: /outside pgdata\/|unsafe path/ });
+  await t.throwsAsync(readPayload(Readable.from([await payload([{ name: 'pgdata/pg_tblspc/1', type: 'symlink', linkname: root }, { name: 'pgdata/pg_tblspc/1/outside', data: 'x' }])]), extractSink(target)), { message: /unexpected entry type symlink/ });
+  t.false(existsSync(outside));
+  t.false(existsSync(join(target, 'pg_tblspc', '1')));
 });
