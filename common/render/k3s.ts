@@ -1,6 +1,6 @@
 import { createHmac } from 'node:crypto';
 import { stringify } from 'yaml';
-import { K3S_MANAGED_FLAGS, type ClusterSpec } from '../schema/cluster.ts';
+import { K3S_MANAGED_FLAGS, type AuditPolicy, type ClusterSpec } from '../schema/cluster.ts';
 import { join } from 'node:path';
 import { NODE_PATHS } from './paths.ts';
 import { KINE_DATABASE, KINE_USER, PG_TLS_FILES, pgTlsDir } from './postgresql.ts';
@@ -31,6 +31,7 @@ export function k3sConfig(spec: ClusterSpec, node: string): Record<string, unkno
     'write-kubeconfig-mode': '0600',
   };
   if (spec.k3s.disable.length) config.disable = [...spec.k3s.disable];
+  if (spec.k3s.auditLog.enabled) config['kube-apiserver-arg'] = auditLogArgs(spec);
   const labels = Object.entries(spec.k3s.nodeLabels).map(([k, v]) => `${k}=${v}`);
   if (labels.length) config['node-label'] = labels;
   for (const [key, values] of extraArgEntries(spec.k3s.extraArgs)) {
@@ -41,6 +42,49 @@ export function k3sConfig(spec: ClusterSpec, node: string): Record<string, unkno
     else config[key] = values.length === 1 ? values[0] : values;
   }
   return config;
+}
+
+/** Where kube-apiserver writes its audit log: under K3s's data directory, on the persistent partition. */
+export const AUDIT_LOG_FILE = '/var/lib/rancher/k3s/server/logs/audit.log';
+
+/**
+ * kube-apiserver's audit flags, as K3s passes them (`kube-apiserver-arg`, one `name=value` per
+ * element). The names are kube-apiserver's own (k8s.io/apiserver, options/audit.go).
+ */
+export function auditLogArgs(spec: ClusterSpec): string[] {
+  const a = spec.k3s.auditLog;
+  return [
+    `audit-log-path=${AUDIT_LOG_FILE}`,
+    `audit-policy-file=${NODE_PATHS.k3sAuditPolicy}`,
+    `audit-log-maxage=${a.maxAge}`,
+    `audit-log-maxbackup=${a.maxBackups}`,
+    `audit-log-maxsize=${a.maxSize}`,
+  ];
+}
+
+/**
+ * geminik8s's default audit policy: no probes, never a request body for Secrets, ConfigMaps or
+ * tokens (they would put secrets in the log), the request of every change, the metadata of
+ * everything else.
+ */
+export const DEFAULT_AUDIT_POLICY: AuditPolicy = {
+  apiVersion: 'audit.k8s.io/v1',
+  kind: 'Policy',
+  omitStages: ['RequestReceived'],
+  rules: [
+    { level: 'None', nonResourceURLs: ['/healthz*', '/readyz*', '/livez*', '/version'] },
+    { level: 'None', users: ['system:kube-proxy'], verbs: ['watch'] },
+    { level: 'None', resources: [{ group: 'coordination.k8s.io', resources: ['leases'] }], verbs: ['get', 'update'] },
+    { level: 'Metadata', resources: [{ group: '', resources: ['secrets', 'configmaps', 'serviceaccounts/token'] }, { group: 'authentication.k8s.io', resources: ['tokenreviews'] }] },
+    { level: 'Request', verbs: ['create', 'update', 'patch', 'delete', 'deletecollection'] },
+    { level: 'Metadata' },
+  ],
+};
+
+/** The audit policy file K3s's apiserver reads (`k3s.auditLog.policy`, or the default). */
+export function auditPolicyYaml(spec: ClusterSpec): string {
+  return `# geminik8s: kube-apiserver audit policy for cluster ${spec.name}.
+${stringify(spec.k3s.auditLog.policy ?? DEFAULT_AUDIT_POLICY)}`;
 }
 
 /**

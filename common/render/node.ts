@@ -1,4 +1,4 @@
-import { K3S_TOKEN_FILE, KINE_PGPASS_FILE, k3sConfigYaml, kineEnvironment, kinePassword, kinePgpass } from './k3s.ts';
+import { auditPolicyYaml, K3S_TOKEN_FILE, KINE_PGPASS_FILE, k3sConfigYaml, kineEnvironment, kinePassword, kinePgpass } from './k3s.ts';
 import { NODE_PATHS, pgDataDir } from './paths.ts';
 import { pgHbaConf, pgIdentConf, postgresqlConf } from './postgresql.ts';
 import type { ClusterSpec } from '../schema/cluster.ts';
@@ -41,6 +41,7 @@ export function renderNodeFiles(image: Pick<Image, 'kubernetes' | 'components'>,
       { path: NODE_PATHS.kubeVipEnvFile, content: `# geminik8s: kube-vip announces Service LoadBalancer addresses on this interface;\n# its per-Service leases use the K3s node name.\nvip_interface=${spec.network.interface}\nvip_nodename=${node}\n`, mode: 0o644, scope: 'node' },
       { path: KINE_PGPASS_FILE, content: kinePgpass(spec, kinePassword(secrets.postgresPassword)), mode: 0o600, scope: 'node', secret: true },
     );
+    if (spec.k3s.auditLog.enabled) files.push({ path: NODE_PATHS.k3sAuditPolicy, content: auditPolicyYaml(spec), mode: 0o600, scope: 'node' });
   }
   return files;
 }

@@ -26,6 +26,8 @@ export const NODE_PATHS = {
   kineBin: '/usr/local/bin/kine',
   kubeVipBin: '/usr/local/bin/kube-vip',
   k3sConfig: '/etc/rancher/k3s/config.yaml',
+  /** kube-apiserver's audit policy, with k3s.auditLog on. */
+  k3sAuditPolicy: '/etc/rancher/k3s/audit-policy.yaml',
   kubeconfig: '/etc/rancher/k3s/k3s.yaml',
   kineEnvFile: '/var/lib/geminik8s/kine.env',
   kineMetrics: '127.0.0.1:2381',

@@ -61,6 +61,27 @@ export const K3S_MANAGED_FLAGS: Readonly<Record<string, string>> = {
   'write-kubeconfig-mode': 'the kubeconfig holds admin credentials (0600)',
 };
 
+/** The levels of a Kubernetes audit policy rule (audit.k8s.io/v1). */
+export const AUDIT_LEVELS = ['None', 'Metadata', 'Request', 'RequestResponse'] as const;
+
+/** A Kubernetes audit policy (audit.k8s.io/v1 Policy), checked as far as its shape goes. */
+export const AuditPolicySchema = z.looseObject({
+  apiVersion: z.literal('audit.k8s.io/v1'),
+  kind: z.literal('Policy'),
+  omitStages: z.array(z.enum(['RequestReceived', 'ResponseStarted', 'ResponseComplete', 'Panic'])).optional(),
+  rules: z.array(z.looseObject({
+    level: z.enum(AUDIT_LEVELS),
+    users: z.array(z.string()).optional(),
+    userGroups: z.array(z.string()).optional(),
+    verbs: z.array(z.string()).optional(),
+    resources: z.array(z.looseObject({ group: z.string().optional(), resources: z.array(z.string()).optional(), resourceNames: z.array(z.string()).optional() })).optional(),
+    namespaces: z.array(z.string()).optional(),
+    nonResourceURLs: z.array(z.string()).optional(),
+    omitStages: z.array(z.enum(['RequestReceived', 'ResponseStarted', 'ResponseComplete', 'Panic'])).optional(),
+  })).min(1, 'an audit policy needs at least one rule (the first rule that matches a request sets its level)'),
+});
+export type AuditPolicy = z.infer<typeof AuditPolicySchema>;
+
 /** Names of the non-node parties in secrets/tls/ (the CA and the witness); no node may take one. */
 export const RESERVED_PARTY_NAMES = ['ca', 'witness'] as const;
 
@@ -100,6 +121,20 @@ export const ClusterSpecSchema = z.strictObject({
       disable: z.array(z.enum(['traefik', 'servicelb', 'local-storage', 'metrics-server', 'coredns'])).default(['servicelb']),
       nodeLabels: z.record(z.string(), z.string()).default({}),
       extraArgs: z.array(z.string().regex(/^--[a-z0-9-]+(=.*)?$/, 'must be a K3s flag such as --kubelet-arg=max-pods=200')).default([]),
+      /** kube-apiserver's audit log (off by default): on the persistent partition, rotated. */
+      auditLog: z
+        .strictObject({
+          enabled: z.boolean().default(false),
+          /** Days to keep rotated files (--audit-log-maxage). */
+          maxAge: z.number().int().min(1).max(3650).default(30),
+          /** Rotated files kept (--audit-log-maxbackup). */
+          maxBackups: z.number().int().min(1).max(1000).default(10),
+          /** Megabytes before a file is rotated (--audit-log-maxsize). */
+          maxSize: z.number().int().min(1).max(10240).default(100),
+          /** An audit.k8s.io/v1 Policy; without one, geminik8s's default (docs/rendering.md). */
+          policy: AuditPolicySchema.optional(),
+        })
+        .prefault({}),
     })
     .prefault({}),
   postgresql: z
@@ -262,6 +297,8 @@ export function clusterRules(spec: ClusterSpec): RuleIssue[] {
     const flag = /^--([a-z0-9-]+)/.exec(arg)?.[1] ?? '';
     const why = K3S_MANAGED_FLAGS[flag];
     if (why) issues.push({ path: ['k3s', 'extraArgs', i], message: `--${flag} is set by geminik8s: ${why}`, found: arg });
+    const audit = /^--kube-apiserver-arg=(audit-[a-z-]+)=/.exec(arg)?.[1];
+    if (audit && spec.k3s.auditLog.enabled) issues.push({ path: ['k3s', 'extraArgs', i], message: `kube-apiserver's ${audit} is set by k3s.auditLog`, found: arg, expected: 'the setting in k3s.auditLog, or auditLog.enabled: false' });
   }
   if (spec.agent.port === spec.postgresql.port) {
     issues.push({ path: ['agent', 'port'], message: 'the agent port must differ from the PostgreSQL port', found: String(spec.agent.port) });

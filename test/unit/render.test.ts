@@ -5,6 +5,8 @@ import { runPlan } from '../../common/exec.ts';
 import { renderImageFiles, renderIpxe, renderNode, type RenderedFile } from '../../builder/src/render/index.ts';
 import { renderTemplate } from '../../builder/src/render/templates.ts';
 import { k3sConfig } from '../../common/render/k3s.ts';
+import { AuditPolicySchema, ClusterSchema } from '../../common/schema/cluster.ts';
+import { parse } from 'yaml';
 import { instanceId, userData } from '../../builder/src/render/cloud-init.ts';
 import { NODE_PATHS, pgBinDir, pgDataDir } from '../../common/render/paths.ts';
 import { assertGolden } from '../helpers/golden.ts';
@@ -54,6 +56,41 @@ test('K3s never uses cluster-init and points at Kine on loopback; Kine points at
   t.notRegex(k3s.content, /cluster-init/);
   const kine = files.find((f) => f.path.endsWith('kine.env'))!;
   t.regex(kine.content, /KINE_ENDPOINT=postgres:\/\/kine@192\.168\.10\.50:5432\/kine/);
+});
+
+// kube-apiserver's audit flags (k8s.io/apiserver/pkg/server/options/audit.go: AuditLogOptions
+// and AuditPolicyOptions.AddFlags). K3s cannot run here; the names are checked against these.
+const APISERVER_AUDIT_FLAGS = ['audit-log-path', 'audit-log-maxage', 'audit-log-maxbackup', 'audit-log-maxsize', 'audit-policy-file'];
+
+test('k3s.auditLog: kube-apiserver audit flags K3s passes on, a default policy file (0600) where they point, merged with other apiserver args; off renders nothing', async (t) => {
+  const [image, cluster] = await Promise.all([loadImageDef('edge-amd64.yaml'), loadFixtureCluster()]);
+  const off = renderNode({ image, cluster, node: 'node1', secrets: FAKE_SECRETS, tls: fakeTls('node1') });
+  t.false(off.some((f) => f.path.includes('audit')));
+  t.notRegex(off.find((f) => f.path === '/etc/rancher/k3s/config.yaml')!.content, /audit/);
+  for (const arch of ['amd64', 'arm64']) {
+    const img = await loadImageDef(`edge-${arch}.yaml`);
+    const on = ClusterSchema.parse({ ...cluster, k3s: { ...cluster.k3s, auditLog: { enabled: true, maxAge: 7 }, extraArgs: ['--kube-apiserver-arg=request-timeout=2m'] } });
+    const files = renderNode({ image: img, cluster: on, node: 'node1', secrets: FAKE_SECRETS, tls: fakeTls('node1') });
+    const config = parse(files.find((f) => f.path === '/etc/rancher/k3s/config.yaml')!.content) as Record<string, unknown>;
+    const args = config['kube-apiserver-arg'] as string[];
+    t.deepEqual(args.slice(-1), ['request-timeout=2m'], 'extraArgs extend the list');
+    const audit = args.filter((a) => a.startsWith('audit'));
+    t.deepEqual(audit.map((a) => a.split('=')[0]).sort(), [...APISERVER_AUDIT_FLAGS].sort());
+    t.true(audit.includes('audit-log-maxage=7'));
+    t.true(audit.includes('audit-log-path=/var/lib/rancher/k3s/server/logs/audit.log'), 'on the persistent partition, under K3s data');
+    const policy = files.find((f) => f.path === '/etc/rancher/k3s/audit-policy.yaml')!;
+    t.true(audit.includes(`audit-policy-file=${policy.path}`));
+    t.is(policy.mode, 0o600);
+    const parsed = AuditPolicySchema.parse(parse(policy.content));
+    t.deepEqual(parsed.rules.find((r) => r.resources?.some((x) => x.resources?.includes('secrets')))?.level, 'Metadata', 'never the body of a Secret');
+    assertGolden(t, `render/edge-${arch}/audit/config.yaml`, files.find((f) => f.path === '/etc/rancher/k3s/config.yaml')!.content);
+    assertGolden(t, `render/edge-${arch}/audit/audit-policy.yaml`, policy.content);
+  }
+  // A policy of the operator's own replaces the default, as written.
+  const own = { apiVersion: 'audit.k8s.io/v1' as const, kind: 'Policy' as const, rules: [{ level: 'RequestResponse' as const, verbs: ['delete'] }, { level: 'None' as const }] };
+  const custom = ClusterSchema.parse({ ...cluster, k3s: { ...cluster.k3s, auditLog: { enabled: true, policy: own } } });
+  const file = renderNode({ image, cluster: custom, node: 'node1', secrets: FAKE_SECRETS, tls: fakeTls('node1') }).find((f) => f.path === '/etc/rancher/k3s/audit-policy.yaml')!;
+  t.deepEqual(parse(file.content), own);
 });
 
 test('the test image (Kubernetes layer off) renders no K3s, Kine or kube-vip files', async (t) => {
