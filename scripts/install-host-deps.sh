@@ -21,6 +21,8 @@ PACKAGES=(
   minisign busybox skopeo docker-registry
   # the cluster CA and certificates (geminik8s init)
   openssl
+  # the status page, loaded from a running pair in a headless browser
+  chromium
   # Containerfile path
   docker.io
 )

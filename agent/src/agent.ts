@@ -21,6 +21,7 @@ import type { Observation } from './core/rules.ts';
 import { probeK3sReady, runUserChecks } from './probes.ts';
 import { httpWitnessPort } from './witness/http.ts';
 import { finishInterruptedRestore } from './restorestate.ts';
+import { MAX_TRANSITIONS, type TransitionEntry } from './statuspage.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -98,6 +99,8 @@ export function productionPorts(ctx: NodeContext, log: Logger, heartbeat: () => 
 export class Agent {
   readonly controller: Controller;
   readonly snapshot: Snapshot = { userChecks: [] };
+  /** The role changes this agent made since it started (the status page). */
+  readonly transitions: TransitionEntry[] = [];
   private stopped = false;
   private readonly bootGate: { healthySince?: number; logged?: string; rebootAt?: number } = {};
   /** Set by main: called by the controller's guard timer, never by the loop. */
@@ -105,6 +108,10 @@ export class Agent {
 
   constructor(readonly ctx: NodeContext, readonly log: Logger, ports?: Ports) {
     this.controller = new Controller(ports ?? productionPorts(ctx, log, () => this.heartbeat()), controllerSettings(ctx));
+    this.controller.onTransition = (t) => {
+      this.transitions.push({ ...t, node: ctx.self.name });
+      if (this.transitions.length > MAX_TRANSITIONS) this.transitions.splice(0, this.transitions.length - MAX_TRANSITIONS);
+    };
     this.controller.onRound = (o) => {
       this.snapshot.round = o;
       this.snapshot.observation = gateObservation(o);

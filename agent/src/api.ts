@@ -10,6 +10,7 @@ import { peerIdentity } from '../../common/tls.ts';
 import { apiScheme } from './context.ts';
 import { startBackup } from './backup.ts';
 import { recloneHere, restoreHere } from './restore.ts';
+import { clusterView, STATUS_PAGE_HTML, statusPageCsp } from './statuspage.ts';
 
 /** The slot this system booted from (kernel command line `geminik8s.slot=A|B`). */
 export function bootSlot(cmdlineFile: string): string | null {
@@ -115,11 +116,18 @@ export function metricsOf(agent: Agent): string {
 /** Who may call the agent API: the peer agent, or an operator with the read or the admin token. */
 export type Caller = 'peer' | 'read' | 'admin';
 
-/** The caller a bearer token identifies, if any. The witness's token is not one of them. */
+/** The caller a token identifies (Bearer, or Basic with the token as the password), if any. The witness's token is not one of them. */
 export function callerOf(authorization: string | undefined, secrets: { agentToken: string; readToken: string; adminToken: string }): Caller | undefined {
   const header = authorization ?? '';
-  if (!header.startsWith('Bearer ')) return undefined;
-  const given = header.slice(7);
+  let given: string;
+  if (header.startsWith('Bearer ')) given = header.slice(7);
+  else if (header.startsWith('Basic ')) {
+    // A browser on the status page: any user name, the token as the password.
+    const decoded = Buffer.from(header.slice(6), 'base64').toString('utf8');
+    const colon = decoded.indexOf(':');
+    if (colon < 0) return undefined;
+    given = decoded.slice(colon + 1);
+  } else return undefined;
   // Every comparison runs, so the time taken does not say which token came close.
   const peer = tokenMatches(given, secrets.agentToken);
   const read = tokenMatches(given, secrets.readToken);
@@ -193,7 +201,7 @@ interface Route {
   callers: Caller[];
   /** Changes something: every call is written to the audit log. */
   mutating?: boolean;
-  handle: (req: IncomingMessage) => Promise<{ status: number; body: unknown; type?: string; stream?: StreamedBody }>;
+  handle: (req: IncomingMessage) => Promise<{ status: number; body: unknown; type?: string; stream?: StreamedBody; headers?: Record<string, string> }>;
 }
 
 /**
@@ -235,6 +243,12 @@ export function routes(agent: Agent): Record<string, Route> {
   return {
     '/healthz': { method: 'GET', callers: [], handle: async () => ({ status: 200, body: { ok: true } }) },
     '/v1/status': { method: 'GET', callers: ['peer', 'read', 'admin'], handle: async () => notReady() ?? { status: 200, body: statusOf(agent) } },
+    // The status page and what it reads: the whole pair as this node sees it.
+    '/ui': {
+      method: 'GET', callers: ['read', 'admin'],
+      handle: async () => ({ status: 200, body: STATUS_PAGE_HTML, type: 'text/html; charset=utf-8', headers: { 'content-security-policy': statusPageCsp(), 'x-content-type-options': 'nosniff', 'referrer-policy': 'no-referrer' } }),
+    },
+    '/v1/cluster': { method: 'GET', callers: ['read', 'admin'], handle: async () => notReady() ?? { status: 200, body: await clusterView(agent) } },
     '/metrics': { method: 'GET', callers: ['peer', 'read', 'admin'], handle: async () => notReady() ?? { status: 200, body: metricsOf(agent), type: 'text/plain; version=0.0.4' } },
     '/v1/switchover': {
       method: 'POST', callers: ['admin'], mutating: true,
@@ -345,12 +359,12 @@ export function startApi(agent: Agent, limiter = new AuthLimiter()): Promise<Ser
     if (req.method !== route.method) return send(405, { error: `${path} accepts ${route.method} only` }, 'application/json', { allow: route.method });
     let caller: Caller | 'anyone' | 'nobody' = route.callers.length > 0 ? 'nobody' : 'anyone';
     let status = 500;
-    let reply: { body: unknown; type?: string; stream?: StreamedBody } = { body: { error: 'internal error' } };
+    let reply: { body: unknown; type?: string; stream?: StreamedBody; headers?: Record<string, string> } = { body: { error: 'internal error' } };
     // The answer goes out after the audit entry is written: a caller never sees the result of
     // a call the trail does not hold yet.
-    const answer = (code: number, body: unknown, type?: string, stream?: StreamedBody): void => {
+    const answer = (code: number, body: unknown, type?: string, stream?: StreamedBody, headers?: Record<string, string>): void => {
       status = code;
-      reply = { body, type, stream };
+      reply = { body, type, stream, headers };
     };
     try {
       if (route.callers.length > 0) {
@@ -373,7 +387,7 @@ export function startApi(agent: Agent, limiter = new AuthLimiter()): Promise<Ser
         if (!route.callers.includes(who)) return answer(403, { error: `${req.method} ${path} is for ${route.callers.join(' or ')}, not for the ${who} credential` });
       }
       const r = await route.handle(req);
-      answer(r.status, r.body, r.type, r.stream);
+      answer(r.status, r.body, r.type, r.stream, r.headers);
     } catch (err) {
       if (err instanceof HttpError) {
         answer(err.status, { error: err.message });
@@ -389,7 +403,8 @@ export function startApi(agent: Agent, limiter = new AuthLimiter()): Promise<Ser
         await audit(auditFile, entry).catch((err: Error) => agent.log.error({ event: 'audit', err: err.message }, 'could not append to the audit log'));
       }
       if (reply.stream) sendStream(res, reply.stream);
-      else send(status, reply.body, reply.type);
+      // A browser asked for the status page gets the Basic prompt (the token as the password).
+      else send(status, reply.body, reply.type, { ...(status === 401 ? { 'www-authenticate': 'Basic realm="geminik8s", charset="UTF-8"' } : {}), ...reply.headers });
     }
   };
   const { host } = ctx.config.listen;

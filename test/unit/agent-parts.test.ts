@@ -139,6 +139,8 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
       '/healthz': ['GET', { none: 200, wrong: 200, witness: 200, peer: 200, read: 200, admin: 200 }],
       '/v1/status': ['GET', { none: 401, wrong: 401, witness: 401, peer: 200, read: 200, admin: 200 }],
       '/metrics': ['GET', { none: 401, wrong: 401, witness: 401, peer: 200, read: 200, admin: 200 }],
+      '/ui': ['GET', { none: 401, wrong: 401, witness: 401, peer: 403, read: 200, admin: 200 }],
+      '/v1/cluster': ['GET', { none: 401, wrong: 401, witness: 401, peer: 403, read: 200, admin: 200 }],
       '/v1/switchover': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
       '/v1/promote': ['POST', { none: 401, wrong: 401, witness: 401, peer: 409, read: 403, admin: 403 }],
       '/v1/upgrade/reboot': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
@@ -160,6 +162,16 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
       t.is(r.status, 405, `${other} ${path}`);
       t.is(r.allow, method);
     }
+    // A browser on the status page: Basic with the token as the password; a 401 asks for it.
+    const basic = (pass: string) => ({ authorization: `Basic ${Buffer.from(`operator:${pass}`).toString('base64')}` });
+    t.is((await call('/v1/status', { headers: basic(FAKE_SECRETS.readToken) })).status, 200);
+    const prompt = await peerFetch(`${base}/ui`, { headers: basic('wrong-token-of-some-length') });
+    t.is(prompt.status, 401);
+    t.regex(prompt.headers.get('www-authenticate') ?? '', /^Basic realm="geminik8s"/);
+    const page = await peerFetch(`${base}/ui`, { headers: basic(FAKE_SECRETS.readToken) });
+    t.regex(page.headers.get('content-type') ?? '', /^text\/html/);
+    t.regex(page.headers.get('content-security-policy') ?? '', /default-src 'none'; script-src 'sha256-[A-Za-z0-9+/]+=*'/);
+    t.notRegex(await page.text(), /<script src=|<link |https?:\/\//, 'no external asset');
     t.is((await call('/v1/nope', { headers: token })).status, 404);
     t.is((await call('/v1/nope')).status, 404, 'unknown routes are 404 before authentication');
     t.is(switchovers, 1, 'only the admin reached the switchover');

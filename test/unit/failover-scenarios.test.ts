@@ -1,6 +1,6 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runPlan } from '../../common/exec.ts';
@@ -98,6 +98,42 @@ serial('every link between the parties is TLS from the cluster CA: replication w
   t.not(http.stdout, '200', 'the agent API does not answer plain HTTP');
   const https = await runPlan(inNs(cluster.topology.clientNs, 'curl', ['-s', '-m', '5', '--cacert', cluster.caFile, `https://${ip}:7443/healthz`]), { allowFailure: true });
   t.is(https.stdout, '{"ok":true}');
+});
+
+// Headless Chromium (Debian's chromium) is installed by scripts/install-host-deps.sh.
+const CHROMIUM = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p));
+(CHROMIUM && canRun ? test.serial : test.serial.skip)('the status page in headless Chromium, from the client namespace: both nodes, roles, replication, the VIP holder, the witness, slots and transitions; a screenshot for docs/', async (t) => {
+  t.timeout(300_000);
+  const leader = await cluster.waitFor('a healthy pair', () => cluster.healthyPair(), 120_000);
+  const follower = cluster.other(leader);
+  const ip = cluster.config.nodes.find((n) => n.name === follower)!.ip;
+  // Trust exactly the nodes' keys (Chromium takes no CA file; this pins instead of ignoring errors).
+  const spki = await Promise.all(['node1', 'node2'].map(async (n) => (await runPlan({ cmd: 'sh', args: ['-c', `openssl x509 -in ${join(cluster.configDir, 'secrets', 'tls', `${n}.crt`)} -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64`] })).stdout.trim()));
+  const dir = mkdtempSync(join(tmpdir(), 'gk-chromium-'));
+  const url = `https://operator:${encodeURIComponent(cluster.secrets.readToken)}@${ip}:7443/ui`;
+  const chromium = (...extra: string[]) => runPlan(inNs(cluster.topology.clientNs, CHROMIUM!, [
+    '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', `--user-data-dir=${join(dir, 'profile')}`,
+    `--ignore-certificate-errors-spki-list=${spki.join(',')}`, '--virtual-time-budget=10000', '--window-size=1280,860', ...extra, url,
+  ]), { allowFailure: true, timeoutMs: 180_000 });
+  const dom = await chromium('--dump-dom');
+  t.is(dom.exitCode, 0, dom.stderr.slice(-2000));
+  const text = dom.stdout.replace(/<[^>]+>/g, ' ').replace(/\s+/g, ' ');
+  t.regex(text, /HEALTHY/);
+  t.regex(dom.stdout, new RegExp(`data-node="${leader}"[\\s\\S]*role-leader|role-leader[\\s\\S]*data-node="${leader}"`));
+  t.regex(text, new RegExp(`${leader} \\(${cluster.config.nodes.find((n) => n.name === leader)!.ip}\\) role leader`));
+  t.regex(text, new RegExp(`${follower} \\(${ip}\\) role follower`));
+  t.regex(text, /replication streaming, sync/);
+  t.regex(text, /VIP held here/);
+  t.regex(text, new RegExp(`lease holder ${leader} generation \\d+ promotable ${follower}`));
+  t.regex(text, /slots /);
+  t.regex(text, /Recent transitions .*(leader|follower)/);
+  for (const secret of Object.values(cluster.secrets)) t.false(dom.stdout.includes(secret), 'no secret in the page');
+  const shot = join(dir, 'status-page.png');
+  const s = await chromium(`--screenshot=${shot}`);
+  t.is(s.exitCode, 0, s.stderr.slice(-2000));
+  t.true(statSync(shot).size > 10_000);
+  if (process.env.UPDATE_SCREENSHOTS) copyFileSync(shot, join(ROOT, 'docs', 'img', 'status-page.png'));
+  t.log(`screenshot: ${shot}`);
 });
 
 serial('geminik8s status and failover on the running pair, from the client namespace: table, json, exit codes, a refused, a dry and a real switchover', async (t) => {

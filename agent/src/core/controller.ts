@@ -52,6 +52,8 @@ export class Controller {
   private metaDirty = false;
   /** Until reconcile has decided, hostmeta's role is a memory, not a fact the guard may act on. */
   private reconciled = false;
+  /** Called on every role change (and a restore), for the status page's recent transitions. */
+  onTransition?: (t: { at: string; from: string; to: string; reason: string; generation: number }) => void;
   /** Called after every completed round (the shell keeps its status page and health gate fed). */
   onRound?: (o: Observation) => void;
 
@@ -90,6 +92,7 @@ export class Controller {
     if (generation < this.meta.generation) generation = this.meta.generation;
     this.meta = { ...this.meta, role: to, generation, timeline, lastTransition: { at: new Date().toISOString(), from, to, reason } };
     this.snapshot.transitions++;
+    this.onTransition?.({ ...this.meta.lastTransition!, generation });
     this.p.log.info({ event: 'transition', from, to, generation, timeline }, `role ${from} -> ${to}: ${reason}`);
     await this.persist();
   }
@@ -718,6 +721,7 @@ export class Controller {
   async recordRestore(timeline: number, reason: string): Promise<void> {
     const role = this.meta.role;
     this.meta = { ...this.meta, timeline, lastTransition: { at: new Date().toISOString(), from: role, to: role, reason } };
+    this.onTransition?.({ ...this.meta.lastTransition!, generation: this.meta.generation });
     await this.persist();
     if (this.arbiter) await this.witness({ op: 'timeline', node: this.s.self, generation: this.meta.generation, timeline });
   }
