@@ -10,7 +10,7 @@ import { createPeerPort } from './adapters/peer.ts';
 import { createPgPort } from './adapters/pg.ts';
 import { createStatePort } from './adapters/state.ts';
 import { createVipPort } from './adapters/vip.ts';
-import { blessDecision, type BlessDecision, type GateInputs } from './bootgate.ts';
+import { blessDecision, gateCheck, type BlessDecision, type GateInputs } from './bootgate.ts';
 import { bless, describeChanges, readBootState, rebootPlan, type BootState } from './bootslot.ts';
 import { rebootDecision } from './upgradeorder.ts';
 import { currentBootId, noteTrialFailure, reconcileUpgradeFile, slotVersions, stageRollback, type RollbackResult, type UpgradeRecord } from './upgrade.ts';
@@ -35,6 +35,20 @@ export interface BootStatus extends BootState {
   /** What each slot holds, as far as this node knows. */
   slots?: Record<'A' | 'B', string | null>;
   gate?: { action: BlessDecision['action']; ok: boolean; reason: string; healthyForMs: number; blessAfterMs: number; trialTimeoutMs: number; k3s?: string };
+}
+
+/** One item of a health report (`GET /v1/check`). */
+export interface HealthItem {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+export interface HealthReport {
+  node: string;
+  role: Role;
+  ok: boolean;
+  checks: HealthItem[];
 }
 
 /** What the health gate and the status page read of the last round. */
@@ -247,6 +261,38 @@ export class Agent {
       return;
     }
     if (d.action === 'reboot') await this.rebootForTry(d.reason, state.booted);
+  }
+
+  /**
+   * The health gate of an upgrade's bless, run now whatever the boot state, with the witness and
+   * each user check as their own items: what `geminik8s check` reports after a deployment.
+   */
+  async healthReport(): Promise<HealthReport> {
+    const { config } = this.ctx;
+    const now = performance.now();
+    const checks: HealthItem[] = [];
+    const gate = gateCheck({
+      state: 'steady', now, sinceBootMs: uptime() * 1000, blessAfterMs: 0, trialTimeoutMs: 0, role: this.role,
+      lastRoundAgeMs: this.snapshot.lastRoundOkAt === undefined ? undefined : now - this.snapshot.lastRoundOkAt,
+      maxRoundAgeMs: 3 * this.timings.checkInterval + this.timings.checkTimeout,
+      observation: this.snapshot.observation as GateInputs['observation'], kubernetes: false,
+    });
+    checks.push({ name: 'pair', ok: gate.ok, detail: gate.reason });
+    const w = this.controller.ports.witness;
+    if (w) {
+      const answer = await w.call({ op: 'read' }).catch((err: Error) => err);
+      if (answer instanceof Error) checks.push({ name: 'witness', ok: false, detail: `the witness does not answer: ${answer.message}` });
+      else if (this.role === 'leader') {
+        const lease = this.controller.leaseInfo();
+        checks.push({ name: 'witness', ok: lease.held && answer.holder === this.ctx.self.name, detail: lease.held ? `this node holds the lease (${lease.msLeft} ms left); promotable ${answer.promotable ?? 'nobody'}` : 'this node is leader without a valid lease' });
+      } else checks.push({ name: 'witness', ok: true, detail: `reachable; lease holder ${answer.holder ?? 'nobody'}` });
+    } else checks.push({ name: 'witness', ok: true, detail: 'none configured: failover is manual' });
+    if (config.kubernetes.enabled) {
+      const k3s = await probeK3sReady(Math.max(this.timings.checkTimeout, 5000));
+      checks.push({ name: 'k3s', ok: k3s.ready, detail: k3s.ready ? 'K3s is ready (/readyz)' : `K3s is not ready: ${k3s.detail}` });
+    }
+    for (const c of this.snapshot.userChecks) checks.push({ name: `check:${c.name}`, ok: c.ok, detail: c.ok ? 'exited 0' : 'failed (a non-zero exit or a timeout)' });
+    return { node: this.ctx.self.name, role: this.role, ok: checks.every((c) => c.ok), checks };
   }
 
   private async rebootForTry(reason: string, slot: BootState['booted']): Promise<void> {

@@ -248,6 +248,8 @@ export function routes(agent: Agent): Record<string, Route> {
       method: 'GET', callers: ['read', 'admin'],
       handle: async () => ({ status: 200, body: STATUS_PAGE_HTML, type: 'text/html; charset=utf-8', headers: { 'content-security-policy': statusPageCsp(), 'x-content-type-options': 'nosniff', 'referrer-policy': 'no-referrer' } }),
     },
+    // The upgrade's health gate, now, item by item (geminik8s check).
+    '/v1/check': { method: 'GET', callers: ['read', 'admin'], handle: async () => notReady() ?? { status: 200, body: await agent.healthReport() } },
     '/v1/cluster': { method: 'GET', callers: ['read', 'admin'], handle: async () => notReady() ?? { status: 200, body: await clusterView(agent) } },
     '/metrics': { method: 'GET', callers: ['peer', 'read', 'admin'], handle: async () => notReady() ?? { status: 200, body: metricsOf(agent), type: 'text/plain; version=0.0.4' } },
     '/v1/switchover': {

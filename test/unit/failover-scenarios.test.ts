@@ -1,6 +1,6 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runPlan } from '../../common/exec.ts';
@@ -134,6 +134,40 @@ const CHROMIUM = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => 
   t.true(statSync(shot).size > 10_000);
   if (process.env.UPDATE_SCREENSHOTS) copyFileSync(shot, join(ROOT, 'docs', 'img', 'status-page.png'));
   t.log(`screenshot: ${shot}`);
+});
+
+serial('geminik8s check: the bless health gate on both nodes now, item by item; a failing checks.d script on the follower makes it degraded (exit 8) until it passes again', async (t) => {
+  t.timeout(300_000);
+  const leader = await cluster.waitFor('a healthy pair', () => cluster.healthyPair(), 120_000);
+  const follower = cluster.other(leader);
+  const check = () => runPlan(inNs(cluster.topology.clientNs, 'node', [join(ROOT, 'bin/geminik8s.js'), 'check', '--cluster', join(cluster.configDir, 'cluster.yaml')]), { allowFailure: true, timeoutMs: 120_000 });
+  const ok = await cluster.waitFor('check passes', async () => {
+    const r = await check();
+    return r.exitCode === 0 ? r : undefined;
+  }, 120_000);
+  t.log(ok.stdout);
+  t.regex(ok.stdout, new RegExp(`^${leader} \\(leader\\): PASS$`, 'm'));
+  t.regex(ok.stdout, /^ {2}\[ ok \] pair: primary accepting writes, standby streaming synchronously$/m);
+  t.regex(ok.stdout, /^ {2}\[ ok \] pair: standby streaming synchronously from the leader$/m);
+  t.regex(ok.stdout, new RegExp(`\\[ ok \\] witness: this node holds the lease .*promotable ${follower}`));
+  t.regex(ok.stdout, /^cluster harness: HEALTHY$/m);
+  const dir = join(cluster.nodeDir(follower), 'checks.d');
+  mkdirSync(dir, { recursive: true });
+  const script = join(dir, 'disk-space');
+  writeFileSync(script, '#!/bin/sh\nexit 1\n', { mode: 0o755 });
+  try {
+    const bad = await cluster.waitFor('check sees the failing script', async () => {
+      const r = await check();
+      return r.exitCode === 8 ? r : undefined;
+    }, 60_000);
+    t.regex(bad.stdout, new RegExp(`^${follower} \\(follower\\): FAIL$`, 'm'));
+    t.regex(bad.stdout, /^ {2}\[FAIL\] check:disk-space: failed/m);
+    t.regex(bad.stdout, /^cluster harness: DEGRADED$/m);
+    t.regex(bad.stderr, new RegExp(`${follower} check:disk-space`));
+  } finally {
+    rmSync(script, { force: true });
+  }
+  await cluster.waitFor('check passes again', async () => ((await check()).exitCode === 0 ? true : undefined), 60_000);
 });
 
 serial('geminik8s status and failover on the running pair, from the client namespace: table, json, exit codes, a refused, a dry and a real switchover', async (t) => {

@@ -7,6 +7,7 @@ import { ExitCode, GeminiError, type ExitCodeValue } from '../../../../common/er
 import { duration } from '../../../../common/schema/units.ts';
 import { collectStatus, renderStatusTable, type ClusterStatus, type Fetcher, type Health } from '../../ops/status.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
+import { assessChecks, collectChecks, renderChecks } from '../../ops/check.ts';
 
 interface StatusOptions {
   cluster?: string;
@@ -75,5 +76,21 @@ export function registerStatus(program: Command, ctx: () => CliContext): void {
         if (!c.interactive) c.print('---');
         await new Promise((r) => setTimeout(r, refresh.data));
       }
+    });
+
+  program
+    .command('check')
+    .description('run the health gate of an upgrade\'s bless on both nodes now, item by item (pair, witness, K3s, checks.d); exit 0 all pass, 8 degraded, 9 down')
+    .option('--cluster <file>', 'cluster.yaml (default: --config); its secrets/ hold the read-token')
+    .option('--json', 'print the reports as JSON')
+    .action(async (opts: { cluster?: string; json?: boolean }) => {
+      const c = ctx();
+      const clusterFile = resolveClusterFile(opts.cluster, c);
+      const cluster = await loadCluster(clusterFile);
+      const secrets = await loadClusterSecrets(clusterFile, cluster);
+      const nodes = await collectChecks(cluster, secrets, await operatorFetcher(clusterFile, cluster));
+      const health = assessChecks(nodes);
+      c.print(opts.json ? JSON.stringify({ cluster: cluster.name, health, nodes }, null, 2) : renderChecks(cluster.name, nodes));
+      if (health !== 'healthy') throw new GeminiError(`cluster ${cluster.name} is ${health}: ${nodes.flatMap((n) => (n.reachable ? (n.checks ?? []).filter((x) => !x.ok).map((x) => `${n.name} ${x.name}: ${x.detail}`) : [`${n.name} does not answer`])).join('; ')}`, HEALTH_EXIT[health]);
     });
 }
