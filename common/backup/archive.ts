@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import tarStream, { type Header, type Pack } from 'tar-stream';
 import { z } from 'zod';
+import { BackupIdentityShape } from './format.ts';
 
 /**
  * The payload of a backup file: a tar whose first entry is the backup's metadata (with the K3s
@@ -12,14 +13,7 @@ export const PGDATA_PREFIX = 'pgdata/';
 const MANIFEST = 'backup_manifest';
 
 export const BackupMetaSchema = z.strictObject({
-  cluster: z.string().min(1),
-  createdAt: z.iso.datetime(),
-  node: z.string().min(1),
-  generation: z.number().int().nonnegative(),
-  systemIdentifier: z.string().regex(/^\d+$/),
-  timeline: z.number().int().positive(),
-  startLsn: z.string(),
-  pgVersion: z.number().int().positive(),
+  ...BackupIdentityShape,
   /** K3s cannot read a restored datastore without the server token it was written with. */
   k3sToken: z.string().min(1),
 });
@@ -112,6 +106,26 @@ export class ManifestCheck {
   }
 }
 
+/** An entry's bytes passed through while hashed; the manifest's own text is kept whole. */
+function hashing(entry: AsyncIterable<Buffer>, isManifest: boolean): { stream: AsyncGenerator<Buffer>; size: () => number; record: (name: string, check: ManifestCheck) => void } {
+  const hash = createHash('sha256');
+  const parts: Buffer[] = [];
+  let size = 0;
+  const stream = (async function* (): AsyncGenerator<Buffer> {
+    for await (const c of entry) {
+      hash.update(c);
+      size += c.length;
+      if (isManifest) parts.push(c);
+      yield c;
+    }
+  })();
+  return {
+    stream,
+    size: () => size,
+    record: (name, check) => (isManifest ? check.manifestText(Buffer.concat(parts)) : check.file(name, size, hash.digest('hex'))),
+  };
+}
+
 /** Reject names a restore must never write: absolute, or climbing out of the data directory. */
 function safeName(name: string): string {
   const n = name.replace(/^\.\//, '');
@@ -179,21 +193,9 @@ export function packPayload(meta: BackupMeta, baseTar: AsyncIterable<Uint8Array>
         const h = entry.header;
         const name = safeName(h.name);
         if (h.type === 'file') {
-          const hash = createHash('sha256');
-          const isManifest = name === MANIFEST;
-          const parts: Buffer[] = [];
-          let size = 0;
-          const tee = async function* (): AsyncGenerator<Buffer> {
-            for await (const c of entry as AsyncIterable<Buffer>) {
-              hash.update(c);
-              size += c.length;
-              if (isManifest) parts.push(c);
-              yield c;
-            }
-          };
-          await writeEntry(pack, { ...h, name: `${PGDATA_PREFIX}${name}` }, tee());
-          if (isManifest) check.manifestText(Buffer.concat(parts));
-          else check.file(name, size, hash.digest('hex'));
+          const tee = hashing(entry as AsyncIterable<Buffer>, name === MANIFEST);
+          await writeEntry(pack, { ...h, name: `${PGDATA_PREFIX}${name}` }, tee.stream);
+          tee.record(name, check);
         } else {
           for await (const _ of entry as AsyncIterable<Buffer>) {
             // directories and links carry no data
@@ -240,26 +242,15 @@ export async function readPayload(payload: AsyncIterable<Uint8Array>, sink?: Ent
     }
     if (!h.name.startsWith(PGDATA_PREFIX)) throw new Error(`unexpected entry ${JSON.stringify(h.name)} outside ${PGDATA_PREFIX}`);
     const name = safeName(h.name.slice(PGDATA_PREFIX.length));
-    const hash = createHash('sha256');
-    const parts: Buffer[] = [];
-    let size = 0;
-    const tee = async function* (): AsyncGenerator<Buffer> {
-      for await (const c of entry as AsyncIterable<Buffer>) {
-        hash.update(c);
-        size += c.length;
-        if (name === MANIFEST) parts.push(c);
-        yield c;
-      }
-    };
-    if (sink) await sink(name, h, tee());
-    else for await (const _ of tee()) {
+    const tee = hashing(entry as AsyncIterable<Buffer>, name === MANIFEST);
+    if (sink) await sink(name, h, tee.stream);
+    else for await (const _ of tee.stream) {
       // hashed only
     }
     if (h.type === 'file') {
       files++;
-      bytes += size;
-      if (name === MANIFEST) check.manifestText(Buffer.concat(parts));
-      else check.file(name, size, hash.digest('hex'));
+      bytes += tee.size();
+      tee.record(name, check);
     }
   }
   await feed;

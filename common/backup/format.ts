@@ -19,11 +19,10 @@ const DIGEST_BYTES = 32;
 const FRAME_PREFIX_BYTES = 5;
 const LAST = 1;
 
-export const BackupHeaderSchema = z.strictObject({
-  format: z.literal(BACKUP_FORMAT),
+/** Whose backup it is: the cluster, when, and the node, generation and PostgreSQL identity at its start. */
+export const BackupIdentityShape = {
   cluster: z.string().min(1),
   createdAt: z.iso.datetime(),
-  /** The node the backup was taken from, its generation and PostgreSQL's identity at the start. */
   node: z.string().min(1),
   generation: z.number().int().nonnegative(),
   systemIdentifier: z.string().regex(/^\d+$/),
@@ -31,6 +30,11 @@ export const BackupHeaderSchema = z.strictObject({
   startLsn: z.string().regex(/^[0-9A-F]+\/[0-9A-F]+$/i),
   /** server_version_num, such as 150010. */
   pgVersion: z.number().int().positive(),
+};
+
+export const BackupHeaderSchema = z.strictObject({
+  format: z.literal(BACKUP_FORMAT),
+  ...BackupIdentityShape,
   chunkBytes: z.number().int().positive().max(MAX_CHUNK_BYTES),
   encryption: z.strictObject({
     alg: z.literal('aes-256-gcm'),

@@ -10,6 +10,10 @@ import { renderStatusTable } from '../../ops/status.ts';
 import { duration } from '../../../../common/schema/units.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
 import { httpFetcher } from './status.ts';
+import type { ClientTls } from '../../../../common/httpclient.ts';
+import type { Cluster } from '../../../../common/schema/cluster.ts';
+import type { Secrets } from '../../../../common/schema/seed.ts';
+import type { Fetcher } from '../../ops/status.ts';
 
 /** The key of --encryption-key; a key others can read is refused (it opens every backup made with it). */
 export async function readKeyFile(file: string | undefined): Promise<Buffer | undefined> {
@@ -23,6 +27,16 @@ export async function readKeyFile(file: string | undefined): Promise<Buffer | un
   const mode = (await stat(file)).mode & 0o077;
   if (mode !== 0) throw new GeminiError(`--encryption-key ${file}: readable by others (mode ${((await stat(file)).mode & 0o777).toString(8)}): chmod 600 it first`, ExitCode.refused);
   return parseBackupKey(content, file);
+}
+
+/** What an operator's command loads: the cluster, its secrets, and how to reach its agents (the CA). */
+async function operatorSetup(explicit: string | undefined, c: CliContext): Promise<{ cluster: Cluster; secrets: Secrets; tls: ClientTls | undefined; fetcher: Fetcher }> {
+  const clusterFile = resolveClusterFile(explicit, c);
+  const cluster = await loadCluster(clusterFile);
+  const secrets = await loadClusterSecrets(clusterFile, cluster);
+  const ca = await loadClusterCa(clusterFile, cluster);
+  const tls = ca === undefined ? undefined : { ca };
+  return { cluster, secrets, tls, fetcher: httpFetcher(tls) };
 }
 
 interface BackupOptions {
@@ -52,11 +66,7 @@ export function registerBackup(program: Command, ctx: () => CliContext): void {
         if (!Number.isInteger(retention) || retention < 1) throw new GeminiError(`--retention: expected a whole number of at least 1, found ${JSON.stringify(opts.retention)}`, ExitCode.invalidInput);
       }
       const key = await readKeyFile(opts.encryptionKey);
-      const clusterFile = resolveClusterFile(opts.cluster, c);
-      const cluster = await loadCluster(clusterFile);
-      const secrets = await loadClusterSecrets(clusterFile, cluster);
-      const ca = await loadClusterCa(clusterFile, cluster);
-      const tls = ca === undefined ? undefined : { ca };
+      const { cluster, secrets, tls } = await operatorSetup(opts.cluster, c);
       c.logger.info(`backup of ${cluster.name} to ${opts.output}${key ? ' (encrypted)' : ''}`);
       const r = await takeBackup(cluster, secrets, tls, httpFetcher(tls), { output: opts.output, key, force: opts.force, progress: (l) => c.logger.info(l) });
       const mb = r.bytesWritten / 1e6;
@@ -103,12 +113,7 @@ export function registerBackup(program: Command, ctx: () => CliContext): void {
       const timeout = duration.safeParse(opts.timeout);
       if (!timeout.success) throw new GeminiError(`--timeout: expected a duration such as 15m, found ${JSON.stringify(opts.timeout)}`, ExitCode.invalidInput);
       const key = await readKeyFile(opts.encryptionKey);
-      const clusterFile = resolveClusterFile(opts.cluster, c);
-      const cluster = await loadCluster(clusterFile);
-      const secrets = await loadClusterSecrets(clusterFile, cluster);
-      const ca = await loadClusterCa(clusterFile, cluster);
-      const tls = ca === undefined ? undefined : { ca };
-      const fetcher = httpFetcher(tls);
+      const { cluster, secrets, tls, fetcher } = await operatorSetup(opts.cluster, c);
       c.logger.info(`checking ${opts.backupFile} as a whole before anything is touched`);
       const plan = await planRestore(cluster, secrets, fetcher, opts.backupFile, key);
       const h = plan.header;
@@ -134,11 +139,8 @@ export function registerBackup(program: Command, ctx: () => CliContext): void {
     .requiredOption('--node <name>', 'the follower to re-clone')
     .action(async (opts: { cluster?: string; node: string }) => {
       const c = ctx();
-      const clusterFile = resolveClusterFile(opts.cluster, c);
-      const cluster = await loadCluster(clusterFile);
-      const secrets = await loadClusterSecrets(clusterFile, cluster);
-      const ca = await loadClusterCa(clusterFile, cluster);
-      const r = await requestReclone(cluster, secrets, ca === undefined ? undefined : { ca }, opts.node);
+      const { cluster, secrets, tls } = await operatorSetup(opts.cluster, c);
+      const r = await requestReclone(cluster, secrets, tls, opts.node);
       if (!r.ok) throw new GeminiError(`${opts.node} was not re-cloned: ${r.reason}`, ExitCode.refused);
       c.print(`${opts.node}: ${r.reason}`);
     });
