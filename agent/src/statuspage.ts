@@ -121,7 +121,7 @@ function health(self, peer) {
 }
 async function refresh() {
   try {
-    // From the origin: a page opened as https://user:token@host/ui cannot fetch a URL relative to itself.
+    // From the origin: a page opened with credentials in its address cannot fetch a URL relative to itself.
     const r = await fetch(location.origin + "/v1/cluster", { cache: "no-store", credentials: "same-origin" });
     if (!r.ok) throw new Error("HTTP " + r.status);
     const c = await r.json();
