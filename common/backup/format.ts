@@ -144,20 +144,28 @@ export async function* encodeBackup(header: BackupHeader, payload: AsyncIterable
 
 /** Reads exact byte counts from a stream, knowing its position (for messages). */
 class ByteSource {
-  private buf = Buffer.alloc(0);
+  // Pieces as they arrived: joined once per read, never re-copied piece by piece.
+  private pieces: Buffer[] = [];
+  private buffered = 0;
   private done = false;
   position = 0;
   constructor(private readonly it: AsyncIterator<Uint8Array>) {}
 
   /** `n` bytes, or fewer only at the end of the stream. */
   async read(n: number): Promise<Buffer> {
-    while (this.buf.length < n && !this.done) {
+    while (this.buffered < n && !this.done) {
       const r = await this.it.next();
       if (r.done) this.done = true;
-      else this.buf = this.buf.length === 0 ? Buffer.from(r.value) : Buffer.concat([this.buf, r.value]);
+      else if (r.value.length > 0) {
+        this.pieces.push(Buffer.from(r.value.buffer, r.value.byteOffset, r.value.length));
+        this.buffered += r.value.length;
+      }
     }
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(out.length);
+    const all = this.pieces.length === 1 ? this.pieces[0]! : Buffer.concat(this.pieces, this.buffered);
+    const out = all.subarray(0, Math.min(n, all.length));
+    const rest = all.subarray(out.length);
+    this.pieces = rest.length > 0 ? [rest] : [];
+    this.buffered = rest.length;
     this.position += out.length;
     return out;
   }
