@@ -12,6 +12,8 @@ export const ExitCode = {
   degraded: 8,
   /** `status`: no node is a leader with a writable primary (or two claim to be). */
   down: 9,
+  /** `preflight`: a check failed (the report says which and why). */
+  preflightFailed: 10,
   interrupted: 130,
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];

@@ -52,6 +52,7 @@ export const TOOL_PACKAGES: Record<string, string> = {
   psql: 'postgresql-client',
   pg_verifybackup: 'postgresql-client',
   arping: 'iputils-arping',
+  ping: 'iputils-ping',
   ip: 'iproute2',
   dockerd: 'docker.io',
   docker: 'docker.io',

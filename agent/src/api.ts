@@ -11,6 +11,7 @@ import { apiScheme } from './context.ts';
 import { startBackup } from './backup.ts';
 import { recloneHere, restoreHere } from './restore.ts';
 import { clusterView, STATUS_PAGE_HTML, statusPageCsp } from './statuspage.ts';
+import { hostPreflight } from './preflight.ts';
 
 /** The slot this system booted from (kernel command line `geminik8s.slot=A|B`). */
 export function bootSlot(cmdlineFile: string): string | null {
@@ -250,6 +251,8 @@ export function routes(agent: Agent): Record<string, Route> {
     },
     // The upgrade's health gate, now, item by item (geminik8s check).
     '/v1/check': { method: 'GET', callers: ['read', 'admin'], handle: async () => notReady() ?? { status: 200, body: await agent.healthReport() } },
+    // Memory, disk, link and the node's clock (geminik8s preflight); true before the state is read.
+    '/v1/preflight': { method: 'GET', callers: ['read', 'admin'], handle: async () => ({ status: 200, body: await hostPreflight(agent.ctx) }) },
     '/v1/cluster': { method: 'GET', callers: ['read', 'admin'], handle: async () => notReady() ?? { status: 200, body: await clusterView(agent) } },
     '/metrics': { method: 'GET', callers: ['peer', 'read', 'admin'], handle: async () => notReady() ?? { status: 200, body: metricsOf(agent), type: 'text/plain; version=0.0.4' } },
     '/v1/switchover': {

@@ -12,6 +12,8 @@ import { agentLogger, createLogPort } from './adapters/log.ts';
 import { createVipPort } from './adapters/vip.ts';
 import { DEFAULT_WITNESS_STATE_DIR, serveWitness } from './witness/serve.ts';
 import { option } from './args.ts';
+import { hostPreflight } from './preflight.ts';
+import { worst } from '../../common/preflight.ts';
 import { createClock } from './adapters/clock.ts';
 import { deviceHasAddress, waitForOwnAddress } from './netwait.ts';
 
@@ -24,6 +26,7 @@ const USAGE = `usage: geminik8s-agent run --config FILE
        geminik8s-agent release-vip --config FILE     (the agent unit's ExecStopPost)
        geminik8s-agent slot status [--json] | arm A|B [--tries N] | bless  [--config FILE]
        geminik8s-agent upgrade stage BUNDLE [--retry] | status  [--json] [--config FILE]
+       geminik8s-agent preflight --config FILE [--json]   (memory, disk, link, address; exit 0 pass or warn, 1 fail)
        geminik8s-agent --version`;
 
 
@@ -98,6 +101,21 @@ async function releaseVip(args: string[]): Promise<number> {
   return 0;
 }
 
+/** The node's own preflight, printed; exit 1 when an item fails. */
+async function preflight(args: string[]): Promise<number> {
+  const configFile = option(args, '--config');
+  if (!configFile) {
+    process.stderr.write(`${USAGE}\n`);
+    return 2;
+  }
+  const config = await loadAgentConfig(configFile);
+  const ctx = nodeContext(config, await loadSeedFile(config.seedFile));
+  const report = await hostPreflight(ctx);
+  if (args.includes('--json')) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+  else for (const c of report.checks) process.stdout.write(`[${c.status.toUpperCase().padEnd(4)}] ${c.name}: ${c.detail}\n`);
+  return worst(report.checks) === 'fail' ? 1 : 0;
+}
+
 async function witness(args: string[]): Promise<number> {
   if (args[0] === 'serve') args = args.slice(1);
   const listen = option(args, '--listen');
@@ -134,6 +152,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (command === 'witness') return witness(rest);
+  if (command === 'preflight') return preflight(rest);
   if (command === 'release-vip') return releaseVip(rest);
   if (command === 'slot') return slotCommand(rest);
   if (command === 'upgrade') return upgradeCommand(rest);

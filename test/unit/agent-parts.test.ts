@@ -142,6 +142,7 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
       '/ui': ['GET', { none: 401, wrong: 401, witness: 401, peer: 403, read: 200, admin: 200 }],
       '/v1/cluster': ['GET', { none: 401, wrong: 401, witness: 401, peer: 403, read: 200, admin: 200 }],
       '/v1/check': ['GET', { none: 401, wrong: 401, witness: 401, peer: 403, read: 200, admin: 200 }],
+      '/v1/preflight': ['GET', { none: 401, wrong: 401, witness: 401, peer: 403, read: 200, admin: 200 }],
       '/v1/switchover': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
       '/v1/promote': ['POST', { none: 401, wrong: 401, witness: 401, peer: 409, read: 403, admin: 403 }],
       '/v1/upgrade/reboot': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],

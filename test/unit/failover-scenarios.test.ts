@@ -170,6 +170,24 @@ serial('geminik8s check: the bless health gate on both nodes now, item by item; 
   await cluster.waitFor('check passes again', async () => ((await check()).exitCode === 0 ? true : undefined), 60_000);
 });
 
+serial('geminik8s preflight on the running pair, from the client namespace: each agent\'s host checks and clock over /v1/preflight, the VIP held by the leader (by its MAC), exit 0', async (t) => {
+  t.timeout(300_000);
+  const leader = await cluster.waitFor('a healthy pair', () => cluster.healthyPair(), 120_000);
+  const r = await runPlan(inNs(cluster.topology.clientNs, 'node', [join(ROOT, 'bin/geminik8s.js'), 'preflight', '--cluster', join(cluster.configDir, 'cluster.yaml')]), { allowFailure: true, timeoutMs: 120_000 });
+  t.log(r.stdout);
+  t.is(r.exitCode, 0, r.stdout + r.stderr);
+  for (const n of ['node1', 'node2']) {
+    t.regex(r.stdout, new RegExp(`^\\[PASS\\] ${n} agent: answers at `, 'm'));
+    t.regex(r.stdout, new RegExp(`^\\[PASS\\] ${n} link: eth0: operstate up, carrier on`, 'm'));
+    t.regex(r.stdout, new RegExp(`^\\[PASS\\] ${n} address: `, 'm'));
+    // One host clock: never off; a slow round trip on a loaded machine may only make it unsure (WARN).
+    t.regex(r.stdout, new RegExp(`^\\[(PASS|WARN)\\] ${n} clock: [+-]\\d+ ms`, 'm'));
+  }
+  t.regex(r.stdout, /^\[(PASS|WARN)\] node1-node2 clocks: /m);
+  t.regex(r.stdout, new RegExp(`^\\[PASS\\] vip: 10\\.77\\.0\\.50 is held by ${leader} \\([0-9a-f:]{17}\\): the cluster already runs$`, 'm'));
+  t.regex(r.stdout, /^\[PASS\] witness: .* lease holder /m);
+});
+
 serial('geminik8s status and failover on the running pair, from the client namespace: table, json, exit codes, a refused, a dry and a real switchover', async (t) => {
   t.timeout(300_000);
   const run = (...args: string[]) =>

@@ -13,6 +13,7 @@ import { registerVersion } from './commands/version.ts';
 import { registerWitness } from './commands/witness.ts';
 import { registerStatus } from './commands/status.ts';
 import { registerFailover } from './commands/failover.ts';
+import { registerPreflight } from './commands/preflight.ts';
 import { registerBackup } from './commands/backup.ts';
 import { registerKeygen } from './commands/keygen.ts';
 import { registerSucPlan } from './commands/suc.ts';
@@ -57,6 +58,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerWitness(program, ctx);
   registerStatus(program, ctx);
   registerFailover(program, ctx);
+  registerPreflight(program, ctx);
   registerBackup(program, ctx);
   registerKeygen(program, ctx);
   registerSucPlan(program, ctx);
