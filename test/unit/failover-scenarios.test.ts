@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runPlan } from '../../common/exec.ts';
+import { runPlan, spawnPlan } from '../../common/exec.ts';
 import { dualWritable, HarnessCluster, type Sample } from '../harness/cluster.ts';
 import { inNs } from '../harness/netns.ts';
 import { ROOT } from '../helpers/fixtures.ts';
@@ -44,6 +44,7 @@ const selected = SCENARIOS.filter((s) => !only || only.test(s.name));
 let cluster: HarnessCluster;
 const results: ScenarioResult[] = [];
 let started = 0;
+let deploy: { exited: Promise<number | string>; lines: string[]; errors: string[] } | undefined;
 
 test.before(async (t) => {
   if (!canRun) return;
@@ -51,6 +52,11 @@ test.before(async (t) => {
   started = Date.now();
   cluster = new HarnessCluster(mkdtempSync(join(tmpdir(), 'gk-failover-')));
   await cluster.start();
+  // An operator following the fresh pair: started as the agents start, before either has bootstrapped.
+  const lines: string[] = [];
+  const errors: string[] = [];
+  const p = spawnPlan(inNs(cluster.topology.clientNs, 'node', [join(ROOT, 'bin/geminik8s.js'), 'deploy', '--cluster', join(cluster.configDir, 'cluster.yaml'), '--watch', '--timeout', '10m']), { stdout: (l) => lines.push(l), stderr: (l) => errors.push(l) });
+  deploy = { exited: p.exited, lines, errors };
   await cluster.waitFor('leader + synchronous standby after bootstrap', () => cluster.healthyPair(), 120_000);
   cluster.startTraffic(2400);
   await cluster.waitFor('first writes', async () => (cluster.acks.length > 10 ? true : undefined), 30_000);
@@ -63,6 +69,24 @@ test.after.always(async (t) => {
   for (const r of results) console.log(resultLine(r));
   for (const x of cluster.unexpectedExits) console.log(`agent of ${x.node} exited by itself at ${new Date(x.at).toISOString()} (${x.code}); restarted as systemd would`);
   console.log(`${results.length} scenarios in ${((Date.now() - started) / 1000).toFixed(0)} s; harness log: ${cluster.logFile}`);
+});
+
+serial('geminik8s deploy --watch follows the fresh pair from its first look to up: one line per step change, in the order the pair comes up, then exit 0', async (t) => {
+  t.timeout(660_000);
+  const code = await deploy!.exited;
+  t.log(deploy!.lines.join('\n'));
+  t.is(code, 0, deploy!.errors.join('\n'));
+  const at = (state: string, title: string) => deploy!.lines.findIndex((l) => new RegExp(`^\\[\\+\\d+\\.\\ds\\] ${state} +${title}`).test(l));
+  // initdb takes seconds: the first look cannot have seen the primary done.
+  t.true(at('waiting', 'PostgreSQL initialised') >= 0, 'the primary was seen waiting first');
+  const order = ['PostgreSQL initialised', 'standby cloned and streaming', 'replication synchronous'].map((x) => at('done', x));
+  t.true(order.every((i) => i >= 0), `every step done: ${order}`);
+  t.true(order[0]! < order[1]! && order[1]! <= order[2]!, 'primary, then the clone, then sync');
+  for (const title of ['node1: first boot done, agent up', 'node2: first boot done, agent up', 'VIP 10\\.77\\.0\\.50 on the leader', 'witness: lease held, standby promotable']) t.true(at('done', title) >= 0, title);
+  t.true(at('done', 'PostgreSQL initialised') < at('done', 'witness: lease held'), 'the witness records a leader only once it writes');
+  t.true(at('skipped', 'K3s Ready: the image has no Kubernetes layer') >= 0);
+  t.regex(deploy!.lines.join('\n'), /^cluster harness is up in \d+\.\d s$/m);
+  t.regex(deploy!.lines.join('\n'), /^cluster harness: HEALTHY \(leader node1\)$/m);
 });
 
 serial('certificate rotation: with one node on a reissued certificate and the other on its old one, the pair stays healthy and replicates over TLS', async (t) => {

@@ -14,6 +14,7 @@ import { registerWitness } from './commands/witness.ts';
 import { registerStatus } from './commands/status.ts';
 import { registerFailover } from './commands/failover.ts';
 import { registerPreflight } from './commands/preflight.ts';
+import { registerDeploy } from './commands/deploy.ts';
 import { registerBackup } from './commands/backup.ts';
 import { registerKeygen } from './commands/keygen.ts';
 import { registerSucPlan } from './commands/suc.ts';
@@ -59,6 +60,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerStatus(program, ctx);
   registerFailover(program, ctx);
   registerPreflight(program, ctx);
+  registerDeploy(program, ctx);
   registerBackup(program, ctx);
   registerKeygen(program, ctx);
   registerSucPlan(program, ctx);
