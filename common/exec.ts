@@ -133,6 +133,8 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Called with each line of stderr as it arrives, e.g. for progress. */
   onStderrLine?: (line: string) => void;
+  /** The same for stdout (a progress bar redrawn with carriage returns counts as lines). */
+  onStdoutLine?: (line: string) => void;
   /** Keep stdout as bytes (for binary output). */
   binaryStdout?: boolean;
   signal?: AbortSignal;
@@ -153,15 +155,18 @@ export async function runPlan(plan: CommandPlan, options: RunOptions = {}): Prom
     encoding: options.binaryStdout ? 'buffer' : 'utf8',
   };
   const child = execa(plan.cmd, plan.args, execaOptions);
-  if (options.onStderrLine && child.stderr) {
+  const follow = (stream: NodeJS.ReadableStream | null | undefined, fn: ((line: string) => void) | undefined): void => {
+    if (!fn || !stream) return;
     let pending = '';
-    child.stderr.on('data', (chunk: Buffer) => {
+    stream.on('data', (chunk: Buffer) => {
       pending += chunk.toString();
       const lines = pending.split(/\r?\n|\r/);
       pending = lines.pop() ?? '';
-      for (const line of lines) options.onStderrLine?.(line);
+      for (const line of lines) fn(line);
     });
-  }
+  };
+  follow(child.stderr, options.onStderrLine);
+  if (!options.binaryStdout) follow(child.stdout, options.onStdoutLine);
   const result = await child;
   const durationMs = performance.now() - started;
   const stderr = String(result.stderr ?? '');

@@ -48,6 +48,14 @@ export interface BuildContext {
   outputs: OutputFormat[];
   /** Filled in by the steps. */
   state: BuildState;
+  /** How a running step says how far it is (a task list's line, a log line or JSON); default: an info log line. */
+  progress?: (message: string) => void;
+}
+
+/** Tell the reporter how far the running step is. */
+export function say(ctx: Pick<BuildContext, 'progress' | 'logger'>, message: string): void {
+  if (ctx.progress) ctx.progress(message);
+  else ctx.logger.info(`  ${message}`);
 }
 
 /** One named build step; skips itself (with a reason) when it does not apply. */

@@ -37,14 +37,24 @@ export function extractRootPlan(tar: string, dir: string): CommandPlan {
   return { cmd: 'tar', args: ['--numeric-owner', '--same-owner', '--xattrs', '--xattrs-include=*', '-xpf', tar, '-C', dir], title: 'extract the root' };
 }
 
-/** mksquashfs of a slot: every timestamp is SOURCE_DATE_EPOCH and entries are sorted, so one tree gives one image. */
+/**
+ * mksquashfs of a slot: every timestamp is SOURCE_DATE_EPOCH and entries are sorted, so one tree
+ * gives one image. `-quiet` keeps only its progress bar (`[===|] 812/9421   8%`, redrawn with
+ * carriage returns on stdout), which the build shows as the step's progress.
+ */
 export function squashfsPlan(input: { dir: string; output: string; compression: Image['rootfs']['compression'] | 'lzo'; sourceDateEpoch: number; blockSize?: Image['rootfs']['blockSize'] | string }): CommandPlan {
   return {
     cmd: 'mksquashfs',
-    args: [input.dir, input.output, '-noappend', '-comp', input.compression, '-b', input.blockSize ?? '128K', '-no-progress', '-quiet', '-wildcards', '-e', 'proc/*', 'sys/*', 'dev/*', 'run/*', 'tmp/*'],
+    args: [input.dir, input.output, '-noappend', '-comp', input.compression, '-b', input.blockSize ?? '128K', '-quiet', '-wildcards', '-e', 'proc/*', 'sys/*', 'dev/*', 'run/*', 'tmp/*'],
     env: { SOURCE_DATE_EPOCH: String(input.sourceDateEpoch) },
     title: `mksquashfs (${input.compression})`,
   };
+}
+
+/** The percentage in a line of mksquashfs's progress bar, or undefined. */
+export function squashfsPercent(line: string): number | undefined {
+  const m = /\]\s+\d+\/\d+\s+(\d{1,3})%\s*$/.exec(line);
+  return m ? Number(m[1]) : undefined;
 }
 
 /** mkfs.ext4 of a file, optionally filled from a directory; UUID, hash seed and times fixed. */

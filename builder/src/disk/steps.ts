@@ -5,7 +5,7 @@ import { ExitCode, GeminiError } from '../../../common/errors.ts';
 import { requireTools, runPlan, type CommandPlan } from '../../../common/exec.ts';
 import { writeFileAtomic } from '../../../common/fsutil.ts';
 import { NODE_PATHS, slotBootPath } from '../../../common/render/paths.ts';
-import type { BuildContext, Step } from '../build/steps.ts';
+import { say, type BuildContext, type Step } from '../build/steps.ts';
 import { renderImageFiles } from '../render/index.ts';
 import { sha256File } from '../components/fetch.ts';
 import { rootfsName } from '../rootfs/steps.ts';
@@ -14,7 +14,7 @@ import { writeBundle } from '../upgrade/write.ts';
 import { DISK_FORMATS, type OutputFormat } from '../../../common/schema/image.ts';
 import { patchBiosBoot } from './bios.ts';
 import { assertFits, layoutSeed, partition, planDisk, sfdiskScript, type DiskLayout, type PartitionRole } from './layout.ts';
-import { ext4Plan, extractRootPlan, grubEarlyConfig, grubMkimagePlan, mcopyPlans, qcow2Plan, sfdiskPlan, squashfsPlan, vfatPlan, zstdPlan, type GrubTarget } from './plans.ts';
+import { ext4Plan, extractRootPlan, grubEarlyConfig, grubMkimagePlan, mcopyPlans, qcow2Plan, sfdiskPlan, squashfsPercent, squashfsPlan, vfatPlan, zstdPlan, type GrubTarget } from './plans.ts';
 
 const HOST_GRUB = '/usr/lib/grub';
 
@@ -137,7 +137,17 @@ export const DISK_STEPS: Step[] = [
       const file = work(ctx, 'root-slot.img');
       const dir = disk(ctx).rootTree!;
       if (ctx.image.rootfs.type === 'squashfs') {
-        await runPlan(privileged(ctx, squashfsPlan({ dir, output: file, compression: ctx.image.rootfs.compression, blockSize: ctx.image.rootfs.blockSize, sourceDateEpoch: ctx.sourceDateEpoch })), { timeoutMs: 60 * 60_000 });
+        let shown = -1;
+        await runPlan(privileged(ctx, squashfsPlan({ dir, output: file, compression: ctx.image.rootfs.compression, blockSize: ctx.image.rootfs.blockSize, sourceDateEpoch: ctx.sourceDateEpoch })), {
+          timeoutMs: 60 * 60_000,
+          // Every 10 %: enough to see it move, few enough for a CI log.
+          onStdoutLine: (line) => {
+            const p = squashfsPercent(line);
+            if (p === undefined || Math.floor(p / 10) <= Math.floor(shown / 10)) return;
+            shown = p;
+            say(ctx, `mksquashfs (${ctx.image.rootfs.compression}): ${p}%`);
+          },
+        });
       } else {
         await runPlan(privileged(ctx, ext4Plan({ output: file, part: { ...slot, fsId: slot.uuid.toLowerCase(), label: slot.name }, dir, sourceDateEpoch: ctx.sourceDateEpoch, readOnly: true })), { timeoutMs: 60 * 60_000 });
       }

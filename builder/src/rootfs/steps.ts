@@ -12,7 +12,7 @@ import { renderImageFiles } from '../render/index.ts';
 import { artifactsFor, DEFAULT_RELEASE_BASE } from '../components/catalog.ts';
 import { fetchArtifacts } from '../components/fetch.ts';
 import { readLock } from '../components/lock.ts';
-import type { BuildContext, Step } from '../build/steps.ts';
+import { say, type BuildContext, type Step } from '../build/steps.ts';
 import { parseRootSource } from './sources/index.ts';
 import { rootPackages } from './packages.ts';
 
@@ -105,7 +105,7 @@ export const ROOTFS_STEPS: Step[] = [
       ctx.state.artifacts = await fetchArtifacts(specs, {
         cacheDir: join(ctx.cacheDir, 'artifacts'), artifactsDir: ctx.artifactsDir, offline: ctx.offline,
         lock: readLock(join(dirname(ctx.imageFile), 'components.lock.json')),
-        onProgress: (name, got, total) => ctx.logger.info(`  ${name}: ${Math.round(got / 1048576)} MiB${total ? ` of ${Math.round(total / 1048576)} MiB` : ''}`),
+        onProgress: (name, got, total) => say(ctx, `download ${name}: ${Math.round(got / 1048576)} MiB${total ? ` of ${Math.round(total / 1048576)} MiB (${Math.floor((got / total) * 100)}%)` : ''}`),
       });
     },
   },
@@ -165,7 +165,7 @@ export const ROOTFS_STEPS: Step[] = [
       // --rootfs: mmdebstrap (default), docker[:BASE] or tar:PATH; each lays the staging tree over
       // its root and runs customize-root.sh inside, so all make the same node OS.
       const source = ctx.state.rootSource ?? parseRootSource('mmdebstrap');
-      const sourceCtx = { image: ctx.image, staging: staging(ctx), cacheDir: ctx.cacheDir, workDir: ctx.workDir, sourceDateEpoch: ctx.sourceDateEpoch, logger: ctx.logger };
+      const sourceCtx = { image: ctx.image, staging: staging(ctx), cacheDir: ctx.cacheDir, workDir: ctx.workDir, sourceDateEpoch: ctx.sourceDateEpoch, logger: ctx.logger, progress: (m: string) => say(ctx, m) };
       ctx.logger.info(`  root source: ${source.origin}`);
       await source.check(sourceCtx);
       // The manifest, in the root and next to it, records how the root was made.

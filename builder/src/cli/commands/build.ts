@@ -17,6 +17,7 @@ import { DISK_STEPS, readManifest } from '../../disk/steps.ts';
 import { buildReport, reportTable } from '../../disk/report.ts';
 import { writeFileAtomic } from '../../../../common/fsutil.ts';
 import type { CliContext } from '../context.ts';
+import { StepTaskList } from '../tasklist.ts';
 
 interface BuildOptions {
   image: string;
@@ -93,7 +94,18 @@ export function registerBuild(program: Command, ctx: () => CliContext): void {
         outputs, signKey,
       };
       build.state.rootSource = rootSource;
+      const steps = [...(opts.stage === 'disk' ? [] : ROOTFS_STEPS), ...(opts.stage === 'rootfs' ? [] : DISK_STEPS)];
+      // A task list on a terminal; plain lines in CI or through a pipe; JSON lines with --json.
+      const list = c.interactive && !opts.json ? new StepTaskList(steps.map((s) => s.name), process.stderr) : undefined;
+      let running = '';
+      build.progress = (message) => {
+        if (list) list.progress(message);
+        else if (opts.json) c.print(JSON.stringify({ time: new Date().toISOString(), step: running, status: 'progress', message }));
+        else c.logger.info(`  ${message}`);
+      };
       const report = (e: StepEvent): void => {
+        if (e.status === 'start') running = e.step;
+        if (list) return list.event(e);
         if (opts.json) return c.print(JSON.stringify({ time: new Date().toISOString(), ...e }));
         if (e.status === 'start') c.logger.info(`▶ ${e.step}`);
         else if (e.status === 'done') c.logger.info(`✔ ${e.step} (${(e.ms! / 1000).toFixed(1)} s)`);
@@ -102,8 +114,7 @@ export function registerBuild(program: Command, ctx: () => CliContext): void {
       };
       const started = performance.now();
       try {
-        const steps = [...(opts.stage === 'disk' ? [] : ROOTFS_STEPS), ...(opts.stage === 'rootfs' ? [] : DISK_STEPS)];
-        const timings = await runSteps(steps, build, report);
+        const timings = await runSteps(steps, build, report).finally(() => list?.finished);
         const seconds = Number(((performance.now() - started) / 1000).toFixed(1));
         if (opts.stage === 'rootfs') {
           if (opts.json) c.print(JSON.stringify({ result: { rootfs: build.state.rootfsTar, manifest: build.state.manifestFile, bytes: build.state.rootfsBytes, seconds, steps: timings } }));

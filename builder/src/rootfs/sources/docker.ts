@@ -162,7 +162,7 @@ interface BuildEvent {
 }
 
 // The engine's build output: `Step` lines at info, the rest at debug; returns the built image's ID.
-async function followBuild(stream: NodeJS.ReadableStream, logger: Logger, base: string): Promise<string> {
+async function followBuild(stream: NodeJS.ReadableStream, logger: Logger, progress: (message: string) => void, base: string): Promise<string> {
   const tail: string[] = [];
   let imageId: string | undefined;
   let error: string | undefined;
@@ -179,7 +179,7 @@ async function followBuild(stream: NodeJS.ReadableStream, logger: Logger, base: 
       if (!text) continue;
       tail.push(text);
       if (tail.length > 20) tail.shift();
-      if (/^Step \d+\/\d+ :/.test(text)) logger.info(`  ${text.length > 110 ? `${text.slice(0, 107)}...` : text}`);
+      if (/^Step \d+\/\d+ :/.test(text)) progress(text.length > 110 ? `${text.slice(0, 107)}...` : text);
       else logger.debug(`  ${text}`);
       imageId ??= /^Successfully built ([0-9a-f]+)$/.exec(text)?.[1];
     }
@@ -217,7 +217,7 @@ export function dockerSource(base = DEFAULT_DOCKER_BASE): RootSource {
       const plan = dockerBuildPlan(ctx.image, base);
       ctx.logger.info(`  docker build FROM ${base} for ${plan.platform} on Docker ${engine.version.Version} at ${engine.endpoint}`);
       const progress = await docker.buildImage(buildContext(readFileSync(CONTAINERFILE, 'utf8'), ctx.staging), plan);
-      const imageId = await followBuild(progress, ctx.logger, base);
+      const imageId = await followBuild(progress, ctx.logger, ctx.progress, base);
       let container: Docker.Container | undefined;
       try {
         // Created, never started: only its filesystem is wanted.

@@ -1,12 +1,11 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { requireTools, runPlan, type CommandPlan } from '../../../../common/exec.ts';
-import type { Logger } from '../../../../common/log.ts';
 import { mmdebstrapPlan } from '../mmdebstrap.ts';
 import type { RootSource, RootSourceContext } from './source.ts';
 
-/** Run an mmdebstrap plan, logging each new `I:` status line. */
-export async function runMmdebstrap(plan: CommandPlan, logger: Logger): Promise<void> {
+/** Run an mmdebstrap plan, reporting each new `I:` status line as progress. */
+export async function runMmdebstrap(plan: CommandPlan, progress: (message: string) => void): Promise<void> {
   let last = '';
   await runPlan(plan, {
     timeoutMs: 60 * 60_000,
@@ -14,7 +13,7 @@ export async function runMmdebstrap(plan: CommandPlan, logger: Logger): Promise<
       const m = /^I: (.*)$/.exec(l);
       if (m && m[1] !== last) {
         last = m[1]!;
-        logger.info(`  ${last}`);
+        progress(last);
       }
     },
   });
@@ -32,7 +31,7 @@ export function mmdebstrapSource(): RootSource {
       const aptCache = join(ctx.cacheDir, 'apt', `${ctx.image.base.suite}-${ctx.image.arch}`);
       mkdirSync(aptCache, { recursive: true });
       const plan = mmdebstrapPlan({ image: ctx.image, output, staging: ctx.staging, aptCache, sourceDateEpoch: ctx.sourceDateEpoch });
-      await runMmdebstrap(plan, ctx.logger);
+      await runMmdebstrap(plan, ctx.progress);
     },
   };
 }

@@ -15,6 +15,8 @@ export interface RootSourceContext {
   workDir: string;
   sourceDateEpoch: number;
   logger: Logger;
+  /** How far the source is (mmdebstrap's phases, Docker's steps); the build's progress port. */
+  progress: (message: string) => void;
 }
 
 /**

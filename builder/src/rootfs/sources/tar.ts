@@ -133,7 +133,7 @@ export function tarSource(tarball: string): RootSource {
       await validateRootTar(tarball, ctx.image);
     },
     async produce(ctx: RootSourceContext, output: string) {
-      await runMmdebstrap(tarSourcePlan({ image: ctx.image, tarball, output, staging: ctx.staging, sourceDateEpoch: ctx.sourceDateEpoch }), ctx.logger);
+      await runMmdebstrap(tarSourcePlan({ image: ctx.image, tarball, output, staging: ctx.staging, sourceDateEpoch: ctx.sourceDateEpoch }), ctx.progress);
     },
   };
 }
