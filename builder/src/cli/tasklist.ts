@@ -27,7 +27,7 @@ export class StepTaskList {
   /** Settles once the list has drawn its last frame. */
   readonly finished: Promise<void>;
 
-  constructor(steps: string[], stream: NodeJS.WriteStream, renderer: 'default' | 'simple' = 'default') {
+  constructor(steps: string[], private readonly stream: NodeJS.WriteStream, renderer: 'default' | 'simple' = 'default') {
     for (const s of steps) {
       this.starts.set(s, deferred());
       this.ends.set(s, deferred());
@@ -73,6 +73,9 @@ export class StepTaskList {
 
   /** The running step's latest progress line. */
   progress(message: string): void {
-    if (this.current) this.outputs.get(this.current)?.(message);
+    // One line under the task: a long line (an mmdebstrap hook's command) would wrap and jump.
+    const width = Math.max(40, (this.stream.columns || 100) - 8);
+    const line = message.length > width ? `${message.slice(0, width - 1)}…` : message;
+    if (this.current) this.outputs.get(this.current)?.(line);
   }
 }
