@@ -1,14 +1,20 @@
-// npm run bench:failover -- [--runs N] [--json FILE] [--chart FILE] [--systems geminik8s,patroni] [--patroni-profile defaults|tuned]
-// Leader power loss, N times per system, on the same namespace harness, writer and fault.
-// Prints figures; asserts nothing (these machines are noisy).
+// npm run bench:failover -- [--runs N] [--seed S] [--json FILE] [--chart FILE]
+//                             [--systems geminik8s,patroni:defaults,patroni:tuned]
+// Leader power loss, N times per system (and per Patroni profile), on the same namespace
+// harness, writer and fault. The fault lands at a random phase of each system's loop: a delay
+// drawn from the seed, uniform over [0, 10 s), after the pair is healthy. Prints figures and
+// each system's settings; asserts nothing (these machines are noisy).
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HarnessCluster, type PairHarness } from '../test/harness/cluster.ts';
 import { PatroniCluster, PATRONI_PROFILES } from '../test/harness/patroni.ts';
+import { Rng } from '../agent/src/sim/world.ts';
 import { renderAvailabilityChart, type Series } from './chart.ts';
 
 interface RunFigures {
+  /** The random delay between a healthy pair and the fault. */
+  phaseMs: number;
   failoverSeconds: number;
   rejoinSeconds: number;
   writesLost: number;
@@ -51,7 +57,7 @@ function failoverAfter(acks: { t: number }[], tFault: number): number {
   return (longestEnd - tFault) / 1000;
 }
 
-async function measure(c: PairHarness, runs: number): Promise<SystemFigures> {
+async function measure(c: PairHarness, runs: number, rng: Rng): Promise<SystemFigures> {
   const figures: RunFigures[] = [];
   await c.start();
   await c.waitFor(`${c.system}: leader + synchronous standby`, () => c.healthyPair(), 180_000);
@@ -59,7 +65,8 @@ async function measure(c: PairHarness, runs: number): Promise<SystemFigures> {
   await c.waitFor('first writes', async () => (c.acks.length > 20 ? true : undefined), 60_000);
   for (let i = 0; i < runs; i++) {
     const leader = await c.waitFor('leader + synchronous standby', () => c.healthyPair(), 180_000);
-    await new Promise((r) => setTimeout(r, 3000));
+    const phaseMs = Math.round(rng.between(0, 10_000));
+    await new Promise((r) => setTimeout(r, phaseMs));
     const tFault = Date.now();
     c.log(`=== ${c.system} run ${i + 1}: power loss of ${leader}`);
     await c.powerOff(leader);
@@ -75,9 +82,9 @@ async function measure(c: PairHarness, runs: number): Promise<SystemFigures> {
     const newLeader = await c.waitFor('old leader back as synchronous standby', () => c.healthyPair(), 300_000);
     const rejoinSeconds = (Date.now() - tOn) / 1000;
     const lost = await c.missingAcks(newLeader);
-    const run = { failoverSeconds, rejoinSeconds, writesLost: lost.length, dualPrimarySamples: c.dualPrimarySamples(tFault - 1000) };
+    const run = { phaseMs, failoverSeconds, rejoinSeconds, writesLost: lost.length, dualPrimarySamples: c.dualPrimarySamples(tFault - 1000) };
     figures.push(run);
-    console.log(`${c.system} run ${i + 1}/${runs}: failover ${failoverSeconds.toFixed(2)} s, rejoin ${rejoinSeconds.toFixed(1)} s, lost ${run.writesLost}, dual-primary samples ${run.dualPrimarySamples}`);
+    console.log(`${c.system} run ${i + 1}/${runs} (fault ${phaseMs} ms into the healthy pair): failover ${failoverSeconds.toFixed(2)} s, rejoin ${rejoinSeconds.toFixed(1)} s, lost ${run.writesLost}, dual-primary samples ${run.dualPrimarySamples}`);
   }
   const failovers = figures.map((f) => f.failoverSeconds);
   return {
@@ -89,31 +96,44 @@ async function measure(c: PairHarness, runs: number): Promise<SystemFigures> {
   };
 }
 
-const runs = Number(arg('--runs', '5'));
+const runs = Number(arg('--runs', '10'));
+const seed = Number(arg('--seed', '1'));
 const jsonFile = arg('--json', 'failover-bench.json');
 const chartFile = arg('--chart', jsonFile.replace(/\.json$/, '') + '.svg');
-const systems = arg('--systems', 'geminik8s,patroni').split(',');
-const profile = arg('--patroni-profile', 'defaults') as keyof typeof PATRONI_PROFILES;
+// `patroni` alone is Patroni at its defaults (the old spelling).
+const systems = arg('--systems', 'geminik8s,patroni:defaults,patroni:tuned').split(',').map((x) => (x === 'patroni' ? 'patroni:defaults' : x));
+for (const sys of systems) {
+  const [name, profile] = sys.split(':');
+  if (!(name === 'geminik8s' && profile === undefined) && !(name === 'patroni' && profile !== undefined && profile in PATRONI_PROFILES)) {
+    console.error(`--systems: expected geminik8s or patroni:${Object.keys(PATRONI_PROFILES).join('|')}, found ${JSON.stringify(sys)}`);
+    process.exit(2);
+  }
+}
 if (process.getuid?.() !== 0) {
   console.error('bench:failover needs root (network namespaces)');
   process.exit(2);
 }
 
 const result: Record<string, SystemFigures> = {};
+const settings: Record<string, unknown> = {};
 const series: Series[] = [];
+// One generator for the whole run: each system gets its own draws, all from --seed.
+const rng = new Rng(seed);
 for (const system of systems) {
-  const dir = mkdtempSync(join(tmpdir(), `gk-bench-${system}-`));
-  const c: PairHarness = system === 'patroni' ? new PatroniCluster(dir, profile, 'gkbp') : new HarnessCluster(dir, 'gkbg');
+  const [name, profile] = system.split(':') as ['geminik8s' | 'patroni', keyof typeof PATRONI_PROFILES | undefined];
+  const dir = mkdtempSync(join(tmpdir(), `gk-bench-${system.replace(':', '-')}-`));
+  const c: PairHarness = name === 'patroni' ? new PatroniCluster(dir, profile!, 'gkbp') : new HarnessCluster(dir, 'gkbg');
   const started = Date.now();
   try {
-    result[system] = await measure(c, runs);
-    series.push({ name: system === 'patroni' ? `Patroni (${profile})` : 'geminik8s', acks: c.acks.map((a) => a.t - started) });
+    result[system] = await measure(c, runs, rng);
+    series.push({ name: name === 'patroni' ? `Patroni (${profile})` : 'geminik8s', acks: c.acks.map((a) => a.t - started) });
+    settings[system] = c instanceof HarnessCluster ? { failover: c.config.failover, syncPolicy: c.config.postgresql.syncPolicy, source: 'geminik8s init defaults' } : { ...PATRONI_PROFILES[profile!], profile, synchronous_mode: true, source: 'test/harness/patroni.ts' };
   } finally {
     await c.stop();
   }
   console.log(`${system}: log in ${c.logFile}`);
 }
-const out = Object.fromEntries(Object.entries(result).map(([k, v]) => [k, { failover: v.failover, writesLost: v.writesLost, dualPrimarySamples: v.dualPrimarySamples, rejoin: v.rejoin, runs: v.runs }]));
+const out = { seed, runs, settings, systems: Object.fromEntries(Object.entries(result).map(([k, v]) => [k, { failover: v.failover, writesLost: v.writesLost, dualPrimarySamples: v.dualPrimarySamples, rejoin: v.rejoin, runs: v.runs }])) };
 writeFileSync(jsonFile, `${JSON.stringify(out, null, 2)}\n`);
 writeFileSync(chartFile, renderAvailabilityChart(series));
 for (const [k, v] of Object.entries(result)) {
