@@ -15,6 +15,7 @@ import { registerStatus } from './commands/status.ts';
 import { registerFailover } from './commands/failover.ts';
 import { registerPreflight } from './commands/preflight.ts';
 import { registerDeploy } from './commands/deploy.ts';
+import { registerFlash } from './commands/flash.ts';
 import { registerBackup } from './commands/backup.ts';
 import { registerKeygen } from './commands/keygen.ts';
 import { registerSucPlan } from './commands/suc.ts';
@@ -61,6 +62,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerFailover(program, ctx);
   registerPreflight(program, ctx);
   registerDeploy(program, ctx);
+  registerFlash(program, ctx);
   registerBackup(program, ctx);
   registerKeygen(program, ctx);
   registerSucPlan(program, ctx);

@@ -29,6 +29,24 @@ function isQcow2(file: string): boolean {
 }
 
 /**
+ * Write the seed files onto the FAT config partition at `offset` of `target` (an image file or
+ * a block device) with mtools; `staging` is a private directory for the files on their way.
+ */
+export async function writeSeedFiles(target: string, offset: number, files: RenderedFile[], staging: string): Promise<void> {
+  const entries = [];
+  for (const f of files) {
+    const local = join(staging, f.path.replaceAll('/', '_'));
+    await writeFile(local, f.content, { mode: 0o600 });
+    entries.push({ from: local, to: `/${f.path}` });
+  }
+  const epoch = Number(process.env.SOURCE_DATE_EPOCH ?? Math.floor(Date.now() / 1000));
+  for (const plan of mcopyPlans(`${target}@@${offset}`, entries, epoch)) {
+    // A second seed into the same copy replaces files; mmd of an existing directory is not an error worth stopping for.
+    await runPlan(plan, plan.cmd === 'mmd' ? { allowFailure: true } : {});
+  }
+}
+
+/**
  * Copy `image` to `out` (sparse) and write the seed files onto the copy's config partition
  * with mtools: no mounts, no privileges. The copy carries secrets, so it is 0600, and it
  * appears under its name only when complete.
@@ -43,17 +61,7 @@ export async function seedIntoImage(image: string, out: string, files: RenderedF
   try {
     await runPlan({ cmd: 'cp', args: ['--sparse=always', image, tmp] });
     await chmod(tmp, 0o600);
-    const entries = [];
-    for (const f of files) {
-      const local = join(staging, f.path.replaceAll('/', '_'));
-      await writeFile(local, f.content, { mode: 0o600 });
-      entries.push({ from: local, to: `/${f.path}` });
-    }
-    const epoch = Number(process.env.SOURCE_DATE_EPOCH ?? Math.floor(Date.now() / 1000));
-    for (const plan of mcopyPlans(`${tmp}@@${offset}`, entries, epoch)) {
-      // A second seed into the same copy replaces files; mmd of an existing directory is not an error worth stopping for.
-      await runPlan(plan, plan.cmd === 'mmd' ? { allowFailure: true } : {});
-    }
+    await writeSeedFiles(tmp, offset, files, staging);
     await rename(tmp, out);
   } catch (err) {
     await rm(tmp, { force: true });
