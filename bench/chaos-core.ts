@@ -177,6 +177,13 @@ export function secondsWithout(acks: number[], start: number, end: number): numb
   return hit.filter((h) => !h).length;
 }
 
+/** Write stalls: gaps between consecutive acknowledged writes longer than `overMs` (pure). */
+export function stalls(acks: number[], overMs = 1000): number[] {
+  const out: number[] = [];
+  for (let i = 1; i < acks.length; i++) if (acks[i]! - acks[i - 1]! > overMs) out.push(acks[i]! - acks[i - 1]!);
+  return out;
+}
+
 /** Per fault type, sorted by type, and a total row (pure). */
 export function summarize(records: DrawRecord[]): TypeSummary[] {
   const by = new Map<string, TypeSummary>();

@@ -8,7 +8,6 @@
 // hosts answered for the VIP, so that a campaign can gate a change. --sabotage makes the first
 // draw break the promise on purpose (a second VIP holder, a deleted acknowledged row): the
 // report must count both, or the checker is blind.
-import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,6 +16,7 @@ import { runPlan } from '../common/exec.ts';
 import { arpReplies } from '../builder/src/ops/preflight.ts';
 import { dualWritable, HarnessCluster } from '../test/harness/cluster.ts';
 import { cutOneWay, flushRules, inNs, linkDown, linkUp, NET, nsOf } from '../test/harness/netns.ts';
+import { netemMissing, nicOf } from './netem.ts';
 import { drawFaults, drawType, failsLeader, faultLabel, renderTimeline, secondsWithout, SINGLE_KINDS, summarize, summaryTable, type DrawRecord, type Fault, type FaultKind, type Member } from './chaos-core.ts';
 
 function arg(name: string, fallback: string): string {
@@ -40,19 +40,6 @@ if (!Number.isFinite(minutes) || minutes <= 0 || !Number.isInteger(seed)) {
   process.exit(2);
 }
 
-/** Whether this kernel has netem (tc qdisc … netem); without it the delay fault cannot run. */
-async function netemAvailable(): Promise<string | undefined> {
-  const ns = `gkchaos${process.pid}`;
-  try {
-    await runPlan({ cmd: 'ip', args: ['netns', 'add', ns] });
-    await runPlan({ cmd: 'ip', args: ['-n', ns, 'link', 'add', 'v0', 'type', 'veth', 'peer', 'name', 'v1'] });
-    const r = await runPlan(inNs(ns, 'tc', ['qdisc', 'add', 'dev', 'v0', 'root', 'netem', 'delay', '10ms']), { allowFailure: true });
-    return r.exitCode === 0 ? undefined : `tc netem: ${r.stderr.trim()} (no sch_netem in kernel ${execFileSync('uname', ['-r']).toString().trim()})`;
-  } finally {
-    await runPlan({ cmd: 'ip', args: ['netns', 'del', ns] }, { allowFailure: true });
-  }
-}
-
 const dir = mkdtempSync(join(tmpdir(), 'gk-chaos-'));
 const c = new HarnessCluster(dir);
 // Each node's files on a 1 GiB tmpfs of its own: the disk-full fault fills the standby's.
@@ -65,7 +52,7 @@ for (const n of NET.nodes) {
 }
 
 const unavailable: Record<string, string> = {};
-const netem = await netemAvailable();
+const netem = await netemMissing();
 if (netem) unavailable.delay = netem;
 const kinds = SINGLE_KINDS.filter((k) => !(k in unavailable)) as FaultKind[];
 
@@ -91,9 +78,6 @@ function lossRules(member: string, percent: number, on: boolean): Promise<unknow
   const p = (percent / 100).toFixed(3);
   return ['INPUT', 'OUTPUT'].map((chain) => runPlan(inNs(nsOf(c.topology, member), 'iptables', [on ? '-A' : '-D', chain, '-m', 'statistic', '--mode', 'random', '--probability', p, '-j', 'DROP'])));
 }
-
-/** The member's own NIC inside its namespace (the witness sits on the bridge). */
-const nicOf = (member: string): string => (member === 'witness' ? 'br0' : 'eth0');
 
 /** Inject one fault; returns its heal. */
 async function inject(f: Fault, leader: string): Promise<() => Promise<void>> {

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { Rng } from '../../agent/src/sim/world.ts';
-import { drawFaults, drawType, failsLeader, renderTimeline, secondsWithout, SINGLE_KINDS, summarize, type DrawRecord, type Fault } from '../../bench/chaos-core.ts';
+import { drawFaults, drawType, failsLeader, renderTimeline, secondsWithout, SINGLE_KINDS, stalls, summarize, type DrawRecord, type Fault } from '../../bench/chaos-core.ts';
 
 test('chaos draws: the same seed draws the same faults; every kind is drawn; combinations never pair two heavy faults', (t) => {
   const draw = (seed: number) => Array.from({ length: 400 }, ((rng) => () => drawFaults(rng, SINGLE_KINDS))(new Rng(seed)));
@@ -48,6 +48,7 @@ test('a promotion is a false failover unless a fault failed the leader: its box,
 test('the checker\'s records add up per fault type; seconds without writes count whole empty seconds', (t) => {
   t.is(secondsWithout([100, 1500, 4200], 0, 5000), 2, 'seconds 2 and 3 are empty');
   t.is(secondsWithout([], 0, 2500), 3);
+  t.deepEqual(stalls([0, 500, 2000, 2100, 3500]), [1500, 1400]);
   const rec = (type: string, over: Partial<DrawRecord> = {}): DrawRecord => ({ type, labels: [type], leaderFault: false, start: 0, healed: 1000, end: 2000, leaderBefore: 'node1', leaderAfter: 'node1', recovered: true, acknowledged: 10, lost: [], dualWritableSamples: 0, dualVipSamples: 0, secondsWithoutWrites: 1, promotions: 0, falseFailover: false, ...over });
   const rows = summarize([rec('packet-loss', { promotions: 1, falseFailover: true }), rec('power-loss', { lost: [4, 5], leaderFault: true, promotions: 1 }), rec('packet-loss', { dualVipSamples: 2, recovered: false })]);
   t.deepEqual(rows.map((r) => [r.type, r.count, r.acknowledged, r.lost, r.falseFailovers, r.dualVipSamples, r.unrecovered]), [
