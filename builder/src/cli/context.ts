@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { Command } from 'commander';
 import { ExitCode, GeminiError } from '../../../common/errors.ts';
 import { LOG_LEVELS, Logger, type LogLevel } from '../../../common/log.ts';
+import { duration } from '../../../common/schema/units.ts';
 
 /** Global options, shared by every subcommand. */
 export interface GlobalOptions {
@@ -45,4 +46,11 @@ export function resolveClusterFile(explicit: string | undefined, ctx: CliContext
     throw new GeminiError('no cluster file: pass --cluster DIR/cluster.yaml (or the global --config)', ExitCode.invalidInput);
   }
   return candidate;
+}
+
+/** A duration flag in milliseconds, such as `--timeout 5m`; exit 2 naming the flag, an example and the least allowed. */
+export function durationFlag(flag: string, value: string, example: string, minMs = 0): number {
+  const d = duration.safeParse(value);
+  if (!d.success || d.data < minMs) throw new GeminiError(`${flag}: expected a duration${minMs ? ` of at least ${minMs}ms` : ''} such as ${example}, found ${JSON.stringify(value)}`, ExitCode.invalidInput);
+  return d.data;
 }

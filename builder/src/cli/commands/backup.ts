@@ -7,8 +7,7 @@ import { ExitCode, GeminiError } from '../../../../common/errors.ts';
 import { pruneBackups, takeBackup, verifyBackupFile, verifyWithPostgres } from '../../ops/backup.ts';
 import { planRestore, requestReclone, runRestore } from '../../ops/restore.ts';
 import { renderStatusTable } from '../../ops/status.ts';
-import { duration } from '../../../../common/schema/units.ts';
-import { resolveClusterFile, type CliContext } from '../context.ts';
+import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
 import { httpFetcher } from './status.ts';
 import type { ClientTls } from '../../../../common/httpclient.ts';
 import type { Cluster } from '../../../../common/schema/cluster.ts';
@@ -110,8 +109,7 @@ export function registerBackup(program: Command, ctx: () => CliContext): void {
     .option('--timeout <duration>', 'how long to wait for a healthy pair afterwards', '15m')
     .action(async (opts: { cluster?: string; backupFile: string; encryptionKey?: string; dryRun?: boolean; force?: boolean; timeout: string }) => {
       const c = ctx();
-      const timeout = duration.safeParse(opts.timeout);
-      if (!timeout.success) throw new GeminiError(`--timeout: expected a duration such as 15m, found ${JSON.stringify(opts.timeout)}`, ExitCode.invalidInput);
+      const timeout = durationFlag('--timeout', opts.timeout, '15m');
       const key = await readKeyFile(opts.encryptionKey);
       const { cluster, secrets, tls, fetcher } = await operatorSetup(opts.cluster, c);
       c.logger.info(`checking ${opts.backupFile} as a whole before anything is touched`);
@@ -123,7 +121,7 @@ export function registerBackup(program: Command, ctx: () => CliContext): void {
       if (opts.dryRun) return;
       if (!opts.force) throw new GeminiError(`a restore discards every write made after ${h.createdAt}: give --force to go ahead (--dry-run shows the plan)`, ExitCode.refused);
       const started = performance.now();
-      const r = await runRestore(cluster, secrets, tls, fetcher, opts.backupFile, key, plan, timeout.data);
+      const r = await runRestore(cluster, secrets, tls, fetcher, opts.backupFile, key, plan, timeout);
       c.print(`${plan.leader}: restored; PostgreSQL is a primary on timeline ${r.timeline}${r.kept ? `; the replaced data directory is kept as ${r.kept}` : ''}`);
       if (r.reclone) c.print(`${plan.follower}: ${r.reclone.ok ? r.reclone.reason : `re-clone failed: ${r.reclone.reason}`}`);
       c.print(renderStatusTable(r.status));

@@ -2,11 +2,10 @@ import { Command } from 'commander';
 import { Listr, ListrLogger, ProcessOutput } from 'listr2';
 import { loadCluster, loadClusterSecrets } from '../../../../common/config.ts';
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
-import { duration } from '../../../../common/schema/units.ts';
 import { collectChecks } from '../../ops/check.ts';
 import { deployChanges, deployDone, deploySteps, type DeployStep } from '../../ops/deploy.ts';
 import { collectStatus, renderStatusTable, type ClusterStatus } from '../../ops/status.ts';
-import { resolveClusterFile, type CliContext } from '../context.ts';
+import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
 import { operatorFetcher } from './status.ts';
 
 interface DeployOptions {
@@ -30,10 +29,8 @@ export function registerDeploy(program: Command, ctx: () => CliContext): void {
     .option('--refresh <duration>', 'how often the nodes are asked', '1s')
     .action(async (opts: DeployOptions) => {
       const c = ctx();
-      const timeout = duration.safeParse(opts.timeout);
-      if (!timeout.success) throw new GeminiError(`--timeout: expected a duration such as 30m, found ${JSON.stringify(opts.timeout)}`, ExitCode.invalidInput);
-      const refresh = duration.safeParse(opts.refresh);
-      if (!refresh.success || refresh.data < 200) throw new GeminiError(`--refresh: expected a duration of at least 200ms such as 1s, found ${JSON.stringify(opts.refresh)}`, ExitCode.invalidInput);
+      const timeout = durationFlag('--timeout', opts.timeout, '30m');
+      const refresh = durationFlag('--refresh', opts.refresh, '1s', 200);
       const clusterFile = resolveClusterFile(opts.cluster, c);
       const cluster = await loadCluster(clusterFile);
       const secrets = await loadClusterSecrets(clusterFile, cluster);
@@ -56,14 +53,14 @@ export function registerDeploy(program: Command, ctx: () => CliContext): void {
       }
 
       let latest = await look();
-      const deadline = started + timeout.data;
+      const deadline = started + timeout;
       const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
       if (c.interactive && !opts.json) {
         // A task per step; each finishes the first time its step is done. The loop below keeps looking.
         let finished = false;
         const poller = (async () => {
           while (!finished && Date.now() < deadline) {
-            await sleep(refresh.data);
+            await sleep(refresh);
             latest = await look();
           }
         })();
@@ -94,13 +91,13 @@ export function registerDeploy(program: Command, ctx: () => CliContext): void {
           for (const s of deployChanges(shown, latest.steps)) c.print(line(s));
           shown = latest.steps;
           if (deployDone(latest.steps) || Date.now() >= deadline) break;
-          await sleep(refresh.data);
+          await sleep(refresh);
           latest = await look();
         }
       }
       // The pair may have moved on since a task finished: done means every step at one look.
       while (!deployDone(latest.steps) && Date.now() < deadline) {
-        await sleep(refresh.data);
+        await sleep(refresh);
         latest = await look();
       }
       if (!deployDone(latest.steps)) throw new GeminiError(`cluster ${cluster.name} is not up after ${opts.timeout}: ${pending(latest.steps)}`, ExitCode.timeout);

@@ -1,10 +1,9 @@
 import { Command } from 'commander';
 import { loadCluster, loadClusterSecrets } from '../../../../common/config.ts';
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
-import { duration } from '../../../../common/schema/units.ts';
 import { planFailover, requestSwitchover, waitForLeader } from '../../ops/failover.ts';
 import { collectStatus, renderStatusTable } from '../../ops/status.ts';
-import { resolveClusterFile, type CliContext } from '../context.ts';
+import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
 import { operatorFetcher } from './status.ts';
 
 interface FailoverOptions {
@@ -26,8 +25,7 @@ export function registerFailover(program: Command, ctx: () => CliContext): void 
     .option('--timeout <duration>', 'how long --wait waits', '5m')
     .action(async (opts: FailoverOptions) => {
       const c = ctx();
-      const timeout = duration.safeParse(opts.timeout);
-      if (!timeout.success) throw new GeminiError(`--timeout: expected a duration such as 5m, found ${JSON.stringify(opts.timeout)}`, ExitCode.invalidInput);
+      const timeout = durationFlag('--timeout', opts.timeout, '5m');
       const clusterFile = resolveClusterFile(opts.cluster, c);
       const cluster = await loadCluster(clusterFile);
       const secrets = await loadClusterSecrets(clusterFile, cluster);
@@ -45,7 +43,7 @@ export function registerFailover(program: Command, ctx: () => CliContext): void 
       if (!r.ok) throw new GeminiError(`the switchover did not happen: ${r.reason}`, ExitCode.commandFailed);
       c.logger.info(`${plan.from} handed over to ${plan.to}${r.tookMs !== undefined ? ` in ${r.tookMs} ms` : ''}: ${r.reason}`);
       if (!opts.wait) return;
-      const w = await waitForLeader(cluster, secrets, plan.to, httpFetcher, timeout.data, (ms) => new Promise((res) => setTimeout(res, ms)));
+      const w = await waitForLeader(cluster, secrets, plan.to, httpFetcher, timeout, (ms) => new Promise((res) => setTimeout(res, ms)));
       c.print(renderStatusTable(w.status));
       if (!w.done) throw new GeminiError(`no healthy pair led by ${plan.to} after ${opts.timeout}: ${w.status.reasons.join('; ') || `the leader is ${w.status.leader ?? 'nobody'}`}`, ExitCode.timeout);
     });

@@ -3,9 +3,8 @@ import { loadCluster, loadClusterCa, loadClusterSecrets } from '../../../../comm
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
 import { runPlan, ToolMissingError } from '../../../../common/exec.ts';
 import { httpCall } from '../../../../common/httpclient.ts';
-import { duration } from '../../../../common/schema/units.ts';
 import { arpPlan, arpReplies, parseRoute, pingPlan, renderPreflight, routePlan, runPreflight, type PreflightPorts, type VipProbe } from '../../ops/preflight.ts';
-import { resolveClusterFile, type CliContext } from '../context.ts';
+import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
 
 interface PreflightOptions {
   cluster?: string;
@@ -46,10 +45,8 @@ export function registerPreflight(program: Command, ctx: () => CliContext): void
     .option('--timeout <duration>', 'how long to wait for each answer', '10s')
     .action(async (opts: PreflightOptions) => {
       const c = ctx();
-      const max = duration.safeParse(opts.maxClockOffset);
-      if (!max.success) throw new GeminiError(`--max-clock-offset: expected a duration such as 2s, found ${JSON.stringify(opts.maxClockOffset)}`, ExitCode.invalidInput);
-      const timeout = duration.safeParse(opts.timeout);
-      if (!timeout.success || timeout.data < 100) throw new GeminiError(`--timeout: expected a duration of at least 100ms such as 10s, found ${JSON.stringify(opts.timeout)}`, ExitCode.invalidInput);
+      const max = durationFlag('--max-clock-offset', opts.maxClockOffset, '2s');
+      const timeout = durationFlag('--timeout', opts.timeout, '10s', 100);
       const clusterFile = resolveClusterFile(opts.cluster, c);
       const cluster = await loadCluster(clusterFile);
       const secrets = await loadClusterSecrets(clusterFile, cluster);
@@ -70,7 +67,7 @@ export function registerPreflight(program: Command, ctx: () => CliContext): void
         vip: probeVip,
         now: Date.now,
       };
-      const report = await runPreflight(cluster, secrets, ports, { maxClockOffsetMs: max.data, timeoutMs: timeout.data });
+      const report = await runPreflight(cluster, secrets, ports, { maxClockOffsetMs: max, timeoutMs: timeout });
       c.print(opts.json ? JSON.stringify(report, null, 2) : renderPreflight(report));
       if (report.status === 'fail') {
         throw new GeminiError(`preflight of ${cluster.name} failed: ${report.items.filter((i) => i.status === 'fail').map((i) => `${i.name}: ${i.detail}`).join('; ')}`, ExitCode.preflightFailed);

@@ -1,10 +1,9 @@
 import { Command } from 'commander';
 import { loadCluster, loadClusterSecrets } from '../../../../common/config.ts';
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
-import { duration } from '../../../../common/schema/units.ts';
 import { requestRollback, waitForRollback } from '../../ops/rollback.ts';
 import { renderStatusTable } from '../../ops/status.ts';
-import { resolveClusterFile, type CliContext } from '../context.ts';
+import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
 import { operatorFetcher } from './status.ts';
 
 interface RollbackOptions {
@@ -28,8 +27,7 @@ export function registerRollback(program: Command, ctx: () => CliContext): void 
     .option('--json', 'print the result as JSON')
     .action(async (opts: RollbackOptions) => {
       const c = ctx();
-      const timeout = duration.safeParse(opts.timeout);
-      if (!timeout.success) throw new GeminiError(`--timeout: expected a duration such as 20m, found ${JSON.stringify(opts.timeout)}`, ExitCode.invalidInput);
+      const timeout = durationFlag('--timeout', opts.timeout, '20m');
       const clusterFile = resolveClusterFile(opts.cluster, c);
       const cluster = await loadCluster(clusterFile);
       if (!cluster.nodes.some((n) => n.name === opts.node)) {
@@ -42,7 +40,7 @@ export function registerRollback(program: Command, ctx: () => CliContext): void 
       c.logger.info(`${opts.node}: ${r.reason}`);
       let result: { done: boolean; reason: string } | undefined;
       if (opts.wait) {
-        const w = await waitForRollback(cluster, secrets, opts.node, r.slot!, r.rebooting, httpFetcher, timeout.data, (ms) => new Promise((res) => setTimeout(res, ms)), (l) => c.logger.info(l));
+        const w = await waitForRollback(cluster, secrets, opts.node, r.slot!, r.rebooting, httpFetcher, timeout, (ms) => new Promise((res) => setTimeout(res, ms)), (l) => c.logger.info(l));
         result = w;
         if (!opts.json) c.print(renderStatusTable(w.status));
         if (!w.done) {

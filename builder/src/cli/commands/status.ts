@@ -4,9 +4,8 @@ import { loadCluster, loadClusterCa, loadClusterSecrets } from '../../../../comm
 import { httpCall, type ClientTls } from '../../../../common/httpclient.ts';
 import type { Cluster } from '../../../../common/schema/cluster.ts';
 import { ExitCode, GeminiError, type ExitCodeValue } from '../../../../common/errors.ts';
-import { duration } from '../../../../common/schema/units.ts';
 import { collectStatus, renderStatusTable, type ClusterStatus, type Fetcher, type Health } from '../../ops/status.ts';
-import { resolveClusterFile, type CliContext } from '../context.ts';
+import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
 import { assessChecks, collectChecks, renderChecks } from '../../ops/check.ts';
 
 interface StatusOptions {
@@ -59,8 +58,7 @@ export function registerStatus(program: Command, ctx: () => CliContext): void {
     .option('--refresh <duration>', 'interval for --watch, such as 2s', '2s')
     .action(async (opts: StatusOptions) => {
       const c = ctx();
-      const refresh = duration.safeParse(opts.refresh);
-      if (!refresh.success || refresh.data < 200) throw new GeminiError(`--refresh: expected a duration of at least 200ms such as 2s, found ${JSON.stringify(opts.refresh)}`, ExitCode.invalidInput);
+      const refresh = durationFlag('--refresh', opts.refresh, '2s', 200);
       const clusterFile = resolveClusterFile(opts.cluster, c);
       const cluster = await loadCluster(clusterFile);
       const secrets = await loadClusterSecrets(clusterFile, cluster);
@@ -74,7 +72,7 @@ export function registerStatus(program: Command, ctx: () => CliContext): void {
           return;
         }
         if (!c.interactive) c.print('---');
-        await new Promise((r) => setTimeout(r, refresh.data));
+        await new Promise((r) => setTimeout(r, refresh));
       }
     });
 

@@ -1,11 +1,10 @@
 import { Command } from 'commander';
 import { stringify } from 'yaml';
 import { loadCluster } from '../../../../common/config.ts';
-import { ExitCode, GeminiError, ValidationError } from '../../../../common/errors.ts';
+import { ValidationError } from '../../../../common/errors.ts';
 import { writeFileAtomic } from '../../../../common/fsutil.ts';
-import { duration } from '../../../../common/schema/units.ts';
 import { checkSucOptions, SUC_DEFAULTS, sucPlan, type SucPlanOptions } from '../../../../common/upgrade/suc.ts';
-import { resolveClusterFile, type CliContext } from '../context.ts';
+import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
 
 interface SucPlanFlags {
   cluster?: string;
@@ -35,14 +34,13 @@ export function registerSucPlan(program: Command, ctx: () => CliContext): void {
     .option('--out <file>', 'write the Plan here instead of stdout')
     .action(async (flags: SucPlanFlags) => {
       const c = ctx();
-      const deadline = duration.safeParse(flags.deadline);
-      if (!deadline.success) throw new GeminiError(`--deadline: expected a duration such as 1h or 45m, found ${JSON.stringify(flags.deadline)}`, ExitCode.invalidInput);
+      const deadline = durationFlag('--deadline', flags.deadline, '1h or 45m');
       const options: SucPlanOptions = {
         image: flags.image,
         version: flags.version,
         namespace: flags.namespace,
         serviceAccount: flags.serviceAccount,
-        deadlineSeconds: Math.round(deadline.data / 1000),
+        deadlineSeconds: Math.round(deadline / 1000),
       };
       const clusterFile = resolveClusterFile(flags.cluster, c);
       const issues = checkSucOptions(options);
