@@ -10,11 +10,8 @@ import { runPlan } from '../common/exec.ts';
 import { HarnessCluster, PG_BIN } from '../test/harness/cluster.ts';
 import { inNs } from '../test/harness/netns.ts';
 import { ROOT } from '../test/helpers/fixtures.ts';
+import { arg } from './args.ts';
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(name);
-  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1]! : fallback;
-}
 
 const median = (v: number[]): number => [...v].sort((a, b) => a - b)[Math.floor((v.length - 1) / 2)]!;
 

@@ -18,11 +18,8 @@ import { dualWritable, HarnessCluster } from '../test/harness/cluster.ts';
 import { cutOneWay, flushRules, inNs, linkDown, linkUp, NET, nsOf } from '../test/harness/netns.ts';
 import { netemMissing, nicOf } from './netem.ts';
 import { drawFaults, drawType, failsLeader, faultLabel, renderTimeline, secondsWithout, SINGLE_KINDS, summarize, summaryTable, type DrawRecord, type Fault, type FaultKind, type Member } from './chaos-core.ts';
+import { arg } from './args.ts';
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(name);
-  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1]! : fallback;
-}
 
 const minutes = Number(arg('--minutes', '10'));
 const seed = Number(arg('--seed', '1'));

@@ -11,6 +11,7 @@ import { HarnessCluster, type PairHarness } from '../test/harness/cluster.ts';
 import { PatroniCluster, PATRONI_PROFILES } from '../test/harness/patroni.ts';
 import { Rng } from '../agent/src/sim/world.ts';
 import { renderAvailabilityChart, type Series } from './chart.ts';
+import { arg } from './args.ts';
 
 interface RunFigures {
   /** The random delay between a healthy pair and the fault. */
@@ -29,10 +30,6 @@ export interface SystemFigures {
   runs: RunFigures[];
 }
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(name);
-  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1]! : fallback;
-}
 
 /** Nearest-rank percentile. */
 export function percentile(values: number[], p: number): number {

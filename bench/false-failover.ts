@@ -15,11 +15,8 @@ import { flushRules, inNs, nsOf } from '../test/harness/netns.ts';
 import { PatroniCluster, PATRONI_PROFILES } from '../test/harness/patroni.ts';
 import { secondsWithout, stalls } from './chaos-core.ts';
 import { netemMissing, nicOf } from './netem.ts';
+import { arg } from './args.ts';
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(name);
-  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1]! : fallback;
-}
 
 const minutes = Number(arg('--minutes', '10'));
 const loss = Number(arg('--loss', '5'));
