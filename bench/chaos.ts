@@ -33,7 +33,7 @@ if (process.getuid?.() !== 0) {
   process.exit(2);
 }
 if (!Number.isFinite(minutes) || minutes <= 0 || !Number.isInteger(seed)) {
-  console.error('usage: npm run bench:chaos -- --minutes M --seed S [--json FILE] [--chart FILE]');
+  console.error('usage: npm run bench:chaos -- --minutes M --seed S [--json FILE] [--chart FILE] [--sabotage]');
   process.exit(2);
 }
 
