@@ -105,7 +105,7 @@ function fakePorts(answers: Record<string, { status: number; body: unknown; date
   const calls: string[] = [];
   return {
     calls,
-    get: async (url) => {
+    fetch: async (url) => {
       calls.push(url);
       const a = Object.entries(answers).find(([k]) => url.includes(k))?.[1];
       if (!a) throw new Error(`connect ECONNREFUSED ${url}`);

@@ -2,7 +2,7 @@ import type { CommandPlan } from '../../../common/exec.ts';
 import { worst, type HostPreflight, type PreflightItem } from '../../../common/preflight.ts';
 import type { Cluster } from '../../../common/schema/cluster.ts';
 import type { Secrets } from '../../../common/schema/seed.ts';
-import { agentUrl } from './status.ts';
+import { agentUrl, type Fetcher } from './status.ts';
 
 /** How the VIP was looked for on the network. */
 export type VipProbe =
@@ -17,8 +17,8 @@ export type VipProbe =
 
 /** Every effect the operator's preflight has: a port a test can replace. */
 export interface PreflightPorts {
-  /** An HTTP GET: the status, the body (JSON when it is JSON) and the Date header; throws when nothing answers. */
-  get: (url: string, headers: Record<string, string>, timeoutMs: number) => Promise<{ status: number; body: unknown; date?: string }>;
+  /** The operator's HTTP port (status, body and Date header); throws when nothing answers. */
+  fetch: Fetcher;
   ping: (ip: string) => Promise<boolean>;
   vip: (address: string) => Promise<VipProbe>;
   /** The operator's wall clock, ms since the epoch. */
@@ -132,7 +132,7 @@ export async function runPreflight(cluster: Cluster, secrets: Secrets, ports: Pr
     const out: PreflightItem[] = [];
     const t0 = ports.now();
     try {
-      const r = await ports.get(agentUrl(cluster, n.ip, '/v1/preflight'), { authorization: `Bearer ${secrets.readToken}` }, timeoutMs);
+      const r = await ports.fetch(agentUrl(cluster, n.ip, '/v1/preflight'), { headers: { authorization: `Bearer ${secrets.readToken}` }, timeoutMs });
       const t1 = ports.now();
       if (r.status === 200 && isHostPreflight(r.body)) {
         const h = r.body;
@@ -161,7 +161,7 @@ export async function runPreflight(cluster: Cluster, secrets: Secrets, ports: Pr
     const url = cluster.witness.url.replace(/\/+$/, '');
     const t0 = ports.now();
     try {
-      const r = await ports.get(`${url}/v1/clusters/${encodeURIComponent(cluster.name)}`, { authorization: `Bearer ${secrets.witnessToken}` }, timeoutMs);
+      const r = await ports.fetch(`${url}/v1/clusters/${encodeURIComponent(cluster.name)}`, { headers: { authorization: `Bearer ${secrets.witnessToken}` }, timeoutMs });
       const t1 = ports.now();
       const b = obj(r.body);
       if (r.status === 200) items.push({ name: 'witness', status: 'pass', detail: `${url} answers; lease holder ${typeof b.holder === 'string' ? b.holder : 'nobody'}` });

@@ -1,8 +1,8 @@
 import type { Cluster } from '../../../common/schema/cluster.ts';
 import type { Secrets } from '../../../common/schema/seed.ts';
 
-/** How the CLI reaches an HTTP endpoint (a port: tests and `--watch` use the same code). GET unless told. */
-export type Fetcher = (url: string, init: { method?: 'GET' | 'POST'; headers: Record<string, string>; body?: string; timeoutMs: number }) => Promise<{ status: number; body: unknown }>;
+/** How the CLI reaches an HTTP endpoint (a port: tests and `--watch` use the same code). GET unless told; `date` is the answer's Date header. */
+export type Fetcher = (url: string, init: { method?: 'GET' | 'POST'; headers: Record<string, string>; body?: string; timeoutMs: number }) => Promise<{ status: number; body: unknown; date?: string }>;
 
 /**
  * An agent's answer to a POST: the JSON body (a body that is not JSON is the reason itself),

@@ -1,10 +1,10 @@
 import { Command } from 'commander';
-import { loadCluster, loadClusterCa, loadClusterSecrets } from '../../../../common/config.ts';
+import { loadCluster, loadClusterSecrets } from '../../../../common/config.ts';
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
 import { runPlan, ToolMissingError } from '../../../../common/exec.ts';
-import { httpCall } from '../../../../common/httpclient.ts';
 import { arpPlan, arpReplies, parseRoute, pingPlan, renderPreflight, routePlan, runPreflight, type PreflightPorts, type VipProbe } from '../../ops/preflight.ts';
 import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
+import { operatorFetcher } from './status.ts';
 
 interface PreflightOptions {
   cluster?: string;
@@ -50,19 +50,8 @@ export function registerPreflight(program: Command, ctx: () => CliContext): void
       const clusterFile = resolveClusterFile(opts.cluster, c);
       const cluster = await loadCluster(clusterFile);
       const secrets = await loadClusterSecrets(clusterFile, cluster);
-      const ca = await loadClusterCa(clusterFile, cluster);
       const ports: PreflightPorts = {
-        get: async (url, headers, timeoutMs) => {
-          const r = await httpCall(url, { method: 'GET', headers, timeoutMs, ...(ca === undefined ? {} : { tls: { ca } }) });
-          let body: unknown = r.text;
-          try {
-            body = JSON.parse(r.text);
-          } catch {
-            // not JSON: keep the text
-          }
-          const date = r.headers.date;
-          return { status: r.status, body, ...(typeof date === 'string' ? { date } : {}) };
-        },
+        fetch: await operatorFetcher(clusterFile, cluster),
         ping,
         vip: probeVip,
         now: Date.now,

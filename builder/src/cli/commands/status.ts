@@ -32,7 +32,7 @@ export function httpFetcher(tls: ClientTls | undefined): Fetcher {
     } catch {
       // not JSON: keep the text
     }
-    return { status: res.status, body };
+    return { status: res.status, body, ...(typeof res.headers.date === 'string' ? { date: res.headers.date } : {}) };
   };
 }
 
