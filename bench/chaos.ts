@@ -16,7 +16,7 @@ import { runPlan } from '../common/exec.ts';
 import { arpReplies } from '../builder/src/ops/preflight.ts';
 import { dualWritable, HarnessCluster } from '../test/harness/cluster.ts';
 import { cutOneWay, flushRules, inNs, linkDown, linkUp, NET, nsOf } from '../test/harness/netns.ts';
-import { netemMissing, nicOf } from './netem.ts';
+import { netemMissing, nicOf, packetLoss } from './netem.ts';
 import { drawFaults, drawType, failsLeader, faultLabel, renderTimeline, secondsWithout, SINGLE_KINDS, summarize, summaryTable, type DrawRecord, type Fault, type FaultKind, type Member } from './chaos-core.ts';
 import { arg } from './args.ts';
 
@@ -69,12 +69,6 @@ async function watchArp(): Promise<void> {
 
 const stopped = new Set<number>();
 const name = (m: Member, leader: string): string => (m === 'leader' ? leader : m === 'follower' ? c.other(leader) : m);
-
-/** The netns iptables rules of a lossy link: both directions of the member's traffic. */
-function lossRules(member: string, percent: number, on: boolean): Promise<unknown>[] {
-  const p = (percent / 100).toFixed(3);
-  return ['INPUT', 'OUTPUT'].map((chain) => runPlan(inNs(nsOf(c.topology, member), 'iptables', [on ? '-A' : '-D', chain, '-m', 'statistic', '--mode', 'random', '--probability', p, '-j', 'DROP'])));
-}
 
 /** Inject one fault; returns its heal. */
 async function inject(f: Fault, leader: string): Promise<() => Promise<void>> {
@@ -138,10 +132,8 @@ async function inject(f: Fault, leader: string): Promise<() => Promise<void>> {
     }
     case 'packet-loss': {
       const m = name(f.member, leader);
-      await Promise.all(lossRules(m, f.percent, true));
-      return async () => {
-        await Promise.all(lossRules(m, f.percent, false));
-      };
+      await packetLoss(c.topology, m, f.percent, true);
+      return () => packetLoss(c.topology, m, f.percent, false);
     }
     case 'delay': {
       const m = name(f.member, leader);

@@ -14,7 +14,7 @@ import { HarnessCluster, type PairHarness } from '../test/harness/cluster.ts';
 import { flushRules, inNs, nsOf } from '../test/harness/netns.ts';
 import { PatroniCluster, PATRONI_PROFILES } from '../test/harness/patroni.ts';
 import { secondsWithout, stalls } from './chaos-core.ts';
-import { netemMissing, nicOf } from './netem.ts';
+import { netemMissing, nicOf, packetLoss } from './netem.ts';
 import { arg } from './args.ts';
 
 
@@ -53,10 +53,9 @@ async function measure(system: string): Promise<Figures> {
     let leader = await c.waitFor(`${system}: leader + synchronous standby`, () => c.healthyPair(), 180_000);
     c.startTraffic(minutes * 60 + 600);
     await c.waitFor('first writes', async () => (c.acks.length > 20 ? true : undefined), 60_000);
-    const p = (loss / 100).toFixed(3);
     for (const m of MEMBERS) {
       if (!netem) await runPlan(inNs(nsOf(c.topology, m), 'tc', ['qdisc', 'add', 'dev', nicOf(m), 'root', 'netem', 'delay', '200ms', '100ms', 'loss', `${loss}%`]));
-      else for (const chain of ['INPUT', 'OUTPUT']) await runPlan(inNs(nsOf(c.topology, m), 'iptables', ['-A', chain, '-m', 'statistic', '--mode', 'random', '--probability', p, '-j', 'DROP']));
+      else await packetLoss(c.topology, m, loss, true);
     }
     const t0 = Date.now();
     const changes: string[] = [];

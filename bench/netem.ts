@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { runPlan } from '../common/exec.ts';
-import { inNs } from '../test/harness/netns.ts';
+import { inNs, nsOf, type Topology } from '../test/harness/netns.ts';
 
 /** Why this kernel cannot run `tc qdisc … netem` (delay, jitter), or undefined when it can. */
 export async function netemMissing(): Promise<string | undefined> {
@@ -17,3 +17,9 @@ export async function netemMissing(): Promise<string | undefined> {
 
 /** The member's own NIC inside its namespace (the witness sits on the bridge). */
 export const nicOf = (member: string): string => (member === 'witness' ? 'br0' : 'eth0');
+
+/** Random loss of `percent` % of a member's packets, both ways (iptables statistic): add or remove it. */
+export async function packetLoss(t: Topology, member: string, percent: number, on: boolean): Promise<void> {
+  const p = (percent / 100).toFixed(3);
+  for (const chain of ['INPUT', 'OUTPUT']) await runPlan(inNs(nsOf(t, member), 'iptables', [on ? '-A' : '-D', chain, '-m', 'statistic', '--mode', 'random', '--probability', p, '-j', 'DROP']));
+}
