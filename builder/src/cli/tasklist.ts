@@ -12,6 +12,11 @@ function deferred<T>(): Deferred<T> {
   return { promise, resolve };
 }
 
+/** A listr2 renderer's logger that writes frames to `stream` only (stderr: stdout keeps the result). */
+export function writingTo(stream: NodeJS.WriteStream): { logger: ListrLogger } {
+  return { logger: new ListrLogger({ processOutput: new ProcessOutput(stream, stream) }) };
+}
+
 type End = { kind: 'done'; ms: number } | { kind: 'skipped'; reason: string } | { kind: 'failed'; reason: string };
 
 /**
@@ -48,7 +53,7 @@ export class StepTaskList {
         concurrent: false,
         exitOnError: true,
         renderer,
-        rendererOptions: { logger: new ListrLogger({ processOutput: new ProcessOutput(stream, stream) }) },
+        rendererOptions: writingTo(stream),
       },
     );
     this.finished = list.run().then(

@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { Listr, ListrLogger, ProcessOutput } from 'listr2';
+import { Listr } from 'listr2';
 import { loadCluster, loadClusterSecrets } from '../../../../common/config.ts';
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
 import { collectChecks } from '../../ops/check.ts';
@@ -7,6 +7,7 @@ import { deployChanges, deployDone, deploySteps, type DeployStep } from '../../o
 import { collectStatus, renderStatusTable, type ClusterStatus } from '../../ops/status.ts';
 import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
 import { operatorFetcher } from './status.ts';
+import { writingTo } from '../tasklist.ts';
 
 interface DeployOptions {
   cluster?: string;
@@ -80,7 +81,7 @@ export function registerDeploy(program: Command, ctx: () => CliContext): void {
             rendererOptions: { persistentOutput: true },
           })),
           // Progress goes to stderr, like every log; stdout keeps the result (the status table).
-          { concurrent: true, exitOnError: false, rendererOptions: { collapseSubtasks: false, logger: new ListrLogger({ processOutput: new ProcessOutput(process.stderr, process.stderr) }) } },
+          { concurrent: true, exitOnError: false, rendererOptions: { collapseSubtasks: false, ...writingTo(process.stderr) } },
         );
         await tasks.run().catch(() => undefined);
         finished = true;
