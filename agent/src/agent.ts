@@ -15,7 +15,7 @@ import { bless, describeChanges, readBootState, rebootPlan, type BootState } fro
 import { rebootDecision } from './upgradeorder.ts';
 import { currentBootId, noteTrialFailure, reconcileUpgradeFile, slotVersions, stageRollback, type RollbackResult, type UpgradeRecord } from './upgrade.ts';
 import type { NodeContext } from './context.ts';
-import { Controller } from './core/controller.ts';
+import { Controller, type ForceResult } from './core/controller.ts';
 import type { ControllerSettings, Ports, PromoteRequest } from './core/ports.ts';
 import type { Observation } from './core/rules.ts';
 import { probeK3sReady, runUserChecks } from './probes.ts';
@@ -206,6 +206,11 @@ export class Agent {
     this.log.warn({ event: 'upgrade-rollback', slot: rollback.slot, version: rollback.version, leaving: rollback.leaving, reason }, `rolling back to ${rollback.version} on slot ${rollback.slot}: ${reason}`);
     const reboot = await this.upgradeReboot();
     return { ok: true, reason: `slot ${rollback.slot} (${rollback.version}) armed; ${reboot.ok ? reboot.reason : `the reboot waits: ${reboot.reason}`}`, rollback, reboot };
+  }
+
+  /** An operator's forced failover onto this follower (see Controller.forcePromote). */
+  forcePromote(generation: number): Promise<ForceResult> {
+    return this.controller.forcePromote(generation);
   }
 
   promoteOnRequest(req: PromoteRequest): Promise<{ ok: boolean; generation?: number; reason: string }> {

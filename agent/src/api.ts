@@ -319,6 +319,19 @@ export function routes(agent: Agent): Record<string, Route> {
         return recloneHere(agent);
       },
     },
+    // An operator's forced failover onto this follower, the leader being gone (geminik8s failover --force).
+    '/v1/force-promote': {
+      method: 'POST', callers: ['admin'], mutating: true,
+      handle: async (req) => {
+        const body = await readJson(req);
+        if (!Number.isInteger(body.generation) || (body.generation as number) < 0) {
+          throw new HttpError(400, `generation: expected the witness generation the operator decided on, a non-negative integer (found ${JSON.stringify(body.generation) ?? 'nothing'})`);
+        }
+        if (!agent.meta) return notReady()!;
+        const r = await agent.forcePromote(body.generation as number);
+        return { status: r.ok ? 200 : 409, body: r };
+      },
+    },
     // The switchover handshake between the two agents: never an operator's call.
     '/v1/promote': {
       method: 'POST', callers: ['peer'], mutating: true,

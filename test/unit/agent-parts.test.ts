@@ -110,6 +110,11 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
     switchovers++;
     return { ok: false, reason: 'test: refused', tookMs: 0 };
   };
+  const forces: number[] = [];
+  agent.forcePromote = async (generation) => {
+    forces.push(generation);
+    return { ok: false, forced: false, reason: 'test: refused' };
+  };
   agent.promoteOnRequest = async () => {
     promotes++;
     return { ok: false, reason: 'test: refused' };
@@ -145,6 +150,7 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
       '/v1/preflight': ['GET', { none: 401, wrong: 401, witness: 401, peer: 403, read: 200, admin: 200 }],
       '/v1/switchover': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
       '/v1/promote': ['POST', { none: 401, wrong: 401, witness: 401, peer: 409, read: 403, admin: 403 }],
+      '/v1/force-promote': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
       '/v1/upgrade/reboot': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
       '/v1/upgrade/rollback': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
       // A leader without a PostgreSQL round or a lease: backup and restore refuse; a re-clone is for followers.
@@ -154,7 +160,7 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
     };
     t.deepEqual(Object.keys(matrix).sort(), Object.keys(routes(agent)).sort(), 'the matrix covers every endpoint');
     for (const [path, [method, expect]] of Object.entries(matrix)) {
-      const body = path === '/v1/promote' ? JSON.stringify({ lsn: '0/10', generation: 3 }) : undefined;
+      const body = path === '/v1/promote' ? JSON.stringify({ lsn: '0/10', generation: 3 }) : path === '/v1/force-promote' ? JSON.stringify({ generation: 7 }) : undefined;
       for (const [who, secret] of Object.entries(creds)) {
         const headers: Record<string, string> = secret ? { authorization: `Bearer ${secret}` } : {};
         t.is((await call(path, { method, body, headers })).status, expect[who]!, `${method} ${path} as ${who}`);
@@ -221,6 +227,13 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
     t.is(promotes, 1, 'no bad request reached the controller');
     t.is((await call('/v1/switchover', { method: 'POST', headers: { authorization: `Bearer ${FAKE_SECRETS.adminToken}` }, body: '{' })).status, 400);
     t.is(switchovers, 1);
+    t.deepEqual(forces, [7], 'only the admin reached the forced failover, with the generation it sent');
+    for (const body of ['{}', JSON.stringify({ generation: -2 }), JSON.stringify({ generation: '7' })]) {
+      const r = await call('/v1/force-promote', { method: 'POST', headers: admin, body });
+      t.is(r.status, 400, body);
+      t.regex(r.body, /generation: expected the witness generation the operator decided on/, body);
+    }
+    t.deepEqual(forces, [7], 'no bad request reached the forced failover');
 
     // Every mutating call is audited, with its result; nothing secret in the file, and only we read it.
     const file = join(ctx.config.stateDir, 'audit.log');

@@ -1,6 +1,7 @@
 import test from 'ava';
 import { SimCluster, type SimNode } from '../../agent/src/sim/cluster.ts';
 import { healAll, runSeed } from '../../agent/src/sim/run.ts';
+import type { ForceResult } from '../../agent/src/core/controller.ts';
 
 // The agent's real controller and the witness's real arbiter, in virtual time, against a model
 // of PostgreSQL, a lossy network and crashes. Invariants are checked after every event.
@@ -94,6 +95,63 @@ test('follower agent restarted while it is not the synchronous standby, then lea
   }, 90_000);
   t.deepEqual(c.violations, [], report(c));
   t.false(promoted);
+});
+
+/** An operator's `failover --force --accept-data-loss --to` at `at`, with the witness generation of that moment. */
+function force(c: SimCluster, at: number, to: string, results: ForceResult[]): void {
+  c.world.at(at, () => {
+    void c.node(to).controller!.forcePromote(c.witnessRecord!.generation).then((r) => results.push(r));
+  });
+}
+
+test('forced failover: the leader degraded, then lost power; a force is refused while its lease lives, forces the standby after; the writes only the old leader had are the ones lost; it returns, is refused its old lease and rejoins', async (t) => {
+  const results: ForceResult[] = [];
+  let promoted = 0;
+  let cutAt = 0;
+  const c = await scenario(17, (c) => {
+    c.onPromoted = () => promoted++;
+    c.world.at(20_000, () => {
+      cutBoth(c, 'n1', 'n2');
+      cutAt = c.acked.length;
+    });
+    c.world.at(30_000, () => {
+      c.powerOff(c.node('n1'), 40_000);
+      cutBoth(c, 'n1', 'n2', true);
+    });
+    force(c, 31_000, 'n2', results);
+    force(c, 45_000, 'n2', results);
+  }, 90_000);
+  t.deepEqual(c.violations, [], report(c));
+  t.like(results[0], { ok: false, forced: false });
+  t.regex(results[0]!.reason, /holds the lease for \d+ ms more: it may still be writing/);
+  t.like(results[1], { ok: true, forced: true, generation: 3 });
+  t.is(promoted, 1);
+  t.is(c.witnessRecord?.holder, 'n2');
+  // What n2 lacks is exactly what n1 acknowledged while degraded: sent after the cut, before the power loss.
+  const n2 = c.node('n2');
+  const lost = c.acked.filter((id) => !n2.pg.ids.has(id));
+  t.true(lost.length > 0, 'the degraded leader acknowledged writes the standby never saw');
+  t.true(lost.every((id) => c.acked.indexOf(id) >= cutAt - 50), 'nothing acknowledged well before the cut is lost');
+  t.true(c.healthy(), 'n1 rejoined as the synchronous standby');
+});
+
+test('forced failover while the leader, cut from its standby only, still renews its lease: the witness refuses, nothing is promoted, nothing lost', async (t) => {
+  const results: ForceResult[] = [];
+  let promoted = 0;
+  const c = await scenario(18, (c) => {
+    c.onPromoted = () => promoted++;
+    c.world.at(20_000, () => cutBoth(c, 'n1', 'n2'));
+    force(c, 35_000, 'n2', results);
+    force(c, 50_000, 'n2', results);
+  }, 60_000);
+  t.deepEqual(c.violations, [], report(c));
+  t.is(results.length, 2);
+  for (const r of results) {
+    t.like(r, { ok: false, forced: false });
+    t.regex(r.reason, /holds the lease for \d+ ms more: it may still be writing/);
+  }
+  t.is(promoted, 0);
+  t.is(c.witnessRecord?.holder, 'n1');
 });
 
 test('crash right after promotion, then the old leader returns: one primary, old leader rewound', async (t) => {

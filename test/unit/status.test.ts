@@ -1,5 +1,5 @@
 import test from 'ava';
-import { planFailover } from '../../builder/src/ops/failover.ts';
+import { planFailover, planForceFailover } from '../../builder/src/ops/failover.ts';
 import { assess, collectStatus, nodeViewOf, renderStatusTable, type Fetcher, type NodeView, type WitnessView } from '../../builder/src/ops/status.ts';
 import { ClusterSchema } from '../../common/schema/cluster.ts';
 import { FAKE_SECRETS, loadFixtureCluster } from '../helpers/fixtures.ts';
@@ -92,3 +92,37 @@ test('planFailover: a switchover only to the synchronous, promotable standby of 
   t.regex(planFailover(status([l, { name: 'node2', ip: '10.0.0.2', reachable: false, error: 'timeout' }]), 'node2').rule, /node2 does not answer/);
   for (const p of [planFailover(status([l, f]), 'node1'), planFailover(status([async, f]), 'node2')]) t.false(p.ok);
 });
+
+test('planForceFailover: only through a reachable witness, only with no writing leader, only onto a running standby; without the synchronous record only with --accept-data-loss, saying what is lost', (t) => {
+  const status = (nodes: NodeView[], witness: WitnessView) => ({ cluster: 'site-a', at: '', nodes, witness, ...assess(nodes, witness) });
+  const gone: NodeView = { name: 'node1', ip: '10.0.0.1', reachable: false, error: 'connect EHOSTUNREACH' };
+  const f = nodeViewOf('node2', '10.0.0.2', followerBody);
+  const l = nodeViewOf('node1', '10.0.0.1', leaderBody);
+  const degraded: WitnessView = { ...witnessOk, promotable: null };
+  // The case it exists for: the leader degraded, then died.
+  const refused = planForceFailover(status([gone, f], degraded), 'node2', false);
+  t.like(refused, { ok: false, dataLoss: true });
+  t.regex(refused.rule, /records nobody as promotable, not node2: .*may be missing from node2\. node2 has WAL up to 0\/5000 on timeline 3\. Give --accept-data-loss/);
+  const accepted = planForceFailover(status([gone, f], degraded), 'node2', true);
+  t.like(accepted, { ok: true, from: 'node1', to: 'node2', generation: 4, dataLoss: true });
+  t.regex(accepted.rule, /revokes the lease of node1 only once it has expired there.*never two writable primaries\. node2 was not recorded as synchronous: acknowledged writes it does not have are lost/);
+  t.deepEqual(accepted.steps.map((s) => s.split(':')[0]), ['witness', 'node2', 'node1']);
+  t.regex(accepted.steps[0]!, /generation 4 -> 5/);
+  t.regex(accepted.steps[1]!, /generation 6/);
+  // The standby was synchronous: nothing to accept, nothing revoked.
+  const clean = planForceFailover(status([gone, f], witnessOk), 'node2', false);
+  t.like(clean, { ok: true, dataLoss: false });
+  t.regex(clean.rule, /recorded synchronous standby: it holds every acknowledged write/);
+  // Refusals, each with its rule.
+  const rule = (nodes: NodeView[], w: WitnessView, to = 'node2') => planForceFailover(status(nodes, w), to, true).rule;
+  t.regex(rule([l, f], witnessOk), /node1 leads a writable primary: use a planned switchover/);
+  t.regex(rule([gone, f], { kind: 'none', reachable: false }), /no witness: nothing can prove/);
+  t.regex(rule([gone, f], { ...witnessOk, reachable: false, error: 'timeout' }), /the witness does not answer \(timeout\)/);
+  t.regex(rule([gone, f], { ...witnessOk, holder: 'node2' }), /already records node2 as the lease holder/);
+  t.regex(rule([gone, f], witnessOk, 'node3'), /not a node of cluster site-a/);
+  t.regex(rule([gone, { name: 'node2', ip: '10.0.0.2', reachable: false, error: 'timeout' }], witnessOk), /node2 does not answer/);
+  t.regex(rule([gone, nodeViewOf('node2', '10.0.0.2', body('fenced', { up: false, role: 'down' }))], witnessOk), /only a running standby can take over/);
+  const readOnlyLeader = nodeViewOf('node1', '10.0.0.1', body('leader', { role: 'primary', readOnly: true }, { lease: { held: true, msLeft: 2100 } }));
+  t.regex(rule([readOnlyLeader, f], witnessOk), /node1 still holds its lease \(2100 ms left\)/);
+});
+

@@ -124,6 +124,45 @@ test('release: the holder ends its lease now and the promotable standby takes ov
   t.like(r[4]!.answer, { ok: true, code: 'granted', holder: 'b', generation: 2 });
 });
 
+const force = (node: string, generation: number): ArbiterRequest => ({ op: 'force', node, generation });
+
+test('force: only after the lease expired, only at the generation the operator saw, never for the holder; it revokes the lease (generation + 1, nobody holds) and names the standby, durably', (t) => {
+  const r = run([
+    [0, boot('a')],
+    [20, promotable('a', 1, null)], // degraded: nobody may be promoted
+    [TTL - 1, force('b', 1)], // the lease still runs: the old leader may be writing
+    [TTL, force('b', 0)], // the operator looked at another generation
+    [TTL, force('a', 1)], // the holder itself
+    [TTL, acquire('b', 1)], // without the operator, b may not take it
+    [TTL, force('b', 1)],
+    [TTL + 1, acquire('a', 1)], // the old leader comes back: refused, so it stays fenced
+    [TTL + 1, force('b', 1)], // a replay of the same decision
+    [TTL + 2, acquire('b', 1)], // b asks as in any failover
+    [TTL + 3, promotable('b', 3, 'a')],
+  ]);
+  t.like(r[2]!.answer, { ok: false, code: 'held', holder: 'a', remainingMs: 1 });
+  t.regex(r[2]!.answer.reason, /may still be writing/);
+  t.like(r[3]!.answer, { ok: false, code: 'stale', generation: 1 });
+  t.like(r[4]!.answer, { ok: false, code: 'invalid' });
+  t.like(r[5]!.answer, { ok: false, code: 'not-promotable' });
+  t.false(r[2]!.persist || r[3]!.persist || r[4]!.persist || r[5]!.persist);
+  t.like(r[6]!.answer, { ok: true, code: 'forced', generation: 2, holder: null, promotable: 'b', remainingMs: 0 });
+  t.regex(r[6]!.answer.reason, /although it was not recorded as synchronous/);
+  t.true(r[6]!.persist, 'a forced revocation is on disk before it is answered');
+  t.like(r[6]!.event, { op: 'force', node: 'b', previousHolder: 'a', generation: 2 });
+  t.like(r[7]!.answer, { ok: false, code: 'not-promotable', holder: null, promotable: 'b' });
+  t.like(r[8]!.answer, { ok: false, code: 'stale', generation: 2 }, 'the same decision twice does not revoke twice');
+  t.like(r[9]!.answer, { ok: true, code: 'granted', generation: 3, holder: 'b', promotable: null });
+  t.like(r[10]!.answer, { ok: true, code: 'set', promotable: 'a' });
+});
+
+test('force: a cluster that never had a leader has nothing to fail over from; a forced node that already was promotable is said so', (t) => {
+  t.like(run([[0, force('b', 0)]])[0]!.answer, { ok: false, code: 'not-promotable' });
+  const r = run([[0, boot('a')], [10, promotable('a', 1, 'b')], [TTL, force('b', 1)]]);
+  t.like(r[2]!.answer, { ok: true, code: 'forced', generation: 2, promotable: 'b' });
+  t.notRegex(r[2]!.answer.reason, /not recorded as synchronous/);
+});
+
 test('restart guard: a restored record keeps everyone but the holder out for ttl + margin', (t) => {
   const record: ArbiterRecord = { cluster: 'site-a', generation: 3, holder: 'a', promotable: 'b', ttlMs: TTL, timeline: 2 };
   const restored = restoredState(record, 1000, MARGIN);

@@ -27,6 +27,15 @@ export interface ControllerSnapshot {
 
 type SwitchResult = { ok: boolean; reason: string; tookMs: number };
 
+/** The outcome of an operator's forced failover onto this node. */
+export interface ForceResult {
+  ok: boolean;
+  reason: string;
+  /** The witness revoked the old lease and named us although the old leader had not. */
+  forced: boolean;
+  generation?: number;
+}
+
 /**
  * The node agent's control: reconcile at start, then three independent timers:
  * - the loop (observe → decide → act every checkInterval), which may block on long operations;
@@ -729,6 +738,50 @@ export class Controller {
   /** The ports, for operator operations that run under `exclusive`. */
   get ports(): Ports {
     return this.p;
+  }
+
+  /**
+   * An operator's forced failover onto this follower, the leader being gone: the witness revokes
+   * the old lease once it has expired there (so the old leader has fenced itself by then) and
+   * names us promotable, then we take the lease as in any failover. `generation` is the witness
+   * generation the operator decided on: if the witness has moved on since, it refuses. When the
+   * witness already names us, nothing is forced: we only ask for the lease now.
+   */
+  async forcePromote(generation: number): Promise<ForceResult> {
+    const { clock, log } = this.p;
+    const refuse = (reason: string, forced = false): ForceResult => ({ ok: false, forced, reason });
+    if (!this.arbiter) return refuse('this cluster has no witness: nothing can prove that the old leader stopped writing');
+    const wrongRole = (): string | undefined => (this.meta.role === 'follower' ? undefined : `this node is the ${this.meta.role}: only a follower can be made the leader`);
+    if (wrongRole()) return refuse(wrongRole()!);
+    if (this.switching || this.fencing) return refuse('busy: a switchover, a fence or another operation runs');
+    this.switching = true;
+    this.snapshot.switching = true;
+    try {
+      while (this.busy) await clock.sleep(20);
+      if (wrongRole()) return refuse(wrongRole()!);
+      const o = await this.observe();
+      if (!o.pg.up || !o.pg.inRecovery) return refuse(`our PostgreSQL is ${o.pg.up ? 'a primary' : 'down'}: only a running standby can take over`);
+      if (o.peer?.role === 'leader' || o.peerPg.primary) return refuse(`${this.s.peer} answers as the leader: use a planned switchover (failover without --force)`);
+      const rec = await this.witness({ op: 'read' });
+      if (!rec) return refuse('the witness does not answer: without it nothing can prove that the old leader stopped writing');
+      let forced = false;
+      if (rec.promotable !== this.s.self) {
+        const r = await this.witness({ op: 'force', node: this.s.self, generation });
+        if (!r?.ok) return refuse(`the witness refused: ${r?.reason ?? 'it did not answer'}`);
+        forced = true;
+        log.warn({ event: 'force', generation: r.generation, previousHolder: rec.holder }, `forced failover: ${r.reason}`);
+      }
+      const { sentAt, answer } = await this.acquire(this.meta.generation);
+      if (!answer?.ok) return refuse(`the witness did not hand us the lease: ${answer?.reason ?? 'it did not answer'}${forced ? ' (it names us promotable now: the loop keeps asking)' : ''}`, forced);
+      this.holdLease(sentAt, answer);
+      // Recorded before the promotion, as in any failover: a crash from here finishes it on restart.
+      await this.setRole('leader', `forced failover by an operator: the witness handed us generation ${answer.generation}${forced ? `, revoking the lease of ${rec.holder ?? 'nobody'}` : ''}`, answer.generation);
+      await this.finishPromotion('forced failover');
+      return { ok: true, forced, generation: answer.generation, reason: 'promoted' };
+    } finally {
+      this.switching = false;
+      this.snapshot.switching = false;
+    }
   }
 
   /** The peer asks us to take over in a planned switchover. */

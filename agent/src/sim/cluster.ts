@@ -60,6 +60,11 @@ export class SimCluster {
   readonly violations: Violation[] = [];
   readonly acked: number[] = [];
   private nextWrite = 1;
+  /**
+   * Writes sent before an operator's forced failover was granted may be lost: the operator
+   * accepted that (`failover --force --accept-data-loss`). None sent after it may be.
+   */
+  private forcedBelow = 0;
   private lastGeneration = 0;
   private readonly nodeGenerations = new Map<string, number>();
   private checked = { primary: '', version: -1, acked: -1 };
@@ -118,7 +123,10 @@ export class SimCluster {
           ),
       },
       now: () => this.world.localNow(w),
-      audit: (_c, e) => this.world.log(`witness: ${e.op} ${e.node ?? ''} -> ${e.code} gen ${e.generation} holder ${e.holder} promotable ${e.promotable}`),
+      audit: (_c, e) => {
+        if (e.op === 'force' && e.code === 'forced') this.forcedBelow = this.nextWrite;
+        this.world.log(`witness: ${e.op} ${e.node ?? ''} -> ${e.code} gen ${e.generation} holder ${e.holder} promotable ${e.promotable}`);
+      },
     });
     this.witness = undefined;
     void service.load().then(() => {
@@ -342,7 +350,7 @@ export class SimCluster {
     }
     const p = writable[0];
     if (p && (p.name !== this.checked.primary || p.pg.version !== this.checked.version || this.acked.length !== this.checked.acked)) {
-      const missing = this.acked.filter((id) => !p.pg.ids.has(id));
+      const missing = this.acked.filter((id) => id >= this.forcedBelow && !p.pg.ids.has(id));
       if (missing.length > 0) this.violate(`${missing.length} acknowledged write(s) missing from primary ${p.name} (first ${missing.slice(0, 5).join(', ')})`);
       this.checked = { primary: p.name, version: p.pg.version, acked: this.acked.length };
     }

@@ -32,13 +32,29 @@ export function healAll(c: SimCluster): void {
   w.log('--- all faults healed ---');
 }
 
+/**
+ * An operator runs `failover --force --accept-data-loss --to node`: with the witness generation it
+ * last read (none when the witness is down), through that node's agent.
+ */
+function operatorForce(c: SimCluster, node: SimNode): void {
+  const generation = c.witness ? c.witnessRecord?.generation : undefined;
+  if (generation === undefined || !node.controller || !node.proc.alive) {
+    c.world.log(`operator: force to ${node.name} not sent (${generation === undefined ? 'the witness does not answer' : 'its agent is down'})`);
+    return;
+  }
+  void node.controller.forcePromote(generation).then(
+    (r) => c.world.log(`operator: force to ${node.name} at generation ${generation}: ${r.ok ? `ok, generation ${r.generation}` : 'refused'}${r.forced ? ' (forced)' : ''}: ${r.reason}`),
+    (err: Error) => c.world.log(`operator: force to ${node.name} threw: ${err.message}`),
+  );
+}
+
 /** One random fault, healed by itself after a while. */
 function injectRandomFault(c: SimCluster): string {
   const { rng, world: w } = c;
   const node = rng.pick(c.nodes);
   const dur = rng.between(500, 30_000);
   const later = (ms: number, fn: () => void): void => w.at(w.now + ms, fn);
-  const kind = rng.int(0, 13);
+  const kind = rng.int(0, 15);
   switch (kind) {
     case 0:
     case 1: {
@@ -110,6 +126,28 @@ function injectRandomFault(c: SimCluster): string {
         (err: Error) => w.log(`switchover on ${leader.name} threw: ${err.message}`),
       );
       return 'switchover';
+    }
+    case 13:
+      operatorForce(c, node);
+      return `operator: failover --force --to ${node.name}`;
+    case 14: {
+      // The case --force exists for: the leader degraded (its standby cut off, so nobody is
+      // promotable) and then died. Its writes since the cut are on it alone.
+      const leader = c.nodes.find((n) => n.controller?.role === 'leader') ?? node;
+      const target = c.other(leader);
+      const cut = (up: boolean): void => {
+        w.setLink(leader.name, target.name, up);
+        w.setLink(target.name, leader.name, up);
+      };
+      cut(false);
+      const degraded = c.settings.degradeAfter + rng.between(0, 10_000);
+      const off = rng.between(3000, 60_000);
+      later(degraded, () => {
+        c.powerOff(leader, off);
+        cut(true);
+      });
+      later(degraded + rng.between(0, off), () => operatorForce(c, target));
+      return `cut ${leader.name}<->${target.name} for ${degraded.toFixed(0)} ms, then power loss of ${leader.name} for ${off.toFixed(0)} ms, and an operator forces ${target.name}`;
     }
     default: {
       // A crash of the new leader right after its promotion, before anything else.

@@ -38,9 +38,15 @@ export type ArbiterRequest =
   | { op: 'release'; node: string; generation: number }
   /** The holder reports its timeline after a promotion (audit). */
   | { op: 'timeline'; node: string; generation: number; timeline: number }
+  /**
+   * An operator's forced failover, sent by the standby named: once the lease has expired here,
+   * revoke it (generation + 1, nobody holds) and name `node` promotable, although the holder had
+   * not. Compare-and-set on the generation the operator decided on.
+   */
+  | { op: 'force'; node: string; generation: number }
   | { op: 'read' };
 
-export type AnswerCode = 'granted' | 'renewed' | 'set' | 'released' | 'recorded' | 'read' | 'held' | 'not-promotable' | 'stale' | 'not-holder' | 'invalid';
+export type AnswerCode = 'granted' | 'renewed' | 'set' | 'released' | 'recorded' | 'forced' | 'read' | 'held' | 'not-promotable' | 'stale' | 'not-holder' | 'invalid';
 
 export interface ArbiterAnswer {
   ok: boolean;
@@ -140,6 +146,16 @@ export function arbitrate(state: ArbiterState, req: ArbiterRequest, now: number)
       if (r.holder !== req.node || r.generation !== req.generation) return same(state, false, 'not-holder', false, `${req.node} does not hold the lease at generation ${req.generation}`);
       return same({ ...state, expiresAt: now }, false, 'released', true, `released; ${r.promotable ?? 'nobody'} may take it over`);
     }
+    case 'force': {
+      // The operator saw this generation and decided on it: anything newer is another story.
+      if (req.generation !== r.generation) return same(state, false, 'stale', false, `the operator decided at generation ${req.generation}; the witness is at generation ${r.generation}`);
+      if (r.generation === 0) return same(state, false, 'not-promotable', false, 'the cluster has never had a leader: nothing to fail over from');
+      if (r.holder === req.node) return same(state, false, 'invalid', false, `${req.node} already holds the lease`);
+      // The expiry is what fences the old holder (its own deadline comes first): never before it.
+      if (!expired) return same(state, false, 'held', false, `${r.holder} holds the lease for ${Math.round(state.expiresAt - now)} ms more: it may still be writing`);
+      const next = { record: { ...r, generation: r.generation + 1, holder: null, promotable: req.node, timeline: null }, expiresAt: now };
+      return same(next, true, 'forced', true, `forced by an operator: the expired lease of ${r.holder ?? 'nobody'} is revoked (generation ${r.generation + 1}) and ${req.node} may take it${r.promotable === req.node ? '' : ', although it was not recorded as synchronous'}`, { previousHolder: r.holder });
+    }
     case 'timeline': {
       if (r.holder !== req.node || r.generation !== req.generation) return same(state, false, 'not-holder', false, `${req.node} does not hold the lease at generation ${req.generation}`);
       if (r.timeline === req.timeline) return { ...same(state, false, 'recorded', true, 'unchanged'), event: undefined };
@@ -167,10 +183,13 @@ export function parseRequest(body: unknown): ArbiterRequest | string {
     case 'release':
       if (!str('node') || !int('generation')) return 'release needs node, generation';
       return { op: 'release', node: b.node as string, generation: b.generation as number };
+    case 'force':
+      if (!str('node') || !int('generation')) return 'force needs node, generation';
+      return { op: 'force', node: b.node as string, generation: b.generation as number };
     case 'timeline':
       if (!str('node') || !int('generation') || !int('timeline')) return 'timeline needs node, generation, timeline';
       return { op: 'timeline', node: b.node as string, generation: b.generation as number, timeline: b.timeline as number };
     default:
-      return 'op must be one of acquire, promotable, release, timeline, read';
+      return 'op must be one of acquire, promotable, release, timeline, force, read';
   }
 }

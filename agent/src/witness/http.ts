@@ -141,7 +141,7 @@ export function startWitnessHttp(opts: WitnessHttpOptions): Promise<Server> {
   });
 }
 
-const ANSWER_CODES = new Set(['granted', 'renewed', 'set', 'released', 'recorded', 'read', 'held', 'not-promotable', 'stale', 'not-holder', 'invalid']);
+const ANSWER_CODES = new Set(['granted', 'renewed', 'set', 'released', 'recorded', 'forced', 'read', 'held', 'not-promotable', 'stale', 'not-holder', 'invalid']);
 
 /** Check the shape of an answer from the wire. */
 export function isArbiterAnswer(v: unknown): v is ArbiterAnswer {

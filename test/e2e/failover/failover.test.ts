@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runPlan, spawnPlan } from '../../../common/exec.ts';
 import { HarnessCluster } from '../../harness/cluster.ts';
-import { inNs } from '../../harness/netns.ts';
+import { blockPeer, flushRules, inNs, ipOf } from '../../harness/netns.ts';
 import { ROOT } from '../../helpers/fixtures.ts';
 import { resultLine, runScenario, SCENARIOS, type ScenarioResult } from '../../harness/scenarios.ts';
 
@@ -394,4 +394,64 @@ serial('geminik8s restore on the running pair: a damaged, mis-keyed or truncated
   t.is(await cluster.sql(standby, probe), before, 'the re-cloned standby has the restored data');
   const writes = cluster.acks.length;
   await cluster.waitFor('writes through the VIP again', async () => (cluster.acks.length > writes + 5 ? true : undefined), 120_000);
+});
+
+// After the restore, and last of all: a forced failover loses writes on purpose.
+serial('geminik8s failover --force: the leader degraded, then lost power. Refused without --accept-data-loss, nothing changed; with it the standby leads once the old lease has expired; the writes lost are exactly some the old leader acknowledged alone; it comes back fenced and rejoins', async (t) => {
+  t.timeout(900_000);
+  const leader = await cluster.waitFor('a healthy pair', () => cluster.healthyPair(), 180_000);
+  const follower = cluster.other(leader);
+  const force = (...args: string[]) =>
+    runPlan(inNs(cluster.topology.clientNs, 'node', [join(ROOT, 'bin/geminik8s.js'), 'failover', '--cluster', join(cluster.configDir, 'cluster.yaml'), '--to', follower, '--force', ...args]), { allowFailure: true, timeoutMs: 300_000 });
+  // With a writing leader --force is refused: a planned switchover loses nothing.
+  const early = await force('--accept-data-loss');
+  t.is(early.exitCode, 5, early.stderr);
+  t.regex(early.stderr, new RegExp(`${leader} leads a writable primary: use a planned switchover`));
+  // Replication cut: the leader degrades (recording nobody promotable first) and acknowledges alone.
+  await blockPeer(cluster.topology, leader, ipOf(follower), true);
+  try {
+    await cluster.waitFor('the witness recording nobody promotable', async () => (cluster.witnessRecord()?.promotable === null ? true : undefined), 60_000);
+    const aloneFrom = cluster.acks.length;
+    await cluster.waitFor('writes acknowledged by the degraded leader alone', async () => (cluster.acks.length > aloneFrom + 20 ? true : undefined), 60_000);
+    const generation = cluster.witnessRecord()!.generation;
+    await cluster.powerOff(leader);
+    const aloneTo = cluster.acks.length;
+    const refused = await force();
+    t.is(refused.exitCode, 5, refused.stderr);
+    t.regex(refused.stderr, new RegExp(`records nobody as promotable, not ${follower}: .* Give --accept-data-loss`));
+    t.like(cluster.witnessRecord(), { holder: leader, generation, promotable: null }, 'a refused force changes nothing at the witness');
+    t.is((await cluster.status(follower))?.role, 'follower');
+    // The old lease may still run at the witness for a few seconds: each try before it expires is
+    // refused for that reason alone.
+    const tries: string[] = [];
+    const forced = await cluster.waitFor('a forced failover', async () => {
+      const r = await force('--accept-data-loss', '--wait', '--timeout', '2m');
+      if (r.exitCode === 0) return r;
+      tries.push(r.stderr);
+      if (!/holds the lease for \d+ ms more: it may still be writing/.test(r.stderr)) throw new Error(`refused for another reason (exit ${r.exitCode}): ${r.stderr}`);
+      return undefined;
+    }, 120_000, 1000);
+    t.log(forced.stdout, tries.length ? `${tries.length} tries refused while the old lease ran` : '');
+    t.regex(forced.stdout, new RegExp(`forced failover ${leader} -> ${follower} \\(acknowledged writes may be lost\\)`));
+    t.like(cluster.witnessRecord(), { holder: follower, generation: generation + 2 });
+    t.deepEqual(await cluster.writableNow(), [follower]);
+    const lost = await cluster.missingAcks(follower, aloneTo);
+    const alone = new Set(cluster.acks.slice(aloneFrom - 200 < 0 ? 0 : aloneFrom - 200, aloneTo).map((a) => a.id));
+    t.log(`${lost.length} acknowledged writes lost: ${aloneTo - aloneFrom} acknowledged by ${leader} after the witness recorded nobody promotable, plus the commits that were waiting for the standby when the degrade released them`);
+    t.true(lost.length > 0, 'the degraded leader acknowledged writes its standby never received');
+    t.deepEqual(lost.filter((id) => !alone.has(id)), [], 'only writes from around the cut onwards are lost');
+    const writes = cluster.acks.length;
+    await cluster.waitFor(`writes through the VIP on ${follower}`, async () => (cluster.acks.length > writes + 5 ? true : undefined), 120_000);
+    t.deepEqual(await cluster.missingAcks(follower, cluster.acks.length).then((m) => m.filter((id) => id > Math.max(...cluster.acks.slice(0, aloneTo).map((a) => a.id)))), [], 'nothing acknowledged after the force is lost');
+  } finally {
+    await flushRules(cluster.topology, leader);
+  }
+  // The old leader returns: refused its old lease, it rejoins the new timeline as the standby.
+  await cluster.powerOn(leader);
+  const back = await cluster.waitFor('a healthy pair led by the forced node', async () => ((await cluster.healthyPair()) === follower ? follower : undefined), 300_000);
+  t.is(back, follower);
+  t.is(cluster.dualPrimarySamples(), 0, 'two writable primaries never coexisted');
+  const s = await cluster.status(leader);
+  t.is(s?.role, 'follower');
+  t.log(`${leader} rejoined through ${s?.lastRejoin?.method ?? '?'}`);
 });
