@@ -1,6 +1,6 @@
 // npm run bench:failover -- [--runs N] [--seed S] [--json FILE] [--chart FILE]
-//                             [--systems geminik8s,patroni:defaults,patroni:tuned]
-// Leader power loss, N times per system (and per Patroni profile), on the same namespace
+//                             [--systems geminik8s,patroni:defaults,patroni:tuned,pg_auto_failover:defaults,pg_auto_failover:tuned]
+// Leader power loss, N times per system (and per Patroni and pg_auto_failover profile), on the same namespace
 // harness, writer and fault. The fault lands at a random phase of each system's loop: a delay
 // drawn from the seed, uniform over [0, 10 s), after the pair is healthy. Prints figures and
 // each system's settings; asserts nothing (these machines are noisy).
@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HarnessCluster, type PairHarness } from '../test/harness/cluster.ts';
 import { PatroniCluster, PATRONI_PROFILES } from '../test/harness/patroni.ts';
+import { PgAutoFailoverCluster, PGAF_PROFILES } from '../test/harness/pgaf.ts';
 import { Rng } from '../agent/src/sim/world.ts';
 import { renderAvailabilityChart, type Series } from './chart.ts';
 import { arg } from './args.ts';
@@ -98,11 +99,14 @@ const seed = Number(arg('--seed', '1'));
 const jsonFile = arg('--json', 'failover-bench.json');
 const chartFile = arg('--chart', jsonFile.replace(/\.json$/, '') + '.svg');
 // `patroni` alone is Patroni at its defaults (the old spelling).
-const systems = arg('--systems', 'geminik8s,patroni:defaults,patroni:tuned').split(',').map((x) => (x === 'patroni' ? 'patroni:defaults' : x));
+const systems = arg('--systems', 'geminik8s,patroni:defaults,patroni:tuned,pg_auto_failover:defaults,pg_auto_failover:tuned').split(',').map((x) => (x === 'patroni' || x === 'pg_auto_failover' ? `${x}:defaults` : x));
 for (const sys of systems) {
   const [name, profile] = sys.split(':');
-  if (!(name === 'geminik8s' && profile === undefined) && !(name === 'patroni' && profile !== undefined && profile in PATRONI_PROFILES)) {
-    console.error(`--systems: expected geminik8s or patroni:${Object.keys(PATRONI_PROFILES).join('|')}, found ${JSON.stringify(sys)}`);
+  const known = (name === 'geminik8s' && profile === undefined)
+    || (name === 'patroni' && profile !== undefined && profile in PATRONI_PROFILES)
+    || (name === 'pg_auto_failover' && profile !== undefined && profile in PGAF_PROFILES);
+  if (!known) {
+    console.error(`--systems: expected geminik8s, patroni:${Object.keys(PATRONI_PROFILES).join('|')} or pg_auto_failover:${Object.keys(PGAF_PROFILES).join('|')}, found ${JSON.stringify(sys)}`);
     process.exit(2);
   }
 }
@@ -117,14 +121,18 @@ const series: Series[] = [];
 // One generator for the whole run: each system gets its own draws, all from --seed.
 const rng = new Rng(seed);
 for (const system of systems) {
-  const [name, profile] = system.split(':') as ['geminik8s' | 'patroni', keyof typeof PATRONI_PROFILES | undefined];
+  const [name, profile] = system.split(':') as ['geminik8s' | 'patroni' | 'pg_auto_failover', (keyof typeof PATRONI_PROFILES & keyof typeof PGAF_PROFILES) | undefined];
   const dir = mkdtempSync(join(tmpdir(), `gk-bench-${system.replace(':', '-')}-`));
-  const c: PairHarness = name === 'patroni' ? new PatroniCluster(dir, profile!, 'gkbp') : new HarnessCluster(dir, 'gkbg');
+  const c: PairHarness = name === 'patroni' ? new PatroniCluster(dir, profile!, 'gkbp') : name === 'pg_auto_failover' ? new PgAutoFailoverCluster(dir, profile!, 'gkba') : new HarnessCluster(dir, 'gkbg');
   const started = Date.now();
   try {
     result[system] = await measure(c, runs, rng);
-    series.push({ name: name === 'patroni' ? `Patroni (${profile})` : 'geminik8s', acks: c.acks.map((a) => a.t - started) });
-    settings[system] = c instanceof HarnessCluster ? { failover: c.config.failover, syncPolicy: c.config.postgresql.syncPolicy, source: 'geminik8s init defaults' } : { ...PATRONI_PROFILES[profile!], profile, synchronous_mode: true, source: 'test/harness/patroni.ts' };
+    series.push({ name: name === 'patroni' ? `Patroni (${profile})` : name === 'pg_auto_failover' ? `pg_auto_failover (${profile})` : 'geminik8s', acks: c.acks.map((a) => a.t - started) });
+    settings[system] = c instanceof HarnessCluster
+      ? { failover: c.config.failover, syncPolicy: c.config.postgresql.syncPolicy, source: 'geminik8s init defaults' }
+      : c instanceof PgAutoFailoverCluster
+        ? { ...PGAF_PROFILES[profile!], profile, client: 'multi-host, target_session_attrs=read-write (no VIP)', source: 'test/harness/pgaf.ts (unset: pg_auto_failover 2.0 defaults)' }
+        : { ...PATRONI_PROFILES[profile!], profile, synchronous_mode: true, source: 'test/harness/patroni.ts' };
   } finally {
     await c.stop();
   }

@@ -3,6 +3,10 @@
 # Usage: scripts/install-host-deps.sh [--check]   (--check lists what is missing, installs nothing)
 set -euo pipefail
 
+# Debian's default PostgreSQL major: pg_auto_failover's extension must match the server the
+# harness runs (the newest installed major).
+PG_MAJOR=$( . /etc/os-release; case "${VERSION_CODENAME:-}" in trixie) echo 17 ;; *) echo 15 ;; esac)
+
 PACKAGES=(
   # image building
   mmdebstrap e2fsprogs squashfs-tools erofs-utils dosfstools mtools fdisk gdisk fakeroot
@@ -16,6 +20,7 @@ PACKAGES=(
   cloud-guest-utils
   # failover harness and comparison
   postgresql iproute2 iptables iputils-arping iputils-ping patroni etcd-server
+  "postgresql-$PG_MAJOR-auto-failover" pg-auto-failover-cli
   # upgrade bundles: signatures checked against minisign itself; the SUC image: busybox
   # (the layer's shell in the tests), skopeo and a registry to push to on loopback
   minisign busybox skopeo docker-registry

@@ -210,10 +210,15 @@ export abstract class PairHarness {
     return this.events.filter((x) => x.source === source && x.at >= since && match(x.e));
   }
 
-  /** Start the writer through the VIP and a sampler on each node. */
+  /** Where the writer connects: the VIP, or a comma-separated list it tries for a writable node. */
+  writerHosts(): string {
+    return NET.vip;
+  }
+
+  /** Start the writer through the VIP (or the system's host list) and a sampler on each node. */
   startTraffic(maxSeconds = 900): void {
     const login = this.writerLogin();
-    this.writer = this.spawnLogged('writer', inNs(this.topology.clientNs, 'node', [join(this.dir, 'writer.mjs'), NET.vip, '5432', login.user, login.password, login.database, String(maxSeconds), '50'], login.tls ? { WRITER_CA_FILE: login.tls.caFile, WRITER_CERT_FILE: login.tls.certFile, WRITER_KEY_FILE: login.tls.keyFile } : {}), (l) => {
+    this.writer = this.spawnLogged('writer', inNs(this.topology.clientNs, 'node', [join(this.dir, 'writer.mjs'), this.writerHosts(), '5432', login.user, login.password, login.database, String(maxSeconds), '50'], login.tls ? { WRITER_CA_FILE: login.tls.caFile, WRITER_CERT_FILE: login.tls.certFile, WRITER_KEY_FILE: login.tls.keyFile } : {}), (l) => {
       try {
         const m = JSON.parse(l) as { ack?: number; t: number; error?: string };
         if (m.ack) this.acks.push({ id: m.ack, t: m.t });

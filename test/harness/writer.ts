@@ -18,7 +18,31 @@ process.on('SIGTERM', () => {
   stopping = true;
 });
 
+// Several hosts: as libpq with target_session_attrs=read-write, try each (the last good one
+// first) and keep the first whose session is not read-only.
+const hosts = host!.split(',');
+let preferred = 0;
+
 async function connect(): Promise<pg.Client> {
+  let last: unknown;
+  for (let i = 0; i < hosts.length; i++) {
+    const at = (preferred + i) % hosts.length;
+    try {
+      const c = await connectTo(hosts[at]!);
+      if (hosts.length > 1 && (await c.query('SHOW transaction_read_only')).rows[0]?.transaction_read_only !== 'off') {
+        void c.end().catch(() => undefined);
+        throw new Error(`${hosts[at]} is read-only`);
+      }
+      preferred = at;
+      return c;
+    } catch (err) {
+      last = err;
+    }
+  }
+  throw last;
+}
+
+async function connectTo(host: string): Promise<pg.Client> {
   const c = new pg.Client({ host, port: Number(port), user, password, database, connectionTimeoutMillis: 1000, query_timeout: 2000, application_name: 'harness-writer', ...(ssl ? { ssl } : {}) });
   c.on('error', () => undefined);
   try {
