@@ -154,6 +154,19 @@ test('forced failover while the leader, cut from its standby only, still renews 
   t.is(c.witnessRecord?.holder, 'n1');
 });
 
+test('the leader\'s agent restarts while its packets to the witness are dropped: it does not claim "leader" from hostmeta, so the follower takes over during the cut', async (t) => {
+  let promotedAt: number | undefined;
+  const c = await scenario(19, (c) => {
+    c.onPromoted = () => (promotedAt ??= c.world.now);
+    c.world.at(20_000, () => c.world.setLink('n1', 'witness', false));
+    // The watchdog's kill (the agent stops pinging before its deadline), then systemd's restart.
+    c.world.at(22_500, () => c.crashAgent(c.node('n1'), 'killed by the watchdog', 2000));
+  }, 80_000);
+  t.deepEqual(c.violations, [], report(c));
+  t.true(promotedAt !== undefined && promotedAt < 80_000, `the follower took over before the cut healed (promoted at ${promotedAt})`);
+  t.is(c.witnessRecord?.holder, 'n2');
+});
+
 test('crash right after promotion, then the old leader returns: one primary, old leader rewound', async (t) => {
   const c = await scenario(16, (c) => {
     c.world.at(20_000, () => c.powerOff(c.node('n1'), 30_000));

@@ -160,6 +160,13 @@ export class Controller {
       lastTransition: { at: new Date().toISOString(), from: 'init', to: 'init', reason: 'first start' },
     };
     if (!existing) await this.persist();
+    if (this.arbiter && this.meta.role === 'leader') {
+      // The lease died with the previous process. Claiming "leader" until the witness confirms it
+      // would keep the follower from ever asking for the lease: a restart while the witness is
+      // out of reach (found by the harness's watchdog: one-way cut leader -> witness) would
+      // then stall the pair for as long as the cut lasts.
+      await this.setRole('fenced', 'restarted: the lease died with the previous process; leader again once the witness confirms it');
+    }
     this.timers.push(this.every(GUARD_MS, () => this.guard()));
     if (this.arbiter) this.timers.push(this.every(this.s.checkInterval, () => void this.renew()));
     await this.reconcile();
