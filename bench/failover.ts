@@ -116,6 +116,11 @@ if (process.getuid?.() !== 0) {
 }
 
 const result: Record<string, SystemFigures> = {};
+const writeResults = (): void => {
+  const out = { seed, runs, systemsAsked: systems, settings, systems: Object.fromEntries(Object.entries(result).map(([k, v]) => [k, { failover: v.failover, writesLost: v.writesLost, dualPrimarySamples: v.dualPrimarySamples, rejoin: v.rejoin, runs: v.runs }])) };
+  writeFileSync(jsonFile, `${JSON.stringify(out, null, 2)}\n`);
+  writeFileSync(chartFile, renderAvailabilityChart(series));
+};
 const settings: Record<string, unknown> = {};
 const series: Series[] = [];
 // One generator for the whole run: each system gets its own draws, all from --seed.
@@ -137,10 +142,9 @@ for (const system of systems) {
     await c.stop();
   }
   console.log(`${system}: log in ${c.logFile}`);
+  // After each system: a long run cut short still leaves the systems it finished.
+  writeResults();
 }
-const out = { seed, runs, settings, systems: Object.fromEntries(Object.entries(result).map(([k, v]) => [k, { failover: v.failover, writesLost: v.writesLost, dualPrimarySamples: v.dualPrimarySamples, rejoin: v.rejoin, runs: v.runs }])) };
-writeFileSync(jsonFile, `${JSON.stringify(out, null, 2)}\n`);
-writeFileSync(chartFile, renderAvailabilityChart(series));
 for (const [k, v] of Object.entries(result)) {
   console.log(`${k}: failover p50 ${v.failover.p50.toFixed(2)} s, p95 ${v.failover.p95.toFixed(2)} s, max ${v.failover.max.toFixed(2)} s; writes lost ${v.writesLost}; dual-primary samples ${v.dualPrimarySamples}; rejoin p50 ${v.rejoin.p50.toFixed(1)} s`);
 }

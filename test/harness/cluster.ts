@@ -1,4 +1,4 @@
-import { mkdirSync, writeFileSync, chmodSync, readFileSync, readdirSync, renameSync, existsSync, appendFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync, chmodSync, readFileSync, readdirSync, renameSync, existsSync, appendFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { runPlan, spawnPlan, type RunningProcess } from '../../common/exec.ts';
@@ -13,7 +13,7 @@ import { buildClusterInput, validateClusterInput, type InitFlags } from '../../b
 import { writeSecrets } from '../../builder/src/init/secrets.ts';
 import { writeClusterTls, writeWitnessCredentials } from '../../builder/src/init/tls.ts';
 import { SEED_FILE_IN_PARTITION } from '../../builder/src/render/cloud-init.ts';
-import { renderSeedFiles } from '../../builder/src/render/index.ts';
+import { AGENT_WATCHDOG_SEC, renderSeedFiles } from '../../builder/src/render/index.ts';
 import { createTopology, destroyNamespaces, inNs, NET, type Topology } from './netns.ts';
 import { hostPgBinDir } from '../helpers/host-pg.ts';
 
@@ -393,6 +393,67 @@ export class HarnessCluster extends PairHarness {
   private readonly tls = new Map<string, TlsMaterial>();
 
   /**
+   * systemd's watchdog for each running agent, emulated (the unit has WatchdogSec= and
+   * NotifyAccess=all): the period (WATCHDOG_USEC, lowered by the agent at start) and the last
+   * WATCHDOG=1 on the node's notify socket. Past the period the agent is SIGKILLed, and what
+   * systemd does next follows as for any other exit (see startAgent).
+   */
+  private readonly watchdog = new Map<string, { pid: number; periodMs: number; lastPing: number }>();
+  private watchdogTimer?: NodeJS.Timeout;
+  /** Agents the watchdog killed, with when. */
+  readonly watchdogKills: { node: string; at: number; silentMs: number }[] = [];
+
+  private notifySocket(node: string): string {
+    return join(this.nodeDir(node), 'notify.sock');
+  }
+
+  /**
+   * A datagram receiver on the node's notify socket (Node has no unix datagram sockets; the
+   * agent sends through systemd-notify, as under systemd), one line per message.
+   */
+  private startNotifyReceiver(node: string): void {
+    const path = this.notifySocket(node);
+    rmSync(path, { force: true });
+    const receiver = [
+      'import socket, sys',
+      's = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)',
+      's.bind(sys.argv[1])',
+      'while True:',
+      "    print(s.recv(65536).decode('utf-8', 'replace').replace(chr(10), '|'), flush=True)",
+    ].join('\n');
+    this.others.push(this.spawnLogged(`notify-${node}`, { cmd: 'python3', args: ['-c', receiver, path] }, (line) => {
+      const w = this.watchdog.get(node);
+      if (!w) return;
+      for (const field of line.split('|')) {
+        if (field === 'WATCHDOG=1') w.lastPing = Date.now();
+        const usec = /^WATCHDOG_USEC=(\d+)$/.exec(field);
+        if (usec) {
+          // As systemd: a new period applies from now.
+          w.periodMs = Number(usec[1]) / 1000;
+          w.lastPing = Date.now();
+          this.log(`[harness] ${node}: watchdog period ${w.periodMs} ms`);
+        }
+      }
+    }));
+  }
+
+  private checkWatchdogs(): void {
+    const now = Date.now();
+    for (const [node, w] of this.watchdog) {
+      const p = this.agents.get(node);
+      if (!p || p.pid !== w.pid) {
+        this.watchdog.delete(node);
+        continue;
+      }
+      if (now - w.lastPing <= w.periodMs) continue;
+      this.watchdog.delete(node);
+      this.watchdogKills.push({ node, at: now, silentMs: now - w.lastPing });
+      this.log(`[harness] ${node}: watchdog: no WATCHDOG=1 for ${now - w.lastPing} ms (period ${w.periodMs} ms): SIGKILL the agent, as systemd would`);
+      p.kill('SIGKILL');
+    }
+  }
+
+  /**
    * `geminik8s init --name harness --node1-ip … --node2-ip … --vip … --prefix … --gateway …
    * --witness GATEWAY:7444 --config-dir DIR`, through init's own functions: defaults + flags,
    * validation, the commented cluster.yaml and the secrets directory. Then, as `geminik8s seed`
@@ -424,6 +485,8 @@ export class HarnessCluster extends PairHarness {
     this.agentBundle = await buildAgent(join(this.dir, 'agent.mjs'));
     this.startWitness();
     for (const n of NET.nodes) this.writeNodeFiles(n.name);
+    for (const n of NET.nodes) this.startNotifyReceiver(n.name);
+    this.watchdogTimer = setInterval(() => this.checkWatchdogs(), 100);
     for (const n of NET.nodes) this.startAgent(n.name);
   }
 
@@ -512,9 +575,14 @@ export class HarnessCluster extends PairHarness {
       this.log(`[harness] ${node}: its agent runs already (pid ${this.agents.get(node)!.pid}); not starting a second one`);
       return;
     }
-    const plan = inNs(this.topology.nodeNs[node]!, 'node', [this.agentBundle, 'run', '--config', join(this.nodeDir(node), 'agent.yaml')], { GEMINIK8S_LOG_LEVEL: process.env.GEMINIK8S_LOG_LEVEL ?? 'info' });
+    const plan = inNs(this.topology.nodeNs[node]!, 'node', [this.agentBundle, 'run', '--config', join(this.nodeDir(node), 'agent.yaml')], {
+      GEMINIK8S_LOG_LEVEL: process.env.GEMINIK8S_LOG_LEVEL ?? 'info',
+      NOTIFY_SOCKET: this.notifySocket(node),
+      WATCHDOG_USEC: String(AGENT_WATCHDOG_SEC * 1_000_000),
+    });
     const p = this.spawnJsonLogged(node, plan);
     this.agents.set(node, p);
+    this.watchdog.set(node, { pid: p.pid, periodMs: AGENT_WATCHDOG_SEC * 1000, lastPing: Date.now() });
     void p.exited.then(async (code) => {
       if (this.stopping || this.deliberate.has(p.pid) || this.agents.get(node) !== p) return;
       this.unexpectedExits.push({ node, at: Date.now(), code });
@@ -548,6 +616,7 @@ export class HarnessCluster extends PairHarness {
 
   override async stop(): Promise<void> {
     this.stopping = true;
+    clearInterval(this.watchdogTimer);
     await super.stop();
   }
 

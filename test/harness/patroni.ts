@@ -97,6 +97,9 @@ exit 0
         pg_hba: [
           'local all all trust',
           'host all all 127.0.0.1/32 md5',
+          // Patroni reads its own timeline and LSN over a replication connection to itself
+          // before it takes over; without this rule a rejoined replica never counts as healthiest.
+          'host replication replicator 127.0.0.1/32 md5',
           `host replication replicator ${NET.gateway.replace(/\.\d+$/, '.0')}/${NET.prefix} md5`,
           `host all all ${NET.gateway.replace(/\.\d+$/, '.0')}/${NET.prefix} md5`,
         ],
@@ -115,6 +118,23 @@ exit 0
       'patroni', join(this.nodeDir(node), 'patroni.yml'),
     ]);
     this.agents.set(node, this.spawnLogged(`patroni-${node}`, plan));
+  }
+
+  /**
+   * A leader whose standby streams as `sync` and which Patroni itself counts as its synchronous
+   * standby (`sync_standby` in `GET /cluster`, i.e. named in its /sync key). In
+   * synchronous_mode only that node may take over; pg_stat_replication alone turns `sync` up
+   * to a loop_wait earlier, and a leader lost in that window stays lost ("not the healthiest
+   * node"), as it should.
+   */
+  override async healthyPair(): Promise<string | undefined> {
+    const leader = await super.healthyPair();
+    if (!leader) return undefined;
+    const other = this.other(leader);
+    const r = await runPlan(inNs(this.topology.clientNs, 'curl', ['-sf', '-m', '2', `http://${NET.nodes.find((n) => n.name === leader)!.ip}:8008/cluster`]), { allowFailure: true });
+    if (r.exitCode !== 0) return undefined;
+    const members = (JSON.parse(r.stdout) as { members?: { name: string; role: string }[] }).members ?? [];
+    return members.some((m) => m.name === other && m.role === 'sync_standby') ? leader : undefined;
   }
 
   /** The node Patroni's REST API reports as primary and whose PostgreSQL is not in recovery. */
