@@ -755,17 +755,9 @@ export class Controller {
    * witness already names us, nothing is forced: we only ask for the lease now.
    */
   async forcePromote(generation: number): Promise<ForceResult> {
-    const { clock, log } = this.p;
     const refuse = (reason: string, forced = false): ForceResult => ({ ok: false, forced, reason });
     if (!this.arbiter) return refuse('this cluster has no witness: nothing can prove that the old leader stopped writing');
-    const wrongRole = (): string | undefined => (this.meta.role === 'follower' ? undefined : `this node is the ${this.meta.role}: only a follower can be made the leader`);
-    if (wrongRole()) return refuse(wrongRole()!);
-    if (this.switching || this.fencing) return refuse('busy: a switchover, a fence or another operation runs');
-    this.switching = true;
-    this.snapshot.switching = true;
-    try {
-      while (this.busy) await clock.sleep(20);
-      if (wrongRole()) return refuse(wrongRole()!);
+    const r = await this.exclusive('forced failover', ['follower'], async (): Promise<ForceResult> => {
       const o = await this.observe();
       if (!o.pg.up || !o.pg.inRecovery) return refuse(`our PostgreSQL is ${o.pg.up ? 'a primary' : 'down'}: only a running standby can take over`);
       if (o.peer?.role === 'leader' || o.peerPg.primary) return refuse(`${this.s.peer} answers as the leader: use a planned switchover (failover without --force)`);
@@ -773,10 +765,10 @@ export class Controller {
       if (!rec) return refuse('the witness does not answer: without it nothing can prove that the old leader stopped writing');
       let forced = false;
       if (rec.promotable !== this.s.self) {
-        const r = await this.witness({ op: 'force', node: this.s.self, generation });
-        if (!r?.ok) return refuse(`the witness refused: ${r?.reason ?? 'it did not answer'}`);
+        const f = await this.witness({ op: 'force', node: this.s.self, generation });
+        if (!f?.ok) return refuse(`the witness refused: ${f?.reason ?? 'it did not answer'}`);
         forced = true;
-        log.warn({ event: 'force', generation: r.generation, previousHolder: rec.holder }, `forced failover: ${r.reason}`);
+        this.p.log.warn({ event: 'force', generation: f.generation, previousHolder: rec.holder }, `forced failover: ${f.reason}`);
       }
       const { sentAt, answer } = await this.acquire(this.meta.generation);
       if (!answer?.ok) return refuse(`the witness did not hand us the lease: ${answer?.reason ?? 'it did not answer'}${forced ? ' (it names us promotable now: the loop keeps asking)' : ''}`, forced);
@@ -785,10 +777,8 @@ export class Controller {
       await this.setRole('leader', `forced failover by an operator: the witness handed us generation ${answer.generation}${forced ? `, revoking the lease of ${rec.holder ?? 'nobody'}` : ''}`, answer.generation);
       await this.finishPromotion('forced failover');
       return { ok: true, forced, generation: answer.generation, reason: 'promoted' };
-    } finally {
-      this.switching = false;
-      this.snapshot.switching = false;
-    }
+    });
+    return r.ok ? r.value : refuse(r.reason);
   }
 
   /** The peer asks us to take over in a planned switchover. */

@@ -62,21 +62,22 @@ export function planForceFailover(s: ClusterStatus, to: string, acceptDataLoss: 
   if (!target.reachable) return refuse(`${to} does not answer (${target.error ?? 'no answer'})`);
   if (target.role !== 'follower' || !target.pg?.up || target.pg.role !== 'standby') return refuse(`${to} is ${target.role ?? 'unknown'} with PostgreSQL ${target.pg?.up ? target.pg.role : 'down'}: only a running standby can take over`);
   if (old.reachable && old.role === 'leader' && old.lease?.held) return refuse(`${old.name} still holds its lease (${old.lease.msLeft} ms left): it may be writing. Wait until it has expired, or use a planned switchover`);
+  const from = w.holder ?? old.name;
   const dataLoss = w.promotable !== to;
   const replayed = target.pg.lsn ? ` ${to} has WAL up to ${target.pg.lsn}${target.pg.timeline !== null ? ` on timeline ${target.pg.timeline}` : ''}.` : '';
-  const fencing = `the witness revokes the lease of ${w.holder ?? old.name} only once it has expired there, and ${w.holder ?? old.name} has fenced itself by its own earlier deadline: never two writable primaries`;
+  const fencing = `the witness revokes the lease of ${from} only once it has expired there, and ${from} has fenced itself by its own earlier deadline: never two writable primaries`;
   if (dataLoss && !acceptDataLoss) {
     return refuse(`the witness records ${w.promotable ?? 'nobody'} as promotable, not ${to}: ${old.name} had stopped waiting for ${to} (or ${to} had not caught up), so writes ${old.name} acknowledged may be missing from ${to}.${replayed} Give --accept-data-loss to make ${to} the leader anyway; ${old.name} then discards what only it had when it rejoins`, true);
   }
   const generation = w.generation ?? 0;
   return {
-    ok: true, from: w.holder ?? old.name, to, generation, dataLoss,
+    ok: true, from, to, generation, dataLoss,
     rule: dataLoss
       ? `${fencing}. ${to} was not recorded as synchronous: acknowledged writes it does not have are lost (accepted with --accept-data-loss).${replayed}`
       : `${fencing}. ${to} is the recorded synchronous standby: it holds every acknowledged write`,
     steps: [
       dataLoss
-        ? `witness: once the lease of ${w.holder ?? old.name} has expired, revoke it (generation ${generation} -> ${generation + 1}) and name ${to} promotable; refused if the generation is no longer ${generation}`
+        ? `witness: once the lease of ${from} has expired, revoke it (generation ${generation} -> ${generation + 1}) and name ${to} promotable; refused if the generation is no longer ${generation}`
         : `witness: already names ${to} promotable; nothing is revoked`,
       `${to}: take the lease (generation ${generation + (dataLoss ? 2 : 1)}), promote, take the VIP`,
       `${old.name}: when it runs again it finds a newer generation, stays fenced and rejoins as ${to}'s standby (pg_rewind, else a fresh clone)${dataLoss ? ', discarding what only it had' : ''}`,

@@ -42,29 +42,23 @@ export function registerFailover(program: Command, ctx: () => CliContext): void 
       };
       const status = await collectStatus(cluster, secrets, httpFetcher);
       if (opts.acceptDataLoss && !opts.force) throw new GeminiError('--accept-data-loss goes with --force only: a planned switchover never loses a write', ExitCode.invalidInput);
-      if (opts.force) {
-        const plan = planForceFailover(status, opts.to, opts.acceptDataLoss === true);
-        c.logger.info(`rule: ${plan.rule}`);
-        if (!plan.ok) {
-          c.print(renderStatusTable(status));
-          throw new GeminiError(`refusing to force a failover to ${opts.to}: ${plan.rule}`, ExitCode.refused);
-        }
-        c.print(`forced failover ${plan.from} -> ${plan.to}${plan.dataLoss ? ' (acknowledged writes may be lost)' : ''}:\n${plan.steps.map((s, i) => `  ${i + 1}. ${s}`).join('\n')}`);
-        if (opts.dryRun) return;
-        const r = await requestForcePromote(cluster, secrets, plan.to, plan.generation!, httpFetcher);
+      const forcePlan = opts.force ? planForceFailover(status, opts.to, opts.acceptDataLoss === true) : undefined;
+      const plan = forcePlan ?? planFailover(status, opts.to);
+      c.logger.info(`rule: ${plan.rule}`);
+      if (!plan.ok) {
+        c.print(renderStatusTable(status));
+        throw new GeminiError(`refusing to ${opts.force ? 'force a failover' : 'switch over'} to ${opts.to}: ${plan.rule}`, ExitCode.refused);
+      }
+      const lossNote = forcePlan?.dataLoss ? ' (acknowledged writes may be lost)' : '';
+      c.print(`${opts.force ? 'forced failover' : 'switchover'} ${plan.from} -> ${plan.to}${lossNote}:\n${plan.steps.map((s, i) => `  ${i + 1}. ${s}`).join('\n')}`);
+      if (opts.dryRun) return;
+      if (forcePlan) {
+        const r = await requestForcePromote(cluster, secrets, forcePlan.to, forcePlan.generation!, httpFetcher);
         if (!r.ok) throw new GeminiError(`the forced failover did not happen: ${r.reason}`, ExitCode.commandFailed);
         c.logger.info(`${plan.to} took over at generation ${r.generation ?? '?'}${r.forced ? ' (the witness revoked the old lease)' : ''}`);
         if (opts.wait) await waitAndShow(plan.to, false);
         return;
       }
-      const plan = planFailover(status, opts.to);
-      c.logger.info(`rule: ${plan.rule}`);
-      if (!plan.ok) {
-        c.print(renderStatusTable(status));
-        throw new GeminiError(`refusing to switch over to ${opts.to}: ${plan.rule}`, ExitCode.refused);
-      }
-      c.print(`switchover ${plan.from} -> ${plan.to}:\n${plan.steps.map((s, i) => `  ${i + 1}. ${s}`).join('\n')}`);
-      if (opts.dryRun) return;
       const r = await requestSwitchover(cluster, secrets, plan.from!, httpFetcher);
       if (!r.ok) throw new GeminiError(`the switchover did not happen: ${r.reason}`, ExitCode.commandFailed);
       c.logger.info(`${plan.from} handed over to ${plan.to}${r.tookMs !== undefined ? ` in ${r.tookMs} ms` : ''}: ${r.reason}`);
