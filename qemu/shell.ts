@@ -50,14 +50,18 @@ export class GuestShell {
   /** Run one shell command line; resolves with its output and exit status. */
   async run(command: string, timeoutMs = 120_000): Promise<ShellResult> {
     const nonce = randomBytes(6).toString('hex');
+    // Output is taken between a start and an end marker, never from a cleared buffer: the tail of
+    // the previous command (its marker's line end) can arrive after this command was written.
+    const start = `__GKS_${nonce}__`;
     const done = new RegExp(`__GK_${nonce}_(\\d+)__`);
-    this.buffer = '';
-    this.socket.write(`${command}; echo "__GK_${nonce}_$?__"\n`);
+    this.socket.write(`echo "__GKS_""${nonce}__"; ${command}; echo "__GK_${nonce}_$?__"\n`);
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       const m = done.exec(this.buffer);
-      if (m) {
-        const output = cleanLine(this.buffer.slice(0, m.index)).replace(/\n$/, '');
+      const from = this.buffer.indexOf(start);
+      if (m && from >= 0 && from < m.index) {
+        const body = this.buffer.slice(from + start.length, m.index).replace(/^\r?\n/, '');
+        const output = cleanLine(body).replace(/\n$/, '');
         this.buffer = this.buffer.slice(m.index + m[0].length);
         return { code: Number(m[1]), output };
       }
