@@ -9,6 +9,7 @@ import { tokenMatches } from '../../common/token.ts';
 import { peerIdentity } from '../../common/tls.ts';
 import { apiScheme } from './context.ts';
 import { startBackup } from './backup.ts';
+import { replacePeerHere } from './replacepeer.ts';
 import { recloneHere, restoreHere } from './restore.ts';
 import { clusterView, STATUS_PAGE_HTML, statusPageCsp } from './statuspage.ts';
 import { hostPreflight } from './preflight.ts';
@@ -330,6 +331,19 @@ export function routes(agent: Agent): Record<string, Route> {
         if (!agent.meta) return notReady()!;
         const r = await agent.forcePromote(body.generation as number);
         return { status: r.ok ? 200 : 409, body: r };
+      },
+    },
+    // The peer was replaced by a new box at a new address (geminik8s replace-node): run on the survivor.
+    '/v1/replace-peer': {
+      method: 'POST', callers: ['admin'], mutating: true,
+      handle: async (req) => {
+        const body = await readJson(req);
+        for (const key of ['name', 'ip'] as const) {
+          if (typeof body[key] !== 'string' || body[key] === '') throw new HttpError(400, `${key}: expected the replaced node's ${key === 'name' ? 'name' : 'new IPv4 address'} (found ${JSON.stringify(body[key]) ?? 'nothing'})`);
+        }
+        if (body.mac !== undefined && typeof body.mac !== 'string') throw new HttpError(400, `mac: expected a MAC address such as 52:54:00:12:34:56 (found ${JSON.stringify(body.mac)})`);
+        if (!agent.meta) return notReady()!;
+        return replacePeerHere(agent, body.name as string, body.ip as string, body.mac as string | undefined);
       },
     },
     // The switchover handshake between the two agents: never an operator's call.

@@ -1,7 +1,10 @@
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { parse } from 'yaml';
 import { parseSeed } from '../../common/config.ts';
 import { ExitCode, GeminiError, ValidationError } from '../../common/errors.ts';
+import { writeFileAtomic } from '../../common/fsutil.ts';
+import { withNodeAddress } from '../../common/membership.ts';
 import { registerSecret } from '../../common/log.ts';
 import { AgentConfigSchema, type AgentConfig } from '../../common/schema/agent.ts';
 import { bootstrapLeaderOf, peerOf, witnessTarget, type ClusterNode, type ClusterSpec, type WitnessTarget } from '../../common/schema/cluster.ts';
@@ -73,4 +76,68 @@ export function apiScheme(ctx: Pick<NodeContext, 'spec' | 'tls'>): 'https' | 'ht
   if (ctx.tls) return 'https';
   if (ctx.spec.agent.insecurePlaintext) return 'http';
   throw new GeminiError('the seed has no TLS material and cluster.agent.insecurePlaintext is not set: refusing plain HTTP', ExitCode.invalidInput);
+}
+
+/**
+ * The peer's address after `geminik8s replace-node`, kept in the state directory: the seed on
+ * the config partition still names the old box's address, and this node must not go back to it
+ * after a reboot.
+ */
+export interface PeerOverride {
+  cluster: string;
+  name: string;
+  ip: string;
+  mac?: string;
+  /** The address before this replacement (the seed's, or an earlier replacement's). */
+  previousIp: string;
+  at: string;
+}
+
+export const PEER_OVERRIDE_FILE = 'peer.json';
+
+export function peerOverrideFile(stateDir: string): string {
+  return join(stateDir, PEER_OVERRIDE_FILE);
+}
+
+/** The recorded override, or undefined when there is none (a file that does not parse is reported, not ignored). */
+export async function readPeerOverride(stateDir: string): Promise<PeerOverride | undefined> {
+  const file = peerOverrideFile(stateDir);
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const o = JSON.parse(text) as Partial<PeerOverride>;
+  if (typeof o.cluster !== 'string' || typeof o.name !== 'string' || typeof o.ip !== 'string') {
+    throw new GeminiError(`${file}: expected {cluster, name, ip, previousIp, at} as geminik8s replace-node records it`, ExitCode.invalidInput);
+  }
+  return o as PeerOverride;
+}
+
+/** Record the override (0600, written whole or not at all). */
+export async function writePeerOverride(stateDir: string, o: PeerOverride): Promise<void> {
+  await writeFileAtomic(peerOverrideFile(stateDir), `${JSON.stringify(o, null, 2)}\n`, 0o600, { syncDir: true });
+}
+
+/**
+ * The seed with a recorded peer override applied. An override for another cluster or for this
+ * node itself, or one the cluster's rules refuse, is not applied: `ignored` says why.
+ */
+export function applyPeerOverride(seed: NodeSeed, o: PeerOverride | undefined): { seed: NodeSeed; ignored?: string } {
+  if (!o) return { seed };
+  if (o.cluster !== seed.cluster.name) return { seed, ignored: `it is for cluster ${o.cluster}, this node is in ${seed.cluster.name}` };
+  const peer = peerOf(seed.cluster, seed.node);
+  if (o.name !== peer.name) return { seed, ignored: `it names ${o.name}, but the peer is ${peer.name}` };
+  const change = withNodeAddress(seed.cluster, o.name, o.ip, o.mac);
+  if (!change.spec) return { seed, ignored: change.problems.join('; ') };
+  return { seed: { ...seed, cluster: change.spec } };
+}
+
+/** The agent's context at start: the seed, with the peer override from the state directory applied. */
+export async function loadNodeContext(config: AgentConfig): Promise<{ ctx: NodeContext; override?: PeerOverride; ignored?: string }> {
+  const seed = await loadSeedFile(config.seedFile);
+  const override = await readPeerOverride(config.stateDir);
+  const applied = applyPeerOverride(seed, override);
+  return { ctx: nodeContext(config, applied.seed), ...(override ? { override } : {}), ...(applied.ignored ? { ignored: applied.ignored } : {}) };
 }

@@ -4,7 +4,7 @@ import { Agent } from './agent.ts';
 import { watchdogMs } from './core/controller.ts';
 import { firstboot } from './firstboot.ts';
 import { startApi } from './api.ts';
-import { loadAgentConfig, loadSeedFile, nodeContext } from './context.ts';
+import { loadAgentConfig, loadNodeContext } from './context.ts';
 import { sdNotify, watchdogIntervalMs } from './sdnotify.ts';
 import { slotCommand } from './slotcli.ts';
 import { upgradeCommand } from './upgradecli.ts';
@@ -37,9 +37,10 @@ async function run(args: string[]): Promise<number> {
     return 2;
   }
   const config = await loadAgentConfig(configFile);
-  const seed = await loadSeedFile(config.seedFile);
-  const ctx = nodeContext(config, seed);
+  const { ctx, override, ignored } = await loadNodeContext(config);
   const log = agentLogger(ctx.self.name);
+  if (override && !ignored) log.info({ event: 'peer-override', peer: override.name, ip: override.ip, seedIp: override.previousIp }, `${override.name} was replaced at ${override.ip} (${override.at}); the seed's ${override.previousIp} no longer applies`);
+  if (ignored) log.error({ event: 'peer-override', ignored }, `the recorded peer replacement is not applied: ${ignored}`);
   const agent = new Agent(ctx, log);
   const stop = (signal: string): void => {
     log.info({ event: 'stop', signal }, 'stopping');
@@ -96,7 +97,7 @@ async function releaseVip(args: string[]): Promise<number> {
   }
   const config = await loadAgentConfig(configFile);
   if (!config.vip.enabled) return 0;
-  const ctx = nodeContext(config, await loadSeedFile(config.seedFile));
+  const { ctx } = await loadNodeContext(config);
   await createVipPort(ctx).drop();
   return 0;
 }
@@ -109,7 +110,7 @@ async function preflight(args: string[]): Promise<number> {
     return 2;
   }
   const config = await loadAgentConfig(configFile);
-  const ctx = nodeContext(config, await loadSeedFile(config.seedFile));
+  const { ctx } = await loadNodeContext(config);
   const report = await hostPreflight(ctx);
   if (args.includes('--json')) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   else for (const c of report.checks) process.stdout.write(`[${c.status.toUpperCase().padEnd(4)}] ${c.name}: ${c.detail}\n`);

@@ -318,6 +318,34 @@ export async function ensurePeerSlot(ctx: NodeContext): Promise<void> {
   }, 5000);
 }
 
+/**
+ * A fresh slot for a replaced peer: the old box's slot holds WAL from where that box stopped,
+ * which the new box (a fresh clone) never needs. Dropped only while nobody streams through it.
+ * Returns whether an old slot was dropped.
+ */
+export async function resetPeerSlot(ctx: NodeContext): Promise<{ dropped: boolean; restartLsn: string | null }> {
+  return withClient(ctx, localHost(ctx), async (c) => {
+    const slot = slotNameFor(ctx.peer.name);
+    const r = await c.query(`SELECT active FROM pg_replication_slots WHERE slot_name = $1`, [slot]);
+    const old = r.rows[0] as { active: boolean } | undefined;
+    if (old?.active) throw new Error(`the slot ${slot} is in use: something streams through it; nothing was changed`);
+    if (old) await c.query(`SELECT pg_drop_replication_slot($1)`, [slot]);
+    const made = await c.query(`SELECT restart_lsn::text AS lsn FROM pg_create_physical_replication_slot($1, true)`, [slot]);
+    return { dropped: Boolean(old), restartLsn: (made.rows[0] as { lsn: string | null }).lsn };
+  }, 10_000);
+}
+
+/** Re-read pg_hba.conf and the configuration files: no restart, no dropped session. */
+export async function reloadConfig(ctx: NodeContext): Promise<void> {
+  await withClient(ctx, localHost(ctx), async (c) => {
+    // PostgreSQL keeps the old pg_hba.conf when the new one has errors: say so instead.
+    const bad = await c.query(`SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL`);
+    if (bad.rowCount) throw new Error(`pg_hba.conf: ${bad.rows.map((r: { line_number: number; error: string }) => `line ${r.line_number}: ${r.error}`).join('; ')}`);
+    const r = await c.query(`SELECT pg_reload_conf() AS ok`);
+    if (!(r.rows[0] as { ok: boolean }).ok) throw new Error('pg_reload_conf() returned false');
+  }, 5000);
+}
+
 /** Set synchronous_standby_names on the running primary and reload. */
 export async function setSyncStandby(ctx: NodeContext, names: string): Promise<void> {
   await withClient(ctx, localHost(ctx), async (c) => {

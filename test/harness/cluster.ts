@@ -1,4 +1,4 @@
-import { mkdirSync, writeFileSync, chmodSync, readFileSync, readdirSync, renameSync, existsSync, appendFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, writeFileSync, chmodSync, readFileSync, readdirSync, renameSync, existsSync, appendFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { runPlan, spawnPlan, type RunningProcess } from '../../common/exec.ts';
@@ -666,10 +666,45 @@ export class HarnessCluster extends PairHarness {
 
   /** The certificate a node's agent API serves now, as PEM (read from inside the client namespace). */
   async servedCertificate(node: string): Promise<string | undefined> {
-    const ip = NET.nodes.find((n) => n.name === node)!.ip;
+    const ip = this.ipOf(node);
     // stdin closed at once: s_client prints the handshake and leaves.
     const r = await runPlan({ ...inNs(this.topology.clientNs, 'openssl', ['s_client', '-connect', `${ip}:7443`, '-CAfile', this.caFile, '-verify_return_error']), input: '' }, { allowFailure: true, timeoutMs: 10_000 });
     return /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(r.stdout)?.[0];
+  }
+
+  /** A node's address as cluster.yaml gives it now (replace-node moves it). */
+  ipOf(node: string): string {
+    return this.config.nodes.find((n) => n.name === node)!.ip;
+  }
+
+  /** Read cluster.yaml and the node certificates again, after a command changed them. */
+  async reloadConfig(): Promise<void> {
+    const clusterFile = join(this.configDir, 'cluster.yaml');
+    this.config = await loadCluster(clusterFile);
+    for (const n of this.config.nodes) this.tls.set(n.name, (await loadClusterTls(clusterFile, this.config, n.name))!);
+  }
+
+  /**
+   * A new box in place of a powered-off node, as after `geminik8s replace-node`: an empty disk
+   * (the old node directory is kept aside for inspection), its NIC at the address cluster.yaml
+   * now gives, the seed file from `seedDir` (what the operator puts on its config partition),
+   * then power on.
+   */
+  async replaceBox(node: string, oldIp: string, seedDir: string): Promise<void> {
+    if (this.agents.has(node)) throw new Error(`${node} still runs: power it off before it is replaced`);
+    await this.reloadConfig();
+    const dir = this.nodeDir(node);
+    const aside = `${dir}.replaced-${Date.now()}`;
+    renameSync(dir, aside);
+    this.writeNodeFiles(node);
+    copyFileSync(join(seedDir, SEED_FILE_IN_PARTITION), join(dir, 'seed.yaml'));
+    chmodSync(join(dir, 'seed.yaml'), 0o600);
+    this.startNotifyReceiver(node);
+    const { linkUp, readdressNode } = await import('./netns.ts');
+    await readdressNode(this.topology, node, oldIp, this.ipOf(node));
+    await linkUp(this.topology, node);
+    this.log(`[harness] ${node}: a new box at ${this.ipOf(node)} (was ${oldIp}); the old disk is ${aside}`);
+    this.startAgent(node);
   }
 
   /** crashAgent, then systemd's restart after RestartSec=2. */
@@ -681,7 +716,7 @@ export class HarnessCluster extends PairHarness {
 
   /** GET /v1/status of a node's agent, from inside the client namespace. */
   async status(node: string): Promise<Record<string, any> | undefined> {
-    const ip = NET.nodes.find((n) => n.name === node)!.ip;
+    const ip = this.ipOf(node);
     const r = await runPlan(inNs(this.topology.clientNs, 'curl', ['-sf', '-m', '2', '--cacert', this.caFile, '-H', `Authorization: Bearer ${this.secrets.readToken}`, `https://${ip}:7443/v1/status`]), { allowFailure: true });
     if (r.exitCode !== 0) return undefined;
     return JSON.parse(r.stdout) as Record<string, any>;
@@ -691,7 +726,7 @@ export class HarnessCluster extends PairHarness {
 
   /** POST /v1/switchover to a node's agent, from inside the client namespace. */
   async switchover(node: string, timeoutSeconds = 30): Promise<{ ok: boolean; reason: string; tookMs: number } | undefined> {
-    const ip = NET.nodes.find((n) => n.name === node)!.ip;
+    const ip = this.ipOf(node);
     const r = await runPlan(inNs(this.topology.clientNs, 'curl', ['-s', '-m', String(timeoutSeconds), '--cacert', this.caFile, '-X', 'POST', '-H', `Authorization: Bearer ${this.secrets.adminToken}`, `https://${ip}:7443/v1/switchover`]), { allowFailure: true, timeoutMs: (timeoutSeconds + 10) * 1000 });
     return r.stdout ? (JSON.parse(r.stdout) as { ok: boolean; reason: string; tookMs: number }) : undefined;
   }

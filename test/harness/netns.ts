@@ -101,6 +101,14 @@ export async function linkUp(t: Topology, member: string): Promise<void> {
   await runPlan(ip('-n', t.witnessNs, 'link', 'set', t.bridgePort[member]!, 'up'));
 }
 
+/** A new box in a node's place: its NIC has `newIp` instead of `oldIp` (same subnet, same gateway). */
+export async function readdressNode(t: Topology, node: string, oldIp: string, newIp: string): Promise<void> {
+  const ns = t.nodeNs[node]!;
+  await runPlan(ip('-n', ns, 'addr', 'del', `${oldIp}/${NET.prefix}`, 'dev', 'eth0'), { allowFailure: true });
+  await runPlan(ip('-n', ns, 'addr', 'add', `${newIp}/${NET.prefix}`, 'dev', 'eth0'));
+  await runPlan(ip('-n', ns, 'route', 'replace', 'default', 'via', NET.gateway));
+}
+
 /** Drop traffic between a node and one address, both ways, inside the node's namespace. */
 export async function blockPeer(t: Topology, node: string, peerIp: string, on: boolean): Promise<void> {
   const op = on ? '-A' : '-D';

@@ -29,12 +29,13 @@ export function peerViewOf(body: unknown): PeerView | undefined {
 
 /** The production PeerPort: the peer agent's HTTP API and a direct query of its PostgreSQL. */
 export function createPeerPort(ctx: NodeContext): PeerPort {
-  const base = peerBaseUrl(ctx);
+  // Per call, not once: a replaced peer (geminik8s replace-node) moves to a new address at run time.
+  const base = (): string => peerBaseUrl(ctx);
   const headers = { authorization: `Bearer ${ctx.secrets.agentToken}` };
   return {
     async status(): Promise<PeerView | undefined> {
       try {
-        const res = await httpCall(`${base}/v1/status`, { headers, timeoutMs: ctx.spec.failover.checkTimeout, ...(ctx.tls ? { tls: ctx.tls } : {}) });
+        const res = await httpCall(`${base()}/v1/status`, { headers, timeoutMs: ctx.spec.failover.checkTimeout, ...(ctx.tls ? { tls: ctx.tls } : {}) });
         if (res.status !== 200) return undefined;
         return peerViewOf(JSON.parse(res.text));
       } catch {
@@ -57,7 +58,7 @@ export function createPeerPort(ctx: NodeContext): PeerPort {
     async promote(req: PromoteRequest): Promise<{ ok: boolean; generation?: number; reason: string }> {
       // No answer (network error, timeout) throws: the peer may or may not have promoted, and
       // that is not the same as a refusal.
-      const res = await httpCall(`${base}/v1/promote`, {
+      const res = await httpCall(`${base()}/v1/promote`, {
         method: 'POST',
         headers: { ...headers, 'content-type': 'application/json' },
         body: JSON.stringify({ lsn: formatLsn(req.lsn), generation: req.generation }),

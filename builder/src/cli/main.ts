@@ -13,6 +13,7 @@ import { registerVersion } from './commands/version.ts';
 import { registerWitness } from './commands/witness.ts';
 import { registerStatus } from './commands/status.ts';
 import { registerFailover } from './commands/failover.ts';
+import { registerReplaceNode } from './commands/replace-node.ts';
 import { registerPreflight } from './commands/preflight.ts';
 import { registerDeploy } from './commands/deploy.ts';
 import { registerFlash } from './commands/flash.ts';
@@ -60,6 +61,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerWitness(program, ctx);
   registerStatus(program, ctx);
   registerFailover(program, ctx);
+  registerReplaceNode(program, ctx);
   registerPreflight(program, ctx);
   registerDeploy(program, ctx);
   registerFlash(program, ctx);

@@ -457,3 +457,62 @@ serial('geminik8s failover --force: the leader degraded, then lost power. Refuse
   t.is(s?.role, 'follower');
   t.log(`${leader} rejoined through ${s?.lastRejoin?.method ?? '?'}`);
 });
+
+// Last: it gives a node a new address, which the cut helpers (fixed addresses) do not follow.
+serial('geminik8s replace-node: refused while the old box answers, nothing changed; once it is dead and the survivor leads, the survivor takes the new address without a PostgreSQL restart (pg_hba reloaded, a fresh slot) while writes go on; the new box from the written seed clones it and the pair is synchronous again, losing nothing', async (t) => {
+  t.timeout(900_000);
+  const old = await cluster.waitFor('a healthy pair', () => cluster.healthyPair(), 300_000);
+  const survivor = cluster.other(old);
+  const clusterFile = join(cluster.configDir, 'cluster.yaml');
+  const oldIp = cluster.ipOf(old);
+  const newIp = '10.77.0.21';
+  const seedOut = join(cluster.dir, `seed-${old}-replacement`);
+  const replace = (...args: string[]) =>
+    runPlan(inNs(cluster.topology.clientNs, 'node', [join(ROOT, 'bin/geminik8s.js'), 'replace-node', '--cluster', clusterFile, '--old', old, '--new-ip', newIp, '--seed-out', seedOut, ...args]), { allowFailure: true, timeoutMs: 180_000 });
+  const before = readFileSync(clusterFile, 'utf8');
+  const early = await replace();
+  t.is(early.exitCode, 5, early.stderr);
+  t.regex(early.stderr, new RegExp(`${old}'s agent answers at ${oldIp.replaceAll('.', '\\.')} \\(role leader\\): replace-node is for a box that is gone`));
+  t.is(readFileSync(clusterFile, 'utf8'), before, 'cluster.yaml unchanged');
+  t.false(existsSync(seedOut), 'no seed written');
+
+  // The leader's box dies for good: its synchronous standby takes over by itself.
+  await cluster.powerOff(old);
+  await cluster.waitFor(`${survivor} leading`, async () => ((await cluster.leader()) === survivor ? true : undefined), 180_000);
+  const since = Math.max(0, ...cluster.acks.map((a) => a.id));
+  const postmaster = cluster.postmasterPid(survivor);
+  t.truthy(postmaster);
+  const r = await replace();
+  t.is(r.exitCode, 0, r.stderr);
+  t.log(r.stdout);
+  t.regex(r.stderr, new RegExp(`${survivor}: ${old} moved from ${oldIp.replaceAll('.', '\\.')} to ${newIp.replaceAll('.', '\\.')}: pg_hba\\.conf reloaded, its old replication slot dropped and a new one made`));
+  t.is(cluster.postmasterPid(survivor), postmaster, 'the survivor did not restart PostgreSQL');
+  const backups = readdirSync(cluster.configDir).filter((f) => f.startsWith('cluster.yaml.bak-'));
+  t.is(backups.length, 1);
+  t.is(readFileSync(join(cluster.configDir, backups[0]!), 'utf8'), before, 'the previous cluster.yaml is kept');
+  t.is(readFileSync(clusterFile, 'utf8'), before.replace(`ip: ${oldIp}`, `ip: ${newIp}`), 'only the address changed in cluster.yaml');
+  t.is(await cluster.sql(survivor, `SELECT count(*) FROM pg_hba_file_rules WHERE address = '${newIp}'`, 'postgres'), '3', 'pg_hba admits the new address (replication, pg_rewind, health checks)');
+  t.is(await cluster.sql(survivor, `SELECT count(*) FROM pg_hba_file_rules WHERE address = '${oldIp}'`, 'postgres'), '0', 'and no longer the old one');
+  t.like(JSON.parse(readFileSync(join(cluster.nodeDir(survivor), 'state', 'peer.json'), 'utf8')), { name: old, ip: newIp, previousIp: oldIp }, 'recorded for the survivor\'s next start');
+  // Asking again changes nothing at the survivor.
+  const again = await replace('--force');
+  t.is(again.exitCode, 0, again.stderr);
+  t.regex(again.stderr, new RegExp(`${old} is at ${newIp.replaceAll('.', '\\.')} already: nothing to change`));
+  const writes = cluster.acks.length;
+  await cluster.waitFor(`writes on ${survivor} through the replacement`, async () => (cluster.acks.length > writes + 5 ? true : undefined), 120_000);
+
+  await cluster.replaceBox(old, oldIp, seedOut);
+  await cluster.waitFor(`a healthy pair: ${survivor} leading, the new ${old} its synchronous standby`, async () => ((await cluster.healthyPair()) === survivor ? true : undefined), 600_000);
+  const s = await cluster.status(old);
+  t.is(s?.role, 'follower');
+  t.is(cluster.postmasterPid(survivor), postmaster, 'still the same postmaster on the survivor');
+  t.is(await cluster.sql(survivor, `SELECT client_addr || ' ' || sync_state FROM pg_stat_replication WHERE application_name = '${old}'`, 'postgres'), `${newIp} sync`);
+  const upTo = cluster.acks.length;
+  t.deepEqual((await cluster.missingAcks(survivor, upTo)).filter((id) => id > since), [], 'the survivor lost nothing');
+  const missingOnNew = await cluster.waitFor(`the new ${old} to have replayed every acknowledged write`, async () => {
+    const m = await cluster.missingAcks(old, upTo);
+    return m.length === 0 ? m : undefined;
+  }, 60_000);
+  t.deepEqual(missingOnNew, []);
+  t.is(cluster.dualPrimarySamples(), 0, 'two writable primaries never coexisted');
+});
