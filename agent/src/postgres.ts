@@ -330,7 +330,7 @@ export async function resetPeerSlot(ctx: NodeContext): Promise<{ dropped: boolea
     const old = r.rows[0] as { active: boolean } | undefined;
     if (old?.active) throw new Error(`the slot ${slot} is in use: something streams through it; nothing was changed`);
     if (old) await c.query(`SELECT pg_drop_replication_slot($1)`, [slot]);
-    const made = await c.query(`SELECT restart_lsn::text AS lsn FROM pg_create_physical_replication_slot($1, true)`, [slot]);
+    const made = await c.query(`SELECT lsn::text AS lsn FROM pg_create_physical_replication_slot($1, true)`, [slot]);
     return { dropped: Boolean(old), restartLsn: (made.rows[0] as { lsn: string | null }).lsn };
   }, 10_000);
 }

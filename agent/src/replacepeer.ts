@@ -1,7 +1,7 @@
 import { withNodeAddress } from '../../common/membership.ts';
 import type { Agent } from './agent.ts';
 import { writePeerOverride, type PeerOverride } from './context.ts';
-import { reloadConfig, resetPeerSlot, writeNodeConfig } from './postgres.ts';
+import { ensurePeerSlot, reloadConfig, resetPeerSlot, writeNodeConfig } from './postgres.ts';
 
 /** The answer to `POST /v1/replace-peer`. */
 export interface ReplacePeerResult {
@@ -27,25 +27,31 @@ export async function replacePeerHere(agent: Agent, name: string, ip: string, ma
   const change = withNodeAddress(ctx.spec, name, ip, mac);
   if (!change.spec) return refuse(400, `the new address is refused: ${change.problems.join('; ')}`);
   const previousIp = ctx.peer.ip;
-  if (ip === previousIp) {
-    return { status: 200, body: { ok: true, changed: false, reason: `${name} is at ${ip} already: nothing to change`, previousIp, ip } };
-  }
+  // Asked again (a re-run after a failure part-way): the address stands; the files, the reload
+  // and the slot are made good, nothing is dropped (the new box may stream already).
+  const already = ip === previousIp;
   const c = agent.controller;
   const r = await c.exclusive('peer replacement', ['leader'], async (): Promise<ReplacePeerResult> => {
-    const { peer } = c.ports;
-    if (!c.mayWrite()) return { ok: false, reason: 'this leader does not hold a valid lease now; nothing was changed' };
-    const [view, peerPg] = [await peer.status(), await peer.pg()];
-    if (view || peerPg.ok) {
-      return { ok: false, reason: `${name} still answers at ${previousIp} (${view ? `agent: ${view.role}` : 'its PostgreSQL'}): power the old box off, or take it off the network, before it is replaced; nothing was changed` };
+    if (!already) {
+      const { peer } = c.ports;
+      if (!c.mayWrite()) return { ok: false, reason: 'this leader does not hold a valid lease now; nothing was changed' };
+      const [view, peerPg] = [await peer.status(), await peer.pg()];
+      if (view || peerPg.ok) {
+        return { ok: false, reason: `${name} still answers at ${previousIp} (${view ? `agent: ${view.role}` : 'its PostgreSQL'}): power the old box off, or take it off the network, before it is replaced; nothing was changed` };
+      }
+      const moved = change.spec!.nodes.find((n) => n.name === name)!;
+      const override: PeerOverride = { cluster: ctx.spec.name, name, ip, ...(moved.mac ? { mac: moved.mac } : {}), previousIp, at: new Date().toISOString() };
+      // Recorded first: from here a restart applies it, whatever happens next.
+      await writePeerOverride(ctx.config.stateDir, override);
+      ctx.spec = change.spec!;
+      ctx.peer = moved;
     }
-    const moved = change.spec!.nodes.find((n) => n.name === name)!;
-    const override: PeerOverride = { cluster: ctx.spec.name, name, ip, ...(moved.mac ? { mac: moved.mac } : {}), previousIp, at: new Date().toISOString() };
-    // Recorded first: from here a restart applies it, whatever happens next.
-    await writePeerOverride(ctx.config.stateDir, override);
-    ctx.spec = change.spec!;
-    ctx.peer = moved;
     await writeNodeConfig(ctx);
     await reloadConfig(ctx);
+    if (already) {
+      await ensurePeerSlot(ctx);
+      return { ok: true, changed: false, reason: `${name} is at ${ip} already: nothing to change (pg_hba.conf reloaded, its slot in place)`, previousIp, ip };
+    }
     const slot = await resetPeerSlot(ctx);
     return { ok: true, changed: true, reason: `${name} moved from ${previousIp} to ${ip}: pg_hba.conf reloaded, ${slot.dropped ? 'its old replication slot dropped and a new one made' : 'a replication slot made'} at ${slot.restartLsn ?? 'the current WAL position'}`, previousIp, ip, slotDropped: slot.dropped };
   }).catch((err: Error) => ({ ok: false as const, reason: err.message }));

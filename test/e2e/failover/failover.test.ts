@@ -506,7 +506,7 @@ serial('geminik8s replace-node: refused while the old box answers, nothing chang
   const s = await cluster.status(old);
   t.is(s?.role, 'follower');
   t.is(cluster.postmasterPid(survivor), postmaster, 'still the same postmaster on the survivor');
-  t.is(await cluster.sql(survivor, `SELECT client_addr || ' ' || sync_state FROM pg_stat_replication WHERE application_name = '${old}'`, 'postgres'), `${newIp} sync`);
+  t.is(await cluster.sql(survivor, `SELECT host(client_addr) || ' ' || sync_state FROM pg_stat_replication WHERE application_name = '${old}'`, 'postgres'), `${newIp} sync`);
   const upTo = cluster.acks.length;
   t.deepEqual((await cluster.missingAcks(survivor, upTo)).filter((id) => id > since), [], 'the survivor lost nothing');
   const missingOnNew = await cluster.waitFor(`the new ${old} to have replayed every acknowledged write`, async () => {
