@@ -161,6 +161,7 @@ export interface CertFacts {
   name?: string;
   /** IP addresses and DNS names of the subjectAltName. */
   hosts: string[];
+  notBefore: Date;
   notAfter: Date;
 }
 
@@ -175,7 +176,7 @@ function subjectField(subject: string, field: string): string | undefined {
 export function certFacts(pem: string): CertFacts {
   const x = new X509Certificate(pem);
   const hosts = (x.subjectAltName ?? '').split(', ').filter(Boolean).map((e) => e.replace(/^(IP Address|DNS):/, ''));
-  return { cluster: subjectField(x.subject, 'O'), name: subjectField(x.subject, 'CN'), hosts, notAfter: new Date(x.validTo) };
+  return { cluster: subjectField(x.subject, 'O'), name: subjectField(x.subject, 'CN'), hosts, notBefore: new Date(x.validFrom), notAfter: new Date(x.validTo) };
 }
 
 /**

@@ -15,6 +15,7 @@ import { bless, describeChanges, readBootState, rebootPlan, type BootState } fro
 import { rebootDecision } from './upgradeorder.ts';
 import { currentBootId, noteTrialFailure, reconcileUpgradeFile, slotVersions, stageRollback, type RollbackResult, type UpgradeRecord } from './upgrade.ts';
 import type { NodeContext } from './context.ts';
+import type { TlsMaterial } from '../../common/tls.ts';
 import { Controller, type ForceResult } from './core/controller.ts';
 import type { ControllerSettings, Ports, PromoteRequest } from './core/ports.ts';
 import type { Observation } from './core/rules.ts';
@@ -100,7 +101,7 @@ export function productionPorts(ctx: NodeContext, log: Logger, heartbeat: () => 
     clock: createClock(),
     pg: createPgPort(ctx, logPort),
     peer: createPeerPort(ctx),
-    witness: w.kind === 'lease' ? httpWitnessPort(w.url, ctx.secrets.witnessToken, ctx.spec.name, ctx.spec.failover.checkTimeout, ctx.tls) : undefined,
+    witness: w.kind === 'lease' ? httpWitnessPort(w.url, ctx.secrets.witnessToken, ctx.spec.name, ctx.spec.failover.checkTimeout, () => ctx.tls) : undefined,
     vip: createVipPort(ctx),
     state: createStatePort(ctx),
     kube: createKubePort(ctx),
@@ -119,6 +120,8 @@ export class Agent {
   private readonly bootGate: { healthySince?: number; logged?: string; rebootAt?: number } = {};
   /** Set by main: called by the controller's guard timer, never by the loop. */
   heartbeat: () => void = () => undefined;
+  /** Called with this node's new TLS material after a rotation (the API servers swap their context). */
+  readonly tlsListeners: ((tls: TlsMaterial) => void)[] = [];
 
   constructor(readonly ctx: NodeContext, readonly log: Logger, ports?: Ports) {
     this.controller = new Controller(ports ?? productionPorts(ctx, log, () => this.heartbeat()), controllerSettings(ctx));

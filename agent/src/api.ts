@@ -3,6 +3,7 @@ import { appendFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
+import type { Server as TlsServer } from 'node:tls';
 import type { Agent, BootStatus } from './agent.ts';
 import { formatLsn, lsnToBigInt } from './core/lsn.ts';
 import { tokenMatches } from '../../common/token.ts';
@@ -10,6 +11,7 @@ import { peerIdentity } from '../../common/tls.ts';
 import { apiScheme } from './context.ts';
 import { startBackup } from './backup.ts';
 import { replacePeerHere } from './replacepeer.ts';
+import { rotateTlsHere } from './tlsrotate.ts';
 import { recloneHere, restoreHere } from './restore.ts';
 import { clusterView, STATUS_PAGE_HTML, statusPageCsp } from './statuspage.ts';
 import { hostPreflight } from './preflight.ts';
@@ -346,6 +348,19 @@ export function routes(agent: Agent): Record<string, Route> {
         return replacePeerHere(agent, body.name as string, body.ip as string, body.mac as string | undefined);
       },
     },
+    // This node's new certificate and key from the cluster CA (geminik8s certs rotate).
+    '/v1/tls': {
+      method: 'POST', callers: ['admin'], mutating: true,
+      handle: async (req) => {
+        const body = await readJson(req);
+        for (const key of ['cert', 'key'] as const) {
+          if (typeof body[key] !== 'string' || body[key] === '') throw new HttpError(400, `${key}: expected this node's new ${key === 'cert' ? 'certificate' : 'private key'} as PEM text`);
+        }
+        if (body.k3s !== undefined && typeof body.k3s !== 'boolean') throw new HttpError(400, `k3s: expected true or false (found ${JSON.stringify(body.k3s)})`);
+        if (!agent.meta) return notReady()!;
+        return rotateTlsHere(agent, body.cert as string, body.key as string, body.k3s === true);
+      },
+    },
     // The switchover handshake between the two agents: never an operator's call.
     '/v1/promote': {
       method: 'POST', callers: ['peer'], mutating: true,
@@ -455,10 +470,20 @@ export function startApi(agent: Agent, limiter = new AuthLimiter()): Promise<Ser
       resolve(server);
     });
   });
-  if (host) return listen(make(), host);
+  const servers: Server[] = [];
+  const tracked = (): Server => {
+    const server = make();
+    servers.push(server);
+    return server;
+  };
+  // A rotated certificate is served from the next handshake on: no restart, no dropped connection.
+  if (tls) agent.tlsListeners.push((next) => {
+    for (const server of servers) (server as unknown as TlsServer).setSecureContext({ cert: next.cert, key: next.key, ca: next.ca });
+  });
+  if (host) return listen(tracked(), host);
   // The node's own address and loopback, not every interface (the VIP, a management NIC).
-  const local = make();
-  const own = make();
+  const local = tracked();
+  const own = tracked();
   local.on('close', () => own.close());
   return listen(local, '127.0.0.1').then(async (server) => {
     try {

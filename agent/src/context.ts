@@ -9,7 +9,7 @@ import { registerSecret } from '../../common/log.ts';
 import { AgentConfigSchema, type AgentConfig } from '../../common/schema/agent.ts';
 import { bootstrapLeaderOf, peerOf, witnessTarget, type ClusterNode, type ClusterSpec, type WitnessTarget } from '../../common/schema/cluster.ts';
 import type { NodeSeed, Secrets } from '../../common/schema/seed.ts';
-import type { TlsMaterial } from '../../common/tls.ts';
+import { certFacts, tlsMaterialProblem, type TlsMaterial } from '../../common/tls.ts';
 
 /** Everything the agent knows about its place in the cluster, read once at start. */
 export interface NodeContext {
@@ -134,10 +134,73 @@ export function applyPeerOverride(seed: NodeSeed, o: PeerOverride | undefined): 
   return { seed: { ...seed, cluster: change.spec } };
 }
 
-/** The agent's context at start: the seed, with the peer override from the state directory applied. */
-export async function loadNodeContext(config: AgentConfig): Promise<{ ctx: NodeContext; override?: PeerOverride; ignored?: string }> {
+/**
+ * This node's certificate and key after `geminik8s certs rotate`, kept in the state directory
+ * (0600): the seed still carries the ones it was flashed with.
+ */
+export interface TlsOverride {
+  cert: string;
+  key: string;
+  at: string;
+}
+
+export const TLS_OVERRIDE_FILE = 'tls.json';
+
+/** The names a node's certificate must cover: its address, loopback (its own CLI and jobs), the VIP. */
+export function nodeCertHosts(spec: ClusterSpec, self: ClusterNode): string[] {
+  return [self.ip, '127.0.0.1', spec.network.vip];
+}
+
+/** Why `cert`/`key` cannot be this node's (another CA, name or cluster, a host it does not cover, expired, a key that does not match), or undefined. */
+export function nodeCertProblem(spec: ClusterSpec, self: ClusterNode, ca: string, cert: string, key: string, now: Date): string | undefined {
+  for (const host of nodeCertHosts(spec, self)) {
+    const p = tlsMaterialProblem({ ca, cert, key }, { cluster: spec.name, name: self.name, host }, now);
+    if (p) return p;
+  }
+  return undefined;
+}
+
+export async function readTlsOverride(stateDir: string): Promise<TlsOverride | undefined> {
+  let text: string;
+  try {
+    text = await readFile(join(stateDir, TLS_OVERRIDE_FILE), 'utf8');
+  } catch {
+    return undefined;
+  }
+  const o = JSON.parse(text) as Partial<TlsOverride>;
+  if (typeof o.cert !== 'string' || typeof o.key !== 'string') throw new GeminiError(`${join(stateDir, TLS_OVERRIDE_FILE)}: expected {cert, key, at} as geminik8s certs rotate records it`, ExitCode.invalidInput);
+  registerSecret(o.key);
+  return o as TlsOverride;
+}
+
+export async function writeTlsOverride(stateDir: string, o: TlsOverride): Promise<void> {
+  await writeFileAtomic(join(stateDir, TLS_OVERRIDE_FILE), `${JSON.stringify(o)}\n`, 0o600, { syncDir: true });
+}
+
+/** The seed with a rotated certificate applied, unless it does not fit the seed's CA and this node, or the seed's own is newer (`ignored` says why). */
+export function applyTlsOverride(seed: NodeSeed, o: TlsOverride | undefined, now: Date): { seed: NodeSeed; ignored?: string } {
+  if (!o) return { seed };
+  if (!seed.tls) return { seed, ignored: 'the seed has no TLS material' };
+  const self = seed.cluster.nodes.find((n) => n.name === seed.node)!;
+  const problem = nodeCertProblem(seed.cluster, self, seed.tls.ca, o.cert, o.key, now);
+  if (problem) return { seed, ignored: problem };
+  // A seed written after the rotation (new seeds from init --rotate-certs) carries the newer one.
+  if (certFacts(seed.tls.cert).notBefore > certFacts(o.cert).notBefore) return { seed, ignored: "the seed's certificate is newer" };
+  return { seed: { ...seed, tls: { ...seed.tls, cert: o.cert, key: o.key } } };
+}
+
+/** The agent's context at start: the seed, with the peer and certificate overrides from the state directory applied. */
+export async function loadNodeContext(config: AgentConfig): Promise<{ ctx: NodeContext; override?: PeerOverride; ignored?: string; tlsIgnored?: string; tlsRotatedAt?: string }> {
   const seed = await loadSeedFile(config.seedFile);
   const override = await readPeerOverride(config.stateDir);
   const applied = applyPeerOverride(seed, override);
-  return { ctx: nodeContext(config, applied.seed), ...(override ? { override } : {}), ...(applied.ignored ? { ignored: applied.ignored } : {}) };
+  const tls = await readTlsOverride(config.stateDir);
+  const withTls = applyTlsOverride(applied.seed, tls, new Date());
+  return {
+    ctx: nodeContext(config, withTls.seed),
+    ...(override ? { override } : {}),
+    ...(applied.ignored ? { ignored: applied.ignored } : {}),
+    ...(withTls.ignored ? { tlsIgnored: withTls.ignored } : {}),
+    ...(tls && !withTls.ignored ? { tlsRotatedAt: tls.at } : {}),
+  };
 }

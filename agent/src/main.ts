@@ -37,10 +37,12 @@ async function run(args: string[]): Promise<number> {
     return 2;
   }
   const config = await loadAgentConfig(configFile);
-  const { ctx, override, ignored } = await loadNodeContext(config);
+  const { ctx, override, ignored, tlsIgnored, tlsRotatedAt } = await loadNodeContext(config);
   const log = agentLogger(ctx.self.name);
   if (override && !ignored) log.info({ event: 'peer-override', peer: override.name, ip: override.ip, seedIp: override.previousIp }, `${override.name} was replaced at ${override.ip} (${override.at}); the seed's ${override.previousIp} no longer applies`);
   if (ignored) log.error({ event: 'peer-override', ignored }, `the recorded peer replacement is not applied: ${ignored}`);
+  if (tlsRotatedAt) log.info({ event: 'tls-override', at: tlsRotatedAt }, `using the certificate rotated at ${tlsRotatedAt}, not the seed's`);
+  if (tlsIgnored) log.error({ event: 'tls-override', ignored: tlsIgnored }, `the rotated certificate is not used (the seed's is): ${tlsIgnored}`);
   const agent = new Agent(ctx, log);
   const stop = (signal: string): void => {
     log.info({ event: 'stop', signal }, 'stopping');

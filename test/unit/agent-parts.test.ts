@@ -157,13 +157,23 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
       '/v1/backup': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
       '/v1/restore': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
       '/v1/reclone': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
+      // No lease: the survivor refuses to move its peer. The certificate names the other node: refused as bad input.
+      '/v1/replace-peer': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
+      '/v1/tls': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 400 }],
     };
     t.deepEqual(Object.keys(matrix).sort(), Object.keys(routes(agent)).sort(), 'the matrix covers every endpoint');
     for (const [path, [method, expect]] of Object.entries(matrix)) {
-      const body = path === '/v1/promote' ? JSON.stringify({ lsn: '0/10', generation: 3 }) : path === '/v1/force-promote' ? JSON.stringify({ generation: 7 }) : undefined;
+      const bodies: Record<string, unknown> = {
+        '/v1/promote': { lsn: '0/10', generation: 3 },
+        '/v1/force-promote': { generation: 7 },
+        '/v1/replace-peer': { name: agent.ctx.peer.name, ip: '192.168.10.21' },
+        '/v1/tls': { cert: fakeTls(agent.ctx.peer.name).cert, key: fakeTls(agent.ctx.peer.name).key },
+      };
+      const body = bodies[path] === undefined ? undefined : JSON.stringify(bodies[path]);
       for (const [who, secret] of Object.entries(creds)) {
         const headers: Record<string, string> = secret ? { authorization: `Bearer ${secret}` } : {};
-        t.is((await call(path, { method, body, headers })).status, expect[who]!, `${method} ${path} as ${who}`);
+        const answer = await call(path, { method, body, headers });
+        t.is(answer.status, expect[who]!, `${method} ${path} as ${who}: ${answer.body.slice(0, 300)}`);
       }
       const other = method === 'GET' ? 'POST' : 'GET';
       const r = await call(path, { method: other, headers: token });

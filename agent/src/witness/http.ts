@@ -152,11 +152,15 @@ export function isArbiterAnswer(v: unknown): v is ArbiterAnswer {
     && typeof a.remainingMs === 'number' && typeof a.reason === 'string';
 }
 
-/** The agent's WitnessPort over HTTP. Throws on a network error, a timeout or any status but 200. */
-export function httpWitnessPort(url: string, token: string, cluster: string, timeoutMs: number, tls?: ClientTls): WitnessPort {
+/**
+ * The agent's WitnessPort over HTTP. Throws on a network error, a timeout or any status but 200.
+ * `tls` may be a function, read at each call: the agent's certificate can be rotated while it runs.
+ */
+export function httpWitnessPort(url: string, token: string, cluster: string, timeoutMs: number, tls?: ClientTls | (() => ClientTls | undefined)): WitnessPort {
   const endpoint = new URL(`/v1/clusters/${encodeURIComponent(cluster)}/arbiter`, url);
   return {
     async call(req: ArbiterRequest): Promise<ArbiterAnswer> {
+      const clientTls = typeof tls === 'function' ? tls() : tls;
       let res: { status: number; text: string };
       try {
         res = await httpCall(endpoint, {
@@ -164,7 +168,7 @@ export function httpWitnessPort(url: string, token: string, cluster: string, tim
           headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
           body: JSON.stringify(req),
           timeoutMs,
-          ...(tls ? { tls } : {}),
+          ...(clientTls ? { tls: clientTls } : {}),
         });
       } catch (err) {
         throw new Error(`witness ${endpoint.origin} unreachable: ${(err as Error).message}`);

@@ -14,6 +14,7 @@ import { registerWitness } from './commands/witness.ts';
 import { registerStatus } from './commands/status.ts';
 import { registerFailover } from './commands/failover.ts';
 import { registerReplaceNode } from './commands/replace-node.ts';
+import { registerCerts } from './commands/certs.ts';
 import { registerPreflight } from './commands/preflight.ts';
 import { registerDeploy } from './commands/deploy.ts';
 import { registerFlash } from './commands/flash.ts';
@@ -62,6 +63,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerStatus(program, ctx);
   registerFailover(program, ctx);
   registerReplaceNode(program, ctx);
+  registerCerts(program, ctx);
   registerPreflight(program, ctx);
   registerDeploy(program, ctx);
   registerFlash(program, ctx);

@@ -396,6 +396,45 @@ serial('geminik8s restore on the running pair: a damaged, mis-keyed or truncated
   await cluster.waitFor('writes through the VIP again', async () => (cluster.acks.length > writes + 5 ? true : undefined), 120_000);
 });
 
+serial('geminik8s certs rotate on the running pair: each node gets a new key and certificate, the follower first, swapped in by its running agent; the API and PostgreSQL serve the new ones with no agent or PostgreSQL restart and the same leader; a restarted agent keeps the rotated one', async (t) => {
+  t.timeout(600_000);
+  const leader = await cluster.waitFor('a healthy pair', () => cluster.healthyPair(), 180_000);
+  const follower = cluster.other(leader);
+  const nodes = [follower, leader];
+  const pgServed = async (node: string) => {
+    const r = await runPlan({ ...inNs(cluster.topology.clientNs, 'openssl', ['s_client', '-starttls', 'postgres', '-connect', `${cluster.ipOf(node)}:5432`, '-CAfile', cluster.caFile, '-verify_return_error']), input: '' }, { allowFailure: true, timeoutMs: 20_000 });
+    return /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(r.stdout)?.[0];
+  };
+  const before = Object.fromEntries(await Promise.all(nodes.map(async (n) => [n, { api: await cluster.servedCertificate(n), pg: await pgServed(n), agent: cluster.agents.get(n)?.pid, postmaster: cluster.postmasterPid(n) }] as const)));
+  for (const n of nodes) t.truthy(before[n]!.api && before[n]!.pg, `${n} serves a certificate on its API and PostgreSQL`);
+  const writes = cluster.acks.length;
+  const r = await runPlan(inNs(cluster.topology.clientNs, 'node', [join(ROOT, 'bin/geminik8s.js'), 'certs', 'rotate', '--cluster', join(cluster.configDir, 'cluster.yaml'), '--json']), { allowFailure: true, timeoutMs: 600_000 });
+  t.is(r.exitCode, 0, r.stderr);
+  t.log(r.stderr.trim().split('\n').slice(-6).join('\n'));
+  const out = JSON.parse(r.stdout) as { rotated: { node: string; fingerprint: string; k3s?: string }[] };
+  t.deepEqual(out.rotated.map((x) => x.node), nodes, 'the follower first, the leader last');
+  for (const x of out.rotated) t.regex(x.k3s ?? '', /no Kubernetes layer/);
+  for (const n of nodes) {
+    const api = await cluster.servedCertificate(n);
+    const pg = await pgServed(n);
+    t.not(api, before[n]!.api, `${n}: the API serves a new certificate`);
+    t.is(pg, api, `${n}: PostgreSQL serves the same new certificate`);
+    t.is(api!.replace(/\s/g, ''), readFileSync(join(cluster.configDir, 'secrets', 'tls', `${n}.crt`), 'utf8').replace(/\s/g, ''), `${n}: the one now in secrets/tls`);
+    t.is(cluster.agents.get(n)?.pid, before[n]!.agent, `${n}: the agent did not restart`);
+    t.is(cluster.postmasterPid(n), before[n]!.postmaster, `${n}: PostgreSQL did not restart`);
+  }
+  t.is(await cluster.healthyPair(), leader, 'the same leader, healthy');
+  await cluster.waitFor('writes through the VIP after the rotation', async () => (cluster.acks.length > writes + 5 ? true : undefined), 60_000);
+  const replication = await cluster.sql(leader, 'SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)', 'postgres');
+  t.is(replication, 't');
+  // The seed on disk still has the old certificate: a restarted agent uses the rotated one.
+  const rotated = await cluster.servedCertificate(follower);
+  await cluster.restartAgent(follower);
+  await cluster.waitFor('a healthy pair after the follower\'s agent restarted', async () => ((await cluster.healthyPair()) === leader ? true : undefined), 180_000);
+  t.is(await cluster.servedCertificate(follower), rotated, 'the restarted agent serves the rotated certificate, not the seed\'s');
+  t.is(cluster.dualPrimarySamples(), 0);
+});
+
 // After the restore, and last of all: a forced failover loses writes on purpose.
 serial('geminik8s failover --force: the leader degraded, then lost power. Refused without --accept-data-loss, nothing changed; with it the standby leads once the old lease has expired; the writes lost are exactly some the old leader acknowledged alone; it comes back fenced and rejoins', async (t) => {
   t.timeout(900_000);
