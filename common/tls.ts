@@ -1,4 +1,4 @@
-import { X509Certificate, createPrivateKey, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { X509Certificate, createHash, createPrivateKey, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { isIP } from 'node:net';
@@ -152,6 +152,11 @@ export async function issueLeaf(ca: ClusterCa, subject: LeafSubject, days = LEAF
     for (const plan of leafPlans(subject, files, days)) await runPlan(plan);
     return { key, cert: await readFile(files.cert, 'utf8') };
   });
+}
+
+/** SHA-256 of a certificate's DER (given as PEM, or as the DER itself), lower-case hex without separators. */
+export function certFingerprint(cert: string | Buffer): string {
+  return createHash('sha256').update(typeof cert === 'string' ? new X509Certificate(cert).raw : cert).digest('hex');
 }
 
 /** What a certificate says about its holder. */

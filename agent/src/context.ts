@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { parseSeed } from '../../common/config.ts';
@@ -7,7 +8,7 @@ import { writeFileAtomic } from '../../common/fsutil.ts';
 import { withNodeAddress } from '../../common/membership.ts';
 import { registerSecret } from '../../common/log.ts';
 import { AgentConfigSchema, type AgentConfig } from '../../common/schema/agent.ts';
-import { bootstrapLeaderOf, peerOf, witnessTarget, type ClusterNode, type ClusterSpec, type WitnessTarget } from '../../common/schema/cluster.ts';
+import { bootstrapLeaderOf, nodeCertHosts, peerOf, witnessTarget, type ClusterNode, type ClusterSpec, type WitnessTarget } from '../../common/schema/cluster.ts';
 import type { NodeSeed, Secrets } from '../../common/schema/seed.ts';
 import { certFacts, tlsMaterialProblem, type TlsMaterial } from '../../common/tls.ts';
 
@@ -146,14 +147,12 @@ export interface TlsOverride {
 
 export const TLS_OVERRIDE_FILE = 'tls.json';
 
-/** The names a node's certificate must cover: its address, loopback (its own CLI and jobs), the VIP. */
-export function nodeCertHosts(spec: ClusterSpec, self: ClusterNode): string[] {
-  return [self.ip, '127.0.0.1', spec.network.vip];
-}
-
-/** Why `cert`/`key` cannot be this node's (another CA, name or cluster, a host it does not cover, expired, a key that does not match), or undefined. */
+/**
+ * Why `cert`/`key` cannot be this node's (another CA, name or cluster, an address of
+ * `nodeCertHosts` it does not cover, expired, a key that does not match), or undefined.
+ */
 export function nodeCertProblem(spec: ClusterSpec, self: ClusterNode, ca: string, cert: string, key: string, now: Date): string | undefined {
-  for (const host of nodeCertHosts(spec, self)) {
+  for (const host of nodeCertHosts(spec, self.name).filter((h) => isIP(h))) {
     const p = tlsMaterialProblem({ ca, cert, key }, { cluster: spec.name, name: self.name, host }, now);
     if (p) return p;
   }

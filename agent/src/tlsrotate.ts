@@ -1,6 +1,7 @@
-import { createHash, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { runPlan, type CommandPlan } from '../../common/exec.ts';
 import { registerSecret } from '../../common/log.ts';
+import { certFingerprint } from '../../common/tls.ts';
 import { NODE_PATHS } from '../../common/render/paths.ts';
 import type { Agent } from './agent.ts';
 import { nodeCertProblem, writeTlsOverride, type NodeContext } from './context.ts';
@@ -16,11 +17,6 @@ export interface TlsRotateResult {
   notAfter?: string;
   /** What happened to K3s's own certificates. */
   k3s?: string;
-}
-
-/** SHA-256 of a PEM certificate's DER, lower-case hex without separators. */
-export function certFingerprint(pem: string): string {
-  return createHash('sha256').update(new X509Certificate(pem).raw).digest('hex');
 }
 
 /**

@@ -340,6 +340,17 @@ export function bootstrapLeaderOf(spec: ClusterSpec): ClusterNode {
   return spec.nodes.find((n) => n.name === spec.bootstrapLeader) ?? spec.nodes[0]!;
 }
 
+/**
+ * The names a node's certificate covers: its own address (peer and witness calls), 127.0.0.1
+ * (the node's own CLI and the upgrade job ask the local agent), its name, and the VIP (whoever
+ * holds it answers there).
+ */
+export function nodeCertHosts(spec: ClusterSpec, nodeName: string): string[] {
+  const node = spec.nodes.find((n) => n.name === nodeName);
+  if (!node) throw new Error(`no node named ${nodeName}`);
+  return [node.ip, '127.0.0.1', nodeName, spec.network.vip];
+}
+
 export function peerOf(spec: ClusterSpec, nodeName: string): ClusterNode {
   const peer = spec.nodes.find((n) => n.name !== nodeName);
   if (!peer) throw new Error(`cluster ${spec.name} has no peer for ${nodeName}`);

@@ -6,21 +6,15 @@ import { ExitCode, GeminiError } from '../../../common/errors.ts';
 import { WITNESS_TLS_FILES } from '../../../agent/src/witness/serve.ts';
 import { writeFileAtomic } from '../../../common/fsutil.ts';
 import { registerSecret } from '../../../common/log.ts';
-import { witnessHost, type Cluster } from '../../../common/schema/cluster.ts';
+import { nodeCertHosts, witnessHost, type Cluster } from '../../../common/schema/cluster.ts';
 import { issueCa, issueLeaf, tlsMaterialProblem, type ClusterCa, type LeafSubject } from '../../../common/tls.ts';
 
 /** The witness's party name: the CN of its certificate. */
 export const WITNESS_PARTY = 'witness';
 
-/**
- * The names a node's certificate covers: its own address (peer and witness calls), 127.0.0.1
- * (the node's own CLI and the upgrade job ask the local agent), its name, and the VIP (whoever
- * holds it answers there).
- */
+/** A node's certificate subject: the names in `nodeCertHosts`, for serving and calling. */
 export function nodeSubject(cluster: Cluster, name: string): LeafSubject {
-  const node = cluster.nodes.find((n) => n.name === name);
-  if (!node) throw new Error(`no node named ${name}`);
-  return { cluster: cluster.name, name, hosts: [node.ip, '127.0.0.1', name, cluster.network.vip], usage: 'both' };
+  return { cluster: cluster.name, name, hosts: nodeCertHosts(cluster, name), usage: 'both' };
 }
 
 /** The witness's certificate covers the host of the cluster's witness URL. */

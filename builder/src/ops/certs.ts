@@ -1,6 +1,6 @@
-import { createHash } from 'node:crypto';
 import { connect } from 'node:tls';
 import type { Cluster } from '../../../common/schema/cluster.ts';
+import { certFingerprint } from '../../../common/tls.ts';
 import type { Secrets } from '../../../common/schema/seed.ts';
 import { agentAnswer, agentUrl, type ClusterStatus, type Fetcher } from './status.ts';
 
@@ -55,7 +55,7 @@ export function servedFingerprint(host: string, port: number, ca: string, timeou
       const cert = socket.getPeerCertificate();
       socket.destroy();
       if (!cert?.raw) return reject(new Error(`${host}:${port} presented no certificate`));
-      resolve(createHash('sha256').update(cert.raw).digest('hex'));
+      resolve(certFingerprint(cert.raw));
     });
     socket.setTimeout(timeoutMs, () => socket.destroy(new Error(`${host}:${port}: no TLS handshake within ${timeoutMs} ms`)));
     socket.once('error', reject);
