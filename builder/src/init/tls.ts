@@ -65,7 +65,7 @@ export async function ensureCa(secretsDir: string, cluster: Cluster, result: Tls
  * Issue `subject`'s certificate into `secretsDir` unless a valid one is there: a certificate is
  * reissued when `rotate` is set, or when it no longer fits (another CA, name, host, or expired).
  */
-export async function ensureLeaf(secretsDir: string, ca: ClusterCa, subject: LeafSubject, rotate: boolean, result: TlsWriteResult): Promise<void> {
+export async function ensureLeaf(secretsDir: string, ca: ClusterCa, subject: LeafSubject, rotate: boolean, result: TlsWriteResult): Promise<{ cert: string; key: string }> {
   const files = tlsFiles(secretsDir, subject.name);
   const [cert, key] = [await readOptional(files.cert), await readOptional(files.key)];
   if (cert && key && !rotate) {
@@ -73,7 +73,7 @@ export async function ensureLeaf(secretsDir: string, ca: ClusterCa, subject: Lea
     const fits = subject.hosts.every((host) => !tlsMaterialProblem({ ca: ca.cert, cert, key }, { cluster: subject.cluster, name: subject.name, host }, new Date()));
     if (fits) {
       result.kept.push(files.cert);
-      return;
+      return { cert, key };
     }
   }
   const leaf = await issueLeaf(ca, subject);
@@ -81,6 +81,17 @@ export async function ensureLeaf(secretsDir: string, ca: ClusterCa, subject: Lea
   await writeFileAtomic(files.key, leaf.key, 0o600);
   await writeFileAtomic(files.cert, leaf.cert, 0o600);
   result.written.push(files.key, files.cert);
+  return leaf;
+}
+
+/**
+ * A new key and certificate for `node` from the kept CA, written to `secretsDir` (certs rotate,
+ * replace-node): the material and the files written.
+ */
+export async function reissueNodeCert(secretsDir: string, cluster: Cluster, node: string): Promise<{ cert: string; key: string; written: string[] }> {
+  const result: TlsWriteResult = { written: [], kept: [] };
+  const leaf = await ensureLeaf(secretsDir, await ensureCa(secretsDir, cluster, result), nodeSubject(cluster, node), true, result);
+  return { ...leaf, written: result.written };
 }
 
 /**

@@ -102,8 +102,8 @@ export async function requestSwitchover(cluster: Cluster, secrets: Secrets, lead
   return { ok, reason, ...(typeof body.tookMs === 'number' ? { tookMs: body.tookMs } : {}) };
 }
 
-/** Poll until `to` leads a healthy pair (or only leads, unless `healthy`), or the deadline passes; the last status either way. */
-export async function waitForLeader(cluster: Cluster, secrets: Secrets, to: string, fetcher: Fetcher, timeoutMs: number, sleep: (ms: number) => Promise<void>, now: () => number = () => performance.now(), healthy = true): Promise<{ done: boolean; status: ClusterStatus }> {
+/** Poll until `to` leads a healthy pair (or only leads, unless `healthy`), or the deadline passes; the last status either way. `null`: until nobody leads. */
+export async function waitForLeader(cluster: Cluster, secrets: Secrets, to: string | null, fetcher: Fetcher, timeoutMs: number, sleep: (ms: number) => Promise<void>, now: () => number = () => performance.now(), healthy = true): Promise<{ done: boolean; status: ClusterStatus }> {
   const deadline = now() + timeoutMs;
   for (;;) {
     const status = await collectStatus(cluster, secrets, fetcher);

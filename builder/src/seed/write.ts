@@ -8,14 +8,18 @@ import { writeFileAtomic } from '../../../common/fsutil.ts';
 import type { RenderedFile } from '../render/index.ts';
 import { seedIsoPlan } from './iso.ts';
 
+/** Whether `out` holds a seed (or anything) already: a non-empty directory, or an existing file. */
+export function seedOutputExists(out: string, format: 'dir' | 'iso'): boolean {
+  return format === 'dir' ? existsSync(out) && readdirSync(out).length > 0 : existsSync(out);
+}
+
 /**
  * Write a node's seed files to `out`: a directory (0700, to copy onto the config partition) or a
  * cidata ISO (0600). Built in a private staging place and moved into place whole; an existing
  * output is replaced only with `force`.
  */
 export async function writeSeed(out: string, files: RenderedFile[], format: 'dir' | 'iso', force: boolean): Promise<void> {
-  const exists = format === 'dir' ? existsSync(out) && readdirSync(out).length > 0 : existsSync(out);
-  if (exists && !force) throw new GeminiError(`${out} already exists; pass --force to replace it`, ExitCode.refused);
+  if (seedOutputExists(out, format) && !force) throw new GeminiError(`${out} already exists; pass --force to replace it`, ExitCode.refused);
   const staging = format === 'dir' ? `${out.replace(/\/+$/, '')}.tmp-${process.pid}` : mkdtempSync(join(tmpdir(), 'gk-seed-'));
   await rm(staging, { recursive: true, force: true });
   await mkdir(staging, { recursive: true, mode: 0o700 });

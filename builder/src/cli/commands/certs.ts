@@ -1,9 +1,9 @@
-import { readFile } from 'node:fs/promises';
 import { Command } from 'commander';
 import { loadCluster, loadClusterCa, loadClusterSecrets, secretsDirOf, tlsFiles } from '../../../../common/config.ts';
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
-import { ensureCa, ensureLeaf, nodeSubject, type TlsWriteResult } from '../../init/tls.ts';
+import { reissueNodeCert } from '../../init/tls.ts';
 import { planCertRotation, requestTlsRotation, servedFingerprint } from '../../ops/certs.ts';
+import { waitForLeader } from '../../ops/failover.ts';
 import { collectStatus, renderStatusTable } from '../../ops/status.ts';
 import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
 import { operatorFetcher } from './status.ts';
@@ -51,11 +51,8 @@ export function registerCerts(program: Command, ctx: () => CliContext): void {
       const ca = (await loadClusterCa(clusterFile, cluster))!;
       const results: { node: string; fingerprint: string; notAfter?: string; k3s?: string }[] = [];
       for (const node of plan.order) {
-        const written: TlsWriteResult = { written: [], kept: [] };
-        await ensureLeaf(secretsDir, await ensureCa(secretsDir, cluster, written), nodeSubject(cluster, node), true, written);
-        const files = tlsFiles(secretsDir, node);
-        const [cert, key] = [await readFile(files.cert, 'utf8'), await readFile(files.key, 'utf8')];
-        c.logger.info(`${node}: a new certificate from the cluster CA (${files.cert}); handing it to its agent`);
+        const { cert, key } = await reissueNodeCert(secretsDir, cluster, node);
+        c.logger.info(`${node}: a new certificate from the cluster CA (${tlsFiles(secretsDir, node).cert}); handing it to its agent`);
         const r = await requestTlsRotation(cluster, secrets, node, { cert, key, k3s: opts.k3s }, fetcher);
         // The new files stay in secrets/: the node keeps trusting its peer's old or new one, and its next seed carries the new one.
         if (!r.ok) throw new GeminiError(`${node} did not take its new certificate: ${r.reason}${results.length ? ` (rotated before it: ${results.map((x) => x.node).join(', ')})` : ''}`, ExitCode.refused);
@@ -65,15 +62,10 @@ export function registerCerts(program: Command, ctx: () => CliContext): void {
         c.logger.info(`${node}: ${r.reason}; its API serves sha256 ${served}${r.k3s ? `; K3s: ${r.k3s}` : ''}`);
         results.push({ node, fingerprint: served, ...(r.notAfter ? { notAfter: r.notAfter } : {}), ...(r.k3s ? { k3s: r.k3s } : {}) });
         // The next node only once the pair is back where it was (the leader unchanged).
-        const deadline = performance.now() + timeout;
-        for (;;) {
-          const s = await collectStatus(cluster, secrets, fetcher);
-          if (s.leader === leader && (before !== 'healthy' || s.health === 'healthy')) break;
-          if (performance.now() > deadline) {
-            c.print(renderStatusTable(s));
-            throw new GeminiError(`after ${node}'s rotation the pair is not ${before} under ${leader ?? 'no leader'} within ${opts.timeout}: ${s.reasons.join('; ') || `the leader is ${s.leader ?? 'nobody'}`}`, ExitCode.timeout);
-          }
-          await new Promise((res) => setTimeout(res, 1000));
+        const w = await waitForLeader(cluster, secrets, leader, fetcher, timeout, (ms) => new Promise((res) => setTimeout(res, ms)), undefined, before === 'healthy');
+        if (!w.done) {
+          c.print(renderStatusTable(w.status));
+          throw new GeminiError(`after ${node}'s rotation the pair is not ${before} under ${leader ?? 'no leader'} within ${opts.timeout}: ${w.status.reasons.join('; ') || `the leader is ${w.status.leader ?? 'nobody'}`}`, ExitCode.timeout);
         }
       }
       if (opts.json) c.print(JSON.stringify({ cluster: cluster.name, rotated: results }, null, 2));

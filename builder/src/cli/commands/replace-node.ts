@@ -1,4 +1,3 @@
-import { existsSync, readdirSync } from 'node:fs';
 import { chmod, copyFile, readFile, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Command } from 'commander';
@@ -6,11 +5,11 @@ import { loadCluster, loadClusterSecrets, loadClusterTls, secretsDirOf } from '.
 import { ExitCode, GeminiError, ValidationError } from '../../../../common/errors.ts';
 import { writeFileAtomic } from '../../../../common/fsutil.ts';
 import { withNodeAddress } from '../../../../common/membership.ts';
-import { ensureCa, ensureLeaf, nodeSubject, type TlsWriteResult } from '../../init/tls.ts';
+import { reissueNodeCert } from '../../init/tls.ts';
 import { clusterTextWithAddress, planReplaceNode, requestReplacePeer } from '../../ops/replace.ts';
 import { collectStatus, renderStatusTable } from '../../ops/status.ts';
 import { renderSeedFiles } from '../../render/index.ts';
-import { writeSeed } from '../../seed/write.ts';
+import { seedOutputExists, writeSeed } from '../../seed/write.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
 import { operatorFetcher } from './status.ts';
 
@@ -50,7 +49,7 @@ export function registerReplaceNode(program: Command, ctx: () => CliContext): vo
       const secrets = await loadClusterSecrets(clusterFile, cluster);
       const fetcher = await operatorFetcher(clusterFile, cluster);
       const seedOut = opts.seedOut ?? join(dirname(clusterFile), `seed-${opts.old}`);
-      if (!opts.force && existsSync(seedOut) && readdirSync(seedOut).length > 0) throw new GeminiError(`--seed-out ${seedOut} already exists; pass --force to replace it, or another --seed-out`, ExitCode.refused);
+      if (!opts.force && seedOutputExists(seedOut, 'dir')) throw new GeminiError(`--seed-out ${seedOut} already exists; pass --force to replace it, or another --seed-out`, ExitCode.refused);
       const now = new Date();
       const backup = backupName(clusterFile, now);
       const moved = cluster.nodes.find((n) => n.name === opts.old)!.ip !== opts.newIp;
@@ -84,17 +83,14 @@ export function registerReplaceNode(program: Command, ctx: () => CliContext): vo
         await writeFileAtomic(clusterFile, edited.text, mode, { syncDir: true });
         c.logger.info(`${clusterFile}: ${opts.old} at ${opts.newIp}; the previous file is ${backup}`);
       }
-      const updated = await loadCluster(clusterFile);
-      const secretsDir = secretsDirOf(clusterFile, updated);
+      const updated = edited.cluster;
       if (!updated.agent.insecurePlaintext) {
         // A new key as well as a new address: the old box's key is not trusted to be gone with it.
-        const result: TlsWriteResult = { written: [], kept: [] };
-        const ca = await ensureCa(secretsDir, updated, result);
-        await ensureLeaf(secretsDir, ca, nodeSubject(updated, opts.old), true, result);
-        c.logger.info(`a new certificate for ${opts.old} at ${opts.newIp}: ${result.written.join(', ')}`);
+        const { written } = await reissueNodeCert(secretsDirOf(clusterFile, updated), updated, opts.old);
+        c.logger.info(`a new certificate for ${opts.old} at ${opts.newIp}: ${written.join(', ')}`);
       }
       const tls = await loadClusterTls(clusterFile, updated, opts.old);
-      await writeSeed(seedOut, renderSeedFiles(updated, opts.old, await loadClusterSecrets(clusterFile, updated), tls), 'dir', Boolean(opts.force));
+      await writeSeed(seedOut, renderSeedFiles(updated, opts.old, secrets, tls), 'dir', Boolean(opts.force));
       c.logger.info(`the seed of the new ${opts.old}: ${seedOut} (directory 0700, seed.yaml 0600)`);
       c.print(`next: put the seed on the new box, for example\n  geminik8s flash IMAGE --device DEV --seed-cluster ${clusterFile} --node ${opts.old}\n  (or copy ${seedOut} onto its config partition); it clones ${plan.survivor} and becomes its synchronous standby. Watch with: geminik8s status --cluster ${clusterFile} --watch`);
     });
