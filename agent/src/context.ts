@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { parse } from 'yaml';
+import { z } from 'zod';
 import { parseSeed } from '../../common/config.ts';
 import { ExitCode, GeminiError, ValidationError } from '../../common/errors.ts';
 import { writeFileAtomic } from '../../common/fsutil.ts';
@@ -84,15 +85,16 @@ export function apiScheme(ctx: Pick<NodeContext, 'spec' | 'tls'>): 'https' | 'ht
  * the config partition still names the old box's address, and this node must not go back to it
  * after a reboot.
  */
-export interface PeerOverride {
-  cluster: string;
-  name: string;
-  ip: string;
-  mac?: string;
+const PeerOverrideSchema = z.object({
+  cluster: z.string(),
+  name: z.string(),
+  ip: z.string(),
+  mac: z.string().optional(),
   /** The address before this replacement (the seed's, or an earlier replacement's). */
-  previousIp: string;
-  at: string;
-}
+  previousIp: z.string(),
+  at: z.string(),
+});
+export type PeerOverride = z.infer<typeof PeerOverrideSchema>;
 
 export const PEER_OVERRIDE_FILE = 'peer.json';
 
@@ -100,20 +102,32 @@ export function peerOverrideFile(stateDir: string): string {
   return join(stateDir, PEER_OVERRIDE_FILE);
 }
 
-/** The recorded override, or undefined when there is none (a file that does not parse is reported, not ignored). */
-export async function readPeerOverride(stateDir: string): Promise<PeerOverride | undefined> {
-  const file = peerOverrideFile(stateDir);
+/**
+ * A record the agent keeps in its state directory, or undefined when there is none. One that
+ * does not parse is reported, naming the file and what `writer` writes there, never ignored.
+ */
+async function readStateRecord<T>(file: string, schema: z.ZodType<T>, writer: string): Promise<T | undefined> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
   } catch {
     return undefined;
   }
-  const o = JSON.parse(text) as Partial<PeerOverride>;
-  if (typeof o.cluster !== 'string' || typeof o.name !== 'string' || typeof o.ip !== 'string') {
-    throw new GeminiError(`${file}: expected {cluster, name, ip, previousIp, at} as geminik8s replace-node records it`, ExitCode.invalidInput);
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    // Not the parser's message: it quotes the text, which may be a key.
+    throw new GeminiError(`${file}: not JSON; expected the record ${writer} writes`, ExitCode.invalidInput);
   }
-  return o as PeerOverride;
+  const parsed = schema.safeParse(data);
+  if (!parsed.success) throw new GeminiError(`${file}: ${parsed.error.issues.map((i) => `${i.path.join('.') || 'the record'}: ${i.message}`).join('; ')}; expected the record ${writer} writes`, ExitCode.invalidInput);
+  return parsed.data;
+}
+
+/** The recorded override, or undefined when there is none. */
+export async function readPeerOverride(stateDir: string): Promise<PeerOverride | undefined> {
+  return readStateRecord(peerOverrideFile(stateDir), PeerOverrideSchema, 'geminik8s replace-node');
 }
 
 /** Record the override (0600, written whole or not at all). */
@@ -139,11 +153,8 @@ export function applyPeerOverride(seed: NodeSeed, o: PeerOverride | undefined): 
  * This node's certificate and key after `geminik8s certs rotate`, kept in the state directory
  * (0600): the seed still carries the ones it was flashed with.
  */
-export interface TlsOverride {
-  cert: string;
-  key: string;
-  at: string;
-}
+const TlsOverrideSchema = z.object({ cert: z.string(), key: z.string(), at: z.string() });
+export type TlsOverride = z.infer<typeof TlsOverrideSchema>;
 
 export const TLS_OVERRIDE_FILE = 'tls.json';
 
@@ -160,16 +171,9 @@ export function nodeCertProblem(spec: ClusterSpec, self: ClusterNode, ca: string
 }
 
 export async function readTlsOverride(stateDir: string): Promise<TlsOverride | undefined> {
-  let text: string;
-  try {
-    text = await readFile(join(stateDir, TLS_OVERRIDE_FILE), 'utf8');
-  } catch {
-    return undefined;
-  }
-  const o = JSON.parse(text) as Partial<TlsOverride>;
-  if (typeof o.cert !== 'string' || typeof o.key !== 'string') throw new GeminiError(`${join(stateDir, TLS_OVERRIDE_FILE)}: expected {cert, key, at} as geminik8s certs rotate records it`, ExitCode.invalidInput);
-  registerSecret(o.key);
-  return o as TlsOverride;
+  const o = await readStateRecord(join(stateDir, TLS_OVERRIDE_FILE), TlsOverrideSchema, 'geminik8s certs rotate');
+  if (o) registerSecret(o.key);
+  return o;
 }
 
 export async function writeTlsOverride(stateDir: string, o: TlsOverride): Promise<void> {

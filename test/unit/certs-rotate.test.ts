@@ -1,7 +1,7 @@
 import test from 'ava';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { applyTlsOverride, nodeCertProblem } from '../../agent/src/context.ts';
+import { applyTlsOverride, nodeCertProblem, readPeerOverride, readTlsOverride, TLS_OVERRIDE_FILE, writePeerOverride, writeTlsOverride } from '../../agent/src/context.ts';
 import { k3sCertRotatePlans } from '../../agent/src/tlsrotate.ts';
 import { planCertRotation } from '../../builder/src/ops/certs.ts';
 import { nodeSubject } from '../../builder/src/init/tls.ts';
@@ -76,4 +76,24 @@ test('geminik8s certs rotate with nothing answering: exit 5, no certificate reis
   t.is(r.code, 5, r.stderr);
   t.regex(r.stderr, /refusing to rotate: node1 does not answer .*node2 does not answer/);
   t.deepEqual([crt('node1'), crt('node2')], before);
+});
+
+test('the state records: none is undefined, a written one reads back, a broken one is an error naming the file and never quoting a key', async (t) => {
+  const dir = tempDir('gk-state-');
+  t.is(await readTlsOverride(dir), undefined);
+  t.is(await readPeerOverride(dir), undefined);
+  const material = { ...fakeTls('node1'), at: '2026-12-02T00:00:00.000Z' };
+  await writeTlsOverride(dir, { cert: material.cert, key: material.key, at: material.at });
+  t.deepEqual(await readTlsOverride(dir), { cert: material.cert, key: material.key, at: material.at });
+  const peer = { cluster: 'site-a', name: 'node1', ip: '192.168.10.21', previousIp: '192.168.10.11', at: material.at };
+  await writePeerOverride(dir, peer);
+  t.deepEqual(await readPeerOverride(dir), peer);
+  // The key's material written bare: JSON.parse's own message would quote it.
+  const keyBody = material.key.split('\n')[1]!;
+  writeFileSync(join(dir, TLS_OVERRIDE_FILE), `{"cert": "x", "key": ${keyBody}}`);
+  const notJson = await t.throwsAsync(readTlsOverride(dir));
+  t.regex(notJson!.message, /tls\.json: not JSON; expected the record geminik8s certs rotate writes/);
+  t.false(notJson!.message.includes(keyBody.slice(0, 8)), 'no part of the key in the error');
+  writeFileSync(join(dir, 'peer.json'), JSON.stringify({ ...peer, ip: 7 }));
+  await t.throwsAsync(readPeerOverride(dir), { message: /peer\.json: ip: .*expected the record geminik8s replace-node writes/ });
 });
