@@ -470,9 +470,8 @@ export class HarnessCluster extends PairHarness {
     const secretsDir = join(this.configDir, cluster.secretsDir);
     await writeSecrets(secretsDir, { rotate: false });
     await writeClusterTls(secretsDir, cluster, { rotate: false });
-    this.config = await loadCluster(clusterFile);
+    await this.reloadConfig();
     this.secrets = await loadSecrets(secretsDir);
-    for (const n of this.config.nodes) this.tls.set(n.name, (await loadClusterTls(clusterFile, this.config, n.name))!);
     // What an operator copies to the witness box: `geminik8s witness credentials --out DIR`.
     await writeWitnessCredentials(clusterFile, { out: this.witnessTlsDir });
     if (this.config.witness.type !== 'lease') throw new Error(`init --witness gave a ${this.config.witness.type} witness, expected lease`);
