@@ -26,6 +26,8 @@ export interface BootOptions {
   memoryMiB?: number;
   cpus?: number;
   networks?: NetworkSpec[];
+  /** Run QEMU in this network namespace (see QemuOptions.netns): for `tap` networks. */
+  netns?: string;
   /** Read-only extra disks (see QemuOptions.drives). */
   drives?: QemuOptions['drives'];
   kernel?: QemuOptions['kernel'];
@@ -432,9 +434,10 @@ export async function bootVm(opts: BootOptions): Promise<Vm> {
       drives: opts.drives?.map((d) => ({ ...d, path: resolve(d.path) })),
       kernel: opts.kernel,
       name: opts.name,
+      netns: opts.netns,
     };
     qemuPlan(qemuOpts); // validate before doing any work
-    await requireTools([QEMU_BINARY[opts.arch], ...(opts.write ? [] : ['qemu-img']), ...(seedIsDir ? ['xorriso'] : [])]);
+    await requireTools([QEMU_BINARY[opts.arch], ...(opts.netns ? ['ip'] : []), ...(opts.write ? [] : ['qemu-img']), ...(seedIsDir ? ['xorriso'] : [])]);
 
     if (!opts.write) {
       progress(`creating a throwaway overlay over ${opts.image} (the image is not modified)`);

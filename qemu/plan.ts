@@ -17,10 +17,13 @@ export interface HostForward {
  * A guest NIC. `user`: QEMU user networking, always `restrict=on` (the guest reaches nothing
  * but the forwarded ports, which listen on 127.0.0.1 only). `socket`: a point-to-point link
  * between two VMs over TCP on 127.0.0.1: one side `listen`s on a port, the other `connect`s.
+ * `tap`: a tap device that already exists where QEMU runs (see `QemuOptions.netns`), opened
+ * without QEMU's ifup/ifdown scripts; whoever made it bridges it.
  */
 export type NetworkSpec =
   | { kind: 'user'; hostfwd?: HostForward[]; mac?: string }
-  | { kind: 'socket'; listen?: number; connect?: number; mac: string };
+  | { kind: 'socket'; listen?: number; connect?: number; mac: string }
+  | { kind: 'tap'; ifname: string; mac: string };
 
 /** Where Debian 12 installs the UEFI firmware, and which package provides it. */
 export const UEFI_FIRMWARE: Record<Arch, { code: string; vars: string; package: string; padTo?: number }> = {
@@ -56,11 +59,21 @@ export interface QemuOptions {
   name?: string;
   /** A virtio console (the guest's /dev/hvc0) on this unix socket: test images put a root shell there. */
   consoleSocket?: string;
+  /**
+   * Run QEMU inside this network namespace (`ip netns exec`), where its tap devices live. Its
+   * unix sockets and files are paths, which a network namespace does not change.
+   */
+  netns?: string;
 }
 
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 /** Longest unix socket path Linux accepts (sun_path is 108 bytes with the NUL). */
 const UNIX_PATH_MAX = 107;
+
+/** A Linux interface name: at most 15 bytes (IFNAMSIZ less the NUL), no slash or space. */
+const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
+/** A network namespace name as `ip netns` keeps it under /run/netns. */
+const NETNS = /^[A-Za-z0-9_.-]{1,64}$/;
 
 const isPort = (p: unknown): boolean => Number.isInteger(p) && (p as number) >= 1 && (p as number) <= 65535;
 
@@ -110,10 +123,14 @@ export function qemuOptionProblems(opts: QemuOptions): string[] {
       const port = n.listen ?? n.connect;
       if (port !== undefined && !isPort(port)) problems.push(`${at}.${n.listen !== undefined ? 'listen' : 'connect'}: expected a port 1-65535, found ${port}`);
       if (!n.mac) problems.push(`${at}.mac: a socket network needs a MAC address (both ends of the link must differ)`);
+    } else if (n.kind === 'tap') {
+      if (!IFNAME.test(n.ifname ?? '')) problems.push(`${at}.ifname: expected an interface name of 1 to 15 letters, digits, _ . or -, found ${JSON.stringify(n.ifname)}`);
+      if (!n.mac) problems.push(`${at}.mac: a tap network needs a MAC address (every guest on the bridge must differ)`);
     } else {
-      problems.push(`${at}.kind: expected user or socket, found ${JSON.stringify((n as { kind: unknown }).kind)}`);
+      problems.push(`${at}.kind: expected user, socket or tap, found ${JSON.stringify((n as { kind: unknown }).kind)}`);
     }
   });
+  if (opts.netns !== undefined && !NETNS.test(opts.netns)) problems.push(`netns: expected a namespace name of letters, digits, _ . or -, found ${JSON.stringify(opts.netns)}`);
   return problems;
 }
 
@@ -131,6 +148,8 @@ function networkArgs(n: NetworkSpec, i: number): string[] {
   if (n.kind === 'user') {
     // restrict=on isolates the guest; forwards listen on the loopback address only.
     netdev = [`user,id=${id},restrict=on`, ...(n.hostfwd ?? []).map((f) => `hostfwd=${f.proto ?? 'tcp'}:127.0.0.1:${f.hostPort}-:${f.guestPort}`)].join(',');
+  } else if (n.kind === 'tap') {
+    netdev = `tap,id=${id},ifname=${n.ifname},script=no,downscript=no`;
   } else {
     netdev = n.listen !== undefined ? `socket,id=${id},listen=127.0.0.1:${n.listen}` : `socket,id=${id},connect=127.0.0.1:${n.connect}`;
   }
@@ -183,6 +202,8 @@ export function qemuPlan(opts: QemuOptions): CommandPlan {
     if (opts.kernel.initrd) args.push('-initrd', opts.kernel.initrd);
     if (opts.kernel.append) args.push('-append', opts.kernel.append);
   }
+  // `ip netns exec` execs QEMU in place: the process (and its pid) is QEMU's own.
+  if (opts.netns) return { cmd: 'ip', args: ['netns', 'exec', opts.netns, QEMU_BINARY[opts.arch], ...args], title: `QEMU ${opts.arch} in ${opts.netns}` };
   return { cmd: QEMU_BINARY[opts.arch], args, title: `QEMU ${opts.arch}` };
 }
 

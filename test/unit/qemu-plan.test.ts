@@ -84,6 +84,15 @@ test('every network listens on or connects to 127.0.0.1 only, user networks are 
   t.is(plan.args[plan.args.indexOf('-display') + 1], 'none');
 });
 
+test('tap networks: QEMU runs inside the namespace that holds the taps, opens them without scripts', (t) => {
+  const plan = qemuPlan(base({ netns: 'gk-lan-1', networks: [{ kind: 'tap', ifname: 'gktap1', mac: '52:54:00:77:00:11' }] }));
+  assertGolden(t, 'qemu/amd64-bios-tap.txt', render(plan));
+  t.is(plan.cmd, 'ip');
+  t.deepEqual(plan.args.slice(0, 4), ['netns', 'exec', 'gk-lan-1', 'qemu-system-x86_64']);
+  t.true(plan.args.includes('tap,id=net0,ifname=gktap1,script=no,downscript=no'));
+  t.is(qemuPlan(base({})).cmd, 'qemu-system-x86_64', 'without a namespace QEMU runs as itself');
+});
+
 test('commas in paths are doubled, as QEMU option syntax requires', (t) => {
   const plan = qemuPlan(base({ disk: { path: '/tmp/a,b.raw', format: 'raw' } }));
   t.true(plan.args.includes('if=none,id=disk0,format=raw,file=/tmp/a,,b.raw'));
@@ -120,7 +129,10 @@ test('every problem is reported at once', (t) => {
         { kind: 'socket', listen: 1, connect: 2, mac: '53:54:00:00:00:01' },
         { kind: 'socket', mac: 'nope' },
         { kind: 'wifi' } as never,
+        { kind: 'tap', ifname: 'a-name-longer-than-15', mac: '52:54:00:00:00:02' },
+        { kind: 'tap', ifname: 'tap0' } as never,
       ],
+      netns: 'two words',
     }),
   );
   const expected = [
@@ -134,7 +146,10 @@ test('every problem is reported at once', (t) => {
     /^networks\.1: a socket network needs exactly one of listen or connect/,
     /^networks\.2\.mac: expected six hex octets/,
     /^networks\.2: a socket network needs exactly one of listen or connect/,
-    /^networks\.3\.kind: expected user or socket/,
+    /^networks\.3\.kind: expected user, socket or tap/,
+    /^networks\.4\.ifname: expected an interface name of 1 to 15/,
+    /^networks\.5\.mac: a tap network needs a MAC address/,
+    /^netns: expected a namespace name/,
   ];
   t.is(problems.length, expected.length, problems.join('\n'));
   expected.forEach((re, i) => t.regex(problems[i]!, re));
