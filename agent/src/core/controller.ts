@@ -547,7 +547,9 @@ export class Controller {
     }
     await pg.ensurePeerSlot().catch(() => undefined);
     if (this.mayWrite()) await vip.take();
-    if (promoted) await this.p.kube.restart().catch(() => undefined);
+    // Not fatal: the promotion stands without Kubernetes, but an operator must see why K3s
+    // did not come back (a unit missing from the image, a failed start).
+    if (promoted) await this.p.kube.restart().catch((err) => log.warn({ event: 'kube-restart', err: (err as Error).message }, `could not restart Kine and K3s after the promotion: ${(err as Error).message}`));
   }
 
   /** Fenced (lease mode): regain the lease we hold, or follow the peer that holds a newer one. */
