@@ -36,6 +36,16 @@ export interface Sample {
   reason?: string;
 }
 
+/** Bundle the harness's writer or sampler script to one plain JavaScript file at `outfile`. */
+export async function bundleProbe(name: 'writer' | 'sampler', outfile: string): Promise<void> {
+  const { build } = await import('esbuild');
+  await build({
+    entryPoints: [join(ROOT, `test/harness/${name}.ts`)], outfile, bundle: true, platform: 'node', target: 'node20', format: 'esm',
+    external: ['pg-native'], logLevel: 'error',
+    banner: { js: "import { createRequire as __gkCreateRequire } from 'node:module'; const require = __gkCreateRequire(import.meta.url);" },
+  });
+}
+
 /** A JSON log line of an agent or the witness, with the time the harness received it. */
 export interface LogEvent {
   source: string;
@@ -172,14 +182,7 @@ export abstract class PairHarness {
    * checks enough to fence a healthy leader.
    */
   private async bundleProbes(): Promise<void> {
-    const { build } = await import('esbuild');
-    for (const name of ['writer', 'sampler']) {
-      await build({
-        entryPoints: [join(ROOT, `test/harness/${name}.ts`)], outfile: join(this.dir, `${name}.mjs`), bundle: true, platform: 'node', target: 'node20', format: 'esm',
-        external: ['pg-native'], logLevel: 'error',
-        banner: { js: "import { createRequire as __gkCreateRequire } from 'node:module'; const require = __gkCreateRequire(import.meta.url);" },
-      });
-    }
+    for (const name of ['writer', 'sampler'] as const) await bundleProbe(name, join(this.dir, `${name}.mjs`));
   }
 
   protected spawnLogged(name: string, plan: Parameters<typeof spawnPlan>[0], onStdout?: (l: string) => void): RunningProcess {

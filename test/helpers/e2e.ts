@@ -31,15 +31,20 @@ export async function until<T>(what: string, timeoutMs: number, probe: () => Pro
   throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
 }
 
+/** Where initGuestCluster puts the witness's credentials (`geminik8s witness credentials --out`). */
+export const GUEST_WITNESS_TLS = 'witness-tls';
+
 /**
- * `geminik8s init` for guests on a private L2 (no witness), with failover timings for TCG
- * guests, many times slower than hardware (the defaults, a check every second with an 800 ms
- * timeout, are meant for real machines); validated. Returns the config directory.
+ * `geminik8s init` for guests on a private L2, with failover timings for TCG guests, many
+ * times slower than hardware (the defaults, a check every second with an 800 ms timeout, are
+ * meant for real machines); validated. Without `witness` the pair fails over by hand only;
+ * with it (HOST:PORT) init makes a lease witness and `geminik8s witness credentials` writes
+ * its certificate into GUEST_WITNESS_TLS in the config directory. Returns the config directory.
  */
-export async function initGuestCluster(name: string, net: { node1: string; node2: string; vip: string }, macs: { node1: string; node2: string }): Promise<string> {
+export async function initGuestCluster(name: string, net: { node1: string; node2: string; vip: string }, macs: { node1: string; node2: string }, witness?: string): Promise<string> {
   const dir = tempDir(`gk-e2e-${name}-`);
   const r = await cli('init', '--name', name, '--node1-ip', net.node1, '--node2-ip', net.node2, '--node1-mac', macs.node1, '--node2-mac', macs.node2,
-    '--vip', net.vip, '--witness', 'none', '--config-dir', dir);
+    '--vip', net.vip, '--witness', witness ?? 'none', '--config-dir', dir);
   if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`);
   const file = join(dir, 'cluster.yaml');
   const doc = parseDocument(readFileSync(file, 'utf8'), { version: '1.1' });
@@ -47,5 +52,9 @@ export async function initGuestCluster(name: string, net: { node1: string; node2
   writeFileSync(file, doc.toString());
   const v = await cli('validate', file);
   if (v.code !== 0) throw new Error(`the e2e cluster.yaml does not validate: ${v.stderr}`);
+  if (witness) {
+    const w = await cli('witness', 'credentials', '--cluster', file, '--out', join(dir, GUEST_WITNESS_TLS));
+    if (w.code !== 0) throw new Error(`witness credentials failed: ${w.stderr}`);
+  }
   return dir;
 }

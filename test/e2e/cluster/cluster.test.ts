@@ -1,32 +1,50 @@
 import test from 'ava';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan } from '../../../common/exec.ts';
+import { runPlan, spawnPlan, type RunningProcess } from '../../../common/exec.ts';
+import { loadCluster, loadSecrets, SECRET_FILES, secretsDirOf, tlsFiles } from '../../../common/config.ts';
+import { kinePassword } from '../../../common/render/k3s.ts';
+import { buildAgent } from '../../../agent/build.ts';
 import { partitionOffset } from '../../../builder/src/seed/into-image.ts';
 import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '../../../qemu/index.ts';
+import { bundleProbe } from '../../harness/cluster.ts';
+import { inNs } from '../../harness/netns.ts';
 import { cli } from '../../helpers/cli.ts';
 import { tempDir } from '../../helpers/fixtures.ts';
 import { testImage, type BuiltImage } from '../../helpers/test-image.ts';
-import { freePort, initGuestCluster, until } from '../../helpers/e2e.ts';
+import { freePort, GUEST_WITNESS_TLS, initGuestCluster, until } from '../../helpers/e2e.ts';
+import { arpOwners, createGuestLan, destroyGuestLan, type GuestLan } from '../../helpers/guest-lan.ts';
 
 // Two QEMU guests from the same test image (Kubernetes layer off), each with its own seed
-// written onto its config partition by `geminik8s seed --into`, on a private L2 between the
-// guests only (QEMU socket netdev on 127.0.0.1). The test reads the guests through a root shell
-// on their virtio console (the test image's boot.debugShell), never through a network.
+// written onto its config partition by `geminik8s seed --into`, on a private L2: a bridge in a
+// network namespace this suite makes, each guest on a tap device there (QEMU runs in that
+// namespace). The witness runs on the host side of that bridge, in the namespace, from the same
+// agent bundle the image ships (`geminik8s-agent witness`): a third box on the guests' network
+// without a third TCG guest, which would take a whole boot and a third of the 2 CPUs. The test
+// reads the guests through a root shell on their virtio console (the test image's
+// boot.debugShell), never through the network; the writer reaches the VIP from the host side.
 const BOOT_TIMEOUT = 12 * 60_000;
 // The shell answers once the guest's console is free of boot output; on a loaded 2-core host
 // with TCG that took more than 120 s, so wait as long as a boot may take.
 const SHELL_TIMEOUT = BOOT_TIMEOUT;
-const NET = { node1: '192.168.77.11', node2: '192.168.77.12', vip: '192.168.77.50' };
+const NET = { node1: '192.168.77.11', node2: '192.168.77.12', vip: '192.168.77.50', host: '192.168.77.1', prefix: 24 };
 const MAC = { node1: '52:54:00:77:00:11', node2: '52:54:00:77:00:12', bad: '52:54:00:77:00:13' };
+const WITNESS = `${NET.host}:7444`;
+const LAN_NS = 'gk-e2e-lan';
 const PG = '/usr/lib/postgresql/17/bin';
 const DATA = '/var/lib/postgresql/17/main';
 
 let img: BuiltImage;
 let clusterDir: string;
+let lan: GuestLan;
+/** The agent bundle (the witness runs from it), the writer, the witness's state. */
+let work: string;
+let witness: RunningProcess | undefined;
+const witnessLog: string[] = [];
 const vms: Vm[] = [];
 const shells: GuestShell[] = [];
-
+/** What the pair test leaves running for the failover test. */
+let pair: { node1: Vm; node2: Vm; s1: GuestShell; s2: GuestShell; disk1: string; logDir: string } | undefined;
 
 async function nodeDisk(node: string): Promise<string> {
   const out = join(tempDir(`gk-e2e-${node}-`), `${node}.raw`);
@@ -35,18 +53,48 @@ async function nodeDisk(node: string): Promise<string> {
   return out;
 }
 
-const sql = (shell: GuestShell, query: string): Promise<string> => shell.check(`runuser -u postgres -- ${PG}/psql -XtA -c "${query}"`).then((s) => s.trim());
+const sql = (shell: GuestShell, query: string, db = 'postgres'): Promise<string> => shell.check(`runuser -u postgres -- ${PG}/psql -XtA -d ${db} -c "${query}"`).then((s) => s.trim());
+const uptime = async (shell: GuestShell): Promise<number> => Number((await shell.check('cut -d" " -f1 /proc/uptime')).trim());
+const lanNic = (node: 'node1' | 'node2') => ({ netns: lan.ns, networks: [{ kind: 'tap' as const, ifname: lan.taps[node]!, mac: MAC[node] }] });
+
+/** `geminik8s-agent witness` on the host side of the bridge, with the credentials init's cluster gave it. */
+async function startWitness(): Promise<void> {
+  const file = join(clusterDir, 'cluster.yaml');
+  const cluster = await loadCluster(file);
+  const agent = await buildAgent(join(work, 'agent.mjs'));
+  const tokenFile = join(secretsDirOf(file, cluster), SECRET_FILES.witnessToken);
+  witness = spawnPlan(inNs(lan.ns, process.execPath, [agent, 'witness', '--listen', WITNESS, '--token-file', tokenFile, '--tls-dir', join(clusterDir, GUEST_WITNESS_TLS), '--state-dir', join(work, 'witness-state')]), {
+    stdout: (l) => witnessLog.push(l),
+    stderr: (l) => witnessLog.push(l),
+  });
+}
+
+/** The witness's durable record of the pair (its fsynced file). */
+const witnessRecord = (): { generation: number; holder: string | null; promotable: string | null } => JSON.parse(readFileSync(join(work, 'witness-state', 'e2e.json'), 'utf8'));
+
 
 
 test.before(async (t) => {
   img = await testImage('test-amd64.yaml', (m) => t.log(m));
-  clusterDir = await initGuestCluster('e2e', NET, MAC);
+  lan = await createGuestLan(LAN_NS, { ip: NET.host, prefix: NET.prefix }, ['node1', 'node2']);
+  clusterDir = await initGuestCluster('e2e', NET, MAC, WITNESS);
+  work = tempDir('gk-e2e-cluster-run-');
+  await bundleProbe('writer', join(work, 'writer.mjs'));
+  await startWitness();
 });
 
 test.after.always(async () => {
   for (const s of shells.splice(0)) s.close();
   for (const vm of vms.splice(0)) await vm.stop();
+  witness?.kill('SIGKILL');
+  if (lan) await destroyGuestLan(lan);
 });
+
+async function stopAll(): Promise<void> {
+  pair = undefined;
+  for (const s of shells.splice(0)) s.close();
+  for (const vm of vms.splice(0)) await vm.stop();
+}
 
 /** On failure, what the agents said: the tail of each open guest's agent and PostgreSQL journal. */
 async function dumpJournals(t: { log: (...v: unknown[]) => void }): Promise<void> {
@@ -54,29 +102,42 @@ async function dumpJournals(t: { log: (...v: unknown[]) => void }): Promise<void
     const r = await s.run('journalctl -b -u geminik8s-agent -u geminik8s-postgresql --no-pager -o cat | tail -n 60').catch((err: Error) => ({ code: -1, output: `(no journal: ${err.message})` }));
     t.log(`guest shell ${i + 1} journal:\n${r.output}`);
   }
+  t.log(`witness:\n${witnessLog.slice(-40).join('\n')}`);
 }
 
-test.serial('two nodes from one image: leader primary, follower synchronous, VIP on the leader, a write through the VIP on both, hostmeta agreed, follower rejoins after a reboot without a re-clone', async (t) => {
+test.serial('two nodes from one image: leader primary, follower synchronous, VIP on the leader, a write through the VIP on both, hostmeta agreed, the witness\'s lease with the leader, follower rejoins after a reboot without a re-clone', async (t) => {
   try {
     await pairTest(t);
   } catch (err) {
     await dumpJournals(t);
+    // Two TCG guests left running starved the next test's guest of CPU.
+    await stopAll();
+    throw err;
+  }
+});
+
+test.serial('the leader guest powered off: the follower promotes through its systemd units and the witness, the VIP answers with its MAC, a writer through the VIP resumes with no acknowledged write lost; the old leader boots again and rejoins as synchronous standby', async (t) => {
+  if (!pair) {
+    t.fail('the pair test left no running pair');
+    return;
+  }
+  try {
+    await failoverTest(t, pair);
+  } catch (err) {
+    await dumpJournals(t);
     throw err;
   } finally {
-    // The pair is done with: two TCG guests left running starved the next test's guest of CPU.
-    for (const s of shells.splice(0)) s.close();
-    for (const vm of vms.splice(0)) await vm.stop();
+    await stopAll();
   }
 });
 
 async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
-  const port = await freePort();
   const [disk1, disk2] = await Promise.all([nodeDisk('node1'), nodeDisk('node2')]);
   const logDir = tempDir('gk-e2e-cluster-logs-');
   const started = Date.now();
-  const node1 = await bootVm({ arch: 'amd64', firmware: 'bios', image: disk1, format: 'raw', write: true, console: true, name: 'node1', serialLog: join(logDir, 'node1.log'), networks: [{ kind: 'socket', listen: port, mac: MAC.node1 }] });
+  const node1 = await bootVm({ arch: 'amd64', firmware: 'bios', image: disk1, format: 'raw', write: true, console: true, name: 'node1', serialLog: join(logDir, 'node1.log'), ...lanNic('node1') });
   vms.push(node1);
-  const node2 = await bootVm({ arch: 'amd64', firmware: 'bios', image: disk2, format: 'raw', write: true, console: true, name: 'node2', serialLog: join(logDir, 'node2.log'), networks: [{ kind: 'socket', connect: port, mac: MAC.node2 }] });
+  const node2 = await bootVm({ arch: 'amd64', firmware: 'bios', image: disk2, format: 'raw', write: true, console: true, name: 'node2', serialLog: join(logDir, 'node2.log'), ...lanNic('node2') });
   vms.push(node2);
   t.log(`serial logs in ${logDir}`);
 
@@ -94,7 +155,7 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
     const row = await sql(s1, "select application_name || ' ' || state || ' ' || sync_state from pg_stat_replication");
     return /streaming sync/.test(row) ? row : undefined;
   });
-  const readyGuest = Number((await s1.check('cut -d" " -f1 /proc/uptime')).trim());
+  const readyGuest = await uptime(s1);
   t.log(`cluster ready (both nodes up, synchronous replication): ${((Date.now() - started) / 1000).toFixed(0)} s wall, node1 guest uptime ${readyGuest.toFixed(0)} s; ${syncState}`);
   t.regex(syncState, /^node2 streaming sync$/);
   t.is(await sql(s1, 'select pg_is_in_recovery()'), 'f', 'node1 is the primary');
@@ -129,6 +190,12 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   t.like(meta1, { cluster: 'e2e', node: 'node1', role: 'leader', peer: 'node2' });
   t.like(meta2, { cluster: 'e2e', node: 'node2', role: 'follower', peer: 'node1' });
   t.is(meta1.generation, meta2.generation, 'both nodes agree on the generation');
+  const lease = await until('the witness to record node2 as promotable', 3 * 60_000, async () => {
+    const r = witnessRecord();
+    return r.promotable === 'node2' ? r : undefined;
+  });
+  t.like(lease, { holder: 'node1', generation: meta1.generation }, 'the witness leases the leader its generation');
+  t.deepEqual(await arpOwners(lan, NET.vip), [MAC.node1], 'from the host side of the LAN, only the leader answers ARP for the VIP');
 
   // A hard reset of the follower: it must come back streaming from its own data, not a new clone.
   const inode = (await s2.check(`stat -c %i ${DATA}/PG_VERSION`)).trim();
@@ -161,6 +228,110 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   t.regex(seedMount, /^vfat ro,/);
   t.regex(seedMount, /fmask=0177/);
   t.is((await s2b.check('stat -c %a /run/geminik8s/config/geminik8s/seed.yaml')).trim(), '600');
+  pair = { node1, node2, s1, s2: s2b, disk1, logDir };
+}
+
+/** The monotonic time (guest seconds since boot) of the first agent journal line matching `grep`, if any. */
+async function journalAt(shell: GuestShell, grep: string): Promise<number | undefined> {
+  const r = await shell.run(`journalctl -b -u geminik8s-agent -o short-monotonic --no-pager | grep -m1 -F '${grep}'`);
+  const m = /^\[\s*(\d+\.\d+)\]/.exec(r.output.trim());
+  return m ? Number(m[1]) : undefined;
+}
+
+async function failoverTest(t: import('ava').ExecutionContext, p: NonNullable<typeof pair>): Promise<void> {
+  const { node1, s2 } = p;
+  const file = join(clusterDir, 'cluster.yaml');
+  const secretsDir = secretsDirOf(file, await loadCluster(file));
+  const secrets = await loadSecrets(secretsDir);
+  // As Kine on node1 connects: through the VIP, TLS verify-full, node1's certificate.
+  const cert = tlsFiles(secretsDir, 'node1');
+  const acks: { id: number; t: number }[] = [];
+  const writerErrors: string[] = [];
+  const writer = spawnPlan(
+    inNs(lan.ns, process.execPath, [join(work, 'writer.mjs'), NET.vip, '5432', 'kine', kinePassword(secrets.postgresPassword), 'kine', '3600', '200'], {
+      WRITER_CA_FILE: tlsFiles(secretsDir, 'ca').cert,
+      WRITER_CERT_FILE: cert.cert,
+      WRITER_KEY_FILE: cert.key,
+    }),
+    {
+      stdout: (l) => {
+        const m = JSON.parse(l) as { ack?: number; t: number; error?: string };
+        if (m.ack) acks.push({ id: m.ack, t: m.t });
+        else if (m.error) writerErrors.push(m.error);
+      },
+      stderr: (l) => writerErrors.push(l),
+    },
+  );
+  try {
+    await until('20 acknowledged writes through the VIP', 5 * 60_000, async () => (acks.length >= 20 ? true : undefined));
+    const generation = witnessRecord().generation;
+
+    // Power loss of the leader: QMP quit, no shutdown; the image keeps what the guest had flushed.
+    const before = await uptime(s2);
+    const cutAt = Date.now();
+    const lastAckBefore = acks.at(-1)!.id;
+    await node1.qmp('quit').catch(() => undefined);
+    await node1.stop();
+    t.log(`node1 powered off at node2 guest uptime ${before.toFixed(1)} s, after ${lastAckBefore} acknowledged writes`);
+
+    await until('node2 to promote', 10 * 60_000, async () => ((await sql(s2, 'select pg_is_in_recovery()')) === 'f' ? true : undefined));
+    const promotedAt = await journalAt(s2, 'promoted: generation');
+    t.truthy(promotedAt, 'the agent journal says it promoted');
+    t.log(`node2 promoted ${(promotedAt! - before).toFixed(1)} s of guest time after the power-off`);
+    const meta2 = JSON.parse(await s2.check('cat /var/lib/geminik8s/hostmeta.json'));
+    t.like(meta2, { role: 'leader' });
+    t.true(meta2.generation > generation, 'a new generation');
+    t.like(witnessRecord(), { holder: 'node2', generation: meta2.generation }, 'the witness leases node2 the new generation');
+    // Promoted through the units: the agent's PostgreSQL unit is what runs the server.
+    t.is((await s2.run('systemctl is-active geminik8s-agent.service geminik8s-postgresql.service')).output.trim().split('\n').join(' '), 'active active');
+
+    t.regex(await s2.check('ip -color=never -o -4 addr show dev eth0'), new RegExp(`inet ${NET.vip.replaceAll('.', '\\.')}/`), 'the VIP is on node2');
+    const owners = await until('the VIP to answer ARP with node2\'s MAC', 3 * 60_000, async () => {
+      const o = await arpOwners(lan, NET.vip);
+      return o.length ? o : undefined;
+    });
+    t.deepEqual(owners, [MAC.node2], 'only node2 answers ARP for the VIP');
+
+    await until('the writer to resume through the VIP', 5 * 60_000, async () => (acks.filter((a) => a.t > cutAt).length >= 20 ? true : undefined));
+    const firstAfter = acks.find((a) => a.t > cutAt)!;
+    t.log(`writes resumed ${((firstAfter.t - cutAt) / 1000).toFixed(1)} s of wall time after the power-off`);
+
+    // The old leader boots again from its own disk.
+    const mark = Date.now();
+    const node1b = await bootVm({ arch: 'amd64', firmware: 'bios', image: p.disk1, format: 'raw', write: true, console: true, name: 'node1', serialLog: join(p.logDir, 'node1-again.log'), ...lanNic('node1') });
+    vms.push(node1b);
+    await node1b.waitFor(READY_MARKER, BOOT_TIMEOUT);
+    const s1b = await GuestShell.open(node1b.consoleSocket!, SHELL_TIMEOUT);
+    shells.push(s1b);
+    const row = await until('node1 to stream synchronously from node2', 10 * 60_000, async () => {
+      const r = await sql(s2, "select application_name || ' ' || state || ' ' || sync_state from pg_stat_replication");
+      return /^node1 streaming sync$/m.test(r) ? r : undefined;
+    });
+    const syncAt = await uptime(s1b);
+    t.log(`node1 back: ${row} at node1 guest uptime ${syncAt.toFixed(0)} s (${((Date.now() - mark) / 1000).toFixed(0)} s wall from its power-on)`);
+    t.is(await sql(s1b, 'select pg_is_in_recovery()'), 't', 'node1 is a standby now');
+    t.like(JSON.parse(await s1b.check('cat /var/lib/geminik8s/hostmeta.json')), { role: 'follower', generation: meta2.generation });
+    const rejoined = (await s1b.run("journalctl -b -u geminik8s-agent --no-pager -o cat | grep -o 'rejoined through [a-z_-]*' | head -n1")).output.trim();
+    const rejoinedAt = await journalAt(s1b, 'rejoined through');
+    t.log(`node1: ${rejoined || 'no rejoin line'}${rejoinedAt ? ` at guest uptime ${rejoinedAt.toFixed(1)} s` : ''}`);
+    t.regex(rejoined, /^rejoined through (pg_rewind|pg_basebackup)$/);
+    t.notRegex(await s1b.check('ip -color=never -o -4 addr show dev eth0'), new RegExp(`inet ${NET.vip.replaceAll('.', '\\.')}/`), 'the VIP is not on node1');
+
+    writer.kill('SIGTERM');
+    await writer.exited;
+    const maxAck = acks.at(-1)!.id;
+    t.log(`writer: ${acks.length} acknowledged writes, ${writerErrors.length} errors while the VIP moved (last: ${writerErrors.at(-1) ?? 'none'})`);
+    // The writer takes the next id only after an acknowledgement: 1..maxAck were all acknowledged.
+    t.is(await sql(s2, `select count(*) from harness_writes where id <= ${maxAck}`, 'kine'), String(maxAck), 'every acknowledged write is on the new primary');
+    const onNode1 = await until('node1 to replay up to the last acknowledged write', 3 * 60_000, async () => {
+      const n = await sql(s1b, `select count(*) from harness_writes where id <= ${maxAck}`, 'kine');
+      return n === String(maxAck) ? n : undefined;
+    });
+    t.is(onNode1, String(maxAck), 'and on the rejoined standby');
+    t.deepEqual(await arpOwners(lan, NET.vip), [MAC.node2], 'the VIP still answers with node2\'s MAC');
+  } finally {
+    writer.kill('SIGKILL');
+  }
 }
 
 test.serial('a node booted with a bad seed ends "unconfigured", with the error on its serial console, nothing destroyed', async (t) => {
