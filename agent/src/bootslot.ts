@@ -3,6 +3,7 @@ import type { CommandPlan } from '../../common/exec.ts';
 import { ExitCode, GeminiError } from '../../common/errors.ts';
 import { writeFileAtomic } from '../../common/fsutil.ts';
 import { BootRecordSchema, type BootRecord, type BootSettings, type Slot } from '../../common/schema/agent.ts';
+import { withWritableEsp } from './esp.ts';
 import { editEnvFile, envValues, readEnvFile } from './grubenv.ts';
 
 // A/B boot counting, the agent's half (docs/boot-slots.md). GRUB owns try_count (it counts
@@ -194,7 +195,7 @@ export async function armTry(s: BootSettings, slot: string, tries: number): Prom
   if (before.state === 'trying') refuse(`this boot is itself a try of slot ${before.booted}; bless it or let it fall back first`);
   if (slot === before.booted) refuse(`it is the slot this system booted from: arm the other slot after writing it`);
   const facts = await readBootFacts(s);
-  const { before: envBefore, after: envAfter } = await editEnvFile(s.grubEnvFile, { active_slot: before.active!, try_slot: slot, try_count: String(tries) });
+  const { before: envBefore, after: envAfter } = await withWritableEsp(s.espMount, () => editEnvFile(s.grubEnvFile, { active_slot: before.active!, try_slot: slot, try_count: String(tries) }));
   await writeRecord(s.recordFile, { ...facts.record, pending: { slot, from: before.booted, tries, how: 'armed', bootId: facts.bootId, at: new Date().toISOString() } });
   const after = await readBootState(s);
   return { changed: true, reason: `armed slot ${slot} for ${tries} tries from the next boot`, before, after, changes: diffEnv(envValues(envBefore), envValues(envAfter)) };
@@ -211,7 +212,7 @@ export async function bless(s: BootSettings): Promise<BootChange> {
     return { changed: false, reason, before, after: before, changes: [] };
   }
   const slot = before.booted;
-  const { before: envBefore, after: envAfter } = await editEnvFile(s.grubEnvFile, { active_slot: slot, try_slot: '', try_count: '0' });
+  const { before: envBefore, after: envAfter } = await withWritableEsp(s.espMount, () => editEnvFile(s.grubEnvFile, { active_slot: slot, try_slot: '', try_count: '0' }));
   const record = await readRecord(s.recordFile);
   await writeRecord(s.recordFile, { pending: null, last: { slot, outcome: 'blessed', at: new Date().toISOString(), armedAt: record.pending?.at } });
   const after = await readBootState(s);

@@ -10,6 +10,7 @@ import { slotBootPath } from '../../common/render/paths.ts';
 import type { BootSettings, Slot, UpgradeSettings } from '../../common/schema/agent.ts';
 import { verifyBundle, type PartName, type RunningImage, type TarMember, type VerifiedBundle } from '../../common/upgrade/bundle.ts';
 import { armTry, readBootState, type BootChange, type BootState } from './bootslot.ts';
+import { withWritableEsp } from './esp.ts';
 import { editEnvFile } from './grubenv.ts';
 
 // The node's half of an upgrade (docs/upgrades.md): check a bundle completely, write the
@@ -216,11 +217,16 @@ export async function stageUpgrade(o: StageOptions): Promise<StageResult> {
   if (root.size > room) refuse(`root.img is ${root.size} bytes; slot ${slot} (${device}) holds ${room}`);
   const verifyMs = Math.round(performance.now() - t0);
 
-  // From here on the passive slot is rewritten: first make sure no try points at it.
-  if (boot.trySlot) {
-    say(`withdrawing the try of slot ${boot.trySlot} armed in this boot`);
-    await editEnvFile(o.boot.grubEnvFile, { try_slot: '', try_count: '0' });
-  }
+  // From here on the passive slot is rewritten: first make sure no try points at it, and
+  // that its old kernel and initrd are gone, so the ESP never holds a stale pair beside a new root.
+  const espDir = join(o.upgrade.espMount, slotBootPath(slot, 'vmlinuz').split('/')[1]!);
+  await withWritableEsp(o.upgrade.espMount, async () => {
+    if (boot.trySlot) {
+      say(`withdrawing the try of slot ${boot.trySlot} armed in this boot`);
+      await editEnvFile(o.boot.grubEnvFile, { try_slot: '', try_count: '0' });
+    }
+    await rm(espDir, { recursive: true, force: true });
+  });
   const base = { image: manifest.image, version: manifest.version, manifestSha256: verified.manifestSha256, signer: verified.signer.keyId, slot, fromVersion: running.version, bootId };
   record = { ...record, current: { ...base, state: 'writing', at: now() } };
   await writeUpgradeRecord(o.upgrade.recordFile, record);
@@ -230,9 +236,6 @@ export async function stageUpgrade(o: StageOptions): Promise<StageResult> {
     throw new GeminiError(`upgrade failed: ${why}; slot ${slot} is not armed, the node keeps booting slot ${from}`, ExitCode.commandFailed);
   };
 
-  // The passive slot's kernel and initrd go first, so the ESP never holds a stale pair beside a new root.
-  const espDir = join(o.upgrade.espMount, slotBootPath(slot, 'vmlinuz').split('/')[1]!);
-  await rm(espDir, { recursive: true, force: true });
   const t1 = performance.now();
   say(`writing root.img (${root.size} bytes) to slot ${slot} (${device})`);
   const rootSha = await copyMember(o.bundle, root, device, 'r+').catch((err: Error) => fail(`writing ${device}: ${err.message}`));
@@ -240,23 +243,25 @@ export async function stageUpgrade(o: StageOptions): Promise<StageResult> {
   const rootMs = Math.round(performance.now() - t1);
 
   const t2 = performance.now();
-  await mkdir(espDir, { recursive: true });
-  for (const name of ['vmlinuz', 'initrd.img'] as const) {
-    const part = verified.parts[name];
-    const final = join(o.upgrade.espMount, slotBootPath(slot, name));
-    const tmp = `${final}.new`;
-    say(`writing ${name} (${part.size} bytes) to ${final}`);
-    await rm(tmp, { force: true });
-    const sha = await copyMember(o.bundle, part, tmp, 'wx', 0o644).catch((err: Error) => fail(`writing ${tmp}: ${err.message}`));
-    if (sha !== part.sha256) await fail(`${name} changed while it was written`);
-    await rename(tmp, final);
-    await syncRenamed(final);
-  }
-  await syncDirectory(o.upgrade.espMount);
-  const bootMs = Math.round(performance.now() - t2);
-
-  say(`arming a try of slot ${slot} for ${o.upgrade.tries} boots`);
-  const arm = await armTry(o.boot, slot, o.upgrade.tries);
+  let bootMs = 0;
+  const arm = await withWritableEsp(o.upgrade.espMount, async () => {
+    await mkdir(espDir, { recursive: true });
+    for (const name of ['vmlinuz', 'initrd.img'] as const) {
+      const part = verified.parts[name];
+      const final = join(o.upgrade.espMount, slotBootPath(slot, name));
+      const tmp = `${final}.new`;
+      say(`writing ${name} (${part.size} bytes) to ${final}`);
+      await rm(tmp, { force: true });
+      const sha = await copyMember(o.bundle, part, tmp, 'wx', 0o644).catch((err: Error) => fail(`writing ${tmp}: ${err.message}`));
+      if (sha !== part.sha256) await fail(`${name} changed while it was written`);
+      await rename(tmp, final);
+      await syncRenamed(final);
+    }
+    await syncDirectory(o.upgrade.espMount);
+    bootMs = Math.round(performance.now() - t2);
+    say(`arming a try of slot ${slot} for ${o.upgrade.tries} boots`);
+    return armTry(o.boot, slot, o.upgrade.tries);
+  });
   await writeUpgradeRecord(o.upgrade.recordFile, { ...record, current: { ...base, state: 'armed', at: now(), armedAt: arm.after.pending?.at } });
   return {
     slot, from, version: manifest.version, runningVersion: running.version, manifestSha256: verified.manifestSha256, signer: verified.signer.keyId,

@@ -94,6 +94,8 @@ export type AgentConfig = z.output<typeof AgentConfigSchema>;
 
 /** Boot settings with defaults applied and every path resolved. */
 export interface BootSettings {
+  /** Where the ESP is mounted (read-only; remounted read-write only while grubenv is written). */
+  espMount: string;
   grubEnvFile: string;
   cmdlineFile: string;
   bootIdFile: string;
@@ -108,6 +110,7 @@ export function bootSettings(config: AgentConfig): BootSettings {
   const b = BootConfigSchema.parse(config.boot ?? {});
   return {
     grubEnvFile: `${b.espMount.replace(/\/+$/, '')}/${b.grubEnv.replace(/^\/+/, '')}`,
+    espMount: b.espMount.replace(/\/+$/, ''),
     cmdlineFile: b.cmdline ?? config.image.slotFile,
     bootIdFile: b.bootId,
     recordFile: `${config.stateDir.replace(/\/+$/, '')}/boot.json`,

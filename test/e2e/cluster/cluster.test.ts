@@ -210,6 +210,9 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   const reboot = node2.log().slice(mark);
   t.regex(reboot, /geminik8s: cloud-init skip: instance geminik8s-e2e-node2-\w+ is already applied/);
   t.regex(reboot, /first boot skipped/);
+  // The ESP is mounted read-only: a hard reset leaves its FAT clean (a read-write ESP came
+  // back "not properly unmounted" after every reset).
+  t.notRegex(reboot, /FAT-fs \(vda2\): Volume was not properly unmounted/);
   const s2b = await GuestShell.open(node2.consoleSocket!, SHELL_TIMEOUT);
   shells.push(s2b);
   await until('node2 to stream synchronously again', 5 * 60_000, async () => (/streaming sync/.test(await sql(s1, "select state || ' ' || sync_state from pg_stat_replication")) ? true : undefined));
@@ -219,6 +222,7 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   const cloned = await s2b.run('journalctl -b -u geminik8s-agent --no-pager | grep -c pg_basebackup');
   t.is(cloned.output.trim(), '0', 'no pg_basebackup in this boot');
   t.is((await s2b.check('hostname')).trim(), 'node2');
+  t.regex((await s2b.check("ls /boot/efi >/dev/null && awk '$2 == \"/boot/efi\" && $3 == \"vfat\" { print $4 }' /proc/mounts")).trim(), /^ro,/, 'the ESP is mounted read-only');
   t.is((await s2b.run('systemctl is-active cloud-init-main.service geminik8s-firstboot.service')).output.trim().split('\n').join(' '), 'inactive inactive');
   // The initramfs decided that (no first boot process started), and left the seed medium mounted
   // as mount-seed.sh would: read-only, files readable by root alone.

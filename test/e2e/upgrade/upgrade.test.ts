@@ -170,6 +170,9 @@ test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mi
     const blessedUptime = Number((await s2.check('cut -d" " -f1 /proc/uptime')).trim());
     t.log(`0.2.0 on slot B: READY at ${uptime.toFixed(0)} s of guest time, blessed at ${blessedUptime.toFixed(0)} s; ${((Date.now() - resetAt) / 1000).toFixed(0)} s wall from the reset`);
     t.like(blessed, { boot: { state: 'steady' }, upgrade: { current: { version: '0.2.0' } } });
+    // Staging, arming and blessing each remounted the ESP read-write for their writes only.
+    t.regex((await s2.check("ls /boot/efi >/dev/null && awk '$2 == \"/boot/efi\" && $3 == \"vfat\" { print $4 }' /proc/mounts")).trim(), /^ro,/, 'the ESP is read-only again after the upgrade');
+    t.notRegex(await s2.check('journalctl -b -u geminik8s-agent --no-pager -o cat'), /could not remount \/boot\/efi read-only/);
     const slots = JSON.parse(await s2.check(`${AGENT} slot status --json`)) as { active: string; trySlot?: string; booted: string };
     t.like(slots, { active: 'B', booted: 'B' });
     t.is(slots.trySlot, undefined);
