@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { artifactsFor, parseChecksums } from '../../builder/src/components/catalog.ts';
 import { fetchArtifacts } from '../../builder/src/components/fetch.ts';
-import { readLock } from '../../builder/src/components/lock.ts';
+import { readLock, writeLock } from '../../builder/src/components/lock.ts';
 import { ExitCode, GeminiError } from '../../common/errors.ts';
 import { cli } from '../helpers/cli.ts';
 import { ROOT, loadImageDef, tempDir } from '../helpers/fixtures.ts';
@@ -219,4 +219,22 @@ test('geminik8s lock pins the release checksums; geminik8s fetch --offline then 
     delete process.env.GEMINIK8S_RELEASE_BASE_URL;
     fake.server.close();
   }
+});
+
+test('the lock file may carry a $comment: readLock ignores it, writeLock keeps it, a comment of another type is refused; the committed lock parses', async (t) => {
+  const committed = readLock(join(ROOT, 'images/components.lock.json'));
+  t.regex(committed.k3s!['v1.33.4+k3s1']!.k3s!, /^[0-9a-f]{64}$/);
+  t.false('$comment' in committed);
+  const dir = tempDir();
+  const file = join(dir, 'components.lock.json');
+  writeFileSync(file, JSON.stringify({ $comment: ['where the pins come from'], kine: { 'v0.13.17': { 'kine-amd64': 'a'.repeat(64) } } }));
+  const lock = readLock(file);
+  lock.k3s = { v1: { k3s: 'b'.repeat(64) } };
+  await writeLock(file, lock);
+  const written = JSON.parse(readFileSync(file, 'utf8'));
+  t.deepEqual(Object.keys(written), ['$comment', 'k3s', 'kine'], 'the comment first, then the pins sorted');
+  t.deepEqual(written.$comment, ['where the pins come from']);
+  writeFileSync(file, JSON.stringify({ $comment: 7 }));
+  const err = t.throws(() => readLock(file));
+  t.regex(err!.message, /components\.lock\.json: \$comment: expected a string or a list of strings/);
 });

@@ -27,8 +27,10 @@ function releaseUrl(base: string, repo: string, tag: string, asset: string): str
 /**
  * The upstream artifacts of an image. Asset and checksum file names follow each project's
  * release pipeline: K3s publishes `k3s`/`k3s-arm64`, `k3s-airgap-images-<arch>.tar.zst` and
- * `sha256sum-<arch>.txt`; Kine `kine-<arch>` and `sha256sum-<arch>.txt`; kube-vip publishes
- * goreleaser archives `kube-vip_<version>_linux_<arch>.tar.gz` with `checksums.txt`.
+ * `sha256sum-<arch>.txt`; Kine `kine-<arch>` and `sha256sum-<arch>.txt`. kube-vip publishes no
+ * binaries (container images only; kube-vip/kube-vip#706): its entry below names an archive
+ * and a `checksums.txt` that do not exist upstream, so an image with `components.kubeVip` fails
+ * at that download (docs/components.md).
  */
 export function artifactsFor(image: Pick<Image, 'arch' | 'kubernetes' | 'components'>, base = DEFAULT_RELEASE_BASE): ArtifactSpec[] {
   if (!image.kubernetes.enabled) return [];
