@@ -26,6 +26,12 @@ export const NODE_PATHS = {
   kineBin: '/usr/local/bin/kine',
   kubeVipBin: '/usr/local/bin/kube-vip',
   k3sConfig: '/etc/rancher/k3s/config.yaml',
+  /** K3s air-gap image archives in the slot (read-only). */
+  k3sImagesShipped: '/usr/share/geminik8s/k3s-images',
+  /** Where K3s imports image archives from (on the persistent partition). */
+  k3sImagesDir: '/var/lib/rancher/k3s/agent/images',
+  /** Bind-mounts each shipped archive into k3sImagesDir before K3s starts. */
+  k3sImagesScript: '/usr/lib/geminik8s/k3s-images.sh',
   /** kube-apiserver's audit policy, with k3s.auditLog on. */
   k3sAuditPolicy: '/etc/rancher/k3s/audit-policy.yaml',
   kubeconfig: '/etc/rancher/k3s/k3s.yaml',

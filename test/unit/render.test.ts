@@ -158,7 +158,7 @@ async function verifyUnits(dir: string, units: { name: string; content: string }
 test('rendered units pass systemd-analyze verify; only units whose binaries a build host lacks skip, exactly those', async (t) => {
   // Binaries that exist only inside the node image, never on a build or CI host:
   // upstream components and our overlay scripts. PostgreSQL is checked separately below.
-  const imageOnly = [NODE_PATHS.k3sBin, NODE_PATHS.kineBin, NODE_PATHS.kubeVipBin, NODE_PATHS.readyScript, NODE_PATHS.mountSeedScript, NODE_PATHS.firstbootNeededScript];
+  const imageOnly = [NODE_PATHS.k3sBin, NODE_PATHS.kineBin, NODE_PATHS.kubeVipBin, NODE_PATHS.readyScript, NODE_PATHS.mountSeedScript, NODE_PATHS.firstbootNeededScript, NODE_PATHS.k3sImagesScript];
   for (const p of imageOnly) t.false(existsSync(p), `${p} exists on this host: the expected skips below would be wrong`);
   for (const { arch, image } of ARCHES) {
     const files = await renderFor(image);
@@ -174,6 +174,7 @@ test('rendered units pass systemd-analyze verify; only units whose binaries a bu
       'geminik8s-firstboot.service ' + NODE_PATHS.mountSeedScript,
       'geminik8s-ready.service ' + NODE_PATHS.readyScript,
       'geminik8s-grow.service ' + NODE_PATHS.growScript,
+      'geminik8s-k3s-images.service ' + NODE_PATHS.k3sImagesScript,
       'k3s.service ' + NODE_PATHS.k3sBin,
       'kine.service ' + NODE_PATHS.kineBin,
       'kube-vip.service ' + NODE_PATHS.kubeVipBin,
@@ -195,6 +196,7 @@ test('the templates of units that skip above verify cleanly with their real bina
       content: renderTemplate('systemd/geminik8s-firstboot.service.hbs', { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig, mountSeedScript: overlay(NODE_PATHS.mountSeedScript), seedMount: NODE_PATHS.seedMount, firstbootNeededScript: overlay(NODE_PATHS.firstbootNeededScript), firstbootStamp: NODE_PATHS.firstbootStamp, firstbootUnchanged: NODE_PATHS.firstbootUnchanged }),
     },
     { name: 'geminik8s-grow.service', content: renderTemplate('systemd/geminik8s-grow.service.hbs', { growScript: overlay(NODE_PATHS.growScript), persistentMount: NODE_PATHS.persistentMount }) },
+    { name: 'geminik8s-k3s-images.service', content: renderTemplate('systemd/geminik8s-k3s-images.service.hbs', { k3sImagesDir: NODE_PATHS.k3sImagesDir, k3sImagesShipped: NODE_PATHS.k3sImagesShipped, k3sImagesScript: overlay(NODE_PATHS.k3sImagesScript) }) },
     { name: 'geminik8s-postgresql.service', content: renderTemplate('systemd/geminik8s-postgresql.service.hbs', { pgMajor: major, pgBinDir: pgBinDir(major), pgDataDir: pgDataDir(major) }) },
     // PostgreSQL is bound to the agent (BindsTo=), so the agent's unit is verified beside it.
     { name: 'geminik8s-agent.service', content: renderTemplate('systemd/geminik8s-agent.service.hbs', { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig, seedFile: NODE_PATHS.seedFile, watchdogSec: 30 }) },

@@ -1,3 +1,4 @@
+import { NODE_PATHS } from '../../../common/render/paths.ts';
 import type { Arch, Image } from '../../../common/schema/image.ts';
 
 /** One upstream release file the image needs, and where it goes in the root. */
@@ -43,9 +44,9 @@ export function artifactsFor(image: Pick<Image, 'arch' | 'kubernetes' | 'compone
     out.push({ component: 'k3s', version: k3s.version, name: bin, url: releaseUrl(base, 'k3s-io/k3s', k3s.version, bin), checksumUrl: releaseUrl(base, 'k3s-io/k3s', k3s.version, sums), checksumName: sums, installPath: '/usr/local/bin/k3s', mode: 0o755 });
     if (k3s.airgapImages) {
       const images = `k3s-airgap-images-${arch}.tar.zst`;
-      // /var/lib/rancher persists on the data partition, so the image ships them read-only
-      // here and first boot links them into /var/lib/rancher/k3s/agent/images/.
-      out.push({ component: 'k3s', version: k3s.version, name: images, url: releaseUrl(base, 'k3s-io/k3s', k3s.version, images), checksumUrl: releaseUrl(base, 'k3s-io/k3s', k3s.version, sums), checksumName: sums, installPath: `/usr/share/geminik8s/k3s-images/${images}`, mode: 0o644 });
+      // /var/lib/rancher persists on the data partition, so the image ships them read-only in
+      // the slot and geminik8s-k3s-images.service bind-mounts each into K3s's images directory.
+      out.push({ component: 'k3s', version: k3s.version, name: images, url: releaseUrl(base, 'k3s-io/k3s', k3s.version, images), checksumUrl: releaseUrl(base, 'k3s-io/k3s', k3s.version, sums), checksumName: sums, installPath: `${NODE_PATHS.k3sImagesShipped}/${images}`, mode: 0o644 });
     }
   }
   if (kine) {

@@ -61,6 +61,7 @@ export function renderImageFiles(image: Image): RenderedFile[] {
     files.push(
       unit('kine.service', { kineEnvFile: NODE_PATHS.kineEnvFile, kineBin: NODE_PATHS.kineBin, kineListen: KINE_LISTEN, kineMetrics: NODE_PATHS.kineMetrics }),
       unit('k3s.service', { kineListen: KINE_LISTEN, k3sBin: NODE_PATHS.k3sBin, k3sConfig: NODE_PATHS.k3sConfig }),
+      unit('geminik8s-k3s-images.service', { k3sImagesDir: NODE_PATHS.k3sImagesDir, k3sImagesShipped: NODE_PATHS.k3sImagesShipped, k3sImagesScript: NODE_PATHS.k3sImagesScript }),
       unit('kube-vip.service', { kubeVipEnvFile: NODE_PATHS.kubeVipEnvFile, kubeVipBin: NODE_PATHS.kubeVipBin, kubeconfig: NODE_PATHS.kubeconfig }),
     );
   }
