@@ -180,6 +180,21 @@ test('crash right after promotion, then the old leader returns: one primary, old
   t.deepEqual(c.node('n1').rejoins, ['pg_rewind'], 'the old leader rejoined through pg_rewind');
 });
 
+test('Kine and K3s cannot be restarted after a promotion (their units missing): the agent says so, and the promotion, the VIP and the writes stand', async (t) => {
+  const c = new SimCluster({ seed: 16, rewindFailure: 0, kubeFails: true });
+  c.world.at(20_000, () => c.powerOff(c.node('n1'), 30_000));
+  c.world.at(60_000, () => healAll(c));
+  await c.run(60_000);
+  await c.run(150_000, () => c.healthy());
+  t.deepEqual(c.violations, [], report(c));
+  t.true(c.healthy(), 'a healthy pair after the old leader returned');
+  const n2 = c.node('n2');
+  t.is(leaderOf(c)?.name, 'n2');
+  t.true(n2.vip);
+  t.is(n2.kubeRestarts, 1, 'one restart, after the promotion');
+  t.deepEqual(n2.kubeRestartFailures, ['could not restart Kine and K3s after the promotion: Failed to restart kine.service: Unit kine.service not found.']);
+});
+
 test('a standby that stops acknowledging WAL while its agent answers: writes stall at most degradeAfter plus detection', async (t) => {
   const c = await scenario(17, (c) => {
     c.world.at(20_000, () => (c.node('n2').pg.receiverStalled = true));

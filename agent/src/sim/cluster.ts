@@ -17,6 +17,8 @@ export interface SimOptions {
   rewindFailure?: number;
   /** Keep this many trace lines for a violation report. */
   traceLines?: number;
+  /** Kine and K3s cannot be restarted (their units missing or failing): the restart rejects. */
+  kubeFails?: boolean;
 }
 
 export interface Violation {
@@ -35,6 +37,9 @@ export class SimNode {
   lastHeartbeat = 0;
   restarts = 0;
   rejoins: string[] = [];
+  /** Restarts of Kine and K3s the agent asked for (after promotions), and what it logged when one failed. */
+  kubeRestarts = 0;
+  kubeRestartFailures: string[] = [];
   constructor(readonly name: string, world: World) {
     this.proc = new SimProcess(name);
     this.pg = new SimPostgres(name, world, this.proc);
@@ -269,11 +274,22 @@ export class SimCluster {
             }),
           ),
       },
-      kube: { restart: () => new Promise((r) => w.inProcess(proc, 10, r)), stop: () => new Promise((r) => w.inProcess(proc, 10, r)) },
+      kube: {
+        restart: () =>
+          new Promise((resolve, reject) =>
+            w.inProcess(proc, 10, () => {
+              n.kubeRestarts++;
+              if (this.opts.kubeFails) reject(new Error('Failed to restart kine.service: Unit kine.service not found.'));
+              else resolve();
+            }),
+          ),
+        stop: () => new Promise((r) => w.inProcess(proc, 10, r)),
+      },
       log: {
         ...quiet,
         warn: (f, msg) => {
           if (f.event === 'rejoin' && typeof f.method === 'string') n.rejoins.push(f.method);
+          if (f.event === 'kube-restart') n.kubeRestartFailures.push(msg);
           w.log(`${n.name} agent: ${msg}`);
         },
         error: (_f, msg) => w.log(`${n.name} agent: ERROR ${msg}`),
