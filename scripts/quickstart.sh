@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# From a fresh machine to a booted node image: host packages, npm dependencies, a demo cluster,
-# its node files and seeds, the test image (root tar, A/B raw and qcow2 disks), one boot in QEMU.
+# From a fresh machine to a working pair: host packages, npm dependencies, a demo cluster, its
+# node files and seeds, the test image (root tar, A/B raw and qcow2 disks), then `npm run demo`
+# on that image: two nodes and a witness in QEMU, the leader powered off, failover and rejoin.
 # Usage: bash scripts/quickstart.sh [DIR]   (default ./demo; re-runnable)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,8 @@ done
 gk seed --cluster "$demo/cluster.yaml" --node node1 --out "$demo/seed-node1.iso" --format iso --force
 gk build --image images/test-amd64.yaml --out "$demo/out"
 gk seed --cluster "$demo/cluster.yaml" --node node1 --into "$demo/out/test-0.1.0-amd64.raw" --out "$demo/node1.raw" --force
-gk qemu boot "$demo/node1.raw" --arch amd64 --timeout 900
+npm run demo -- --image "$demo/out/test-0.1.0-amd64.raw"
 echo
 echo "Done. Review $demo/cluster.yaml and the files each node will carry under $demo/render-node1/;"
 echo "the test image (root tar, .raw, .qcow2, report) is in $demo/out/, node1's seeded disk is $demo/node1.raw."
+echo "npm run demo ran the pair on its own copies of the image and removed them."

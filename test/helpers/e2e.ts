@@ -41,8 +41,7 @@ export const GUEST_WITNESS_TLS = 'witness-tls';
  * with it (HOST:PORT) init makes a lease witness and `geminik8s witness credentials` writes
  * its certificate into GUEST_WITNESS_TLS in the config directory. Returns the config directory.
  */
-export async function initGuestCluster(name: string, net: { node1: string; node2: string; vip: string }, macs: { node1: string; node2: string }, witness?: string): Promise<string> {
-  const dir = tempDir(`gk-e2e-${name}-`);
+export async function initGuestCluster(name: string, net: { node1: string; node2: string; vip: string }, macs: { node1: string; node2: string }, witness?: string, dir = tempDir(`gk-e2e-${name}-`)): Promise<string> {
   const r = await cli('init', '--name', name, '--node1-ip', net.node1, '--node2-ip', net.node2, '--node1-mac', macs.node1, '--node2-mac', macs.node2,
     '--vip', net.vip, '--witness', witness ?? 'none', '--config-dir', dir);
   if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`);

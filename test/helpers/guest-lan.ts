@@ -1,5 +1,9 @@
-import { runPlan, type CommandPlan } from '../../common/exec.ts';
-import { destroyNamespaces } from '../harness/netns.ts';
+import { join } from 'node:path';
+import { loadCluster, loadSecrets, SECRET_FILES, secretsDirOf, tlsFiles } from '../../common/config.ts';
+import { runPlan, spawnPlan, type CommandPlan, type RunningProcess } from '../../common/exec.ts';
+import { kinePassword } from '../../common/render/k3s.ts';
+import { destroyNamespaces, inNs } from '../harness/netns.ts';
+import { GUEST_WITNESS_TLS } from './e2e.ts';
 
 /**
  * A private L2 for QEMU guests: a network namespace holding a bridge with one tap device per
@@ -58,4 +62,70 @@ export async function arpOwners(lan: GuestLan, address: string, count = 2): Prom
   const macs = new Set<string>();
   for (const m of r.stdout.matchAll(/\[([0-9a-f:]{17})\]/gi)) macs.add(m[1]!.toLowerCase());
   return [...macs];
+}
+
+/** A process started on the LAN's host side, and what it printed. */
+export interface LanProcess {
+  proc: RunningProcess;
+  lines: string[];
+}
+
+/**
+ * `geminik8s-agent witness` on the LAN's host side, from the agent bundle the image ships,
+ * with the token and credentials of `clusterDir` (initGuestCluster with a witness). Its
+ * records go to `stateDir`.
+ */
+export async function startLanWitness(lan: GuestLan, clusterDir: string, listen: string, stateDir: string, agentBundle: string): Promise<LanProcess> {
+  const file = join(clusterDir, 'cluster.yaml');
+  const cluster = await loadCluster(file);
+  const tokenFile = join(secretsDirOf(file, cluster), SECRET_FILES.witnessToken);
+  const lines: string[] = [];
+  const proc = spawnPlan(inNs(lan.ns, process.execPath, [agentBundle, 'witness', '--listen', listen, '--token-file', tokenFile, '--tls-dir', join(clusterDir, GUEST_WITNESS_TLS), '--state-dir', stateDir]), {
+    stdout: (l) => lines.push(l),
+    stderr: (l) => lines.push(l),
+  });
+  return { proc, lines };
+}
+
+/** An acknowledged write of the VIP writer: its id and when the acknowledgement came (ms). */
+export interface Ack {
+  id: number;
+  t: number;
+}
+
+/**
+ * The harness writer (`writerBundle`, see bundleProbe) on the LAN's host side, inserting through
+ * `vip` as Kine on node1 does: user kine, TLS verify-full against the cluster CA, node1's
+ * certificate. Every acknowledged insert lands in `acks`; ids are sequential, so 1..last
+ * were all acknowledged.
+ */
+export async function startVipWriter(lan: GuestLan, clusterDir: string, vip: string, writerBundle: string, intervalMs = 200): Promise<{ proc: RunningProcess; acks: Ack[]; errors: string[] }> {
+  const file = join(clusterDir, 'cluster.yaml');
+  const secretsDir = secretsDirOf(file, await loadCluster(file));
+  const secrets = await loadSecrets(secretsDir);
+  const cert = tlsFiles(secretsDir, 'node1');
+  const acks: Ack[] = [];
+  const errors: string[] = [];
+  const proc = spawnPlan(
+    inNs(lan.ns, process.execPath, [writerBundle, vip, '5432', 'kine', kinePassword(secrets.postgresPassword), 'kine', '3600', String(intervalMs)], {
+      WRITER_CA_FILE: tlsFiles(secretsDir, 'ca').cert,
+      WRITER_CERT_FILE: cert.cert,
+      WRITER_KEY_FILE: cert.key,
+    }),
+    {
+      stdout: (l) => {
+        let m: { ack?: number; t: number; error?: string };
+        try {
+          m = JSON.parse(l) as typeof m;
+        } catch {
+          errors.push(l);
+          return;
+        }
+        if (m.ack) acks.push({ id: m.ack, t: m.t });
+        else if (m.error) errors.push(m.error);
+      },
+      stderr: (l) => errors.push(l),
+    },
+  );
+  return { proc, acks, errors };
 }
