@@ -140,7 +140,7 @@ async function demo(): Promise<DemoReport> {
   const rejoinAt = Date.now();
   const n1b = await boot('node1', disks.node1);
   await until('node1 to stream synchronously from node2', 10 * 60_000, async () => (/^node1 streaming sync$/m.test(await sql(n2.shell, "select application_name || ' ' || state || ' ' || sync_state from pg_stat_replication")) ? true : undefined));
-  const method = /rejoined through (\S+)/.exec((await n1b.shell.run("journalctl -b -u geminik8s-agent --no-pager -o cat | grep -m1 'rejoined through'")).output)?.[1] ?? 'unknown';
+  const method = /rejoined through ([a-z_]+)/.exec((await n1b.shell.run("journalctl -b -u geminik8s-agent --no-pager -o cat | grep -m1 'rejoined through'")).output)?.[1] ?? 'unknown';
   const rejoin = { method, syncWallS: (Date.now() - rejoinAt) / 1000, syncGuestUptimeS: await uptime(n1b.shell) };
   say(`node1 rejoined through ${method} and streams synchronously ${rejoin.syncWallS.toFixed(0)} s after its power-on (guest uptime ${rejoin.syncGuestUptimeS.toFixed(0)} s)`);
   statuses.push(await status(clusterDir));
