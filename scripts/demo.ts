@@ -15,14 +15,13 @@ import { bundleProbe } from '../test/harness/cluster.ts';
 import { inNs } from '../test/harness/netns.ts';
 import { cli } from '../test/helpers/cli.ts';
 import { initGuestCluster, until } from '../test/helpers/e2e.ts';
-import { arpOwners, createGuestLan, destroyGuestLan, startLanWitness, startVipWriter, type GuestLan } from '../test/helpers/guest-lan.ts';
+import { agentJournalAt, arpOwners, createGuestLan, destroyGuestLan, guestSql, guestUptime, startLanWitness, startVipWriter, type GuestLan } from '../test/helpers/guest-lan.ts';
 import { testImage } from '../test/helpers/test-image.ts';
 
 const NET = { node1: '192.168.78.11', node2: '192.168.78.12', vip: '192.168.78.50', host: '192.168.78.1', prefix: 24 };
 const MAC = { node1: '52:54:00:78:01:11', node2: '52:54:00:78:01:12' };
 const WITNESS = `${NET.host}:7444`;
 const LAN_NS = 'gk-demo-lan';
-const PG = '/usr/lib/postgresql/17/bin';
 const BOOT_TIMEOUT = 15 * 60_000;
 
 /** What the demo measured; `--json FILE` writes it. */
@@ -68,8 +67,8 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
-const sql = async (shell: GuestShell, query: string, db = 'postgres'): Promise<string> => (await shell.check(`runuser -u postgres -- ${PG}/psql -XtA -d ${db} -c "${query}"`)).trim();
-const uptime = async (shell: GuestShell): Promise<number> => Number((await shell.check('cut -d" " -f1 /proc/uptime')).trim());
+const sql = guestSql;
+const uptime = guestUptime;
 
 async function status(clusterDir: string): Promise<string> {
   // The operator's view, from the host side of the LAN: both agents and the witness.
@@ -124,11 +123,7 @@ async function demo(): Promise<DemoReport> {
   await n1.vm.stop();
   await until('node2 to promote', 10 * 60_000, async () => ((await sql(n2.shell, 'select pg_is_in_recovery()')) === 'f' ? true : undefined));
   // PostgreSQL leaves recovery a moment before the agent logs the promotion: wait for the line.
-  const promotedAt = await until('the agent to log its promotion', 2 * 60_000, async () => {
-    const line = (await n2.shell.run("journalctl -b -u geminik8s-agent -o short-monotonic --no-pager | grep -m1 -F 'promoted: generation'")).output;
-    const m = /^\[\s*(\d+\.\d+)\]/.exec(line.trim());
-    return m ? Number(m[1]) : undefined;
-  });
+  const promotedAt = await until('the agent to log its promotion', 2 * 60_000, () => agentJournalAt(n2.shell, 'promoted: generation'));
   await until('the writer to resume', 5 * 60_000, async () => (writer.acks.some((a) => a.t > cutAt) ? true : undefined));
   const resumed = writer.acks.find((a) => a.t > cutAt)!;
   const vipOwners = await arpOwners(lan, NET.vip);

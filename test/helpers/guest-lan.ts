@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import { loadCluster, loadSecrets, SECRET_FILES, secretsDirOf, tlsFiles } from '../../common/config.ts';
 import { runPlan, spawnPlan, type CommandPlan, type RunningProcess } from '../../common/exec.ts';
 import { kinePassword } from '../../common/render/k3s.ts';
+import type { GuestShell } from '../../qemu/index.ts';
 import { destroyNamespaces, inNs } from '../harness/netns.ts';
 import { GUEST_WITNESS_TLS } from './e2e.ts';
 
@@ -128,4 +129,24 @@ export async function startVipWriter(lan: GuestLan, clusterDir: string, vip: str
     },
   );
   return { proc, acks, errors };
+}
+
+/** Where the test image's PostgreSQL lives (Debian's postgresql-17 in trixie). */
+export const GUEST_PG_BIN = '/usr/lib/postgresql/17/bin';
+
+/** One query as the guest's postgres user over its local socket (psql -XtA), trimmed. */
+export async function guestSql(shell: GuestShell, query: string, db = 'postgres'): Promise<string> {
+  return (await shell.check(`runuser -u postgres -- ${GUEST_PG_BIN}/psql -XtA -d ${db} -c "${query}"`)).trim();
+}
+
+/** The guest's uptime in seconds (/proc/uptime). */
+export async function guestUptime(shell: GuestShell): Promise<number> {
+  return Number((await shell.check('cut -d" " -f1 /proc/uptime')).trim());
+}
+
+/** The monotonic time (guest seconds since boot) of the first agent journal line containing `text`, if any. */
+export async function agentJournalAt(shell: GuestShell, text: string): Promise<number | undefined> {
+  const r = await shell.run(`journalctl -b -u geminik8s-agent -o short-monotonic --no-pager | grep -m1 -F '${text}'`);
+  const m = /^\[\s*(\d+\.\d+)\]/.exec(r.output.trim());
+  return m ? Number(m[1]) : undefined;
 }

@@ -10,7 +10,7 @@ import { cli } from '../../helpers/cli.ts';
 import { tempDir } from '../../helpers/fixtures.ts';
 import { testImage, type BuiltImage } from '../../helpers/test-image.ts';
 import { freePort, initGuestCluster, until } from '../../helpers/e2e.ts';
-import { arpOwners, createGuestLan, destroyGuestLan, startLanWitness, startVipWriter, type GuestLan } from '../../helpers/guest-lan.ts';
+import { agentJournalAt, arpOwners, createGuestLan, destroyGuestLan, GUEST_PG_BIN, guestSql, guestUptime, startLanWitness, startVipWriter, type GuestLan } from '../../helpers/guest-lan.ts';
 
 // Two QEMU guests from the same test image (Kubernetes layer off), each with its own seed
 // written onto its config partition by `geminik8s seed --into`, on a private L2: a bridge in a
@@ -28,7 +28,7 @@ const NET = { node1: '192.168.77.11', node2: '192.168.77.12', vip: '192.168.77.5
 const MAC = { node1: '52:54:00:77:00:11', node2: '52:54:00:77:00:12', bad: '52:54:00:77:00:13' };
 const WITNESS = `${NET.host}:7444`;
 const LAN_NS = 'gk-e2e-lan';
-const PG = '/usr/lib/postgresql/17/bin';
+const PG = GUEST_PG_BIN;
 const DATA = '/var/lib/postgresql/17/main';
 
 let img: BuiltImage;
@@ -50,8 +50,8 @@ async function nodeDisk(node: string): Promise<string> {
   return out;
 }
 
-const sql = (shell: GuestShell, query: string, db = 'postgres'): Promise<string> => shell.check(`runuser -u postgres -- ${PG}/psql -XtA -d ${db} -c "${query}"`).then((s) => s.trim());
-const uptime = async (shell: GuestShell): Promise<number> => Number((await shell.check('cut -d" " -f1 /proc/uptime')).trim());
+const sql = guestSql;
+const uptime = guestUptime;
 const lanNic = (node: 'node1' | 'node2') => ({ netns: lan.ns, networks: [{ kind: 'tap' as const, ifname: lan.taps[node]!, mac: MAC[node] }] });
 
 /** `geminik8s-agent witness` on the host side of the bridge, with the credentials init's cluster gave it. */
@@ -228,13 +228,6 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   pair = { node1, node2, s1, s2: s2b, disk1, logDir };
 }
 
-/** The monotonic time (guest seconds since boot) of the first agent journal line matching `grep`, if any. */
-async function journalAt(shell: GuestShell, grep: string): Promise<number | undefined> {
-  const r = await shell.run(`journalctl -b -u geminik8s-agent -o short-monotonic --no-pager | grep -m1 -F '${grep}'`);
-  const m = /^\[\s*(\d+\.\d+)\]/.exec(r.output.trim());
-  return m ? Number(m[1]) : undefined;
-}
-
 async function failoverTest(t: import('ava').ExecutionContext, p: NonNullable<typeof pair>): Promise<void> {
   const { node1, s2 } = p;
   const { proc: writer, acks, errors: writerErrors } = await startVipWriter(lan, clusterDir, NET.vip, join(work, 'writer.mjs'));
@@ -255,7 +248,7 @@ async function failoverTest(t: import('ava').ExecutionContext, p: NonNullable<ty
     await until('node2 to promote', 10 * 60_000, async () => ((await sql(s2, 'select pg_is_in_recovery()')) === 'f' ? true : undefined));
     // PostgreSQL leaves recovery before the agent logs the promotion (it records the timeline
     // at the witness and sets the sync standby first): wait for the line.
-    const promotedAt = await until('the agent journal to say it promoted', 2 * 60_000, () => journalAt(s2, 'promoted: generation'));
+    const promotedAt = await until('the agent journal to say it promoted', 2 * 60_000, () => agentJournalAt(s2, 'promoted: generation'));
     t.log(`node2 promoted ${(promotedAt - before).toFixed(1)} s of guest time after the power-off`);
     const meta2 = JSON.parse(await s2.check('cat /var/lib/geminik8s/hostmeta.json'));
     t.like(meta2, { role: 'leader' });
@@ -291,7 +284,7 @@ async function failoverTest(t: import('ava').ExecutionContext, p: NonNullable<ty
     t.is(await sql(s1b, 'select pg_is_in_recovery()'), 't', 'node1 is a standby now');
     t.like(JSON.parse(await s1b.check('cat /var/lib/geminik8s/hostmeta.json')), { role: 'follower', generation: meta2.generation });
     const rejoined = (await s1b.run("journalctl -b -u geminik8s-agent --no-pager -o cat | grep -o 'rejoined through [a-z_-]*' | head -n1")).output.trim();
-    const rejoinedAt = await journalAt(s1b, 'rejoined through');
+    const rejoinedAt = await agentJournalAt(s1b, 'rejoined through');
     t.log(`node1: ${rejoined || 'no rejoin line'}${rejoinedAt ? ` at guest uptime ${rejoinedAt.toFixed(1)} s` : ''}`);
     t.regex(rejoined, /^rejoined through (pg_rewind|pg_basebackup)$/);
     t.notRegex(await s1b.check('ip -color=never -o -4 addr show dev eth0'), new RegExp(`inet ${NET.vip.replaceAll('.', '\\.')}/`), 'the VIP is not on node1');
