@@ -88,7 +88,7 @@ async function boot(node: 'node1' | 'node2', disk: string): Promise<{ vm: Vm; sh
 }
 
 async function demo(): Promise<DemoReport> {
-  say('the test image (Kubernetes layer off: K3s, Kine and kube-vip cannot be downloaded here, and kube-vip publishes no binaries at all; docs/components.md)');
+  say('the test image (Kubernetes layer off: K3s, Kine and kube-vip cannot be downloaded here; docs/components.md)');
   const raw = args.image ? resolve(args.image) : (await testImage('test-amd64.yaml', say)).raw;
   say(`a cluster from geminik8s init with a lease witness at ${WITNESS}, and each node's seed on its own copy of the disk`);
   const clusterDir = await initGuestCluster('demo', NET, MAC, WITNESS, join(work, 'site'));

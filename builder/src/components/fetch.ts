@@ -6,8 +6,9 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ExitCode, GeminiError } from '../../../common/errors.ts';
-import { parseChecksums, type ArtifactSpec } from './catalog.ts';
+import { parseChecksums, type ArtifactSpec, type ReleaseArtifact } from './catalog.ts';
 import { pinned, type ComponentLock } from './lock.ts';
+import { resolveImageArtifact } from './oci.ts';
 
 export interface FetchOptions {
   /** Content-addressed cache: `<cacheDir>/sha256/<hex>`. */
@@ -24,6 +25,7 @@ export interface FetchOptions {
 
 export interface ResolvedArtifact {
   spec: ArtifactSpec;
+  /** The file's sha256; for an image artifact, its platform manifest's digest (what the lock pins). */
   sha256: string;
   path: string;
   source: 'cache' | 'download' | 'artifacts';
@@ -63,7 +65,7 @@ async function get(url: string, idleTimeoutMs: number): Promise<Response> {
 }
 
 /** The release's checksum for one asset, from its published checksum file (or the artifacts dir). */
-async function publishedChecksum(spec: ArtifactSpec, options: FetchOptions, cache: Map<string, Map<string, string>>): Promise<string> {
+async function publishedChecksum(spec: ReleaseArtifact, options: FetchOptions, cache: Map<string, Map<string, string>>): Promise<string> {
   let sums = cache.get(spec.checksumUrl);
   if (!sums) {
     let text: string;
@@ -85,7 +87,7 @@ async function publishedChecksum(spec: ArtifactSpec, options: FetchOptions, cach
 }
 
 /** Download into the cache: hashed while streaming, complete and verified before the rename. */
-async function download(spec: ArtifactSpec, expected: string, options: FetchOptions): Promise<string> {
+async function download(spec: ReleaseArtifact, expected: string, options: FetchOptions): Promise<string> {
   const tmpDir = join(options.cacheDir, 'tmp');
   await mkdir(tmpDir, { recursive: true });
   const tmp = join(tmpDir, `${spec.name}.${randomBytes(6).toString('hex')}`);
@@ -126,7 +128,8 @@ async function download(spec: ArtifactSpec, expected: string, options: FetchOpti
 
 /**
  * Resolve every artifact to a verified file: from the cache by the pinned sha256, from an
- * artifacts directory, or by download. Verification is against the lock when it pins the
+ * artifacts directory, or by download (image artifacts: see oci.ts; their layout in an
+ * artifacts directory is `DIR/<component>/oci`). Verification is against the lock when it pins the
  * file, and always against the release's published checksum when that is at hand.
  * Offline, every missing artifact is named in one error.
  */
@@ -136,6 +139,13 @@ export async function fetchArtifacts(specs: ArtifactSpec[], options: FetchOption
   const checksumFiles = new Map<string, Map<string, string>>();
   for (const spec of specs) {
     const locked = pinned(options.lock, spec.component, spec.version, spec.name);
+    if (spec.kind === 'image') {
+      const layout = options.artifactsDir ? artifactsPath(options.artifactsDir, spec.component, 'oci') : undefined;
+      const r = await resolveImageArtifact(spec, { ...options, locked }, layout);
+      if ('missing' in r) missing.push(r.missing);
+      else resolved.push({ spec, sha256: r.digest, path: r.path, source: r.source });
+      continue;
+    }
     if (locked && existsSync(join(options.cacheDir, 'sha256', locked))) {
       resolved.push({ spec, sha256: locked, path: join(options.cacheDir, 'sha256', locked), source: 'cache' });
       continue;

@@ -9,7 +9,7 @@ import { NODE_PATHS } from '../../../common/render/paths.ts';
 import { encodePublicKey, keyIdHex, parsePublicKey, type MinisignPublicKey } from '../../../common/minisign.ts';
 import type { Image } from '../../../common/schema/image.ts';
 import { renderImageFiles } from '../render/index.ts';
-import { artifactsFor, DEFAULT_RELEASE_BASE } from '../components/catalog.ts';
+import { artifactSources, artifactsFor } from '../components/catalog.ts';
 import { fetchArtifacts } from '../components/fetch.ts';
 import { readLock } from '../components/lock.ts';
 import { say, type BuildContext, type Step } from '../build/steps.ts';
@@ -101,7 +101,7 @@ export const ROOTFS_STEPS: Step[] = [
     name: 'fetch upstream components',
     skip: (ctx) => (ctx.image.kubernetes.enabled ? false : 'the Kubernetes layer is off'),
     async run(ctx) {
-      const specs = artifactsFor(ctx.image, process.env.GEMINIK8S_RELEASE_BASE_URL ?? DEFAULT_RELEASE_BASE);
+      const specs = artifactsFor(ctx.image, artifactSources());
       ctx.state.artifacts = await fetchArtifacts(specs, {
         cacheDir: join(ctx.cacheDir, 'artifacts'), artifactsDir: ctx.artifactsDir, offline: ctx.offline,
         lock: readLock(join(dirname(ctx.imageFile), 'components.lock.json')),
@@ -126,11 +126,7 @@ export const ROOTFS_STEPS: Step[] = [
       for (const a of artifacts) {
         const dest = put(ctx, a.spec.installPath);
         await mkdir(dirname(dest), { recursive: true });
-        if (a.spec.extract) {
-          await runPlan({ cmd: 'tar', args: ['-xzf', a.path, '-C', dirname(dest), a.spec.extract] });
-        } else {
-          await copyFile(a.path, dest);
-        }
+        await copyFile(a.path, dest);
         await chmod(dest, a.spec.mode);
       }
       const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };

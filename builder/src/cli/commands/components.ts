@@ -4,8 +4,9 @@ import { Command } from 'commander';
 import { loadImage } from '../../../../common/config.ts';
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
 import { formatBytes } from '../../../../common/schema/units.ts';
-import { artifactsFor, DEFAULT_RELEASE_BASE, parseChecksums } from '../../components/catalog.ts';
-import { defaultCacheDir, fetchArtifacts } from '../../components/fetch.ts';
+import { artifactSources, artifactsFor, parseChecksums, type ReleaseArtifact } from '../../components/catalog.ts';
+import { artifactsPath, defaultCacheDir, fetchArtifacts } from '../../components/fetch.ts';
+import { imageSource, resolvePlatformDigest } from '../../components/oci.ts';
 import { readLock, writeLock } from '../../components/lock.ts';
 import type { CliContext } from '../context.ts';
 
@@ -18,7 +19,6 @@ interface FetchOpts {
   json?: boolean;
 }
 
-const releaseBase = (): string => process.env.GEMINIK8S_RELEASE_BASE_URL ?? DEFAULT_RELEASE_BASE;
 const lockFileFor = (imageFile: string, explicit?: string): string => explicit ?? join(dirname(imageFile), 'components.lock.json');
 
 /** `fetch` (verify into the cache) and `lock` (pin release checksums). */
@@ -27,7 +27,7 @@ export function registerComponents(program: Command, ctx: () => CliContext): voi
     .command('fetch')
     .description('download and verify the upstream artifacts (K3s, Kine, kube-vip) of an image into the cache')
     .requiredOption('--image <file>', 'image definition')
-    .option('--artifacts <dir>', 'air-gapped: take pre-fetched release files from this directory')
+    .option('--artifacts <dir>', 'air-gapped: take pre-fetched release files (and OCI image layouts, <component>/oci) from this directory')
     .option('--offline', 'never open a connection; fail naming every missing artifact')
     .option('--cache-dir <dir>', 'artifact cache', defaultCacheDir())
     .option('--lock <file>', 'lock file (default: components.lock.json next to the image definition)')
@@ -35,7 +35,7 @@ export function registerComponents(program: Command, ctx: () => CliContext): voi
     .action(async (opts: FetchOpts) => {
       const c = ctx();
       const image = await loadImage(opts.image);
-      const specs = artifactsFor(image, releaseBase());
+      const specs = artifactsFor(image, artifactSources());
       if (specs.length === 0) c.logger.info(`${opts.image}: the Kubernetes layer is off; no upstream artifacts`);
       const resolved = await fetchArtifacts(specs, {
         cacheDir: opts.cacheDir, artifactsDir: opts.artifacts, offline: opts.offline, lock: readLock(lockFileFor(opts.image, opts.lock)),
@@ -47,20 +47,21 @@ export function registerComponents(program: Command, ctx: () => CliContext): voi
 
   program
     .command('lock')
-    .description("pin the sha256 of an image's upstream artifacts from their releases' checksum files")
+    .description("pin the sha256 of an image's upstream artifacts from their releases' checksum files (container images: the platform manifest's digest)")
     .requiredOption('--image <file>', 'image definition')
     .option('--lock <file>', 'lock file (default: components.lock.json next to the image definition)')
-    .option('--artifacts <dir>', 'read checksum files from this directory instead of the network')
-    .action(async (opts: { image: string; lock?: string; artifacts?: string }) => {
+    .option('--artifacts <dir>', 'read checksum files (and OCI image layouts, <component>/oci) from this directory instead of the network')
+    .option('--cache-dir <dir>', 'artifact cache (the manifests read are kept there)', defaultCacheDir())
+    .action(async (opts: { image: string; lock?: string; artifacts?: string; cacheDir: string }) => {
       const c = ctx();
       const image = await loadImage(opts.image);
       const file = lockFileFor(opts.image, opts.lock);
       const lock = readLock(file);
-      const specs = artifactsFor(image, releaseBase());
+      const specs = artifactsFor(image, artifactSources());
       let changed = 0;
-      for (const spec of specs) {
+      const checksumOf = async (spec: ReleaseArtifact): Promise<string> => {
         const text = opts.artifacts
-          ? await readFile(join(opts.artifacts, spec.checksumName), 'utf8')
+          ? await readFile(artifactsPath(opts.artifacts, spec.component, spec.checksumName), 'utf8')
           : await (async () => {
               const res = await fetch(spec.checksumUrl, { signal: AbortSignal.timeout(60_000) });
               if (!res.ok) throw new GeminiError(`cannot download ${spec.checksumUrl}: HTTP ${res.status}`, ExitCode.artifact);
@@ -68,6 +69,13 @@ export function registerComponents(program: Command, ctx: () => CliContext): voi
             })();
         const sum = parseChecksums(text).get(spec.name);
         if (!sum) throw new GeminiError(`${spec.checksumName} of ${spec.component} ${spec.version} lists no ${spec.name}`, ExitCode.artifact);
+        return sum;
+      };
+      for (const spec of specs) {
+        // An image is pinned by its platform manifest's digest, as the registry (or the layout) serves the tag now.
+        const sum = spec.kind === 'image'
+          ? await resolvePlatformDigest(spec, imageSource(spec, { cacheDir: opts.cacheDir }, opts.artifacts ? artifactsPath(opts.artifacts, spec.component, 'oci') : undefined))
+          : await checksumOf(spec);
         const versions = (lock[spec.component] ??= {});
         const assets = (versions[spec.version] ??= {});
         if (assets[spec.name] !== sum) {
