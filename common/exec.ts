@@ -63,6 +63,8 @@ export const TOOL_PACKAGES: Record<string, string> = {
   blkid: 'util-linux',
   chroot: 'coreutils',
   tar: 'tar',
+  setfattr: 'attr',
+  newuidmap: 'uidmap',
   openssl: 'openssl',
 };
 

@@ -9,7 +9,7 @@ PG_MAJOR=$( . /etc/os-release; case "${VERSION_CODENAME:-}" in trixie) echo 17 ;
 
 PACKAGES=(
   # image building
-  mmdebstrap e2fsprogs squashfs-tools erofs-utils dosfstools mtools fdisk gdisk fakeroot
+  mmdebstrap e2fsprogs squashfs-tools erofs-utils dosfstools mtools fdisk gdisk fakeroot attr uidmap
   grub-common grub-pc-bin grub-efi-amd64-bin xorriso zstd xz-utils qemu-utils
   qemu-user-static binfmt-support arch-test ca-certificates
   # booting images under emulation

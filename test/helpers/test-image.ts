@@ -84,6 +84,57 @@ export async function testImage(file = 'test-amd64.yaml', log: (m: string) => vo
   return { dir, base, raw: `${base}.raw`, qcow2: `${base}.qcow2`, rootfsTar: `${base}.rootfs.tar`, report: JSON.parse(readFileSync(join(dir, reportFile), 'utf8')), buildSeconds };
 }
 
+/** The cached build of `images/<file>` for the current sources, if one is complete; never builds. */
+export function cachedTestImage(file = 'test-amd64.yaml'): { dir: string; raw: string; rootfsTar: string } | undefined {
+  const cacheRoot = join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'geminik8s', 'e2e');
+  const dir = join(cacheRoot, `${file.replace(/\.yaml$/, '')}-${imageKey(join('images', file))}`);
+  if (!existsSync(join(dir, 'complete'))) return undefined;
+  const reportFile = readdirSync(dir).find((n) => n.endsWith('.report.json'))!;
+  const base = join(dir, reportFile.replace(/\.report\.json$/, ''));
+  return { dir, raw: `${base}.raw`, rootfsTar: `${base}.rootfs.tar` };
+}
+
+/** One region of two disk images (the GPT header, then each partition of the first's table) and how many bytes differ in it. */
+export interface RegionDiff {
+  name: string;
+  offset: number;
+  size: number;
+  differingBytes: number;
+  firstDifference?: number;
+}
+
+/** Compare two disk images region by region: where they differ, and by how many bytes. */
+export async function partitionDiff(a: string, b: string): Promise<RegionDiff[]> {
+  const table = JSON.parse((await runPlan({ cmd: 'sfdisk', args: ['--json', a] })).stdout) as { partitiontable: { sectorsize?: number; partitions: { name?: string; start: number; size: number }[] } };
+  const sector = table.partitiontable.sectorsize ?? 512;
+  const regions = [{ name: 'GPT', offset: 0, size: 34 * sector }, ...table.partitiontable.partitions.map((p, i) => ({ name: p.name ?? `partition ${i + 1}`, offset: p.start * sector, size: p.size * sector }))];
+  const { open } = await import('node:fs/promises');
+  const [fa, fb] = await Promise.all([open(a, 'r'), open(b, 'r')]);
+  try {
+    const out: RegionDiff[] = [];
+    const bufA = Buffer.alloc(1 << 20);
+    const bufB = Buffer.alloc(1 << 20);
+    for (const r of regions) {
+      const d: RegionDiff = { ...r, differingBytes: 0 };
+      for (let pos = 0; pos < r.size; pos += bufA.length) {
+        const n = Math.min(bufA.length, r.size - pos);
+        const [ra, rb] = await Promise.all([fa.read(bufA, 0, n, r.offset + pos), fb.read(bufB, 0, n, r.offset + pos)]);
+        if (ra.bytesRead === rb.bytesRead && bufA.subarray(0, n).equals(bufB.subarray(0, n))) continue;
+        for (let i = 0; i < n; i++) {
+          if (bufA[i] !== bufB[i]) {
+            d.differingBytes++;
+            d.firstDifference ??= pos + i;
+          }
+        }
+      }
+      out.push(d);
+    }
+    return out;
+  } finally {
+    await Promise.all([fa.close(), fb.close()]);
+  }
+}
+
 /** Extract the kernel and initrd of a built root tar (the versioned files /boot's links name) into `dir`. */
 export async function bootFiles(rootfsTar: string, dir: string): Promise<{ kernel: string; initrd: string }> {
   await runPlan({ cmd: 'tar', args: ['-xf', rootfsTar, '-C', dir, '--wildcards', './boot/vmlinuz-*', './boot/initrd.img-*'] });

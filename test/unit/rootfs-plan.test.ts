@@ -19,7 +19,7 @@ test('package lists: kernel per architecture, PostgreSQL major pinned, extras ad
 
 test('the mmdebstrap plan: trixie, tar output, docs excluded, apt cache reused but not shipped', async (t) => {
   const image = await loadImageDef('test-amd64.yaml');
-  const plan = mmdebstrapPlan({ image, output: '/out/.x.tmp', staging: '/work/staging', aptCache: '/cache/apt', sourceDateEpoch: 1700000000 });
+  const plan = mmdebstrapPlan({ image, output: '/out/.x.tmp', staging: '/work/staging', stagingTar: '/work/staging.tar', aptCache: '/cache/apt', sourceDateEpoch: 1700000000 });
   t.snapshot(plan);
   t.is(plan.env?.SOURCE_DATE_EPOCH, '1700000000');
   t.deepEqual(plan.args.slice(-3), ['trixie', '/out/.x.tmp', 'http://deb.debian.org/debian']);

@@ -1,12 +1,12 @@
 import test from 'ava';
-import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { ExitCode, GeminiError } from '../../common/errors.ts';
 import { runPlan } from '../../common/exec.ts';
 import { Logger } from '../../common/log.ts';
 import { NODE_PATHS } from '../../common/render/paths.ts';
-import { APT_OPTIONS, DPKG_EXCLUDES, mmdebstrapPlan, stagingHooks } from '../../builder/src/rootfs/mmdebstrap.ts';
+import { APT_OPTIONS, DPKG_EXCLUDES, mmdebstrapPlan, stagingHooks, stagingTarPlan } from '../../builder/src/rootfs/mmdebstrap.ts';
 import { rootPackages } from '../../builder/src/rootfs/packages.ts';
 import { osReleaseFragment } from '../../builder/src/rootfs/steps.ts';
 import { buildContext, CONTAINERFILE, containerfileBuildArgs, dockerBuildPlan, dockerSource } from '../../builder/src/rootfs/sources/docker.ts';
@@ -119,19 +119,34 @@ test('the Containerfile stays in sync: it declares every build argument and repe
 
 test('the tar source plan: mmdebstrap --variant=custom unpacks the tarball and ends with the same hooks (snapshot)', async (t) => {
   const image = await loadImageDef('test-amd64.yaml');
-  const plan = tarSourcePlan({ image, tarball: '/srv/roots/base.tar.zst', output: '/out/.x.tmp', staging: '/work/staging', sourceDateEpoch: 1700000000 });
+  const plan = tarSourcePlan({ image, tarball: '/srv/roots/base.tar.zst', output: '/out/.x.tmp', stagingTar: '/work/staging.tar', sourceDateEpoch: 1700000000 });
   t.snapshot(plan);
   t.is(plan.cmd, 'mmdebstrap');
   t.true(plan.args.includes('--variant=custom') && plan.args.includes('--skip=update'));
   const setup = plan.args.find((a) => a.startsWith('--setup-hook='))!;
   t.regex(setup, /^--setup-hook=tar --extract --file=\/srv\/roots\/base\.tar\.zst --directory="\$1" --numeric-owner --preserve-permissions --xattrs/);
   t.regex(setup, /--anchored '--exclude=\.\/dev\/\*' '--exclude=dev\/\*'/, 'globs quoted for the hook shell');
-  const hooks = stagingHooks('/work/staging');
-  const mm = mmdebstrapPlan({ image, output: '/o', staging: '/work/staging', aptCache: '/c', sourceDateEpoch: 1700000000 });
+  const hooks = stagingHooks('/work/staging.tar');
+  t.deepEqual(hooks[0], '--customize-hook=tar-in /work/staging.tar /', 'the packed staging tree, root-owned whoever builds');
+  const mm = mmdebstrapPlan({ image, output: '/o', staging: '/work/staging', stagingTar: '/work/staging.tar', aptCache: '/c', sourceDateEpoch: 1700000000 });
   t.deepEqual(plan.args.slice(-3 - hooks.length, -3), hooks, 'the staging hooks end the tar plan...');
   t.deepEqual(mm.args.slice(-3 - hooks.length, -3), hooks, '...and the mmdebstrap plan');
   t.deepEqual(plan.args.slice(-3), ['trixie', '/out/.x.tmp', 'http://deb.debian.org/debian']);
   t.is(plan.env?.SOURCE_DATE_EPOCH, '1700000000');
+});
+
+test('the staging tree is packed with every entry owned by root, whoever runs the build', async (t) => {
+  const staging = tempDir();
+  mkdirSync(join(staging, 'usr/bin'), { recursive: true });
+  writeFileSync(join(staging, 'usr/bin/geminik8s-agent'), '#!/bin/sh\n', { mode: 0o755 });
+  chownSync(join(staging, 'usr/bin/geminik8s-agent'), 1234, 5678);
+  chownSync(join(staging, 'usr/bin'), 1234, 5678);
+  const tar = join(tempDir(), 'staging.tar');
+  await runPlan(stagingTarPlan(staging, tar));
+  const listing = (await runPlan({ cmd: 'tar', args: ['--numeric-owner', '-tvf', tar] })).stdout;
+  t.regex(listing, /^-rwxr-xr-x 0\/0 .* \.\/usr\/bin\/geminik8s-agent$/m);
+  t.regex(listing, /^drwxr-xr-x 0\/0 .* \.\/usr\/bin\/$/m);
+  t.notRegex(listing, /1234|5678/);
 });
 
 test('the os-release keys the tar source drops are exactly those the build appends', async (t) => {

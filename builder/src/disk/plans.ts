@@ -1,4 +1,4 @@
-import type { CommandPlan } from '../../../common/exec.ts';
+import { quoteCommand, shellQuote, type CommandPlan } from '../../../common/exec.ts';
 import type { Image } from '../../../common/schema/image.ts';
 import type { PartitionPlan } from './layout.ts';
 
@@ -32,9 +32,27 @@ export function grubMkimagePlan(input: { target: GrubTarget; moduleDir: string; 
   };
 }
 
-/** Extract a root tar with owners, modes, device nodes and capabilities intact. */
-export function extractRootPlan(tar: string, dir: string): CommandPlan {
-  return { cmd: 'tar', args: ['--numeric-owner', '--same-owner', '--xattrs', '--xattrs-include=*', '-xpf', tar, '-C', dir], title: 'extract the root' };
+/**
+ * Extract a root tar with owners, modes, device nodes and capabilities intact; without the
+ * extended attributes when `xattrs` is false (a rootless build sets them afterwards).
+ */
+export function extractRootPlan(tar: string, dir: string, xattrs = true): CommandPlan {
+  return { cmd: 'tar', args: ['--numeric-owner', '--same-owner', ...(xattrs ? ['--xattrs', '--xattrs-include=*'] : []), '-xpf', tar, '-C', dir], title: 'extract the root' };
+}
+
+/**
+ * `plan`, preceded in the same process tree by setting the extended attributes of a
+ * `getfattr --dump` file (paths relative to `dir`) on that tree. fakeroot keeps faked extended
+ * attributes only for the session that set them (its saved state has owners and modes, not
+ * xattrs), so a rootless build sets them in the session that reads them.
+ */
+export function restoreXattrsThen(dump: string, dir: string, plan: CommandPlan): CommandPlan {
+  return {
+    cmd: 'sh',
+    args: ['-ec', `cd ${shellQuote(dir)} && setfattr --restore=${shellQuote(dump)} && cd / && exec ${quoteCommand(plan)}`],
+    env: plan.env,
+    title: `${plan.title ?? plan.cmd} (with the root's extended attributes)`,
+  };
 }
 
 /**

@@ -14,7 +14,8 @@ import { writeBundle } from '../upgrade/write.ts';
 import { DISK_FORMATS, type OutputFormat } from '../../../common/schema/image.ts';
 import { patchBiosBoot } from './bios.ts';
 import { assertFits, layoutSeed, partition, planDisk, sfdiskScript, type DiskLayout, type PartitionRole } from './layout.ts';
-import { ext4Plan, extractRootPlan, grubEarlyConfig, grubMkimagePlan, mcopyPlans, qcow2Plan, sfdiskPlan, squashfsPercent, squashfsPlan, vfatPlan, zstdPlan, type GrubTarget } from './plans.ts';
+import { ext4Plan, extractRootPlan, grubEarlyConfig, grubMkimagePlan, mcopyPlans, qcow2Plan, restoreXattrsThen, sfdiskPlan, squashfsPercent, squashfsPlan, vfatPlan, zstdPlan, type GrubTarget } from './plans.ts';
+import { setfattrDump, tarXattrs } from './xattrs.ts';
 
 const HOST_GRUB = '/usr/lib/grub';
 
@@ -24,6 +25,8 @@ export interface DiskState {
   /** Partition images by role, with the bytes their content uses. */
   images: Partial<Record<PartitionRole, { file: string; used: number }>>;
   rootTree?: string;
+  /** Rootless builds: the root's extended attributes, set in the session that makes the slot. */
+  xattrDump?: string;
   outputs: { format: string; file: string; bytes: number; sha256: string }[];
   rawTmp?: string;
 }
@@ -100,7 +103,7 @@ export const DISK_STEPS: Step[] = [
       if (ctx.image.rootfs.type === 'squashfs') tools.push('mksquashfs');
       if (ctx.outputs.includes('qcow2')) tools.push('qemu-img');
       if (ctx.outputs.includes('raw.zst')) tools.push('zstd');
-      if (process.getuid?.() !== 0) tools.push('fakeroot');
+      if (process.getuid?.() !== 0) tools.push('fakeroot', 'setfattr');
       await requireTools(tools);
       for (const target of grubTargets(ctx).filter((t) => t !== 'arm64-efi')) {
         if (!existsSync(join(HOST_GRUB, target, 'kernel.img'))) {
@@ -123,7 +126,20 @@ export const DISK_STEPS: Step[] = [
     async run(ctx) {
       const dir = work(ctx, 'root');
       mkdirSync(dir, { recursive: true });
-      await runPlan(privileged(ctx, extractRootPlan(ctx.state.rootfsTar!, dir)), { timeoutMs: 30 * 60_000 });
+      if (process.getuid?.() === 0) {
+        await runPlan(extractRootPlan(ctx.state.rootfsTar!, dir), { timeoutMs: 30 * 60_000 });
+      } else {
+        // Under fakeroot, an extended attribute that tar sets before the file's owner leaves the
+        // file without a type (st_mode 0): mksquashfs then left /usr/bin/arping, the one file
+        // with a capability, out of the slot. So the tree is made first, then the attributes set.
+        await runPlan(privileged(ctx, extractRootPlan(ctx.state.rootfsTar!, dir, false)), { timeoutMs: 30 * 60_000 });
+        const xattrs = await tarXattrs(ctx.state.rootfsTar!);
+        if (xattrs.length) {
+          disk(ctx).xattrDump = work(ctx, 'xattrs.dump');
+          writeFileSync(disk(ctx).xattrDump!, setfattrDump(xattrs));
+        }
+        ctx.logger.info(`  ${xattrs.length} extended attribute(s) to set under fakeroot with the slot`);
+      }
       if (!existsSync(join(dir, 'boot/vmlinuz')) || !existsSync(join(dir, 'boot/initrd.img'))) {
         throw new GeminiError(`the root ${ctx.state.rootfsTar} has no /boot/vmlinuz or /boot/initrd.img: it was not made by geminik8s build --stage rootfs`, ExitCode.invalidInput);
       }
@@ -136,10 +152,17 @@ export const DISK_STEPS: Step[] = [
       const slot = partition(disk(ctx).layout, 'rootA');
       const file = work(ctx, 'root-slot.img');
       const dir = disk(ctx).rootTree!;
+      const dump = disk(ctx).xattrDump;
+      const withXattrs = (plan: CommandPlan): CommandPlan => (dump ? restoreXattrsThen(dump, dir, plan) : plan);
       if (ctx.image.rootfs.type === 'squashfs') {
         let shown = -1;
-        await runPlan(privileged(ctx, squashfsPlan({ dir, output: file, compression: ctx.image.rootfs.compression, blockSize: ctx.image.rootfs.blockSize, sourceDateEpoch: ctx.sourceDateEpoch })), {
+        const skipped: string[] = [];
+        await runPlan(privileged(ctx, withXattrs(squashfsPlan({ dir, output: file, compression: ctx.image.rootfs.compression, blockSize: ctx.image.rootfs.blockSize, sourceDateEpoch: ctx.sourceDateEpoch }))), {
           timeoutMs: 60 * 60_000,
+          // mksquashfs leaves out what it cannot read or type, says so on stderr even with -quiet, and exits 0.
+          onStderrLine: (line) => {
+            if (/ignoring|[Ff]ailed to|[Cc]annot /.test(line)) skipped.push(line.trim());
+          },
           // Every 10 %: enough to see it move, few enough for a CI log.
           onStdoutLine: (line) => {
             const p = squashfsPercent(line);
@@ -148,8 +171,11 @@ export const DISK_STEPS: Step[] = [
             say(ctx, `mksquashfs (${ctx.image.rootfs.compression}): ${p}%`);
           },
         });
+        if (skipped.length) {
+          throw new GeminiError(`mksquashfs left ${skipped.length} entr${skipped.length === 1 ? 'y' : 'ies'} of the root out of the slot:\n${skipped.slice(0, 20).map((l) => `  ${l}`).join('\n')}`, ExitCode.commandFailed);
+        }
       } else {
-        await runPlan(privileged(ctx, ext4Plan({ output: file, part: { ...slot, fsId: slot.uuid.toLowerCase(), label: slot.name }, dir, sourceDateEpoch: ctx.sourceDateEpoch, readOnly: true })), { timeoutMs: 60 * 60_000 });
+        await runPlan(privileged(ctx, withXattrs(ext4Plan({ output: file, part: { ...slot, fsId: slot.uuid.toLowerCase(), label: slot.name }, dir, sourceDateEpoch: ctx.sourceDateEpoch, readOnly: true }))), { timeoutMs: 60 * 60_000 });
       }
       const used = (await stat(file)).size;
       assertFits(slot, used, `the root filesystem (${ctx.image.rootfs.type})`);

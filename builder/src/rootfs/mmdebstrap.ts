@@ -25,18 +25,40 @@ export const APT_OPTIONS = ['Acquire::Languages "none"', 'APT::Install-Recommend
  */
 export const EARLY_STAGING_FILES = ['etc/postgresql-common/createcluster.d/geminik8s.conf', 'etc/initramfs-tools/conf.d/geminik8s'];
 
-/** mmdebstrap setup hooks that put `EARLY_STAGING_FILES` into the root before any package. */
+/**
+ * mmdebstrap setup hooks that put `EARLY_STAGING_FILES` into the root before any package. The
+ * copy is mmdebstrap's `copy-in`, which reads as the invoking user: in unshare mode (a rootless
+ * build) a hook runs as the namespace's root, a subordinate uid that cannot read the builder's
+ * private staging directory (a plain `cp` failed there with "Permission denied").
+ */
 export function earlyStagingHooks(staging: string): string[] {
-  return EARLY_STAGING_FILES.map((f) => `--setup-hook=mkdir -p "$1/${f.slice(0, f.lastIndexOf('/'))}" && cp '${staging}/${f}' "$1/${f}"`);
+  return EARLY_STAGING_FILES.flatMap((f) => {
+    const dir = f.slice(0, f.lastIndexOf('/'));
+    return [`--setup-hook=mkdir -p "$1/${dir}"`, `--setup-hook=copy-in ${staging}/${f} /${dir}`];
+  });
 }
 
 /**
- * The hooks every mmdebstrap-run source ends with: the staging tree laid over the root, then
- * the customize script run inside it (the Containerfile does the same with COPY and RUN).
+ * The staging tree packed with every entry owned by root, as a root build has it. mmdebstrap's
+ * `sync-in` keeps the builder's uid: a rootless build (unshare mode) made /usr/bin, /etc/geminik8s
+ * and the agent owned by the build user's uid in the image.
  */
-export function stagingHooks(staging: string): string[] {
+export function stagingTarPlan(staging: string, output: string): CommandPlan {
+  return {
+    cmd: 'tar',
+    args: ['--create', `--file=${output}`, `--directory=${staging}`, '--owner=0', '--group=0', '--numeric-owner', '--sort=name', '.'],
+    title: 'pack the staging tree',
+  };
+}
+
+/**
+ * The hooks every mmdebstrap-run source ends with: the staging tree (packed by
+ * `stagingTarPlan`) laid over the root, then the customize script run inside it (the
+ * Containerfile does the same with COPY and RUN).
+ */
+export function stagingHooks(stagingTar: string): string[] {
   return [
-    `--customize-hook=sync-in ${staging} /`,
+    `--customize-hook=tar-in ${stagingTar} /`,
     // The same script the Containerfile runs: units, initramfs, kernel links, identity removed.
     `--customize-hook=chroot "$1" ${NODE_PATHS.customizeScript}`,
   ];
@@ -48,6 +70,8 @@ export interface RootfsPlanInput {
   output: string;
   /** Files laid over the root after the packages: overlays, rendered units, agent, manifest. */
   staging: string;
+  /** The same, packed by `stagingTarPlan`. */
+  stagingTar: string;
   /** Reused between builds: downloaded .deb files. */
   aptCache: string;
   sourceDateEpoch: number;
@@ -75,8 +99,10 @@ export function mmdebstrapPlan(input: RootfsPlanInput): CommandPlan {
     `--setup-hook=sync-in ${input.aptCache} /var/cache/apt/archives/`,
     ...earlyStagingHooks(input.staging),
     `--customize-hook=sync-out /var/cache/apt/archives ${input.aptCache}`,
-    '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb',
-    ...stagingHooks(input.staging),
+    // The cache's apt lock goes too: synced in from the builder's cache, a rootless build left
+    // it owned by the build user's uid in the root.
+    '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb "$1"/var/cache/apt/archives/lock',
+    ...stagingHooks(input.stagingTar),
     image.base.suite,
     input.output,
     image.base.mirror,

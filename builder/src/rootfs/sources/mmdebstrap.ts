@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { requireTools, runPlan, type CommandPlan } from '../../../../common/exec.ts';
-import { mmdebstrapPlan } from '../mmdebstrap.ts';
+import { mmdebstrapPlan, stagingTarPlan } from '../mmdebstrap.ts';
 import type { RootSource, RootSourceContext } from './source.ts';
 
 /** Run an mmdebstrap plan, reporting each new `I:` status line as progress. */
@@ -30,7 +30,9 @@ export function mmdebstrapSource(): RootSource {
     async produce(ctx: RootSourceContext, output: string) {
       const aptCache = join(ctx.cacheDir, 'apt', `${ctx.image.base.suite}-${ctx.image.arch}`);
       mkdirSync(aptCache, { recursive: true });
-      const plan = mmdebstrapPlan({ image: ctx.image, output, staging: ctx.staging, aptCache, sourceDateEpoch: ctx.sourceDateEpoch });
+      const stagingTar = join(ctx.workDir, 'staging.tar');
+      await runPlan(stagingTarPlan(ctx.staging, stagingTar));
+      const plan = mmdebstrapPlan({ image: ctx.image, output, staging: ctx.staging, stagingTar, aptCache, sourceDateEpoch: ctx.sourceDateEpoch });
       await runMmdebstrap(plan, ctx.progress);
     },
   };

@@ -1,8 +1,9 @@
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
 import { CommandFailedError, lastLines, requireTools, runPlan, shellQuote, type CommandPlan } from '../../../../common/exec.ts';
 import type { Image } from '../../../../common/schema/image.ts';
-import { APT_OPTIONS, DPKG_EXCLUDES, stagingHooks } from '../mmdebstrap.ts';
+import { APT_OPTIONS, DPKG_EXCLUDES, stagingHooks, stagingTarPlan } from '../mmdebstrap.ts';
 import { rootPackages } from '../packages.ts';
 import { runMmdebstrap } from './mmdebstrap.ts';
 import type { RootSource, RootSourceContext } from './source.ts';
@@ -87,7 +88,8 @@ export interface TarPlanInput {
   tarball: string;
   /** Where the finished tar goes (a temporary name; the caller renames it). */
   output: string;
-  staging: string;
+  /** The staging tree, packed by `stagingTarPlan`. */
+  stagingTar: string;
   sourceDateEpoch: number;
 }
 
@@ -116,7 +118,7 @@ export function tarSourcePlan(input: TarPlanInput): CommandPlan {
     ...DPKG_EXCLUDES.map((o) => `--dpkgopt=${o}`),
     `--setup-hook=${untar}`,
     `--customize-hook=chroot "$1" sed -i -E ${shellQuote(dropOsRelease)} /usr/lib/os-release`,
-    ...stagingHooks(input.staging),
+    ...stagingHooks(input.stagingTar),
     image.base.suite,
     input.output,
     image.base.mirror,
@@ -133,7 +135,9 @@ export function tarSource(tarball: string): RootSource {
       await validateRootTar(tarball, ctx.image);
     },
     async produce(ctx: RootSourceContext, output: string) {
-      await runMmdebstrap(tarSourcePlan({ image: ctx.image, tarball, output, staging: ctx.staging, sourceDateEpoch: ctx.sourceDateEpoch }), ctx.progress);
+      const stagingTar = join(ctx.workDir, 'staging.tar');
+      await runPlan(stagingTarPlan(ctx.staging, stagingTar));
+      await runMmdebstrap(tarSourcePlan({ image: ctx.image, tarball, output, stagingTar, sourceDateEpoch: ctx.sourceDateEpoch }), ctx.progress);
     },
   };
 }
