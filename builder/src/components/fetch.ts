@@ -1,12 +1,12 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream, existsSync } from 'node:fs';
+import { createReadStream, existsSync } from 'node:fs';
 import { mkdir, rename, rm } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ExitCode, GeminiError } from '../../../common/errors.ts';
 import { parseChecksums, type ArtifactSpec, type ReleaseArtifact } from './catalog.ts';
+import { saveHashed, TransferError } from './download.ts';
 import { pinned, type ComponentLock } from './lock.ts';
 import { resolveImageArtifact } from './oci.ts';
 
@@ -93,29 +93,18 @@ async function download(spec: ReleaseArtifact, expected: string, options: FetchO
   const tmp = join(tmpDir, `${spec.name}.${randomBytes(6).toString('hex')}`);
   const res = await get(spec.url, options.idleTimeoutMs ?? 30_000);
   const total = res.headers.get('content-length') ? Number(res.headers.get('content-length')) : undefined;
-  const hash = createHash('sha256');
-  let received = 0;
-  let lastReport = 0;
+  let received: number;
+  let actual: string;
   try {
-    const body = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>);
-    body.on('data', (chunk: Buffer) => {
-      hash.update(chunk);
-      received += chunk.length;
-      if (options.onProgress && (received - lastReport > 4 * 1024 * 1024 || received === total)) {
-        lastReport = received;
-        options.onProgress(spec.name, received, total);
-      }
-    });
-    await pipeline(body, createWriteStream(tmp, { mode: 0o644 }));
+    ({ received, sha256: actual } = await saveHashed(res, tmp, options.onProgress && ((n, of) => options.onProgress!(spec.name, n, of)), total));
   } catch (err) {
     await rm(tmp, { force: true });
-    throw artifactError(`download of ${spec.url} broke off after ${received} bytes: ${(err as Error).message}`);
+    throw artifactError(`download of ${spec.url} broke off after ${err instanceof TransferError ? err.received : 0} bytes: ${(err as Error).message}`);
   }
   if (total !== undefined && received !== total) {
     await rm(tmp, { force: true });
     throw artifactError(`download of ${spec.url} is truncated: ${received} of ${total} bytes`);
   }
-  const actual = hash.digest('hex');
   if (actual !== expected) {
     await rm(tmp, { force: true });
     throw artifactError(`checksum mismatch for ${spec.name} (${spec.component} ${spec.version}): expected ${expected}, got ${actual}; the file was not cached`);

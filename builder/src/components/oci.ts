@@ -2,13 +2,14 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
-import { Readable, type Writable } from 'node:stream';
+import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tarStream from 'tar-stream';
 import { z } from 'zod';
 import { ExitCode, GeminiError } from '../../../common/errors.ts';
 import type { ImageArtifact } from './catalog.ts';
+import { saveHashed } from './download.ts';
 
 /**
  * Files out of container images, for upstreams that publish images instead of release binaries
@@ -369,22 +370,9 @@ class RegistrySource implements BlobSource {
     await mkdir(tmpDir, { recursive: true });
     const tmp = join(tmpDir, `${digest}.${randomBytes(6).toString('hex')}`);
     const res = await this.request(url);
-    const hash = createHash('sha256');
-    let received = 0;
-    let lastReport = 0;
     try {
-      const body = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>);
-      body.on('data', (chunk: Buffer) => {
-        hash.update(chunk);
-        received += chunk.length;
-        if (this.options.onProgress && (received - lastReport > 4 * 1024 * 1024 || received === size)) {
-          lastReport = received;
-          this.options.onProgress(`${this.spec.name} ${digest.slice(0, 12)}`, received, size);
-        }
-      });
-      await pipeline(body, createWriteStream(tmp, { mode: 0o644 }));
+      const { received, sha256: actual } = await saveHashed(res, tmp, this.options.onProgress && ((n) => this.options.onProgress!(`${this.spec.name} ${digest.slice(0, 12)}`, n, size)), size);
       if (received !== size) throw new Error(`${received} of the ${size} bytes the manifest gives`);
-      const actual = hash.digest('hex');
       if (actual !== digest) throw new Error(`got sha256:${actual}`);
     } catch (err) {
       await rm(tmp, { force: true });
