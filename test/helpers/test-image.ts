@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, relative } from 'node:path';
 import { runPlan } from '../../common/exec.ts';
@@ -108,7 +109,6 @@ export async function partitionDiff(a: string, b: string): Promise<RegionDiff[]>
   const table = JSON.parse((await runPlan({ cmd: 'sfdisk', args: ['--json', a] })).stdout) as { partitiontable: { sectorsize?: number; partitions: { name?: string; start: number; size: number }[] } };
   const sector = table.partitiontable.sectorsize ?? 512;
   const regions = [{ name: 'GPT', offset: 0, size: 34 * sector }, ...table.partitiontable.partitions.map((p, i) => ({ name: p.name ?? `partition ${i + 1}`, offset: p.start * sector, size: p.size * sector }))];
-  const { open } = await import('node:fs/promises');
   const [fa, fb] = await Promise.all([open(a, 'r'), open(b, 'r')]);
   try {
     const out: RegionDiff[] = [];

@@ -1,12 +1,11 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, existsSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdir, rename, rm } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { ExitCode, GeminiError } from '../../../common/errors.ts';
 import { parseChecksums, type ArtifactSpec, type ReleaseArtifact } from './catalog.ts';
-import { saveHashed, TransferError } from './download.ts';
+import { saveHashed, sha256File, TransferError } from './download.ts';
 import { pinned, type ComponentLock } from './lock.ts';
 import { resolveImageArtifact } from './oci.ts';
 
@@ -35,11 +34,8 @@ export function defaultCacheDir(): string {
   return join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'geminik8s', 'artifacts');
 }
 
-export async function sha256File(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  await pipeline(createReadStream(path), hash);
-  return hash.digest('hex');
-}
+/** The sha256 of a file, streamed (also used by the disk and upgrade builders). */
+export { sha256File } from './download.ts';
 
 /**
  * Where a release file sits in an --artifacts directory: `DIR/<component>/<name>`, else

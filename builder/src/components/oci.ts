@@ -9,7 +9,7 @@ import tarStream from 'tar-stream';
 import { z } from 'zod';
 import { ExitCode, GeminiError } from '../../../common/errors.ts';
 import type { ImageArtifact } from './catalog.ts';
-import { saveHashed } from './download.ts';
+import { saveHashed, sha256File } from './download.ts';
 
 /**
  * Files out of container images, for upstreams that publish images instead of release binaries
@@ -250,9 +250,7 @@ class CacheSource implements BlobSource {
 }
 
 async function verifyFile(path: string, digest: string, label: string): Promise<void> {
-  const h = createHash('sha256');
-  await pipeline(createReadStream(path), h);
-  const actual = h.digest('hex');
+  const actual = await sha256File(path);
   if (actual !== digest) throw artifactError(`digest mismatch for ${label}: expected sha256:${digest}, got sha256:${actual}`);
 }
 
@@ -354,6 +352,12 @@ class RegistrySource implements BlobSource {
   }
 
   async manifest(digest: string): Promise<Buffer> {
+    // Resolving a tag already fetched and cached the platform manifest; ask for it once.
+    const cached = join(this.options.cacheDir, 'sha256', digest);
+    if (existsSync(cached)) {
+      const body = await readFile(cached);
+      if (sha256(body) === digest) return body;
+    }
     const url = `${this.base}/manifests/sha256:${digest}`;
     const body = Buffer.from(await (await this.request(url, ACCEPT)).arrayBuffer());
     const actual = sha256(body);
