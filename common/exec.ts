@@ -66,6 +66,7 @@ export const TOOL_PACKAGES: Record<string, string> = {
   setfattr: 'attr',
   newuidmap: 'uidmap',
   openssl: 'openssl',
+  dnsmasq: 'dnsmasq-base',
 };
 
 export function packageFor(tool: string): string | undefined {

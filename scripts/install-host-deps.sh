@@ -26,6 +26,8 @@ PACKAGES=(
   minisign busybox skopeo docker-registry
   # the cluster CA and certificates (geminik8s init)
   openssl
+  # PXE: pxe serve --dnsmasq-config checks what it writes with dnsmasq --test
+  dnsmasq-base
   # the status page, loaded from a running pair in a headless browser
   chromium
   # Containerfile path

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { API_VERSION } from './image.ts';
 import type { RuleIssue } from './rules.ts';
+import { DiskRulesSchema, diskRuleProblems } from '../install/disks.ts';
 import {
   cidr,
   cidrsOverlap,
@@ -19,6 +20,8 @@ export const NodeSchema = z.strictObject({
   name: dnsLabel,
   ip: ipv4,
   mac: macAddress.optional(),
+  /** How an installer (ISO or PXE) chooses this node's disk: explicit rules, combined with AND. */
+  install: z.strictObject({ disk: DiskRulesSchema }).optional(),
 });
 
 /**
@@ -197,6 +200,10 @@ export function clusterRules(spec: ClusterSpec): RuleIssue[] {
   if (a.name === b.name) issues.push({ path: ['nodes', 1, 'name'], message: 'node names must differ', found: JSON.stringify(b.name), related: [['nodes', 0, 'name']] });
   if (a.ip === b.ip) issues.push({ path: ['nodes', 1, 'ip'], message: 'node IPs must differ', found: b.ip, related: [['nodes', 0, 'ip']] });
   if (a.mac && b.mac && a.mac === b.mac) issues.push({ path: ['nodes', 1, 'mac'], message: 'node MAC addresses must differ', found: b.mac });
+  nodes.forEach((n, i) => {
+    if (!n.install) return;
+    for (const p of diskRuleProblems(n.install.disk)) issues.push({ path: ['nodes', i, 'install', 'disk', ...(p.path ? [p.path] : [])], message: p.message, ...(p.found ? { found: p.found } : {}), ...(p.expected ? { expected: p.expected } : {}) });
+  });
   if (!sameSubnet(a.ip, b.ip, prefix)) {
     issues.push({ path: ['nodes', 1, 'ip'], message: `both nodes must be in one /${prefix} subnet`, found: b.ip, expected: `an address in ${subnetText(a.ip, prefix)}`, related: [['nodes', 0, 'ip'], ['network', 'prefix']] });
   }

@@ -18,6 +18,7 @@ import { registerCerts } from './commands/certs.ts';
 import { registerPreflight } from './commands/preflight.ts';
 import { registerDeploy } from './commands/deploy.ts';
 import { registerFlash } from './commands/flash.ts';
+import { registerPxe } from './commands/pxe.ts';
 import { registerBackup } from './commands/backup.ts';
 import { registerKeygen } from './commands/keygen.ts';
 import { registerSucPlan } from './commands/suc.ts';
@@ -67,6 +68,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerPreflight(program, ctx);
   registerDeploy(program, ctx);
   registerFlash(program, ctx);
+  registerPxe(program, ctx);
   registerBackup(program, ctx);
   registerKeygen(program, ctx);
   registerSucPlan(program, ctx);

@@ -1,0 +1,117 @@
+import { existsSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { Command } from 'commander';
+import { loadCluster, loadClusterSecrets, loadClusterTls, loadImage } from '../../../../common/config.ts';
+import { ExitCode, GeminiError } from '../../../../common/errors.ts';
+import { runPlan } from '../../../../common/exec.ts';
+import { writeFileAtomic } from '../../../../common/fsutil.ts';
+import { renderSeedFiles } from '../../render/index.ts';
+import { kernelCmdline } from '../../render/grub.ts';
+import { dnsmasqTestPlan, renderDnsmasqConfig } from '../../pxe/dnsmasq.ts';
+import { createPxeServer, PXE_FILES, type PxeEvent, type PxeNode } from '../../pxe/server.ts';
+import { resolveClusterFile, type CliContext } from '../context.ts';
+
+interface ServeOptions {
+  dir: string;
+  cluster?: string;
+  image: string;
+  listen: string;
+  baseUrl?: string;
+  json?: boolean;
+  dnsmasqConfig?: string;
+  interface?: string;
+  network?: string;
+  tftpRoot?: string;
+}
+
+/** One line per event, for a terminal or a CI log (pure). */
+export function describeEvent(e: PxeEvent): string {
+  const who = `${e.node ?? 'unknown'} (${e.mac})`;
+  switch (e.kind) {
+    case 'boot-install':
+      return `${e.at} ${who}: served the installer${e.client ? ` to ${e.client}` : ''}`;
+    case 'boot-disk':
+      return `${e.at} ${who}: installed already; told to boot from its disk`;
+    case 'refused':
+      return `${e.at} ${who}: REFUSED: ${e.detail ?? ''}${e.client ? ` (from ${e.client})` : ''}`;
+    case 'seed':
+      return `${e.at} ${who}: seed handed out${e.client ? ` to ${e.client}` : ''}`;
+    case 'stage':
+      return `${e.at} ${who}: ${e.stage}${e.detail ? `: ${e.detail}` : ''}`;
+  }
+}
+
+export function registerPxe(program: Command, ctx: () => CliContext): void {
+  const pxe = program.command('pxe').description('provision nodes over the network: per-MAC boot scripts and seeds, install progress');
+  pxe
+    .command('serve')
+    .description("serve the installer's kernel, initrd, root and disk image from --dir, each node's seed to its MAC only, and show each installer's progress")
+    .requiredOption('--dir <dir>', `directory holding ${Object.values(PXE_FILES).join(', ')}; the install state is kept there (pxe-state.json)`)
+    .option('--cluster <file>', 'cluster.yaml: nodes[].mac picks the seed, nodes[].install.disk the disk (default: --config)')
+    .requiredOption('--image <file>', 'the image definition the files were built from (kernel arguments, root type)')
+    .option('--listen <host:port>', 'address to listen on', '0.0.0.0:8080')
+    .option('--base-url <url>', 'the URL machines reach this server at (default: http://LISTEN)')
+    .option('--json', 'events as JSON lines on stdout')
+    .option('--dnsmasq-config <file>', 'also write a proxy-DHCP + TFTP configuration for dnsmasq, checked with dnsmasq --test')
+    .option('--interface <if>', 'with --dnsmasq-config: the factory network interface')
+    .option('--network <addr>', 'with --dnsmasq-config: the factory network address, e.g. 10.0.0.0')
+    .option('--tftp-root <dir>', 'with --dnsmasq-config: where undionly.kpxe and ipxe.efi are (Debian package ipxe)', '/usr/lib/ipxe')
+    .action(async (opts: ServeOptions) => {
+      const c = ctx();
+      const m = /^(.+):(\d{1,5})$/.exec(opts.listen);
+      if (!m || Number(m[2]) > 65535) throw new GeminiError(`--listen: expected HOST:PORT, got ${JSON.stringify(opts.listen)}`, ExitCode.invalidInput);
+      const [host, port] = [m[1]!, Number(m[2])];
+      const baseUrl = (opts.baseUrl ?? `http://${opts.listen}`).replace(/\/+$/, '');
+      if (!/^https?:\/\/[^/]+/.test(baseUrl)) throw new GeminiError(`--base-url: expected http://HOST[:PORT], got ${JSON.stringify(opts.baseUrl)}`, ExitCode.invalidInput);
+      if (opts.dnsmasqConfig && (!opts.interface || !opts.network)) throw new GeminiError('--dnsmasq-config needs --interface and --network (the factory network the proxy DHCP answers on)', ExitCode.invalidInput);
+      const dir = resolve(opts.dir);
+      const missing = Object.values(PXE_FILES).filter((f) => !existsSync(join(dir, f)) || !statSync(join(dir, f)).isFile());
+      if (missing.length) throw new GeminiError(`--dir ${opts.dir}: missing ${missing.join(', ')}`, ExitCode.invalidInput);
+
+      const clusterFile = resolveClusterFile(opts.cluster, c);
+      const cluster = await loadCluster(clusterFile);
+      const image = await loadImage(opts.image);
+      const noMac = cluster.nodes.filter((n) => !n.mac).map((n) => n.name);
+      if (noMac.length === cluster.nodes.length) throw new GeminiError(`${clusterFile}: no node has a mac (nodes[].mac): PXE hands each seed to one MAC only`, ExitCode.invalidInput);
+      const secrets = await loadClusterSecrets(clusterFile, cluster);
+      const nodes: PxeNode[] = [];
+      for (const n of cluster.nodes) {
+        if (!n.mac) continue;
+        nodes.push({ name: n.name, mac: n.mac, seed: renderSeedFiles(cluster, n.name, secrets, await loadClusterTls(clusterFile, cluster, n.name)), ...(n.install ? { disk: n.install.disk } : {}) });
+      }
+      for (const n of noMac) c.logger.warn(`${n} has no mac in ${clusterFile}: it cannot be provisioned over PXE`);
+      for (const n of nodes) if (!n.disk) c.logger.warn(`${n.name} has no install.disk rules in ${clusterFile}: its installer will refuse to choose a disk`);
+
+      if (opts.dnsmasqConfig) {
+        const text = renderDnsmasqConfig({ iface: opts.interface!, network: opts.network!, tftpRoot: resolve(opts.tftpRoot!), baseUrl });
+        const tmp = `${opts.dnsmasqConfig}.tmp-${process.pid}`;
+        await writeFileAtomic(tmp, text, 0o644);
+        const check = await runPlan(dnsmasqTestPlan(tmp), { allowFailure: true });
+        if (check.exitCode !== 0) {
+          await runPlan({ cmd: 'rm', args: ['-f', tmp] });
+          throw new GeminiError(`dnsmasq --test rejected the configuration:\n${check.stderr.trim()}`, ExitCode.commandFailed);
+        }
+        await runPlan({ cmd: 'mv', args: ['-f', tmp, opts.dnsmasqConfig] });
+        c.logger.info(`wrote ${opts.dnsmasqConfig} (dnsmasq --test: ${check.stderr.trim() || 'ok'})`);
+      }
+
+      const { server } = createPxeServer({
+        dir,
+        baseUrl,
+        nodes,
+        cmdline: kernelCmdline(image),
+        rootfsType: image.rootfs.type,
+        onEvent: (e) => {
+          if (opts.json) c.print(JSON.stringify(e));
+          else if (e.kind === 'refused') c.logger.warn(describeEvent(e));
+          else c.logger.info(describeEvent(e));
+        },
+      });
+      await new Promise<void>((ok, fail) => {
+        server.once('error', (err) => fail(new GeminiError(`--listen ${opts.listen}: ${err.message}`, ExitCode.commandFailed)));
+        server.listen(port, host, () => ok());
+      });
+      c.logger.info(`serving ${nodes.map((n) => `${n.name} (${n.mac})`).join(', ')} at ${baseUrl}; iPXE clients start at ${baseUrl}/boot.ipxe`);
+      await new Promise(() => undefined);
+    });
+}

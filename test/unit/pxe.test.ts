@@ -1,0 +1,186 @@
+import test from 'ava';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { parseDocument } from 'yaml';
+import { spawnPlan } from '../../common/exec.ts';
+import { renderDnsmasqConfig } from '../../builder/src/pxe/dnsmasq.ts';
+import { bootScript, chainScript, normalizeMac, PXE_FILES, ruleArgs } from '../../builder/src/pxe/server.ts';
+import { cli } from '../helpers/cli.ts';
+import { ROOT, tempDir } from '../helpers/fixtures.ts';
+
+const MAC1 = '52:54:00:aa:00:11';
+const MAC2 = '52:54:00:aa:00:12';
+const INIT = ['init', '--name', 'line-7', '--node1-ip', '10.7.0.11', '--node2-ip', '10.7.0.12', '--vip', '10.7.0.50', '--node1-mac', MAC1, '--node2-mac', MAC2];
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as AddressInfo).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+/** A cluster from init with disk rules added to node1, and a served directory of generated files. */
+async function site(): Promise<{ dir: string; clusterFile: string; served: string }> {
+  const dir = tempDir('gk-pxe-');
+  const init = await cli(...INIT, '--config-dir', dir);
+  if (init.code !== 0) throw new Error(init.stderr);
+  const clusterFile = join(dir, 'cluster.yaml');
+  const doc = parseDocument(readFileSync(clusterFile, 'utf8'));
+  doc.setIn(['nodes', 0, 'install'], { disk: { serial: 'SMALL-1', model: 'QEMU HARDDISK', maxSize: '40GiB' } });
+  writeFileSync(clusterFile, doc.toString());
+  const served = join(dir, 'served');
+  const { mkdirSync } = await import('node:fs');
+  mkdirSync(served);
+  for (const [i, f] of Object.values(PXE_FILES).entries()) writeFileSync(join(served, f), Buffer.alloc(1000 + i, i + 1));
+  return { dir, clusterFile, served };
+}
+
+test('boot scripts: the chain by MAC, the installer with its rules and URLs, the disk once installed, a refusal for a stranger', (t) => {
+  t.is(normalizeMac('52-54-00-AA-00-11'), MAC1);
+  t.is(normalizeMac('52:54:00:aa:00:11'), MAC1);
+  t.is(normalizeMac('5254.00aa.0011'), MAC1);
+  t.is(normalizeMac('52:54:00:aa:00'), undefined);
+  t.is(normalizeMac('zz:54:00:aa:00:11'), undefined);
+  t.regex(chainScript('http://10.0.0.1:8080'), /^#!ipxe\n.*\nchain http:\/\/10\.0\.0\.1:8080\/boot\?mac=\$\{net0\/mac\} \|\| goto failed$/m);
+  t.deepEqual(ruleArgs({ model: 'QEMU HARDDISK', minSize: '16GiB' }), ['"geminik8s.install.model=QEMU HARDDISK"', 'geminik8s.install.min_size=16GiB']);
+  const o = { baseUrl: 'http://10.0.0.1:8080', cmdline: 'console=ttyS0,115200 panic=10', rootfsType: 'squashfs' };
+  const node = { name: 'node1', mac: MAC1, seed: [], disk: { serial: 'SMALL-1' } };
+  const install = bootScript(o, MAC1, node, undefined);
+  t.is(install.kind, 'boot-install');
+  t.regex(install.script, /^kernel http:\/\/10\.0\.0\.1:8080\/files\/vmlinuz initrd=initrd\.img geminik8s\.live=http:\/\/10\.0\.0\.1:8080\/files\/root\.squashfs rootfstype=squashfs ro geminik8s\.install\.image_url=http:\/\/10\.0\.0\.1:8080\/files\/image\.raw\.zst geminik8s\.install\.seed_url=http:\/\/10\.0\.0\.1:8080\/seed\/52-54-00-aa-00-11 geminik8s\.install\.report_url=http:\/\/10\.0\.0\.1:8080\/progress\/52-54-00-aa-00-11 geminik8s\.install\.serial=SMALL-1 console=ttyS0,115200 panic=10$/m);
+  t.regex(install.script, /^initrd --name initrd\.img http:\/\/10\.0\.0\.1:8080\/files\/initrd\.img$/m);
+  const disk = bootScript(o, MAC1, node, { node: 'node1', installed: '2026-12-02T15:00:00.000Z' });
+  t.is(disk.kind, 'boot-disk');
+  t.notRegex(disk.script, /kernel/);
+  const stranger = bootScript(o, MAC2, undefined, undefined);
+  t.is(stranger.kind, 'refused');
+  t.regex(stranger.script, /52:54:00:aa:00:12 is not a node of this cluster.*nothing is installed/);
+  t.regex(stranger.script, /^exit 1$/m);
+});
+
+test('cluster.yaml: a node\'s install.disk rules are checked with their path', async (t) => {
+  const { clusterFile } = await site();
+  const doc = parseDocument(readFileSync(clusterFile, 'utf8'));
+  doc.setIn(['nodes', 1, 'install'], { disk: { minSize: '2T', maxSize: '1T', type: 'tape' } });
+  writeFileSync(clusterFile, doc.toString());
+  const r = await cli('validate', clusterFile);
+  t.is(r.code, 2);
+  t.regex(r.stderr, /cluster\.yaml:\d+:\d+: nodes\.1\.install\.disk\.type:/);
+  doc.setIn(['nodes', 1, 'install'], { disk: { minSize: '2T', maxSize: '1T' } });
+  writeFileSync(clusterFile, doc.toString());
+  const crossed = await cli('validate', clusterFile);
+  t.is(crossed.code, 2);
+  t.regex(crossed.stderr, /nodes\.1\.install\.disk\.minSize: minSize is larger than maxSize/);
+});
+
+test('pxe serve: per-MAC installer, seed only to its MAC and never after the install, progress kept across a restart, refusals logged', async (t) => {
+  const { clusterFile, served } = await site();
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  const args = [join(ROOT, 'bin/geminik8s.js'), 'pxe', 'serve', '--dir', served, '--cluster', clusterFile, '--image', join(ROOT, 'images/test-amd64.yaml'), '--listen', `127.0.0.1:${port}`, '--json'];
+  const start = async (): Promise<{ out: string[]; err: string[]; stop: () => void }> => {
+    const out: string[] = [];
+    const err: string[] = [];
+    const p = spawnPlan({ cmd: process.execPath, args }, { stdout: (l) => out.push(l), stderr: (l) => err.push(l) });
+    t.teardown(() => p.kill('SIGKILL'));
+    for (let i = 0; i < 300; i++) {
+      if (await fetch(`${base}/boot.ipxe`).then((r) => r.ok, () => false)) return { out, err, stop: () => p.kill('SIGKILL') };
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`pxe serve did not answer:\n${err.join('\n')}`);
+  };
+  const s1 = await start();
+  t.regex(s1.err.join('\n'), /node2 has no install\.disk rules/);
+  const get = (path: string) => fetch(`${base}${path}`);
+  t.regex(await (await get('/boot.ipxe')).text(), /chain http:\/\/127\.0\.0\.1:\d+\/boot\?mac=\$\{net0\/mac\}/);
+
+  const install = await (await get(`/boot?mac=${MAC1}`)).text();
+  t.regex(install, /^kernel .*\/files\/vmlinuz .*geminik8s\.install\.seed_url=http:\/\/127\.0\.0\.1:\d+\/seed\/52-54-00-aa-00-11 .*geminik8s\.install\.serial=SMALL-1 "geminik8s\.install\.model=QEMU HARDDISK" geminik8s\.install\.max_size=40GiB console=tty0/m);
+  const refused = await (await get('/boot?mac=52:54:00:ff:ff:ff')).text();
+  t.regex(refused, /not a node of this cluster/);
+  t.is((await get('/boot?mac=nonsense')).status, 400);
+
+  const seed = (await (await get('/seed/52-54-00-aa-00-11')).json()) as { node: string; disk: Record<string, string>; files: { path: string; mode: number; content: string }[] };
+  t.is(seed.node, 'node1');
+  t.deepEqual(seed.disk, { serial: 'SMALL-1', model: 'QEMU HARDDISK', maxSize: '40GiB' });
+  t.true(seed.files.some((f) => f.path === 'meta-data' && /node1/.test(f.content)));
+  t.true(seed.files.some((f) => /seed\.yaml$/.test(f.path)), seed.files.map((f) => f.path).join(' '));
+  t.is((await get('/seed/52-54-00-ff-ff-ff')).status, 404);
+
+  const kernel = await get('/files/vmlinuz');
+  t.deepEqual(Buffer.from(await kernel.arrayBuffer()), readFileSync(join(served, 'vmlinuz')));
+  const part = await fetch(`${base}/files/image.raw.zst`, { headers: { range: 'bytes=10-19' } });
+  t.is(part.status, 206);
+  t.is((await part.arrayBuffer()).byteLength, 10);
+  t.is((await get('/files/..%2Fcluster.yaml')).status, 404);
+  t.is((await get('/files/pxe-state.json')).status, 404);
+
+  const report = (mac: string, stage: string, detail?: string) => fetch(`${base}/progress/${mac}`, { method: 'POST', body: JSON.stringify({ stage, detail }) });
+  t.is((await report('52-54-00-aa-00-11', 'disk-chosen', '/dev/sda (serial SMALL-1)')).status, 204);
+  t.is((await report('52-54-00-aa-00-11', 'written')).status, 204);
+  t.is((await report('52-54-00-aa-00-11', 'formatting')).status, 400);
+  t.is((await report('52-54-00-ff-ff-ff', 'written')).status, 404);
+  const mid = (await (await get('/status')).json()) as Record<string, { stage: string; installed?: string }>;
+  t.is(mid[MAC1]?.stage, 'written');
+  t.is(mid[MAC1]?.installed, undefined);
+  // Still installing: a reboot now (a power cut) boots the installer again.
+  t.regex(await (await get(`/boot?mac=${MAC1}`)).text(), /^kernel /m);
+  t.is((await report('52-54-00-aa-00-11', 'rebooting')).status, 204);
+  t.regex(await (await get(`/boot?mac=${MAC1}`)).text(), /installed at .*; booting from its disk\nexit\n/);
+  t.is((await get('/seed/52-54-00-aa-00-11')).status, 410);
+
+  const events = s1.out.map((l) => JSON.parse(l) as { kind: string; mac: string; stage?: string; node?: string; detail?: string });
+  t.deepEqual(events.filter((e) => e.mac === MAC1).map((e) => e.stage ?? e.kind), ['boot-install', 'seed', 'disk-chosen', 'written', 'boot-install', 'rebooting', 'boot-disk', 'refused']);
+  t.true(events.some((e) => e.kind === 'refused' && e.mac === '52:54:00:ff:ff:ff' && /unknown MAC/.test(e.detail ?? '')));
+  t.false(s1.out.join('\n').includes(seed.files.find((f) => /seed\.yaml$/.test(f.path))!.content.split('\n').find((l) => /token|password/i.test(l)) ?? '\u0000'), 'no secret in the event stream');
+  s1.stop();
+
+  // The state survives a restart: node1 boots from disk, node2 still gets its installer.
+  const stateFile = join(served, 'pxe-state.json');
+  t.is(statSync(stateFile).mode & 0o777, 0o600);
+  const s2 = await start();
+  t.regex(await (await get(`/boot?mac=${MAC1}`)).text(), /booting from its disk/);
+  t.regex(await (await get(`/boot?mac=${MAC2}`)).text(), /^kernel /m);
+  s2.stop();
+  t.deepEqual(readdirSync(served).filter((f) => f.includes('.tmp')), []);
+});
+
+test('pxe serve refuses a directory without its files, naming them', async (t) => {
+  const { clusterFile, served } = await site();
+  const { rmSync } = await import('node:fs');
+  rmSync(join(served, 'root.squashfs'));
+  const r = await cli('pxe', 'serve', '--dir', served, '--cluster', clusterFile, '--image', join(ROOT, 'images/test-amd64.yaml'));
+  t.is(r.code, 2);
+  t.regex(r.stderr, /--dir .*: missing root\.squashfs/);
+  const noIf = await cli('pxe', 'serve', '--dir', served, '--cluster', clusterFile, '--image', join(ROOT, 'images/test-amd64.yaml'), '--dnsmasq-config', join(served, 'd.conf'));
+  t.is(noIf.code, 2);
+  t.regex(noIf.stderr, /--dnsmasq-config needs --interface and --network/);
+});
+
+// CI installs dnsmasq-base (scripts/install-host-deps.sh), so there it always runs.
+const withDnsmasq = process.env.CI || ['/usr/sbin/dnsmasq', '/usr/bin/dnsmasq'].some((f) => existsSync(f)) ? test : test.skip;
+
+withDnsmasq('the dnsmasq configuration passes dnsmasq --test; a broken one is refused and nothing is left under its name', async (t) => {
+  const dir = tempDir('gk-pxe-');
+  const text = renderDnsmasqConfig({ iface: 'eth1', network: '10.7.0.0', tftpRoot: '/usr/lib/ipxe', baseUrl: 'http://10.7.0.1:8080' });
+  t.regex(text, /^dhcp-range=10\.7\.0\.0,proxy$/m);
+  t.regex(text, /^pxe-service=tag:!ipxe,x86PC,"geminik8s: chainload iPXE",undionly\.kpxe$/m);
+  t.regex(text, /^dhcp-boot=tag:ipxe,http:\/\/10\.7\.0\.1:8080\/boot\.ipxe$/m);
+  const file = join(dir, 'good.conf');
+  writeFileSync(file, text);
+  const { runPlan } = await import('../../common/exec.ts');
+  const good = await runPlan({ cmd: 'dnsmasq', args: ['--test', `--conf-file=${file}`] }, { allowFailure: true });
+  t.is(good.exitCode, 0, good.stderr);
+  // Through the CLI: a network that is not an address makes dnsmasq --test fail.
+  const { clusterFile, served } = await site();
+  const out = join(dir, 'pxe.conf');
+  const port = await freePort();
+  const bad = await cli('pxe', 'serve', '--dir', served, '--cluster', clusterFile, '--image', join(ROOT, 'images/test-amd64.yaml'), '--listen', `127.0.0.1:${port}`, '--dnsmasq-config', out, '--interface', 'eth1', '--network', 'not-a-network');
+  t.is(bad.code, 4, bad.stderr);
+  t.regex(bad.stderr, /dnsmasq --test rejected the configuration/);
+  t.false(existsSync(out));
+  t.deepEqual(readdirSync(dir).filter((f) => f.startsWith('pxe.conf')), []);
+});
