@@ -266,8 +266,11 @@ export interface StreamingProcess {
 }
 
 /** Start a plan and hand its stdout over as a stream; stderr is kept for the error. */
-export function streamPlan(plan: CommandPlan): StreamingProcess {
-  const child = execa(plan.cmd, plan.args, { env: plan.env, extendEnv: true, cwd: plan.cwd, reject: false, buffer: { stdout: false, stderr: true }, stdin: 'ignore', encoding: 'buffer' });
+export function streamPlan(plan: CommandPlan, input?: AsyncIterable<Uint8Array>): StreamingProcess {
+  // With `input` the command reads it on stdin (e.g. zstd decompressing a download as it arrives).
+  // execa takes an async iterable as stdin; a Node stream without a file descriptor it does not.
+  const feed = input ? (async function* () { for await (const c of input) yield c; })() : undefined;
+  const child = execa(plan.cmd, plan.args, { env: plan.env, extendEnv: true, cwd: plan.cwd, reject: false, buffer: { stdout: false, stderr: true }, stdin: feed ?? 'ignore', encoding: 'buffer' });
   if (!child.stdout) throw new GeminiError(`no stdout from ${quoteCommand(plan)}`, ExitCode.commandFailed);
   const done = child.then((r) => {
     const code = (r as { code?: string }).code;

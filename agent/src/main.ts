@@ -8,6 +8,7 @@ import { loadAgentConfig, loadNodeContext } from './context.ts';
 import { sdNotify, watchdogIntervalMs } from './sdnotify.ts';
 import { slotCommand } from './slotcli.ts';
 import { upgradeCommand } from './upgradecli.ts';
+import { installCommand } from './install.ts';
 import { agentLogger, createLogPort } from './adapters/log.ts';
 import { createVipPort } from './adapters/vip.ts';
 import { DEFAULT_WITNESS_STATE_DIR, serveWitness } from './witness/serve.ts';
@@ -27,6 +28,7 @@ const USAGE = `usage: geminik8s-agent run --config FILE
        geminik8s-agent slot status [--json] | arm A|B [--tries N] | bless  [--config FILE]
        geminik8s-agent upgrade stage BUNDLE [--retry] | status  [--json] [--config FILE]
        geminik8s-agent preflight --config FILE [--json]   (memory, disk, link, address; exit 0 pass or warn, 1 fail)
+       geminik8s-agent install [--dry-run] [--no-reboot] [--cmdline FILE]   (from geminik8s.install.* kernel arguments; exit 2 bad input, 4 failed, 5 refused)
        geminik8s-agent --version`;
 
 
@@ -159,6 +161,7 @@ export async function main(argv: string[]): Promise<number> {
   if (command === 'release-vip') return releaseVip(rest);
   if (command === 'slot') return slotCommand(rest);
   if (command === 'upgrade') return upgradeCommand(rest);
+  if (command === 'install') return installCommand(rest);
   process.stderr.write(`${USAGE}\n`);
   return 2;
 }

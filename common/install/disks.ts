@@ -56,21 +56,30 @@ export const DiskRulesSchema = z.strictObject({
 });
 export type DiskRules = z.output<typeof DiskRulesSchema>;
 
-/** Rules from kernel arguments: geminik8s.install.serial=…, .device, .by_id, .by_path, .model, .min_size, .max_size, .type. */
-export function rulesFromCmdline(cmdline: string): { rules: Record<string, string>; dryRun: boolean; seedUrl?: string } {
+/** What the installer reads from the kernel command line (geminik8s.install.*). */
+export interface InstallArgs {
+  /** Disk rules as given (checked later with validateDiskRules). */
+  rules: Record<string, string>;
+  dryRun: boolean;
+  seedUrl?: string;
+  imageUrl?: string;
+  reportUrl?: string;
+}
+
+/** geminik8s.install.serial=…, .device, .by_id, .by_path, .model, .min_size, .max_size, .type, .dry_run, .seed_url, .image_url, .report_url (pure). */
+export function rulesFromCmdline(cmdline: string): InstallArgs {
   const keys: Record<string, string> = { device: 'device', by_id: 'byId', by_path: 'byPath', serial: 'serial', model: 'model', min_size: 'minSize', max_size: 'maxSize', type: 'type' };
-  const rules: Record<string, string> = {};
-  let dryRun = false;
-  let seedUrl: string | undefined;
+  const urls: Record<string, 'seedUrl' | 'imageUrl' | 'reportUrl'> = { seed_url: 'seedUrl', image_url: 'imageUrl', report_url: 'reportUrl' };
+  const out: InstallArgs = { rules: {}, dryRun: false };
   for (const word of splitCmdline(cmdline)) {
     const m = /^geminik8s\.install\.([a-z_]+)=(.*)$/.exec(word);
     if (!m) continue;
     const [, key, value] = m as unknown as [string, string, string];
-    if (key === 'dry_run') dryRun = value === '1' || value === 'true' || value === 'yes';
-    else if (key === 'seed_url') seedUrl = value;
-    else rules[keys[key] ?? key] = value;
+    if (key === 'dry_run') out.dryRun = value === '1' || value === 'true' || value === 'yes';
+    else if (urls[key]) out[urls[key]] = value;
+    else out.rules[keys[key] ?? key] = value;
   }
-  return { rules, dryRun, ...(seedUrl ? { seedUrl } : {}) };
+  return out;
 }
 
 /** The kernel's own splitting: spaces separate words, double quotes group them. */

@@ -1,42 +1,15 @@
 import test from 'ava';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { parseDocument } from 'yaml';
-import { spawnPlan } from '../../common/exec.ts';
 import { renderDnsmasqConfig } from '../../builder/src/pxe/dnsmasq.ts';
 import { bootScript, chainScript, normalizeMac, PXE_FILES, ruleArgs } from '../../builder/src/pxe/server.ts';
 import { cli } from '../helpers/cli.ts';
+import { freePort, MAC1, MAC2, pxeSite, startPxeServe } from '../helpers/pxe.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 
-const MAC1 = '52:54:00:aa:00:11';
-const MAC2 = '52:54:00:aa:00:12';
-const INIT = ['init', '--name', 'line-7', '--node1-ip', '10.7.0.11', '--node2-ip', '10.7.0.12', '--vip', '10.7.0.50', '--node1-mac', MAC1, '--node2-mac', MAC2];
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const p = (s.address() as AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
-
 /** A cluster from init with disk rules added to node1, and a served directory of generated files. */
-async function site(): Promise<{ dir: string; clusterFile: string; served: string }> {
-  const dir = tempDir('gk-pxe-');
-  const init = await cli(...INIT, '--config-dir', dir);
-  if (init.code !== 0) throw new Error(init.stderr);
-  const clusterFile = join(dir, 'cluster.yaml');
-  const doc = parseDocument(readFileSync(clusterFile, 'utf8'));
-  doc.setIn(['nodes', 0, 'install'], { disk: { serial: 'SMALL-1', model: 'QEMU HARDDISK', maxSize: '40GiB' } });
-  writeFileSync(clusterFile, doc.toString());
-  const served = join(dir, 'served');
-  const { mkdirSync } = await import('node:fs');
-  mkdirSync(served);
-  for (const [i, f] of Object.values(PXE_FILES).entries()) writeFileSync(join(served, f), Buffer.alloc(1000 + i, i + 1));
-  return { dir, clusterFile, served };
-}
+const site = () => pxeSite({ serial: 'SMALL-1', model: 'QEMU HARDDISK', maxSize: '40GiB' });
 
 test('boot scripts: the chain by MAC, the installer with its rules and URLs, the disk once installed, a refusal for a stranger', (t) => {
   t.is(normalizeMac('52-54-00-AA-00-11'), MAC1);
@@ -80,17 +53,10 @@ test('pxe serve: per-MAC installer, seed only to its MAC and never after the ins
   const { clusterFile, served } = await site();
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
-  const args = [join(ROOT, 'bin/geminik8s.js'), 'pxe', 'serve', '--dir', served, '--cluster', clusterFile, '--image', join(ROOT, 'images/test-amd64.yaml'), '--listen', `127.0.0.1:${port}`, '--json'];
-  const start = async (): Promise<{ out: string[]; err: string[]; stop: () => void }> => {
-    const out: string[] = [];
-    const err: string[] = [];
-    const p = spawnPlan({ cmd: process.execPath, args }, { stdout: (l) => out.push(l), stderr: (l) => err.push(l) });
-    t.teardown(() => p.kill('SIGKILL'));
-    for (let i = 0; i < 300; i++) {
-      if (await fetch(`${base}/boot.ipxe`).then((r) => r.ok, () => false)) return { out, err, stop: () => p.kill('SIGKILL') };
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    throw new Error(`pxe serve did not answer:\n${err.join('\n')}`);
+  const start = async () => {
+    const s = await startPxeServe(served, clusterFile, port);
+    t.teardown(s.stop);
+    return { lines: () => s.events().map((e) => JSON.stringify(e)), err: s.stderr, stop: s.stop };
   };
   const s1 = await start();
   t.regex(s1.err.join('\n'), /node2 has no install\.disk rules/);
@@ -132,10 +98,10 @@ test('pxe serve: per-MAC installer, seed only to its MAC and never after the ins
   t.regex(await (await get(`/boot?mac=${MAC1}`)).text(), /installed at .*; booting from its disk\nexit\n/);
   t.is((await get('/seed/52-54-00-aa-00-11')).status, 410);
 
-  const events = s1.out.map((l) => JSON.parse(l) as { kind: string; mac: string; stage?: string; node?: string; detail?: string });
+  const events = s1.lines().map((l) => JSON.parse(l) as { kind: string; mac: string; stage?: string; node?: string; detail?: string });
   t.deepEqual(events.filter((e) => e.mac === MAC1).map((e) => e.stage ?? e.kind), ['boot-install', 'seed', 'disk-chosen', 'written', 'boot-install', 'rebooting', 'boot-disk', 'refused']);
   t.true(events.some((e) => e.kind === 'refused' && e.mac === '52:54:00:ff:ff:ff' && /unknown MAC/.test(e.detail ?? '')));
-  t.false(s1.out.join('\n').includes(seed.files.find((f) => /seed\.yaml$/.test(f.path))!.content.split('\n').find((l) => /token|password/i.test(l)) ?? '\u0000'), 'no secret in the event stream');
+  t.false(s1.lines().join('\n').includes(seed.files.find((f) => /seed\.yaml$/.test(f.path))!.content.split('\n').find((l) => /token|password/i.test(l)) ?? '\u0000'), 'no secret in the event stream');
   s1.stop();
 
   // The state survives a restart: node1 boots from disk, node2 still gets its installer.

@@ -2,6 +2,8 @@ import { quoteCommand, shellQuote, type CommandPlan } from '../../../common/exec
 import type { Image } from '../../../common/schema/image.ts';
 import type { PartitionPlan } from './layout.ts';
 
+export { mcopyPlans } from '../../../common/install/media.ts';
+
 /** Modules built into every GRUB core image: enough to read the ESP and a slot, and run grub.cfg. */
 export const GRUB_MODULES = [
   'part_gpt', 'part_msdos', 'fat', 'squash4', 'ext2', 'gzio', 'xzio', 'lzopio',
@@ -100,19 +102,6 @@ export function vfatPlan(input: { output: string; part: PartitionPlan; fat32: bo
     args: ['-C', '--invariant', ...(input.fat32 ? ['-F', '32', '-s', '1'] : []), '-n', input.part.label ?? input.part.name, '-i', input.part.fsId ?? '', input.output, String(input.part.size / 1024)],
     title: `mkfs.vfat ${input.part.name}`,
   };
-}
-
-/** Copy files into a FAT image with mtools: no mount needed. `entries` map image paths to host files. */
-export function mcopyPlans(image: string, entries: { from: string; to: string }[], sourceDateEpoch: number): CommandPlan[] {
-  const env = { SOURCE_DATE_EPOCH: String(sourceDateEpoch), MTOOLS_SKIP_CHECK: '1' };
-  const dirs = [...new Set(entries.flatMap((e) => {
-    const parts = e.to.split('/').filter(Boolean).slice(0, -1);
-    return parts.map((_, i) => parts.slice(0, i + 1).join('/'));
-  }))].sort();
-  return [
-    ...(dirs.length ? [{ cmd: 'mmd', args: ['-i', image, ...dirs.map((d) => `::${d}`)], env, title: 'mmd' }] : []),
-    ...entries.map((e) => ({ cmd: 'mcopy', args: ['-i', image, '-m', '-o', e.from, `::${e.to}`], env, title: `mcopy ${e.to}` })),
-  ];
 }
 
 /** Write the GPT described by `script` (see sfdiskScript) into an image file. */

@@ -61,11 +61,7 @@ export function describeTarget(d: BlockDevice): string {
   return lines.join('\n');
 }
 
-/** The device behind a mount source: /dev/vda1 → itself; anything not under /dev (overlay, tmpfs) → nothing. */
-export function deviceOfSource(source: string): string | undefined {
-  const s = source.trim().replace(/\[.*\]$/, '');
-  return s.startsWith('/dev/') ? s : undefined;
-}
+export { deviceOfSource } from '../../../common/install/media.ts';
 
 /** `zstd -lv` → the decompressed size in bytes, when the frame records it. */
 export function zstdContentSize(out: string): number | undefined {

@@ -5,6 +5,8 @@ const BASE = [
   'systemd-sysv', 'systemd-resolved', 'udev', 'dbus', 'kmod', 'procps', 'util-linux', 'e2fsprogs', 'dosfstools',
   'initramfs-tools', 'busybox', 'fdisk', 'cloud-init', 'cloud-guest-utils', 'sudo', 'ca-certificates', 'zstd',
   'iproute2', 'iputils-ping', 'iputils-arping', 'nodejs',
+  // The installer (geminik8s-agent install) writes the seed onto the FAT CONFIG partition without mounting it.
+  'mtools',
 ];
 
 /** The package list of an image: base, kernel, pinned PostgreSQL major, then the image's extras. */

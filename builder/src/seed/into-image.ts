@@ -1,21 +1,13 @@
 import { existsSync, mkdtempSync, openSync, readSync, closeSync } from 'node:fs';
-import { chmod, rename, rm, writeFile } from 'node:fs/promises';
+import { chmod, rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { ExitCode, GeminiError } from '../../../common/errors.ts';
 import { runPlan } from '../../../common/exec.ts';
 import type { RenderedFile } from '../../../common/render/node.ts';
-import { mcopyPlans } from '../disk/plans.ts';
+import { partitionOffset, writeSeedFiles } from '../../../common/install/media.ts';
 
-/** The byte offset of the partition named `name` in a raw disk image's GPT, read with sfdisk. */
-export async function partitionOffset(image: string, name: string): Promise<number> {
-  const r = await runPlan({ cmd: 'sfdisk', args: ['-J', image] }, { allowFailure: true });
-  if (r.exitCode !== 0) throw new GeminiError(`${image}: no partition table sfdisk can read (${r.stderr.trim().split('\n').pop()}); --into takes a raw image written by geminik8s build`, ExitCode.invalidInput);
-  const table = JSON.parse(r.stdout).partitiontable as { sectorsize?: number; partitions: { name?: string; start: number }[] };
-  const part = table.partitions.find((p) => p.name === name);
-  if (!part) throw new GeminiError(`${image}: no partition named ${name}; --into takes a raw image written by geminik8s build`, ExitCode.invalidInput);
-  return part.start * (table.sectorsize ?? 512);
-}
+export { partitionOffset, writeSeedFiles };
 
 function isQcow2(file: string): boolean {
   const fd = openSync(file, 'r');
@@ -25,24 +17,6 @@ function isQcow2(file: string): boolean {
     return magic.toString('latin1') === 'QFI\xfb';
   } finally {
     closeSync(fd);
-  }
-}
-
-/**
- * Write the seed files onto the FAT config partition at `offset` of `target` (an image file or
- * a block device) with mtools; `staging` is a private directory for the files on their way.
- */
-export async function writeSeedFiles(target: string, offset: number, files: RenderedFile[], staging: string): Promise<void> {
-  const entries = [];
-  for (const f of files) {
-    const local = join(staging, f.path.replaceAll('/', '_'));
-    await writeFile(local, f.content, { mode: 0o600 });
-    entries.push({ from: local, to: `/${f.path}` });
-  }
-  const epoch = Number(process.env.SOURCE_DATE_EPOCH ?? Math.floor(Date.now() / 1000));
-  for (const plan of mcopyPlans(`${target}@@${offset}`, entries, epoch)) {
-    // A second seed into the same copy replaces files; mmd of an existing directory is not an error worth stopping for.
-    await runPlan(plan, plan.cmd === 'mmd' ? { allowFailure: true } : {});
   }
 }
 

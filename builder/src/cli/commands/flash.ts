@@ -1,6 +1,5 @@
-import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, mkdtempSync, openSync, readSync, closeSync, realpathSync, statSync } from 'node:fs';
-import { open, readFile, rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline/promises';
@@ -8,9 +7,9 @@ import { Command } from 'commander';
 import { assertKnownNode, loadCluster, loadClusterSecrets, loadClusterTls } from '../../../../common/config.ts';
 import { ExitCode, GeminiError } from '../../../../common/errors.ts';
 import { runPlan, streamPlan } from '../../../../common/exec.ts';
-import { describeTarget, deviceOfSource, lsblkPlan, parseLsblk, refusals, zstdContentSize } from '../../ops/flash.ts';
+import { describeTarget, lsblkPlan, parseLsblk, refusals, zstdContentSize } from '../../ops/flash.ts';
 import { renderSeedFiles } from '../../render/index.ts';
-import { partitionOffset, writeSeedFiles } from '../../seed/into-image.ts';
+import { partitionOffset, readBack, seedFilesDiffering, systemDevices, writeSeedFiles, writeStream } from '../../../../common/install/media.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
 
 interface FlashOptions {
@@ -33,70 +32,13 @@ function magic(file: string, n: number): Buffer {
   }
 }
 
-/** The block devices behind the running system: /, /boot, /boot/efi, /usr, and swap, with the disks they are on. */
-async function systemDevices(): Promise<string[]> {
-  const devs = new Set<string>();
-  for (const target of ['/', '/boot', '/boot/efi', '/usr']) {
-    const r = await runPlan({ cmd: 'findmnt', args: ['-n', '-o', 'SOURCE', '--target', target] }, { allowFailure: true });
-    const dev = r.exitCode === 0 ? deviceOfSource(r.stdout) : undefined;
-    if (dev) devs.add(dev);
-  }
-  const swaps = existsSync('/proc/swaps') ? (await readFile('/proc/swaps', 'utf8')).split('\n').slice(1).map((l) => l.split(/\s+/)[0] ?? '').filter((d) => d.startsWith('/dev/')) : [];
-  for (const d of swaps) devs.add(d);
-  // Each one's disk too (and through device-mapper, the disks under it): lsblk -s walks down.
-  for (const d of [...devs]) {
-    const r = await runPlan({ cmd: 'lsblk', args: ['-s', '-n', '-p', '-o', 'PATH', d] }, { allowFailure: true });
-    for (const p of r.stdout.split('\n').map((x) => x.replace(/^[^/]*/, '').trim()).filter(Boolean)) devs.add(p);
-  }
-  return [...devs];
-}
-
 /** Stream `image` (raw, or zstd decompressed on the way) into `device`; the sha256 of what was written. */
 async function writeImage(image: string, zst: boolean, device: string, total: number, progress: (done: number) => void): Promise<string> {
-  const hash = createHash('sha256');
-  const fd = await open(device, 'r+');
   const source = zst ? streamPlan({ cmd: 'zstd', args: ['-d', '-c', '-q', image] }) : undefined;
   const input = source ? source.stdout : createReadStream(image, { highWaterMark: CHUNK });
-  let written = 0;
-  try {
-    for await (const chunk of input as AsyncIterable<Buffer>) {
-      hash.update(chunk);
-      let off = 0;
-      while (off < chunk.length) {
-        const { bytesWritten } = await fd.write(chunk, off, chunk.length - off, written + off);
-        off += bytesWritten;
-      }
-      written += chunk.length;
-      progress(written);
-    }
-    await source?.done;
-    if (written !== total) throw new GeminiError(`${image}: ${written} bytes came out, ${total} were expected`, ExitCode.artifact);
-    await fd.sync();
-  } finally {
-    await fd.close();
-  }
-  return hash.digest('hex');
-}
-
-/** Read the first `bytes` of `device` back, past the page cache, and hash them. */
-async function readBack(device: string, bytes: number): Promise<string> {
-  // Drop the device's buffers so that the read comes from the medium, not from memory.
-  await runPlan({ cmd: 'blockdev', args: ['--flushbufs', device] });
-  const hash = createHash('sha256');
-  const fd = await open(device, 'r');
-  try {
-    const buf = Buffer.alloc(CHUNK);
-    let pos = 0;
-    while (pos < bytes) {
-      const { bytesRead } = await fd.read(buf, 0, Math.min(CHUNK, bytes - pos), pos);
-      if (bytesRead === 0) throw new GeminiError(`${device}: ended after ${pos} bytes while reading back ${bytes}`, ExitCode.commandFailed);
-      hash.update(buf.subarray(0, bytesRead));
-      pos += bytesRead;
-    }
-  } finally {
-    await fd.close();
-  }
-  return hash.digest('hex');
+  const sha = await writeStream(input as AsyncIterable<Buffer>, device, total, progress, image);
+  await source?.done;
+  return sha;
 }
 
 export function registerFlash(program: Command, ctx: () => CliContext): void {
@@ -166,10 +108,8 @@ export function registerFlash(program: Command, ctx: () => CliContext): void {
           await runPlan({ cmd: 'sync', args: [] });
           await runPlan({ cmd: 'blockdev', args: ['--flushbufs', device] });
           // Each seed file as the node will read it.
-          for (const f of seed) {
-            const got = await runPlan({ cmd: 'mtype', args: ['-i', `${device}@@${offset}`, `::/${f.path}`] });
-            if (got.stdout !== f.content) throw new GeminiError(`${device}: ${f.path} on the config partition does not read back as written`, ExitCode.commandFailed);
-          }
+          const bad = await seedFilesDiffering(device, offset, seed);
+          if (bad.length) throw new GeminiError(`${device}: ${bad.join(', ')} on the config partition do${bad.length === 1 ? 'es' : ''} not read back as written`, ExitCode.commandFailed);
         } finally {
           await rm(staging, { recursive: true, force: true });
         }

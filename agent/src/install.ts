@@ -1,0 +1,207 @@
+import { mkdtempSync } from 'node:fs';
+import { readdir, readFile, realpath, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { ExitCode, GeminiError } from '../../common/errors.ts';
+import { runPlan, streamPlan } from '../../common/exec.ts';
+import { chooseDisk, describeDisks, lsblkDisksPlan, parseDisks, rulesFromCmdline, validateDiskRules, type Disk } from '../../common/install/disks.ts';
+import { partitionOffset, readBack, seedFilesDiffering, systemDevices, writeSeedFiles, writeStream, zstdFrameContentSize } from '../../common/install/media.ts';
+import type { RenderedFile } from '../../common/render/node.ts';
+import { option, stderrLine, stdoutLine, type Printer } from './args.ts';
+
+export const INSTALL_USAGE = `usage: geminik8s-agent install [--dry-run] [--no-reboot] [--cmdline FILE]
+  Installs this machine from the kernel command line's geminik8s.install.* arguments (pxe serve
+  writes them): chooses the disk by its rules, writes the image, reads it back, writes the seed.`;
+
+/** What `pxe serve` hands an installer at its seed URL. */
+export interface SeedPayload {
+  node: string;
+  disk: Record<string, unknown>;
+  files: RenderedFile[];
+}
+
+/** The stages the installer reports, as `pxe serve` records them. */
+export type Stage = 'booted' | 'disk-chosen' | 'written' | 'verified' | 'seeded' | 'rebooting' | 'failed';
+
+/** Every effect the installer has, so that a test can stand in for the machine's disks and its reboot. */
+export interface InstallPorts {
+  disks(): Promise<Disk[]>;
+  bootDisks(): Promise<string[]>;
+  fetchSeed(url: string): Promise<SeedPayload>;
+  /** The first bytes of the image (for the size its zstd frame records). */
+  imageHead(url: string): Promise<Uint8Array>;
+  /** The image decompressed, as it downloads. */
+  openImage(url: string): Promise<{ stream: AsyncIterable<Uint8Array>; done: Promise<void> }>;
+  report(url: string, stage: Stage, detail?: string): Promise<void>;
+  reboot(): Promise<void>;
+  print: Printer;
+  warn: Printer;
+}
+
+export interface InstallResult {
+  node: string;
+  disk: string;
+  bytes: number;
+  sha256?: string;
+  dryRun: boolean;
+}
+
+const SEED_FILE_MODES = new Set([0o600, 0o644, 0o640]);
+
+/** The seed server's answer, checked: a node name, disk rules, files with relative paths (pure). */
+export function parseSeedPayload(url: string, body: unknown): SeedPayload {
+  const b = body as Partial<SeedPayload> | null;
+  const files = Array.isArray(b?.files) ? b.files : undefined;
+  if (!b || typeof b.node !== 'string' || !files || typeof b.disk !== 'object' || b.disk === null) throw new GeminiError(`${url}: expected {"node", "disk", "files"} from pxe serve`, ExitCode.invalidInput);
+  for (const f of files) {
+    if (typeof f?.path !== 'string' || typeof f.content !== 'string' || f.path.startsWith('/') || f.path.split('/').includes('..')) throw new GeminiError(`${url}: a seed file with a bad path (${JSON.stringify(f?.path)})`, ExitCode.invalidInput);
+  }
+  return { node: b.node, disk: b.disk, files: files.map((f) => ({ path: f.path, content: f.content, mode: SEED_FILE_MODES.has(f.mode) ? f.mode : 0o600, scope: 'seed' as const })) };
+}
+
+/**
+ * Install this machine: rules from the kernel command line (or, when it has none, the seed's),
+ * the one disk that matches them, the image streamed onto it and read back, the seed onto its
+ * config partition, progress reported at each step. Refuses, writing nothing, when the rules
+ * match no disk or several, or anything it needs is missing.
+ */
+export async function install(cmdline: string, opts: { dryRun?: boolean; reboot: boolean }, ports: InstallPorts): Promise<InstallResult> {
+  const c = rulesFromCmdline(cmdline);
+  const reportUrl = c.reportUrl;
+  const report = async (stage: Stage, detail?: string): Promise<void> => {
+    if (!reportUrl) return;
+    // Progress is for the operator; a server that does not answer does not stop the install.
+    await ports.report(reportUrl, stage, detail).catch((err: unknown) => ports.warn(`could not report ${stage} to ${reportUrl}: ${(err as Error).message}`));
+  };
+  const fail = async (err: GeminiError): Promise<never> => {
+    await report('failed', err.message);
+    throw err;
+  };
+  const dryRun = opts.dryRun || c.dryRun;
+  await report('booted', dryRun ? 'dry run' : undefined);
+  if (!c.seedUrl) return fail(new GeminiError('no geminik8s.install.seed_url on the kernel command line: nothing says which node this is', ExitCode.invalidInput));
+  const imageUrl = c.imageUrl;
+  if (!imageUrl) return fail(new GeminiError('no geminik8s.install.image_url on the kernel command line: no image to write', ExitCode.invalidInput));
+  const seed = await ports.fetchSeed(c.seedUrl).catch((err: unknown) => fail(err instanceof GeminiError ? err : new GeminiError(`${c.seedUrl}: ${(err as Error).message}`, ExitCode.commandFailed)));
+  const fromCmdline = Object.keys(c.rules).length > 0;
+  const checked = validateDiskRules(fromCmdline ? c.rules : seed.disk, fromCmdline ? 'the kernel command line' : `the seed of ${seed.node}`);
+  if (!checked.rules) return fail(new GeminiError(`disk rules: ${checked.issues.map((i) => `${i.path || '(rules)'}: ${i.message}${i.expected ? ` (expected ${i.expected})` : ''}`).join('; ')}`, ExitCode.invalidInput));
+  const rules = checked.rules;
+
+  const bytes = zstdFrameContentSize(await ports.imageHead(imageUrl));
+  if (bytes === undefined) return fail(new GeminiError(`${imageUrl}: not a zstd image that records its size (build writes .raw.zst with it)`, ExitCode.invalidInput));
+  const choice = chooseDisk(await ports.disks(), rules, await ports.bootDisks(), bytes);
+  const listing = describeDisks(choice.verdicts, rules);
+  if (!choice.ok) {
+    ports.print(listing);
+    return fail(new GeminiError(`refusing to install ${seed.node}: ${choice.reason}; nothing was written\n${listing}`, ExitCode.refused));
+  }
+  const disk = choice.disk;
+  ports.print(listing);
+  const chosen = `${disk.path} (serial ${disk.serial || 'unknown'}, ${disk.model || 'unknown model'}, ${disk.sizeBytes} bytes)`;
+  await report('disk-chosen', chosen);
+  if (dryRun) {
+    ports.print(`dry run: would write ${bytes} bytes of ${imageUrl} onto ${chosen}, read them back, and write the seed of ${seed.node} (${seed.files.map((f) => f.path).join(', ')}) onto its CONFIG partition; nothing written`);
+    return { node: seed.node, disk: disk.path, bytes, dryRun: true };
+  }
+
+  ports.print(`writing ${bytes} bytes onto ${disk.path}: everything on it is lost`);
+  const img = await ports.openImage(imageUrl);
+  let shown = -1;
+  let sha: string;
+  try {
+    sha = await writeStream(img.stream, disk.path, bytes, (done) => {
+      const pct = Math.floor((done / bytes) * 100);
+      if (Math.floor(pct / 10) > Math.floor(shown / 10)) {
+        shown = pct;
+        ports.print(`  written ${pct}%`);
+      }
+    }, imageUrl);
+    await img.done;
+  } catch (err) {
+    return fail(err instanceof GeminiError ? err : new GeminiError(`writing ${disk.path}: ${(err as Error).message}`, ExitCode.commandFailed));
+  }
+  await report('written', `sha256 ${sha}`);
+  const back = await readBack(disk.path, bytes);
+  if (back !== sha) return fail(new GeminiError(`${disk.path}: read back sha256 ${back}, wrote ${sha}: the disk may be failing`, ExitCode.commandFailed));
+  await report('verified', `sha256 ${sha}`);
+  ports.print(`read back ${bytes} bytes: sha256 ${sha} matches`);
+
+  // The kernel may still hold the old partition table; sfdisk and mtools read the disk itself.
+  await runPlan({ cmd: 'blockdev', args: ['--rereadpt', disk.path] }, { allowFailure: true });
+  const offset = await partitionOffset(disk.path, 'CONFIG');
+  const staging = mkdtempSync(join(tmpdir(), 'gk-install-seed-'));
+  try {
+    await writeSeedFiles(disk.path, offset, seed.files, staging);
+  } finally {
+    await rm(staging, { recursive: true, force: true });
+  }
+  await runPlan({ cmd: 'blockdev', args: ['--flushbufs', disk.path] }, { allowFailure: true });
+  const bad = await seedFilesDiffering(disk.path, offset, seed.files);
+  if (bad.length) return fail(new GeminiError(`${disk.path}: ${bad.join(', ')} did not read back from the CONFIG partition as written`, ExitCode.commandFailed));
+  await report('seeded', `${seed.files.length} files`);
+  ports.print(`installed ${seed.node} onto ${disk.path}`);
+  if (opts.reboot) {
+    await report('rebooting');
+    await ports.reboot();
+  }
+  return { node: seed.node, disk: disk.path, bytes, sha256: sha, dryRun: false };
+}
+
+async function links(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  const names = await readdir(dir).catch(() => [] as string[]);
+  for (const n of names) {
+    const target = await realpath(join(dir, n)).catch(() => undefined);
+    if (target) out[n] = target;
+  }
+  return out;
+}
+
+async function fetchOk(url: string, init?: RequestInit): Promise<Response> {
+  const r = await fetch(url, { ...init, signal: AbortSignal.timeout(60_000) });
+  if (!r.ok) throw new GeminiError(`${url}: HTTP ${r.status} ${(await r.text().catch(() => '')).trim()}`, ExitCode.commandFailed);
+  return r;
+}
+
+/** The machine's own disks, the live system's boot media, HTTP to pxe serve, systemctl reboot. */
+export function machinePorts(print: Printer = stdoutLine, warn: Printer = stderrLine): InstallPorts {
+  return {
+    disks: async () => parseDisks((await runPlan(lsblkDisksPlan())).stdout, { byId: await links('/dev/disk/by-id'), byPath: await links('/dev/disk/by-path') }),
+    bootDisks: systemDevices,
+    fetchSeed: async (url) => parseSeedPayload(url, await (await fetchOk(url)).json()),
+    imageHead: async (url) => new Uint8Array(await (await fetchOk(url, { headers: { range: 'bytes=0-31' } })).arrayBuffer()),
+    openImage: async (url) => {
+      const r = await fetchOk(url);
+      if (!r.body) throw new GeminiError(`${url}: empty answer`, ExitCode.commandFailed);
+      const z = streamPlan({ cmd: 'zstd', args: ['-d', '-c', '-q'] }, Readable.fromWeb(r.body as import('node:stream/web').ReadableStream<Uint8Array>));
+      return { stream: z.stdout as AsyncIterable<Uint8Array>, done: z.done };
+    },
+    report: async (url, stage, detail) => {
+      await fetchOk(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ stage, ...(detail ? { detail } : {}) }) });
+    },
+    reboot: async () => {
+      await runPlan({ cmd: 'systemctl', args: ['reboot'] });
+    },
+    print,
+    warn,
+  };
+}
+
+/** `geminik8s-agent install`: exit 0 installed (or dry run), 2 bad input, 4 a command or transfer failed, 5 refused. */
+export async function installCommand(args: string[], ports: InstallPorts = machinePorts()): Promise<number> {
+  if (args.includes('--help')) {
+    ports.print(INSTALL_USAGE);
+    return 0;
+  }
+  const cmdline = await readFile(option(args, '--cmdline') ?? '/proc/cmdline', 'utf8');
+  try {
+    await install(cmdline, { dryRun: args.includes('--dry-run'), reboot: !args.includes('--no-reboot') }, ports);
+    return 0;
+  } catch (err) {
+    if (!(err instanceof GeminiError)) throw err;
+    ports.warn(`geminik8s-agent install: ${err.message}`);
+    return err.exitCode;
+  }
+}

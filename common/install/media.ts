@@ -1,0 +1,155 @@
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { open, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ExitCode, GeminiError } from '../errors.ts';
+import { runPlan, type CommandPlan } from '../exec.ts';
+import type { RenderedFile } from '../render/node.ts';
+
+const CHUNK = 4 * 1024 * 1024;
+
+/** The device behind a mount source: /dev/vda1 → itself; anything not under /dev (overlay, tmpfs) → nothing. */
+export function deviceOfSource(source: string): string | undefined {
+  const s = source.trim().replace(/\[.*\]$/, '');
+  return s.startsWith('/dev/') ? s : undefined;
+}
+
+/** The block devices behind the running system: /, /boot, /boot/efi, /usr, and swap, with the disks they are on. */
+export async function systemDevices(): Promise<string[]> {
+  const devs = new Set<string>();
+  for (const target of ['/', '/boot', '/boot/efi', '/usr']) {
+    const r = await runPlan({ cmd: 'findmnt', args: ['-n', '-o', 'SOURCE', '--target', target] }, { allowFailure: true });
+    const dev = r.exitCode === 0 ? deviceOfSource(r.stdout) : undefined;
+    if (dev) devs.add(dev);
+  }
+  const swaps = existsSync('/proc/swaps') ? (await readFile('/proc/swaps', 'utf8')).split('\n').slice(1).map((l) => l.split(/\s+/)[0] ?? '').filter((d) => d.startsWith('/dev/')) : [];
+  for (const d of swaps) devs.add(d);
+  // Each one's disk too (and through device-mapper, the disks under it): lsblk -s walks down.
+  for (const d of [...devs]) {
+    const r = await runPlan({ cmd: 'lsblk', args: ['-s', '-n', '-p', '-o', 'PATH', d] }, { allowFailure: true });
+    for (const p of r.stdout.split('\n').map((x) => x.replace(/^[^/]*/, '').trim()).filter(Boolean)) devs.add(p);
+  }
+  return [...devs];
+}
+
+
+/** Copy files into a FAT image with mtools: no mount needed. `entries` map image paths to host files. */
+export function mcopyPlans(image: string, entries: { from: string; to: string }[], sourceDateEpoch: number): CommandPlan[] {
+  const env = { SOURCE_DATE_EPOCH: String(sourceDateEpoch), MTOOLS_SKIP_CHECK: '1' };
+  const dirs = [...new Set(entries.flatMap((e) => {
+    const parts = e.to.split('/').filter(Boolean).slice(0, -1);
+    return parts.map((_, i) => parts.slice(0, i + 1).join('/'));
+  }))].sort();
+  return [
+    ...(dirs.length ? [{ cmd: 'mmd', args: ['-i', image, ...dirs.map((d) => `::${d}`)], env, title: 'mmd' }] : []),
+    ...entries.map((e) => ({ cmd: 'mcopy', args: ['-i', image, '-m', '-o', e.from, `::${e.to}`], env, title: `mcopy ${e.to}` })),
+  ];
+}
+
+/** The byte offset of the partition named `name` in a disk's (or a raw image's) GPT, read with sfdisk. */
+export async function partitionOffset(image: string, name: string): Promise<number> {
+  const r = await runPlan({ cmd: 'sfdisk', args: ['-J', image] }, { allowFailure: true });
+  if (r.exitCode !== 0) throw new GeminiError(`${image}: no partition table sfdisk can read (${r.stderr.trim().split('\n').pop()}); expected a raw image written by geminik8s build`, ExitCode.invalidInput);
+  const table = JSON.parse(r.stdout).partitiontable as { sectorsize?: number; partitions: { name?: string; start: number }[] };
+  const part = table.partitions.find((p) => p.name === name);
+  if (!part) throw new GeminiError(`${image}: no partition named ${name}; expected a raw image written by geminik8s build`, ExitCode.invalidInput);
+  return part.start * (table.sectorsize ?? 512);
+}
+
+/**
+ * Write the seed files onto the FAT config partition at `offset` of `target` (an image file or
+ * a block device) with mtools; `staging` is a private directory for the files on their way.
+ */
+export async function writeSeedFiles(target: string, offset: number, files: RenderedFile[], staging: string): Promise<void> {
+  const entries = [];
+  for (const f of files) {
+    const local = join(staging, f.path.replaceAll('/', '_'));
+    await writeFile(local, f.content, { mode: 0o600 });
+    entries.push({ from: local, to: `/${f.path}` });
+  }
+  const epoch = Number(process.env.SOURCE_DATE_EPOCH ?? Math.floor(Date.now() / 1000));
+  for (const plan of mcopyPlans(`${target}@@${offset}`, entries, epoch)) {
+    // A second seed into the same copy replaces files; mmd of an existing directory is not an error worth stopping for.
+    await runPlan(plan, plan.cmd === 'mmd' ? { allowFailure: true } : {});
+  }
+}
+
+/** Each seed file as the node will read it back from `target`'s config partition; the paths that differ. */
+export async function seedFilesDiffering(target: string, offset: number, files: RenderedFile[]): Promise<string[]> {
+  const bad: string[] = [];
+  for (const f of files) {
+    const got = await runPlan({ cmd: 'mtype', args: ['-i', `${target}@@${offset}`, `::/${f.path}`], env: { MTOOLS_SKIP_CHECK: '1' } }, { allowFailure: true });
+    if (got.exitCode !== 0 || got.stdout !== f.content) bad.push(f.path);
+  }
+  return bad;
+}
+
+/**
+ * Write `input` onto `device` from its first byte, fsync, and return the sha256 of what was
+ * written. Fails when the input does not come to exactly `total` bytes.
+ */
+export async function writeStream(input: AsyncIterable<Buffer | Uint8Array>, device: string, total: number, progress: (done: number) => void, what = 'the image'): Promise<string> {
+  const hash = createHash('sha256');
+  const fd = await open(device, 'r+');
+  let written = 0;
+  try {
+    for await (const raw of input) {
+      const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw);
+      hash.update(chunk);
+      let off = 0;
+      while (off < chunk.length) {
+        const { bytesWritten } = await fd.write(chunk, off, chunk.length - off, written + off);
+        off += bytesWritten;
+      }
+      written += chunk.length;
+      progress(written);
+    }
+    if (written !== total) throw new GeminiError(`${what}: ${written} bytes came out, ${total} were expected`, ExitCode.artifact);
+    await fd.sync();
+  } finally {
+    await fd.close();
+  }
+  return hash.digest('hex');
+}
+
+/** Read the first `bytes` of `device` back, past the page cache, and hash them. */
+export async function readBack(device: string, bytes: number): Promise<string> {
+  // Drop the device's buffers so that the read comes from the medium, not from memory.
+  await runPlan({ cmd: 'blockdev', args: ['--flushbufs', device] });
+  const hash = createHash('sha256');
+  const fd = await open(device, 'r');
+  try {
+    const buf = Buffer.alloc(CHUNK);
+    let pos = 0;
+    while (pos < bytes) {
+      const { bytesRead } = await fd.read(buf, 0, Math.min(CHUNK, bytes - pos), pos);
+      if (bytesRead === 0) throw new GeminiError(`${device}: ended after ${pos} bytes while reading back ${bytes}`, ExitCode.commandFailed);
+      hash.update(buf.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+  } finally {
+    await fd.close();
+  }
+  return hash.digest('hex');
+}
+
+/**
+ * The decompressed size a zstd frame header records (pure), from the first bytes of the file;
+ * undefined when the frame does not record it (zstd writes it for a file it compressed).
+ */
+export function zstdFrameContentSize(head: Uint8Array): number | undefined {
+  const b = Buffer.from(head);
+  if (b.length < 6 || b.readUInt32LE(0) !== 0xfd2fb528) return undefined;
+  const fhd = b[4]!;
+  const fcsFlag = fhd >> 6;
+  const singleSegment = (fhd >> 5) & 1;
+  const dictIdFlag = fhd & 3;
+  const fcsBytes = [singleSegment ? 1 : 0, 2, 4, 8][fcsFlag]!;
+  if (fcsBytes === 0) return undefined;
+  const at = 5 + (singleSegment ? 0 : 1) + [0, 1, 2, 4][dictIdFlag]!;
+  if (b.length < at + fcsBytes) return undefined;
+  if (fcsBytes === 1) return b[at]!;
+  if (fcsBytes === 2) return b.readUInt16LE(at) + 256;
+  if (fcsBytes === 4) return b.readUInt32LE(at);
+  return Number(b.readBigUInt64LE(at));
+}

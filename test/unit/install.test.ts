@@ -1,0 +1,153 @@
+import test from 'ava';
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { installCommand, machinePorts, type InstallPorts } from '../../agent/src/install.ts';
+import { runPlan } from '../../common/exec.ts';
+import type { Disk } from '../../common/install/disks.ts';
+import { partitionOffset, zstdFrameContentSize } from '../../common/install/media.ts';
+import { freePort, MAC1, MAC2, pxeSite, startPxeServe } from '../helpers/pxe.ts';
+import { tempDir } from '../helpers/fixtures.ts';
+
+const MiB = 1024 * 1024;
+
+test('zstdFrameContentSize reads the size zstd records, and nothing from a frame without one', async (t) => {
+  const dir = tempDir('gk-install-');
+  for (const bytes of [0, 200, 300, 70_000, 5 * MiB + 3]) {
+    writeFileSync(join(dir, 'f'), randomBytes(bytes));
+    await runPlan({ cmd: 'zstd', args: ['-q', '-f', join(dir, 'f'), '-o', join(dir, 'f.zst')] });
+    t.is(zstdFrameContentSize(readFileSync(join(dir, 'f.zst')).subarray(0, 32)), bytes, `${bytes} bytes`);
+  }
+  // Streamed from stdin, zstd cannot know the size beforehand.
+  const piped = await runPlan({ cmd: 'sh', args: ['-c', `head -c 1000 /dev/urandom | zstd -q -c > ${join(dir, 'p.zst')}`] });
+  t.is(piped.exitCode, 0);
+  t.is(zstdFrameContentSize(readFileSync(join(dir, 'p.zst'))), undefined);
+  t.is(zstdFrameContentSize(Buffer.from('not zstd at all')), undefined);
+});
+
+// Loop devices are real block devices; they need root (CI runs as root).
+const canRun = process.getuid?.() === 0;
+const serial = canRun ? test.serial : test.serial.skip;
+const loops: string[] = [];
+test.after.always(async () => {
+  for (const l of loops) await runPlan({ cmd: 'losetup', args: ['-d', l] }, { allowFailure: true });
+});
+
+async function loop(file: string, bytes: number, fill: number): Promise<string> {
+  writeFileSync(file, Buffer.alloc(bytes, fill));
+  const dev = (await runPlan({ cmd: 'losetup', args: ['-f', '--show', file] })).stdout.trim();
+  loops.push(dev);
+  return dev;
+}
+
+function sha256(file: string, bytes?: number): string {
+  const h = createHash('sha256');
+  const fd = openSync(file, 'r');
+  const buf = Buffer.alloc(MiB);
+  let pos = 0;
+  for (;;) {
+    const n = readSync(fd, buf, 0, bytes === undefined ? MiB : Math.min(MiB, bytes - pos), pos);
+    if (n === 0) break;
+    h.update(buf.subarray(0, n));
+    pos += n;
+  }
+  closeSync(fd);
+  return h.digest('hex');
+}
+
+/** A 20 MiB GPT disk image with a FAT CONFIG partition and a slot of random data, and its .zst. */
+async function diskImage(dir: string): Promise<{ raw: string; zst: string }> {
+  const raw = join(dir, 'image.raw');
+  writeFileSync(raw, Buffer.alloc(20 * MiB));
+  await runPlan({ cmd: 'sfdisk', args: ['--no-reread', '--no-tell-kernel', '-q', raw], input: 'label: gpt\nstart=2048, size=8192, name=CONFIG\nstart=10240, size=16384, name=ROOT_A\n' });
+  const fat = join(dir, 'config.fat');
+  writeFileSync(fat, Buffer.alloc(4 * MiB));
+  await runPlan({ cmd: 'mkfs.vfat', args: ['-n', 'CONFIG', fat] });
+  const fd = openSync(raw, 'r+');
+  const { writeSync } = await import('node:fs');
+  writeSync(fd, readFileSync(fat), 0, 4 * MiB, 2048 * 512);
+  writeSync(fd, randomBytes(8 * MiB), 0, 8 * MiB, 10240 * 512);
+  closeSync(fd);
+  const zst = `${raw}.zst`;
+  await runPlan({ cmd: 'zstd', args: ['-q', '-f', raw, '-o', zst] });
+  return { raw, zst };
+}
+
+serial('an installer PXE-booted by pxe serve: its kernel arguments choose the disk by serial, the image is written and read back, the seed lands on CONFIG, the other disk is untouched, the server follows every stage and then boots it from disk', async (t) => {
+  const dir = tempDir('gk-install-');
+  const image = await diskImage(dir);
+  const site = await pxeSite({ serial: 'SMALL-1' }, readFileSync(image.zst));
+  const pxe = await startPxeServe(site.served, site.clusterFile, await freePort());
+  t.teardown(pxe.stop);
+  const small = await loop(join(dir, 'small.img'), 32 * MiB, 0xab);
+  const big = await loop(join(dir, 'big.img'), 64 * MiB, 0xcd);
+  const bigBefore = sha256(join(dir, 'big.img'));
+  // The machine's disks: real loop devices, described as lsblk would describe two SATA disks.
+  const disk = (path: string, serialNo: string, size: number): Disk => ({ path, byId: [`ata-QEMU_HARDDISK_${serialNo}`], byPath: [], serial: serialNo, model: 'QEMU HARDDISK', sizeBytes: size, type: 'hdd', transport: 'sata', removable: false, readOnly: false, mounts: [] });
+  const printed: string[] = [];
+  let rebooted = 0;
+  const ports: InstallPorts = { ...machinePorts((l) => printed.push(l), (l) => printed.push(`WARN ${l}`)), disks: async () => [disk(small, 'SMALL-1', 32 * MiB), disk(big, 'BIG-2', 64 * MiB)], reboot: async () => void rebooted++ };
+  // The kernel command line is the one pxe serve's boot script gives node1.
+  const script = await (await fetch(`${pxe.base}/boot?mac=${MAC1}`)).text();
+  const kernelLine = /^kernel \S+ (.*)$/m.exec(script)![1]!;
+  writeFileSync(join(dir, 'cmdline'), kernelLine);
+
+  const code = await installCommand(['--cmdline', join(dir, 'cmdline')], ports);
+  t.is(code, 0, printed.join('\n'));
+  t.is(rebooted, 1);
+  // The slot area is byte for byte the image's; CONFIG now carries the seed.
+  const slot = (file: string): string => {
+    const fd = openSync(file, 'r');
+    const b = Buffer.alloc(8 * MiB);
+    readSync(fd, b, 0, b.length, 10240 * 512);
+    closeSync(fd);
+    return createHash('sha256').update(b).digest('hex');
+  };
+  t.is(slot(small), slot(image.raw));
+  const offset = await partitionOffset(small, 'CONFIG');
+  const seed = (await runPlan({ cmd: 'mtype', args: ['-i', `${small}@@${offset}`, '::/meta-data'], env: { MTOOLS_SKIP_CHECK: '1' } })).stdout;
+  t.regex(seed, /node1/);
+  t.is(sha256(join(dir, 'big.img')), bigBefore, 'the other disk is untouched');
+  t.regex(printed.join('\n'), /\/dev\/loop\d+ {2}hdd .*serial "BIG-2"[\s\S]*no: serial is not SMALL-1/);
+
+  const stages = pxe.events().filter((e) => e.mac === MAC1 && e.kind === 'stage').map((e) => e.stage);
+  t.deepEqual(stages, ['booted', 'disk-chosen', 'written', 'verified', 'seeded', 'rebooting']);
+  t.regex(await (await fetch(`${pxe.base}/boot?mac=${MAC1}`)).text(), /booting from its disk/);
+});
+
+serial('an installer whose rules match two disks refuses, lists both, writes nothing and reports the failure; a dry run chooses and writes nothing', async (t) => {
+  const dir = tempDir('gk-install-');
+  const image = await diskImage(dir);
+  const site = await pxeSite({ serial: 'SMALL-1' }, readFileSync(image.zst));
+  const pxe = await startPxeServe(site.served, site.clusterFile, await freePort());
+  t.teardown(pxe.stop);
+  const a = await loop(join(dir, 'a.img'), 32 * MiB, 0x11);
+  const b = await loop(join(dir, 'b.img'), 64 * MiB, 0x22);
+  const before = [sha256(join(dir, 'a.img')), sha256(join(dir, 'b.img'))];
+  const disk = (path: string, serialNo: string, size: number): Disk => ({ path, byId: [], byPath: [], serial: serialNo, model: 'QEMU HARDDISK', sizeBytes: size, type: 'hdd', transport: 'sata', removable: false, readOnly: false, mounts: [] });
+  const printed: string[] = [];
+  let rebooted = 0;
+  const ports: InstallPorts = { ...machinePorts((l) => printed.push(l), (l) => printed.push(l)), disks: async () => [disk(a, 'A-1', 32 * MiB), disk(b, 'B-2', 64 * MiB)], reboot: async () => void rebooted++ };
+  // node2 has no rules in cluster.yaml: the kernel command line gives one that both disks meet.
+  const script = await (await fetch(`${pxe.base}/boot?mac=${MAC2}`)).text();
+  const kernelLine = /^kernel \S+ (.*)$/m.exec(script)![1]!;
+  writeFileSync(join(dir, 'ambiguous'), `${kernelLine} geminik8s.install.min_size=16MiB`);
+  t.is(await installCommand(['--cmdline', join(dir, 'ambiguous')], ports), 5);
+  t.regex(printed.join('\n'), /refusing to install node2: 2 disks match the rules/);
+  t.deepEqual([sha256(join(dir, 'a.img')), sha256(join(dir, 'b.img'))], before);
+  const failed = pxe.events().filter((e) => e.mac === MAC2 && e.kind === 'stage');
+  t.deepEqual(failed.map((e) => e.stage), ['booted', 'failed']);
+  t.regex(failed[1]!.detail ?? '', /2 disks match/);
+
+  // No rule at all (node2 has none in cluster.yaml, none on the command line): refused as bad input.
+  writeFileSync(join(dir, 'none'), kernelLine);
+  t.is(await installCommand(['--cmdline', join(dir, 'none')], ports), 2);
+  t.regex(printed.join('\n'), /never picks a disk by itself/);
+
+  writeFileSync(join(dir, 'dry'), `${kernelLine} geminik8s.install.serial=B-2 geminik8s.install.dry_run=1`);
+  printed.length = 0;
+  t.is(await installCommand(['--cmdline', join(dir, 'dry')], ports), 0);
+  t.regex(printed.join('\n'), /dry run: would write 20971520 bytes of .* onto \/dev\/loop\d+ \(serial B-2, QEMU HARDDISK, 67108864 bytes\).*nothing written/);
+  t.deepEqual([sha256(join(dir, 'a.img')), sha256(join(dir, 'b.img'))], before);
+  t.is(rebooted, 0);
+});
