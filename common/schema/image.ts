@@ -14,9 +14,9 @@ const kernelArg = z
 
 export const ARCHES = ['amd64', 'arm64'] as const;
 export type Arch = (typeof ARCHES)[number];
-export const OUTPUT_FORMATS = ['raw', 'qcow2', 'raw.zst', 'upgrade', 'oci'] as const;
+export const OUTPUT_FORMATS = ['raw', 'qcow2', 'raw.zst', 'upgrade', 'oci', 'pxe'] as const;
 export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
-/** The outputs that are a whole disk image (the rest: the upgrade bundle, and the OCI image holding it). */
+/** The outputs that are a whole disk image (the rest: the upgrade bundle, the OCI image holding it, and the PXE directory). */
 export const DISK_FORMATS = ['raw', 'qcow2', 'raw.zst'] as const;
 export const ROOT_FS_TYPES = ['squashfs', 'erofs', 'ext4'] as const;
 

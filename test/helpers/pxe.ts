@@ -38,10 +38,11 @@ export async function pxeSite(disk: Record<string, string>, image?: Buffer): Pro
   return { dir, clusterFile, served };
 }
 
-/** `geminik8s pxe serve --json` as its own process on loopback, once it answers. */
-export async function startPxeServe(served: string, clusterFile: string, port: number): Promise<{ base: string; events: () => Record<string, string>[]; stderr: string[]; stop: () => void }> {
+/** `geminik8s pxe serve --json` as its own process on loopback, once it answers; `image: false` leaves --image out (the directory's pxe.json then says). */
+export async function startPxeServe(served: string, clusterFile: string, port: number, o: { image?: boolean } = {}): Promise<{ base: string; events: () => Record<string, string>[]; stderr: string[]; stop: () => void }> {
   const base = `http://127.0.0.1:${port}`;
-  const args = [join(ROOT, 'bin/geminik8s.js'), 'pxe', 'serve', '--dir', served, '--cluster', clusterFile, '--image', join(ROOT, 'images/test-amd64.yaml'), '--listen', `127.0.0.1:${port}`, '--json'];
+  const image = o.image === false ? [] : ['--image', join(ROOT, 'images/test-amd64.yaml')];
+  const args = [join(ROOT, 'bin/geminik8s.js'), 'pxe', 'serve', '--dir', served, '--cluster', clusterFile, ...image, '--listen', `127.0.0.1:${port}`, '--json'];
   const out: string[] = [];
   const err: string[] = [];
   const p = spawnPlan({ cmd: process.execPath, args }, { stdout: (l) => out.push(l), stderr: (l) => err.push(l) });

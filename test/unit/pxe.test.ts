@@ -121,6 +121,14 @@ test('pxe serve refuses a directory without its files, naming them', async (t) =
   const r = await cli('pxe', 'serve', '--dir', served, '--cluster', clusterFile, '--image', join(ROOT, 'images/test-amd64.yaml'));
   t.is(r.code, 2);
   t.regex(r.stderr, /--dir .*: missing root\.squashfs/);
+  writeFileSync(join(served, 'root.squashfs'), 'slot');
+  const noImage = await cli('pxe', 'serve', '--dir', served, '--cluster', clusterFile);
+  t.is(noImage.code, 2);
+  t.regex(noImage.stderr, /has no pxe\.json: pass --image FILE/);
+  writeFileSync(join(served, 'pxe.json'), '{"image": "test"}');
+  const badMeta = await cli('pxe', 'serve', '--dir', served, '--cluster', clusterFile);
+  t.is(badMeta.code, 2);
+  t.regex(badMeta.stderr, /pxe\.json: expected "cmdline" and "rootfsType"/);
   const noIf = await cli('pxe', 'serve', '--dir', served, '--cluster', clusterFile, '--image', join(ROOT, 'images/test-amd64.yaml'), '--dnsmasq-config', join(served, 'd.conf'));
   t.is(noIf.code, 2);
   t.regex(noIf.stderr, /--dnsmasq-config needs --interface and --network/);

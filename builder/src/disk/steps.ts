@@ -11,6 +11,8 @@ import { sha256File } from '../components/fetch.ts';
 import { rootfsName } from '../rootfs/steps.ts';
 import { writeOciArchive } from '../upgrade/oci.ts';
 import { writeBundle } from '../upgrade/write.ts';
+import { PXE_FILES, PXE_META, type PxeMeta } from '../pxe/server.ts';
+import { kernelCmdline } from '../render/grub.ts';
 import { DISK_FORMATS, type OutputFormat } from '../../../common/schema/image.ts';
 import { patchBiosBoot } from './bios.ts';
 import { assertFits, layoutSeed, partition, planDisk, sfdiskScript, type DiskLayout, type PartitionRole } from './layout.ts';
@@ -92,7 +94,38 @@ async function atomically(final: string, make: (tmp: string) => Promise<void>): 
 
 const isDiskFormat = (f: OutputFormat): boolean => (DISK_FORMATS as readonly string[]).includes(f);
 /** Skip reason for the steps only a disk image needs (`--output upgrade` alone). */
-const noDisk = (ctx: BuildContext): string | false => (ctx.outputs.some(isDiskFormat) ? false : 'no disk image among the outputs');
+const noDisk = (ctx: BuildContext): string | false => (ctx.outputs.some(isDiskFormat) || ctx.outputs.includes('pxe') ? false : 'no disk image among the outputs');
+
+/**
+ * `<name>.pxe/`: what `pxe serve --dir` serves (the kernel, the initrd, the root slot, the disk
+ * image the installer writes) with `pxe.json` (the kernel arguments and root type) and
+ * `SHA256SUMS`. Made under a temporary name and renamed whole, so a failed build leaves none.
+ */
+async function writePxeDir(ctx: BuildContext, final: string, raw: string, rawZst?: string): Promise<void> {
+  const tree = disk(ctx).rootTree!;
+  const tmp = join(final, '..', `.${basename(final)}.tmp-${process.pid}`);
+  await rm(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { mode: 0o755 });
+  try {
+    copyFileSync(join(tree, 'boot/vmlinuz'), join(tmp, PXE_FILES.kernel));
+    copyFileSync(join(tree, 'boot/initrd.img'), join(tmp, PXE_FILES.initrd));
+    copyFileSync(disk(ctx).images.rootA!.file, join(tmp, PXE_FILES.root));
+    if (rawZst) copyFileSync(rawZst, join(tmp, PXE_FILES.image));
+    else await runPlan(zstdPlan(raw, join(tmp, PXE_FILES.image)), { timeoutMs: 30 * 60_000 });
+    const meta: PxeMeta = { image: ctx.image.name, version: ctx.image.version, arch: ctx.image.arch, rootfsType: ctx.image.rootfs.type, cmdline: kernelCmdline(ctx.image) };
+    writeFileSync(join(tmp, PXE_META), `${JSON.stringify(meta, null, 2)}\n`);
+    const sums = [];
+    for (const f of [...Object.values(PXE_FILES), PXE_META]) sums.push(`${await sha256File(join(tmp, f))}  ${f}`);
+    writeFileSync(join(tmp, 'SHA256SUMS'), `${sums.join('\n')}\n`);
+    await rm(final, { recursive: true, force: true });
+    await rename(tmp, final);
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true });
+    throw err;
+  }
+  const image = join(final, PXE_FILES.image);
+  disk(ctx).outputs.push({ format: 'pxe', file: final, bytes: (await stat(image)).size, sha256: await sha256File(image) });
+}
 
 /** The steps of the disk stage: from a root tar to raw, qcow2 and compressed images, and the upgrade bundle. */
 export const DISK_STEPS: Step[] = [
@@ -102,7 +135,7 @@ export const DISK_STEPS: Step[] = [
       const tools = ['tar', 'sfdisk', 'mkfs.ext4', 'mkfs.vfat', 'mmd', 'mcopy', 'grub-mkimage', 'grub-editenv'];
       if (ctx.image.rootfs.type === 'squashfs') tools.push('mksquashfs');
       if (ctx.outputs.includes('qcow2')) tools.push('qemu-img');
-      if (ctx.outputs.includes('raw.zst')) tools.push('zstd');
+      if (ctx.outputs.includes('raw.zst') || ctx.outputs.includes('pxe')) tools.push('zstd');
       if (process.getuid?.() !== 0) tools.push('fakeroot', 'setfattr');
       await requireTools(tools);
       for (const target of grubTargets(ctx).filter((t) => t !== 'arm64-efi')) {
@@ -303,6 +336,7 @@ export const DISK_STEPS: Step[] = [
       try {
         if (ctx.outputs.includes('qcow2')) await atomically(`${base}.qcow2`, (t) => runPlan(qcow2Plan(tmp, t), { timeoutMs: 30 * 60_000 }).then(() => undefined));
         if (ctx.outputs.includes('raw.zst')) await atomically(`${base}.raw.zst`, (t) => runPlan(zstdPlan(tmp, t), { timeoutMs: 30 * 60_000 }).then(() => undefined));
+        if (ctx.outputs.includes('pxe')) await writePxeDir(ctx, `${base}.pxe`, tmp, ctx.outputs.includes('raw.zst') ? `${base}.raw.zst` : undefined);
         if (ctx.outputs.includes('raw')) await rename(tmp, `${base}.raw`);
       } finally {
         await rm(tmp, { force: true });

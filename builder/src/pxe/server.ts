@@ -8,6 +8,17 @@ import type { RenderedFile } from '../../../common/render/node.ts';
 /** The files `pxe serve --dir` serves, by the names the boot script and the installer use. */
 export const PXE_FILES = { kernel: 'vmlinuz', initrd: 'initrd.img', root: 'root.squashfs', image: 'image.raw.zst' } as const;
 
+/** `build --output pxe` writes this beside the files: what the boot scripts need from the image definition. */
+export const PXE_META = 'pxe.json';
+export interface PxeMeta {
+  image: string;
+  version: string;
+  arch: string;
+  rootfsType: string;
+  /** The kernel arguments the image's grub.cfg passes (console, panic, ifnames, the image's own). */
+  cmdline: string;
+}
+
 /** What an installer reports, in order. `failed` may come at any point. */
 export const INSTALL_STAGES = ['booted', 'disk-chosen', 'written', 'verified', 'seeded', 'rebooting', 'failed'] as const;
 export type InstallStage = (typeof INSTALL_STAGES)[number];

@@ -1,4 +1,5 @@
 import test from 'ava';
+import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { runPlan } from '../../../common/exec.ts';
@@ -8,6 +9,8 @@ import { partitionOffset } from '../../../builder/src/seed/into-image.ts';
 import { slotBootPath } from '../../../common/render/paths.ts';
 import { bootVm, parseMarkerFields, READY_MARKER, type Vm } from '../../../qemu/index.ts';
 import { cli } from '../../helpers/cli.ts';
+import { freePort, MAC1, pxeSite, startPxeServe } from '../../helpers/pxe.ts';
+import { kernelCmdline } from '../../../builder/src/render/grub.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';
 import { bootFiles, testImage, type BuiltImage } from '../../helpers/test-image.ts';
 
@@ -63,12 +66,42 @@ test('outputs: raw, qcow2 with sha256 sums and a report; nothing temporary left'
   t.log(JSON.stringify(report.partitions));
 });
 
-test('the same root tar, definition and SOURCE_DATE_EPOCH give a byte-identical raw image', async (t) => {
+test('the same root tar, definition and SOURCE_DATE_EPOCH give a byte-identical raw image; --output pxe gives pxe serve the same kernel, initrd, slot and image', async (t) => {
   const out = tempDir('gk-e2e-repro-');
-  const r = await cli('build', '--image', join(ROOT, 'images/test-amd64.yaml'), '--stage', 'disk', '--rootfs-tar', img.rootfsTar, '--out', out, '--json');
+  const r = await cli('build', '--image', join(ROOT, 'images/test-amd64.yaml'), '--stage', 'disk', '--rootfs-tar', img.rootfsTar, '--output', 'raw,qcow2,pxe', '--out', out, '--json');
   t.is(r.code, 0, r.stderr.slice(-3000));
   t.is(await sha256File(join(out, 'test-0.1.0-amd64.raw')), await sha256File(img.raw), 'raw images differ');
   t.is(await sha256File(join(out, 'test-0.1.0-amd64.qcow2')), await sha256File(img.qcow2), 'qcow2 images differ');
+
+  const pxe = join(out, 'test-0.1.0-amd64.pxe');
+  t.deepEqual(readdirSync(out).filter((n) => n.startsWith('.')), [], 'no temporary files');
+  t.deepEqual(readdirSync(pxe).sort(), ['SHA256SUMS', 'image.raw.zst', 'initrd.img', 'pxe.json', 'root.squashfs', 'vmlinuz']);
+  t.is((await runPlan({ cmd: 'sha256sum', args: ['-c', '--quiet', 'SHA256SUMS'], cwd: pxe }, { allowFailure: true })).exitCode, 0, 'SHA256SUMS');
+  // The kernel and initrd GRUB boots from the ESP; the slot as written into ROOT_A; the whole image.
+  const esp = `${img.raw}@@${await partitionOffset(img.raw, 'ESP')}`;
+  for (const name of ['vmlinuz', 'initrd.img'] as const) {
+    const local = join(tempDir(), name);
+    await runPlan({ cmd: 'mcopy', args: ['-i', esp, `::${slotBootPath('A', name)}`, local] });
+    t.is(await sha256File(join(pxe, name)), await sha256File(local), name);
+  }
+  const slot = readFileSync(join(pxe, 'root.squashfs'));
+  const rootA = await partitionOffset(img.raw, 'ROOT_A');
+  const inImage = (await runPlan({ cmd: 'sh', args: ['-c', `tail -c +${rootA + 1} ${img.raw} | head -c ${slot.length} | sha256sum`] })).stdout.split(' ')[0] ?? '';
+  t.is(createHash('sha256').update(slot).digest('hex'), inImage, 'root.squashfs is ROOT_A');
+  const unpacked = (await runPlan({ cmd: 'sh', args: ['-c', `zstd -d -c -q ${join(pxe, 'image.raw.zst')} | sha256sum`] })).stdout.split(' ')[0] ?? '';
+  t.is(unpacked, await sha256File(img.raw), 'image.raw.zst is the raw image');
+  const meta = JSON.parse(readFileSync(join(pxe, 'pxe.json'), 'utf8')) as { cmdline: string; rootfsType: string; version: string };
+  t.like(meta, { cmdline: kernelCmdline(await loadImage(join(ROOT, 'images/test-amd64.yaml'))), rootfsType: 'squashfs', version: '0.1.0' });
+
+  // pxe serve takes the directory as it is, without --image.
+  const site = await pxeSite({ serial: 'SMALL-1' });
+  const port = await freePort();
+  const serve = await startPxeServe(pxe, site.clusterFile, port, { image: false });
+  t.teardown(serve.stop);
+  const script = await (await fetch(`${serve.base}/boot?mac=${MAC1}`)).text();
+  t.true(script.includes(`geminik8s.install.serial=SMALL-1 ${meta.cmdline}`), script);
+  const kernel = Buffer.from(await (await fetch(`${serve.base}/files/vmlinuz`)).arrayBuffer());
+  t.is(createHash('sha256').update(kernel).digest('hex'), await sha256File(join(pxe, 'vmlinuz')));
 });
 
 test('BIOS (SeaBIOS): boots slot A to the marker; root read-only, /etc an overlay, PERSISTENT grown and kept across a reboot', async (t) => {

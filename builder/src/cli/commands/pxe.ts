@@ -1,4 +1,4 @@
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command } from 'commander';
 import { loadCluster, loadClusterSecrets, loadClusterTls, loadImage } from '../../../../common/config.ts';
@@ -8,13 +8,13 @@ import { writeFileAtomic } from '../../../../common/fsutil.ts';
 import { renderSeedFiles } from '../../render/index.ts';
 import { kernelCmdline } from '../../render/grub.ts';
 import { dnsmasqTestPlan, renderDnsmasqConfig } from '../../pxe/dnsmasq.ts';
-import { createPxeServer, PXE_FILES, type PxeEvent, type PxeNode } from '../../pxe/server.ts';
+import { createPxeServer, PXE_FILES, PXE_META, type PxeEvent, type PxeMeta, type PxeNode } from '../../pxe/server.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
 
 interface ServeOptions {
   dir: string;
   cluster?: string;
-  image: string;
+  image?: string;
   listen: string;
   baseUrl?: string;
   json?: boolean;
@@ -48,7 +48,7 @@ export function registerPxe(program: Command, ctx: () => CliContext): void {
     .description("serve the installer's kernel, initrd, root and disk image from --dir, each node's seed to its MAC only, and show each installer's progress")
     .requiredOption('--dir <dir>', `directory holding ${Object.values(PXE_FILES).join(', ')}; the install state is kept there (pxe-state.json)`)
     .option('--cluster <file>', 'cluster.yaml: nodes[].mac picks the seed, nodes[].install.disk the disk (default: --config)')
-    .requiredOption('--image <file>', 'the image definition the files were built from (kernel arguments, root type)')
+    .option('--image <file>', `the image definition the files were built from (kernel arguments, root type); default: --dir's ${PXE_META} (build --output pxe writes it)`)
     .option('--listen <host:port>', 'address to listen on', '0.0.0.0:8080')
     .option('--base-url <url>', 'the URL machines reach this server at (default: http://LISTEN)')
     .option('--json', 'events as JSON lines on stdout')
@@ -70,7 +70,17 @@ export function registerPxe(program: Command, ctx: () => CliContext): void {
 
       const clusterFile = resolveClusterFile(opts.cluster, c);
       const cluster = await loadCluster(clusterFile);
-      const image = await loadImage(opts.image);
+      let boot: { cmdline: string; rootfsType: string };
+      if (opts.image) {
+        const image = await loadImage(opts.image);
+        boot = { cmdline: kernelCmdline(image), rootfsType: image.rootfs.type };
+      } else if (existsSync(join(dir, PXE_META))) {
+        const meta = JSON.parse(readFileSync(join(dir, PXE_META), 'utf8')) as Partial<PxeMeta>;
+        if (typeof meta.cmdline !== 'string' || typeof meta.rootfsType !== 'string') throw new GeminiError(`${join(dir, PXE_META)}: expected "cmdline" and "rootfsType" (written by build --output pxe)`, ExitCode.invalidInput);
+        boot = { cmdline: meta.cmdline, rootfsType: meta.rootfsType };
+      } else {
+        throw new GeminiError(`--dir ${opts.dir} has no ${PXE_META}: pass --image FILE, the image definition the files were built from`, ExitCode.invalidInput);
+      }
       const noMac = cluster.nodes.filter((n) => !n.mac).map((n) => n.name);
       if (noMac.length === cluster.nodes.length) throw new GeminiError(`${clusterFile}: no node has a mac (nodes[].mac): PXE hands each seed to one MAC only`, ExitCode.invalidInput);
       const secrets = await loadClusterSecrets(clusterFile, cluster);
@@ -99,8 +109,7 @@ export function registerPxe(program: Command, ctx: () => CliContext): void {
         dir,
         baseUrl,
         nodes,
-        cmdline: kernelCmdline(image),
-        rootfsType: image.rootfs.type,
+        ...boot,
         onEvent: (e) => {
           if (opts.json) c.print(JSON.stringify(e));
           else if (e.kind === 'refused') c.logger.warn(describeEvent(e));
