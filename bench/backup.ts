@@ -6,10 +6,10 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runPlan } from '../common/exec.ts';
-import { HarnessCluster, PG_BIN } from '../test/harness/cluster.ts';
-import { inNs } from '../test/harness/netns.ts';
-import { ROOT } from '../test/helpers/fixtures.ts';
+import { runPlan } from '#common/exec.ts';
+import { HarnessCluster, PG_BIN } from '#test/harness/cluster.ts';
+import { inNs } from '#test/harness/netns.ts';
+import { ROOT } from '#test/helpers/fixtures.ts';
 import { arg } from './args.ts';
 
 

@@ -15,11 +15,11 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runPlan } from '../common/exec.ts';
-import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Arch, type BootOptions, type Vm, type WaitResult } from '../qemu/index.ts';
-import { cli } from '../test/helpers/cli.ts';
-import { partitionOffset } from '../builder/src/seed/into-image.ts';
-import { bootFiles, testImage, type BuiltImage } from '../test/helpers/test-image.ts';
+import { runPlan } from '#common/exec.ts';
+import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Arch, type BootOptions, type Vm, type WaitResult } from '#qemu/index.ts';
+import { cli } from '#test/helpers/cli.ts';
+import { partitionOffset } from '#builder/seed/into-image.ts';
+import { bootFiles, testImage, type BuiltImage } from '#test/helpers/test-image.ts';
 
 const arg = (name: string, fallback: string): string => {
   const i = process.argv.indexOf(name);

@@ -1,7 +1,7 @@
 // The pure half of `npm run bench:chaos`: which faults a seed draws, which of them fail the
 // leader, and how the checker's records add up per fault type. The runner (bench/chaos.ts)
 // injects what this decides.
-import { Rng } from '../agent/src/sim/world.ts';
+import { Rng } from '#agent/sim/world.ts';
 
 /** A member of the harness's network, by its role at the time of the fault. */
 export type Member = 'leader' | 'follower' | 'witness' | 'client';

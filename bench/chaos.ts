@@ -11,11 +11,11 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Rng } from '../agent/src/sim/world.ts';
-import { runPlan } from '../common/exec.ts';
-import { arpReplies } from '../builder/src/ops/preflight.ts';
-import { dualWritable, HarnessCluster } from '../test/harness/cluster.ts';
-import { cutOneWay, flushRules, inNs, linkDown, linkUp, NET, nsOf } from '../test/harness/netns.ts';
+import { Rng } from '#agent/sim/world.ts';
+import { runPlan } from '#common/exec.ts';
+import { arpReplies } from '#builder/ops/preflight.ts';
+import { dualWritable, HarnessCluster } from '#test/harness/cluster.ts';
+import { cutOneWay, flushRules, inNs, linkDown, linkUp, NET, nsOf } from '#test/harness/netns.ts';
 import { netemMissing, nicOf, packetLoss } from './netem.ts';
 import { drawFaults, drawType, failsLeader, faultLabel, renderTimeline, secondsWithout, SINGLE_KINDS, summarize, summaryTable, type DrawRecord, type Fault, type FaultKind, type Member } from './chaos-core.ts';
 import { arg } from './args.ts';

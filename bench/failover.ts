@@ -7,10 +7,10 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { HarnessCluster, type PairHarness } from '../test/harness/cluster.ts';
-import { PatroniCluster, PATRONI_PROFILES } from '../test/harness/patroni.ts';
-import { PgAutoFailoverCluster, PGAF_PROFILES } from '../test/harness/pgaf.ts';
-import { Rng } from '../agent/src/sim/world.ts';
+import { HarnessCluster, type PairHarness } from '#test/harness/cluster.ts';
+import { PatroniCluster, PATRONI_PROFILES } from '#test/harness/patroni.ts';
+import { PgAutoFailoverCluster, PGAF_PROFILES } from '#test/harness/pgaf.ts';
+import { Rng } from '#agent/sim/world.ts';
 import { renderAvailabilityChart, type Series } from './chart.ts';
 import { arg } from './args.ts';
 

@@ -9,10 +9,10 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runPlan } from '../common/exec.ts';
-import { HarnessCluster, type PairHarness } from '../test/harness/cluster.ts';
-import { flushRules, inNs, nsOf } from '../test/harness/netns.ts';
-import { PatroniCluster, PATRONI_PROFILES } from '../test/harness/patroni.ts';
+import { runPlan } from '#common/exec.ts';
+import { HarnessCluster, type PairHarness } from '#test/harness/cluster.ts';
+import { flushRules, inNs, nsOf } from '#test/harness/netns.ts';
+import { PatroniCluster, PATRONI_PROFILES } from '#test/harness/patroni.ts';
 import { secondsWithout, stalls } from './chaos-core.ts';
 import { netemMissing, nicOf, packetLoss } from './netem.ts';
 import { arg } from './args.ts';

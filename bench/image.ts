@@ -6,8 +6,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runPlan } from '../common/exec.ts';
-import { bootVm, READY_MARKER, type Firmware } from '../qemu/index.ts';
+import { runPlan } from '#common/exec.ts';
+import { bootVm, READY_MARKER, type Firmware } from '#qemu/index.ts';
 
 const arg = (name: string, fallback: string): string => {
   const i = process.argv.indexOf(name);

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
-import { runPlan } from '../common/exec.ts';
-import { inNs, nsOf, type Topology } from '../test/harness/netns.ts';
+import { runPlan } from '#common/exec.ts';
+import { inNs, nsOf, type Topology } from '#test/harness/netns.ts';
 
 /** Why this kernel cannot run `tc qdisc … netem` (delay, jitter), or undefined when it can. */
 export async function netemMissing(): Promise<string | undefined> {

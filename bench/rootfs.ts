@@ -8,7 +8,7 @@ import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { arch, cpus, homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runPlan } from '../common/exec.ts';
+import { runPlan } from '#common/exec.ts';
 
 const arg = (name: string, fallback: string): string => {
   const i = process.argv.indexOf(name);

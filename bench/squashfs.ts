@@ -8,12 +8,12 @@
 import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runPlan } from '../common/exec.ts';
-import { squashfsPlan } from '../builder/src/disk/plans.ts';
-import { writeAt } from '../builder/src/disk/steps.ts';
-import { partitionOffset } from '../builder/src/seed/into-image.ts';
-import { bootVm, GuestShell, READY_MARKER } from '../qemu/index.ts';
-import { bootFiles, testImage } from '../test/helpers/test-image.ts';
+import { runPlan } from '#common/exec.ts';
+import { squashfsPlan } from '#builder/disk/plans.ts';
+import { writeAt } from '#builder/disk/steps.ts';
+import { partitionOffset } from '#builder/seed/into-image.ts';
+import { bootVm, GuestShell, READY_MARKER } from '#qemu/index.ts';
+import { bootFiles, testImage } from '#test/helpers/test-image.ts';
 
 const arg = (name: string, fallback: string): string => {
   const i = process.argv.indexOf(name);

@@ -5,9 +5,9 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { seedIsoPlan } from '../builder/src/seed/iso.ts';
-import { ExitCode, GeminiError } from '../common/errors.ts';
-import { CommandFailedError, lastLines, quoteCommand, requireTools, runPlan, spawnPlan, type CommandPlan, type RunningProcess } from '../common/exec.ts';
+import { seedIsoPlan } from '#common/install/seed-iso.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { CommandFailedError, lastLines, quoteCommand, requireTools, runPlan, spawnPlan, type CommandPlan, type RunningProcess } from '#common/exec.ts';
 import { overlayPlan, QEMU_BINARY, qemuPlan, UEFI_FIRMWARE, type Arch, type DiskFormat, type Firmware, type NetworkSpec, type QemuOptions } from './plan.ts';
 
 /** The line an image prints on its console when it is up (overlays/usr/lib/geminik8s/ready.sh). */

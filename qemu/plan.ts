@@ -1,6 +1,6 @@
 import { isAbsolute } from 'node:path';
-import { ExitCode, GeminiError } from '../common/errors.ts';
-import type { CommandPlan } from '../common/exec.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import type { CommandPlan } from '#common/exec.ts';
 
 export type Arch = 'amd64' | 'arm64';
 export type Firmware = 'bios' | 'uefi';

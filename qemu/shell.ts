@@ -1,7 +1,7 @@
 import { createConnection, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ExitCode, GeminiError } from '../common/errors.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
 import { cleanLine } from './harness.ts';
 
 export interface ShellResult {

@@ -1,8 +1,8 @@
 import { uptime } from 'node:os';
 import type { Logger } from 'pino';
-import { runPlan } from '../../common/exec.ts';
-import { bootSettings, upgradeSettings } from '../../common/schema/agent.ts';
-import type { HostMeta, Role } from '../../common/schema/hostmeta.ts';
+import { runPlan } from '#common/exec.ts';
+import { bootSettings, upgradeSettings } from '#common/schema/agent.ts';
+import type { HostMeta, Role } from '#common/schema/hostmeta.ts';
 import { createClock } from './adapters/clock.ts';
 import { createKubePort } from './adapters/kube.ts';
 import { createLogPort } from './adapters/log.ts';
@@ -15,7 +15,7 @@ import { bless, describeChanges, readBootState, rebootPlan, type BootState } fro
 import { rebootDecision } from './upgradeorder.ts';
 import { currentBootId, noteTrialFailure, reconcileUpgradeFile, slotVersions, stageRollback, type RollbackResult, type UpgradeRecord } from './upgrade.ts';
 import type { NodeContext } from './context.ts';
-import type { TlsMaterial } from '../../common/tls.ts';
+import type { TlsMaterial } from '#common/tls.ts';
 import { Controller, type ForceResult } from './core/controller.ts';
 import type { ControllerSettings, Ports, PromoteRequest } from './core/ports.ts';
 import type { Observation } from './core/rules.ts';

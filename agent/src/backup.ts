@@ -1,4 +1,4 @@
-import { streamPlan, type StreamingProcess } from '../../common/exec.ts';
+import { streamPlan, type StreamingProcess } from '#common/exec.ts';
 import type { Agent } from './agent.ts';
 import { backupPlan, localHost, withClient } from './postgres.ts';
 

@@ -1,4 +1,4 @@
-import type { Role } from '../../common/schema/hostmeta.ts';
+import type { Role } from '#common/schema/hostmeta.ts';
 import type { BootStateName } from './bootslot.ts';
 
 /** Everything the bless decision looks at. Times are milliseconds. */

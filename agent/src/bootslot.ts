@@ -1,8 +1,8 @@
 import { readFile } from 'node:fs/promises';
-import type { CommandPlan } from '../../common/exec.ts';
-import { ExitCode, GeminiError } from '../../common/errors.ts';
-import { writeFileAtomic } from '../../common/fsutil.ts';
-import { BootRecordSchema, type BootRecord, type BootSettings, type Slot } from '../../common/schema/agent.ts';
+import type { CommandPlan } from '#common/exec.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
+import { BootRecordSchema, type BootRecord, type BootSettings, type Slot } from '#common/schema/agent.ts';
 import { withWritableEsp } from './esp.ts';
 import { editEnvFile, envValues, readEnvFile } from './grubenv.ts';
 

@@ -3,15 +3,15 @@ import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { z } from 'zod';
-import { parseSeed } from '../../common/config.ts';
-import { ExitCode, GeminiError, ValidationError } from '../../common/errors.ts';
-import { writeFileAtomic } from '../../common/fsutil.ts';
-import { withNodeAddress } from '../../common/membership.ts';
-import { registerSecret } from '../../common/log.ts';
-import { AgentConfigSchema, type AgentConfig } from '../../common/schema/agent.ts';
-import { bootstrapLeaderOf, nodeCertHosts, peerOf, witnessTarget, type ClusterNode, type ClusterSpec, type WitnessTarget } from '../../common/schema/cluster.ts';
-import type { NodeSeed, Secrets } from '../../common/schema/seed.ts';
-import { certFacts, tlsMaterialProblem, type TlsMaterial } from '../../common/tls.ts';
+import { parseSeed } from '#common/config.ts';
+import { ExitCode, GeminiError, ValidationError } from '#common/errors.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
+import { withNodeAddress } from '#common/membership.ts';
+import { registerSecret } from '#common/log.ts';
+import { AgentConfigSchema, type AgentConfig } from '#common/schema/agent.ts';
+import { bootstrapLeaderOf, nodeCertHosts, peerOf, witnessTarget, type ClusterNode, type ClusterSpec, type WitnessTarget } from '#common/schema/cluster.ts';
+import type { NodeSeed, Secrets } from '#common/schema/seed.ts';
+import { certFacts, tlsMaterialProblem, type TlsMaterial } from '#common/tls.ts';
 
 /** Everything the agent knows about its place in the cluster, read once at start. */
 export interface NodeContext {

@@ -1,5 +1,5 @@
 import { readdir, readFile } from 'node:fs/promises';
-import { runPlan, type CommandPlan } from '../../common/exec.ts';
+import { runPlan, type CommandPlan } from '#common/exec.ts';
 
 /**
  * The ESP is mounted read-only (fstab `ro`): a FAT mounted read-write carries its dirty flag

@@ -2,12 +2,12 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseSeed } from '../../common/config.ts';
-import { formatIssue, type ValidationIssue } from '../../common/errors.ts';
-import { writeFileAtomic } from '../../common/fsutil.ts';
-import { renderNodeFiles } from '../../common/render/node.ts';
-import type { AgentConfig } from '../../common/schema/agent.ts';
-import { seedDocument } from '../../common/schema/seed.ts';
+import { parseSeed } from '#common/config.ts';
+import { formatIssue, type ValidationIssue } from '#common/errors.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
+import { renderNodeFiles } from '#common/render/node.ts';
+import type { AgentConfig } from '#common/schema/agent.ts';
+import { seedDocument } from '#common/schema/seed.ts';
 import { stringify } from 'yaml';
 
 export interface FirstbootResult {

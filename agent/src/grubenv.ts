@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
-import { ExitCode, GeminiError } from '../../common/errors.ts';
-import { writeFileAtomic } from '../../common/fsutil.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
 
 // GRUB's environment block (grub-core/lib/envblk.c), byte for byte. The block is a file of
 // fixed size: the signature line, then `name=value\n` lines, then '#' up to the end. In a

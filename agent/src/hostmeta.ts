@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../../common/fsutil.ts';
-import { HostMetaSchema, type HostMeta, type Role } from '../../common/schema/hostmeta.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
+import { HostMetaSchema, type HostMeta, type Role } from '#common/schema/hostmeta.ts';
 
 export function hostmetaPath(stateDir: string): string {
   return join(stateDir, 'hostmeta.json');

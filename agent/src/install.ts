@@ -3,11 +3,11 @@ import { readdir, readFile, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { ExitCode, GeminiError } from '../../common/errors.ts';
-import { runPlan, streamPlan } from '../../common/exec.ts';
-import { chooseDisk, describeDisks, lsblkDisksPlan, parseDisks, rulesFromCmdline, validateDiskRules, type Disk } from '../../common/install/disks.ts';
-import { partitionOffset, readBack, seedFilesDiffering, systemDevices, writeSeedFiles, writeStream, zstdFrameContentSize } from '../../common/install/media.ts';
-import type { RenderedFile } from '../../common/render/node.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { runPlan, streamPlan } from '#common/exec.ts';
+import { chooseDisk, describeDisks, lsblkDisksPlan, parseDisks, rulesFromCmdline, validateDiskRules, type Disk } from '#common/install/disks.ts';
+import { partitionOffset, readBack, seedFilesDiffering, systemDevices, writeSeedFiles, writeStream, zstdFrameContentSize } from '#common/install/media.ts';
+import type { RenderedFile } from '#common/render/node.ts';
 import { option, stderrLine, stdoutLine, type Printer } from './args.ts';
 
 export const INSTALL_USAGE = `usage: geminik8s-agent install [--dry-run] [--no-reboot] [--cmdline FILE]

@@ -14,7 +14,7 @@ import { createVipPort } from './adapters/vip.ts';
 import { DEFAULT_WITNESS_STATE_DIR, serveWitness } from './witness/serve.ts';
 import { option } from './args.ts';
 import { hostPreflight } from './preflight.ts';
-import { worst } from '../../common/preflight.ts';
+import { worst } from '#common/preflight.ts';
 import { createClock } from './adapters/clock.ts';
 import { deviceHasAddress, waitForOwnAddress } from './netwait.ts';
 

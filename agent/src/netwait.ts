@@ -1,4 +1,4 @@
-import { runPlan, type CommandPlan } from '../../common/exec.ts';
+import { runPlan, type CommandPlan } from '#common/exec.ts';
 import type { ClockPort } from './core/ports.ts';
 
 /** `ip -o addr show dev DEVICE`: one line per address, `... inet 192.168.1.11/24 ...`. */

@@ -2,10 +2,10 @@ import { existsSync } from 'node:fs';
 import { chmod, chown, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
-import type { CommandPlan } from '../../common/exec.ts';
-import { runPlan } from '../../common/exec.ts';
-import { libpqTlsParams, pgHbaConf, pgIdentConf, pgTlsConf, pgTlsDir, postgresqlConf, PG_TLS_FILES, REPLICATION_USER, slotNameFor, KINE_DATABASE, KINE_USER } from '../../common/render/postgresql.ts';
-import { kinePassword } from '../../common/render/k3s.ts';
+import type { CommandPlan } from '#common/exec.ts';
+import { runPlan } from '#common/exec.ts';
+import { libpqTlsParams, pgHbaConf, pgIdentConf, pgTlsConf, pgTlsDir, postgresqlConf, PG_TLS_FILES, REPLICATION_USER, slotNameFor, KINE_DATABASE, KINE_USER } from '#common/render/postgresql.ts';
+import { kinePassword } from '#common/render/k3s.ts';
 import type { NodeContext } from './context.ts';
 
 /** What a query of the local server says about itself. */

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { readFile, statfs } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { assessHost, type HostFacts, type HostPreflight } from '../../common/preflight.ts';
+import { assessHost, type HostFacts, type HostPreflight } from '#common/preflight.ts';
 import { deviceHasAddress } from './netwait.ts';
 import type { NodeContext } from './context.ts';
 

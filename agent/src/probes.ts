@@ -1,7 +1,7 @@
 import { readdir, access, constants } from 'node:fs/promises';
 import { join } from 'node:path';
-import { lastLines, runPlan, type CommandPlan } from '../../common/exec.ts';
-import { NODE_PATHS } from '../../common/render/paths.ts';
+import { lastLines, runPlan, type CommandPlan } from '#common/exec.ts';
+import { NODE_PATHS } from '#common/render/paths.ts';
 
 /** Run the operator's health scripts (executables in checksDir); each must exit 0. */
 export async function runUserChecks(dir: string, timeoutMs: number): Promise<{ name: string; ok: boolean }[]> {

@@ -1,4 +1,4 @@
-import { withNodeAddress } from '../../common/membership.ts';
+import { withNodeAddress } from '#common/membership.ts';
 import type { Agent } from './agent.ts';
 import { writePeerOverride, type PeerOverride } from './context.ts';
 import { ensurePeerSlot, reloadConfig, resetPeerSlot, writeNodeConfig } from './postgres.ts';

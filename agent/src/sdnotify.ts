@@ -1,4 +1,4 @@
-import { runPlan } from '../../common/exec.ts';
+import { runPlan } from '#common/exec.ts';
 
 /**
  * Tell systemd about readiness and liveness. Node has no unix datagram sockets, so the

@@ -1,6 +1,6 @@
-import { ExitCode, GeminiError } from '../../common/errors.ts';
-import { NODE_PATHS } from '../../common/render/paths.ts';
-import { bootSettings } from '../../common/schema/agent.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { NODE_PATHS } from '#common/render/paths.ts';
+import { bootSettings } from '#common/schema/agent.ts';
 import { armTry, bless, describeChanges, readBootState, type BootChange, type BootState } from './bootslot.ts';
 import { loadAgentConfig } from './context.ts';
 import { option, stderrLine, stdoutLine, type Printer } from './args.ts';

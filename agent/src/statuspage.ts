@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { httpCall } from '../../common/httpclient.ts';
+import { httpCall } from '#common/httpclient.ts';
 import type { Agent } from './agent.ts';
 import { statusOf } from './api.ts';
 import { peerBaseUrl } from './adapters/peer.ts';

@@ -1,6 +1,6 @@
-import { ExitCode, GeminiError, type ExitCodeValue } from '../../common/errors.ts';
-import { manifestDigest, readBundle } from '../../common/upgrade/bundle.ts';
-import type { BootSettings, UpgradeSettings } from '../../common/schema/agent.ts';
+import { ExitCode, GeminiError, type ExitCodeValue } from '#common/errors.ts';
+import { manifestDigest, readBundle } from '#common/upgrade/bundle.ts';
+import type { BootSettings, UpgradeSettings } from '#common/schema/agent.ts';
 import type { BootState } from './bootslot.ts';
 import { stageUpgrade, upgradeStatus, type UpgradeRecord } from './upgrade.ts';
 

@@ -1,8 +1,8 @@
 import { X509Certificate } from 'node:crypto';
-import { runPlan, type CommandPlan } from '../../common/exec.ts';
-import { registerSecret } from '../../common/log.ts';
-import { certFingerprint } from '../../common/tls.ts';
-import { NODE_PATHS } from '../../common/render/paths.ts';
+import { runPlan, type CommandPlan } from '#common/exec.ts';
+import { registerSecret } from '#common/log.ts';
+import { certFingerprint } from '#common/tls.ts';
+import { NODE_PATHS } from '#common/render/paths.ts';
 import type { Agent } from './agent.ts';
 import { nodeCertProblem, writeTlsOverride, type NodeContext } from './context.ts';
 import { reloadConfig, writePgTlsFiles } from './postgres.ts';

@@ -1,11 +1,11 @@
-import { ExitCode, GeminiError } from '../../common/errors.ts';
-import { NODE_PATHS } from '../../common/render/paths.ts';
-import { bootSettings, upgradeSettings, type AgentConfig } from '../../common/schema/agent.ts';
-import type { NodeSeed } from '../../common/schema/seed.ts';
-import { duration } from '../../common/schema/units.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { NODE_PATHS } from '#common/render/paths.ts';
+import { bootSettings, upgradeSettings, type AgentConfig } from '#common/schema/agent.ts';
+import type { NodeSeed } from '#common/schema/seed.ts';
+import { duration } from '#common/schema/units.ts';
 import { describeChanges } from './bootslot.ts';
 import { apiScheme, loadAgentConfig, loadSeedFile } from './context.ts';
-import { httpCall } from '../../common/httpclient.ts';
+import { httpCall } from '#common/httpclient.ts';
 import { runSucJob } from './sucjob.ts';
 import { stageUpgrade, upgradeStatus } from './upgrade.ts';
 import { option, stderrLine, stdoutLine, type Printer } from './args.ts';

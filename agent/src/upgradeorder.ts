@@ -1,4 +1,4 @@
-import type { Role } from '../../common/schema/hostmeta.ts';
+import type { Role } from '#common/schema/hostmeta.ts';
 import type { PeerView } from './core/ports.ts';
 import type { BootState } from './bootslot.ts';
 

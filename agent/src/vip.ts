@@ -1,5 +1,5 @@
-import type { CommandPlan } from '../../common/exec.ts';
-import { runPlan } from '../../common/exec.ts';
+import type { CommandPlan } from '#common/exec.ts';
+import { runPlan } from '#common/exec.ts';
 import { listsAddress } from './netwait.ts';
 
 export interface VipSpec {

@@ -1,4 +1,4 @@
-import { runPlan, type CommandPlan } from '../../common/exec.ts';
+import { runPlan, type CommandPlan } from '#common/exec.ts';
 
 /** The harness's private L2: addresses exist only inside namespaces the harness creates. */
 export const NET = {

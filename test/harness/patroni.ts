@@ -1,7 +1,7 @@
 import { chmodSync, chownSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { runPlan } from '../../common/exec.ts';
+import { runPlan } from '#common/exec.ts';
 import { PairHarness, PG_BIN, type WriterLogin } from './cluster.ts';
 import { inNs, NET } from './netns.ts';
 

@@ -1,6 +1,6 @@
 import { appendFileSync, chmodSync, chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan, type CommandPlan } from '../../common/exec.ts';
+import { runPlan, type CommandPlan } from '#common/exec.ts';
 import { PairHarness, PG_BIN, type WriterLogin } from './cluster.ts';
 import { inNs, NET } from './netns.ts';
 

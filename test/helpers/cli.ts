@@ -1,4 +1,4 @@
-import { main } from '../../builder/src/cli/main.ts';
+import { main } from '#builder/cli/main.ts';
 
 /** Run the CLI in-process; returns exit code and captured output. */
 export async function cli(...argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {

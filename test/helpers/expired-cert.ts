@@ -1,8 +1,8 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runPlan } from '../../common/exec.ts';
-import { newKeyPem } from '../../common/tls.ts';
+import { runPlan } from '#common/exec.ts';
+import { newKeyPem } from '#common/tls.ts';
 
 /**
  * A leaf certificate from `ca` that expired long ago (valid 2020-01-01 to 2020-01-02), for the

@@ -3,7 +3,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { gzipSync } from 'node:zlib';
 import tarStream from 'tar-stream';
-import { artifactsFor, type ImageArtifact, type ReleaseArtifact } from '../../builder/src/components/catalog.ts';
+import { artifactsFor, type ImageArtifact, type ReleaseArtifact } from '#builder/components/catalog.ts';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 

@@ -1,9 +1,9 @@
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadCluster, loadImage } from '../../common/config.ts';
-import type { Secrets } from '../../common/schema/seed.ts';
-import type { TlsMaterial } from '../../common/tls.ts';
+import { loadCluster, loadImage } from '#common/config.ts';
+import type { Secrets } from '#common/schema/seed.ts';
+import type { TlsMaterial } from '#common/tls.ts';
 
 export const ROOT = new URL('../../', import.meta.url).pathname;
 export const CLUSTER_FIXTURE = join(ROOT, 'test/fixtures/cluster.yaml');

@@ -1,8 +1,8 @@
 import { join } from 'node:path';
-import { loadCluster, loadSecrets, SECRET_FILES, secretsDirOf, tlsFiles } from '../../common/config.ts';
-import { runPlan, spawnPlan, type CommandPlan, type RunningProcess } from '../../common/exec.ts';
-import { kinePassword } from '../../common/render/k3s.ts';
-import type { GuestShell } from '../../qemu/index.ts';
+import { loadCluster, loadSecrets, SECRET_FILES, secretsDirOf, tlsFiles } from '#common/config.ts';
+import { runPlan, spawnPlan, type CommandPlan, type RunningProcess } from '#common/exec.ts';
+import { kinePassword } from '#common/render/k3s.ts';
+import type { GuestShell } from '#qemu/index.ts';
 import { destroyNamespaces, inNs } from '../harness/netns.ts';
 import { GUEST_WITNESS_TLS } from './e2e.ts';
 

@@ -1,7 +1,7 @@
 import type { ExecutionContext } from 'ava';
 import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan } from '../../common/exec.ts';
+import { runPlan } from '#common/exec.ts';
 import { FAKE_SECRETS, ROOT } from './fixtures.ts';
 
 /** What both suites assert about a node root (see test/e2e/rootfs). */

@@ -2,8 +2,8 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { parseDocument } from 'yaml';
-import { spawnPlan } from '../../common/exec.ts';
-import { PXE_FILES } from '../../builder/src/pxe/server.ts';
+import { spawnPlan } from '#common/exec.ts';
+import { PXE_FILES } from '#builder/pxe/server.ts';
 import { cli } from './cli.ts';
 import { ROOT, tempDir } from './fixtures.ts';
 

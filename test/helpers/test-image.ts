@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, uti
 import { open } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, relative } from 'node:path';
-import { runPlan } from '../../common/exec.ts';
+import { runPlan } from '#common/exec.ts';
 import { cli } from './cli.ts';
 import { ROOT } from './fixtures.ts';
 

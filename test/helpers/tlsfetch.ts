@@ -1,4 +1,4 @@
-import { httpCall, type ClientTls } from '../../common/httpclient.ts';
+import { httpCall, type ClientTls } from '#common/httpclient.ts';
 
 /** The part of a fetch Response the API tests read. */
 export interface FetchedAnswer {

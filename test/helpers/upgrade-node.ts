@@ -2,10 +2,10 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { writeBundle, type BundleInput } from '../../builder/src/upgrade/write.ts';
-import { runPlan } from '../../common/exec.ts';
-import { encodePublicKey, generateKeyPair, type MinisignSecretKey } from '../../common/minisign.ts';
-import { AgentConfigSchema, bootSettings, upgradeSettings } from '../../common/schema/agent.ts';
+import { writeBundle, type BundleInput } from '#builder/upgrade/write.ts';
+import { runPlan } from '#common/exec.ts';
+import { encodePublicKey, generateKeyPair, type MinisignSecretKey } from '#common/minisign.ts';
+import { AgentConfigSchema, bootSettings, upgradeSettings } from '#common/schema/agent.ts';
 import { tempDir } from './fixtures.ts';
 
 export const MiB = 1024 * 1024;

@@ -4,21 +4,21 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSy
 import { join } from 'node:path';
 import pino from 'pino';
 import { parse, stringify } from 'yaml';
-import { Agent } from '../../agent/src/agent.ts';
-import { metricsOf, routes, statusOf } from '../../agent/src/api.ts';
-import { blessDecision, gateCheck, type GateInputs } from '../../agent/src/bootgate.ts';
-import { armTry, bless, classifyBoot, readBootState, rebootPlan, slotFromCmdline, type BootState } from '../../agent/src/bootslot.ts';
-import { nodeContext } from '../../agent/src/context.ts';
+import { Agent } from '#agent/agent.ts';
+import { metricsOf, routes, statusOf } from '#agent/api.ts';
+import { blessDecision, gateCheck, type GateInputs } from '#agent/bootgate.ts';
+import { armTry, bless, classifyBoot, readBootState, rebootPlan, slotFromCmdline, type BootState } from '#agent/bootslot.ts';
+import { nodeContext } from '#agent/context.ts';
 import {
   createEnvBlock, editEnvFile, envValues, freeSpace, GRUBENV_SIZE, GrubEnvError, listEnv, readEnvFile, serializeEnv, setEnv, unsetEnv, updateEnv, writeEnvFile,
-} from '../../agent/src/grubenv.ts';
-import { k3sReadyPlan, probeK3sReady } from '../../agent/src/probes.ts';
-import { slotCommand } from '../../agent/src/slotcli.ts';
-import { renderGrubCfg } from '../../builder/src/render/grub.ts';
-import { runPlan } from '../../common/exec.ts';
-import { AgentConfigSchema, bootSettings, type BootSettings } from '../../common/schema/agent.ts';
-import { API_VERSION } from '../../common/schema/image.ts';
-import { NodeSeedSchema } from '../../common/schema/seed.ts';
+} from '#agent/grubenv.ts';
+import { k3sReadyPlan, probeK3sReady } from '#agent/probes.ts';
+import { slotCommand } from '#agent/slotcli.ts';
+import { renderGrubCfg } from '#builder/render/grub.ts';
+import { runPlan } from '#common/exec.ts';
+import { AgentConfigSchema, bootSettings, type BootSettings } from '#common/schema/agent.ts';
+import { API_VERSION } from '#common/schema/image.ts';
+import { NodeSeedSchema } from '#common/schema/seed.ts';
 import { FAKE_SECRETS, fakeTls, loadFixtureCluster, loadImageDef, ROOT, tempDir } from '../helpers/fixtures.ts';
 
 const editenv = (file: string, ...args: string[]) => runPlan({ cmd: 'grub-editenv', args: [file, ...args] });

@@ -1,8 +1,8 @@
 import test from 'ava';
 import { openSync, readSync, closeSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan, type CommandPlan } from '../../common/exec.ts';
-import { parseMountinfo, withWritableEsp, type EspDeps } from '../../agent/src/esp.ts';
+import { runPlan, type CommandPlan } from '#common/exec.ts';
+import { parseMountinfo, withWritableEsp, type EspDeps } from '#agent/esp.ts';
 import { tempDir } from '../helpers/fixtures.ts';
 
 const MOUNTINFO_RO = [

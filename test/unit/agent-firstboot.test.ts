@@ -1,9 +1,9 @@
 import test from 'ava';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { firstboot } from '../../agent/src/firstboot.ts';
-import { renderSeedFiles } from '../../builder/src/render/index.ts';
-import { AgentConfigSchema } from '../../common/schema/agent.ts';
+import { firstboot } from '#agent/firstboot.ts';
+import { renderSeedFiles } from '#builder/render/index.ts';
+import { AgentConfigSchema } from '#common/schema/agent.ts';
 import { FAKE_SECRETS, fakeTls, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
 
 const config = (kubernetes: boolean) =>
@@ -68,7 +68,7 @@ test('no seed at all: unconfigured with a message that says how to provide one',
 // firstboot-needed.sh (the unit's ExecCondition) reads the record first boot writes: run for real.
 const NEEDED = join(new URL('../../', import.meta.url).pathname, 'overlays/usr/lib/geminik8s/firstboot-needed.sh');
 const needed = async (stamp: string): Promise<{ code: number; out: string }> => {
-  const { runPlan } = await import('../../common/exec.ts');
+  const { runPlan } = await import('#common/exec.ts');
   const r = await runPlan({ cmd: 'sh', args: [NEEDED, stamp] }, { allowFailure: true });
   return { code: r.exitCode, out: r.stdout.trim() };
 };
@@ -112,7 +112,7 @@ test('a configured node skips its next first boot until the seed, the agent or i
 // paths are the booted system's, read under the new root, except the seed medium's (under /run,
 // kept as is). A wrong decision there would skip a first boot that a new seed needs.
 test('firstboot-needed.sh under GEMINIK8S_ROOT reads the recorded paths under that root, except the kept prefix', async (t) => {
-  const { runPlan } = await import('../../common/exec.ts');
+  const { runPlan } = await import('#common/exec.ts');
   const root = tempDir();
   const media = tempDir();
   for (const [file, text] of [

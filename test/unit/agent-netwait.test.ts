@@ -1,5 +1,5 @@
 import test from 'ava';
-import { deviceHasAddress, listsAddress, waitForOwnAddress } from '../../agent/src/netwait.ts';
+import { deviceHasAddress, listsAddress, waitForOwnAddress } from '#agent/netwait.ts';
 
 const IP_OUTPUT = `2: eth0    inet 192.168.77.11/24 brd 192.168.77.255 scope global eth0\\       valid_lft forever preferred_lft forever
 2: eth0    inet 192.168.77.50/24 scope global secondary eth0:gk\\       valid_lft forever preferred_lft forever

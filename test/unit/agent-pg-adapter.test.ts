@@ -3,14 +3,14 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, wr
 import { createServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { createPgPort, inProgressMarker, livePostmasterPid } from '../../agent/src/adapters/pg.ts';
-import { nodeContext, type NodeContext } from '../../agent/src/context.ts';
-import type { LogPort } from '../../agent/src/core/ports.ts';
-import { withClient } from '../../agent/src/postgres.ts';
-import { AgentConfigSchema } from '../../common/schema/agent.ts';
-import { pgHbaConf } from '../../common/render/postgresql.ts';
-import { API_VERSION } from '../../common/schema/image.ts';
-import { NodeSeedSchema } from '../../common/schema/seed.ts';
+import { createPgPort, inProgressMarker, livePostmasterPid } from '#agent/adapters/pg.ts';
+import { nodeContext, type NodeContext } from '#agent/context.ts';
+import type { LogPort } from '#agent/core/ports.ts';
+import { withClient } from '#agent/postgres.ts';
+import { AgentConfigSchema } from '#common/schema/agent.ts';
+import { pgHbaConf } from '#common/render/postgresql.ts';
+import { API_VERSION } from '#common/schema/image.ts';
+import { NodeSeedSchema } from '#common/schema/seed.ts';
 import { FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
 import { hostPgBinDir } from '../helpers/host-pg.ts';
 

@@ -1,7 +1,7 @@
 import test from 'ava';
-import { SimCluster, type SimNode } from '../../agent/src/sim/cluster.ts';
-import { healAll, runSeed } from '../../agent/src/sim/run.ts';
-import type { ForceResult } from '../../agent/src/core/controller.ts';
+import { SimCluster, type SimNode } from '#agent/sim/cluster.ts';
+import { healAll, runSeed } from '#agent/sim/run.ts';
+import type { ForceResult } from '#agent/core/controller.ts';
 
 // The agent's real controller and the witness's real arbiter, in virtual time, against a model
 // of PostgreSQL, a lossy network and crashes. Invariants are checked after every event.

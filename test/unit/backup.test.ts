@@ -4,11 +4,11 @@ import { chmodSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import tarStream from 'tar-stream';
-import { ManifestCheck, packPayload, readPayload, walSegmentsFor, type BackupMeta } from '../../common/backup/archive.ts';
-import { CHUNK_BYTES, decodeBackup, encodeBackup, encryptionFor, keyIdOf, parseBackupKey, readBackupHeader, type BackupHeader } from '../../common/backup/format.ts';
-import { runPlan } from '../../common/exec.ts';
-import { extractSink } from '../../common/backup/extract.ts';
-import { backupRefusal } from '../../agent/src/backup.ts';
+import { ManifestCheck, packPayload, readPayload, walSegmentsFor, type BackupMeta } from '#common/backup/archive.ts';
+import { CHUNK_BYTES, decodeBackup, encodeBackup, encryptionFor, keyIdOf, parseBackupKey, readBackupHeader, type BackupHeader } from '#common/backup/format.ts';
+import { runPlan } from '#common/exec.ts';
+import { extractSink } from '#common/backup/extract.ts';
+import { backupRefusal } from '#agent/backup.ts';
 import { hostPgBinDir } from '../helpers/host-pg.ts';
 import { tempDir } from '../helpers/fixtures.ts';
 

@@ -1,14 +1,14 @@
 import test from 'ava';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { applyTlsOverride, nodeCertProblem, readPeerOverride, readTlsOverride, TLS_OVERRIDE_FILE, writePeerOverride, writeTlsOverride } from '../../agent/src/context.ts';
-import { k3sCertRotatePlans } from '../../agent/src/tlsrotate.ts';
-import { planCertRotation } from '../../builder/src/ops/certs.ts';
-import { nodeSubject } from '../../builder/src/init/tls.ts';
-import { assess, nodeViewOf, type ClusterStatus, type NodeView, type WitnessView } from '../../builder/src/ops/status.ts';
-import { AgentConfigSchema } from '../../common/schema/agent.ts';
-import type { NodeSeed } from '../../common/schema/seed.ts';
-import { certFingerprint, issueCa, issueLeaf } from '../../common/tls.ts';
+import { applyTlsOverride, nodeCertProblem, readPeerOverride, readTlsOverride, TLS_OVERRIDE_FILE, writePeerOverride, writeTlsOverride } from '#agent/context.ts';
+import { k3sCertRotatePlans } from '#agent/tlsrotate.ts';
+import { planCertRotation } from '#builder/ops/certs.ts';
+import { nodeSubject } from '#builder/init/tls.ts';
+import { assess, nodeViewOf, type ClusterStatus, type NodeView, type WitnessView } from '#builder/ops/status.ts';
+import { AgentConfigSchema } from '#common/schema/agent.ts';
+import type { NodeSeed } from '#common/schema/seed.ts';
+import { certFingerprint, issueCa, issueLeaf } from '#common/tls.ts';
 import { cli } from '../helpers/cli.ts';
 import { fakeCa, fakeTls, FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
 

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { Rng } from '../../agent/src/sim/world.ts';
+import { Rng } from '#agent/sim/world.ts';
 import { drawFaults, drawType, failsLeader, renderTimeline, secondsWithout, SINGLE_KINDS, stalls, summarize, type DrawRecord, type Fault } from '../../bench/chaos-core.ts';
 
 test('chaos draws: the same seed draws the same faults; every kind is drawn; combinations never pair two heavy faults', (t) => {

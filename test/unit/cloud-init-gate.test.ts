@@ -1,8 +1,8 @@
 import test from 'ava';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan } from '../../common/exec.ts';
-import { metaData, userData } from '../../builder/src/render/cloud-init.ts';
+import { runPlan } from '#common/exec.ts';
+import { metaData, userData } from '#builder/render/cloud-init.ts';
 import { loadFixtureCluster, ROOT, tempDir } from '../helpers/fixtures.ts';
 
 // overlays/usr/lib/geminik8s/cloud-init-gate.sh, the script the initramfs runs before systemd's

@@ -1,8 +1,8 @@
 import test from 'ava';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan } from '../../common/exec.ts';
-import { buildProgram } from '../../builder/src/cli/main.ts';
+import { runPlan } from '#common/exec.ts';
+import { buildProgram } from '#builder/cli/main.ts';
 import { cli } from '../helpers/cli.ts';
 import { tempDir } from '../helpers/fixtures.ts';
 

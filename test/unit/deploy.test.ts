@@ -1,7 +1,7 @@
 import test from 'ava';
-import { deployChanges, deployDone, deploySteps } from '../../builder/src/ops/deploy.ts';
-import type { NodeCheck } from '../../builder/src/ops/check.ts';
-import type { ClusterStatus, NodeView, WitnessView } from '../../builder/src/ops/status.ts';
+import { deployChanges, deployDone, deploySteps } from '#builder/ops/deploy.ts';
+import type { NodeCheck } from '#builder/ops/check.ts';
+import type { ClusterStatus, NodeView, WitnessView } from '#builder/ops/status.ts';
 import { loadFixtureCluster } from '../helpers/fixtures.ts';
 
 const pg = (role: string, over: Partial<NonNullable<NodeView['pg']>> = {}): NodeView['pg'] => ({ up: true, role, lsn: '0/3000000', timeline: 1, readOnly: role !== 'primary', syncState: role === 'primary' ? 'sync' : null, lagBytes: 0, receiverStreaming: role === 'standby', ...over });

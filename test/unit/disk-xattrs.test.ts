@@ -2,10 +2,10 @@ import test from 'ava';
 import { chmodSync, chownSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { extractRootPlan, restoreXattrsThen, squashfsPlan } from '../../builder/src/disk/plans.ts';
-import { setfattrDump, tarXattrs } from '../../builder/src/disk/xattrs.ts';
-import { TarWriter, type TarHeader } from '../../builder/src/rootfs/sources/tarfile.ts';
-import { findTool, runPlan, type CommandPlan } from '../../common/exec.ts';
+import { extractRootPlan, restoreXattrsThen, squashfsPlan } from '#builder/disk/plans.ts';
+import { setfattrDump, tarXattrs } from '#builder/disk/xattrs.ts';
+import { TarWriter, type TarHeader } from '#builder/rootfs/sources/tarfile.ts';
+import { findTool, runPlan, type CommandPlan } from '#common/exec.ts';
 import { tempDir } from '../helpers/fixtures.ts';
 
 // arping's file capability (cap_net_raw+ep, VFS_CAP_REVISION_2), and a value with bytes a

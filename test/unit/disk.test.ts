@@ -2,12 +2,12 @@ import test from 'ava';
 import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { patchBiosBoot } from '../../builder/src/disk/bios.ts';
-import { assertFits, derivedUuid, derivedVolumeId, layoutSeed, partition, planDisk, sfdiskScript } from '../../builder/src/disk/layout.ts';
-import { ext4Plan, grubEarlyConfig, grubMkimagePlan, mcopyPlans, sfdiskPlan, squashfsPlan, vfatPlan } from '../../builder/src/disk/plans.ts';
-import { writeAt } from '../../builder/src/disk/steps.ts';
-import { runPlan } from '../../common/exec.ts';
-import { GeminiError } from '../../common/errors.ts';
+import { patchBiosBoot } from '#builder/disk/bios.ts';
+import { assertFits, derivedUuid, derivedVolumeId, layoutSeed, partition, planDisk, sfdiskScript } from '#builder/disk/layout.ts';
+import { ext4Plan, grubEarlyConfig, grubMkimagePlan, mcopyPlans, sfdiskPlan, squashfsPlan, vfatPlan } from '#builder/disk/plans.ts';
+import { writeAt } from '#builder/disk/steps.ts';
+import { runPlan } from '#common/exec.ts';
+import { GeminiError } from '#common/errors.ts';
 import { assertGolden } from '../helpers/golden.ts';
 import { loadImageDef, tempDir } from '../helpers/fixtures.ts';
 

@@ -2,11 +2,11 @@ import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan } from '../../common/exec.ts';
-import { loadCluster, loadClusterSecrets, loadClusterTls } from '../../common/config.ts';
-import { describeTarget, deviceOfSource, parseLsblk, refusals, zstdContentSize, type BlockDevice } from '../../builder/src/ops/flash.ts';
-import { renderSeedFiles } from '../../builder/src/render/index.ts';
-import { SEED_FILE_IN_PARTITION } from '../../builder/src/render/cloud-init.ts';
+import { runPlan } from '#common/exec.ts';
+import { loadCluster, loadClusterSecrets, loadClusterTls } from '#common/config.ts';
+import { describeTarget, deviceOfSource, parseLsblk, refusals, zstdContentSize, type BlockDevice } from '#builder/ops/flash.ts';
+import { renderSeedFiles } from '#builder/render/index.ts';
+import { SEED_FILE_IN_PARTITION } from '#builder/render/cloud-init.ts';
 import { cli } from '../helpers/cli.ts';
 import { tempDir } from '../helpers/fixtures.ts';
 

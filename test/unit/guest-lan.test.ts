@@ -1,5 +1,5 @@
 import test from 'ava';
-import { quoteCommand } from '../../common/exec.ts';
+import { quoteCommand } from '#common/exec.ts';
 import { guestLanPlans } from '../helpers/guest-lan.ts';
 import { assertGolden } from '../helpers/golden.ts';
 

@@ -1,9 +1,9 @@
 import test from 'ava';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadCluster, loadSecrets } from '../../common/config.ts';
-import { runPlan } from '../../common/exec.ts';
-import { tlsMaterialProblem } from '../../common/tls.ts';
+import { loadCluster, loadSecrets } from '#common/config.ts';
+import { runPlan } from '#common/exec.ts';
+import { tlsMaterialProblem } from '#common/tls.ts';
 import { cli } from '../helpers/cli.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 

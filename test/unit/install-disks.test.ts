@@ -1,5 +1,5 @@
 import test from 'ava';
-import { chooseDisk, describeDisks, parseDisks, parseSize, rulesFromCmdline, validateDiskRules, type Disk, type DiskRules } from '../../common/install/disks.ts';
+import { chooseDisk, describeDisks, parseDisks, parseSize, rulesFromCmdline, validateDiskRules, type Disk, type DiskRules } from '#common/install/disks.ts';
 
 const GiB = 1024 ** 3;
 // Two blank disks of different sizes and serials, an NVMe, and the USB stick the installer booted from.

@@ -2,10 +2,10 @@ import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { installCommand, machinePorts, type InstallPorts } from '../../agent/src/install.ts';
-import { runPlan } from '../../common/exec.ts';
-import type { Disk } from '../../common/install/disks.ts';
-import { partitionOffset, zstdFrameContentSize } from '../../common/install/media.ts';
+import { installCommand, machinePorts, type InstallPorts } from '#agent/install.ts';
+import { runPlan } from '#common/exec.ts';
+import type { Disk } from '#common/install/disks.ts';
+import { partitionOffset, zstdFrameContentSize } from '#common/install/media.ts';
 import { freePort, MAC1, MAC2, pxeSite, startPxeServe } from '../helpers/pxe.ts';
 import { tempDir } from '../helpers/fixtures.ts';
 

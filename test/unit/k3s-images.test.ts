@@ -1,8 +1,8 @@
 import test from 'ava';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan } from '../../common/exec.ts';
-import { NODE_PATHS } from '../../common/render/paths.ts';
+import { runPlan } from '#common/exec.ts';
+import { NODE_PATHS } from '#common/render/paths.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 
 // overlays/usr/lib/geminik8s/k3s-images.sh run for real, in a private mount namespace (bind

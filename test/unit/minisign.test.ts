@@ -3,11 +3,11 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runPlan } from '../../common/exec.ts';
-import { GeminiError } from '../../common/errors.ts';
+import { runPlan } from '#common/exec.ts';
+import { GeminiError } from '#common/errors.ts';
 import {
   blake2b, encodePublicKey, encodeSecretKey, generateKeyPair, keyIdHex, parsePublicKey, parseSecretKey, scryptParams, secretKeyEncrypted, signData, verifyData,
-} from '../../common/minisign.ts';
+} from '#common/minisign.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'gk-minisign-'));
 const minisign = (args: string[], input?: string) => runPlan({ cmd: 'minisign', args, input: input ?? '' }, { allowFailure: true, timeoutMs: 60_000 });

@@ -5,11 +5,11 @@ import { createServer, request, type IncomingMessage, type Server } from 'node:h
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import test from 'ava';
-import { elfClosure, elfLinking } from '../../builder/src/upgrade/elf.ts';
-import { readOciArchive, readOciImage, writeOciArchive } from '../../builder/src/upgrade/oci.ts';
-import { parseChallenge, parseImageRef, pushOci } from '../../builder/src/upgrade/registry.ts';
-import { runPlan } from '../../common/exec.ts';
-import { generateKeyPair } from '../../common/minisign.ts';
+import { elfClosure, elfLinking } from '#builder/upgrade/elf.ts';
+import { readOciArchive, readOciImage, writeOciArchive } from '#builder/upgrade/oci.ts';
+import { parseChallenge, parseImageRef, pushOci } from '#builder/upgrade/registry.ts';
+import { runPlan } from '#common/exec.ts';
+import { generateKeyPair } from '#common/minisign.ts';
 import { cli } from '../helpers/cli.ts';
 import { freePort, until } from '../helpers/e2e.ts';
 import { tempDir } from '../helpers/fixtures.ts';

@@ -1,9 +1,9 @@
 import test from 'ava';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { assessHost, HOST_LIMITS, type HostFacts } from '../../common/preflight.ts';
-import { memTotalOf, readHostFacts } from '../../agent/src/preflight.ts';
-import { arpReplies, clockItem, parseRoute, renderPreflight, runPreflight, vipItem, type PreflightPorts, type VipProbe } from '../../builder/src/ops/preflight.ts';
+import { assessHost, HOST_LIMITS, type HostFacts } from '#common/preflight.ts';
+import { memTotalOf, readHostFacts } from '#agent/preflight.ts';
+import { arpReplies, clockItem, parseRoute, renderPreflight, runPreflight, vipItem, type PreflightPorts, type VipProbe } from '#builder/ops/preflight.ts';
 import { FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
 
 const GIB = 1024 ** 3;

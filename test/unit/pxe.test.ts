@@ -2,8 +2,8 @@ import test from 'ava';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseDocument } from 'yaml';
-import { renderDnsmasqConfig } from '../../builder/src/pxe/dnsmasq.ts';
-import { bootScript, chainScript, normalizeMac, PXE_FILES, ruleArgs } from '../../builder/src/pxe/server.ts';
+import { renderDnsmasqConfig } from '#builder/pxe/dnsmasq.ts';
+import { bootScript, chainScript, normalizeMac, PXE_FILES, ruleArgs } from '#builder/pxe/server.ts';
 import { cli } from '../helpers/cli.ts';
 import { freePort, MAC1, MAC2, pxeSite, startPxeServe } from '../helpers/pxe.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
@@ -145,7 +145,7 @@ withDnsmasq('the dnsmasq configuration passes dnsmasq --test; a broken one is re
   t.regex(text, /^dhcp-boot=tag:ipxe,http:\/\/10\.7\.0\.1:8080\/boot\.ipxe$/m);
   const file = join(dir, 'good.conf');
   writeFileSync(file, text);
-  const { runPlan } = await import('../../common/exec.ts');
+  const { runPlan } = await import('#common/exec.ts');
   const good = await runPlan({ cmd: 'dnsmasq', args: ['--test', `--conf-file=${file}`] }, { allowFailure: true });
   t.is(good.exitCode, 0, good.stderr);
   // Through the CLI: a network that is not an address makes dnsmasq --test fail.

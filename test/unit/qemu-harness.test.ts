@@ -3,9 +3,9 @@ import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } 
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ExitCode, GeminiError } from '../../common/errors.ts';
-import { spawnPlan } from '../../common/exec.ts';
-import { bootVm, cleanLine, parseMarkerFields, qmpRequest, VmTimeoutError, type Vm } from '../../qemu/index.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { spawnPlan } from '#common/exec.ts';
+import { bootVm, cleanLine, parseMarkerFields, qmpRequest, VmTimeoutError, type Vm } from '#qemu/index.ts';
 import { cli } from '../helpers/cli.ts';
 import { ROOT, tempDir as makeTempDir } from '../helpers/fixtures.ts';
 

@@ -1,7 +1,7 @@
 import test from 'ava';
-import { ExitCode, GeminiError } from '../../common/errors.ts';
-import { shellQuote, type CommandPlan } from '../../common/exec.ts';
-import { archFromFileName, formatFromFileName, overlayPlan, qemuOptionProblems, qemuPlan, type QemuOptions } from '../../qemu/plan.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { shellQuote, type CommandPlan } from '#common/exec.ts';
+import { archFromFileName, formatFromFileName, overlayPlan, qemuOptionProblems, qemuPlan, type QemuOptions } from '#qemu/plan.ts';
 import { assertGolden } from '../helpers/golden.ts';
 
 const RUN = '/run/gk-qemu-test';

@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { rmSync } from 'node:fs';
-import { GuestShell } from '../../qemu/shell.ts';
+import { GuestShell } from '#qemu/shell.ts';
 import { tempDir } from '../helpers/fixtures.ts';
 
 /**

@@ -1,8 +1,8 @@
 import test from 'ava';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan } from '../../common/exec.ts';
-import { renderGrubCfg } from '../../builder/src/render/grub.ts';
+import { runPlan } from '#common/exec.ts';
+import { renderGrubCfg } from '#builder/render/grub.ts';
 import { loadImageDef, tempDir } from '../helpers/fixtures.ts';
 
 // The rendered grub.cfg runs in real GRUB (grub-emu), reading and writing its environment block

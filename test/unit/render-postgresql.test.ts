@@ -1,13 +1,13 @@
 import test from 'ava';
 import { chmodSync, chownSync, existsSync, readdirSync, readFileSync, writeFileSync, appendFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan, type CommandPlan } from '../../common/exec.ts';
-import { pgBinDir } from '../../common/render/paths.ts';
-import { pgHbaConf, pgIdentConf, pgTlsConf, postgresqlConf, postgresqlSettings, KINE_DATABASE, KINE_USER, PG_TLS_FILES } from '../../common/render/postgresql.ts';
-import { kineEndpoint, kinePassword, kinePgpass } from '../../common/render/k3s.ts';
-import type { Cluster, ClusterSpec } from '../../common/schema/cluster.ts';
-import { issueCa, issueLeaf, type TlsMaterial } from '../../common/tls.ts';
-import { nodeSubject } from '../../builder/src/init/tls.ts';
+import { runPlan, type CommandPlan } from '#common/exec.ts';
+import { pgBinDir } from '#common/render/paths.ts';
+import { pgHbaConf, pgIdentConf, pgTlsConf, postgresqlConf, postgresqlSettings, KINE_DATABASE, KINE_USER, PG_TLS_FILES } from '#common/render/postgresql.ts';
+import { kineEndpoint, kinePassword, kinePgpass } from '#common/render/k3s.ts';
+import type { Cluster, ClusterSpec } from '#common/schema/cluster.ts';
+import { issueCa, issueLeaf, type TlsMaterial } from '#common/tls.ts';
+import { nodeSubject } from '#builder/init/tls.ts';
 import { FAKE_SECRETS, fakeCa, fakeTls, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
 
 // The rendered postgresql.conf fragment and pg_hba.conf, loaded by a real PostgreSQL server

@@ -2,8 +2,8 @@ import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan } from '../../common/exec.ts';
-import { NODE_PATHS } from '../../common/render/paths.ts';
+import { runPlan } from '#common/exec.ts';
+import { NODE_PATHS } from '#common/render/paths.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 
 // overlays/usr/lib/geminik8s/mount-seed.sh, run for real on loop devices in a private mount

@@ -1,14 +1,14 @@
 import test from 'ava';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan } from '../../common/exec.ts';
-import { renderImageFiles, renderIpxe, renderNode, type RenderedFile } from '../../builder/src/render/index.ts';
-import { renderTemplate } from '../../builder/src/render/templates.ts';
-import { k3sConfig } from '../../common/render/k3s.ts';
-import { AuditPolicySchema, ClusterSchema } from '../../common/schema/cluster.ts';
+import { runPlan } from '#common/exec.ts';
+import { renderImageFiles, renderIpxe, renderNode, type RenderedFile } from '#builder/render/index.ts';
+import { renderTemplate } from '#builder/render/templates.ts';
+import { k3sConfig } from '#common/render/k3s.ts';
+import { AuditPolicySchema, ClusterSchema } from '#common/schema/cluster.ts';
 import { parse } from 'yaml';
-import { instanceId, userData } from '../../builder/src/render/cloud-init.ts';
-import { NODE_PATHS, pgBinDir, pgDataDir } from '../../common/render/paths.ts';
+import { instanceId, userData } from '#builder/render/cloud-init.ts';
+import { NODE_PATHS, pgBinDir, pgDataDir } from '#common/render/paths.ts';
 import { assertGolden } from '../helpers/golden.ts';
 import { FAKE_SECRETS, fakeTls, loadFixtureCluster, loadImageDef, ROOT, tempDir } from '../helpers/fixtures.ts';
 

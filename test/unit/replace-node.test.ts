@@ -1,11 +1,11 @@
 import test from 'ava';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { applyPeerOverride, type PeerOverride } from '../../agent/src/context.ts';
-import { clusterTextWithAddress, planReplaceNode } from '../../builder/src/ops/replace.ts';
-import { assess, nodeViewOf, type ClusterStatus, type NodeView, type WitnessView } from '../../builder/src/ops/status.ts';
-import { withNodeAddress } from '../../common/membership.ts';
-import type { NodeSeed } from '../../common/schema/seed.ts';
+import { applyPeerOverride, type PeerOverride } from '#agent/context.ts';
+import { clusterTextWithAddress, planReplaceNode } from '#builder/ops/replace.ts';
+import { assess, nodeViewOf, type ClusterStatus, type NodeView, type WitnessView } from '#builder/ops/status.ts';
+import { withNodeAddress } from '#common/membership.ts';
+import type { NodeSeed } from '#common/schema/seed.ts';
 import { cli } from '../helpers/cli.ts';
 import { CLUSTER_FIXTURE, FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
 

@@ -1,8 +1,8 @@
 import test from 'ava';
-import { runSteps, type BuildContext, type Step, type StepEvent } from '../../builder/src/build/steps.ts';
-import { mmdebstrapPlan } from '../../builder/src/rootfs/mmdebstrap.ts';
-import { rootPackages } from '../../builder/src/rootfs/packages.ts';
-import { enabledUnits } from '../../builder/src/rootfs/steps.ts';
+import { runSteps, type BuildContext, type Step, type StepEvent } from '#builder/build/steps.ts';
+import { mmdebstrapPlan } from '#builder/rootfs/mmdebstrap.ts';
+import { rootPackages } from '#builder/rootfs/packages.ts';
+import { enabledUnits } from '#builder/rootfs/steps.ts';
 import { loadImageDef } from '../helpers/fixtures.ts';
 
 test('package lists: kernel per architecture, PostgreSQL major pinned, extras added, sorted', async (t) => {

@@ -1,8 +1,8 @@
 import test from 'ava';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan } from '../../common/exec.ts';
-import { seedIsoPlan } from '../../builder/src/seed/iso.ts';
+import { runPlan } from '#common/exec.ts';
+import { seedIsoPlan } from '#common/install/seed-iso.ts';
 import { cli } from '../helpers/cli.ts';
 import { ROOT as ROOT_DIR, tempDir } from '../helpers/fixtures.ts';
 
@@ -61,9 +61,9 @@ test('the seed ISO plan pins dates under SOURCE_DATE_EPOCH', (t) => {
 });
 
 test('seed --into writes the seed onto the config partition of a copy of a raw image (mtools, 0600), the original untouched', async (t) => {
-  const { planDisk, layoutSeed, partition, sfdiskScript } = await import('../../builder/src/disk/layout.ts');
-  const { vfatPlan, sfdiskPlan } = await import('../../builder/src/disk/plans.ts');
-  const { writeAt } = await import('../../builder/src/disk/steps.ts');
+  const { planDisk, layoutSeed, partition, sfdiskScript } = await import('#builder/disk/layout.ts');
+  const { vfatPlan, sfdiskPlan } = await import('#builder/disk/plans.ts');
+  const { writeAt } = await import('#builder/disk/steps.ts');
   const { loadImageDef } = await import('../helpers/fixtures.ts');
   const { createHash } = await import('node:crypto');
   const image = await loadImageDef('test-amd64.yaml');
@@ -101,10 +101,10 @@ test('seed --into writes the seed onto the config partition of a copy of a raw i
 });
 
 test('durations survive the seed: rendered in ms with their unit, parsed back to the same ms, again after firstboot re-writes it', async (t) => {
-  const { loadCluster } = await import('../../common/config.ts');
-  const { parseSeed } = await import('../../common/config.ts');
-  const { renderSeedFiles } = await import('../../builder/src/render/index.ts');
-  const { seedDocument } = await import('../../common/schema/seed.ts');
+  const { loadCluster } = await import('#common/config.ts');
+  const { parseSeed } = await import('#common/config.ts');
+  const { renderSeedFiles } = await import('#builder/render/index.ts');
+  const { seedDocument } = await import('#common/schema/seed.ts');
   const { stringify } = await import('yaml');
   const { FAKE_SECRETS, fakeTls } = await import('../helpers/fixtures.ts');
   const { writeFileSync } = await import('node:fs');

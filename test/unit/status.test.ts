@@ -1,7 +1,7 @@
 import test from 'ava';
-import { planFailover, planForceFailover } from '../../builder/src/ops/failover.ts';
-import { assess, collectStatus, nodeViewOf, renderStatusTable, type Fetcher, type NodeView, type WitnessView } from '../../builder/src/ops/status.ts';
-import { ClusterSchema } from '../../common/schema/cluster.ts';
+import { planFailover, planForceFailover } from '#builder/ops/failover.ts';
+import { assess, collectStatus, nodeViewOf, renderStatusTable, type Fetcher, type NodeView, type WitnessView } from '#builder/ops/status.ts';
+import { ClusterSchema } from '#common/schema/cluster.ts';
 import { FAKE_SECRETS, loadFixtureCluster } from '../helpers/fixtures.ts';
 
 // A /v1/status body as the agent's statusOf writes it (fields the status command reads).

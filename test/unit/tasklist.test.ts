@@ -2,9 +2,9 @@ import test from 'ava';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { runPlan } from '../../common/exec.ts';
-import { squashfsPercent, squashfsPlan } from '../../builder/src/disk/plans.ts';
-import { StepTaskList } from '../../builder/src/cli/tasklist.ts';
+import { runPlan } from '#common/exec.ts';
+import { squashfsPercent, squashfsPlan } from '#builder/disk/plans.ts';
+import { StepTaskList } from '#builder/cli/tasklist.ts';
 import { tempDir } from '../helpers/fixtures.ts';
 
 function capture(): { stream: NodeJS.WriteStream; text: () => string } {

@@ -1,6 +1,6 @@
 import test from 'ava';
-import { peerViewOf } from '../../agent/src/adapters/peer.ts';
-import { rebootDecision, type RebootInputs } from '../../agent/src/upgradeorder.ts';
+import { peerViewOf } from '#agent/adapters/peer.ts';
+import { rebootDecision, type RebootInputs } from '#agent/upgradeorder.ts';
 
 const staged = { state: 'steady' as const, trySlot: 'B' as const, booted: 'A' as const };
 const steadyPeer = { state: 'steady', trySlot: null };

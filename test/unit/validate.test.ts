@@ -2,8 +2,8 @@ import test from 'ava';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
-import { runPlan } from '../../common/exec.ts';
-import { ClusterSchema } from '../../common/schema/cluster.ts';
+import { runPlan } from '#common/exec.ts';
+import { ClusterSchema } from '#common/schema/cluster.ts';
 import { cli } from '../helpers/cli.ts';
 import { fakeTls, ROOT, tempDir } from '../helpers/fixtures.ts';
 

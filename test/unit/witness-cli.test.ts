@@ -2,9 +2,9 @@ import test from 'ava';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { httpWitnessPort } from '../../agent/src/witness/http.ts';
-import { loadCluster, loadClusterTls } from '../../common/config.ts';
-import { spawnPlan } from '../../common/exec.ts';
+import { httpWitnessPort } from '#agent/witness/http.ts';
+import { loadCluster, loadClusterTls } from '#common/config.ts';
+import { spawnPlan } from '#common/exec.ts';
 import { cli } from '../helpers/cli.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 

@@ -1,4 +1,4 @@
-import { runPlan, type CommandPlan } from '../../../common/exec.ts';
+import { runPlan, type CommandPlan } from '#common/exec.ts';
 import type { NodeContext } from '../context.ts';
 import type { KubePort } from '../core/ports.ts';
 

@@ -1,5 +1,5 @@
 import pino, { type DestinationStream, type Logger } from 'pino';
-import { redact } from '../../../common/log.ts';
+import { redact } from '#common/log.ts';
 import type { LogPort } from '../core/ports.ts';
 
 /**

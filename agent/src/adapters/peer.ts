@@ -1,5 +1,5 @@
-import { ROLES, type Role } from '../../../common/schema/hostmeta.ts';
-import { httpCall } from '../../../common/httpclient.ts';
+import { ROLES, type Role } from '#common/schema/hostmeta.ts';
+import { httpCall } from '#common/httpclient.ts';
 import { apiScheme, type NodeContext } from '../context.ts';
 import { formatLsn } from '../core/lsn.ts';
 import { PROMOTE_TIMEOUT_MS, type PeerPort, type PeerView, type PromoteRequest } from '../core/ports.ts';

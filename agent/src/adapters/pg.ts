@@ -1,8 +1,8 @@
 import { existsSync } from 'node:fs';
 import { chmod, chown, lstat, mkdir, readdir, readFile, rename, rm, statfs, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { CommandFailedError, lastLines, runPlan } from '../../../common/exec.ts';
-import { syncDirectory, writeFileAtomic } from '../../../common/fsutil.ts';
+import { CommandFailedError, lastLines, runPlan } from '#common/exec.ts';
+import { syncDirectory, writeFileAtomic } from '#common/fsutil.ts';
 import type { NodeContext } from '../context.ts';
 import type { LogPort, PgDiskFacts, PgPort, PgStatus, RejoinMethod } from '../core/ports.ts';
 import { lsnToBigInt } from '../core/lsn.ts';

@@ -1,4 +1,4 @@
-import type { HostMeta, Role } from '../../../common/schema/hostmeta.ts';
+import type { HostMeta, Role } from '#common/schema/hostmeta.ts';
 import type { ArbiterAnswer, ArbiterRequest } from '../witness/arbiter.ts';
 
 /**

@@ -1,4 +1,4 @@
-import type { Role } from '../../../common/schema/hostmeta.ts';
+import type { Role } from '#common/schema/hostmeta.ts';
 import type { ControllerSettings, PeerView, PgStatus } from './ports.ts';
 
 /** One round of observations. Times are monotonic milliseconds on this node's clock. */

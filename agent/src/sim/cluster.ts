@@ -1,4 +1,4 @@
-import type { HostMeta } from '../../../common/schema/hostmeta.ts';
+import type { HostMeta } from '#common/schema/hostmeta.ts';
 import { Controller, watchdogMs } from '../core/controller.ts';
 import { PROMOTE_TIMEOUT_MS, type ControllerSettings, type LogPort, type PeerView, type Ports } from '../core/ports.ts';
 import type { ArbiterRecord } from '../witness/arbiter.ts';

@@ -1,6 +1,6 @@
 import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../../../common/fsutil.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
 import type { ArbiterRecord } from './arbiter.ts';
 import type { RecordStore } from './service.ts';
 

@@ -3,9 +3,9 @@ import type { LogPort, WitnessPort } from '../core/ports.ts';
 import { parseRequest, type ArbiterAnswer, type ArbiterRequest } from './arbiter.ts';
 import { CLUSTER_NAME } from './file-store.ts';
 import type { WitnessService } from './service.ts';
-import { tokenMatches } from '../../../common/token.ts';
-import { httpCall, type ClientTls } from '../../../common/httpclient.ts';
-import { peerIdentity, type TlsMaterial } from '../../../common/tls.ts';
+import { tokenMatches } from '#common/token.ts';
+import { httpCall, type ClientTls } from '#common/httpclient.ts';
+import { peerIdentity, type TlsMaterial } from '#common/tls.ts';
 import { createServer as createHttpsServer } from 'node:https';
 
 /** Largest request body the witness reads. */

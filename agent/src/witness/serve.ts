@@ -1,8 +1,8 @@
 import { readFile, mkdir } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { join } from 'node:path';
-import { registerSecret } from '../../../common/log.ts';
-import type { TlsMaterial } from '../../../common/tls.ts';
+import { registerSecret } from '#common/log.ts';
+import type { TlsMaterial } from '#common/tls.ts';
 import type { LogPort } from '../core/ports.ts';
 import { FileRecordStore } from './file-store.ts';
 import { startWitnessHttp } from './http.ts';

@@ -1,7 +1,7 @@
-import type { Logger } from '../../../common/log.ts';
-import type { Image, OutputFormat } from '../../../common/schema/image.ts';
-import type { MinisignSecretKey } from '../../../common/minisign.ts';
-import type { BundleManifest } from '../../../common/upgrade/bundle.ts';
+import type { Logger } from '#common/log.ts';
+import type { Image, OutputFormat } from '#common/schema/image.ts';
+import type { MinisignSecretKey } from '#common/minisign.ts';
+import type { BundleManifest } from '#common/upgrade/bundle.ts';
 import type { ResolvedArtifact } from '../components/fetch.ts';
 import type { DiskState } from '../disk/steps.ts';
 import type { RootSource } from '../rootfs/sources/index.ts';

@@ -1,8 +1,8 @@
 import { existsSync } from 'node:fs';
 import { Command } from 'commander';
-import { ExitCode, GeminiError } from '../../../common/errors.ts';
-import { LOG_LEVELS, Logger, type LogLevel } from '../../../common/log.ts';
-import { duration } from '../../../common/schema/units.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { LOG_LEVELS, Logger, type LogLevel } from '#common/log.ts';
+import { duration } from '#common/schema/units.ts';
 
 /** Global options, shared by every subcommand. */
 export interface GlobalOptions {

@@ -1,6 +1,6 @@
 import { Command, CommanderError, Option } from 'commander';
-import { ExitCode, exitCodeOf, GeminiError } from '../../../common/errors.ts';
-import { redact } from '../../../common/log.ts';
+import { ExitCode, exitCodeOf, GeminiError } from '#common/errors.ts';
+import { redact } from '#common/log.ts';
 import { registerBuild } from './commands/build.ts';
 import { registerCompletion } from './commands/completion.ts';
 import { registerComponents } from './commands/components.ts';

@@ -1,5 +1,5 @@
-import { NODE_PATHS } from '../../../common/render/paths.ts';
-import type { Arch, Image } from '../../../common/schema/image.ts';
+import { NODE_PATHS } from '#common/render/paths.ts';
+import type { Arch, Image } from '#common/schema/image.ts';
 
 /** One upstream release file the image needs, and where it goes in the root. */
 export interface ReleaseArtifact {

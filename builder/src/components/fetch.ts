@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, rename, rm } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { ExitCode, GeminiError } from '../../../common/errors.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
 import { parseChecksums, type ArtifactSpec, type ReleaseArtifact } from './catalog.ts';
 import { saveHashed, sha256File, TransferError } from './download.ts';
 import { pinned, type ComponentLock } from './lock.ts';

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { ExitCode, GeminiError } from '../../../common/errors.ts';
-import { writeFileAtomic } from '../../../common/fsutil.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
 
 /** images/components.lock.json: component → version → asset name → sha256. */
 const LockSchema = z.record(z.string(), z.record(z.string(), z.record(z.string(), z.string().regex(/^[0-9a-f]{64}$/))));

@@ -1,4 +1,4 @@
-import { ExitCode, GeminiError } from '../../../common/errors.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
 import { SECTOR } from './layout.ts';
 
 // Offsets in GRUB's i386-pc boot.img (include/grub/i386/pc/boot.h).

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
-import { ExitCode, GeminiError } from '../../../common/errors.ts';
-import { PARTITION_NUMBERS } from '../../../common/render/paths.ts';
-import type { Image } from '../../../common/schema/image.ts';
-import { formatBytes } from '../../../common/schema/units.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { PARTITION_NUMBERS } from '#common/render/paths.ts';
+import type { Image } from '#common/schema/image.ts';
+import { formatBytes } from '#common/schema/units.ts';
 
 export const SECTOR = 512;
 const MiB = 1024 ** 2;

@@ -1,4 +1,4 @@
-import { formatBytes } from '../../../common/schema/units.ts';
+import { formatBytes } from '#common/schema/units.ts';
 import type { StepTiming } from '../build/steps.ts';
 import type { BuildContext } from '../build/steps.ts';
 import { partitionReport, type DiskState } from './steps.ts';

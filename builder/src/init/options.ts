@@ -1,7 +1,7 @@
-import type { ValidationIssue } from '../../../common/errors.ts';
-import { ClusterSchema, clusterRules, WITNESS_DEFAULT_PORT, type Cluster } from '../../../common/schema/cluster.ts';
-import { API_VERSION } from '../../../common/schema/image.ts';
-import { issuesFromZod, locate, type SourceDocument } from '../../../common/source.ts';
+import type { ValidationIssue } from '#common/errors.ts';
+import { ClusterSchema, clusterRules, WITNESS_DEFAULT_PORT, type Cluster } from '#common/schema/cluster.ts';
+import { API_VERSION } from '#common/schema/image.ts';
+import { issuesFromZod, locate, type SourceDocument } from '#common/source.ts';
 
 /** The flags of `geminik8s init` that feed cluster.yaml. */
 export interface InitFlags {

@@ -2,10 +2,10 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { SECRET_FILES } from '../../../common/config.ts';
-import { writeFileAtomic } from '../../../common/fsutil.ts';
-import { registerSecret } from '../../../common/log.ts';
-import { SECRET_NAMES, type Secrets } from '../../../common/schema/seed.ts';
+import { SECRET_FILES } from '#common/config.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
+import { registerSecret } from '#common/log.ts';
+import { SECRET_NAMES, type Secrets } from '#common/schema/seed.ts';
 
 /** A random secret: 32 bytes, base64url (43 characters, safe in DSNs and config files). */
 export function newSecret(): string {

@@ -1,13 +1,13 @@
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { loadCluster, secretsDirOf, SECRET_FILES, TLS_DIR, tlsFiles } from '../../../common/config.ts';
-import { ExitCode, GeminiError } from '../../../common/errors.ts';
-import { WITNESS_TLS_FILES } from '../../../agent/src/witness/serve.ts';
-import { writeFileAtomic } from '../../../common/fsutil.ts';
-import { registerSecret } from '../../../common/log.ts';
-import { nodeCertHosts, witnessHost, type Cluster } from '../../../common/schema/cluster.ts';
-import { issueCa, issueLeaf, tlsMaterialProblem, type ClusterCa, type LeafSubject } from '../../../common/tls.ts';
+import { loadCluster, secretsDirOf, SECRET_FILES, TLS_DIR, tlsFiles } from '#common/config.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { WITNESS_TLS_FILES } from '#agent/witness/serve.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
+import { registerSecret } from '#common/log.ts';
+import { nodeCertHosts, witnessHost, type Cluster } from '#common/schema/cluster.ts';
+import { issueCa, issueLeaf, tlsMaterialProblem, type ClusterCa, type LeafSubject } from '#common/tls.ts';
 
 /** The witness's party name: the CN of its certificate. */
 export const WITNESS_PARTY = 'witness';

@@ -3,15 +3,15 @@ import { mkdir, mkdtemp, open, readdir, rename, rm, stat } from 'node:fs/promise
 import { basename, dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { z } from 'zod';
-import { packPayload, readPayload, type BackupMeta, type EntrySink, type PayloadSummary } from '../../../common/backup/archive.ts';
-import { extractSink } from '../../../common/backup/extract.ts';
-import { CHUNK_BYTES, decodeBackup, encodeBackup, encryptionFor, readBackupHeader, type BackupHeader } from '../../../common/backup/format.ts';
-import { ExitCode, GeminiError } from '../../../common/errors.ts';
-import { findTool, runPlan, type CommandPlan } from '../../../common/exec.ts';
-import { syncDirectory } from '../../../common/fsutil.ts';
-import { httpStream, type ClientTls } from '../../../common/httpclient.ts';
-import type { Cluster } from '../../../common/schema/cluster.ts';
-import type { Secrets } from '../../../common/schema/seed.ts';
+import { packPayload, readPayload, type BackupMeta, type EntrySink, type PayloadSummary } from '#common/backup/archive.ts';
+import { extractSink } from '#common/backup/extract.ts';
+import { CHUNK_BYTES, decodeBackup, encodeBackup, encryptionFor, readBackupHeader, type BackupHeader } from '#common/backup/format.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { findTool, runPlan, type CommandPlan } from '#common/exec.ts';
+import { syncDirectory } from '#common/fsutil.ts';
+import { httpStream, type ClientTls } from '#common/httpclient.ts';
+import type { Cluster } from '#common/schema/cluster.ts';
+import type { Secrets } from '#common/schema/seed.ts';
 import { agentUrl, collectStatus, type Fetcher } from './status.ts';
 
 /** The identity the agent sends ahead of a backup's bytes (agent/src/backup.ts). */

@@ -1,7 +1,7 @@
 import { connect } from 'node:tls';
-import type { Cluster } from '../../../common/schema/cluster.ts';
-import { certFingerprint } from '../../../common/tls.ts';
-import type { Secrets } from '../../../common/schema/seed.ts';
+import type { Cluster } from '#common/schema/cluster.ts';
+import { certFingerprint } from '#common/tls.ts';
+import type { Secrets } from '#common/schema/seed.ts';
 import { agentAnswer, agentUrl, type ClusterStatus, type Fetcher } from './status.ts';
 
 /** What `geminik8s certs rotate` would do, or why it may not (pure). */

@@ -1,5 +1,5 @@
-import type { Cluster } from '../../../common/schema/cluster.ts';
-import type { Secrets } from '../../../common/schema/seed.ts';
+import type { Cluster } from '#common/schema/cluster.ts';
+import type { Secrets } from '#common/schema/seed.ts';
 import { agentUrl, type Fetcher, type Health } from './status.ts';
 
 /** One node's answer to GET /v1/check, or why there was none. */

@@ -1,4 +1,4 @@
-import type { Cluster } from '../../../common/schema/cluster.ts';
+import type { Cluster } from '#common/schema/cluster.ts';
 import type { NodeCheck } from './check.ts';
 import type { ClusterStatus, NodeView } from './status.ts';
 

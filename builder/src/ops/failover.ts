@@ -1,5 +1,5 @@
-import type { Cluster } from '../../../common/schema/cluster.ts';
-import type { Secrets } from '../../../common/schema/seed.ts';
+import type { Cluster } from '#common/schema/cluster.ts';
+import type { Secrets } from '#common/schema/seed.ts';
 import { agentAnswer, agentUrl, collectStatus, type ClusterStatus, type Fetcher } from './status.ts';
 
 /** What a planned switchover to `to` would do, or why it may not (pure). */

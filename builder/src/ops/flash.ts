@@ -1,4 +1,4 @@
-import type { CommandPlan } from '../../../common/exec.ts';
+import type { CommandPlan } from '#common/exec.ts';
 
 /** One device as `lsblk -J -b` describes it, with its partitions. */
 export interface BlockDevice {
@@ -61,7 +61,7 @@ export function describeTarget(d: BlockDevice): string {
   return lines.join('\n');
 }
 
-export { deviceOfSource } from '../../../common/install/media.ts';
+export { deviceOfSource } from '#common/install/media.ts';
 
 /** `zstd -lv` → the decompressed size in bytes, when the frame records it. */
 export function zstdContentSize(out: string): number | undefined {

@@ -1,7 +1,7 @@
-import type { CommandPlan } from '../../../common/exec.ts';
-import { worst, type HostPreflight, type PreflightItem } from '../../../common/preflight.ts';
-import type { Cluster } from '../../../common/schema/cluster.ts';
-import type { Secrets } from '../../../common/schema/seed.ts';
+import type { CommandPlan } from '#common/exec.ts';
+import { worst, type HostPreflight, type PreflightItem } from '#common/preflight.ts';
+import type { Cluster } from '#common/schema/cluster.ts';
+import type { Secrets } from '#common/schema/seed.ts';
 import { agentUrl, type Fetcher } from './status.ts';
 
 /** How the VIP was looked for on the network. */

@@ -1,9 +1,9 @@
 import { isScalar, parseDocument, Scalar } from 'yaml';
-import { validateSource } from '../../../common/config.ts';
-import type { ValidationIssue } from '../../../common/errors.ts';
-import type { Cluster } from '../../../common/schema/cluster.ts';
-import type { Secrets } from '../../../common/schema/seed.ts';
-import { parseSource } from '../../../common/source.ts';
+import { validateSource } from '#common/config.ts';
+import type { ValidationIssue } from '#common/errors.ts';
+import type { Cluster } from '#common/schema/cluster.ts';
+import type { Secrets } from '#common/schema/seed.ts';
+import { parseSource } from '#common/source.ts';
 import { agentAnswer, agentUrl, type ClusterStatus, type Fetcher } from './status.ts';
 
 /** What `geminik8s replace-node` would do, or why it may not (pure). */

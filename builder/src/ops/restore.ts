@@ -1,10 +1,10 @@
 import { createReadStream } from 'node:fs';
-import type { BackupHeader } from '../../../common/backup/format.ts';
-import { decodeBackup } from '../../../common/backup/format.ts';
-import { ExitCode, GeminiError } from '../../../common/errors.ts';
-import { httpStream, type ClientTls } from '../../../common/httpclient.ts';
-import type { Cluster } from '../../../common/schema/cluster.ts';
-import type { Secrets } from '../../../common/schema/seed.ts';
+import type { BackupHeader } from '#common/backup/format.ts';
+import { decodeBackup } from '#common/backup/format.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { httpStream, type ClientTls } from '#common/httpclient.ts';
+import type { Cluster } from '#common/schema/cluster.ts';
+import type { Secrets } from '#common/schema/seed.ts';
 import { verifyBackupFile } from './backup.ts';
 import { waitForLeader } from './failover.ts';
 import { agentUrl, collectStatus, type ClusterStatus, type Fetcher } from './status.ts';

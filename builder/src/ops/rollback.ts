@@ -1,5 +1,5 @@
-import type { Cluster } from '../../../common/schema/cluster.ts';
-import type { Secrets } from '../../../common/schema/seed.ts';
+import type { Cluster } from '#common/schema/cluster.ts';
+import type { Secrets } from '#common/schema/seed.ts';
 import { agentAnswer, agentUrl, collectStatus, type ClusterStatus, type Fetcher } from './status.ts';
 
 /** The agent's answer to POST /v1/upgrade/rollback. */

@@ -1,5 +1,5 @@
-import type { Cluster } from '../../../common/schema/cluster.ts';
-import type { Secrets } from '../../../common/schema/seed.ts';
+import type { Cluster } from '#common/schema/cluster.ts';
+import type { Secrets } from '#common/schema/seed.ts';
 
 /** How the CLI reaches an HTTP endpoint (a port: tests and `--watch` use the same code). GET unless told; `date` is the answer's Date header. */
 export type Fetcher = (url: string, init: { method?: 'GET' | 'POST'; headers: Record<string, string>; body?: string; timeoutMs: number }) => Promise<{ status: number; body: unknown; date?: string }>;

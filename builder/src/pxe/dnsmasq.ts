@@ -1,4 +1,4 @@
-import type { CommandPlan } from '../../../common/exec.ts';
+import type { CommandPlan } from '#common/exec.ts';
 
 /** iPXE builds a plain PXE ROM chainloads, by client architecture, as Debian's `ipxe` package ships them (/usr/lib/ipxe). */
 export const IPXE_BINARIES = { bios: 'undionly.kpxe', uefiX64: 'ipxe.efi' } as const;

@@ -1,9 +1,9 @@
 import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../../../common/fsutil.ts';
-import type { DiskRules } from '../../../common/install/disks.ts';
-import type { RenderedFile } from '../../../common/render/node.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
+import type { DiskRules } from '#common/install/disks.ts';
+import type { RenderedFile } from '#common/render/node.ts';
 
 /** The files `pxe serve --dir` serves, by the names the boot script and the installer use. */
 export const PXE_FILES = { kernel: 'vmlinuz', initrd: 'initrd.img', root: 'root.squashfs', image: 'image.raw.zst' } as const;

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { stringify } from 'yaml';
-import type { ClusterSpec } from '../../../common/schema/cluster.ts';
-import { NODE_PATHS } from '../../../common/render/paths.ts';
+import type { ClusterSpec } from '#common/schema/cluster.ts';
+import { NODE_PATHS } from '#common/render/paths.ts';
 
 const yaml11 = (value: unknown): string => stringify(value, { version: '1.1', lineWidth: 0 });
 

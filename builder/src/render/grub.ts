@@ -1,5 +1,5 @@
-import type { Image } from '../../../common/schema/image.ts';
-import { PARTITION_NUMBERS, slotBootPath } from '../../../common/render/paths.ts';
+import type { Image } from '#common/schema/image.ts';
+import { PARTITION_NUMBERS, slotBootPath } from '#common/render/paths.ts';
 import { renderTemplate } from './templates.ts';
 
 /** The kernel arguments every slot gets, after root=, rootfstype=, ro and geminik8s.slot=. */

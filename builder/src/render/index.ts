@@ -1,15 +1,15 @@
 import { stringify } from 'yaml';
-import { KINE_LISTEN } from '../../../common/render/k3s.ts';
-import { AgentConfigSchema, type AgentConfig } from '../../../common/schema/agent.ts';
-import type { ClusterSpec } from '../../../common/schema/cluster.ts';
-import { API_VERSION, type Image } from '../../../common/schema/image.ts';
-import { seedDocument, type NodeSeed, type Secrets } from '../../../common/schema/seed.ts';
+import { KINE_LISTEN } from '#common/render/k3s.ts';
+import { AgentConfigSchema, type AgentConfig } from '#common/schema/agent.ts';
+import type { ClusterSpec } from '#common/schema/cluster.ts';
+import { API_VERSION, type Image } from '#common/schema/image.ts';
+import { seedDocument, type NodeSeed, type Secrets } from '#common/schema/seed.ts';
 import { metaData, networkConfig, SEED_FILE_IN_PARTITION, userData } from './cloud-init.ts';
 import { kernelCmdline, renderGrubCfg } from './grub.ts';
-import { NODE_PATHS, pgBinDir, pgDataDir } from '../../../common/render/paths.ts';
-import { renderNodeFiles, type RenderedFile, type Scope } from '../../../common/render/node.ts';
+import { NODE_PATHS, pgBinDir, pgDataDir } from '#common/render/paths.ts';
+import { renderNodeFiles, type RenderedFile, type Scope } from '#common/render/node.ts';
 import { renderTemplate } from './templates.ts';
-import type { TlsMaterial } from '../../../common/tls.ts';
+import type { TlsMaterial } from '#common/tls.ts';
 
 export type { RenderedFile, Scope };
 export { renderNodeFiles };

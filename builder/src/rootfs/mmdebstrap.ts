@@ -1,6 +1,6 @@
-import type { CommandPlan } from '../../../common/exec.ts';
-import type { Image } from '../../../common/schema/image.ts';
-import { NODE_PATHS } from '../../../common/render/paths.ts';
+import type { CommandPlan } from '#common/exec.ts';
+import type { Image } from '#common/schema/image.ts';
+import { NODE_PATHS } from '#common/render/paths.ts';
 import { rootPackages } from './packages.ts';
 
 /** Paths dpkg never writes into the root: documentation, manuals, translations. */

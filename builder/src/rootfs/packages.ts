@@ -1,4 +1,4 @@
-import type { Image } from '../../../common/schema/image.ts';
+import type { Image } from '#common/schema/image.ts';
 
 /** Debian packages every node OS carries (Debian 13 trixie). */
 const BASE = [

@@ -2,12 +2,12 @@ import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node
 import { chmod, copyFile, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import { buildAgent } from '../../../agent/build.ts';
-import { ExitCode, GeminiError } from '../../../common/errors.ts';
-import { findTool, quoteCommand, requireTools, runPlan, type CommandPlan } from '../../../common/exec.ts';
-import { writeFileAtomic } from '../../../common/fsutil.ts';
-import { NODE_PATHS } from '../../../common/render/paths.ts';
-import { encodePublicKey, keyIdHex, parsePublicKey, type MinisignPublicKey } from '../../../common/minisign.ts';
-import type { Image } from '../../../common/schema/image.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { findTool, quoteCommand, requireTools, runPlan, type CommandPlan } from '#common/exec.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
+import { NODE_PATHS } from '#common/render/paths.ts';
+import { encodePublicKey, keyIdHex, parsePublicKey, type MinisignPublicKey } from '#common/minisign.ts';
+import type { Image } from '#common/schema/image.ts';
 import { renderImageFiles } from '../render/index.ts';
 import { artifactSources, artifactsFor } from '../components/catalog.ts';
 import { fetchArtifacts } from '../components/fetch.ts';

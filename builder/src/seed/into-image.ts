@@ -2,10 +2,10 @@ import { existsSync, mkdtempSync, openSync, readSync, closeSync } from 'node:fs'
 import { chmod, rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import { ExitCode, GeminiError } from '../../../common/errors.ts';
-import { runPlan } from '../../../common/exec.ts';
-import type { RenderedFile } from '../../../common/render/node.ts';
-import { partitionOffset, writeSeedFiles } from '../../../common/install/media.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { runPlan } from '#common/exec.ts';
+import type { RenderedFile } from '#common/render/node.ts';
+import { partitionOffset, writeSeedFiles } from '#common/install/media.ts';
 
 export { partitionOffset, writeSeedFiles };
 

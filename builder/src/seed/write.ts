@@ -2,11 +2,11 @@ import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
 import { chmod, mkdir, rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import { ExitCode, GeminiError } from '../../../common/errors.ts';
-import { runPlan } from '../../../common/exec.ts';
-import { writeFileAtomic } from '../../../common/fsutil.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { runPlan } from '#common/exec.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
 import type { RenderedFile } from '../render/index.ts';
-import { seedIsoPlan } from './iso.ts';
+import { seedIsoPlan } from '#common/install/seed-iso.ts';
 
 /** Whether `out` holds a seed (or anything) already: a non-empty directory, or an existing file. */
 export function seedOutputExists(out: string, format: 'dir' | 'iso'): boolean {

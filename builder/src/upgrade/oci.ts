@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import { open, rm, stat } from 'node:fs/promises';
 import { join, posix } from 'node:path';
-import { indexTar, ustarHeader } from '../../../common/upgrade/bundle.ts';
-import { SUC_IMAGE_PATHS } from '../../../common/upgrade/suc.ts';
+import { indexTar, ustarHeader } from '#common/upgrade/bundle.ts';
+import { SUC_IMAGE_PATHS } from '#common/upgrade/suc.ts';
 import { elfClosure } from './elf.ts';
 import { writeFileMember, writeMember, writeTar, type TarWriter } from './tar.ts';
 

@@ -1,8 +1,8 @@
 import { createReadStream } from 'node:fs';
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { ExitCode, GeminiError } from '../../../common/errors.ts';
-import { IMAGE_TAG, REGISTRY_HOST, REPOSITORY_PATH } from '../../../common/upgrade/suc.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { IMAGE_TAG, REGISTRY_HOST, REPOSITORY_PATH } from '#common/upgrade/suc.ts';
 import { readOciImage } from './oci.ts';
 
 // `geminik8s push`: an OCI layout tar to a registry through the distribution API v2

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { END_OF_ARCHIVE, padding, ustarHeader } from '../../../common/upgrade/bundle.ts';
+import { END_OF_ARCHIVE, padding, ustarHeader } from '#common/upgrade/bundle.ts';
 
 // Writing the ustar archives the builder makes (the upgrade bundle, the OCI layer and layout):
 // members in order, through a temporary name, never half-written under the final one.

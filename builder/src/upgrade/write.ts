@@ -1,9 +1,9 @@
 import { stat } from 'node:fs/promises';
-import { signData, defaultTrustedComment, type MinisignSecretKey } from '../../../common/minisign.ts';
+import { signData, defaultTrustedComment, type MinisignSecretKey } from '#common/minisign.ts';
 import { sha256File } from '../components/fetch.ts';
-import { BUNDLE_KIND, BundleManifestSchema, MANIFEST_NAME, PART_NAMES, SIGNATURE_NAME, type BundleManifest, type PartName } from '../../../common/upgrade/bundle.ts';
+import { BUNDLE_KIND, BundleManifestSchema, MANIFEST_NAME, PART_NAMES, SIGNATURE_NAME, type BundleManifest, type PartName } from '#common/upgrade/bundle.ts';
 import { writeFileMember, writeMember, writeTar } from './tar.ts';
-import { API_VERSION } from '../../../common/schema/image.ts';
+import { API_VERSION } from '#common/schema/image.ts';
 
 /** What the bundle describes; the parts' sizes and hashes are measured here. */
 export interface BundleInput {

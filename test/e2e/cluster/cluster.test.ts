@@ -1,10 +1,10 @@
 import test from 'ava';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan, type RunningProcess } from '../../../common/exec.ts';
+import { runPlan, type RunningProcess } from '#common/exec.ts';
 import { buildAgent } from '../../../agent/build.ts';
-import { partitionOffset } from '../../../builder/src/seed/into-image.ts';
-import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '../../../qemu/index.ts';
+import { partitionOffset } from '#builder/seed/into-image.ts';
+import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '#qemu/index.ts';
 import { bundleProbe } from '../../harness/cluster.ts';
 import { cli } from '../../helpers/cli.ts';
 import { tempDir } from '../../helpers/fixtures.ts';

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan } from '../../../common/exec.ts';
+import { runPlan } from '#common/exec.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';
 import type { DemoReport } from '../../../scripts/demo.ts';
 

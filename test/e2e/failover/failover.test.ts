@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runPlan, spawnPlan } from '../../../common/exec.ts';
+import { runPlan, spawnPlan } from '#common/exec.ts';
 import { HarnessCluster } from '../../harness/cluster.ts';
 import { blockPeer, flushRules, inNs, ipOf } from '../../harness/netns.ts';
 import { ROOT } from '../../helpers/fixtures.ts';

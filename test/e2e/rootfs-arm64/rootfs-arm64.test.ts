@@ -2,9 +2,9 @@ import test from 'ava';
 import { closeSync, existsSync, lstatSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { runPlan } from '../../../common/exec.ts';
-import { partitionOffset } from '../../../builder/src/seed/into-image.ts';
-import { bootVm, parseMarkerFields, READY_MARKER, type Vm } from '../../../qemu/index.ts';
+import { runPlan } from '#common/exec.ts';
+import { partitionOffset } from '#builder/seed/into-image.ts';
+import { bootVm, parseMarkerFields, READY_MARKER, type Vm } from '#qemu/index.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';
 import { testImage, type BuiltImage } from '../../helpers/test-image.ts';
 

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan } from '../../../common/exec.ts';
+import { runPlan } from '#common/exec.ts';
 import { cli } from '../../helpers/cli.ts';
 import { assertNodeRoot } from '../../helpers/node-root.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';

@@ -1,10 +1,10 @@
 import test from 'ava';
 import { closeSync, copyFileSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '../../../qemu/index.ts';
-import { generateKeyPair, signData } from '../../../common/minisign.ts';
-import { indexTar, readBundle } from '../../../common/upgrade/bundle.ts';
-import { readOciImage } from '../../../builder/src/upgrade/oci.ts';
+import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '#qemu/index.ts';
+import { generateKeyPair, signData } from '#common/minisign.ts';
+import { indexTar, readBundle } from '#common/upgrade/bundle.ts';
+import { readOciImage } from '#builder/upgrade/oci.ts';
 import { cli } from '../../helpers/cli.ts';
 import { tempDir } from '../../helpers/fixtures.ts';
 import { testImage, upgradeBundle, type BuiltBundle, type BuiltImage } from '../../helpers/test-image.ts';

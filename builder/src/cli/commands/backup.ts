@@ -1,17 +1,17 @@
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { Command } from 'commander';
-import { parseBackupKey } from '../../../../common/backup/format.ts';
-import { loadCluster, loadClusterCa, loadClusterSecrets } from '../../../../common/config.ts';
-import { ExitCode, GeminiError } from '../../../../common/errors.ts';
+import { parseBackupKey } from '#common/backup/format.ts';
+import { loadCluster, loadClusterCa, loadClusterSecrets } from '#common/config.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
 import { pruneBackups, takeBackup, verifyBackupFile, verifyWithPostgres } from '../../ops/backup.ts';
 import { planRestore, requestReclone, runRestore } from '../../ops/restore.ts';
 import { renderStatusTable } from '../../ops/status.ts';
 import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
 import { httpFetcher } from './status.ts';
-import type { ClientTls } from '../../../../common/httpclient.ts';
-import type { Cluster } from '../../../../common/schema/cluster.ts';
-import type { Secrets } from '../../../../common/schema/seed.ts';
+import type { ClientTls } from '#common/httpclient.ts';
+import type { Cluster } from '#common/schema/cluster.ts';
+import type { Secrets } from '#common/schema/seed.ts';
 import type { Fetcher } from '../../ops/status.ts';
 
 /** The key of --encryption-key; a key others can read is refused (it opens every backup made with it). */

@@ -1,6 +1,6 @@
 import { Command } from 'commander';
-import { loadCluster, loadClusterCa, loadClusterSecrets, secretsDirOf, tlsFiles } from '../../../../common/config.ts';
-import { ExitCode, GeminiError } from '../../../../common/errors.ts';
+import { loadCluster, loadClusterCa, loadClusterSecrets, secretsDirOf, tlsFiles } from '#common/config.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
 import { reissueNodeCert } from '../../init/tls.ts';
 import { planCertRotation, requestTlsRotation, servedFingerprint } from '../../ops/certs.ts';
 import { waitForLeader } from '../../ops/failover.ts';

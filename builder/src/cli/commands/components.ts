@@ -1,9 +1,9 @@
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Command } from 'commander';
-import { loadImage } from '../../../../common/config.ts';
-import { ExitCode, GeminiError } from '../../../../common/errors.ts';
-import { formatBytes } from '../../../../common/schema/units.ts';
+import { loadImage } from '#common/config.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { formatBytes } from '#common/schema/units.ts';
 import { artifactSources, artifactsFor, parseChecksums, type ReleaseArtifact } from '../../components/catalog.ts';
 import { artifactsPath, defaultCacheDir, fetchArtifacts } from '../../components/fetch.ts';
 import { imageSource, resolvePlatformDigest } from '../../components/oci.ts';

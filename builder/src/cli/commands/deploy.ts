@@ -1,7 +1,7 @@
 import { Command } from 'commander';
 import { Listr } from 'listr2';
-import { loadCluster, loadClusterSecrets } from '../../../../common/config.ts';
-import { ExitCode, GeminiError } from '../../../../common/errors.ts';
+import { loadCluster, loadClusterSecrets } from '#common/config.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
 import { collectChecks } from '../../ops/check.ts';
 import { deployChanges, deployDone, deploySteps, type DeployStep } from '../../ops/deploy.ts';
 import { collectStatus, renderStatusTable, type ClusterStatus } from '../../ops/status.ts';

@@ -1,6 +1,6 @@
 import { Command } from 'commander';
-import { loadCluster, loadClusterSecrets } from '../../../../common/config.ts';
-import { ExitCode, GeminiError } from '../../../../common/errors.ts';
+import { loadCluster, loadClusterSecrets } from '#common/config.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
 import { planFailover, planForceFailover, requestForcePromote, requestSwitchover, waitForLeader } from '../../ops/failover.ts';
 import { collectStatus, renderStatusTable } from '../../ops/status.ts';
 import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';

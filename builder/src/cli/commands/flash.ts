@@ -4,12 +4,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { Command } from 'commander';
-import { assertKnownNode, loadCluster, loadClusterSecrets, loadClusterTls } from '../../../../common/config.ts';
-import { ExitCode, GeminiError } from '../../../../common/errors.ts';
-import { runPlan, streamPlan } from '../../../../common/exec.ts';
+import { assertKnownNode, loadCluster, loadClusterSecrets, loadClusterTls } from '#common/config.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { runPlan, streamPlan } from '#common/exec.ts';
 import { describeTarget, lsblkPlan, parseLsblk, refusals, zstdContentSize } from '../../ops/flash.ts';
 import { renderSeedFiles } from '../../render/index.ts';
-import { partitionOffset, readBack, seedFilesDiffering, systemDevices, writeSeedFiles, writeStream } from '../../../../common/install/media.ts';
+import { partitionOffset, readBack, seedFilesDiffering, systemDevices, writeSeedFiles, writeStream } from '#common/install/media.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
 
 interface FlashOptions {

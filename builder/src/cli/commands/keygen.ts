@@ -1,10 +1,10 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { Command } from 'commander';
-import { ExitCode, GeminiError } from '../../../../common/errors.ts';
-import { writeFileAtomic } from '../../../../common/fsutil.ts';
-import { encodePublicKey, encodeSecretKey, generateKeyPair, keyIdHex, parsePublicKey, verifyData } from '../../../../common/minisign.ts';
-import { readBundle } from '../../../../common/upgrade/bundle.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
+import { encodePublicKey, encodeSecretKey, generateKeyPair, keyIdHex, parsePublicKey, verifyData } from '#common/minisign.ts';
+import { readBundle } from '#common/upgrade/bundle.ts';
 import type { CliContext } from '../context.ts';
 
 export function registerKeygen(program: Command, ctx: () => CliContext): void {

@@ -1,7 +1,7 @@
 import { Command } from 'commander';
-import { loadCluster, loadClusterSecrets } from '../../../../common/config.ts';
-import { ExitCode, GeminiError } from '../../../../common/errors.ts';
-import { runPlan, ToolMissingError } from '../../../../common/exec.ts';
+import { loadCluster, loadClusterSecrets } from '#common/config.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { runPlan, ToolMissingError } from '#common/exec.ts';
 import { arpPlan, arpReplies, parseRoute, pingPlan, renderPreflight, routePlan, runPreflight, type PreflightPorts, type VipProbe } from '../../ops/preflight.ts';
 import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
 import { operatorFetcher } from './status.ts';

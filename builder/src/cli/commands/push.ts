@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { Command } from 'commander';
-import { ExitCode, GeminiError } from '../../../../common/errors.ts';
-import { registerSecret } from '../../../../common/log.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { registerSecret } from '#common/log.ts';
 import { pushOci } from '../../upgrade/registry.ts';
 import type { CliContext } from '../context.ts';
 

@@ -1,10 +1,10 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command } from 'commander';
-import { loadCluster, loadClusterSecrets, loadClusterTls, loadImage } from '../../../../common/config.ts';
-import { ExitCode, GeminiError } from '../../../../common/errors.ts';
-import { runPlan } from '../../../../common/exec.ts';
-import { writeFileAtomic } from '../../../../common/fsutil.ts';
+import { loadCluster, loadClusterSecrets, loadClusterTls, loadImage } from '#common/config.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { runPlan } from '#common/exec.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
 import { renderSeedFiles } from '../../render/index.ts';
 import { kernelCmdline } from '../../render/grub.ts';
 import { dnsmasqTestPlan, renderDnsmasqConfig } from '../../pxe/dnsmasq.ts';

@@ -1,8 +1,8 @@
 import { existsSync, statSync } from 'node:fs';
 import { Argument, Command, Option } from 'commander';
-import { ExitCode, GeminiError } from '../../../../common/errors.ts';
-import { quoteCommand } from '../../../../common/exec.ts';
-import { archFromFileName, bootVm, formatFromFileName, parseMarkerFields, READY_MARKER, type Arch, type HostForward } from '../../../../qemu/index.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { quoteCommand } from '#common/exec.ts';
+import { archFromFileName, bootVm, formatFromFileName, parseMarkerFields, READY_MARKER, type Arch, type HostForward } from '#qemu/index.ts';
 import type { CliContext } from '../context.ts';
 
 interface BootCliOptions {

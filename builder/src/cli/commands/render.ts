@@ -2,9 +2,9 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Command } from 'commander';
-import { assertKnownNode, loadCluster, loadImage, loadClusterSecrets, loadClusterTls } from '../../../../common/config.ts';
-import { ExitCode, GeminiError } from '../../../../common/errors.ts';
-import { writeFileAtomic } from '../../../../common/fsutil.ts';
+import { assertKnownNode, loadCluster, loadImage, loadClusterSecrets, loadClusterTls } from '#common/config.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
 import { renderIpxe, renderNode, type RenderedFile } from '../../render/index.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
 

@@ -1,10 +1,10 @@
 import { chmod, copyFile, readFile, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Command } from 'commander';
-import { loadCluster, loadClusterSecrets, loadClusterTls, secretsDirOf } from '../../../../common/config.ts';
-import { ExitCode, GeminiError, ValidationError } from '../../../../common/errors.ts';
-import { writeFileAtomic } from '../../../../common/fsutil.ts';
-import { withNodeAddress } from '../../../../common/membership.ts';
+import { loadCluster, loadClusterSecrets, loadClusterTls, secretsDirOf } from '#common/config.ts';
+import { ExitCode, GeminiError, ValidationError } from '#common/errors.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
+import { withNodeAddress } from '#common/membership.ts';
 import { reissueNodeCert } from '../../init/tls.ts';
 import { clusterTextWithAddress, planReplaceNode, requestReplacePeer } from '../../ops/replace.ts';
 import { collectStatus, renderStatusTable } from '../../ops/status.ts';

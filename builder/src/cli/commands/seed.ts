@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import { assertKnownNode, loadCluster, loadClusterSecrets, loadClusterTls } from '../../../../common/config.ts';
+import { assertKnownNode, loadCluster, loadClusterSecrets, loadClusterTls } from '#common/config.ts';
 import { renderSeedFiles } from '../../render/index.ts';
 import { seedIntoImage } from '../../seed/into-image.ts';
 import { writeSeed } from '../../seed/write.ts';

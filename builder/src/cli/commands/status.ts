@@ -1,9 +1,9 @@
 import { Command, Option } from 'commander';
 import { stringify } from 'yaml';
-import { loadCluster, loadClusterCa, loadClusterSecrets } from '../../../../common/config.ts';
-import { httpCall, type ClientTls } from '../../../../common/httpclient.ts';
-import type { Cluster } from '../../../../common/schema/cluster.ts';
-import { ExitCode, GeminiError, type ExitCodeValue } from '../../../../common/errors.ts';
+import { loadCluster, loadClusterCa, loadClusterSecrets } from '#common/config.ts';
+import { httpCall, type ClientTls } from '#common/httpclient.ts';
+import type { Cluster } from '#common/schema/cluster.ts';
+import { ExitCode, GeminiError, type ExitCodeValue } from '#common/errors.ts';
 import { collectStatus, renderStatusTable, type ClusterStatus, type Fetcher, type Health } from '../../ops/status.ts';
 import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
 import { assessChecks, collectChecks, renderChecks } from '../../ops/check.ts';

@@ -1,9 +1,9 @@
 import { Command } from 'commander';
 import { stringify } from 'yaml';
-import { loadCluster } from '../../../../common/config.ts';
-import { ValidationError } from '../../../../common/errors.ts';
-import { writeFileAtomic } from '../../../../common/fsutil.ts';
-import { checkSucOptions, SUC_DEFAULTS, sucPlan, type SucPlanOptions } from '../../../../common/upgrade/suc.ts';
+import { loadCluster } from '#common/config.ts';
+import { ValidationError } from '#common/errors.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
+import { checkSucOptions, SUC_DEFAULTS, sucPlan, type SucPlanOptions } from '#common/upgrade/suc.ts';
 import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
 
 interface SucPlanFlags {

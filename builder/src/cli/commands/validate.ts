@@ -1,6 +1,6 @@
 import { Command, Option } from 'commander';
-import { validateFiles } from '../../../../common/config.ts';
-import { formatIssue, ValidationError } from '../../../../common/errors.ts';
+import { validateFiles } from '#common/config.ts';
+import { formatIssue, ValidationError } from '#common/errors.ts';
 import type { CliContext } from '../context.ts';
 
 export function registerValidate(program: Command, ctx: () => CliContext): void {

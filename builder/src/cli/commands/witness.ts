@@ -1,9 +1,9 @@
 import { join } from 'node:path';
 import { Command } from 'commander';
-import { agentLogger, createLogPort } from '../../../../agent/src/adapters/log.ts';
-import { DEFAULT_WITNESS_PORT, DEFAULT_WITNESS_STATE_DIR, WITNESS_TLS_FILES, parseListen, serveWitness } from '../../../../agent/src/witness/serve.ts';
-import { NODE_PATHS } from '../../../../common/render/paths.ts';
-import { ExitCode, GeminiError } from '../../../../common/errors.ts';
+import { agentLogger, createLogPort } from '#agent/adapters/log.ts';
+import { DEFAULT_WITNESS_PORT, DEFAULT_WITNESS_STATE_DIR, WITNESS_TLS_FILES, parseListen, serveWitness } from '#agent/witness/serve.ts';
+import { NODE_PATHS } from '#common/render/paths.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
 import { writeWitnessCredentials, type CredentialsOptions } from '../../init/tls.ts';
 import { renderTemplate } from '../../render/templates.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';

@@ -1,5 +1,5 @@
 import { resolve } from 'node:path';
-import { ExitCode, GeminiError } from '../../../../common/errors.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
 import { DEFAULT_DOCKER_BASE, dockerSource } from './docker.ts';
 import { mmdebstrapSource } from './mmdebstrap.ts';
 import type { RootSource } from './source.ts';

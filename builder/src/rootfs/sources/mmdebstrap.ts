@@ -1,6 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { requireTools, runPlan, type CommandPlan } from '../../../../common/exec.ts';
+import { requireTools, runPlan, type CommandPlan } from '#common/exec.ts';
 import { mmdebstrapPlan, stagingTarPlan } from '../mmdebstrap.ts';
 import type { RootSource, RootSourceContext } from './source.ts';
 

@@ -1,5 +1,5 @@
-import type { Logger } from '../../../../common/log.ts';
-import type { Image } from '../../../../common/schema/image.ts';
+import type { Logger } from '#common/log.ts';
+import type { Image } from '#common/schema/image.ts';
 
 /** What a root source gets from the build. */
 export interface RootSourceContext {

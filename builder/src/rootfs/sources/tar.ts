@@ -1,8 +1,8 @@
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { ExitCode, GeminiError } from '../../../../common/errors.ts';
-import { CommandFailedError, lastLines, requireTools, runPlan, shellQuote, type CommandPlan } from '../../../../common/exec.ts';
-import type { Image } from '../../../../common/schema/image.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
+import { CommandFailedError, lastLines, requireTools, runPlan, shellQuote, type CommandPlan } from '#common/exec.ts';
+import type { Image } from '#common/schema/image.ts';
 import { APT_OPTIONS, DPKG_EXCLUDES, stagingHooks, stagingTarPlan } from '../mmdebstrap.ts';
 import { rootPackages } from '../packages.ts';
 import { runMmdebstrap } from './mmdebstrap.ts';

@@ -1,4 +1,4 @@
-import type { CommandPlan } from '../../../common/exec.ts';
+import type { CommandPlan } from '../exec.ts';
 
 /**
  * A NoCloud seed ISO: ISO 9660 with Rock Ridge and Joliet, volume id `cidata` (what
