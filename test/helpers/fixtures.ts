@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadCluster, loadImage } from '#common/config.ts';
@@ -22,8 +22,33 @@ export const FAKE_SECRETS: Secrets = {
 export const loadFixtureCluster = () => loadCluster(CLUSTER_FIXTURE);
 export const loadImageDef = (name: string) => loadImage(join(ROOT, 'images', name));
 
+const made: string[] = [];
+
+/**
+ * Remove the temporary directories this process made, when it exits; GEMINIK8S_KEEP_TEMP=1
+ * keeps them for a look after a failure. A directory with anything still mounted under it
+ * (a bind mount of the source tree, a loop mount) is left alone: removing it would reach into
+ * the mounted file system.
+ */
+function removeMade(): void {
+  if (process.env.GEMINIK8S_KEEP_TEMP === '1' || made.length === 0) return;
+  const mounts = existsSync('/proc/self/mountinfo') ? readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter(Boolean) : [];
+  for (const dir of made.splice(0)) {
+    if (mounts.some((m) => m === dir || m.startsWith(`${dir}/`))) continue;
+    try {
+      rmSync(dir, { recursive: true, force: true });
+    } catch {
+      // busy or already gone: the next run's cleanup is not ours to guarantee
+    }
+  }
+}
+process.once('exit', removeMade);
+
+/** A fresh directory under the system's temporary directory, removed when the process exits. */
 export function tempDir(prefix = 'gk-test-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  made.push(dir);
+  return dir;
 }
 
 /**
