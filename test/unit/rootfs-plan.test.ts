@@ -22,6 +22,10 @@ test('the mmdebstrap plan: trixie, tar output, docs excluded, apt cache reused b
   const plan = mmdebstrapPlan({ image, output: '/out/.x.tmp', staging: '/work/staging', stagingTar: '/work/staging.tar', aptCache: '/cache/apt', sourceDateEpoch: 1700000000 });
   t.snapshot(plan);
   t.is(plan.env?.SOURCE_DATE_EPOCH, '1700000000');
+  t.is(plan.env?.QEMU_CPU, undefined, 'a native root runs no emulator');
+  const arm = mmdebstrapPlan({ image: await loadImageDef('test-arm64.yaml'), output: '/out/.x.tmp', staging: '/work/staging', stagingTar: '/work/staging.tar', aptCache: '/cache/apt', sourceDateEpoch: 1700000000 });
+  // qemu-user's cheap pointer-authentication hash for a foreign arm64 root.
+  t.is(arm.env?.QEMU_CPU, process.arch === 'arm64' ? undefined : 'max,pauth-impdef=on');
   t.deepEqual(plan.args.slice(-3), ['trixie', '/out/.x.tmp', 'http://deb.debian.org/debian']);
   t.true(plan.args.includes('--format=tar'));
   t.true(plan.args.some((a) => a.includes('path-exclude=/usr/share/doc/*')));
