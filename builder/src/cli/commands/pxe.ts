@@ -1,6 +1,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command } from 'commander';
+import { parseListen } from '#agent/witness/serve.ts';
 import { loadCluster, loadClusterSecrets, loadClusterTls, loadImage } from '#common/config.ts';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { runPlan } from '#common/exec.ts';
@@ -58,9 +59,9 @@ export function registerPxe(program: Command, ctx: () => CliContext): void {
     .option('--tftp-root <dir>', 'with --dnsmasq-config: where undionly.kpxe and ipxe.efi are (Debian package ipxe)', '/usr/lib/ipxe')
     .action(async (opts: ServeOptions) => {
       const c = ctx();
-      const m = /^(.+):(\d{1,5})$/.exec(opts.listen);
-      if (!m || Number(m[2]) > 65535) throw new GeminiError(`--listen: expected HOST:PORT, got ${JSON.stringify(opts.listen)}`, ExitCode.invalidInput);
-      const [host, port] = [m[1]!, Number(m[2])];
+      const listen = parseListen(opts.listen);
+      if (!listen) throw new GeminiError(`--listen: expected HOST:PORT, got ${JSON.stringify(opts.listen)}`, ExitCode.invalidInput);
+      const { host, port } = listen;
       const baseUrl = (opts.baseUrl ?? `http://${opts.listen}`).replace(/\/+$/, '');
       if (!/^https?:\/\/[^/]+/.test(baseUrl)) throw new GeminiError(`--base-url: expected http://HOST[:PORT], got ${JSON.stringify(opts.baseUrl)}`, ExitCode.invalidInput);
       if (opts.dnsmasqConfig && (!opts.interface || !opts.network)) throw new GeminiError('--dnsmasq-config needs --interface and --network (the factory network the proxy DHCP answers on)', ExitCode.invalidInput);
