@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { runPlan, streamPlan } from '#common/exec.ts';
 import { chooseDisk, describeDisks, lsblkDisksPlan, parseDisks, rulesFromCmdline, validateDiskRules, type Disk } from '#common/install/disks.ts';
-import { partitionOffset, readBack, seedFilesDiffering, systemDevices, writeSeedFiles, writeStream, zstdFrameContentSize } from '#common/install/media.ts';
+import { everyTenPercent, partitionOffset, readBack, seedFilesDiffering, systemDevices, writeSeedFiles, writeStream, zstdFrameContentSize } from '#common/install/media.ts';
 import type { RenderedFile } from '#common/render/node.ts';
 import { option, stderrLine, stdoutLine, type Printer } from './args.ts';
 
@@ -68,11 +68,10 @@ export function parseSeedPayload(url: string, body: unknown): SeedPayload {
  */
 export async function install(cmdline: string, opts: { dryRun?: boolean; reboot: boolean }, ports: InstallPorts): Promise<InstallResult> {
   const c = rulesFromCmdline(cmdline);
-  const reportUrl = c.reportUrl;
   const report = async (stage: Stage, detail?: string): Promise<void> => {
-    if (!reportUrl) return;
+    if (!c.reportUrl) return;
     // Progress is for the operator; a server that does not answer does not stop the install.
-    await ports.report(reportUrl, stage, detail).catch((err: unknown) => ports.warn(`could not report ${stage} to ${reportUrl}: ${(err as Error).message}`));
+    await ports.report(c.reportUrl, stage, detail).catch((err: unknown) => ports.warn(`could not report ${stage} to ${c.reportUrl}: ${(err as Error).message}`));
   };
   const fail = async (err: GeminiError): Promise<never> => {
     await report('failed', err.message);
@@ -94,7 +93,6 @@ export async function install(cmdline: string, opts: { dryRun?: boolean; reboot:
   const choice = chooseDisk(await ports.disks(), rules, await ports.bootDisks(), bytes);
   const listing = describeDisks(choice.verdicts, rules);
   if (!choice.ok) {
-    ports.print(listing);
     return fail(new GeminiError(`refusing to install ${seed.node}: ${choice.reason}; nothing was written\n${listing}`, ExitCode.refused));
   }
   const disk = choice.disk;
@@ -108,16 +106,9 @@ export async function install(cmdline: string, opts: { dryRun?: boolean; reboot:
 
   ports.print(`writing ${bytes} bytes onto ${disk.path}: everything on it is lost`);
   const img = await ports.openImage(imageUrl);
-  let shown = -1;
   let sha: string;
   try {
-    sha = await writeStream(img.stream, disk.path, bytes, (done) => {
-      const pct = Math.floor((done / bytes) * 100);
-      if (Math.floor(pct / 10) > Math.floor(shown / 10)) {
-        shown = pct;
-        ports.print(`  written ${pct}%`);
-      }
-    }, imageUrl);
+    sha = await writeStream(img.stream, disk.path, bytes, everyTenPercent(bytes, (pct) => ports.print(`  written ${pct}%`)), imageUrl);
     await img.done;
   } catch (err) {
     return fail(err instanceof GeminiError ? err : new GeminiError(`writing ${disk.path}: ${(err as Error).message}`, ExitCode.commandFailed));

@@ -84,6 +84,18 @@ export async function seedFilesDiffering(target: string, offset: number, files: 
   return bad;
 }
 
+/** A progress callback for `writeStream` that calls `line` once per 10 % of `total` written. */
+export function everyTenPercent(total: number, line: (pct: number, done: number) => void): (done: number) => void {
+  let shown = -1;
+  return (done) => {
+    const pct = Math.floor((done / total) * 100);
+    if (Math.floor(pct / 10) > Math.floor(shown / 10)) {
+      shown = pct;
+      line(pct, done);
+    }
+  };
+}
+
 /**
  * Write `input` onto `device` from its first byte, fsync, and return the sha256 of what was
  * written. Fails when the input does not come to exactly `total` bytes.

@@ -9,7 +9,7 @@ import { ExitCode, GeminiError } from '#common/errors.ts';
 import { runPlan, streamPlan } from '#common/exec.ts';
 import { describeTarget, lsblkPlan, parseLsblk, refusals, zstdContentSize } from '../../ops/flash.ts';
 import { renderSeedFiles } from '../../render/index.ts';
-import { partitionOffset, readBack, seedFilesDiffering, systemDevices, writeSeedFiles, writeStream } from '#common/install/media.ts';
+import { everyTenPercent, partitionOffset, readBack, seedFilesDiffering, systemDevices, writeSeedFiles, writeStream } from '#common/install/media.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
 
 interface FlashOptions {
@@ -88,14 +88,7 @@ export function registerFlash(program: Command, ctx: () => CliContext): void {
       }
 
       const started = performance.now();
-      let shown = -1;
-      const written = await writeImage(image, zst, device, imageBytes, (done) => {
-        const pct = Math.floor((done / imageBytes) * 100);
-        if (Math.floor(pct / 10) > Math.floor(shown / 10)) {
-          shown = pct;
-          c.logger.info(`  written ${pct}% (${Math.round(done / 1048576)} MiB)`);
-        }
-      });
+      const written = await writeImage(image, zst, device, imageBytes, everyTenPercent(imageBytes, (pct, done) => c.logger.info(`  written ${pct}% (${Math.round(done / 1048576)} MiB)`)));
       const wroteSeconds = (performance.now() - started) / 1000;
       const back = await readBack(device, imageBytes);
       if (back !== written) throw new GeminiError(`${device}: the data read back (sha256 ${back}) differs from what was written (${written}); the medium may be failing`, ExitCode.commandFailed);

@@ -1,11 +1,11 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
+import { rename, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Command } from 'commander';
 import { parseListen } from '#agent/witness/serve.ts';
 import { loadCluster, loadClusterSecrets, loadClusterTls, loadImage } from '#common/config.ts';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { runPlan } from '#common/exec.ts';
-import { writeFileAtomic } from '#common/fsutil.ts';
 import { renderSeedFiles } from '../../render/index.ts';
 import { kernelCmdline } from '../../render/grub.ts';
 import { dnsmasqTestPlan, renderDnsmasqConfig } from '../../pxe/dnsmasq.ts';
@@ -95,14 +95,15 @@ export function registerPxe(program: Command, ctx: () => CliContext): void {
 
       if (opts.dnsmasqConfig) {
         const text = renderDnsmasqConfig({ iface: opts.interface!, network: opts.network!, tftpRoot: resolve(opts.tftpRoot!), baseUrl });
+        // Checked under a temporary name, then renamed: a rejected configuration never takes the file's name.
         const tmp = `${opts.dnsmasqConfig}.tmp-${process.pid}`;
-        await writeFileAtomic(tmp, text, 0o644);
+        await writeFile(tmp, text, { mode: 0o644 });
         const check = await runPlan(dnsmasqTestPlan(tmp), { allowFailure: true });
         if (check.exitCode !== 0) {
-          await runPlan({ cmd: 'rm', args: ['-f', tmp] });
+          await rm(tmp, { force: true });
           throw new GeminiError(`dnsmasq --test rejected the configuration:\n${check.stderr.trim()}`, ExitCode.commandFailed);
         }
-        await runPlan({ cmd: 'mv', args: ['-f', tmp, opts.dnsmasqConfig] });
+        await rename(tmp, opts.dnsmasqConfig);
         c.logger.info(`wrote ${opts.dnsmasqConfig} (dnsmasq --test: ${check.stderr.trim() || 'ok'})`);
       }
 
