@@ -80,14 +80,14 @@ async function recordOutput(ctx: BuildContext, format: string, file: string): Pr
   disk(ctx).outputs.push({ format, file, bytes: (await stat(file)).size, sha256 });
 }
 
-/** Produce `final` through a temporary name in the same directory, so a failed step leaves nothing under it. */
+/** Produce `final` (a file, or a directory) through a temporary name in the same directory, so a failed step leaves nothing under it. */
 async function atomically(final: string, make: (tmp: string) => Promise<void>): Promise<void> {
   const tmp = join(final, '..', `.${basename(final)}.tmp-${process.pid}`);
   try {
     await make(tmp);
     await rename(tmp, final);
   } catch (err) {
-    await rm(tmp, { force: true });
+    await rm(tmp, { recursive: true, force: true });
     throw err;
   }
 }
@@ -103,10 +103,10 @@ const noDisk = (ctx: BuildContext): string | false => (ctx.outputs.some(isDiskFo
  */
 async function writePxeDir(ctx: BuildContext, final: string, raw: string, rawZst?: string): Promise<void> {
   const tree = disk(ctx).rootTree!;
-  const tmp = join(final, '..', `.${basename(final)}.tmp-${process.pid}`);
-  await rm(tmp, { recursive: true, force: true });
-  mkdirSync(tmp, { mode: 0o755 });
-  try {
+  const sums = new Map<string, string>();
+  await atomically(final, async (tmp) => {
+    await rm(tmp, { recursive: true, force: true });
+    mkdirSync(tmp, { mode: 0o755 });
     copyFileSync(join(tree, 'boot/vmlinuz'), join(tmp, PXE_FILES.kernel));
     copyFileSync(join(tree, 'boot/initrd.img'), join(tmp, PXE_FILES.initrd));
     copyFileSync(disk(ctx).images.rootA!.file, join(tmp, PXE_FILES.root));
@@ -114,17 +114,13 @@ async function writePxeDir(ctx: BuildContext, final: string, raw: string, rawZst
     else await runPlan(zstdPlan(raw, join(tmp, PXE_FILES.image)), { timeoutMs: 30 * 60_000 });
     const meta: PxeMeta = { image: ctx.image.name, version: ctx.image.version, arch: ctx.image.arch, rootfsType: ctx.image.rootfs.type, cmdline: kernelCmdline(ctx.image) };
     writeFileSync(join(tmp, PXE_META), `${JSON.stringify(meta, null, 2)}\n`);
-    const sums = [];
-    for (const f of [...Object.values(PXE_FILES), PXE_META]) sums.push(`${await sha256File(join(tmp, f))}  ${f}`);
-    writeFileSync(join(tmp, 'SHA256SUMS'), `${sums.join('\n')}\n`);
+    for (const f of [...Object.values(PXE_FILES), PXE_META]) sums.set(f, await sha256File(join(tmp, f)));
+    writeFileSync(join(tmp, 'SHA256SUMS'), `${[...sums].map(([f, sum]) => `${sum}  ${f}`).join('\n')}\n`);
+    // A directory is not replaced by rename: the previous one goes just before.
     await rm(final, { recursive: true, force: true });
-    await rename(tmp, final);
-  } catch (err) {
-    await rm(tmp, { recursive: true, force: true });
-    throw err;
-  }
+  });
   const image = join(final, PXE_FILES.image);
-  disk(ctx).outputs.push({ format: 'pxe', file: final, bytes: (await stat(image)).size, sha256: await sha256File(image) });
+  disk(ctx).outputs.push({ format: 'pxe', file: final, bytes: (await stat(image)).size, sha256: sums.get(PXE_FILES.image)! });
 }
 
 /** The steps of the disk stage: from a root tar to raw, qcow2 and compressed images, and the upgrade bundle. */
