@@ -1,6 +1,6 @@
 import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { installCommand, machinePorts, type InstallPorts } from '#agent/install.ts';
 import { runPlan } from '#common/exec.ts';
@@ -55,6 +55,9 @@ function sha256(file: string, bytes?: number): string {
   return h.digest('hex');
 }
 
+/** A loop device as lsblk would describe a SATA disk with that serial. */
+const sataDisk = (path: string, serialNo: string, size: number): Disk => ({ path, byId: [`ata-QEMU_HARDDISK_${serialNo}`], byPath: [], serial: serialNo, model: 'QEMU HARDDISK', sizeBytes: size, type: 'hdd', transport: 'sata', removable: false, readOnly: false, mounts: [] });
+
 /** A 20 MiB GPT disk image with a FAT CONFIG partition and a slot of random data, and its .zst. */
 async function diskImage(dir: string): Promise<{ raw: string; zst: string }> {
   const raw = join(dir, 'image.raw');
@@ -64,7 +67,6 @@ async function diskImage(dir: string): Promise<{ raw: string; zst: string }> {
   writeFileSync(fat, Buffer.alloc(4 * MiB));
   await runPlan({ cmd: 'mkfs.vfat', args: ['-n', 'CONFIG', fat] });
   const fd = openSync(raw, 'r+');
-  const { writeSync } = await import('node:fs');
   writeSync(fd, readFileSync(fat), 0, 4 * MiB, 2048 * 512);
   writeSync(fd, randomBytes(8 * MiB), 0, 8 * MiB, 10240 * 512);
   closeSync(fd);
@@ -83,10 +85,9 @@ serial('an installer PXE-booted by pxe serve: its kernel arguments choose the di
   const big = await loop(join(dir, 'big.img'), 64 * MiB, 0xcd);
   const bigBefore = sha256(join(dir, 'big.img'));
   // The machine's disks: real loop devices, described as lsblk would describe two SATA disks.
-  const disk = (path: string, serialNo: string, size: number): Disk => ({ path, byId: [`ata-QEMU_HARDDISK_${serialNo}`], byPath: [], serial: serialNo, model: 'QEMU HARDDISK', sizeBytes: size, type: 'hdd', transport: 'sata', removable: false, readOnly: false, mounts: [] });
   const printed: string[] = [];
   let rebooted = 0;
-  const ports: InstallPorts = { ...machinePorts((l) => printed.push(l), (l) => printed.push(`WARN ${l}`)), disks: async () => [disk(small, 'SMALL-1', 32 * MiB), disk(big, 'BIG-2', 64 * MiB)], reboot: async () => void rebooted++ };
+  const ports: InstallPorts = { ...machinePorts((l) => printed.push(l), (l) => printed.push(`WARN ${l}`)), disks: async () => [sataDisk(small, 'SMALL-1', 32 * MiB), sataDisk(big, 'BIG-2', 64 * MiB)], reboot: async () => void rebooted++ };
   // The kernel command line is the one pxe serve's boot script gives node1.
   const script = await (await fetch(`${pxe.base}/boot?mac=${MAC1}`)).text();
   const kernelLine = /^kernel \S+ (.*)$/m.exec(script)![1]!;
@@ -124,10 +125,9 @@ serial('an installer whose rules match two disks refuses, lists both, writes not
   const a = await loop(join(dir, 'a.img'), 32 * MiB, 0x11);
   const b = await loop(join(dir, 'b.img'), 64 * MiB, 0x22);
   const before = [sha256(join(dir, 'a.img')), sha256(join(dir, 'b.img'))];
-  const disk = (path: string, serialNo: string, size: number): Disk => ({ path, byId: [], byPath: [], serial: serialNo, model: 'QEMU HARDDISK', sizeBytes: size, type: 'hdd', transport: 'sata', removable: false, readOnly: false, mounts: [] });
   const printed: string[] = [];
   let rebooted = 0;
-  const ports: InstallPorts = { ...machinePorts((l) => printed.push(l), (l) => printed.push(l)), disks: async () => [disk(a, 'A-1', 32 * MiB), disk(b, 'B-2', 64 * MiB)], reboot: async () => void rebooted++ };
+  const ports: InstallPorts = { ...machinePorts((l) => printed.push(l), (l) => printed.push(l)), disks: async () => [sataDisk(a, 'A-1', 32 * MiB), sataDisk(b, 'B-2', 64 * MiB)], reboot: async () => void rebooted++ };
   // node2 has no rules in cluster.yaml: the kernel command line gives one that both disks meet.
   const script = await (await fetch(`${pxe.base}/boot?mac=${MAC2}`)).text();
   const kernelLine = /^kernel \S+ (.*)$/m.exec(script)![1]!;
