@@ -95,7 +95,7 @@ export function classifyBoot(f: BootFacts): { state: BootState; record: BootReco
     if (booted === p.slot && active === p.slot) outcome = 'blessed'; // by us before a crash, or by another tool
     else if (p.bootId === f.bootId) outcome = 'cancelled'; // withdrawn in this very boot: GRUB never ran
     else if (booted !== p.slot && booted === active) outcome = 'fell-back';
-    if (outcome) record = { pending: null, last: { slot: p.slot, outcome, at: f.now, armedAt: p.at } };
+    if (outcome) record = { pending: null, last: { slot: p.slot, outcome, at: f.now, armedAt: p.at, how: p.how } };
   }
   const last = record.last;
   if (booted === active && last?.outcome === 'fell-back' && last.slot !== booted) {
@@ -140,7 +140,9 @@ export async function readBootFacts(s: BootSettings): Promise<BootFacts> {
 }
 
 async function writeRecord(path: string, record: BootRecord): Promise<void> {
-  await writeFileAtomic(path, `${JSON.stringify(BootRecordSchema.parse(record), null, 2)}\n`, 0o644);
+  // Synced with its directory: an arm followed within seconds by a reset (the upgrade e2e suite)
+  // otherwise came back without the pending try, and the upgrade never saw its bless.
+  await writeFileAtomic(path, `${JSON.stringify(BootRecordSchema.parse(record), null, 2)}\n`, 0o644, { syncDir: true });
 }
 
 /** Read the boot state; with `remember` (default) keep boot.json up to date with what was seen. */
@@ -214,7 +216,7 @@ export async function bless(s: BootSettings): Promise<BootChange> {
   const slot = before.booted;
   const { before: envBefore, after: envAfter } = await withWritableEsp(s.espMount, () => editEnvFile(s.grubEnvFile, { active_slot: slot, try_slot: '', try_count: '0' }));
   const record = await readRecord(s.recordFile);
-  await writeRecord(s.recordFile, { pending: null, last: { slot, outcome: 'blessed', at: new Date().toISOString(), armedAt: record.pending?.at } });
+  await writeRecord(s.recordFile, { pending: null, last: { slot, outcome: 'blessed', at: new Date().toISOString(), armedAt: record.pending?.at, how: record.pending?.how } });
   const after = await readBootState(s);
   return { changed: true, reason: `blessed slot ${slot}: it is the active slot from now on`, before, after, changes: diffEnv(envValues(envBefore), envValues(envAfter)) };
 }

@@ -80,7 +80,7 @@ export function reconcileUpgrade(record: UpgradeRecord, boot: BootState, now: st
     return { ...record, current: { ...c, state: 'interrupted', at: now, reason: `the node restarted while slot ${c.slot} was being written; the slot was never armed and is not booted` } };
   }
   const last = boot.last;
-  if (!c || c.state !== 'armed' || !last || last.slot !== c.slot || (c.armedAt && last.armedAt && last.armedAt !== c.armedAt)) return record;
+  if (!c || c.state !== 'armed' || !last || last.slot !== c.slot || !sameTry(c.armedAt, last)) return record;
   if (last.outcome === 'blessed') return { ...record, current: { ...c, state: 'blessed', at: now } };
   if (last.outcome === 'cancelled') return { ...record, current: { ...c, state: 'cancelled', at: now } };
   const reason = c.reason ?? `slot ${c.slot} was never blessed: GRUB spent its tries and booted slot ${boot.booted ?? '?'} again (the new slot did not come up, or hung before its agent ran)`;
@@ -90,6 +90,16 @@ export function reconcileUpgrade(record: UpgradeRecord, boot: BootState, now: st
     current: { ...c, state: 'fell-back', at: now, reason },
     failed: [...record.failed.filter((f) => f.manifestSha256 !== c.manifestSha256), { manifestSha256: c.manifestSha256, version: c.version, reason, at: now }],
   };
+}
+
+/**
+ * Whether the try whose outcome boot.json remembers is the one this upgrade armed. When the
+ * record of arming was lost, the agent only observed the try in grubenv at its next boot: that
+ * try is ours if it was first seen after we armed it.
+ */
+function sameTry(armedAt: string | undefined, last: NonNullable<BootState['last']>): boolean {
+  if (!armedAt || !last.armedAt || last.armedAt === armedAt) return true;
+  return last.how === 'observed' && last.armedAt >= armedAt;
 }
 
 /** This boot's id (the kernel's random boot_id). */

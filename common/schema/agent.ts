@@ -167,6 +167,8 @@ export const BootRecordSchema = z.strictObject({
       outcome: z.enum(['blessed', 'cancelled', 'fell-back']),
       at: z.string(),
       armedAt: z.string().optional(),
+      /** How the try was known: `observed` when the record of arming it was lost (a cut before ext4 committed it). */
+      how: z.enum(['armed', 'observed']).optional(),
     })
     .optional(),
 });

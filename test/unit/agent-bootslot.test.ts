@@ -14,6 +14,7 @@ import {
 } from '#agent/grubenv.ts';
 import { k3sReadyPlan, probeK3sReady } from '#agent/probes.ts';
 import { slotCommand } from '#agent/slotcli.ts';
+import { reconcileUpgradeFile } from '#agent/upgrade.ts';
 import { renderGrubCfg } from '#builder/render/grub.ts';
 import { runPlan } from '#common/exec.ts';
 import { AgentConfigSchema, bootSettings, type BootSettings } from '#common/schema/agent.ts';
@@ -321,6 +322,32 @@ test('a try withdrawn before any reboot is forgotten; a bless interrupted before
   const after = await m.state();
   t.like(after, { state: 'steady', active: 'B', pending: null });
   t.like(after.last, { slot: 'B', outcome: 'blessed' });
+});
+
+test('an upgrade is marked blessed even when the reset right after arming lost boot.json\'s pending try', async (t) => {
+  const n = await fakeNode('A', { active_slot: 'A' });
+  const recordFile = join(n.dir, 'state/boot.json');
+  mkdirSync(join(n.dir, 'state'), { recursive: true });
+  const upgradeFile = join(n.dir, 'state/upgrade.json');
+  await armTry(n.settings, 'B', 2);
+  const armedAt = (await readBootState(n.settings)).pending?.at;
+  writeFileSync(upgradeFile, JSON.stringify({ current: { image: 'edge', version: '1.1.0', manifestSha256: 'x', signer: 'K', slot: 'B', fromVersion: '1.0.0', state: 'armed', at: armedAt, armedAt }, failed: [] }));
+  // The cut came before ext4 committed the rename: boot.json is back to no pending try.
+  writeFileSync(recordFile, JSON.stringify({ pending: null }));
+  await new Promise((r) => setTimeout(r, 5));
+  await grubBoots(n);
+  const trying = await n.state();
+  t.like(trying, { state: 'trying', pending: { slot: 'B', how: 'observed' } });
+  t.true(trying.pending!.at > armedAt!, 'first seen after it was armed');
+  await bless(n.settings);
+  const blessed = await n.state();
+  t.like(blessed.last, { slot: 'B', outcome: 'blessed', how: 'observed' });
+  t.like((await reconcileUpgradeFile(upgradeFile, blessed, 'boot-2')).current, { state: 'blessed', version: '1.1.0' });
+
+  // An outcome seen before this upgrade armed its try belongs to an older try: it is not taken.
+  const old = { ...blessed, last: { ...blessed.last!, armedAt: '2020-01-01T00:00:00.000Z' } };
+  writeFileSync(upgradeFile, JSON.stringify({ current: { image: 'edge', version: '1.2.0', manifestSha256: 'y', signer: 'K', slot: 'B', fromVersion: '1.1.0', state: 'armed', at: armedAt, armedAt }, failed: [] }));
+  t.like((await reconcileUpgradeFile(upgradeFile, old, 'boot-2')).current, { state: 'armed', version: '1.2.0' });
 });
 
 test('arm refuses the booted slot, a running try, an unknown state and bad arguments', async (t) => {

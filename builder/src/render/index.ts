@@ -25,6 +25,9 @@ export function agentConfigFor(image: Image): AgentConfig {
     postgresql: { binDir: pgBinDir(image.components.postgresql.major), dataDir: pgDataDir(image.components.postgresql.major) },
     kubernetes: { enabled: image.kubernetes.enabled },
     serviceManager: 'systemd',
+    // The tries an upgrade arms are the ones this image's grub.cfg counts down from (a larger
+    // count would get a single boot).
+    upgrade: { tries: image.boot.tries },
     image: { version: image.version },
   });
 }
