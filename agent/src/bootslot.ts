@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { CommandPlan } from '#common/exec.ts';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { writeFileAtomic } from '#common/fsutil.ts';
@@ -175,6 +176,17 @@ function diffEnv(before: Record<string, string>, after: Record<string, string>):
   return BOOT_VARS.filter((n) => before[n] !== after[n]).map((name) => ({ name, from: before[name], to: after[name] }));
 }
 
+/** The highest try_count a rendered grub.cfg counts down from (pure); undefined when it has no such table. */
+export function grubCfgMaxTries(cfg: string): number | undefined {
+  const counts = [...cfg.matchAll(/if \[ "\$\{try_count\}" = "(\d+)" \]; then set try_count=/g)].map((m) => Number(m[1]));
+  return counts.length ? Math.max(...counts) : undefined;
+}
+
+/** The most tries the ESP's grub.cfg counts down from, when it says. */
+export async function maxTries(s: BootSettings): Promise<number | undefined> {
+  return grubCfgMaxTries((await readText(join(dirname(s.grubEnvFile), 'grub.cfg'))) ?? '');
+}
+
 /** Highest try_count the rendered grub.cfg counts down from (image boot.tries is at most 9). */
 export const MAX_TRIES = 9;
 
@@ -188,6 +200,11 @@ export async function armTry(s: BootSettings, slot: string, tries: number): Prom
   if (!isSlot(slot)) throw new GeminiError(`slot must be A or B, not ${JSON.stringify(slot)}`, ExitCode.invalidInput);
   if (!Number.isInteger(tries) || tries < 1 || tries > MAX_TRIES) {
     throw new GeminiError(`tries must be a whole number from 1 to ${MAX_TRIES} (grub.cfg counts down from the image's boot.tries; a larger count gets one boot)`, ExitCode.invalidInput);
+  }
+  const grubCfg = join(dirname(s.grubEnvFile), 'grub.cfg');
+  const most = await maxTries(s);
+  if (most !== undefined && tries > most) {
+    throw new GeminiError(`tries must be at most ${most}: ${grubCfg} counts down from ${most} (the image's boot.tries), and would give a larger count a single boot`, ExitCode.invalidInput);
   }
   const before = await readBootState(s);
   const refuse = (why: string): never => {

@@ -9,7 +9,7 @@ import { parsePublicKey, type MinisignPublicKey } from '#common/minisign.ts';
 import { slotBootPath } from '#common/render/paths.ts';
 import type { BootSettings, Slot, UpgradeSettings } from '#common/schema/agent.ts';
 import { verifyBundle, type PartName, type RunningImage, type TarMember, type VerifiedBundle } from '#common/upgrade/bundle.ts';
-import { armTry, readBootState, type BootChange, type BootState } from './bootslot.ts';
+import { armTry, maxTries, readBootState, type BootChange, type BootState } from './bootslot.ts';
 import { withWritableEsp } from './esp.ts';
 import { editEnvFile } from './grubenv.ts';
 
@@ -100,6 +100,14 @@ export function reconcileUpgrade(record: UpgradeRecord, boot: BootState, now: st
 function sameTry(armedAt: string | undefined, last: NonNullable<BootState['last']>): boolean {
   if (!armedAt || !last.armedAt || last.armedAt === armedAt) return true;
   return last.how === 'observed' && last.armedAt >= armedAt;
+}
+
+/**
+ * The tries an upgrade arms: the agent's setting, but never more than the ESP's grub.cfg counts
+ * down from (an agent.yaml from another image must not cost a slot that is already written).
+ */
+async function upgradeTries(boot: BootSettings, wanted: number): Promise<number> {
+  return Math.min(wanted, (await maxTries(boot)) ?? wanted);
 }
 
 /** This boot's id (the kernel's random boot_id). */
@@ -269,8 +277,9 @@ export async function stageUpgrade(o: StageOptions): Promise<StageResult> {
     }
     await syncDirectory(o.upgrade.espMount);
     bootMs = Math.round(performance.now() - t2);
-    say(`arming a try of slot ${slot} for ${o.upgrade.tries} boots`);
-    return armTry(o.boot, slot, o.upgrade.tries);
+    const tries = await upgradeTries(o.boot, o.upgrade.tries);
+    say(`arming a try of slot ${slot} for ${tries} boots`);
+    return armTry(o.boot, slot, tries);
   });
   await writeUpgradeRecord(o.upgrade.recordFile, { ...record, current: { ...base, state: 'armed', at: now(), armedAt: arm.after.pending?.at } });
   return {
@@ -318,7 +327,7 @@ export async function stageRollback(o: { upgrade: UpgradeSettings; boot: BootSet
     const file = join(o.upgrade.espMount, slotBootPath(slot, name));
     await readFile(file).catch(() => no(`${file} is missing: slot ${slot} cannot boot`));
   }
-  const arm = await armTry(o.boot, slot, o.upgrade.tries);
+  const arm = await armTry(o.boot, slot, await upgradeTries(o.boot, o.upgrade.tries));
   const at = now();
   await writeUpgradeRecord(o.upgrade.recordFile, {
     current: { ...c!, kind: 'rollback', version: c!.fromVersion, fromVersion: c!.version, slot, state: 'armed', at, armedAt: arm.after.pending?.at, reason: undefined },

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { join, relative } from 'node:path';
+import { basename, join, relative } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import { cli } from './cli.ts';
 import { ROOT } from './fixtures.ts';
@@ -83,6 +83,34 @@ export async function testImage(file = 'test-amd64.yaml', log: (m: string) => vo
   const reportFile = readdirSync(dir).find((n) => n.endsWith('.report.json'))!;
   const base = join(dir, reportFile.replace(/\.report\.json$/, ''));
   return { dir, base, raw: `${base}.raw`, qcow2: `${base}.qcow2`, rootfsTar: `${base}.rootfs.tar`, report: JSON.parse(readFileSync(join(dir, reportFile), 'utf8')), buildSeconds };
+}
+
+/**
+ * Fill the cache entry of `images/<file>` from a root tar a suite has just built of the same
+ * definition and sources (the rootfs suite's), so the suites after it do not build the same
+ * root again: only the disk stage runs. Nothing happens when the entry is already complete.
+ */
+export async function seedTestImage(file: string, rootfsTar: string, manifest: string, log: (m: string) => void = () => {}): Promise<void> {
+  const imageFile = join('images', file);
+  const name = file.replace(/\.yaml$/, '');
+  const cacheRoot = join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'geminik8s', 'e2e');
+  const dir = join(cacheRoot, `${name}-${imageKey(imageFile)}`);
+  if (existsSync(join(dir, 'complete'))) return;
+  pruneStale(cacheRoot, name, dir);
+  mkdirSync(dir, { recursive: true });
+  for (const f of [rootfsTar, manifest]) {
+    const to = join(dir, basename(f));
+    // A hard link when the cache is on the same file system, else a copy.
+    try {
+      linkSync(f, to);
+    } catch {
+      copyFileSync(f, to);
+    }
+  }
+  log(`disk stage of ${imageFile} from ${rootfsTar} into ${dir}`);
+  const r = await cli('build', '--image', join(ROOT, imageFile), '--stage', 'disk', '--out', dir, '--json');
+  if (r.code !== 0) throw new Error(`disk stage of ${imageFile} failed (${r.code}): ${r.stderr.slice(-4000)}`);
+  writeFileSync(join(dir, 'complete'), `${new Date().toISOString()}\n`);
 }
 
 /** The cached build of `images/<file>` for the current sources, if one is complete; never builds. */

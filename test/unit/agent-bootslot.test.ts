@@ -7,7 +7,7 @@ import { parse, stringify } from 'yaml';
 import { Agent } from '#agent/agent.ts';
 import { metricsOf, routes, statusOf } from '#agent/api.ts';
 import { blessDecision, gateCheck, type GateInputs } from '#agent/bootgate.ts';
-import { armTry, bless, classifyBoot, readBootState, rebootPlan, slotFromCmdline, type BootState } from '#agent/bootslot.ts';
+import { armTry, bless, classifyBoot, grubCfgMaxTries, readBootState, rebootPlan, slotFromCmdline, type BootState } from '#agent/bootslot.ts';
 import { nodeContext } from '#agent/context.ts';
 import {
   createEnvBlock, editEnvFile, envValues, freeSpace, GRUBENV_SIZE, GrubEnvError, listEnv, readEnvFile, serializeEnv, setEnv, unsetEnv, updateEnv, writeEnvFile,
@@ -363,6 +363,17 @@ test('arm refuses the booted slot, a running try, an unknown state and bad argum
   await t.throwsAsync(armTry(u.settings, 'B', 2), { message: /refusing .*did not boot through the A\/B grub.cfg/ });
   t.false(existsSync(join(u.dir, 'state/boot.json')), 'nothing recorded in state unknown');
   t.deepEqual(await u.env(), { active_slot: 'A' });
+
+  // More tries than the image's grub.cfg counts down from would get a single boot.
+  const g = await fakeNode('A', { active_slot: 'A' });
+  const cfg = renderGrubCfg(await loadImageDef('test-amd64.yaml'));
+  t.is(grubCfgMaxTries(cfg), 2);
+  t.is(grubCfgMaxTries(renderGrubCfg(await loadImageDef('edge-amd64.yaml'))), 3);
+  writeFileSync(join(g.dir, 'esp/grub/grub.cfg'), cfg);
+  await t.throwsAsync(armTry(g.settings, 'B', 3), { message: /tries must be at most 2: .*grub\.cfg counts down from 2/ });
+  t.deepEqual(await g.env(), { active_slot: 'A' }, 'nothing armed');
+  await armTry(g.settings, 'B', 2);
+  t.like(await g.env(), { try_slot: 'B', try_count: '2' });
 });
 
 test('classifyBoot is pure: same facts, same answer, and only a new try changes the record', (t) => {

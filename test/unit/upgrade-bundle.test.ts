@@ -8,6 +8,7 @@ import { envValues, readEnvFile } from '#agent/grubenv.ts';
 import { noteTrialFailure, readUpgradeRecord, stageUpgrade, upgradeStatus } from '#agent/upgrade.ts';
 import { upgradeCommand } from '#agent/upgradecli.ts';
 import { writeBundle, type BundleInput } from '#builder/upgrade/write.ts';
+import { renderGrubCfg } from '#builder/render/grub.ts';
 import { ExitCode } from '#common/errors.ts';
 import { runPlan } from '#common/exec.ts';
 import { encodePublicKey, generateKeyPair, keyIdHex, parsePublicKey, type MinisignSecretKey } from '#common/minisign.ts';
@@ -198,6 +199,11 @@ test('a try armed earlier in this boot is withdrawn before its slot is rewritten
   t.true(lines.some((l) => l.startsWith('withdrawing the try of slot B')));
   t.like(envValues(await readEnvFile(join(node.esp, 'grub/grubenv'))), { try_slot: 'B', try_count: '3' });
   t.like((await readUpgradeRecord(node.upgrade.recordFile)).current, { version: '1.1.1', state: 'armed' });
+
+  // An ESP whose grub.cfg counts down from 2 gets 2 tries, not the agent's 3 (a single boot).
+  writeFileSync(join(node.esp, 'grub/grub.cfg'), renderGrubCfg(await loadImageDef('test-amd64.yaml')));
+  await stageUpgrade({ bundle: await bundle(node.dir, key, { version: '1.1.2' }, 'three.tar'), upgrade: node.upgrade, boot: node.boot });
+  t.like(envValues(await readEnvFile(join(node.esp, 'grub/grubenv'))), { try_slot: 'B', try_count: '2' });
 });
 
 test('keygen writes a 0600 secret key and a public key, refuses to overwrite them, encrypts with a password file; bundle inspect checks the signature', async (t) => {
