@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Arch, type BootOptions, type Vm, type WaitResult } from '#qemu/index.ts';
 import { cli } from '#test/helpers/cli.ts';
-import { partitionOffset } from '#builder/seed/into-image.ts';
+import { partitionOffset } from '#common/install/media.ts';
 import { bootFiles, testImage, type BuiltImage } from '#test/helpers/test-image.ts';
 
 const arg = (name: string, fallback: string): string => {

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import { squashfsPlan } from '#builder/disk/plans.ts';
 import { writeAt } from '#builder/disk/steps.ts';
-import { partitionOffset } from '#builder/seed/into-image.ts';
+import { partitionOffset } from '#common/install/media.ts';
 import { bootVm, GuestShell, READY_MARKER } from '#qemu/index.ts';
 import { bootFiles, testImage } from '#test/helpers/test-image.ts';
 

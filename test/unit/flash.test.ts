@@ -4,7 +4,8 @@ import { closeSync, openSync, readFileSync, readSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import { loadCluster, loadClusterSecrets, loadClusterTls } from '#common/config.ts';
-import { describeTarget, deviceOfSource, parseLsblk, refusals, zstdContentSize, type BlockDevice } from '#builder/ops/flash.ts';
+import { describeTarget, parseLsblk, refusals, type BlockDevice } from '#builder/ops/flash.ts';
+import { deviceOfSource } from '#common/install/media.ts';
 import { renderSeedFiles } from '#builder/render/index.ts';
 import { SEED_FILE_IN_PARTITION } from '#builder/render/cloud-init.ts';
 import { cli } from '../helpers/cli.ts';
@@ -29,8 +30,6 @@ test('flash refuses a partition, a mounted disk, the running system\'s disk and 
   t.is(deviceOfSource('/dev/mapper/root[/@]'), '/dev/mapper/root');
   t.is(deviceOfSource('overlay'), undefined);
   t.is(parseLsblk('{"blockdevices": [{"name": "loop0", "path": "/dev/loop0", "type": "loop", "size": 67108864, "model": null, "serial": null, "mountpoints": [null]}]}')?.size, 67108864);
-  t.is(zstdContentSize('Decompressed Size: 48.0 MiB (50331648 B)\n'), 50331648);
-  t.is(zstdContentSize('Decompressed Size: unknown\n'), undefined);
 });
 
 // Loop devices are real block devices; they need root (CI runs as root).
@@ -120,6 +119,17 @@ serial('flash refuses, writing nothing: a file, a mounted disk, a disk too small
   const tooSmall = await cli('flash', raw, '--device', small, '--yes');
   t.is(tooSmall.code, 5);
   t.regex(tooSmall.stderr, new RegExp(`${small} has 16777216 bytes, the image needs 50331648`));
+  // A .raw.zst is measured by the size its frame header records, not by its compressed size.
+  await runPlan({ cmd: 'zstd', args: ['-q', '-f', raw, '-o', `${raw}.zst`] });
+  const tooSmallZst = await cli('flash', `${raw}.zst`, '--device', small, '--yes');
+  t.is(tooSmallZst.code, 5);
+  t.regex(tooSmallZst.stderr, new RegExp(`${small} has 16777216 bytes, the image needs 50331648`));
+  // zstd reading a pipe cannot record the size: refused before any disk is looked at.
+  await runPlan({ cmd: 'sh', args: ['-c', `zstd -q -c < '${raw}' > '${raw}.piped.zst'`] });
+  const unsized = await cli('flash', `${raw}.piped.zst`, '--device', small, '--yes');
+  t.is(unsized.code, 2);
+  t.regex(unsized.stderr, /piped\.zst: zstd does not record the decompressed size/);
+  t.is(sha256Prefix(join(dir, 'small.img'), 16 * MiB), createHash('sha256').update(Buffer.alloc(16 * MiB)).digest('hex'), 'nothing was written');
 
   // A partition is refused by type (the pure test above); this kernel's loop driver does not
   // scan partitions (losetup -P makes no /dev/loopNp1), so it is not tried on a device here.

@@ -2,8 +2,6 @@ import { quoteCommand, shellQuote, type CommandPlan } from '#common/exec.ts';
 import type { Image } from '#common/schema/image.ts';
 import type { PartitionPlan } from './layout.ts';
 
-export { mcopyPlans } from '#common/install/media.ts';
-
 /** Modules built into every GRUB core image: enough to read the ESP and a slot, and run grub.cfg. */
 export const GRUB_MODULES = [
   'part_gpt', 'part_msdos', 'fat', 'squash4', 'ext2', 'gzio', 'xzio', 'lzopio',

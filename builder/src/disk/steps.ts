@@ -16,7 +16,8 @@ import { kernelCmdline } from '../render/grub.ts';
 import { DISK_FORMATS, type OutputFormat } from '#common/schema/image.ts';
 import { patchBiosBoot } from './bios.ts';
 import { assertFits, layoutSeed, partition, planDisk, sfdiskScript, type DiskLayout, type PartitionRole } from './layout.ts';
-import { ext4Plan, extractRootPlan, grubEarlyConfig, grubMkimagePlan, mcopyPlans, qcow2Plan, restoreXattrsThen, sfdiskPlan, squashfsPercent, squashfsPlan, vfatPlan, zstdPlan, type GrubTarget } from './plans.ts';
+import { mcopyPlans } from '#common/install/media.ts';
+import { ext4Plan, extractRootPlan, grubEarlyConfig, grubMkimagePlan, qcow2Plan, restoreXattrsThen, sfdiskPlan, squashfsPercent, squashfsPlan, vfatPlan, zstdPlan, type GrubTarget } from './plans.ts';
 import { setfattrDump, tarXattrs } from './xattrs.ts';
 
 const HOST_GRUB = '/usr/lib/grub';

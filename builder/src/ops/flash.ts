@@ -61,10 +61,3 @@ export function describeTarget(d: BlockDevice): string {
   return lines.join('\n');
 }
 
-export { deviceOfSource } from '#common/install/media.ts';
-
-/** `zstd -lv` → the decompressed size in bytes, when the frame records it. */
-export function zstdContentSize(out: string): number | undefined {
-  const m = /Decompressed Size:.*\((\d+) B\)/.exec(out);
-  return m ? Number(m[1]) : undefined;
-}

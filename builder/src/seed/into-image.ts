@@ -7,8 +7,6 @@ import { runPlan } from '#common/exec.ts';
 import type { RenderedFile } from '#common/render/node.ts';
 import { partitionOffset, writeSeedFiles } from '#common/install/media.ts';
 
-export { partitionOffset, writeSeedFiles };
-
 function isQcow2(file: string): boolean {
   const fd = openSync(file, 'r');
   try {

@@ -5,7 +5,7 @@ import { dirname, join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import { loadImage } from '#common/config.ts';
 import { sha256File } from '#builder/components/fetch.ts';
-import { partitionOffset } from '#builder/seed/into-image.ts';
+import { partitionOffset } from '#common/install/media.ts';
 import { slotBootPath } from '#common/render/paths.ts';
 import { bootVm, parseMarkerFields, READY_MARKER, type Vm } from '#qemu/index.ts';
 import { cli } from '../../helpers/cli.ts';

@@ -3,7 +3,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runPlan, type RunningProcess } from '#common/exec.ts';
 import { buildAgent } from '../../../agent/build.ts';
-import { partitionOffset } from '#builder/seed/into-image.ts';
+import { partitionOffset } from '#common/install/media.ts';
 import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '#qemu/index.ts';
 import { bundleProbe } from '../../harness/cluster.ts';
 import { cli } from '../../helpers/cli.ts';

@@ -3,7 +3,7 @@ import { closeSync, existsSync, lstatSync, openSync, readFileSync, readSync, rea
 import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
-import { partitionOffset } from '#builder/seed/into-image.ts';
+import { partitionOffset } from '#common/install/media.ts';
 import { bootVm, parseMarkerFields, READY_MARKER, type Vm } from '#qemu/index.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';
 import { testImage, type BuiltImage } from '../../helpers/test-image.ts';

@@ -7,9 +7,9 @@ import { Command } from 'commander';
 import { assertKnownNode, loadCluster, loadClusterSecrets, loadClusterTls } from '#common/config.ts';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { runPlan, streamPlan } from '#common/exec.ts';
-import { describeTarget, lsblkPlan, parseLsblk, refusals, zstdContentSize } from '../../ops/flash.ts';
+import { describeTarget, lsblkPlan, parseLsblk, refusals } from '../../ops/flash.ts';
 import { renderSeedFiles } from '../../render/index.ts';
-import { everyTenPercent, partitionOffset, readBack, seedFilesDiffering, systemDevices, writeSeedFiles, writeStream } from '#common/install/media.ts';
+import { everyTenPercent, partitionOffset, readBack, seedFilesDiffering, systemDevices, writeSeedFiles, writeStream, zstdFrameContentSize } from '#common/install/media.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
 
 interface FlashOptions {
@@ -53,12 +53,13 @@ export function registerFlash(program: Command, ctx: () => CliContext): void {
       const c = ctx();
       // Every input is checked before anything is written.
       if (!existsSync(image) || !statSync(image).isFile()) throw new GeminiError(`${image}: no such image file`, ExitCode.invalidInput);
-      const head = magic(image, 4);
-      if (head.toString('latin1') === 'QFI\xfb') throw new GeminiError(`${image}: a qcow2 image; flash takes the .raw or .raw.zst image`, ExitCode.invalidInput);
-      const zst = head.equals(Buffer.from([0x28, 0xb5, 0x2f, 0xfd]));
+      // 18 bytes hold a zstd frame header with its content size (the installer reads the same).
+      const head = magic(image, 18);
+      if (head.subarray(0, 4).toString('latin1') === 'QFI\xfb') throw new GeminiError(`${image}: a qcow2 image; flash takes the .raw or .raw.zst image`, ExitCode.invalidInput);
+      const zst = head.subarray(0, 4).equals(Buffer.from([0x28, 0xb5, 0x2f, 0xfd]));
       let imageBytes = statSync(image).size;
       if (zst) {
-        const size = zstdContentSize((await runPlan({ cmd: 'zstd', args: ['-l', '-v', image] }, { allowFailure: true })).stdout);
+        const size = zstdFrameContentSize(head);
         if (size === undefined) throw new GeminiError(`${image}: zstd does not record the decompressed size; decompress it first (zstd -d)`, ExitCode.invalidInput);
         imageBytes = size;
       }
