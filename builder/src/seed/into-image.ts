@@ -1,21 +1,15 @@
-import { existsSync, mkdtempSync, openSync, readSync, closeSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
 import { chmod, rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { runPlan } from '#common/exec.ts';
+import { fileHead } from '#common/fsutil.ts';
 import type { RenderedFile } from '#common/render/node.ts';
 import { partitionOffset, writeSeedFiles } from '#common/install/media.ts';
 
 function isQcow2(file: string): boolean {
-  const fd = openSync(file, 'r');
-  try {
-    const magic = Buffer.alloc(4);
-    readSync(fd, magic, 0, 4, 0);
-    return magic.toString('latin1') === 'QFI\xfb';
-  } finally {
-    closeSync(fd);
-  }
+  return fileHead(file, 4).toString('latin1') === 'QFI\xfb';
 }
 
 /**

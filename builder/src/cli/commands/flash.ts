@@ -1,4 +1,4 @@
-import { createReadStream, existsSync, mkdtempSync, openSync, readSync, closeSync, realpathSync, statSync } from 'node:fs';
+import { createReadStream, existsSync, mkdtempSync, realpathSync, statSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,6 +7,7 @@ import { Command } from 'commander';
 import { assertKnownNode, loadCluster, loadClusterSecrets, loadClusterTls } from '#common/config.ts';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { runPlan, streamPlan } from '#common/exec.ts';
+import { fileHead } from '#common/fsutil.ts';
 import { describeTarget, lsblkPlan, parseLsblk, refusals } from '../../ops/flash.ts';
 import { renderSeedFiles } from '../../render/index.ts';
 import { everyTenPercent, partitionOffset, readBack, seedFilesDiffering, systemDevices, writeSeedFiles, writeStream, zstdFrameContentSize } from '#common/install/media.ts';
@@ -20,17 +21,6 @@ interface FlashOptions {
 }
 
 const CHUNK = 4 * 1024 * 1024;
-
-function magic(file: string, n: number): Buffer {
-  const fd = openSync(file, 'r');
-  try {
-    const b = Buffer.alloc(n);
-    readSync(fd, b, 0, n, 0);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
-}
 
 /** Stream `image` (raw, or zstd decompressed on the way) into `device`; the sha256 of what was written. */
 async function writeImage(image: string, zst: boolean, device: string, total: number, progress: (done: number) => void): Promise<string> {
@@ -54,7 +44,7 @@ export function registerFlash(program: Command, ctx: () => CliContext): void {
       // Every input is checked before anything is written.
       if (!existsSync(image) || !statSync(image).isFile()) throw new GeminiError(`${image}: no such image file`, ExitCode.invalidInput);
       // 18 bytes hold a zstd frame header with its content size (the installer reads the same).
-      const head = magic(image, 18);
+      const head = fileHead(image, 18);
       if (head.subarray(0, 4).toString('latin1') === 'QFI\xfb') throw new GeminiError(`${image}: a qcow2 image; flash takes the .raw or .raw.zst image`, ExitCode.invalidInput);
       const zst = head.subarray(0, 4).equals(Buffer.from([0x28, 0xb5, 0x2f, 0xfd]));
       let imageBytes = statSync(image).size;

@@ -1,6 +1,7 @@
-import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ExitCode, GeminiError } from '#common/errors.ts';
+import { fileHead } from '#common/fsutil.ts';
 import { CommandFailedError, lastLines, requireTools, runPlan, shellQuote, type CommandPlan } from '#common/exec.ts';
 import type { Image } from '#common/schema/image.ts';
 import { APT_OPTIONS, DPKG_EXCLUDES, stagingHooks, stagingTarPlan } from '../mmdebstrap.ts';
@@ -45,16 +46,6 @@ export function rootTarProblems(members: string[], image: Pick<Image, 'arch' | '
   return problems;
 }
 
-function head(path: string, n: number): Buffer {
-  const buf = Buffer.alloc(n);
-  const fd = openSync(path, 'r');
-  try {
-    return buf.subarray(0, readSync(fd, buf, 0, n, 0));
-  } finally {
-    closeSync(fd);
-  }
-}
-
 /**
  * Check that `tarball` can be the root of `image`: a Debian root of the right architecture
  * with the image's packages installed. Unusable input exits 2, naming the file and what is missing.
@@ -63,7 +54,7 @@ export async function validateRootTar(tarball: string, image: Image): Promise<vo
   const st = statSync(tarball, { throwIfNoEntry: false });
   if (!st) throw new GeminiError(`--rootfs tar:${tarball}: no such file`, ExitCode.invalidInput);
   if (!st.isFile()) throw new GeminiError(`--rootfs tar:${tarball}: not a file; expected a root tarball (.tar, .tar.gz, .tar.xz or .tar.zst)`, ExitCode.invalidInput);
-  const compression = compressionOf(head(tarball, 8));
+  const compression = compressionOf(fileHead(tarball, 8));
   await requireTools(['mmdebstrap', 'tar', ...(compression ? [DECOMPRESSOR[compression]] : [])]);
   let listing: string;
   try {
