@@ -260,7 +260,7 @@ export function spawnPlan(plan: CommandPlan, handlers: { stdout?: (line: string)
 /** A process whose stdout is read as a stream (a backup): `done` settles when it has exited. */
 export interface StreamingProcess {
   stdout: NodeJS.ReadableStream;
-  /** Resolves when the command exits 0; rejects with CommandFailedError (stderr tail) otherwise. */
+  /** Resolves when the command exits 0; rejects with the input's error if reading it failed, else CommandFailedError (stderr tail). */
   done: Promise<void>;
   kill(signal?: NodeJS.Signals): void;
 }
@@ -269,10 +269,23 @@ export interface StreamingProcess {
 export function streamPlan(plan: CommandPlan, input?: AsyncIterable<Uint8Array>): StreamingProcess {
   // With `input` the command reads it on stdin (e.g. zstd decompressing a download as it arrives).
   // execa takes an async iterable as stdin; a Node stream without a file descriptor it does not.
-  const feed = input ? (async function* () { for await (const c of input) yield c; })() : undefined;
+  // When the input fails (a download cut off), that is the cause to report, not the command's
+  // complaint about a truncated stdin.
+  let inputError: unknown;
+  const feed = input
+    ? (async function* () {
+        try {
+          for await (const c of input) yield c;
+        } catch (err) {
+          inputError = err;
+          throw err;
+        }
+      })()
+    : undefined;
   const child = execa(plan.cmd, plan.args, { env: plan.env, extendEnv: true, cwd: plan.cwd, reject: false, buffer: { stdout: false, stderr: true }, stdin: feed ?? 'ignore', encoding: 'buffer' });
   if (!child.stdout) throw new GeminiError(`no stdout from ${quoteCommand(plan)}`, ExitCode.commandFailed);
   const done = child.then((r) => {
+    if (inputError !== undefined) throw inputError;
     const code = (r as { code?: string }).code;
     if (code === 'ENOENT' && r.exitCode === undefined) throw new ToolMissingError(plan.cmd);
     if (r.failed) throw new CommandFailedError(plan, r.exitCode, Buffer.from(r.stderr as unknown as Uint8Array ?? []).toString('utf8'), r.signal);

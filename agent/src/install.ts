@@ -150,27 +150,69 @@ async function links(dir: string): Promise<Record<string, string>> {
   return out;
 }
 
-async function fetchOk(url: string, init?: RequestInit): Promise<Response> {
-  const r = await fetch(url, { ...init, signal: AbortSignal.timeout(60_000) });
+/** How long the installer waits on pxe serve (or any HTTP server it fetches from). */
+export interface FetchLimits {
+  /** For the status line and headers of an answer; for a small answer, the whole exchange. */
+  answerMs: number;
+  /** Between two chunks of a streamed body: a slow link may take hours for an image, a dead one must not hang the install. */
+  idleMs: number;
+}
+
+export const FETCH_LIMITS: FetchLimits = { answerMs: 60_000, idleMs: 60_000 };
+
+async function fetchOk(url: string, limits: FetchLimits, init?: RequestInit): Promise<Response> {
+  const r = await fetch(url, { ...init, signal: AbortSignal.timeout(limits.answerMs) });
   if (!r.ok) throw new GeminiError(`${url}: HTTP ${r.status} ${(await r.text().catch(() => '')).trim()}`, ExitCode.commandFailed);
   return r;
 }
 
+/**
+ * A body of any length: `answerMs` for the headers, then at most `idleMs` between chunks.
+ * (A single timeout over the whole exchange cut an image off after 60 s, whatever its speed.)
+ */
+async function fetchStream(url: string, limits: FetchLimits): Promise<ReadableStream<Uint8Array>> {
+  const abort = new AbortController();
+  const stalled = (ms: number, what: string) => setTimeout(() => abort.abort(new GeminiError(`${url}: ${what} within ${ms / 1000} s`, ExitCode.commandFailed)), ms).unref();
+  let timer = stalled(limits.answerMs, 'no answer');
+  let r: Response;
+  try {
+    r = await fetch(url, { signal: abort.signal });
+  } catch (err) {
+    clearTimeout(timer);
+    throw abort.signal.aborted ? abort.signal.reason : err;
+  }
+  clearTimeout(timer);
+  if (!r.ok) throw new GeminiError(`${url}: HTTP ${r.status} ${(await r.text().catch(() => '')).trim()}`, ExitCode.commandFailed);
+  if (!r.body) throw new GeminiError(`${url}: empty answer`, ExitCode.commandFailed);
+  timer = stalled(limits.idleMs, 'no data');
+  return r.body.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, out) {
+        clearTimeout(timer);
+        timer = stalled(limits.idleMs, 'no data');
+        out.enqueue(chunk);
+      },
+      flush() {
+        clearTimeout(timer);
+      },
+    }),
+  );
+}
+
 /** The machine's own disks, the live system's boot media, HTTP to pxe serve, systemctl reboot. */
-export function machinePorts(print: Printer = stdoutLine, warn: Printer = stderrLine): InstallPorts {
+export function machinePorts(print: Printer = stdoutLine, warn: Printer = stderrLine, limits: FetchLimits = FETCH_LIMITS): InstallPorts {
   return {
     disks: async () => parseDisks((await runPlan(lsblkDisksPlan())).stdout, { byId: await links('/dev/disk/by-id'), byPath: await links('/dev/disk/by-path') }),
     bootDisks: systemDevices,
-    fetchSeed: async (url) => parseSeedPayload(url, await (await fetchOk(url)).json()),
-    imageHead: async (url) => new Uint8Array(await (await fetchOk(url, { headers: { range: 'bytes=0-31' } })).arrayBuffer()),
+    fetchSeed: async (url) => parseSeedPayload(url, await (await fetchOk(url, limits)).json()),
+    imageHead: async (url) => new Uint8Array(await (await fetchOk(url, limits, { headers: { range: 'bytes=0-31' } })).arrayBuffer()),
     openImage: async (url) => {
-      const r = await fetchOk(url);
-      if (!r.body) throw new GeminiError(`${url}: empty answer`, ExitCode.commandFailed);
-      const z = streamPlan({ cmd: 'zstd', args: ['-d', '-c', '-q'] }, Readable.fromWeb(r.body as import('node:stream/web').ReadableStream<Uint8Array>));
+      const body = await fetchStream(url, limits);
+      const z = streamPlan({ cmd: 'zstd', args: ['-d', '-c', '-q'] }, Readable.fromWeb(body as import('node:stream/web').ReadableStream<Uint8Array>));
       return { stream: z.stdout as AsyncIterable<Uint8Array>, done: z.done };
     },
     report: async (url, stage, detail) => {
-      await fetchOk(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ stage, ...(detail ? { detail } : {}) }) });
+      await fetchOk(url, limits, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ stage, ...(detail ? { detail } : {}) }) });
     },
     reboot: async () => {
       await runPlan({ cmd: 'systemctl', args: ['reboot'] });

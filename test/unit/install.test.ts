@@ -151,3 +151,63 @@ serial('an installer whose rules match two disks refuses, lists both, writes not
   t.deepEqual([sha256(join(dir, 'a.img')), sha256(join(dir, 'b.img'))], before);
   t.is(rebooted, 0);
 });
+
+/** A loopback server answering one path with `body` cut in `chunks`, one every `everyMs`, after `headersAfterMs`; `stallAfter` chunks, then silence. */
+async function slowServer(body: Buffer, o: { chunks: number; everyMs: number; headersAfterMs?: number; stallAfter?: number }): Promise<{ url: string; close: () => void }> {
+  const { createServer } = await import('node:http');
+  const srv = createServer((_req, res) => {
+    setTimeout(() => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length });
+      const size = Math.ceil(body.length / o.chunks);
+      let i = 0;
+      const next = () => {
+        if (o.stallAfter !== undefined && i >= o.stallAfter) return;
+        res.write(body.subarray(i * size, (i + 1) * size));
+        if (++i < o.chunks) setTimeout(next, o.everyMs);
+        else res.end();
+      };
+      next();
+    }, o.headersAfterMs ?? 0);
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const close = () => {
+    srv.closeAllConnections();
+    srv.close();
+  };
+  return { url: `http://127.0.0.1:${(srv.address() as import('node:net').AddressInfo).port}/image.raw.zst`, close };
+}
+
+async function drain(ports: InstallPorts, url: string): Promise<Buffer> {
+  const { stream, done } = await ports.openImage(url);
+  const parts: Buffer[] = [];
+  for await (const c of stream) parts.push(Buffer.from(c));
+  await done;
+  return Buffer.concat(parts);
+}
+
+test.serial('the installer streams an image that takes longer than the answer limit, and gives up on one that stalls or never answers', async (t) => {
+  const dir = tempDir('gk-install-');
+  const raw = randomBytes(3 * MiB);
+  writeFileSync(join(dir, 'i.raw'), raw);
+  await runPlan({ cmd: 'zstd', args: ['-q', '-f', join(dir, 'i.raw'), '-o', join(dir, 'i.raw.zst')] });
+  const zst = readFileSync(join(dir, 'i.raw.zst'));
+  const ports = machinePorts(() => undefined, () => undefined, { answerMs: 400, idleMs: 400 });
+
+  // 10 chunks 200 ms apart: 1.8 s in all, far over the 400 ms answer limit, never 400 ms idle.
+  const slow = await slowServer(zst, { chunks: 10, everyMs: 200 });
+  t.teardown(slow.close);
+  const started = Date.now();
+  const got = await drain(ports, slow.url);
+  t.true(Date.now() - started > 1500, 'the body really took longer than the limits');
+  t.true(got.equals(raw), 'the whole image came through, decompressed');
+
+  const stall = await slowServer(zst, { chunks: 10, everyMs: 100, stallAfter: 3 });
+  t.teardown(stall.close);
+  const stalled = await t.throwsAsync(drain(ports, stall.url));
+  t.regex(String(stalled?.message), /no data within 0\.4 s/);
+
+  const mute = await slowServer(zst, { chunks: 1, everyMs: 0, headersAfterMs: 5000 });
+  t.teardown(mute.close);
+  const silent = await t.throwsAsync(drain(ports, mute.url));
+  t.regex(String(silent?.message), /no answer within 0\.4 s/);
+});
