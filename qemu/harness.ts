@@ -20,6 +20,8 @@ export interface BootOptions {
   image: string;
   format: DiskFormat;
   write?: boolean;
+  /** The boot disk's serial, as the guest sees it (installer disk rules match on it). */
+  diskSerial?: string;
   /** A NoCloud seed: an ISO file, or a directory that is made into a cidata ISO. */
   seed?: string;
   seedAs?: 'virtio' | 'cdrom';
@@ -28,7 +30,7 @@ export interface BootOptions {
   networks?: NetworkSpec[];
   /** Run QEMU in this network namespace (see QemuOptions.netns): for `tap` networks. */
   netns?: string;
-  /** Read-only extra disks (see QemuOptions.drives). */
+  /** Extra raw disks, read-only unless `writable` (see QemuOptions.drives). */
   drives?: QemuOptions['drives'];
   kernel?: QemuOptions['kernel'];
   name?: string;
@@ -422,7 +424,7 @@ export async function bootVm(opts: BootOptions): Promise<Vm> {
     const qemuOpts: QemuOptions = {
       arch: opts.arch,
       firmware: opts.firmware,
-      disk: opts.write ? { path: image, format: opts.format } : { path: join(dir, 'overlay.qcow2'), format: 'qcow2' },
+      disk: { ...(opts.write ? { path: image, format: opts.format } : { path: join(dir, 'overlay.qcow2'), format: 'qcow2' as const }), serial: opts.diskSerial },
       seed: opts.seed === undefined ? undefined : { path: seedIsDir ? join(dir, 'seed.iso') : resolve(opts.seed), as: opts.seedAs },
       uefi: opts.firmware === 'uefi' ? { vars: join(dir, 'efivars.fd') } : undefined,
       memoryMiB: opts.memoryMiB,

@@ -20,8 +20,25 @@ export interface HostForward {
  * `tap`: a tap device that already exists where QEMU runs (see `QemuOptions.netns`), opened
  * without QEMU's ifup/ifdown scripts; whoever made it bridges it.
  */
+/**
+ * A guest address on QEMU's user network whose TCP connections each start `cmd` on the host,
+ * talking to it over stdin/stdout (QEMU's guestfwd `cmd:`). The only way out of a `restrict=on`
+ * network besides hostfwd, e.g. to a server on 127.0.0.1 through a relay.
+ */
+export interface GuestForward {
+  addr: string;
+  port: number;
+  cmd: string;
+}
+
+/** Network boot on a user network: QEMU's own DHCP names `bootfile`, its TFTP server serves `tftp`, and the NIC boots first. */
+export interface NetBoot {
+  tftp: string;
+  bootfile: string;
+}
+
 export type NetworkSpec =
-  | { kind: 'user'; hostfwd?: HostForward[]; mac?: string }
+  | { kind: 'user'; hostfwd?: HostForward[]; guestfwd?: GuestForward[]; netboot?: NetBoot; mac?: string }
   | { kind: 'socket'; listen?: number; connect?: number; mac: string }
   | { kind: 'tap'; ifname: string; mac: string };
 
@@ -37,11 +54,12 @@ export const QEMU_BINARY: Record<Arch, string> = { amd64: 'qemu-system-x86_64', 
 export interface QemuOptions {
   arch: Arch;
   firmware: Firmware;
-  disk: { path: string; format: DiskFormat };
+  /** The boot disk; `serial` shows in the guest as the disk's serial (and /dev/disk/by-id). */
+  disk: { path: string; format: DiskFormat; serial?: string };
   /** A NoCloud seed ISO, attached read-only as a second drive (default `virtio`). */
   seed?: { path: string; as?: 'virtio' | 'cdrom' };
-  /** More disks, read-only virtio drives; the guest finds each at /dev/disk/by-id/virtio-SERIAL. */
-  drives?: { path: string; serial: string }[];
+  /** More raw disks, virtio drives, read-only unless `writable`; the guest finds each at /dev/disk/by-id/virtio-SERIAL. */
+  drives?: { path: string; serial: string; writable?: boolean }[];
   /** UEFI only: the read-only firmware code (default: Debian's) and the per-run writable VARS copy. */
   uefi?: { code?: string; vars: string };
   /** MiB, default 2048. */
@@ -75,6 +93,9 @@ const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
 /** A network namespace name as `ip netns` keeps it under /run/netns. */
 const NETNS = /^[A-Za-z0-9_.-]{1,64}$/;
 
+const SERIAL = /^[A-Za-z0-9_-]{1,20}$/;
+const IPV4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
+
 const isPort = (p: unknown): boolean => Number.isInteger(p) && (p as number) >= 1 && (p as number) <= 65535;
 
 /** QEMU's option syntax splits on commas; a literal comma is written twice. */
@@ -91,9 +112,13 @@ export function qemuOptionProblems(opts: QemuOptions): string[] {
   if (!opts.disk?.path) problems.push('disk.path: missing');
   if (opts.disk && opts.disk.format !== 'raw' && opts.disk.format !== 'qcow2') problems.push(`disk.format: expected raw or qcow2, found ${JSON.stringify(opts.disk.format)}`);
   if (opts.seed && !opts.seed.path) problems.push('seed.path: missing');
+  const serialProblem = (at: string, serial: string): void => {
+    if (!SERIAL.test(serial)) problems.push(`${at}.serial: expected 1 to 20 letters, digits, - or _ (virtio-blk serials are at most 20 bytes), found ${JSON.stringify(serial)}`);
+  };
+  if (opts.disk?.serial !== undefined) serialProblem('disk', opts.disk.serial);
   for (const [i, d] of (opts.drives ?? []).entries()) {
     if (!d.path) problems.push(`drives.${i}.path: missing`);
-    if (!/^[A-Za-z0-9_-]{1,20}$/.test(d.serial)) problems.push(`drives.${i}.serial: expected 1 to 20 letters, digits, - or _ (virtio-blk serials are at most 20 bytes), found ${JSON.stringify(d.serial)}`);
+    serialProblem(`drives.${i}`, d.serial);
   }
   if (opts.seed?.as !== undefined && opts.seed.as !== 'virtio' && opts.seed.as !== 'cdrom') problems.push(`seed.as: expected virtio or cdrom, found ${JSON.stringify(opts.seed.as)}`);
   const memory = opts.memoryMiB ?? 2048;
@@ -118,6 +143,17 @@ export function qemuOptionProblems(opts: QemuOptions): string[] {
         if (hostPorts.has(key)) problems.push(`${at}.hostfwd.${j}.hostPort: 127.0.0.1:${f.hostPort} is forwarded twice`);
         hostPorts.add(key);
       });
+      (n.guestfwd ?? []).forEach((f, j) => {
+        // QEMU's user network is 10.0.2.0/24 unless told otherwise; a forward elsewhere is never reached.
+        const m = IPV4.exec(f.addr ?? '');
+        if (!m || m.slice(1).some((o) => Number(o) > 255) || !f.addr.startsWith('10.0.2.')) problems.push(`${at}.guestfwd.${j}.addr: expected an address in QEMU's user network 10.0.2.0/24, found ${JSON.stringify(f.addr)}`);
+        if (!isPort(f.port)) problems.push(`${at}.guestfwd.${j}.port: expected a port 1-65535, found ${f.port}`);
+        if (!f.cmd?.trim()) problems.push(`${at}.guestfwd.${j}.cmd: missing`);
+      });
+      if (n.netboot) {
+        if (!isAbsolute(n.netboot.tftp ?? '')) problems.push(`${at}.netboot.tftp: expected an absolute directory, found ${JSON.stringify(n.netboot.tftp)}`);
+        if (!/^[A-Za-z0-9._-]+$/.test(n.netboot.bootfile ?? '')) problems.push(`${at}.netboot.bootfile: expected a file name in the TFTP directory, found ${JSON.stringify(n.netboot.bootfile)}`);
+      }
     } else if (n.kind === 'socket') {
       if ((n.listen === undefined) === (n.connect === undefined)) problems.push(`${at}: a socket network needs exactly one of listen or connect`);
       const port = n.listen ?? n.connect;
@@ -145,16 +181,25 @@ export function validateQemuOptions(opts: QemuOptions): void {
 function networkArgs(n: NetworkSpec, i: number): string[] {
   const id = `net${i}`;
   let netdev: string;
+  let boot = '';
   if (n.kind === 'user') {
     // restrict=on isolates the guest; forwards listen on the loopback address only.
-    netdev = [`user,id=${id},restrict=on`, ...(n.hostfwd ?? []).map((f) => `hostfwd=${f.proto ?? 'tcp'}:127.0.0.1:${f.hostPort}-:${f.guestPort}`)].join(',');
+    netdev = [
+      `user,id=${id},restrict=on`,
+      ...(n.hostfwd ?? []).map((f) => `hostfwd=${f.proto ?? 'tcp'}:127.0.0.1:${f.hostPort}-:${f.guestPort}`),
+      ...(n.guestfwd ?? []).map((f) => `guestfwd=tcp:${f.addr}:${f.port}-cmd:${optValue(f.cmd)}`),
+      ...(n.netboot ? [`tftp=${optValue(n.netboot.tftp)}`, `bootfile=${optValue(n.netboot.bootfile)}`] : []),
+    ].join(',');
+    // Before the disk (bootindex=1): the firmware tries the network first, and the disk when
+    // the network boot exits.
+    if (n.netboot) boot = ',bootindex=0';
   } else if (n.kind === 'tap') {
     netdev = `tap,id=${id},ifname=${n.ifname},script=no,downscript=no`;
   } else {
     netdev = n.listen !== undefined ? `socket,id=${id},listen=127.0.0.1:${n.listen}` : `socket,id=${id},connect=127.0.0.1:${n.connect}`;
   }
   const mac = n.mac ?? `52:54:00:00:00:${(0x10 + i).toString(16).padStart(2, '0')}`;
-  return ['-netdev', netdev, '-device', `virtio-net-pci,netdev=${id},mac=${mac}`];
+  return ['-netdev', netdev, '-device', `virtio-net-pci,netdev=${id},mac=${mac}${boot}`];
 }
 
 /**
@@ -176,7 +221,7 @@ export function qemuPlan(opts: QemuOptions): CommandPlan {
     args.push('-drive', `if=pflash,format=raw,unit=1,file=${optValue(opts.uefi.vars)}`);
   }
   args.push('-drive', `if=none,id=disk0,format=${opts.disk.format},file=${optValue(opts.disk.path)}`);
-  args.push('-device', 'virtio-blk-pci,drive=disk0,bootindex=1');
+  args.push('-device', `virtio-blk-pci,drive=disk0,bootindex=1${opts.disk.serial ? `,serial=${opts.disk.serial}` : ''}`);
   if (opts.seed) {
     if ((opts.seed.as ?? 'virtio') === 'virtio') {
       args.push('-drive', `if=none,id=seed0,format=raw,readonly=on,file=${optValue(opts.seed.path)}`);
@@ -188,7 +233,7 @@ export function qemuPlan(opts: QemuOptions): CommandPlan {
     }
   }
   (opts.drives ?? []).forEach((d, i) => {
-    args.push('-drive', `if=none,id=extra${i},format=raw,readonly=on,file=${optValue(d.path)}`);
+    args.push('-drive', `if=none,id=extra${i},format=raw,${d.writable ? '' : 'readonly=on,'}file=${optValue(d.path)}`);
     args.push('-device', `virtio-blk-pci,drive=extra${i},serial=${optValue(d.serial)}`);
   });
   (opts.networks ?? []).forEach((n, i) => args.push(...networkArgs(n, i)));

@@ -38,11 +38,15 @@ export async function pxeSite(disk: Record<string, string>, image?: Buffer): Pro
   return { dir, clusterFile, served };
 }
 
-/** `geminik8s pxe serve --json` as its own process on loopback, once it answers; `image: false` leaves --image out (the directory's pxe.json then says). */
-export async function startPxeServe(served: string, clusterFile: string, port: number, o: { image?: boolean } = {}): Promise<{ base: string; events: () => Record<string, string>[]; stderr: string[]; stop: () => void }> {
+/**
+ * `geminik8s pxe serve --json` as its own process on loopback, once it answers; `image: false`
+ * leaves --image out (the directory's pxe.json then says); `baseUrl`: the address machines reach
+ * it at (a QEMU guest forward), while `base` stays the loopback address.
+ */
+export async function startPxeServe(served: string, clusterFile: string, port: number, o: { image?: boolean; baseUrl?: string } = {}): Promise<{ base: string; events: () => Record<string, string>[]; stderr: string[]; stop: () => void }> {
   const base = `http://127.0.0.1:${port}`;
   const image = o.image === false ? [] : ['--image', join(ROOT, 'images/test-amd64.yaml')];
-  const args = [join(ROOT, 'bin/geminik8s.js'), 'pxe', 'serve', '--dir', served, '--cluster', clusterFile, ...image, '--listen', `127.0.0.1:${port}`, '--json'];
+  const args = [join(ROOT, 'bin/geminik8s.js'), 'pxe', 'serve', '--dir', served, '--cluster', clusterFile, ...image, '--listen', `127.0.0.1:${port}`, ...(o.baseUrl ? ['--base-url', o.baseUrl] : []), '--json'];
   const out: string[] = [];
   const err: string[] = [];
   const p = spawnPlan({ cmd: process.execPath, args }, { stdout: (l) => out.push(l), stderr: (l) => err.push(l) });

@@ -3,7 +3,7 @@ import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from '
 import { join } from 'node:path';
 import { parseDocument } from 'yaml';
 import { renderDnsmasqConfig } from '#builder/pxe/dnsmasq.ts';
-import { bootScript, chainScript, normalizeMac, PXE_FILES, ruleArgs } from '#builder/pxe/server.ts';
+import { bootScript, chainScript, normalizeMac, PXE_FILES, ruleArgs, sha256Listed } from '#builder/pxe/server.ts';
 import { cli } from '../helpers/cli.ts';
 import { freePort, MAC1, MAC2, pxeSite, startPxeServe } from '../helpers/pxe.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
@@ -23,8 +23,12 @@ test('boot scripts: the chain by MAC, the installer with its rules and URLs, the
   const node = { name: 'node1', mac: MAC1, seed: [], disk: { serial: 'SMALL-1' } };
   const install = bootScript(o, MAC1, node, undefined);
   t.is(install.kind, 'boot-install');
-  t.regex(install.script, /^kernel http:\/\/10\.0\.0\.1:8080\/files\/vmlinuz initrd=initrd\.img geminik8s\.live=http:\/\/10\.0\.0\.1:8080\/files\/root\.squashfs rootfstype=squashfs ro geminik8s\.install\.image_url=http:\/\/10\.0\.0\.1:8080\/files\/image\.raw\.zst geminik8s\.install\.seed_url=http:\/\/10\.0\.0\.1:8080\/seed\/52-54-00-aa-00-11 geminik8s\.install\.report_url=http:\/\/10\.0\.0\.1:8080\/progress\/52-54-00-aa-00-11 geminik8s\.install\.serial=SMALL-1 console=ttyS0,115200 panic=10$/m);
+  t.regex(install.script, /^kernel http:\/\/10\.0\.0\.1:8080\/files\/vmlinuz initrd=initrd\.img boot=geminik8s-live geminik8s\.live=http:\/\/10\.0\.0\.1:8080\/files\/root\.squashfs rootfstype=squashfs ro geminik8s\.install\.image_url=http:\/\/10\.0\.0\.1:8080\/files\/image\.raw\.zst geminik8s\.install\.seed_url=http:\/\/10\.0\.0\.1:8080\/seed\/52-54-00-aa-00-11 geminik8s\.install\.report_url=http:\/\/10\.0\.0\.1:8080\/progress\/52-54-00-aa-00-11 geminik8s\.install\.serial=SMALL-1 console=ttyS0,115200 panic=10$/m);
   t.regex(install.script, /^initrd --name initrd\.img http:\/\/10\.0\.0\.1:8080\/files\/initrd\.img$/m);
+  const sum = 'ab'.repeat(32);
+  t.regex(bootScript({ ...o, rootSha256: sum }, MAC1, node, undefined).script, new RegExp(`root\\.squashfs geminik8s\\.live\\.sha256=${sum} rootfstype`));
+  t.is(sha256Listed(`${'cd'.repeat(32)}  vmlinuz\n${sum}  root.squashfs\n`, 'root.squashfs'), sum);
+  t.is(sha256Listed(`${sum} *root.squashfs.old\n`, 'root.squashfs'), undefined);
   const disk = bootScript(o, MAC1, node, { node: 'node1', installed: '2026-12-02T15:00:00.000Z' });
   t.is(disk.kind, 'boot-disk');
   t.notRegex(disk.script, /kernel/);

@@ -93,6 +93,24 @@ test('tap networks: QEMU runs inside the namespace that holds the taps, opens th
   t.is(qemuPlan(base({})).cmd, 'qemu-system-x86_64', 'without a namespace QEMU runs as itself');
 });
 
+test('network boot: the NIC boots before the disk from QEMU\'s TFTP, guest forwards run a relay per connection, a writable extra disk with its serial', (t) => {
+  const plan = qemuPlan(
+    base({
+      disk: { path: `${RUN}/target.raw`, format: 'raw', serial: 'GK-TARGET' },
+      drives: [{ path: `${RUN}/other.raw`, serial: 'GK-OTHER', writable: true }, { path: `${RUN}/ro.raw`, serial: 'RO' }],
+      networks: [{ kind: 'user', mac: '52:54:00:aa:00:11', guestfwd: [{ addr: '10.0.2.100', port: 80, cmd: 'node /r/relay.mjs 127.0.0.1 8080' }], netboot: { tftp: `${RUN}/tftp`, bootfile: 'boot.ipxe' } }],
+    }),
+  );
+  assertGolden(t, 'qemu/amd64-bios-netboot.txt', render(plan));
+  t.true(plan.args.includes('user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:node /r/relay.mjs 127.0.0.1 8080,tftp=/run/gk-qemu-test/tftp,bootfile=boot.ipxe'));
+  t.true(plan.args.includes('virtio-net-pci,netdev=net0,mac=52:54:00:aa:00:11,bootindex=0'));
+  t.true(plan.args.includes('virtio-blk-pci,drive=disk0,bootindex=1,serial=GK-TARGET'));
+  t.true(plan.args.includes('if=none,id=extra0,format=raw,file=/run/gk-qemu-test/other.raw'));
+  t.true(plan.args.includes('if=none,id=extra1,format=raw,readonly=on,file=/run/gk-qemu-test/ro.raw'));
+  const problems = qemuOptionProblems(base({ disk: { path: '/x', format: 'raw', serial: 'no spaces allowed' }, networks: [{ kind: 'user', guestfwd: [{ addr: '192.168.1.1', port: 0, cmd: ' ' }], netboot: { tftp: 'rel', bootfile: '../x' } }] }));
+  t.deepEqual(problems.map((p) => p.split(':')[0]), ['disk.serial', 'networks.0.guestfwd.0.addr', 'networks.0.guestfwd.0.port', 'networks.0.guestfwd.0.cmd', 'networks.0.netboot.tftp', 'networks.0.netboot.bootfile']);
+});
+
 test('commas in paths are doubled, as QEMU option syntax requires', (t) => {
   const plan = qemuPlan(base({ disk: { path: '/tmp/a,b.raw', format: 'raw' } }));
   t.true(plan.args.includes('if=none,id=disk0,format=raw,file=/tmp/a,,b.raw'));

@@ -61,6 +61,8 @@ export interface PxeServerOptions {
   /** Kernel arguments the image's grub.cfg passes (console, panic, ifnames). */
   cmdline: string;
   rootfsType: string;
+  /** The sha256 of the root image, when known (SHA256SUMS): the live boot checks it before mounting. */
+  rootSha256?: string;
   now?: () => Date;
   onEvent?: (e: PxeEvent) => void;
 }
@@ -89,7 +91,7 @@ export function ruleArgs(rules: DiskRules | undefined): string[] {
 }
 
 /** The per-MAC script (pure): install for a known machine not yet installed, boot from disk once installed, refuse an unknown one. */
-export function bootScript(o: Pick<PxeServerOptions, 'baseUrl' | 'cmdline' | 'rootfsType'>, mac: string, node: PxeNode | undefined, state: PxeMachineState | undefined): { kind: PxeEvent['kind']; script: string } {
+export function bootScript(o: Pick<PxeServerOptions, 'baseUrl' | 'cmdline' | 'rootfsType' | 'rootSha256'>, mac: string, node: PxeNode | undefined, state: PxeMachineState | undefined): { kind: PxeEvent['kind']; script: string } {
   if (!node) {
     return {
       kind: 'refused',
@@ -103,7 +105,10 @@ export function bootScript(o: Pick<PxeServerOptions, 'baseUrl' | 'cmdline' | 'ro
   const m = mac.replaceAll(':', '-');
   const args = [
     `initrd=${PXE_FILES.initrd}`,
+    // The initramfs's live boot (scripts/geminik8s-live): the root image into RAM over HTTP.
+    'boot=geminik8s-live',
     `geminik8s.live=${o.baseUrl}/files/${PXE_FILES.root}`,
+    ...(o.rootSha256 ? [`geminik8s.live.sha256=${o.rootSha256}`] : []),
     `rootfstype=${o.rootfsType}`,
     'ro',
     `geminik8s.install.image_url=${o.baseUrl}/files/${PXE_FILES.image}`,
@@ -116,6 +121,15 @@ export function bootScript(o: Pick<PxeServerOptions, 'baseUrl' | 'cmdline' | 'ro
     kind: 'boot-install',
     script: ['#!ipxe', `# geminik8s installer for ${node.name} (${mac})`, `kernel ${o.baseUrl}/files/${PXE_FILES.kernel} ${args.join(' ')}`, `initrd --name ${PXE_FILES.initrd} ${o.baseUrl}/files/${PXE_FILES.initrd}`, 'boot', ''].join('\n'),
   };
+}
+
+/** A file's sha256 in `sha256sum` output (SHA256SUMS, as build --output pxe writes it); undefined when it is not listed. */
+export function sha256Listed(sums: string, file: string): string | undefined {
+  for (const line of sums.split('\n')) {
+    const m = /^([0-9a-f]{64}) [ *](.+)$/.exec(line.trim());
+    if (m && m[2] === file) return m[1];
+  }
+  return undefined;
 }
 
 /** The state file's contents, or an empty state; a damaged file is an error, not a silent reset. */

@@ -46,6 +46,7 @@ export function renderImageFiles(image: Image): RenderedFile[] {
     unit('geminik8s-postgresql.service', { pgMajor: major, pgBinDir: pgBinDir(major), pgDataDir: pgDataDir(major) }),
     unit('geminik8s-ready.service', { readyScript: NODE_PATHS.readyScript }),
     unit('geminik8s-grow.service', { growScript: NODE_PATHS.growScript, persistentMount: NODE_PATHS.persistentMount }),
+    unit('geminik8s-install.service', { agentBundle: NODE_PATHS.agentBundle }),
     {
       path: NODE_PATHS.agentConfig,
       content: `# geminik8s agent: node-local paths (cluster settings and secrets come from the seed).\n${stringify(agentConfigFor(image), { version: '1.1' })}`,

@@ -9,7 +9,7 @@ import { runPlan } from '#common/exec.ts';
 import { renderSeedFiles } from '../../render/index.ts';
 import { kernelCmdline } from '../../render/grub.ts';
 import { dnsmasqTestPlan, renderDnsmasqConfig } from '../../pxe/dnsmasq.ts';
-import { createPxeServer, PXE_FILES, PXE_META, type PxeEvent, type PxeMeta, type PxeNode } from '../../pxe/server.ts';
+import { createPxeServer, PXE_FILES, PXE_META, sha256Listed, type PxeEvent, type PxeMeta, type PxeNode } from '../../pxe/server.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
 
 interface ServeOptions {
@@ -82,6 +82,10 @@ export function registerPxe(program: Command, ctx: () => CliContext): void {
       } else {
         throw new GeminiError(`--dir ${opts.dir} has no ${PXE_META}: pass --image FILE, the image definition the files were built from`, ExitCode.invalidInput);
       }
+      // build --output pxe lists every file's sha256: the live boot checks the root image against it.
+      const sums = join(dir, 'SHA256SUMS');
+      const rootSha256 = existsSync(sums) ? sha256Listed(readFileSync(sums, 'utf8'), PXE_FILES.root) : undefined;
+      if (!rootSha256) c.logger.warn(`--dir ${opts.dir}: no SHA256SUMS line for ${PXE_FILES.root}; machines boot its root without checking it`);
       const noMac = cluster.nodes.filter((n) => !n.mac).map((n) => n.name);
       if (noMac.length === cluster.nodes.length) throw new GeminiError(`${clusterFile}: no node has a mac (nodes[].mac): PXE hands each seed to one MAC only`, ExitCode.invalidInput);
       const secrets = await loadClusterSecrets(clusterFile, cluster);
@@ -112,6 +116,7 @@ export function registerPxe(program: Command, ctx: () => CliContext): void {
         baseUrl,
         nodes,
         ...boot,
+        ...(rootSha256 ? { rootSha256 } : {}),
         onEvent: (e) => {
           if (opts.json) c.print(JSON.stringify(e));
           else if (e.kind === 'refused') c.logger.warn(describeEvent(e));
