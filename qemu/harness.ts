@@ -32,6 +32,8 @@ export interface BootOptions {
   netns?: string;
   /** Extra raw disks, read-only unless `writable` (see QemuOptions.drives). */
   drives?: QemuOptions['drives'];
+  /** An ISO in a CD drive, booted when the disk is not bootable (see QemuOptions.cdrom). */
+  cdrom?: string;
   kernel?: QemuOptions['kernel'];
   name?: string;
   /** Attach a virtio console (guest /dev/hvc0) for `Vm.shell()`; test images run a root shell there. */
@@ -434,6 +436,7 @@ export async function bootVm(opts: BootOptions): Promise<Vm> {
       consoleSocket: opts.console ? join(dir, 'console.sock') : undefined,
       networks: opts.networks,
       drives: opts.drives?.map((d) => ({ ...d, path: resolve(d.path) })),
+      cdrom: opts.cdrom === undefined ? undefined : { path: resolve(opts.cdrom) },
       kernel: opts.kernel,
       name: opts.name,
       netns: opts.netns,

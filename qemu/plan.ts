@@ -60,6 +60,11 @@ export interface QemuOptions {
   seed?: { path: string; as?: 'virtio' | 'cdrom' };
   /** More raw disks, virtio drives, read-only unless `writable`; the guest finds each at /dev/disk/by-id/virtio-SERIAL. */
   drives?: { path: string; serial: string; writable?: boolean }[];
+  /**
+   * An ISO in a CD drive, booted after the disk (bootindex 2), as on a machine whose boot order
+   * is "disk, then CD": a blank disk falls through to it, an installed one boots itself.
+   */
+  cdrom?: { path: string };
   /** UEFI only: the read-only firmware code (default: Debian's) and the per-run writable VARS copy. */
   uefi?: { code?: string; vars: string };
   /** MiB, default 2048. */
@@ -112,6 +117,7 @@ export function qemuOptionProblems(opts: QemuOptions): string[] {
   if (!opts.disk?.path) problems.push('disk.path: missing');
   if (opts.disk && opts.disk.format !== 'raw' && opts.disk.format !== 'qcow2') problems.push(`disk.format: expected raw or qcow2, found ${JSON.stringify(opts.disk.format)}`);
   if (opts.seed && !opts.seed.path) problems.push('seed.path: missing');
+  if (opts.cdrom && !opts.cdrom.path) problems.push('cdrom.path: missing');
   const serialProblem = (at: string, serial: string): void => {
     if (!SERIAL.test(serial)) problems.push(`${at}.serial: expected 1 to 20 letters, digits, - or _ (virtio-blk serials are at most 20 bytes), found ${JSON.stringify(serial)}`);
   };
@@ -222,14 +228,19 @@ export function qemuPlan(opts: QemuOptions): CommandPlan {
   }
   args.push('-drive', `if=none,id=disk0,format=${opts.disk.format},file=${optValue(opts.disk.path)}`);
   args.push('-device', `virtio-blk-pci,drive=disk0,bootindex=1${opts.disk.serial ? `,serial=${opts.disk.serial}` : ''}`);
+  // CD drives sit on virtio-scsi, which works on both q35 and virt (the virt machine has no IDE controller).
+  if (opts.cdrom || opts.seed?.as === 'cdrom') args.push('-device', 'virtio-scsi-pci,id=scsi0');
+  if (opts.cdrom) {
+    args.push('-drive', `if=none,id=cd0,format=raw,readonly=on,media=cdrom,file=${optValue(opts.cdrom.path)}`);
+    args.push('-device', 'scsi-cd,bus=scsi0.0,drive=cd0,bootindex=2');
+  }
   if (opts.seed) {
     if ((opts.seed.as ?? 'virtio') === 'virtio') {
       args.push('-drive', `if=none,id=seed0,format=raw,readonly=on,file=${optValue(opts.seed.path)}`);
       args.push('-device', 'virtio-blk-pci,drive=seed0');
     } else {
-      // virtio-scsi works on both q35 and virt (the virt machine has no IDE controller).
       args.push('-drive', `if=none,id=seed0,format=raw,readonly=on,media=cdrom,file=${optValue(opts.seed.path)}`);
-      args.push('-device', 'virtio-scsi-pci,id=scsi0', '-device', 'scsi-cd,bus=scsi0.0,drive=seed0');
+      args.push('-device', 'scsi-cd,bus=scsi0.0,drive=seed0');
     }
   }
   (opts.drives ?? []).forEach((d, i) => {

@@ -1,25 +1,21 @@
-import { mkdtempSync } from 'node:fs';
+import { createReadStream, mkdtempSync } from 'node:fs';
 import { readdir, readFile, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { runPlan, streamPlan } from '#common/exec.ts';
+import { fileHead } from '#common/fsutil.ts';
 import { chooseDisk, describeDisks, lsblkDisksPlan, parseDisks, rulesFromCmdline, validateDiskRules, type Disk } from '#common/install/disks.ts';
 import { everyTenPercent, partitionOffset, readBack, seedFilesDiffering, systemDevices, writeSeedFiles, writeStream, zstdFrameContentSize } from '#common/install/media.ts';
-import type { RenderedFile } from '#common/render/node.ts';
+import type { SeedPayload } from '#common/install/payload.ts';
 import { option, stderrLine, stdoutLine, type Printer } from './args.ts';
 
 export const INSTALL_USAGE = `usage: geminik8s-agent install [--dry-run] [--no-reboot] [--cmdline FILE]
-  Installs this machine from the kernel command line's geminik8s.install.* arguments (pxe serve
-  writes them): chooses the disk by its rules, writes the image, reads it back, writes the seed.`;
-
-/** What `pxe serve` hands an installer at its seed URL. */
-export interface SeedPayload {
-  node: string;
-  disk: Record<string, unknown>;
-  files: RenderedFile[];
-}
+  Installs this machine from the kernel command line's geminik8s.install.* arguments (pxe serve's
+  boot script and the installer ISO's menu give them): chooses the disk by its rules, writes the
+  image, reads it back, writes the seed. image_url and seed_url are http:// or file:// URLs.`;
 
 /** The stages the installer reports, as `pxe serve` records them. */
 export type Stage = 'booted' | 'disk-chosen' | 'written' | 'verified' | 'seeded' | 'rebooting' | 'failed';
@@ -53,7 +49,7 @@ const SEED_FILE_MODES = new Set([0o600, 0o644, 0o640]);
 export function parseSeedPayload(url: string, body: unknown): SeedPayload {
   const b = body as Partial<SeedPayload> | null;
   const files = Array.isArray(b?.files) ? b.files : undefined;
-  if (!b || typeof b.node !== 'string' || !files || typeof b.disk !== 'object' || b.disk === null) throw new GeminiError(`${url}: expected {"node", "disk", "files"} from pxe serve`, ExitCode.invalidInput);
+  if (!b || typeof b.node !== 'string' || !files || typeof b.disk !== 'object' || b.disk === null) throw new GeminiError(`${url}: expected {"node", "disk", "files"} (as pxe serve and seed --into write it)`, ExitCode.invalidInput);
   for (const f of files) {
     if (typeof f?.path !== 'string' || typeof f.content !== 'string' || f.path.startsWith('/') || f.path.split('/').includes('..')) throw new GeminiError(`${url}: a seed file with a bad path (${JSON.stringify(f?.path)})`, ExitCode.invalidInput);
   }
@@ -107,12 +103,14 @@ export async function install(cmdline: string, opts: { dryRun?: boolean; reboot:
   ports.print(`writing ${bytes} bytes onto ${disk.path}: everything on it is lost`);
   const img = await ports.openImage(imageUrl);
   let sha: string;
+  let zeroedOut: number;
   try {
-    sha = await writeStream(img.stream, disk.path, bytes, everyTenPercent(bytes, (pct) => ports.print(`  written ${pct}%`)), imageUrl);
+    ({ sha256: sha, zeroedOut } = await writeStream(img.stream, disk.path, bytes, everyTenPercent(bytes, (pct) => ports.print(`  written ${pct}%`)), imageUrl));
     await img.done;
   } catch (err) {
     return fail(err instanceof GeminiError ? err : new GeminiError(`writing ${disk.path}: ${(err as Error).message}`, ExitCode.commandFailed));
   }
+  ports.print(`wrote ${bytes - zeroedOut} bytes; ${zeroedOut} bytes of zeros were zeroed by the disk (BLKZEROOUT)`);
   await report('written', `sha256 ${sha}`);
   const back = await readBack(disk.path, bytes);
   if (back !== sha) return fail(new GeminiError(`${disk.path}: read back sha256 ${back}, wrote ${sha}: the disk may be failing`, ExitCode.commandFailed));
@@ -199,16 +197,55 @@ async function fetchStream(url: string, limits: FetchLimits): Promise<ReadableSt
   );
 }
 
-/** The machine's own disks, the live system's boot media, HTTP to pxe serve, systemctl reboot. */
+/** A file: URL's path, or undefined for any other URL. */
+function localPath(url: string): string | undefined {
+  return url.startsWith('file:') ? fileURLToPath(url) : undefined;
+}
+
+const SEED_HINT = ': put a seed into the ISO with `geminik8s seed --node NAME --into ISO --out NODE.iso`, or boot with geminik8s.install.seed_url=URL';
+
+/** Why a file the installer reads from its medium (file: URLs, the installer ISO) could not be read, with the fix when it is missing. */
+function localError(url: string, err: NodeJS.ErrnoException): GeminiError {
+  if (err.code !== 'ENOENT') return new GeminiError(`${url}: ${err.message}`, ExitCode.commandFailed);
+  return new GeminiError(`${url}: no such file on this medium${url.endsWith('.json') ? SEED_HINT : ''}`, ExitCode.invalidInput);
+}
+
+/** The machine's own disks, the live system's boot media, HTTP to pxe serve (or files on the installer ISO), systemctl reboot. */
 export function machinePorts(print: Printer = stdoutLine, warn: Printer = stderrLine, limits: FetchLimits = FETCH_LIMITS): InstallPorts {
   return {
     disks: async () => parseDisks((await runPlan(lsblkDisksPlan())).stdout, { byId: await links('/dev/disk/by-id'), byPath: await links('/dev/disk/by-path') }),
     bootDisks: systemDevices,
-    fetchSeed: async (url) => parseSeedPayload(url, await (await fetchOk(url, limits)).json()),
-    imageHead: async (url) => new Uint8Array(await (await fetchOk(url, limits, { headers: { range: 'bytes=0-31' } })).arrayBuffer()),
+    fetchSeed: async (url) => {
+      const path = localPath(url);
+      if (!path) return parseSeedPayload(url, await (await fetchOk(url, limits)).json());
+      const text = await readFile(path, 'utf8').catch((err: NodeJS.ErrnoException) => {
+        throw localError(url, err);
+      });
+      let body: unknown;
+      try {
+        body = JSON.parse(text);
+      } catch (err) {
+        throw new GeminiError(`${url}: not JSON (${(err as Error).message})`, ExitCode.invalidInput);
+      }
+      // The ISO's empty seed slot.
+      if (body === null) throw new GeminiError(`${url}: this medium carries no seed${SEED_HINT}`, ExitCode.invalidInput);
+      return parseSeedPayload(url, body);
+    },
+    imageHead: async (url) => {
+      const path = localPath(url);
+      if (path) {
+        try {
+          return new Uint8Array(fileHead(path, 32));
+        } catch (err) {
+          throw localError(url, err as NodeJS.ErrnoException);
+        }
+      }
+      return new Uint8Array(await (await fetchOk(url, limits, { headers: { range: 'bytes=0-31' } })).arrayBuffer());
+    },
     openImage: async (url) => {
-      const body = await fetchStream(url, limits);
-      const z = streamPlan({ cmd: 'zstd', args: ['-d', '-c', '-q'] }, Readable.fromWeb(body as import('node:stream/web').ReadableStream<Uint8Array>));
+      const path = localPath(url);
+      const input = path ? createReadStream(path, { highWaterMark: 4 * 1024 * 1024 }) : Readable.fromWeb((await fetchStream(url, limits)) as import('node:stream/web').ReadableStream<Uint8Array>);
+      const z = streamPlan({ cmd: 'zstd', args: ['-d', '-c', '-q'] }, input);
       return { stream: z.stdout as AsyncIterable<Uint8Array>, done: z.done };
     },
     report: async (url, stage, detail) => {

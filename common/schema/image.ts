@@ -14,9 +14,9 @@ const kernelArg = z
 
 export const ARCHES = ['amd64', 'arm64'] as const;
 export type Arch = (typeof ARCHES)[number];
-export const OUTPUT_FORMATS = ['raw', 'qcow2', 'raw.zst', 'upgrade', 'oci', 'pxe'] as const;
+export const OUTPUT_FORMATS = ['raw', 'qcow2', 'raw.zst', 'upgrade', 'oci', 'pxe', 'iso'] as const;
 export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
-/** The outputs that are a whole disk image (the rest: the upgrade bundle, the OCI image holding it, and the PXE directory). */
+/** The outputs that are a whole disk image (the rest: the upgrade bundle, the OCI image holding it, the PXE directory and the installer ISO). */
 export const DISK_FORMATS = ['raw', 'qcow2', 'raw.zst'] as const;
 export const ROOT_FS_TYPES = ['squashfs', 'erofs', 'ext4'] as const;
 
@@ -126,6 +126,9 @@ export function imageRules(image: Image): RuleIssue[] {
   }
   if (new Set(image.boot.modes).size !== image.boot.modes.length) {
     issues.push({ path: ['boot', 'modes'], message: 'boot modes are listed more than once' });
+  }
+  if (image.arch !== 'amd64' && image.outputs.includes('iso')) {
+    issues.push({ path: ['outputs'], message: 'the installer ISO is built for amd64 only so far', found: '"iso"', expected: 'pxe, or raw.zst with geminik8s flash' });
   }
   if (new Set(image.outputs).size !== image.outputs.length) {
     issues.push({ path: ['outputs'], message: 'outputs are listed more than once' });

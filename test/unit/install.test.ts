@@ -1,11 +1,13 @@
 import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, readSync, statSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { installCommand, machinePorts, type InstallPorts } from '#agent/install.ts';
 import { runPlan } from '#common/exec.ts';
 import type { Disk } from '#common/install/disks.ts';
-import { partitionOffset, zstdFrameContentSize } from '#common/install/media.ts';
+import { blkdiscardZeroout, LIVE_MEDIUM, partitionOffset, readBack, writeStream, zstdFrameContentSize, type Zeroout } from '#common/install/media.ts';
+import { grubMkrescuePlan, ISO_FILES, isIso9660, isoFiles, isoGrubCfg, isoVolumeId, parseReportLba, reportLbaPlan, SEED_SLOT_BYTES, stageIsoTree, type IsoBoot } from '#builder/iso/iso.ts';
+import { cli } from '../helpers/cli.ts';
 import { freePort, MAC1, MAC2, pxeSite, startPxeServe } from '../helpers/pxe.ts';
 import { tempDir } from '../helpers/fixtures.ts';
 
@@ -210,4 +212,100 @@ test.serial('the installer streams an image that takes longer than the answer li
   t.teardown(mute.close);
   const silent = await t.throwsAsync(drain(ports, mute.url));
   t.regex(String(silent?.message), /no answer within 0\.4 s/);
+});
+
+serial('an installer booted from the ISO: build stages the ISO and grub-mkrescue makes it, seed --into fills its seed slot in a copy (boot records untouched), and the installer reads seed and image from the medium', async (t) => {
+  const dir = tempDir('gk-install-');
+  const image = await diskImage(dir);
+  // A root tree as the build has it: boot/vmlinuz and boot/initrd.img are links to the versioned files.
+  mkdirSync(join(dir, 'root/boot'), { recursive: true });
+  for (const f of ['vmlinuz', 'initrd.img']) {
+    writeFileSync(join(dir, 'root/boot', `${f}-6.12.0-test`), randomBytes(4096));
+    symlinkSync(`${f}-6.12.0-test`, join(dir, 'root/boot', f));
+  }
+  writeFileSync(join(dir, 'root.squashfs'), randomBytes(4096));
+  const boot: IsoBoot = { volumeId: isoVolumeId('test', '0.1.0'), cmdline: 'console=ttyS0,115200', rootfsType: 'squashfs', rootSha256: 'ab'.repeat(32), title: 'geminik8s test 0.1.0 (amd64)' };
+  const tree = join(dir, 'tree');
+  stageIsoTree(tree, boot);
+  const iso = join(dir, 'test.iso');
+  await runPlan(grubMkrescuePlan(tree, isoFiles(join(dir, 'root'), join(dir, 'root.squashfs'), image.zst), iso, boot.volumeId, 1700000000));
+  t.true(isIso9660(iso));
+  t.false(isIso9660(image.raw));
+  t.regex((await runPlan({ cmd: 'blkid', args: ['-o', 'export', iso] })).stdout, /LABEL=GK_TEST_0_1_0/);
+
+  const site = await pxeSite({ serial: 'SMALL-1' });
+  const seeded = join(dir, 'node1.iso');
+  const r = await cli('seed', '--cluster', site.clusterFile, '--node', 'node1', '--into', iso, '--out', seeded);
+  t.is(r.code, 0, r.stderr);
+  t.is(statSync(seeded).mode & 0o777, 0o600, 'it carries secrets');
+  // Only the seed slot differs: El Torito, the MBR and GPT, and every other file are as built.
+  const at = parseReportLba((await runPlan(reportLbaPlan(iso, ISO_FILES.seed))).stdout, ISO_FILES.seed)!;
+  const a = readFileSync(iso);
+  const b = readFileSync(seeded);
+  t.is(a.length, b.length);
+  t.true(a.subarray(0, at.offset).equals(b.subarray(0, at.offset)) && a.subarray(at.offset + SEED_SLOT_BYTES).equals(b.subarray(at.offset + SEED_SLOT_BYTES)));
+  t.false(a.subarray(at.offset, at.offset + SEED_SLOT_BYTES).equals(b.subarray(at.offset, at.offset + SEED_SLOT_BYTES)));
+  // Without --force an existing output is kept; an image that is neither raw disk nor our ISO is refused.
+  t.is((await cli('seed', '--cluster', site.clusterFile, '--node', 'node1', '--into', iso, '--out', seeded)).code, 5);
+
+  // The live system mounts the medium at LIVE_MEDIUM; here, a copy of its files from the seeded ISO.
+  const medium = join(dir, 'medium');
+  const extract = async (from: string): Promise<void> => {
+    await runPlan({ cmd: 'rm', args: ['-rf', medium] });
+    await runPlan({ cmd: 'xorriso', args: ['-osirrox', 'on', '-indev', from, '-extract', '/live', join(medium, 'live'), '-extract', '/geminik8s', join(medium, 'geminik8s')] });
+  };
+  // The kernel and initrd are the files themselves, where the menu loads them.
+  await runPlan({ cmd: 'xorriso', args: ['-osirrox', 'on', '-indev', seeded, '-extract', '/live/vmlinuz', join(dir, 'iso-vmlinuz')] });
+  t.true(readFileSync(join(dir, 'iso-vmlinuz')).equals(readFileSync(join(dir, 'root/boot/vmlinuz-6.12.0-test'))));
+  const cfg = (await runPlan({ cmd: 'xorriso', args: ['-osirrox', 'on', '-indev', seeded, '-extract', '/boot/grub/grub.cfg', join(dir, 'grub.cfg')] }), readFileSync(join(dir, 'grub.cfg'), 'utf8'));
+  t.is(cfg, isoGrubCfg(boot));
+  const kernelLine = /^\s*linux \S+ (.*)$/m.exec(cfg)![1]!.replaceAll(LIVE_MEDIUM, medium);
+  writeFileSync(join(dir, 'cmdline'), kernelLine);
+  const small = await loop(join(dir, 'small.img'), 32 * MiB, 0xab);
+  const big = await loop(join(dir, 'big.img'), 64 * MiB, 0xcd);
+  const before = [sha256(join(dir, 'small.img')), sha256(join(dir, 'big.img'))];
+  const printed: string[] = [];
+  let rebooted = 0;
+  const ports: InstallPorts = { ...machinePorts((l) => printed.push(l), (l) => printed.push(`WARN ${l}`)), disks: async () => [sataDisk(small, 'SMALL-1', 32 * MiB), sataDisk(big, 'BIG-2', 64 * MiB)], reboot: async () => void rebooted++ };
+
+  // The ISO as built has an empty seed slot: refused as bad input, nothing written.
+  await extract(iso);
+  t.is(await installCommand(['--cmdline', join(dir, 'cmdline')], ports), 2);
+  t.regex(printed.join('\n'), /this medium carries no seed: put a seed into the ISO with `geminik8s seed --node NAME --into ISO/);
+  t.deepEqual([sha256(join(dir, 'small.img')), sha256(join(dir, 'big.img'))], before);
+
+  await extract(seeded);
+  printed.length = 0;
+  t.is(await installCommand(['--cmdline', join(dir, 'cmdline')], ports), 0, printed.join('\n'));
+  t.is(rebooted, 1);
+  t.regex(printed.join('\n'), /installed node1 onto \/dev\/loop\d+/);
+  const offset = await partitionOffset(small, 'CONFIG');
+  t.regex((await runPlan({ cmd: 'mtype', args: ['-i', `${small}@@${offset}`, '::/meta-data'], env: { MTOOLS_SKIP_CHECK: '1' } })).stdout, /node1/);
+  t.is(sha256(join(dir, 'big.img')), before[1]!, 'the other disk is untouched');
+});
+
+serial('writeStream hands runs of zeros to the device (BLKZEROOUT) and writes the rest; what reads back is the input, whatever was on the disk before', async (t) => {
+  const dir = tempDir('gk-install-');
+  const dev = await loop(join(dir, 'disk.img'), 16 * MiB, 0xab);
+  // Data, 5 MiB of zeros starting off a sector boundary, data, 3 MiB of zeros to the end.
+  const data = Buffer.concat([randomBytes(MiB + 100), Buffer.alloc(5 * MiB), randomBytes(2 * MiB), Buffer.alloc(8 * MiB - 100)]);
+  const chunks = async function* (): AsyncGenerator<Buffer> {
+    for (let at = 0; at < data.length; at += 65536) yield data.subarray(at, at + 65536);
+  };
+  const calls: [number, number][] = [];
+  const spy: Zeroout = async (device, offset, length) => {
+    calls.push([offset, length]);
+    return blkdiscardZeroout(device, offset, length);
+  };
+  const r = await writeStream(chunks(), dev, data.length, () => undefined, 'test', spy);
+  t.is(r.sha256, createHash('sha256').update(data).digest('hex'));
+  t.is(await readBack(dev, data.length), r.sha256, 'the zeroed runs read back as zeros, not as the 0xab that was there');
+  t.true(calls.length === 2 && calls.every(([o, l]) => o % 512 === 0 && l % 512 === 0), JSON.stringify(calls));
+  t.true(r.zeroedOut > 12 * MiB, `${r.zeroedOut} bytes zeroed out`);
+
+  // A device that cannot zero out: every byte is written, the result is the same.
+  const again = await loop(join(dir, 'disk2.img'), 16 * MiB, 0xcd);
+  const w = await writeStream(chunks(), again, data.length, () => undefined, 'test', async () => false);
+  t.is(w.zeroedOut, 0);
+  t.is(await readBack(again, data.length), r.sha256);
 });

@@ -111,6 +111,22 @@ test('network boot: the NIC boots before the disk from QEMU\'s TFTP, guest forwa
   t.deepEqual(problems.map((p) => p.split(':')[0]), ['disk.serial', 'networks.0.guestfwd.0.addr', 'networks.0.guestfwd.0.port', 'networks.0.guestfwd.0.cmd', 'networks.0.netboot.tftp', 'networks.0.netboot.bootfile']);
 });
 
+test('an installer ISO in a CD drive boots after the disk, beside a cidata seed CD on the same controller', (t) => {
+  const plan = qemuPlan(
+    base({
+      disk: { path: `${RUN}/target.raw`, format: 'raw', serial: 'GK-TARGET' },
+      drives: [{ path: `${RUN}/other.raw`, serial: 'GK-OTHER', writable: true }],
+      cdrom: { path: '/out/test-0.1.0-amd64.iso' },
+      seed: { path: `${RUN}/seed.iso`, as: 'cdrom' },
+    }),
+  );
+  assertGolden(t, 'qemu/amd64-bios-cdrom.txt', render(plan));
+  t.is(plan.args.filter((a) => a === 'virtio-scsi-pci,id=scsi0').length, 1, 'one controller for both CDs');
+  t.true(plan.args.includes('scsi-cd,bus=scsi0.0,drive=cd0,bootindex=2'));
+  t.true(plan.args.includes('virtio-blk-pci,drive=disk0,bootindex=1,serial=GK-TARGET'), 'the disk first');
+  t.deepEqual(qemuOptionProblems(base({ cdrom: { path: '' } })), ['cdrom.path: missing']);
+});
+
 test('commas in paths are doubled, as QEMU option syntax requires', (t) => {
   const plan = qemuPlan(base({ disk: { path: '/tmp/a,b.raw', format: 'raw' } }));
   t.true(plan.args.includes('if=none,id=disk0,format=raw,file=/tmp/a,,b.raw'));

@@ -238,7 +238,7 @@ test('keygen writes a 0600 secret key and a public key, refuses to overwrite the
 
 test('build options and the image\'s trusted keys: errors name the option, or the image file and field', async (t) => {
   t.deepEqual(parseOutputs('raw,upgrade,raw'), ['raw', 'upgrade']);
-  t.throws(() => parseOutputs('raw,iso'), { message: /--output: unknown format "iso"; expected a comma-separated list of raw, qcow2, raw\.zst, upgrade/ });
+  t.throws(() => parseOutputs('raw,vmdk'), { message: /--output: unknown format "vmdk"; expected a comma-separated list of raw, qcow2, raw\.zst, upgrade, oci, pxe, iso/ });
   const dir = tempDir('gk-trust-');
   const key = generateKeyPair();
   writeFileSync(join(dir, 'good.pub'), encodePublicKey(key));

@@ -12,6 +12,7 @@ import { rootfsName } from '../rootfs/steps.ts';
 import { writeOciArchive } from '../upgrade/oci.ts';
 import { writeBundle } from '../upgrade/write.ts';
 import { PXE_FILES, PXE_META, type PxeMeta } from '../pxe/server.ts';
+import { grubMkrescuePlan, isoFiles, isoVolumeId, stageIsoTree, type IsoBoot } from '../iso/iso.ts';
 import { kernelCmdline } from '../render/grub.ts';
 import { DISK_FORMATS, type OutputFormat } from '#common/schema/image.ts';
 import { patchBiosBoot } from './bios.ts';
@@ -32,6 +33,8 @@ export interface DiskState {
   xattrDump?: string;
   outputs: { format: string; file: string; bytes: number; sha256: string }[];
   rawTmp?: string;
+  /** The disk image compressed in the work directory, made once for the PXE directory and the ISO when raw.zst is not an output. */
+  zst?: string;
 }
 
 function disk(ctx: BuildContext): DiskState {
@@ -95,14 +98,47 @@ async function atomically(final: string, make: (tmp: string) => Promise<void>): 
 
 const isDiskFormat = (f: OutputFormat): boolean => (DISK_FORMATS as readonly string[]).includes(f);
 /** Skip reason for the steps only a disk image needs (`--output upgrade` alone). */
-const noDisk = (ctx: BuildContext): string | false => (ctx.outputs.some(isDiskFormat) || ctx.outputs.includes('pxe') ? false : 'no disk image among the outputs');
+const noDisk = (ctx: BuildContext): string | false => (ctx.outputs.some(isDiskFormat) || ctx.outputs.includes('pxe') || ctx.outputs.includes('iso') ? false : 'no disk image among the outputs');
+
+/** The disk image compressed, as the PXE directory and the ISO carry it: the raw.zst output when there is one, else one made once in the work directory. */
+async function imageZst(ctx: BuildContext, raw: string): Promise<string> {
+  if (ctx.outputs.includes('raw.zst')) return join(ctx.outDir, `${rootfsName(ctx)}.raw.zst`);
+  const d = disk(ctx);
+  if (!d.zst) {
+    d.zst = work(ctx, 'image.raw.zst');
+    await runPlan(zstdPlan(raw, d.zst), { timeoutMs: 30 * 60_000 });
+  }
+  return d.zst;
+}
+
+/**
+ * `<name>.iso`: the installer ISO (iso/iso.ts), a hybrid that boots from CD or USB stick under
+ * BIOS and UEFI into the live system, whose installer writes the disk image onto the disk its
+ * seed's rules name. It has an empty seed slot for `seed --into`.
+ */
+async function writeIso(ctx: BuildContext, final: string, zst: string): Promise<void> {
+  const tree = disk(ctx).rootTree!;
+  const root = disk(ctx).images.rootA!.file;
+  const boot: IsoBoot = {
+    volumeId: isoVolumeId(ctx.image.name, ctx.image.version),
+    cmdline: kernelCmdline(ctx.image),
+    rootfsType: ctx.image.rootfs.type,
+    rootSha256: await sha256File(root),
+    title: `geminik8s ${ctx.image.name} ${ctx.image.version} (${ctx.image.arch})`,
+  };
+  const stage = work(ctx, 'iso-tree');
+  await rm(stage, { recursive: true, force: true });
+  stageIsoTree(stage, boot);
+  await atomically(final, (tmp) => runPlan(grubMkrescuePlan(stage, isoFiles(tree, root, zst), tmp, boot.volumeId, ctx.sourceDateEpoch), { timeoutMs: 30 * 60_000 }).then(() => undefined));
+  await rm(stage, { recursive: true, force: true });
+}
 
 /**
  * `<name>.pxe/`: what `pxe serve --dir` serves (the kernel, the initrd, the root slot, the disk
  * image the installer writes) with `pxe.json` (the kernel arguments and root type) and
  * `SHA256SUMS`. Made under a temporary name and renamed whole, so a failed build leaves none.
  */
-async function writePxeDir(ctx: BuildContext, final: string, raw: string, rawZst?: string): Promise<void> {
+async function writePxeDir(ctx: BuildContext, final: string, raw: string): Promise<void> {
   const tree = disk(ctx).rootTree!;
   const sums = new Map<string, string>();
   await atomically(final, async (tmp) => {
@@ -111,8 +147,7 @@ async function writePxeDir(ctx: BuildContext, final: string, raw: string, rawZst
     copyFileSync(join(tree, 'boot/vmlinuz'), join(tmp, PXE_FILES.kernel));
     copyFileSync(join(tree, 'boot/initrd.img'), join(tmp, PXE_FILES.initrd));
     copyFileSync(disk(ctx).images.rootA!.file, join(tmp, PXE_FILES.root));
-    if (rawZst) copyFileSync(rawZst, join(tmp, PXE_FILES.image));
-    else await runPlan(zstdPlan(raw, join(tmp, PXE_FILES.image)), { timeoutMs: 30 * 60_000 });
+    copyFileSync(await imageZst(ctx, raw), join(tmp, PXE_FILES.image));
     const meta: PxeMeta = { image: ctx.image.name, version: ctx.image.version, arch: ctx.image.arch, rootfsType: ctx.image.rootfs.type, cmdline: kernelCmdline(ctx.image) };
     writeFileSync(join(tmp, PXE_META), `${JSON.stringify(meta, null, 2)}\n`);
     for (const f of [...Object.values(PXE_FILES), PXE_META]) sums.set(f, await sha256File(join(tmp, f)));
@@ -132,7 +167,16 @@ export const DISK_STEPS: Step[] = [
       const tools = ['tar', 'sfdisk', 'mkfs.ext4', 'mkfs.vfat', 'mmd', 'mcopy', 'grub-mkimage', 'grub-editenv'];
       if (ctx.image.rootfs.type === 'squashfs') tools.push('mksquashfs');
       if (ctx.outputs.includes('qcow2')) tools.push('qemu-img');
-      if (ctx.outputs.includes('raw.zst') || ctx.outputs.includes('pxe')) tools.push('zstd');
+      if (ctx.outputs.includes('raw.zst') || ctx.outputs.includes('pxe') || ctx.outputs.includes('iso')) tools.push('zstd');
+      if (ctx.outputs.includes('iso')) {
+        // grub-mkrescue puts every GRUB platform installed on the host into the ISO: an arm64 ISO
+        // made on an amd64 host would carry x86 boot records. Not built yet (docs/cli.md).
+        if (ctx.image.arch !== 'amd64') throw new GeminiError(`--output iso: the installer ISO is built for amd64 only so far; for ${ctx.image.arch}, use --output pxe or raw.zst with geminik8s flash`, ExitCode.invalidInput);
+        tools.push('grub-mkrescue', 'xorriso', 'mformat');
+        for (const [platform, pkg] of [['i386-pc', 'grub-pc-bin'], ['x86_64-efi', 'grub-efi-amd64-bin']] as const) {
+          if (!existsSync(join(HOST_GRUB, platform, 'kernel.img'))) throw new GeminiError(`--output iso boots under BIOS and UEFI: GRUB's ${platform} modules are missing from ${HOST_GRUB}/${platform} (apt-get install ${pkg})`, ExitCode.missingTool);
+        }
+      }
       if (process.getuid?.() !== 0) tools.push('fakeroot', 'setfattr');
       await requireTools(tools);
       for (const target of grubTargets(ctx).filter((t) => t !== 'arm64-efi')) {
@@ -325,7 +369,7 @@ export const DISK_STEPS: Step[] = [
     },
   },
   {
-    name: 'write outputs: raw, qcow2, raw.zst with sha256 sums',
+    name: 'write outputs: raw, qcow2, raw.zst, the PXE directory, the installer ISO, with sha256 sums',
     skip: noDisk,
     async run(ctx) {
       const tmp = disk(ctx).rawTmp!;
@@ -333,12 +377,13 @@ export const DISK_STEPS: Step[] = [
       try {
         if (ctx.outputs.includes('qcow2')) await atomically(`${base}.qcow2`, (t) => runPlan(qcow2Plan(tmp, t), { timeoutMs: 30 * 60_000 }).then(() => undefined));
         if (ctx.outputs.includes('raw.zst')) await atomically(`${base}.raw.zst`, (t) => runPlan(zstdPlan(tmp, t), { timeoutMs: 30 * 60_000 }).then(() => undefined));
-        if (ctx.outputs.includes('pxe')) await writePxeDir(ctx, `${base}.pxe`, tmp, ctx.outputs.includes('raw.zst') ? `${base}.raw.zst` : undefined);
+        if (ctx.outputs.includes('pxe')) await writePxeDir(ctx, `${base}.pxe`, tmp);
+        if (ctx.outputs.includes('iso')) await writeIso(ctx, `${base}.iso`, await imageZst(ctx, tmp));
         if (ctx.outputs.includes('raw')) await rename(tmp, `${base}.raw`);
       } finally {
         await rm(tmp, { force: true });
       }
-      for (const format of ctx.outputs.filter(isDiskFormat)) await recordOutput(ctx, format, `${base}.${format}`);
+      for (const format of ctx.outputs.filter((f) => isDiskFormat(f) || f === 'iso')) await recordOutput(ctx, format, `${base}.${format}`);
     },
   },
   {

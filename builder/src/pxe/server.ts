@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { writeFileAtomic } from '#common/fsutil.ts';
 import type { DiskRules } from '#common/install/disks.ts';
 import type { RenderedFile } from '#common/render/node.ts';
+import { seedPayloadJson } from '#common/install/payload.ts';
 
 /** The files `pxe serve --dir` serves, by the names the boot script and the installer use. */
 export const PXE_FILES = { kernel: 'vmlinuz', initrd: 'initrd.img', root: 'root.squashfs', image: 'image.raw.zst' } as const;
@@ -198,7 +199,7 @@ export function createPxeServer(o: PxeServerOptions): { server: Server; state: (
           return send(res, 410, `${node.name} is installed; its seed is not served again (remove it from ${STATE_FILE} to reinstall)\n`);
         }
         emit({ kind: 'seed', mac, node: node.name, client });
-        return send(res, 200, `${JSON.stringify({ node: node.name, disk: node.disk ?? {}, files: node.seed.map((f) => ({ path: f.path, mode: f.mode, content: f.content })) })}\n`, 'application/json');
+        return send(res, 200, seedPayloadJson(node.name, node.disk, node.seed), 'application/json');
       }
       if (parts[0] === 'progress' && parts.length === 2 && req.method === 'POST') {
         const mac = normalizeMac(parts[1]);

@@ -26,9 +26,9 @@ const CHUNK = 4 * 1024 * 1024;
 async function writeImage(image: string, zst: boolean, device: string, total: number, progress: (done: number) => void): Promise<string> {
   const source = zst ? streamPlan({ cmd: 'zstd', args: ['-d', '-c', '-q', image] }) : undefined;
   const input = source ? source.stdout : createReadStream(image, { highWaterMark: CHUNK });
-  const sha = await writeStream(input as AsyncIterable<Buffer>, device, total, progress, image);
+  const { sha256 } = await writeStream(input as AsyncIterable<Buffer>, device, total, progress, image);
   await source?.done;
-  return sha;
+  return sha256;
 }
 
 export function registerFlash(program: Command, ctx: () => CliContext): void {

@@ -1,6 +1,9 @@
+import { existsSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { assertKnownNode, loadCluster, loadClusterSecrets, loadClusterTls } from '#common/config.ts';
 import { renderSeedFiles } from '../../render/index.ts';
+import { seedPayloadJson } from '#common/install/payload.ts';
+import { isIso9660, seedIntoIso } from '../../iso/iso.ts';
 import { seedIntoImage } from '../../seed/into-image.ts';
 import { writeSeed } from '../../seed/write.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
@@ -21,7 +24,7 @@ export function registerSeed(program: Command, ctx: () => CliContext): void {
     .option('--cluster <file>', 'cluster.yaml (default: --config)')
     .requiredOption('--node <name>', 'the node the seed is for')
     .requiredOption('--out <path>', 'output directory (--format dir), ISO file (--format iso), or disk image (--into)')
-    .option('--into <image>', 'write the seed into the config partition of a copy of this raw disk image (at --out)')
+    .option('--into <image>', 'write the seed into a copy (at --out) of this raw disk image (its config partition) or installer ISO (build --output iso)')
     .addOption(new Option('--format <format>', 'a directory to copy onto the config partition, or a cidata ISO for virtual machines').choices(['dir', 'iso']).default('dir'))
     .option('--force', 'replace an existing output')
     .action(async (opts: SeedOptions) => {
@@ -32,6 +35,14 @@ export function registerSeed(program: Command, ctx: () => CliContext): void {
       const secrets = await loadClusterSecrets(clusterFile, cluster);
       const tls = await loadClusterTls(clusterFile, cluster, opts.node);
       const files = renderSeedFiles(cluster, opts.node, secrets, tls);
+      if (opts.into && existsSync(opts.into) && isIso9660(opts.into)) {
+        const disk = cluster.nodes.find((n) => n.name === opts.node)?.install?.disk;
+        if (!disk) c.logger.warn(`${opts.node} has no install.disk rules in ${clusterFile}: the ISO's installer will refuse to choose a disk unless its kernel command line gives rules (geminik8s.install.serial=...)`);
+        await seedIntoIso(opts.into, opts.out, seedPayloadJson(opts.node, disk, files), Boolean(opts.force));
+        c.logger.info(`wrote ${opts.out}: ${opts.into} carrying the seed of ${opts.node} (0600); it installs ${opts.node} onto the disk its rules name`);
+        c.print(opts.out);
+        return;
+      }
       if (opts.into) {
         await seedIntoImage(opts.into, opts.out, files, Boolean(opts.force));
         c.logger.info(`wrote ${opts.out}: ${opts.into} with the seed of ${opts.node} on its config partition (0600)`);

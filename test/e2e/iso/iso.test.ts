@@ -1,0 +1,83 @@
+import test from 'ava';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import { bootVm, parseMarkerFields, READY_MARKER, type Vm } from '#qemu/index.ts';
+import { cli } from '../../helpers/cli.ts';
+import { tempDir } from '../../helpers/fixtures.ts';
+import { blankDisk, BOOT_TIMEOUT, buildInstaller, INSTALL_TIMEOUT, onConsole, OTHER_SERIAL, sha256Of, TARGET_SERIAL } from '../../helpers/installer-e2e.ts';
+import { pxeSite } from '../../helpers/pxe.ts';
+import { testImage, type BuiltImage } from '../../helpers/test-image.ts';
+
+let img: BuiltImage;
+let iso: string;
+const vms: Vm[] = [];
+
+test.before(async (t) => {
+  img = await testImage('test-amd64.yaml', (m) => t.log(m));
+  const built = await buildInstaller(img, 'iso');
+  iso = built.path;
+  t.log(`build --output iso from the cached root: ${built.seconds} s; ${statSync(iso).size} bytes`);
+});
+
+test.afterEach.always(async () => {
+  for (const vm of vms.splice(0)) await vm.stop();
+});
+
+/** The ISO with node1's seed in it (`seed --into`), node1's disk chosen by `disk` (cluster.yaml from init). */
+async function seededIso(dir: string, disk: Record<string, string>): Promise<string> {
+  const site = await pxeSite(disk);
+  const out = join(dir, 'node1.iso');
+  const r = await cli('seed', '--cluster', site.clusterFile, '--node', 'node1', '--into', iso, '--out', out);
+  if (r.code !== 0) throw new Error(`seed --into ${iso} failed (${r.code}): ${r.stderr}`);
+  return out;
+}
+
+test.serial('an ISO whose seed matches both disks refuses, lists every disk, and writes nothing anywhere', async (t) => {
+  const dir = tempDir('gk-e2e-iso-refuse-');
+  const seeded = await seededIso(dir, { minSize: '1GiB' });
+  const a = await blankDisk(join(dir, 'a.raw'), 4 * 1024 ** 3, true);
+  const b = await blankDisk(join(dir, 'b.raw'), 6 * 1024 ** 3, true);
+  const before = [await sha256Of(a), await sha256Of(b)];
+  // Boot order disk, then CD: the blank disk falls through to the ISO.
+  const vm = await bootVm({ arch: 'amd64', firmware: 'bios', image: a, format: 'raw', write: true, diskSerial: TARGET_SERIAL, drives: [{ path: b, serial: OTHER_SERIAL, writable: true }], cdrom: seeded, serialLog: join(dir, 'serial.log') });
+  vms.push(vm);
+  const refusal = await onConsole(vm, /refusing to install node1: [^\n]*/, INSTALL_TIMEOUT);
+  t.log(refusal);
+  t.regex(refusal, /2 disks match the rules/);
+  // The refusal carries the listing of every disk with its attributes (the CD is not a disk).
+  await onConsole(vm, new RegExp(`serial "${OTHER_SERIAL}"`), 60_000);
+  t.regex(vm.log(), new RegExp(`serial "${TARGET_SERIAL}"`));
+  t.false(/written \d+%/.test(vm.log()), 'no write started');
+  await vm.stop();
+  t.deepEqual([await sha256Of(a), await sha256Of(b)], before, 'both disks are byte for byte as before');
+});
+
+test.serial('the ISO installs onto the disk its seed names by serial, leaves the other alone, and the machine boots it as its node', async (t) => {
+  const dir = tempDir('gk-e2e-iso-install-');
+  const seeded = await seededIso(dir, { serial: TARGET_SERIAL });
+  const imageBytes = statSync(img.raw).size;
+  // The target just big enough; a larger disk the rule must leave alone.
+  const target = await blankDisk(join(dir, 'target.raw'), imageBytes + 256 * 1024 ** 2);
+  const other = await blankDisk(join(dir, 'other.raw'), imageBytes + 2 * 1024 ** 3, true);
+  const otherBefore = await sha256Of(other);
+  const started = Date.now();
+  // Boot order disk, then CD: the blank target falls through to the ISO; once installed, it boots itself.
+  const vm = await bootVm({ arch: 'amd64', firmware: 'bios', image: target, format: 'raw', write: true, diskSerial: TARGET_SERIAL, drives: [{ path: other, serial: OTHER_SERIAL, writable: true }], cdrom: seeded, serialLog: join(dir, 'serial.log') });
+  vms.push(vm);
+  const done = await onConsole(vm, /installed node1 onto \S+|refusing to install[^\n]*|geminik8s-install\.service: Failed[^\n]*/, INSTALL_TIMEOUT);
+  const installedAt = Date.now();
+  t.regex(done, /^installed node1 onto \/dev\/vd/, vm.log().slice(-4000));
+  // The disk it wrote is the one its listing shows with the serial the seed names.
+  const disk = /installed node1 onto (\S+)/.exec(done)![1]!;
+  t.regex(vm.log(), new RegExp(`${disk}\\s+\\S+\\s+[^\\n]*serial "${TARGET_SERIAL}"`), 'the chosen disk is the one the seed names');
+  t.regex(vm.log(), /geminik8s-live: medium \S+ labelled GK_TEST_0_1_0/, 'the live root came from the ISO');
+  t.regex(vm.log(), /geminik8s-live: sha256 matches/, 'and its sha256 was checked');
+
+  const ready = await vm.waitFor(READY_MARKER, BOOT_TIMEOUT);
+  const f = parseMarkerFields(ready.line);
+  t.log(`installed system: ${ready.line}`);
+  t.like(f, { slot: 'A', role: 'leader', root: 'ro', etc: 'overlay', boots: '1' });
+  t.log(`ISO ${statSync(seeded).size} bytes; power-on to installed: ${((installedAt - started) / 1000).toFixed(0)} s wall; installed to READY: ${((Date.now() - installedAt) / 1000).toFixed(0)} s wall (guest uptime ${f.uptime} s)`);
+  await vm.stop();
+  t.is(await sha256Of(other), otherBefore, 'the other disk is byte for byte as before');
+});
