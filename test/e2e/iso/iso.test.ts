@@ -52,6 +52,24 @@ test.serial('an ISO whose seed matches both disks refuses, lists every disk, and
   t.deepEqual([await sha256Of(a), await sha256Of(b)], before, 'both disks are byte for byte as before');
 });
 
+test.serial('written to a USB stick, the ISO boots from it, and its installer never picks the stick itself', async (t) => {
+  const dir = tempDir('gk-e2e-iso-usb-');
+  // Only the stick (665 MB) is under 1 GiB: the rule matches it and nothing else.
+  const seeded = await seededIso(dir, { maxSize: '1GiB' });
+  const blank = await blankDisk(join(dir, 'blank.raw'), 4 * 1024 ** 3, true);
+  const before = await sha256Of(blank);
+  // The stick is the boot disk, on a copy-on-write overlay (the harness's default), as dd would leave it.
+  const vm = await bootVm({ arch: 'amd64', firmware: 'bios', image: seeded, format: 'raw', diskSerial: 'GK-USB', drives: [{ path: blank, serial: TARGET_SERIAL, writable: true }], serialLog: join(dir, 'serial.log') });
+  vms.push(vm);
+  const refusal = await onConsole(vm, /refusing to install node1: [^\n]*/, INSTALL_TIMEOUT);
+  t.log(refusal);
+  t.regex(vm.log(), /geminik8s-live: medium \/dev\/vda labelled GK_TEST_0_1_0/, 'the live root came from the stick');
+  t.regex(refusal, /no disk matches the rules/);
+  await onConsole(vm, /the medium this installer booted from/, 60_000);
+  await vm.stop();
+  t.is(await sha256Of(blank), before, 'the other disk is byte for byte as before');
+});
+
 test.serial('the ISO installs onto the disk its seed names by serial, leaves the other alone, and the machine boots it as its node', async (t) => {
   const dir = tempDir('gk-e2e-iso-install-');
   const seeded = await seededIso(dir, { serial: TARGET_SERIAL });
