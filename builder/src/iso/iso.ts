@@ -15,7 +15,7 @@ export const ISO_FILES = {
   initrd: 'live/initrd.img',
   root: 'live/root.squashfs',
   image: 'live/image.raw.zst',
-  /** Put there by `geminik8s seed --into ISO`; the ISO that `build` writes has none. */
+  /** Filled by `geminik8s seed --into ISO`; in the ISO that `build` writes, an empty slot (JSON `null`). */
   seed: 'geminik8s/seed.json',
 } as const;
 
