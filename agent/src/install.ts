@@ -158,10 +158,14 @@ export interface FetchLimits {
 
 export const FETCH_LIMITS: FetchLimits = { answerMs: 60_000, idleMs: 60_000 };
 
-async function fetchOk(url: string, limits: FetchLimits, init?: RequestInit): Promise<Response> {
-  const r = await fetch(url, { ...init, signal: AbortSignal.timeout(limits.answerMs) });
+/** `r`, or the server's refusal with its status and text. */
+async function okOr(url: string, r: Response): Promise<Response> {
   if (!r.ok) throw new GeminiError(`${url}: HTTP ${r.status} ${(await r.text().catch(() => '')).trim()}`, ExitCode.commandFailed);
   return r;
+}
+
+async function fetchOk(url: string, limits: FetchLimits, init?: RequestInit): Promise<Response> {
+  return okOr(url, await fetch(url, { ...init, signal: AbortSignal.timeout(limits.answerMs) }));
 }
 
 /**
@@ -180,7 +184,7 @@ async function fetchStream(url: string, limits: FetchLimits): Promise<ReadableSt
     throw abort.signal.aborted ? abort.signal.reason : err;
   }
   clearTimeout(timer);
-  if (!r.ok) throw new GeminiError(`${url}: HTTP ${r.status} ${(await r.text().catch(() => '')).trim()}`, ExitCode.commandFailed);
+  await okOr(url, r);
   if (!r.body) throw new GeminiError(`${url}: empty answer`, ExitCode.commandFailed);
   timer = stalled(limits.idleMs, 'no data');
   return r.body.pipeThrough(

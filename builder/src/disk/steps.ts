@@ -116,7 +116,7 @@ async function imageZst(ctx: BuildContext, raw: string): Promise<string> {
  * BIOS and UEFI into the live system, whose installer writes the disk image onto the disk its
  * seed's rules name. It has an empty seed slot for `seed --into`.
  */
-async function writeIso(ctx: BuildContext, final: string, zst: string): Promise<void> {
+async function writeIso(ctx: BuildContext, final: string, raw: string): Promise<void> {
   const tree = disk(ctx).rootTree!;
   const root = disk(ctx).images.rootA!.file;
   const boot: IsoBoot = {
@@ -129,6 +129,7 @@ async function writeIso(ctx: BuildContext, final: string, zst: string): Promise<
   const stage = work(ctx, 'iso-tree');
   await rm(stage, { recursive: true, force: true });
   stageIsoTree(stage, boot);
+  const zst = await imageZst(ctx, raw);
   await atomically(final, (tmp) => runPlan(grubMkrescuePlan(stage, isoFiles(tree, root, zst), tmp, boot.volumeId, ctx.sourceDateEpoch), { timeoutMs: 30 * 60_000 }).then(() => undefined));
   await rm(stage, { recursive: true, force: true });
 }
@@ -378,7 +379,7 @@ export const DISK_STEPS: Step[] = [
         if (ctx.outputs.includes('qcow2')) await atomically(`${base}.qcow2`, (t) => runPlan(qcow2Plan(tmp, t), { timeoutMs: 30 * 60_000 }).then(() => undefined));
         if (ctx.outputs.includes('raw.zst')) await atomically(`${base}.raw.zst`, (t) => runPlan(zstdPlan(tmp, t), { timeoutMs: 30 * 60_000 }).then(() => undefined));
         if (ctx.outputs.includes('pxe')) await writePxeDir(ctx, `${base}.pxe`, tmp);
-        if (ctx.outputs.includes('iso')) await writeIso(ctx, `${base}.iso`, await imageZst(ctx, tmp));
+        if (ctx.outputs.includes('iso')) await writeIso(ctx, `${base}.iso`, tmp);
         if (ctx.outputs.includes('raw')) await rename(tmp, `${base}.raw`);
       } finally {
         await rm(tmp, { force: true });

@@ -1,10 +1,10 @@
-import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, realpathSync, writeFileSync, writeSync } from 'node:fs';
-import { chmod, rename, rm } from 'node:fs/promises';
+import { closeSync, existsSync, mkdirSync, openSync, realpathSync, writeFileSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { runPlan, type CommandPlan } from '#common/exec.ts';
 import { fileHead } from '#common/fsutil.ts';
 import { LIVE_MEDIUM } from '#common/install/media.ts';
+import { editedCopy } from '../seed/into-image.ts';
 
 /**
  * Where the installer ISO keeps what it boots and installs. The live boot reads `root` from the
@@ -157,8 +157,7 @@ export function isIso9660(file: string): boolean {
 
 /**
  * Copy the installer ISO `iso` to `out` with `payload` (the seed, as JSON) in its seed slot,
- * written in place: the boot records are untouched. The copy carries secrets, so it is 0600,
- * and it appears under its name only when complete.
+ * written in place: the boot records are untouched (see editedCopy for the copy).
  */
 export async function seedIntoIso(iso: string, out: string, payload: string, force: boolean): Promise<void> {
   if (existsSync(out) && !force) throw new GeminiError(`${out} already exists; pass --force to replace it`, ExitCode.refused);
@@ -166,19 +165,12 @@ export async function seedIntoIso(iso: string, out: string, payload: string, for
   if (!at || at.bytes !== SEED_SLOT_BYTES) throw new GeminiError(`--into ${iso}: an ISO 9660 image without a ${SEED_SLOT_BYTES}-byte /${ISO_FILES.seed}; give an ISO that geminik8s build --output iso wrote`, ExitCode.invalidInput);
   const slot = fillSeedSlot(payload);
   if (!slot) throw new GeminiError(`the seed is ${Buffer.byteLength(payload)} bytes; the ISO's seed slot holds ${SEED_SLOT_BYTES - 1}`, ExitCode.invalidInput);
-  const tmp = join(dirname(out), `.${basename(out)}.tmp-${process.pid}`);
-  try {
-    copyFileSync(iso, tmp);
-    await chmod(tmp, 0o600);
-    const fd = openSync(tmp, 'r+');
+  await editedCopy(iso, out, async (copy) => {
+    const fd = openSync(copy, 'r+');
     try {
       writeSync(fd, slot, 0, slot.length, at.offset);
     } finally {
       closeSync(fd);
     }
-    await rename(tmp, out);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
+  });
 }
