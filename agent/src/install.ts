@@ -8,14 +8,16 @@ import { ExitCode, GeminiError } from '#common/errors.ts';
 import { runPlan, streamPlan } from '#common/exec.ts';
 import { fileHead } from '#common/fsutil.ts';
 import { chooseDisk, describeDisks, lsblkDisksPlan, parseDisks, rulesFromCmdline, validateDiskRules, type Disk } from '#common/install/disks.ts';
-import { everyTenPercent, partitionOffset, readBack, seedFilesDiffering, systemDevices, writeSeedFiles, writeStream, zstdFrameContentSize } from '#common/install/media.ts';
+import { blkidAllPlan, everyTenPercent, labelledDevices, partitionOffset, readBack, SEED_MEDIUM_FILE, SEED_MEDIUM_LABEL, seedFilesDiffering, systemDevices, withDisksUnder, writeSeedFiles, writeStream, zstdFrameContentSize } from '#common/install/media.ts';
 import type { SeedPayload } from '#common/install/payload.ts';
 import { option, stderrLine, stdoutLine, type Printer } from './args.ts';
 
 export const INSTALL_USAGE = `usage: geminik8s-agent install [--dry-run] [--no-reboot] [--cmdline FILE]
   Installs this machine from the kernel command line's geminik8s.install.* arguments (pxe serve's
   boot script and the installer ISO's menu give them): chooses the disk by its rules, writes the
-  image, reads it back, writes the seed. image_url and seed_url are http:// or file:// URLs.`;
+  image, reads it back, writes the seed. image_url and seed_url are http:// or file:// URLs. With no
+  seed at seed_url (or no seed_url), the seed comes from a FAT medium labelled GKSEED
+  (geminik8s seed --format medium), file geminik8s/seed.json.`;
 
 /** The stages the installer reports, as `pxe serve` records them. */
 export type Stage = 'booted' | 'disk-chosen' | 'written' | 'verified' | 'seeded' | 'rebooting' | 'failed';
@@ -24,7 +26,10 @@ export type Stage = 'booted' | 'disk-chosen' | 'written' | 'verified' | 'seeded'
 export interface InstallPorts {
   disks(): Promise<Disk[]>;
   bootDisks(): Promise<string[]>;
-  fetchSeed(url: string): Promise<SeedPayload>;
+  /** The seed at `url`; undefined when the place is there but empty (the installer ISO's unfilled slot). */
+  fetchSeed(url: string): Promise<SeedPayload | undefined>;
+  /** Every medium labelled GKSEED, with the seed it carries and the disks it is on. */
+  seedMedia(): Promise<SeedMedium[]>;
   /** The first bytes of the image (for the size its zstd frame records). */
   imageHead(url: string): Promise<Uint8Array>;
   /** The image decompressed, as it downloads. */
@@ -33,6 +38,14 @@ export interface InstallPorts {
   reboot(): Promise<void>;
   print: Printer;
   warn: Printer;
+}
+
+/** A second medium carrying the seed: a filesystem labelled SEED_MEDIUM_LABEL. */
+export interface SeedMedium {
+  device: string;
+  /** The device and the disks under it: never an install target. */
+  disks: string[];
+  payload: SeedPayload;
 }
 
 export interface InstallResult {
@@ -75,10 +88,21 @@ export async function install(cmdline: string, opts: { dryRun?: boolean; reboot:
   };
   const dryRun = opts.dryRun || c.dryRun;
   await report('booted', dryRun ? 'dry run' : undefined);
-  if (!c.seedUrl) return fail(new GeminiError('no geminik8s.install.seed_url on the kernel command line: nothing says which node this is', ExitCode.invalidInput));
   const imageUrl = c.imageUrl;
   if (!imageUrl) return fail(new GeminiError('no geminik8s.install.image_url on the kernel command line: no image to write', ExitCode.invalidInput));
-  const seed = await ports.fetchSeed(c.seedUrl).catch((err: unknown) => fail(err instanceof GeminiError ? err : new GeminiError(`${c.seedUrl}: ${(err as Error).message}`, ExitCode.commandFailed)));
+  const asFailure = (what: string) => (err: unknown) => fail(err instanceof GeminiError ? err : new GeminiError(`${what}: ${(err as Error).message}`, ExitCode.commandFailed));
+  const fromUrl = c.seedUrl ? await ports.fetchSeed(c.seedUrl).catch(asFailure(c.seedUrl)) : undefined;
+  const media = await ports.seedMedia().catch(asFailure(`media labelled ${SEED_MEDIUM_LABEL}`));
+  // Two seeds name two identities (or two disk rules) for one machine: never guess which was meant.
+  if (media.length > 1) return fail(new GeminiError(`${media.length} media labelled ${SEED_MEDIUM_LABEL} (${media.map((m) => `${m.device}: ${m.payload.node}`).join(', ')}): leave one attached; nothing was written`, ExitCode.refused));
+  const medium = media[0];
+  if (fromUrl && medium) return fail(new GeminiError(`two seeds: ${c.seedUrl} (${fromUrl.node}) and the medium ${medium.device} labelled ${SEED_MEDIUM_LABEL} (${medium.payload.node}); remove the medium, or boot an installer that carries no seed; nothing was written`, ExitCode.refused));
+  const seed = fromUrl ?? medium?.payload;
+  if (!seed) {
+    const where = c.seedUrl ? `${c.seedUrl} carries no seed` : 'no geminik8s.install.seed_url on the kernel command line';
+    return fail(new GeminiError(`${where}, and no medium labelled ${SEED_MEDIUM_LABEL} is attached: nothing says which node this is${SEED_HINT}`, ExitCode.invalidInput));
+  }
+  ports.print(medium ? `the seed of ${seed.node} comes from ${medium.device} labelled ${SEED_MEDIUM_LABEL}` : `the seed of ${seed.node} comes from ${c.seedUrl}`);
   const fromCmdline = Object.keys(c.rules).length > 0;
   const checked = validateDiskRules(fromCmdline ? c.rules : seed.disk, fromCmdline ? 'the kernel command line' : `the seed of ${seed.node}`);
   if (!checked.rules) return fail(new GeminiError(`disk rules: ${checked.issues.map((i) => `${i.path || '(rules)'}: ${i.message}${i.expected ? ` (expected ${i.expected})` : ''}`).join('; ')}`, ExitCode.invalidInput));
@@ -86,7 +110,7 @@ export async function install(cmdline: string, opts: { dryRun?: boolean; reboot:
 
   const bytes = zstdFrameContentSize(await ports.imageHead(imageUrl));
   if (bytes === undefined) return fail(new GeminiError(`${imageUrl}: not a zstd image that records its size (build writes .raw.zst with it)`, ExitCode.invalidInput));
-  const choice = chooseDisk(await ports.disks(), rules, await ports.bootDisks(), bytes);
+  const choice = chooseDisk(await ports.disks(), rules, await ports.bootDisks(), bytes, medium?.disks ?? []);
   const listing = describeDisks(choice.verdicts, rules);
   if (!choice.ok) {
     return fail(new GeminiError(`refusing to install ${seed.node}: ${choice.reason}; nothing was written\n${listing}`, ExitCode.refused));
@@ -206,7 +230,7 @@ function localPath(url: string): string | undefined {
   return url.startsWith('file:') ? fileURLToPath(url) : undefined;
 }
 
-const SEED_HINT = ': put a seed into the ISO with `geminik8s seed --node NAME --into ISO --out NODE.iso`, or boot with geminik8s.install.seed_url=URL';
+const SEED_HINT = `: put a seed into the ISO (geminik8s seed --node NAME --into ISO --out NODE.iso), attach a medium with it (geminik8s seed --node NAME --format medium --out seed.img, written to a USB stick), or boot with geminik8s.install.seed_url=URL`;
 
 /** Why a file the installer reads from its medium (file: URLs, the installer ISO) could not be read, with the fix when it is missing. */
 function localError(url: string, err: NodeJS.ErrnoException): GeminiError {
@@ -232,8 +256,26 @@ export function machinePorts(print: Printer = stdoutLine, warn: Printer = stderr
         throw new GeminiError(`${url}: not JSON (${(err as Error).message})`, ExitCode.invalidInput);
       }
       // The ISO's empty seed slot.
-      if (body === null) throw new GeminiError(`${url}: this medium carries no seed${SEED_HINT}`, ExitCode.invalidInput);
-      return parseSeedPayload(url, body);
+      return body === null ? undefined : parseSeedPayload(url, body);
+    },
+    seedMedia: async () => {
+      const found = labelledDevices((await runPlan(blkidAllPlan(), { allowFailure: true })).stdout, SEED_MEDIUM_LABEL);
+      const media: SeedMedium[] = [];
+      for (const { device, type } of found) {
+        if (type !== 'vfat') throw new GeminiError(`${device} is labelled ${SEED_MEDIUM_LABEL} but holds ${type || 'no known'} filesystem; a seed medium is FAT (geminik8s seed --format medium writes one)`, ExitCode.invalidInput);
+        // mtools reads FAT without mounting it: nothing on the medium can change.
+        const r = await runPlan({ cmd: 'mtype', args: ['-i', device, `::/${SEED_MEDIUM_FILE}`], env: { MTOOLS_SKIP_CHECK: '1' } }, { allowFailure: true });
+        const where = `${device} (${SEED_MEDIUM_LABEL}) ${SEED_MEDIUM_FILE}`;
+        if (r.exitCode !== 0) throw new GeminiError(`${where}: cannot be read (${r.stderr.trim() || `mtype exit ${r.exitCode}`}); write the medium with geminik8s seed --format medium`, ExitCode.invalidInput);
+        let body: unknown;
+        try {
+          body = JSON.parse(r.stdout);
+        } catch (err) {
+          throw new GeminiError(`${where}: not JSON (${(err as Error).message})`, ExitCode.invalidInput);
+        }
+        media.push({ device, disks: await withDisksUnder([device]), payload: parseSeedPayload(where, body) });
+      }
+      return media;
     },
     imageHead: async (url) => {
       const path = localPath(url);

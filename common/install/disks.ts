@@ -145,9 +145,10 @@ export function ruleMisses(disk: Disk, rules: DiskRules): string[] {
 }
 
 /** Why a disk may never be the target, whatever the rules say (pure). */
-export function exclusions(disk: Disk, bootDisks: string[], imageBytes: number): string[] {
+export function exclusions(disk: Disk, bootDisks: string[], imageBytes: number, seedDisks: string[] = []): string[] {
   const why: string[] = [];
   if (bootDisks.includes(disk.path)) why.push('the medium this installer booted from');
+  if (seedDisks.includes(disk.path)) why.push('the medium the seed came from');
   if (disk.readOnly) why.push('read-only');
   if (disk.mounts.length) why.push(`in use (${disk.mounts.join(', ')})`);
   if (disk.sizeBytes < imageBytes) why.push(`${disk.sizeBytes} bytes, the image needs ${imageBytes}`);
@@ -167,11 +168,11 @@ export type DiskChoice = { ok: true; disk: Disk; verdicts: DiskVerdict[] } | { o
 /**
  * Choose the one disk that matches every rule (pure). Zero or several matches refuse, listing
  * every disk with its attributes and why it was or was not taken. A disk that matches the rules
- * but is the boot medium, read-only, mounted or too small is never taken, and is not counted as
+ * but is the boot medium, the seed's medium, read-only, mounted or too small is never taken, and is not counted as
  * a match: a rule that matches only the installer's own stick refuses rather than writing it.
  */
-export function chooseDisk(disks: Disk[], rules: DiskRules, bootDisks: string[], imageBytes: number): DiskChoice {
-  const verdicts = disks.map((disk) => ({ disk, misses: ruleMisses(disk, rules), excluded: exclusions(disk, bootDisks, imageBytes) }));
+export function chooseDisk(disks: Disk[], rules: DiskRules, bootDisks: string[], imageBytes: number, seedDisks: string[] = []): DiskChoice {
+  const verdicts = disks.map((disk) => ({ disk, misses: ruleMisses(disk, rules), excluded: exclusions(disk, bootDisks, imageBytes, seedDisks) }));
   const matched = verdicts.filter((v) => v.misses.length === 0);
   const usable = matched.filter((v) => v.excluded.length === 0);
   if (Object.keys(rules).length === 0) return { ok: false, reason: 'no disk rule was given: the installer never picks a disk by itself', verdicts };

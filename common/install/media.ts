@@ -28,12 +28,41 @@ export async function systemDevices(): Promise<string[]> {
   }
   const swaps = existsSync('/proc/swaps') ? (await readFile('/proc/swaps', 'utf8')).split('\n').slice(1).map((l) => l.split(/\s+/)[0] ?? '').filter((d) => d.startsWith('/dev/')) : [];
   for (const d of swaps) devs.add(d);
-  // Each one's disk too (and through device-mapper, the disks under it): lsblk -s walks down.
-  for (const d of [...devs]) {
+  return withDisksUnder([...devs]);
+}
+
+/** `devs` with the disks each one is on (and through device-mapper, the disks under it): lsblk -s walks down. */
+export async function withDisksUnder(devs: string[]): Promise<string[]> {
+  const out = new Set(devs);
+  for (const d of devs) {
     const r = await runPlan({ cmd: 'lsblk', args: ['-s', '-n', '-p', '-o', 'PATH', d] }, { allowFailure: true });
-    for (const p of r.stdout.split('\n').map((x) => x.replace(/^[^/]*/, '').trim()).filter(Boolean)) devs.add(p);
+    for (const p of r.stdout.split('\n').map((x) => x.replace(/^[^/]*/, '').trim()).filter(Boolean)) out.add(p);
   }
-  return [...devs];
+  return [...out];
+}
+
+/**
+ * The filesystem label of a second medium that carries an installer's seed beside an installer
+ * without one (`geminik8s seed --format medium` writes it; any FAT stick so labelled will do).
+ * FAT keeps labels in upper case, whatever was typed.
+ */
+export const SEED_MEDIUM_LABEL = 'GKSEED';
+
+/** Where the seed is on that medium: the same JSON as the installer ISO's seed slot. */
+export const SEED_MEDIUM_FILE = 'geminik8s/seed.json';
+
+/** Every filesystem the kernel knows, probed now rather than from blkid's cache. */
+export function blkidAllPlan(): CommandPlan {
+  return { cmd: 'blkid', args: ['-c', '/dev/null', '-o', 'export'] };
+}
+
+/** The devices whose filesystem is labelled `label` (any case), with their type, from `blkid -o export` (pure). */
+export function labelledDevices(blkidExport: string, label: string): { device: string; type: string }[] {
+  return blkidExport
+    .split(/\n\s*\n/)
+    .map((block) => Object.fromEntries(block.split('\n').map((l) => l.trim()).filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)])) as Record<string, string>)
+    .filter((f) => f.DEVNAME && (f.LABEL ?? '').toUpperCase() === label.toUpperCase())
+    .map((f) => ({ device: f.DEVNAME!, type: f.TYPE ?? '' }));
 }
 
 

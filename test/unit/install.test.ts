@@ -268,16 +268,47 @@ serial('an installer booted from the ISO: build stages the ISO and grub-mkrescue
   let rebooted = 0;
   const ports: InstallPorts = { ...machinePorts((l) => printed.push(l), (l) => printed.push(`WARN ${l}`)), disks: async () => [sataDisk(small, 'SMALL-1', 32 * MiB), sataDisk(big, 'BIG-2', 64 * MiB)], reboot: async () => void rebooted++ };
 
-  // The ISO as built has an empty seed slot: refused as bad input, nothing written.
+  // The ISO as built has an empty seed slot and no seed medium is attached: refused as bad input, nothing written.
   await extract(iso);
   t.is(await installCommand(['--cmdline', join(dir, 'cmdline')], ports), 2);
-  t.regex(printed.join('\n'), /this medium carries no seed: put a seed into the ISO with `geminik8s seed --node NAME --into ISO/);
+  t.regex(printed.join('\n'), /seed\.json carries no seed, and no medium labelled GKSEED is attached: nothing says which node this is: put a seed into the ISO \(geminik8s seed --node NAME --into ISO/);
   t.deepEqual([sha256(join(dir, 'small.img')), sha256(join(dir, 'big.img'))], before);
 
+  // The same ISO with a seed medium attached (seed --format medium, as on a USB stick): node1 installs from it, never onto it.
+  const mediumImg = join(dir, 'seed.img');
+  const m = await cli('seed', '--cluster', site.clusterFile, '--node', 'node1', '--format', 'medium', '--out', mediumImg);
+  t.is(m.code, 0, m.stderr);
+  const stick = (await runPlan({ cmd: 'losetup', args: ['-f', '--show', mediumImg] })).stdout.trim();
+  loops.push(stick);
+  const stickBefore = sha256(mediumImg);
+  // Described as the target's twin (serial and size): only its role keeps it out.
+  const withStick: InstallPorts = { ...ports, disks: async () => [sataDisk(stick, 'SMALL-1', 32 * MiB), sataDisk(small, 'SMALL-1', 32 * MiB), sataDisk(big, 'BIG-2', 64 * MiB)] };
+  printed.length = 0;
+  t.is(await installCommand(['--cmdline', join(dir, 'cmdline'), '--dry-run'], withStick), 0, printed.join('\n'));
+  t.regex(printed.join('\n'), new RegExp(`the seed of node1 comes from ${stick} labelled GKSEED`));
+  t.regex(printed.join('\n'), new RegExp(`${stick} [^\\n]*\\n[^\\n]*by-id[^\\n]*\\n\\s+never: the medium the seed came from\\n`));
+  t.regex(printed.join('\n'), /dry run: would write \d+ bytes of \S+ onto \/dev\/loop\d+ \(serial SMALL-1/);
+  t.deepEqual([sha256(join(dir, 'small.img')), sha256(join(dir, 'big.img')), sha256(mediumImg)], [...before, stickBefore]);
+  printed.length = 0;
+  t.is(await installCommand(['--cmdline', join(dir, 'cmdline')], withStick), 0, printed.join('\n'));
+  t.regex(printed.join('\n'), /installed node1 onto \/dev\/loop\d+/);
+  t.is(sha256(mediumImg), stickBefore, 'the seed medium is as it was');
+  t.is(sha256(join(dir, 'big.img')), before[1]!, 'the other disk is untouched');
+  t.is(rebooted, 1);
+
+  // A seeded ISO and a seed medium: two identities for one machine, refused, nothing written.
   await extract(seeded);
+  const installed = sha256(join(dir, 'small.img'));
+  printed.length = 0;
+  t.is(await installCommand(['--cmdline', join(dir, 'cmdline')], withStick), 5);
+  t.regex(printed.join('\n'), /two seeds: \S+seed\.json \(node1\) and the medium \/dev\/loop\d+ labelled GKSEED \(node1\)/);
+  t.deepEqual([sha256(join(dir, 'small.img')), sha256(join(dir, 'big.img'))], [installed, before[1]!]);
+
+  // The stick taken out, the seeded ISO alone installs.
+  await runPlan({ cmd: 'losetup', args: ['-d', stick] });
   printed.length = 0;
   t.is(await installCommand(['--cmdline', join(dir, 'cmdline')], ports), 0, printed.join('\n'));
-  t.is(rebooted, 1);
+  t.is(rebooted, 2);
   t.regex(printed.join('\n'), /installed node1 onto \/dev\/loop\d+/);
   const offset = await partitionOffset(small, 'CONFIG');
   t.regex((await runPlan({ cmd: 'mtype', args: ['-i', `${small}@@${offset}`, '::/meta-data'], env: { MTOOLS_SKIP_CHECK: '1' } })).stdout, /node1/);

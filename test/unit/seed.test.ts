@@ -1,8 +1,10 @@
 import test from 'ava';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import { seedIsoPlan } from '#common/install/seed-iso.ts';
+import { labelledDevices, SEED_MEDIUM_LABEL } from '#common/install/media.ts';
+import { parseSeedPayload } from '#agent/install.ts';
 import { cli } from '../helpers/cli.ts';
 import { ROOT as ROOT_DIR, tempDir } from '../helpers/fixtures.ts';
 
@@ -45,6 +47,41 @@ test('seed --format iso makes a cidata ISO (0600) that holds the seed files', as
   const out = tempDir();
   await runPlan({ cmd: 'xorriso', args: ['-osirrox', 'on', '-indev', iso, '-extract', '/meta-data', join(out, 'meta-data')] });
   t.regex(readFileSync(join(out, 'meta-data'), 'utf8'), /local-hostname: node1/);
+});
+
+test('seed --format medium makes a FAT image labelled GKSEED (0600) whose geminik8s/seed.json the installer reads; the same seed makes the same bytes', async (t) => {
+  const file = await cluster();
+  const dir = tempDir();
+  const img = join(dir, 'seed.img');
+  const r = await cli('seed', '--cluster', file, '--node', 'node2', '--out', img, '--format', 'medium');
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stderr, /node2 has no install\.disk rules/, 'init writes no disk rules: the installer would need them on its command line');
+  t.is(statSync(img).mode & 0o777, 0o600, 'it carries secrets');
+  const probed = (await runPlan({ cmd: 'blkid', args: ['-c', '/dev/null', '-o', 'export', img] })).stdout;
+  t.deepEqual(labelledDevices(probed.replace(/^DEVNAME=.*$/m, 'DEVNAME=/dev/sdz'), 'gkseed'), [{ device: '/dev/sdz', type: 'vfat' }]);
+  const json = (await runPlan({ cmd: 'mtype', args: ['-i', img, '::/geminik8s/seed.json'], env: { MTOOLS_SKIP_CHECK: '1' } })).stdout;
+  const payload = parseSeedPayload('seed.json', JSON.parse(json));
+  t.is(payload.node, 'node2');
+  t.true(payload.files.some((f) => f.path === 'geminik8s/seed.yaml'));
+  t.deepEqual(readdirSync(dir), ['seed.img'], 'no temporary file is left');
+  t.is((await cli('seed', '--cluster', file, '--node', 'node2', '--out', img, '--format', 'medium')).code, 5, 'an existing output is kept without --force');
+  const epoch = process.env.SOURCE_DATE_EPOCH;
+  process.env.SOURCE_DATE_EPOCH = '1700000000';
+  try {
+    const again = join(dir, 'again.img');
+    t.is((await cli('seed', '--cluster', file, '--node', 'node2', '--out', img, '--format', 'medium', '--force')).code, 0);
+    t.is((await cli('seed', '--cluster', file, '--node', 'node2', '--out', again, '--format', 'medium')).code, 0);
+    t.true(readFileSync(img).equals(readFileSync(again)));
+  } finally {
+    if (epoch === undefined) delete process.env.SOURCE_DATE_EPOCH;
+    else process.env.SOURCE_DATE_EPOCH = epoch;
+  }
+});
+
+test('labelledDevices finds every filesystem with the label, in any case, from blkid -o export', (t) => {
+  const out = 'DEVNAME=/dev/sda1\nLABEL=CONFIG\nTYPE=vfat\n\nDEVNAME=/dev/sdb\nLABEL=gkseed\nUUID=1234-ABCD\nTYPE=vfat\n\nDEVNAME=/dev/sr0\nLABEL=GKSEED\nTYPE=iso9660\n\nDEVNAME=/dev/sdc1\nTYPE=ext4\n';
+  t.deepEqual(labelledDevices(out, SEED_MEDIUM_LABEL), [{ device: '/dev/sdb', type: 'vfat' }, { device: '/dev/sr0', type: 'iso9660' }]);
+  t.deepEqual(labelledDevices('', SEED_MEDIUM_LABEL), []);
 });
 
 test('seed for an unknown node exits 2 naming the nodes', async (t) => {

@@ -32,24 +32,30 @@ async function seededIso(dir: string, disk: Record<string, string>): Promise<str
   return out;
 }
 
-test.serial('an ISO whose seed matches both disks refuses, lists every disk, and writes nothing anywhere', async (t) => {
+test.serial('the ISO without a seed reads it from a GKSEED medium; a rule that matches both disks refuses, lists every disk, and writes nothing anywhere', async (t) => {
   const dir = tempDir('gk-e2e-iso-refuse-');
-  const seeded = await seededIso(dir, { minSize: '1GiB' });
+  // The ISO as built (no seed) and node1's seed on its own medium, as on a second USB stick.
+  const site = await pxeSite({ minSize: '1GiB' });
+  const medium = join(dir, 'seed.img');
+  const m = await cli('seed', '--cluster', site.clusterFile, '--node', 'node1', '--format', 'medium', '--out', medium);
+  t.is(m.code, 0, m.stderr);
   const a = await blankDisk(join(dir, 'a.raw'), 4 * 1024 ** 3, true);
   const b = await blankDisk(join(dir, 'b.raw'), 6 * 1024 ** 3, true);
-  const before = [await sha256Of(a), await sha256Of(b)];
+  const before = [await sha256Of(a), await sha256Of(b), await sha256Of(medium)];
   // Boot order disk, then CD: the blank disk falls through to the ISO.
-  const vm = await bootVm({ arch: 'amd64', firmware: 'bios', image: a, format: 'raw', write: true, diskSerial: TARGET_SERIAL, drives: [{ path: b, serial: OTHER_SERIAL, writable: true }], cdrom: seeded, serialLog: join(dir, 'serial.log') });
+  const vm = await bootVm({ arch: 'amd64', firmware: 'bios', image: a, format: 'raw', write: true, diskSerial: TARGET_SERIAL, drives: [{ path: b, serial: OTHER_SERIAL, writable: true }, { path: medium, serial: 'GK-SEED', writable: true }], cdrom: iso, serialLog: join(dir, 'serial.log') });
   vms.push(vm);
   const refusal = await onConsole(vm, /refusing to install node1: [^\n]*/, INSTALL_TIMEOUT);
   t.log(refusal);
+  t.regex(vm.log(), /the seed of node1 comes from \/dev\/vd\w+ labelled GKSEED/, 'the seed came from the medium');
   t.regex(refusal, /2 disks match the rules/);
-  // The refusal carries the listing of every disk with its attributes (the CD is not a disk).
-  await onConsole(vm, new RegExp(`serial "${OTHER_SERIAL}"`), 60_000);
+  // The refusal carries the listing of every disk with its attributes (the CD is not a disk), the seed's medium never a target.
+  await onConsole(vm, /serial "GK-SEED"[^\n]*\n(?:[^\n]*by-\w+:[^\n]*\n)*\s+never: the medium the seed came from/, 60_000);
+  t.regex(vm.log(), new RegExp(`serial "${OTHER_SERIAL}"`));
   t.regex(vm.log(), new RegExp(`serial "${TARGET_SERIAL}"`));
   t.false(/written \d+%/.test(vm.log()), 'no write started');
   await vm.stop();
-  t.deepEqual([await sha256Of(a), await sha256Of(b)], before, 'both disks are byte for byte as before');
+  t.deepEqual([await sha256Of(a), await sha256Of(b), await sha256Of(medium)], before, 'both disks and the seed medium are byte for byte as before');
 });
 
 test.serial('written to a USB stick, the ISO boots from it, and its installer never picks the stick itself', async (t) => {
