@@ -29,7 +29,7 @@ interface Row {
 test('render writes every file under --out/<scope>/ with its mode, lists it, and never prints a secret', async (t) => {
   const { file, secrets, keys } = await cluster();
   const out = join(tempDir(), 'render');
-  const r = await cli('--log-level', 'debug', 'render', '--image', IMAGE, '--cluster', file, '--node', 'node2', '--out', out, '--json', '--pxe-base-url', 'http://10.0.2.2:8080/pxe');
+  const r = await cli('--log-level', 'debug', 'render', '--image', IMAGE, '--cluster', file, '--node', 'node2', '--out', out, '--json');
   t.is(r.code, 0, r.stderr);
   const listing = JSON.parse(r.stdout) as { node: string; files: Row[] };
   t.is(listing.node, 'node2');
@@ -42,7 +42,7 @@ test('render writes every file under --out/<scope>/ with its mode, lists it, and
   }
   const seed = listing.files.find((f) => f.path === 'geminik8s/seed.yaml')!;
   t.deepEqual([seed.scope, seed.mode, seed.secret], ['seed', '0600', true]);
-  t.true(listing.files.some((f) => f.path === 'pxe/node2.ipxe'));
+  t.false(listing.files.some((f) => f.path.endsWith('.ipxe')), 'render writes no netboot script: pxe serve hands those out');
   t.true(secrets.length >= 4);
   for (const s of secrets) {
     t.false(r.stdout.includes(s) || r.stderr.includes(s), 'a secret reached the output');
@@ -60,6 +60,15 @@ test('render writes every file under --out/<scope>/ with its mode, lists it, and
   // No leftover temporary files: every file was renamed into place.
   const all = (dir: string): string[] => readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? all(join(dir, e.name)) : [e.name]));
   t.deepEqual(all(out).filter((n) => n.includes('.tmp-')), []);
+});
+
+test('render --pxe-base-url, which rendered an iPXE script onto an installed slot A, is refused with the way that replaced it, and writes nothing', async (t) => {
+  const { file } = await cluster();
+  const out = join(tempDir(), 'render');
+  const r = await cli('render', '--image', IMAGE, '--cluster', file, '--node', 'node1', '--out', out, '--pxe-base-url', 'http://10.0.2.2:8080/pxe');
+  t.is(r.code, 2);
+  t.regex(r.stderr, /--pxe-base-url is gone: build --output pxe and pxe serve/);
+  t.false(existsSync(out));
 });
 
 test('render prints a table, refuses a non-empty --out without --force (exit 5), and overwrites with it', async (t) => {

@@ -2,7 +2,7 @@ import test from 'ava';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
-import { renderImageFiles, renderIpxe, renderNode, type RenderedFile } from '#builder/render/index.ts';
+import { renderImageFiles, renderNode, type RenderedFile } from '#builder/render/index.ts';
 import { renderTemplate } from '#builder/render/templates.ts';
 import { k3sConfig } from '#common/render/k3s.ts';
 import { AuditPolicySchema, ClusterSchema } from '#common/schema/cluster.ts';
@@ -19,7 +19,7 @@ const ARCHES = [
 
 async function renderFor(imageFile: string): Promise<RenderedFile[]> {
   const [image, cluster] = await Promise.all([loadImageDef(imageFile), loadFixtureCluster()]);
-  return [...renderNode({ image, cluster, node: 'node1', secrets: FAKE_SECRETS, tls: fakeTls('node1') }), renderIpxe(image, cluster, 'node1', 'http://pxe.example.invalid/geminik8s')];
+  return renderNode({ image, cluster, node: 'node1', secrets: FAKE_SECRETS, tls: fakeTls('node1') });
 }
 
 function goldenName(arch: string, f: RenderedFile): string {

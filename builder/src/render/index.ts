@@ -107,24 +107,3 @@ export function renderNode(input: { image: Image; cluster: ClusterSpec; node: st
     ...renderNodeFiles(input.image, clusterSpecOf(input.cluster), input.node, input.secrets),
   ];
 }
-
-/** An iPXE script that boots slot A over HTTP and points NoCloud at the node's seed URL. */
-export function renderIpxe(image: Image, cluster: ClusterSpec, node: string, baseUrl: string): RenderedFile {
-  return {
-    path: `pxe/${node}.ipxe`,
-    content: renderTemplate('ipxe.hbs', {
-      imageName: image.name,
-      imageVersion: image.version,
-      arch: image.arch,
-      node,
-      cluster: cluster.name,
-      baseUrl: baseUrl.replace(/\/+$/, ''),
-      kernel: `${image.name}-${image.version}-${image.arch}.vmlinuz`,
-      initrd: `${image.name}-${image.version}-${image.arch}.initrd.img`,
-      rootfsType: image.rootfs.type,
-      cmdline: kernelCmdline(image),
-    }),
-    mode: 0o644,
-    scope: 'seed',
-  };
-}

@@ -1,11 +1,11 @@
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import { assertKnownNode, loadCluster, loadImage, loadClusterSecrets, loadClusterTls } from '#common/config.ts';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { writeFileAtomic } from '#common/fsutil.ts';
-import { renderIpxe, renderNode, type RenderedFile } from '../../render/index.ts';
+import { renderNode, type RenderedFile } from '../../render/index.ts';
 import { resolveClusterFile, type CliContext } from '../context.ts';
 
 interface RenderOptions {
@@ -31,11 +31,13 @@ export function registerRender(program: Command, ctx: () => CliContext): void {
     .option('--cluster <file>', 'cluster.yaml (default: --config)')
     .requiredOption('--node <name>', 'node to render the seed for')
     .requiredOption('--out <dir>', 'output directory (image/, boot/, seed/, node/ inside)')
-    .option('--pxe-base-url <url>', 'also render an iPXE script that boots from this HTTP base URL')
+    // Gone: it rendered a script that booted slot A's kernel over HTTP onto an already-installed disk, without the node's secret seed.
+    .addOption(new Option('--pxe-base-url <url>').hideHelp())
     .option('--force', 'write into a non-empty --out')
     .option('--json', 'print the file list as JSON')
     .action(async (opts: RenderOptions) => {
       const c = ctx();
+      if (opts.pxeBaseUrl !== undefined) throw new GeminiError('--pxe-base-url is gone: build --output pxe and pxe serve give each MAC its installer and seed (docs/cli.md#pxe-serve)', ExitCode.invalidInput);
       const clusterFile = resolveClusterFile(opts.cluster, c);
       const [image, cluster] = await Promise.all([loadImage(opts.image), loadCluster(clusterFile)]);
       assertKnownNode(cluster, opts.node, clusterFile);
@@ -49,7 +51,6 @@ export function registerRender(program: Command, ctx: () => CliContext): void {
       }
       // Render everything before writing anything: a template error leaves --out untouched.
       const files = renderNode({ image, cluster, node: opts.node, secrets, tls });
-      if (opts.pxeBaseUrl) files.push(renderIpxe(image, cluster, opts.node, opts.pxeBaseUrl));
       // The output holds the node's secrets: private from the top.
       await mkdir(opts.out, { recursive: true, mode: 0o700 });
       for (const f of files) await writeFileAtomic(outputPath(opts.out, f), f.content, f.mode);
