@@ -127,9 +127,6 @@ export function imageRules(image: Image): RuleIssue[] {
   if (new Set(image.boot.modes).size !== image.boot.modes.length) {
     issues.push({ path: ['boot', 'modes'], message: 'boot modes are listed more than once' });
   }
-  if (image.arch !== 'amd64' && image.outputs.includes('iso')) {
-    issues.push({ path: ['outputs'], message: 'the installer ISO is built for amd64 only so far', found: '"iso"', expected: 'pxe, or raw.zst with geminik8s flash' });
-  }
   if (new Set(image.outputs).size !== image.outputs.length) {
     issues.push({ path: ['outputs'], message: 'outputs are listed more than once' });
   }

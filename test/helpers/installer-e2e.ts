@@ -18,12 +18,12 @@ export const TARGET_SERIAL = 'GK-TARGET';
 export const OTHER_SERIAL = 'GK-OTHER';
 
 /** `build --stage disk --output FORMAT` of the cached test root; the output's path and the seconds it took. */
-export async function buildInstaller(img: BuiltImage, format: 'pxe' | 'iso'): Promise<{ path: string; seconds: number }> {
+export async function buildInstaller(img: BuiltImage, format: 'pxe' | 'iso', arch: 'amd64' | 'arm64' = 'amd64'): Promise<{ path: string; seconds: number }> {
   const out = tempDir(`gk-e2e-${format}-build-`);
   const started = Date.now();
-  const r = await cli('build', '--image', join(ROOT, 'images/test-amd64.yaml'), '--stage', 'disk', '--rootfs-tar', img.rootfsTar, '--output', format, '--out', out, '--json');
+  const r = await cli('build', '--image', join(ROOT, `images/test-${arch}.yaml`), '--stage', 'disk', '--rootfs-tar', img.rootfsTar, '--output', format, '--out', out, '--json');
   if (r.code !== 0) throw new Error(`build --output ${format} failed (${r.code}): ${r.stderr.slice(-3000)}`);
-  return { path: join(out, `test-0.1.0-amd64.${format}`), seconds: Math.round((Date.now() - started) / 1000) };
+  return { path: join(out, `test-0.1.0-${arch}.${format}`), seconds: Math.round((Date.now() - started) / 1000) };
 }
 
 export async function sha256Of(file: string): Promise<string> {

@@ -224,7 +224,7 @@ serial('an installer booted from the ISO: build stages the ISO and grub-mkrescue
     symlinkSync(`${f}-6.12.0-test`, join(dir, 'root/boot', f));
   }
   writeFileSync(join(dir, 'root.squashfs'), randomBytes(4096));
-  const boot: IsoBoot = { volumeId: isoVolumeId('test', '0.1.0'), cmdline: 'console=ttyS0,115200', rootfsType: 'squashfs', rootSha256: 'ab'.repeat(32), title: 'geminik8s test 0.1.0 (amd64)' };
+  const boot: IsoBoot = { arch: 'amd64', volumeId: isoVolumeId('test', '0.1.0'), cmdline: 'console=ttyS0,115200', rootfsType: 'squashfs', rootSha256: 'ab'.repeat(32), title: 'geminik8s test 0.1.0 (amd64)' };
   const tree = join(dir, 'tree');
   stageIsoTree(tree, boot);
   const iso = join(dir, 'test.iso');

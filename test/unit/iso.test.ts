@@ -9,9 +9,9 @@ import { rulesFromCmdline } from '#common/install/disks.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 import { assertGolden } from '../helpers/golden.ts';
 
-const boot = async (): Promise<IsoBoot> => {
-  const image = await loadImage(join(ROOT, 'images/test-amd64.yaml'));
-  return { volumeId: isoVolumeId(image.name, image.version), cmdline: kernelCmdline(image), rootfsType: image.rootfs.type, rootSha256: '0'.repeat(64), title: `geminik8s ${image.name} ${image.version} (${image.arch})` };
+const boot = async (arch: 'amd64' | 'arm64' = 'amd64'): Promise<IsoBoot> => {
+  const image = await loadImage(join(ROOT, `images/test-${arch}.yaml`));
+  return { arch: image.arch, volumeId: isoVolumeId(image.name, image.version), cmdline: kernelCmdline(image), rootfsType: image.rootfs.type, rootSha256: '0'.repeat(64), title: `geminik8s ${image.name} ${image.version} (${image.arch})` };
 };
 
 test('the ISO menu: install, or a dry run, from the medium the live boot finds by its label', async (t) => {
@@ -24,6 +24,14 @@ test('the ISO menu: install, or a dry run, from the medium the live boot finds b
   t.deepEqual(install.rules, {}, 'the rules come from the seed, never from the ISO');
   t.true(rulesFromCmdline(isoKernelArgs(b, true).join(' ')).dryRun);
   t.true(isoKernelArgs(b, false).includes(`geminik8s.live.label=${b.volumeId}`));
+});
+
+test('the arm64 ISO menu: the same entries on the EFI console, with the arm64 serial console for the kernel and no 16550 serial terminal', async (t) => {
+  const cfg = isoGrubCfg(await boot('arm64'));
+  assertGolden(t, 'iso/arm64-grub.cfg', cfg);
+  t.regex(cfg, /console=ttyAMA0,115200/);
+  t.notRegex(cfg, /^serial |^terminal_/m);
+  t.is(cfg.match(/^menuentry /gm)?.length, 2);
 });
 
 test('the ISO menu passes grub-script-check, and the check fails on a broken menu', async (t) => {
@@ -45,6 +53,12 @@ test('the grub-mkrescue plan grafts the big files in place, escaping = in paths,
     env: { SOURCE_DATE_EPOCH: '1700000000' },
     title: 'grub-mkrescue .x.iso.tmp-1',
   });
+});
+
+test('the arm64 grub-mkrescue plan takes the one GRUB platform it is given (the arm64 root\'s arm64-efi), so no host x86 boot record is added', (t) => {
+  const plan = grubMkrescuePlan('/w/iso-tree', {}, '/out/x.iso', 'GK_TEST_0_1_0', 1700000000, '/w/root/usr/lib/grub/arm64-efi');
+  t.deepEqual(plan.args.slice(0, 4), ['--directory', '/w/root/usr/lib/grub/arm64-efi', '--output', '/out/x.iso']);
+  t.false(grubMkrescuePlan('/w/iso-tree', {}, '/out/x.iso', 'GK_TEST_0_1_0', 1700000000).args.includes('--directory'));
 });
 
 test('volume IDs keep to ISO 9660 d-characters and 32 bytes', (t) => {

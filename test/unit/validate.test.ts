@@ -113,7 +113,6 @@ const CASES: Case[] = [
   { title: 'image: squashfs block size out of the list', text: `${IMAGE}rootfs:\n  blockSize: 2M\n`, expect: [{ at: '12:14', path: 'rootfs.blockSize', message: /.*/ }] },
   { title: 'image: a debug shell on an image with the Kubernetes layer', text: `${IMAGE}boot:\n  debugShell: true\n`, expect: [{ at: '12:15', path: 'boot.debugShell', message: /offline test images only/ }] },
   { title: 'image: arm64 with BIOS boot', text: `${edit(IMAGE, 'arch: amd64', 'arch: arm64')}boot:\n  modes: [bios, uefi]\n`, expect: [{ at: '12:10', path: 'boot.modes', message: /no BIOS/ }] },
-  { title: 'image: an installer ISO for arm64', text: `${edit(IMAGE, 'arch: amd64', 'arch: arm64')}outputs: [raw, iso]\n`, expect: [{ at: '11:10', path: 'outputs', message: /amd64 only/ }] },
   { title: 'image: Kubernetes on without K3s', text: edit(IMAGE, '  k3s: { version: v1.33.4+k3s1 }\n', ''), expect: [{ at: '7:3', path: 'components.k3s', message: /components.k3s is required/ }] },
   { title: 'image: bad version tag', text: edit(IMAGE, 'v0.13.17', '0.13'), expect: [{ at: '8:20', path: 'components.kine.version', message: /wrong type/ }] },
   { title: 'image: tag without v', text: edit(IMAGE, 'v0.13.17', '"0.13.17"'), expect: [{ at: '8:20', path: 'components.kine.version', message: /release tag/ }] },

@@ -120,6 +120,7 @@ async function writeIso(ctx: BuildContext, final: string, raw: string): Promise<
   const tree = disk(ctx).rootTree!;
   const root = disk(ctx).images.rootA!.file;
   const boot: IsoBoot = {
+    arch: ctx.image.arch,
     volumeId: isoVolumeId(ctx.image.name, ctx.image.version),
     cmdline: kernelCmdline(ctx.image),
     rootfsType: ctx.image.rootfs.type,
@@ -130,7 +131,8 @@ async function writeIso(ctx: BuildContext, final: string, raw: string): Promise<
   await rm(stage, { recursive: true, force: true });
   stageIsoTree(stage, boot);
   const zst = await imageZst(ctx, raw);
-  await atomically(final, (tmp) => runPlan(grubMkrescuePlan(stage, isoFiles(tree, root, zst), tmp, boot.volumeId, ctx.sourceDateEpoch), { timeoutMs: 30 * 60_000 }).then(() => undefined));
+  const moduleDir = ctx.image.arch === 'arm64' ? grubModuleDir(ctx, 'arm64-efi') : undefined;
+  await atomically(final, (tmp) => runPlan(grubMkrescuePlan(stage, isoFiles(tree, root, zst), tmp, boot.volumeId, ctx.sourceDateEpoch, moduleDir), { timeoutMs: 30 * 60_000 }).then(() => undefined));
   await rm(stage, { recursive: true, force: true });
 }
 
@@ -169,11 +171,9 @@ export const DISK_STEPS: Step[] = [
       if (ctx.image.rootfs.type === 'squashfs') tools.push('mksquashfs');
       if (ctx.outputs.includes('qcow2')) tools.push('qemu-img');
       if (ctx.outputs.includes('raw.zst') || ctx.outputs.includes('pxe') || ctx.outputs.includes('iso')) tools.push('zstd');
-      if (ctx.outputs.includes('iso')) {
-        // grub-mkrescue puts every GRUB platform installed on the host into the ISO: an arm64 ISO
-        // made on an amd64 host would carry x86 boot records. Not built yet (docs/cli.md).
-        if (ctx.image.arch !== 'amd64') throw new GeminiError(`--output iso: the installer ISO is built for amd64 only so far; for ${ctx.image.arch}, use --output pxe or raw.zst with geminik8s flash`, ExitCode.invalidInput);
-        tools.push('grub-mkrescue', 'xorriso', 'mformat');
+      // On arm64 the ISO takes GRUB's arm64-efi from the root, checked with the disk's GRUB below.
+      if (ctx.outputs.includes('iso')) tools.push('grub-mkrescue', 'xorriso', 'mformat');
+      if (ctx.outputs.includes('iso') && ctx.image.arch === 'amd64') {
         for (const [platform, pkg] of [['i386-pc', 'grub-pc-bin'], ['x86_64-efi', 'grub-efi-amd64-bin']] as const) {
           if (!existsSync(join(HOST_GRUB, platform, 'kernel.img'))) throw new GeminiError(`--output iso boots under BIOS and UEFI: GRUB's ${platform} modules are missing from ${HOST_GRUB}/${platform} (apt-get install ${pkg})`, ExitCode.missingTool);
         }

@@ -28,6 +28,7 @@ export function isoVolumeId(name: string, version: string): string {
 }
 
 export interface IsoBoot {
+  arch: 'amd64' | 'arm64';
   volumeId: string;
   /** The image definition's kernel arguments (kernelCmdline). */
   cmdline: string;
@@ -55,7 +56,8 @@ export function isoKernelArgs(o: IsoBoot, dryRun: boolean): string[] {
 
 /**
  * The ISO's grub.cfg (pure, text): install, or a dry run that shows the disk the rules choose
- * and writes nothing. The menu waits 5 s on the console and the first serial port.
+ * and writes nothing. The menu waits 5 s on the console and, on amd64, the first serial port
+ * (arm64 firmware brings its serial console through EFI's, as the disk image's menu does).
  */
 export function isoGrubCfg(o: IsoBoot): string {
   const entry = (title: string, dryRun: boolean): string[] => [
@@ -66,9 +68,7 @@ export function isoGrubCfg(o: IsoBoot): string {
   ];
   return [
     `# ${o.title}: written by geminik8s build --output iso`,
-    'serial --unit=0 --speed=115200',
-    'terminal_input console serial',
-    'terminal_output console serial',
+    ...(o.arch === 'amd64' ? ['serial --unit=0 --speed=115200', 'terminal_input console serial', 'terminal_output console serial'] : []),
     'set default=0',
     'set timeout=5',
     ...entry(`Install ${o.title} onto the disk its seed names`, false),
@@ -108,12 +108,14 @@ const graft = (p: string): string => p.replaceAll('\\', '\\\\').replaceAll('=', 
 /**
  * grub-mkrescue's hybrid ISO (pure): El Torito for BIOS, an EFI system image for UEFI, and an
  * MBR so that the same file boots written to a USB stick. `files` map ISO paths to host files
- * (graft points, no copies); what follows `--` goes to xorriso.
+ * (graft points, no copies); what follows `--` goes to xorriso. Without `moduleDir` it takes
+ * every GRUB platform installed on the host (i386-pc and x86_64-efi for amd64); with it, that
+ * one platform only: the arm64 root's arm64-efi, so that no x86 boot record lands on an arm64 ISO.
  */
-export function grubMkrescuePlan(tree: string, files: Record<string, string>, out: string, volumeId: string, sourceDateEpoch: number): CommandPlan {
+export function grubMkrescuePlan(tree: string, files: Record<string, string>, out: string, volumeId: string, sourceDateEpoch: number, moduleDir?: string): CommandPlan {
   return {
     cmd: 'grub-mkrescue',
-    args: ['--output', out, tree, ...Object.entries(files).map(([to, from]) => `${graft(to)}=${graft(from)}`), '--', '-volid', volumeId],
+    args: [...(moduleDir ? ['--directory', moduleDir] : []), '--output', out, tree, ...Object.entries(files).map(([to, from]) => `${graft(to)}=${graft(from)}`), '--', '-volid', volumeId],
     env: { SOURCE_DATE_EPOCH: String(sourceDateEpoch) },
     title: `grub-mkrescue ${basename(out)}`,
   };

@@ -5,7 +5,10 @@ import { dirname, join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import { partitionOffset } from '#common/install/media.ts';
 import { bootVm, parseMarkerFields, READY_MARKER, type Vm } from '#qemu/index.ts';
+import { cli } from '../../helpers/cli.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';
+import { blankDisk, buildInstaller, INSTALL_TIMEOUT, onConsole, sha256Of, TARGET_SERIAL } from '../../helpers/installer-e2e.ts';
+import { pxeSite } from '../../helpers/pxe.ts';
 import { testImage, type BuiltImage } from '../../helpers/test-image.ts';
 
 // Builds the arm64 test image (root, then disk) on this amd64 host: mmdebstrap runs the arm64 maintainer
@@ -159,4 +162,47 @@ bootTest('the arm64 image boots under qemu-system-aarch64 with AAVMF to the mark
   const ready = await vm.waitFor(READY_MARKER, 25 * 60_000);
   t.log(`arm64 UEFI boot: ${ready.line} (wall ${(ready.elapsedMs / 1000).toFixed(0)} s)`);
   t.like(parseMarkerFields(ready.line), { slot: 'A', root: 'ro', etc: 'overlay' });
+});
+
+/** The PE machine field of an EFI application (IMAGE_FILE_MACHINE_ARM64 is 0xaa64). */
+function peMachine(pe: Buffer): number {
+  if (pe.subarray(0, 2).toString('latin1') !== 'MZ') throw new Error('not a PE file');
+  const at = pe.readUInt32LE(0x3c);
+  return pe.readUInt16LE(at + 4);
+}
+
+// The installer ISO for arm64: GRUB's arm64-efi from the arm64 root, nothing of the host's x86
+// GRUB. Booted under AAVMF to the installer, which reads node1's seed from a GKSEED medium and
+// refuses: its rule names a serial no disk has (an install would write and hash the whole
+// image under arm64 TCG; the installer's code is the same Node.js as on amd64, installing in
+// the iso suite). GEMINIK8S_E2E_ARM64_BOOT=0 leaves the boot out, as above.
+test('the arm64 installer ISO: UEFI only, BOOTAA64.EFI from the root; booted under AAVMF its live system runs the installer, which reads the seed medium and writes nothing', async (t) => {
+  const built = await buildInstaller(img, 'iso', 'arm64');
+  t.log(`build --output iso (arm64) from the cached root: ${built.seconds} s; ${statSync(built.path).size} bytes`);
+  const torito = (await runPlan({ cmd: 'xorriso', args: ['-indev', built.path, '-report_el_torito', 'plain'] })).stdout;
+  const platforms = [...torito.matchAll(/^El Torito boot img :\s+\d+\s+(\S+)/gm)].map((m) => m[1]);
+  t.deepEqual(platforms, ['UEFI'], 'one El Torito image, for UEFI: no BIOS boot record');
+  const dir = tempDir('gk-e2e-arm64-iso-');
+  await runPlan({ cmd: 'xorriso', args: ['-osirrox', 'on', '-indev', built.path, '-extract', '/efi.img', join(dir, 'efi.img')] });
+  await runPlan({ cmd: 'mcopy', args: ['-i', join(dir, 'efi.img'), '::EFI/BOOT/BOOTAA64.EFI', join(dir, 'BOOTAA64.EFI')], env: { MTOOLS_SKIP_CHECK: '1' } });
+  t.is(peMachine(readFileSync(join(dir, 'BOOTAA64.EFI'))), 0xaa64, 'IMAGE_FILE_MACHINE_ARM64');
+  const files = (await runPlan({ cmd: 'mdir', args: ['-/', '-b', '-i', join(dir, 'efi.img'), '::'], env: { MTOOLS_SKIP_CHECK: '1' } })).stdout;
+  t.notRegex(files, /bootx64|bootia32/i, 'no x86 EFI loader');
+  if (process.env.GEMINIK8S_E2E_ARM64_BOOT === '0') return;
+
+  const site = await pxeSite({ serial: 'NO-SUCH-DISK' });
+  const medium = join(dir, 'seed.img');
+  const m = await cli('seed', '--cluster', site.clusterFile, '--node', 'node1', '--format', 'medium', '--out', medium);
+  t.is(m.code, 0, m.stderr);
+  const blank = await blankDisk(join(dir, 'blank.raw'), 4 * 1024 ** 3, true);
+  const before = await sha256Of(blank);
+  const vm = await bootVm({ arch: 'arm64', firmware: 'uefi', image: blank, format: 'raw', write: true, diskSerial: TARGET_SERIAL, drives: [{ path: medium, serial: 'GK-SEED', writable: true }], cdrom: built.path, serialLog: join(dir, 'serial.log') });
+  vms.push(vm);
+  const refusal = await onConsole(vm, /refusing to install node1: [^\n]*/, INSTALL_TIMEOUT);
+  t.log(refusal);
+  t.regex(vm.log(), /geminik8s-live: medium \S+ labelled GK_TEST_0_1_0/, 'the live root came from the ISO');
+  t.regex(vm.log(), /the seed of node1 comes from \/dev\/\w+ labelled GKSEED/);
+  t.regex(refusal, /no disk matches the rules/);
+  await vm.stop();
+  t.is(await sha256Of(blank), before, 'the blank disk is byte for byte as before');
 });
