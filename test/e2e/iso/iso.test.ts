@@ -76,7 +76,10 @@ test.serial('written to a USB stick, the ISO boots from it, and its installer ne
   t.is(await sha256Of(blank), before, 'the other disk is byte for byte as before');
 });
 
-test.serial('the ISO installs onto the disk its seed names by serial, leaves the other alone, and the machine boots it as its node', async (t) => {
+// Under UEFI (OVMF): the ISO's El Torito EFI image, then the installed disk's ESP. The other two
+// tests boot it under SeaBIOS (El Torito for BIOS, and the hybrid MBR as a USB disk), and the
+// pxe suite installs under SeaBIOS.
+test.serial('under UEFI, the ISO installs onto the disk its seed names by serial, leaves the other alone, and the machine boots it as its node', async (t) => {
   const dir = tempDir('gk-e2e-iso-install-');
   const seeded = await seededIso(dir, { serial: TARGET_SERIAL });
   const imageBytes = statSync(img.raw).size;
@@ -86,7 +89,7 @@ test.serial('the ISO installs onto the disk its seed names by serial, leaves the
   const otherBefore = await sha256Of(other);
   const started = Date.now();
   // Boot order disk, then CD: the blank target falls through to the ISO; once installed, it boots itself.
-  const vm = await bootVm({ arch: 'amd64', firmware: 'bios', image: target, format: 'raw', write: true, diskSerial: TARGET_SERIAL, drives: [{ path: other, serial: OTHER_SERIAL, writable: true }], cdrom: seeded, serialLog: join(dir, 'serial.log') });
+  const vm = await bootVm({ arch: 'amd64', firmware: 'uefi', image: target, format: 'raw', write: true, diskSerial: TARGET_SERIAL, drives: [{ path: other, serial: OTHER_SERIAL, writable: true }], cdrom: seeded, serialLog: join(dir, 'serial.log') });
   vms.push(vm);
   const done = await onConsole(vm, /installed node1 onto \S+|refusing to install[^\n]*|geminik8s-install\.service: Failed[^\n]*/, INSTALL_TIMEOUT);
   const installedAt = Date.now();
@@ -96,11 +99,13 @@ test.serial('the ISO installs onto the disk its seed names by serial, leaves the
   t.regex(vm.log(), new RegExp(`${disk}\\s+\\S+\\s+[^\\n]*serial "${TARGET_SERIAL}"`), 'the chosen disk is the one the seed names');
   t.regex(vm.log(), /geminik8s-live: medium \S+ labelled GK_TEST_0_1_0/, 'the live root came from the ISO');
   t.regex(vm.log(), /geminik8s-live: sha256 matches/, 'and its sha256 was checked');
+  t.regex(vm.log(), /efi: EFI v[\d.]+ by EDK II/, 'the live system was booted by UEFI firmware');
 
   const ready = await vm.waitFor(READY_MARKER, BOOT_TIMEOUT);
   const f = parseMarkerFields(ready.line);
   t.log(`installed system: ${ready.line}`);
   t.like(f, { slot: 'A', role: 'leader', root: 'ro', etc: 'overlay', boots: '1' });
+  t.is(vm.log().match(/efi: EFI v[\d.]+ by EDK II/g)?.length, 2, 'the installed system too');
   t.log(`ISO ${statSync(seeded).size} bytes; power-on to installed: ${((installedAt - started) / 1000).toFixed(0)} s wall; installed to READY: ${((Date.now() - installedAt) / 1000).toFixed(0)} s wall (guest uptime ${f.uptime} s)`);
   await vm.stop();
   t.is(await sha256Of(other), otherBefore, 'the other disk is byte for byte as before');
