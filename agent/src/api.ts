@@ -13,6 +13,7 @@ import { startBackup } from './backup.ts';
 import { replacePeerHere } from './replacepeer.ts';
 import { rotateTlsHere } from './tlsrotate.ts';
 import { recloneHere, restoreHere } from './restore.ts';
+import { MAX_BUNDLE_BYTES, stageHere } from './upgradestage.ts';
 import { clusterView, STATUS_PAGE_HTML, statusPageCsp } from './statuspage.ts';
 import { hostPreflight } from './preflight.ts';
 
@@ -265,6 +266,21 @@ export function routes(agent: Agent): Record<string, Route> {
         if (!agent.meta) return notReady()!;
         const r = await agent.switchover();
         return { status: r.ok ? 200 : 409, body: r };
+      },
+    },
+    // A bundle streamed in the body, written to the passive slot with its try armed (geminik8s upgrade).
+    '/v1/upgrade/stage': {
+      method: 'POST', callers: ['admin'], mutating: true,
+      handle: async (req) => {
+        const declared = req.headers['x-geminik8s-bundle-bytes'];
+        const bytes = Number(declared);
+        if (declared === undefined || !Number.isInteger(bytes) || bytes <= 0 || bytes > MAX_BUNDLE_BYTES) {
+          throw new HttpError(400, `x-geminik8s-bundle-bytes: expected the bundle's size in bytes, at most ${MAX_BUNDLE_BYTES} (found ${JSON.stringify(declared) ?? 'nothing'})`);
+        }
+        const retry = req.headers['x-geminik8s-retry'];
+        if (retry !== undefined && retry !== '0' && retry !== '1') throw new HttpError(400, `x-geminik8s-retry: expected 0 or 1 (found ${JSON.stringify(retry)})`);
+        if (!agent.meta) return notReady()!;
+        return stageHere(agent, req, bytes, retry === '1');
       },
     },
     // Reboot into a staged upgrade when the pair allows it (a leader switches over first).

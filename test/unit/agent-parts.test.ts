@@ -151,6 +151,8 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
       '/v1/switchover': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
       '/v1/promote': ['POST', { none: 401, wrong: 401, witness: 401, peer: 409, read: 403, admin: 403 }],
       '/v1/force-promote': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
+      // No x-geminik8s-bundle-bytes header: refused as bad input before any byte is read.
+      '/v1/upgrade/stage': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 400 }],
       '/v1/upgrade/reboot': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
       '/v1/upgrade/rollback': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
       // A leader without a PostgreSQL round or a lease: backup and restore refuse; a re-clone is for followers.

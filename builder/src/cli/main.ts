@@ -23,6 +23,7 @@ import { registerBackup } from './commands/backup.ts';
 import { registerKeygen } from './commands/keygen.ts';
 import { registerSucPlan } from './commands/suc.ts';
 import { registerRollback } from './commands/rollback.ts';
+import { registerUpgrade } from './commands/upgrade.ts';
 import { registerPush } from './commands/push.ts';
 import { contextFrom, type CliContext } from './context.ts';
 
@@ -73,6 +74,7 @@ export function buildProgram(io: MainIo = defaultIo): Command {
   registerKeygen(program, ctx);
   registerSucPlan(program, ctx);
   registerRollback(program, ctx);
+  registerUpgrade(program, ctx);
   registerPush(program, ctx);
   registerCompletion(program, ctx);
   for (const cmd of program.commands) cmd.exitOverride().configureOutput({ writeOut: io.stdout, writeErr: io.stderr });

@@ -34,14 +34,24 @@ export async function requestRollback(cluster: Cluster, secrets: Secrets, node: 
   };
 }
 
-/**
- * Until `node` runs `slot` blessed again: while its reboot is refused (its peer is unhealthy or
- * upgrading), ask again; stop when the rollback's try falls back, or at the deadline.
- */
-export async function waitForRollback(
+/** Until `node` runs `slot` blessed again (a rollback): see waitForSlot. */
+export function waitForRollback(
   cluster: Cluster, secrets: Secrets, node: string, slot: string, rebooting: boolean, fetcher: Fetcher,
   timeoutMs: number, sleep: (ms: number) => Promise<void>, progress: (line: string) => void, now: () => number = () => performance.now(),
 ): Promise<{ done: boolean; reason: string; status: ClusterStatus }> {
+  return waitForSlot(cluster, secrets, node, { slot }, rebooting, fetcher, timeoutMs, sleep, progress, now);
+}
+
+/**
+ * Until `node` runs `target.slot` blessed (and `target.version` on it, when given) with the pair
+ * healthy: while its reboot is refused (its peer is unhealthy or upgrading), ask again; stop
+ * when the try falls back, or at the deadline.
+ */
+export async function waitForSlot(
+  cluster: Cluster, secrets: Secrets, node: string, target: { slot: string; version?: string }, rebooting: boolean, fetcher: Fetcher,
+  timeoutMs: number, sleep: (ms: number) => Promise<void>, progress: (line: string) => void, now: () => number = () => performance.now(),
+): Promise<{ done: boolean; reason: string; status: ClusterStatus }> {
+  const { slot, version } = target;
   const deadline = now() + timeoutMs;
   let last = '';
   const say = (line: string): void => {
@@ -51,7 +61,7 @@ export async function waitForRollback(
   for (;;) {
     const status = await collectStatus(cluster, secrets, fetcher);
     const v = status.nodes.find((n) => n.name === node);
-    if (v?.reachable && v.slot?.booted === slot && v.slot.state === 'steady' && status.health === 'healthy') {
+    if (v?.reachable && v.slot?.booted === slot && v.slot.state === 'steady' && status.health === 'healthy' && (version === undefined || v.version === version)) {
       return { done: true, reason: `${node} runs ${v.version ?? '?'} on slot ${slot}, blessed, and the pair is healthy`, status };
     }
     if (v?.reachable && v.upgrade?.state === 'fell-back' && v.slot?.booted !== slot) {
