@@ -1,14 +1,15 @@
 import test from 'ava';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { runPlan, type RunningProcess } from '#common/exec.ts';
+import { runPlan, spawnPlan, type RunningProcess } from '#common/exec.ts';
 import { buildAgent } from '../../../agent/build.ts';
 import { partitionOffset } from '#common/install/media.ts';
 import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '#qemu/index.ts';
 import { bundleProbe } from '../../harness/cluster.ts';
+import { inNs } from '../../harness/netns.ts';
 import { cli } from '../../helpers/cli.ts';
-import { tempDir } from '../../helpers/fixtures.ts';
-import { testImage, type BuiltImage } from '../../helpers/test-image.ts';
+import { ROOT, tempDir } from '../../helpers/fixtures.ts';
+import { testImage, upgradeBundle, type BuiltImage } from '../../helpers/test-image.ts';
 import { freePort, initGuestCluster, until } from '../../helpers/e2e.ts';
 import { agentJournalAt, arpOwners, createGuestLan, destroyGuestLan, GUEST_PG_BIN, guestSql, guestUptime, startLanWitness, startVipWriter, type GuestLan } from '../../helpers/guest-lan.ts';
 
@@ -47,6 +48,9 @@ async function nodeDisk(node: string): Promise<string> {
   const out = join(tempDir(`gk-e2e-${node}-`), `${node}.raw`);
   const r = await cli('seed', '--cluster', join(clusterDir, 'cluster.yaml'), '--node', node, '--into', img.raw, '--out', out);
   if (r.code !== 0) throw new Error(`seed --into for ${node} failed: ${r.stderr}`);
+  // A disk larger than the image, as a box's is: PERSISTENT grows into it on first boot, with
+  // room for an uploaded upgrade bundle beside the database (the image's own 512 MiB is tight).
+  await runPlan({ cmd: 'truncate', args: ['-s', '+1G', out] });
   return out;
 }
 
@@ -114,7 +118,22 @@ test.serial('the leader guest powered off: the follower promotes through its sys
     return;
   }
   try {
-    await failoverTest(t, pair);
+    // The healthy pair it leaves (node2 leading) goes on to the rolling upgrade.
+    pair = await failoverTest(t, pair);
+  } catch (err) {
+    await dumpJournals(t);
+    await stopAll();
+    throw err;
+  }
+});
+
+test.serial('geminik8s upgrade from the host side of the LAN: the follower, then the leader after its switchover, each staged through its agent API, rebooted and blessed on 0.2.0; never both nodes down, no acknowledged write lost', async (t) => {
+  if (!pair) {
+    t.fail('the failover test left no running pair');
+    return;
+  }
+  try {
+    await rollingUpgradeTest(t, pair);
   } catch (err) {
     await dumpJournals(t);
     throw err;
@@ -228,7 +247,7 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   pair = { node1, node2, s1, s2: s2b, disk1, logDir };
 }
 
-async function failoverTest(t: import('ava').ExecutionContext, p: NonNullable<typeof pair>): Promise<void> {
+async function failoverTest(t: import('ava').ExecutionContext, p: NonNullable<typeof pair>): Promise<NonNullable<typeof pair>> {
   const { node1, s2 } = p;
   const { proc: writer, acks, errors: writerErrors } = await startVipWriter(lan, clusterDir, NET.vip, join(work, 'writer.mjs'));
   try {
@@ -301,8 +320,91 @@ async function failoverTest(t: import('ava').ExecutionContext, p: NonNullable<ty
     });
     t.is(onNode1, String(maxAck), 'and on the rejoined standby');
     t.deepEqual(await arpOwners(lan, NET.vip), [MAC.node2], 'the VIP still answers with node2\'s MAC');
+    return { node1: node1b, node2: p.node2, s1: s1b, s2, disk1: p.disk1, logDir: p.logDir };
   } finally {
     writer.kill('SIGKILL');
+  }
+}
+
+/** Every `everyMs`, whether each of `targets` (HOST:PORT) accepts a TCP connection, from the LAN's host side. */
+function startUpSampler(targets: string[], everyMs = 1000): { proc: RunningProcess; samples: { t: number; up: number[] }[] } {
+  const script = join(work, 'up-sampler.mjs');
+  writeFileSync(script, `import { connect } from 'node:net';
+const targets = process.argv.slice(2);
+const probe = (t) => new Promise((done) => {
+  const [host, port] = t.split(':');
+  const s = connect({ host, port: Number(port), timeout: 2000 });
+  s.once('connect', () => { s.destroy(); done(1); });
+  s.once('timeout', () => { s.destroy(); done(0); });
+  s.once('error', () => done(0));
+});
+setInterval(async () => { const up = await Promise.all(targets.map(probe)); console.log(JSON.stringify({ t: Date.now(), up })); }, ${everyMs});
+`);
+  const samples: { t: number; up: number[] }[] = [];
+  const proc = spawnPlan(inNs(lan.ns, process.execPath, [script, ...targets]), { stdout: (l) => samples.push(JSON.parse(l) as { t: number; up: number[] }), stderr: () => undefined });
+  return { proc, samples };
+}
+
+async function rollingUpgradeTest(t: import('ava').ExecutionContext, p: NonNullable<typeof pair>): Promise<void> {
+  const v2 = await upgradeBundle(img, '0.2.0', 'test-amd64.yaml', (m) => t.log(m));
+  // The operator's key, trusted on both nodes (in /etc, persistent): the image trusts none.
+  const pub = readFileSync(v2.publicKey, 'utf8').trim().split('\n');
+  for (const s of [p.s1, p.s2]) {
+    await s.check(`install -d -m 0755 /etc/geminik8s/upgrade-keys && printf '%s\\n' '${pub[0]}' '${pub[1]}' > /etc/geminik8s/upgrade-keys/e2e.pub`);
+    t.log(`${(await s.check('hostname')).trim()}: ${(await s.check('df -h --output=avail,target /var/lib/geminik8s | tail -n1')).trim()} free`);
+  }
+  const { proc: writer, acks, errors: writerErrors } = await startVipWriter(lan, clusterDir, NET.vip, join(work, 'writer.mjs'));
+  const sampler = startUpSampler([`${NET.node1}:5432`, `${NET.node2}:5432`]);
+  for (const s of shells.splice(0)) s.close();
+  try {
+    await until('20 acknowledged writes through the VIP', 5 * 60_000, async () => (acks.length >= 20 ? true : undefined));
+    const started = Date.now();
+    const out: string[] = [];
+    const progress: string[] = [];
+    const run = spawnPlan(inNs(lan.ns, process.execPath, [join(ROOT, 'bin/geminik8s.js'), 'upgrade', '--cluster', join(clusterDir, 'cluster.yaml'), '--bundle', v2.bundle, '--timeout', '25m', '--json']), {
+      stdout: (l) => out.push(l),
+      stderr: (l) => progress.push(l),
+    });
+    const code = await run.exited;
+    const seconds = (Date.now() - started) / 1000;
+    t.log(`geminik8s upgrade: exit ${code} after ${seconds.toFixed(0)} s wall\n${progress.join('\n')}`);
+    t.is(code, 0, out.join('\n'));
+    const result = JSON.parse(out.join('\n')) as { done: boolean; outcomes: { node: string; action: string; done: boolean; slot?: string; stageSeconds?: number; blessSeconds?: number }[] };
+    t.true(result.done);
+    t.deepEqual(result.outcomes.map((o) => [o.node, o.action, o.slot]), [['node1', 'upgrade', 'B'], ['node2', 'upgrade', 'B']], 'the follower (node1) first, then the leader');
+
+    // Both nodes boot slot B blessed on 0.2.0; node1, upgraded first, leads after node2's switchover.
+    const s1 = await GuestShell.open(p.node1.consoleSocket!, SHELL_TIMEOUT);
+    shells.push(s1);
+    const s2 = await GuestShell.open(p.node2.consoleSocket!, SHELL_TIMEOUT);
+    shells.push(s2);
+    for (const s of [s1, s2]) {
+      const st = JSON.parse(await s.check('node /usr/lib/geminik8s/agent.mjs upgrade status --json')) as { boot: { state: string; booted: string }; slots: { A: string; B: string } };
+      t.like(st, { boot: { state: 'steady', booted: 'B' }, slots: { A: '0.1.0', B: '0.2.0' } });
+    }
+    t.is(await sql(s1, 'select pg_is_in_recovery()'), 'f', 'node1 leads');
+    t.regex(await sql(s1, "select application_name || ' ' || state || ' ' || sync_state from pg_stat_replication"), /^node2 streaming sync$/m);
+
+    await until('the writer to go on after the upgrade', 5 * 60_000, async () => (acks.filter((a) => a.t > Date.now() - 20_000).length >= 10 ? true : undefined));
+    writer.kill('SIGTERM');
+    await writer.exited;
+    const during = acks.filter((a) => a.t >= started);
+    let gap = 0;
+    for (let i = 1; i < during.length; i++) gap = Math.max(gap, during[i]!.t - during[i - 1]!.t);
+    const maxAck = acks.at(-1)!.id;
+    t.log(`writer: ${acks.length} acknowledged writes, ${during.length} during the upgrade; longest gap between two acknowledged writes ${(gap / 1000).toFixed(1)} s; ${writerErrors.length} errors (last: ${writerErrors.at(-1) ?? 'none'})`);
+    t.is(await sql(s1, `select count(*) from harness_writes where id <= ${maxAck}`, 'kine'), String(maxAck), 'every acknowledged write is on the primary');
+
+    sampler.proc.kill('SIGTERM');
+    const window = sampler.samples.filter((x) => x.t >= started && x.t <= started + seconds * 1000);
+    const bothDown = window.filter((x) => x.up.every((u) => u === 0));
+    const oneDown = window.filter((x) => x.up.some((u) => u === 0));
+    t.log(`PostgreSQL ports sampled ${window.length} times during the upgrade: one node away in ${oneDown.length}, both in ${bothDown.length}`);
+    t.true(oneDown.length > 0, 'the sampler saw the reboots');
+    t.is(bothDown.length, 0, `both nodes away at ${bothDown.map((x) => new Date(x.t).toISOString()).join(', ')}`);
+  } finally {
+    writer.kill('SIGKILL');
+    sampler.proc.kill('SIGKILL');
   }
 }
 
