@@ -122,7 +122,18 @@ export function httpStream(url: string | URL, call: Omit<HttpCall, 'timeoutMs' |
         for await (const chunk of call.body as AsyncIterable<Uint8Array>) {
           if (req.destroyed) return;
           // Drained, or closed (the server answered early and hung up): never wait forever.
-          if (!req.write(chunk)) await new Promise<void>((r) => { req.once('drain', () => r()); req.once('close', () => r()); });
+          if (!req.write(chunk)) {
+            // Both listeners go once either fires: a long upload waits for drain thousands of times.
+            await new Promise<void>((r) => {
+              const done = (): void => {
+                req.off('drain', done);
+                req.off('close', done);
+                r();
+              };
+              req.once('drain', done);
+              req.once('close', done);
+            });
+          }
         }
         req.end();
         deadline = setTimeout(() => req.destroy(new Error(`no answer within ${call.connectTimeoutMs} ms of the end of the request`)), call.connectTimeoutMs);

@@ -248,3 +248,32 @@ test('geminik8s upgrade: a missing or unsigned bundle and an unknown node are re
   t.is((await cli('upgrade', '--cluster', CLUSTER_FIXTURE, '--bundle', join(dir, 'junk.tar'))).code, 2);
   t.false(existsSync(join(dir, 'incoming.upgrade.tar')));
 });
+
+test('httpStream uploads a body of many chunks to a slow reader without piling up listeners (a 318 MB bundle warned of a leak after 11 waits for drain)', async (t) => {
+  const { createServer } = await import('node:http');
+  let received = 0;
+  const srv = createServer((req, res) => {
+    // Read slowly, so that the client waits for drain again and again.
+    req.on('data', (c: Buffer) => {
+      received += c.length;
+      req.pause();
+      setTimeout(() => req.resume(), 2);
+    });
+    req.on('end', () => res.end(JSON.stringify({ ok: true, reason: `${received} bytes` })));
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  t.teardown(() => srv.close());
+  const warnings: string[] = [];
+  const onWarning = (w: Error): void => void warnings.push(w.message);
+  process.on('warning', onWarning);
+  t.teardown(() => process.off('warning', onWarning));
+  const chunk = Buffer.alloc(256 * 1024, 7);
+  const a = await httpStream(`http://127.0.0.1:${(srv.address() as AddressInfo).port}/`, {
+    method: 'POST', headers: {}, body: (async function* () { for (let i = 0; i < 40; i++) yield chunk; })(), connectTimeoutMs: 30_000, idleTimeoutMs: 30_000,
+  });
+  for await (const _ of a.body) { /* drain the answer */ }
+  t.is(received, 40 * chunk.length);
+  // Warnings are emitted on the next tick.
+  await new Promise((r) => setImmediate(r));
+  t.deepEqual(warnings.filter((w) => /MaxListeners|memory leak/.test(w)), []);
+});

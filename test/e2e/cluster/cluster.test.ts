@@ -112,6 +112,11 @@ test.serial('two nodes from one image: leader primary, follower synchronous, VIP
   }
 });
 
+// The rolling upgrade took 28 min here (24 min of it `geminik8s upgrade`): each node's 318 MB
+// bundle reached its TCG guest over the agent's TLS API at about 0.7 MB/s. .ci/run leaves it out
+// (GEMINIK8S_E2E_ROLLING_UPGRADE=0) to keep CI inside its 90 minutes; run it with this suite.
+const ROLLING = process.env.GEMINIK8S_E2E_ROLLING_UPGRADE !== '0';
+
 test.serial('the leader guest powered off: the follower promotes through its systemd units and the witness, the VIP answers with its MAC, a writer through the VIP resumes with no acknowledged write lost; the old leader boots again and rejoins as synchronous standby', async (t) => {
   if (!pair) {
     t.fail('the pair test left no running pair');
@@ -120,6 +125,7 @@ test.serial('the leader guest powered off: the follower promotes through its sys
   try {
     // The healthy pair it leaves (node2 leading) goes on to the rolling upgrade.
     pair = await failoverTest(t, pair);
+    if (!ROLLING) await stopAll();
   } catch (err) {
     await dumpJournals(t);
     await stopAll();
@@ -127,7 +133,7 @@ test.serial('the leader guest powered off: the follower promotes through its sys
   }
 });
 
-test.serial('geminik8s upgrade from the host side of the LAN: the follower, then the leader after its switchover, each staged through its agent API, rebooted and blessed on 0.2.0; never both nodes down, no acknowledged write lost', async (t) => {
+(ROLLING ? test.serial : test.serial.skip)('geminik8s upgrade from the host side of the LAN: the follower, then the leader after its switchover, each staged through its agent API, rebooted and blessed on 0.2.0; never both nodes down, no acknowledged write lost', async (t) => {
   if (!pair) {
     t.fail('the failover test left no running pair');
     return;
