@@ -340,3 +340,31 @@ serial('writeStream hands runs of zeros to the device (BLKZEROOUT) and writes th
   t.is(w.zeroedOut, 0);
   t.is(await readBack(again, data.length), r.sha256);
 });
+
+test('two seed media are refused, and no seed anywhere is bad input, before anything else is read', async (t) => {
+  const dir = tempDir('gk-install-');
+  writeFileSync(join(dir, 'cmdline'), 'geminik8s.install.image_url=file:///nonexistent/image.raw.zst geminik8s.install.serial=A-1');
+  const printed: string[] = [];
+  const seed = (node: string) => ({ node, disk: {}, files: [] });
+  const untouched = async (): Promise<never> => {
+    throw new Error('read after a refusal');
+  };
+  const base: InstallPorts = { disks: untouched, bootDisks: untouched, fetchSeed: untouched, imageHead: untouched, openImage: untouched, report: async () => undefined, reboot: untouched, print: (l) => printed.push(l), warn: (l) => printed.push(l), seedMedia: async () => [] };
+  const two: InstallPorts = { ...base, seedMedia: async () => [{ device: '/dev/sdb', disks: ['/dev/sdb'], payload: seed('node1') }, { device: '/dev/sdc1', disks: ['/dev/sdc1', '/dev/sdc'], payload: seed('node2') }] };
+  t.is(await installCommand(['--cmdline', join(dir, 'cmdline')], two), 5);
+  t.regex(printed.join('\n'), /2 media labelled GKSEED \(\/dev\/sdb: node1, \/dev\/sdc1: node2\): leave one attached; nothing was written/);
+  printed.length = 0;
+  t.is(await installCommand(['--cmdline', join(dir, 'cmdline')], base), 2);
+  t.regex(printed.join('\n'), /no geminik8s\.install\.seed_url on the kernel command line, and no medium labelled GKSEED is attached: nothing says which node this is/);
+});
+
+serial('a medium labelled GKSEED that is not FAT is refused as bad input, naming the device', async (t) => {
+  const dir = tempDir('gk-install-');
+  mkdirSync(join(dir, 'tree/geminik8s'), { recursive: true });
+  writeFileSync(join(dir, 'tree/geminik8s/seed.json'), '{}');
+  await runPlan({ cmd: 'xorriso', args: ['-as', 'mkisofs', '-quiet', '-output', join(dir, 'seed.iso'), '-volid', 'GKSEED', join(dir, 'tree')] });
+  const dev = (await runPlan({ cmd: 'losetup', args: ['-f', '--show', join(dir, 'seed.iso')] })).stdout.trim();
+  // Detached at once: another test's installer would find it.
+  t.teardown(() => runPlan({ cmd: 'losetup', args: ['-d', dev] }, { allowFailure: true }).then(() => undefined));
+  await t.throwsAsync(machinePorts(() => undefined, () => undefined).seedMedia(), { message: new RegExp(`${dev} is labelled GKSEED but holds iso9660 filesystem; a seed medium is FAT`) });
+});
