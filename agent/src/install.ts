@@ -238,6 +238,15 @@ function localError(url: string, err: NodeJS.ErrnoException): GeminiError {
   return new GeminiError(`${url}: no such file on this medium${url.endsWith('.json') ? SEED_HINT : ''}`, ExitCode.invalidInput);
 }
 
+/** A seed file's text as JSON, or bad input naming where it came from. */
+function jsonOf(where: string, text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new GeminiError(`${where}: not JSON (${(err as Error).message})`, ExitCode.invalidInput);
+  }
+}
+
 /** The machine's own disks, the live system's boot media, HTTP to pxe serve (or files on the installer ISO), systemctl reboot. */
 export function machinePorts(print: Printer = stdoutLine, warn: Printer = stderrLine, limits: FetchLimits = FETCH_LIMITS): InstallPorts {
   return {
@@ -249,12 +258,7 @@ export function machinePorts(print: Printer = stdoutLine, warn: Printer = stderr
       const text = await readFile(path, 'utf8').catch((err: NodeJS.ErrnoException) => {
         throw localError(url, err);
       });
-      let body: unknown;
-      try {
-        body = JSON.parse(text);
-      } catch (err) {
-        throw new GeminiError(`${url}: not JSON (${(err as Error).message})`, ExitCode.invalidInput);
-      }
+      const body = jsonOf(url, text);
       // The ISO's empty seed slot.
       return body === null ? undefined : parseSeedPayload(url, body);
     },
@@ -267,13 +271,7 @@ export function machinePorts(print: Printer = stdoutLine, warn: Printer = stderr
         const r = await runPlan({ cmd: 'mtype', args: ['-i', device, `::/${SEED_MEDIUM_FILE}`], env: { MTOOLS_SKIP_CHECK: '1' } }, { allowFailure: true });
         const where = `${device} (${SEED_MEDIUM_LABEL}) ${SEED_MEDIUM_FILE}`;
         if (r.exitCode !== 0) throw new GeminiError(`${where}: cannot be read (${r.stderr.trim() || `mtype exit ${r.exitCode}`}); write the medium with geminik8s seed --format medium`, ExitCode.invalidInput);
-        let body: unknown;
-        try {
-          body = JSON.parse(r.stdout);
-        } catch (err) {
-          throw new GeminiError(`${where}: not JSON (${(err as Error).message})`, ExitCode.invalidInput);
-        }
-        media.push({ device, disks: await withDisksUnder([device]), payload: parseSeedPayload(where, body) });
+        media.push({ device, disks: await withDisksUnder([device]), payload: parseSeedPayload(where, jsonOf(where, r.stdout)) });
       }
       return media;
     },

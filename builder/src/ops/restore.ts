@@ -7,7 +7,7 @@ import type { Cluster } from '#common/schema/cluster.ts';
 import type { Secrets } from '#common/schema/seed.ts';
 import { verifyBackupFile } from './backup.ts';
 import { waitForLeader } from './failover.ts';
-import { agentUrl, collectStatus, type ClusterStatus, type Fetcher } from './status.ts';
+import { agentUrl, collectStatus, streamedAnswer, type ClusterStatus, type Fetcher } from './status.ts';
 
 export interface RestorePlan {
   ok: boolean;
@@ -48,17 +48,6 @@ export async function planRestore(cluster: Cluster, secrets: Secrets, fetcher: F
   return { ...base, ok: true, leader: status.leader, follower: followerUp ? follower : null, steps };
 }
 
-async function answerOf(a: Awaited<ReturnType<typeof httpStream>>): Promise<{ status: number; body: Record<string, unknown> }> {
-  const chunks: Buffer[] = [];
-  for await (const c of a.body) chunks.push(c as Buffer);
-  const text = Buffer.concat(chunks).toString('utf8');
-  try {
-    return { status: a.status, body: JSON.parse(text) as Record<string, unknown> };
-  } catch {
-    return { status: a.status, body: { ok: false, reason: text } };
-  }
-}
-
 /** POST /v1/reclone to `node`: its standby rebuilt from the leader. */
 export async function requestReclone(cluster: Cluster, secrets: Secrets, tls: ClientTls | undefined, node: string): Promise<{ ok: boolean; reason: string }> {
   const n = cluster.nodes.find((x) => x.name === node);
@@ -67,7 +56,7 @@ export async function requestReclone(cluster: Cluster, secrets: Secrets, tls: Cl
     method: 'POST', headers: { authorization: `Bearer ${secrets.adminToken}`, 'content-type': 'application/json' }, body: '{}',
     connectTimeoutMs: 60 * 60_000, idleTimeoutMs: 60 * 60_000, ...(tls ? { tls } : {}),
   });
-  const r = await answerOf(a);
+  const r = await streamedAnswer(a);
   return { ok: r.status === 200 && r.body.ok === true, reason: String(r.body.reason ?? r.body.error ?? `HTTP ${r.status}`) };
 }
 
@@ -93,7 +82,7 @@ export async function runRestore(cluster: Cluster, secrets: Secrets, tls: Client
     body: decodeBackup(createReadStream(file), file, key),
     connectTimeoutMs: 30 * 60_000, idleTimeoutMs: 30 * 60_000, ...(tls ? { tls } : {}),
   });
-  const r = await answerOf(a);
+  const r = await streamedAnswer(a);
   if (r.status !== 200 || r.body.ok !== true) {
     throw new GeminiError(`${leader.name} did not restore the backup (HTTP ${r.status}): ${String(r.body.reason ?? r.body.error ?? 'no reason given')}`, r.status === 409 || r.status === 400 ? ExitCode.refused : ExitCode.commandFailed);
   }

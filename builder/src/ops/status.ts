@@ -1,3 +1,4 @@
+import type { StreamedAnswer } from '#common/httpclient.ts';
 import type { Cluster } from '#common/schema/cluster.ts';
 import type { Secrets } from '#common/schema/seed.ts';
 
@@ -12,6 +13,18 @@ export function agentAnswer(r: { status: number; body: unknown }): { ok: boolean
   const body = (typeof r.body === 'string' ? { error: r.body } : (r.body ?? {})) as Record<string, unknown>;
   const reason = typeof body.reason === 'string' ? body.reason : typeof body.error === 'string' ? body.error : `HTTP ${r.status}`;
   return { ok: r.status === 200 && body.ok === true, reason, body };
+}
+
+/** A streamed call's answer read whole: its JSON body, or a body that is not JSON as `{ok: false, reason}`. */
+export async function streamedAnswer(a: StreamedAnswer): Promise<{ status: number; body: Record<string, unknown> }> {
+  const chunks: Buffer[] = [];
+  for await (const c of a.body) chunks.push(c as Buffer);
+  const text = Buffer.concat(chunks).toString('utf8');
+  try {
+    return { status: a.status, body: JSON.parse(text) as Record<string, unknown> };
+  } catch {
+    return { status: a.status, body: { ok: false, reason: text } };
+  }
 }
 
 /** The URL of an endpoint of a node's agent API. */

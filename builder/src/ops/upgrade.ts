@@ -3,7 +3,7 @@ import type { Cluster } from '#common/schema/cluster.ts';
 import type { Secrets } from '#common/schema/seed.ts';
 import { httpStream, type ClientTls } from '#common/httpclient.ts';
 import { waitForSlot } from './rollback.ts';
-import { agentAnswer, agentUrl, collectStatus, type ClusterStatus, type Fetcher } from './status.ts';
+import { agentAnswer, agentUrl, collectStatus, streamedAnswer, type ClusterStatus, type Fetcher } from './status.ts';
 
 /** One node's part in a rolling upgrade. */
 export interface UpgradeStep {
@@ -65,16 +65,7 @@ export async function stageBundle(cluster: Cluster, secrets: Secrets, tls: Clien
     // Writing a slot under TCG takes minutes; a dead link still fails after ten without a byte.
     connectTimeoutMs: 30 * 60_000, idleTimeoutMs: 10 * 60_000, ...(tls ? { tls } : {}),
   });
-  const chunks: Buffer[] = [];
-  for await (const c of a.body) chunks.push(c as Buffer);
-  const text = Buffer.concat(chunks).toString('utf8');
-  let body: unknown = text;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    // Not JSON: the text is the reason.
-  }
-  const answer = agentAnswer({ status: a.status, body });
+  const answer = agentAnswer(await streamedAnswer(a));
   const stage = (answer.body.stage ?? {}) as { slot?: unknown; version?: unknown };
   return { ok: answer.ok, reason: answer.reason, ...(typeof stage.slot === 'string' ? { slot: stage.slot } : {}), ...(typeof stage.version === 'string' ? { version: stage.version } : {}) };
 }

@@ -2,17 +2,12 @@ import { readFile, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { Command } from 'commander';
 import { parseBackupKey } from '#common/backup/format.ts';
-import { loadCluster, loadClusterCa, loadClusterSecrets } from '#common/config.ts';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { pruneBackups, takeBackup, verifyBackupFile, verifyWithPostgres } from '../../ops/backup.ts';
 import { planRestore, requestReclone, runRestore } from '../../ops/restore.ts';
 import { renderStatusTable } from '../../ops/status.ts';
-import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
-import { httpFetcher } from './status.ts';
-import type { ClientTls } from '#common/httpclient.ts';
-import type { Cluster } from '#common/schema/cluster.ts';
-import type { Secrets } from '#common/schema/seed.ts';
-import type { Fetcher } from '../../ops/status.ts';
+import { durationFlag, type CliContext } from '../context.ts';
+import { operatorSetup } from './status.ts';
 
 /** The key of --encryption-key; a key others can read is refused (it opens every backup made with it). */
 export async function readKeyFile(file: string | undefined): Promise<Buffer | undefined> {
@@ -28,15 +23,6 @@ export async function readKeyFile(file: string | undefined): Promise<Buffer | un
   return parseBackupKey(content, file);
 }
 
-/** What an operator's command loads: the cluster, its secrets, and how to reach its agents (the CA). */
-async function operatorSetup(explicit: string | undefined, c: CliContext): Promise<{ cluster: Cluster; secrets: Secrets; tls: ClientTls | undefined; fetcher: Fetcher }> {
-  const clusterFile = resolveClusterFile(explicit, c);
-  const cluster = await loadCluster(clusterFile);
-  const secrets = await loadClusterSecrets(clusterFile, cluster);
-  const ca = await loadClusterCa(clusterFile, cluster);
-  const tls = ca === undefined ? undefined : { ca };
-  return { cluster, secrets, tls, fetcher: httpFetcher(tls) };
-}
 
 interface BackupOptions {
   cluster?: string;
@@ -65,9 +51,9 @@ export function registerBackup(program: Command, ctx: () => CliContext): void {
         if (!Number.isInteger(retention) || retention < 1) throw new GeminiError(`--retention: expected a whole number of at least 1, found ${JSON.stringify(opts.retention)}`, ExitCode.invalidInput);
       }
       const key = await readKeyFile(opts.encryptionKey);
-      const { cluster, secrets, tls } = await operatorSetup(opts.cluster, c);
+      const { cluster, secrets, tls, fetcher } = await operatorSetup(opts.cluster, c);
       c.logger.info(`backup of ${cluster.name} to ${opts.output}${key ? ' (encrypted)' : ''}`);
-      const r = await takeBackup(cluster, secrets, tls, httpFetcher(tls), { output: opts.output, key, force: opts.force, progress: (l) => c.logger.info(l) });
+      const r = await takeBackup(cluster, secrets, tls, fetcher, { output: opts.output, key, force: opts.force, progress: (l) => c.logger.info(l) });
       const mb = r.bytesWritten / 1e6;
       c.print(`${r.file}: ${mb.toFixed(1)} MB from ${r.header.node} (generation ${r.header.generation}, timeline ${r.header.timeline}, from ${r.header.startLsn}) in ${r.seconds.toFixed(1)} s, ${(mb / r.seconds).toFixed(1)} MB/s${key ? ', AES-256-GCM' : ''}`);
       if (opts.verify) {

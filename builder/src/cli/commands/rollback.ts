@@ -1,10 +1,9 @@
 import { Command } from 'commander';
-import { loadCluster, loadClusterSecrets } from '#common/config.ts';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { requestRollback, waitForRollback } from '../../ops/rollback.ts';
 import { renderStatusTable } from '../../ops/status.ts';
-import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
-import { operatorFetcher } from './status.ts';
+import { durationFlag, type CliContext } from '../context.ts';
+import { operatorSetup } from './status.ts';
 
 interface RollbackOptions {
   cluster?: string;
@@ -28,19 +27,13 @@ export function registerRollback(program: Command, ctx: () => CliContext): void 
     .action(async (opts: RollbackOptions) => {
       const c = ctx();
       const timeout = durationFlag('--timeout', opts.timeout, '20m');
-      const clusterFile = resolveClusterFile(opts.cluster, c);
-      const cluster = await loadCluster(clusterFile);
-      if (!cluster.nodes.some((n) => n.name === opts.node)) {
-        throw new GeminiError(`--node: ${JSON.stringify(opts.node)} is not a node of ${clusterFile} (expected ${cluster.nodes.map((n) => n.name).join(' or ')})`, ExitCode.invalidInput);
-      }
-      const secrets = await loadClusterSecrets(clusterFile, cluster);
-      const httpFetcher = await operatorFetcher(clusterFile, cluster);
-      const r = await requestRollback(cluster, secrets, opts.node, opts.reason ?? 'requested with geminik8s rollback', httpFetcher);
+      const { cluster, secrets, fetcher } = await operatorSetup(opts.cluster, c, opts.node);
+      const r = await requestRollback(cluster, secrets, opts.node, opts.reason ?? 'requested with geminik8s rollback', fetcher);
       if (!r.ok) throw new GeminiError(`${opts.node} did not roll back: ${r.reason}`, ExitCode.refused);
       c.logger.info(`${opts.node}: ${r.reason}`);
       let result: { done: boolean; reason: string } | undefined;
       if (opts.wait) {
-        const w = await waitForRollback(cluster, secrets, opts.node, r.slot!, r.rebooting, httpFetcher, timeout, (ms) => new Promise((res) => setTimeout(res, ms)), (l) => c.logger.info(l));
+        const w = await waitForRollback(cluster, secrets, opts.node, r.slot!, r.rebooting, fetcher, timeout, (ms) => new Promise((res) => setTimeout(res, ms)), (l) => c.logger.info(l));
         result = w;
         if (!opts.json) c.print(renderStatusTable(w.status));
         if (!w.done) {

@@ -3,6 +3,7 @@ import { stringify } from 'yaml';
 import { loadCluster, loadClusterCa, loadClusterSecrets } from '#common/config.ts';
 import { httpCall, type ClientTls } from '#common/httpclient.ts';
 import type { Cluster } from '#common/schema/cluster.ts';
+import type { Secrets } from '#common/schema/seed.ts';
 import { ExitCode, GeminiError, type ExitCodeValue } from '#common/errors.ts';
 import { collectStatus, renderStatusTable, type ClusterStatus, type Fetcher, type Health } from '../../ops/status.ts';
 import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
@@ -34,6 +35,22 @@ export function httpFetcher(tls: ClientTls | undefined): Fetcher {
     }
     return { status: res.status, body, ...(typeof res.headers.date === 'string' ? { date: res.headers.date } : {}) };
   };
+}
+
+/**
+ * What an operator's command loads: the cluster (and its file), its secrets, and how to reach its
+ * agents (the CA). A `--node` it is given is checked first, before any secret is read.
+ */
+export async function operatorSetup(explicit: string | undefined, c: CliContext, node?: string): Promise<{ clusterFile: string; cluster: Cluster; secrets: Secrets; tls: ClientTls | undefined; fetcher: Fetcher }> {
+  const clusterFile = resolveClusterFile(explicit, c);
+  const cluster = await loadCluster(clusterFile);
+  if (node !== undefined && !cluster.nodes.some((n) => n.name === node)) {
+    throw new GeminiError(`--node: ${JSON.stringify(node)} is not a node of ${clusterFile} (expected ${cluster.nodes.map((n) => n.name).join(' or ')})`, ExitCode.invalidInput);
+  }
+  const secrets = await loadClusterSecrets(clusterFile, cluster);
+  const ca = await loadClusterCa(clusterFile, cluster);
+  const tls = ca === undefined ? undefined : { ca };
+  return { clusterFile, cluster, secrets, tls, fetcher: httpFetcher(tls) };
 }
 
 /** The operator's Fetcher for `cluster`: the CA certificate from secrets/tls/. */

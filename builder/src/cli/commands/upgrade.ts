@@ -1,12 +1,11 @@
 import { existsSync } from 'node:fs';
 import { Command } from 'commander';
-import { loadCluster, loadClusterCa, loadClusterSecrets } from '#common/config.ts';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { readBundle } from '#common/upgrade/bundle.ts';
 import { renderStatusTable, collectStatus } from '../../ops/status.ts';
 import { planRollingUpgrade, runRollingUpgrade } from '../../ops/upgrade.ts';
-import { durationFlag, resolveClusterFile, type CliContext } from '../context.ts';
-import { httpFetcher } from './status.ts';
+import { durationFlag, type CliContext } from '../context.ts';
+import { operatorSetup } from './status.ts';
 
 interface UpgradeOptions {
   cluster?: string;
@@ -38,15 +37,7 @@ export function registerUpgrade(program: Command, ctx: () => CliContext): void {
         throw new GeminiError(`--bundle ${opts.bundle}: ${err.message}`, ExitCode.invalidInput);
       });
       if (!signature) throw new GeminiError(`--bundle ${opts.bundle}: unsigned; nodes refuse it (sign with build --sign-key)`, ExitCode.refused);
-      const clusterFile = resolveClusterFile(opts.cluster, c);
-      const cluster = await loadCluster(clusterFile);
-      if (opts.node && !cluster.nodes.some((n) => n.name === opts.node)) {
-        throw new GeminiError(`--node: ${JSON.stringify(opts.node)} is not a node of ${clusterFile} (expected ${cluster.nodes.map((n) => n.name).join(' or ')})`, ExitCode.invalidInput);
-      }
-      const secrets = await loadClusterSecrets(clusterFile, cluster);
-      const ca = await loadClusterCa(clusterFile, cluster);
-      const tls = ca === undefined ? undefined : { ca };
-      const fetcher = httpFetcher(tls);
+      const { cluster, secrets, tls, fetcher } = await operatorSetup(opts.cluster, c, opts.node);
       const before = await collectStatus(cluster, secrets, fetcher);
       const plan = planRollingUpgrade(before, manifest.version, opts.node);
       const summary = plan.steps.map((s) => `${s.node}: ${s.action} (${s.reason})`).join('; ');
