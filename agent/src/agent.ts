@@ -17,7 +17,7 @@ import { currentBootId, noteTrialFailure, reconcileUpgradeFile, slotVersions, st
 import type { NodeContext } from './context.ts';
 import type { TlsMaterial } from '#common/tls.ts';
 import { Controller, type ForceResult } from './core/controller.ts';
-import type { ControllerSettings, Ports, PromoteRequest } from './core/ports.ts';
+import type { ControllerSettings, LeaveRequest, Ports, PromoteRequest } from './core/ports.ts';
 import type { Observation } from './core/rules.ts';
 import { probeK3sReady, runUserChecks } from './probes.ts';
 import { httpWitnessPort } from './witness/http.ts';
@@ -220,6 +220,11 @@ export class Agent {
     return this.controller.promoteOnRequest(req);
   }
 
+  /** The peer's standby stops cleanly (see Controller.standbyLeaving). */
+  standbyLeaving(req: LeaveRequest): Promise<{ ok: boolean; reason: string }> {
+    return this.controller.standbyLeaving(req);
+  }
+
   /**
    * One round of A/B boot counting: read the boot state and, while this boot is a try, run
    * the health gate and bless, wait or reboot (docs/boot-slots.md).
@@ -351,6 +356,15 @@ export class Agent {
   stop(): void {
     this.stopped = true;
     this.controller.stop();
+  }
+
+  /**
+   * A clean stop (SIGTERM: a reboot, an upgrade, `systemctl stop`): the loops end, then a
+   * follower tells its leader that its standby goes (Controller.leave), bounded in time.
+   */
+  async shutdown(): Promise<void> {
+    this.stop();
+    if (this.controller.meta?.role === 'follower') await this.controller.leave();
   }
 }
 

@@ -396,6 +396,19 @@ export function routes(agent: Agent): Record<string, Route> {
         return { status: r.ok ? 200 : 409, body: r };
       },
     },
+    // The peer's standby stops cleanly: synchronous commit off before it goes (docs/failover.md).
+    '/v1/leave': {
+      method: 'POST', callers: ['peer'], mutating: true,
+      handle: async (req) => {
+        const body = await readJson(req);
+        if (!Number.isInteger(body.generation) || (body.generation as number) < 0) {
+          throw new HttpError(400, `generation: expected a non-negative integer (found ${JSON.stringify(body.generation) ?? 'nothing'})`);
+        }
+        if (!agent.meta) return notReady()!;
+        const r = await agent.standbyLeaving({ generation: body.generation as number });
+        return { status: r.ok ? 200 : 409, body: r };
+      },
+    },
   };
 }
 

@@ -46,10 +46,12 @@ async function run(args: string[]): Promise<number> {
   if (tlsRotatedAt) log.info({ event: 'tls-override', at: tlsRotatedAt }, `using the certificate rotated at ${tlsRotatedAt}, not the seed's`);
   if (tlsIgnored) log.error({ event: 'tls-override', ignored: tlsIgnored }, `the rotated certificate is not used (the seed's is): ${tlsIgnored}`);
   const agent = new Agent(ctx, log);
+  let stopping = false;
   const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
     log.info({ event: 'stop', signal }, 'stopping');
-    agent.stop();
-    setTimeout(() => process.exit(0), 200).unref();
+    void agent.shutdown().catch((err: Error) => log.error({ event: 'stop', err: err.message }, 'stop failed')).finally(() => setTimeout(() => process.exit(0), 200).unref());
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

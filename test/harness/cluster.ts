@@ -610,6 +610,24 @@ export class HarnessCluster extends PairHarness {
     await runPlan(inNs(this.topology.nodeNs[node]!, 'node', [this.agentBundle, 'release-vip', '--config', join(this.nodeDir(node), 'agent.yaml')]), { allowFailure: true, timeoutMs: 30_000 });
   }
 
+  /**
+   * A clean stop, as systemd does it at a reboot: SIGTERM to the agent and, at the same moment,
+   * SIGINT to PostgreSQL (BindsTo=, no ordering between the two units); once both are gone,
+   * ExecStopPost= release-vip. Start the node again with powerOn.
+   */
+  async cleanStop(node: string): Promise<void> {
+    const p = this.agents.get(node);
+    if (!p) throw new Error(`no agent process for ${node}`);
+    this.deliberate.add(p.pid);
+    const pm = this.postmasterPid(node);
+    p.kill('SIGTERM');
+    if (pm && processAlive(pm)) process.kill(pm, 'SIGINT');
+    await p.exited;
+    this.agents.delete(node);
+    this.log(`[harness] ${node}: stopped cleanly (agent SIGTERM and PostgreSQL SIGINT together)`);
+    await this.stopServiceAfterAgent(node);
+  }
+
   override async powerOff(node: string): Promise<void> {
     const p = this.agents.get(node);
     if (p) this.deliberate.add(p.pid);

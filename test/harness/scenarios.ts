@@ -238,6 +238,23 @@ export const SCENARIOS: Scenario[] = [
     heal: (x) => linkUp(x.c.topology, x.follower),
   },
   {
+    // A reboot (an upgrade's, an operator's): systemd stops the agent (SIGTERM) and PostgreSQL
+    // (SIGINT, BindsTo=) together. The agent tells the leader first, which turns synchronous
+    // commit off before the standby is gone, so commits do not wait until it degrades.
+    name: 'clean stop of the follower (a reboot)',
+    expect: 'same',
+    fault: (x) => x.c.cleanStop(x.follower),
+    during: () => sleep(5_000),
+    heal: (x) => x.c.powerOn(x.follower),
+    verify: async (x) => {
+      const left = logged(x.c, x.leader, x.tFault, (e) => e.event === 'standby-leaving');
+      const degraded = logged(x.c, x.leader, x.tFault, (e) => e.event === 'degrade');
+      if (!left) x.failures.push(`${x.leader} never logged that its standby leaves (event standby-leaving)`);
+      else x.notes.push(`${x.leader} turned synchronous commit off ${left.at - x.tFault} ms after the stop began`);
+      if (degraded) x.failures.push(`${x.leader} degraded (${degraded.e.reason ?? degraded.e.msg}): its commits waited for the stopping standby`);
+    },
+  },
+  {
     name: 'planned switchover',
     expect: 'failover',
     fault: async (x) => {

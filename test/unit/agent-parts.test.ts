@@ -119,6 +119,11 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
     promotes++;
     return { ok: false, reason: 'test: refused' };
   };
+  const leaves: number[] = [];
+  agent.standbyLeaving = async (req) => {
+    leaves.push(req.generation);
+    return { ok: false, reason: 'test: refused' };
+  };
   let upgradeReboots = 0;
   agent.upgradeReboot = async () => {
     upgradeReboots++;
@@ -150,6 +155,7 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
       '/v1/preflight': ['GET', { none: 401, wrong: 401, witness: 401, peer: 403, read: 200, admin: 200 }],
       '/v1/switchover': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
       '/v1/promote': ['POST', { none: 401, wrong: 401, witness: 401, peer: 409, read: 403, admin: 403 }],
+      '/v1/leave': ['POST', { none: 401, wrong: 401, witness: 401, peer: 409, read: 403, admin: 403 }],
       '/v1/force-promote': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 409 }],
       // No x-geminik8s-bundle-bytes header: refused as bad input before any byte is read.
       '/v1/upgrade/stage': ['POST', { none: 401, wrong: 401, witness: 401, peer: 403, read: 403, admin: 400 }],
@@ -167,6 +173,7 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
     for (const [path, [method, expect]] of Object.entries(matrix)) {
       const bodies: Record<string, unknown> = {
         '/v1/promote': { lsn: '0/10', generation: 3 },
+        '/v1/leave': { generation: 4 },
         '/v1/force-promote': { generation: 7 },
         '/v1/replace-peer': { name: agent.ctx.peer.name, ip: '192.168.10.21' },
         '/v1/tls': { cert: fakeTls(agent.ctx.peer.name).cert, key: fakeTls(agent.ctx.peer.name).key },
@@ -240,6 +247,13 @@ test('API: every endpoint with every credential; bad input is a 4xx naming what 
     t.is((await call('/v1/switchover', { method: 'POST', headers: { authorization: `Bearer ${FAKE_SECRETS.adminToken}` }, body: '{' })).status, 400);
     t.is(switchovers, 1);
     t.deepEqual(forces, [7], 'only the admin reached the forced failover, with the generation it sent');
+    t.deepEqual(leaves, [4], 'only the peer reached the leave, with the generation it sent');
+    for (const body of ['{}', JSON.stringify({ generation: -1 }), JSON.stringify({ generation: 'x' })]) {
+      const r = await call('/v1/leave', { method: 'POST', headers: token, body });
+      t.is(r.status, 400, body);
+      t.regex(r.body, /generation: expected a non-negative integer/);
+    }
+    t.deepEqual(leaves, [4], 'no bad leave reached the controller');
     for (const body of ['{}', JSON.stringify({ generation: -2 }), JSON.stringify({ generation: '7' })]) {
       const r = await call('/v1/force-promote', { method: 'POST', headers: admin, body });
       t.is(r.status, 400, body);

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { SimCluster, type SimNode } from '#agent/sim/cluster.ts';
+import { INIT_TIMINGS, SimCluster, type SimNode } from '#agent/sim/cluster.ts';
 import { healAll, runSeed } from '#agent/sim/run.ts';
 import type { ForceResult } from '#agent/core/controller.ts';
 
@@ -205,6 +205,58 @@ test('a standby that stops acknowledging WAL while its agent answers: writes sta
   for (let i = 1; i < during.length; i++) gap = Math.max(gap, during[i]! - during[i - 1]!);
   t.log(`longest gap between acknowledged writes: ${(gap / 1000).toFixed(1)} s`);
   t.true(gap <= c.settings.degradeAfter + 2 * c.settings.checkInterval + 1000, `gap ${gap} ms`);
+});
+
+test('a follower\'s clean reboot: it tells the leader, which turns synchronous commit off before the standby goes; no commit waits for it, and sync comes back after', async (t) => {
+  const gaps: Record<string, number> = {};
+  for (const noLeave of [false, true]) {
+    const c = new SimCluster({ seed: 21, rewindFailure: 0, noLeave });
+    await c.run(20_000, () => c.healthy());
+    t.true(c.healthy(), 'a healthy pair first');
+    const follower = c.nodes.find((n) => n.controller?.role === 'follower')!;
+    const stoppedAt = c.world.now;
+    // PostgreSQL takes 3 s to stop: the leader must not turn synchronous commit on again meanwhile.
+    c.cleanStop(follower, 15_000, 3000);
+    await c.run(stoppedAt + 30_000);
+    await c.run(stoppedAt + 120_000, () => c.healthy());
+    t.deepEqual(c.violations, [], report(c));
+    t.true(c.healthy(), `synchronous again after the reboot${noLeave ? ' (no leave)' : ''}`);
+    const during = c.ackTimes.filter((x) => x >= stoppedAt - 1000 && x <= stoppedAt + 30_000);
+    let gap = 0;
+    for (let i = 1; i < during.length; i++) gap = Math.max(gap, during[i]! - during[i - 1]!);
+    gaps[noLeave ? 'without' : 'with'] = gap;
+  }
+  t.log(`longest gap between acknowledged writes around the reboot: ${(gaps.with! / 1000).toFixed(1)} s with the leave, ${(gaps.without! / 1000).toFixed(1)} s without`);
+  // Without the leave commits wait until the leader degrades (degradeAfter); with it they never wait for the stopping standby.
+  t.true(gaps.without! >= INIT_TIMINGS.degradeAfter - 1000, `without: ${gaps.without}`);
+  t.true(gaps.with! < 2000, `with: ${gaps.with}`);
+});
+
+test('a leave is refused by a follower, from a standby of a newer generation, and under syncPolicy strict; it changes nothing then', async (t) => {
+  const c = new SimCluster({ seed: 22, rewindFailure: 0 });
+  await c.run(20_000, () => c.healthy());
+  const leader = leaderOf(c)!;
+  const follower = c.other(leader);
+  const gen = leader.controller!.generation;
+  const answers: { ok: boolean; reason: string }[] = [];
+  c.world.at(c.world.now + 10, () => {
+    void follower.controller!.standbyLeaving({ generation: gen }).then((r) => answers.push(r));
+    void leader.controller!.standbyLeaving({ generation: gen + 1 }).then((r) => answers.push(r));
+  });
+  await c.run(c.world.now + 5000);
+  t.is(answers.length, 2);
+  t.regex(answers.map((a) => a.reason).join(' | '), /not a leader holding its lease/);
+  t.regex(answers.map((a) => a.reason).join(' | '), /newer than ours/);
+  t.false(answers.some((a) => a.ok));
+  t.true(c.healthy(), 'still synchronous');
+  const strict = new SimCluster({ seed: 23, rewindFailure: 0, syncPolicy: 'strict' });
+  await strict.run(20_000, () => strict.healthy());
+  const sl = leaderOf(strict)!;
+  let answer: { ok: boolean; reason: string } | undefined;
+  strict.world.at(strict.world.now + 10, () => void sl.controller!.standbyLeaving({ generation: sl.controller!.generation }).then((r) => (answer = r)));
+  await strict.run(strict.world.now + 5000);
+  t.false(answer?.ok);
+  t.regex(answer?.reason ?? '', /strict/);
 });
 
 test('planned switchover hands over; a switchover whose peer hangs ends with exactly one writable primary', async (t) => {

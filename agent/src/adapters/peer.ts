@@ -2,7 +2,7 @@ import { ROLES, type Role } from '#common/schema/hostmeta.ts';
 import { httpCall } from '#common/httpclient.ts';
 import { apiScheme, type NodeContext } from '../context.ts';
 import { formatLsn } from '../core/lsn.ts';
-import { PROMOTE_TIMEOUT_MS, type PeerPort, type PeerView, type PromoteRequest } from '../core/ports.ts';
+import { LEAVE_TIMEOUT_MS, PROMOTE_TIMEOUT_MS, type LeaveRequest, type PeerPort, type PeerView, type PromoteRequest } from '../core/ports.ts';
 import * as pgc from '../postgres.ts';
 
 /** Base URL of the peer's agent API: https with the cluster CA unless the cluster is in development plaintext. */
@@ -79,6 +79,25 @@ export function createPeerPort(ctx: NodeContext): PeerPort {
         return { ok: true, ...(Number.isInteger(body.generation) ? { generation: body.generation as number } : {}), reason: reason ?? 'promoted' };
       }
       return { ok: false, reason: reason ?? `peer answered ${res.status}` };
+    },
+
+    /** 200 → taken; any other status → refused with its reason. Throws when no answer arrives. */
+    async leave(req: LeaveRequest): Promise<{ ok: boolean; reason: string }> {
+      const res = await httpCall(`${base()}/v1/leave`, {
+        method: 'POST',
+        headers: { ...headers, 'content-type': 'application/json' },
+        body: JSON.stringify({ generation: req.generation }),
+        timeoutMs: LEAVE_TIMEOUT_MS,
+        ...(ctx.tls ? { tls: ctx.tls } : {}),
+      });
+      let reason: string | undefined;
+      try {
+        const body = JSON.parse(res.text) as { reason?: unknown };
+        if (typeof body.reason === 'string') reason = body.reason;
+      } catch {
+        // not JSON: the status says it
+      }
+      return { ok: res.status === 200, reason: reason ?? `peer answered ${res.status}` };
     },
   };
 }

@@ -1,7 +1,7 @@
 import type { HostMeta, Role } from '#common/schema/hostmeta.ts';
 import type { ArbiterAnswer, ArbiterRequest } from '../witness/arbiter.ts';
 import { formatLsn } from './lsn.ts';
-import type { ControllerSettings, Ports, PromoteRequest, RejoinMethod, TimerHandle } from './ports.ts';
+import { LEAVE_TIMEOUT_MS, type ControllerSettings, type LeaveRequest, type Ports, type PromoteRequest, type RejoinMethod, type TimerHandle } from './ports.ts';
 import { decide, remember, type Action, type Memory, type Observation } from './rules.ts';
 
 /** Guard period: fencing deadline checks and supervisor heartbeats, independent of the loop. */
@@ -781,6 +781,58 @@ export class Controller {
       return { ok: true, forced, generation: answer.generation, reason: 'promoted' };
     });
     return r.ok ? r.value : refuse(r.reason);
+  }
+
+  /**
+   * The standby says it stops now (its clean shutdown: a reboot, an upgrade, a stop). As a
+   * degrade does, and for the same reason (rule 1): the witness records nobody promotable first,
+   * then synchronous commit goes off, so no commit waits for a standby that is going away. It
+   * stays off until the standby has gone (then the usual catch-up rule turns it on again when
+   * it is back), or LEAVE_HOLD_MS. Refused under `syncPolicy: strict`, where commits wait.
+   */
+  async standbyLeaving(req: LeaveRequest): Promise<{ ok: boolean; reason: string }> {
+    const { pg, clock, log } = this.p;
+    const notLeader = (): string | undefined => (this.meta.role === 'leader' && this.mayWrite() ? undefined : `this node is ${this.meta.role}, not a leader holding its lease`);
+    if (notLeader()) return { ok: false, reason: notLeader()! };
+    if (req.generation > this.meta.generation) return { ok: false, reason: `the standby is at generation ${req.generation}, newer than ours (${this.meta.generation})` };
+    if (this.s.syncPolicy !== 'degrade') return { ok: false, reason: 'syncPolicy is strict: commits wait for the standby until it is back' };
+    if (this.switching || this.fencing) return { ok: false, reason: 'busy: a switchover, a fence or another operation runs' };
+    this.switching = true;
+    try {
+      while (this.busy) await clock.sleep(20);
+      if (notLeader()) return { ok: false, reason: notLeader()! };
+      if (this.arbiter && this.promotable !== null) {
+        const r = await this.witness({ op: 'promotable', node: this.s.self, generation: this.meta.generation, promotable: null });
+        if (!r?.ok) return { ok: false, reason: `the witness did not record that nobody may be promoted (${r?.reason ?? 'unreachable'}): commits keep waiting for the standby` };
+        this.promotable = null;
+      }
+      if (!this.mayWrite()) return { ok: false, reason: 'the lease was lost' };
+      const st = await pg.status();
+      if (st.synchronousStandbyNames) await pg.setSyncStandby('');
+      this.memory = { ...this.memory, standbyLeavingSince: clock.now(), syncRounds: 0, syncBaseline: undefined };
+      log.warn({ event: 'standby-leaving', peer: this.s.peer }, `${this.s.peer} stops (clean shutdown): synchronous replication off until it is back`);
+      return { ok: true, reason: st.synchronousStandbyNames ? 'synchronous replication off' : 'synchronous replication was already off' };
+    } finally {
+      this.switching = false;
+    }
+  }
+
+  /**
+   * A follower's clean stop: tell the leader first (standbyLeaving), so its commits do not wait
+   * for our standby while it shuts down. Bounded by LEAVE_TIMEOUT_MS; whatever the answer, the
+   * stop goes on (without it, the leader degrades after degradeAfter as for a lost standby).
+   */
+  async leave(): Promise<{ sent: boolean; ok: boolean; reason: string }> {
+    if (this.meta?.role !== 'follower') return { sent: false, ok: false, reason: `this node is ${this.meta?.role ?? 'starting'}, not a follower` };
+    const answer = this.p.peer.leave({ generation: this.meta.generation }).catch((err: Error) => ({ ok: false, reason: `no answer: ${err.message}` }));
+    let timer: TimerHandle | undefined;
+    const timeout = new Promise<{ ok: boolean; reason: string }>((r) => {
+      timer = this.p.clock.setTimer(LEAVE_TIMEOUT_MS, () => r({ ok: false, reason: `no answer within ${LEAVE_TIMEOUT_MS} ms` }));
+    });
+    const r = await Promise.race([answer, timeout]);
+    timer?.cancel();
+    this.p.log.info({ event: 'leave', ok: r.ok, reason: r.reason }, `told ${this.s.peer} that this standby stops: ${r.ok ? r.reason : `not taken (${r.reason})`}`);
+    return { sent: true, ...r };
   }
 
   /** The peer asks us to take over in a planned switchover. */

@@ -98,7 +98,21 @@ export interface PeerPort {
   pg(): Promise<{ ok: boolean; primary?: boolean }>;
   /** Ask the peer to take over in a planned switchover. */
   promote(req: PromoteRequest): Promise<{ ok: boolean; generation?: number; reason: string }>;
+  /**
+   * Tell the leader that this follower stops now (a clean shutdown): it records nobody
+   * promotable and turns synchronous commit off before our standby goes, so no commit waits
+   * for it. Throws when no answer arrives.
+   */
+  leave(req: LeaveRequest): Promise<{ ok: boolean; reason: string }>;
 }
+
+export interface LeaveRequest {
+  /** The follower's generation: a leader of an older one refuses. */
+  generation: number;
+}
+
+/** How long a stopping follower waits for the leader's answer to its leave. */
+export const LEAVE_TIMEOUT_MS = 3_000;
 
 /** The arbiter. Resolves with its answer; throws when it cannot be reached in time. */
 export interface WitnessPort {

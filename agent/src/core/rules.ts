@@ -30,7 +30,16 @@ export interface Memory {
   pgRestarts: number;
   /** Follower: since when our server is a standby whose WAL receiver does not stream. */
   receiverDownSince?: number;
+  /**
+   * Leader: since when the standby said it is shutting down (a clean stop). Synchronous commit
+   * stays off until it has gone (no longer streaming) or LEAVE_HOLD_MS passed; then the usual
+   * catch-up rule turns it on again when it is back.
+   */
+  standbyLeavingSince?: number;
 }
+
+/** How long a leader keeps synchronous commit off for a standby that said it stops, if it does not. */
+export const LEAVE_HOLD_MS = 60_000;
 
 /** The lease as this node holds it. */
 export interface LeaseView {
@@ -74,6 +83,7 @@ export function remember(m: Memory, o: Observation, role: Role): Memory {
   if (o.peer?.role === 'leader' || o.peerPg.primary) next.leaderSeenAt = o.now;
   if (o.pg.up) next.pgRestarts = 0;
   next.receiverDownSince = o.pg.up && o.pg.inRecovery && !o.pg.receiverStreaming ? (m.receiverDownSince ?? o.now) : undefined;
+  if (m.standbyLeavingSince !== undefined && (role !== 'leader' || o.pg.standby?.state !== 'streaming' || o.now - m.standbyLeavingSince >= LEAVE_HOLD_MS)) next.standbyLeavingSince = undefined;
   const flush = o.pg.standby?.flushLsn ?? undefined;
   if (role === 'leader' && flush !== undefined && flush !== null) {
     if (m.standbyFlush === undefined || flush > m.standbyFlush || (o.pg.syncWaiters ?? 0) === 0) next.flushAdvancedAt = o.now;
@@ -136,7 +146,8 @@ export function decide(role: Role, m: Memory, o: Observation, lease: LeaseView, 
           acts.push({ kind: 'degrade', why: peerLost ? `standby lost for ${o.now - m.peerSeenAt} ms` : `synchronous commits waiting and the standby's flush LSN still for ${o.now - m.flushAdvancedAt} ms` });
           return done('degrade');
         }
-        if (!syncOn && caughtUp(o.pg)) acts.push({ kind: 'restoreSync' });
+        // A standby that announced its clean stop still streams until it stops: not yet.
+        if (!syncOn && caughtUp(o.pg) && m.standbyLeavingSince === undefined) acts.push({ kind: 'restoreSync' });
       } else if (!syncOn) {
         acts.push({ kind: 'restoreSync' });
       }

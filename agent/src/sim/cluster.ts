@@ -1,6 +1,6 @@
 import type { HostMeta } from '#common/schema/hostmeta.ts';
 import { Controller, watchdogMs } from '../core/controller.ts';
-import { PROMOTE_TIMEOUT_MS, type ControllerSettings, type LogPort, type PeerView, type Ports } from '../core/ports.ts';
+import { LEAVE_TIMEOUT_MS, PROMOTE_TIMEOUT_MS, type ControllerSettings, type LogPort, type PeerView, type Ports } from '../core/ports.ts';
 import type { ArbiterRecord } from '../witness/arbiter.ts';
 import { WitnessService } from '../witness/service.ts';
 import { replicate, SimPostgres, simPgPort } from './pg.ts';
@@ -19,6 +19,8 @@ export interface SimOptions {
   traceLines?: number;
   /** Kine and K3s cannot be restarted (their units missing or failing): the restart rejects. */
   kubeFails?: boolean;
+  /** A stopping follower does not tell its leader (agents before the leave existed): for comparison. */
+  noLeave?: boolean;
 }
 
 export interface Violation {
@@ -183,6 +185,37 @@ export class SimCluster {
     }
   }
 
+  /**
+   * A clean stop (a reboot, an upgrade): systemd sends SIGTERM to the agent and stops PostgreSQL
+   * beside it (BindsTo=, no ordering between the two), so the server goes at some point while
+   * the agent's shutdown runs (a follower tells its leader: Controller.leave); then the agent
+   * exits, ExecStopPost drops the VIP, and the node boots again after `bootAfter`. A standby's
+   * shutdown takes a while under load: `pgStopsAfter`.
+   */
+  cleanStop(n: SimNode, bootAfter?: number, pgStopsAfter = this.rng.between(0, 3000)): void {
+    const c = n.controller;
+    if (!n.proc.alive || !c) return;
+    const epoch = n.proc.epoch;
+    c.stop();
+    this.world.log(`${n.name}: clean stop (SIGTERM)`);
+    // Until the node boots again, whatever the agent's shutdown is doing by then.
+    this.world.at(this.world.now + pgStopsAfter, () => {
+      if (n.controller === undefined || n.controller === c) n.pg.halt('stopped with the agent');
+    });
+    void (c.meta?.role === 'follower' && !this.opts.noLeave ? c.leave() : Promise.resolve()).finally(() => {
+      if (n.proc.epoch !== epoch) return;
+      n.proc.alive = false;
+      n.proc.epoch++;
+      n.controller = undefined;
+      n.vip = false;
+      this.world.log(`${n.name} agent: stopped cleanly`);
+      if (bootAfter !== undefined) {
+        n.restarts++;
+        this.world.at(this.world.now + Math.max(bootAfter, pgStopsAfter + 1), () => this.startAgent(n));
+      }
+    });
+  }
+
   /** Power loss: agent, PostgreSQL and the address are gone; the node boots again later. */
   powerOff(n: SimNode, bootAfter?: number): void {
     this.crashAgent(n, 'power loss');
@@ -231,6 +264,12 @@ export class SimCluster {
             if (!c?.meta) return { ok: false, reason: 'agent starting' };
             const r = await c.promoteOnRequest(req);
             return r;
+          }),
+        leave: (req) =>
+          rpcTo(peerNode.proc, LEAVE_TIMEOUT_MS, async () => {
+            const c = peerNode.controller;
+            if (!c?.meta) return { ok: false, reason: 'agent starting' };
+            return c.standbyLeaving(req);
           }),
       },
       witness: {

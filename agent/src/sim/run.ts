@@ -54,7 +54,7 @@ function injectRandomFault(c: SimCluster): string {
   const node = rng.pick(c.nodes);
   const dur = rng.between(500, 30_000);
   const later = (ms: number, fn: () => void): void => w.at(w.now + ms, fn);
-  const kind = rng.int(0, 15);
+  const kind = rng.int(0, 16);
   switch (kind) {
     case 0:
     case 1: {
@@ -149,6 +149,9 @@ function injectRandomFault(c: SimCluster): string {
       later(degraded + rng.between(0, off), () => operatorForce(c, target));
       return `cut ${leader.name}<->${target.name} for ${degraded.toFixed(0)} ms, then power loss of ${leader.name} for ${off.toFixed(0)} ms, and an operator forces ${target.name}`;
     }
+    case 15:
+      c.cleanStop(node, rng.between(3000, 40_000));
+      return `clean stop (reboot) of ${node.name}`;
     default: {
       // A crash of the new leader right after its promotion, before anything else.
       c.onPromoted = (n: SimNode) => {
