@@ -367,9 +367,13 @@ async function rollingUpgradeTest(t: import('ava').ExecutionContext, p: NonNulla
     const started = Date.now();
     const out: string[] = [];
     const progress: string[] = [];
+    const progressAt: number[] = [];
     const run = spawnPlan(inNs(lan.ns, process.execPath, [join(ROOT, 'bin/geminik8s.js'), 'upgrade', '--cluster', join(clusterDir, 'cluster.yaml'), '--bundle', v2.bundle, '--timeout', '25m', '--json']), {
       stdout: (l) => out.push(l),
-      stderr: (l) => progress.push(l),
+      stderr: (l) => {
+        progress.push(l);
+        progressAt.push(Date.now());
+      },
     });
     const code = await run.exited;
     const seconds = (Date.now() - started) / 1000;
@@ -399,6 +403,17 @@ async function rollingUpgradeTest(t: import('ava').ExecutionContext, p: NonNulla
     for (let i = 1; i < during.length; i++) gap = Math.max(gap, during[i]!.t - during[i - 1]!.t);
     const maxAck = acks.at(-1)!.id;
     t.log(`writer: ${acks.length} acknowledged writes, ${during.length} during the upgrade; longest gap between two acknowledged writes ${(gap / 1000).toFixed(1)} s; ${writerErrors.length} errors (last: ${writerErrors.at(-1) ?? 'none'})`);
+    // Where each pause of the writer fell: after which step of the upgrade.
+    const pauses: string[] = [];
+    for (let i = 1; i < during.length; i++) {
+      const from = during[i - 1]!.t;
+      const ms = during[i]!.t - from;
+      if (ms < 2000) continue;
+      let k = progressAt.length - 1;
+      while (k >= 0 && progressAt[k]! > from) k--;
+      pauses.push(`${(ms / 1000).toFixed(1)} s from +${((from - started) / 1000).toFixed(0)} s, after "${k >= 0 ? progress[k] : 'the start'}"`);
+    }
+    t.log(`writer pauses of 2 s or more: ${pauses.length ? `\n${pauses.join('\n')}` : 'none'}`);
     t.is(await sql(s1, `select count(*) from harness_writes where id <= ${maxAck}`, 'kine'), String(maxAck), 'every acknowledged write is on the primary');
 
     sampler.proc.kill('SIGTERM');
