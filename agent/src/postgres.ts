@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { chmod, chown, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
-import type { CommandPlan } from '#common/exec.ts';
+import type { CommandPlan, RunResult } from '#common/exec.ts';
 import { runPlan } from '#common/exec.ts';
 import { libpqTlsParams, pgHbaConf, pgIdentConf, pgTlsConf, pgTlsDir, postgresqlConf, PG_TLS_FILES, REPLICATION_USER, slotNameFor, KINE_DATABASE, KINE_USER } from '#common/render/postgresql.ts';
 import { kinePassword } from '#common/render/k3s.ts';
@@ -87,7 +87,8 @@ export function rewindPlan(ctx: NodeContext): CommandPlan {
   return asPostgres(
     ctx,
     'pg_rewind',
-    ['-D', ctx.config.postgresql.dataDir, `--source-server=host=${ctx.peer.ip} port=${ctx.spec.postgresql.port} user=postgres dbname=postgres connect_timeout=5${conninfoTls(ctx)}`],
+    // --progress: pg_rewind says how much it copies ("need to copy N MB") only with it.
+    ['--progress', '-D', ctx.config.postgresql.dataDir, `--source-server=host=${ctx.peer.ip} port=${ctx.spec.postgresql.port} user=postgres dbname=postgres connect_timeout=5${conninfoTls(ctx)}`],
     { PGPASSFILE: pgpassFile(ctx) },
   );
 }
@@ -370,6 +371,12 @@ export async function setReadOnly(ctx: NodeContext, on: boolean): Promise<void> 
   }, 5000);
 }
 
-export async function run(plan: CommandPlan, timeoutMs = 120_000): Promise<void> {
-  await runPlan(plan, { timeoutMs });
+export async function run(plan: CommandPlan, timeoutMs = 120_000): Promise<RunResult> {
+  return runPlan(plan, { timeoutMs });
+}
+
+/** What pg_rewind --progress says it copies: MB to copy and the source directory's size in MB. */
+export function rewindCopied(stderr: string): { copiedMB: number; sourceMB: number } | undefined {
+  const m = /need to copy (\d+) MB \(total source directory size is (\d+) MB\)/.exec(stderr);
+  return m ? { copiedMB: Number(m[1]), sourceMB: Number(m[2]) } : undefined;
 }

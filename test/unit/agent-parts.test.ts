@@ -9,7 +9,7 @@ import { AuthLimiter, MAX_BODY_BYTES, metricsOf, routes, startApi, statusOf } fr
 import { registerSecret } from '#common/log.ts';
 import { nodeContext } from '#agent/context.ts';
 import { readHostMeta, writeHostMeta } from '#agent/hostmeta.ts';
-import { basebackupPlan, initdbPlan, rewindPlan } from '#agent/postgres.ts';
+import { basebackupPlan, initdbPlan, rewindCopied, rewindPlan } from '#agent/postgres.ts';
 import { sdNotify, watchdogIntervalMs } from '#agent/sdnotify.ts';
 import { garpPlan, vipAddPlan, vipDelPlan } from '#agent/vip.ts';
 import { runPlan, spawnPlan } from '#common/exec.ts';
@@ -359,6 +359,9 @@ test('command plans: VIP, gratuitous ARP, initdb, clone and rewind carry no secr
   t.regex(rewindPlan(ctx).args.join(' '), / sslmode=verify-full sslrootcert=\/var\/lib\/geminik8s\/pgtls\/ca\.crt sslcert=\S+ sslkey=\S+$/);
   t.true(plans.every((p) => p.cmd === 'runuser' && p.args.slice(0, 3).join(' ') === '-u postgres --'));
   t.true(initdbPlan(ctx, 'x').args.includes('--data-checksums'));
+  // pg_rewind 15's stderr with --progress (its own wording); without the line, nothing is claimed.
+  t.deepEqual(rewindCopied('pg_rewind: servers diverged at WAL location 0/3000060 on timeline 1\npg_rewind: rewinding from last common checkpoint at 0/2000060 on timeline 1\npg_rewind: reading source file list\npg_rewind: reading target file list\npg_rewind: reading WAL in target\npg_rewind: need to copy 53 MB (total source directory size is 1071 MB)\n54712/54712 kB (100%) copied\npg_rewind: creating backup label and updating control file\npg_rewind: syncing target data directory\npg_rewind: Done!\n'), { copiedMB: 53, sourceMB: 1071 });
+  t.is(rewindCopied('pg_rewind: no rewind required\n'), undefined);
 });
 
 test('sd_notify reaches the socket systemd gives us, with READY=1 and our PID', async (t) => {

@@ -456,11 +456,12 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
       if ((await postmasterRunning()) || (await status()).up) await port.stop();
       if (!(await waitStopped(1000))) throw new Error('refusing to rejoin: PostgreSQL still runs after stop');
       await prepare();
+      let copied: ReturnType<typeof pgc.rewindCopied>;
       try {
         if (existsSync(marker)) throw new Error('the data directory is an unfinished clone or initdb: nothing to rewind');
         // A freshly promoted source shows its old timeline in pg_control until a checkpoint (PostgreSQL docs, pg_rewind).
         await pgc.withClient(ctx, ctx.peer.ip, (c) => c.query('CHECKPOINT'), 60_000);
-        await pgc.run(pgc.rewindPlan(ctx), 10 * 60_000);
+        copied = pgc.rewindCopied((await pgc.run(pgc.rewindPlan(ctx), 10 * 60_000)).stderr);
       } catch (err) {
         const why = err instanceof CommandFailedError ? lastLines(err.stderrTail, 5) || err.message.split('\n')[0]! : (err as Error).message.split('\n')[0]!;
         const aside = await setAside();
@@ -473,7 +474,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
       }
       await pgc.writeNodeConfig(ctx);
       await configureStandby();
-      log.info({ event: 'rejoin', method: 'pg_rewind' }, 'rewound onto the peer timeline');
+      log.info({ event: 'rejoin', method: 'pg_rewind', ...copied }, `rewound onto the peer timeline${copied ? `, copying ${copied.copiedMB} MB of ${copied.sourceMB} MB` : ''}`);
       return 'pg_rewind';
     },
 
