@@ -116,6 +116,30 @@ canGrow('grow-persistent.sh grows PERSISTENT and its ext4 once, then answers wit
     t.is(second.exitCode, 0, second.stderr);
     t.regex(second.stdout, /already fills/);
     t.notRegex(second.stdout + second.stderr, /NOCHANGE|resize2fs/, 'neither growpart nor resize2fs ran');
+    // As the unit runs it: with PERSISTENT's mount point, the device from the mount table, and
+    // the sizes that fill the disk kept there for the next boot.
+    const mnt = join(dir, 'persistent');
+    mkdirSync(mnt);
+    await runPlan({ cmd: 'mount', args: [part, mnt] });
+    try {
+      const script = join(ROOT, 'overlays', NODE_PATHS.growScript);
+      const third = await runPlan({ cmd: 'sh', args: [script, mnt] }, { allowFailure: true });
+      t.is(third.exitCode, 0, third.stderr);
+      t.regex(third.stdout, new RegExp(`PERSISTENT ${part} already fills ${dev}$`, 'm'));
+      const stamp = readFileSync(join(mnt, '.grown'), 'utf8');
+      t.is(stamp, `${part} ${readFileSync(`/sys/class/block/${part.slice(5)}/start`, 'utf8').trim()} ${sectors} ${readFileSync(`/sys/class/block/${dev.slice(5)}/size`, 'utf8').trim()}\n`);
+      t.false(existsSync(join(mnt, '.grown.tmp')));
+      // The next boot: no program at all on PATH, so any tool it started would fail.
+      const fourth = await runPlan({ cmd: '/bin/sh', args: [script, mnt], env: { PATH: '/nonexistent' } }, { allowFailure: true });
+      t.is(fourth.exitCode, 0, fourth.stderr);
+      t.regex(fourth.stdout, /already fills .* \(unchanged since .*\.grown\)/);
+      // A disk that grew since: the stamp no longer matches, and the partition grows again.
+      writeFileSync(join(mnt, '.grown'), `${part} 1 2 3\n`);
+      const fifth = await runPlan({ cmd: '/bin/sh', args: [script, mnt], env: { PATH: '/nonexistent' } }, { allowFailure: true });
+      t.not(fifth.exitCode, 0, 'sizes that differ from the stamp take the slow path (tools needed)');
+    } finally {
+      await runPlan({ cmd: 'umount', args: [mnt] }, { allowFailure: true });
+    }
   } finally {
     await runPlan({ cmd: 'losetup', args: ['-d', dev] }, { allowFailure: true });
   }
