@@ -8,11 +8,12 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HarnessCluster, type PairHarness } from '#test/harness/cluster.ts';
-import { PatroniCluster, PATRONI_PROFILES } from '#test/harness/patroni.ts';
+import { PATRONI_PROFILES } from '#test/harness/patroni.ts';
 import { PgAutoFailoverCluster, PGAF_PROFILES } from '#test/harness/pgaf.ts';
 import { Rng } from '#agent/sim/world.ts';
 import { renderAvailabilityChart, type Series } from './chart.ts';
 import { arg } from './args.ts';
+import { checkSystems, harnessFor, leaderPowerLoss, percentile } from './failover-figures.ts';
 
 interface RunFigures {
   /** The random delay between a healthy pair and the fault. */
@@ -32,29 +33,6 @@ export interface SystemFigures {
 }
 
 
-/** Nearest-rank percentile. */
-export function percentile(values: number[], p: number): number {
-  if (values.length === 0) return NaN;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
-
-/** Fault → first acknowledged write after the outage it caused. */
-function failoverAfter(acks: { t: number }[], tFault: number): number {
-  const after = acks.filter((a) => a.t > tFault);
-  let previous = tFault;
-  let longestEnd = after[0]?.t ?? NaN;
-  let longest = -1;
-  for (const a of after) {
-    if (a.t - previous > longest) {
-      longest = a.t - previous;
-      longestEnd = a.t;
-    }
-    previous = a.t;
-  }
-  return (longestEnd - tFault) / 1000;
-}
-
 async function measure(c: PairHarness, runs: number, rng: Rng): Promise<SystemFigures> {
   const figures: RunFigures[] = [];
   await c.start();
@@ -65,24 +43,10 @@ async function measure(c: PairHarness, runs: number, rng: Rng): Promise<SystemFi
     const leader = await c.waitFor('leader + synchronous standby', () => c.healthyPair(), 180_000);
     const phaseMs = Math.round(rng.between(0, 10_000));
     await new Promise((r) => setTimeout(r, phaseMs));
-    const tFault = Date.now();
-    c.log(`=== ${c.system} run ${i + 1}: power loss of ${leader}`);
-    await c.powerOff(leader);
-    await c.waitFor('a new leader', async () => {
-      const l = await c.leader();
-      return l && l !== leader ? l : undefined;
-    }, 240_000);
-    const ackedBefore = c.acks.length;
-    await c.waitFor('writes on the new leader', async () => (c.acks.length > ackedBefore + 10 ? true : undefined), 120_000);
-    const failoverSeconds = failoverAfter(c.acks, tFault);
-    const tOn = Date.now();
-    await c.powerOn(leader);
-    const newLeader = await c.waitFor('old leader back as synchronous standby', () => c.healthyPair(), 300_000);
-    const rejoinSeconds = (Date.now() - tOn) / 1000;
-    const lost = await c.missingAcks(newLeader);
-    const run = { phaseMs, failoverSeconds, rejoinSeconds, writesLost: lost.length, dualPrimarySamples: c.dualPrimarySamples(tFault - 1000) };
+    const p = await leaderPowerLoss(c, leader, `${c.system} run ${i + 1}`);
+    const run = { phaseMs, failoverSeconds: p.failoverSeconds, rejoinSeconds: p.rejoinSeconds, writesLost: p.writesLost, dualPrimarySamples: p.dualPrimarySamples };
     figures.push(run);
-    console.log(`${c.system} run ${i + 1}/${runs} (fault ${phaseMs} ms into the healthy pair): failover ${failoverSeconds.toFixed(2)} s, rejoin ${rejoinSeconds.toFixed(1)} s, lost ${run.writesLost}, dual-primary samples ${run.dualPrimarySamples}`);
+    console.log(`${c.system} run ${i + 1}/${runs} (fault ${phaseMs} ms into the healthy pair): failover ${run.failoverSeconds.toFixed(2)} s, rejoin ${run.rejoinSeconds.toFixed(1)} s, lost ${run.writesLost}, dual-primary samples ${run.dualPrimarySamples}`);
   }
   const failovers = figures.map((f) => f.failoverSeconds);
   return {
@@ -100,16 +64,7 @@ const jsonFile = arg('--json', 'failover-bench.json');
 const chartFile = arg('--chart', jsonFile.replace(/\.json$/, '') + '.svg');
 // `patroni` alone is Patroni at its defaults (the old spelling).
 const systems = arg('--systems', 'geminik8s,patroni:defaults,patroni:tuned,pg_auto_failover:defaults,pg_auto_failover:tuned').split(',').map((x) => (x === 'patroni' || x === 'pg_auto_failover' ? `${x}:defaults` : x));
-for (const sys of systems) {
-  const [name, profile] = sys.split(':');
-  const known = (name === 'geminik8s' && profile === undefined)
-    || (name === 'patroni' && profile !== undefined && profile in PATRONI_PROFILES)
-    || (name === 'pg_auto_failover' && profile !== undefined && profile in PGAF_PROFILES);
-  if (!known) {
-    console.error(`--systems: expected geminik8s, patroni:${Object.keys(PATRONI_PROFILES).join('|')} or pg_auto_failover:${Object.keys(PGAF_PROFILES).join('|')}, found ${JSON.stringify(sys)}`);
-    process.exit(2);
-  }
-}
+checkSystems('--systems', systems);
 if (process.getuid?.() !== 0) {
   console.error('bench:failover needs root (network namespaces)');
   process.exit(2);
@@ -128,7 +83,7 @@ const rng = new Rng(seed);
 for (const system of systems) {
   const [name, profile] = system.split(':') as ['geminik8s' | 'patroni' | 'pg_auto_failover', (keyof typeof PATRONI_PROFILES & keyof typeof PGAF_PROFILES) | undefined];
   const dir = mkdtempSync(join(tmpdir(), `gk-bench-${system.replace(':', '-')}-`));
-  const c: PairHarness = name === 'patroni' ? new PatroniCluster(dir, profile!, 'gkbp') : name === 'pg_auto_failover' ? new PgAutoFailoverCluster(dir, profile!, 'gkba') : new HarnessCluster(dir, 'gkbg');
+  const c = harnessFor(system, dir, 'gkb');
   const started = Date.now();
   try {
     result[system] = await measure(c, runs, rng);

@@ -1,0 +1,90 @@
+// npm run bench:datasize -- [--sizes 0.1,1,5] [--systems geminik8s,patroni:tuned,pg_auto_failover:tuned] [--json FILE]
+// Failover and rejoin as the data grows (issue 16): for each system and each size (GB), a fresh
+// pair on the namespace harness, `pgbench -i` at the matching scale on the leader with the writer
+// running through the VIP, then a leader power loss (failover: the fault to the first
+// acknowledged write after the outage) and the old leader's power-on (rejoin: to a synchronous
+// standby again). geminik8s also reports how its agent rejoined (pg_rewind or a re-clone) and
+// how much it copied. Prints figures; asserts nothing.
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { runPlan } from '#common/exec.ts';
+import { HarnessCluster, PG_BIN, type PairHarness } from '#test/harness/cluster.ts';
+import { inNs } from '#test/harness/netns.ts';
+import { arg } from './args.ts';
+import { checkSystems, harnessFor, leaderPowerLoss } from './failover-figures.ts';
+
+/** pgbench's scale factor for about `gb` gigabytes: one scale unit is 100,000 accounts, about 15 MB with indexes. */
+export function pgbenchScale(gb: number): number {
+  return Math.max(1, Math.round((gb * 1024) / 15));
+}
+
+interface SizeFigures {
+  sizeGB: number;
+  scale: number;
+  /** pg_database_size of the writer's database before the fault. */
+  databaseMB: number;
+  loadSeconds: number;
+  failoverSeconds: number;
+  rejoinSeconds: number;
+  writesLost: number;
+  dualPrimarySamples: number;
+  /** geminik8s: how the old leader rejoined, and what pg_rewind said it copied. */
+  rejoinMethod?: string;
+  copiedMB?: number;
+  sourceMB?: number;
+}
+
+async function measure(c: PairHarness, gb: number): Promise<SizeFigures> {
+  await c.start();
+  const leader0 = await c.waitFor(`${c.system}: leader + synchronous standby`, () => c.healthyPair(), 180_000);
+  c.startTraffic(3 * 3600);
+  await c.waitFor('first writes', async () => (c.acks.length > 20 ? true : undefined), 60_000);
+  const scale = pgbenchScale(gb);
+  const login = c.writerLogin();
+  const t0 = Date.now();
+  c.log(`=== ${c.system} ${gb} GB: pgbench -i -s ${scale} on ${leader0}`);
+  await runPlan(inNs(c.topology.nodeNs[leader0]!, join(PG_BIN, 'pgbench'), ['-i', '-q', '-s', String(scale), '-h', '127.0.0.1', '-U', 'postgres', login.database], { PGPASSWORD: c.superuserPassword() }), { timeoutMs: 3 * 3600_000 });
+  const loadSeconds = (Date.now() - t0) / 1000;
+  const leader = await c.waitFor('leader + synchronous standby after the load', () => c.healthyPair(), 1800_000);
+  const databaseMB = Math.round(Number(await c.sql(leader, `SELECT pg_database_size('${login.database}')`)) / 1024 ** 2);
+  const p = await leaderPowerLoss(c, leader, `${c.system} ${gb} GB (${databaseMB} MB)`, 10);
+  const figures: SizeFigures = { sizeGB: gb, scale, databaseMB, loadSeconds, failoverSeconds: p.failoverSeconds, rejoinSeconds: p.rejoinSeconds, writesLost: p.writesLost, dualPrimarySamples: p.dualPrimarySamples };
+  if (c instanceof HarnessCluster) {
+    const rejoin = c.eventsOf(leader, p.tOn, (e) => e.event === 'rejoin' && typeof e.method === 'string').at(-1)?.e;
+    if (rejoin) Object.assign(figures, { rejoinMethod: rejoin.method as string }, typeof rejoin.copiedMB === 'number' ? { copiedMB: rejoin.copiedMB as number, sourceMB: rejoin.sourceMB as number } : {});
+  }
+  return figures;
+}
+
+const sizes = arg('--sizes', '0.1,1,5').split(',').map(Number);
+const systems = arg('--systems', 'geminik8s').split(',');
+const jsonFile = arg('--json', 'datasize-bench.json');
+if (sizes.some((s) => !Number.isFinite(s) || s <= 0 || s > 100)) {
+  console.error(`--sizes: expected sizes in GB between 0 and 100, comma-separated (found ${arg('--sizes', '')})`);
+  process.exit(2);
+}
+checkSystems('--systems', systems);
+if (process.getuid?.() !== 0) {
+  console.error('bench:datasize needs root (network namespaces)');
+  process.exit(2);
+}
+
+const result: Record<string, SizeFigures[]> = {};
+for (const system of systems) {
+  for (const gb of sizes) {
+    const dir = mkdtempSync(join(tmpdir(), `gk-bench-size-${system.replace(':', '-')}-`));
+    const c = harnessFor(system, dir, 'gkd');
+    try {
+      const f = await measure(c, gb);
+      (result[system] ??= []).push(f);
+      console.log(`${system} ${gb} GB (scale ${f.scale}, database ${f.databaseMB} MB, loaded in ${f.loadSeconds.toFixed(0)} s): failover ${f.failoverSeconds.toFixed(2)} s, rejoin ${f.rejoinSeconds.toFixed(1)} s${f.rejoinMethod ? ` through ${f.rejoinMethod}${f.copiedMB !== undefined ? `, copying ${f.copiedMB} MB of ${f.sourceMB} MB` : ''}` : ''}, lost ${f.writesLost}, dual-primary samples ${f.dualPrimarySamples}`);
+    } finally {
+      await c.stop();
+      console.log(`${system} ${gb} GB: log in ${c.logFile}`);
+    }
+    // After each size: a long run cut short still leaves the sizes it finished.
+    writeFileSync(jsonFile, `${JSON.stringify({ sizesGB: sizes, systems: result }, null, 2)}\n`);
+  }
+}
+console.log(`wrote ${jsonFile}`);

@@ -1,0 +1,84 @@
+// What the failover benchmarks share: the systems they compare and the figures they take.
+import { HarnessCluster, type PairHarness } from '#test/harness/cluster.ts';
+import { PatroniCluster, PATRONI_PROFILES } from '#test/harness/patroni.ts';
+import { PgAutoFailoverCluster, PGAF_PROFILES } from '#test/harness/pgaf.ts';
+
+/** `geminik8s`, `patroni:PROFILE` or `pg_auto_failover:PROFILE`; exits 2 (after saying what is accepted) for anything else. */
+export function checkSystems(flag: string, systems: string[]): void {
+  for (const sys of systems) {
+    const [name, profile] = sys.split(':');
+    const known = (name === 'geminik8s' && profile === undefined)
+      || (name === 'patroni' && profile !== undefined && profile in PATRONI_PROFILES)
+      || (name === 'pg_auto_failover' && profile !== undefined && profile in PGAF_PROFILES);
+    if (!known) {
+      console.error(`${flag}: expected geminik8s, patroni:${Object.keys(PATRONI_PROFILES).join('|')} or pg_auto_failover:${Object.keys(PGAF_PROFILES).join('|')}, found ${JSON.stringify(sys)}`);
+      process.exit(2);
+    }
+  }
+}
+
+/** The harness that runs one system (checked by checkSystems) in `dir`, its namespaces named from `prefix` plus a letter. */
+export function harnessFor(system: string, dir: string, prefix: string): PairHarness {
+  const [name, profile] = system.split(':') as ['geminik8s' | 'patroni' | 'pg_auto_failover', (keyof typeof PATRONI_PROFILES & keyof typeof PGAF_PROFILES) | undefined];
+  if (name === 'patroni') return new PatroniCluster(dir, profile!, `${prefix}p`);
+  if (name === 'pg_auto_failover') return new PgAutoFailoverCluster(dir, profile!, `${prefix}a`);
+  return new HarnessCluster(dir, `${prefix}g`);
+}
+
+/** Nearest-rank percentile. */
+export function percentile(values: number[], p: number): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+/** Fault → first acknowledged write after the outage it caused. */
+export function failoverAfter(acks: { t: number }[], tFault: number): number {
+  const after = acks.filter((a) => a.t > tFault);
+  let previous = tFault;
+  let longestEnd = after[0]?.t ?? NaN;
+  let longest = -1;
+  for (const a of after) {
+    if (a.t - previous > longest) {
+      longest = a.t - previous;
+      longestEnd = a.t;
+    }
+    previous = a.t;
+  }
+  return (longestEnd - tFault) / 1000;
+}
+
+/** One leader power loss and the old leader's power-on, measured from the writer's acknowledgements. */
+export interface PowerLoss {
+  tFault: number;
+  /** Power-on of the old leader (rejoin counts from here). */
+  tOn: number;
+  failoverSeconds: number;
+  rejoinSeconds: number;
+  newLeader: string;
+  writesLost: number;
+  dualPrimarySamples: number;
+}
+
+/**
+ * Power off `leader`, wait for another leader and writes on it, power the old one on and wait
+ * until it is a synchronous standby again. `slow` stretches the waits (large databases).
+ */
+export async function leaderPowerLoss(c: PairHarness, leader: string, what: string, slow = 1): Promise<PowerLoss> {
+  const tFault = Date.now();
+  c.log(`=== ${what}: power loss of ${leader}`);
+  await c.powerOff(leader);
+  await c.waitFor('a new leader', async () => {
+    const l = await c.leader();
+    return l && l !== leader ? l : undefined;
+  }, 240_000 * slow);
+  const ackedBefore = c.acks.length;
+  await c.waitFor('writes on the new leader', async () => (c.acks.length > ackedBefore + 10 ? true : undefined), 120_000 * slow);
+  const failoverSeconds = failoverAfter(c.acks, tFault);
+  const tOn = Date.now();
+  await c.powerOn(leader);
+  const newLeader = await c.waitFor('old leader back as synchronous standby', () => c.healthyPair(), 300_000 * slow);
+  const rejoinSeconds = (Date.now() - tOn) / 1000;
+  const lost = await c.missingAcks(newLeader);
+  return { tFault, tOn, failoverSeconds, rejoinSeconds, newLeader, writesLost: lost.length, dualPrimarySamples: c.dualPrimarySamples(tFault - 1000) };
+}
