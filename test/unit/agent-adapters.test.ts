@@ -223,12 +223,12 @@ test('peer: status mapping, mutual TLS with the cluster CA (http only in develop
     answer = [500, 'oops'];
     t.deepEqual(await peer.promote({ lsn: 1n, generation: 2 }), { ok: false, reason: 'peer answered 500' });
     answer = [200, { ok: true, reason: 'synchronous replication off' }];
-    t.deepEqual(await peer.leave({ generation: 2 }), { ok: true, reason: 'synchronous replication off' });
+    t.deepEqual(await peer.leave({ generation: 2 }, 3000), { ok: true, reason: 'synchronous replication off' });
     t.deepEqual({ body: JSON.parse(seen.at(-1)!.body!), client: seen.at(-1)!.client }, { body: { generation: 2 }, client: 'node1' });
     answer = [409, { ok: false, reason: 'syncPolicy is strict: commits wait for the standby until it is back' }];
-    t.deepEqual(await peer.leave({ generation: 2 }), { ok: false, reason: 'syncPolicy is strict: commits wait for the standby until it is back' });
+    t.deepEqual(await peer.leave({ generation: 2 }, 3000), { ok: false, reason: 'syncPolicy is strict: commits wait for the standby until it is back' });
     answer = [500, 'oops'];
-    t.deepEqual(await peer.leave({ generation: 2 }), { ok: false, reason: 'peer answered 500' });
+    t.deepEqual(await peer.leave({ generation: 2 }, 3000), { ok: false, reason: 'peer answered 500' });
     // A peer whose certificate is not from the cluster CA is not talked to.
     const stranger = createPeerPort({ ...ctx, tls: { ...ctx.tls!, ca: fakeTls('node1').cert } });
     const before = seen.length;
@@ -254,7 +254,7 @@ test('peer: status mapping, mutual TLS with the cluster CA (http only in develop
   const unreachable = createPeerPort({ ...gone, peer: { ...gone.peer, ip: '127.0.0.1' }, peerApiPort: await closedPort() });
   t.is(await unreachable.status(), undefined);
   await t.throwsAsync(unreachable.promote({ lsn: 1n, generation: 1 }), { message: /outcome unknown/ });
-  await t.throwsAsync(unreachable.leave({ generation: 1 }));
+  await t.throwsAsync(unreachable.leave({ generation: 1 }, 3000));
 });
 
 test('log port: every string in fields and message is redacted; bigints and errors survive', (t) => {

@@ -2,7 +2,7 @@ import { ROLES, type Role } from '#common/schema/hostmeta.ts';
 import { httpCall } from '#common/httpclient.ts';
 import { apiScheme, type NodeContext } from '../context.ts';
 import { formatLsn } from '../core/lsn.ts';
-import { LEAVE_TIMEOUT_MS, PROMOTE_TIMEOUT_MS, type LeaveRequest, type PeerPort, type PeerView, type PromoteRequest } from '../core/ports.ts';
+import { PROMOTE_TIMEOUT_MS, type LeaveRequest, type PeerPort, type PeerView, type PromoteRequest } from '../core/ports.ts';
 import * as pgc from '../postgres.ts';
 
 /** Base URL of the peer's agent API: https with the cluster CA unless the cluster is in development plaintext. */
@@ -82,12 +82,12 @@ export function createPeerPort(ctx: NodeContext): PeerPort {
     },
 
     /** 200 → taken; any other status → refused with its reason. Throws when no answer arrives. */
-    async leave(req: LeaveRequest): Promise<{ ok: boolean; reason: string }> {
+    async leave(req: LeaveRequest, timeoutMs: number): Promise<{ ok: boolean; reason: string }> {
       const res = await httpCall(`${base()}/v1/leave`, {
         method: 'POST',
         headers: { ...headers, 'content-type': 'application/json' },
         body: JSON.stringify({ generation: req.generation }),
-        timeoutMs: LEAVE_TIMEOUT_MS,
+        timeoutMs,
         ...(ctx.tls ? { tls: ctx.tls } : {}),
       });
       let reason: string | undefined;

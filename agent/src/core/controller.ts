@@ -1,7 +1,7 @@
 import type { HostMeta, Role } from '#common/schema/hostmeta.ts';
 import type { ArbiterAnswer, ArbiterRequest } from '../witness/arbiter.ts';
 import { formatLsn } from './lsn.ts';
-import { LEAVE_TIMEOUT_MS, type ControllerSettings, type LeaveRequest, type Ports, type PromoteRequest, type RejoinMethod, type TimerHandle } from './ports.ts';
+import { leaveTimeoutMs, type ControllerSettings, type LeaveRequest, type Ports, type PromoteRequest, type RejoinMethod, type TimerHandle } from './ports.ts';
 import { decide, remember, type Action, type Memory, type Observation } from './rules.ts';
 
 /** Guard period: fencing deadline checks and supervisor heartbeats, independent of the loop. */
@@ -819,15 +819,16 @@ export class Controller {
 
   /**
    * A follower's clean stop: tell the leader first (standbyLeaving), so its commits do not wait
-   * for our standby while it shuts down. Bounded by LEAVE_TIMEOUT_MS; whatever the answer, the
+   * for our standby while it shuts down. Bounded by leaveTimeoutMs; whatever the answer, the
    * stop goes on (without it, the leader degrades after degradeAfter as for a lost standby).
    */
   async leave(): Promise<{ sent: boolean; ok: boolean; reason: string }> {
     if (this.meta?.role !== 'follower') return { sent: false, ok: false, reason: `this node is ${this.meta?.role ?? 'starting'}, not a follower` };
-    const answer = this.p.peer.leave({ generation: this.meta.generation }).catch((err: Error) => ({ ok: false, reason: `no answer: ${err.message}` }));
+    const ms = leaveTimeoutMs(this.s);
+    const answer = this.p.peer.leave({ generation: this.meta.generation }, ms).catch((err: Error) => ({ ok: false, reason: `no answer: ${err.message}` }));
     let timer: TimerHandle | undefined;
     const timeout = new Promise<{ ok: boolean; reason: string }>((r) => {
-      timer = this.p.clock.setTimer(LEAVE_TIMEOUT_MS, () => r({ ok: false, reason: `no answer within ${LEAVE_TIMEOUT_MS} ms` }));
+      timer = this.p.clock.setTimer(ms, () => r({ ok: false, reason: `no answer within ${ms} ms` }));
     });
     const r = await Promise.race([answer, timeout]);
     timer?.cancel();

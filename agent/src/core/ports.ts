@@ -103,7 +103,7 @@ export interface PeerPort {
    * promotable and turns synchronous commit off before our standby goes, so no commit waits
    * for it. Throws when no answer arrives.
    */
-  leave(req: LeaveRequest): Promise<{ ok: boolean; reason: string }>;
+  leave(req: LeaveRequest, timeoutMs: number): Promise<{ ok: boolean; reason: string }>;
 }
 
 export interface LeaveRequest {
@@ -111,8 +111,15 @@ export interface LeaveRequest {
   generation: number;
 }
 
-/** How long a stopping follower waits for the leader's answer to its leave. */
-export const LEAVE_TIMEOUT_MS = 3_000;
+/**
+ * How long a stopping follower waits for the leader's answer to its leave: the leader may first
+ * finish a round (a peer check of up to checkTimeout), then asks the witness (checkTimeout).
+ * At least 3 s; 13 s with the TCG timings of the QEMU suites, where a TLS handshake of a guest
+ * that is shutting down took longer than 3 s.
+ */
+export function leaveTimeoutMs(s: Pick<ControllerSettings, 'checkInterval' | 'checkTimeout'>): number {
+  return Math.max(3_000, 2 * s.checkTimeout + s.checkInterval);
+}
 
 /** The arbiter. Resolves with its answer; throws when it cannot be reached in time. */
 export interface WitnessPort {

@@ -1,6 +1,6 @@
 import type { HostMeta } from '#common/schema/hostmeta.ts';
 import { Controller, watchdogMs } from '../core/controller.ts';
-import { LEAVE_TIMEOUT_MS, PROMOTE_TIMEOUT_MS, type ControllerSettings, type LogPort, type PeerView, type Ports } from '../core/ports.ts';
+import { PROMOTE_TIMEOUT_MS, type ControllerSettings, type LogPort, type PeerView, type Ports } from '../core/ports.ts';
 import type { ArbiterRecord } from '../witness/arbiter.ts';
 import { WitnessService } from '../witness/service.ts';
 import { replicate, SimPostgres, simPgPort } from './pg.ts';
@@ -265,8 +265,8 @@ export class SimCluster {
             const r = await c.promoteOnRequest(req);
             return r;
           }),
-        leave: (req) =>
-          rpcTo(peerNode.proc, LEAVE_TIMEOUT_MS, async () => {
+        leave: (req, timeoutMs) =>
+          rpcTo(peerNode.proc, timeoutMs, async () => {
             const c = peerNode.controller;
             if (!c?.meta) return { ok: false, reason: 'agent starting' };
             return c.standbyLeaving(req);
