@@ -88,7 +88,7 @@ export async function restoreHere(agent: Agent, req: IncomingMessage, declaredBy
   const r = await c.exclusive('restore', ['leader'], async (): Promise<RestoreResult> => {
     const { pg, kube } = c.ports;
     if (!c.mayWrite()) throw new Error('the lease was lost before the restore began; nothing was changed');
-    if (!(await c.forbidPromotion())) throw new Error('the witness did not record that nobody may be promoted; nothing was changed');
+    if (!(await c.forbidPromotion()).ok) throw new Error('the witness did not record that nobody may be promoted; nothing was changed');
     await kube.stop();
     await pg.stop();
     // The history files of every timeline this cluster used, so the restored one gets a new number.

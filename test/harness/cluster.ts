@@ -616,16 +616,7 @@ export class HarnessCluster extends PairHarness {
    * ExecStopPost= release-vip. Start the node again with powerOn.
    */
   async cleanStop(node: string): Promise<void> {
-    const p = this.agents.get(node);
-    if (!p) throw new Error(`no agent process for ${node}`);
-    this.deliberate.add(p.pid);
-    const pm = this.postmasterPid(node);
-    p.kill('SIGTERM');
-    if (pm && processAlive(pm)) process.kill(pm, 'SIGINT');
-    await p.exited;
-    this.agents.delete(node);
-    this.log(`[harness] ${node}: stopped cleanly (agent SIGTERM and PostgreSQL SIGINT together)`);
-    await this.stopServiceAfterAgent(node);
+    await this.endAgent(node, 'SIGTERM', 'stopped cleanly (agent SIGTERM and PostgreSQL SIGINT together)', true);
   }
 
   override async powerOff(node: string): Promise<void> {
@@ -647,13 +638,20 @@ export class HarnessCluster extends PairHarness {
    * `agent.mjs release-vip`. Restart=always with RestartSec=2 is up to the caller (restartAgent).
    */
   async crashAgent(node: string): Promise<void> {
+    await this.endAgent(node, 'SIGKILL', 'agent killed (SIGKILL); stopping PostgreSQL as BindsTo= would, then ExecStopPost= release-vip', false);
+  }
+
+  /** End a node's agent on purpose with `signal` (PostgreSQL signalled at the same moment when `pgAlongside`), then what systemd does after the unit. */
+  private async endAgent(node: string, signal: 'SIGKILL' | 'SIGTERM', what: string, pgAlongside: boolean): Promise<void> {
     const p = this.agents.get(node);
     if (!p) throw new Error(`no agent process for ${node}`);
     this.deliberate.add(p.pid);
-    p.kill('SIGKILL');
+    const pm = pgAlongside ? this.postmasterPid(node) : undefined;
+    p.kill(signal);
+    if (pm && processAlive(pm)) process.kill(pm, 'SIGINT');
     await p.exited;
     this.agents.delete(node);
-    this.log(`[harness] ${node}: agent killed (SIGKILL); stopping PostgreSQL as BindsTo= would, then ExecStopPost= release-vip`);
+    this.log(`[harness] ${node}: ${what}`);
     await this.stopServiceAfterAgent(node);
   }
 

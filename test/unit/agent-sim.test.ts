@@ -335,7 +335,7 @@ test('an operator operation on the leader (a restore): promotion forbidden at th
     c.world.at(20_000, () => {
       const ctl = c.node('n1').controller!;
       void ctl.exclusive('restore', ['leader'], async () => {
-        answers.push(['forbidden', await ctl.forbidPromotion()]);
+        answers.push(['forbidden', (await ctl.forbidPromotion()).ok]);
         answers.push(['promotable at the witness', c.witnessRecord?.promotable ?? null]);
         await ctl.ports.pg.stop();
         await ctl.ports.clock.sleep(20_000);

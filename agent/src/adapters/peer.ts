@@ -32,6 +32,24 @@ export function createPeerPort(ctx: NodeContext): PeerPort {
   // Per call, not once: a replaced peer (geminik8s replace-node) moves to a new address at run time.
   const base = (): string => peerBaseUrl(ctx);
   const headers = { authorization: `Bearer ${ctx.secrets.agentToken}` };
+  /** A JSON POST to the peer's agent: its status, its JSON body ({} when it is not JSON) and the reason it gives. Throws when no answer arrives. */
+  const post = async (path: string, json: Record<string, unknown>, timeoutMs: number): Promise<{ status: number; body: Record<string, unknown>; reason?: string }> => {
+    const res = await httpCall(`${base()}${path}`, {
+      method: 'POST',
+      headers: { ...headers, 'content-type': 'application/json' },
+      body: JSON.stringify(json),
+      timeoutMs,
+      ...(ctx.tls ? { tls: ctx.tls } : {}),
+    });
+    let body: Record<string, unknown> = {};
+    try {
+      const parsed: unknown = JSON.parse(res.text);
+      if (parsed && typeof parsed === 'object') body = parsed as Record<string, unknown>;
+    } catch {
+      // not JSON: the status says it
+    }
+    return { status: res.status, body, ...(typeof body.reason === 'string' ? { reason: body.reason } : {}) };
+  };
   return {
     async status(): Promise<PeerView | undefined> {
       try {
@@ -58,46 +76,19 @@ export function createPeerPort(ctx: NodeContext): PeerPort {
     async promote(req: PromoteRequest): Promise<{ ok: boolean; generation?: number; reason: string }> {
       // No answer (network error, timeout) throws: the peer may or may not have promoted, and
       // that is not the same as a refusal.
-      const res = await httpCall(`${base()}/v1/promote`, {
-        method: 'POST',
-        headers: { ...headers, 'content-type': 'application/json' },
-        body: JSON.stringify({ lsn: formatLsn(req.lsn), generation: req.generation }),
-        timeoutMs: PROMOTE_TIMEOUT_MS,
-        ...(ctx.tls ? { tls: ctx.tls } : {}),
-      }).catch((err: Error) => {
+      const { status, body, reason } = await post('/v1/promote', { lsn: formatLsn(req.lsn), generation: req.generation }, PROMOTE_TIMEOUT_MS).catch((err: Error) => {
         throw new Error(`peer ${ctx.peer.name} did not answer the promote request (outcome unknown): ${err.message}`);
       });
-      const text = res.text;
-      let body: { generation?: unknown; reason?: unknown } = {};
-      try {
-        body = JSON.parse(text) as typeof body;
-      } catch {
-        // not JSON: the status says it
-      }
-      const reason = typeof body.reason === 'string' ? body.reason : undefined;
-      if (res.status === 200) {
+      if (status === 200) {
         return { ok: true, ...(Number.isInteger(body.generation) ? { generation: body.generation as number } : {}), reason: reason ?? 'promoted' };
       }
-      return { ok: false, reason: reason ?? `peer answered ${res.status}` };
+      return { ok: false, reason: reason ?? `peer answered ${status}` };
     },
 
     /** 200 → taken; any other status → refused with its reason. Throws when no answer arrives. */
     async leave(req: LeaveRequest, timeoutMs: number): Promise<{ ok: boolean; reason: string }> {
-      const res = await httpCall(`${base()}/v1/leave`, {
-        method: 'POST',
-        headers: { ...headers, 'content-type': 'application/json' },
-        body: JSON.stringify({ generation: req.generation }),
-        timeoutMs,
-        ...(ctx.tls ? { tls: ctx.tls } : {}),
-      });
-      let reason: string | undefined;
-      try {
-        const body = JSON.parse(res.text) as { reason?: unknown };
-        if (typeof body.reason === 'string') reason = body.reason;
-      } catch {
-        // not JSON: the status says it
-      }
-      return { ok: res.status === 200, reason: reason ?? `peer answered ${res.status}` };
+      const { status, reason } = await post('/v1/leave', { generation: req.generation }, timeoutMs);
+      return { ok: status === 200, reason: reason ?? `peer answered ${status}` };
     },
   };
 }

@@ -429,14 +429,11 @@ export class Controller {
         await vip.drop();
         return;
       case 'degrade': {
-        if (this.arbiter) {
-          // Patroni's /sync rule: nobody may be promoted BEFORE commits stop waiting for the standby.
-          const r = await this.witness({ op: 'promotable', node: this.s.self, generation: this.meta.generation, promotable: null });
-          if (!r?.ok) {
-            log.warn({ event: 'degrade', answer: r?.reason ?? 'unreachable' }, 'cannot degrade: the witness did not record that nobody may be promoted; commits keep waiting');
-            return;
-          }
-          this.promotable = null;
+        // Patroni's /sync rule: nobody may be promoted BEFORE commits stop waiting for the standby.
+        const f = await this.forbidPromotion();
+        if (!f.ok) {
+          log.warn({ event: 'degrade', answer: f.reason }, 'cannot degrade: the witness did not record that nobody may be promoted; commits keep waiting');
+          return;
         }
         if (!this.mayWrite()) return;
         await pg.setSyncStandby('');
@@ -724,15 +721,16 @@ export class Controller {
   }
 
   /**
-   * Record at the witness that nobody may be promoted, as a degrade does: before a restore
-   * discards the history the standby holds. False when the witness did not record it.
+   * Record at the witness that nobody may be promoted (Patroni's /sync rule: before commits stop
+   * waiting for the standby): a degrade, a standby's leave, and a restore that discards the
+   * history the standby holds. Not ok, with the witness's reason, when it did not record it.
    */
-  async forbidPromotion(): Promise<boolean> {
-    if (!this.arbiter) return true;
+  async forbidPromotion(): Promise<{ ok: boolean; reason?: string }> {
+    if (!this.arbiter) return { ok: true };
     const r = await this.witness({ op: 'promotable', node: this.s.self, generation: this.meta.generation, promotable: null });
-    if (!r?.ok) return false;
+    if (!r?.ok) return { ok: false, reason: r?.reason ?? 'unreachable' };
     this.promotable = null;
-    return true;
+    return { ok: true };
   }
 
   /** After a restore: the timeline the restored primary runs on, in hostmeta and at the witness. */
@@ -801,10 +799,9 @@ export class Controller {
     try {
       while (this.busy) await clock.sleep(20);
       if (notLeader()) return { ok: false, reason: notLeader()! };
-      if (this.arbiter && this.promotable !== null) {
-        const r = await this.witness({ op: 'promotable', node: this.s.self, generation: this.meta.generation, promotable: null });
-        if (!r?.ok) return { ok: false, reason: `the witness did not record that nobody may be promoted (${r?.reason ?? 'unreachable'}): commits keep waiting for the standby` };
-        this.promotable = null;
+      if (this.promotable !== null) {
+        const f = await this.forbidPromotion();
+        if (!f.ok) return { ok: false, reason: `the witness did not record that nobody may be promoted (${f.reason}): commits keep waiting for the standby` };
       }
       if (!this.mayWrite()) return { ok: false, reason: 'the lease was lost' };
       const st = await pg.status();
@@ -824,14 +821,8 @@ export class Controller {
    */
   async leave(): Promise<{ sent: boolean; ok: boolean; reason: string }> {
     if (this.meta?.role !== 'follower') return { sent: false, ok: false, reason: `this node is ${this.meta?.role ?? 'starting'}, not a follower` };
-    const ms = leaveTimeoutMs(this.s);
-    const answer = this.p.peer.leave({ generation: this.meta.generation }, ms).catch((err: Error) => ({ ok: false, reason: `no answer: ${err.message}` }));
-    let timer: TimerHandle | undefined;
-    const timeout = new Promise<{ ok: boolean; reason: string }>((r) => {
-      timer = this.p.clock.setTimer(ms, () => r({ ok: false, reason: `no answer within ${ms} ms` }));
-    });
-    const r = await Promise.race([answer, timeout]);
-    timer?.cancel();
+    // The port gives up after the timeout (PeerPort.leave): no timer of our own.
+    const r = await this.p.peer.leave({ generation: this.meta.generation }, leaveTimeoutMs(this.s)).catch((err: Error) => ({ ok: false, reason: `no answer: ${err.message}` }));
     this.p.log.info({ event: 'leave', ok: r.ok, reason: r.reason }, `told ${this.s.peer} that this standby stops: ${r.ok ? r.reason : `not taken (${r.reason})`}`);
     return { sent: true, ...r };
   }

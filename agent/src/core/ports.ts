@@ -101,7 +101,7 @@ export interface PeerPort {
   /**
    * Tell the leader that this follower stops now (a clean shutdown): it records nobody
    * promotable and turns synchronous commit off before our standby goes, so no commit waits
-   * for it. Throws when no answer arrives.
+   * for it. Throws when no answer arrives within `timeoutMs`.
    */
   leave(req: LeaveRequest, timeoutMs: number): Promise<{ ok: boolean; reason: string }>;
 }

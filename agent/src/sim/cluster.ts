@@ -168,15 +168,16 @@ export class SimCluster {
 
   /**
    * The agent dies; systemd stops PostgreSQL with it (BindsTo=), the unit's ExecStopPost drops
-   * the VIP, and Restart= brings the agent back later.
+   * the VIP, and Restart= brings the agent back later. `pgStops` false: the caller stops
+   * PostgreSQL on its own schedule (a clean stop).
    */
-  crashAgent(n: SimNode, why: string, restartAfter?: number): void {
+  crashAgent(n: SimNode, why: string, restartAfter?: number, pgStops = true): void {
     if (!n.proc.alive) return;
     n.controller?.stop();
     n.proc.alive = false;
     n.proc.epoch++;
     n.controller = undefined;
-    n.pg.halt(`agent ${why}`);
+    if (pgStops) n.pg.halt(`agent ${why}`);
     n.vip = false;
     this.world.log(`${n.name} agent: ${why}`);
     if (restartAfter !== undefined) {
@@ -203,16 +204,8 @@ export class SimCluster {
       if (n.controller === undefined || n.controller === c) n.pg.halt('stopped with the agent');
     });
     void (c.meta?.role === 'follower' && !this.opts.noLeave ? c.leave() : Promise.resolve()).finally(() => {
-      if (n.proc.epoch !== epoch) return;
-      n.proc.alive = false;
-      n.proc.epoch++;
-      n.controller = undefined;
-      n.vip = false;
-      this.world.log(`${n.name} agent: stopped cleanly`);
-      if (bootAfter !== undefined) {
-        n.restarts++;
-        this.world.at(this.world.now + Math.max(bootAfter, pgStopsAfter + 1), () => this.startAgent(n));
-      }
+      // PostgreSQL stops on its own schedule (above), and the node boots only once it has.
+      if (n.proc.epoch === epoch) this.crashAgent(n, 'stopped cleanly', bootAfter === undefined ? undefined : Math.max(bootAfter, pgStopsAfter + 1), false);
     });
   }
 

@@ -396,10 +396,11 @@ async function rollingUpgradeTest(t: import('ava').ExecutionContext, p: NonNulla
     // the boot it left, and its leader's answer. node1 went first (node2 led, in its boot before
     // its own upgrade); node2 went as node1's follower after the switchover.
     const agentLines = async (s: GuestShell, boot: string): Promise<string> => (await s.check(`journalctl -b ${boot} -u geminik8s-agent -o cat --no-pager | grep -E 'that this standby stops|stops \\(clean shutdown\\)' || true`)).trim();
-    const leaves = { node1Told: await agentLines(s1, '-1'), node2Took: await agentLines(s2, '-1'), node2Told: await agentLines(s2, '-1'), node1Took: await agentLines(s1, '0') };
+    // node2's boot before its upgrade holds both its answer to node1 and its own word to node1.
+    const leaves = { node1Before: await agentLines(s1, '-1'), node2Before: await agentLines(s2, '-1'), node1Now: await agentLines(s1, '0') };
     t.log(`leaves:\n${Object.entries(leaves).map(([k, v]) => `${k}: ${v || '(nothing)'}`).join('\n')}`);
-    t.regex(leaves.node2Took, /node1 stops \(clean shutdown\)/, 'node2 turned synchronous commit off when node1 left');
-    t.regex(leaves.node1Took, /node2 stops \(clean shutdown\)/, 'node1 turned synchronous commit off when node2 left');
+    t.regex(leaves.node2Before, /node1 stops \(clean shutdown\)/, 'node2 turned synchronous commit off when node1 left');
+    t.regex(leaves.node1Now, /node2 stops \(clean shutdown\)/, 'node1 turned synchronous commit off when node2 left');
     t.is(await sql(s1, 'select pg_is_in_recovery()'), 'f', 'node1 leads');
     t.regex(await sql(s1, "select application_name || ' ' || state || ' ' || sync_state from pg_stat_replication"), /^node2 streaming sync$/m);
 

@@ -48,15 +48,19 @@ export async function operatorSetup(explicit: string | undefined, c: CliContext,
     throw new GeminiError(`--node: ${JSON.stringify(node)} is not a node of ${clusterFile} (expected ${cluster.nodes.map((n) => n.name).join(' or ')})`, ExitCode.invalidInput);
   }
   const secrets = await loadClusterSecrets(clusterFile, cluster);
-  const ca = await loadClusterCa(clusterFile, cluster);
-  const tls = ca === undefined ? undefined : { ca };
+  const tls = await operatorTls(clusterFile, cluster);
   return { clusterFile, cluster, secrets, tls, fetcher: httpFetcher(tls) };
+}
+
+/** How an operator reaches the agents of `cluster`: the CA certificate from secrets/tls/ (none in development plaintext). */
+async function operatorTls(clusterFile: string, cluster: Cluster): Promise<ClientTls | undefined> {
+  const ca = await loadClusterCa(clusterFile, cluster);
+  return ca === undefined ? undefined : { ca };
 }
 
 /** The operator's Fetcher for `cluster`: the CA certificate from secrets/tls/. */
 export async function operatorFetcher(clusterFile: string, cluster: Cluster): Promise<Fetcher> {
-  const ca = await loadClusterCa(clusterFile, cluster);
-  return httpFetcher(ca === undefined ? undefined : { ca });
+  return httpFetcher(await operatorTls(clusterFile, cluster));
 }
 
 function render(s: ClusterStatus, output: StatusOptions['output']): string {
