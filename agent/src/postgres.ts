@@ -93,6 +93,37 @@ export function rewindPlan(ctx: NodeContext): CommandPlan {
   );
 }
 
+/** `pg_controldata` of the data directory, in English whatever the locale, to read its cluster state. */
+export function controlDataPlan(ctx: NodeContext): CommandPlan {
+  return asPostgres(ctx, 'pg_controldata', ['-D', ctx.config.postgresql.dataDir], { LC_ALL: 'C' });
+}
+
+/** The "Database cluster state" line of `pg_controldata`'s output ("in production", "shut down", ...). */
+export function clusterState(controlData: string): string | undefined {
+  return /^Database cluster state:\s*(.+?)\s*$/m.exec(controlData)?.[1];
+}
+
+/**
+ * A data directory a crashed or fenced primary left ("in production", "in crash recovery",
+ * "shutting down", "starting up"): it needs crash recovery before pg_rewind can read it.
+ * A standby's ("in archive recovery") is left to pg_rewind as before.
+ */
+export function needsCrashRecovery(state: string | undefined): boolean {
+  return state === 'in production' || state === 'in crash recovery' || state === 'shutting down' || state === 'starting up';
+}
+
+/**
+ * The crash recovery pg_rewind would run itself (`postgres --single`), but keeping every WAL
+ * segment in pg_wal. pg_rewind walks the target's WAL back from the divergence point to the
+ * last checkpoint before it; the checkpoint that ends its own crash recovery removes segments
+ * older than wal_keep_size (512 MB) from the end, and after a bulk write the last checkpoint
+ * lies further back than that ("could not find previous WAL record"): the node then re-clones.
+ * The next checkpoint of the rewound standby removes what is no longer needed.
+ */
+export function crashRecoveryPlan(ctx: NodeContext): CommandPlan {
+  return { ...asPostgres(ctx, 'postgres', ['--single', '-D', ctx.config.postgresql.dataDir, '-c', 'wal_keep_size=1TB', 'template1']), input: '', title: 'crash recovery (postgres --single)' };
+}
+
 /** PostgreSQL's own log (direct mode), in a postgres-owned directory under the state dir. */
 export function pgLogDir(ctx: NodeContext): string {
   return join(ctx.config.stateDir, 'pglog');

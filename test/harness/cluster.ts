@@ -253,6 +253,11 @@ export abstract class PairHarness {
     return NET.nodes.find((n) => n.name !== node)!.name;
   }
 
+  /** `pgbench -i` at `scale` (about 15 MB a unit) into the writer's database on a node, from inside its namespace. */
+  async pgbenchInit(node: string, scale: number): Promise<void> {
+    await runPlan(inNs(this.topology.nodeNs[node]!, join(PG_BIN, 'pgbench'), ['-i', '-q', '-s', String(scale), '-h', '127.0.0.1', '-U', 'postgres', this.writerLogin().database], { PGPASSWORD: this.superuserPassword() }), { timeoutMs: 3 * 3600_000 });
+  }
+
   /** Leader + synchronous standby, as pg_stat_replication on the leader reports it. */
   async healthyPair(): Promise<string | undefined> {
     const leader = await this.leader();

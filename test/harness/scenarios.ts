@@ -111,6 +111,20 @@ const waitRefused = (c: HarnessCluster, node: string, since: number, codes: stri
 const logged = (c: HarnessCluster, node: string, since: number, match: (e: Record<string, any>) => boolean): LogEvent | undefined =>
   c.eventsOf(node, since, match)[0];
 
+/** The old leader came back as a standby through pg_rewind, not a re-clone (a failure otherwise). */
+async function rejoinedThroughRewind(x: Ctx): Promise<void> {
+  const { c } = x;
+  const rejoin = logged(c, x.leader, x.tFault, (e) => e.event === 'rejoin' && typeof e.method === 'string');
+  const status = await c.status(x.leader);
+  const method = rejoin?.e.method ?? status?.lastRejoin?.method;
+  const copied = typeof rejoin?.e.copiedMB === 'number' ? `, copying ${rejoin.e.copiedMB} MB of ${rejoin.e.sourceMB} MB` : '';
+  x.notes.push(`old leader rejoined through ${method ?? 'nothing'}${copied}`);
+  if (method !== 'pg_rewind') x.failures.push(`the old leader did not rejoin through pg_rewind (log: ${JSON.stringify(rejoin?.e)}, status lastRejoin: ${JSON.stringify(status?.lastRejoin)})`);
+}
+
+/** pgbench's scale for the bulk load: about 650 MB of WAL, more than init's wal_keep_size (512 MB). */
+const BULK_SCALE = 50;
+
 type Role = 'leader' | 'follower' | 'witness';
 const member = (x: Ctx, r: Role): string => (r === 'witness' ? 'witness' : r === 'leader' ? x.leader : x.follower);
 
@@ -444,14 +458,7 @@ export const SCENARIOS: Scenario[] = [
       await waitLeaderIs(c, x.follower);
     },
     heal: (x) => x.c.powerOn(x.leader),
-    verify: async (x) => {
-      const { c } = x;
-      const rejoin = logged(c, x.leader, x.tFault, (e) => e.event === 'rejoin' && typeof e.method === 'string');
-      const status = await c.status(x.leader);
-      const method = rejoin?.e.method ?? status?.lastRejoin?.method;
-      x.notes.push(`old leader rejoined through ${method ?? 'nothing'}`);
-      if (method !== 'pg_rewind') x.failures.push(`the old leader did not rejoin through pg_rewind (log: ${JSON.stringify(rejoin?.e)}, status lastRejoin: ${JSON.stringify(status?.lastRejoin)})`);
-    },
+    verify: (x) => rejoinedThroughRewind(x),
   },
   {
     // The follower's agent restarts while the leader is degraded (nobody promotable), then the
@@ -503,6 +510,33 @@ export const SCENARIOS: Scenario[] = [
       x.notes.push(`longest write stall ${r.outageSeconds.toFixed(1)} s (bound degradeAfter + 4 intervals = ${bound.toFixed(1)} s)`);
       if (x.c.config.postgresql.syncPolicy !== 'degrade') return;
       if (r.outageSeconds > bound) x.failures.push(`write stall ${r.outageSeconds.toFixed(1)} s exceeds ${bound.toFixed(1)} s`);
+    },
+  },
+  {
+    // A bulk write leaves the leader's last checkpoint further back than wal_keep_size; then the
+    // leader loses power. pg_rewind walks the old leader's WAL back to that checkpoint, so the
+    // crash recovery before it must not recycle those segments: the old leader returns through
+    // pg_rewind, not a re-clone of the whole database.
+    name: 'leader power loss after a bulk load, then the old leader returns',
+    expect: 'failover',
+    fault: async (x) => {
+      const { c } = x;
+      await c.pgbenchInit(x.leader, BULK_SCALE);
+      await c.waitFor('the standby synchronous after the load', async () => ((await c.healthyPair()) === x.leader ? true : undefined), 300_000);
+      const back = Number(await c.sql(x.leader, 'SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), redo_lsn) FROM pg_control_checkpoint()', 'postgres'));
+      x.notes.push(`WAL since the leader's last checkpoint: ${(back / 1024 ** 2).toFixed(0)} MB`);
+      // Otherwise a checkpoint came between: the scenario would not test what it is for.
+      if (!(back > 512 * 1024 ** 2)) x.failures.push(`the load left the last checkpoint only ${(back / 1024 ** 2).toFixed(0)} MB back, within wal_keep_size (512 MB)`);
+      await c.powerOff(x.leader);
+    },
+    during: async (x) => {
+      await waitNewLeader(x.c, x.leader);
+    },
+    heal: (x) => x.c.powerOn(x.leader),
+    verify: async (x, r) => {
+      await rejoinedThroughRewind(x);
+      // The scenarios after this one need not copy the load around.
+      await x.c.sql(r.leaderAfter, 'DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers');
     },
   },
 ];

@@ -9,7 +9,7 @@ import { AuthLimiter, MAX_BODY_BYTES, metricsOf, routes, startApi, statusOf } fr
 import { registerSecret } from '#common/log.ts';
 import { nodeContext } from '#agent/context.ts';
 import { readHostMeta, writeHostMeta } from '#agent/hostmeta.ts';
-import { basebackupPlan, initdbPlan, rewindCopied, rewindPlan } from '#agent/postgres.ts';
+import { basebackupPlan, clusterState, controlDataPlan, crashRecoveryPlan, initdbPlan, needsCrashRecovery, rewindCopied, rewindPlan } from '#agent/postgres.ts';
 import { sdNotify, watchdogIntervalMs } from '#agent/sdnotify.ts';
 import { garpPlan, vipAddPlan, vipDelPlan } from '#agent/vip.ts';
 import { runPlan, spawnPlan } from '#common/exec.ts';
@@ -362,6 +362,20 @@ test('command plans: VIP, gratuitous ARP, initdb, clone and rewind carry no secr
   // pg_rewind 15's stderr with --progress (its own wording); without the line, nothing is claimed.
   t.deepEqual(rewindCopied('pg_rewind: servers diverged at WAL location 0/3000060 on timeline 1\npg_rewind: rewinding from last common checkpoint at 0/2000060 on timeline 1\npg_rewind: reading source file list\npg_rewind: reading target file list\npg_rewind: reading WAL in target\npg_rewind: need to copy 53 MB (total source directory size is 1071 MB)\n54712/54712 kB (100%) copied\npg_rewind: creating backup label and updating control file\npg_rewind: syncing target data directory\npg_rewind: Done!\n'), { copiedMB: 53, sourceMB: 1071 });
   t.is(rewindCopied('pg_rewind: no rewind required\n'), undefined);
+  // Crash recovery before pg_rewind keeps every WAL segment, from a stdin at EOF (single-user mode reads commands there).
+  t.like(crashRecoveryPlan(ctx), { cmd: 'runuser', input: '' });
+  t.deepEqual(crashRecoveryPlan(ctx).args.slice(3), ['/usr/lib/postgresql/15/bin/postgres', '--single', '-D', '/var/lib/geminik8s/pg', '-c', 'wal_keep_size=1TB', 'template1']);
+  t.like(controlDataPlan(ctx), { env: { LC_ALL: 'C' } });
+});
+
+test('the cluster state in pg_controldata decides whether crash recovery runs before pg_rewind', (t) => {
+  // pg_controldata 15's layout (abridged).
+  const out = (state: string): string => `pg_control version number:            1300\nCatalog version number:               202209061\nDatabase system identifier:           7442003512462950419\nDatabase cluster state:               ${state}\npg_control last modified:             Thu 03 Dec 2026 19:02:16 UTC\n`;
+  t.is(clusterState(out('in production')), 'in production');
+  t.is(clusterState('no such line\n'), undefined);
+  for (const s of ['in production', 'in crash recovery', 'shutting down', 'starting up']) t.true(needsCrashRecovery(clusterState(out(s))), s);
+  for (const s of ['shut down', 'shut down in recovery', 'in archive recovery']) t.false(needsCrashRecovery(clusterState(out(s))), s);
+  t.false(needsCrashRecovery(undefined));
 });
 
 test('sd_notify reaches the socket systemd gives us, with READY=1 and our PID', async (t) => {

@@ -449,6 +449,17 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
     configureStandby,
 
     async rejoin(): Promise<RejoinMethod> {
+      // Crash recovery here rather than inside pg_rewind, so that its checkpoint keeps the WAL
+      // pg_rewind reads (see crashRecoveryPlan). A standby's directory (standby.signal, or
+      // "in archive recovery") cannot run single-user: pg_rewind handles it as before.
+      const recoverKeepingWal = async (): Promise<void> => {
+        if (existsSync(join(dataDir, 'standby.signal')) || existsSync(join(dataDir, 'recovery.signal'))) return;
+        const state = pgc.clusterState((await pgc.run(pgc.controlDataPlan(ctx))).stdout);
+        if (!pgc.needsCrashRecovery(state)) return;
+        const t0 = Date.now();
+        await pgc.run(pgc.crashRecoveryPlan(ctx), 10 * 60_000);
+        log.info({ event: 'crash-recovery', state, ms: Date.now() - t0 }, `crash recovery of the data directory (${state}) before pg_rewind, every WAL segment kept`);
+      };
       // A rewind or a clone needs the peer as a primary. Without it, a failed pg_rewind would
       // throw the local data away for a clone that cannot happen: give up and let the caller retry.
       const source = await peerPrimary();
@@ -461,6 +472,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
         if (existsSync(marker)) throw new Error('the data directory is an unfinished clone or initdb: nothing to rewind');
         // A freshly promoted source shows its old timeline in pg_control until a checkpoint (PostgreSQL docs, pg_rewind).
         await pgc.withClient(ctx, ctx.peer.ip, (c) => c.query('CHECKPOINT'), 60_000);
+        await recoverKeepingWal();
         copied = pgc.rewindCopied((await pgc.run(pgc.rewindPlan(ctx), 10 * 60_000)).stderr);
       } catch (err) {
         const why = err instanceof CommandFailedError ? lastLines(err.stderrTail, 5) || err.message.split('\n')[0]! : (err as Error).message.split('\n')[0]!;
