@@ -1,16 +1,15 @@
-// npm run bench:datasize -- [--sizes 0.1,1,5] [--systems geminik8s,patroni:tuned,pg_auto_failover:tuned] [--json FILE]
+// npm run bench:datasize -- [--sizes 0.1,1,5] [--systems geminik8s,patroni:tuned,pg_auto_failover:tuned] [--checkpoint] [--json FILE]
 // Failover and rejoin as the data grows (issue 16): for each system and each size (GB), a fresh
 // pair on the namespace harness, `pgbench -i` at the matching scale on the leader with the writer
 // running through the VIP, then a leader power loss (failover: the fault to the first
 // acknowledged write after the outage) and the old leader's power-on (rejoin: to a synchronous
 // standby again). geminik8s also reports how its agent rejoined (pg_rewind or a re-clone) and
-// how much it copied. Prints figures; asserts nothing.
+// how much it copied. --checkpoint: a CHECKPOINT on the leader after the load (a database at
+// rest) before the fault. Prints figures; asserts nothing.
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runPlan } from '#common/exec.ts';
-import { HarnessCluster, PG_BIN, type PairHarness } from '#test/harness/cluster.ts';
-import { inNs } from '#test/harness/netns.ts';
+import { HarnessCluster, type PairHarness } from '#test/harness/cluster.ts';
 import { arg } from './args.ts';
 import { checkSystems, harnessFor, leaderPowerLoss } from './failover-figures.ts';
 
@@ -44,14 +43,22 @@ async function measure(c: PairHarness, gb: number): Promise<SizeFigures> {
   const login = c.writerLogin();
   const t0 = Date.now();
   c.log(`=== ${c.system} ${gb} GB: pgbench -i -s ${scale} on ${leader0}`);
-  await runPlan(inNs(c.topology.nodeNs[leader0]!, join(PG_BIN, 'pgbench'), ['-i', '-q', '-s', String(scale), '-h', '127.0.0.1', '-U', 'postgres', login.database], { PGPASSWORD: c.superuserPassword() }), { timeoutMs: 3 * 3600_000 });
+  await c.pgbenchInit(leader0, scale);
   const loadSeconds = (Date.now() - t0) / 1000;
   const leader = await c.waitFor('leader + synchronous standby after the load', () => c.healthyPair(), 1800_000);
+  if (checkpoint) {
+    // A database at rest: the load is behind a checkpoint, as it is minutes later in service
+    // (checkpoint_timeout is 5 min); without it the fault strikes right after a bulk write.
+    await c.sql(leader, 'CHECKPOINT', 'postgres');
+    await new Promise((r) => setTimeout(r, 5000));
+  }
   const databaseMB = Math.round(Number(await c.sql(leader, `SELECT pg_database_size('${login.database}')`)) / 1024 ** 2);
   const p = await leaderPowerLoss(c, leader, `${c.system} ${gb} GB (${databaseMB} MB)`, 10);
   const figures: SizeFigures = { sizeGB: gb, scale, databaseMB, loadSeconds, failoverSeconds: p.failoverSeconds, rejoinSeconds: p.rejoinSeconds, writesLost: p.writesLost, dualPrimarySamples: p.dualPrimarySamples };
   if (c instanceof HarnessCluster) {
-    const rejoin = c.eventsOf(leader, p.tOn, (e) => e.event === 'rejoin' && typeof e.method === 'string').at(-1)?.e;
+    // The adapter's line carries what pg_rewind copied; the controller's, after it, does not.
+    const rejoins = c.eventsOf(leader, p.tOn, (e) => e.event === 'rejoin' && typeof e.method === 'string');
+    const rejoin = (rejoins.find((r) => typeof r.e.copiedMB === 'number') ?? rejoins.at(-1))?.e;
     if (rejoin) Object.assign(figures, { rejoinMethod: rejoin.method as string }, typeof rejoin.copiedMB === 'number' ? { copiedMB: rejoin.copiedMB as number, sourceMB: rejoin.sourceMB as number } : {});
   }
   return figures;
@@ -60,6 +67,7 @@ async function measure(c: PairHarness, gb: number): Promise<SizeFigures> {
 const sizes = arg('--sizes', '0.1,1,5').split(',').map(Number);
 const systems = arg('--systems', 'geminik8s').split(',');
 const jsonFile = arg('--json', 'datasize-bench.json');
+const checkpoint = process.argv.includes('--checkpoint');
 if (sizes.some((s) => !Number.isFinite(s) || s <= 0 || s > 100)) {
   console.error(`--sizes: expected sizes in GB between 0 and 100, comma-separated (found ${arg('--sizes', '')})`);
   process.exit(2);
@@ -84,7 +92,7 @@ for (const system of systems) {
       console.log(`${system} ${gb} GB: log in ${c.logFile}`);
     }
     // After each size: a long run cut short still leaves the sizes it finished.
-    writeFileSync(jsonFile, `${JSON.stringify({ sizesGB: sizes, systems: result }, null, 2)}\n`);
+    writeFileSync(jsonFile, `${JSON.stringify({ sizesGB: sizes, checkpointAfterLoad: checkpoint, systems: result }, null, 2)}\n`);
   }
 }
 console.log(`wrote ${jsonFile}`);
