@@ -359,12 +359,12 @@ export class Agent {
   }
 
   /**
-   * A clean stop (SIGTERM: a reboot, an upgrade, `systemctl stop`): the loops end, then a
-   * follower tells its leader that its standby goes (Controller.leave), bounded in time.
+   * A clean stop (SIGTERM: a reboot, an upgrade, `systemctl stop`): a leader hands over, a
+   * follower tells its leader that its standby goes (Controller.shutdown); then the loops end.
    */
   async shutdown(): Promise<void> {
+    await this.controller.shutdown();
     this.stop();
-    if (this.controller.meta?.role === 'follower') await this.controller.leave();
   }
 }
 

@@ -616,12 +616,12 @@ export class HarnessCluster extends PairHarness {
   }
 
   /**
-   * A clean stop, as systemd does it at a reboot: SIGTERM to the agent and, at the same moment,
-   * SIGINT to PostgreSQL (BindsTo=, no ordering between the two units); once both are gone,
+   * A clean stop, as systemd does it at a reboot: SIGTERM to the agent; once it has exited,
+   * SIGINT to PostgreSQL (its unit is ordered Before= the agent's, so it stops after it) and
    * ExecStopPost= release-vip. Start the node again with powerOn.
    */
   async cleanStop(node: string): Promise<void> {
-    await this.endAgent(node, 'SIGTERM', 'stopped cleanly (agent SIGTERM and PostgreSQL SIGINT together)', true);
+    await this.endAgent(node, 'SIGTERM', 'stopped cleanly (agent SIGTERM; PostgreSQL SIGINT once it has exited)');
   }
 
   override async powerOff(node: string): Promise<void> {
@@ -643,17 +643,15 @@ export class HarnessCluster extends PairHarness {
    * `agent.mjs release-vip`. Restart=always with RestartSec=2 is up to the caller (restartAgent).
    */
   async crashAgent(node: string): Promise<void> {
-    await this.endAgent(node, 'SIGKILL', 'agent killed (SIGKILL); stopping PostgreSQL as BindsTo= would, then ExecStopPost= release-vip', false);
+    await this.endAgent(node, 'SIGKILL', 'agent killed (SIGKILL); stopping PostgreSQL as BindsTo= would, then ExecStopPost= release-vip');
   }
 
-  /** End a node's agent on purpose with `signal` (PostgreSQL signalled at the same moment when `pgAlongside`), then what systemd does after the unit. */
-  private async endAgent(node: string, signal: 'SIGKILL' | 'SIGTERM', what: string, pgAlongside: boolean): Promise<void> {
+  /** End a node's agent on purpose with `signal`, then what systemd does after the unit. */
+  private async endAgent(node: string, signal: 'SIGKILL' | 'SIGTERM', what: string): Promise<void> {
     const p = this.agents.get(node);
     if (!p) throw new Error(`no agent process for ${node}`);
     this.deliberate.add(p.pid);
-    const pm = pgAlongside ? this.postmasterPid(node) : undefined;
     p.kill(signal);
-    if (pm && processAlive(pm)) process.kill(pm, 'SIGINT');
     await p.exited;
     this.agents.delete(node);
     this.log(`[harness] ${node}: ${what}`);

@@ -269,6 +269,25 @@ export const SCENARIOS: Scenario[] = [
     },
   },
   {
+    // A reboot of the leader: its agent hands over to the synchronous standby before it stops
+    // (PostgreSQL stops after it), so writes pause for a switchover, not for a lease expiry.
+    name: 'clean stop of the leader (a reboot)',
+    expect: 'failover',
+    fault: (x) => x.c.cleanStop(x.leader),
+    during: async (x) => {
+      await waitNewLeader(x.c, x.leader);
+    },
+    heal: (x) => x.c.powerOn(x.leader),
+    verify: async (x, r) => {
+      const handover = logged(x.c, x.leader, x.tFault, (e) => e.event === 'stop-handover');
+      if (!handover) x.failures.push(`${x.leader} never logged a handover at its stop (event stop-handover)`);
+      else if (handover.e.ok !== true) x.failures.push(`${x.leader} did not hand over at its stop: ${handover.e.reason}`);
+      else x.notes.push(`${x.leader} handed over in ${handover.e.tookMs} ms`);
+      const bound = failover(x.c).fenceAfter / 1000;
+      if (r.outageSeconds >= bound) x.failures.push(`writes paused ${r.outageSeconds.toFixed(1)} s, as long as a lease expiry (fenceAfter ${bound} s)`);
+    },
+  },
+  {
     name: 'planned switchover',
     expect: 'failover',
     fault: async (x) => {

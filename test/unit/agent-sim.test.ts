@@ -232,6 +232,32 @@ test('a follower\'s clean reboot: it tells the leader, which turns synchronous c
   t.true(gaps.with! < 2000, `with: ${gaps.with}`);
 });
 
+test('a leader\'s clean reboot: it hands over to its synchronous standby before it stops; writes pause for the switchover, not for the lease', async (t) => {
+  const gaps: Record<string, number> = {};
+  const leaders: Record<string, string> = {};
+  for (const noLeave of [false, true]) {
+    const c = new SimCluster({ seed: 23, rewindFailure: 0, noLeave });
+    await c.run(20_000, () => c.healthy());
+    t.true(c.healthy(), 'a healthy pair first');
+    const leader = leaderOf(c)!;
+    const stoppedAt = c.world.now;
+    c.cleanStop(leader, 15_000);
+    await c.run(stoppedAt + 30_000);
+    leaders[noLeave ? 'without' : 'with'] = `${leader.name} -> ${leaderOf(c)?.name}`;
+    await c.run(stoppedAt + 120_000, () => c.healthy());
+    t.deepEqual(c.violations, [], report(c));
+    t.true(c.healthy(), `synchronous again after the reboot${noLeave ? ' (no handover)' : ''}`);
+    const during = c.ackTimes.filter((x) => x >= stoppedAt - 1000 && x <= stoppedAt + 30_000);
+    let gap = 0;
+    for (let i = 1; i < during.length; i++) gap = Math.max(gap, during[i]! - during[i - 1]!);
+    gaps[noLeave ? 'without' : 'with'] = gap;
+  }
+  t.log(`longest gap between acknowledged writes around the leader's reboot: ${(gaps.with! / 1000).toFixed(1)} s with the handover (${leaders.with}), ${(gaps.without! / 1000).toFixed(1)} s without (${leaders.without})`);
+  // Without it the follower takes over only once the old lease has run out (fenceAfter and more).
+  t.true(gaps.without! >= INIT_TIMINGS.fenceAfter, `without: ${gaps.without}`);
+  t.true(gaps.with! < 3000, `with: ${gaps.with}`);
+});
+
 test('a leave is refused by a follower, from a standby of a newer generation, and under syncPolicy strict; it changes nothing then', async (t) => {
   const c = new SimCluster({ seed: 22, rewindFailure: 0 });
   await c.run(20_000, () => c.healthy());

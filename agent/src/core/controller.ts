@@ -815,6 +815,25 @@ export class Controller {
   }
 
   /**
+   * A clean stop (SIGTERM: a reboot, an upgrade's, `systemctl stop`). A leader first hands over
+   * to its synchronous standby (the planned switchover, refused at once when the standby is not
+   * streaming and recorded promotable), so that its reboot costs the pair a switchover instead
+   * of a lease expiry and a failover. Then the loop stops, and a follower (the old leader too,
+   * once it handed over) tells its leader that its standby goes (`leave`). PostgreSQL stops
+   * only after this returns (geminik8s-postgresql is ordered Before= the agent's unit).
+   */
+  async shutdown(): Promise<{ handover?: SwitchResult; leave?: { sent: boolean; ok: boolean; reason: string } }> {
+    let handover: SwitchResult | undefined;
+    if (this.meta?.role === 'leader' && !this.stopped) {
+      handover = await this.switchover().catch((err: Error) => ({ ok: false, reason: `threw: ${err.message}`, tookMs: 0 }));
+      this.p.log.info({ event: 'stop-handover', ok: handover.ok, reason: handover.reason, tookMs: handover.tookMs }, `stopping as leader: ${handover.ok ? `handed over to ${this.s.peer} in ${handover.tookMs} ms` : `no handover (${handover.reason}); ${this.s.peer} takes over when the lease runs out`}`);
+    }
+    this.stop();
+    if (this.meta?.role !== 'follower') return { handover };
+    return { handover, leave: await this.leave() };
+  }
+
+  /**
    * A follower's clean stop: tell the leader first (standbyLeaving), so its commits do not wait
    * for our standby while it shuts down. Bounded by leaveTimeoutMs; whatever the answer, the
    * stop goes on (without it, the leader degrades after degradeAfter as for a lost standby).

@@ -19,7 +19,7 @@ export interface SimOptions {
   traceLines?: number;
   /** Kine and K3s cannot be restarted (their units missing or failing): the restart rejects. */
   kubeFails?: boolean;
-  /** A stopping follower does not tell its leader (agents before the leave existed): for comparison. */
+  /** A stopping agent neither hands over (a leader) nor tells its leader (a follower), as agents before either: for comparison. */
   noLeave?: boolean;
 }
 
@@ -187,25 +187,26 @@ export class SimCluster {
   }
 
   /**
-   * A clean stop (a reboot, an upgrade): systemd sends SIGTERM to the agent and stops PostgreSQL
-   * beside it (BindsTo=, no ordering between the two), so the server goes at some point while
-   * the agent's shutdown runs (a follower tells its leader: Controller.leave); then the agent
-   * exits, ExecStopPost drops the VIP, and the node boots again after `bootAfter`. A standby's
-   * shutdown takes a while under load: `pgStopsAfter`.
+   * A clean stop (a reboot, an upgrade): systemd sends SIGTERM to the agent, whose shutdown
+   * hands over (a leader) or tells its leader (a follower): Controller.shutdown. PostgreSQL's
+   * unit is ordered Before= the agent's, so the server stops once the agent has exited; then
+   * ExecStopPost drops the VIP, and the node boots again after `bootAfter`. `pgStopsAfter` (ms
+   * after SIGTERM) stops the server on its own schedule as well, as units without that ordering
+   * did (an image being upgraded from may have them).
    */
-  cleanStop(n: SimNode, bootAfter?: number, pgStopsAfter = this.rng.between(0, 3000)): void {
+  cleanStop(n: SimNode, bootAfter?: number, pgStopsAfter?: number): void {
     const c = n.controller;
     if (!n.proc.alive || !c) return;
     const epoch = n.proc.epoch;
-    c.stop();
-    this.world.log(`${n.name}: clean stop (SIGTERM)`);
-    // Until the node boots again, whatever the agent's shutdown is doing by then.
-    this.world.at(this.world.now + pgStopsAfter, () => {
-      if (n.controller === undefined || n.controller === c) n.pg.halt('stopped with the agent');
-    });
-    void (c.meta?.role === 'follower' && !this.opts.noLeave ? c.leave() : Promise.resolve()).finally(() => {
-      // PostgreSQL stops on its own schedule (above), and the node boots only once it has.
-      if (n.proc.epoch === epoch) this.crashAgent(n, 'stopped cleanly', bootAfter === undefined ? undefined : Math.max(bootAfter, pgStopsAfter + 1), false);
+    this.world.log(`${n.name}: clean stop (SIGTERM)${pgStopsAfter === undefined ? '' : `, PostgreSQL stopping ${pgStopsAfter.toFixed(0)} ms later whatever the agent does`}`);
+    if (pgStopsAfter !== undefined) {
+      this.world.at(this.world.now + pgStopsAfter, () => {
+        if (n.controller === undefined || n.controller === c) n.pg.halt('stopped beside the agent');
+      });
+    }
+    const shutdown = this.opts.noLeave ? Promise.resolve(c.stop()) : c.shutdown().then(() => undefined);
+    void shutdown.finally(() => {
+      if (n.proc.epoch === epoch) this.crashAgent(n, 'stopped cleanly', bootAfter === undefined ? undefined : Math.max(bootAfter, (pgStopsAfter ?? 0) + 1));
     });
   }
 

@@ -149,9 +149,12 @@ function injectRandomFault(c: SimCluster): string {
       later(degraded + rng.between(0, off), () => operatorForce(c, target));
       return `cut ${leader.name}<->${target.name} for ${degraded.toFixed(0)} ms, then power loss of ${leader.name} for ${off.toFixed(0)} ms, and an operator forces ${target.name}`;
     }
-    case 15:
-      c.cleanStop(node, rng.between(3000, 40_000));
-      return `clean stop (reboot) of ${node.name}`;
+    case 15: {
+      // Now and then PostgreSQL stops beside the agent rather than after it (units without the ordering).
+      const pgStopsAfter = rng.chance(0.25) ? rng.between(0, 3000) : undefined;
+      c.cleanStop(node, rng.between(3000, 40_000), pgStopsAfter);
+      return `clean stop (reboot) of ${node.name}${pgStopsAfter === undefined ? '' : `, PostgreSQL stopping beside the agent after ${pgStopsAfter.toFixed(0)} ms`}`;
+    }
     default: {
       // A crash of the new leader right after its promotion, before anything else.
       c.onPromoted = (n: SimNode) => {
