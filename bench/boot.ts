@@ -47,6 +47,24 @@ interface Figure {
   criticalChain?: string;
   blame?: string;
   kernelLog?: string;
+  /** Guest seconds at which units began starting and became active (systemd's monotonic timestamps). */
+  units?: { unit: string; startS: number | null; activeS: number | null }[];
+  /** The agent's own account of its start (its `ready` log line). */
+  agentReady?: string;
+}
+
+/** Units on the way to the marker, in the order a configured boot reaches them. */
+const PROFILED_UNITS = ['systemd-journal-flush.service', 'geminik8s-grow.service', 'geminik8s-firstboot.service', 'systemd-networkd.service', 'network.target', 'geminik8s-agent.service', 'geminik8s-postgresql.service', 'multi-user.target', 'geminik8s-ready.service'];
+
+/** `systemctl show -p Id,InactiveExitTimestampMonotonic,ActiveEnterTimestampMonotonic` of several units, in guest seconds. */
+function parseUnitTimes(text: string): { unit: string; startS: number | null; activeS: number | null }[] {
+  const out: { unit: string; startS: number | null; activeS: number | null }[] = [];
+  const sec = (v: string | undefined): number | null => (v && v !== '0' ? Number(v) / 1e6 : null);
+  for (const block of text.trim().split(/\n\s*\n/)) {
+    const kv = Object.fromEntries(block.split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+    if (kv.Id) out.push({ unit: kv.Id, startS: sec(kv.InactiveExitTimestampMonotonic), activeS: sec(kv.ActiveEnterTimestampMonotonic) });
+  }
+  return out;
 }
 const figures: Figure[] = [];
 
@@ -75,11 +93,13 @@ async function record(arch: Arch, scenario: string, firmware: string, vm: Vm, r:
       f.criticalChain = (await shell.run('systemd-analyze critical-chain --no-pager geminik8s-ready.service 2>&1 | tail -n +3')).output.trim();
       f.blame = (await shell.run('systemd-analyze blame --no-pager 2>&1 | head -n 15')).output.trim();
       // The kernel's share split: its own init, then the initramfs until systemd runs from the root.
+      f.units = parseUnitTimes((await shell.run(`systemctl show -p Id,InactiveExitTimestampMonotonic,ActiveEnterTimestampMonotonic ${PROFILED_UNITS.join(' ')}`)).output);
+      f.agentReady = (await shell.run(`journalctl -b -u geminik8s-agent.service -o cat --no-pager | grep -m1 '"event":"ready"' | sed 's/.*"msg":"\\([^"]*\\)".*/\\1/'`)).output.trim();
       f.kernelLog = (await shell.run("dmesg | grep -E 'Unpacking initramfs|Freeing initrd memory|Run /init as init process|systemd\\[1\\]: systemd [0-9]+ running|EXT4-fs \\(vda6\\): mounted|squashfs: version' | cut -c1-110")).output.trim();
     } finally {
       shell.close();
     }
-    console.log(`  ${f.systemdAnalyze?.replaceAll('\n', '\n  ')}\n  critical chain:\n    ${f.criticalChain?.replaceAll('\n', '\n    ')}\n  blame:\n    ${f.blame?.replaceAll('\n', '\n    ')}\n  kernel and initramfs:\n    ${f.kernelLog?.replaceAll('\n', '\n    ')}`);
+    console.log(`  ${f.systemdAnalyze?.replaceAll('\n', '\n  ')}\n  critical chain:\n    ${f.criticalChain?.replaceAll('\n', '\n    ')}\n  blame:\n    ${f.blame?.replaceAll('\n', '\n    ')}\n  kernel and initramfs:\n    ${f.kernelLog?.replaceAll('\n', '\n    ')}\n  units (guest s, start -> active):\n    ${(f.units ?? []).map((u) => `${u.unit.padEnd(30)} ${u.startS?.toFixed(1) ?? '-'} -> ${u.activeS?.toFixed(1) ?? '-'}`).join('\n    ')}\n  agent: ${f.agentReady || '(no ready line)'}`);
   }
   figures.push(f);
   return f;

@@ -33,6 +33,8 @@ const USAGE = `usage: geminik8s-agent run --config FILE
 
 
 async function run(args: string[]): Promise<number> {
+  // How long Node.js took to start and load the bundle: on a cold root slot, a share of the boot.
+  const loadMs = Math.round(process.uptime() * 1000);
   const configFile = option(args, '--config');
   if (!configFile) {
     process.stderr.write(`${USAGE}\n`);
@@ -85,9 +87,13 @@ async function run(args: string[]): Promise<number> {
   if (!net.present) log.warn({ event: 'wait-address', device, address, waitedMs: Math.round(net.waitedMs) }, `${address} is not on ${device} after ${Math.round(net.waitedMs / 1000)} s: starting anyway`);
   if (watchdog) await sdNotify(`WATCHDOG_USEC=${Math.round(watchdogMs(ctx.spec.failover.fenceAfter) * 1000)}`);
   const server = await startApi(agent);
-  log.info({ event: 'start', version: VERSION, api: ctx.apiPort, witness: ctx.witness.kind, tls: Boolean(ctx.tls) }, `geminik8s agent ${VERSION} starting`);
+  const addressWaitMs = Math.round(net.waitedMs);
+  log.info({ event: 'start', version: VERSION, api: ctx.apiPort, witness: ctx.witness.kind, tls: Boolean(ctx.tls), loadMs, addressWaitMs }, `geminik8s agent ${VERSION} starting`);
   if (!ctx.tls) log.warn({ event: 'plaintext' }, 'no TLS: the API, the witness calls and PostgreSQL between the nodes are in plain text (cluster.agent.insecurePlaintext, or a seed from before TLS); write new seeds with `geminik8s seed` to turn it on');
+  const tInit = performance.now();
   await agent.init();
+  const initMs = Math.round(performance.now() - tInit);
+  log.info({ event: 'ready', role: agent.role, loadMs, addressWaitMs, initMs, sinceStartMs: Math.round(process.uptime() * 1000) }, `ready as ${agent.role} ${Math.round(process.uptime() * 1000)} ms after the process started (loading ${loadMs} ms, waiting for the address ${addressWaitMs} ms, first reconcile ${initMs} ms)`);
   await sdNotify(`READY=1\nSTATUS=role ${agent.role}`);
   await agent.run();
   server.close();
