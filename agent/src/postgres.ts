@@ -47,11 +47,17 @@ export function pgCtlStartPlan(ctx: NodeContext): CommandPlan {
   return asPostgres(ctx, 'pg_ctl', ['-D', ctx.config.postgresql.dataDir, '-l', join(pgLogDir(ctx), 'postgresql.log'), '-w', '-t', '60', '-o', `-k ${ctx.config.postgresql.socketDir}`, 'start']);
 }
 
+/**
+ * Stop the server: a fast shutdown (SIGINT to the postmaster) or an immediate one (SIGQUIT).
+ * Under systemd by a signal rather than a stop job, which returns at once (the caller waits for
+ * the postmaster to go): during the agent's own stop the unit's stop job is queued behind the
+ * agent's (Before=), so `systemctl stop` would wait for the agent that waits for it.
+ */
 export function pgCtlStopPlan(ctx: NodeContext, mode: 'fast' | 'immediate'): CommandPlan {
   if (ctx.config.serviceManager === 'systemd') {
     return mode === 'immediate'
       ? { cmd: 'systemctl', args: ['kill', '--signal=SIGQUIT', 'geminik8s-postgresql.service'] }
-      : { cmd: 'systemctl', args: ['stop', 'geminik8s-postgresql.service'] };
+      : { cmd: 'systemctl', args: ['kill', '--kill-whom=main', '--signal=SIGINT', 'geminik8s-postgresql.service'] };
   }
   return asPostgres(ctx, 'pg_ctl', ['-D', ctx.config.postgresql.dataDir, '-m', mode, '-w', '-t', '30', 'stop']);
 }

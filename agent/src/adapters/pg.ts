@@ -383,7 +383,8 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
       if (!(await postmasterRunning()) && !(await status()).up) return;
       try {
         await pgc.run(pgc.pgCtlStopPlan(ctx, 'fast'), 40_000);
-        if (await waitStopped(10_000)) return;
+        // pg_ctl -w has waited already; under systemd the signal was only sent.
+        if (await waitStopped(40_000)) return;
         log.warn({ event: 'pg-stop' }, 'fast shutdown returned but PostgreSQL still runs; stopping immediately');
       } catch (err) {
         log.warn({ event: 'pg-stop', err: (err as Error).message.split('\n')[0] }, 'fast shutdown failed; stopping immediately');

@@ -599,9 +599,13 @@ export class Controller {
 
   /**
    * Planned switchover: stop writes, wait until the standby has everything, stop, give up the
-   * lease, ask the peer to take it over. Every failure path ends with one writable primary.
+   * lease, ask the peer to take it over. Every failure path ends with one writable primary,
+   * except when `stopping` (the agent's own clean stop): then this node starts no server again,
+   * neither as the new standby nor to take writes back, since its units are on their way down
+   * (a start would wait for the agent's own stop); a peer that did not take over finds the
+   * lease released and takes it once it may.
    */
-  async switchover(timeoutMs = 5000): Promise<SwitchResult> {
+  async switchover(timeoutMs = 5000, stopping = false): Promise<SwitchResult> {
     const { pg, vip, clock, log } = this.p;
     const started = clock.now();
     const took = (): number => Math.round(clock.now() - started);
@@ -641,10 +645,14 @@ export class Controller {
       if (this.arbiter) await this.witness({ op: 'release', node: this.s.self, generation });
       const res = await this.p.peer.promote({ lsn: target, generation }).catch((err: Error) => ({ ok: false, generation: undefined, reason: err.message }));
       if (res.ok) {
-        await this.becomeStandby('planned switchover', res.generation ?? generation + 1);
+        await this.becomeStandby('planned switchover', res.generation ?? generation + 1, !stopping);
         return { ok: true, reason: 'switched over', tookMs: took() };
       }
       log.warn({ event: 'switchover', reason: res.reason }, `the peer did not take over: ${res.reason}`);
+      if (stopping) {
+        await this.setRole('fenced', `switchover at stop failed (${res.reason}); stopping without a primary here`);
+        return { ok: false, reason: `the peer did not take over (${res.reason}); the lease is released for it`, tookMs: took() };
+      }
       return { ...(await this.recoverSwitchover(generation, res.reason)), tookMs: took() };
     } finally {
       this.switching = false;
@@ -687,10 +695,10 @@ export class Controller {
     return { ok: false, reason: `the peer did not take over (${why}) and the witness did not answer: fenced until it does` };
   }
 
-  private async becomeStandby(reason: string, generation: number): Promise<void> {
+  private async becomeStandby(reason: string, generation: number, start = true): Promise<void> {
     await this.p.pg.setReadOnly(false).catch(() => undefined);
     await this.p.pg.configureStandby();
-    await this.p.pg.start().catch(() => undefined);
+    if (start) await this.p.pg.start().catch(() => undefined);
     this.memory.leaderSeenAt = this.p.clock.now();
     await this.setRole('follower', reason, generation);
   }
@@ -825,7 +833,7 @@ export class Controller {
   async shutdown(): Promise<{ handover?: SwitchResult; leave?: { sent: boolean; ok: boolean; reason: string } }> {
     let handover: SwitchResult | undefined;
     if (this.meta?.role === 'leader' && !this.stopped) {
-      handover = await this.switchover().catch((err: Error) => ({ ok: false, reason: `threw: ${err.message}`, tookMs: 0 }));
+      handover = await this.switchover(5000, true).catch((err: Error) => ({ ok: false, reason: `threw: ${err.message}`, tookMs: 0 }));
       this.p.log.info({ event: 'stop-handover', ok: handover.ok, reason: handover.reason, tookMs: handover.tookMs }, `stopping as leader: ${handover.ok ? `handed over to ${this.s.peer} in ${handover.tookMs} ms` : `no handover (${handover.reason}); ${this.s.peer} takes over when the lease runs out`}`);
     }
     this.stop();

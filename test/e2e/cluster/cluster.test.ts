@@ -123,8 +123,22 @@ test.serial('the leader guest powered off: the follower promotes through its sys
     return;
   }
   try {
-    // The healthy pair it leaves (node2 leading) goes on to the rolling upgrade.
     pair = await failoverTest(t, pair);
+  } catch (err) {
+    await dumpJournals(t);
+    await stopAll();
+    throw err;
+  }
+});
+
+test.serial('a clean reboot of the leader (systemctl reboot): its agent hands over to the synchronous standby while its PostgreSQL still runs (the units\' order), no acknowledged write lost; it returns as synchronous standby without a re-clone, and `geminik8s failover --to` hands back', async (t) => {
+  if (!pair) {
+    t.fail('the failover test left no running pair');
+    return;
+  }
+  try {
+    // The healthy pair it leaves (node2 leading) goes on to the rolling upgrade.
+    pair = await leaderRebootTest(t, pair);
     if (!ROLLING) await stopAll();
   } catch (err) {
     await dumpJournals(t);
@@ -327,6 +341,64 @@ async function failoverTest(t: import('ava').ExecutionContext, p: NonNullable<ty
     t.is(onNode1, String(maxAck), 'and on the rejoined standby');
     t.deepEqual(await arpOwners(lan, NET.vip), [MAC.node2], 'the VIP still answers with node2\'s MAC');
     return { node1: node1b, node2: p.node2, s1: s1b, s2, disk1: p.disk1, logDir: p.logDir };
+  } finally {
+    writer.kill('SIGKILL');
+  }
+}
+
+/** node2 leads, node1 follows in sync: reboot node2 cleanly, then hand the lead back to it. */
+async function leaderRebootTest(t: import('ava').ExecutionContext, p: NonNullable<typeof pair>): Promise<NonNullable<typeof pair>> {
+  const { node2, s1 } = p;
+  const { proc: writer, acks, errors: writerErrors } = await startVipWriter(lan, clusterDir, NET.vip, join(work, 'writer.mjs'));
+  try {
+    await until('20 acknowledged writes through the VIP', 5 * 60_000, async () => (acks.length >= 20 ? true : undefined));
+    const generation = witnessRecord().generation;
+    const mark = node2.mark();
+    const rebootAt = Date.now();
+    await p.s2.run('systemctl reboot', 10_000).catch(() => undefined);
+    p.s2.close();
+    shells.splice(shells.indexOf(p.s2), 1);
+    await until('node1 to lead', 5 * 60_000, async () => ((await sql(s1, 'select pg_is_in_recovery()')) === 'f' ? true : undefined));
+    const led = Date.now();
+    t.log(`node1 primary ${((led - rebootAt) / 1000).toFixed(1)} s of wall time after node2's reboot began`);
+    await node2.waitFor(READY_MARKER, BOOT_TIMEOUT, { since: mark });
+    const s2 = await GuestShell.open(node2.consoleSocket!, SHELL_TIMEOUT);
+    shells.push(s2);
+    const row = await until('node2 to stream synchronously from node1', 10 * 60_000, async () => {
+      const r = await sql(s1, "select application_name || ' ' || state || ' ' || sync_state from pg_stat_replication");
+      return /^node2 streaming sync$/m.test(r) ? r : undefined;
+    });
+    t.log(`node2 back: ${row}`);
+    // What node2's agent did at its stop, from the journal of the boot it left.
+    const stopLines = (await s2.check(`journalctl -b -1 -u geminik8s-agent -o cat --no-pager | grep -E '"event":"(stop-handover|leave)"' || true`)).trim();
+    t.log(`node2 at its stop:\n${stopLines || '(nothing)'}`);
+    const handover = stopLines.split('\n').find((l) => l.includes('"stop-handover"'));
+    t.truthy(handover, 'node2 logged its handover at the stop');
+    t.like(JSON.parse(handover ?? '{}'), { ok: true }, 'node2 handed over before it stopped');
+    const w = witnessRecord();
+    t.is(w.holder, 'node1', 'the witness leases node1');
+    t.true(w.generation > generation, 'a new generation');
+    t.like(JSON.parse(await s2.check('cat /var/lib/geminik8s/hostmeta.json')), { role: 'follower', generation: w.generation });
+    const cloned = await s2.run('journalctl -b -u geminik8s-agent --no-pager | grep -c pg_basebackup');
+    t.is(cloned.output.trim(), '0', 'no pg_basebackup in this boot');
+    t.deepEqual(await arpOwners(lan, NET.vip), [MAC.node1], 'only node1 answers ARP for the VIP');
+
+    // Hand the lead back with the operator's command, from the host side of the LAN.
+    const back = await runPlan(inNs(lan.ns, process.execPath, [join(ROOT, 'bin/geminik8s.js'), 'failover', '--cluster', join(clusterDir, 'cluster.yaml'), '--to', 'node2', '--wait', '--timeout', '5m']), { allowFailure: true, timeoutMs: 6 * 60_000 });
+    t.log(`geminik8s failover --to node2: exit ${back.exitCode}\n${back.stdout}${back.stderr}`);
+    t.is(back.exitCode, 0, back.stderr);
+    await until('node2 to lead again with node1 in sync', 5 * 60_000, async () => (/^node1 streaming sync$/m.test(await sql(s2, "select application_name || ' ' || state || ' ' || sync_state from pg_stat_replication").catch(() => '')) ? true : undefined));
+
+    await until('the writer to go on', 5 * 60_000, async () => (acks.filter((a) => a.t > Date.now() - 20_000).length >= 10 ? true : undefined));
+    writer.kill('SIGTERM');
+    await writer.exited;
+    const during = acks.filter((a) => a.t >= rebootAt && a.t <= led + 60_000);
+    let gap = 0;
+    for (let i = 1; i < during.length; i++) gap = Math.max(gap, during[i]!.t - during[i - 1]!.t);
+    const maxAck = acks.at(-1)!.id;
+    t.log(`writer: ${acks.length} acknowledged writes; longest gap around node2's reboot ${(gap / 1000).toFixed(1)} s; ${writerErrors.length} errors (last: ${writerErrors.at(-1) ?? 'none'})`);
+    t.is(await sql(s2, `select count(*) from harness_writes where id <= ${maxAck}`, 'kine'), String(maxAck), 'every acknowledged write is on the leader');
+    return { ...p, s2 };
   } finally {
     writer.kill('SIGKILL');
   }
