@@ -28,6 +28,14 @@ async function scenario(seed: number, script: (c: SimCluster) => void, healAt: n
   return c;
 }
 
+/** The longest time between two acknowledged writes within [from, to]. */
+function longestGap(ackTimes: number[], from: number, to: number): number {
+  const during = ackTimes.filter((x) => x >= from && x <= to);
+  let gap = 0;
+  for (let i = 1; i < during.length; i++) gap = Math.max(gap, during[i]! - during[i - 1]!);
+  return gap;
+}
+
 const leaderOf = (c: SimCluster): SimNode | undefined => c.nodes.find((n) => n.controller?.role === 'leader' && n.pg.writable);
 
 test('double fault: peer cut, then witness cut while clients still reach the leader: nothing lost, no failover', async (t) => {
@@ -200,9 +208,7 @@ test('a standby that stops acknowledging WAL while its agent answers: writes sta
     c.world.at(20_000, () => (c.node('n2').pg.receiverStalled = true));
   }, 60_000);
   t.deepEqual(c.violations, [], report(c));
-  const during = c.ackTimes.filter((x) => x >= 15_000 && x <= 60_000);
-  let gap = 0;
-  for (let i = 1; i < during.length; i++) gap = Math.max(gap, during[i]! - during[i - 1]!);
+  const gap = longestGap(c.ackTimes, 15_000, 60_000);
   t.log(`longest gap between acknowledged writes: ${(gap / 1000).toFixed(1)} s`);
   t.true(gap <= c.settings.degradeAfter + 2 * c.settings.checkInterval + 1000, `gap ${gap} ms`);
 });
@@ -221,10 +227,7 @@ test('a follower\'s clean reboot: it tells the leader, which turns synchronous c
     await c.run(stoppedAt + 120_000, () => c.healthy());
     t.deepEqual(c.violations, [], report(c));
     t.true(c.healthy(), `synchronous again after the reboot${noLeave ? ' (no leave)' : ''}`);
-    const during = c.ackTimes.filter((x) => x >= stoppedAt - 1000 && x <= stoppedAt + 30_000);
-    let gap = 0;
-    for (let i = 1; i < during.length; i++) gap = Math.max(gap, during[i]! - during[i - 1]!);
-    gaps[noLeave ? 'without' : 'with'] = gap;
+    gaps[noLeave ? 'without' : 'with'] = longestGap(c.ackTimes, stoppedAt - 1000, stoppedAt + 30_000);
   }
   t.log(`longest gap between acknowledged writes around the reboot: ${(gaps.with! / 1000).toFixed(1)} s with the leave, ${(gaps.without! / 1000).toFixed(1)} s without`);
   // Without the leave commits wait until the leader degrades (degradeAfter); with it they never wait for the stopping standby.
@@ -247,10 +250,7 @@ test('a leader\'s clean reboot: it hands over to its synchronous standby before 
     await c.run(stoppedAt + 120_000, () => c.healthy());
     t.deepEqual(c.violations, [], report(c));
     t.true(c.healthy(), `synchronous again after the reboot${noLeave ? ' (no handover)' : ''}`);
-    const during = c.ackTimes.filter((x) => x >= stoppedAt - 1000 && x <= stoppedAt + 30_000);
-    let gap = 0;
-    for (let i = 1; i < during.length; i++) gap = Math.max(gap, during[i]! - during[i - 1]!);
-    gaps[noLeave ? 'without' : 'with'] = gap;
+    gaps[noLeave ? 'without' : 'with'] = longestGap(c.ackTimes, stoppedAt - 1000, stoppedAt + 30_000);
   }
   t.log(`longest gap between acknowledged writes around the leader's reboot: ${(gaps.with! / 1000).toFixed(1)} s with the handover (${leaders.with}), ${(gaps.without! / 1000).toFixed(1)} s without (${leaders.without})`);
   // Without it the follower takes over only once the old lease has run out (fenceAfter and more).
