@@ -283,6 +283,10 @@ export const SCENARIOS: Scenario[] = [
       if (!handover) x.failures.push(`${x.leader} never logged a handover at its stop (event stop-handover)`);
       else if (handover.e.ok !== true) x.failures.push(`${x.leader} did not hand over at its stop: ${handover.e.reason}`);
       else x.notes.push(`${x.leader} handed over in ${handover.e.tookMs} ms`);
+      const done = logged(x.c, x.leader, x.tFault, (e) => e.event === 'switchover' && e.ok === true);
+      const took = logged(x.c, x.follower, x.tFault, (e) => e.event === 'switchover-promoted');
+      if (done) x.notes.push(`${x.leader}: ${JSON.stringify(done.e.steps)}`);
+      if (took) x.notes.push(`${x.follower}: ${JSON.stringify(took.e.steps)}`);
       const bound = failover(x.c).fenceAfter / 1000;
       if (r.outageSeconds >= bound) x.failures.push(`writes paused ${r.outageSeconds.toFixed(1)} s, as long as a lease expiry (fenceAfter ${bound} s)`);
     },

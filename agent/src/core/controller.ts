@@ -509,30 +509,33 @@ export class Controller {
   }
 
   /** Promote our server (if it still is a standby), record the timeline, take the VIP, restart Kubernetes. */
-  private async finishPromotion(why: string): Promise<void> {
+  private async finishPromotion(why: string, steps?: Steps): Promise<void> {
     const { pg } = this.p;
     const st0 = await pg.status();
     if (!st0.up) {
       const disk = await pg.disk();
       if (!this.mayWrite()) return;
       await pg.start();
-      if (!disk.standbySignal) return this.afterPromotion(why, false);
+      steps?.mark('started');
+      if (!disk.standbySignal) return this.afterPromotion(why, false, steps);
     }
     const st = await pg.status();
     if (st.up && st.inRecovery) {
       if (!this.mayWrite()) return;
       await pg.promote();
-      return this.afterPromotion(why, true);
+      steps?.mark('promoted');
+      return this.afterPromotion(why, true, steps);
     }
-    return this.afterPromotion(why, false);
+    return this.afterPromotion(why, false, steps);
   }
 
-  private async afterPromotion(why: string, promoted: boolean): Promise<void> {
+  private async afterPromotion(why: string, promoted: boolean, steps?: Steps): Promise<void> {
     const { pg, vip, log } = this.p;
     const st = await pg.status();
     if (this.meta.role !== 'leader') return;
     // The old leader of a switchover keeps default_transaction_read_only = on in its auto.conf.
     if (st.readOnly && this.mayWrite()) await pg.setReadOnly(false);
+    steps?.mark('writable');
     if (promoted || st.timeline !== this.meta.timeline) {
       this.meta = { ...this.meta, timeline: st.timeline };
       await this.persist();
@@ -542,11 +545,16 @@ export class Controller {
       await pg.setSyncStandby(this.s.syncPolicy === 'strict' ? quoteName(this.s.peer) : '').catch((err) => log.warn({ err: (err as Error).message }, 'could not set synchronous_standby_names'));
       log.info({ event: 'promoted', generation: this.meta.generation, timeline: st.timeline, why }, `promoted: generation ${this.meta.generation}, timeline ${st.timeline}`);
     }
+    steps?.mark('recorded');
     await pg.ensurePeerSlot().catch(() => undefined);
     if (this.mayWrite()) await vip.take();
+    steps?.mark('address taken');
     // Not fatal: the promotion stands without Kubernetes, but an operator must see why K3s
     // did not come back (a unit missing from the image, a failed start).
-    if (promoted) await this.p.kube.restart().catch((err) => log.warn({ event: 'kube-restart', err: (err as Error).message }, `could not restart Kine and K3s after the promotion: ${(err as Error).message}`));
+    if (promoted) {
+      await this.p.kube.restart().catch((err) => log.warn({ event: 'kube-restart', err: (err as Error).message }, `could not restart Kine and K3s after the promotion: ${(err as Error).message}`));
+      steps?.mark('kube restarted');
+    }
   }
 
   /** Fenced (lease mode): regain the lease we hold, or follow the peer that holds a newer one. */
@@ -621,7 +629,9 @@ export class Controller {
       if (st0.standby?.state !== 'streaming') return { ok: false, reason: 'the standby is not streaming', tookMs: took() };
       if (this.arbiter && this.promotable !== this.s.peer) return { ok: false, reason: 'the standby is not recorded as synchronous at the witness', tookMs: took() };
       const generation = this.meta.generation;
+      const steps = new Steps(() => clock.now());
       await pg.setReadOnly(true);
+      steps.mark('read-only');
       let st = await pg.status();
       while (!(st.up && st.lsn !== undefined && st.standby?.replayLsn != null && st.standby.replayLsn >= st.lsn)) {
         // The lease keeper renews meanwhile; if the lease is lost anyway, the guard has fenced us.
@@ -634,18 +644,25 @@ export class Controller {
         st = await pg.status();
       }
       const target = st.lsn!;
+      steps.mark('caught up');
       // From here this node is not writable: role, lease, server, address, in that order.
       this.dropLease();
       this.meta = { ...this.meta, role: 'fenced' };
       // A renewal already in flight must reach the witness before our release, never after it.
       while (this.renewing) await clock.sleep(10);
       await pg.stop();
+      steps.mark('stopped');
       await vip.drop();
+      steps.mark('address dropped');
       await this.persist();
       if (this.arbiter) await this.witness({ op: 'release', node: this.s.self, generation });
+      steps.mark('lease released');
       const res = await this.p.peer.promote({ lsn: target, generation }).catch((err: Error) => ({ ok: false, generation: undefined, reason: err.message }));
+      steps.mark('peer promoted');
       if (res.ok) {
         await this.becomeStandby('planned switchover', res.generation ?? generation + 1, !stopping);
+        steps.mark('standby');
+        log.info({ event: 'switchover', ok: true, steps: steps.ms }, `switched over to ${this.s.peer} (${steps.text()})`);
         return { ok: true, reason: 'switched over', tookMs: took() };
       }
       log.warn({ event: 'switchover', reason: res.reason }, `the peer did not take over: ${res.reason}`);
@@ -867,6 +884,7 @@ export class Controller {
     try {
       while (this.busy) await clock.sleep(20);
       if (this.meta.role !== 'follower') return { ok: false, reason: `this node is ${this.meta.role}` };
+      const steps = new Steps(() => clock.now());
       const until = clock.now() + 5000;
       let st = await pg.status();
       while (!(st.up && st.lsn !== undefined && st.lsn >= req.lsn)) {
@@ -874,6 +892,7 @@ export class Controller {
         await clock.sleep(50);
         st = await pg.status();
       }
+      steps.mark('replayed');
       let generation: number;
       if (this.arbiter) {
         const { sentAt, answer } = await this.acquire(req.generation);
@@ -883,12 +902,33 @@ export class Controller {
       } else {
         generation = Math.max(req.generation, this.meta.generation) + 1;
       }
+      steps.mark('lease');
       await this.setRole('leader', 'planned switchover', generation);
-      await this.finishPromotion('switchover');
+      steps.mark('role');
+      await this.finishPromotion('switchover', steps);
+      this.p.log.info({ event: 'switchover-promoted', generation, steps: steps.ms }, `took over from ${this.s.peer} in a switchover (${steps.text()})`);
       return { ok: true, generation, reason: 'promoted' };
     } finally {
       this.switching = false;
     }
+  }
+}
+
+/** Where a long operation's time went: milliseconds from its start at each named step, in order. */
+export class Steps {
+  readonly ms: Record<string, number> = {};
+  private readonly t0: number;
+  constructor(private readonly now: () => number) {
+    this.t0 = now();
+  }
+
+  mark(step: string): void {
+    this.ms[step] = Math.round(this.now() - this.t0);
+  }
+
+  /** "a 12, b 340 ms": each step's time from the start. */
+  text(): string {
+    return `${Object.entries(this.ms).map(([k, v]) => `${k} ${v}`).join(', ')} ms`;
   }
 }
 

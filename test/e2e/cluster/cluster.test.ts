@@ -370,8 +370,10 @@ async function leaderRebootTest(t: import('ava').ExecutionContext, p: NonNullabl
     });
     t.log(`node2 back: ${row}`);
     // What node2's agent did at its stop, from the journal of the boot it left.
-    const stopLines = (await s2.check(`journalctl -b -1 -u geminik8s-agent -o cat --no-pager | grep -E '"event":"(stop-handover|leave)"' || true`)).trim();
+    const stopLines = (await s2.check(`journalctl -b -1 -u geminik8s-agent -o cat --no-pager | grep -E '"event":"(stop-handover|switchover|leave)"' || true`)).trim();
     t.log(`node2 at its stop:\n${stopLines || '(nothing)'}`);
+    // Where the handover's time went on the side that took over.
+    t.log(`node1 taking over:\n${(await s1.check(`journalctl -b -u geminik8s-agent -o cat --no-pager | grep -E '"event":"switchover-promoted"' | tail -n 1 || true`)).trim() || '(nothing)'}`);
     const handover = stopLines.split('\n').find((l) => l.includes('"stop-handover"'));
     t.truthy(handover, 'node2 logged its handover at the stop');
     t.like(JSON.parse(handover ?? '{}'), { ok: true }, 'node2 handed over before it stopped');
