@@ -8,8 +8,10 @@ export async function sdNotify(state: string, opts: { socket?: string; timeoutMs
   const socket = opts.socket ?? process.env.NOTIFY_SOCKET;
   if (!socket) return false;
   const args = [`--pid=${process.pid}`, ...state.split('\n').filter(Boolean)];
-  const r = await runPlan({ cmd: 'systemd-notify', args, env: { NOTIFY_SOCKET: socket } }, { allowFailure: true, timeoutMs: opts.timeoutMs ?? 10_000 });
-  return r.exitCode === 0;
+  // Never throws: a notification that fails (systemd-notify killed by a signal, as the stop of
+  // the unit's processes did before KillMode=mixed) must not end the agent that sent it.
+  const r = await runPlan({ cmd: 'systemd-notify', args, env: { NOTIFY_SOCKET: socket } }, { allowFailure: true, timeoutMs: opts.timeoutMs ?? 10_000 }).catch(() => undefined);
+  return r?.exitCode === 0;
 }
 
 /** Watchdog ping interval: half of WATCHDOG_USEC, or undefined when systemd set none. */

@@ -378,6 +378,19 @@ test('the cluster state in pg_controldata decides whether crash recovery runs be
   t.false(needsCrashRecovery(undefined));
 });
 
+test.serial('sd_notify never throws: a systemd-notify killed by a signal (a unit stop did that to the agent) is a false, not a crash', async (t) => {
+  // Serial: ava runs serial tests before the concurrent ones, so PATH is ours alone here.
+  const bin = tempDir();
+  writeFileSync(join(bin, 'systemd-notify'), '#!/bin/sh\nkill -TERM $$\n', { mode: 0o755 });
+  const path = process.env.PATH;
+  process.env.PATH = `${bin}:${path}`;
+  try {
+    t.false(await sdNotify('WATCHDOG=1', { socket: join(bin, 'notify.sock') }));
+  } finally {
+    process.env.PATH = path;
+  }
+});
+
 test('sd_notify reaches the socket systemd gives us, with READY=1 and our PID', async (t) => {
   const dir = tempDir();
   const sock = join(dir, 'notify.sock');
