@@ -31,7 +31,12 @@ async function agentServing(node: Awaited<ReturnType<typeof nodeWithBundle>>['no
   const server = await startApi(agent);
   const port = (server.address() as AddressInfo).port;
   const cluster: Cluster = { ...fixture, agent: { ...fixture.agent, port }, nodes: fixture.nodes.map((n) => (n.name === 'node1' ? { ...n, ip: '127.0.0.1' } : n)) };
-  return { agent, cluster, tls: { ca: fakeTls('node1').ca }, close: () => new Promise<void>((r) => server.close(() => r())) };
+  return { agent, cluster, tls: { ca: fakeTls('node1').ca }, close: () => new Promise<void>((r) => {
+    server.close(() => r());
+    // A connection still open (a client that stopped mid-body) must not keep the worker alive:
+    // once, with the fast tier beside two TCG guests, this file's worker stayed 10 min after its tests passed.
+    server.closeAllConnections();
+  }) };
 }
 
 const slotBytes = (file: string): Buffer => readFileSync(file);
@@ -262,7 +267,10 @@ test('httpStream uploads a body of many chunks to a slow reader without piling u
     req.on('end', () => res.end(JSON.stringify({ ok: true, reason: `${received} bytes` })));
   });
   await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  t.teardown(() => srv.close());
+  t.teardown(() => {
+    srv.close();
+    srv.closeAllConnections();
+  });
   const warnings: string[] = [];
   const onWarning = (w: Error): void => void warnings.push(w.message);
   process.on('warning', onWarning);
