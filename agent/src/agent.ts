@@ -363,6 +363,9 @@ export class Agent {
    * follower tells its leader that its standby goes (Controller.shutdown); then the loops end.
    */
   async shutdown(): Promise<void> {
+    // The agent's own loops (boot assessment, user checks) end at once, as before; the
+    // controller's timers (the lease keeper above all) run until its shutdown is done.
+    this.stopped = true;
     await this.controller.shutdown();
     this.stop();
   }
