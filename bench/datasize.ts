@@ -56,9 +56,7 @@ async function measure(c: PairHarness, gb: number): Promise<SizeFigures> {
   const p = await leaderPowerLoss(c, leader, `${c.system} ${gb} GB (${databaseMB} MB)`, 10);
   const figures: SizeFigures = { sizeGB: gb, scale, databaseMB, loadSeconds, failoverSeconds: p.failoverSeconds, rejoinSeconds: p.rejoinSeconds, writesLost: p.writesLost, dualPrimarySamples: p.dualPrimarySamples };
   if (c instanceof HarnessCluster) {
-    // The adapter's line carries what pg_rewind copied; the controller's, after it, does not.
-    const rejoins = c.eventsOf(leader, p.tOn, (e) => e.event === 'rejoin' && typeof e.method === 'string');
-    const rejoin = (rejoins.find((r) => typeof r.e.copiedMB === 'number') ?? rejoins.at(-1))?.e;
+    const rejoin = c.rejoinOf(leader, p.tOn);
     if (rejoin) Object.assign(figures, { rejoinMethod: rejoin.method as string }, typeof rejoin.copiedMB === 'number' ? { copiedMB: rejoin.copiedMB as number, sourceMB: rejoin.sourceMB as number } : {});
   }
   return figures;

@@ -364,10 +364,9 @@ export class Agent {
    */
   async shutdown(): Promise<void> {
     // The agent's own loops (boot assessment, user checks) end at once, as before; the
-    // controller's timers (the lease keeper above all) run until its shutdown is done.
+    // controller's timers (the lease keeper above all) run until its shutdown, which stops them.
     this.stopped = true;
     await this.controller.shutdown();
-    this.stop();
   }
 }
 

@@ -93,7 +93,8 @@ async function run(args: string[]): Promise<number> {
   const tInit = performance.now();
   await agent.init();
   const initMs = Math.round(performance.now() - tInit);
-  log.info({ event: 'ready', role: agent.role, loadMs, addressWaitMs, initMs, sinceStartMs: Math.round(process.uptime() * 1000) }, `ready as ${agent.role} ${Math.round(process.uptime() * 1000)} ms after the process started (loading ${loadMs} ms, waiting for the address ${addressWaitMs} ms, first reconcile ${initMs} ms)`);
+  const sinceStartMs = Math.round(process.uptime() * 1000);
+  log.info({ event: 'ready', role: agent.role, loadMs, addressWaitMs, initMs, sinceStartMs }, `ready as ${agent.role} ${sinceStartMs} ms after the process started (loading ${loadMs} ms, waiting for the address ${addressWaitMs} ms, first reconcile ${initMs} ms)`);
   await sdNotify(`READY=1\nSTATUS=role ${agent.role}`);
   await agent.run();
   server.close();

@@ -213,6 +213,15 @@ export abstract class PairHarness {
     return this.events.filter((x) => x.source === source && x.at >= since && match(x.e));
   }
 
+  /**
+   * How a node's agent rejoined at or after `since`: its rejoin line that says what pg_rewind
+   * copied (the adapter's), else the first that names the method (the controller's has no copy figure).
+   */
+  rejoinOf(node: string, since: number): Record<string, any> | undefined {
+    const rejoins = this.eventsOf(node, since, (e) => e.event === 'rejoin' && typeof e.method === 'string');
+    return (rejoins.find((r) => typeof r.e.copiedMB === 'number') ?? rejoins[0])?.e;
+  }
+
   /** Where the writer connects: the VIP, or a comma-separated list it tries for a writable node. */
   writerHosts(): string {
     return NET.vip;

@@ -1,3 +1,4 @@
+import { postgresqlSettings } from '#common/render/postgresql.ts';
 import { dualWritable, type HarnessCluster, type LogEvent } from './cluster.ts';
 import { blockPeer, cutOneWay, flushRules, ipOf, linkDown, linkUp, listRules, NET } from './netns.ts';
 
@@ -114,12 +115,12 @@ const logged = (c: HarnessCluster, node: string, since: number, match: (e: Recor
 /** The old leader came back as a standby through pg_rewind, not a re-clone (a failure otherwise). */
 async function rejoinedThroughRewind(x: Ctx): Promise<void> {
   const { c } = x;
-  const rejoin = logged(c, x.leader, x.tFault, (e) => e.event === 'rejoin' && typeof e.method === 'string');
+  const rejoin = c.rejoinOf(x.leader, x.tFault);
   const status = await c.status(x.leader);
-  const method = rejoin?.e.method ?? status?.lastRejoin?.method;
-  const copied = typeof rejoin?.e.copiedMB === 'number' ? `, copying ${rejoin.e.copiedMB} MB of ${rejoin.e.sourceMB} MB` : '';
+  const method = rejoin?.method ?? status?.lastRejoin?.method;
+  const copied = typeof rejoin?.copiedMB === 'number' ? `, copying ${rejoin.copiedMB} MB of ${rejoin.sourceMB} MB` : '';
   x.notes.push(`old leader rejoined through ${method ?? 'nothing'}${copied}`);
-  if (method !== 'pg_rewind') x.failures.push(`the old leader did not rejoin through pg_rewind (log: ${JSON.stringify(rejoin?.e)}, status lastRejoin: ${JSON.stringify(status?.lastRejoin)})`);
+  if (method !== 'pg_rewind') x.failures.push(`the old leader did not rejoin through pg_rewind (log: ${JSON.stringify(rejoin)}, status lastRejoin: ${JSON.stringify(status?.lastRejoin)})`);
 }
 
 /** pgbench's scale for the bulk load: about 650 MB of WAL, more than init's wal_keep_size (512 MB). */
@@ -549,7 +550,10 @@ export const SCENARIOS: Scenario[] = [
       const back = Number(await c.sql(x.leader, 'SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), redo_lsn) FROM pg_control_checkpoint()', 'postgres'));
       x.notes.push(`WAL since the leader's last checkpoint: ${(back / 1024 ** 2).toFixed(0)} MB`);
       // Otherwise a checkpoint came between: the scenario would not test what it is for.
-      if (!(back > 512 * 1024 ** 2)) x.failures.push(`the load left the last checkpoint only ${(back / 1024 ** 2).toFixed(0)} MB back, within wal_keep_size (512 MB)`);
+      const keep = String(postgresqlSettings(c.config).wal_keep_size);
+      const keepMB = /^(\d+)MB$/.exec(keep)?.[1];
+      if (!keepMB) x.failures.push(`wal_keep_size is ${keep}, expected N MB`);
+      else if (!(back > Number(keepMB) * 1024 ** 2)) x.failures.push(`the load left the last checkpoint only ${(back / 1024 ** 2).toFixed(0)} MB back, within wal_keep_size (${keep})`);
       await c.powerOff(x.leader);
     },
     during: async (x) => {

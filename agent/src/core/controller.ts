@@ -847,15 +847,13 @@ export class Controller {
    * once it handed over) tells its leader that its standby goes (`leave`). PostgreSQL stops
    * only after this returns (geminik8s-postgresql is ordered Before= the agent's unit).
    */
-  async shutdown(): Promise<{ handover?: SwitchResult; leave?: { sent: boolean; ok: boolean; reason: string } }> {
-    let handover: SwitchResult | undefined;
+  async shutdown(): Promise<void> {
     if (this.meta?.role === 'leader' && !this.stopped) {
-      handover = await this.switchover(5000, true).catch((err: Error) => ({ ok: false, reason: `threw: ${err.message}`, tookMs: 0 }));
+      const handover = await this.switchover(5000, true).catch((err: Error) => ({ ok: false, reason: `threw: ${err.message}`, tookMs: 0 }));
       this.p.log.info({ event: 'stop-handover', ok: handover.ok, reason: handover.reason, tookMs: handover.tookMs }, `stopping as leader: ${handover.ok ? `handed over to ${this.s.peer} in ${handover.tookMs} ms` : `no handover (${handover.reason}); ${this.s.peer} takes over when the lease runs out`}`);
     }
     this.stop();
-    if (this.meta?.role !== 'follower') return { handover };
-    return { handover, leave: await this.leave() };
+    if (this.meta?.role === 'follower') await this.leave();
   }
 
   /**

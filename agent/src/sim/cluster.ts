@@ -168,16 +168,15 @@ export class SimCluster {
 
   /**
    * The agent dies; systemd stops PostgreSQL with it (BindsTo=), the unit's ExecStopPost drops
-   * the VIP, and Restart= brings the agent back later. `pgStops` false: the caller stops
-   * PostgreSQL on its own schedule (a clean stop).
+   * the VIP, and Restart= brings the agent back later.
    */
-  crashAgent(n: SimNode, why: string, restartAfter?: number, pgStops = true): void {
+  crashAgent(n: SimNode, why: string, restartAfter?: number): void {
     if (!n.proc.alive) return;
     n.controller?.stop();
     n.proc.alive = false;
     n.proc.epoch++;
     n.controller = undefined;
-    if (pgStops) n.pg.halt(`agent ${why}`);
+    n.pg.halt(`agent ${why}`);
     n.vip = false;
     this.world.log(`${n.name} agent: ${why}`);
     if (restartAfter !== undefined) {
@@ -204,7 +203,7 @@ export class SimCluster {
         if (n.controller === undefined || n.controller === c) n.pg.halt('stopped beside the agent');
       });
     }
-    const shutdown = this.opts.noLeave ? Promise.resolve(c.stop()) : c.shutdown().then(() => undefined);
+    const shutdown = this.opts.noLeave ? Promise.resolve(c.stop()) : c.shutdown();
     void shutdown.finally(() => {
       if (n.proc.epoch === epoch) this.crashAgent(n, 'stopped cleanly', bootAfter === undefined ? undefined : Math.max(bootAfter, (pgStopsAfter ?? 0) + 1));
     });
