@@ -23,7 +23,7 @@ export function planFailover(s: ClusterStatus, to: string): FailoverPlan {
   if (target.role !== 'follower' || !target.pg?.up || target.pg.role !== 'standby') return refuse(`${to} is ${target.role ?? 'unknown'} with PostgreSQL ${target.pg?.up ? target.pg.role : 'down'}: only a running standby can take over`);
   const leaderView = s.nodes.find((n) => n.name === leader)!;
   if (leaderView.pg?.syncState !== 'sync') return refuse(`the standby is ${leaderView.pg?.syncState ?? 'not connected'}: only a synchronous standby holds every acknowledged write`);
-  if (s.witness.kind === 'lease' && s.witness.reachable && s.witness.promotable !== to) return refuse(`the witness records ${s.witness.promotable ?? 'nobody'} as promotable, not ${to}: it would refuse ${to} the lease`);
+  if (s.witness.kind === 'lease' && s.witness.reachable && s.witness.promotable !== to) return refuse(`the witness records ${s.witness.promotable ?? 'nobody'} as promotable, not ${to}: it would refuse ${to} the lease. ${leader} records a standby as promotable after it has been synchronous for two of its rounds: when ${to} has just caught up, run this again once \`geminik8s status\` says HEALTHY`);
   return {
     ok: true, from: leader, to,
     rule: 'a synchronous standby that the witness records as promotable holds every acknowledged write; the leader stops writes and waits until the standby has replayed its last LSN before it hands over',
