@@ -3,8 +3,9 @@
 // pair on the namespace harness, `pgbench -i` at the matching scale on the leader with the writer
 // running through the VIP, then a leader power loss (failover: the fault to the first
 // acknowledged write after the outage) and the old leader's power-on (rejoin: to a synchronous
-// standby again). geminik8s also reports how its agent rejoined (pg_rewind or a re-clone) and
-// how much it copied. --checkpoint: a CHECKPOINT on the leader after the load (a database at
+// standby again). Every system's rejoin reports what the old leader's NIC received meanwhile and
+// which of pg_rewind and pg_basebackup its log shows it ran; geminik8s also reports how its
+// agent rejoined and what pg_rewind said it copied. --checkpoint: a CHECKPOINT on the leader after the load (a database at
 // rest) before the fault. Prints figures; asserts nothing.
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -28,6 +29,10 @@ interface SizeFigures {
   rejoinSeconds: number;
   writesLost: number;
   dualPrimarySamples: number;
+  /** What the old leader's NIC received while it rejoined, for every system. */
+  rejoinReceivedMB: number;
+  /** The tools its system ran to rejoin, from its log (`pg_rewind`, `pg_basebackup`). */
+  rejoinTools: string[];
   /** geminik8s: how the old leader rejoined, and what pg_rewind said it copied. */
   rejoinMethod?: string;
   copiedMB?: number;
@@ -54,7 +59,7 @@ async function measure(c: PairHarness, gb: number): Promise<SizeFigures> {
   }
   const databaseMB = Math.round(Number(await c.sql(leader, `SELECT pg_database_size('${login.database}')`)) / 1024 ** 2);
   const p = await leaderPowerLoss(c, leader, `${c.system} ${gb} GB (${databaseMB} MB)`, 10);
-  const figures: SizeFigures = { sizeGB: gb, scale, databaseMB, loadSeconds, failoverSeconds: p.failoverSeconds, rejoinSeconds: p.rejoinSeconds, writesLost: p.writesLost, dualPrimarySamples: p.dualPrimarySamples };
+  const figures: SizeFigures = { sizeGB: gb, scale, databaseMB, loadSeconds, failoverSeconds: p.failoverSeconds, rejoinSeconds: p.rejoinSeconds, rejoinReceivedMB: p.rejoinReceivedMB, rejoinTools: p.rejoinTools, writesLost: p.writesLost, dualPrimarySamples: p.dualPrimarySamples };
   if (c instanceof HarnessCluster) {
     const rejoin = c.rejoinOf(leader, p.tOn);
     if (rejoin) Object.assign(figures, { rejoinMethod: rejoin.method as string }, typeof rejoin.copiedMB === 'number' ? { copiedMB: rejoin.copiedMB as number, sourceMB: rejoin.sourceMB as number } : {});
@@ -84,7 +89,7 @@ for (const system of systems) {
     try {
       const f = await measure(c, gb);
       (result[system] ??= []).push(f);
-      console.log(`${system} ${gb} GB (scale ${f.scale}, database ${f.databaseMB} MB, loaded in ${f.loadSeconds.toFixed(0)} s): failover ${f.failoverSeconds.toFixed(2)} s, rejoin ${f.rejoinSeconds.toFixed(1)} s${f.rejoinMethod ? ` through ${f.rejoinMethod}${f.copiedMB !== undefined ? `, copying ${f.copiedMB} MB of ${f.sourceMB} MB` : ''}` : ''}, lost ${f.writesLost}, dual-primary samples ${f.dualPrimarySamples}`);
+      console.log(`${system} ${gb} GB (scale ${f.scale}, database ${f.databaseMB} MB, loaded in ${f.loadSeconds.toFixed(0)} s): failover ${f.failoverSeconds.toFixed(2)} s, rejoin ${f.rejoinSeconds.toFixed(1)} s${f.rejoinMethod ? ` through ${f.rejoinMethod}${f.copiedMB !== undefined ? `, copying ${f.copiedMB} MB of ${f.sourceMB} MB` : ''}` : ''} (ran ${f.rejoinTools.join(' then ') || 'neither pg_rewind nor pg_basebackup'}, received ${f.rejoinReceivedMB} MB), lost ${f.writesLost}, dual-primary samples ${f.dualPrimarySamples}`);
     } finally {
       await c.stop();
       console.log(`${system} ${gb} GB: log in ${c.logFile}`);

@@ -56,6 +56,10 @@ export interface PowerLoss {
   failoverSeconds: number;
   rejoinSeconds: number;
   newLeader: string;
+  /** MB the old leader's NIC received from its power-on until it was a synchronous standby again. */
+  rejoinReceivedMB: number;
+  /** What the old leader's system ran to rejoin (`pg_rewind`, `pg_basebackup`), from its log. */
+  rejoinTools: string[];
   writesLost: number;
   dualPrimarySamples: number;
 }
@@ -75,10 +79,12 @@ export async function leaderPowerLoss(c: PairHarness, leader: string, what: stri
   const ackedBefore = c.acks.length;
   await c.waitFor('writes on the new leader', async () => (c.acks.length > ackedBefore + 10 ? true : undefined), 120_000 * slow);
   const failoverSeconds = failoverAfter(c.acks, tFault);
+  const rx0 = await c.nicReceivedBytes(leader);
   const tOn = Date.now();
   await c.powerOn(leader);
   const newLeader = await c.waitFor('old leader back as synchronous standby', () => c.healthyPair(), 300_000 * slow);
   const rejoinSeconds = (Date.now() - tOn) / 1000;
+  const rejoinReceivedMB = Math.round((await c.nicReceivedBytes(leader) - rx0) / 1024 ** 2);
   const lost = await c.missingAcks(newLeader);
-  return { tFault, tOn, failoverSeconds, rejoinSeconds, newLeader, writesLost: lost.length, dualPrimarySamples: c.dualPrimarySamples(tFault - 1000) };
+  return { tFault, tOn, failoverSeconds, rejoinSeconds, newLeader, rejoinReceivedMB, rejoinTools: c.rejoinToolsOf(leader, tOn), writesLost: lost.length, dualPrimarySamples: c.dualPrimarySamples(tFault - 1000) };
 }

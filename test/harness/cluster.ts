@@ -222,6 +222,24 @@ export abstract class PairHarness {
     return (rejoins.find((r) => typeof r.e.copiedMB === 'number') ?? rejoins[0])?.e;
   }
 
+  /**
+   * Bytes `node`'s NIC has received since its namespace was made (the kernel's counter, which a
+   * power loss here does not reset: the link goes down on the bridge side). The difference across
+   * a rejoin is what the node fetched to rejoin, whichever system did it, plus the little WAL the
+   * writer added meanwhile.
+   */
+  async nicReceivedBytes(node: string): Promise<number> {
+    const r = await runPlan({ cmd: 'ip', args: ['-n', this.topology.nodeNs[node]!, '-s', '-j', 'link', 'show', 'dev', 'eth0'] });
+    const bytes = (JSON.parse(r.stdout) as { stats64?: { rx?: { bytes?: number } } }[])[0]?.stats64?.rx?.bytes;
+    if (typeof bytes !== 'number') throw new Error(`no receive counter for ${node}'s eth0 in: ${r.stdout.slice(0, 200)}`);
+    return bytes;
+  }
+
+  /** The tools `node`'s system ran to rejoin at or after `since`, from this harness's log (see rejoinToolsIn). */
+  rejoinToolsOf(node: string, since: number): string[] {
+    return rejoinToolsIn(readFileSync(this.logFile, 'utf8'), node, since);
+  }
+
   /** Where the writer connects: the VIP, or a comma-separated list it tries for a writable node. */
   writerHosts(): string {
     return NET.vip;
@@ -823,4 +841,20 @@ export function processAlive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Which of `pg_rewind` and `pg_basebackup` a harness log shows `node`'s system running at or
+ * after `since` (ms), in the order first seen. Lines are `<ISO time> [<name>] …` or
+ * `[<name>!] …` (stderr), where the name is the node's (the agent's) or a process of a system
+ * on it (`patroni-node1`, `keeper-node1`); the other node's lines may name this one and do not count.
+ */
+export function rejoinToolsIn(log: string, node: string, since: number): string[] {
+  const tools: string[] = [];
+  const tagged = new RegExp(`^\\S+ \\[(?:[a-z]+-)?${node}!?\\] `);
+  for (const line of log.split('\n')) {
+    if (!(Date.parse(line.slice(0, 24)) >= since) || !tagged.test(line)) continue;
+    for (const tool of ['pg_rewind', 'pg_basebackup']) if (line.includes(tool) && !tools.includes(tool)) tools.push(tool);
+  }
+  return tools;
 }

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { dualWritable, type Sample } from '../harness/cluster.ts';
+import { dualWritable, rejoinToolsIn, type Sample } from '../harness/cluster.ts';
 import { outageAfter } from '../harness/scenarios.ts';
 
 // The failover harness's measures, without namespaces (the scenarios themselves: npm run e2e -- failover).
@@ -24,4 +24,21 @@ test('outage: the longest gap between acknowledged writes, counted from the faul
   t.is(outageAfter(acks, 1000), 2);
   // Writes had stopped before the fault: the gap still starts at the fault.
   t.is(outageAfter([{ t: 100 }, { t: 5000 }, { t: 5050 }], 1000), 4);
+});
+
+test('rejoin tools: what the node\'s own processes ran after the power-on, in order', (t) => {
+  const log = [
+    '2026-12-03T10:00:00.000Z [patroni-node1!] running pg_basebackup (before the power-on)',
+    '2026-12-03T10:00:05.000Z [patroni-node2!] node1 is behind: a pg_basebackup would do',
+    '2026-12-03T10:00:06.000Z [sampler-node1] writable=false',
+    '2026-12-03T10:00:06.500Z [keeper-node10] pg_basebackup (another node)',
+    '2026-12-03T10:00:07.000Z [patroni-node1!] INFO: running pg_rewind from node2',
+    '2026-12-03T10:00:12.000Z [node1] {"event":"rejoin","method":"pg_rewind"}',
+  ].join('\n');
+  const on = Date.parse('2026-12-03T10:00:01.000Z');
+  t.deepEqual(rejoinToolsIn(log, 'node1', on), ['pg_rewind']);
+  t.deepEqual(rejoinToolsIn(log, 'node2', on), ['pg_basebackup']);
+  t.deepEqual(rejoinToolsIn(log, 'node1', Date.parse('2026-12-03T10:00:13.000Z')), []);
+  const fellBack = '2026-12-03T10:00:07.000Z [keeper-node1] pg_rewind failed\n2026-12-03T10:00:08.000Z [keeper-node1!] running pg_basebackup';
+  t.deepEqual(rejoinToolsIn(fellBack, 'node1', on), ['pg_rewind', 'pg_basebackup']);
 });
