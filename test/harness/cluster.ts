@@ -844,6 +844,17 @@ export function processAlive(pid: number): boolean {
 }
 
 /**
+ * What shows that a tool ran, in the systems' own words: its output (`pg_rewind: …`), its
+ * command line, Patroni's "running pg_rewind" and "created using basebackup", the agent's
+ * rejoin event. A plan that merely names a tool ("first try to rewind; if that fails, do a
+ * pg_basebackup", pg_auto_failover) does not count.
+ */
+const TOOL_RAN: Record<string, RegExp> = {
+  pg_rewind: /pg_rewind: |running pg_rewind|bin\/pg_rewind |"method":"pg_rewind"|"rewindError"/,
+  pg_basebackup: /pg_basebackup: |bin\/pg_basebackup |created using basebackup|"method":"pg_basebackup"/,
+};
+
+/**
  * Which of `pg_rewind` and `pg_basebackup` a harness log shows `node`'s system running at or
  * after `since` (ms), in the order first seen. Lines are `<ISO time> [<name>] …` or
  * `[<name>!] …` (stderr), where the name is the node's (the agent's) or a process of a system
@@ -854,7 +865,7 @@ export function rejoinToolsIn(log: string, node: string, since: number): string[
   const tagged = new RegExp(`^\\S+ \\[(?:[a-z]+-)?${node}!?\\] `);
   for (const line of log.split('\n')) {
     if (!(Date.parse(line.slice(0, 24)) >= since) || !tagged.test(line)) continue;
-    for (const tool of ['pg_rewind', 'pg_basebackup']) if (line.includes(tool) && !tools.includes(tool)) tools.push(tool);
+    for (const [tool, ran] of Object.entries(TOOL_RAN)) if (ran.test(line) && !tools.includes(tool)) tools.push(tool);
   }
   return tools;
 }

@@ -27,18 +27,25 @@ test('outage: the longest gap between acknowledged writes, counted from the faul
 });
 
 test('rejoin tools: what the node\'s own processes ran after the power-on, in order', (t) => {
+  // Lines as the systems write them (Patroni, pg_auto_failover's keeper, the agent), some not ours.
   const log = [
-    '2026-12-03T10:00:00.000Z [patroni-node1!] running pg_basebackup (before the power-on)',
-    '2026-12-03T10:00:05.000Z [patroni-node2!] node1 is behind: a pg_basebackup would do',
+    '2026-12-03T10:00:00.000Z [patroni-node1!] 2026-12-03 10:00:00,000 INFO: replica has been created using basebackup',
+    '2026-12-03T10:00:05.000Z [patroni-node2!] pg_basebackup: base backup completed (this node, not node1)',
     '2026-12-03T10:00:06.000Z [sampler-node1] writable=false',
-    '2026-12-03T10:00:06.500Z [keeper-node10] pg_basebackup (another node)',
-    '2026-12-03T10:00:07.000Z [patroni-node1!] INFO: running pg_rewind from node2',
+    '2026-12-03T10:00:06.500Z [keeper-node10] /usr/lib/postgresql/15/bin/pg_basebackup -w (another node)',
+    '2026-12-03T10:00:06.700Z [keeper-node1!] INFO  FSM transition from "demoted" to "catchingup": A new primary is available. First, try to rewind. If that fails, do a pg_basebackup.',
+    '2026-12-03T10:00:07.000Z [keeper-node1!] INFO   /usr/lib/postgresql/15/bin/pg_rewind --target-pgdata /x --source-server \'host=10.77.0.12\' --progress',
     '2026-12-03T10:00:12.000Z [node1] {"event":"rejoin","method":"pg_rewind"}',
   ].join('\n');
   const on = Date.parse('2026-12-03T10:00:01.000Z');
   t.deepEqual(rejoinToolsIn(log, 'node1', on), ['pg_rewind']);
   t.deepEqual(rejoinToolsIn(log, 'node2', on), ['pg_basebackup']);
+  t.deepEqual(rejoinToolsIn(log, 'node10', on), ['pg_basebackup']);
+  t.deepEqual(rejoinToolsIn(log, 'node1', 0), ['pg_basebackup', 'pg_rewind']);
   t.deepEqual(rejoinToolsIn(log, 'node1', Date.parse('2026-12-03T10:00:13.000Z')), []);
-  const fellBack = '2026-12-03T10:00:07.000Z [keeper-node1] pg_rewind failed\n2026-12-03T10:00:08.000Z [keeper-node1!] running pg_basebackup';
+  const fellBack = [
+    '2026-12-03T10:00:07.000Z [patroni-node1!] 2026-12-03 10:00:07,000 INFO: running pg_rewind from node2',
+    '2026-12-03T10:00:08.000Z [node1] {"event":"rejoin","method":"pg_basebackup","rewindError":"could not find previous WAL record"}',
+  ].join('\n');
   t.deepEqual(rejoinToolsIn(fellBack, 'node1', on), ['pg_rewind', 'pg_basebackup']);
 });
