@@ -6,6 +6,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { Server as TlsServer } from 'node:tls';
 import type { Agent, BootStatus } from './agent.ts';
 import { formatLsn, lsnToBigInt } from './core/lsn.ts';
+import type { PgStatus } from './core/ports.ts';
 import { tokenMatches } from '#common/token.ts';
 import { peerIdentity } from '#common/tls.ts';
 import { apiScheme } from './context.ts';
@@ -27,6 +28,15 @@ export function bootSlot(cmdlineFile: string): string | null {
 }
 
 /** Everything /v1/status reports. */
+/**
+ * WAL bytes the standby has not replayed, on a primary with a standby; else null. Our LSN and
+ * the standby's replay position come from two reads, so a standby that replayed in between is
+ * "ahead" by a few bytes: that is no lag, not a negative one.
+ */
+function lagBytes(pg: PgStatus): number | null {
+  return pg.lsn !== undefined && pg.standby?.replayLsn != null ? Math.max(0, Number(pg.lsn - pg.standby.replayLsn)) : null;
+}
+
 export function statusOf(agent: Agent): Record<string, unknown> {
   const round = agent.snapshot.round;
   const c = agent.controller;
@@ -43,7 +53,7 @@ export function statusOf(agent: Agent): Record<string, unknown> {
       ? { up: round.pg.up, role: round.pg.up ? (round.pg.inRecovery ? 'standby' : 'primary') : 'down', lsn: lsnText(round.pg.lsn), timeline: round.pg.timeline ?? null, readOnly: round.pg.readOnly ?? null,
           synchronousStandbyNames: round.pg.synchronousStandbyNames ?? null, receiverStreaming: round.pg.receiverStreaming ?? null, syncWaiters: round.pg.syncWaiters ?? null,
           standby: round.pg.standby ? { state: round.pg.standby.state, syncState: round.pg.standby.syncState, flushLsn: lsnText(round.pg.standby.flushLsn), replayLsn: lsnText(round.pg.standby.replayLsn) } : null,
-          lagBytes: round.pg.lsn !== undefined && round.pg.standby?.replayLsn != null ? Number(round.pg.lsn - round.pg.standby.replayLsn) : null }
+          lagBytes: lagBytes(round.pg) }
       : null,
     // For the peer's health gate: our view of its replication, when we are the primary.
     standbySyncState: round?.pg.standby?.syncState ?? null,
@@ -100,7 +110,7 @@ export function metricsOf(agent: Agent): string {
   metric('geminik8s_replication_degraded', 'Synchronous replication is switched off because the standby is lost.', 'gauge', [[node, o?.pg.up && !o.pg.inRecovery && !o.pg.synchronousStandbyNames ? 1 : 0]]);
   const sync = o?.pg.standby?.syncState;
   metric('geminik8s_standby_sync', 'The standby is synchronous (leader only).', 'gauge', [[node, sync === 'sync' ? 1 : 0]]);
-  const lag = o?.pg.lsn !== undefined && o.pg.standby?.replayLsn != null ? Number(o.pg.lsn - o.pg.standby.replayLsn) : null;
+  const lag = o ? lagBytes(o.pg) : null;
   if (lag !== null) metric('geminik8s_replication_lag_bytes', 'WAL bytes the standby has not replayed yet (leader only).', 'gauge', [[node, lag]]);
   const boot = agent.snapshot.boot;
   if (boot) {

@@ -95,6 +95,11 @@ test('API: /healthz is open, everything else needs the bearer token; status and 
     for (const line of metrics.trim().split('\n')) t.regex(line, /^(# (HELP|TYPE) \w+ .+|\w+(\{[^}]*\})? -?\d+(\.\d+)?)$/, line);
     t.deepEqual(statusOf(agent).role, 'leader');
     t.true(metricsOf(agent).endsWith('\n'));
+    // The standby replayed between the two reads of a round (seen as lag -224 in the cluster e2e).
+    agent.snapshot.round = { ...agent.snapshot.round, pg: { ...agent.snapshot.round.pg, standby: { state: 'streaming', syncState: 'sync', replayLsn: 0x50e0n, flushLsn: 0x50e0n } } };
+    const ahead = (await (await peerFetch(`${base}/v1/status`, { headers: auth })).json()) as Record<string, any>;
+    t.like(ahead.postgres, { lsn: '0/5000', lagBytes: 0 }, 'a standby read after our LSN is not behind');
+    t.regex(metricsOf(agent), /^geminik8s_replication_lag_bytes\{node="node1"\} 0$/m);
   } finally {
     server.close();
   }
