@@ -29,7 +29,7 @@ export interface DemoReport {
   image: string;
   pairReadyS: number;
   failover: { promotedGuestS: number; writesResumedS: number; newLeader: string; vipOwners: string[] };
-  rejoin: { method: string; syncWallS: number; syncGuestUptimeS: number };
+  rejoin: { method: string; syncWallS: number; syncGuestUptimeS: number; healthyWallS: number };
   writes: { acknowledged: number; lost: number; errorsWhileMoving: number };
   status: string[];
   wallS: number;
@@ -70,12 +70,32 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 const sql = guestSql;
 const uptime = guestUptime;
 
-async function status(clusterDir: string): Promise<string> {
-  // The operator's view, from the host side of the LAN: both agents and the witness.
+/** The operator's view, from the host side of the LAN: both agents and the witness (`geminik8s status`). */
+async function statusOf(clusterDir: string): Promise<{ text: string; code: number }> {
   const r = await runPlan(inNs(LAN_NS, process.execPath, [join(process.cwd(), 'bin/geminik8s.js'), 'status', '--cluster', join(clusterDir, 'cluster.yaml')]), { allowFailure: true, timeoutMs: 120_000 });
-  const text = `${r.stdout}${r.stderr}`.trimEnd();
-  process.stdout.write(`${text}\n(geminik8s status exit ${r.exitCode})\n`);
-  return text;
+  return { text: `${r.stdout}${r.stderr}`.trimEnd(), code: r.exitCode };
+}
+
+function show(s: { text: string; code: number }): string {
+  process.stdout.write(`${s.text}\n(geminik8s status exit ${s.code})\n`);
+  return s.text;
+}
+
+async function status(clusterDir: string): Promise<string> {
+  return show(await statusOf(clusterDir));
+}
+
+/**
+ * Until `geminik8s status` says HEALTHY (exit 0): streaming `sync` is not yet that, the leader
+ * records its standby as promotable at the witness after two synchronous rounds, and only then
+ * would a second failure fail over by itself.
+ */
+async function untilHealthy(clusterDir: string): Promise<string> {
+  const s = await until('geminik8s status to say HEALTHY', 5 * 60_000, async () => {
+    const r = await statusOf(clusterDir);
+    return r.code === 0 ? r : undefined;
+  });
+  return show(s);
 }
 
 async function boot(node: 'node1' | 'node2', disk: string): Promise<{ vm: Vm; shell: GuestShell }> {
@@ -107,9 +127,9 @@ async function demo(): Promise<DemoReport> {
   const pairAt = Date.now();
   const [n1, n2] = await Promise.all([boot('node1', disks.node1), boot('node2', disks.node2)]);
   await until('node2 to stream synchronously', 10 * 60_000, async () => (/streaming sync/.test(await sql(n1.shell, "select state || ' ' || sync_state from pg_stat_replication")) ? true : undefined));
+  const statuses = [await untilHealthy(clusterDir)];
   const pairReadyS = (Date.now() - pairAt) / 1000;
-  say(`pair ready in ${pairReadyS.toFixed(0)} s: node1 leads, node2 is its synchronous standby`);
-  const statuses = [await status(clusterDir)];
+  say(`pair healthy in ${pairReadyS.toFixed(0)} s: node1 leads, node2 is its synchronous standby, and the witness records node2 as the one it may promote`);
 
   say(`a writer through the VIP ${NET.vip}, as Kine writes`);
   const writer = await startVipWriter(lan, clusterDir, NET.vip, join(work, 'writer.mjs'));
@@ -136,9 +156,11 @@ async function demo(): Promise<DemoReport> {
   const n1b = await boot('node1', disks.node1);
   await until('node1 to stream synchronously from node2', 10 * 60_000, async () => (/^node1 streaming sync$/m.test(await sql(n2.shell, "select application_name || ' ' || state || ' ' || sync_state from pg_stat_replication")) ? true : undefined));
   const method = /rejoined through ([a-z_]+)/.exec((await n1b.shell.run("journalctl -b -u geminik8s-agent --no-pager -o cat | grep -m1 'rejoined through'")).output)?.[1] ?? 'unknown';
-  const rejoin = { method, syncWallS: (Date.now() - rejoinAt) / 1000, syncGuestUptimeS: await uptime(n1b.shell) };
+  const rejoin = { method, syncWallS: (Date.now() - rejoinAt) / 1000, syncGuestUptimeS: await uptime(n1b.shell), healthyWallS: 0 };
   say(`node1 rejoined through ${method} and streams synchronously ${rejoin.syncWallS.toFixed(0)} s after its power-on (guest uptime ${rejoin.syncGuestUptimeS.toFixed(0)} s)`);
-  statuses.push(await status(clusterDir));
+  statuses.push(await untilHealthy(clusterDir));
+  rejoin.healthyWallS = (Date.now() - rejoinAt) / 1000;
+  say(`the pair is healthy again ${rejoin.healthyWallS.toFixed(0)} s after node1's power-on: node2 leads, and the witness records node1 as the one it may promote`);
 
   writer.proc.kill('SIGTERM');
   await writer.proc.exited;

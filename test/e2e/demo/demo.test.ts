@@ -22,6 +22,9 @@ test('npm run demo: a pair and a witness in QEMU, the leader powered off, failov
   t.regex(report.rejoin.method, /^(pg_rewind|pg_basebackup)$/);
   t.is(report.status.length, 3);
   t.regex(report.status[0]!, /node1[\s\S]*node2/, 'status shows both nodes');
+  t.regex(report.status[0]!, /cluster demo: HEALTHY \(leader node1\)/, 'the pair is shown healthy before the fault');
+  t.regex(report.status[1]!, /cluster demo: DEGRADED \(leader node2\)/, 'node2 leads alone after the failover');
+  t.regex(report.status[2]!, /cluster demo: HEALTHY \(leader node2\)/, 'and the pair is healthy again after the rejoin');
   t.log(`demo: pair ready ${report.pairReadyS.toFixed(0)} s, promoted ${report.failover.promotedGuestS.toFixed(1)} guest s after the power-off, writes again after ${report.failover.writesResumedS.toFixed(1)} s, node1 rejoined through ${report.rejoin.method} in ${report.rejoin.syncWallS.toFixed(0)} s, ${report.writes.acknowledged} acknowledged / ${report.writes.lost} lost, ${report.wallS.toFixed(0)} s in all`);
   for (const s of report.status) t.log(s);
   // Cleaned up: no namespace, no guest left.
