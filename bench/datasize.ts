@@ -1,13 +1,14 @@
-// npm run bench:datasize -- [--sizes 0.1,1,5] [--systems geminik8s,patroni:tuned,pg_auto_failover:tuned] [--checkpoint] [--json FILE]
+// npm run bench:datasize -- [--sizes 0.1,1,5] [--systems geminik8s,patroni:tuned,pg_auto_failover:tuned] [--checkpoint] [--keep-data] [--json FILE]
 // Failover and rejoin as the data grows (issue 16): for each system and each size (GB), a fresh
 // pair on the namespace harness, `pgbench -i` at the matching scale on the leader with the writer
 // running through the VIP, then a leader power loss (failover: the fault to the first
 // acknowledged write after the outage) and the old leader's power-on (rejoin: to a synchronous
 // standby again). Every system's rejoin reports what the old leader's NIC received meanwhile and
 // which of pg_rewind and pg_basebackup its log shows it ran; geminik8s also reports how its
-// agent rejoined and what pg_rewind said it copied. --checkpoint: a CHECKPOINT on the leader after the load (a database at
-// rest) before the fault. Prints figures; asserts nothing.
-import { mkdtempSync, writeFileSync } from 'node:fs';
+// agent rejoined and what pg_rewind said it copied. --checkpoint: a CHECKPOINT on the leader
+// after the load (a database at rest) before the fault. Each run's data directories are removed
+// after it, its log kept (--keep-data keeps them). Prints figures; asserts nothing.
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HarnessCluster, type PairHarness } from '#test/harness/cluster.ts';
@@ -71,6 +72,7 @@ const sizes = arg('--sizes', '0.1,1,5').split(',').map(Number);
 const systems = arg('--systems', 'geminik8s').split(',');
 const jsonFile = arg('--json', 'datasize-bench.json');
 const checkpoint = process.argv.includes('--checkpoint');
+const keepData = process.argv.includes('--keep-data');
 if (sizes.some((s) => !Number.isFinite(s) || s <= 0 || s > 100)) {
   console.error(`--sizes: expected sizes in GB between 0 and 100, comma-separated (found ${arg('--sizes', '')})`);
   process.exit(2);
@@ -92,7 +94,9 @@ for (const system of systems) {
       console.log(`${system} ${gb} GB (scale ${f.scale}, database ${f.databaseMB} MB, loaded in ${f.loadSeconds.toFixed(0)} s): failover ${f.failoverSeconds.toFixed(2)} s, rejoin ${f.rejoinSeconds.toFixed(1)} s${f.rejoinMethod ? ` through ${f.rejoinMethod}${f.copiedMB !== undefined ? `, copying ${f.copiedMB} MB of ${f.sourceMB} MB` : ''}` : ''} (ran ${f.rejoinTools.join(' then ') || 'neither pg_rewind nor pg_basebackup'}, received ${f.rejoinReceivedMB} MB), lost ${f.writesLost}, dual-primary samples ${f.dualPrimarySamples}`);
     } finally {
       await c.stop();
-      console.log(`${system} ${gb} GB: log in ${c.logFile}`);
+      // Two copies of the database and the WAL per run (about 13 GB at 5 GB): keep the log only.
+      if (!keepData) for (const entry of readdirSync(dir)) if (join(dir, entry) !== c.logFile) rmSync(join(dir, entry), { recursive: true, force: true });
+      console.log(`${system} ${gb} GB: log in ${c.logFile}${keepData ? `, data kept in ${dir}` : ''}`);
     }
     // After each size: a long run cut short still leaves the sizes it finished.
     writeFileSync(jsonFile, `${JSON.stringify({ sizesGB: sizes, checkpointAfterLoad: checkpoint, systems: result }, null, 2)}\n`);
