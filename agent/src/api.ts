@@ -27,7 +27,6 @@ export function bootSlot(cmdlineFile: string): string | null {
   }
 }
 
-/** Everything /v1/status reports. */
 /**
  * WAL bytes the standby has not replayed, on a primary with a standby; else null. Our LSN and
  * the standby's replay position come from two reads, so a standby that replayed in between is
@@ -37,6 +36,7 @@ function lagBytes(pg: PgStatus): number | null {
   return pg.lsn !== undefined && pg.standby?.replayLsn != null ? Math.max(0, Number(pg.lsn - pg.standby.replayLsn)) : null;
 }
 
+/** Everything /v1/status reports. */
 export function statusOf(agent: Agent): Record<string, unknown> {
   const round = agent.snapshot.round;
   const c = agent.controller;

@@ -869,3 +869,10 @@ export function rejoinToolsIn(log: string, node: string, since: number): string[
   }
   return tools;
 }
+
+/** The longest time between two consecutive instants of `times` (ascending, ms); 0 for fewer than two. */
+export function longestGap(times: number[]): number {
+  let gap = 0;
+  for (let i = 1; i < times.length; i++) gap = Math.max(gap, times[i]! - times[i - 1]!);
+  return gap;
+}

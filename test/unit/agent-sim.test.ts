@@ -2,6 +2,7 @@ import test from 'ava';
 import { INIT_TIMINGS, SimCluster, type SimNode } from '#agent/sim/cluster.ts';
 import { healAll, runSeed } from '#agent/sim/run.ts';
 import type { ForceResult } from '#agent/core/controller.ts';
+import { longestGap } from '../harness/cluster.ts';
 
 // The agent's real controller and the witness's real arbiter, in virtual time, against a model
 // of PostgreSQL, a lossy network and crashes. Invariants are checked after every event.
@@ -29,12 +30,7 @@ async function scenario(seed: number, script: (c: SimCluster) => void, healAt: n
 }
 
 /** The longest time between two acknowledged writes within [from, to]. */
-function longestGap(ackTimes: number[], from: number, to: number): number {
-  const during = ackTimes.filter((x) => x >= from && x <= to);
-  let gap = 0;
-  for (let i = 1; i < during.length; i++) gap = Math.max(gap, during[i]! - during[i - 1]!);
-  return gap;
-}
+const gapWithin = (ackTimes: number[], from: number, to: number): number => longestGap(ackTimes.filter((x) => x >= from && x <= to));
 
 const leaderOf = (c: SimCluster): SimNode | undefined => c.nodes.find((n) => n.controller?.role === 'leader' && n.pg.writable);
 
@@ -208,7 +204,7 @@ test('a standby that stops acknowledging WAL while its agent answers: writes sta
     c.world.at(20_000, () => (c.node('n2').pg.receiverStalled = true));
   }, 60_000);
   t.deepEqual(c.violations, [], report(c));
-  const gap = longestGap(c.ackTimes, 15_000, 60_000);
+  const gap = gapWithin(c.ackTimes, 15_000, 60_000);
   t.log(`longest gap between acknowledged writes: ${(gap / 1000).toFixed(1)} s`);
   t.true(gap <= c.settings.degradeAfter + 2 * c.settings.checkInterval + 1000, `gap ${gap} ms`);
 });
@@ -227,7 +223,7 @@ test('a follower\'s clean reboot: it tells the leader, which turns synchronous c
     await c.run(stoppedAt + 120_000, () => c.healthy());
     t.deepEqual(c.violations, [], report(c));
     t.true(c.healthy(), `synchronous again after the reboot${noLeave ? ' (no leave)' : ''}`);
-    gaps[noLeave ? 'without' : 'with'] = longestGap(c.ackTimes, stoppedAt - 1000, stoppedAt + 30_000);
+    gaps[noLeave ? 'without' : 'with'] = gapWithin(c.ackTimes, stoppedAt - 1000, stoppedAt + 30_000);
   }
   t.log(`longest gap between acknowledged writes around the reboot: ${(gaps.with! / 1000).toFixed(1)} s with the leave, ${(gaps.without! / 1000).toFixed(1)} s without`);
   // Without the leave commits wait until the leader degrades (degradeAfter); with it they never wait for the stopping standby.
@@ -250,7 +246,7 @@ test('a leader\'s clean reboot: it hands over to its synchronous standby before 
     await c.run(stoppedAt + 120_000, () => c.healthy());
     t.deepEqual(c.violations, [], report(c));
     t.true(c.healthy(), `synchronous again after the reboot${noLeave ? ' (no handover)' : ''}`);
-    gaps[noLeave ? 'without' : 'with'] = longestGap(c.ackTimes, stoppedAt - 1000, stoppedAt + 30_000);
+    gaps[noLeave ? 'without' : 'with'] = gapWithin(c.ackTimes, stoppedAt - 1000, stoppedAt + 30_000);
   }
   t.log(`longest gap between acknowledged writes around the leader's reboot: ${(gaps.with! / 1000).toFixed(1)} s with the handover (${leaders.with}), ${(gaps.without! / 1000).toFixed(1)} s without (${leaders.without})`);
   // Without it the follower takes over only once the old lease has run out (fenceAfter and more).

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { dualWritable, rejoinToolsIn, type Sample } from '../harness/cluster.ts';
+import { dualWritable, longestGap, rejoinToolsIn, type Sample } from '../harness/cluster.ts';
 import { outageAfter } from '../harness/scenarios.ts';
 
 // The failover harness's measures, without namespaces (the scenarios themselves: npm run e2e -- failover).
@@ -24,6 +24,12 @@ test('outage: the longest gap between acknowledged writes, counted from the faul
   t.is(outageAfter(acks, 1000), 2);
   // Writes had stopped before the fault: the gap still starts at the fault.
   t.is(outageAfter([{ t: 100 }, { t: 5000 }, { t: 5050 }], 1000), 4);
+});
+
+test('longest gap: between consecutive instants, none for fewer than two', (t) => {
+  t.is(longestGap([100, 150, 1150, 1200]), 1000);
+  t.is(longestGap([5]), 0);
+  t.is(longestGap([]), 0);
 });
 
 test('rejoin tools: what the node\'s own processes ran after the power-on, in order', (t) => {

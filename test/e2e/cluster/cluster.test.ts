@@ -5,7 +5,7 @@ import { runPlan, spawnPlan, type RunningProcess } from '#common/exec.ts';
 import { buildAgent } from '../../../agent/build.ts';
 import { partitionOffset } from '#common/install/media.ts';
 import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '#qemu/index.ts';
-import { bundleProbe } from '../../harness/cluster.ts';
+import { bundleProbe, longestGap } from '../../harness/cluster.ts';
 import { inNs } from '../../harness/netns.ts';
 import { cli } from '../../helpers/cli.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';
@@ -346,13 +346,6 @@ async function failoverTest(t: import('ava').ExecutionContext, p: NonNullable<ty
   }
 }
 
-/** The longest time between two consecutive acknowledged writes of `acks`, in ms. */
-function longestGap(acks: { t: number }[]): number {
-  let gap = 0;
-  for (let i = 1; i < acks.length; i++) gap = Math.max(gap, acks[i]!.t - acks[i - 1]!.t);
-  return gap;
-}
-
 /** node2 leads, node1 follows in sync: reboot node2 cleanly, then hand the lead back to it. */
 async function leaderRebootTest(t: import('ava').ExecutionContext, p: NonNullable<typeof pair>): Promise<NonNullable<typeof pair>> {
   const { node2, s1 } = p;
@@ -404,7 +397,7 @@ async function leaderRebootTest(t: import('ava').ExecutionContext, p: NonNullabl
     await until('the writer to go on', 5 * 60_000, async () => (acks.filter((a) => a.t > Date.now() - 20_000).length >= 10 ? true : undefined));
     writer.kill('SIGTERM');
     await writer.exited;
-    const gap = longestGap(acks.filter((a) => a.t >= rebootAt && a.t <= led + 60_000));
+    const gap = longestGap(acks.filter((a) => a.t >= rebootAt && a.t <= led + 60_000).map((a) => a.t));
     const maxAck = acks.at(-1)!.id;
     t.log(`writer: ${acks.length} acknowledged writes; longest gap around node2's reboot ${(gap / 1000).toFixed(1)} s; ${writerErrors.length} errors (last: ${writerErrors.at(-1) ?? 'none'})`);
     t.is(await sql(s2, `select count(*) from harness_writes where id <= ${maxAck}`, 'kine'), String(maxAck), 'every acknowledged write is on the leader');
@@ -490,7 +483,7 @@ async function rollingUpgradeTest(t: import('ava').ExecutionContext, p: NonNulla
     writer.kill('SIGTERM');
     await writer.exited;
     const during = acks.filter((a) => a.t >= started);
-    const gap = longestGap(during);
+    const gap = longestGap(during.map((a) => a.t));
     const maxAck = acks.at(-1)!.id;
     t.log(`writer: ${acks.length} acknowledged writes, ${during.length} during the upgrade; longest gap between two acknowledged writes ${(gap / 1000).toFixed(1)} s; ${writerErrors.length} errors (last: ${writerErrors.at(-1) ?? 'none'})`);
     // Where each pause of the writer fell: after which step of the upgrade.
