@@ -25,6 +25,14 @@ export function harnessFor(system: string, dir: string, prefix: string): PairHar
   return new HarnessCluster(dir, `${prefix}g`);
 }
 
+/** What a system ran with, for the benchmark's JSON. */
+export function settingsOf(system: string, c: PairHarness): Record<string, unknown> {
+  const profile = system.split(':')[1] as keyof typeof PATRONI_PROFILES & keyof typeof PGAF_PROFILES;
+  if (c instanceof HarnessCluster) return { failover: c.config.failover, syncPolicy: c.config.postgresql.syncPolicy, source: 'geminik8s init defaults' };
+  if (c instanceof PgAutoFailoverCluster) return { ...PGAF_PROFILES[profile], profile, client: 'multi-host, target_session_attrs=read-write (no VIP)', source: 'test/harness/pgaf.ts (unset: pg_auto_failover 2.0 defaults)' };
+  return { ...PATRONI_PROFILES[profile], profile, synchronous_mode: true, source: 'test/harness/patroni.ts' };
+}
+
 /** Nearest-rank percentile. */
 export function percentile(values: number[], p: number): number {
   if (values.length === 0) return NaN;

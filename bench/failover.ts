@@ -7,13 +7,13 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { HarnessCluster, type PairHarness } from '#test/harness/cluster.ts';
+import { type PairHarness } from '#test/harness/cluster.ts';
 import { PATRONI_PROFILES } from '#test/harness/patroni.ts';
-import { PgAutoFailoverCluster, PGAF_PROFILES } from '#test/harness/pgaf.ts';
+import { PGAF_PROFILES } from '#test/harness/pgaf.ts';
 import { Rng } from '#agent/sim/world.ts';
 import { renderAvailabilityChart, type Series } from './chart.ts';
 import { arg } from './args.ts';
-import { checkSystems, harnessFor, leaderPowerLoss, percentile } from './failover-figures.ts';
+import { checkSystems, harnessFor, leaderPowerLoss, percentile, settingsOf } from './failover-figures.ts';
 
 interface RunFigures {
   /** The random delay between a healthy pair and the fault. */
@@ -88,11 +88,7 @@ for (const system of systems) {
   try {
     result[system] = await measure(c, runs, rng);
     series.push({ name: name === 'patroni' ? `Patroni (${profile})` : name === 'pg_auto_failover' ? `pg_auto_failover (${profile})` : 'geminik8s', acks: c.acks.map((a) => a.t - started) });
-    settings[system] = c instanceof HarnessCluster
-      ? { failover: c.config.failover, syncPolicy: c.config.postgresql.syncPolicy, source: 'geminik8s init defaults' }
-      : c instanceof PgAutoFailoverCluster
-        ? { ...PGAF_PROFILES[profile!], profile, client: 'multi-host, target_session_attrs=read-write (no VIP)', source: 'test/harness/pgaf.ts (unset: pg_auto_failover 2.0 defaults)' }
-        : { ...PATRONI_PROFILES[profile!], profile, synchronous_mode: true, source: 'test/harness/patroni.ts' };
+    settings[system] = settingsOf(system, c);
   } finally {
     await c.stop();
   }

@@ -1,35 +1,40 @@
-// npm run bench:false-failover -- [--minutes M] [--loss PCT] [--json FILE]
-//                                   [--systems geminik8s,patroni:defaults,patroni:tuned]
+// npm run bench:false-failover -- [--minutes M] [--loss PCT] [--seed S] [--json FILE]
+//   [--systems geminik8s,patroni:defaults,patroni:tuned,pg_auto_failover:defaults,pg_auto_failover:tuned]
 // The price of speed: each system in turn, at each of its profiles, on the namespace harness
-// with no real fault, only a bad network: PCT % packet loss (default 5) on every link, both
-// ways, for M minutes (default 10). Delay and jitter need tc netem; where the kernel lacks it
-// (these machines), the run is loss only and says so. Counts promotions (every one is false:
-// nothing failed), write stalls over 1 s and seconds without writes. Needs root. Prints
-// figures; asserts nothing.
+// with no real fault, only a bad network for M minutes (default 10): every member's outgoing
+// packets delayed 200 ms ± 100 ms (uniform) and PCT % of them (default 5) lost. Through
+// `tc netem` where the kernel has it; where it has not (these machines), through the user-space
+// emulator of bench/netem.ts (NFQUEUE), whose own counters go into the JSON. Counts promotions
+// (every one is false: nothing failed), write stalls over 1 s and seconds without writes.
+// Needs root. Prints figures; asserts nothing.
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
-import { HarnessCluster, type PairHarness } from '#test/harness/cluster.ts';
-import { flushRules, inNs, nsOf } from '#test/harness/netns.ts';
-import { PatroniCluster, PATRONI_PROFILES } from '#test/harness/patroni.ts';
+import { dualWritable, writerChanges } from '#test/harness/cluster.ts';
+import { inNs, nsOf } from '#test/harness/netns.ts';
 import { secondsWithout, stalls } from './chaos-core.ts';
-import { netemMissing, nicOf, packetLoss } from './netem.ts';
+import { checkSystems, harnessFor, settingsOf } from './failover-figures.ts';
+import { netemMissing, nicOf, startEmulator, type Emulator, type EmulatorCounters, type Impairment } from './netem.ts';
 import { arg } from './args.ts';
 
 
 const minutes = Number(arg('--minutes', '10'));
 const loss = Number(arg('--loss', '5'));
+const seed = Number(arg('--seed', '1'));
 const jsonFile = arg('--json', '');
-const systems = arg('--systems', 'geminik8s,patroni:defaults,patroni:tuned').split(',');
+const systems = arg('--systems', 'geminik8s,patroni:defaults,patroni:tuned,pg_auto_failover:defaults,pg_auto_failover:tuned').split(',');
+checkSystems('--systems', systems);
 if (process.getuid?.() !== 0) {
   console.error('bench:false-failover needs root (network namespaces, iptables)');
   process.exit(2);
 }
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const MEMBERS = ['node1', 'node2', 'witness', 'client'];
-// The issue's profile is 200 ms ± 100 ms and the loss on every link; without netem, loss alone.
+// The issue's profile: 200 ms ± 100 ms and the loss on every link.
+const impairment: Impairment = { delayMs: 200, jitterMs: 100, lossPercent: loss };
 const netem = await netemMissing();
+const via = netem ? 'user-space emulator (bench/netem-nfqueue.py through an iptables NFQUEUE rule on each member\'s egress)' : 'tc netem on each member\'s NIC';
 
 interface Figures {
   system: string;
@@ -37,50 +42,58 @@ interface Figures {
   lossPercent: number;
   promotions: number;
   leaderChanges: string[];
+  dualWritableSamples: number;
   stallsOver1s: number;
   longestStallSeconds: number;
   secondsWithoutWrites: number;
   acknowledged: number;
   settings: unknown;
+  /** What the emulator did to each member's packets (absent under tc netem). */
+  emulator?: Record<string, EmulatorCounters & { lostPercent: number; meanDelayMs: number }>;
 }
 
 async function measure(system: string): Promise<Figures> {
-  const [name, profile] = system.split(':') as ['geminik8s' | 'patroni', keyof typeof PATRONI_PROFILES | undefined];
   const dir = mkdtempSync(join(tmpdir(), `gk-ff-${system.replace(':', '-')}-`));
-  const c: PairHarness = name === 'patroni' ? new PatroniCluster(dir, profile ?? 'defaults', 'gkfp') : new HarnessCluster(dir, 'gkfg');
+  const c = harnessFor(system, dir, 'gkf');
+  const emulators: Emulator[] = [];
   try {
     await c.start();
-    let leader = await c.waitFor(`${system}: leader + synchronous standby`, () => c.healthyPair(), 180_000);
-    c.startTraffic(minutes * 60 + 600);
+    const leader = await c.waitFor(`${system}: leader + synchronous standby`, () => c.healthyPair(), 180_000);
+    // The writer's own timeouts at 1 s and 2 s would never let it reconnect over 400 ms round trips.
+    c.startTraffic(minutes * 60 + 600, { connectMs: 15_000, queryMs: 15_000 });
     await c.waitFor('first writes', async () => (c.acks.length > 20 ? true : undefined), 60_000);
-    for (const m of MEMBERS) {
-      if (!netem) await runPlan(inNs(nsOf(c.topology, m), 'tc', ['qdisc', 'add', 'dev', nicOf(m), 'root', 'netem', 'delay', '200ms', '100ms', 'loss', `${loss}%`]));
-      else await packetLoss(c.topology, m, loss, true);
+    for (const [i, m] of MEMBERS.entries()) {
+      if (!netem) await runPlan(inNs(nsOf(c.topology, m), 'tc', ['qdisc', 'add', 'dev', nicOf(m), 'root', 'netem', 'delay', `${impairment.delayMs}ms`, `${impairment.jitterMs}ms`, 'loss', `${loss}%`]));
+      else emulators.push(await startEmulator(c.topology, m, 20 + i, impairment, seed * 10 + i));
     }
     const t0 = Date.now();
-    const changes: string[] = [];
+    // Who accepts writes, as each node's sampler sees it over its own loopback: asking the
+    // system (its API, its monitor) would cross the impaired network and miss changes.
+    let seen = 0;
     while (Date.now() - t0 < minutes * 60_000) {
       await sleep(1000);
-      const now = await c.leader().catch(() => undefined);
-      if (now && now !== leader) {
-        changes.push(`+${Math.round((Date.now() - t0) / 1000)}s ${leader} -> ${now}`);
-        console.log(`${system}: leader ${leader} -> ${now} at +${Math.round((Date.now() - t0) / 1000)} s`);
-        leader = now;
-      }
+      const changes = writerChanges(c.samples, t0, leader);
+      for (const ch of changes.slice(seen)) console.log(`${system}: writes accepted by ${ch.to} instead of ${ch.from} at +${Math.round((ch.at - t0) / 1000)} s`);
+      seen = changes.length;
     }
     const t1 = Date.now();
-    for (const m of MEMBERS) {
-      await flushRules(c.topology, m);
-      await runPlan(inNs(nsOf(c.topology, m), 'tc', ['qdisc', 'del', 'dev', nicOf(m), 'root']), { allowFailure: true });
+    const changes = writerChanges(c.samples, t0, leader).filter((ch) => ch.at <= t1).map((ch) => `+${Math.round((ch.at - t0) / 1000)}s ${ch.from} -> ${ch.to}`);
+    const counted: NonNullable<Figures['emulator']> = {};
+    for (const e of emulators.splice(0)) {
+      const k = await e.stop();
+      counted[e.member] = { ...k, lostPercent: k.packets ? Math.round((1000 * k.dropped) / k.packets) / 10 : 0, meanDelayMs: k.delayed ? Math.round(k.delaySumMs / k.delayed) : 0 };
     }
+    if (!netem) for (const m of MEMBERS) await runPlan(inNs(nsOf(c.topology, m), 'tc', ['qdisc', 'del', 'dev', nicOf(m), 'root']), { allowFailure: true });
     const acks = c.acks.map((a) => a.t).filter((t) => t >= t0 && t <= t1);
     const s = stalls([t0, ...acks, t1]);
     return {
-      system, minutes, lossPercent: loss, promotions: changes.length, leaderChanges: changes,
+      system, minutes, lossPercent: loss, promotions: changes.length, leaderChanges: changes, dualWritableSamples: dualWritable(c.samples, t0).samples,
       stallsOver1s: s.length, longestStallSeconds: Math.max(0, ...s) / 1000, secondsWithoutWrites: secondsWithout(acks, t0, t1), acknowledged: acks.length,
-      settings: c instanceof HarnessCluster ? { failover: c.config.failover, source: 'geminik8s init defaults' } : { ...PATRONI_PROFILES[profile ?? 'defaults'], profile: profile ?? 'defaults' },
+      settings: settingsOf(system, c),
+      ...(netem ? { emulator: counted } : {}),
     };
   } finally {
+    for (const e of emulators) await e.stop().catch(() => undefined);
     await c.stop();
     console.log(`${system}: log in ${c.logFile}`);
   }
@@ -88,9 +101,9 @@ async function measure(system: string): Promise<Figures> {
 
 const results: Figures[] = [];
 for (const s of systems) results.push(await measure(s));
-const head = ['SYSTEM', 'MINUTES', 'LOSS', 'PROMOTIONS (ALL FALSE)', 'STALLS > 1 S', 'LONGEST STALL', 'S WITHOUT WRITES', 'ACKED'];
-const rows = results.map((r) => [r.system, String(r.minutes), `${r.lossPercent}%`, String(r.promotions), String(r.stallsOver1s), `${r.longestStallSeconds.toFixed(1)} s`, String(r.secondsWithoutWrites), String(r.acknowledged)]);
+const head = ['SYSTEM', 'MINUTES', 'LOSS', 'PROMOTIONS (ALL FALSE)', 'DUAL-WRITABLE', 'STALLS > 1 S', 'LONGEST STALL', 'S WITHOUT WRITES', 'ACKED'];
+const rows = results.map((r) => [r.system, String(r.minutes), `${r.lossPercent}%`, String(r.promotions), String(r.dualWritableSamples), String(r.stallsOver1s), `${r.longestStallSeconds.toFixed(1)} s`, String(r.secondsWithoutWrites), String(r.acknowledged)]);
 const w = head.map((_, i) => Math.max(...[head, ...rows].map((r) => r[i]!.length)));
 console.log([head, ...rows].map((r) => r.map((x, i) => x.padEnd(w[i]!)).join('  ')).join('\n'));
-console.log(netem ? `loss only, ${loss}% on every link both ways: delay and jitter were not applied, ${netem}` : `netem on every member's NIC: 200 ms ± 100 ms delay and ${loss}% loss`);
-if (jsonFile) writeFileSync(jsonFile, `${JSON.stringify({ minutes, lossPercent: loss, delay: netem ? null : '200ms ± 100ms', netemMissing: netem ?? null, results }, null, 2)}\n`);
+console.log(`every member's outgoing packets: ${impairment.delayMs} ms ± ${impairment.jitterMs} ms, ${loss}% lost, through the ${via}${netem ? ` (${netem})` : ''}`);
+if (jsonFile) writeFileSync(jsonFile, `${JSON.stringify({ minutes, seed, lossPercent: loss, delay: `${impairment.delayMs}ms ± ${impairment.jitterMs}ms uniform`, via, netemMissing: netem ?? null, results }, null, 2)}\n`);

@@ -120,6 +120,22 @@ export function dualWritable(samples: Sample[], since = 0): { samples: number; o
   return { samples: count, overlapMs };
 }
 
+/**
+ * Each change of the node that accepts writes, from `since` on, as its own sampler saw it (over
+ * its loopback, so a bad network between the nodes does not hide it): a writable sample of a
+ * node other than the last one seen writable. `first` is the writer before `since`.
+ */
+export function writerChanges(samples: Sample[], since: number, first: string): { at: number; from: string; to: string }[] {
+  const changes: { at: number; from: string; to: string }[] = [];
+  let current = first;
+  for (const s of samples.filter((x) => x.writable && x.t >= since).sort((a, b) => a.t - b.t)) {
+    if (s.node === current) continue;
+    changes.push({ at: s.t, from: current, to: s.node });
+    current = s.node;
+  }
+  return changes;
+}
+
 /** Credentials the writer uses through the VIP. */
 export interface WriterLogin {
   user: string;
@@ -246,9 +262,13 @@ export abstract class PairHarness {
   }
 
   /** Start the writer through the VIP (or the system's host list) and a sampler on each node. */
-  startTraffic(maxSeconds = 900): void {
+  startTraffic(maxSeconds = 900, timeouts?: { connectMs: number; queryMs: number }): void {
     const login = this.writerLogin();
-    this.writer = this.spawnLogged('writer', inNs(this.topology.clientNs, 'node', [join(this.dir, 'writer.mjs'), this.writerHosts(), '5432', login.user, login.password, login.database, String(maxSeconds), '50'], login.tls ? { WRITER_CA_FILE: login.tls.caFile, WRITER_CERT_FILE: login.tls.certFile, WRITER_KEY_FILE: login.tls.keyFile } : {}), (l) => {
+    const env = {
+      ...(login.tls ? { WRITER_CA_FILE: login.tls.caFile, WRITER_CERT_FILE: login.tls.certFile, WRITER_KEY_FILE: login.tls.keyFile } : {}),
+      ...(timeouts ? { WRITER_CONNECT_TIMEOUT_MS: String(timeouts.connectMs), WRITER_QUERY_TIMEOUT_MS: String(timeouts.queryMs) } : {}),
+    };
+    this.writer = this.spawnLogged('writer', inNs(this.topology.clientNs, 'node', [join(this.dir, 'writer.mjs'), this.writerHosts(), '5432', login.user, login.password, login.database, String(maxSeconds), '50'], env), (l) => {
       try {
         const m = JSON.parse(l) as { ack?: number; t: number; error?: string };
         if (m.ack) this.acks.push({ id: m.ack, t: m.t });

@@ -7,6 +7,10 @@ const [host, port, user, password, database, maxSecondsArg, intervalArg] = proce
 const maxMs = Number(maxSecondsArg ?? 600) * 1000;
 const intervalMs = Number(intervalArg ?? 50);
 const started = Date.now();
+// Short by default, to see a failover to the second on a clean LAN; a bench on a slow network
+// raises them, or a TLS + SCRAM connection (about five round trips) could never complete.
+const connectTimeoutMs = Number(process.env.WRITER_CONNECT_TIMEOUT_MS ?? 1000);
+const queryTimeoutMs = Number(process.env.WRITER_QUERY_TIMEOUT_MS ?? 2000);
 // As Kine connects: TLS, the server's certificate from the cluster CA and covering the VIP.
 const ssl = process.env.WRITER_CA_FILE
   ? { ca: readFileSync(process.env.WRITER_CA_FILE, 'utf8'), cert: readFileSync(process.env.WRITER_CERT_FILE!, 'utf8'), key: readFileSync(process.env.WRITER_KEY_FILE!, 'utf8') }
@@ -43,7 +47,7 @@ async function connect(): Promise<pg.Client> {
 }
 
 async function connectTo(host: string): Promise<pg.Client> {
-  const c = new pg.Client({ host, port: Number(port), user, password, database, connectionTimeoutMillis: 1000, query_timeout: 2000, application_name: 'harness-writer', ...(ssl ? { ssl } : {}) });
+  const c = new pg.Client({ host, port: Number(port), user, password, database, connectionTimeoutMillis: connectTimeoutMs, query_timeout: queryTimeoutMs, application_name: 'harness-writer', ...(ssl ? { ssl } : {}) });
   c.on('error', () => undefined);
   try {
     await c.connect();

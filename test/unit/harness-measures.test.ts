@@ -1,5 +1,5 @@
 import test from 'ava';
-import { dualWritable, longestGap, rejoinToolsIn, type Sample } from '../harness/cluster.ts';
+import { dualWritable, longestGap, rejoinToolsIn, writerChanges, type Sample } from '../harness/cluster.ts';
 import { outageAfter } from '../harness/scenarios.ts';
 
 // The failover harness's measures, without namespaces (the scenarios themselves: npm run e2e -- failover).
@@ -17,6 +17,15 @@ test('dual-writable: overlapping and interleaved samples count, a handover does 
   t.is(dualWritable([s('node1', 0, true, 50), s('node2', 40, true, 50)]).samples, 2);
   // A non-writable observation in between splits a span.
   t.is(dualWritable([s('node1', 0), s('node1', 100, false), s('node1', 200), s('node2', 100)]).samples, 0);
+});
+
+test('writer changes: a node other than the last writer accepting writes, in time order, from the start time', (t) => {
+  const s = (node: string, t0: number, writable = true): Sample => ({ node, t: t0, end: t0 + 10, writable });
+  // node1 writes, is fenced (not writable) and writes again: no change. Then node2 takes over and node1 back.
+  const samples = [s('node1', 500), s('node2', 1500, false), s('node1', 1000), s('node1', 1200, false), s('node1', 1400), s('node2', 2200), s('node2', 2400), s('node1', 3000, false), s('node1', 3600)];
+  t.deepEqual(writerChanges(samples, 0, 'node1'), [{ at: 2200, from: 'node1', to: 'node2' }, { at: 3600, from: 'node2', to: 'node1' }]);
+  t.deepEqual(writerChanges(samples, 2300, 'node2'), [{ at: 3600, from: 'node2', to: 'node1' }], 'before the start time nothing counts');
+  t.deepEqual(writerChanges([s('node1', 100, false), s('node2', 200, false)], 0, 'node1'), [], 'no writable sample, no change');
 });
 
 test('outage: the longest gap between acknowledged writes, counted from the fault', (t) => {
