@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Server as TlsServer } from 'node:tls';
+import { SERVER_KEEP_ALIVE_MS } from '#common/httpclient.ts';
 import type { Agent, BootStatus } from './agent.ts';
 import { formatLsn, lsnToBigInt } from './core/lsn.ts';
 import type { PgStatus } from './core/ports.ts';
@@ -499,9 +500,10 @@ export function startApi(agent: Agent, limiter = new AuthLimiter()): Promise<Ser
   // peer with its certificate and token (checked per call above).
   // No limit on receiving a whole request: a restore's body is a database. Headers still must
   // arrive within headersTimeout, and an unauthenticated call is answered before its body.
+  // The peer keeps its connection for status checks warm between rounds (WarmPool).
   const make = (): Server => (tls
-    ? createHttpsServer({ cert: tls.cert, key: tls.key, ca: tls.ca, requestCert: true, rejectUnauthorized: false, requestTimeout: 0 }, (q, s) => void handler(q, s))
-    : createHttpServer({ requestTimeout: 0 }, (q, s) => void handler(q, s)));
+    ? createHttpsServer({ cert: tls.cert, key: tls.key, ca: tls.ca, requestCert: true, rejectUnauthorized: false, requestTimeout: 0, keepAliveTimeout: SERVER_KEEP_ALIVE_MS }, (q, s) => void handler(q, s))
+    : createHttpServer({ requestTimeout: 0, keepAliveTimeout: SERVER_KEEP_ALIVE_MS }, (q, s) => void handler(q, s)));
   const listen = (server: Server, address: string): Promise<Server> => new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(agent.ctx.apiPort, address, () => {

@@ -1,5 +1,5 @@
 import { ROLES, type Role } from '#common/schema/hostmeta.ts';
-import { httpCall } from '#common/httpclient.ts';
+import { httpCall, WarmPool } from '#common/httpclient.ts';
 import { apiScheme, type NodeContext } from '../context.ts';
 import { formatLsn } from '../core/lsn.ts';
 import { PROMOTE_TIMEOUT_MS, type LeaveRequest, type PeerPort, type PeerView, type PromoteRequest } from '../core/ports.ts';
@@ -32,6 +32,9 @@ export function createPeerPort(ctx: NodeContext): PeerPort {
   // Per call, not once: a replaced peer (geminik8s replace-node) moves to a new address at run time.
   const base = (): string => peerBaseUrl(ctx);
   const headers = { authorization: `Bearer ${ctx.secrets.agentToken}` };
+  // The status check runs every round: its connection stays open, and a slow answer does not
+  // close it (a GET is harmless when late). promote and leave are torn down at their timeout.
+  const pool = new WarmPool();
   /** A JSON POST to the peer's agent: its status, its JSON body ({} when it is not JSON) and the reason it gives. Throws when no answer arrives. */
   const post = async (path: string, json: Record<string, unknown>, timeoutMs: number): Promise<{ status: number; body: Record<string, unknown>; reason?: string }> => {
     const res = await httpCall(`${base()}${path}`, {
@@ -39,6 +42,7 @@ export function createPeerPort(ctx: NodeContext): PeerPort {
       headers: { ...headers, 'content-type': 'application/json' },
       body: JSON.stringify(json),
       timeoutMs,
+      pool,
       ...(ctx.tls ? { tls: ctx.tls } : {}),
     });
     let body: Record<string, unknown> = {};
@@ -53,7 +57,7 @@ export function createPeerPort(ctx: NodeContext): PeerPort {
   return {
     async status(): Promise<PeerView | undefined> {
       try {
-        const res = await httpCall(`${base()}/v1/status`, { headers, timeoutMs: ctx.spec.failover.checkTimeout, ...(ctx.tls ? { tls: ctx.tls } : {}) });
+        const res = await httpCall(`${base()}/v1/status`, { headers, timeoutMs: ctx.spec.failover.checkTimeout, pool, linger: true, ...(ctx.tls ? { tls: ctx.tls } : {}) });
         if (res.status !== 200) return undefined;
         return peerViewOf(JSON.parse(res.text));
       } catch {

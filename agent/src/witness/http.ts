@@ -4,7 +4,7 @@ import { parseRequest, type ArbiterAnswer, type ArbiterRequest } from './arbiter
 import { CLUSTER_NAME } from './file-store.ts';
 import type { WitnessService } from './service.ts';
 import { tokenMatches } from '#common/token.ts';
-import { httpCall, type ClientTls } from '#common/httpclient.ts';
+import { httpCall, SERVER_KEEP_ALIVE_MS, WarmPool, type ClientTls } from '#common/httpclient.ts';
 import { peerIdentity, type TlsMaterial } from '#common/tls.ts';
 import { createServer as createHttpsServer } from 'node:https';
 
@@ -132,6 +132,8 @@ export function startWitnessHttp(opts: WitnessHttpOptions): Promise<Server> {
     : createServer(onRequest);
   server.requestTimeout = 10_000;
   server.headersTimeout = 5000;
+  // The agents keep their connections to us warm between rounds (WarmPool).
+  server.keepAliveTimeout = SERVER_KEEP_ALIVE_MS;
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.port, opts.host, () => {
@@ -155,9 +157,15 @@ export function isArbiterAnswer(v: unknown): v is ArbiterAnswer {
 /**
  * The agent's WitnessPort over HTTP. Throws on a network error, a timeout or any status but 200.
  * `tls` may be a function, read at each call: the agent's certificate can be rotated while it runs.
+ * Connections stay open between calls. A timed-out `acquire` (a renewal, a takeover) or `read`
+ * keeps its connection and may still reach the witness later: the arbiter answers a late
+ * renewal or takeover as it would a timely one whose answer was lost, which the agent already
+ * has to survive. Other requests are torn down at their timeout, so a late one cannot land
+ * after a newer one (a stale `promotable` overwriting a newer record).
  */
 export function httpWitnessPort(url: string, token: string, cluster: string, timeoutMs: number, tls?: ClientTls | (() => ClientTls | undefined)): WitnessPort {
   const endpoint = new URL(`/v1/clusters/${encodeURIComponent(cluster)}/arbiter`, url);
+  const pool = new WarmPool();
   return {
     async call(req: ArbiterRequest): Promise<ArbiterAnswer> {
       const clientTls = typeof tls === 'function' ? tls() : tls;
@@ -168,6 +176,8 @@ export function httpWitnessPort(url: string, token: string, cluster: string, tim
           headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
           body: JSON.stringify(req),
           timeoutMs,
+          pool,
+          linger: req.op === 'acquire' || req.op === 'read',
           ...(clientTls ? { tls: clientTls } : {}),
         });
       } catch (err) {
