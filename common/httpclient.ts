@@ -32,10 +32,13 @@ export interface HttpCall {
  * trips) a new connection costs three round trips (TCP, TLS, the request) and a reused one
  * costs one, so closing the connection on each timeout would make every later call time out too.
  */
+/** How long a timed-out lingering request may still finish, by default. */
+export const LINGER_MS = 10_000;
+
 export class WarmPool {
   readonly http: HttpAgent;
   readonly https: HttpsAgent;
-  constructor(readonly lingerMs = 10_000, maxSockets = 4) {
+  constructor(readonly lingerMs = LINGER_MS, maxSockets = 4) {
     // fifo: calls take turns on the open connections, so none sits idle long enough for the
     // server to close it; idle ones are closed by us (30 s) before the server would (65 s).
     const options = { keepAlive: true, scheduling: 'fifo' as const, maxSockets, timeout: 30_000 };

@@ -1,6 +1,7 @@
 import test from 'ava';
 import { INIT_TIMINGS, SimCluster, type SimNode } from '#agent/sim/cluster.ts';
 import { healAll, runSeed } from '#agent/sim/run.ts';
+import { Rng, SimProcess, World } from '#agent/sim/world.ts';
 import type { ForceResult } from '#agent/core/controller.ts';
 import { longestGap } from '../harness/cluster.ts';
 
@@ -381,4 +382,21 @@ test('an operator operation on the leader (a restore): promotion forbidden at th
     ['running mid-operation', false],
     ['first', true],
   ]);
+});
+
+test('simulated network: a lingering request the link loses still arrives after the caller gave up; a torn-down one never does', async (t) => {
+  const w = new World(new Rng(7));
+  const a = new SimProcess('a');
+  const b = new SimProcess('b');
+  w.setLinkQuality('a', 'b', 1, 1, 5); // every packet from a to b lost
+  const handled: number[] = [];
+  const outcomes: string[] = [];
+  for (const linger of [0, 10_000]) {
+    w.rpc(a, b, 800, async () => handled.push(w.now), linger).then(() => outcomes.push('answered'), () => outcomes.push(`timed out at ${w.now}`));
+  }
+  while (w.step(60_000)) await Promise.resolve();
+  await new Promise((r) => setImmediate(r));
+  t.deepEqual(outcomes, ['timed out at 800', 'timed out at 800']);
+  t.is(handled.length, 1, 'only the lingering request reached b');
+  t.true(handled[0]! >= 400 && handled[0]! <= 10_800, `it arrived within the linger: ${handled[0]} ms`);
 });

@@ -1,7 +1,9 @@
+import { LINGER_MS } from '#common/httpclient.ts';
 import type { HostMeta } from '#common/schema/hostmeta.ts';
 import { Controller, watchdogMs } from '../core/controller.ts';
 import { PROMOTE_TIMEOUT_MS, type ControllerSettings, type LogPort, type PeerView, type Ports } from '../core/ports.ts';
 import type { ArbiterRecord } from '../witness/arbiter.ts';
+import { lingers } from '../witness/http.ts';
 import { WitnessService } from '../witness/service.ts';
 import { replicate, SimPostgres, simPgPort } from './pg.ts';
 import { RpcError, Rng, settle, SimProcess, World } from './world.ts';
@@ -228,7 +230,7 @@ export class SimCluster {
     const w = this.world;
     const peerNode = this.other(n);
     const proc = n.proc;
-    const rpcTo = <T>(to: SimProcess, timeout: number, handler: () => Promise<T>): Promise<T> => w.rpc(proc, to, timeout, handler);
+    const rpcTo = <T>(to: SimProcess, timeout: number, handler: () => Promise<T>, lingerMs = 0): Promise<T> => w.rpc(proc, to, timeout, handler, lingerMs);
     const timeout = this.settings.checkTimeout;
     return {
       clock: {
@@ -243,7 +245,7 @@ export class SimCluster {
             const c = peerNode.controller;
             if (!c?.meta) throw new RpcError('not ready');
             return { role: c.meta.role, generation: c.meta.generation, timeline: peerNode.pg.running ? peerNode.pg.timeline : undefined, pgPrimary: peerNode.pg.primary };
-          }).catch(() => undefined),
+          }, LINGER_MS).catch(() => undefined),
         pg: async () => {
           const there = w.transit(n.name, peerNode.name);
           const back = w.transit(peerNode.name, n.name);
@@ -270,7 +272,7 @@ export class SimCluster {
           rpcTo(this.witnessProc, timeout, async () => {
             if (!this.witness) throw new RpcError('witness starting');
             return this.witness.handle('sim', req);
-          }),
+          }, lingers(req) ? LINGER_MS : 0),
       },
       vip: {
         held: () => new Promise((r) => w.inProcess(proc, 1, () => r(n.vip))),

@@ -180,8 +180,12 @@ export class World {
   /**
    * A request from process `from` to process `to`, answered by `handler` inside `to`. Rejects
    * when the caller's timeout (on its own clock) passes first; never settles if the caller crashes.
+   * With `lingerMs` (the agent's WarmPool), a request or answer the link loses is not gone: TCP
+   * sends it again, and it arrives at any time until `lingerMs` after the caller's timeout, after
+   * the caller has given up on it and possibly after its later requests.
    */
-  rpc<T>(from: SimProcess, to: SimProcess, timeoutMs: number, handler: () => Promise<T>): Promise<T> {
+  rpc<T>(from: SimProcess, to: SimProcess, timeoutMs: number, handler: () => Promise<T>, lingerMs = 0): Promise<T> {
+    const late = (a: string, b: string): number | undefined => (lingerMs > 0 && this.linkUp(a, b) ? this.rng.between(timeoutMs / 2, timeoutMs + lingerMs) : undefined);
     return new Promise<T>((resolve, reject) => {
       let settled = false;
       this.timer(from, timeoutMs, () => {
@@ -189,12 +193,12 @@ export class World {
         settled = true;
         reject(new RpcError(`${to.name} did not answer within ${timeoutMs} ms`));
       });
-      const there = this.transit(from.name, to.name);
+      const there = this.transit(from.name, to.name) ?? late(from.name, to.name);
       if (there === undefined) return;
       this.inProcess(to, there, () => {
         handler().then(
           (v) => {
-            const back = this.transit(to.name, from.name);
+            const back = this.transit(to.name, from.name) ?? late(to.name, from.name);
             if (back === undefined) return;
             this.inProcess(from, back, () => {
               if (settled) return;

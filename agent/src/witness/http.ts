@@ -154,6 +154,9 @@ export function isArbiterAnswer(v: unknown): v is ArbiterAnswer {
     && typeof a.remainingMs === 'number' && typeof a.reason === 'string';
 }
 
+/** Whether a timed-out request may still reach the witness later (see httpWitnessPort). */
+export const lingers = (req: ArbiterRequest): boolean => req.op === 'acquire' || req.op === 'read';
+
 /**
  * The agent's WitnessPort over HTTP. Throws on a network error, a timeout or any status but 200.
  * `tls` may be a function, read at each call: the agent's certificate can be rotated while it runs.
@@ -177,7 +180,7 @@ export function httpWitnessPort(url: string, token: string, cluster: string, tim
           body: JSON.stringify(req),
           timeoutMs,
           pool,
-          linger: req.op === 'acquire' || req.op === 'read',
+          linger: lingers(req),
           ...(clientTls ? { tls: clientTls } : {}),
         });
       } catch (err) {
