@@ -16,7 +16,7 @@ import { runPlan } from '#common/exec.ts';
 import { arpReplies } from '#builder/ops/preflight.ts';
 import { dualWritable, HarnessCluster } from '#test/harness/cluster.ts';
 import { cutOneWay, flushRules, inNs, linkDown, linkUp, NET, nsOf } from '#test/harness/netns.ts';
-import { netemMissing, nicOf, packetLoss } from './netem.ts';
+import { netemMissing, nicOf, packetLoss, startEmulator, type Emulator } from './netem.ts';
 import { drawFaults, drawType, failsLeader, faultLabel, renderTimeline, secondsWithout, SINGLE_KINDS, summarize, summaryTable, type DrawRecord, type Fault, type FaultKind, type Member } from './chaos-core.ts';
 import { arg } from './args.ts';
 
@@ -49,8 +49,9 @@ for (const n of NET.nodes) {
 }
 
 const unavailable: Record<string, string> = {};
+// Without sch_netem the delay draws go through the user-space emulator (bench/netem.ts).
 const netem = await netemMissing();
-if (netem) unavailable.delay = netem;
+const emulators: Emulator[] = [];
 const kinds = SINGLE_KINDS.filter((k) => !(k in unavailable)) as FaultKind[];
 
 // The checker's ARP view of the VIP from the client namespace: every reply within 2 s, so that
@@ -138,6 +139,14 @@ async function inject(f: Fault, leader: string): Promise<() => Promise<void>> {
     case 'delay': {
       const m = name(f.member, leader);
       const ns = nsOf(c.topology, m);
+      if (netem) {
+        const e = await startEmulator(c.topology, m, 30 + emulators.length, { delayMs: f.delayMs, jitterMs: f.jitterMs, lossPercent: f.lossPercent }, seed * 1000 + emulators.length);
+        emulators.push(e);
+        return async () => {
+          emulators.splice(emulators.indexOf(e), 1);
+          await e.stop();
+        };
+      }
       await runPlan(inNs(ns, 'tc', ['qdisc', 'add', 'dev', nicOf(m), 'root', 'netem', 'delay', `${f.delayMs}ms`, `${f.jitterMs}ms`, 'loss', `${f.lossPercent}%`]));
       return async () => {
         await runPlan(inNs(ns, 'tc', ['qdisc', 'del', 'dev', nicOf(m), 'root']), { allowFailure: true });
@@ -167,6 +176,7 @@ async function sabotageOnce(leader: string): Promise<() => Promise<void>> {
 
 /** Put the harness back whatever a draw left: cuts, loss rules, qdiscs, frozen or dead processes, fill files. */
 async function cleanup(): Promise<void> {
+  for (const e of emulators.splice(0)) await e.stop().catch(() => undefined);
   for (const pid of [...stopped]) {
     try {
       process.kill(pid, 'SIGCONT');
