@@ -122,16 +122,21 @@ export function dualWritable(samples: Sample[], since = 0): { samples: number; o
 
 /**
  * Each change of the node that accepts writes, from `since` on, as its own sampler saw it (over
- * its loopback, so a bad network between the nodes does not hide it): a writable sample of a
- * node other than the last one seen writable. `first` is the writer before `since`.
+ * its loopback, so a bad network between the nodes does not hide it): a writable span (see
+ * writableSpans) that starts on a node other than the last one to start one. Counted by spans,
+ * not samples, so two nodes writable at once (interleaved samples) make one change, not one per
+ * sample. `first` is the writer before `since`.
  */
 export function writerChanges(samples: Sample[], since: number, first: string): { at: number; from: string; to: string }[] {
+  const starts = [...writableSpans(samples.filter((x) => x.t >= since), since).entries()]
+    .flatMap(([node, spans]) => spans.map(([start]) => ({ node, start })))
+    .sort((a, b) => a.start - b.start);
   const changes: { at: number; from: string; to: string }[] = [];
   let current = first;
-  for (const s of samples.filter((x) => x.writable && x.t >= since).sort((a, b) => a.t - b.t)) {
-    if (s.node === current) continue;
-    changes.push({ at: s.t, from: current, to: s.node });
-    current = s.node;
+  for (const { node, start } of starts) {
+    if (node === current) continue;
+    changes.push({ at: start, from: current, to: node });
+    current = node;
   }
   return changes;
 }

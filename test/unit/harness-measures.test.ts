@@ -26,6 +26,9 @@ test('writer changes: a node other than the last writer accepting writes, in tim
   t.deepEqual(writerChanges(samples, 0, 'node1'), [{ at: 2200, from: 'node1', to: 'node2' }, { at: 3600, from: 'node2', to: 'node1' }]);
   t.deepEqual(writerChanges(samples, 2300, 'node2'), [{ at: 3600, from: 'node2', to: 'node1' }], 'before the start time nothing counts');
   t.deepEqual(writerChanges([s('node1', 100, false), s('node2', 200, false)], 0, 'node1'), [], 'no writable sample, no change');
+  // Both writable for a while (as pg_auto_failover tuned was under the bad network): one change, not one per sample.
+  const both = [0, 200, 400, 600, 800].flatMap((at) => [s('node1', at), s('node2', at + 100)]);
+  t.deepEqual(writerChanges(both, 0, 'node1'), [{ at: 100, from: 'node1', to: 'node2' }]);
 });
 
 test('outage: the longest gap between acknowledged writes, counted from the fault', (t) => {
