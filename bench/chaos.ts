@@ -16,7 +16,7 @@ import { runPlan } from '#common/exec.ts';
 import { arpReplies } from '#builder/ops/preflight.ts';
 import { dualWritable, HarnessCluster } from '#test/harness/cluster.ts';
 import { cutOneWay, flushRules, inNs, linkDown, linkUp, NET, nsOf } from '#test/harness/netns.ts';
-import { netemMissing, nicOf, packetLoss, startEmulator, type Emulator } from './netem.ts';
+import { impair, netemMissing, nicOf, packetLoss, type Impaired } from './netem.ts';
 import { drawFaults, drawType, failsLeader, faultLabel, renderTimeline, secondsWithout, SINGLE_KINDS, summarize, summaryTable, type DrawRecord, type Fault, type FaultKind, type Member } from './chaos-core.ts';
 import { arg } from './args.ts';
 
@@ -48,11 +48,10 @@ for (const n of NET.nodes) {
   mounts.push(d);
 }
 
-const unavailable: Record<string, string> = {};
 // Without sch_netem the delay draws go through the user-space emulator (bench/netem.ts).
 const netem = await netemMissing();
-const emulators: Emulator[] = [];
-const kinds = SINGLE_KINDS.filter((k) => !(k in unavailable)) as FaultKind[];
+const impaired: Impaired[] = [];
+const kinds: FaultKind[] = SINGLE_KINDS;
 
 // The checker's ARP view of the VIP from the client namespace: every reply within 2 s, so that
 // a second holder answering the same request is seen.
@@ -137,19 +136,11 @@ async function inject(f: Fault, leader: string): Promise<() => Promise<void>> {
       return () => packetLoss(c.topology, m, f.percent, false);
     }
     case 'delay': {
-      const m = name(f.member, leader);
-      const ns = nsOf(c.topology, m);
-      if (netem) {
-        const e = await startEmulator(c.topology, m, 30 + emulators.length, { delayMs: f.delayMs, jitterMs: f.jitterMs, lossPercent: f.lossPercent }, seed * 1000 + emulators.length);
-        emulators.push(e);
-        return async () => {
-          emulators.splice(emulators.indexOf(e), 1);
-          await e.stop();
-        };
-      }
-      await runPlan(inNs(ns, 'tc', ['qdisc', 'add', 'dev', nicOf(m), 'root', 'netem', 'delay', `${f.delayMs}ms`, `${f.jitterMs}ms`, 'loss', `${f.lossPercent}%`]));
+      const e = await impair(c.topology, name(f.member, leader), { delayMs: f.delayMs, jitterMs: f.jitterMs, lossPercent: f.lossPercent }, netem, 30 + impaired.length, seed * 1000 + impaired.length);
+      impaired.push(e);
       return async () => {
-        await runPlan(inNs(ns, 'tc', ['qdisc', 'del', 'dev', nicOf(m), 'root']), { allowFailure: true });
+        impaired.splice(impaired.indexOf(e), 1);
+        await e.stop();
       };
     }
     case 'standby-disk-full': {
@@ -176,7 +167,7 @@ async function sabotageOnce(leader: string): Promise<() => Promise<void>> {
 
 /** Put the harness back whatever a draw left: cuts, loss rules, qdiscs, frozen or dead processes, fill files. */
 async function cleanup(): Promise<void> {
-  for (const e of emulators.splice(0)) await e.stop().catch(() => undefined);
+  for (const e of impaired.splice(0)) await e.stop().catch(() => undefined);
   for (const pid of [...stopped]) {
     try {
       process.kill(pid, 'SIGCONT');
@@ -204,7 +195,7 @@ const lostSoFar = new Set<number>();
 let t0 = 0;
 
 try {
-  console.log(`bench:chaos: seed ${seed}, ${minutes} min, harness in ${dir}; fault kinds: ${kinds.join(', ')}${Object.keys(unavailable).length ? `; not available here: ${Object.entries(unavailable).map(([k, v]) => `${k} (${v})`).join('; ')}` : ''}`);
+  console.log(`bench:chaos: seed ${seed}, ${minutes} min, harness in ${dir}; fault kinds: ${kinds.join(', ')}${netem ? `; delay through the user-space emulator (${netem})` : ''}`);
   await c.start();
   await c.waitFor('leader + synchronous standby', () => c.healthyPair(), 180_000);
   c.startTraffic(minutes * 60 + 1200);
@@ -292,6 +283,6 @@ const checker = {
 };
 console.log(`checker: ${checker.acknowledged} writes acknowledged in all; ${checker.writableSamples} writable-or-not samples; ${checker.arpProbes} ARP probes for the VIP (${checker.arpOneHolder} with one holder, ${checker.arpNoHolder} with none)`);
 const settings = { syncPolicy: c.config?.postgresql.syncPolicy, failover: c.config?.failover };
-if (jsonFile) writeFileSync(jsonFile, `${JSON.stringify({ seed, minutes, kinds, unavailable, settings, checker, aborted: aborted ?? null, summary, draws: records }, null, 2)}\n`);
+if (jsonFile) writeFileSync(jsonFile, `${JSON.stringify({ seed, minutes, kinds, delayVia: netem ? 'user-space emulator' : 'tc netem', settings, checker, aborted: aborted ?? null, summary, draws: records }, null, 2)}\n`);
 if (chartFile) writeFileSync(chartFile, renderTimeline(c.acks.map((a) => a.t - t0).filter((t) => t >= 0), records, `bench:chaos seed ${seed}: acknowledged writes per second through the VIP, ${records.length} fault draws`));
 process.exitCode = total.lost > 0 || total.dualWritableSamples > 0 || total.dualVipSamples > 0 || aborted ? 1 : 0;

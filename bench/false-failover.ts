@@ -10,12 +10,10 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runPlan } from '#common/exec.ts';
 import { dualWritable, writerChanges } from '#test/harness/cluster.ts';
-import { inNs, nsOf } from '#test/harness/netns.ts';
 import { secondsWithout, stalls } from './chaos-core.ts';
 import { checkSystems, harnessFor, settingsOf } from './failover-figures.ts';
-import { netemMissing, nicOf, startEmulator, type Emulator, type EmulatorCounters, type Impairment } from './netem.ts';
+import { impair, netemMissing, type EmulatorCounters, type Impaired, type Impairment } from './netem.ts';
 import { arg } from './args.ts';
 
 
@@ -55,17 +53,14 @@ interface Figures {
 async function measure(system: string): Promise<Figures> {
   const dir = mkdtempSync(join(tmpdir(), `gk-ff-${system.replace(':', '-')}-`));
   const c = harnessFor(system, dir, 'gkf');
-  const emulators: Emulator[] = [];
+  const impaired: Impaired[] = [];
   try {
     await c.start();
     const leader = await c.waitFor(`${system}: leader + synchronous standby`, () => c.healthyPair(), 180_000);
     // The writer's own timeouts at 1 s and 2 s would never let it reconnect over 400 ms round trips.
     c.startTraffic(minutes * 60 + 600, { connectMs: 15_000, queryMs: 15_000 });
     await c.waitFor('first writes', async () => (c.acks.length > 20 ? true : undefined), 60_000);
-    for (const [i, m] of MEMBERS.entries()) {
-      if (!netem) await runPlan(inNs(nsOf(c.topology, m), 'tc', ['qdisc', 'add', 'dev', nicOf(m), 'root', 'netem', 'delay', `${impairment.delayMs}ms`, `${impairment.jitterMs}ms`, 'loss', `${loss}%`]));
-      else emulators.push(await startEmulator(c.topology, m, 20 + i, impairment, seed * 10 + i));
-    }
+    for (const [i, m] of MEMBERS.entries()) impaired.push(await impair(c.topology, m, impairment, netem, 20 + i, seed * 10 + i));
     const t0 = Date.now();
     // Who accepts writes, as each node's sampler sees it over its own loopback: asking the
     // system (its API, its monitor) would cross the impaired network and miss changes.
@@ -79,11 +74,10 @@ async function measure(system: string): Promise<Figures> {
     const t1 = Date.now();
     const changes = writerChanges(c.samples, t0, leader).filter((ch) => ch.at <= t1).map((ch) => `+${Math.round((ch.at - t0) / 1000)}s ${ch.from} -> ${ch.to}`);
     const counted: NonNullable<Figures['emulator']> = {};
-    for (const e of emulators.splice(0)) {
+    for (const e of impaired.splice(0)) {
       const k = await e.stop();
-      counted[e.member] = { ...k, lostPercent: k.packets ? Math.round((1000 * k.dropped) / k.packets) / 10 : 0, meanDelayMs: k.delayed ? Math.round(k.delaySumMs / k.delayed) : 0 };
+      if (k) counted[e.member] = { ...k, lostPercent: k.packets ? Math.round((1000 * k.dropped) / k.packets) / 10 : 0, meanDelayMs: k.delayed ? Math.round(k.delaySumMs / k.delayed) : 0 };
     }
-    if (!netem) for (const m of MEMBERS) await runPlan(inNs(nsOf(c.topology, m), 'tc', ['qdisc', 'del', 'dev', nicOf(m), 'root']), { allowFailure: true });
     const acks = c.acks.map((a) => a.t).filter((t) => t >= t0 && t <= t1);
     const s = stalls([t0, ...acks, t1]);
     return {
@@ -93,7 +87,7 @@ async function measure(system: string): Promise<Figures> {
       ...(netem ? { emulator: counted } : {}),
     };
   } finally {
-    for (const e of emulators) await e.stop().catch(() => undefined);
+    for (const e of impaired) await e.stop().catch(() => undefined);
     await c.stop();
     console.log(`${system}: log in ${c.logFile}`);
   }

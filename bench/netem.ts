@@ -98,3 +98,27 @@ export async function startEmulator(t: Topology, member: string, queue: number, 
     },
   };
 }
+
+/** Delay, jitter and loss on what a member sends, however this kernel can: `stop()` undoes it. */
+export interface Impaired {
+  member: string;
+  /** The emulator's counters, or undefined under tc netem. */
+  stop(): Promise<EmulatorCounters | undefined>;
+}
+
+/**
+ * `tc netem` on the member's NIC when the kernel has it (`netemMissing` undefined), else the
+ * user-space emulator on NFQUEUE `queue`.
+ */
+export async function impair(t: Topology, member: string, imp: Impairment, netemMissingReason: string | undefined, queue: number, seed: number): Promise<Impaired> {
+  if (netemMissingReason) return startEmulator(t, member, queue, imp, seed);
+  const ns = nsOf(t, member);
+  await runPlan(inNs(ns, 'tc', ['qdisc', 'add', 'dev', nicOf(member), 'root', 'netem', 'delay', `${imp.delayMs}ms`, `${imp.jitterMs}ms`, 'loss', `${imp.lossPercent}%`]));
+  return {
+    member,
+    stop: async () => {
+      await runPlan(inNs(ns, 'tc', ['qdisc', 'del', 'dev', nicOf(member), 'root']), { allowFailure: true });
+      return undefined;
+    },
+  };
+}

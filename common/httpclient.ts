@@ -25,6 +25,9 @@ export interface HttpCall {
   linger?: boolean;
 }
 
+/** How long a timed-out lingering request may still finish, by default. */
+export const LINGER_MS = 10_000;
+
 /**
  * Kept-alive connections to one party, which a timed-out call marked `linger` does not tear
  * down: the call fails at its own timeout, but its request may go on for `lingerMs` more, and
@@ -32,9 +35,6 @@ export interface HttpCall {
  * trips) a new connection costs three round trips (TCP, TLS, the request) and a reused one
  * costs one, so closing the connection on each timeout would make every later call time out too.
  */
-/** How long a timed-out lingering request may still finish, by default. */
-export const LINGER_MS = 10_000;
-
 export class WarmPool {
   readonly http: HttpAgent;
   readonly https: HttpsAgent;
