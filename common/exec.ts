@@ -284,6 +284,10 @@ export function streamPlan(plan: CommandPlan, input?: AsyncIterable<Uint8Array>)
     : undefined;
   const child = execa(plan.cmd, plan.args, { env: plan.env, extendEnv: true, cwd: plan.cwd, reject: false, buffer: { stdout: false, stderr: true }, stdin: feed ?? 'ignore', encoding: 'buffer' });
   if (!child.stdout) throw new GeminiError(`no stdout from ${quoteCommand(plan)}`, ExitCode.commandFailed);
+  // With `buffer: false` execa resumes a stdout nobody reads yet one tick later, and what then
+  // flows out is dropped: a caller that awaits anything first (flash opens the device) lost the
+  // first bytes under load. Paused, the stream waits for its reader.
+  child.stdout.pause();
   const done = child.then((r) => {
     if (inputError !== undefined) throw inputError;
     const code = (r as { code?: string }).code;

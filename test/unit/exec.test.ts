@@ -1,0 +1,31 @@
+import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import test from 'ava';
+import { streamPlan } from '#common/exec.ts';
+
+const expected = (): Buffer => Buffer.concat(Array.from({ length: 65536 }, (_, i) => createHash('sha256').update(String(i)).digest()));
+
+test('streamPlan keeps every byte of stdout for a reader that starts late', async (t) => {
+  // flash opens the device before it reads zstd's output; under load that took longer than
+  // a tick, execa put the unread stdout in flowing mode, and the first bytes were dropped.
+  const proc = streamPlan({ cmd: 'seq', args: ['1', '300000'] });
+  await sleep(300);
+  const chunks: Buffer[] = [];
+  for await (const c of proc.stdout as AsyncIterable<Buffer>) chunks.push(c);
+  await proc.done;
+  const want = Array.from({ length: 300000 }, (_, i) => `${i + 1}\n`).join('');
+  t.is(Buffer.concat(chunks).toString('latin1'), want);
+});
+
+test('streamPlan with input keeps every byte for a late reader', async (t) => {
+  const data = expected();
+  async function* feed(): AsyncGenerator<Uint8Array> {
+    for (let i = 0; i < data.length; i += 100_000) yield data.subarray(i, i + 100_000);
+  }
+  const proc = streamPlan({ cmd: 'cat', args: [] }, feed());
+  await sleep(300);
+  const chunks: Buffer[] = [];
+  for await (const c of proc.stdout as AsyncIterable<Buffer>) chunks.push(c);
+  await proc.done;
+  t.true(Buffer.concat(chunks).equals(data));
+});
