@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { chmod, chown, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
 import type { CommandPlan, RunResult } from '#common/exec.ts';
@@ -7,6 +7,8 @@ import { runPlan } from '#common/exec.ts';
 import { libpqTlsParams, pgHbaConf, pgIdentConf, pgTlsConf, pgTlsDir, postgresqlConf, PG_TLS_FILES, REPLICATION_USER, slotNameFor, KINE_DATABASE, KINE_USER } from '#common/render/postgresql.ts';
 import { kinePassword } from '#common/render/k3s.ts';
 import type { NodeContext } from './context.ts';
+import { lsnToBigInt } from './core/lsn.ts';
+import type { HistoryEntry, LeaderTimeline, LocalWal } from './core/rejoin.ts';
 
 /** What a query of the local server says about itself. */
 export interface LocalPgStatus {
@@ -107,6 +109,74 @@ export function controlDataPlan(ctx: NodeContext): CommandPlan {
 /** The "Database cluster state" line of `pg_controldata`'s output ("in production", "shut down", ...). */
 export function clusterState(controlData: string): string | undefined {
   return /^Database cluster state:\s*(.+?)\s*$/m.exec(controlData)?.[1];
+}
+
+/** What `pg_controldata` says of the WAL: the system, and the latest checkpoint's location and timeline. */
+export function controlWal(controlData: string): { systemId: string; checkpoint: string; timeline: number } | undefined {
+  const field = (name: string): string | undefined => new RegExp(`^${name}:\\s*(.+?)\\s*$`, 'm').exec(controlData)?.[1];
+  const systemId = field('Database system identifier');
+  const checkpoint = field('Latest checkpoint location');
+  const timeline = Number(field("Latest checkpoint's TimeLineID"));
+  return systemId && checkpoint && Number.isInteger(timeline) && timeline > 0 ? { systemId, checkpoint, timeline } : undefined;
+}
+
+/**
+ * Read the WAL of `timeline` from `start` to its end, printing nothing but the reason it
+ * stopped (`-q`): "error in WAL record at X: ..." names the last record it could read.
+ */
+export function walDumpPlan(ctx: NodeContext, timeline: number, start: string): CommandPlan {
+  return asPostgres(ctx, 'pg_waldump', ['-q', '-p', join(ctx.config.postgresql.dataDir, 'pg_wal'), '-t', String(timeline), '-s', start], { LC_ALL: 'C' });
+}
+
+// What xlogreader says where valid WAL ends; recovery stops at the same place for the same reasons.
+const END_OF_WAL = [/invalid record length at /, /invalid magic number /, /unexpected pageaddr /, /record with incorrect prev-link /, /invalid resource manager ID /, /incorrect resource manager data checksum /, /there is no contrecord flag at /, /invalid contrecord length /];
+
+/**
+ * The start of the last record pg_waldump read, when it stopped at the end of valid WAL. Any other
+ * stop (a segment missing or unreadable, nothing read at all) says nothing of where the WAL ends.
+ */
+export function walDumpLastRecord(stderr: string): bigint | undefined {
+  const m = /error in WAL record at ([0-9A-F]+\/[0-9A-F]+): (.*)$/m.exec(stderr);
+  if (!m || !END_OF_WAL.some((r) => r.test(m[2]!))) return undefined;
+  return lsnToBigInt(m[1]!);
+}
+
+/** A timeline history file: `parent<TAB>switchpoint<TAB>reason` per line. */
+export function parseHistory(text: string): HistoryEntry[] {
+  const out: HistoryEntry[] = [];
+  for (const line of text.split('\n')) {
+    const t = line.trim();
+    if (!t || t.startsWith('#')) continue;
+    const [parent, at] = t.split(/\s+/);
+    out.push({ parent: Number(parent), switchpoint: lsnToBigInt(at!) });
+  }
+  return out;
+}
+
+/** `0000000A.history`: the history file of a timeline. */
+export const historyFile = (timeline: number): string => `${timeline.toString(16).toUpperCase().padStart(8, '0')}.history`;
+
+/** A primary's system identifier, current timeline and that timeline's history, over a superuser connection. */
+export async function leaderTimelineOf(c: pg.Client): Promise<LeaderTimeline> {
+  // pg_control_checkpoint() lags a promotion until the next checkpoint; the WAL file name does not.
+  const row = (await c.query(`SELECT (SELECT system_identifier FROM pg_control_system())::text AS sysid,
+      ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int AS tli`)).rows[0] as { sysid: string; tli: number };
+  const history = row.tli > 1 ? parseHistory((await c.query(`SELECT pg_read_file($1) AS h`, [`pg_wal/${historyFile(row.tli)}`])).rows[0].h as string) : [];
+  return { systemId: row.sysid, timeline: row.tli, history };
+}
+
+/** The peer's `leaderTimelineOf`. */
+export const leaderTimeline = (ctx: NodeContext): Promise<LeaderTimeline> => withClient(ctx, ctx.peer.ip, leaderTimelineOf, 5000);
+
+/** The stopped data directory's WAL as `rejoinPath` weighs it. Throws when pg_controldata cannot be read. */
+export async function localWal(ctx: NodeContext): Promise<LocalWal> {
+  const cd = controlWal((await run(controlDataPlan(ctx))).stdout);
+  if (!cd) throw new Error('pg_controldata names no system identifier, checkpoint or timeline');
+  // Up to max_wal_size of WAL since the checkpoint: what recovery would read anyway.
+  const dump = await runPlan(walDumpPlan(ctx, cd.timeline, cd.checkpoint), { allowFailure: true, timeoutMs: 10 * 60_000 });
+  const names = await readdir(join(ctx.config.postgresql.dataDir, 'pg_wal'));
+  const laterTimeline = names.some((n) => /^[0-9A-F]{8}\.history$/.test(n) && parseInt(n.slice(0, 8), 16) > cd.timeline);
+  return { systemId: cd.systemId, timeline: cd.timeline, lastRecord: walDumpLastRecord(dump.stderr), laterTimeline };
 }
 
 /**

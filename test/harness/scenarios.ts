@@ -112,15 +112,23 @@ const waitRefused = (c: HarnessCluster, node: string, since: number, codes: stri
 const logged = (c: HarnessCluster, node: string, since: number, match: (e: Record<string, any>) => boolean): LogEvent | undefined =>
   c.eventsOf(node, since, match)[0];
 
-/** The old leader came back as a standby through pg_rewind, not a re-clone (a failure otherwise). */
-async function rejoinedThroughRewind(x: Ctx): Promise<void> {
+/**
+ * The old leader came back as a standby in place: by following the new leader as it was when
+ * its WAL was a prefix, else through pg_rewind; a re-clone, or a follow that did not take (a
+ * second rejoin after it), is a failure.
+ */
+async function rejoinedInPlace(x: Ctx): Promise<void> {
   const { c } = x;
   const rejoin = c.rejoinOf(x.leader, x.tFault);
   const status = await c.status(x.leader);
   const method = rejoin?.method ?? status?.lastRejoin?.method;
+  const methods = c.eventsOf(x.leader, x.tFault, (e) => e.event === 'rejoin' && typeof e.method === 'string').map((r) => r.e.method as string);
   const copied = typeof rejoin?.copiedMB === 'number' ? `, copying ${rejoin.copiedMB} MB of ${rejoin.sourceMB} MB` : '';
-  x.notes.push(`old leader rejoined through ${method ?? 'nothing'}${copied}`);
-  if (method !== 'pg_rewind') x.failures.push(`the old leader did not rejoin through pg_rewind (log: ${JSON.stringify(rejoin)}, status lastRejoin: ${JSON.stringify(status?.lastRejoin)})`);
+  const reason = typeof rejoin?.reason === 'string' ? ` (${rejoin.reason})` : '';
+  x.notes.push(`old leader rejoined through ${method ?? 'nothing'}${copied}${reason}`);
+  if (method !== 'pg_rewind' && method !== 'follow') x.failures.push(`the old leader did not rejoin in place (log: ${JSON.stringify(rejoin)}, status lastRejoin: ${JSON.stringify(status?.lastRejoin)})`);
+  if (methods.includes('pg_basebackup')) x.failures.push(`the old leader re-cloned (rejoin methods logged: ${methods.join(', ')})`);
+  if (methods.includes('follow') && methods.some((m) => m !== 'follow')) x.failures.push(`following did not take: the old leader rejoined again (${methods.join(', ')})`);
 }
 
 /** pgbench's scale for the bulk load: about 650 MB of WAL, more than init's wal_keep_size (512 MB). */
@@ -482,7 +490,7 @@ export const SCENARIOS: Scenario[] = [
       await waitLeaderIs(c, x.follower);
     },
     heal: (x) => x.c.powerOn(x.leader),
-    verify: (x) => rejoinedThroughRewind(x),
+    verify: (x) => rejoinedInPlace(x),
   },
   {
     // The follower's agent restarts while the leader is degraded (nobody promotable), then the
@@ -561,7 +569,7 @@ export const SCENARIOS: Scenario[] = [
     },
     heal: (x) => x.c.powerOn(x.leader),
     verify: async (x, r) => {
-      await rejoinedThroughRewind(x);
+      await rejoinedInPlace(x);
       // The scenarios after this one need not copy the load around.
       await x.c.sql(r.leaderAfter, 'DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers');
     },

@@ -185,6 +185,32 @@ test('crash right after promotion, then the old leader returns: one primary, old
   t.deepEqual(c.node('n1').rejoins, ['pg_rewind'], 'the old leader rejoined through pg_rewind');
 });
 
+test('old leader with nothing the standby lacks rejoins by following it as it is; one with WAL the standby never got, through pg_rewind', async (t) => {
+  // The client cut off from the leader 2 s before its power loss: no write in flight, the
+  // standby flushed all of the leader's WAL, which is then a prefix of the new leader's.
+  const quiet = await scenario(16, (c) => {
+    c.world.at(18_000, () => c.world.setLink('client', 'n1', false));
+    c.world.at(20_000, () => c.powerOff(c.node('n1'), 30_000));
+  }, 60_000);
+  t.deepEqual(quiet.violations, [], report(quiet));
+  t.is(leaderOf(quiet)?.name, 'n2');
+  t.deepEqual(quiet.node('n1').rejoins, ['follow'], 'the old leader followed the new one without pg_rewind');
+  // The standby cut off from the leader while the client still writes to it: those writes wait
+  // for a synchronous standby that never gets them, but they are in the leader's WAL.
+  const diverged = await scenario(16, (c) => {
+    c.world.at(18_000, () => {
+      c.world.setLink('n1', 'n2', false);
+      c.world.setLink('n2', 'n1', false);
+    });
+    c.world.at(20_000, () => c.powerOff(c.node('n1'), 30_000));
+    c.world.at(45_000, () => healAll(c));
+  }, 60_000);
+  t.deepEqual(diverged.violations, [], report(diverged));
+  t.is(leaderOf(diverged)?.name, 'n2');
+  t.deepEqual(diverged.node('n1').rejoins, ['pg_rewind'], 'the old leader had WAL the new one never got: rewound');
+  t.is(diverged.node('n1').pg.followRefused + quiet.node('n1').pg.followRefused, 0);
+});
+
 test('Kine and K3s cannot be restarted after a promotion (their units missing): the agent says so, and the promotion, the VIP and the writes stand', async (t) => {
   const c = new SimCluster({ seed: 16, rewindFailure: 0, kubeFails: true });
   c.world.at(20_000, () => c.powerOff(c.node('n1'), 30_000));

@@ -6,6 +6,7 @@ import { syncDirectory, writeFileAtomic } from '#common/fsutil.ts';
 import type { NodeContext } from '../context.ts';
 import type { LogPort, PgDiskFacts, PgPort, PgStatus, RejoinMethod } from '../core/ports.ts';
 import { lsnToBigInt } from '../core/lsn.ts';
+import { rejoinPath, type RejoinPath } from '../core/rejoin.ts';
 import * as pgc from '../postgres.ts';
 import { RESTORE_CONF } from '../restorestate.ts';
 
@@ -328,6 +329,20 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
     for (const c of children) kill(c);
   };
 
+  /** The leader's timeline at this node's last rejoin by following (rejoinPath's `followedBefore`). */
+  const followedFile = join(ctx.config.stateDir, 'rejoin-followed');
+
+  /** Whether the stopped directory can follow the peer as it is; any doubt says rewind. */
+  const followOrRewind = async (): Promise<RejoinPath & { timeline?: number }> => {
+    try {
+      const [local, leader] = [await pgc.localWal(ctx), await pgc.leaderTimeline(ctx)];
+      const before = Number((await readFile(followedFile, 'utf8').catch(() => '')).trim()) || undefined;
+      return { ...rejoinPath(local, leader, before), timeline: leader.timeline };
+    } catch (err) {
+      return { follow: false, reason: `could not compare the WAL with the leader's history (${(err as Error).message.split('\n')[0]})` };
+    }
+  };
+
   /** true when the peer's PostgreSQL answers as a primary, else what it is. */
   const peerPrimary = async (): Promise<true | string> => {
     try {
@@ -468,6 +483,17 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
       if ((await postmasterRunning()) || (await status()).up) await port.stop();
       if (!(await waitStopped(1000))) throw new Error('refusing to rejoin: PostgreSQL still runs after stop');
       await prepare();
+      if (!existsSync(marker)) {
+        const path = await followOrRewind();
+        if (path.follow) {
+          await pgc.writeNodeConfig(ctx);
+          await configureStandby();
+          await writeFileAtomic(followedFile, `${path.timeline}\n`, 0o644, { syncDir: true });
+          log.info({ event: 'rejoin', method: 'follow', reason: path.reason }, `following ${ctx.peer.name} as it is, without pg_rewind: ${path.reason}`);
+          return 'follow';
+        }
+        log.info({ event: 'rejoin', method: 'pg_rewind', reason: path.reason }, `pg_rewind: ${path.reason}`);
+      }
       let copied: ReturnType<typeof pgc.rewindCopied>;
       try {
         if (existsSync(marker)) throw new Error('the data directory is an unfinished clone or initdb: nothing to rewind');

@@ -45,7 +45,8 @@ export interface PgDiskFacts {
   standbySignal: boolean;
 }
 
-export type RejoinMethod = 'pg_rewind' | 'pg_basebackup';
+/** follow: no divergence, started as the peer's standby as it is; pg_rewind; pg_basebackup: a fresh clone. */
+export type RejoinMethod = 'follow' | 'pg_rewind' | 'pg_basebackup';
 
 /** The local PostgreSQL. Every method throws on failure. */
 export interface PgPort {
@@ -64,7 +65,7 @@ export interface PgPort {
   initPrimary(syncStandbyNames: string): Promise<void>;
   /** Make the (stopped) data directory a standby of the peer. Refuses while a primary runs. */
   configureStandby(): Promise<void>;
-  /** Stopped data directory onto the peer's timeline: pg_rewind, else a fresh clone. Leaves it stopped, configured as standby. */
+  /** Stopped data directory onto the peer's timeline: as it is when its WAL is a prefix of the peer's, else pg_rewind, else a fresh clone. Leaves it stopped, configured as standby. */
   rejoin(): Promise<RejoinMethod>;
   /** Fresh clone of the peer (first boot of the follower). Leaves it stopped, configured as standby. */
   clone(): Promise<void>;

@@ -1,4 +1,5 @@
 import type { PgDiskFacts, PgPort, PgStatus, RejoinMethod } from '../core/ports.ts';
+import { rejoinPath, type HistoryEntry, type LeaderTimeline, type LocalWal } from '../core/rejoin.ts';
 import type { SimProcess, World } from './world.ts';
 
 /** One WAL record: a client write (id > 0) or a timeline switch (id < 0). */
@@ -41,10 +42,29 @@ export class SimPostgres {
   starting = false;
   /** Bumped by every halt: a start in flight when the server is stopped never completes. */
   private startEpoch = 0;
+  /** The leader's timeline at the last rejoin that followed it as it was (the adapter's rejoin-followed file). */
+  followedTimeline: number | undefined;
+  /** Rejoins that chose to follow a leader whose WAL this one's is not a prefix of. */
+  followRefused = 0;
   /** Set by the simulator: called when a standby.signal would land in a live primary. */
   onViolation: (what: string) => void = () => undefined;
 
   constructor(readonly node: string, readonly world: World, readonly proc: SimProcess) {}
+
+  /** What the adapter reads off a stopped data directory (pg_controldata, pg_waldump). */
+  localWal(): LocalWal {
+    return { systemId: 'sim', timeline: this.wal.at(-1)?.tl ?? 1, lastRecord: this.wal.length ? BigInt(this.wal.length - 1) : undefined, laterTimeline: false };
+  }
+
+  /** What the adapter asks of a primary: its timeline and that timeline's history. */
+  leaderTimeline(): LeaderTimeline {
+    const history: HistoryEntry[] = [];
+    this.wal.forEach((e, i) => {
+      // A switch record starts the new timeline: its parent ends where it starts.
+      if (e.id < 0) history.push({ parent: this.wal[i - 1]?.tl ?? e.tl - 1, switchpoint: BigInt(i) });
+    });
+    return { systemId: 'sim', timeline: this.timeline, history };
+  }
 
   get primary(): boolean {
     return this.running && !this.standbySignal;
@@ -243,6 +263,21 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
       return op(300, 3000, () => {
         const p = peer();
         if (!reachable() || !p.primary) throw new Error('the peer is not a reachable primary');
+        // The adapter's decision, on what this model's WAL says: record i starts at LSN i.
+        const path = rejoinPath(self.localWal(), p.leaderTimeline(), self.followedTimeline);
+        if (path.follow) {
+          self.followedTimeline = p.timeline;
+          self.standbySignal = true;
+          self.syncNames = '';
+          self.readOnly = false;
+          // PostgreSQL would refuse to follow (replicate() checks the same): the decision was wrong.
+          if (!isPrefix(self.wal, p.wal)) {
+            self.followRefused++;
+            self.onViolation(`${self.node}: rejoined by following ${p.node}, whose WAL ours is not a prefix of (${path.reason})`);
+          }
+          world.log(`${self.node} pg: following as it is (${path.reason})${isPrefix(self.wal, p.wal) ? '' : ': NOT a prefix of the leader\'s WAL'}`);
+          return 'follow';
+        }
         if (opts.rewindFails()) {
           self.replaceWal(p.wal.slice());
           self.timeline = p.timeline;
