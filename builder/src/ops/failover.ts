@@ -80,7 +80,7 @@ export function planForceFailover(s: ClusterStatus, to: string, acceptDataLoss: 
         ? `witness: once the lease of ${from} has expired, revoke it (generation ${generation} -> ${generation + 1}) and name ${to} promotable; refused if the generation is no longer ${generation}`
         : `witness: already names ${to} promotable; nothing is revoked`,
       `${to}: take the lease (generation ${generation + (dataLoss ? 2 : 1)}), promote, take the VIP`,
-      `${old.name}: when it runs again it finds a newer generation, stays fenced and rejoins as ${to}'s standby (pg_rewind, else a fresh clone)${dataLoss ? ', discarding what only it had' : ''}`,
+      `${old.name}: when it runs again it finds a newer generation, stays fenced and rejoins as ${to}'s standby (as it is when its WAL is a prefix of ${to}'s, else pg_rewind, else a fresh clone)${dataLoss ? ', discarding what only it had' : ''}`,
     ],
   };
 }
