@@ -5,7 +5,9 @@
 // packets delayed 200 ms ± 100 ms (uniform) and PCT % of them (default 5) lost. Through
 // `tc netem` where the kernel has it; where it has not (these machines), through the user-space
 // emulator of bench/netem.ts (NFQUEUE), whose own counters go into the JSON. Counts promotions
-// (every one is false: nothing failed), write stalls over 1 s and seconds without writes.
+// (every one is false: nothing failed), write stalls over 1 s and seconds without writes; once
+// the network is healed and the pair healthy again, every acknowledged write is looked up on the
+// leader (lost writes).
 // Needs root. Prints figures; asserts nothing.
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -45,6 +47,10 @@ interface Figures {
   longestStallSeconds: number;
   secondsWithoutWrites: number;
   acknowledged: number;
+  /** Acknowledged writes missing from the leader once the pair was healthy again after the run; null when it never was within 5 minutes. */
+  writesLost: number | null;
+  /** That leader. */
+  leaderAfter: string | null;
   settings: unknown;
   /** What the emulator did to each member's packets (absent under tc netem). */
   emulator?: Record<string, EmulatorCounters & { lostPercent: number; meanDelayMs: number }>;
@@ -79,10 +85,16 @@ async function measure(system: string): Promise<Figures> {
       if (k) counted[e.member] = { ...k, lostPercent: k.packets ? Math.round((1000 * k.dropped) / k.packets) / 10 : 0, meanDelayMs: k.delayed ? Math.round(k.delaySumMs / k.delayed) : 0 };
     }
     const acks = c.acks.map((a) => a.t).filter((t) => t >= t0 && t <= t1);
+    // The network healed: every write acknowledged so far must be on the leader of a healthy pair.
+    const ackedSoFar = c.acks.length;
+    const leaderAfter = await c.waitFor(`${system}: leader + synchronous standby after the network healed`, () => c.healthyPair(), 300_000).catch(() => undefined);
+    const lost = leaderAfter ? await c.missingAcks(leaderAfter, ackedSoFar) : undefined;
+    if (lost?.length) console.log(`${system}: ${lost.length} acknowledged writes missing on ${leaderAfter}: ${lost.slice(0, 20).join(', ')}${lost.length > 20 ? ', ...' : ''}`);
     const s = stalls([t0, ...acks, t1]);
     return {
       system, minutes, lossPercent: loss, promotions: changes.length, leaderChanges: changes, dualWritableSamples: dualWritable(c.samples, t0).samples,
       stallsOver1s: s.length, longestStallSeconds: Math.max(0, ...s) / 1000, secondsWithoutWrites: secondsWithout(acks, t0, t1), acknowledged: acks.length,
+      writesLost: lost ? lost.length : null, leaderAfter: leaderAfter ?? null,
       settings: settingsOf(system, c),
       ...(netem ? { emulator: counted } : {}),
     };
@@ -95,8 +107,8 @@ async function measure(system: string): Promise<Figures> {
 
 const results: Figures[] = [];
 for (const s of systems) results.push(await measure(s));
-const head = ['SYSTEM', 'MINUTES', 'LOSS', 'PROMOTIONS (ALL FALSE)', 'DUAL-WRITABLE', 'STALLS > 1 S', 'LONGEST STALL', 'S WITHOUT WRITES', 'ACKED'];
-const rows = results.map((r) => [r.system, String(r.minutes), `${r.lossPercent}%`, String(r.promotions), String(r.dualWritableSamples), String(r.stallsOver1s), `${r.longestStallSeconds.toFixed(1)} s`, String(r.secondsWithoutWrites), String(r.acknowledged)]);
+const head = ['SYSTEM', 'MINUTES', 'LOSS', 'PROMOTIONS (ALL FALSE)', 'DUAL-WRITABLE', 'STALLS > 1 S', 'LONGEST STALL', 'S WITHOUT WRITES', 'ACKED', 'LOST'];
+const rows = results.map((r) => [r.system, String(r.minutes), `${r.lossPercent}%`, String(r.promotions), String(r.dualWritableSamples), String(r.stallsOver1s), `${r.longestStallSeconds.toFixed(1)} s`, String(r.secondsWithoutWrites), String(r.acknowledged), r.writesLost === null ? 'unknown (never healthy again)' : String(r.writesLost)]);
 const w = head.map((_, i) => Math.max(...[head, ...rows].map((r) => r[i]!.length)));
 console.log([head, ...rows].map((r) => r.map((x, i) => x.padEnd(w[i]!)).join('  ')).join('\n'));
 console.log(`every member's outgoing packets: ${impairment.delayMs} ms ± ${impairment.jitterMs} ms, ${loss}% lost, through the ${via}${netem ? ` (${netem})` : ''}`);

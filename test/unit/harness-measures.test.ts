@@ -66,4 +66,7 @@ test('rejoin tools: what the node\'s own processes ran after the power-on, in or
     '2026-12-03T10:00:08.000Z [node1] {"event":"rejoin","method":"pg_basebackup","rewindError":"could not find previous WAL record"}',
   ].join('\n');
   t.deepEqual(rejoinToolsIn(fellBack, 'node1', on), ['pg_rewind', 'pg_basebackup']);
+  // The agent following as it is runs neither tool, whatever its message says of pg_rewind.
+  const followed = '2026-12-03T10:00:07.000Z [node1] {"level":30,"event":"rejoin","method":"follow","reason":"our WAL ends before 0/A269848","msg":"following node2 as it is (no rewind needed): our WAL ends before 0/A269848"}';
+  t.deepEqual(rejoinToolsIn(followed, 'node1', on), []);
 });

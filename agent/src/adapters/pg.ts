@@ -489,7 +489,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
           await pgc.writeNodeConfig(ctx);
           await configureStandby();
           await writeFileAtomic(followedFile, `${path.timeline}\n`, 0o644, { syncDir: true });
-          log.info({ event: 'rejoin', method: 'follow', reason: path.reason }, `following ${ctx.peer.name} as it is, without pg_rewind: ${path.reason}`);
+          log.info({ event: 'rejoin', method: 'follow', reason: path.reason }, `following ${ctx.peer.name} as it is (no rewind needed): ${path.reason}`);
           return 'follow';
         }
         log.info({ event: 'rejoin', method: 'pg_rewind', reason: path.reason }, `pg_rewind: ${path.reason}`);
