@@ -51,6 +51,8 @@ interface Figures {
   writesLost: number | null;
   /** That leader. */
   leaderAfter: string | null;
+  /** When there was none: the leader the harness sees, and each node's recovery state and walsenders. */
+  notHealthy?: Record<string, string | null>;
   settings: unknown;
   /** What the emulator did to each member's packets (absent under tc netem). */
   emulator?: Record<string, EmulatorCounters & { lostPercent: number; meanDelayMs: number }>;
@@ -89,12 +91,18 @@ async function measure(system: string): Promise<Figures> {
     const ackedSoFar = c.acks.length;
     const leaderAfter = await c.waitFor(`${system}: leader + synchronous standby after the network healed`, () => c.healthyPair(), 300_000).catch(() => undefined);
     const lost = leaderAfter ? await c.missingAcks(leaderAfter, ackedSoFar) : undefined;
+    // Never healthy: what each node's server says, for the next look (the harness's own test of health may be what fails).
+    const notHealthy: Record<string, string | null> | undefined = leaderAfter ? undefined : { leader: (await c.leader().catch(() => undefined)) ?? null };
+    if (notHealthy) {
+      for (const n of ['node1', 'node2']) notHealthy[n] = (await c.sql(n, "SELECT pg_is_in_recovery() || ' ' || coalesce((SELECT string_agg(application_name || ':' || state || ':' || sync_state, ',') FROM pg_stat_replication), 'no walsender')", 'postgres')) ?? null;
+      console.log(`${system}: not healthy 5 minutes after the network healed: ${JSON.stringify(notHealthy)}`);
+    }
     if (lost?.length) console.log(`${system}: ${lost.length} acknowledged writes missing on ${leaderAfter}: ${lost.slice(0, 20).join(', ')}${lost.length > 20 ? ', ...' : ''}`);
     const s = stalls([t0, ...acks, t1]);
     return {
       system, minutes, lossPercent: loss, promotions: changes.length, leaderChanges: changes, dualWritableSamples: dualWritable(c.samples, t0).samples,
       stallsOver1s: s.length, longestStallSeconds: Math.max(0, ...s) / 1000, secondsWithoutWrites: secondsWithout(acks, t0, t1), acknowledged: acks.length,
-      writesLost: lost ? lost.length : null, leaderAfter: leaderAfter ?? null,
+      writesLost: lost ? lost.length : null, leaderAfter: leaderAfter ?? null, ...(notHealthy ? { notHealthy } : {}),
       settings: settingsOf(system, c),
       ...(netem ? { emulator: counted } : {}),
     };

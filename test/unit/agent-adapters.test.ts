@@ -20,6 +20,7 @@ import { nodeContext, type NodeContext } from '#agent/context.ts';
 import { formatLsn, lsnToBigInt } from '#agent/core/lsn.ts';
 import type { LogPort } from '#agent/core/ports.ts';
 import { spawnPlan } from '#common/exec.ts';
+import { freePort } from '../helpers/host-pg.ts';
 import { registerSecret } from '#common/log.ts';
 import { AgentConfigSchema } from '#common/schema/agent.ts';
 import { API_VERSION } from '#common/schema/image.ts';
@@ -52,13 +53,7 @@ async function context(over: { stateDir?: string; tls?: boolean; vip?: boolean; 
 const quiet: LogPort = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined };
 
 /** A port nothing listens on. */
-async function closedPort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
-}
+const closedPort = freePort;
 
 test('LSNs: parse, compare and print as PostgreSQL does', (t) => {
   t.is(lsnToBigInt('0/3000148'), 0x3000148n);

@@ -1,7 +1,6 @@
 import test from 'ava';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { createPgPort, inProgressMarker, livePostmasterPid } from '#agent/adapters/pg.ts';
 import { nodeContext, type NodeContext } from '#agent/context.ts';
@@ -12,7 +11,7 @@ import { pgHbaConf } from '#common/render/postgresql.ts';
 import { API_VERSION } from '#common/schema/image.ts';
 import { NodeSeedSchema } from '#common/schema/seed.ts';
 import { FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
-import { hostPgBinDir } from '../helpers/host-pg.ts';
+import { freePort, hostPgBinDir } from '../helpers/host-pg.ts';
 
 /**
  * The PgPort against a real PostgreSQL 15 on loopback (direct mode, pg_ctl as the postgres
@@ -22,14 +21,6 @@ import { hostPgBinDir } from '../helpers/host-pg.ts';
 const BIN = hostPgBinDir() ?? '/usr/lib/postgresql/15/bin';
 const runnable = process.getuid?.() === 0 && existsSync(join(BIN, 'initdb'));
 const maybe = runnable ? test.serial : test.skip;
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 async function context(root: string): Promise<NodeContext> {
   const cluster = await loadFixtureCluster();

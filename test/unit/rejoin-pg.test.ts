@@ -1,8 +1,6 @@
 import test from 'ava';
 import { execa } from 'execa';
 import { appendFileSync, chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
-import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
@@ -13,7 +11,7 @@ import { AgentConfigSchema } from '#common/schema/agent.ts';
 import { API_VERSION } from '#common/schema/image.ts';
 import { NodeSeedSchema } from '#common/schema/seed.ts';
 import { FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
-import { hostPgBinDir } from '../helpers/host-pg.ts';
+import { freePort, hostPgBinDir } from '../helpers/host-pg.ts';
 
 /**
  * The rejoin decision against PostgreSQL's own judgement: two real servers on loopback, A the
@@ -25,14 +23,6 @@ import { hostPgBinDir } from '../helpers/host-pg.ts';
 const BIN = hostPgBinDir() ?? '/usr/lib/postgresql/15/bin';
 const runnable = process.getuid?.() === 0 && existsSync(join(BIN, 'initdb'));
 const maybe = runnable ? test.serial : test.skip;
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 const asPg = (cmd: string, args: string[]): Promise<unknown> => execa('runuser', ['-u', 'postgres', '--', join(BIN, cmd), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
 
