@@ -28,6 +28,7 @@ interface SizeFigures {
   loadSeconds: number;
   failoverSeconds: number;
   rejoinSeconds: number;
+  rejoinSyncSeconds: number;
   writesLost: number;
   dualPrimarySamples: number;
   /** What the old leader's NIC received while it rejoined, for every system. */
@@ -60,7 +61,7 @@ async function measure(c: PairHarness, gb: number): Promise<SizeFigures> {
   }
   const databaseMB = Math.round(Number(await c.sql(leader, `SELECT pg_database_size('${login.database}')`)) / 1024 ** 2);
   const p = await leaderPowerLoss(c, leader, `${c.system} ${gb} GB (${databaseMB} MB)`, 10);
-  const figures: SizeFigures = { sizeGB: gb, scale, databaseMB, loadSeconds, failoverSeconds: p.failoverSeconds, rejoinSeconds: p.rejoinSeconds, rejoinReceivedMB: p.rejoinReceivedMB, rejoinTools: p.rejoinTools, writesLost: p.writesLost, dualPrimarySamples: p.dualPrimarySamples };
+  const figures: SizeFigures = { sizeGB: gb, scale, databaseMB, loadSeconds, failoverSeconds: p.failoverSeconds, rejoinSeconds: p.rejoinSeconds, rejoinSyncSeconds: p.rejoinSyncSeconds, rejoinReceivedMB: p.rejoinReceivedMB, rejoinTools: p.rejoinTools, writesLost: p.writesLost, dualPrimarySamples: p.dualPrimarySamples };
   if (c instanceof HarnessCluster) {
     const rejoin = c.rejoinOf(leader, p.tOn);
     if (rejoin) Object.assign(figures, { rejoinMethod: rejoin.method as string }, typeof rejoin.copiedMB === 'number' ? { copiedMB: rejoin.copiedMB as number, sourceMB: rejoin.sourceMB as number } : {});
@@ -91,7 +92,7 @@ for (const system of systems) {
     try {
       const f = await measure(c, gb);
       (result[system] ??= []).push(f);
-      console.log(`${system} ${gb} GB (scale ${f.scale}, database ${f.databaseMB} MB, loaded in ${f.loadSeconds.toFixed(0)} s): failover ${f.failoverSeconds.toFixed(2)} s, rejoin ${f.rejoinSeconds.toFixed(1)} s${f.rejoinMethod ? ` through ${f.rejoinMethod}${f.copiedMB !== undefined ? `, copying ${f.copiedMB} MB of ${f.sourceMB} MB` : ''}` : ''} (ran ${f.rejoinTools.join(' then ') || 'neither pg_rewind nor pg_basebackup'}, received ${f.rejoinReceivedMB} MB), lost ${f.writesLost}, dual-primary samples ${f.dualPrimarySamples}`);
+      console.log(`${system} ${gb} GB (scale ${f.scale}, database ${f.databaseMB} MB, loaded in ${f.loadSeconds.toFixed(0)} s): failover ${f.failoverSeconds.toFixed(2)} s, rejoin ${f.rejoinSeconds.toFixed(1)} s (synchronous standby after ${f.rejoinSyncSeconds.toFixed(1)} s)${f.rejoinMethod ? ` through ${f.rejoinMethod}${f.copiedMB !== undefined ? `, copying ${f.copiedMB} MB of ${f.sourceMB} MB` : ''}` : ''} (ran ${f.rejoinTools.join(' then ') || 'neither pg_rewind nor pg_basebackup'}, received ${f.rejoinReceivedMB} MB), lost ${f.writesLost}, dual-primary samples ${f.dualPrimarySamples}`);
     } finally {
       await c.stop();
       // Two copies of the database and the WAL per run (about 13 GB at 5 GB): keep the log only.

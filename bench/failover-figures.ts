@@ -62,7 +62,10 @@ export interface PowerLoss {
   /** Power-on of the old leader (rejoin counts from here). */
   tOn: number;
   failoverSeconds: number;
+  /** To the pair ready for the next automatic failover by the system's own rule (its healthyPair). */
   rejoinSeconds: number;
+  /** To the old leader streaming as a synchronous standby in pg_stat_replication (syncPair): the same test for every system. */
+  rejoinSyncSeconds: number;
   newLeader: string;
   /** MB the old leader's NIC received from its power-on until it was a synchronous standby again. */
   rejoinReceivedMB: number;
@@ -90,9 +93,16 @@ export async function leaderPowerLoss(c: PairHarness, leader: string, what: stri
   const rx0 = await c.nicReceivedBytes(leader);
   const tOn = Date.now();
   await c.powerOn(leader);
-  const newLeader = await c.waitFor('old leader back as synchronous standby', () => c.healthyPair(), 300_000 * slow);
+  // Two instants: the old leader streaming as a synchronous standby (the same test for every
+  // system), and the pair ready for the next automatic failover by the system's own rule.
+  let syncAt: number | undefined;
+  const newLeader = await c.waitFor('old leader back as synchronous standby', async () => {
+    if (syncAt === undefined && (await c.syncPair())) syncAt = Date.now();
+    return syncAt === undefined ? undefined : c.healthyPair();
+  }, 300_000 * slow);
   const rejoinSeconds = (Date.now() - tOn) / 1000;
+  const rejoinSyncSeconds = (syncAt! - tOn) / 1000;
   const rejoinReceivedMB = Math.round((await c.nicReceivedBytes(leader) - rx0) / 1024 ** 2);
   const lost = await c.missingAcks(newLeader);
-  return { tFault, tOn, failoverSeconds, rejoinSeconds, newLeader, rejoinReceivedMB, rejoinTools: c.rejoinToolsOf(leader, tOn), writesLost: lost.length, dualPrimarySamples: c.dualPrimarySamples(tFault - 1000) };
+  return { tFault, tOn, failoverSeconds, rejoinSeconds, rejoinSyncSeconds, newLeader, rejoinReceivedMB, rejoinTools: c.rejoinToolsOf(leader, tOn), writesLost: lost.length, dualPrimarySamples: c.dualPrimarySamples(tFault - 1000) };
 }

@@ -311,11 +311,16 @@ export abstract class PairHarness {
   }
 
   /** Leader + synchronous standby, as pg_stat_replication on the leader reports it. */
-  async healthyPair(): Promise<string | undefined> {
+  async syncPair(): Promise<string | undefined> {
     const leader = await this.leader();
     if (!leader) return undefined;
     const sync = await this.sql(leader, `SELECT sync_state FROM pg_stat_replication WHERE application_name = '${this.other(leader)}'`, 'postgres');
     return sync === 'sync' ? leader : undefined;
+  }
+
+  /** The leader of a pair ready for an automatic failover by the system's own rule; by default, syncPair. */
+  async healthyPair(): Promise<string | undefined> {
+    return this.syncPair();
   }
 
   /** Poll `fn` every `intervalMs` until it gives a value (not undefined, not false). */

@@ -164,7 +164,7 @@ export class PgAutoFailoverCluster extends PairHarness {
    * A primary whose standby is synchronous. pg_auto_failover names it pgautofailover_standby_<id>
    * and writes `ANY 1 (...)`, so pg_stat_replication says `quorum` rather than `sync`.
    */
-  override async healthyPair(): Promise<string | undefined> {
+  override async syncPair(): Promise<string | undefined> {
     const leader = await this.leader();
     if (!leader) return undefined;
     const sync = await this.sql(leader, "SELECT sync_state FROM pg_stat_replication WHERE application_name LIKE 'pgautofailover_standby_%'", 'postgres');
