@@ -108,15 +108,19 @@ export function controlDataPlan(ctx: NodeContext): CommandPlan {
 
 /** The "Database cluster state" line of `pg_controldata`'s output ("in production", "shut down", ...). */
 export function clusterState(controlData: string): string | undefined {
-  return /^Database cluster state:\s*(.+?)\s*$/m.exec(controlData)?.[1];
+  return controlField(controlData, 'Database cluster state');
+}
+
+/** One `Name: value` line of `pg_controldata`'s output. */
+function controlField(controlData: string, name: string): string | undefined {
+  return new RegExp(`^${name}:\\s*(.+?)\\s*$`, 'm').exec(controlData)?.[1];
 }
 
 /** What `pg_controldata` says of the WAL: the system, and the latest checkpoint's location and timeline. */
 export function controlWal(controlData: string): { systemId: string; checkpoint: string; timeline: number } | undefined {
-  const field = (name: string): string | undefined => new RegExp(`^${name}:\\s*(.+?)\\s*$`, 'm').exec(controlData)?.[1];
-  const systemId = field('Database system identifier');
-  const checkpoint = field('Latest checkpoint location');
-  const timeline = Number(field("Latest checkpoint's TimeLineID"));
+  const systemId = controlField(controlData, 'Database system identifier');
+  const checkpoint = controlField(controlData, 'Latest checkpoint location');
+  const timeline = Number(controlField(controlData, "Latest checkpoint's TimeLineID"));
   return systemId && checkpoint && Number.isInteger(timeline) && timeline > 0 ? { systemId, checkpoint, timeline } : undefined;
 }
 

@@ -15,8 +15,8 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** Poll `probe` every 3 s until it gives a value; the last error is quoted on timeout. */
-export async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
+/** Poll `probe` every `intervalMs` (3 s) until it gives a value; the last error is quoted on timeout. */
+export async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>, intervalMs = 3000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   while (Date.now() < deadline) {
@@ -26,7 +26,7 @@ export async function until<T>(what: string, timeoutMs: number, probe: () => Pro
     } catch (err) {
       last = err;
     }
-    await new Promise((r) => setTimeout(r, 3000));
+    await new Promise((r) => setTimeout(r, intervalMs));
   }
   throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
 }

@@ -1,5 +1,4 @@
 import { existsSync, readdirSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 
 /**
@@ -13,13 +12,4 @@ export function hostPgBinDir(): string | undefined {
   const versions = existsSync(base) ? readdirSync(base).filter((v) => /^\d+$/.test(v) && existsSync(join(base, v, 'bin', 'initdb'))) : [];
   const newest = versions.map(Number).sort((a, b) => b - a)[0];
   return newest === undefined ? undefined : join(base, String(newest), 'bin');
-}
-
-/** A loopback TCP port nothing listens on at the moment of asking (for a server the test starts). */
-export async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
 }

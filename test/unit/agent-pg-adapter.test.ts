@@ -11,7 +11,8 @@ import { pgHbaConf } from '#common/render/postgresql.ts';
 import { API_VERSION } from '#common/schema/image.ts';
 import { NodeSeedSchema } from '#common/schema/seed.ts';
 import { FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
-import { freePort, hostPgBinDir } from '../helpers/host-pg.ts';
+import { freePort } from '../helpers/e2e.ts';
+import { hostPgBinDir } from '../helpers/host-pg.ts';
 
 /**
  * The PgPort against a real PostgreSQL 15 on loopback (direct mode, pg_ctl as the postgres

@@ -2,7 +2,6 @@ import test from 'ava';
 import { execa } from 'execa';
 import { appendFileSync, chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { nodeContext, type NodeContext } from '#agent/context.ts';
 import { rejoinPath, type RejoinPath } from '#agent/core/rejoin.ts';
@@ -11,7 +10,8 @@ import { AgentConfigSchema } from '#common/schema/agent.ts';
 import { API_VERSION } from '#common/schema/image.ts';
 import { NodeSeedSchema } from '#common/schema/seed.ts';
 import { FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
-import { freePort, hostPgBinDir } from '../helpers/host-pg.ts';
+import { freePort, until as untilEvery } from '../helpers/e2e.ts';
+import { hostPgBinDir } from '../helpers/host-pg.ts';
 
 /**
  * The rejoin decision against PostgreSQL's own judgement: two real servers on loopback, A the
@@ -67,15 +67,8 @@ async function withPg<T>(port: number, fn: (c: pg.Client) => Promise<T>): Promis
 
 const sql = <T = Record<string, unknown>>(port: number, text: string): Promise<T[]> => withPg(port, async (c) => (await c.query(text)).rows as T[]);
 
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 120_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(200);
-  }
-}
+/** Poll every 200 ms for up to 2 minutes: these waits take well under a second on an idle machine. */
+const until = <T>(what: string, probe: () => Promise<T | undefined>): Promise<T> => untilEvery(what, 120_000, probe, 200);
 
 /** Power loss of a server: the postmaster and its children SIGKILLed, as the agent's sigkill does (orphans would pin the shared memory). */
 async function crash(dir: string): Promise<void> {

@@ -271,11 +271,12 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
           self.syncNames = '';
           self.readOnly = false;
           // PostgreSQL would refuse to follow (replicate() checks the same): the decision was wrong.
-          if (!isPrefix(self.wal, p.wal)) {
+          const prefix = isPrefix(self.wal, p.wal);
+          world.log(`${self.node} pg: following as it is (${path.reason})${prefix ? '' : ': NOT a prefix of the leader\'s WAL'}`);
+          if (!prefix) {
             self.followRefused++;
             self.onViolation(`${self.node}: rejoined by following ${p.node}, whose WAL ours is not a prefix of (${path.reason})`);
           }
-          world.log(`${self.node} pg: following as it is (${path.reason})${isPrefix(self.wal, p.wal) ? '' : ': NOT a prefix of the leader\'s WAL'}`);
           return 'follow';
         }
         if (opts.rewindFails()) {
