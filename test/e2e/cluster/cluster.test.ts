@@ -325,7 +325,8 @@ async function failoverTest(t: import('ava').ExecutionContext, p: NonNullable<ty
     const rejoined = (await s1b.run("journalctl -b -u geminik8s-agent --no-pager -o cat | grep -o 'rejoined through [a-z_-]*' | head -n1")).output.trim();
     const rejoinedAt = await agentJournalAt(s1b, 'rejoined through');
     t.log(`node1: ${rejoined || 'no rejoin line'}${rejoinedAt ? ` at guest uptime ${rejoinedAt.toFixed(1)} s` : ''}`);
-    t.regex(rejoined, /^rejoined through (pg_rewind|pg_basebackup)$/);
+    // In place (follow, or pg_rewind after a divergence), never a re-clone after a power loss.
+    t.regex(rejoined, /^rejoined through (follow|pg_rewind)$/);
     t.notRegex(await s1b.check('ip -color=never -o -4 addr show dev eth0'), new RegExp(`inet ${NET.vip.replaceAll('.', '\\.')}/`), 'the VIP is not on node1');
 
     writer.kill('SIGTERM');
