@@ -1,5 +1,6 @@
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, chown, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
 import type { CommandPlan, RunResult } from '#common/exec.ts';
@@ -7,8 +8,8 @@ import { runPlan } from '#common/exec.ts';
 import { libpqTlsParams, pgHbaConf, pgIdentConf, pgTlsConf, pgTlsDir, postgresqlConf, PG_TLS_FILES, REPLICATION_USER, slotNameFor, KINE_DATABASE, KINE_USER } from '#common/render/postgresql.ts';
 import { kinePassword } from '#common/render/k3s.ts';
 import type { NodeContext } from './context.ts';
-import { lsnToBigInt } from './core/lsn.ts';
-import type { HistoryEntry, LeaderTimeline, LocalWal } from './core/rejoin.ts';
+import { formatLsn, lsnToBigInt } from './core/lsn.ts';
+import type { HistoryEntry, LeaderTimeline, LocalWal, WalStretch } from './core/rejoin.ts';
 
 /** What a query of the local server says about itself. */
 export interface LocalPgStatus {
@@ -116,12 +117,15 @@ function controlField(controlData: string, name: string): string | undefined {
   return new RegExp(`^${name}:\\s*(.+?)\\s*$`, 'm').exec(controlData)?.[1];
 }
 
-/** What `pg_controldata` says of the WAL: the system, and the latest checkpoint's location and timeline. */
-export function controlWal(controlData: string): { systemId: string; checkpoint: string; timeline: number } | undefined {
+/** What `pg_controldata` says of the WAL: the system, the latest checkpoint's location and timeline, and the WAL's page and segment sizes. */
+export function controlWal(controlData: string): { systemId: string; checkpoint: string; timeline: number; blockBytes: number; segmentBytes: number } | undefined {
   const systemId = controlField(controlData, 'Database system identifier');
   const checkpoint = controlField(controlData, 'Latest checkpoint location');
   const timeline = Number(controlField(controlData, "Latest checkpoint's TimeLineID"));
-  return systemId && checkpoint && Number.isInteger(timeline) && timeline > 0 ? { systemId, checkpoint, timeline } : undefined;
+  const blockBytes = Number(controlField(controlData, 'WAL block size'));
+  const segmentBytes = Number(controlField(controlData, 'Bytes per WAL segment'));
+  const sizes = Number.isInteger(blockBytes) && blockBytes > 0 && Number.isInteger(segmentBytes) && segmentBytes >= blockBytes;
+  return systemId && checkpoint && Number.isInteger(timeline) && timeline > 0 && sizes ? { systemId, checkpoint, timeline, blockBytes, segmentBytes } : undefined;
 }
 
 /**
@@ -172,15 +176,101 @@ export async function leaderTimelineOf(c: pg.Client): Promise<LeaderTimeline> {
 /** The peer's `leaderTimelineOf`. */
 export const leaderTimeline = (ctx: NodeContext): Promise<LeaderTimeline> => withClient(ctx, ctx.peer.ip, leaderTimelineOf, 5000);
 
+/** One record of `timeline` at `start`, printed (`pg_waldump -n 1`): its total length. */
+export function walRecordPlan(ctx: NodeContext, timeline: number, start: string): CommandPlan {
+  return asPostgres(ctx, 'pg_waldump', ['-p', join(ctx.config.postgresql.dataDir, 'pg_wal'), '-t', String(timeline), '-s', start, '-n', '1'], { LC_ALL: 'C' });
+}
+
+/** The total length pg_waldump prints for a record ("len (rec/tot): 54/ 54"). */
+export function walRecordLength(stdout: string): number | undefined {
+  const m = /len \(rec\/tot\):\s*\d+\/\s*(\d+)/.exec(stdout);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** Where a record of `length` bytes starting at `start` ends: a record goes on past a page's end after the next page's header (40 bytes at a segment's start, else 24). */
+export function recordEnd(start: bigint, length: number, blockBytes: number, segmentBytes: number): bigint {
+  const block = BigInt(blockBytes);
+  const seg = BigInt(segmentBytes);
+  let at = start;
+  let left = BigInt(length);
+  for (;;) {
+    const pageEnd = (at / block + 1n) * block;
+    const take = left < pageEnd - at ? left : pageEnd - at;
+    at += take;
+    left -= take;
+    if (left === 0n) return at;
+    at = pageEnd + (pageEnd % seg === 0n ? 40n : 24n);
+  }
+}
+
+/** `000000020000000000000003`: the WAL segment file of `timeline` that holds `lsn`. */
+export function walFileName(timeline: number, lsn: bigint, segmentBytes: number): string {
+  const segno = lsn / BigInt(segmentBytes);
+  const perId = 0x1_0000_0000n / BigInt(segmentBytes);
+  const hex = (n: bigint | number): string => n.toString(16).toUpperCase().padStart(8, '0');
+  return `${hex(timeline)}${hex(segno / perId)}${hex(segno % perId)}`;
+}
+
+/**
+ * The leader's files that may hold its copy of a stretch of timeline T: T's own segment, and the
+ * same segment of each later timeline, which begins with a copy of its parent's up to the switch.
+ */
+export function leaderCopies(stretch: WalStretch, leader: LeaderTimeline, segmentBytes: number): string[] {
+  const later = [...leader.history.map((h) => h.parent), leader.timeline].filter((t) => t > stretch.timeline);
+  return [...new Set([stretch.timeline, ...later])].map((t) => walFileName(t, stretch.from, segmentBytes));
+}
+
+/** sha256 of a stretch of this node's WAL; undefined when its file is missing or short. */
+export async function localStretchDigest(ctx: NodeContext, stretch: WalStretch, segmentBytes: number): Promise<string | undefined> {
+  const file = join(ctx.config.postgresql.dataDir, 'pg_wal', walFileName(stretch.timeline, stretch.from, segmentBytes));
+  const length = Number(stretch.to - stretch.from);
+  const fh = await open(file, 'r').catch(() => undefined);
+  if (!fh) return undefined;
+  try {
+    const buf = Buffer.alloc(length);
+    const { bytesRead } = await fh.read(buf, 0, length, Number(stretch.from % BigInt(segmentBytes)));
+    return bytesRead === length ? createHash('sha256').update(buf).digest('hex') : undefined;
+  } finally {
+    await fh.close();
+  }
+}
+
+/** sha256 of the leader's copy of a stretch, from the first of `files` it still holds; undefined when none. */
+export async function leaderStretchDigestOf(c: pg.Client, stretch: WalStretch, files: string[], segmentBytes: number): Promise<string | undefined> {
+  const offset = Number(stretch.from % BigInt(segmentBytes));
+  const length = Number(stretch.to - stretch.from);
+  for (const f of files) {
+    const r = await c.query(`SELECT encode(sha256(b), 'hex') AS h, length(b) AS n FROM pg_read_binary_file($1::text, $2::bigint, $3::bigint, true) AS b`, [`pg_wal/${f}`, offset, length]);
+    const row = r.rows[0] as { h: string | null; n: number | null };
+    if (row.h !== null && row.n === length) return row.h;
+  }
+  return undefined;
+}
+
+/** Whether the leader's copy of a stretch of our WAL is ours byte for byte; undefined when either side no longer holds it. */
+export async function sameWal(ctx: NodeContext, stretch: WalStretch, leader: LeaderTimeline, segmentBytes: number): Promise<boolean | undefined> {
+  const ours = await localStretchDigest(ctx, stretch, segmentBytes);
+  if (ours === undefined) return undefined;
+  const theirs = await withClient(ctx, ctx.peer.ip, (c) => leaderStretchDigestOf(c, stretch, leaderCopies(stretch, leader, segmentBytes), segmentBytes), 30_000);
+  return theirs === undefined ? undefined : theirs === ours;
+}
+
 /** The stopped data directory's WAL as `rejoinPath` weighs it. Throws when pg_controldata cannot be read. */
 export async function localWal(ctx: NodeContext): Promise<LocalWal> {
   const cd = controlWal((await run(controlDataPlan(ctx))).stdout);
-  if (!cd) throw new Error('pg_controldata names no system identifier, checkpoint or timeline');
+  if (!cd) throw new Error('pg_controldata names no system identifier, checkpoint, timeline or WAL sizes');
   // Up to max_wal_size of WAL since the checkpoint: what recovery would read anyway.
   const dump = await runPlan(walDumpPlan(ctx, cd.timeline, cd.checkpoint), { allowFailure: true, timeoutMs: 10 * 60_000 });
   const names = await readdir(join(ctx.config.postgresql.dataDir, 'pg_wal'));
   const laterTimeline = names.some((n) => /^[0-9A-F]{8}\.history$/.test(n) && parseInt(n.slice(0, 8), 16) > cd.timeline);
-  return { systemId: cd.systemId, timeline: cd.timeline, lastRecord: walDumpLastRecord(dump.stderr), laterTimeline };
+  const lastRecord = walDumpLastRecord(dump.stderr);
+  let lastRecordEnd: bigint | undefined;
+  if (lastRecord !== undefined) {
+    const one = await runPlan(walRecordPlan(ctx, cd.timeline, formatLsn(lastRecord)), { allowFailure: true, timeoutMs: 60_000 });
+    const length = walRecordLength(one.stdout);
+    if (length !== undefined) lastRecordEnd = recordEnd(lastRecord, length, cd.blockBytes, cd.segmentBytes);
+  }
+  return { systemId: cd.systemId, timeline: cd.timeline, lastRecord, lastRecordEnd, laterTimeline, segmentBytes: cd.segmentBytes };
 }
 
 /**

@@ -6,7 +6,7 @@ import { syncDirectory, writeFileAtomic } from '#common/fsutil.ts';
 import type { NodeContext } from '../context.ts';
 import type { LogPort, PgDiskFacts, PgPort, PgStatus, RejoinMethod } from '../core/ports.ts';
 import { lsnToBigInt } from '../core/lsn.ts';
-import { rejoinPath, type RejoinPath } from '../core/rejoin.ts';
+import { rejoinPath, settleRejoin, type RejoinPath } from '../core/rejoin.ts';
 import * as pgc from '../postgres.ts';
 import { RESTORE_CONF } from '../restorestate.ts';
 
@@ -332,14 +332,16 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
   /** The leader's timeline at this node's last rejoin by following (rejoinPath's `followedBefore`). */
   const followedFile = join(ctx.config.stateDir, 'rejoin-followed');
 
-  /** Whether the stopped directory can follow the peer as it is; any doubt says rewind. */
+  /** Whether the stopped directory can follow the peer as it is, needs pg_rewind, or must be re-cloned; a failed look says rewind. */
   const followOrRewind = async (): Promise<RejoinPath & { timeline?: number }> => {
     try {
       const [local, leader] = [await pgc.localWal(ctx), await pgc.leaderTimeline(ctx)];
       const before = Number((await readFile(followedFile, 'utf8').catch(() => '')).trim()) || undefined;
-      return { ...rejoinPath(local, leader, before), timeline: leader.timeline };
+      const plan = rejoinPath(local, leader, before);
+      const same = plan.check ? await pgc.sameWal(ctx, plan.check, leader, local.segmentBytes) : undefined;
+      return { ...settleRejoin(plan, same), timeline: leader.timeline };
     } catch (err) {
-      return { follow: false, reason: `could not compare the WAL with the leader's history (${(err as Error).message.split('\n')[0]})` };
+      return { action: 'rewind', reason: `could not compare the WAL with the leader's history (${(err as Error).message.split('\n')[0]})` };
     }
   };
 
@@ -485,7 +487,16 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
       await prepare();
       if (!existsSync(marker)) {
         const path = await followOrRewind();
-        if (path.follow) {
+        if (path.action === 'clone') {
+          const aside = await setAside();
+          log.warn(
+            { event: 'rejoin', method: 'pg_basebackup', why: path.reason, dataDir, ...aside },
+            `neither following nor pg_rewind can bring this directory onto ${ctx.peer.name}'s WAL: ${path.reason}; ${aside.kept ? `kept it as ${aside.kept}` : `deleted it (${aside.reason})`}; re-cloning with pg_basebackup`,
+          );
+          await port.clone();
+          return 'pg_basebackup';
+        }
+        if (path.action === 'follow') {
           await pgc.writeNodeConfig(ctx);
           await configureStandby();
           await writeFileAtomic(followedFile, `${path.timeline}\n`, 0o644, { syncDir: true });

@@ -1,5 +1,5 @@
 import type { PgDiskFacts, PgPort, PgStatus, RejoinMethod } from '../core/ports.ts';
-import { rejoinPath, type HistoryEntry, type LeaderTimeline, type LocalWal } from '../core/rejoin.ts';
+import { rejoinPath, settleRejoin, type HistoryEntry, type LeaderTimeline, type LocalWal, type WalStretch } from '../core/rejoin.ts';
 import type { SimProcess, World } from './world.ts';
 
 /** One WAL record: a client write (id > 0) or a timeline switch (id < 0). */
@@ -44,7 +44,7 @@ export class SimPostgres {
   private startEpoch = 0;
   /** The leader's timeline at the last rejoin that followed it as it was (the adapter's rejoin-followed file). */
   followedTimeline: number | undefined;
-  /** Rejoins that chose to follow a leader whose WAL this one's is not a prefix of. */
+  /** Rejoins that kept WAL the leader does not hold: a follow onto a WAL ours is not a prefix of, or a pg_rewind that trusted histories the WAL disagrees with. */
   followRefused = 0;
   /** Set by the simulator: called when a standby.signal would land in a live primary. */
   onViolation: (what: string) => void = () => undefined;
@@ -53,7 +53,8 @@ export class SimPostgres {
 
   /** What the adapter reads off a stopped data directory (pg_controldata, pg_waldump). */
   localWal(): LocalWal {
-    return { systemId: 'sim', timeline: this.wal.at(-1)?.tl ?? 1, lastRecord: this.wal.length ? BigInt(this.wal.length - 1) : undefined, laterTimeline: false };
+    const n = this.wal.length;
+    return { systemId: 'sim', timeline: this.wal.at(-1)?.tl ?? 1, lastRecord: n ? BigInt(n - 1) : undefined, lastRecordEnd: n ? BigInt(n) : undefined, laterTimeline: false, segmentBytes: SIM_SEGMENT };
   }
 
   /** What the adapter asks of a primary: its timeline and that timeline's history. */
@@ -146,6 +147,43 @@ export class SimPostgres {
       this.world.log(`${this.node} pg: started as ${this.standbySignal ? 'standby' : `primary (tl ${this.timeline}${this.readOnly ? ', read-only' : ''})`}`);
     });
   }
+}
+
+/** Records per simulated WAL segment: the stretch a rejoin compares ends in one. */
+export const SIM_SEGMENT = 8;
+
+/** The adapter's sameWal on this model: the leader's records in the stretch are ours (a leader that has not written that far holds other bytes there). */
+export function sameStretch(local: Wal[], leader: Wal[], s: WalStretch): boolean | undefined {
+  const [from, to] = [Number(s.from), Number(s.to)];
+  if (local.length < to) return undefined;
+  if (leader.length < to) return false;
+  for (let i = from; i < to; i++) if (local[i]!.id !== leader[i]!.id || local[i]!.tl !== leader[i]!.tl) return false;
+  return true;
+}
+
+/**
+ * Where pg_rewind takes the two WALs to part, from their timeline histories alone, as it does
+ * (findCommonAncestorTimeline): the last timeline both list with the same start, up to the
+ * earlier of its two ends. Undefined on the same current timeline ("no rewind required") and
+ * when they share no timeline (pg_rewind fails).
+ */
+export function rewindPoint(local: Wal[], leader: Wal[]): number | 'same' | undefined {
+  const spans = (w: Wal[]): { tl: number; begin: number; end: number }[] => {
+    const out = [{ tl: w[0]?.tl ?? 1, begin: 0, end: Infinity }];
+    w.forEach((e, i) => {
+      if (e.id < 0) {
+        out.at(-1)!.end = i;
+        out.push({ tl: e.tl, begin: i, end: Infinity });
+      }
+    });
+    return out;
+  };
+  const [a, b] = [spans(local), spans(leader)];
+  if (a.at(-1)!.tl === b.at(-1)!.tl) return 'same';
+  let i = 0;
+  while (i < a.length && i < b.length && a[i]!.tl === b[i]!.tl && a[i]!.begin === b[i]!.begin) i++;
+  if (i === 0) return undefined;
+  return Math.min(a[i - 1]!.end, b[i - 1]!.end);
 }
 
 /** The length of the history two WALs share. */
@@ -264,8 +302,20 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
         const p = peer();
         if (!reachable() || !p.primary) throw new Error('the peer is not a reachable primary');
         // The adapter's decision, on what this model's WAL says: record i starts at LSN i.
-        const path = rejoinPath(self.localWal(), p.leaderTimeline(), self.followedTimeline);
-        if (path.follow) {
+        const local = self.localWal();
+        const plan = rejoinPath(local, p.leaderTimeline(), self.followedTimeline);
+        const path = settleRejoin(plan, plan.check ? sameStretch(self.wal, p.wal, plan.check) : undefined);
+        const reclone = (why: string): RejoinMethod => {
+          self.replaceWal(p.wal.slice());
+          self.timeline = p.timeline;
+          self.standbySignal = true;
+          self.syncNames = '';
+          self.readOnly = false;
+          world.log(`${self.node} pg: ${why}; re-cloned (${p.wal.length} records)`);
+          return 'pg_basebackup';
+        };
+        if (path.action === 'clone') return reclone(path.reason);
+        if (path.action === 'follow') {
           self.followedTimeline = p.timeline;
           self.standbySignal = true;
           self.syncNames = '';
@@ -279,23 +329,23 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
           }
           return 'follow';
         }
-        if (opts.rewindFails()) {
-          self.replaceWal(p.wal.slice());
-          self.timeline = p.timeline;
-          self.standbySignal = true;
-          self.syncNames = '';
-          self.readOnly = false;
-          world.log(`${self.node} pg: pg_rewind failed; re-cloned (${p.wal.length} records)`);
-          return 'pg_basebackup';
+        if (opts.rewindFails()) return reclone('pg_rewind failed');
+        // pg_rewind goes by the timeline histories, not by the WAL: it keeps ours up to where
+        // they say the two parted, and trusts that stretch to be the leader's.
+        const point = rewindPoint(self.wal, p.wal);
+        if (point === undefined) return reclone('pg_rewind found no common timeline');
+        const keep = point === 'same' ? self.wal.length : Math.min(point, self.wal.length);
+        if (commonPrefix(self.wal, p.wal) < keep) {
+          self.followRefused++;
+          self.onViolation(`${self.node}: pg_rewind onto ${p.node} kept ${keep} records as the leader's, but only ${commonPrefix(self.wal, p.wal)} are (${path.reason})`);
         }
-        const keep = commonPrefix(self.wal, p.wal);
         const dropped = self.wal.length - keep;
         self.replaceWal(self.wal.slice(0, keep));
         self.timeline = p.timeline;
         self.standbySignal = true;
         self.syncNames = '';
         self.readOnly = false;
-        world.log(`${self.node} pg: pg_rewind kept ${keep} records, dropped ${dropped}`);
+        world.log(`${self.node} pg: pg_rewind kept ${keep} records, dropped ${dropped}${point === 'same' ? ' (same timeline: no rewind required)' : ''}`);
         return 'pg_rewind';
       });
     },
