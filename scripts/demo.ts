@@ -145,8 +145,8 @@ async function demo(): Promise<DemoReport> {
   const vipOwners = await arpOwners(lan, NET.vip);
   const failover = { promotedGuestS: promotedAt - before, writesResumedS: (resumed.t - cutAt) / 1000, newLeader: 'node2', vipOwners };
   say(`node2 promoted ${failover.promotedGuestS.toFixed(1)} s of guest time after the power-off; writes resumed after ${failover.writesResumedS.toFixed(1)} s; the VIP answers with ${vipOwners.join(', ') || 'nobody'}`);
-  // The agent reports the PostgreSQL state of its last round: for a round or two after the
-  // promotion, that round predates it (a leader over a read-only standby reads as DOWN).
+  // Each agent reports what its last round saw: wait for the view to settle rather than trust
+  // one look taken while the VIP and the peer's state are still moving.
   const settleAt = Date.now();
   const settled = await until('geminik8s status to show node2 leading alone (DEGRADED)', 3 * 60_000, async () => {
     const r = await statusOf(clusterDir);

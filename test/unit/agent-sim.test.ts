@@ -185,6 +185,20 @@ test('crash right after promotion, then the old leader returns: one primary, old
   t.deepEqual(c.node('n1').rejoins, ['pg_rewind'], 'the old leader rejoined through pg_rewind');
 });
 
+test('the round a node publishes after its promotion shows its PostgreSQL promoted, not the standby it observed before (what /v1/status and geminik8s status read)', async (t) => {
+  const firstAsLeader: { inRecovery?: boolean; at: number }[] = [];
+  const c = await scenario(16, (c) => {
+    c.onRound = (n, o) => {
+      if (n.name === 'n2' && n.controller?.role === 'leader' && firstAsLeader.length === 0) firstAsLeader.push({ inRecovery: o.pg.inRecovery, at: c.world.now });
+    };
+    c.world.at(20_000, () => c.powerOff(c.node('n1'), 30_000));
+  }, 60_000);
+  t.deepEqual(c.violations, [], report(c));
+  t.is(leaderOf(c)?.name, 'n2');
+  t.is(firstAsLeader.length, 1, 'n2 published a round as leader');
+  t.false(firstAsLeader[0]!.inRecovery, `the first round n2 published as leader (at ${firstAsLeader[0]!.at} ms) shows a primary`);
+});
+
 test('old leader with nothing the standby lacks rejoins by following it as it is; one with WAL the standby never got, through pg_rewind', async (t) => {
   // The client cut off from the leader 2 s before its power loss: no write in flight, the
   // standby flushed all of the leader's WAL, which is then a prefix of the new leader's.

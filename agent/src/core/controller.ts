@@ -366,6 +366,7 @@ export class Controller {
     this.busy = true;
     try {
       if (this.metaDirty) await this.persist();
+      const roleBefore = this.meta.role;
       const o = await this.observe();
       this.memory = remember(this.memory, o, this.meta.role);
       this.snapshot.observation = o;
@@ -379,7 +380,9 @@ export class Controller {
         await this.act(a, o);
       }
       this.snapshot.lastRoundOkAt = this.p.clock.now();
-      this.onRound?.(o);
+      // What /v1/status shows: after a change of role (a promotion) this round's observation
+      // predates it, and would show a leader over a read-only standby until the next round.
+      this.onRound?.(this.meta.role !== roleBefore ? await this.observe().catch(() => o) : o);
     } catch (err) {
       this.p.log.error({ event: 'round', err: (err as Error).message }, 'round failed');
     } finally {

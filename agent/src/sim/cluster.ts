@@ -1,6 +1,7 @@
 import { LINGER_MS } from '#common/httpclient.ts';
 import type { HostMeta } from '#common/schema/hostmeta.ts';
 import { Controller, watchdogMs } from '../core/controller.ts';
+import type { Observation } from '../core/rules.ts';
 import { PROMOTE_TIMEOUT_MS, type ControllerSettings, type LogPort, type PeerView, type Ports } from '../core/ports.ts';
 import type { ArbiterRecord } from '../witness/arbiter.ts';
 import { lingers } from '../witness/http.ts';
@@ -84,6 +85,8 @@ export class SimCluster {
   writable: Record<string, number> = {};
   /** Called right after a node's promotion completes: used by scenarios to crash there. */
   onPromoted?: (node: SimNode) => void;
+  /** Called with each round a node's controller publishes (what its /v1/status shows). */
+  onRound?: (node: SimNode, o: Observation) => void;
 
   constructor(readonly opts: SimOptions) {
     this.rng = new Rng(opts.seed);
@@ -158,6 +161,7 @@ export class SimCluster {
     n.lastHeartbeat = this.world.now;
     const c = new Controller(this.ports(n), { ...this.settings, self: n.name, peer: this.other(n).name, isBootstrapLeader: n === this.nodes[0] });
     n.controller = c;
+    c.onRound = (o) => this.onRound?.(n, o);
     this.world.log(`${n.name} agent: started (hostmeta ${n.hostmeta ? `${n.hostmeta.role} gen ${n.hostmeta.generation}` : 'none'})`);
     const epoch = n.proc.epoch;
     c.start().catch((err: Error) => {
