@@ -10,7 +10,9 @@ import { slotCommand } from './slotcli.ts';
 import { upgradeCommand } from './upgradecli.ts';
 import { installCommand } from './install.ts';
 import { agentLogger, createLogPort } from './adapters/log.ts';
-import { createVipPort } from './adapters/vip.ts';
+import { createVipPort, vipSpecOf } from './adapters/vip.ts';
+import { vipReleaseText } from './vip.ts';
+import { writeFileAtomic } from '#common/fsutil.ts';
 import { DEFAULT_WITNESS_STATE_DIR, serveWitness } from './witness/serve.ts';
 import { option } from './args.ts';
 import { hostPreflight } from './preflight.ts';
@@ -47,6 +49,8 @@ async function run(args: string[]): Promise<number> {
   if (ignored) log.error({ event: 'peer-override', ignored }, `the recorded peer replacement is not applied: ${ignored}`);
   if (tlsRotatedAt) log.info({ event: 'tls-override', at: tlsRotatedAt }, `using the certificate rotated at ${tlsRotatedAt}, not the seed's`);
   if (tlsIgnored) log.error({ event: 'tls-override', ignored: tlsIgnored }, `the rotated certificate is not used (the seed's is): ${tlsIgnored}`);
+  // Before anything can take the VIP: the unit's ExecStopPost drops what this file names.
+  await writeFileAtomic(config.vip.releaseFile, vipReleaseText(config.vip.enabled ? vipSpecOf(ctx) : undefined), 0o644);
   const agent = new Agent(ctx, log);
   let stopping = false;
   const stop = (signal: string): void => {

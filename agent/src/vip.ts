@@ -13,6 +13,11 @@ export function vipAddPlan(v: VipSpec): CommandPlan {
   return { cmd: 'ip', args: ['addr', 'add', `${v.address}/${v.prefix}`, 'dev', v.device, 'label', `${v.device.slice(0, 11)}:gk`] };
 }
 
+/** The release file's text (`ADDRESS PREFIX DEVICE`, NODE_PATHS.vipReleaseFile): empty when this node manages no VIP. */
+export function vipReleaseText(v?: VipSpec): string {
+  return v ? `${v.address} ${v.prefix} ${v.device}\n` : '';
+}
+
 export function vipDelPlan(v: VipSpec): CommandPlan {
   return { cmd: 'ip', args: ['addr', 'del', `${v.address}/${v.prefix}`, 'dev', v.device] };
 }

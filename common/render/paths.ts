@@ -3,6 +3,10 @@ export const NODE_PATHS = {
   agentBundle: '/usr/lib/geminik8s/agent.mjs',
   agentConfig: '/etc/geminik8s/agent.yaml',
   readyScript: '/usr/lib/geminik8s/ready.sh',
+  /** ExecStopPost of the agent unit: drops the VIP the agent's `vipReleaseFile` names, without starting Node.js. */
+  releaseVipScript: '/usr/lib/geminik8s/release-vip.sh',
+  /** `ADDRESS PREFIX DEVICE` of the VIP, written by the agent at its start (empty with the VIP off). */
+  vipReleaseFile: '/run/geminik8s/vip',
   seedFile: '/var/lib/geminik8s/seed.yaml',
   /** Where geminik8s-firstboot mounts the seed medium (config partition or cidata ISO), read-only. */
   seedMount: '/run/geminik8s/config',

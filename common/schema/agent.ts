@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { NODE_PATHS } from '../render/paths.ts';
 
 /** The agent's A/B boot settings; every field has a default. */
 export const BootConfigSchema = z
@@ -56,7 +57,13 @@ export const AgentConfigSchema = z.strictObject({
     })
     .prefault({}),
   /** Manage the VIP with ip/arping (off only in tests without a shared L2). */
-  vip: z.strictObject({ enabled: z.boolean().default(true) }).prefault({}),
+  vip: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      /** Where the agent writes the VIP for the unit's ExecStopPost script (release-vip.sh). */
+      releaseFile: z.string().default(NODE_PATHS.vipReleaseFile),
+    })
+    .prefault({}),
   /** Where first boot finds the seed (the config partition, mounted read-only). */
   seedSource: z.string().default('/run/geminik8s/config/geminik8s/seed.yaml'),
   /** How services are (re)started: systemd on a node, direct process control in the test harness. */

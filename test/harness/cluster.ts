@@ -6,6 +6,7 @@ import { loadCluster, loadClusterTls, loadSecrets, SECRET_FILES, tlsFiles } from
 import type { TlsMaterial } from '#common/tls.ts';
 import { kinePassword } from '#common/render/k3s.ts';
 import type { Cluster } from '#common/schema/cluster.ts';
+import { NODE_PATHS } from '#common/render/paths.ts';
 import type { Secrets } from '#common/schema/seed.ts';
 import { buildAgent } from '../../agent/build.ts';
 import { clusterYamlText } from '#builder/init/cluster-file.ts';
@@ -604,6 +605,7 @@ export class HarnessCluster extends PairHarness {
         postgresql: { binDir: PG_BIN, dataDir: join(dir, 'pgdata'), socketDir: join(dir, 'run') },
         serviceManager: 'direct',
         checksDir: join(dir, 'checks.d'),
+        vip: { releaseFile: join(dir, 'run', 'vip') },
       }),
     );
   }
@@ -669,7 +671,9 @@ export class HarnessCluster extends PairHarness {
       }
       await this.waitFor(`${node}: postmaster ${pm} gone`, async () => (processAlive(pm) ? undefined : true), 60_000);
     }
-    await runPlan(inNs(this.topology.nodeNs[node]!, 'node', [this.agentBundle, 'release-vip', '--config', join(this.nodeDir(node), 'agent.yaml')]), { allowFailure: true, timeoutMs: 30_000 });
+    // The unit's own ExecStopPost script, on the release file this node's agent wrote at its start.
+    const script = join(ROOT, 'overlays', NODE_PATHS.releaseVipScript);
+    await runPlan(inNs(this.topology.nodeNs[node]!, '/bin/sh', [script, join(this.nodeDir(node), 'run', 'vip'), this.agentBundle, join(this.nodeDir(node), 'agent.yaml')]), { allowFailure: true, timeoutMs: 30_000 });
   }
 
   /**
@@ -697,7 +701,7 @@ export class HarnessCluster extends PairHarness {
    * The agent process dies (kill -9) and what `geminik8s-agent.service` does about it follows,
    * since the harness runs the agent without systemd (serviceManager direct): PostgreSQL stops
    * through its BindsTo= (KillSignal=SIGINT, a fast shutdown), and ExecStopPost= runs
-   * `agent.mjs release-vip`. Restart=always with RestartSec=2 is up to the caller (restartAgent).
+   * release-vip.sh. Restart=always with RestartSec=2 is up to the caller (restartAgent).
    */
   async crashAgent(node: string): Promise<void> {
     await this.endAgent(node, 'SIGKILL', 'agent killed (SIGKILL); stopping PostgreSQL as BindsTo= would, then ExecStopPost= release-vip');

@@ -199,7 +199,7 @@ test('the templates of units that skip above verify cleanly with their real bina
     { name: 'geminik8s-k3s-images.service', content: renderTemplate('systemd/geminik8s-k3s-images.service.hbs', { k3sImagesDir: NODE_PATHS.k3sImagesDir, k3sImagesShipped: NODE_PATHS.k3sImagesShipped, k3sImagesScript: overlay(NODE_PATHS.k3sImagesScript) }) },
     { name: 'geminik8s-postgresql.service', content: renderTemplate('systemd/geminik8s-postgresql.service.hbs', { pgMajor: major, pgBinDir: pgBinDir(major), pgDataDir: pgDataDir(major) }) },
     // PostgreSQL is bound to the agent (BindsTo=), so the agent's unit is verified beside it.
-    { name: 'geminik8s-agent.service', content: renderTemplate('systemd/geminik8s-agent.service.hbs', { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig, seedFile: NODE_PATHS.seedFile, watchdogSec: 30 }) },
+    { name: 'geminik8s-agent.service', content: renderTemplate('systemd/geminik8s-agent.service.hbs', { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig, seedFile: NODE_PATHS.seedFile, watchdogSec: 30, releaseVipScript: overlay(NODE_PATHS.releaseVipScript), vipReleaseFile: NODE_PATHS.vipReleaseFile }) },
   ];
   t.deepEqual(await verifyUnits(tempDir(), units), []);
   // And the check can fail: a misspelt key is reported.
@@ -264,6 +264,14 @@ test('the firstboot unit mounts the seed medium where the agent config says the 
   t.regex(firstboot.content, new RegExp(`^ExecStartPre=${NODE_PATHS.mountSeedScript} ${NODE_PATHS.seedMount}$`, 'm'));
   t.regex(agentYaml.content, new RegExp(`^seedSource: ${NODE_PATHS.seedMount}/geminik8s/seed.yaml$`, 'm'));
   t.is(statSync(join(ROOT, 'overlays', NODE_PATHS.mountSeedScript)).mode & 0o111, 0o111, 'mount-seed.sh is executable');
+});
+
+test("the agent unit's ExecStopPost reads the VIP from the file the agent config says the agent writes", async (t) => {
+  const files = await renderFor('edge-amd64.yaml');
+  const agentUnit = files.find((f) => f.path.endsWith('/geminik8s-agent.service'))!;
+  const agentYaml = parse(files.find((f) => f.path === NODE_PATHS.agentConfig)!.content) as { vip: { releaseFile: string } };
+  t.regex(agentUnit.content, new RegExp(`^ExecStopPost=-/bin/sh ${NODE_PATHS.releaseVipScript} ${agentYaml.vip.releaseFile} ${NODE_PATHS.agentBundle} ${NODE_PATHS.agentConfig}$`, 'm'));
+  t.is(statSync(join(ROOT, 'overlays', NODE_PATHS.releaseVipScript)).mode & 0o111, 0o111, 'release-vip.sh is executable');
 });
 
 test('the instance-id is stable for one seed and changes when what cloud-init applies changes', async (t) => {

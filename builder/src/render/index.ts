@@ -41,7 +41,7 @@ export function renderImageFiles(image: Image): RenderedFile[] {
   const major = image.components.postgresql.major;
   const common = { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig };
   const files: RenderedFile[] = [
-    unit('geminik8s-agent.service', { ...common, seedFile: NODE_PATHS.seedFile, watchdogSec: AGENT_WATCHDOG_SEC }),
+    unit('geminik8s-agent.service', { ...common, seedFile: NODE_PATHS.seedFile, watchdogSec: AGENT_WATCHDOG_SEC, releaseVipScript: NODE_PATHS.releaseVipScript, vipReleaseFile: NODE_PATHS.vipReleaseFile }),
     unit('geminik8s-firstboot.service', { ...common, mountSeedScript: NODE_PATHS.mountSeedScript, seedMount: NODE_PATHS.seedMount, firstbootNeededScript: NODE_PATHS.firstbootNeededScript, firstbootStamp: NODE_PATHS.firstbootStamp, firstbootUnchanged: NODE_PATHS.firstbootUnchanged }),
     unit('geminik8s-postgresql.service', { pgMajor: major, pgBinDir: pgBinDir(major), pgDataDir: pgDataDir(major) }),
     unit('geminik8s-ready.service', { readyScript: NODE_PATHS.readyScript }),

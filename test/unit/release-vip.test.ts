@@ -1,0 +1,78 @@
+import test from 'ava';
+import { execa } from 'execa';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { NODE_PATHS } from '#common/render/paths.ts';
+import { vipReleaseText } from '#agent/vip.ts';
+import { ROOT, tempDir } from '../helpers/fixtures.ts';
+
+/**
+ * The agent unit's ExecStopPost (overlays/usr/lib/geminik8s/release-vip.sh) against a real
+ * interface: a veth link in a network namespace this test makes. Needs root (CI runs as root).
+ */
+const SCRIPT = join(ROOT, 'overlays', NODE_PATHS.releaseVipScript);
+const runnable = process.getuid?.() === 0;
+const maybe = runnable ? test.serial : test.skip;
+
+async function withNs<T>(fn: (ns: string) => Promise<T>): Promise<T> {
+  const ns = `gk-vip-${randomBytes(3).toString('hex')}`;
+  await execa('ip', ['netns', 'add', ns]);
+  try {
+    // A veth pair: this kernel may lack the dummy driver; the harness uses veth too.
+    await execa('ip', ['-n', ns, 'link', 'add', 'lan0', 'type', 'veth', 'peer', 'name', 'lan1']);
+    await execa('ip', ['-n', ns, 'link', 'set', 'lan0', 'up']);
+    await execa('ip', ['-n', ns, 'addr', 'add', '10.77.9.11/24', 'dev', 'lan0']);
+    return await fn(ns);
+  } finally {
+    await execa('ip', ['netns', 'del', ns]);
+  }
+}
+
+const addrs = async (ns: string): Promise<string> => (await execa('ip', ['-n', ns, '-o', '-4', 'addr', 'show', 'dev', 'lan0'])).stdout;
+const release = (ns: string, file: string, bundle = '/nonexistent/agent.mjs'): Promise<{ exitCode?: number; stdout: string; stderr: string }> =>
+  execa('ip', ['netns', 'exec', ns, '/bin/sh', SCRIPT, file, bundle, '/etc/geminik8s/agent.yaml'], { reject: false });
+
+maybe('release-vip.sh drops the VIP the agent wrote down, leaves the node address, and is a no-op when the VIP is not there', async (t) => {
+  const dir = tempDir('gk-release-vip-');
+  const file = join(dir, 'vip');
+  writeFileSync(file, vipReleaseText({ address: '10.77.9.50', prefix: 24, device: 'lan0' }));
+  await withNs(async (ns) => {
+    await execa('ip', ['-n', ns, 'addr', 'add', '10.77.9.50/24', 'dev', 'lan0']);
+    t.regex(await addrs(ns), / inet 10\.77\.9\.50\/24 /);
+    const r = await release(ns, file);
+    t.is(r.exitCode, 0, r.stderr);
+    t.notRegex(await addrs(ns), /10\.77\.9\.50/);
+    t.regex(await addrs(ns), / inet 10\.77\.9\.11\/24 /, 'the node address stays');
+    // Again: nothing to drop, nothing fails (the agent may have dropped it at its own shutdown).
+    t.is((await release(ns, file)).exitCode, 0);
+    // A prefix of the VIP's digits is another address: 10.77.9.5 is not 10.77.9.50.
+    await execa('ip', ['-n', ns, 'addr', 'add', '10.77.9.5/24', 'dev', 'lan0']);
+    t.is((await release(ns, file)).exitCode, 0);
+    t.regex(await addrs(ns), / inet 10\.77\.9\.5\/24 /);
+  });
+});
+
+maybe('release-vip.sh: an empty file (no VIP managed) does nothing; a damaged one is refused by name; without the file the agent itself is run', async (t) => {
+  const dir = tempDir('gk-release-vip-');
+  chmodSync(dir, 0o755);
+  await withNs(async (ns) => {
+    const empty = join(dir, 'empty');
+    writeFileSync(empty, vipReleaseText(undefined));
+    t.is((await release(ns, empty)).exitCode, 0);
+    const bad = join(dir, 'bad');
+    writeFileSync(bad, '10.77.9.50;reboot 24 lan0\n');
+    const r = await release(ns, bad);
+    t.is(r.exitCode, 1);
+    t.regex(r.stderr, new RegExp(`release-vip: ${bad}: expected ADDRESS PREFIX DEVICE`));
+    // No file: it execs node with the bundle, which says what it could not load.
+    const missing = await release(ns, join(dir, 'absent'), join(dir, 'agent.mjs'));
+    t.not(missing.exitCode, 0);
+    t.regex(missing.stderr, /agent\.mjs/);
+  });
+});
+
+test('the release file names the VIP as ADDRESS PREFIX DEVICE, and nothing when the node manages none', (t) => {
+  t.is(vipReleaseText({ address: '192.168.78.50', prefix: 24, device: 'eth0' }), '192.168.78.50 24 eth0\n');
+  t.is(vipReleaseText(undefined), '');
+});
