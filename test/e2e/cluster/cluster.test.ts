@@ -196,6 +196,8 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
 
   t.regex(await s1.check('ip -color=never -o -4 addr show dev eth0'), new RegExp(`inet ${NET.vip.replaceAll('.', '\\.')}/`), 'the VIP is on the leader');
   t.notRegex(await s2.check('ip -color=never -o -4 addr show dev eth0'), new RegExp(`inet ${NET.vip.replaceAll('.', '\\.')}/`), 'and not on the follower');
+  // What the agent unit's ExecStopPost (release-vip.sh) reads on each node: the VIP on eth0.
+  for (const s of [s1, s2]) t.regex((await s.check('cat /run/geminik8s/vip')).trim(), new RegExp(`^${NET.vip.replaceAll('.', '\\.')} \\d+ eth0$`));
   await s2.check(`ping -c 2 -W 3 ${NET.vip}`);
   const neigh = await s2.check(`ip -color=never neigh show ${NET.vip}`);
   t.regex(neigh, new RegExp(MAC.node1), 'the VIP answers with the leader\'s MAC');
@@ -373,6 +375,8 @@ async function leaderRebootTest(t: import('ava').ExecutionContext, p: NonNullabl
     // What node2's agent did at its stop, from the journal of the boot it left.
     const stopLines = (await s2.check(`journalctl -b -1 -u geminik8s-agent -o cat --no-pager | grep -E '"event":"(stop-handover|switchover|leave)"' || true`)).trim();
     t.log(`node2 at its stop:\n${stopLines || '(nothing)'}`);
+    // How long the unit took from the agent's exit to stopped (ExecStopPost= release-vip.sh).
+    t.log(`node2's agent unit at its stop (monotonic):\n${(await s2.check('journalctl -b -1 -u geminik8s-agent -o short-monotonic --no-pager | grep -vE \'"event"\' | tail -n 6 || true')).trim()}`);
     // Where the handover's time went on the side that took over.
     t.log(`node1 taking over:\n${(await s1.check(`journalctl -b -u geminik8s-agent -o cat --no-pager | grep -E '"event":"switchover-promoted"' | tail -n 1 || true`)).trim() || '(nothing)'}`);
     const handover = stopLines.split('\n').find((l) => l.includes('"stop-handover"'));
