@@ -150,7 +150,9 @@ async function demo(): Promise<DemoReport> {
   const settleAt = Date.now();
   const settled = await until('geminik8s status to show node2 leading alone (DEGRADED)', 3 * 60_000, async () => {
     const r = await statusOf(clusterDir);
-    return /cluster demo: DEGRADED \(leader node2\)/.test(r.text) ? r : undefined;
+    if (/cluster demo: DEGRADED \(leader node2\)/.test(r.text)) return r;
+    say(`geminik8s status (exit ${r.code}) says ${r.text.split('\n').filter((l) => /^cluster demo:|^\s+- /.test(l)).join(' ').replace(/\s+/g, ' ')}`);
+    return undefined;
   });
   statuses.push(show(settled));
   say(`geminik8s status shows node2 leading alone ${((Date.now() - settleAt) / 1000).toFixed(0)} s after the writes resumed`);
