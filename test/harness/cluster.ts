@@ -315,8 +315,9 @@ export abstract class PairHarness {
   async syncPair(): Promise<string | undefined> {
     const leader = await this.leader();
     if (!leader) return undefined;
-    const sync = await this.sql(leader, `SELECT sync_state FROM pg_stat_replication WHERE application_name = '${this.other(leader)}'`, 'postgres');
-    return sync === 'sync' ? leader : undefined;
+    // Any streaming row: a second connection of the standby may linger beside the streaming one.
+    const sync = await this.sql(leader, `SELECT coalesce(bool_or(sync_state = 'sync'), false) FROM pg_stat_replication WHERE application_name = '${this.other(leader)}' AND state = 'streaming'`, 'postgres');
+    return sync === 't' ? leader : undefined;
   }
 
   /** The leader of a pair ready for an automatic failover by the system's own rule; by default, syncPair. */

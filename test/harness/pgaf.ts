@@ -167,7 +167,10 @@ export class PgAutoFailoverCluster extends PairHarness {
   override async syncPair(): Promise<string | undefined> {
     const leader = await this.leader();
     if (!leader) return undefined;
-    const sync = await this.sql(leader, "SELECT sync_state FROM pg_stat_replication WHERE application_name LIKE 'pgautofailover_standby_%'", 'postgres');
-    return sync === 'sync' || sync === 'quorum' ? leader : undefined;
+    // Any streaming row: a second connection of the same standby can linger in "startup" beside
+    // the streaming one (seen for 5 minutes after a lossy network healed), which a one-row
+    // comparison read as "not synchronous" forever.
+    const sync = await this.sql(leader, "SELECT coalesce(bool_or(sync_state IN ('sync', 'quorum')), false) FROM pg_stat_replication WHERE application_name LIKE 'pgautofailover_standby_%' AND state = 'streaming'", 'postgres');
+    return sync === 't' ? leader : undefined;
   }
 }
