@@ -603,6 +603,9 @@ export class Controller {
     log.warn({ event: 'rejoin', method }, `rejoined through ${method}`);
     await pg.start().catch((err) => log.warn({ err: (err as Error).message }, 'standby did not start yet'));
     this.memory.leaderSeenAt = this.p.clock.now();
+    // A new server: its receiver's history starts now, with time to cross the timeline switch.
+    this.memory.receiverDownSince = undefined;
+    this.memory.rejoinedAt = this.p.clock.now();
     await this.setRole('follower', `${reason} (rejoined through ${method})`, generation);
   }
 

@@ -30,6 +30,8 @@ export interface Memory {
   pgRestarts: number;
   /** Follower: since when our server is a standby whose WAL receiver does not stream. */
   receiverDownSince?: number;
+  /** Follower: when a rejoin last restarted our server as a standby (REJOIN_GRACE_MS). */
+  rejoinedAt?: number;
   /**
    * Leader: since when the standby said it is shutting down (a clean stop). Synchronous commit
    * stays off until it has gone (no longer streaming) or LEAVE_HOLD_MS passed; then the usual
@@ -40,6 +42,16 @@ export interface Memory {
 
 /** How long a leader keeps synchronous commit off for a standby that said it stops, if it does not. */
 export const LEAVE_HOLD_MS = 60_000;
+
+/**
+ * How long a standby a rejoin just started has to stream before a timeline mismatch rejoins it
+ * again. One that follows the new leader as it is must cross a timeline switch: its receiver
+ * ends the old timeline and PostgreSQL retries on the new one only after
+ * wal_retrieve_retry_interval (5 s), and it first replays what its crash left. With the usual
+ * three rounds, a loaded node rejoined again and again, each time restarting the standby before
+ * it could stream (seen in the failover suite: a loop every 2 s for two minutes).
+ */
+export const REJOIN_GRACE_MS = 30_000;
 
 /** The lease as this node holds it. */
 export interface LeaseView {
@@ -173,7 +185,8 @@ export function decide(role: Role, m: Memory, o: Observation, lease: LeaseView, 
       // Rewind only onto a primary we can reach, after the receiver had time to reconnect by itself
       // (a standby's own timeline is stale while it does not stream).
       const receiverDownFor = m.receiverDownSince === undefined ? 0 : o.now - m.receiverDownSince;
-      if (o.peerPg.ok && o.peerPg.primary && o.pg.up && receiverDownFor >= 3 * s.checkInterval && o.peer?.timeline !== undefined && o.pg.timeline !== undefined && o.peer.timeline !== o.pg.timeline) {
+      const sinceRejoin = m.rejoinedAt === undefined ? Infinity : o.now - m.rejoinedAt;
+      if (o.peerPg.ok && o.peerPg.primary && o.pg.up && receiverDownFor >= 3 * s.checkInterval && sinceRejoin >= REJOIN_GRACE_MS && o.peer?.timeline !== undefined && o.pg.timeline !== undefined && o.peer.timeline !== o.pg.timeline) {
         // Newer: we missed a promotion. Older: we were promoted ourselves and diverged (a switchover
         // that failed after our pg_promote); the receiver can never stream from there either.
         acts.push({ kind: 'rejoin' });
