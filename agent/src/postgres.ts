@@ -161,8 +161,11 @@ export function parseHistory(text: string): HistoryEntry[] {
   return out;
 }
 
+/** A timeline or segment number as WAL file names spell it: 8 upper-case hex digits. */
+const hex8 = (n: bigint | number): string => n.toString(16).toUpperCase().padStart(8, '0');
+
 /** `0000000A.history`: the history file of a timeline. */
-export const historyFile = (timeline: number): string => `${timeline.toString(16).toUpperCase().padStart(8, '0')}.history`;
+export const historyFile = (timeline: number): string => `${hex8(timeline)}.history`;
 
 /** A primary's system identifier, current timeline and that timeline's history, over a superuser connection. */
 export async function leaderTimelineOf(c: pg.Client): Promise<LeaderTimeline> {
@@ -207,8 +210,12 @@ export function recordEnd(start: bigint, length: number, blockBytes: number, seg
 export function walFileName(timeline: number, lsn: bigint, segmentBytes: number): string {
   const segno = lsn / BigInt(segmentBytes);
   const perId = 0x1_0000_0000n / BigInt(segmentBytes);
-  const hex = (n: bigint | number): string => n.toString(16).toUpperCase().padStart(8, '0');
-  return `${hex(timeline)}${hex(segno / perId)}${hex(segno % perId)}`;
+  return `${hex8(timeline)}${hex8(segno / perId)}${hex8(segno % perId)}`;
+}
+
+/** Where a stretch lies in its segment file. */
+function stretchBytes(stretch: WalStretch, segmentBytes: number): { offset: number; length: number } {
+  return { offset: Number(stretch.from % BigInt(segmentBytes)), length: Number(stretch.to - stretch.from) };
 }
 
 /**
@@ -223,12 +230,12 @@ export function leaderCopies(stretch: WalStretch, leader: LeaderTimeline, segmen
 /** sha256 of a stretch of this node's WAL; undefined when its file is missing or short. */
 export async function localStretchDigest(ctx: NodeContext, stretch: WalStretch, segmentBytes: number): Promise<string | undefined> {
   const file = join(ctx.config.postgresql.dataDir, 'pg_wal', walFileName(stretch.timeline, stretch.from, segmentBytes));
-  const length = Number(stretch.to - stretch.from);
+  const { offset, length } = stretchBytes(stretch, segmentBytes);
   const fh = await open(file, 'r').catch(() => undefined);
   if (!fh) return undefined;
   try {
     const buf = Buffer.alloc(length);
-    const { bytesRead } = await fh.read(buf, 0, length, Number(stretch.from % BigInt(segmentBytes)));
+    const { bytesRead } = await fh.read(buf, 0, length, offset);
     return bytesRead === length ? createHash('sha256').update(buf).digest('hex') : undefined;
   } finally {
     await fh.close();
@@ -237,8 +244,7 @@ export async function localStretchDigest(ctx: NodeContext, stretch: WalStretch, 
 
 /** sha256 of the leader's copy of a stretch, from the first of `files` it still holds; undefined when none. */
 export async function leaderStretchDigestOf(c: pg.Client, stretch: WalStretch, files: string[], segmentBytes: number): Promise<string | undefined> {
-  const offset = Number(stretch.from % BigInt(segmentBytes));
-  const length = Number(stretch.to - stretch.from);
+  const { offset, length } = stretchBytes(stretch, segmentBytes);
   for (const f of files) {
     const r = await c.query(`SELECT encode(sha256(b), 'hex') AS h, length(b) AS n FROM pg_read_binary_file($1::text, $2::bigint, $3::bigint, true) AS b`, [`pg_wal/${f}`, offset, length]);
     const row = r.rows[0] as { h: string | null; n: number | null };

@@ -606,7 +606,7 @@ export class HarnessCluster extends PairHarness {
         postgresql: { binDir: PG_BIN, dataDir: join(dir, 'pgdata'), socketDir: join(dir, 'run') },
         serviceManager: 'direct',
         checksDir: join(dir, 'checks.d'),
-        vip: { releaseFile: join(dir, 'run', 'vip') },
+        vip: { releaseFile: this.vipReleaseFile(node) },
       }),
     );
   }
@@ -674,7 +674,12 @@ export class HarnessCluster extends PairHarness {
     }
     // The unit's own ExecStopPost script, on the release file this node's agent wrote at its start.
     const script = join(ROOT, 'overlays', NODE_PATHS.releaseVipScript);
-    await runPlan(inNs(this.topology.nodeNs[node]!, '/bin/sh', [script, join(this.nodeDir(node), 'run', 'vip'), this.agentBundle, join(this.nodeDir(node), 'agent.yaml')]), { allowFailure: true, timeoutMs: 30_000 });
+    await runPlan(inNs(this.topology.nodeNs[node]!, '/bin/sh', [script, this.vipReleaseFile(node), this.agentBundle, join(this.nodeDir(node), 'agent.yaml')]), { allowFailure: true, timeoutMs: 30_000 });
+  }
+
+  /** The node's `vip.releaseFile`: its agent writes it, ExecStopPost (release-vip.sh) reads it. */
+  private vipReleaseFile(node: string): string {
+    return join(this.nodeDir(node), 'run', 'vip');
   }
 
   /**

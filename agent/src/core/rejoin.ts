@@ -90,28 +90,29 @@ export function rejoinPath(local: LocalWal, leader: LeaderTimeline, followedBefo
   if (local.systemId !== leader.systemId) return rewind(`another database system (ours ${local.systemId}, the leader's ${leader.systemId})`);
   if (local.laterTimeline) return rewind(`pg_wal goes on past timeline ${local.timeline}, the latest checkpoint's`);
   if (local.timeline > leader.timeline) return rewind(`our timeline ${local.timeline} is newer than the leader's ${leader.timeline}`);
-  const known = local.lastRecord !== undefined && local.lastRecordEnd !== undefined;
+  const { lastRecord, lastRecordEnd: end } = local;
+  const known = lastRecord !== undefined && end !== undefined;
   if (local.timeline === leader.timeline) {
     // Two promotions onto one number leave history files alike, so pg_rewind would find
     // nothing to do and the standby would never stream: only the WAL itself can tell.
     if (followedBefore === leader.timeline) return clone(`following timeline ${leader.timeline}, which is ours too, did not take last time`);
     if (!known) return clone(`the leader is on our timeline ${local.timeline} and the end of our WAL is unknown`);
-    const check = stretchTo(local.timeline, local.lastRecordEnd!, local.segmentBytes);
-    return { action: 'follow', reason: `the leader is on our timeline ${local.timeline} and holds our WAL up to its end ${formatLsn(local.lastRecordEnd!)}`, check, unverified: 'clone' };
+    const check = stretchTo(local.timeline, end, local.segmentBytes);
+    return { action: 'follow', reason: `the leader is on our timeline ${local.timeline} and holds our WAL up to its end ${formatLsn(end)}`, check, unverified: 'clone' };
   }
   if (followedBefore === leader.timeline) return rewind(`following timeline ${leader.timeline} did not take last time`);
   if (!known) return rewind(`the end of the local WAL on timeline ${local.timeline} is unknown`);
-  const last = formatLsn(local.lastRecord!);
+  const last = formatLsn(lastRecord);
   const entry = leader.history.find((h) => h.parent === local.timeline);
   if (!entry) return rewind(`timeline ${local.timeline} is not in the leader's history of timeline ${leader.timeline}`);
   const at = formatLsn(entry.switchpoint);
   // The leader received timeline T from us up to its switchpoint, which is a record boundary:
   // a local record starting before it is wholly in the leader's copy.
-  if (local.lastRecord! < entry.switchpoint) {
+  if (lastRecord < entry.switchpoint) {
     return {
       action: 'follow',
       reason: `our WAL ends before ${at}, where the leader left timeline ${local.timeline} (last record at ${last})`,
-      check: stretchTo(local.timeline, local.lastRecordEnd!, local.segmentBytes),
+      check: stretchTo(local.timeline, end, local.segmentBytes),
       // Without the leader's copy a standby could not stream from there either.
       unverified: 'rewind',
     };

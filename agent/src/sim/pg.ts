@@ -305,12 +305,16 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
         const local = self.localWal();
         const plan = rejoinPath(local, p.leaderTimeline(), self.followedTimeline);
         const path = settleRejoin(plan, plan.check ? sameStretch(self.wal, p.wal, plan.check) : undefined);
-        const reclone = (why: string): RejoinMethod => {
-          self.replaceWal(p.wal.slice());
+        // What a clone and pg_rewind leave: this WAL, on the leader's timeline, as its standby.
+        const standbyOn = (wal: Wal[]): void => {
+          self.replaceWal(wal);
           self.timeline = p.timeline;
           self.standbySignal = true;
           self.syncNames = '';
           self.readOnly = false;
+        };
+        const reclone = (why: string): RejoinMethod => {
+          standbyOn(p.wal.slice());
           world.log(`${self.node} pg: ${why}; re-cloned (${p.wal.length} records)`);
           return 'pg_basebackup';
         };
@@ -335,16 +339,13 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
         const point = rewindPoint(self.wal, p.wal);
         if (point === undefined) return reclone('pg_rewind found no common timeline');
         const keep = point === 'same' ? self.wal.length : Math.min(point, self.wal.length);
-        if (commonPrefix(self.wal, p.wal) < keep) {
+        const shared = commonPrefix(self.wal, p.wal);
+        if (shared < keep) {
           self.followRefused++;
-          self.onViolation(`${self.node}: pg_rewind onto ${p.node} kept ${keep} records as the leader's, but only ${commonPrefix(self.wal, p.wal)} are (${path.reason})`);
+          self.onViolation(`${self.node}: pg_rewind onto ${p.node} kept ${keep} records as the leader's, but only ${shared} are (${path.reason})`);
         }
         const dropped = self.wal.length - keep;
-        self.replaceWal(self.wal.slice(0, keep));
-        self.timeline = p.timeline;
-        self.standbySignal = true;
-        self.syncNames = '';
-        self.readOnly = false;
+        standbyOn(self.wal.slice(0, keep));
         world.log(`${self.node} pg: pg_rewind kept ${keep} records, dropped ${dropped}${point === 'same' ? ' (same timeline: no rewind required)' : ''}`);
         return 'pg_rewind';
       });
