@@ -14,6 +14,20 @@ export function watchdogMs(fenceAfter: number): number {
 
 /** A leader stops signalling life this long before its watchdog period would outlast its lease. */
 export const WATCHDOG_SLACK_MS = 500;
+/**
+ * The lease keeper's period: two renewals per check interval, so that a leader loses its lease
+ * (fenceAfter) only after several renewals in a row went unanswered, with fenceAfter short
+ * enough for a failover within about 5 s.
+ */
+export function renewIntervalMs(checkInterval: number): number {
+  return checkInterval / 2;
+}
+/** Leader: extra renewals after one went unanswered, before the next interval's. */
+export const RENEW_RETRIES = 2;
+/** Leader: the least time between the sending of two renewals. */
+export const RENEW_RETRY_MS = 200;
+/** Follower: how long after the witness's stated expiry it asks again for the lease. */
+export const TAKEOVER_MARGIN_MS = 20;
 
 /** What /v1/status and /metrics show of the controller. */
 export interface ControllerSnapshot {
@@ -168,7 +182,7 @@ export class Controller {
       await this.setRole('fenced', 'restarted: the lease died with the previous process; leader again once the witness confirms it');
     }
     this.timers.push(this.every(GUARD_MS, () => this.guard()));
-    if (this.arbiter) this.timers.push(this.every(this.s.checkInterval, () => void this.renew()));
+    if (this.arbiter) this.timers.push(this.every(renewIntervalMs(this.s.checkInterval), () => void this.renew()));
     await this.reconcile();
     this.reconciled = true;
     this.timers.push(this.every(this.s.checkInterval, () => void this.tick()));
@@ -317,10 +331,22 @@ export class Controller {
     const epoch = this.leaseEpoch;
     const generation = this.meta.generation;
     try {
-      const { sentAt, answer } = await this.acquire(generation);
-      if (!answer || epoch !== this.leaseEpoch || this.meta.role !== 'leader' || this.meta.generation !== generation) return;
-      if (answer.ok) this.holdLease(sentAt, answer);
-      else if (answer.code !== 'invalid') void this.fence(`the witness refused our renewal: ${answer.reason}`);
+      for (let attempt = 0; ; attempt++) {
+        const { sentAt, answer } = await this.acquire(generation);
+        if (epoch !== this.leaseEpoch || this.meta.role !== 'leader' || this.meta.generation !== generation) return;
+        if (answer) {
+          if (answer.ok) this.holdLease(sentAt, answer);
+          else if (answer.code !== 'invalid') void this.fence(`the witness refused our renewal: ${answer.reason}`);
+          return;
+        }
+        // Unanswered (a lost packet, a timeout): ask again now rather than at the next interval, so
+        // that one loss costs one timeout, not a whole interval of the deadline. Spaced by
+        // RENEW_RETRY_MS so a witness that refuses connections at once is not flooded.
+        if (attempt >= RENEW_RETRIES || this.stopped || !this.leaseValid()) return;
+        const wait = sentAt + RENEW_RETRY_MS - this.p.clock.now();
+        if (wait > 0) await this.p.clock.sleep(wait);
+        if (this.stopped || !this.leaseValid()) return;
+      }
     } finally {
       this.renewing = false;
     }
@@ -498,7 +524,16 @@ export class Controller {
 
   /** Follower: ask the witness for the lease; it hands it over only to the recorded synchronous standby after expiry. */
   private async takeOver(): Promise<void> {
-    const { sentAt, answer } = await this.acquire(this.meta.generation);
+    let { sentAt, answer } = await this.acquire(this.meta.generation);
+    // The witness says how long the lease has left. When that is soon, ask again right after it
+    // ends instead of at a later round: a round waits out the dead leader's check timeout first,
+    // which made failover up to one interval longer. A leader still renewing answers 'held' with
+    // nearly a whole lease left, and the rounds go on as usual.
+    for (let i = 0; answer && !answer.ok && answer.code === 'held' && answer.remainingMs <= 2 * this.s.checkInterval && i < 2 && !this.stopped; i++) {
+      await this.p.clock.sleep(Math.ceil(answer.remainingMs * (1 + 2 * this.s.maxDrift)) + TAKEOVER_MARGIN_MS);
+      if (this.stopped || this.meta.role !== 'follower') return;
+      ({ sentAt, answer } = await this.acquire(this.meta.generation));
+    }
     if (!answer) return;
     if (!answer.ok) {
       this.p.log.debug({ event: 'takeover', code: answer.code }, answer.reason);

@@ -1,4 +1,4 @@
-import { SimCluster, type SimNode } from './cluster.ts';
+import { SimCluster, type SimNode, type Timings } from './cluster.ts';
 
 /** The outcome of one seed. */
 export interface SeedResult {
@@ -167,8 +167,8 @@ function injectRandomFault(c: SimCluster): string {
 }
 
 /** Run one seed: boot, random faults, heal, then check the pair recovers within a bound. */
-export async function runSeed(seed: number, minutes = 3, opts: { recoveryBoundMs?: number } = {}): Promise<SeedResult> {
-  const c = new SimCluster({ seed });
+export async function runSeed(seed: number, minutes = 3, opts: { recoveryBoundMs?: number; timings?: Partial<Timings> } = {}): Promise<SeedResult> {
+  const c = new SimCluster({ seed, timings: opts.timings });
   // In the agent an unhandled rejection ends the process (Node's default): here it is a finding.
   const unhandled = (reason: unknown): void => c.violate(`unhandled rejection: ${reason instanceof Error ? reason.message : String(reason)}`);
   process.on('unhandledRejection', unhandled);
