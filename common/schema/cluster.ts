@@ -152,8 +152,8 @@ export const ClusterSpecSchema = z.strictObject({
     .strictObject({
       checkInterval: duration.default(1000),
       checkTimeout: duration.default(800),
-      fenceAfter: duration.default(4000),
-      promoteAfter: duration.default(6000),
+      fenceAfter: duration.default(2500),
+      promoteAfter: duration.default(4000),
       degradeAfter: duration.default(5000),
     })
     .prefault({}),

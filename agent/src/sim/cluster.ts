@@ -1,4 +1,5 @@
 import { LINGER_MS } from '#common/httpclient.ts';
+import { ClusterSpecSchema } from '#common/schema/cluster.ts';
 import type { HostMeta } from '#common/schema/hostmeta.ts';
 import { Controller, watchdogMs } from '../core/controller.ts';
 import type { Observation } from '../core/rules.ts';
@@ -10,7 +11,16 @@ import { replicate, SimPostgres, simPgPort } from './pg.ts';
 import { RpcError, Rng, settle, SimProcess, World } from './world.ts';
 
 /** Defaults as `init` writes them (common/schema/cluster.ts), in milliseconds. */
-export const INIT_TIMINGS = { checkInterval: 1000, checkTimeout: 800, fenceAfter: 4000, promoteAfter: 6000, degradeAfter: 5000 };
+/** The failover timings `geminik8s init` writes (the schema's defaults), in milliseconds. */
+export const INIT_TIMINGS = initTimings();
+
+/** The failover section of cluster.yaml, in milliseconds. */
+export type Timings = typeof INIT_TIMINGS;
+
+function initTimings(): { checkInterval: number; checkTimeout: number; fenceAfter: number; promoteAfter: number; degradeAfter: number } {
+  const f = ClusterSpecSchema.shape.failover.parse(undefined);
+  return { checkInterval: f.checkInterval, checkTimeout: f.checkTimeout, fenceAfter: f.fenceAfter, promoteAfter: f.promoteAfter, degradeAfter: f.degradeAfter };
+}
 
 export interface SimOptions {
   seed: number;
@@ -24,6 +34,8 @@ export interface SimOptions {
   kubeFails?: boolean;
   /** A stopping agent neither hands over (a leader) nor tells its leader (a follower), as agents before either: for comparison. */
   noLeave?: boolean;
+  /** Failover timings other than init's (to measure a trade-off; validation's rules are not applied). */
+  timings?: Partial<Timings>;
 }
 
 export interface Violation {
@@ -93,7 +105,7 @@ export class SimCluster {
     this.world = new World(this.rng);
     this.world.traceLimit = opts.traceLines ?? 300;
     this.nodes = [new SimNode('n1', this.world), new SimNode('n2', this.world)];
-    this.settings = { cluster: 'sim', ...INIT_TIMINGS, syncPolicy: opts.syncPolicy ?? 'degrade', maxDrift: opts.maxDrift ?? 0.01 };
+    this.settings = { cluster: 'sim', ...INIT_TIMINGS, ...opts.timings, syncPolicy: opts.syncPolicy ?? 'degrade', maxDrift: opts.maxDrift ?? 0.01 };
     const drift = this.settings.maxDrift;
     for (const p of [this.nodes[0].proc, this.nodes[1].proc, this.witnessProc]) {
       p.rate = 1 + this.rng.between(-drift, drift);

@@ -31,7 +31,7 @@ const COMMENTS: Record<string, string> = {
     ' strict = keep blocking writes until the standby returns.',
   ].join('\n'),
   failover: [
-    ' Failover timings. The leader renews its lease at the witness every checkInterval. It fences itself',
+    ' Failover timings. The leader renews its lease at the witness twice every checkInterval. It fences itself',
     ' (stops PostgreSQL, drops the VIP) by its own deadline: fenceAfter after it sent the last renewal the',
     ' witness granted. The witness lets the lease expire promoteAfter after granting it, on its own clock; only',
     ' then may the follower take the lease and promote, and only if the witness records it as promotable.',

@@ -100,7 +100,7 @@ export function buildClusterInput(flags: InitFlags, template?: Record<string, un
     witness: { type: 'none' },
     k3s: { disable: ['servicelb'] },
     postgresql: { syncPolicy: 'degrade' },
-    failover: { checkInterval: '1s', checkTimeout: '800ms', fenceAfter: '4s', promoteAfter: '6s', degradeAfter: '5s' },
+    failover: { checkInterval: '1s', checkTimeout: '800ms', fenceAfter: '2500ms', promoteAfter: '4s', degradeAfter: '5s' },
     agent: { port: 7443 },
     ssh: { user: 'geminik8s', authorizedKeys: [] },
     secretsDir: 'secrets',
