@@ -63,14 +63,12 @@ async function run(args: string[]): Promise<number> {
   process.on('SIGINT', () => stop('SIGINT'));
   // The guard timer pings systemd (a leader only while its lease outlasts the watchdog period), so
   // a frozen agent is killed, and PostgreSQL stopped with it (BindsTo=), before the lease can pass.
-  let lastPing = 0;
+  // It decides how often (PING_EVERY_MS, and once just before a leader falls silent).
   const watchdog = watchdogIntervalMs() !== undefined;
   let pinging = false;
   agent.heartbeat = () => {
-    const now = performance.now();
     // One systemd-notify at a time: on a loaded box a spawn can take seconds.
-    if (!watchdog || pinging || now - lastPing < 500) return;
-    lastPing = now;
+    if (!watchdog || pinging) return;
     pinging = true;
     void sdNotify(`WATCHDOG=1\nSTATUS=role ${agent.role}`).finally(() => {
       pinging = false;

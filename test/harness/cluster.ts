@@ -718,6 +718,9 @@ export class HarnessCluster extends PairHarness {
     const p = this.agents.get(node);
     if (!p) throw new Error(`no agent process for ${node}`);
     this.deliberate.add(p.pid);
+    // systemd stops a unit's watchdog once the unit leaves "running" (service_set_state): a
+    // stopping agent is not killed for the pings its shutdown no longer sends.
+    this.watchdog.delete(node);
     p.kill(signal);
     await p.exited;
     this.agents.delete(node);

@@ -164,7 +164,7 @@ export interface Ports {
   state: StatePort;
   kube: KubePort;
   log: LogPort;
-  /** Tell the supervisor we are alive (systemd watchdog); called by the guard timer only. */
+  /** Tell the supervisor we are alive (systemd watchdog); called by the guard timer only, which paces it. */
   heartbeat(): void;
 }
 

@@ -52,6 +52,10 @@ export class SimNode {
   vip = false;
   controller?: Controller;
   lastHeartbeat = 0;
+  /** The last watchdog check that found the agent frozen (paused). */
+  lastFrozenAt = -Infinity;
+  /** The unit is stopping: systemd no longer watches it. */
+  watchdogOff = false;
   restarts = 0;
   rejoins: string[] = [];
   /** Restarts of Kine and K3s the agent asked for (after promotions), and what it logged when one failed. */
@@ -95,6 +99,8 @@ export class SimCluster {
   readonly ackTimes: number[] = [];
   /** Longest gap between acknowledged writes while the client kept trying. */
   writable: Record<string, number> = {};
+  /** Watchdog kills of an agent that was not frozen: a liveness cost, not a safety violation. */
+  readonly needlessKills: { node: string; at: number }[] = [];
   /** Called right after a node's promotion completes: used by scenarios to crash there. */
   onPromoted?: (node: SimNode) => void;
   /** Called with each round a node's controller publishes (what its /v1/status shows). */
@@ -171,6 +177,7 @@ export class SimCluster {
     n.proc.epoch++;
     n.proc.pausedUntil = 0;
     n.lastHeartbeat = this.world.now;
+    n.watchdogOff = false;
     const c = new Controller(this.ports(n), { ...this.settings, self: n.name, peer: this.other(n).name, isBootstrapLeader: n === this.nodes[0] });
     n.controller = c;
     c.onRound = (o) => this.onRound?.(n, o);
@@ -221,6 +228,8 @@ export class SimCluster {
         if (n.controller === undefined || n.controller === c) n.pg.halt('stopped beside the agent');
       });
     }
+    // systemd stops the unit's watchdog once it leaves "running": not a frozen agent, a stopping one.
+    n.watchdogOff = true;
     const shutdown = this.opts.noLeave ? Promise.resolve(c.stop()) : c.shutdown();
     void shutdown.finally(() => {
       if (n.proc.epoch === epoch) this.crashAgent(n, 'stopped cleanly', bootAfter === undefined ? undefined : Math.max(bootAfter, (pgStopsAfter ?? 0) + 1));
@@ -396,7 +405,14 @@ export class SimCluster {
     const watchdog = (): void => {
       if (w.now > until) return;
       for (const n of this.nodes) {
-        if (n.proc.alive && w.now - n.lastHeartbeat > watchdogMs(this.settings.fenceAfter)) this.crashAgent(n, 'killed by the watchdog', this.rng.between(500, 3000));
+        if (n.proc.pausedUntil > w.now) n.lastFrozenAt = w.now;
+        if (n.proc.alive && !n.watchdogOff && w.now - n.lastHeartbeat > watchdogMs(this.settings.fenceAfter)) {
+          // A frozen agent is what the watchdog is for; one whose timers ran all through its
+          // silence was killed for nothing.
+          const needless = n.lastFrozenAt < n.lastHeartbeat;
+          if (needless) this.needlessKills.push({ node: n.name, at: w.now });
+          this.crashAgent(n, `killed by the watchdog${needless ? ' (it was not frozen)' : ''}`, this.rng.between(500, 3000));
+        }
       }
       w.at(w.now + 100, watchdog);
     };

@@ -35,6 +35,7 @@ let violations = 0;
 let acked = 0;
 let events = 0;
 let faults = 0;
+let needlessKills = 0;
 const recoveries: number[] = [];
 const list = one !== undefined ? [Number(one)] : Array.from({ length: seeds }, (_, i) => first + i);
 for (const seed of list) {
@@ -42,6 +43,7 @@ for (const seed of list) {
   acked += r.acked;
   events += r.events;
   faults += r.faults;
+  needlessKills += r.needlessKills;
   if (r.recoveryMs !== undefined) recoveries.push(r.recoveryMs);
   if (r.violations.length > 0 || (showTrace && one !== undefined)) {
     if (r.violations.length > 0) violations++;
@@ -57,6 +59,6 @@ const secs = (performance.now() - started) / 1000;
 recoveries.sort((a, b) => a - b);
 const p = (q: number): string => (recoveries.length ? (recoveries[Math.min(recoveries.length - 1, Math.floor(q * recoveries.length))]! / 1000).toFixed(1) : '-');
 process.stdout.write(`timings (ms): ${Object.entries({ ...INIT_TIMINGS, ...timings }).map(([k, v]) => `${k} ${v}`).join(', ')}\n`);
-process.stdout.write(`${list.length} seeds × ${minutes} virtual min in ${secs.toFixed(1)} s: ${(list.length / secs).toFixed(1)} seeds/s, ${events} events, ${faults} faults, ${acked} acknowledged writes; recovery after heal p50 ${p(0.5)} s, max ${p(1)} s\n`);
+process.stdout.write(`${list.length} seeds × ${minutes} virtual min in ${secs.toFixed(1)} s: ${(list.length / secs).toFixed(1)} seeds/s, ${events} events, ${faults} faults, ${acked} acknowledged writes; recovery after heal p50 ${p(0.5)} s, max ${p(1)} s; watchdog kills of agents that were not frozen: ${needlessKills}\n`);
 process.stdout.write(`violations: ${violations}\n`);
 process.exit(violations > 0 ? 1 : 0);

@@ -10,6 +10,8 @@ export interface SeedResult {
   faults: number;
   /** Virtual ms from the last heal to a healthy pair (undefined if it never got there). */
   recoveryMs?: number;
+  /** Watchdog kills of an agent that was not frozen. */
+  needlessKills: number;
 }
 
 const ENDPOINTS = ['n1', 'n2', 'witness', 'client'] as const;
@@ -207,5 +209,5 @@ async function runSeedIn(c: SimCluster, seed: number, minutes: number, opts: { r
     if (c.healthy()) recoveryMs = c.world.now - faultsEnd;
     else if (c.violations.length === 0) c.violate(`no leader with a synchronous standby ${bound / 1000} s after every fault healed`);
   }
-  return { seed, violations: c.violations, trace: c.world.trace.slice(-(c.world.traceLimit)), acked: c.acked.length, events: c.world.events, faults, recoveryMs };
+  return { seed, violations: c.violations, trace: c.world.trace.slice(-(c.world.traceLimit)), acked: c.acked.length, events: c.world.events, faults, recoveryMs, needlessKills: c.needlessKills.length };
 }
