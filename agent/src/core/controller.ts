@@ -337,7 +337,7 @@ export class Controller {
         this.p.heartbeat();
       }
     }
-    if (this.arbiter && this.reconciled && this.meta?.role === 'leader' && !this.leaseValid()) {
+    if (leading && !this.leaseValid()) {
       void this.fence('our lease deadline passed without a granted renewal');
     }
   }

@@ -10,17 +10,11 @@ import { WitnessService } from '../witness/service.ts';
 import { replicate, SimPostgres, simPgPort } from './pg.ts';
 import { RpcError, Rng, settle, SimProcess, World } from './world.ts';
 
-/** Defaults as `init` writes them (common/schema/cluster.ts), in milliseconds. */
 /** The failover timings `geminik8s init` writes (the schema's defaults), in milliseconds. */
-export const INIT_TIMINGS = initTimings();
+export const INIT_TIMINGS = ClusterSpecSchema.shape.failover.parse(undefined);
 
 /** The failover section of cluster.yaml, in milliseconds. */
 export type Timings = typeof INIT_TIMINGS;
-
-function initTimings(): { checkInterval: number; checkTimeout: number; fenceAfter: number; promoteAfter: number; degradeAfter: number } {
-  const f = ClusterSpecSchema.shape.failover.parse(undefined);
-  return { checkInterval: f.checkInterval, checkTimeout: f.checkTimeout, fenceAfter: f.fenceAfter, promoteAfter: f.promoteAfter, degradeAfter: f.degradeAfter };
-}
 
 export interface SimOptions {
   seed: number;
