@@ -5,14 +5,15 @@
 // packets delayed 200 ms ± 100 ms (uniform) and PCT % of them (default 5) lost. Through
 // `tc netem` where the kernel has it; where it has not (these machines), through the user-space
 // emulator of bench/netem.ts (NFQUEUE), whose own counters go into the JSON. Counts promotions
-// (every one is false: nothing failed), write stalls over 1 s and seconds without writes; once
+// (every one is false: nothing failed), write stalls over 1 s, seconds without writes and seconds
+// without a synchronous standby (when the pair could not fail over without losing writes); once
 // the network is healed and the pair healthy again, every acknowledged write is looked up on the
 // leader (lost writes).
 // Needs root. Prints figures; asserts nothing.
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { dualWritable, writerChanges } from '#test/harness/cluster.ts';
+import { dualWritable, writerChanges, type PairHarness } from '#test/harness/cluster.ts';
 import { secondsWithout, stalls } from './chaos-core.ts';
 import { checkSystems, harnessFor, settingsOf } from './failover-figures.ts';
 import { impair, netemMissing, type EmulatorCounters, type Impaired, type Impairment } from './netem.ts';
@@ -46,6 +47,11 @@ interface Figures {
   stallsOver1s: number;
   longestStallSeconds: number;
   secondsWithoutWrites: number;
+  /**
+   * Seconds in which no node was a primary with a streaming synchronous standby, as each node's
+   * own server says over its loopback: the pair could not have failed over without losing writes.
+   */
+  secondsWithoutSyncStandby: number;
   acknowledged: number;
   /** Acknowledged writes missing from the leader once the pair was healthy again after the run; null when it never was within 5 minutes. */
   writesLost: number | null;
@@ -56,6 +62,13 @@ interface Figures {
   settings: unknown;
   /** What the emulator did to each member's packets (absent under tc netem). */
   emulator?: Record<string, EmulatorCounters & { lostPercent: number; meanDelayMs: number }>;
+}
+
+/** Whether some node is a primary with a streaming synchronous standby, by its own server (every system names its standbys its own way). */
+async function syncStandbyAnywhere(c: PairHarness): Promise<boolean> {
+  const q = "SELECT NOT pg_is_in_recovery() AND coalesce((SELECT bool_or(state = 'streaming' AND sync_state = 'sync') FROM pg_stat_replication), false)";
+  for (const n of ['node1', 'node2']) if ((await c.sql(n, q, 'postgres')) === 't') return true;
+  return false;
 }
 
 async function measure(system: string): Promise<Figures> {
@@ -73,8 +86,14 @@ async function measure(system: string): Promise<Figures> {
     // Who accepts writes, as each node's sampler sees it over its own loopback: asking the
     // system (its API, its monitor) would cross the impaired network and miss changes.
     let seen = 0;
+    let withoutSync = 0;
+    let sampledAt = t0;
     while (Date.now() - t0 < minutes * 60_000) {
       await sleep(1000);
+      const synchronous = await syncStandbyAnywhere(c);
+      const now = Date.now();
+      if (!synchronous) withoutSync += now - sampledAt;
+      sampledAt = now;
       const changes = writerChanges(c.samples, t0, leader);
       for (const ch of changes.slice(seen)) console.log(`${system}: writes accepted by ${ch.to} instead of ${ch.from} at +${Math.round((ch.at - t0) / 1000)} s`);
       seen = changes.length;
@@ -101,7 +120,8 @@ async function measure(system: string): Promise<Figures> {
     const s = stalls([t0, ...acks, t1]);
     return {
       system, minutes, lossPercent: loss, promotions: changes.length, leaderChanges: changes, dualWritableSamples: dualWritable(c.samples, t0).samples,
-      stallsOver1s: s.length, longestStallSeconds: Math.max(0, ...s) / 1000, secondsWithoutWrites: secondsWithout(acks, t0, t1), acknowledged: acks.length,
+      stallsOver1s: s.length, longestStallSeconds: Math.max(0, ...s) / 1000, secondsWithoutWrites: secondsWithout(acks, t0, t1),
+      secondsWithoutSyncStandby: Math.round(withoutSync / 1000), acknowledged: acks.length,
       writesLost: lost ? lost.length : null, leaderAfter: leaderAfter ?? null, ...(notHealthy ? { notHealthy } : {}),
       settings: settingsOf(system, c),
       ...(netem ? { emulator: counted } : {}),
@@ -115,8 +135,8 @@ async function measure(system: string): Promise<Figures> {
 
 const results: Figures[] = [];
 for (const s of systems) results.push(await measure(s));
-const head = ['SYSTEM', 'MINUTES', 'LOSS', 'PROMOTIONS (ALL FALSE)', 'DUAL-WRITABLE', 'STALLS > 1 S', 'LONGEST STALL', 'S WITHOUT WRITES', 'ACKED', 'LOST'];
-const rows = results.map((r) => [r.system, String(r.minutes), `${r.lossPercent}%`, String(r.promotions), String(r.dualWritableSamples), String(r.stallsOver1s), `${r.longestStallSeconds.toFixed(1)} s`, String(r.secondsWithoutWrites), String(r.acknowledged), r.writesLost === null ? 'unknown (never healthy again)' : String(r.writesLost)]);
+const head = ['SYSTEM', 'MINUTES', 'LOSS', 'PROMOTIONS (ALL FALSE)', 'DUAL-WRITABLE', 'STALLS > 1 S', 'LONGEST STALL', 'S WITHOUT WRITES', 'S WITHOUT SYNC STANDBY', 'ACKED', 'LOST'];
+const rows = results.map((r) => [r.system, String(r.minutes), `${r.lossPercent}%`, String(r.promotions), String(r.dualWritableSamples), String(r.stallsOver1s), `${r.longestStallSeconds.toFixed(1)} s`, String(r.secondsWithoutWrites), String(r.secondsWithoutSyncStandby), String(r.acknowledged), r.writesLost === null ? 'unknown (never healthy again)' : String(r.writesLost)]);
 const w = head.map((_, i) => Math.max(...[head, ...rows].map((r) => r[i]!.length)));
 console.log([head, ...rows].map((r) => r.map((x, i) => x.padEnd(w[i]!)).join('  ')).join('\n'));
 console.log(`every member's outgoing packets: ${impairment.delayMs} ms ± ${impairment.jitterMs} ms, ${loss}% lost, through the ${via}${netem ? ` (${netem})` : ''}`);

@@ -19,6 +19,15 @@ export interface Memory {
   /** Leader: the standby's flush LSN and when it last advanced. */
   standbyFlush?: bigint;
   flushAdvancedAt: number;
+  /** Leader: our WAL position at the last round. */
+  lsn?: bigint;
+  /**
+   * Leader: by this round the standby had flushed all the WAL we had at the previous round (or
+   * all we have now). A
+   * standby that reconnects streams again from the start of its WAL segment: on a slow link it
+   * reports "streaming" with its old flush position for minutes while that is sent again.
+   */
+  standbyKeepsUp?: boolean;
   /** Leader: consecutive rounds the standby streamed as `sync`. */
   syncRounds: number;
   /**
@@ -103,6 +112,10 @@ export function remember(m: Memory, o: Observation, role: Role): Memory {
   } else if (role === 'leader' && (o.pg.syncWaiters ?? 0) === 0) {
     next.flushAdvancedAt = o.now;
   }
+  next.lsn = role === 'leader' ? o.pg.lsn : undefined;
+  // All we had a round ago, or all we have now (in our first round as leader, the only test).
+  const reached = [m.lsn, o.pg.lsn].filter((l) => l !== undefined);
+  next.standbyKeepsUp = role === 'leader' && flush !== undefined && flush !== null && reached.some((l) => flush >= l);
   const syncing = role === 'leader' && streamingSync(o.pg);
   next.syncRounds = syncing ? m.syncRounds + 1 : 0;
   next.syncBaseline = syncing ? (m.syncBaseline ?? o.pg.lsn) : undefined;
@@ -124,9 +137,13 @@ export function standbyInSync(pg: PgStatus, m: Memory): boolean {
 /** Close enough to turn synchronous commit on: commits wait only for the last bit of catch-up. */
 export const SYNC_CATCHUP_BYTES = 1n << 20n;
 
-function caughtUp(pg: PgStatus): boolean {
+/**
+ * Synchronous commit may go on: the standby streams, is within SYNC_CATCHUP_BYTES, and keeps up
+ * (without the last, commits on a slow link waited until the degrade rule turned it off again).
+ */
+function caughtUp(pg: PgStatus, m: Memory): boolean {
   const s = pg.standby;
-  return Boolean(s && s.state === 'streaming' && s.flushLsn !== null && pg.lsn !== undefined && s.flushLsn + SYNC_CATCHUP_BYTES >= pg.lsn);
+  return Boolean(m.standbyKeepsUp && s && s.state === 'streaming' && s.flushLsn !== null && pg.lsn !== undefined && s.flushLsn + SYNC_CATCHUP_BYTES >= pg.lsn);
 }
 
 /**
@@ -159,7 +176,7 @@ export function decide(role: Role, m: Memory, o: Observation, lease: LeaseView, 
           return done('degrade');
         }
         // A standby that announced its clean stop still streams until it stops: not yet.
-        if (!syncOn && caughtUp(o.pg) && m.standbyLeavingSince === undefined) acts.push({ kind: 'restoreSync' });
+        if (!syncOn && caughtUp(o.pg, m) && m.standbyLeavingSince === undefined) acts.push({ kind: 'restoreSync' });
       } else if (!syncOn) {
         acts.push({ kind: 'restoreSync' });
       }
