@@ -64,9 +64,12 @@ interface Figures {
   emulator?: Record<string, EmulatorCounters & { lostPercent: number; meanDelayMs: number }>;
 }
 
-/** Whether some node is a primary with a streaming synchronous standby, by its own server (every system names its standbys its own way). */
+/**
+ * Whether some node is a primary with a streaming synchronous standby, by its own server (every
+ * system names its standbys its own way; pg_auto_failover's `ANY 1 (…)` shows as `quorum`).
+ */
 async function syncStandbyAnywhere(c: PairHarness): Promise<boolean> {
-  const q = "SELECT NOT pg_is_in_recovery() AND coalesce((SELECT bool_or(state = 'streaming' AND sync_state = 'sync') FROM pg_stat_replication), false)";
+  const q = "SELECT NOT pg_is_in_recovery() AND coalesce((SELECT bool_or(state = 'streaming' AND sync_state IN ('sync', 'quorum')) FROM pg_stat_replication), false)";
   for (const n of ['node1', 'node2']) if ((await c.sql(n, q, 'postgres')) === 't') return true;
   return false;
 }

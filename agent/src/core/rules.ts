@@ -99,8 +99,9 @@ export const PG_RESTART_LIMIT = 3;
 export function remember(m: Memory, o: Observation, role: Role): Memory {
   const next = { ...m };
   if (o.peer || o.peerPg.ok) next.peerSeenAt = o.now;
-  // Our WAL receiver is no evidence: it reports "streaming" until TCP keepalives give up (~9 s)
-  // on a dead primary. Asking the witness early is harmless: it refuses while the lease lives.
+  // Our WAL receiver is no evidence: it reports "streaming" until TCP keepalives (~9 s) or
+  // wal_receiver_timeout (30 s) give up on a dead primary. Asking the witness early is harmless:
+  // it refuses while the lease lives.
   if (o.peer?.role === 'leader' || o.peerPg.primary) next.leaderSeenAt = o.now;
   if (o.pg.up) next.pgRestarts = 0;
   next.receiverDownSince = o.pg.up && o.pg.inRecovery && !o.pg.receiverStreaming ? (m.receiverDownSince ?? o.now) : undefined;
