@@ -102,13 +102,9 @@ export function httpCall(url: string | URL, call: HttpCall): Promise<{ status: n
     };
     const late = new Error(`no answer within ${call.timeoutMs} ms`);
     // `timeout` only covers idle sockets; this bounds the whole call. Lingering, the call fails
-    // now and its request may finish later (nobody reads the answer), up to `linger` ms. Not one
-    // still queued for a connection (all the pool's busy): sent later, it would only go ahead of
-    // the newer calls behind it (a backlog of stale renewals after a bad patch on a slow link).
-    let onConnection = false;
-    req.once('socket', () => (onConnection = true));
+    // now and its request may finish later (nobody reads the answer), up to `linger` ms.
     const deadline = setTimeout(() => {
-      if (!linger || !onConnection) return req.destroy(late);
+      if (!linger) return req.destroy(late);
       reject(late);
       lingering = setTimeout(() => req.destroy(late), linger);
       lingering.unref();
