@@ -23,9 +23,9 @@ export interface Memory {
   lsn?: bigint;
   /**
    * Leader: by this round the standby had flushed all the WAL we had at the previous round (or
-   * all we have now). A
-   * standby that reconnects streams again from the start of its WAL segment: on a slow link it
-   * reports "streaming" with its old flush position for minutes while that is sent again.
+   * all we have now). A standby that reconnects streams again from the start of its WAL
+   * segment: on a slow link it reports "streaming" with its old flush position for minutes
+   * while that is sent again.
    */
   standbyKeepsUp?: boolean;
   /** Leader: consecutive rounds the standby streamed as `sync`. */
