@@ -299,7 +299,10 @@ export abstract class PairHarness {
   /** Run SQL on a node's local PostgreSQL from inside its namespace (works while partitioned). */
   async sql(node: string, query: string, database = this.writerLogin().database): Promise<string | undefined> {
     const r = await runPlan(inNs(this.topology.nodeNs[node]!, 'psql', ['-h', '127.0.0.1', '-U', 'postgres', '-d', database, '-XAtq', '-c', query], { PGPASSWORD: this.superuserPassword(), PGCONNECT_TIMEOUT: '2' }), { allowFailure: true, timeoutMs: 10_000 });
-    return r.exitCode === 0 ? r.stdout.trim() : undefined;
+    if (r.exitCode === 0) return r.stdout.trim();
+    // The caller sees only "no answer"; the reason goes to the harness log for the post-mortem.
+    this.log(`[sql] ${node}: psql exited ${r.exitCode}: ${r.stderr.trim().split('\n').slice(-2).join(' | ')} (query: ${query.slice(0, 80)})`);
+    return undefined;
   }
 
   other(node: string): string {

@@ -331,8 +331,10 @@ serial('geminik8s restore on the running pair: a damaged, mis-keyed or truncated
   const key = join(dir, 'backup.key');
   writeFileSync(key, randomBytes(32).toString('hex'), { mode: 0o600 });
   const probe = "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM restore_probe";
+  // A psql that gets no answer (a connect timeout on a loaded machine) says nothing about the data: ask again.
+  const probeOf = (node: string) => cluster.waitFor(`the probe table's digest on ${node}`, () => cluster.sql(node, probe), 60_000);
   t.truthy(await cluster.sql(leader, 'CREATE TABLE restore_probe (id int PRIMARY KEY, v text NOT NULL); INSERT INTO restore_probe SELECT g, md5(g::text) FROM generate_series(1, 5000) g; SELECT 1'));
-  const before = await cluster.sql(leader, probe);
+  const before = await probeOf(leader);
   t.truthy(before);
   const ackedBefore = cluster.acks.length;
   const file = join(dir, 'b.gkbackup');
@@ -340,7 +342,7 @@ serial('geminik8s restore on the running pair: a damaged, mis-keyed or truncated
   t.is(b.exitCode, 0, b.stderr);
   // Everything after the backup is what the restore discards.
   t.truthy(await cluster.sql(leader, "UPDATE restore_probe SET v = 'changed' WHERE id % 2 = 0; INSERT INTO restore_probe SELECT g, 'later' FROM generate_series(5001, 6000) g; SELECT 1"));
-  const changed = await cluster.sql(leader, probe);
+  const changed = await probeOf(leader);
   t.not(changed, before);
   // A switchover after the backup: the pair moves to a timeline the backup never saw, and the
   // restore lands on the other node. Its new timeline must be past that one, never equal to it.
@@ -348,7 +350,7 @@ serial('geminik8s restore on the running pair: a damaged, mis-keyed or truncated
   t.true(sw?.ok, sw?.reason);
   const target = await cluster.waitFor('a healthy pair led by the other node', async () => ((await cluster.healthyPair()) === follower ? follower : undefined), 180_000);
   const standby = cluster.other(target);
-  const timelineOf = async (node: string) => Number(await cluster.sql(node, 'SELECT timeline_id FROM pg_control_checkpoint()', 'postgres'));
+  const timelineOf = async (node: string) => Number(await cluster.waitFor(`${node}'s timeline`, () => cluster.sql(node, 'SELECT timeline_id FROM pg_control_checkpoint()', 'postgres'), 60_000));
   await cluster.sql(target, 'CHECKPOINT', 'postgres');
   const timelineBefore = await timelineOf(target);
   t.true(timelineBefore > 1);
@@ -370,7 +372,7 @@ serial('geminik8s restore on the running pair: a damaged, mis-keyed or truncated
     const r = await restore(...args);
     t.is(r.exitCode, 6, `${name}: ${r.stderr}`);
     t.regex(r.stderr, why, name);
-    t.is(await cluster.sql(target, probe), changed, `${name}: nothing touched`);
+    t.is(await probeOf(target), changed, `${name}: nothing touched`);
   }
   const dry = await restore('--backup-file', file, '--encryption-key', key, '--dry-run');
   t.is(dry.exitCode, 0, dry.stderr);
@@ -378,7 +380,7 @@ serial('geminik8s restore on the running pair: a damaged, mis-keyed or truncated
   const noForce = await restore('--backup-file', file, '--encryption-key', key);
   t.is(noForce.exitCode, 5, noForce.stderr);
   t.regex(noForce.stderr, /discards every write made after .*give --force/);
-  t.is(await cluster.sql(target, probe), changed, 'a dry run and a refused restore change nothing');
+  t.is(await probeOf(target), changed, 'a dry run and a refused restore change nothing');
   t.is(await timelineOf(target), timelineBefore);
 
   const real = await restore('--backup-file', file, '--encryption-key', key, '--force');
@@ -387,11 +389,11 @@ serial('geminik8s restore on the running pair: a damaged, mis-keyed or truncated
   t.regex(real.stdout, new RegExp(`${target}: restored; PostgreSQL is a primary on timeline \\d+; the replaced data directory is kept as \\S+\\.pre-restore-`));
   t.regex(real.stdout, new RegExp(`${standby}: re-cloned from ${target}`));
   t.regex(real.stdout, new RegExp(`HEALTHY \\(leader ${target}\\)`));
-  t.is(await cluster.sql(target, probe), before, 'the table is as it was at the backup');
+  t.is(await probeOf(target), before, 'the table is as it was at the backup');
   t.true((await timelineOf(target)) > timelineBefore, `a timeline this cluster never used (was ${timelineBefore}, now ${await timelineOf(target)})`);
   t.deepEqual(await cluster.missingAcks(target, ackedBefore), [], 'every write acknowledged before the backup is back');
   await cluster.waitFor('a healthy pair after the restore', () => cluster.healthyPair(), 180_000);
-  t.is(await cluster.sql(standby, probe), before, 'the re-cloned standby has the restored data');
+  t.is(await probeOf(standby), before, 'the re-cloned standby has the restored data');
   const writes = cluster.acks.length;
   await cluster.waitFor('writes through the VIP again', async () => (cluster.acks.length > writes + 5 ? true : undefined), 120_000);
 });
