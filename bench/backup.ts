@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import { HarnessCluster, PG_BIN } from '#test/harness/cluster.ts';
-import { inNs } from '#test/harness/netns.ts';
+import { inNs } from '#lab/netns.ts';
 import { ROOT } from '#test/helpers/fixtures.ts';
 import { arg } from './args.ts';
 

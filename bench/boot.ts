@@ -17,9 +17,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Arch, type BootOptions, type Vm, type WaitResult } from '#qemu/index.ts';
-import { cli } from '#test/helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { partitionOffset } from '#common/install/media.ts';
-import { bootFiles, testImage, type BuiltImage } from '#test/helpers/test-image.ts';
+import { bootFiles, testImage, type BuiltImage } from '#lab/test-image.ts';
 
 const arg = (name: string, fallback: string): string => {
   const i = process.argv.indexOf(name);

@@ -15,7 +15,7 @@ import { Rng } from '#agent/sim/world.ts';
 import { runPlan } from '#common/exec.ts';
 import { arpReplies } from '#builder/ops/preflight.ts';
 import { dualWritable, HarnessCluster } from '#test/harness/cluster.ts';
-import { cutOneWay, flushRules, inNs, linkDown, linkUp, NET, nsOf } from '#test/harness/netns.ts';
+import { cutOneWay, flushRules, inNs, linkDown, linkUp, NET, nsOf } from '#lab/netns.ts';
 import { impair, netemMissing, nicOf, packetLoss, type Impaired } from './netem.ts';
 import { drawFaults, drawType, failsLeader, faultLabel, renderTimeline, secondsWithout, SINGLE_KINDS, summarize, summaryTable, type DrawRecord, type Fault, type FaultKind, type Member } from './chaos-core.ts';
 import { arg } from './args.ts';

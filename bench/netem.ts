@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { runPlan, spawnPlan, type CommandPlan } from '#common/exec.ts';
-import { inNs, nsOf, type Topology } from '#test/harness/netns.ts';
+import { inNs, nsOf, type Topology } from '#lab/netns.ts';
 
 /** Why this kernel cannot run `tc qdisc … netem` (delay, jitter), or undefined when it can. */
 export async function netemMissing(): Promise<string | undefined> {

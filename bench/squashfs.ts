@@ -13,7 +13,7 @@ import { squashfsPlan } from '#builder/disk/plans.ts';
 import { writeAt } from '#builder/disk/steps.ts';
 import { partitionOffset } from '#common/install/media.ts';
 import { bootVm, GuestShell, READY_MARKER } from '#qemu/index.ts';
-import { bootFiles, testImage } from '#test/helpers/test-image.ts';
+import { bootFiles, testImage } from '#lab/test-image.ts';
 
 const arg = (name: string, fallback: string): string => {
   const i = process.argv.indexOf(name);

@@ -11,12 +11,12 @@ import { parseArgs } from 'node:util';
 import { buildAgent } from '../agent/build.ts';
 import { runPlan, type RunningProcess } from '#common/exec.ts';
 import { bootVm, GuestShell, READY_MARKER, type Vm } from '#qemu/index.ts';
-import { bundleProbe } from '#test/harness/cluster.ts';
-import { inNs } from '#test/harness/netns.ts';
-import { cli } from '#test/helpers/cli.ts';
-import { initGuestCluster, until } from '#test/helpers/e2e.ts';
-import { agentJournalAt, arpOwners, createGuestLan, destroyGuestLan, guestSql, guestUptime, startLanWitness, startVipWriter, type GuestLan } from '#test/helpers/guest-lan.ts';
-import { testImage } from '#test/helpers/test-image.ts';
+import { bundleProbe } from '#lab/probes/bundle.ts';
+import { inNs } from '#lab/netns.ts';
+import { cli } from '#lab/cli.ts';
+import { initGuestCluster, until } from '#lab/guest-cluster.ts';
+import { agentJournalAt, arpOwners, createGuestLan, destroyGuestLan, guestSql, guestUptime, startLanWitness, startVipWriter, type GuestLan } from '#lab/guest-lan.ts';
+import { testImage } from '#lab/test-image.ts';
 
 const NET = { node1: '192.168.78.11', node2: '192.168.78.12', vip: '192.168.78.50', host: '192.168.78.1', prefix: 24 };
 const MAC = { node1: '52:54:00:78:01:11', node2: '52:54:00:78:01:12' };

@@ -15,7 +15,8 @@ import { writeSecrets } from '#builder/init/secrets.ts';
 import { writeClusterTls, writeWitnessCredentials } from '#builder/init/tls.ts';
 import { SEED_FILE_IN_PARTITION } from '#builder/render/cloud-init.ts';
 import { AGENT_WATCHDOG_SEC, renderSeedFiles } from '#builder/render/index.ts';
-import { createTopology, destroyNamespaces, inNs, NET, type Topology } from './netns.ts';
+import { createTopology, destroyNamespaces, inNs, NET, type Topology } from '#lab/netns.ts';
+import { bundleProbe } from '#lab/probes/bundle.ts';
 import { hostPgBinDir } from '../helpers/host-pg.ts';
 
 /** The host's PostgreSQL binaries (the newest installed major; GEMINIK8S_PG_BIN overrides). */
@@ -27,7 +28,7 @@ export interface Ack {
   t: number;
 }
 
-/** One line of a node's write sampler (test/harness/sampler.ts). */
+/** One line of a node's write sampler (lab/probes/sampler.ts). */
 export interface Sample {
   node: string;
   /** The probe ran in [t, end] (ms since the epoch); a writable probe committed inside it. */
@@ -37,15 +38,6 @@ export interface Sample {
   reason?: string;
 }
 
-/** Bundle the harness's writer or sampler script to one plain JavaScript file at `outfile`. */
-export async function bundleProbe(name: 'writer' | 'sampler', outfile: string): Promise<void> {
-  const { build } = await import('esbuild');
-  await build({
-    entryPoints: [join(ROOT, `test/harness/${name}.ts`)], outfile, bundle: true, platform: 'node', target: 'node20', format: 'esm',
-    external: ['pg-native'], logLevel: 'error',
-    banner: { js: "import { createRequire as __gkCreateRequire } from 'node:module'; const require = __gkCreateRequire(import.meta.url);" },
-  });
-}
 
 /** A JSON log line of an agent or the witness, with the time the harness received it. */
 export interface LogEvent {
@@ -345,7 +337,7 @@ export abstract class PairHarness {
    * not writable while it is off (and as whatever it is once it is back).
    */
   async powerOff(node: string): Promise<void> {
-    const { linkDown } = await import('./netns.ts');
+    const { linkDown } = await import('#lab/netns.ts');
     await linkDown(this.topology, node);
     const pids = await runPlan({ cmd: 'ip', args: ['netns', 'pids', this.topology.nodeNs[node]!] }, { allowFailure: true });
     const sampler = this.samplers.get(node)?.pid;
@@ -363,7 +355,7 @@ export abstract class PairHarness {
   }
 
   async powerOn(node: string): Promise<void> {
-    const { linkUp } = await import('./netns.ts');
+    const { linkUp } = await import('#lab/netns.ts');
     await linkUp(this.topology, node);
     this.startNode(node);
   }
@@ -794,7 +786,7 @@ export class HarnessCluster extends PairHarness {
     copyFileSync(join(seedDir, SEED_FILE_IN_PARTITION), join(dir, 'seed.yaml'));
     chmodSync(join(dir, 'seed.yaml'), 0o600);
     this.startNotifyReceiver(node);
-    const { linkUp, readdressNode } = await import('./netns.ts');
+    const { linkUp, readdressNode } = await import('#lab/netns.ts');
     await readdressNode(this.topology, node, oldIp, this.ipOf(node));
     await linkUp(this.topology, node);
     this.log(`[harness] ${node}: a new box at ${this.ipOf(node)} (was ${oldIp}); the old disk is ${aside}`);

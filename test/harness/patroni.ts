@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { runPlan } from '#common/exec.ts';
 import { PairHarness, PG_BIN, type WriterLogin } from './cluster.ts';
-import { inNs, NET } from './netns.ts';
+import { inNs, NET } from '#lab/netns.ts';
 
 const PASSWORDS = { superuser: 'patroni-superuser-password-01', replication: 'patroni-replication-password-01' };
 

@@ -2,7 +2,7 @@ import { appendFileSync, chmodSync, chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { runPlan, type CommandPlan } from '#common/exec.ts';
 import { PairHarness, PG_BIN, type WriterLogin } from './cluster.ts';
-import { inNs, NET } from './netns.ts';
+import { inNs, NET } from '#lab/netns.ts';
 
 /**
  * pg_auto_failover timings. `defaults` is what it ships: the monitor's health checks every 5 s

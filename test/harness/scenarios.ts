@@ -1,6 +1,6 @@
 import { postgresqlSettings } from '#common/render/postgresql.ts';
 import { dualWritable, type HarnessCluster, type LogEvent } from './cluster.ts';
-import { blockPeer, cutOneWay, flushRules, ipOf, linkDown, linkUp, listRules, NET } from './netns.ts';
+import { blockPeer, cutOneWay, flushRules, ipOf, linkDown, linkUp, listRules, NET } from '#lab/netns.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 

@@ -3,9 +3,9 @@ import { closeSync, createReadStream, openSync, writeFileSync, writeSync } from 
 import { join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import type { Vm } from '#qemu/index.ts';
-import { cli } from './cli.ts';
+import { cli } from '#lab/cli.ts';
 import { ROOT, tempDir } from './fixtures.ts';
-import type { BuiltImage } from './test-image.ts';
+import type { BuiltImage } from '#lab/test-image.ts';
 
 // Under TCG on a loaded 2-core machine an installer moves its live root, then writes, reads
 // back and hashes gigabytes. AVA gives up after 40 minutes without a result, so both waits

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { parseDocument } from 'yaml';
 import { spawnPlan } from '#common/exec.ts';
 import { PXE_FILES } from '#builder/pxe/server.ts';
-import { cli } from './cli.ts';
+import { cli } from '#lab/cli.ts';
 import { ROOT, tempDir } from './fixtures.ts';
 
 export const MAC1 = '52:54:00:aa:00:11';

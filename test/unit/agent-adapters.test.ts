@@ -20,7 +20,7 @@ import { nodeContext, type NodeContext } from '#agent/context.ts';
 import { formatLsn, lsnToBigInt } from '#agent/core/lsn.ts';
 import type { LogPort } from '#agent/core/ports.ts';
 import { spawnPlan } from '#common/exec.ts';
-import { freePort } from '../helpers/e2e.ts';
+import { freePort } from '#lab/guest-cluster.ts';
 import { registerSecret } from '#common/log.ts';
 import { AgentConfigSchema } from '#common/schema/agent.ts';
 import { API_VERSION } from '#common/schema/image.ts';

@@ -11,7 +11,7 @@ import { pgHbaConf } from '#common/render/postgresql.ts';
 import { API_VERSION } from '#common/schema/image.ts';
 import { NodeSeedSchema } from '#common/schema/seed.ts';
 import { FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
-import { freePort } from '../helpers/e2e.ts';
+import { freePort } from '#lab/guest-cluster.ts';
 import { hostPgBinDir } from '../helpers/host-pg.ts';
 
 /**

@@ -9,7 +9,7 @@ import { assess, nodeViewOf, type ClusterStatus, type NodeView, type WitnessView
 import { AgentConfigSchema } from '#common/schema/agent.ts';
 import type { NodeSeed } from '#common/schema/seed.ts';
 import { certFingerprint, issueCa, issueLeaf } from '#common/tls.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { fakeCa, fakeTls, FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
 
 test('nodeCertProblem and applyTlsOverride: a rotated certificate is used only when it is this node\'s, from the seed\'s CA, covers its address, loopback and the VIP, matches its key, and is newer than the seed\'s', async (t) => {

@@ -3,7 +3,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import { buildProgram } from '#builder/cli/main.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { tempDir } from '../helpers/fixtures.ts';
 
 const COMMANDS = buildProgram().commands.map((c) => c.name()).filter((n) => n !== 'help');

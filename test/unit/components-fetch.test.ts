@@ -6,7 +6,7 @@ import { artifactsFor, parseChecksums, type ArtifactSpec, type ImageArtifact, ty
 import { fetchArtifacts } from '#builder/components/fetch.ts';
 import { readLock, writeLock } from '#builder/components/lock.ts';
 import { ExitCode, GeminiError } from '#common/errors.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { addImage, fakeUpstream, platformDigest, tagIndex, tarOf } from '../helpers/fake-upstream.ts';
 import { ROOT, loadImageDef, tempDir } from '../helpers/fixtures.ts';
 

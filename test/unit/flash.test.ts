@@ -8,7 +8,7 @@ import { describeTarget, parseLsblk, refusals, type BlockDevice } from '#builder
 import { deviceOfSource } from '#common/install/media.ts';
 import { renderSeedFiles } from '#builder/render/index.ts';
 import { SEED_FILE_IN_PARTITION } from '#builder/render/cloud-init.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { tempDir } from '../helpers/fixtures.ts';
 
 const MiB = 1024 * 1024;

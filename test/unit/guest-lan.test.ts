@@ -1,6 +1,6 @@
 import test from 'ava';
 import { quoteCommand } from '#common/exec.ts';
-import { guestLanPlans } from '../helpers/guest-lan.ts';
+import { guestLanPlans } from '#lab/guest-lan.ts';
 import { assertGolden } from '../helpers/golden.ts';
 
 test('the guests\' LAN: one namespace, a bridge without STP holding the host address, a tap per guest on the bridge', (t) => {

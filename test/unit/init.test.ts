@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { loadCluster, loadSecrets } from '#common/config.ts';
 import { runPlan } from '#common/exec.ts';
 import { tlsMaterialProblem } from '#common/tls.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 
 const BASE = ['init', '--name', 'site-a', '--node1-ip', '192.168.10.11', '--node2-ip', '192.168.10.12', '--vip', '192.168.10.50', '--gateway', '192.168.10.1'];

@@ -7,7 +7,7 @@ import { runPlan } from '#common/exec.ts';
 import type { Disk } from '#common/install/disks.ts';
 import { blkdiscardZeroout, LIVE_MEDIUM, partitionOffset, readBack, writeStream, zstdFrameContentSize, type Zeroout } from '#common/install/media.ts';
 import { grubMkrescuePlan, ISO_FILES, isIso9660, isoFiles, isoGrubCfg, isoVolumeId, parseReportLba, reportLbaPlan, SEED_SLOT_BYTES, stageIsoTree, type IsoBoot } from '#builder/iso/iso.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { freePort, MAC1, MAC2, pxeSite, startPxeServe } from '../helpers/pxe.ts';
 import { tempDir } from '../helpers/fixtures.ts';
 

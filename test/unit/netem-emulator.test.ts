@@ -1,7 +1,7 @@
 import test from 'ava';
 import { runPlan } from '#common/exec.ts';
 import { startEmulator } from '../../bench/netem.ts';
-import { createTopology, destroyNamespaces, inNs, NET, nsOf, type Topology } from '../harness/netns.ts';
+import { createTopology, destroyNamespaces, inNs, NET, nsOf, type Topology } from '#lab/netns.ts';
 
 // The user-space netem that bench:false-failover uses where the kernel has no sch_netem,
 // measured with ping on the harness's own namespaces. Namespaces need root (CI runs as root).

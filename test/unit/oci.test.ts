@@ -10,8 +10,8 @@ import { readOciArchive, readOciImage, writeOciArchive } from '#builder/upgrade/
 import { parseChallenge, parseImageRef, pushOci } from '#builder/upgrade/registry.ts';
 import { runPlan } from '#common/exec.ts';
 import { generateKeyPair } from '#common/minisign.ts';
-import { cli } from '../helpers/cli.ts';
-import { freePort, until } from '../helpers/e2e.ts';
+import { cli } from '#lab/cli.ts';
+import { freePort, until } from '#lab/guest-cluster.ts';
 import { tempDir } from '../helpers/fixtures.ts';
 import { bundle } from '../helpers/upgrade-node.ts';
 

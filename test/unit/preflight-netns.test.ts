@@ -8,8 +8,8 @@ import { buildAgent } from '../../agent/build.ts';
 import { SEED_FILE_IN_PARTITION } from '#builder/render/cloud-init.ts';
 import { renderSeedFiles } from '#builder/render/index.ts';
 import { harnessInitFlags, PG_BIN } from '../harness/cluster.ts';
-import { createTopology, destroyNamespaces, inNs, linkDown, linkUp, NET, type Topology } from '../harness/netns.ts';
-import { cli } from '../helpers/cli.ts';
+import { createTopology, destroyNamespaces, inNs, linkDown, linkUp, NET, type Topology } from '#lab/netns.ts';
+import { cli } from '#lab/cli.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 
 // Namespaces need root (CI runs as root). Nothing runs the pair here: preflight is for before install.

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { parseDocument } from 'yaml';
 import { renderDnsmasqConfig } from '#builder/pxe/dnsmasq.ts';
 import { bootScript, chainScript, normalizeMac, PXE_FILES, ruleArgs, sha256Listed } from '#builder/pxe/server.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { freePort, MAC1, MAC2, pxeSite, startPxeServe } from '../helpers/pxe.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { spawnPlan } from '#common/exec.ts';
 import { bootVm, cleanLine, parseMarkerFields, qmpRequest, VmTimeoutError, type Vm } from '#qemu/index.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { ROOT, tempDir as makeTempDir } from '../helpers/fixtures.ts';
 
 const dirs: string[] = [];

@@ -10,7 +10,7 @@ import { AgentConfigSchema } from '#common/schema/agent.ts';
 import { API_VERSION } from '#common/schema/image.ts';
 import { NodeSeedSchema } from '#common/schema/seed.ts';
 import { FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
-import { freePort, until as untilEvery } from '../helpers/e2e.ts';
+import { freePort, until as untilEvery } from '#lab/guest-cluster.ts';
 import { hostPgBinDir } from '../helpers/host-pg.ts';
 
 /**

@@ -6,7 +6,7 @@ import { clusterTextWithAddress, planReplaceNode } from '#builder/ops/replace.ts
 import { assess, nodeViewOf, type ClusterStatus, type NodeView, type WitnessView } from '#builder/ops/status.ts';
 import { withNodeAddress } from '#common/membership.ts';
 import type { NodeSeed } from '#common/schema/seed.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { CLUSTER_FIXTURE, FAKE_SECRETS, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
 
 test('withNodeAddress: a free address in the subnet moves the node; every rule it would break is named with its path', async (t) => {

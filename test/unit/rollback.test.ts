@@ -7,7 +7,7 @@ import { sucJobStep } from '#agent/sucjob.ts';
 import { noteTrialFailure, stageRollback, stageUpgrade, upgradeStatus } from '#agent/upgrade.ts';
 import { requestRollback, waitForRollback } from '#builder/ops/rollback.ts';
 import type { Fetcher } from '#builder/ops/status.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { CLUSTER_FIXTURE, FAKE_SECRETS, loadFixtureCluster } from '../helpers/fixtures.ts';
 import { fakeNode, grubenv, nodeWithBundle } from '../helpers/upgrade-node.ts';
 

@@ -14,7 +14,7 @@ import { DEBIAN_MASKED_FILES, rootFromDockerExport } from '#builder/rootfs/sourc
 import { parseRootSource } from '#builder/rootfs/sources/index.ts';
 import { OS_RELEASE_KEYS, rootTarProblems, tarSourcePlan, validateRootTar } from '#builder/rootfs/sources/tar.ts';
 import { binarySafeExtract, rawPax, TarWriter, type TarHeader } from '#builder/rootfs/sources/tarfile.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { loadImageDef, ROOT, tempDir } from '../helpers/fixtures.ts';
 
 // No Docker engine in the fast tier: every engine call goes to a socket that does not exist.

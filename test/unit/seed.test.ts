@@ -5,7 +5,7 @@ import { runPlan } from '#common/exec.ts';
 import { seedIsoPlan } from '#common/install/seed-iso.ts';
 import { labelledDevices, SEED_MEDIUM_LABEL } from '#common/install/media.ts';
 import { parseSeedPayload } from '#agent/install.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { ROOT as ROOT_DIR, tempDir } from '../helpers/fixtures.ts';
 
 const INIT = ['init', '--name', 'site-a', '--node1-ip', '192.168.10.11', '--node2-ip', '192.168.10.12', '--vip', '192.168.10.50', '--gateway', '192.168.10.1'];

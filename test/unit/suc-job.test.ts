@@ -10,7 +10,7 @@ import { noteTrialFailure, UpgradeRecordSchema } from '#agent/upgrade.ts';
 import { upgradeCommand } from '#agent/upgradecli.ts';
 import { ExitCode } from '#common/errors.ts';
 import { stringify } from 'yaml';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { tempDir } from '../helpers/fixtures.ts';
 import { grubenv, nodeWithBundle } from '../helpers/upgrade-node.ts';
 

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import { parse, parseAllDocuments } from 'yaml';
 import { checkStructural, type SchemaNode } from '../helpers/openapi.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 import { assertGolden } from '../helpers/golden.ts';
 

@@ -14,7 +14,7 @@ import { runPlan } from '#common/exec.ts';
 import { encodePublicKey, generateKeyPair, keyIdHex, parsePublicKey, type MinisignSecretKey } from '#common/minisign.ts';
 import { loadSignKey, parseOutputs } from '#builder/cli/commands/build.ts';
 import { readTrustedKeys, trustedKeyIds } from '#builder/rootfs/steps.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { AgentConfigSchema, bootSettings, upgradeSettings } from '#common/schema/agent.ts';
 import { compareVersions, parseVersion, rangeError, satisfies } from '#common/semver.ts';
 import { indexTar, readBundle, ustarHeader } from '#common/upgrade/bundle.ts';

@@ -14,7 +14,7 @@ import { AgentConfigSchema } from '#common/schema/agent.ts';
 import type { Cluster } from '#common/schema/cluster.ts';
 import { API_VERSION } from '#common/schema/image.ts';
 import { NodeSeedSchema } from '#common/schema/seed.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { CLUSTER_FIXTURE, FAKE_SECRETS, fakeTls, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
 import { bundle, nodeWithBundle } from '../helpers/upgrade-node.ts';
 

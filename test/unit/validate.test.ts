@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { runPlan } from '#common/exec.ts';
 import { ClusterSchema } from '#common/schema/cluster.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { fakeTls, ROOT, tempDir } from '../helpers/fixtures.ts';
 
 const CLUSTER = `apiVersion: geminik8s.io/v1alpha1

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { httpWitnessPort } from '#agent/witness/http.ts';
 import { loadCluster, loadClusterTls } from '#common/config.ts';
 import { spawnPlan } from '#common/exec.ts';
-import { cli } from '../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 
 const INIT = ['init', '--name', 'site-a', '--node1-ip', '192.168.10.11', '--node2-ip', '192.168.10.12', '--vip', '192.168.10.50', '--gateway', '192.168.10.1', '--witness', '192.168.10.9'];

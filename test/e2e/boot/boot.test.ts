@@ -8,11 +8,11 @@ import { sha256File } from '#builder/components/fetch.ts';
 import { partitionOffset } from '#common/install/media.ts';
 import { slotBootPath } from '#common/render/paths.ts';
 import { bootVm, parseMarkerFields, READY_MARKER, type Vm } from '#qemu/index.ts';
-import { cli } from '../../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { freePort, MAC1, pxeSite, startPxeServe } from '../../helpers/pxe.ts';
 import { kernelCmdline } from '#builder/render/grub.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';
-import { bootFiles, testImage, type BuiltImage } from '../../helpers/test-image.ts';
+import { bootFiles, testImage, type BuiltImage } from '#lab/test-image.ts';
 
 // The offline test image (Kubernetes layer off), built once per source state and cached.
 // Boots run under TCG; a boot of this image takes 1.5 to 3 minutes here.

@@ -5,13 +5,14 @@ import { runPlan, spawnPlan, type RunningProcess } from '#common/exec.ts';
 import { buildAgent } from '../../../agent/build.ts';
 import { partitionOffset } from '#common/install/media.ts';
 import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '#qemu/index.ts';
-import { bundleProbe, longestGap } from '../../harness/cluster.ts';
-import { inNs } from '../../harness/netns.ts';
-import { cli } from '../../helpers/cli.ts';
+import { longestGap } from '../../harness/cluster.ts';
+import { bundleProbe } from '#lab/probes/bundle.ts';
+import { inNs } from '#lab/netns.ts';
+import { cli } from '#lab/cli.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';
-import { testImage, upgradeBundle, type BuiltImage } from '../../helpers/test-image.ts';
-import { freePort, initGuestCluster, until } from '../../helpers/e2e.ts';
-import { agentJournalAt, arpOwners, createGuestLan, destroyGuestLan, GUEST_PG_BIN, guestSql, guestUptime, startLanWitness, startVipWriter, type GuestLan } from '../../helpers/guest-lan.ts';
+import { testImage, upgradeBundle, type BuiltImage } from '#lab/test-image.ts';
+import { freePort, initGuestCluster, until } from '#lab/guest-cluster.ts';
+import { agentJournalAt, arpOwners, createGuestLan, destroyGuestLan, GUEST_PG_BIN, guestSql, guestUptime, startLanWitness, startVipWriter, type GuestLan } from '#lab/guest-lan.ts';
 
 // Two QEMU guests from the same test image (Kubernetes layer off), each with its own seed
 // written onto its config partition by `geminik8s seed --into`, on a private L2: a bridge in a

@@ -6,7 +6,7 @@ import { artifactsFor, type ReleaseArtifact } from '#builder/components/catalog.
 import { readLock } from '#builder/components/lock.ts';
 import { runPlan } from '#common/exec.ts';
 import { NODE_PATHS } from '#common/render/paths.ts';
-import { cli } from '../../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { fakeUpstream, platformDigest, type FakeUpstream } from '../../helpers/fake-upstream.ts';
 import { loadImageDef, ROOT, tempDir } from '../../helpers/fixtures.ts';
 

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runPlan, spawnPlan } from '#common/exec.ts';
 import { HarnessCluster } from '../../harness/cluster.ts';
-import { blockPeer, flushRules, inNs, ipOf } from '../../harness/netns.ts';
+import { blockPeer, flushRules, inNs, ipOf } from '#lab/netns.ts';
 import { ROOT } from '../../helpers/fixtures.ts';
 import { resultLine, runScenario, SCENARIOS, type ScenarioResult } from '../../harness/scenarios.ts';
 

@@ -2,12 +2,12 @@ import test from 'ava';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '#qemu/index.ts';
-import { until } from '../../helpers/e2e.ts';
-import { cli } from '../../helpers/cli.ts';
+import { until } from '#lab/guest-cluster.ts';
+import { cli } from '#lab/cli.ts';
 import { tempDir } from '../../helpers/fixtures.ts';
 import { blankDisk, BOOT_TIMEOUT, buildInstaller, INSTALL_TIMEOUT, onConsole, OTHER_SERIAL, sha256Of, TARGET_SERIAL } from '../../helpers/installer-e2e.ts';
 import { pxeSite } from '../../helpers/pxe.ts';
-import { testImage, type BuiltImage } from '../../helpers/test-image.ts';
+import { testImage, type BuiltImage } from '#lab/test-image.ts';
 
 let img: BuiltImage;
 let iso: string;

@@ -2,11 +2,11 @@ import test from 'ava';
 import { statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { bootVm, parseMarkerFields, READY_MARKER, type Vm } from '#qemu/index.ts';
-import { until } from '../../helpers/e2e.ts';
+import { until } from '#lab/guest-cluster.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';
 import { blankDisk, BOOT_TIMEOUT, buildInstaller, INSTALL_TIMEOUT, OTHER_SERIAL, PANIC, sha256Of, TARGET_SERIAL } from '../../helpers/installer-e2e.ts';
 import { freePort, MAC1, pxeSite, startPxeServe } from '../../helpers/pxe.ts';
-import { testImage, type BuiltImage } from '../../helpers/test-image.ts';
+import { testImage, type BuiltImage } from '#lab/test-image.ts';
 
 // A machine on QEMU's user network boots iPXE from its NIC ROM, gets the chain script from
 // QEMU's own DHCP and TFTP (a factory's dnsmasq in real life), and reaches `pxe serve` on

@@ -5,11 +5,11 @@ import { dirname, join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import { partitionOffset } from '#common/install/media.ts';
 import { bootVm, parseMarkerFields, READY_MARKER, type Vm } from '#qemu/index.ts';
-import { cli } from '../../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';
 import { blankDisk, buildInstaller, INSTALL_TIMEOUT, onConsole, sha256Of, TARGET_SERIAL } from '../../helpers/installer-e2e.ts';
 import { pxeSite } from '../../helpers/pxe.ts';
-import { testImage, type BuiltImage } from '../../helpers/test-image.ts';
+import { testImage, type BuiltImage } from '#lab/test-image.ts';
 
 // Builds the arm64 test image (root, then disk) on this amd64 host: mmdebstrap runs the arm64 maintainer
 // scripts, update-initramfs and customize-root.sh through qemu-user-static's binfmt entry (the

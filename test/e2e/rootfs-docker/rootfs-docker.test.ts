@@ -5,7 +5,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import Docker from 'dockerode';
 import { runPlan, spawnPlan, type RunningProcess } from '#common/exec.ts';
-import { cli } from '../../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';
 import { assertNodeRoot } from '../../helpers/node-root.ts';
 

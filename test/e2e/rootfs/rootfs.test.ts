@@ -2,10 +2,10 @@ import test from 'ava';
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
-import { cli } from '../../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { assertNodeRoot } from '../../helpers/node-root.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';
-import { seedTestImage } from '../../helpers/test-image.ts';
+import { seedTestImage } from '#lab/test-image.ts';
 
 // Builds the offline test image's root (Kubernetes layer off) from Debian with mmdebstrap.
 // The apt cache under ~/.cache/geminik8s makes a rebuild fast; a cold build downloads ~300 MB.

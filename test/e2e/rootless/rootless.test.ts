@@ -3,7 +3,7 @@ import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync } fro
 import { join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import { ROOT, tempDir } from '../../helpers/fixtures.ts';
-import { cachedTestImage, partitionDiff } from '../../helpers/test-image.ts';
+import { cachedTestImage, partitionDiff } from '#lab/test-image.ts';
 
 // `geminik8s build` of the test image as an unprivileged user: mmdebstrap chooses unshare mode
 // (user namespaces, subordinate ids), the disk stage runs its tools under fakeroot. The result

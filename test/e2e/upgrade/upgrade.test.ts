@@ -5,10 +5,10 @@ import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Vm } from '#q
 import { generateKeyPair, signData } from '#common/minisign.ts';
 import { indexTar, readBundle } from '#common/upgrade/bundle.ts';
 import { readOciImage } from '#builder/upgrade/oci.ts';
-import { cli } from '../../helpers/cli.ts';
+import { cli } from '#lab/cli.ts';
 import { tempDir } from '../../helpers/fixtures.ts';
-import { testImage, upgradeBundle, type BuiltBundle, type BuiltImage } from '../../helpers/test-image.ts';
-import { freePort, initGuestCluster, until } from '../../helpers/e2e.ts';
+import { testImage, upgradeBundle, type BuiltBundle, type BuiltImage } from '#lab/test-image.ts';
+import { freePort, initGuestCluster, until } from '#lab/guest-cluster.ts';
 
 // One QEMU guest from the test image, seeded as the leader of a pair whose follower never comes
 // (the gate passes for a leader whose peer is down). Bundles reach it as read-only virtio disks

@@ -4,8 +4,10 @@ import { open } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { basename, join, relative } from 'node:path';
 import { runPlan } from '#common/exec.ts';
-import { cli } from './cli.ts';
-import { ROOT } from './fixtures.ts';
+import { cli } from '#lab/cli.ts';
+
+/** The source tree the images are built from. */
+const ROOT = new URL('../', import.meta.url).pathname;
 
 /** Everything that goes into a built image: a change to any of it means a new image. */
 const INPUTS = ['overlays', 'templates', 'agent/src', 'agent/build.ts', 'builder/src', 'common', 'package-lock.json'];

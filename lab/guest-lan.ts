@@ -3,8 +3,8 @@ import { loadCluster, loadSecrets, SECRET_FILES, secretsDirOf, tlsFiles } from '
 import { runPlan, spawnPlan, type CommandPlan, type RunningProcess } from '#common/exec.ts';
 import { kinePassword } from '#common/render/k3s.ts';
 import type { GuestShell } from '#qemu/index.ts';
-import { destroyNamespaces, inNs } from '../harness/netns.ts';
-import { GUEST_WITNESS_TLS } from './e2e.ts';
+import { destroyNamespaces, inNs } from '#lab/netns.ts';
+import { GUEST_WITNESS_TLS } from '#lab/guest-cluster.ts';
 
 /**
  * A private L2 for QEMU guests: a network namespace holding a bridge with one tap device per

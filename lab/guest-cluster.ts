@@ -1,8 +1,8 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseDocument } from 'yaml';
-import { cli } from './cli.ts';
-import { tempDir } from './fixtures.ts';
+import { cli } from '#lab/cli.ts';
 
 /** A free TCP port on 127.0.0.1 (for QEMU socket links). */
 export async function freePort(): Promise<number> {
@@ -41,7 +41,7 @@ export const GUEST_WITNESS_TLS = 'witness-tls';
  * with it (HOST:PORT) init makes a lease witness and `geminik8s witness credentials` writes
  * its certificate into GUEST_WITNESS_TLS in the config directory. Returns the config directory.
  */
-export async function initGuestCluster(name: string, net: { node1: string; node2: string; vip: string }, macs: { node1: string; node2: string }, witness?: string, dir = tempDir(`gk-e2e-${name}-`)): Promise<string> {
+export async function initGuestCluster(name: string, net: { node1: string; node2: string; vip: string }, macs: { node1: string; node2: string }, witness?: string, dir = mkdtempSync(join(tmpdir(), `gk-e2e-${name}-`))): Promise<string> {
   const r = await cli('init', '--name', name, '--node1-ip', net.node1, '--node2-ip', net.node2, '--node1-mac', macs.node1, '--node2-mac', macs.node2,
     '--vip', net.vip, '--witness', witness ?? 'none', '--config-dir', dir);
   if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`);
