@@ -89,6 +89,15 @@ export async function startLanWitness(lan: GuestLan, clusterDir: string, listen:
 }
 
 /** An acknowledged write of the VIP writer: its id and when the acknowledgement came (ms). */
+/** A writer through the VIP: what it acknowledged, its errors, and (started with `verify`) its count through the VIP once stopped. */
+export interface VipWriter {
+  proc: RunningProcess;
+  acks: Ack[];
+  errors: string[];
+  /** Stop the writer; it counts, through the VIP, how many of the ids it acknowledged are there. */
+  stopAndVerify(): Promise<{ last: number; kept: number }>;
+}
+
 export interface Ack {
   id: number;
   t: number;
@@ -100,22 +109,24 @@ export interface Ack {
  * certificate. Every acknowledged insert lands in `acks`; ids are sequential, so 1..last
  * were all acknowledged.
  */
-export async function startVipWriter(lan: GuestLan, clusterDir: string, vip: string, writerBundle: string, intervalMs = 200): Promise<{ proc: RunningProcess; acks: Ack[]; errors: string[] }> {
+export async function startVipWriter(lan: GuestLan, clusterDir: string, vip: string, writerBundle: string, options: { intervalMs?: number; verify?: boolean } = {}): Promise<VipWriter> {
   const file = join(clusterDir, 'cluster.yaml');
   const secretsDir = secretsDirOf(file, await loadCluster(file));
   const secrets = await loadSecrets(secretsDir);
   const cert = tlsFiles(secretsDir, 'node1');
   const acks: Ack[] = [];
   const errors: string[] = [];
+  const out: { verified?: { last: number; kept: number } } = {};
   const proc = spawnPlan(
-    inNs(lan.ns, process.execPath, [writerBundle, vip, '5432', 'kine', kinePassword(secrets.postgresPassword), 'kine', '3600', String(intervalMs)], {
+    inNs(lan.ns, process.execPath, [writerBundle, vip, '5432', 'kine', kinePassword(secrets.postgresPassword), 'kine', '3600', String(options.intervalMs ?? 200)], {
       WRITER_CA_FILE: tlsFiles(secretsDir, 'ca').cert,
       WRITER_CERT_FILE: cert.cert,
       WRITER_KEY_FILE: cert.key,
+      ...(options.verify ? { WRITER_VERIFY: '1' } : {}),
     }),
     {
       stdout: (l) => {
-        let m: { ack?: number; t: number; error?: string };
+        let m: { ack?: number; t: number; error?: string; verified?: { last: number; kept: number } };
         try {
           m = JSON.parse(l) as typeof m;
         } catch {
@@ -123,12 +134,21 @@ export async function startVipWriter(lan: GuestLan, clusterDir: string, vip: str
           return;
         }
         if (m.ack) acks.push({ id: m.ack, t: m.t });
+        else if (m.verified) out.verified = m.verified;
         else if (m.error) errors.push(m.error);
       },
       stderr: (l) => errors.push(l),
     },
   );
-  return { proc, acks, errors };
+  return {
+    proc, acks, errors,
+    async stopAndVerify() {
+      proc.kill('SIGTERM');
+      await proc.exited;
+      if (!out.verified) throw new Error(`the writer ended without counting its writes through the VIP: ${errors.slice(-3).join('; ')}`);
+      return out.verified;
+    },
+  };
 }
 
 /** Where the test image's PostgreSQL lives (Debian's postgresql-17 in trixie). */

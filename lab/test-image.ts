@@ -38,11 +38,21 @@ function touchUsed(dir: string): void {
   utimesSync(join(dir, 'complete'), now, now);
 }
 
-/** A key over the image definition and every source file the build reads. */
-export function imageKey(imageFile: string): string {
+/**
+ * A key over the image definition and every source file the build reads; with `artifactsDir`,
+ * also the lock file that pins the release files and each file of that directory (name, size,
+ * modification time: hashing gigabytes on every run would cost more than the check is worth).
+ */
+export function imageKey(imageFile: string, artifactsDir?: string): string {
   const h = createHash('sha256');
-  for (const input of [...INPUTS, imageFile]) {
+  for (const input of [...INPUTS, imageFile, ...(artifactsDir ? ['images/components.lock.json'] : [])]) {
     for (const f of files(join(ROOT, input))) h.update(relative(ROOT, f)).update('\0').update(readFileSync(f)).update('\0');
+  }
+  if (artifactsDir) {
+    for (const f of files(artifactsDir)) {
+      const s = statSync(f);
+      h.update(`artifact ${relative(artifactsDir, f)} ${s.size} ${s.mtimeMs}\0`);
+    }
   }
   return h.digest('hex').slice(0, 16);
 }
@@ -59,14 +69,15 @@ export interface BuiltImage {
 }
 
 /**
- * The image built from `images/<file>`, cached under ~/.cache/geminik8s/e2e/<name>-<key>/ so
+ * The image built from `images/<file>` (its upstream release files from `artifactsDir` when
+ * given), cached under ~/.cache/geminik8s/e2e/<name>-<key>/ so
  * the slow suites share one build per source state; rebuilt when missing or when any input changed.
  */
-export async function testImage(file = 'test-amd64.yaml', log: (m: string) => void = () => {}): Promise<BuiltImage> {
+export async function testImage(file = 'test-amd64.yaml', log: (m: string) => void = () => {}, options: { artifactsDir?: string } = {}): Promise<BuiltImage> {
   const imageFile = join('images', file);
   const name = file.replace(/\.yaml$/, '');
   const cacheRoot = join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'geminik8s', 'e2e');
-  const dir = join(cacheRoot, `${name}-${imageKey(imageFile)}`);
+  const dir = join(cacheRoot, `${name}-${imageKey(imageFile, options.artifactsDir)}`);
   let buildSeconds = 0;
   if (!existsSync(join(dir, 'complete'))) {
     // Older builds of the same definition are stale: keep the disk from filling up.
@@ -74,7 +85,7 @@ export async function testImage(file = 'test-amd64.yaml', log: (m: string) => vo
     mkdirSync(dir, { recursive: true });
     log(`building ${imageFile} into ${dir}`);
     const started = Date.now();
-    const r = await cli('build', '--image', join(ROOT, imageFile), '--out', dir, '--json');
+    const r = await cli('build', '--image', join(ROOT, imageFile), '--out', dir, '--json', ...(options.artifactsDir ? ['--artifacts', options.artifactsDir] : []));
     if (r.code !== 0) throw new Error(`build of ${imageFile} failed (${r.code}): ${r.stderr.slice(-4000)}`);
     buildSeconds = (Date.now() - started) / 1000;
     writeFileSync(join(dir, 'complete'), `${new Date().toISOString()}\n`);

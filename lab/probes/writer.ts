@@ -79,4 +79,25 @@ while (!stopping && Date.now() - started < maxMs && id < 1_000_000) {
   await new Promise((r) => setTimeout(r, intervalMs));
 }
 await client?.end().catch(() => undefined);
+// WRITER_VERIFY=1: once stopped, count through the same address how many of the acknowledged
+// ids 1..last are there (ids are taken only after an acknowledgement, so all of them were), as a
+// client sees the table after everything moved. Retried: the address may be moving still.
+if (process.env.WRITER_VERIFY === '1') {
+  const until = Date.now() + 120_000;
+  for (;;) {
+    try {
+      const c = await connect();
+      const kept = Number((await c.query('SELECT count(*) AS n FROM harness_writes WHERE id <= $1', [id])).rows[0]?.n);
+      await c.end().catch(() => undefined);
+      process.stdout.write(`${JSON.stringify({ verified: { last: id, kept }, t: Date.now() })}\n`);
+      break;
+    } catch (err) {
+      if (Date.now() > until) {
+        process.stdout.write(`${JSON.stringify({ error: `verify: ${(err as Error).message.slice(0, 120)}`, t: Date.now() })}\n`);
+        process.exit(1);
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+}
 process.exit(0);
