@@ -223,8 +223,14 @@ export async function requireTools(tools: string[]): Promise<void> {
 /** A long-running process started from a plan (daemons in test harnesses, QEMU). */
 export interface RunningProcess {
   pid: number;
-  /** Resolves with the exit code (or the signal name) when the process ends. */
+  /** Resolves with the exit code (or the signal name) when the process has ended and its output pipes have closed. */
   exited: Promise<number | string>;
+  /**
+   * Resolves when the process itself has exited (its `exit` event), even while another process
+   * that inherited its stdout or stderr keeps `exited` waiting: what a supervisor (systemd: the
+   * main PID's SIGCHLD) acts on.
+   */
+  processExited: Promise<number | string>;
   kill(signal?: NodeJS.Signals): void;
 }
 
@@ -244,9 +250,11 @@ export function spawnPlan(plan: CommandPlan, handlers: { stdout?: (line: string)
   pipe(child.stdout, handlers.stdout);
   pipe(child.stderr, handlers.stderr);
   if (child.pid === undefined) throw new ToolMissingError(plan.cmd);
+  const processExited = new Promise<number | string>((resolve) => child.once('exit', (code, signal) => resolve(signal ?? code ?? -1)));
   return {
     pid: child.pid,
     exited: child.then((r) => r.signal ?? r.exitCode ?? -1),
+    processExited,
     kill: (signal = 'SIGTERM') => {
       try {
         child.kill(signal);

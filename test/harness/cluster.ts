@@ -1,4 +1,4 @@
-import { copyFileSync, mkdirSync, writeFileSync, chmodSync, readFileSync, readdirSync, renameSync, existsSync, appendFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, writeFileSync, chmodSync, readFileSync, readdirSync, readlinkSync, renameSync, existsSync, appendFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { runPlan, spawnPlan, type RunningProcess } from '#common/exec.ts';
@@ -38,6 +38,29 @@ export interface Sample {
   reason?: string;
 }
 
+
+/** What fd `fd` of process `pid` is (`pipe:[inode]`), if it can be read. */
+function pipeOf(pid: number, fd: number): string | undefined {
+  try {
+    return readlinkSync(`/proc/${pid}/fd/${fd}`);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The processes with `link` (a `pipe:[inode]`) open, as "pid comm": who keeps a pipe open. */
+function pipeHolders(link: string): string[] {
+  const out: string[] = [];
+  for (const pid of readdirSync('/proc').filter((e) => /^\d+$/.test(e))) {
+    try {
+      if (!readdirSync(`/proc/${pid}/fd`).some((fd) => pipeOf(Number(pid), Number(fd)) === link)) continue;
+      out.push(`${pid} ${readFileSync(`/proc/${pid}/comm`, 'utf8').trim()}`);
+    } catch {
+      // gone meanwhile, or not ours to read
+    }
+  }
+  return out;
+}
 
 /** A JSON log line of an agent or the witness, with the time the harness received it. */
 export interface LogEvent {
@@ -512,6 +535,18 @@ export class HarnessCluster extends PairHarness {
       this.watchdogKills.push({ node, at: now, silentMs: now - w.lastPing });
       this.log(`[harness] ${node}: watchdog: no WATCHDOG=1 for ${now - w.lastPing} ms (period ${w.periodMs} ms): SIGKILL the agent, as systemd would`);
       p.kill('SIGKILL');
+      let gone = false;
+      void p.processExited.then(() => (gone = true));
+      setTimeout(() => {
+        if (gone) return;
+        let stat = 'no /proc entry';
+        try {
+          stat = readFileSync(`/proc/${p.pid}/stat`, 'utf8').trim();
+        } catch {
+          // gone without an exit event
+        }
+        this.log(`[harness] ${node}: agent pid ${p.pid} has not exited 3 s after the watchdog's SIGKILL: ${stat}`);
+      }, 3000).unref();
     }
   }
 
@@ -620,8 +655,11 @@ export class HarnessCluster extends PairHarness {
     this.startAgent(node);
   }
 
-  /** Agent processes the harness ends on purpose (crash, power loss, stop): not restarted by the supervisor emulation. */
-  private deliberate = new Set<number>();
+  /**
+   * Agent processes the harness ends on purpose (crash, power loss, stop): not restarted by the
+   * supervisor emulation. By process, not pid: pids wrap here within minutes (pid_max 32768).
+   */
+  private deliberate = new WeakSet<RunningProcess>();
   private stopping = false;
   /** Agents that exited by themselves, with when and how (systemd would have restarted them; so does the harness). */
   readonly unexpectedExits: { node: string; at: number; code: number | string }[] = [];
@@ -645,8 +683,13 @@ export class HarnessCluster extends PairHarness {
     const p = this.spawnJsonLogged(node, plan);
     this.agents.set(node, p);
     this.watchdog.set(node, { pid: p.pid, periodMs: AGENT_WATCHDOG_SEC * 1000, lastPing: Date.now() });
-    void p.exited.then(async (code) => {
-      if (this.stopping || this.deliberate.has(p.pid) || this.agents.get(node) !== p) return;
+    const pipe = pipeOf(p.pid, 1);
+    // systemd acts on the main PID's exit, not on its output closing: a child that inherited the
+    // agent's stdout would otherwise keep a dead agent unnoticed and its PostgreSQL running.
+    void p.processExited.then(async (code) => {
+      const lingering = setTimeout(() => this.log(`[harness] ${node}: agent pid ${p.pid} exited (${code}) but its stdout (${pipe ?? 'unknown'}) is still open 5 s later, held by: ${pipe ? pipeHolders(pipe).join('; ') || 'nobody found' : 'unknown'}`), 5000);
+      void p.exited.then(() => clearTimeout(lingering));
+      if (this.stopping || this.deliberate.has(p) || this.agents.get(node) !== p) return;
       this.unexpectedExits.push({ node, at: Date.now(), code });
       this.log(`[harness] ${node}: the agent exited by itself (${code}); as systemd would: PostgreSQL stops (BindsTo=), release-vip (ExecStopPost=), restart in 2 s (Restart=always)`);
       this.agents.delete(node);
@@ -688,7 +731,7 @@ export class HarnessCluster extends PairHarness {
 
   override async powerOff(node: string): Promise<void> {
     const p = this.agents.get(node);
-    if (p) this.deliberate.add(p.pid);
+    if (p) this.deliberate.add(p);
     await super.powerOff(node);
   }
 
@@ -712,12 +755,12 @@ export class HarnessCluster extends PairHarness {
   private async endAgent(node: string, signal: 'SIGKILL' | 'SIGTERM', what: string): Promise<void> {
     const p = this.agents.get(node);
     if (!p) throw new Error(`no agent process for ${node}`);
-    this.deliberate.add(p.pid);
+    this.deliberate.add(p);
     // systemd stops a unit's watchdog once the unit leaves "running" (service_set_state): a
     // stopping agent is not killed for the pings its shutdown no longer sends.
     this.watchdog.delete(node);
     p.kill(signal);
-    await p.exited;
+    await p.processExited;
     this.agents.delete(node);
     this.log(`[harness] ${node}: ${what}`);
     await this.stopServiceAfterAgent(node);

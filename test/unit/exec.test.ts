@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import test from 'ava';
-import { streamPlan } from '#common/exec.ts';
+import { spawnPlan, streamPlan } from '#common/exec.ts';
 
 const expected = (): Buffer => Buffer.concat(Array.from({ length: 65536 }, (_, i) => createHash('sha256').update(String(i)).digest()));
 
@@ -28,4 +28,17 @@ test('streamPlan with input keeps every byte for a late reader', async (t) => {
   for await (const c of proc.stdout as AsyncIterable<Buffer>) chunks.push(c);
   await proc.done;
   t.true(Buffer.concat(chunks).equals(data));
+});
+
+test('spawnPlan: processExited resolves when the process exits although a child it left behind still holds its stdout; exited waits for the pipe', async (t) => {
+  // The shell exits at once; the sleep it started in the background inherits its stdout.
+  const p = spawnPlan({ cmd: 'sh', args: ['-c', 'sleep 3 & echo $!'] });
+  let piped = false;
+  void p.exited.then(() => (piped = true));
+  const started = Date.now();
+  t.is(await p.processExited, 0);
+  t.true(Date.now() - started < 2000, 'the exit itself is seen at once');
+  t.false(piped, 'exited still waits for the background sleep holding the pipe');
+  t.is(await p.exited, 0);
+  t.true(Date.now() - started >= 2500, 'and ends with it');
 });
