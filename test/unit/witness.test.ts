@@ -376,13 +376,17 @@ test('http: 413 also for a chunked body without Content-Length', async (t) => {
 });
 
 test('http client: a witness that accepts but never answers makes the call throw after the timeout', async (t) => {
-  const silent = createTcpServer(() => undefined);
+  // The accepted sockets are ended by the test: a silent peer's connection otherwise stays open
+  // (the client lingers on it) and keeps the worker alive after the last test.
+  const accepted: import('node:net').Socket[] = [];
+  const silent = createTcpServer((s) => void accepted.push(s));
   await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
   try {
     const started = performance.now();
     await t.throwsAsync(httpWitnessPort(`http://127.0.0.1:${(silent.address() as AddressInfo).port}`, TOKEN, 'site-a', 300).call({ op: 'read' }), { message: /no answer within 300 ms/ });
     t.true(performance.now() - started < 3000);
   } finally {
+    for (const s of accepted) s.destroy();
     silent.close();
   }
 });
