@@ -43,7 +43,10 @@ test('witness credentials → witness serve --tls-dir: the real process answers 
 
   const lines: string[] = [];
   const p = spawnPlan({ cmd: process.execPath, args: [bin, ...base, '--tls-dir', out] }, { stdout: (l) => lines.push(l), stderr: (l) => lines.push(l) });
-  t.teardown(() => p.kill('SIGKILL'));
+  t.teardown(async () => {
+    p.kill('SIGKILL');
+    await p.exited;
+  });
   const cluster = await loadCluster(clusterFile);
   const tls = (await loadClusterTls(clusterFile, cluster, 'node1'))!;
   const token = readFileSync(join(out, 'witness-token'), 'utf8').trim();
