@@ -1,4 +1,4 @@
-import { artifactSources, artifactsFor, type ArtifactSources } from '#builder/components/catalog.ts';
+import { artifactSources, artifactsFor, type ArtifactSources, type ReleaseArtifact } from '#builder/components/catalog.ts';
 import type { Image } from '#common/schema/image.ts';
 
 /** The image the demo boots, and why that one. */
@@ -31,15 +31,14 @@ export function chooseDemoImage(opts: { image?: string; artifacts?: string; upst
 
 /**
  * Ask the release server for the first release file the image needs (a HEAD request, no
- * download; a redirect counts as an answer, as GitHub sends one to its storage). `fetchFn` is
- * the edge, for tests.
+ * download; a redirect counts as an answer, as GitHub sends one to its storage).
  */
-export async function probeUpstream(image: Image, timeoutMs = 5000, sources: ArtifactSources = artifactSources(), fetchFn: typeof fetch = fetch): Promise<UpstreamProbe> {
-  const first = artifactsFor(image, sources).find((a) => a.kind === 'release');
-  if (!first || first.kind !== 'release') return { reachable: false, detail: 'the image needs no release file' };
+export async function probeUpstream(image: Image, timeoutMs = 5000, sources: ArtifactSources = artifactSources()): Promise<UpstreamProbe> {
+  const first = artifactsFor(image, sources).find((a): a is ReleaseArtifact => a.kind === 'release');
+  if (!first) return { reachable: false, detail: 'the image needs no release file' };
   try {
-    const r = await fetchFn(first.url, { method: 'HEAD', redirect: 'manual', signal: AbortSignal.timeout(timeoutMs) });
-    return r.status < 400 ? { reachable: true, detail: `HEAD ${first.url}: ${r.status}` } : { reachable: false, detail: `HEAD ${first.url}: ${r.status}` };
+    const r = await fetch(first.url, { method: 'HEAD', redirect: 'manual', signal: AbortSignal.timeout(timeoutMs) });
+    return { reachable: r.status < 400, detail: `HEAD ${first.url}: ${r.status}` };
   } catch (err) {
     const e = err as Error & { cause?: { code?: string; message?: string } };
     return { reachable: false, detail: `HEAD ${first.url}: ${e.name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : (e.cause?.code ?? e.cause?.message ?? e.message)}` };
