@@ -10,7 +10,7 @@ import { createPeerPort } from './adapters/peer.ts';
 import { createPgPort } from './adapters/pg.ts';
 import { createStatePort } from './adapters/state.ts';
 import { createVipPort } from './adapters/vip.ts';
-import { blessDecision, gateCheck, type BlessDecision, type GateInputs } from './bootgate.ts';
+import { blessDecision, pairCheck, type BlessDecision, type GateInputs, type GateItem, type UserCheckResult } from './bootgate.ts';
 import { bless, describeChanges, readBootState, rebootPlan, type BootState } from './bootslot.ts';
 import { rebootDecision } from './upgradeorder.ts';
 import { currentBootId, noteTrialFailure, reconcileUpgradeFile, slotVersions, stageRollback, type RollbackResult, type UpgradeRecord } from './upgrade.ts';
@@ -57,7 +57,8 @@ export interface Snapshot {
   observation?: GateInputs['observation'] & { now?: number; vipHeld?: boolean };
   /** The controller's own last observation. */
   round?: Observation;
-  userChecks: { name: string; ok: boolean }[];
+  /** The last run of `checks.d`; undefined until the first run has finished. */
+  userChecks?: UserCheckResult[];
   lastDecision?: string;
   /** Monotonic time the last round of the loop completed without error. */
   lastRoundOkAt?: number;
@@ -113,7 +114,7 @@ export function productionPorts(ctx: NodeContext, log: Logger, heartbeat: () => 
 /** The node agent's shell: the failover controller, the A/B boot gate, user checks and the API's view. */
 export class Agent {
   readonly controller: Controller;
-  readonly snapshot: Snapshot = { userChecks: [] };
+  readonly snapshot: Snapshot = {};
   /** The role changes this agent made since it started (the status page). */
   readonly transitions: TransitionEntry[] = [];
   private stopped = false;
@@ -246,12 +247,14 @@ export class Agent {
     }
     const now = performance.now();
     const k3s = config.kubernetes.enabled ? await probeK3sReady(Math.max(this.timings.checkTimeout, 5000)) : undefined;
+    const witness = await this.witnessItem();
     const d = blessDecision({
       state: state.state, now, sinceBootMs: uptime() * 1000, healthySince: this.bootGate.healthySince,
       blessAfterMs: settings.blessAfterMs, trialTimeoutMs: settings.trialTimeoutMs, role: this.role,
       lastRoundAgeMs: this.snapshot.lastRoundOkAt === undefined ? undefined : now - this.snapshot.lastRoundOkAt,
       maxRoundAgeMs: 3 * this.timings.checkInterval + this.timings.checkTimeout,
       observation: this.snapshot.observation as GateInputs['observation'], kubernetes: config.kubernetes.enabled, k3sReady: k3s?.ready,
+      witness: witness ?? 'none', userChecks: this.snapshot.userChecks,
     });
     this.bootGate.healthySince = d.healthySince;
     this.snapshot.boot = {
@@ -284,28 +287,35 @@ export class Agent {
     const { config } = this.ctx;
     const now = performance.now();
     const checks: HealthItem[] = [];
-    const gate = gateCheck({
+    const gate = pairCheck({
       state: 'steady', now, sinceBootMs: uptime() * 1000, blessAfterMs: 0, trialTimeoutMs: 0, role: this.role,
       lastRoundAgeMs: this.snapshot.lastRoundOkAt === undefined ? undefined : now - this.snapshot.lastRoundOkAt,
       maxRoundAgeMs: 3 * this.timings.checkInterval + this.timings.checkTimeout,
       observation: this.snapshot.observation as GateInputs['observation'], kubernetes: false,
     });
     checks.push({ name: 'pair', ok: gate.ok, detail: gate.reason });
-    const w = this.controller.ports.witness;
-    if (w) {
-      const answer = await w.call({ op: 'read' }).catch((err: Error) => err);
-      if (answer instanceof Error) checks.push({ name: 'witness', ok: false, detail: `the witness does not answer: ${answer.message}` });
-      else if (this.role === 'leader') {
-        const lease = this.controller.leaseInfo();
-        checks.push({ name: 'witness', ok: lease.held && answer.holder === this.ctx.self.name, detail: lease.held ? `this node holds the lease (${lease.msLeft} ms left); promotable ${answer.promotable ?? 'nobody'}` : 'this node is leader without a valid lease' });
-      } else checks.push({ name: 'witness', ok: true, detail: `reachable; lease holder ${answer.holder ?? 'nobody'}` });
-    } else checks.push({ name: 'witness', ok: true, detail: 'none configured: failover is manual' });
+    checks.push({ name: 'witness', ...((await this.witnessItem()) ?? { ok: true, detail: 'none configured: failover is manual' }) });
     if (config.kubernetes.enabled) {
       const k3s = await probeK3sReady(Math.max(this.timings.checkTimeout, 5000));
       checks.push({ name: 'k3s', ok: k3s.ready, detail: k3s.ready ? 'K3s is ready (/readyz)' : `K3s is not ready: ${k3s.detail}` });
     }
-    for (const c of this.snapshot.userChecks) checks.push({ name: `check:${c.name}`, ok: c.ok, detail: c.ok ? 'exited 0' : 'failed (a non-zero exit or a timeout)' });
+    if (this.snapshot.userChecks === undefined) checks.push({ name: 'checks.d', ok: false, detail: 'the user checks have not run yet' });
+    for (const c of this.snapshot.userChecks ?? []) checks.push({ name: `check:${c.name}`, ok: c.ok, detail: c.ok ? 'exited 0' : (c.detail ?? 'failed') });
     return { node: this.ctx.self.name, role: this.role, ok: checks.every((c) => c.ok), checks };
+  }
+
+  /**
+   * The witness as the gate sees it: a leader must hold its lease, a follower must reach the
+   * witness. Undefined when the cluster has none (failover is manual).
+   */
+  private async witnessItem(): Promise<GateItem | undefined> {
+    const w = this.controller.ports.witness;
+    if (!w) return undefined;
+    const answer = await w.call({ op: 'read' }).catch((err: Error) => err);
+    if (answer instanceof Error) return { ok: false, detail: `the witness does not answer: ${answer.message}` };
+    if (this.role !== 'leader') return { ok: true, detail: `reachable; lease holder ${answer.holder ?? 'nobody'}` };
+    const lease = this.controller.leaseInfo();
+    return { ok: lease.held && answer.holder === this.ctx.self.name, detail: lease.held ? `this node holds the lease (${lease.msLeft} ms left); promotable ${answer.promotable ?? 'nobody'}` : 'this node is leader without a valid lease' };
   }
 
   private async rebootForTry(reason: string, slot: BootState['booted']): Promise<void> {

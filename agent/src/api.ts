@@ -65,7 +65,7 @@ export function statusOf(agent: Agent): Record<string, unknown> {
     vip: { address: ctx.spec.network.vip, heldHere: round?.vipHeld ?? false },
     peer: { name: ctx.peer.name, ip: ctx.peer.ip, apiReachable: Boolean(round?.peer), postgresReachable: round?.peerPg.ok ?? false, view: round?.peer ?? null },
     witness: { kind: ctx.witness.kind },
-    userChecks: agent.snapshot.userChecks,
+    userChecks: agent.snapshot.userChecks ?? [],
     decision: agent.snapshot.lastDecision ?? null,
     boot: bootStatusOf(agent.snapshot.boot),
   };

@@ -30,6 +30,27 @@ export interface GateInputs {
   observation?: GateObservation;
   kubernetes: boolean;
   k3sReady?: boolean;
+  /**
+   * The witness as this node sees it this round (a leader holds its lease, a follower reaches
+   * it); `none` when the cluster has no witness (failover is manual).
+   */
+  witness: GateItem | 'none';
+  /** The operator's `checks.d` scripts from their last run; undefined before they first ran. */
+  userChecks: UserCheckResult[] | undefined;
+}
+
+/** One item of the gate beside the pair: ok, and what was seen. */
+export interface GateItem {
+  ok: boolean;
+  detail: string;
+}
+
+/** One executable of `checks.d`: it passes when it exits 0 within the check timeout. */
+export interface UserCheckResult {
+  name: string;
+  ok: boolean;
+  /** Why it failed: the exit code and the last line it printed, or the timeout. */
+  detail?: string;
 }
 
 /** The health gate right now: ok, or the first reason it fails. */
@@ -48,11 +69,11 @@ export interface BlessDecision {
 }
 
 /**
- * The health gate (pure): agent loop running, PostgreSQL healthy in this node's role,
- * replication streaming when the peer is up and synchronous when both are healthy, K3s ready
- * when present, and the node neither fenced nor unconfigured.
+ * The pair's part of the gate (pure): agent loop running, PostgreSQL healthy in this node's
+ * role, replication streaming when the peer is up and synchronous when both are healthy, K3s
+ * ready when present, and the node neither fenced nor unconfigured.
  */
-export function gateCheck(i: GateInputs): GateResult {
+export function pairCheck(i: Omit<GateInputs, 'witness' | 'userChecks'>): GateResult {
   const fail = (reason: string): GateResult => ({ ok: false, reason });
   if (i.role === 'unconfigured') return fail('the node is unconfigured');
   if (i.role === 'fenced') return fail('the node is fenced');
@@ -86,6 +107,25 @@ export function gateCheck(i: GateInputs): GateResult {
   }
   if (i.kubernetes && i.k3sReady !== true) return fail('K3s is not ready (/readyz)');
   return { ok: true, reason: i.kubernetes ? `${ok}, K3s ready` : ok };
+}
+
+/**
+ * The whole health gate of a try (pure): the pair's part, then the witness, then every user
+ * check in `checks.d`. The reason names the first item that fails.
+ */
+export function gateCheck(i: GateInputs): GateResult {
+  const pair = pairCheck(i);
+  if (!pair.ok) return pair;
+  const reasons = [pair.reason];
+  if (i.witness !== 'none') {
+    if (!i.witness.ok) return { ok: false, reason: `witness: ${i.witness.detail}` };
+    reasons.push(`witness: ${i.witness.detail}`);
+  }
+  if (i.userChecks === undefined) return { ok: false, reason: 'the user checks in checks.d have not run yet' };
+  const failed = i.userChecks.find((c) => !c.ok);
+  if (failed) return { ok: false, reason: `user check ${failed.name} failed${failed.detail ? ` (${failed.detail})` : ''}` };
+  if (i.userChecks.length > 0) reasons.push(`user checks passed: ${i.userChecks.map((c) => c.name).join(', ')}`);
+  return { ok: true, reason: reasons.join('; ') };
 }
 
 /**

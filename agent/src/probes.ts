@@ -2,16 +2,21 @@ import { readdir, access, constants } from 'node:fs/promises';
 import { join } from 'node:path';
 import { lastLines, runPlan, type CommandPlan } from '#common/exec.ts';
 import { NODE_PATHS } from '#common/render/paths.ts';
+import type { UserCheckResult } from './bootgate.ts';
 
-/** Run the operator's health scripts (executables in checksDir); each must exit 0. */
-export async function runUserChecks(dir: string, timeoutMs: number): Promise<{ name: string; ok: boolean }[]> {
+/**
+ * Run the operator's health scripts (executables in checksDir, in name order); each must exit 0
+ * within `timeoutMs`. A failure says how: the exit code and the last line the script printed,
+ * or the timeout.
+ */
+export async function runUserChecks(dir: string, timeoutMs: number): Promise<UserCheckResult[]> {
   let names: string[];
   try {
     names = (await readdir(dir)).sort();
   } catch {
     return [];
   }
-  const results: { name: string; ok: boolean }[] = [];
+  const results: UserCheckResult[] = [];
   for (const name of names) {
     const file = join(dir, name);
     try {
@@ -19,8 +24,17 @@ export async function runUserChecks(dir: string, timeoutMs: number): Promise<{ n
     } catch {
       continue;
     }
-    const r = await runPlan({ cmd: file, args: [] }, { allowFailure: true, timeoutMs }).catch(() => undefined);
-    results.push({ name, ok: r?.exitCode === 0 });
+    const r = await runPlan({ cmd: file, args: [] }, { allowFailure: true, timeoutMs }).catch((err: Error) => err);
+    if (r instanceof Error) {
+      results.push({ name, ok: false, detail: r.message.includes('timed out') ? `no answer within ${timeoutMs} ms` : r.message.split('\n')[0] });
+      continue;
+    }
+    if (r.exitCode === 0) {
+      results.push({ name, ok: true });
+      continue;
+    }
+    const said = (r.stderr.trim() ? r.stderr : r.stdout).split('\n').map((l) => l.trim()).filter(Boolean).at(-1);
+    results.push({ name, ok: false, detail: `exit ${r.exitCode}${said ? `: ${said.slice(0, 200)}` : ''}` });
   }
   return results;
 }

@@ -1,6 +1,7 @@
 import test from 'ava';
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import pino from 'pino';
 import { parse, stringify } from 'yaml';
@@ -12,7 +13,7 @@ import { nodeContext } from '#agent/context.ts';
 import {
   createEnvBlock, editEnvFile, envValues, freeSpace, GRUBENV_SIZE, GrubEnvError, listEnv, readEnvFile, serializeEnv, setEnv, unsetEnv, updateEnv, writeEnvFile,
 } from '#agent/grubenv.ts';
-import { k3sReadyPlan, probeK3sReady } from '#agent/probes.ts';
+import { k3sReadyPlan, probeK3sReady, runUserChecks } from '#agent/probes.ts';
 import { slotCommand } from '#agent/slotcli.ts';
 import { reconcileUpgradeFile } from '#agent/upgrade.ts';
 import { renderGrubCfg } from '#builder/render/grub.ts';
@@ -394,7 +395,7 @@ const healthyLeader: GateInputs = {
     pg: { up: true, inRecovery: false, lsn: '0/5000', peerReplication: { state: 'streaming', syncState: 'sync', replayLsn: '0/5000', flushLsn: '0/5000' } },
     peerApi: { role: 'follower', generation: 3 }, peerPgOk: true,
   },
-  kubernetes: true, k3sReady: true,
+  kubernetes: true, k3sReady: true, witness: 'none', userChecks: [],
 };
 const healthyFollower: GateInputs = {
   ...healthyLeader, role: 'follower',
@@ -432,6 +433,13 @@ test('blessDecision: bless after the settle period of continuous health, else wa
     ['healthy streak under way at the deadline may finish', { ...healthyLeader, healthySince: 70_000, sinceBootMs: 920_000 }, 'wait', /30000 ms so far/],
     ['...but not forever', { ...healthyLeader, healthySince: 70_000, sinceBootMs: 960_000 }, 'reboot', /healthy for only 30000 ms of 60000/],
     ['trial timeout 0 never reboots', { ...healthyLeader, k3sReady: false, sinceBootMs: 99_000_000, trialTimeoutMs: 0 }, 'wait', /K3s is not ready/],
+    ['witness reachable, this leader holds the lease', { ...healthyLeader, witness: { ok: true, detail: 'this node holds the lease (4000 ms left)' } }, 'bless', /K3s ready; witness: this node holds the lease/],
+    ['witness does not answer', { ...healthyLeader, witness: { ok: false, detail: 'the witness does not answer: ECONNREFUSED' } }, 'wait', /witness: the witness does not answer: ECONNREFUSED/],
+    ['user checks not run yet', { ...healthyLeader, userChecks: undefined }, 'wait', /user checks in checks.d have not run yet/],
+    ['user checks pass', { ...healthyLeader, userChecks: [{ name: '10-disk', ok: true }, { name: '20-plc', ok: true }] }, 'bless', /user checks passed: 10-disk, 20-plc$/],
+    ['a user check fails', { ...healthyLeader, userChecks: [{ name: '10-disk', ok: true }, { name: '20-plc', ok: false, detail: 'exit 1: PLC bus not found' }] }, 'wait', /user check 20-plc failed \(exit 1: PLC bus not found\)/],
+    ['a user check fails past the trial timeout', { ...healthyLeader, sinceBootMs: 900_000, userChecks: [{ name: '20-plc', ok: false, detail: 'exit 1: PLC bus not found' }] }, 'reboot', /did not pass within 900000 ms of boot \(user check 20-plc failed \(exit 1: PLC bus not found\)\): rebooting/],
+    ['the pair fails first, whatever the checks say', { ...healthyLeader, k3sReady: false, userChecks: [{ name: '20-plc', ok: false }] }, 'wait', /K3s is not ready/],
     ['steady: never anything', { ...healthyLeader, state: 'steady' }, 'wait', /boot state steady: no try slot to bless/],
     ['fell-back: never anything', { ...healthyLeader, state: 'fell-back', sinceBootMs: 99_000_000 }, 'wait', /fell-back/],
     ['unknown: never anything', { ...healthyLeader, state: 'unknown', role: 'fenced', sinceBootMs: 99_000_000 }, 'wait', /unknown/],
@@ -456,6 +464,26 @@ test('blessDecision carries the healthy streak between rounds and restarts it on
   t.true(gateCheck(healthyLeader).ok);
 });
 
+// ---------------------------------------------------------------- user checks
+
+test('runUserChecks: executables in name order, each must exit 0 in time; a failure says how', async (t) => {
+  const dir = tempDir('gk-checks-');
+  const script = (name: string, body: string, mode = 0o755) => writeFileSync(join(dir, name), `#!/bin/sh\n${body}\n`, { mode });
+  script('10-ok', 'echo fine');
+  script('20-stderr', 'echo "checking the PLC"; echo "PLC bus not found" >&2; exit 3');
+  script('30-stdout', 'echo first; echo "disk /dev/sdb missing"; exit 1');
+  script('40-slow', 'exec sleep 5');
+  script('50-not-executable', 'exit 1', 0o644);
+  const r = await runUserChecks(dir, 1000);
+  t.deepEqual(r, [
+    { name: '10-ok', ok: true },
+    { name: '20-stderr', ok: false, detail: 'exit 3: PLC bus not found' },
+    { name: '30-stdout', ok: false, detail: 'exit 1: disk /dev/sdb missing' },
+    { name: '40-slow', ok: false, detail: 'no answer within 1000 ms' },
+  ]);
+  t.deepEqual(await runUserChecks(join(dir, 'absent'), 1000), [], 'no checks.d: nothing to run');
+});
+
 // ---------------------------------------------------------------- K3s readiness probe
 
 test('K3s readiness: a plan over k3s kubectl /readyz; ready only on "ok"', async (t) => {
@@ -468,10 +496,12 @@ test('K3s readiness: a plan over k3s kubectl /readyz; ready only on "ok"', async
 
 // ---------------------------------------------------------------- agent loop, API, CLI
 
-async function agentOn(n: FakeNode, logs: Record<string, unknown>[]): Promise<Agent> {
+/** An agent on the fake node; the fixture's witness is replaced (by none, or `witnessUrl`) so nothing leaves loopback. */
+async function agentOn(n: FakeNode, logs: Record<string, unknown>[], witnessUrl?: string): Promise<Agent> {
   const cluster = await loadFixtureCluster();
   const { apiVersion: _a, kind: _k, secretsDir: _s, ...spec } = cluster;
-  const seed = NodeSeedSchema.parse({ apiVersion: API_VERSION, kind: 'NodeSeed', node: 'node1', cluster: spec, secrets: FAKE_SECRETS, tls: fakeTls('node1') });
+  const witness = witnessUrl ? { type: 'lease', url: witnessUrl } : { type: 'none' };
+  const seed = NodeSeedSchema.parse({ apiVersion: API_VERSION, kind: 'NodeSeed', node: 'node1', cluster: { ...spec, witness }, secrets: FAKE_SECRETS, tls: fakeTls('node1') });
   const config = AgentConfigSchema.parse({ ...parse(readFileSync(n.configFile, 'utf8')), kubernetes: { enabled: false } });
   const log = pino({ level: 'debug' }, { write: (line: string) => logs.push(JSON.parse(line) as Record<string, unknown>) });
   const agent = new Agent(nodeContext(config, seed), log);
@@ -506,11 +536,38 @@ test('the agent loop blesses a healthy try, shows it in /v1/status and /metrics,
 
   agent.meta = { ...agent.meta, role: 'leader' };
   await agent.bootRound();
+  t.like(agent.snapshot.boot, { gate: { ok: false, reason: 'the user checks in checks.d have not run yet' } });
+  agent.snapshot.userChecks = [{ name: '20-plc', ok: false, detail: 'exit 1: PLC bus not found' }];
+  await agent.bootRound();
+  t.like(agent.snapshot.boot, { gate: { ok: false, reason: 'user check 20-plc failed (exit 1: PLC bus not found)' } });
+  t.deepEqual(await n.env(), { active_slot: 'A', try_slot: 'B', try_count: '2' }, 'no bless while a user check fails');
+  agent.snapshot.userChecks = [{ name: '20-plc', ok: true }];
+  await agent.bootRound();
   t.deepEqual(await n.env(), { active_slot: 'B', try_slot: '', try_count: '0' });
   t.like(statusOf(agent).boot, { state: 'steady', booted: 'B', active: 'B', trySlot: null });
   t.truthy(logs.find((l) => l.event === 'bless' && l.changed === true));
   t.regex(metricsOf(agent), /^geminik8s_boot_trying\{node="node1"\} 0$/m);
   t.regex(metricsOf(agent), /^geminik8s_boot_state\{node="node1",state="steady"\} 1$/m);
+});
+
+test('the agent gate asks the witness: a leader whose witness does not answer is not blessed', async (t) => {
+  const n = await fakeNode('A', { active_slot: 'A' }, { blessAfterMs: 0, trialTimeoutMs: 0 });
+  await armTry(n.settings, 'B', 3);
+  await grubBoots(n);
+  // A loopback port nothing listens on.
+  const closed = await new Promise<number>((resolve) => {
+    const srv = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+  const agent = await agentOn(n, [], `https://127.0.0.1:${closed}`);
+  agent.snapshot.userChecks = [];
+  await agent.bootRound();
+  t.like(agent.snapshot.boot, { state: 'trying', gate: { action: 'wait', ok: false } });
+  t.regex(agent.snapshot.boot?.gate?.reason ?? '', /^witness: the witness does not answer: .*ECONNREFUSED/);
+  t.deepEqual(await n.env(), { active_slot: 'A', try_slot: 'B', try_count: '2' }, 'not blessed');
+  agent.stop();
 });
 
 test('past the trial timeout the agent asks for a reboot (skipped and logged without systemd)', async (t) => {
