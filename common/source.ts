@@ -91,7 +91,7 @@ function valueAt(data: unknown, path: readonly PropertyKey[]): unknown {
 const YAML11_BOOLEAN_WORDS = /^(y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$/;
 
 /** Turn zod issues into located validation issues. */
-export function issuesFromZod(source: SourceDocument, error: z.ZodError, basePath: PropertyKey[] = []): ValidationIssue[] {
+export function issuesFromZod(source: SourceDocument, error: Pick<z.ZodError, 'issues'>, basePath: PropertyKey[] = []): ValidationIssue[] {
   return error.issues.flatMap((issue): ValidationIssue[] => {
     if (issue.code === 'unrecognized_keys') {
       // One issue per unknown key, pointing at the key itself.

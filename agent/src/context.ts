@@ -1,10 +1,10 @@
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
-import { parse } from 'yaml';
 import { z } from 'zod';
 import { parseSeed } from '#common/config.ts';
-import { ExitCode, GeminiError, ValidationError } from '#common/errors.ts';
+import { ExitCode, GeminiError, ValidationError, type ValidationIssue } from '#common/errors.ts';
+import { describeValue, issuesFromZod, parseSource, type SourceDocument } from '#common/source.ts';
 import { writeFileAtomic } from '#common/fsutil.ts';
 import { withNodeAddress } from '#common/membership.ts';
 import { registerSecret } from '#common/log.ts';
@@ -38,13 +38,54 @@ async function readText(file: string, what: string): Promise<string> {
   }
 }
 
+/** Where local settings go beside an agent.yaml: `FILE.d/*.yaml`, merged over it in name order. */
+export function agentConfigDropInDir(file: string): string {
+  return `${file}.d`;
+}
+
+/**
+ * The agent's settings: the image's agent.yaml, then each `*.yaml` of `FILE.d/` in name order,
+ * merged key by key (a mapping merges into the one below it; anything else replaces it).
+ * Local settings belong in the drop-ins: /etc persists across slots, so an edited agent.yaml
+ * would keep hiding every later image's own (its version among them). Every problem names the
+ * file, line and column that set the value.
+ */
 export async function loadAgentConfig(file: string): Promise<AgentConfig> {
-  const text = await readText(file, 'agent config');
-  const parsed = AgentConfigSchema.safeParse(parse(text, { version: '1.1' }) ?? {});
-  if (!parsed.success) {
-    throw new ValidationError(parsed.error.issues.map((i) => ({ file, path: i.path.join('.'), message: i.message })));
+  const dir = agentConfigDropInDir(file);
+  const dropIns = (await readdir(dir).catch(() => [] as string[])).filter((n) => /\.ya?ml$/.test(n)).sort().map((n) => join(dir, n));
+  const sources: SourceDocument[] = [];
+  const issues: ValidationIssue[] = [];
+  for (const f of [file, ...dropIns]) {
+    const text = await readText(f, f === file ? 'agent config' : 'agent config drop-in');
+    const r = parseSource(f, text);
+    if (!r.source) issues.push(...r.issues);
+    else if (r.source.data !== null && r.source.data !== undefined && !isPlainObject(r.source.data)) {
+      issues.push({ file: f, line: 1, col: 1, path: '', message: 'expected a mapping of settings', found: describeValue(r.source.data) });
+    } else sources.push(r.source);
   }
-  return parsed.data;
+  if (issues.length > 0) throw new ValidationError(issues);
+  const merged = sources.reduce<unknown>((acc, s) => mergeSettings(acc, s.data ?? {}), {});
+  const parsed = AgentConfigSchema.safeParse(merged);
+  if (parsed.success) return parsed.data;
+  // Each problem is reported in the last file that set its path (or the base file).
+  for (const issue of parsed.error.issues) {
+    const at = issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]!] : issue.path;
+    const origin = [...sources].reverse().find((s) => s.doc.hasIn(at as unknown[])) ?? sources[0]!;
+    issues.push(...issuesFromZod(origin, { issues: [issue] }));
+  }
+  throw new ValidationError(issues);
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** `over` merged into `base`: mappings key by key, anything else replaced. */
+export function mergeSettings(base: unknown, over: unknown): unknown {
+  if (!isPlainObject(base) || !isPlainObject(over)) return over;
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = k in base ? mergeSettings(base[k], v) : v;
+  return out;
 }
 
 export async function loadSeedFile(file: string): Promise<NodeSeed> {

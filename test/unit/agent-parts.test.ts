@@ -1,5 +1,5 @@
 import test from 'ava';
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -7,7 +7,8 @@ import { Agent } from '#agent/agent.ts';
 import { agentLogger, createLogPort } from '#agent/adapters/log.ts';
 import { AuthLimiter, MAX_BODY_BYTES, metricsOf, routes, startApi, statusOf } from '#agent/api.ts';
 import { registerSecret } from '#common/log.ts';
-import { nodeContext } from '#agent/context.ts';
+import { loadAgentConfig, nodeContext } from '#agent/context.ts';
+import { ValidationError } from '#common/errors.ts';
 import { readHostMeta, writeHostMeta } from '#agent/hostmeta.ts';
 import { basebackupPlan, clusterState, controlDataPlan, crashRecoveryPlan, initdbPlan, needsCrashRecovery, rewindCopied, rewindPlan } from '#agent/postgres.ts';
 import { sdNotify, watchdogIntervalMs } from '#agent/sdnotify.ts';
@@ -17,7 +18,7 @@ import { AgentConfigSchema } from '#common/schema/agent.ts';
 import type { HostMeta } from '#common/schema/hostmeta.ts';
 import { API_VERSION } from '#common/schema/image.ts';
 import { NodeSeedSchema } from '#common/schema/seed.ts';
-import { FAKE_SECRETS, fakeCa, fakeTls, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
+import { FAKE_SECRETS, fakeCa, fakeTls, loadFixtureCluster, ROOT, tempDir } from '../helpers/fixtures.ts';
 import { expiredLeaf } from '../helpers/expired-cert.ts';
 import { tlsFetch } from '../helpers/tlsfetch.ts';
 
@@ -421,4 +422,34 @@ test('sd_notify reaches the socket systemd gives us, with READY=1 and our PID', 
   delete process.env.WATCHDOG_USEC;
   t.is(watchdogIntervalMs(), undefined);
   t.is((await runPlan({ cmd: 'systemd-notify', args: ['--help'] }, { allowFailure: true })).exitCode, 0);
+});
+
+test('agent.yaml.d: local drop-ins merge over the image\'s agent.yaml in name order; a bad one is named with its line and column', async (t) => {
+  const dir = tempDir('gk-agent-conf-');
+  const file = join(dir, 'agent.yaml');
+  copyFileSync(join(ROOT, 'test/golden/render/amd64/image/etc/geminik8s/agent.yaml'), file);
+  const plain = await loadAgentConfig(file);
+  t.is(plain.boot, undefined, 'no drop-in directory: the image\'s file alone');
+  mkdirSync(`${file}.d`);
+  writeFileSync(join(`${file}.d`, '50-site.yaml'), 'boot:\n  trialTimeoutMs: 120000\nupgrade:\n  tries: 2\n');
+  writeFileSync(join(`${file}.d`, '60-later.yml'), 'boot:\n  trialTimeoutMs: 90000\n');
+  writeFileSync(join(`${file}.d`, 'README'), 'not yaml: [');
+  const c = await loadAgentConfig(file);
+  t.is(c.boot?.trialTimeoutMs, 90_000, 'the later drop-in wins');
+  t.is(c.upgrade?.tries, 2);
+  t.is(c.upgrade?.slotDevices.B, '/dev/disk/by-partlabel/ROOT_B', 'mappings merge: the image\'s other upgrade settings stay');
+  t.is(c.image.version, '0.1.0', 'the image\'s own facts come from its file');
+
+  writeFileSync(join(`${file}.d`, '70-bad.yaml'), 'boot:\n  trialTimeoutMs: soon\n  tryTimeout: 5\n');
+  const err = await t.throwsAsync(loadAgentConfig(file), { instanceOf: ValidationError });
+  const bad = join(`${file}.d`, '70-bad.yaml');
+  t.like(err.issues.find((i) => i.path === 'boot.trialTimeoutMs'), { file: bad, line: 2, col: 19, message: 'wrong type' });
+  t.like(err.issues.find((i) => i.path === 'boot.tryTimeout'), { file: bad, line: 3, message: 'unknown field (check the spelling)' });
+  writeFileSync(bad, 'boot: [\n');
+  const syntax = await t.throwsAsync(loadAgentConfig(file), { instanceOf: ValidationError });
+  t.like(syntax.issues[0], { file: bad, line: 2 });
+  t.regex(syntax.issues[0]!.message, /YAML syntax/);
+  writeFileSync(bad, '- a list\n');
+  const list = await t.throwsAsync(loadAgentConfig(file), { instanceOf: ValidationError });
+  t.like(list.issues[0], { file: bad, message: 'expected a mapping of settings' });
 });
