@@ -13,7 +13,8 @@ import { freePort, initGuestCluster, until } from '#lab/guest-cluster.ts';
 // One QEMU guest from the test image, seeded as the leader of a pair whose follower never comes
 // (the gate passes for a leader whose peer is down). Bundles reach it as read-only virtio disks
 // (/dev/disk/by-id/virtio-SERIAL), the agent stages them from there, and the test reads the
-// guest through the root shell on its virtio console.
+// guest through the root shell on its virtio console. Versions: 0.1.0 (the image), 0.2.0 (good),
+// 0.3.0 (fails the site's own check in checks.d), 0.4.0 (good).
 const BOOT_TIMEOUT = 12 * 60_000;
 const SHELL_TIMEOUT = BOOT_TIMEOUT;
 const STAGE_TIMEOUT = 15 * 60_000;
@@ -25,6 +26,8 @@ const AGENT = 'node /usr/lib/geminik8s/agent.mjs';
 
 let img: BuiltImage;
 let v2: BuiltBundle;
+let v3: BuiltBundle;
+let v4: BuiltBundle;
 let clusterDir: string;
 const vms: Vm[] = [];
 const shells: GuestShell[] = [];
@@ -32,6 +35,8 @@ const shells: GuestShell[] = [];
 test.before(async (t) => {
   img = await testImage('test-amd64.yaml', (m) => t.log(m));
   v2 = await upgradeBundle(img, '0.2.0', 'test-amd64.yaml', (m) => t.log(m));
+  v3 = await upgradeBundle(img, '0.3.0', 'test-amd64.yaml', (m) => t.log(m));
+  v4 = await upgradeBundle(img, '0.4.0', 'test-amd64.yaml', (m) => t.log(m));
   clusterDir = await initGuestCluster('upg', NET, { node1: MAC, node2: '52:54:00:78:00:12' });
 });
 
@@ -79,7 +84,36 @@ async function seededDisk(): Promise<string> {
 /** What a refused bundle must leave alone: the passive slot's first 64 MiB, grubenv, the ESP's slot-b, the upgrade record. */
 const UNTOUCHED = 'head -c 64M /dev/disk/by-partlabel/ROOT_B | sha256sum; sha256sum /boot/efi/grub/grubenv; ls /boot/efi; cat /var/lib/geminik8s/upgrade.json 2>/dev/null || echo no-record';
 
-test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mid-write boots the old slot; the SUC job\'s image stages the signed bundle, the try of slot B passes the health gate and is blessed, the job\'s re-run completes; a manual rollback returns to 0.1.0 and the job does not write 0.2.0 again; data survives', async (t) => {
+/** The site's own check: it refuses 0.3.0 (as a check of a device the new kernel lost would). */
+const SITE_CHECK = `#!/bin/sh
+. /etc/os-release
+if [ "$IMAGE_VERSION" = 0.3.0 ]; then echo "this site's PLC is not found under $IMAGE_VERSION" >&2; exit 1; fi
+`;
+/**
+ * A trial timeout of 150 s instead of 15 min, as a local drop-in (agent.yaml.d): each failed try
+ * of 0.3.0 then costs minutes of CI, not a quarter of an hour.
+ */
+const SHORT_TRIAL = 'boot:\n  trialTimeoutMs: 150000\n';
+
+/** The SUC job's root from an OCI image's one layer (build --output oci), on a tmpfs; each boot starts without it. */
+async function sucRootCommand(oci: string, serial: string): Promise<string> {
+  const { manifest } = await readOciImage(oci);
+  const layer = manifest.layers[0]!.digest.replace(/^sha256:/, '');
+  return `umount /run/suc 2>/dev/null; mkdir -p /run/suc && mount -t tmpfs -o size=700m suc /run/suc && tar -xOf /dev/disk/by-id/virtio-${serial} blobs/sha256/${layer} | tar -x -C /run/suc && mkdir /run/suc/host`;
+}
+
+/** The SUC job as SUC runs it: the host's root at /host, the host's PID namespace, SYSTEM_UPGRADE_* set. */
+function sucJobCommand(version: string): string {
+  const env = `SYSTEM_UPGRADE_NODE_NAME=node1 SYSTEM_UPGRADE_PLAN_NAME=geminik8s-os-upg SYSTEM_UPGRADE_PLAN_LATEST_VERSION=${version}`;
+  return `unshare -m sh -c 'mount --rbind / /run/suc/host && exec env ${env} chroot /run/suc /geminik8s/suc-job'`;
+}
+
+interface UpgradeStatus {
+  boot: { state: string; trySlot?: string };
+  upgrade: { current: { state: string; kind?: string; version: string; slot?: string; reason?: string } | null; failed: { version: string; reason: string }[] };
+}
+
+test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mid-write boots the old slot; the SUC job\'s image stages the signed bundle, the try of slot B passes the health gate and is blessed, the job\'s re-run completes; 0.3.0, failing the site\'s check in checks.d, is rebooted at its trial timeout and falls back to 0.2.0 by itself with the reason recorded, and is not retried; a good 0.4.0 is blessed; a manual rollback returns to 0.2.0 and the job does not write 0.4.0 again; data survives', async (t) => {
   const work = tempDir('gk-e2e-upgrade-bundles-');
   const { tampered, untrusted } = await brokenBundles(work);
   const disk = await seededDisk();
@@ -87,7 +121,8 @@ test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mi
   const vm = await bootVm({
     arch: 'amd64', firmware: 'bios', image: disk, format: 'raw', write: true, console: true, name: 'upgrade-node1',
     serialLog: join(logDir, 'node1.log'), networks: [{ kind: 'socket', listen: await freePort(), mac: MAC }],
-    drives: [{ path: v2.bundle, serial: 'bundle' }, { path: tampered, serial: 'bundle-tampered' }, { path: untrusted, serial: 'bundle-untrusted' }, { path: v2.oci, serial: 'suc-image' }],
+    drives: [{ path: v2.bundle, serial: 'bundle' }, { path: tampered, serial: 'bundle-tampered' }, { path: untrusted, serial: 'bundle-untrusted' }, { path: v2.oci, serial: 'suc-image' },
+      { path: v3.bundle, serial: 'bundle3' }, { path: v3.oci, serial: 'suc-image3' }, { path: v4.bundle, serial: 'bundle4' }, { path: v4.oci, serial: 'suc-image4' }],
   });
   vms.push(vm);
   t.log(`serial log ${join(logDir, 'node1.log')}`);
@@ -129,13 +164,9 @@ test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mi
     // SUC runs it (the host's root at /host, the host's PID namespace, SYSTEM_UPGRADE_* set),
     // hands the bundle to the host's agent, which writes it and then asks to reboot. This pair's
     // follower never comes, so the agent refuses the reboot (retryably) and the job keeps asking.
-    const { manifest } = await readOciImage(v2.oci);
-    const layer = manifest.layers[0]!.digest.replace(/^sha256:/, '');
-    // The job's root from the image's one layer, on a tmpfs (each boot starts without it).
-    const sucRoot = `mkdir -p /run/suc && mount -t tmpfs -o size=700m suc /run/suc && tar -xOf /dev/disk/by-id/virtio-suc-image blobs/sha256/${layer} | tar -x -C /run/suc && mkdir /run/suc/host`;
+    const sucRoot = await sucRootCommand(v2.oci, 'suc-image');
     await s1.check(sucRoot, STAGE_TIMEOUT);
-    const sucEnv = 'SYSTEM_UPGRADE_NODE_NAME=node1 SYSTEM_UPGRADE_PLAN_NAME=geminik8s-os-upg SYSTEM_UPGRADE_PLAN_LATEST_VERSION=0.2.0';
-    const sucJob = `unshare -m sh -c 'mount --rbind / /run/suc/host && exec env ${sucEnv} chroot /run/suc /geminik8s/suc-job'`;
+    const sucJob = sucJobCommand('0.2.0');
     await s1.check(`( (${sucJob} > /root/suc-job.log 2>&1; echo "exit $?" >> /root/suc-job.log) & )`);
     const jobLog = await until('the SUC job to stage the bundle and ask for the reboot', STAGE_TIMEOUT, async () => {
       const l = await s1.check('cat /root/suc-job.log');
@@ -187,44 +218,109 @@ test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mi
     t.is(same.code, 5);
     t.regex(same.output, /upgrades from <0\.2\.0; this node runs 0\.2\.0/);
 
-    // The operator rolls back to 0.1.0 through the agent's API (the admin token from the node's
-    // seed, never leaving the guest). With no follower the agent arms slot A but refuses the
-    // reboot; a hard reset stands in for it. The try of A is blessed like an upgrade's.
+    // v2 -> v3, where 0.3.0 fails the site's own check in checks.d. Nothing else is wrong with it:
+    // the pair's part of the gate passes, so only the user check can keep it from being blessed.
+    // The try must end by itself: the agent reboots it at the trial timeout, GRUB spends both
+    // tries (the image's boot.tries is 2), boots slot B again, and the agent records why.
+    await s2.check(`install -d -m 0755 /etc/geminik8s/checks.d /etc/geminik8s/agent.yaml.d && echo ${Buffer.from(SITE_CHECK).toString('base64')} | base64 -d > /etc/geminik8s/checks.d/50-site-plc && chmod 0755 /etc/geminik8s/checks.d/50-site-plc && printf '${SHORT_TRIAL}' > /etc/geminik8s/agent.yaml.d/50-e2e.yaml`);
+    const st3 = await s2.run(`${AGENT} upgrade stage /dev/disk/by-id/virtio-bundle3`, STAGE_TIMEOUT);
+    t.is(st3.code, 0, st3.output);
+    t.regex(st3.output, /staged 0\.3\.0 \(running 0\.2\.0\) on slot A/);
+    s2.close();
+    const v3Mark = vm.mark();
+    await vm.reset();
+    // Each boot's kernel prints its command line on the serial console: count the slots booted.
+    const booted: string[] = [];
+    let since = v3Mark;
+    while (booted.at(-1) !== 'B' && booted.length < 4) {
+      const b = await vm.waitFor(/Command line: .*geminik8s\.slot=([AB])/, BOOT_TIMEOUT + 300_000, { since });
+      booted.push(b.match[1]!);
+      since = b.end;
+      t.log(`a boot of slot ${b.match[1]} at ${(b.elapsedMs / 1000).toFixed(0)} s of QEMU's run`);
+    }
+    t.deepEqual(booted, ['A', 'A', 'B'], 'two tries of 0.3.0, then slot B');
+    await vm.waitFor(READY_MARKER, BOOT_TIMEOUT, { since });
+    const s3 = await GuestShell.open(vm.consoleSocket!, SHELL_TIMEOUT);
+    shells.push(s3);
+    t.regex(await s3.check('. /etc/os-release; echo "$IMAGE_VERSION"'), /^0\.2\.0$/m);
+    const fell = await until('the agent to record the fall-back', BLESS_TIMEOUT, async () => {
+      const u = JSON.parse(await s3.check(`${AGENT} upgrade status --json`)) as UpgradeStatus;
+      return u.upgrade.current?.state === 'fell-back' ? u : undefined;
+    });
+    t.like(fell.boot, { state: 'fell-back' });
+    t.like(fell.upgrade.current, { version: '0.3.0', slot: 'A' });
+    const why = /did not pass within 150000 ms of boot \(user check 50-site-plc failed \(exit 1: this site's PLC is not found under 0\.3\.0\)\)/;
+    t.regex(fell.upgrade.current?.reason ?? '', why);
+    t.regex(fell.upgrade.failed.find((f) => f.version === '0.3.0')?.reason ?? '', why);
+    t.log(`0.3.0 fell back: ${fell.upgrade.current?.reason}`);
+    t.is((await s3.check(`runuser -u postgres -- ${PG}/psql -XtA -c "select v from upgrade_probe"`)).trim(), 'written on 0.1.0');
+    // Not retried: neither by hand without --retry nor by SUC running its job again (elemental#708).
+    const again3 = await s3.run(`${AGENT} upgrade stage /dev/disk/by-id/virtio-bundle3`, STAGE_TIMEOUT);
+    t.is(again3.code, 5, again3.output);
+    t.regex(again3.output, /0\.3\.0 failed on this node/);
+    const suc3 = await s3.run(`${await sucRootCommand(v3.oci, 'suc-image3')} && ${sucJobCommand('0.3.0')}`, STAGE_TIMEOUT);
+    t.is(suc3.code, 5, suc3.output);
+    t.regex(suc3.output, /0\.3\.0 failed on this node/);
+
+    // A good 0.4.0 afterwards: the stale fall-back does not touch it, the site's check passes on
+    // it, and it is blessed. The trial timeout goes back to the image's.
+    await s3.check('rm /etc/geminik8s/agent.yaml.d/50-e2e.yaml');
+    const st4 = await s3.run(`${AGENT} upgrade stage /dev/disk/by-id/virtio-bundle4`, STAGE_TIMEOUT);
+    t.is(st4.code, 0, st4.output);
+    t.regex(st4.output, /staged 0\.4\.0 \(running 0\.2\.0\) on slot A/);
+    s3.close();
+    const v4Mark = vm.mark();
+    await vm.reset();
+    const r4 = await vm.waitFor(READY_MARKER, BOOT_TIMEOUT, { since: v4Mark });
+    t.like(parseMarkerFields(r4.line), { slot: 'A', role: 'leader' });
+    const s4 = await GuestShell.open(vm.consoleSocket!, SHELL_TIMEOUT);
+    shells.push(s4);
+    t.regex(await s4.check('. /etc/os-release; echo "$IMAGE_VERSION"'), /^0\.4\.0$/m);
+    const blessed4 = await until('0.4.0 to be blessed', BLESS_TIMEOUT, async () => {
+      const u = JSON.parse(await s4.check(`${AGENT} upgrade status --json`)) as UpgradeStatus;
+      return u.upgrade.current?.state === 'blessed' ? u : undefined;
+    });
+    t.like(blessed4.upgrade.current, { version: '0.4.0', slot: 'A' });
+    t.regex(await s4.check('journalctl -b -u geminik8s-agent --no-pager -o cat'), /user checks passed: 50-site-plc/, 'the bless counted the site check');
+
+    // The operator rolls back to 0.2.0 through the agent's API (the admin token from the node's
+    // seed, never leaving the guest). With no follower the agent arms slot B but refuses the
+    // reboot; a hard reset stands in for it. The try of B is blessed like an upgrade's.
     // Over https, verified against the cluster CA from the seed (its first certificate).
     const rollbackJs = `const s = require('fs').readFileSync('/var/lib/geminik8s/seed.yaml', 'utf8');
 const token = /adminToken: *['"]?([^'"\\s]+)/.exec(s)[1];
 const ca = s.match(/-----BEGIN CERTIFICATE-----[\\s\\S]+?-----END CERTIFICATE-----/)[0].replace(/\\n\\s+/g, '\\n');
-const body = JSON.stringify({ reason: 'e2e: back to 0.1.0' });
+const body = JSON.stringify({ reason: 'e2e: back to 0.2.0' });
 const req = require('https').request('https://127.0.0.1:7443/v1/upgrade/rollback', { method: 'POST', ca, headers: { authorization: 'Bearer ' + token, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (r) => {
   let text = ''; r.on('data', (d) => (text += d)).on('end', () => { console.log(r.statusCode, text); process.exit(r.statusCode === 200 ? 0 : 1); });
 });
 req.on('error', (e) => { console.error(e); process.exit(2); });
 req.end(body);`;
-    const rb = await s2.run(`echo ${Buffer.from(rollbackJs).toString('base64')} | base64 -d > /root/rollback.js && node /root/rollback.js`, STAGE_TIMEOUT);
+    const rb = await s4.run(`echo ${Buffer.from(rollbackJs).toString('base64')} | base64 -d > /root/rollback.js && node /root/rollback.js`, STAGE_TIMEOUT);
     t.is(rb.code, 0, rb.output);
-    t.regex(rb.output, /slot A \(0\.1\.0\) armed; the reboot waits: the peer does not answer/);
-    const armedBack = JSON.parse(await s2.check(`${AGENT} upgrade status --json`)) as { boot: { trySlot?: string }; upgrade: { current: Record<string, unknown>; failed: { version: string; reason: string }[] } };
-    t.like(armedBack.upgrade.current, { kind: 'rollback', state: 'armed', slot: 'A', version: '0.1.0' });
-    t.is(armedBack.boot.trySlot, 'A');
-    s2.close();
+    t.regex(rb.output, /slot B \(0\.2\.0\) armed; the reboot waits: the peer does not answer/);
+    const armedBack = JSON.parse(await s4.check(`${AGENT} upgrade status --json`)) as UpgradeStatus;
+    t.like(armedBack.upgrade.current, { kind: 'rollback', state: 'armed', slot: 'B', version: '0.2.0' });
+    t.is(armedBack.boot.trySlot, 'B');
+    s4.close();
     const rbMark = vm.mark();
     await vm.reset();
     await vm.waitFor(READY_MARKER, BOOT_TIMEOUT, { since: rbMark });
-    const s3 = await GuestShell.open(vm.consoleSocket!, SHELL_TIMEOUT);
-    shells.push(s3);
-    t.is((await s3.check('cat /proc/cmdline')).match(/geminik8s\.slot=(\w)/)?.[1], 'A', 'the rollback boots slot A');
-    t.regex(await s3.check('. /etc/os-release; echo "$IMAGE_VERSION"'), /^0\.1\.0$/m);
-    const back = await until('slot A to be blessed again', BLESS_TIMEOUT, async () => {
-      const s = JSON.parse(await s3.check(`${AGENT} upgrade status --json`)) as { boot: { state: string }; upgrade: { current: { state: string; kind?: string; version: string } | null; failed: { version: string; reason: string }[] } };
-      return s.upgrade.current?.state === 'blessed' ? s : undefined;
+    const s5 = await GuestShell.open(vm.consoleSocket!, SHELL_TIMEOUT);
+    shells.push(s5);
+    t.is((await s5.check('cat /proc/cmdline')).match(/geminik8s\.slot=(\w)/)?.[1], 'B', 'the rollback boots slot B');
+    t.regex(await s5.check('. /etc/os-release; echo "$IMAGE_VERSION"'), /^0\.2\.0$/m);
+    const back = await until('slot B to be blessed again', BLESS_TIMEOUT, async () => {
+      const u = JSON.parse(await s5.check(`${AGENT} upgrade status --json`)) as UpgradeStatus;
+      return u.upgrade.current?.state === 'blessed' ? u : undefined;
     });
-    t.like(back.upgrade.current, { kind: 'rollback', version: '0.1.0' });
-    t.like(back.upgrade.failed.find((f) => f.version === '0.2.0'), { reason: 'rolled back by the operator: e2e: back to 0.1.0' });
-    t.is((await s3.check(`runuser -u postgres -- ${PG}/psql -XtA -c "select v from upgrade_probe"`)).trim(), 'written on 0.1.0');
-    // SUC runs the job again (say, the Plan was re-applied): 0.2.0 is not written again, the job fails with the reason.
-    const noLoop = await s3.run(`${sucRoot} && ${sucJob}`, STAGE_TIMEOUT);
+    t.like(back.upgrade.current, { kind: 'rollback', version: '0.2.0' });
+    t.like(back.upgrade.failed.find((f) => f.version === '0.4.0'), { reason: 'rolled back by the operator: e2e: back to 0.2.0' });
+    t.is((await s5.check(`runuser -u postgres -- ${PG}/psql -XtA -c "select v from upgrade_probe"`)).trim(), 'written on 0.1.0');
+    // SUC runs the 0.4.0 job again (say, the Plan was re-applied): 0.4.0 is not written again, the job fails with the reason.
+    const noLoop = await s5.run(`${await sucRootCommand(v4.oci, 'suc-image4')} && ${sucJobCommand('0.4.0')}`, STAGE_TIMEOUT);
     t.is(noLoop.code, 5, noLoop.output);
-    t.regex(noLoop.output, /0\.2\.0 failed on this node .*rolled back by the operator/);
+    t.regex(noLoop.output, /0\.4\.0 failed on this node .*rolled back by the operator/);
   } catch (err) {
     const s = shells.at(-1);
     if (s) t.log((await s.run('journalctl -b -u geminik8s-agent --no-pager -o cat | tail -n 60').catch(() => ({ output: '(no journal)' }))).output);
