@@ -64,7 +64,8 @@ export function topologyPlans(prefix: string): { topology: Topology; plans: Comm
 }
 
 export async function createTopology(prefix: string): Promise<Topology> {
-  await destroyNamespaces(prefix);
+  // `${prefix}-`: a prefix gk12 must not take gk1234's namespaces (another run, another pid).
+  await destroyNamespaces(`${prefix}-`);
   const { topology, plans } = topologyPlans(prefix);
   for (const p of plans) await runPlan(p, { timeoutMs: 10_000 });
   return topology;
