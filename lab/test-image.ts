@@ -213,6 +213,8 @@ export async function upgradeBundle(img: BuiltImage, version: string, file = 'te
     return out;
   }
   pruneStale(cacheRoot, name, dir);
+  // What a killed run left here is not a key pair to keep: keygen refuses to overwrite it.
+  rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
   log(`building the ${version} upgrade bundle into ${dir}`);
   const definition = join(dir, `${name}.yaml`);

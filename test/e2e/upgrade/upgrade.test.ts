@@ -90,10 +90,10 @@ const SITE_CHECK = `#!/bin/sh
 if [ "$IMAGE_VERSION" = 0.3.0 ]; then echo "this site's PLC is not found under $IMAGE_VERSION" >&2; exit 1; fi
 `;
 /**
- * A trial timeout of 150 s instead of 15 min, as a local drop-in (agent.yaml.d): each failed try
+ * A trial timeout of 90 s instead of 15 min, as a local drop-in (agent.yaml.d): each failed try
  * of 0.3.0 then costs minutes of CI, not a quarter of an hour.
  */
-const SHORT_TRIAL = 'boot:\n  trialTimeoutMs: 150000\n';
+const SHORT_TRIAL = 'boot:\n  trialTimeoutMs: 90000\n';
 
 /** The SUC job's root from an OCI image's one layer (build --output oci), on a tmpfs; each boot starts without it. */
 async function sucRootCommand(oci: string, serial: string): Promise<string> {
@@ -132,9 +132,11 @@ test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mi
     const shell = await GuestShell.open(vm.consoleSocket!, SHELL_TIMEOUT);
     shells.push(shell);
     t.is((await shell.check('cat /proc/cmdline')).match(/geminik8s\.slot=(\w)/)?.[1], 'A');
-    // The operator's trusted key, in /etc (persistent): the image itself trusts none.
-    const pub = readFileSync(v2.publicKey, 'utf8').trim().split('\n');
-    await shell.check(`install -d -m 0755 /etc/geminik8s/upgrade-keys && printf '%s\\n' '${pub[0]}' '${pub[1]}' > /etc/geminik8s/upgrade-keys/e2e.pub`);
+    // The operator's trusted keys (each bundle here has its own), in /etc (persistent): the image itself trusts none.
+    for (const b of [v2, v3, v4]) {
+      const pub = readFileSync(b.publicKey, 'utf8').trim().split('\n');
+      await shell.check(`install -d -m 0755 /etc/geminik8s/upgrade-keys && printf '%s\\n' '${pub[0]}' '${pub[1]}' > /etc/geminik8s/upgrade-keys/e2e-${b.version}.pub`);
+    }
     await shell.check(`runuser -u postgres -- ${PG}/psql -XtA -c "create table upgrade_probe(v text); insert into upgrade_probe values ('written on 0.1.0')"`);
 
     const before = await shell.check(UNTOUCHED, 5 * 60_000);
@@ -249,7 +251,7 @@ test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mi
     });
     t.like(fell.boot, { state: 'fell-back' });
     t.like(fell.upgrade.current, { version: '0.3.0', slot: 'A' });
-    const why = /did not pass within 150000 ms of boot \(user check 50-site-plc failed \(exit 1: this site's PLC is not found under 0\.3\.0\)\)/;
+    const why = /did not pass within 90000 ms of boot \(user check 50-site-plc failed \(exit 1: this site's PLC is not found under 0\.3\.0\)\)/;
     t.regex(fell.upgrade.current?.reason ?? '', why);
     t.regex(fell.upgrade.failed.find((f) => f.version === '0.3.0')?.reason ?? '', why);
     t.log(`0.3.0 fell back: ${fell.upgrade.current?.reason}`);
