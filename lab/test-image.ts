@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { basename, join, relative } from 'node:path';
@@ -213,18 +213,37 @@ export async function upgradeBundle(img: BuiltImage, version: string, file = 'te
     return out;
   }
   pruneStale(cacheRoot, name, dir);
-  // What a killed run left here is not a key pair to keep: keygen refuses to overwrite it.
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir, { recursive: true });
-  log(`building the ${version} upgrade bundle into ${dir}`);
-  const definition = join(dir, `${name}.yaml`);
-  writeFileSync(definition, readFileSync(join(ROOT, 'images', file), 'utf8').replace(/^version: .*$/m, `version: ${version}`));
-  const k = await cli('keygen', '--out', join(dir, 'release'));
-  if (k.code !== 0) throw new Error(`keygen failed: ${k.stderr}`);
-  const r = await cli('build', '--image', definition, '--rootfs', `tar:${img.rootfsTar}`, '--output', 'upgrade,oci', '--sign-key', out.secretKey, '--out', dir, '--json');
-  if (r.code !== 0) throw new Error(`build of the ${version} bundle failed (${r.code}): ${r.stderr.slice(-4000)}`);
-  // The re-made root tar is only an intermediate here.
-  rmSync(join(dir, `${base}.rootfs.tar`), { force: true });
-  writeFileSync(join(dir, 'complete'), `${new Date().toISOString()}\n`);
+  // Built beside its place and renamed into it once complete: a killed run leaves only its own
+  // temporary directory, and two runs building the same bundle never write into each other's.
+  const tmp = `${dir}.tmp-${process.pid}`;
+  for (const n of readdirSync(cacheRoot).filter((x) => x.startsWith(`${basename(dir)}.tmp-`))) {
+    // A killed run's; one younger than three hours may be another run's build under way.
+    if (Date.now() - statSync(join(cacheRoot, n)).mtimeMs > 3 * 3600_000) rmSync(join(cacheRoot, n), { recursive: true, force: true });
+  }
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  log(`building the ${version} upgrade bundle into ${tmp}`);
+  try {
+    const definition = join(tmp, `${name}.yaml`);
+    writeFileSync(definition, readFileSync(join(ROOT, 'images', file), 'utf8').replace(/^version: .*$/m, `version: ${version}`));
+    const k = await cli('keygen', '--out', join(tmp, 'release'));
+    if (k.code !== 0) throw new Error(`keygen failed: ${k.stderr}`);
+    const r = await cli('build', '--image', definition, '--rootfs', `tar:${img.rootfsTar}`, '--output', 'upgrade,oci', '--sign-key', join(tmp, 'release.key'), '--out', tmp, '--json');
+    if (r.code !== 0) throw new Error(`build of the ${version} bundle failed (${r.code}): ${r.stderr.slice(-4000)}`);
+    // The re-made root tar is only an intermediate here.
+    rmSync(join(tmp, `${base}.rootfs.tar`), { force: true });
+    writeFileSync(join(tmp, 'complete'), `${new Date().toISOString()}\n`);
+    if (existsSync(join(dir, 'complete'))) {
+      log(`another run finished ${dir} first; using it`);
+      rmSync(tmp, { recursive: true, force: true });
+    } else {
+      // An entry without its marker is a killed run's leftover of the old layout.
+      rmSync(dir, { recursive: true, force: true });
+      renameSync(tmp, dir);
+    }
+  } catch (err) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw err;
+  }
   return out;
 }

@@ -10,7 +10,7 @@ import { createPeerPort } from './adapters/peer.ts';
 import { createPgPort } from './adapters/pg.ts';
 import { createStatePort } from './adapters/state.ts';
 import { createVipPort } from './adapters/vip.ts';
-import { blessDecision, pairCheck, type BlessDecision, type GateInputs, type GateItem, type UserCheckResult } from './bootgate.ts';
+import { blessDecision, pairCheck, type BlessDecision, type GateInputs, type GateItem, type UserCheckResult, type UserChecksRun } from './bootgate.ts';
 import { bless, describeChanges, readBootState, rebootPlan, type BootState } from './bootslot.ts';
 import { rebootDecision } from './upgradeorder.ts';
 import { currentBootId, noteTrialFailure, reconcileUpgradeFile, slotVersions, stageRollback, type RollbackResult, type UpgradeRecord } from './upgrade.ts';
@@ -59,6 +59,8 @@ export interface Snapshot {
   round?: Observation;
   /** The last run of `checks.d`; undefined until the first run has finished. */
   userChecks?: UserCheckResult[];
+  /** Monotonic time the last run of `checks.d` finished. */
+  userChecksAt?: number;
   lastDecision?: string;
   /** Monotonic time the last round of the loop completed without error. */
   lastRoundOkAt?: number;
@@ -254,7 +256,7 @@ export class Agent {
       lastRoundAgeMs: this.snapshot.lastRoundOkAt === undefined ? undefined : now - this.snapshot.lastRoundOkAt,
       maxRoundAgeMs: 3 * this.timings.checkInterval + this.timings.checkTimeout,
       observation: this.snapshot.observation as GateInputs['observation'], kubernetes: config.kubernetes.enabled, k3sReady: k3s?.ready,
-      witness: witness ?? 'none', userChecks: this.snapshot.userChecks,
+      witness: witness ?? 'none', userChecks: this.userChecksRun(now),
     });
     this.bootGate.healthySince = d.healthySince;
     this.snapshot.boot = {
@@ -305,6 +307,16 @@ export class Agent {
   }
 
   /**
+   * The last run of `checks.d` for the gate. A run takes at most one timeout per check, and runs
+   * start every checkInterval: older than three intervals and one more timeout, one hangs.
+   */
+  private userChecksRun(now: number): UserChecksRun | undefined {
+    const { userChecks, userChecksAt } = this.snapshot;
+    if (userChecks === undefined || userChecksAt === undefined) return undefined;
+    return { results: userChecks, ageMs: now - userChecksAt, maxAgeMs: 3 * this.timings.checkInterval + (userChecks.length + 1) * this.timings.checkTimeout };
+  }
+
+  /**
    * The witness as the gate sees it: a leader must hold its lease, a follower must reach the
    * witness. Undefined when the cluster has none (failover is manual).
    */
@@ -315,7 +327,9 @@ export class Agent {
     if (answer instanceof Error) return { ok: false, detail: `the witness does not answer: ${answer.message}` };
     if (this.role !== 'leader') return { ok: true, detail: `reachable; lease holder ${answer.holder ?? 'nobody'}` };
     const lease = this.controller.leaseInfo();
-    return { ok: lease.held && answer.holder === this.ctx.self.name, detail: lease.held ? `this node holds the lease (${lease.msLeft} ms left); promotable ${answer.promotable ?? 'nobody'}` : 'this node is leader without a valid lease' };
+    if (!lease.held) return { ok: false, detail: 'this node is leader without a valid lease' };
+    if (answer.holder !== this.ctx.self.name) return { ok: false, detail: `this node counts a lease of ${lease.msLeft} ms, but the witness names ${answer.holder ?? 'nobody'} as holder` };
+    return { ok: true, detail: `this node holds the lease (${lease.msLeft} ms left); promotable ${answer.promotable ?? 'nobody'}` };
   }
 
   private async rebootForTry(reason: string, slot: BootState['booted']): Promise<void> {
@@ -358,7 +372,8 @@ export class Agent {
     void this.bootLoop();
     while (!this.stopped) {
       const started = performance.now();
-      this.snapshot.userChecks = await runUserChecks(this.ctx.config.checksDir, this.ctx.spec.failover.checkTimeout).catch(() => this.snapshot.userChecks);
+      const results = await runUserChecks(this.ctx.config.checksDir, this.ctx.spec.failover.checkTimeout).catch(() => undefined);
+      if (results) Object.assign(this.snapshot, { userChecks: results, userChecksAt: performance.now() });
       await sleep(Math.max(0, this.timings.checkInterval - (performance.now() - started)));
     }
   }

@@ -36,7 +36,15 @@ export interface GateInputs {
    */
   witness: GateItem | 'none';
   /** The operator's `checks.d` scripts from their last run; undefined before they first ran. */
-  userChecks: UserCheckResult[] | undefined;
+  userChecks: UserChecksRun | undefined;
+}
+
+/** The last finished run of `checks.d`, and how old it is. */
+export interface UserChecksRun {
+  results: UserCheckResult[];
+  ageMs: number;
+  /** Older than this, the run counts as hung: a check that never returns must not keep an old pass. */
+  maxAgeMs: number;
 }
 
 /** One item of the gate beside the pair: ok, and what was seen. */
@@ -57,6 +65,8 @@ export interface UserCheckResult {
 export interface GateResult {
   ok: boolean;
   reason: string;
+  /** Not known yet (the agent has only just started): no verdict to reboot on. */
+  pending?: boolean;
 }
 
 /** What the agent does about a try slot this round. */
@@ -78,10 +88,10 @@ export function pairCheck(i: Omit<GateInputs, 'witness' | 'userChecks'>): GateRe
   if (i.role === 'unconfigured') return fail('the node is unconfigured');
   if (i.role === 'fenced') return fail('the node is fenced');
   if (i.role === 'init') return fail('the node has not finished bootstrapping (role init)');
-  if (i.lastRoundAgeMs === undefined) return fail('the agent loop has not completed a round yet');
+  if (i.lastRoundAgeMs === undefined) return { ok: false, reason: 'the agent loop has not completed a round yet', pending: true };
   if (i.lastRoundAgeMs > i.maxRoundAgeMs) return fail(`the agent loop has not completed a round for ${Math.round(i.lastRoundAgeMs)} ms`);
   const o = i.observation;
-  if (!o) return fail('nothing observed yet');
+  if (!o) return { ok: false, reason: 'nothing observed yet', pending: true };
   const pg = o.pg;
   if (!pg.up) return fail(`PostgreSQL is down${pg.error ? ` (${pg.error})` : ''}`);
   const peerUp = Boolean(o.peerApi) || o.peerPgOk;
@@ -121,10 +131,12 @@ export function gateCheck(i: GateInputs): GateResult {
     if (!i.witness.ok) return { ok: false, reason: `witness: ${i.witness.detail}` };
     reasons.push(`witness: ${i.witness.detail}`);
   }
-  if (i.userChecks === undefined) return { ok: false, reason: 'the user checks in checks.d have not run yet' };
-  const failed = i.userChecks.find((c) => !c.ok);
+  const checks = i.userChecks;
+  if (checks === undefined) return { ok: false, reason: 'the user checks in checks.d have not run yet', pending: true };
+  if (checks.ageMs > checks.maxAgeMs) return { ok: false, reason: `the user checks in checks.d last finished ${Math.round(checks.ageMs)} ms ago (one hangs?)` };
+  const failed = checks.results.find((c) => !c.ok);
   if (failed) return { ok: false, reason: `user check ${failed.name} failed${failed.detail ? ` (${failed.detail})` : ''}` };
-  if (i.userChecks.length > 0) reasons.push(`user checks passed: ${i.userChecks.map((c) => c.name).join(', ')}`);
+  if (checks.results.length > 0) reasons.push(`user checks passed: ${checks.results.map((c) => c.name).join(', ')}`);
   return { ok: true, reason: reasons.join('; ') };
 }
 
@@ -146,7 +158,9 @@ export function blessDecision(i: GateInputs): BlessDecision {
   }
   const pastDeadline = i.trialTimeoutMs > 0 && i.sinceBootMs >= i.trialTimeoutMs;
   const streakMayFinish = gate.ok && i.sinceBootMs < i.trialTimeoutMs + i.blessAfterMs;
-  if (pastDeadline && !streakMayFinish) {
+  // A verdict still pending (the agent has only just started, late in the try) is not a reason:
+  // the next round, seconds away, has one.
+  if (pastDeadline && !streakMayFinish && !gate.pending) {
     const why = gate.ok ? `healthy for only ${healthyFor} ms of ${i.blessAfterMs}` : gate.reason;
     return { action: 'reboot', reason: `the health gate did not pass within ${i.trialTimeoutMs} ms of boot (${why}): rebooting so GRUB spends a try or falls back`, gate, healthySince };
   }

@@ -3,7 +3,7 @@ import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { parseSeed } from '#common/config.ts';
-import { ExitCode, GeminiError, ValidationError, type ValidationIssue } from '#common/errors.ts';
+import { ExitCode, formatIssue, GeminiError, ValidationError, type ValidationIssue } from '#common/errors.ts';
 import { describeValue, issuesFromZod, parseSource, type SourceDocument } from '#common/source.ts';
 import { writeFileAtomic } from '#common/fsutil.ts';
 import { withNodeAddress } from '#common/membership.ts';
@@ -44,15 +44,23 @@ export function agentConfigDropInDir(file: string): string {
 }
 
 /**
- * The agent's settings: the image's agent.yaml, then each `*.yaml` of `FILE.d/` in name order,
- * merged key by key (a mapping merges into the one below it; anything else replaces it).
- * Local settings belong in the drop-ins: /etc persists across slots, so an edited agent.yaml
- * would keep hiding every later image's own (its version among them). Every problem names the
- * file, line and column that set the value.
+ * The agent's settings: the image's agent.yaml, then each `*.yaml` of `FILE.d/` in name order
+ * (dotfiles skipped), merged key by key (a mapping merges into the one below it; anything else
+ * replaces it). Local settings belong in the drop-ins: /etc persists across slots, so an edited
+ * agent.yaml would keep hiding every later image's own (its version among them). Every problem
+ * names the file, line and column that set the value. A key a drop-in sets that this image does
+ * not know is left out with a warning, not an error: the drop-in outlives the slot, and an
+ * older slot booted after a rollback must still start.
  */
-export async function loadAgentConfig(file: string): Promise<AgentConfig> {
+export async function loadAgentConfig(file: string, warn: (message: string) => void = (m) => process.stderr.write(`warning: ${m}\n`)): Promise<AgentConfig> {
   const dir = agentConfigDropInDir(file);
-  const dropIns = (await readdir(dir).catch(() => [] as string[])).filter((n) => /\.ya?ml$/.test(n)).sort().map((n) => join(dir, n));
+  let names: string[] = [];
+  try {
+    names = await readdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new GeminiError(`cannot read the agent config drop-ins in ${dir}: ${(err as Error).message}`, ExitCode.invalidInput);
+  }
+  const dropIns = names.filter((n) => /^[^.].*\.ya?ml$/.test(n)).sort().map((n) => join(dir, n));
   const sources: SourceDocument[] = [];
   const issues: ValidationIssue[] = [];
   for (const f of [file, ...dropIns]) {
@@ -64,16 +72,42 @@ export async function loadAgentConfig(file: string): Promise<AgentConfig> {
     } else sources.push(r.source);
   }
   if (issues.length > 0) throw new ValidationError(issues);
-  const merged = sources.reduce<unknown>((acc, s) => mergeSettings(acc, s.data ?? {}), {});
-  const parsed = AgentConfigSchema.safeParse(merged);
-  if (parsed.success) return parsed.data;
-  // Each problem is reported in the last file that set its path (or the base file).
-  for (const issue of parsed.error.issues) {
-    const at = issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]!] : issue.path;
-    const origin = [...sources].reverse().find((s) => s.doc.hasIn(at as unknown[])) ?? sources[0]!;
-    issues.push(...issuesFromZod(origin, { issues: [issue] }));
+  let merged = sources.reduce<unknown>((acc, s) => mergeSettings(acc, s.data ?? {}), {});
+  const originOf = (path: PropertyKey[]): SourceDocument => [...sources].reverse().find((s) => s.doc.hasIn(path as unknown[])) ?? sources[0]!;
+  for (let attempt = 0; ; attempt++) {
+    const parsed = AgentConfigSchema.safeParse(merged);
+    if (parsed.success) return parsed.data;
+    // One issue per unknown key, each in the file that set it.
+    const split: z.core.$ZodIssue[] = parsed.error.issues.flatMap((i): z.core.$ZodIssue[] => (i.code === 'unrecognized_keys' ? i.keys.map((key) => ({ ...i, keys: [key] })) : [i]));
+    const unknownInDropIn = split.filter((i) => i.code === 'unrecognized_keys' && originOf([...i.path, i.keys[0]!]) !== sources[0]);
+    const rest = split.filter((i) => !unknownInDropIn.includes(i));
+    if (rest.length > 0 || attempt > 0) {
+      for (const issue of split) {
+        const at = issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]!] : issue.path;
+        issues.push(...issuesFromZod(originOf(at), { issues: [issue] }));
+      }
+      throw new ValidationError(issues);
+    }
+    for (const issue of unknownInDropIn) {
+      if (issue.code !== 'unrecognized_keys') continue;
+      const at = [...issue.path, issue.keys[0]!];
+      const where = issuesFromZod(originOf(at), { issues: [issue] })[0]!;
+      warn(`${formatIssue(where)}: this image's agent does not know it, so it is left out (a drop-in written for another image?)`);
+      merged = withoutPath(merged, at);
+    }
   }
-  throw new ValidationError(issues);
+}
+
+/** `data` without the key at `path` (copies along the path; the input is not changed). */
+function withoutPath(data: unknown, path: PropertyKey[]): unknown {
+  if (!isPlainObject(data) || path.length === 0) return data;
+  const [head, ...tail] = path;
+  const key = String(head);
+  if (!(key in data)) return data;
+  const out = { ...data };
+  if (tail.length === 0) delete out[key];
+  else out[key] = withoutPath(data[key], tail);
+  return out;
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {

@@ -1,13 +1,19 @@
-import { readdir, access, constants } from 'node:fs/promises';
+import { readdir, access, constants, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { lastLines, runPlan, type CommandPlan } from '#common/exec.ts';
 import { NODE_PATHS } from '#common/render/paths.ts';
 import type { UserCheckResult } from './bootgate.ts';
 
 /**
- * Run the operator's health scripts (executables in checksDir, in name order); each must exit 0
- * within `timeoutMs`. A failure says how: the exit code and the last line the script printed,
- * or the timeout.
+ * Names run-parts(8) runs: letters, digits, `_` and `-` only, so an editor's backup (`50-x~`),
+ * a package manager's leftover (`50-x.dpkg-old`) or a dotfile is never taken for a check.
+ */
+const CHECK_NAME = /^[A-Za-z0-9_-]+$/;
+
+/**
+ * Run the operator's health scripts (executable regular files in checksDir named as run-parts
+ * would run them, in name order); each must exit 0 within `timeoutMs`. A failure says how: the
+ * exit code and the last line the script printed, or the timeout.
  */
 export async function runUserChecks(dir: string, timeoutMs: number): Promise<UserCheckResult[]> {
   let names: string[];
@@ -19,7 +25,9 @@ export async function runUserChecks(dir: string, timeoutMs: number): Promise<Use
   const results: UserCheckResult[] = [];
   for (const name of names) {
     const file = join(dir, name);
+    if (!CHECK_NAME.test(name)) continue;
     try {
+      if (!(await stat(file)).isFile()) continue;
       await access(file, constants.X_OK);
     } catch {
       continue;

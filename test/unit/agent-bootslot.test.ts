@@ -7,7 +7,7 @@ import pino from 'pino';
 import { parse, stringify } from 'yaml';
 import { Agent } from '#agent/agent.ts';
 import { metricsOf, routes, statusOf } from '#agent/api.ts';
-import { blessDecision, gateCheck, type GateInputs } from '#agent/bootgate.ts';
+import { blessDecision, gateCheck, type GateInputs, type UserCheckResult } from '#agent/bootgate.ts';
 import { armTry, bless, classifyBoot, grubCfgMaxTries, readBootState, rebootPlan, slotFromCmdline, type BootState } from '#agent/bootslot.ts';
 import { nodeContext } from '#agent/context.ts';
 import {
@@ -395,8 +395,10 @@ const healthyLeader: GateInputs = {
     pg: { up: true, inRecovery: false, lsn: '0/5000', peerReplication: { state: 'streaming', syncState: 'sync', replayLsn: '0/5000', flushLsn: '0/5000' } },
     peerApi: { role: 'follower', generation: 3 }, peerPgOk: true,
   },
-  kubernetes: true, k3sReady: true, witness: 'none', userChecks: [],
+  kubernetes: true, k3sReady: true, witness: 'none', userChecks: { results: [], ageMs: 1000, maxAgeMs: 30_000 },
 };
+/** A run of checks.d that finished a second ago. */
+const ran = (results: UserCheckResult[]): GateInputs['userChecks'] => ({ results, ageMs: 1000, maxAgeMs: 30_000 });
 const healthyFollower: GateInputs = {
   ...healthyLeader, role: 'follower',
   observation: { pg: { up: true, inRecovery: true, receiverStreaming: true, lsn: '0/5000' }, peerApi: { role: 'leader', generation: 3, standbySyncState: 'sync' }, peerPgOk: true },
@@ -436,10 +438,14 @@ test('blessDecision: bless after the settle period of continuous health, else wa
     ['witness reachable, this leader holds the lease', { ...healthyLeader, witness: { ok: true, detail: 'this node holds the lease (4000 ms left)' } }, 'bless', /K3s ready; witness: this node holds the lease/],
     ['witness does not answer', { ...healthyLeader, witness: { ok: false, detail: 'the witness does not answer: ECONNREFUSED' } }, 'wait', /witness: the witness does not answer: ECONNREFUSED/],
     ['user checks not run yet', { ...healthyLeader, userChecks: undefined }, 'wait', /user checks in checks.d have not run yet/],
-    ['user checks pass', { ...healthyLeader, userChecks: [{ name: '10-disk', ok: true }, { name: '20-plc', ok: true }] }, 'bless', /user checks passed: 10-disk, 20-plc$/],
-    ['a user check fails', { ...healthyLeader, userChecks: [{ name: '10-disk', ok: true }, { name: '20-plc', ok: false, detail: 'exit 1: PLC bus not found' }] }, 'wait', /user check 20-plc failed \(exit 1: PLC bus not found\)/],
-    ['a user check fails past the trial timeout', { ...healthyLeader, sinceBootMs: 900_000, userChecks: [{ name: '20-plc', ok: false, detail: 'exit 1: PLC bus not found' }] }, 'reboot', /did not pass within 900000 ms of boot \(user check 20-plc failed \(exit 1: PLC bus not found\)\): rebooting/],
-    ['the pair fails first, whatever the checks say', { ...healthyLeader, k3sReady: false, userChecks: [{ name: '20-plc', ok: false }] }, 'wait', /K3s is not ready/],
+    ['user checks pass', { ...healthyLeader, userChecks: ran([{ name: '10-disk', ok: true }, { name: '20-plc', ok: true }]) }, 'bless', /user checks passed: 10-disk, 20-plc$/],
+    ['a user check fails', { ...healthyLeader, userChecks: ran([{ name: '10-disk', ok: true }, { name: '20-plc', ok: false, detail: 'exit 1: PLC bus not found' }]) }, 'wait', /user check 20-plc failed \(exit 1: PLC bus not found\)/],
+    ['a user check fails past the trial timeout', { ...healthyLeader, sinceBootMs: 900_000, userChecks: ran([{ name: '20-plc', ok: false, detail: 'exit 1: PLC bus not found' }]) }, 'reboot', /did not pass within 900000 ms of boot \(user check 20-plc failed \(exit 1: PLC bus not found\)\): rebooting/],
+    ['the pair fails first, whatever the checks say', { ...healthyLeader, k3sReady: false, userChecks: ran([{ name: '20-plc', ok: false }]) }, 'wait', /K3s is not ready/],
+    ['user checks that passed long ago (one hangs since)', { ...healthyLeader, userChecks: { results: [{ name: '20-plc', ok: true }], ageMs: 45_000, maxAgeMs: 30_000 } }, 'wait', /last finished 45000 ms ago/],
+    ['past the trial timeout, checks not run yet: no verdict, no reboot', { ...healthyLeader, sinceBootMs: 900_000, userChecks: undefined }, 'wait', /have not run yet/],
+    ['past the trial timeout, the loop not started: no reboot', { ...healthyLeader, sinceBootMs: 900_000, lastRoundAgeMs: undefined }, 'wait', /not completed a round yet/],
+    ['past the trial timeout, nothing observed: no reboot', { ...healthyLeader, sinceBootMs: 900_000, observation: undefined }, 'wait', /nothing observed/],
     ['steady: never anything', { ...healthyLeader, state: 'steady' }, 'wait', /boot state steady: no try slot to bless/],
     ['fell-back: never anything', { ...healthyLeader, state: 'fell-back', sinceBootMs: 99_000_000 }, 'wait', /fell-back/],
     ['unknown: never anything', { ...healthyLeader, state: 'unknown', role: 'fenced', sinceBootMs: 99_000_000 }, 'wait', /unknown/],
@@ -474,6 +480,11 @@ test('runUserChecks: executables in name order, each must exit 0 in time; a fail
   script('30-stdout', 'echo first; echo "disk /dev/sdb missing"; exit 1');
   script('40-slow', 'exec sleep 5');
   script('50-not-executable', 'exit 1', 0o644);
+  // Not checks, as run-parts would not run them either: a backup, a package leftover, a dotfile, a directory.
+  script('60-plc~', 'exit 1');
+  script('60-plc.dpkg-old', 'exit 1');
+  script('.60-plc', 'exit 1');
+  mkdirSync(join(dir, '70-dir'), { mode: 0o755 });
   const r = await runUserChecks(dir, 1000);
   t.deepEqual(r, [
     { name: '10-ok', ok: true },
@@ -537,11 +548,11 @@ test('the agent loop blesses a healthy try, shows it in /v1/status and /metrics,
   agent.meta = { ...agent.meta, role: 'leader' };
   await agent.bootRound();
   t.like(agent.snapshot.boot, { gate: { ok: false, reason: 'the user checks in checks.d have not run yet' } });
-  agent.snapshot.userChecks = [{ name: '20-plc', ok: false, detail: 'exit 1: PLC bus not found' }];
+  Object.assign(agent.snapshot, { userChecks: [{ name: '20-plc', ok: false, detail: 'exit 1: PLC bus not found' }], userChecksAt: performance.now() });
   await agent.bootRound();
   t.like(agent.snapshot.boot, { gate: { ok: false, reason: 'user check 20-plc failed (exit 1: PLC bus not found)' } });
   t.deepEqual(await n.env(), { active_slot: 'A', try_slot: 'B', try_count: '2' }, 'no bless while a user check fails');
-  agent.snapshot.userChecks = [{ name: '20-plc', ok: true }];
+  Object.assign(agent.snapshot, { userChecks: [{ name: '20-plc', ok: true }], userChecksAt: performance.now() });
   await agent.bootRound();
   t.deepEqual(await n.env(), { active_slot: 'B', try_slot: '', try_count: '0' });
   t.like(statusOf(agent).boot, { state: 'steady', booted: 'B', active: 'B', trySlot: null });
@@ -562,7 +573,7 @@ test('the agent gate asks the witness: a leader whose witness does not answer is
     });
   });
   const agent = await agentOn(n, [], `https://127.0.0.1:${closed}`);
-  agent.snapshot.userChecks = [];
+  Object.assign(agent.snapshot, { userChecks: [], userChecksAt: performance.now() });
   await agent.bootRound();
   t.like(agent.snapshot.boot, { state: 'trying', gate: { action: 'wait', ok: false } });
   t.regex(agent.snapshot.boot?.gate?.reason ?? '', /^witness: the witness does not answer: .*ECONNREFUSED/);

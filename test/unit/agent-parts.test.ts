@@ -440,11 +440,23 @@ test('agent.yaml.d: local drop-ins merge over the image\'s agent.yaml in name or
   t.is(c.upgrade?.slotDevices.B, '/dev/disk/by-partlabel/ROOT_B', 'mappings merge: the image\'s other upgrade settings stay');
   t.is(c.image.version, '0.1.0', 'the image\'s own facts come from its file');
 
+  // Keys this image does not know, each in its own drop-in (written for a newer image, say):
+  // left out with a warning naming the file that set it, so an older slot still starts.
+  writeFileSync(join(`${file}.d`, '61-newer.yaml'), 'boot:\n  typo1: 1\n');
+  writeFileSync(join(`${file}.d`, '62-newer.yaml'), 'boot:\n  typo2: 2\n');
+  writeFileSync(join(`${file}.d`, '.#63-lock.yaml'), 'not: [valid');
+  const warnings: string[] = [];
+  const tolerant = await loadAgentConfig(file, (m) => warnings.push(m));
+  t.is(tolerant.boot?.trialTimeoutMs, 90_000);
+  t.is(warnings.length, 2, warnings.join('\n'));
+  t.regex(warnings[0]!, /61-newer\.yaml:2:\d+: boot\.typo1: .*left out/);
+  t.regex(warnings[1]!, /62-newer\.yaml:2:\d+: boot\.typo2: .*left out/);
   writeFileSync(join(`${file}.d`, '70-bad.yaml'), 'boot:\n  trialTimeoutMs: soon\n  tryTimeout: 5\n');
   const err = await t.throwsAsync(loadAgentConfig(file), { instanceOf: ValidationError });
   const bad = join(`${file}.d`, '70-bad.yaml');
   t.like(err.issues.find((i) => i.path === 'boot.trialTimeoutMs'), { file: bad, line: 2, col: 19, message: 'wrong type' });
   t.like(err.issues.find((i) => i.path === 'boot.tryTimeout'), { file: bad, line: 3, message: 'unknown field (check the spelling)' });
+  t.like(err.issues.find((i) => i.path === 'boot.typo2'), { file: join(`${file}.d`, '62-newer.yaml'), line: 2 }, 'with a real error, every unknown key is reported, each in its own file');
   writeFileSync(bad, 'boot: [\n');
   const syntax = await t.throwsAsync(loadAgentConfig(file), { instanceOf: ValidationError });
   t.like(syntax.issues[0], { file: bad, line: 2 });
