@@ -302,7 +302,7 @@ export class Agent {
       checks.push({ name: 'k3s', ok: k3s.ready, detail: k3s.ready ? 'K3s is ready (/readyz)' : `K3s is not ready: ${k3s.detail}` });
     }
     if (this.snapshot.userChecks === undefined) checks.push({ name: 'checks.d', ok: false, detail: 'the user checks have not run yet' });
-    for (const c of this.snapshot.userChecks ?? []) checks.push({ name: `check:${c.name}`, ok: c.ok, detail: c.ok ? 'exited 0' : (c.detail ?? 'failed') });
+    for (const c of this.snapshot.userChecks ?? []) checks.push({ name: `check:${c.name}`, ok: c.ok, detail: c.ok ? 'exited 0' : `failed${c.detail ? ` (${c.detail})` : ''}` });
     return { node: this.ctx.self.name, role: this.role, ok: checks.every((c) => c.ok), checks };
   }
 

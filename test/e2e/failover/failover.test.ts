@@ -163,7 +163,7 @@ serial('geminik8s check: the bless health gate on both nodes now, item by item; 
       return r.exitCode === 8 ? r : undefined;
     }, 60_000);
     t.regex(bad.stdout, new RegExp(`^${follower} \\(follower\\): FAIL$`, 'm'));
-    t.regex(bad.stdout, /^ {2}\[FAIL\] check:disk-space: failed/m);
+    t.regex(bad.stdout, /^ {2}\[FAIL\] check:disk-space: failed \(exit 1\)$/m);
     t.regex(bad.stdout, /^cluster harness: DEGRADED$/m);
     t.regex(bad.stderr, new RegExp(`${follower} check:disk-space`));
   } finally {
