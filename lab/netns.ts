@@ -64,17 +64,20 @@ export function topologyPlans(prefix: string): { topology: Topology; plans: Comm
 }
 
 export async function createTopology(prefix: string): Promise<Topology> {
-  // `${prefix}-`: a prefix gk12 must not take gk1234's namespaces (another run, another pid).
-  await destroyNamespaces(`${prefix}-`);
+  await destroyNamespaces(prefix);
   const { topology, plans } = topologyPlans(prefix);
   for (const p of plans) await runPlan(p, { timeoutMs: 10_000 });
   return topology;
 }
 
-/** Remove every namespace whose name starts with `prefix` (also leftovers of crashed runs). */
+/**
+ * Remove the namespace `prefix` and every `prefix-*` (also leftovers of crashed runs). Not any
+ * name that merely starts with it: the harness's prefix is gk<pid>, and gk12 must not take
+ * gk1234's namespaces.
+ */
 export async function destroyNamespaces(prefix: string): Promise<void> {
   const r = await runPlan(ip('netns', 'list'), { allowFailure: true });
-  const names = r.stdout.split('\n').map((l) => l.split(' ')[0]!).filter((n) => n.startsWith(prefix));
+  const names = r.stdout.split('\n').map((l) => l.split(' ')[0]!).filter((n) => n === prefix || n.startsWith(`${prefix}-`));
   for (const ns of names) {
     const pids = await runPlan(ip('netns', 'pids', ns), { allowFailure: true });
     for (const pid of pids.stdout.split('\n').filter(Boolean)) {

@@ -19,12 +19,13 @@ function* files(path: string): Generator<string> {
 
 /**
  * Remove older builds of `name` (`<name>-<16 hex key>` exactly, so an image's prune never takes
- * its bundles) that no run has used for three hours: a run of another source tree on the same
- * machine may be using its own entry right now.
+ * its bundles), and the temporary directories of killed builds (`<entry>.tmp-<pid>`), that no
+ * run has used for three hours: a run of another source tree on the same machine may be using
+ * its own entry, or building it, right now.
  */
 function pruneStale(cacheRoot: string, name: string, keep: string): void {
   if (!existsSync(cacheRoot)) return;
-  const entry = new RegExp(`^${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}-[0-9a-f]{16}$`);
+  const entry = new RegExp(`^${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}-[0-9a-f]{16}(\\.tmp-\\d+)?$`);
   for (const n of readdirSync(cacheRoot).filter((x) => entry.test(x) && join(cacheRoot, x) !== keep)) {
     const marker = join(cacheRoot, n, 'complete');
     const used = existsSync(marker) ? statSync(marker).mtimeMs : statSync(join(cacheRoot, n)).mtimeMs;
@@ -216,10 +217,6 @@ export async function upgradeBundle(img: BuiltImage, version: string, file = 'te
   // Built beside its place and renamed into it once complete: a killed run leaves only its own
   // temporary directory, and two runs building the same bundle never write into each other's.
   const tmp = `${dir}.tmp-${process.pid}`;
-  for (const n of readdirSync(cacheRoot).filter((x) => x.startsWith(`${basename(dir)}.tmp-`))) {
-    // A killed run's; one younger than three hours may be another run's build under way.
-    if (Date.now() - statSync(join(cacheRoot, n)).mtimeMs > 3 * 3600_000) rmSync(join(cacheRoot, n), { recursive: true, force: true });
-  }
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true });
   log(`building the ${version} upgrade bundle into ${tmp}`);

@@ -414,8 +414,7 @@ export abstract class PairHarness {
   async stop(): Promise<void> {
     this.writer?.kill('SIGKILL');
     for (const p of [...this.agents.values(), ...this.samplers.values(), ...this.others]) p.kill('SIGKILL');
-    // Only this topology's (`${prefix}-w`, `-c`, `-n1`, `-n2`): another run's pid may start with ours.
-    await destroyNamespaces(`${this.prefix}-`);
+    await destroyNamespaces(this.prefix);
   }
 }
 

@@ -14,7 +14,7 @@ test.before(async () => {
   if (canRun) topo = await createTopology(prefix);
 });
 test.after.always(async () => {
-  if (canRun) await destroyNamespaces(`${prefix}-`);
+  if (canRun) await destroyNamespaces(prefix);
 });
 
 /** Each reply's round trip in ms, and how many of `count` were sent. */

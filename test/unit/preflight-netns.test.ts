@@ -38,7 +38,7 @@ test.before(async () => {
 test.after.always(async () => {
   if (!canRun) return;
   witness?.kill('SIGKILL');
-  await destroyNamespaces(`${prefix}-`);
+  await destroyNamespaces(prefix);
 });
 
 serial('preflight before install: nodes only pingable (warn), no witness yet (fail, exit 10), then the witness up and the VIP free (exit 0)', async (t) => {
