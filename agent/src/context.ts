@@ -72,30 +72,27 @@ export async function loadAgentConfig(file: string, warn: (message: string) => v
     } else sources.push(r.source);
   }
   if (issues.length > 0) throw new ValidationError(issues);
-  let merged = sources.reduce<unknown>((acc, s) => mergeSettings(acc, s.data ?? {}), {});
+  const merged = sources.reduce<unknown>((acc, s) => mergeSettings(acc, s.data ?? {}), {});
   const originOf = (path: PropertyKey[]): SourceDocument => [...sources].reverse().find((s) => s.doc.hasIn(path as unknown[])) ?? sources[0]!;
-  for (let attempt = 0; ; attempt++) {
-    const parsed = AgentConfigSchema.safeParse(merged);
-    if (parsed.success) return parsed.data;
-    // One issue per unknown key, each in the file that set it.
-    const split: z.core.$ZodIssue[] = parsed.error.issues.flatMap((i): z.core.$ZodIssue[] => (i.code === 'unrecognized_keys' ? i.keys.map((key) => ({ ...i, keys: [key] })) : [i]));
-    const unknownInDropIn = split.filter((i) => i.code === 'unrecognized_keys' && originOf([...i.path, i.keys[0]!]) !== sources[0]);
-    const rest = split.filter((i) => !unknownInDropIn.includes(i));
-    if (rest.length > 0 || attempt > 0) {
-      for (const issue of split) {
-        const at = issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]!] : issue.path;
-        issues.push(...issuesFromZod(originOf(at), { issues: [issue] }));
-      }
-      throw new ValidationError(issues);
+  // Each issue with the one path it is about: an unknown key's own, so that each is found in the file that set it.
+  type Located = { issue: z.core.$ZodIssue; at: PropertyKey[] };
+  const located = (found: z.core.$ZodIssue[]): Located[] =>
+    found.flatMap((i): Located[] => (i.code === 'unrecognized_keys' ? i.keys.map((key) => ({ issue: { ...i, keys: [key] }, at: [...i.path, key] })) : [{ issue: i, at: i.path }]));
+  const first = AgentConfigSchema.safeParse(merged);
+  if (first.success) return first.data;
+  let problems = located(first.error.issues);
+  const unknownInDropIns = problems.filter(({ issue, at }) => issue.code === 'unrecognized_keys' && originOf(at) !== sources[0]);
+  if (unknownInDropIns.length === problems.length) {
+    let known = merged;
+    for (const { issue, at } of unknownInDropIns) {
+      warn(`${formatIssue(issuesFromZod(originOf(at), { issues: [issue] })[0]!)}: this image's agent does not know it, so it is left out (a drop-in written for another image?)`);
+      known = withoutPath(known, at);
     }
-    for (const issue of unknownInDropIn) {
-      if (issue.code !== 'unrecognized_keys') continue;
-      const at = [...issue.path, issue.keys[0]!];
-      const where = issuesFromZod(originOf(at), { issues: [issue] })[0]!;
-      warn(`${formatIssue(where)}: this image's agent does not know it, so it is left out (a drop-in written for another image?)`);
-      merged = withoutPath(merged, at);
-    }
+    const second = AgentConfigSchema.safeParse(known);
+    if (second.success) return second.data;
+    problems = located(second.error.issues);
   }
+  throw new ValidationError(problems.flatMap(({ issue, at }) => issuesFromZod(originOf(at), { issues: [issue] })));
 }
 
 /** `data` without the key at `path` (copies along the path; the input is not changed). */

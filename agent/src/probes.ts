@@ -1,6 +1,7 @@
 import { readdir, access, constants, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { lastLines, runPlan, type CommandPlan } from '#common/exec.ts';
+import { ExitCode, GeminiError } from '#common/errors.ts';
 import { NODE_PATHS } from '#common/render/paths.ts';
 import type { UserCheckResult } from './bootgate.ts';
 
@@ -34,14 +35,15 @@ export async function runUserChecks(dir: string, timeoutMs: number): Promise<Use
     }
     const r = await runPlan({ cmd: file, args: [] }, { allowFailure: true, timeoutMs }).catch((err: Error) => err);
     if (r instanceof Error) {
-      results.push({ name, ok: false, detail: r.message.includes('timed out') ? `no answer within ${timeoutMs} ms` : r.message.split('\n')[0] });
+      const timedOut = r instanceof GeminiError && r.exitCode === ExitCode.timeout;
+      results.push({ name, ok: false, detail: timedOut ? `no answer within ${timeoutMs} ms` : r.message.split('\n')[0] });
       continue;
     }
     if (r.exitCode === 0) {
       results.push({ name, ok: true });
       continue;
     }
-    const said = (r.stderr.trim() ? r.stderr : r.stdout).split('\n').map((l) => l.trim()).filter(Boolean).at(-1);
+    const said = lastLines(r.stderr.trim() ? r.stderr : r.stdout, 1).trim();
     results.push({ name, ok: false, detail: `exit ${r.exitCode}${said ? `: ${said.slice(0, 200)}` : ''}` });
   }
   return results;
