@@ -227,12 +227,17 @@ test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mi
     // The try must end by itself: the agent reboots it at the trial timeout, GRUB spends both
     // tries (the image's boot.tries is 2), boots slot B again, and the agent records why.
     await s2.check(`install -d -m 0755 /etc/geminik8s/checks.d /etc/geminik8s/agent.yaml.d && echo ${Buffer.from(SITE_CHECK).toString('base64')} | base64 -d > /etc/geminik8s/checks.d/50-site-plc && chmod 0755 /etc/geminik8s/checks.d/50-site-plc && printf '${SHORT_TRIAL}' > /etc/geminik8s/agent.yaml.d/50-e2e.yaml`);
-    const st3 = await s2.run(`${AGENT} upgrade stage /dev/disk/by-id/virtio-bundle3`, STAGE_TIMEOUT);
-    t.is(st3.code, 0, st3.output);
-    t.regex(st3.output, /staged 0\.3\.0 \(running 0\.2\.0\) on slot A/);
-    s2.close();
-    const v3Mark = vm.mark();
-    await vm.reset();
+    /** Stage a bundle from its virtio disk by hand, then reset into its try; the serial log's mark before the reset. */
+    const stageAndReset = async (shell: GuestShell, serial: string, staged: RegExp): Promise<number> => {
+      const r = await shell.run(`${AGENT} upgrade stage /dev/disk/by-id/virtio-${serial}`, STAGE_TIMEOUT);
+      t.is(r.code, 0, r.output);
+      t.regex(r.output, staged);
+      shell.close();
+      const mark = vm.mark();
+      await vm.reset();
+      return mark;
+    };
+    const v3Mark = await stageAndReset(s2, 'bundle3', /staged 0\.3\.0 \(running 0\.2\.0\) on slot A/);
     // Each boot's kernel prints its command line on the serial console: count the slots booted.
     const booted: string[] = [];
     let since = v3Mark;
@@ -269,12 +274,7 @@ test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mi
     // A good 0.4.0 afterwards: the stale fall-back does not touch it, the site's check passes on
     // it, and it is blessed. The trial timeout goes back to the image's.
     await s3.check('rm /etc/geminik8s/agent.yaml.d/50-e2e.yaml');
-    const st4 = await s3.run(`${AGENT} upgrade stage /dev/disk/by-id/virtio-bundle4`, STAGE_TIMEOUT);
-    t.is(st4.code, 0, st4.output);
-    t.regex(st4.output, /staged 0\.4\.0 \(running 0\.2\.0\) on slot A/);
-    s3.close();
-    const v4Mark = vm.mark();
-    await vm.reset();
+    const v4Mark = await stageAndReset(s3, 'bundle4', /staged 0\.4\.0 \(running 0\.2\.0\) on slot A/);
     const r4 = await vm.waitFor(READY_MARKER, BOOT_TIMEOUT, { since: v4Mark });
     t.like(parseMarkerFields(r4.line), { slot: 'A', role: 'leader' });
     const s4 = await GuestShell.open(vm.consoleSocket!, SHELL_TIMEOUT);
