@@ -394,7 +394,9 @@ function envTls(ctx: NodeContext): Record<string, string> {
 export async function configureStandby(ctx: NodeContext): Promise<void> {
   const data = ctx.config.postgresql.dataDir;
   const conninfo = `host=${ctx.peer.ip} port=${ctx.spec.postgresql.port} user=${REPLICATION_USER} passfile=${pgpassFile(ctx)} application_name=${ctx.self.name} connect_timeout=3 keepalives_idle=5 keepalives_interval=2 keepalives_count=2${conninfoTls(ctx)}`;
-  await setAutoConf(ctx, { primary_conninfo: conninfo, primary_slot_name: slotNameFor(ctx.self.name), synchronous_standby_names: '' });
+  // default_transaction_read_only: the old leader of a switchover set it on; once promoted, this
+  // standby must take writes without one more reload on the way.
+  await setAutoConf(ctx, { primary_conninfo: conninfo, primary_slot_name: slotNameFor(ctx.self.name), synchronous_standby_names: '', default_transaction_read_only: 'off' });
   await writeFile(join(data, 'standby.signal'), '');
   const { uid, gid } = await osUserIds(ctx.config.postgresql.osUser);
   await chown(join(data, 'standby.signal'), uid, gid);

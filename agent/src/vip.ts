@@ -8,9 +8,9 @@ export interface VipSpec {
   device: string;
 }
 
-/** Add the VIP; `ip` fails with "File exists" when it is already there, which is fine. */
+/** Add the VIP, or keep it when it is there already (`replace` is idempotent: no look first). */
 export function vipAddPlan(v: VipSpec): CommandPlan {
-  return { cmd: 'ip', args: ['addr', 'add', `${v.address}/${v.prefix}`, 'dev', v.device, 'label', `${v.device.slice(0, 11)}:gk`] };
+  return { cmd: 'ip', args: ['addr', 'replace', `${v.address}/${v.prefix}`, 'dev', v.device, 'label', `${v.device.slice(0, 11)}:gk`] };
 }
 
 /** The release file's text (`ADDRESS PREFIX DEVICE`, NODE_PATHS.vipReleaseFile): empty when this node manages no VIP. */
@@ -37,11 +37,13 @@ export async function vipHeld(v: VipSpec): Promise<boolean> {
 }
 
 export async function takeVip(v: VipSpec): Promise<void> {
-  if (!(await vipHeld(v))) await runPlan(vipAddPlan(v), { timeoutMs: 5000 });
+  // One program start, not two: each costs a switchover's write pause most of a second under TCG.
+  await runPlan(vipAddPlan(v), { timeoutMs: 5000 });
   // Announce in the background: the VIP is usable now; arping takes ~2 s.
   void runPlan(garpPlan(v), { allowFailure: true, timeoutMs: 5000 }).catch(() => undefined);
 }
 
+/** Remove the VIP; `ip` fails with "Cannot assign requested address" when it is not there, which is fine. */
 export async function dropVip(v: VipSpec): Promise<void> {
-  if (await vipHeld(v)) await runPlan(vipDelPlan(v), { allowFailure: true, timeoutMs: 5000 });
+  await runPlan(vipDelPlan(v), { allowFailure: true, timeoutMs: 5000 });
 }

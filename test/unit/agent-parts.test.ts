@@ -353,7 +353,7 @@ test('agent logger: every line is redacted, whoever logs it and however', (t) =>
 test('command plans: VIP, gratuitous ARP, initdb, clone and rewind carry no secret', async (t) => {
   const ctx = await context('/var/lib/geminik8s');
   const vip = { address: '192.168.10.50', prefix: 24, device: 'eth0' };
-  t.deepEqual(vipAddPlan(vip), { cmd: 'ip', args: ['addr', 'add', '192.168.10.50/24', 'dev', 'eth0', 'label', 'eth0:gk'] });
+  t.deepEqual(vipAddPlan(vip), { cmd: 'ip', args: ['addr', 'replace', '192.168.10.50/24', 'dev', 'eth0', 'label', 'eth0:gk'] });
   t.deepEqual(vipDelPlan(vip), { cmd: 'ip', args: ['addr', 'del', '192.168.10.50/24', 'dev', 'eth0'] });
   t.deepEqual(garpPlan(vip), { cmd: 'arping', args: ['-U', '-c', '3', '-w', '2', '-I', 'eth0', '192.168.10.50'] });
   const plans = [initdbPlan(ctx, '/var/lib/geminik8s/initdb-pw'), basebackupPlan(ctx), rewindPlan(ctx)];

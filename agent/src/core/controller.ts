@@ -566,7 +566,7 @@ export class Controller {
 
   /** Promote our server (if it still is a standby), record the timeline, take the VIP, restart Kubernetes. */
   private async finishPromotion(why: string, steps?: Steps): Promise<void> {
-    const { pg } = this.p;
+    const { pg, vip } = this.p;
     const st0 = await pg.status();
     if (!st0.up) {
       const disk = await pg.disk();
@@ -578,33 +578,51 @@ export class Controller {
     const st = await pg.status();
     if (st.up && st.inRecovery) {
       if (!this.mayWrite()) return;
+      // The address comes up while the server promotes (we hold the lease; the old leader
+      // dropped the address before it gave the lease up): for that moment clients are refused at
+      // once and retry, where at an address nobody held their connection attempt would be lost
+      // (a SYN retried after a second). Strict mode names its standby before any client comes.
+      const early = this.s.syncPolicy === 'strict' ? undefined : vip.take().then(async () => {
+        steps?.mark('address taken');
+        // The lease ran out meanwhile: the fence may have dropped the address before it came up.
+        if (!this.mayWrite()) await vip.drop();
+      });
+      early?.catch(() => undefined);
       await pg.promote();
       steps?.mark('promoted');
-      return this.afterPromotion(why, true, steps);
+      await early;
+      return this.afterPromotion(why, true, steps, early !== undefined);
     }
     return this.afterPromotion(why, false, steps);
   }
 
-  private async afterPromotion(why: string, promoted: boolean, steps?: Steps): Promise<void> {
+  private async afterPromotion(why: string, promoted: boolean, steps?: Steps, addressTaken = false): Promise<void> {
     const { pg, vip, log } = this.p;
     const st = await pg.status();
     if (this.meta.role !== 'leader') return;
-    // The old leader of a switchover keeps default_transaction_read_only = on in its auto.conf.
+    // A data directory from before configureStandby cleared it may still say read-only.
     if (st.readOnly && this.mayWrite()) await pg.setReadOnly(false);
     steps?.mark('writable');
+    // Strict: the standby is named before clients reach us through the address, so that no
+    // commit is acknowledged on this node alone. Degrade: a promoted standby has '' already.
+    const names = this.s.syncPolicy === 'strict' ? quoteName(this.s.peer) : '';
+    if (promoted && st.synchronousStandbyNames !== names) {
+      await pg.setSyncStandby(names).catch((err) => log.warn({ err: (err as Error).message }, 'could not set synchronous_standby_names'));
+    }
+    // The address first: what follows is bookkeeping (the timeline is an audit record at the
+    // witness), and every write waits for the address.
+    if (!addressTaken && this.mayWrite()) {
+      await vip.take();
+      steps?.mark('address taken');
+    }
     if (promoted || st.timeline !== this.meta.timeline) {
       this.meta = { ...this.meta, timeline: st.timeline };
       await this.persist();
     }
     if (this.arbiter && st.timeline !== undefined) await this.witness({ op: 'timeline', node: this.s.self, generation: this.meta.generation, timeline: st.timeline });
-    if (promoted) {
-      await pg.setSyncStandby(this.s.syncPolicy === 'strict' ? quoteName(this.s.peer) : '').catch((err) => log.warn({ err: (err as Error).message }, 'could not set synchronous_standby_names'));
-      log.info({ event: 'promoted', generation: this.meta.generation, timeline: st.timeline, why }, `promoted: generation ${this.meta.generation}, timeline ${st.timeline}`);
-    }
+    if (promoted) log.info({ event: 'promoted', generation: this.meta.generation, timeline: st.timeline, why }, `promoted: generation ${this.meta.generation}, timeline ${st.timeline}`);
     steps?.mark('recorded');
     await pg.ensurePeerSlot().catch(() => undefined);
-    if (this.mayWrite()) await vip.take();
-    steps?.mark('address taken');
     // Not fatal: the promotion stands without Kubernetes, but an operator must see why K3s
     // did not come back (a unit missing from the image, a failed start).
     if (promoted) {
@@ -689,6 +707,10 @@ export class Controller {
       if (this.arbiter && this.promotable !== this.s.peer) return { ok: false, reason: 'the standby is not recorded as synchronous at the witness', tookMs: took() };
       const generation = this.meta.generation;
       const steps = new Steps(() => clock.now());
+      // While writes still go on (as Patroni does before its shutdown): the shutdown checkpoint,
+      // inside the write pause, then has little left to write.
+      await pg.checkpoint().catch((err: Error) => log.warn({ event: 'switchover', err: err.message }, `CHECKPOINT before the switchover failed: ${err.message}`));
+      steps.mark('checkpoint');
       await pg.setReadOnly(true);
       steps.mark('read-only');
       let st = await pg.status();
@@ -711,6 +733,9 @@ export class Controller {
       while (this.renewing) await clock.sleep(10);
       await pg.stop();
       steps.mark('stopped');
+      // Only now: while the server stops, clients reaching it through the address are refused at
+      // once and retry, where at an address nobody holds their connection attempt is lost for a
+      // second (the SYN's first retransmission).
       await vip.drop();
       steps.mark('address dropped');
       await this.persist();

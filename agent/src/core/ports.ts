@@ -61,6 +61,8 @@ export interface PgPort {
   promote(): Promise<void>;
   setSyncStandby(names: string): Promise<void>;
   setReadOnly(on: boolean): Promise<void>;
+  /** A CHECKPOINT on the running server, so that a shutdown right after it has little left to write. */
+  checkpoint(): Promise<void>;
   /** Bootstrap leader: initdb, settings, roles, Kine's database, the peer's slot. Leaves the server running. */
   initPrimary(syncStandbyNames: string): Promise<void>;
   /** Make the (stopped) data directory a standby of the peer. Refuses while a primary runs. */

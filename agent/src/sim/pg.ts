@@ -277,6 +277,10 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
         if (!self.hasData) throw new Error('no data');
         self.readOnly = on;
       }),
+    checkpoint: () =>
+      op(5, 300, () => {
+        needPrimary();
+      }),
     initPrimary: async (names) => {
       await op(1000, 3000, () => {
         self.replaceWal([]);
@@ -295,6 +299,7 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
         }
         self.standbySignal = true;
         self.syncNames = '';
+        self.readOnly = false;
       }),
     rejoin: async (): Promise<RejoinMethod> => {
       await op(50, 400, () => self.halt('stopped for rejoin'));

@@ -126,7 +126,9 @@ export class World {
     const run = (): void => {
       if (!p.alive || p.epoch !== epoch) return;
       if (p.pausedUntil > this.now) {
-        this.at(p.pausedUntil, run);
+        // Looked at again every 100 ms: a pause lifted early (healAll) resumes the process then,
+        // not at the end the pause first had (the watchdog would kill it as if still frozen).
+        this.at(Math.min(p.pausedUntil, this.now + 100), run);
         return;
       }
       fn();
