@@ -28,7 +28,7 @@ export function planFailover(s: ClusterStatus, to: string): FailoverPlan {
     ok: true, from: leader, to,
     rule: 'a synchronous standby that the witness records as promotable holds every acknowledged write; the leader stops writes and waits until the standby has replayed its last LSN before it hands over',
     steps: [
-      `${leader}: default_transaction_read_only on; wait (5 s at most) until ${to} has replayed the last LSN, else resume writes and stop here`,
+      `${leader}: CHECKPOINT while writes go on; default_transaction_read_only on; wait (5 s at most) until ${to} has replayed the last LSN, else resume writes and stop here`,
       `${leader}: stop PostgreSQL, drop the VIP${s.witness.kind === 'lease' ? ', release the lease at the witness' : ''}`,
       `${to}: ${s.witness.kind === 'lease' ? 'take the lease at the witness (generation + 1), ' : ''}promote, take the VIP`,
       `${leader}: follow ${to} as its standby`,

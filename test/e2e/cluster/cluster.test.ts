@@ -395,8 +395,12 @@ async function leaderRebootTest(t: import('ava').ExecutionContext, p: NonNullabl
     // synchronous rounds (rules.ts standbyInSync), and the switchover is refused until then.
     await until('the witness to record node2 as promotable', 3 * 60_000, async () => (witnessRecord().promotable === 'node2' ? true : undefined));
     // Hand the lead back with the operator's command, from the host side of the LAN.
+    const backAt = Date.now();
     const back = await runPlan(inNs(lan.ns, process.execPath, [join(ROOT, 'bin/geminik8s.js'), 'failover', '--cluster', join(clusterDir, 'cluster.yaml'), '--to', 'node2', '--wait', '--timeout', '5m']), { allowFailure: true, timeoutMs: 6 * 60_000 });
+    const backDone = Date.now();
     t.log(`geminik8s failover --to node2: exit ${back.exitCode}\n${back.stdout}${back.stderr}`);
+    // Where the hand-back's time went, on both sides (a switchover through the API, as an upgrade's).
+    t.log(`the hand-back's steps:\n${(await s1.check(`journalctl -b -u geminik8s-agent -o cat --no-pager | grep -E '"event":"switchover"' | tail -n 1 || true`)).trim() || '(nothing)'}\n${(await s2.check(`journalctl -b -u geminik8s-agent -o cat --no-pager | grep -E '"event":"switchover-promoted"' | tail -n 1 || true`)).trim() || '(nothing)'}`);
     t.is(back.exitCode, 0, back.stderr);
     await until('node2 to lead again with node1 in sync', 5 * 60_000, async () => (/^node1 streaming sync$/m.test(await sql(s2, "select application_name || ' ' || state || ' ' || sync_state from pg_stat_replication").catch(() => '')) ? true : undefined));
 
@@ -405,7 +409,8 @@ async function leaderRebootTest(t: import('ava').ExecutionContext, p: NonNullabl
     await writer.exited;
     const gap = longestGap(acks.filter((a) => a.t >= rebootAt && a.t <= led + 60_000).map((a) => a.t));
     const maxAck = acks.at(-1)!.id;
-    t.log(`writer: ${acks.length} acknowledged writes; longest gap around node2's reboot ${(gap / 1000).toFixed(1)} s; ${writerErrors.length} errors (last: ${writerErrors.at(-1) ?? 'none'})`);
+    const backGap = longestGap(acks.filter((a) => a.t >= backAt && a.t <= backDone + 20_000).map((a) => a.t));
+    t.log(`writer: ${acks.length} acknowledged writes; longest gap around node2's reboot ${(gap / 1000).toFixed(1)} s, around the hand-back ${(backGap / 1000).toFixed(1)} s; ${writerErrors.length} errors (last: ${writerErrors.at(-1) ?? 'none'})`);
     t.is(await sql(s2, `select count(*) from harness_writes where id <= ${maxAck}`, 'kine'), String(maxAck), 'every acknowledged write is on the leader');
     return { ...p, s2 };
   } finally {
