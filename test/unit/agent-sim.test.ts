@@ -383,6 +383,29 @@ test('a switchover\'s new leader: under degrade its address comes up while it pr
   t.true(strict.named >= 0 && strict.promoted < strict.named && strict.named < strict.vip, JSON.stringify(strict));
 });
 
+test('a VIP that cannot be taken while a switchover promotes: the promotion and its records stand, and the control loop takes the VIP after', async (t) => {
+  const c = new SimCluster({ seed: 32, rewindFailure: 0, vipTakeFailures: 2 });
+  // Each node's first two takes fail: n1's at its bootstrap (the loop retakes it), n2's both at the
+  // switchover (the one while it promotes and the one after), so the loop's takeVip rule is what
+  // brings n2's address up.
+  await c.run(30_000, () => c.healthy());
+  t.true(c.healthy(), 'a healthy pair first');
+  const from = c.world.trace.length;
+  let answer: { ok: boolean; reason: string } | undefined;
+  c.world.at(c.world.now + 10, () => void leaderOf(c)!.controller!.switchover().then((r) => (answer = r)));
+  await c.run(c.world.now + 30_000, () => answer !== undefined && c.healthy());
+  t.deepEqual(c.violations, [], report(c));
+  t.true(answer?.ok, JSON.stringify(answer));
+  const lines = c.world.trace.slice(from);
+  const at = (re: RegExp): number => lines.findIndex((l) => re.test(l));
+  const failed = at(/n2: VIP take failed/);
+  t.true(failed >= 0, `n2's take failed first:\n${lines.join('\n')}`);
+  t.true(at(/n2 agent: promoted/) > failed, 'the promotion was recorded after the failed take');
+  t.true(at(/n2: VIP taken/) > failed, 'the VIP was taken after all');
+  t.is(leaderOf(c)?.name, 'n2');
+  t.true(c.node('n2').vip);
+});
+
 test('two switchover requests at once: one hands over, the other is refused while it runs', async (t) => {
   const answers: { ok: boolean; reason: string }[] = [];
   const c = await scenario(20, (c) => {

@@ -566,7 +566,7 @@ export class Controller {
 
   /** Promote our server (if it still is a standby), record the timeline, take the VIP, restart Kubernetes. */
   private async finishPromotion(why: string, steps?: Steps): Promise<void> {
-    const { pg, vip } = this.p;
+    const { pg } = this.p;
     const st0 = await pg.status();
     if (!st0.up) {
       const disk = await pg.disk();
@@ -582,22 +582,34 @@ export class Controller {
       // dropped the address before it gave the lease up): for that moment clients are refused at
       // once and retry, where at an address nobody held their connection attempt would be lost
       // (a SYN retried after a second). Strict mode names its standby before any client comes.
-      const early = this.s.syncPolicy === 'strict' ? undefined : vip.take().then(async () => {
-        steps?.mark('address taken');
-        // The lease ran out meanwhile: the fence may have dropped the address before it came up.
-        if (!this.mayWrite()) await vip.drop();
-      });
-      early?.catch(() => undefined);
+      const early = this.s.syncPolicy === 'strict' ? undefined : this.takeVipPromoting(steps);
       await pg.promote();
       steps?.mark('promoted');
-      await early;
-      return this.afterPromotion(why, true, steps, early !== undefined);
+      return this.afterPromotion(why, true, steps, (await early) === true);
     }
     return this.afterPromotion(why, false, steps);
   }
 
+  /**
+   * Take the VIP on the way to (or right after) a promotion. A failure is logged, not thrown: the
+   * timeline's record and the rest still follow, and the loop's takeVip rule tries again.
+   */
+  private async takeVipPromoting(steps?: Steps): Promise<boolean> {
+    const { vip, log } = this.p;
+    try {
+      await vip.take();
+      steps?.mark('address taken');
+      // The lease ran out meanwhile: the fence may have dropped the address before it came up.
+      if (!this.mayWrite()) await vip.drop();
+      return true;
+    } catch (err) {
+      log.warn({ event: 'vip', err: (err as Error).message }, `could not take the VIP while promoting: ${(err as Error).message}; the control loop tries again`);
+      return false;
+    }
+  }
+
   private async afterPromotion(why: string, promoted: boolean, steps?: Steps, addressTaken = false): Promise<void> {
-    const { pg, vip, log } = this.p;
+    const { pg, log } = this.p;
     const st = await pg.status();
     if (this.meta.role !== 'leader') return;
     // A data directory from before configureStandby cleared it may still say read-only.
@@ -611,10 +623,7 @@ export class Controller {
     }
     // The address first: what follows is bookkeeping (the timeline is an audit record at the
     // witness), and every write waits for the address.
-    if (!addressTaken && this.mayWrite()) {
-      await vip.take();
-      steps?.mark('address taken');
-    }
+    if (!addressTaken && this.mayWrite()) await this.takeVipPromoting(steps);
     if (promoted || st.timeline !== this.meta.timeline) {
       this.meta = { ...this.meta, timeline: st.timeline };
       await this.persist();

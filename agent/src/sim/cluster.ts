@@ -26,6 +26,8 @@ export interface SimOptions {
   traceLines?: number;
   /** Kine and K3s cannot be restarted (their units missing or failing): the restart rejects. */
   kubeFails?: boolean;
+  /** How many of a node's VIP takes fail (`ip` exiting non-zero) before they succeed again. */
+  vipTakeFailures?: number;
   /** A stopping agent neither hands over (a leader) nor tells its leader (a follower), as agents before either: for comparison. */
   noLeave?: boolean;
   /** Failover timings other than init's (to measure a trade-off; validation's rules are not applied). */
@@ -44,6 +46,8 @@ export class SimNode {
   hostmeta?: HostMeta;
   diskFull = false;
   vip = false;
+  /** VIP takes that failed so far (SimOptions.vipTakeFailures). */
+  vipTakeFailures = 0;
   controller?: Controller;
   lastHeartbeat = 0;
   /** The last watchdog check that found the agent frozen (paused). */
@@ -296,8 +300,14 @@ export class SimCluster {
       vip: {
         held: () => new Promise((r) => w.inProcess(proc, 1, () => r(n.vip))),
         take: () =>
-          new Promise((r) =>
+          new Promise((r, reject) =>
             w.inProcess(proc, w.rng.between(1, 20), () => {
+              if (n.vipTakeFailures < (this.opts.vipTakeFailures ?? 0)) {
+                n.vipTakeFailures++;
+                w.log(`${n.name}: VIP take failed`);
+                reject(new Error('command failed with exit code 2: ip addr replace'));
+                return;
+              }
               if (!n.vip) w.log(`${n.name}: VIP taken`);
               n.vip = true;
               r();
