@@ -1,4 +1,5 @@
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -120,6 +121,15 @@ maybe('pg adapter on a real PostgreSQL: bootstrap, status, sync waiters, refusal
     t.false(existsSync(join(data, 'conf.d', 'geminik8s-restore.conf')));
     await pg.stop();
 
+    // Under systemd the fast shutdown is SIGINT to the postmaster itself, no systemctl run (here
+    // there is no such unit: a systemctl call would fail, be logged and end in an immediate
+    // shutdown). A clean shutdown of a server a switchover left read-only.
+    await pg.start();
+    await pg.setReadOnly(true);
+    await createPgPort({ ...ctx, config: { ...ctx.config, serviceManager: 'systemd' } }, log).stop();
+    t.like(await pg.status(), { up: false });
+    t.regex(execFileSync(join(BIN, 'pg_controldata'), ['-D', data], { encoding: 'utf8' }), /Database cluster state:\s+shut down\n/);
+
     // Rejoin and clone need the peer as a primary; without it nothing is touched.
     await t.throwsAsync(pg.rejoin(), { message: /refusing to rejoin: the peer's PostgreSQL .* does not answer .*; nothing was changed/ });
     await t.throwsAsync(pg.clone(), { message: /refusing to clone/ });
@@ -130,7 +140,8 @@ maybe('pg adapter on a real PostgreSQL: bootstrap, status, sync waiters, refusal
     await pg.configureStandby();
     t.deepEqual(await pg.disk(), { hasData: true, standbySignal: true });
     await pg.start();
-    t.like(await pg.status(), { up: true, inRecovery: true, receiverStreaming: false, synchronousStandbyNames: '' });
+    // configureStandby cleared the switchover's read-only: promoted later, it takes writes at once.
+    t.like(await pg.status(), { up: true, inRecovery: true, receiverStreaming: false, synchronousStandbyNames: '', readOnly: false });
     await pg.configureStandby(); // a running standby may be re-configured
     await pg.fence();
     t.like(await pg.status(), { up: false });
