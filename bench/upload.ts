@@ -18,11 +18,8 @@ import { bootVm, GuestShell, READY_MARKER } from '#qemu/index.ts';
 import { createGuestLan, destroyGuestLan } from '#lab/guest-lan.ts';
 import { inNs } from '#lab/netns.ts';
 import { testImage } from '#lab/test-image.ts';
+import { arg } from './args.ts';
 
-const arg = (name: string, fallback: string): string => {
-  const i = process.argv.indexOf(name);
-  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1]! : fallback;
-};
 const mib = Math.max(1, Number.parseInt(arg('--mib', '64'), 10) || 64);
 const jsonFile = arg('--json', '');
 const NS = 'gk-bench-upload';
