@@ -8,6 +8,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HarnessCluster } from '#test/harness/cluster.ts';
+import { outageAfter } from '#test/harness/scenarios.ts';
 import { arg } from './args.ts';
 import { percentile } from './failover-figures.ts';
 
@@ -50,17 +51,11 @@ try {
     if (!answer?.ok) throw new Error(`switchover ${i + 1} from ${from} failed: ${JSON.stringify(answer)}`);
     const answered = Date.now();
     await c.waitFor('writes after the switchover', async () => (c.acks.some((a) => a.t > answered + 3000) ? true : undefined), 60_000);
-    const window = c.acks.filter((a) => a.t >= t0 && a.t <= answered + 3000);
-    let longest = 0;
-    let previous = t0;
-    for (const a of window) {
-      longest = Math.max(longest, a.t - previous);
-      previous = a.t;
-    }
+    const pauseSeconds = outageAfter(c.acks.filter((a) => a.t <= answered + 3000), t0);
     const to = c.config.nodes.map((n) => n.name).find((n) => n !== from)!;
     const old = c.eventsOf(from, t0, (e) => e.event === 'switchover' && e.ok === true)[0];
     const took = c.eventsOf(to, t0, (e) => e.event === 'switchover-promoted')[0];
-    const run: Run = { from, to, pauseSeconds: longest / 1000, answerMs: answered - t0, oldLeaderSteps: old?.e.steps, newLeaderSteps: took?.e.steps };
+    const run: Run = { from, to, pauseSeconds, answerMs: answered - t0, oldLeaderSteps: old?.e.steps, newLeaderSteps: took?.e.steps };
     results.push(run);
     console.log(`switchover ${i + 1}/${runs} ${from} -> ${to}: writes paused ${run.pauseSeconds.toFixed(2)} s, answered in ${run.answerMs} ms`);
     console.log(`  ${from}: ${JSON.stringify(run.oldLeaderSteps)}`);

@@ -571,6 +571,11 @@ export async function promote(ctx: NodeContext): Promise<void> {
   }, 35_000);
 }
 
+/** A CHECKPOINT on this node's running server (before a planned switchover's shutdown). */
+export async function checkpoint(ctx: NodeContext): Promise<void> {
+  await withClient(ctx, localHost(ctx), (c) => c.query('CHECKPOINT'), 30_000);
+}
+
 /** Stop accepting writes without stopping the server: used for a planned switchover. */
 export async function setReadOnly(ctx: NodeContext, on: boolean): Promise<void> {
   await withClient(ctx, localHost(ctx), async (c) => {

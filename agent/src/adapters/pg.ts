@@ -456,7 +456,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
 
     setReadOnly: (on: boolean) => pgc.setReadOnly(ctx, on),
 
-    checkpoint: () => pgc.withClient(ctx, pgc.localHost(ctx), async (c) => void (await c.query('CHECKPOINT')), 30_000),
+    checkpoint: () => pgc.checkpoint(ctx),
 
     async initPrimary(syncStandbyNames: string): Promise<void> {
       if ((await port.disk()).hasData) throw new Error(`refusing to initdb: ${dataDir} holds a complete data directory`);
