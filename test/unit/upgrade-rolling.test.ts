@@ -57,6 +57,8 @@ test('POST /v1/upgrade/stage: a bundle streamed to the real agent API over TLS i
   t.true(r.ok, r.reason);
   t.like(r, { slot: 'B', version: '1.1.0' });
   t.regex(r.reason, /staged 1\.1\.0 \(running 1\.0\.0\) on slot B, signed by \w+; its try is armed/);
+  // Where the time went, in the line the operator's progress shows.
+  t.regex(r.reason, /\(upload \d+\.\d s at \d+\.\d MB\/s, verify \d+\.\d s, root \d+\.\d s, kernel and initrd \d+\.\d s\)$/);
   const s = await upgradeStatus(node.upgrade, node.boot);
   t.is(s.boot.trySlot, 'B');
   t.like(s.record.current, { version: '1.1.0', slot: 'B', state: 'armed' });
