@@ -171,7 +171,11 @@ export async function runPlan(plan: CommandPlan, options: RunOptions = {}): Prom
   follow(child.stderr, options.onStderrLine);
   if (!options.binaryStdout) follow(child.stdout, options.onStdoutLine);
   const result = await child;
-  const durationMs = performance.now() - started;
+  return settle(plan, result, options, performance.now() - started);
+}
+
+/** runPlan's verdict on a finished process: its output, or the error that names why. */
+function settle(plan: CommandPlan, result: Awaited<ReturnType<typeof execa>>, options: RunOptions, durationMs: number): RunResult {
   const stderr = String(result.stderr ?? '');
   const stdout = options.binaryStdout ? (result.stdout as unknown as string) : String(result.stdout ?? '');
   if (result.failed) {
@@ -187,6 +191,57 @@ export async function runPlan(plan: CommandPlan, options: RunOptions = {}): Prom
     }
   }
   return { stdout, stderr, exitCode: result.exitCode ?? 0, durationMs };
+}
+
+/** A command started before it is needed, waiting for its stdin (see preparePlan). */
+export interface PreparedRun {
+  /** Still running and waiting: `run` will not have to start it. */
+  ready(): boolean;
+  /** Write `input`, end stdin, and settle as runPlan would (`timeoutMs` from now, not from the start). */
+  run(input: string, options?: Pick<RunOptions, 'allowFailure' | 'timeoutMs'>): Promise<RunResult>;
+}
+
+/**
+ * Start `plan` now, with its stdin open, for a moment when starting a program would cost too
+ * much: a command that reads its work from stdin (`ip -batch -`) runs it as soon as `run`
+ * writes it. Under TCG a program start costs 0.3-0.7 s, inside a switchover's write pause.
+ * The error is runPlan's, and quotes the plan with the input that was written.
+ */
+export function preparePlan(plan: CommandPlan): PreparedRun {
+  const child = execa(plan.cmd, plan.args, { env: plan.env, extendEnv: true, cwd: plan.cwd, reject: false, stdin: 'pipe', stripFinalNewline: false, encoding: 'utf8' });
+  let exited = false;
+  void child.then(() => {
+    exited = true;
+  });
+  // A write to a process that died meanwhile fails with EPIPE: the result says how it ended.
+  child.stdin?.on('error', () => undefined);
+  let used = false;
+  return {
+    ready: () => !exited && !used && child.pid !== undefined,
+    async run(input, options = {}) {
+      if (used) throw new Error(`a prepared ${quoteCommand(plan)} runs once`);
+      used = true;
+      const started = performance.now();
+      let timedOut = false;
+      const timer = options.timeoutMs
+        ? setTimeout(() => {
+            timedOut = true;
+            child.kill('SIGKILL');
+          }, options.timeoutMs)
+        : undefined;
+      child.stdin?.end(input);
+      try {
+        const result = await child;
+        const shown = { ...plan, args: [...plan.args, `<<< ${input.trim()}`] };
+        if (timedOut) {
+          throw new GeminiError(`command timed out after ${options.timeoutMs} ms: ${quoteCommand(shown)}`, ExitCode.timeout);
+        }
+        return settle(shown, result, options, performance.now() - started);
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
 }
 
 /** Resolve a tool on PATH, or undefined. */

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import test from 'ava';
-import { spawnPlan, streamPlan } from '#common/exec.ts';
+import { CommandFailedError, preparePlan, spawnPlan, streamPlan, ToolMissingError, type PreparedRun } from '#common/exec.ts';
 
 const expected = (): Buffer => Buffer.concat(Array.from({ length: 65536 }, (_, i) => createHash('sha256').update(String(i)).digest()));
 
@@ -41,4 +41,28 @@ test('spawnPlan: processExited resolves when the process exits although a child 
   t.false(piped, 'exited still waits for the background sleep holding the pipe');
   t.is(await p.exited, 0);
   t.true(Date.now() - started >= 2500, 'and ends with it');
+});
+
+test('preparePlan: started ahead, the command gets its input when run is called, and settles as runPlan does', async (t) => {
+  const echo = preparePlan({ cmd: 'sh', args: ['-c', 'read line; echo "got $line"'] });
+  t.true(echo.ready());
+  t.like(await echo.run('hello\n'), { stdout: 'got hello\n', exitCode: 0 });
+  t.false(echo.ready(), 'it runs once');
+  await t.throwsAsync(echo.run('again\n'), { message: /runs once/ });
+
+  // A failure quotes the command with what was written to it, its exit code and stderr's tail.
+  const failing = (): PreparedRun => preparePlan({ cmd: 'sh', args: ['-c', 'read line; echo "no such $line" >&2; exit 3'] });
+  const err = await t.throwsAsync(failing().run('device\n'), { instanceOf: CommandFailedError });
+  t.regex(err!.message, /exited with code 3: sh -c .* '<<< device'/);
+  t.regex(err!.message, /no such device/);
+  t.like(await failing().run('device\n', { allowFailure: true }), { exitCode: 3 });
+
+  // The timeout counts from run, not from the start: it waited longer than that for its input.
+  const slow = preparePlan({ cmd: 'sh', args: ['-c', 'read line; exec sleep 30'] });
+  await sleep(300);
+  await t.throwsAsync(slow.run('x\n', { timeoutMs: 200 }), { message: /timed out after 200 ms/ });
+
+  const missing = preparePlan({ cmd: 'gk-no-such-tool', args: [] });
+  t.false(missing.ready());
+  await t.throwsAsync(missing.run('x\n'), { instanceOf: ToolMissingError });
 });

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NODE_PATHS } from '#common/render/paths.ts';
-import { vipReleaseText } from '#agent/vip.ts';
+import { dropVip, IpRunner, takeVip, vipReleaseText } from '#agent/vip.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 
 /**
@@ -75,4 +75,25 @@ maybe('release-vip.sh: an empty file (no VIP managed) does nothing; a damaged on
 test('the release file names the VIP as ADDRESS PREFIX DEVICE, and nothing when the node manages none', (t) => {
   t.is(vipReleaseText({ address: '192.168.78.50', prefix: 24, device: 'eth0' }), '192.168.78.50 24 eth0\n');
   t.is(vipReleaseText(undefined), '');
+});
+
+maybe('the agent takes and drops the VIP through an ip -batch started ahead (IpRunner), on a real interface', async (t) => {
+  await withNs(async (ns) => {
+    const spec = { address: '10.77.9.60', prefix: 24, device: 'lan0' };
+    // The waiting ip runs in the namespace; a command that found none ready would run as a
+    // program of its own in this test's namespace, where lan0 does not exist, and fail.
+    const ip = new IpRunner({ cmd: 'ip', args: ['-n', ns, '-batch', '-'] });
+    ip.prepare();
+    await takeVip(spec, ip);
+    t.regex(await addrs(ns), /10\.77\.9\.60\/24 .*lan0:gk/);
+    await takeVip(spec, ip); // replace: taking it again is fine
+    await dropVip(spec, ip);
+    t.notRegex(await addrs(ns), /10\.77\.9\.60/);
+    t.regex(await addrs(ns), /10\.77\.9\.11\/24/, 'the node address stays');
+    await dropVip(spec, ip); // not there: allowed to fail
+    t.deepEqual(ip.runs, { warm: 4, cold: 0 });
+    // The command's own failure is the answer, named with what ip was told.
+    await t.throwsAsync(takeVip({ ...spec, device: 'nosuch0' }, ip), { message: /exited with code 1: ip -n gk-vip-\w+ -batch - '<<< addr replace 10\.77\.9\.60\/24 dev nosuch0/ });
+    t.deepEqual(ip.runs, { warm: 5, cold: 0 });
+  });
 });

@@ -1,6 +1,6 @@
 import type { NodeContext } from '../context.ts';
 import type { VipPort } from '../core/ports.ts';
-import { dropVip, takeVip, vipHeld, type VipSpec } from '../vip.ts';
+import { dropVip, IpRunner, takeVip, vipHeld, type VipSpec } from '../vip.ts';
 
 export function vipSpecOf(ctx: NodeContext): VipSpec {
   return { address: ctx.spec.network.vip, prefix: ctx.spec.network.prefix, device: ctx.spec.network.interface };
@@ -25,9 +25,14 @@ export function createVipPort(ctx: NodeContext): VipPort {
     };
   }
   const spec = vipSpecOf(ctx);
+  const ip = new IpRunner();
   return {
-    held: () => vipHeld(spec),
-    take: () => takeVip(spec),
-    drop: () => dropVip(spec),
+    held: async () => {
+      // The loop looks before it ever takes or drops: from then on a warm `ip` waits.
+      ip.prepare();
+      return vipHeld(spec);
+    },
+    take: () => takeVip(spec, ip),
+    drop: () => dropVip(spec, ip),
   };
 }
