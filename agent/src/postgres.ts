@@ -440,39 +440,139 @@ export async function osUserIds(user: string): Promise<{ uid: number; gid: numbe
  * peer authentication (pg_ident.conf maps root to postgres), without a SCRAM exchange.
  */
 export async function withClient<T>(ctx: NodeContext, host: string, fn: (c: pg.Client) => Promise<T>, timeoutMs = ctx.spec.failover.checkTimeout): Promise<T> {
+  const client = newClient(ctx, host, timeoutMs, Math.max(timeoutMs, 2000));
+  try {
+    return await withDeadline(client, host, timeoutMs, async () => {
+      await client.connect();
+      return fn(client);
+    });
+  } finally {
+    // Not awaited: on a cut link the goodbye would wait for TCP too.
+    client.end().catch(() => undefined);
+  }
+}
+
+function newClient(ctx: NodeContext, host: string, connectMs: number, statementMs: number): pg.Client {
   const client = new pg.Client({
     host,
     port: ctx.spec.postgresql.port,
     user: 'postgres',
     password: host.startsWith('/') ? undefined : ctx.secrets.postgresPassword,
     database: 'postgres',
-    connectionTimeoutMillis: timeoutMs,
-    statement_timeout: Math.max(timeoutMs, 2000),
+    connectionTimeoutMillis: connectMs,
+    statement_timeout: statementMs,
     application_name: 'geminik8s-agent',
     // The peer over TCP: TLS against the cluster CA, with this node's certificate (pg_hba asks for it).
     ...(ctx.tls && !host.startsWith('/') ? { ssl: { ca: ctx.tls.ca, cert: ctx.tls.cert, key: ctx.tls.key } } : {}),
   });
   client.on('error', () => undefined);
-  // statement_timeout is enforced by the server: a link cut mid-query would leave us waiting for
-  // TCP to give up (minutes). Our own deadline covers connect plus every query.
+  return client;
+}
+
+/** pg keeps its socket private; the deadline and the kept session need it. */
+const socketOf = (client: pg.Client): { destroy(): void; unref?(): void } | undefined => (client as unknown as { connection?: { stream?: { destroy(): void; unref?(): void } } }).connection?.stream;
+
+/** Our own deadline ran out (never retried: a retry would double a check's wait). */
+class DeadlineError extends Error {}
+
+/**
+ * Run `work` on `client` within `timeoutMs` for the connection plus as long again (at least 2 s)
+ * for the queries; past that the socket is torn down. statement_timeout is enforced by the
+ * server, but a link cut mid-query would leave us waiting for TCP to give up (minutes).
+ */
+async function withDeadline<T>(client: pg.Client, host: string, timeoutMs: number, work: () => Promise<T>): Promise<T> {
   const limitMs = timeoutMs + Math.max(timeoutMs, 2000);
   let timer: NodeJS.Timeout | undefined;
   const expired = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
-      reject(new Error(`PostgreSQL at ${host} did not answer within ${limitMs} ms`));
-      (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+      reject(new DeadlineError(`PostgreSQL at ${host} did not answer within ${limitMs} ms`));
+      socketOf(client)?.destroy();
     }, limitMs);
   });
   expired.catch(() => undefined);
   try {
-    await Promise.race([client.connect(), expired]);
-    return await Promise.race([fn(client), expired]);
+    return await Promise.race([work(), expired]);
   } finally {
     clearTimeout(timer);
-    // Not awaited: on a cut link the goodbye would wait for TCP too.
-    client.end().catch(() => undefined);
   }
 }
+
+/** The connection itself failed (closed, reset, the server shutting down), not the statement. */
+function connectionBroke(err: unknown): boolean {
+  if (err instanceof DeadlineError) return false;
+  const code = (err as { code?: unknown }).code;
+  // SQLSTATE classes 08 (connection exception) and 57P (operator intervention: shutdown, terminated).
+  if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return code.startsWith('08') || code.startsWith('57P');
+  return true;
+}
+
+/**
+ * One kept connection to this node's own server over its socket, for the calls a planned
+ * switchover's write pause is made of (the status polls of the catch-up, read-only): under TCG
+ * a new connection, a backend's fork and start-up, costs a tenth of a second or more, each time.
+ * A call made while the session is in use goes over a new connection, as `withClient`'s would,
+ * so a long statement never holds up a check. A kept connection that broke since its last use
+ * (the server restarted, or ended our backend) is replaced, and the call made once more on the
+ * new one: a restart never shows as a failed check. An error of the statement is not retried.
+ */
+export class LocalSession {
+  private client: pg.Client | undefined;
+  private inUse = false;
+
+  constructor(private readonly ctx: NodeContext) {}
+
+  async run<T>(fn: (c: pg.Client) => Promise<T>, timeoutMs = this.ctx.spec.failover.checkTimeout): Promise<T> {
+    if (this.inUse) return withClient(this.ctx, localHost(this.ctx), fn, timeoutMs);
+    this.inUse = true;
+    try {
+      const kept = this.client;
+      if (kept) {
+        try {
+          return await this.attempt(kept, fn, timeoutMs);
+        } catch (err) {
+          if (!connectionBroke(err)) throw err;
+        }
+      }
+      const fresh = newClient(this.ctx, localHost(this.ctx), timeoutMs, SESSION_STATEMENT_MS);
+      const forget = (): void => {
+        if (this.client === fresh) this.client = undefined;
+      };
+      fresh.on('end', forget);
+      fresh.on('error', forget);
+      await withDeadline(fresh, localHost(this.ctx), timeoutMs, () => fresh.connect()).catch((err: unknown) => {
+        socketOf(fresh)?.destroy();
+        throw err;
+      });
+      // An idle kept connection must not keep the process alive (a test, a CLI that is done).
+      socketOf(fresh)?.unref?.();
+      this.client = fresh;
+      return await this.attempt(fresh, fn, timeoutMs);
+    } finally {
+      this.inUse = false;
+    }
+  }
+
+  /** End the kept connection, if any. */
+  close(): void {
+    const c = this.client;
+    this.client = undefined;
+    c?.end().catch(() => undefined);
+  }
+
+  private async attempt<T>(client: pg.Client, fn: (c: pg.Client) => Promise<T>, timeoutMs: number): Promise<T> {
+    try {
+      return await withDeadline(client, localHost(this.ctx), timeoutMs, () => fn(client));
+    } catch (err) {
+      // Whatever state a failed call left the connection in, the next call starts on a new one.
+      if (this.client === client) this.client = undefined;
+      socketOf(client)?.destroy();
+      throw err;
+    }
+  }
+}
+
+/** The kept session's statement_timeout: read-only's three statements, as withClient gave them. */
+const SESSION_STATEMENT_MS = 5000;
 
 /** This node's server, as `withClient` reaches it: its socket directory. */
 export const localHost = (ctx: NodeContext): string => ctx.config.postgresql.socketDir;
@@ -576,13 +676,14 @@ export async function checkpoint(ctx: NodeContext): Promise<void> {
   await withClient(ctx, localHost(ctx), (c) => c.query('CHECKPOINT'), 30_000);
 }
 
-/** Stop accepting writes without stopping the server: used for a planned switchover. */
-export async function setReadOnly(ctx: NodeContext, on: boolean): Promise<void> {
-  await withClient(ctx, localHost(ctx), async (c) => {
+/** Stop accepting writes without stopping the server: used for a planned switchover. On `session` when given. */
+export async function setReadOnly(ctx: NodeContext, on: boolean, session?: LocalSession): Promise<void> {
+  const fn = async (c: pg.Client): Promise<void> => {
     await c.query(`ALTER SYSTEM SET default_transaction_read_only = ${on ? 'on' : 'off'}`);
     await c.query(`SELECT pg_reload_conf()`);
     if (on) await c.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND usename <> 'postgres'`);
-  }, 5000);
+  };
+  await (session ? session.run(fn, 5000) : withClient(ctx, localHost(ctx), fn, 5000));
 }
 
 export async function run(plan: CommandPlan, timeoutMs = 120_000): Promise<RunResult> {

@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { createPgPort, inProgressMarker, livePostmasterPid } from '#agent/adapters/pg.ts';
 import { nodeContext, type NodeContext } from '#agent/context.ts';
 import type { LogPort } from '#agent/core/ports.ts';
-import { withClient } from '#agent/postgres.ts';
+import { pgCtlStartPlan, pgCtlStopPlan, withClient } from '#agent/postgres.ts';
+import { runPlan } from '#common/exec.ts';
 import { AgentConfigSchema } from '#common/schema/agent.ts';
 import { pgHbaConf } from '#common/render/postgresql.ts';
 import { API_VERSION } from '#common/schema/image.ts';
@@ -108,6 +109,26 @@ maybe('pg adapter on a real PostgreSQL: bootstrap, status, sync waiters, refusal
     await pg.start();
     t.like(await pg.status(), { up: true, inRecovery: false });
     await pg.start(); // no-op when up
+
+    // The checks keep one connection (a switchover polls them inside its write pause): two
+    // checks are one backend of ours, not two.
+    const ours = async (): Promise<number[]> => withClient(ctx, '127.0.0.1', async (c) =>
+      (await c.query(`SELECT coalesce(array_agg(pid ORDER BY pid), '{}') AS p FROM pg_stat_activity WHERE application_name = 'geminik8s-agent' AND pid <> pg_backend_pid()`)).rows[0].p as number[]);
+    await pg.status();
+    const kept = await ours();
+    t.is(kept.length, 1, 'one kept connection');
+    await pg.status();
+    await pg.setReadOnly(false);
+    t.deepEqual(await ours(), kept, 'the same backend answered the next check and read-only');
+    // Its backend ended from outside, or the server restarted under it: the next check still
+    // says up (a new connection), never a failed check that the loop would act on.
+    await withClient(ctx, '127.0.0.1', (c) => c.query('SELECT pg_terminate_backend($1)', [kept[0]]));
+    t.like(await pg.status(), { up: true, inRecovery: false });
+    t.notDeepEqual(await ours(), kept);
+    await pg.status();
+    await runPlan(pgCtlStopPlan(ctx, 'fast'));
+    await runPlan(pgCtlStartPlan(ctx));
+    t.like(await pg.status(), { up: true, inRecovery: false }, 'a check right after a restart under the kept connection');
     await pg.stop();
     t.like(await pg.status(), { up: false });
     await pg.stop(); // no-op when down

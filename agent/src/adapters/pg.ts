@@ -229,10 +229,12 @@ async function dirBytes(dir: string): Promise<number> {
 export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
   const dataDir = ctx.config.postgresql.dataDir;
   const marker = inProgressMarker(ctx);
+  // The control loop's checks and a switchover's read-only and catch-up polls share one kept connection.
+  const session = new pgc.LocalSession(ctx);
 
   const status = async (): Promise<PgStatus> => {
     try {
-      return await pgc.withClient(ctx, pgc.localHost(ctx), async (c) => {
+      return await session.run(async (c) => {
         const r = await c.query(`SELECT pg_is_in_recovery() AS rec,
             CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END AS lsn,
             CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END AS walfile,
@@ -267,7 +269,8 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
     for (;;) {
       if (!(await postmasterRunning()) && !(await status()).up) return true;
       if (performance.now() >= until) return false;
-      await sleep(100);
+      // A switchover's write pause waits here: a look is a read of postmaster.pid and /proc.
+      await sleep(25);
     }
   };
 
@@ -454,7 +457,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
       }
     },
 
-    setReadOnly: (on: boolean) => pgc.setReadOnly(ctx, on),
+    setReadOnly: (on: boolean) => pgc.setReadOnly(ctx, on, session),
 
     checkpoint: () => pgc.checkpoint(ctx),
 

@@ -730,7 +730,8 @@ export class Controller {
           await pg.setReadOnly(false);
           return { ok: false, reason: 'the standby did not catch up in time; writes resumed here', tookMs: took() };
         }
-        await clock.sleep(50);
+        // Writes are paused: a poll on the adapter's kept connection costs less than a sleep.
+        await clock.sleep(20);
         st = await pg.status();
       }
       const target = st.lsn!;
@@ -980,7 +981,7 @@ export class Controller {
       let st = await pg.status();
       while (!(st.up && st.lsn !== undefined && st.lsn >= req.lsn)) {
         if (clock.now() > until) return { ok: false, reason: `replayed ${st.lsn === undefined ? 'nothing' : formatLsn(st.lsn)}, need ${formatLsn(req.lsn)}` };
-        await clock.sleep(50);
+        await clock.sleep(20);
         st = await pg.status();
       }
       steps.mark('replayed');
