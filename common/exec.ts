@@ -199,6 +199,8 @@ export interface PreparedRun {
   ready(): boolean;
   /** Write `input`, end stdin, and settle as runPlan would (`timeoutMs` from now, not from the start). */
   run(input: string, options?: Pick<RunOptions, 'allowFailure' | 'timeoutMs'>): Promise<RunResult>;
+  /** Not needed after all: end it without input. */
+  cancel(): void;
 }
 
 /**
@@ -218,6 +220,10 @@ export function preparePlan(plan: CommandPlan): PreparedRun {
   let used = false;
   return {
     ready: () => !exited && !used && child.pid !== undefined,
+    cancel() {
+      used = true;
+      child.kill('SIGTERM');
+    },
     async run(input, options = {}) {
       if (used) throw new Error(`a prepared ${quoteCommand(plan)} runs once`);
       used = true;

@@ -4,7 +4,8 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NODE_PATHS } from '#common/render/paths.ts';
-import { dropVip, IpRunner, takeVip, vipReleaseText } from '#agent/vip.ts';
+import type { NetworkInterfaceInfo } from 'node:os';
+import { dropVip, IpRunner, takeVip, vipAddPlan, vipDelPlan, vipHeldIn, vipReleaseText } from '#agent/vip.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 
 /**
@@ -83,6 +84,7 @@ maybe('the agent takes and drops the VIP through an ip -batch started ahead (IpR
     // The waiting ip runs in the namespace; a command that found none ready would run as a
     // program of its own in this test's namespace, where lan0 does not exist, and fail.
     const ip = new IpRunner({ cmd: 'ip', args: ['-n', ns, '-batch', '-'] });
+    t.teardown(() => ip.close());
     ip.prepare();
     await takeVip(spec, ip);
     t.regex(await addrs(ns), /10\.77\.9\.60\/24 .*lan0:gk/);
@@ -95,5 +97,30 @@ maybe('the agent takes and drops the VIP through an ip -batch started ahead (IpR
     // The command's own failure is the answer, named with what ip was told.
     await t.throwsAsync(takeVip({ ...spec, device: 'nosuch0' }, ip), { message: /exited with code 1: ip -n gk-vip-\w+ -batch - '<<< addr replace 10\.77\.9\.60\/24 dev nosuch0/ });
     t.deepEqual(ip.runs, { warm: 5, cold: 0 });
+  });
+});
+
+maybe('vipHeldIn reads the VIP from what getifaddrs lists in the namespace: under its label, gone after the drop, and no answer for a link that is down', async (t) => {
+  await withNs(async (ns) => {
+    const spec = { address: '10.77.9.61', prefix: 24, device: 'lan0' };
+    // The list as Node sees it inside the namespace, where the agent would run.
+    const listed = async (): Promise<NodeJS.Dict<NetworkInterfaceInfo[]>> =>
+      JSON.parse((await execa('ip', ['netns', 'exec', ns, process.execPath, '-e', 'console.log(JSON.stringify(require("os").networkInterfaces()))'])).stdout) as NodeJS.Dict<NetworkInterfaceInfo[]>;
+    // Without a carrier (its veth peer down) the link is not running, and not listed at all.
+    t.is(vipHeldIn(await listed(), spec), undefined);
+    await execa('ip', ['-n', ns, 'link', 'set', 'lan1', 'up']);
+    t.false(vipHeldIn(await listed(), spec));
+    await execa('ip', ['-n', ns, ...vipAddPlan(spec).args]);
+    const now = await listed();
+    t.truthy(now['lan0:gk'], 'the secondary address is listed under its label');
+    t.true(vipHeldIn(now, spec));
+    t.false(vipHeldIn(now, { ...spec, address: '10.77.9.6' }), 'not an address it is a prefix of');
+    t.true(vipHeldIn(now, { ...spec, address: '10.77.9.11' }), 'the node address, on the device itself');
+    await execa('ip', ['-n', ns, ...vipDelPlan(spec).args]);
+    t.false(vipHeldIn(await listed(), spec));
+    // A link that is down is left out of the list: ip must answer then.
+    await execa('ip', ['-n', ns, ...vipAddPlan(spec).args]);
+    await execa('ip', ['-n', ns, 'link', 'set', 'lan0', 'down']);
+    t.is(vipHeldIn(await listed(), spec), undefined);
   });
 });
