@@ -442,7 +442,7 @@ export async function osUserIds(user: string): Promise<{ uid: number; gid: numbe
 export async function withClient<T>(ctx: NodeContext, host: string, fn: (c: pg.Client) => Promise<T>, timeoutMs = ctx.spec.failover.checkTimeout): Promise<T> {
   const client = newClient(ctx, host, timeoutMs, Math.max(timeoutMs, 2000));
   try {
-    return await withDeadline(client, host, timeoutMs, async () => {
+    return await withDeadline(client, host, timeoutMs + Math.max(timeoutMs, 2000), async () => {
       await client.connect();
       return fn(client);
     });
@@ -476,12 +476,11 @@ const socketOf = (client: pg.Client): { destroy(): void; unref?(): void } | unde
 class DeadlineError extends Error {}
 
 /**
- * Run `work` on `client` within `timeoutMs` for the connection plus as long again (at least 2 s)
- * for the queries; past that the socket is torn down. statement_timeout is enforced by the
+ * Run `work` on `client` within `limitMs` (withClient: its timeout for the connection plus as
+ * long again, at least 2 s, for the queries); past that the socket is torn down. statement_timeout is enforced by the
  * server, but a link cut mid-query would leave us waiting for TCP to give up (minutes).
  */
-async function withDeadline<T>(client: pg.Client, host: string, timeoutMs: number, work: () => Promise<T>): Promise<T> {
-  const limitMs = timeoutMs + Math.max(timeoutMs, 2000);
+async function withDeadline<T>(client: pg.Client, host: string, limitMs: number, work: () => Promise<T>): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const expired = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
@@ -507,46 +506,63 @@ function connectionBroke(err: unknown): boolean {
 }
 
 /**
- * One kept connection to this node's own server over its socket, for the calls a planned
- * switchover's write pause is made of (the status polls of the catch-up, read-only): under TCG
- * a new connection, a backend's fork and start-up, costs a tenth of a second or more, each time.
+ * One kept connection to a PostgreSQL server, for calls the agent makes every round or inside a
+ * switchover's write pause: this node's own server over its socket (the status checks, the
+ * catch-up polls, read-only), and the peer's over TCP (is it a primary?). Under TCG a new
+ * connection costs a backend's fork and start-up, and to the peer also a TLS handshake and a
+ * SCRAM exchange on both sides, each round.
+ *
  * A call made while the session is in use goes over a new connection, as `withClient`'s would,
  * so a long statement never holds up a check. A kept connection that broke since its last use
  * (the server restarted, or ended our backend) is replaced, and the call made once more on the
  * new one: a restart never shows as a failed check. An error of the statement is not retried.
+ * A call on a kept connection has `timeoutMs` for its queries (with `strictMs`) or as long as
+ * withClient would have left them; a new connection gets withClient's deadline.
  */
-export class LocalSession {
+export class KeptSession {
   private client: pg.Client | undefined;
+  private clientHost = '';
   private inUse = false;
 
-  constructor(private readonly ctx: NodeContext) {}
+  constructor(
+    private readonly ctx: NodeContext,
+    /** Per call: a replaced peer (geminik8s replace-node) moves to a new address at run time. */
+    private readonly hostOf: () => string,
+    /** Peer checks: a silent peer must fail the round at its timeout, not seconds later. */
+    private readonly strictMs = false,
+  ) {}
 
   async run<T>(fn: (c: pg.Client) => Promise<T>, timeoutMs = this.ctx.spec.failover.checkTimeout): Promise<T> {
-    if (this.inUse) return withClient(this.ctx, localHost(this.ctx), fn, timeoutMs);
+    const host = this.hostOf();
+    if (this.inUse) return withClient(this.ctx, host, fn, timeoutMs);
     this.inUse = true;
     try {
+      if (this.client && this.clientHost !== host) this.close();
       const kept = this.client;
       if (kept) {
         try {
-          return await this.attempt(kept, fn, timeoutMs);
+          return await this.attempt(kept, fn, this.strictMs ? timeoutMs : timeoutMs + Math.max(timeoutMs, 2000));
         } catch (err) {
           if (!connectionBroke(err)) throw err;
         }
       }
-      const fresh = newClient(this.ctx, localHost(this.ctx), timeoutMs, SESSION_STATEMENT_MS);
+      const fresh = newClient(this.ctx, host, timeoutMs, SESSION_STATEMENT_MS);
       const forget = (): void => {
         if (this.client === fresh) this.client = undefined;
       };
       fresh.on('end', forget);
       fresh.on('error', forget);
-      await withDeadline(fresh, localHost(this.ctx), timeoutMs, () => fresh.connect()).catch((err: unknown) => {
+      const limitMs = timeoutMs + Math.max(timeoutMs, 2000);
+      const started = performance.now();
+      await withDeadline(fresh, host, limitMs, () => fresh.connect()).catch((err: unknown) => {
         socketOf(fresh)?.destroy();
         throw err;
       });
       // An idle kept connection must not keep the process alive (a test, a CLI that is done).
       socketOf(fresh)?.unref?.();
       this.client = fresh;
-      return await this.attempt(fresh, fn, timeoutMs);
+      this.clientHost = host;
+      return await this.attempt(fresh, fn, Math.max(1, limitMs - (performance.now() - started)));
     } finally {
       this.inUse = false;
     }
@@ -559,9 +575,9 @@ export class LocalSession {
     c?.end().catch(() => undefined);
   }
 
-  private async attempt<T>(client: pg.Client, fn: (c: pg.Client) => Promise<T>, timeoutMs: number): Promise<T> {
+  private async attempt<T>(client: pg.Client, fn: (c: pg.Client) => Promise<T>, limitMs: number): Promise<T> {
     try {
-      return await withDeadline(client, localHost(this.ctx), timeoutMs, () => fn(client));
+      return await withDeadline(client, this.clientHost, limitMs, () => fn(client));
     } catch (err) {
       // Whatever state a failed call left the connection in, the next call starts on a new one.
       if (this.client === client) this.client = undefined;
@@ -677,7 +693,7 @@ export async function checkpoint(ctx: NodeContext): Promise<void> {
 }
 
 /** Stop accepting writes without stopping the server: used for a planned switchover. On `session` when given. */
-export async function setReadOnly(ctx: NodeContext, on: boolean, session?: LocalSession): Promise<void> {
+export async function setReadOnly(ctx: NodeContext, on: boolean, session?: KeptSession): Promise<void> {
   const fn = async (c: pg.Client): Promise<void> => {
     await c.query(`ALTER SYSTEM SET default_transaction_read_only = ${on ? 'on' : 'off'}`);
     await c.query(`SELECT pg_reload_conf()`);

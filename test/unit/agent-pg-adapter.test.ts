@@ -3,6 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { createPeerPort } from '#agent/adapters/peer.ts';
 import { createPgPort, inProgressMarker, livePostmasterPid } from '#agent/adapters/pg.ts';
 import { nodeContext, type NodeContext } from '#agent/context.ts';
 import type { LogPort } from '#agent/core/ports.ts';
@@ -129,6 +130,19 @@ maybe('pg adapter on a real PostgreSQL: bootstrap, status, sync waiters, refusal
     await runPlan(pgCtlStopPlan(ctx, 'fast'));
     await runPlan(pgCtlStartPlan(ctx));
     t.like(await pg.status(), { up: true, inRecovery: false }, 'a check right after a restart under the kept connection');
+
+    // The peer's check (is its PostgreSQL a primary?) keeps its TCP connection too: here the
+    // "peer" is this server on 127.0.0.1, so our backends are the local check's and the peer check's.
+    const peerPort = createPeerPort({ ...ctx, peer: { ...ctx.peer, ip: '127.0.0.1' } });
+    t.deepEqual(await peerPort.pg(), { ok: true, primary: true });
+    const withPeer = await ours();
+    t.is(withPeer.length, 2);
+    t.deepEqual(await peerPort.pg(), { ok: true, primary: true });
+    t.deepEqual(await ours(), withPeer, 'the peer check kept its connection');
+    await runPlan(pgCtlStopPlan(ctx, 'fast'));
+    t.deepEqual(await peerPort.pg(), { ok: false });
+    await runPlan(pgCtlStartPlan(ctx));
+    t.deepEqual(await peerPort.pg(), { ok: true, primary: true }, 'and connects again once the server is back');
     await pg.stop();
     t.like(await pg.status(), { up: false });
     await pg.stop(); // no-op when down

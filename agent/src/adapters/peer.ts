@@ -35,6 +35,8 @@ export function createPeerPort(ctx: NodeContext): PeerPort {
   // The status check runs every round: its connection stays open, and a slow answer does not
   // close it (a GET is harmless when late). promote and leave are torn down at their timeout.
   const pool = new WarmPool();
+  // Is the peer's PostgreSQL a primary? Asked every round, on a kept connection (KeptSession).
+  const peerSession = new pgc.KeptSession(ctx, () => ctx.peer.ip, true);
   /** A JSON POST to the peer's agent: its status, its JSON body ({} when it is not JSON) and the reason it gives. Throws when no answer arrives. */
   const post = async (path: string, json: Record<string, unknown>, timeoutMs: number): Promise<{ status: number; body: Record<string, unknown>; reason?: string }> => {
     const res = await httpCall(`${base()}${path}`, {
@@ -67,7 +69,7 @@ export function createPeerPort(ctx: NodeContext): PeerPort {
 
     async pg(): Promise<{ ok: boolean; primary?: boolean }> {
       try {
-        return await pgc.withClient(ctx, ctx.peer.ip, async (c) => {
+        return await peerSession.run(async (c) => {
           const r = await c.query(`SELECT pg_is_in_recovery() AS rec`);
           return { ok: true, primary: !(r.rows[0] as { rec: boolean }).rec };
         });

@@ -230,7 +230,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
   const dataDir = ctx.config.postgresql.dataDir;
   const marker = inProgressMarker(ctx);
   // The control loop's checks and a switchover's read-only and catch-up polls share one kept connection.
-  const session = new pgc.LocalSession(ctx);
+  const session = new pgc.KeptSession(ctx, () => pgc.localHost(ctx));
 
   const status = async (): Promise<PgStatus> => {
     try {
