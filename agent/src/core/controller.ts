@@ -723,7 +723,9 @@ export class Controller {
       await pg.setReadOnly(true);
       steps.mark('read-only');
       let st = await pg.status();
-      while (!(st.up && st.lsn !== undefined && st.standby?.replayLsn != null && st.standby.replayLsn >= st.lsn)) {
+      // Flushed there is enough to stop here: the peer waits for its replay itself (promote's
+      // lsn), while this server stops, instead of inside the pause before the stop.
+      while (!(st.up && st.lsn !== undefined && st.standby?.flushLsn != null && st.standby.flushLsn >= st.lsn)) {
         // The lease keeper renews meanwhile; if the lease is lost anyway, the guard has fenced us.
         if (!this.mayWrite()) return { ok: false, reason: 'the lease was lost while the standby caught up: fenced', tookMs: took() };
         if (clock.now() - started > timeoutMs) {
