@@ -231,6 +231,22 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   t.like(lease, { holder: 'node1', generation: meta1.generation }, 'the witness leases the leader its generation');
   t.deepEqual(await arpOwners(lan, NET.vip), [MAC.node1], 'from the host side of the LAN, only the leader answers ARP for the VIP');
 
+  // What the idle pair costs each guest's 2 vCPUs (the agent's rounds, PostgreSQL serving them),
+  // over 30 s of guest time: a figure for the log (issue 12/13: everything else under TCG waits
+  // for the same CPUs), not an assertion.
+  const cpu = async (s: GuestShell): Promise<number[]> => (await s.check(`systemctl show -p CPUUsageNSec --value geminik8s-agent.service geminik8s-postgresql.service; awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; uptime_s=$(cut -d' ' -f1 /proc/uptime); echo $uptime_s`)).trim().split('\n').map(Number);
+  const before = [await cpu(s1), await cpu(s2)];
+  await new Promise((r) => setTimeout(r, 30_000));
+  const after = [await cpu(s1), await cpu(s2)];
+  const share = (i: number): string => {
+    const [a0, p0, busy0, up0] = before[i]!;
+    const [a1, p1, busy1, up1] = after[i]!;
+    const secs = up1! - up0!;
+    // /proc/stat counts USER_HZ (100 per second) over both vCPUs.
+    return `agent ${(((a1! - a0!) / 1e9 / secs) * 100).toFixed(1)}%, PostgreSQL ${(((p1! - p0!) / 1e9 / secs) * 100).toFixed(1)}%, whole guest ${(((busy1! - busy0!) / 100 / secs) * 100).toFixed(1)}% of one vCPU over ${secs.toFixed(0)} s`;
+  };
+  t.log(`idle pair, CPU: node1 (leader) ${share(0)}; node2 (follower) ${share(1)}`);
+
   // A hard reset of the follower: it must come back streaming from its own data, not a new clone.
   const inode = (await s2.check(`stat -c %i ${DATA}/PG_VERSION`)).trim();
   const sysid = await sql(s2, 'select system_identifier from pg_control_system()');
