@@ -1,6 +1,7 @@
 import test from 'ava';
 import { INIT_TIMINGS } from '#agent/sim/cluster.ts';
 import { decide, remember, type Memory, type Observation } from '#agent/core/rules.ts';
+import { switchoverCaughtUp } from '#agent/core/controller.ts';
 
 const settings = { cluster: 't', self: 'node1', peer: 'node2', isBootstrapLeader: false, syncPolicy: 'degrade' as const, maxDrift: 0.01, ...INIT_TIMINGS };
 const lease = { arbiter: true, valid: true, promotable: null };
@@ -46,4 +47,16 @@ test('a standby more than SYNC_CATCHUP_BYTES behind is not made synchronous even
   const at = 100n * MB;
   // Round 1: it flushed all we had in round 0, but we wrote 2 MiB more since.
   t.deepEqual(restores([[at, at - 3n * MB], [at + 2n * MB, at]]), []);
+});
+
+test('a switchover stops the old primary once the standby has flushed its last LSN and its replay has reached it or is moving; not while replay stands still', (t) => {
+  const at = (flush: bigint | null, replay: bigint | null) => ({ up: true, inRecovery: false, lsn: 1000n, standby: { state: 'streaming', syncState: 'sync', flushLsn: flush, replayLsn: replay } });
+  t.true(switchoverCaughtUp(at(1000n, 1000n), undefined), 'replayed');
+  t.false(switchoverCaughtUp(at(999n, 1000n), undefined), 'not flushed: something acknowledged could be lost');
+  t.false(switchoverCaughtUp(at(1000n, 900n), undefined), 'flushed, replay behind, not yet seen moving');
+  t.true(switchoverCaughtUp(at(1000n, 900n), 850n), 'flushed, replay moving: the peer waits for the rest');
+  t.false(switchoverCaughtUp(at(1000n, 900n), 900n), 'flushed, replay standing still (a query conflict): wait, and resume writes at the timeout');
+  t.false(switchoverCaughtUp(at(null, null), undefined));
+  t.false(switchoverCaughtUp({ up: false }, undefined));
+  t.false(switchoverCaughtUp({ up: true, inRecovery: false, lsn: 1000n }, undefined), 'no standby');
 });

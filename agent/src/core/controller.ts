@@ -1,7 +1,7 @@
 import type { HostMeta, Role } from '#common/schema/hostmeta.ts';
 import type { ArbiterAnswer, ArbiterRequest } from '../witness/arbiter.ts';
 import { formatLsn } from './lsn.ts';
-import { leaveTimeoutMs, type ControllerSettings, type LeaveRequest, type Ports, type PromoteRequest, type RejoinMethod, type TimerHandle } from './ports.ts';
+import { leaveTimeoutMs, type ControllerSettings, type LeaveRequest, type PgStatus, type Ports, type PromoteRequest, type RejoinMethod, type TimerHandle } from './ports.ts';
 import { decide, remember, type Action, type Memory, type Observation } from './rules.ts';
 
 /** Guard period: fencing deadline checks and supervisor heartbeats, independent of the loop. */
@@ -10,6 +10,20 @@ export const GUARD_MS = 100;
 /** The supervisor's watchdog period: half of fenceAfter (the agent sets WATCHDOG_USEC to it). */
 export function watchdogMs(fenceAfter: number): number {
   return fenceAfter / 2;
+}
+
+/**
+ * A planned switchover may stop the old primary: the standby has flushed its last LSN (nothing
+ * acknowledged can be lost), and its replay has reached it or moved since the previous look
+ * (`replayBefore`). The peer waits for its own replay (promote's lsn) while the old server stops,
+ * instead of inside the write pause before the stop. A replay that stands still (a conflict with
+ * a query on the standby holds it up to max_standby_streaming_delay) is waited for, so that the
+ * switchover's timeout resumes writes without a stop and a start.
+ */
+export function switchoverCaughtUp(st: PgStatus, replayBefore: bigint | null | undefined): boolean {
+  const sb = st.standby;
+  if (!st.up || st.lsn === undefined || sb?.flushLsn == null || sb.flushLsn < st.lsn || sb.replayLsn == null) return false;
+  return sb.replayLsn >= st.lsn || (replayBefore != null && sb.replayLsn > replayBefore);
 }
 
 /** A leader stops signalling life this long before its watchdog period would outlast its lease. */
@@ -723,15 +737,15 @@ export class Controller {
       await pg.setReadOnly(true);
       steps.mark('read-only');
       let st = await pg.status();
-      // Flushed there is enough to stop here: the peer waits for its replay itself (promote's
-      // lsn), while this server stops, instead of inside the pause before the stop.
-      while (!(st.up && st.lsn !== undefined && st.standby?.flushLsn != null && st.standby.flushLsn >= st.lsn)) {
+      let replayBefore: bigint | null | undefined;
+      while (!switchoverCaughtUp(st, replayBefore)) {
         // The lease keeper renews meanwhile; if the lease is lost anyway, the guard has fenced us.
         if (!this.mayWrite()) return { ok: false, reason: 'the lease was lost while the standby caught up: fenced', tookMs: took() };
         if (clock.now() - started > timeoutMs) {
           await pg.setReadOnly(false);
           return { ok: false, reason: 'the standby did not catch up in time; writes resumed here', tookMs: took() };
         }
+        replayBefore = st.standby?.replayLsn;
         // Writes are paused: a poll on the adapter's kept connection costs less than a sleep.
         await clock.sleep(20);
         st = await pg.status();
