@@ -293,11 +293,15 @@ export interface RunningProcess {
    */
   processExited: Promise<number | string>;
   kill(signal?: NodeJS.Signals): void;
+  /** Its stdin, when started with `stdin: true` (a helper fed line by line). */
+  stdin?: NodeJS.WritableStream;
 }
 
 /** Start a plan without waiting for it; each stdout/stderr line goes to the callbacks. */
-export function spawnPlan(plan: CommandPlan, handlers: { stdout?: (line: string) => void; stderr?: (line: string) => void } = {}): RunningProcess {
-  const child = execa(plan.cmd, plan.args, { env: plan.env, extendEnv: true, cwd: plan.cwd, reject: false, buffer: false, stdin: 'ignore' });
+export function spawnPlan(plan: CommandPlan, handlers: { stdout?: (line: string) => void; stderr?: (line: string) => void; stdin?: boolean } = {}): RunningProcess {
+  const child = execa(plan.cmd, plan.args, { env: plan.env, extendEnv: true, cwd: plan.cwd, reject: false, buffer: false, stdin: handlers.stdin ? 'pipe' : 'ignore' });
+  // A helper that died: the write fails with EPIPE, and its exit is what the caller watches.
+  child.stdin?.on('error', () => undefined);
   const pipe = (stream: NodeJS.ReadableStream | null | undefined, fn?: (line: string) => void): void => {
     if (!stream) return;
     let pending = '';
@@ -316,6 +320,7 @@ export function spawnPlan(plan: CommandPlan, handlers: { stdout?: (line: string)
     pid: child.pid,
     exited: child.then((r) => r.signal ?? r.exitCode ?? -1),
     processExited,
+    ...(handlers.stdin && child.stdin ? { stdin: child.stdin } : {}),
     kill: (signal = 'SIGTERM') => {
       try {
         child.kill(signal);

@@ -5,7 +5,7 @@ import { watchdogMs } from './core/controller.ts';
 import { firstboot } from './firstboot.ts';
 import { startApi } from './api.ts';
 import { loadAgentConfig, loadNodeContext } from './context.ts';
-import { sdNotify, watchdogIntervalMs } from './sdnotify.ts';
+import { NotifyPipe, sdNotify, watchdogIntervalMs } from './sdnotify.ts';
 import { slotCommand } from './slotcli.ts';
 import { upgradeCommand } from './upgradecli.ts';
 import { installCommand } from './install.ts';
@@ -65,12 +65,14 @@ async function run(args: string[]): Promise<number> {
   // a frozen agent is killed, and PostgreSQL stopped with it (BindsTo=), before the lease can pass.
   // It decides how often (PING_EVERY_MS, and once just before a leader falls silent).
   const watchdog = watchdogIntervalMs() !== undefined;
+  const notifier = new NotifyPipe();
+  if (watchdog) notifier.prepare();
   let pinging = false;
   agent.heartbeat = () => {
     // One systemd-notify at a time: on a loaded box a spawn can take seconds.
     if (!watchdog || pinging) return;
     pinging = true;
-    void sdNotify(`WATCHDOG=1\nSTATUS=role ${agent.role}`).finally(() => {
+    void notifier.send(`WATCHDOG=1\nSTATUS=role ${agent.role}`).finally(() => {
       pinging = false;
     });
   };

@@ -494,7 +494,7 @@ export class HarnessCluster extends PairHarness {
 
   /**
    * A datagram receiver on the node's notify socket (Node has no unix datagram sockets; the
-   * agent sends through systemd-notify, as under systemd), one line per message.
+   * agent sends through its python3 helper or systemd-notify, as under systemd), one line per message.
    */
   private startNotifyReceiver(node: string): void {
     const path = this.notifySocket(node);

@@ -11,7 +11,7 @@ import { loadAgentConfig, nodeContext } from '#agent/context.ts';
 import { ValidationError } from '#common/errors.ts';
 import { readHostMeta, writeHostMeta } from '#agent/hostmeta.ts';
 import { basebackupPlan, clusterState, controlDataPlan, crashRecoveryPlan, initdbPlan, needsCrashRecovery, rewindCopied, rewindPlan } from '#agent/postgres.ts';
-import { sdNotify, watchdogIntervalMs } from '#agent/sdnotify.ts';
+import { NotifyPipe, sdNotify, watchdogIntervalMs } from '#agent/sdnotify.ts';
 import { garpPlan, vipAddPlan, vipDelPlan } from '#agent/vip.ts';
 import { runPlan, spawnPlan } from '#common/exec.ts';
 import { AgentConfigSchema } from '#common/schema/agent.ts';
@@ -464,4 +464,35 @@ test('agent.yaml.d: local drop-ins merge over the image\'s agent.yaml in name or
   writeFileSync(bad, '- a list\n');
   const list = await t.throwsAsync(loadAgentConfig(file), { instanceOf: ValidationError });
   t.like(list.issues[0], { file: bad, message: 'expected a mapping of settings' });
+});
+
+(process.getuid?.() === 0 ? test : test.skip)('NotifyPipe: the watchdog pings go through one python3 helper, each a datagram with the agent\'s PID in its credentials (NotifyAccess=main), several lines kept', async (t) => {
+  const dir = tempDir();
+  const sock = join(dir, 'notify.sock');
+  const out = join(dir, 'got.jsonl');
+  // A stand-in for systemd's socket that reads the sender's credentials as systemd does (SO_PASSCRED).
+  const py = `import json,socket,struct,sys
+s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+s.setsockopt(socket.SOL_SOCKET,socket.SO_PASSCRED,1)
+with open(sys.argv[2],'w') as f:
+  for i in range(3):
+    msg,anc,_,_=s.recvmsg(4096,socket.CMSG_SPACE(12))
+    pid=[struct.unpack('3i',d)[0] for (l,ty,d) in anc if ty==socket.SCM_CREDENTIALS]
+    f.write(json.dumps([msg.decode(),pid])+'\\n')
+    f.flush()
+`;
+  const listener = spawnPlan({ cmd: 'python3', args: ['-c', py, sock, out] });
+  for (let i = 0; i < 400 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+  // The helper sends for a PID that is not its own (ours here, as the agent's in a node).
+  const pipe = new NotifyPipe(sock, process.pid);
+  t.teardown(() => pipe.close());
+  pipe.prepare();
+  for (let i = 0; i < 400 && !pipe.isReady(); i++) await new Promise((r) => setTimeout(r, 50));
+  t.true(pipe.isReady());
+  for (const state of ['WATCHDOG=1\nSTATUS=role leader', 'WATCHDOG=1\nSTATUS=role follower', 'WATCHDOG=1']) t.true(await pipe.send(state));
+  await listener.exited;
+  const got = readFileSync(out, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as [string, number[]]);
+  t.deepEqual(got, [['WATCHDOG=1\nSTATUS=role leader', [process.pid]], ['WATCHDOG=1\nSTATUS=role follower', [process.pid]], ['WATCHDOG=1', [process.pid]]]);
+  t.false(await new NotifyPipe(undefined).send('WATCHDOG=1'), 'without NOTIFY_SOCKET nothing is sent');
 });
