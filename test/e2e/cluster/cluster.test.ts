@@ -234,7 +234,8 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   // What the idle pair costs each guest's 2 vCPUs (the agent's rounds, PostgreSQL serving them),
   // over 30 s of guest time: a figure for the log (issue 12/13: everything else under TCG waits
   // for the same CPUs), not an assertion.
-  const cpu = async (s: GuestShell): Promise<number[]> => (await s.check(`systemctl show -p CPUUsageNSec --value geminik8s-agent.service geminik8s-postgresql.service; awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; uptime_s=$(cut -d' ' -f1 /proc/uptime); echo $uptime_s`)).trim().split('\n').map(Number);
+  // systemctl prints a blank line between two units' values.
+  const cpu = async (s: GuestShell): Promise<number[]> => (await s.check(`systemctl show -p CPUUsageNSec --value geminik8s-agent.service geminik8s-postgresql.service; awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; uptime_s=$(cut -d' ' -f1 /proc/uptime); echo $uptime_s`)).split('\n').filter((l) => l.trim() !== '').map(Number);
   const before = [await cpu(s1), await cpu(s2)];
   await new Promise((r) => setTimeout(r, 30_000));
   const after = [await cpu(s1), await cpu(s2)];
