@@ -69,7 +69,7 @@ async function run(args: string[]): Promise<number> {
   if (watchdog) notifier.prepare();
   let pinging = false;
   agent.heartbeat = () => {
-    // One systemd-notify at a time: on a loaded box a spawn can take seconds.
+    // One at a time: before the helper is ready a ping is a systemd-notify, and on a loaded box a spawn can take seconds.
     if (!watchdog || pinging) return;
     pinging = true;
     void notifier.send(`WATCHDOG=1\nSTATUS=role ${agent.role}`).finally(() => {

@@ -442,7 +442,7 @@ export async function osUserIds(user: string): Promise<{ uid: number; gid: numbe
 export async function withClient<T>(ctx: NodeContext, host: string, fn: (c: pg.Client) => Promise<T>, timeoutMs = ctx.spec.failover.checkTimeout): Promise<T> {
   const client = newClient(ctx, host, timeoutMs, Math.max(timeoutMs, 2000));
   try {
-    return await withDeadline(client, host, timeoutMs + Math.max(timeoutMs, 2000), async () => {
+    return await withDeadline(client, host, clientLimitMs(timeoutMs), async () => {
       await client.connect();
       return fn(client);
     });
@@ -451,6 +451,9 @@ export async function withClient<T>(ctx: NodeContext, host: string, fn: (c: pg.C
     client.end().catch(() => undefined);
   }
 }
+
+/** withClient's whole deadline: `timeoutMs` for the connection, then as long again (at least 2 s) for the queries. */
+const clientLimitMs = (timeoutMs: number): number => timeoutMs + Math.max(timeoutMs, 2000);
 
 function newClient(ctx: NodeContext, host: string, connectMs: number, statementMs: number): pg.Client {
   const client = new pg.Client({
@@ -476,9 +479,9 @@ const socketOf = (client: pg.Client): { destroy(): void; unref?(): void } | unde
 class DeadlineError extends Error {}
 
 /**
- * Run `work` on `client` within `limitMs` (withClient: its timeout for the connection plus as
- * long again, at least 2 s, for the queries); past that the socket is torn down. statement_timeout is enforced by the
- * server, but a link cut mid-query would leave us waiting for TCP to give up (minutes).
+ * Run `work` on `client` within `limitMs` (withClient: clientLimitMs); past that the socket is
+ * torn down. statement_timeout is enforced by the server, but a link cut mid-query would leave
+ * us waiting for TCP to give up (minutes).
  */
 async function withDeadline<T>(client: pg.Client, host: string, limitMs: number, work: () => Promise<T>): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -516,8 +519,8 @@ function connectionBroke(err: unknown): boolean {
  * so a long statement never holds up a check. A kept connection that broke since its last use
  * (the server restarted, or ended our backend) is replaced, and the call made once more on the
  * new one: a restart never shows as a failed check. An error of the statement is not retried.
- * A call on a kept connection has `timeoutMs` for its queries (with `strictMs`) or as long as
- * withClient would have left them; a new connection gets withClient's deadline.
+ * A call on a kept connection has `timeoutMs` for its queries (with `strictTimeout`) or
+ * withClient's whole deadline; a new connection gets withClient's deadline.
  */
 export class KeptSession {
   private client: pg.Client | undefined;
@@ -529,7 +532,7 @@ export class KeptSession {
     /** Per call: a replaced peer (geminik8s replace-node) moves to a new address at run time. */
     private readonly hostOf: () => string,
     /** Peer checks: a silent peer must fail the round at its timeout, not seconds later. */
-    private readonly strictMs = false,
+    private readonly strictTimeout = false,
   ) {}
 
   async run<T>(fn: (c: pg.Client) => Promise<T>, timeoutMs = this.ctx.spec.failover.checkTimeout): Promise<T> {
@@ -541,7 +544,7 @@ export class KeptSession {
       const kept = this.client;
       if (kept) {
         try {
-          return await this.attempt(kept, fn, this.strictMs ? timeoutMs : timeoutMs + Math.max(timeoutMs, 2000));
+          return await this.attempt(kept, fn, this.strictTimeout ? timeoutMs : clientLimitMs(timeoutMs));
         } catch (err) {
           if (!connectionBroke(err)) throw err;
         }
@@ -552,7 +555,7 @@ export class KeptSession {
       };
       fresh.on('end', forget);
       fresh.on('error', forget);
-      const limitMs = timeoutMs + Math.max(timeoutMs, 2000);
+      const limitMs = clientLimitMs(timeoutMs);
       const started = performance.now();
       await withDeadline(fresh, host, limitMs, () => fresh.connect()).catch((err: unknown) => {
         socketOf(fresh)?.destroy();
@@ -692,14 +695,13 @@ export async function checkpoint(ctx: NodeContext): Promise<void> {
   await withClient(ctx, localHost(ctx), (c) => c.query('CHECKPOINT'), 30_000);
 }
 
-/** Stop accepting writes without stopping the server: used for a planned switchover. On `session` when given. */
-export async function setReadOnly(ctx: NodeContext, on: boolean, session?: KeptSession): Promise<void> {
-  const fn = async (c: pg.Client): Promise<void> => {
+/** Stop accepting writes without stopping the server: used for a planned switchover. On the local server's kept `session`. */
+export async function setReadOnly(session: KeptSession, on: boolean): Promise<void> {
+  await session.run(async (c) => {
     await c.query(`ALTER SYSTEM SET default_transaction_read_only = ${on ? 'on' : 'off'}`);
     await c.query(`SELECT pg_reload_conf()`);
     if (on) await c.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND usename <> 'postgres'`);
-  };
-  await (session ? session.run(fn, 5000) : withClient(ctx, localHost(ctx), fn, 5000));
+  }, 5000);
 }
 
 export async function run(plan: CommandPlan, timeoutMs = 120_000): Promise<RunResult> {

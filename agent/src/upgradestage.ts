@@ -60,12 +60,12 @@ export async function stageHere(agent: Agent, body: Readable, declaredBytes: num
     }
     if (received !== declaredBytes) return refuse(`the bundle did not arrive whole (${received} of ${declaredBytes} bytes); nothing was written to a slot`, 400);
     const uploadMs = Math.round(performance.now() - t0);
+    const secs = (ms: number): string => (ms / 1000).toFixed(1);
     const rate = (received / 1e6 / Math.max(uploadMs / 1000, 0.001)).toFixed(1);
-    agent.log.warn({ event: 'upgrade-stage', bytes: received, uploadMs }, `staging an uploaded bundle (${received} bytes, received in ${(uploadMs / 1000).toFixed(1)} s, ${rate} MB/s)`);
+    agent.log.warn({ event: 'upgrade-stage', bytes: received, uploadMs }, `staging an uploaded bundle (${received} bytes, received in ${secs(uploadMs)} s, ${rate} MB/s)`);
     try {
       const stage = await stageUpgrade({ bundle: file, upgrade: upgradeSettings(config), boot: bootSettings(config), retryFailed, progress: (line) => agent.log.info({ event: 'upgrade-stage' }, line) });
       // Where the minutes went, for the operator's progress line: the upload, then stageUpgrade's parts.
-      const secs = (ms: number): string => (ms / 1000).toFixed(1);
       const reason = `staged ${stage.version} (running ${stage.runningVersion}) on slot ${stage.slot}, signed by ${stage.signer}; its try is armed `
         + `(upload ${secs(uploadMs)} s at ${rate} MB/s, verify ${secs(stage.ms.verify)} s, root ${secs(stage.ms.root)} s, kernel and initrd ${secs(stage.ms.boot)} s)`;
       agent.log.warn({ event: 'upgrade-stage', version: stage.version, slot: stage.slot, ms: stage.ms }, reason);

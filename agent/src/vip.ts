@@ -116,15 +116,15 @@ export function ipBatchPlan(): CommandPlan {
   return { cmd: 'ip', args: ['-batch', '-'] };
 }
 
-export async function takeVip(v: VipSpec, ip?: IpRunner): Promise<void> {
+export async function takeVip(v: VipSpec, ip: IpRunner): Promise<void> {
   // One command, not a look and an add: each program start costs a switchover's write pause
   // most of a second under TCG (see IpRunner).
-  await (ip ? ip.run(vipAddPlan(v), { timeoutMs: 5000 }) : runPlan(vipAddPlan(v), { timeoutMs: 5000 }));
+  await ip.run(vipAddPlan(v), { timeoutMs: 5000 });
   // Announce in the background: the VIP is usable now; arping takes ~2 s.
   void runPlan(garpPlan(v), { allowFailure: true, timeoutMs: 5000 }).catch(() => undefined);
 }
 
 /** Remove the VIP; `ip` fails with "Cannot assign requested address" when it is not there, which is fine. */
-export async function dropVip(v: VipSpec, ip?: IpRunner): Promise<void> {
-  await (ip ? ip.run(vipDelPlan(v), { allowFailure: true, timeoutMs: 5000 }) : runPlan(vipDelPlan(v), { allowFailure: true, timeoutMs: 5000 }));
+export async function dropVip(v: VipSpec, ip: IpRunner): Promise<void> {
+  await ip.run(vipDelPlan(v), { allowFailure: true, timeoutMs: 5000 });
 }

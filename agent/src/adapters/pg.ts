@@ -457,7 +457,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
       }
     },
 
-    setReadOnly: (on: boolean) => pgc.setReadOnly(ctx, on, session),
+    setReadOnly: (on: boolean) => pgc.setReadOnly(session, on),
 
     checkpoint: () => pgc.checkpoint(ctx),
 

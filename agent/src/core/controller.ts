@@ -28,7 +28,7 @@ export function switchoverCaughtUp(st: PgStatus, replayBefore: bigint | null | u
 
 /** A leader stops signalling life this long before its watchdog period would outlast its lease. */
 export const WATCHDOG_SLACK_MS = 500;
-/** How often the guard pings the supervisor (each ping is a systemd-notify process). */
+/** How often the guard pings the supervisor (through NotifyPipe's helper, or a systemd-notify process each). */
 export const PING_EVERY_MS = 500;
 /**
  * The lease keeper's period: two renewals per check interval, so that a leader loses its lease
