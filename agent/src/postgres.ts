@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { existsSync } from 'node:fs';
 import { chmod, chown, mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -675,12 +676,29 @@ export async function reloadConfig(ctx: NodeContext): Promise<void> {
   }, 5000);
 }
 
+/**
+ * ALTER SYSTEM a setting, reload, and return once this backend applies it. pg_reload_conf()
+ * only signals the postmaster, which reloads and then signals every backend; a backend applies
+ * it before its next command only if the signal has arrived. Seeing the value here means the
+ * postmaster has it, so every backend forked afterwards has it too, and a kept session's next
+ * status() reads it.
+ */
+async function alterSystemApplied(c: pg.Client, name: string, value: string, limitMs: number): Promise<void> {
+  const lit = `'${value.replaceAll("'", "''")}'`;
+  await c.query(`ALTER SYSTEM SET ${name} = ${lit}`);
+  await c.query(`SELECT pg_reload_conf()`);
+  const until = performance.now() + limitMs;
+  for (;;) {
+    const r = await c.query(`SELECT current_setting($1) AS v`, [name]);
+    if ((r.rows[0] as { v: string }).v === value) return;
+    if (performance.now() > until) throw new Error(`${name} is not '${value}' ${limitMs} ms after the reload`);
+    await sleep(5);
+  }
+}
+
 /** Set synchronous_standby_names on the running primary and reload. */
 export async function setSyncStandby(ctx: NodeContext, names: string): Promise<void> {
-  await withClient(ctx, localHost(ctx), async (c) => {
-    await c.query(`ALTER SYSTEM SET synchronous_standby_names = '${names.replaceAll("'", "''")}'`);
-    await c.query(`SELECT pg_reload_conf()`);
-  }, 5000);
+  await withClient(ctx, localHost(ctx), (c) => alterSystemApplied(c, 'synchronous_standby_names', names, 3000), 5000);
 }
 
 export async function promote(ctx: NodeContext): Promise<void> {
@@ -698,8 +716,7 @@ export async function checkpoint(ctx: NodeContext): Promise<void> {
 /** Stop accepting writes without stopping the server: used for a planned switchover. On the local server's kept `session`. */
 export async function setReadOnly(session: KeptSession, on: boolean): Promise<void> {
   await session.run(async (c) => {
-    await c.query(`ALTER SYSTEM SET default_transaction_read_only = ${on ? 'on' : 'off'}`);
-    await c.query(`SELECT pg_reload_conf()`);
+    await alterSystemApplied(c, 'default_transaction_read_only', on ? 'on' : 'off', 3000);
     if (on) await c.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND usename <> 'postgres'`);
   }, 5000);
 }

@@ -68,8 +68,13 @@ maybe('pg adapter on a real PostgreSQL: bootstrap, status, sync waiters, refusal
     t.false(existsSync(join(data, 'standby.signal')));
 
     // Synchronous replication to a standby that is not there: a write waits, and is counted.
+    for (let i = 0; i < 10; i++) {
+      await pg.setSyncStandby('"node2"');
+      t.is((await pg.status()).synchronousStandbyNames, '"node2"', `round ${i}`);
+      await pg.setSyncStandby('');
+      t.is((await pg.status()).synchronousStandbyNames, '', `round ${i}`);
+    }
     await pg.setSyncStandby('"node2"');
-    t.is((await pg.status()).synchronousStandbyNames, '"node2"');
     const write = withClient(ctx, '127.0.0.1', (c) => c.query('CREATE TABLE waits_for_sync (x int)'), 30_000);
     let waiters = 0;
     for (let i = 0; i < 100 && waiters === 0; i++) {
@@ -97,9 +102,14 @@ maybe('pg adapter on a real PostgreSQL: bootstrap, status, sync waiters, refusal
     if (frozen) process.kill(frozen, 'SIGCONT');
     t.true(took < 10_000, `withClient gave up after ${Math.round(took)} ms`);
 
-    await pg.setReadOnly(true);
-    t.true((await pg.status()).readOnly);
-    await pg.setReadOnly(false);
+    // The kept session's backend learns of a reload by a signal from the postmaster: once
+    // setReadOnly returns, its own status (and every new backend) must already see the change.
+    for (let i = 0; i < 25; i++) {
+      await pg.setReadOnly(true);
+      t.true((await pg.status()).readOnly, `read-only not seen after setReadOnly(true), round ${i}`);
+      await pg.setReadOnly(false);
+      t.false((await pg.status()).readOnly, `still read-only after setReadOnly(false), round ${i}`);
+    }
     await pg.ensurePeerSlot();
     t.is(await withClient(ctx, '127.0.0.1', async (c) => (await c.query(`SELECT count(*)::int AS n FROM pg_replication_slots WHERE slot_name = 'geminik8s_node2'`)).rows[0].n), 1);
 
