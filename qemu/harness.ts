@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { seedIsoPlan } from '#common/install/seed-iso.ts';
+import { makeSeedIso } from '#common/install/seed-iso.ts';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { CommandFailedError, lastLines, quoteCommand, requireTools, runPlan, spawnPlan, type CommandPlan, type RunningProcess } from '#common/exec.ts';
 import { overlayPlan, QEMU_BINARY, qemuPlan, UEFI_FIRMWARE, type Arch, type DiskFormat, type Firmware, type NetworkSpec, type QemuOptions } from './plan.ts';
@@ -451,7 +451,7 @@ export async function bootVm(opts: BootOptions): Promise<Vm> {
     if (opts.firmware === 'uefi') qemuOpts.uefi = await prepareFirmware(opts.arch, dir);
     if (seedIsDir) {
       progress(`making a cidata seed ISO from ${opts.seed}`);
-      await runPlan(seedIsoPlan(opts.seed!, qemuOpts.seed!.path, process.env.SOURCE_DATE_EPOCH));
+      await makeSeedIso(opts.seed!, qemuOpts.seed!.path, process.env.SOURCE_DATE_EPOCH);
     }
     try {
       writeFileSync(serialLog, '', { mode: 0o600 });

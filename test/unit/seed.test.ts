@@ -2,7 +2,8 @@ import test from 'ava';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
-import { seedIsoPlan } from '#common/install/seed-iso.ts';
+import { makeSeedIso, seedIsoPlan, xorrisoCrashed } from '#common/install/seed-iso.ts';
+import type { CommandPlan } from '#common/exec.ts';
 import { labelledDevices, SEED_MEDIUM_LABEL } from '#common/install/media.ts';
 import { parseSeedPayload } from '#agent/install.ts';
 import { cli } from '#lab/cli.ts';
@@ -95,6 +96,21 @@ test('seed for an unknown node exits 2 naming the nodes', async (t) => {
 test('the seed ISO plan pins dates under SOURCE_DATE_EPOCH', (t) => {
   t.snapshot(seedIsoPlan('/tmp/seed', '/tmp/out.iso', '1700000000'));
   t.false(seedIsoPlan('/tmp/seed', '/tmp/out.iso').args.some((a) => a.startsWith('--modification-date')));
+});
+
+test('a seed ISO is made again once after xorriso crashed, never after it refused its input', async (t) => {
+  const dir = tempDir();
+  // A stand-in for xorriso that crashes as xorriso reports it on its first run, then writes the ISO.
+  const crashOnce = (_src: string, output: string): CommandPlan => ({
+    cmd: 'bash',
+    args: ['-c', `if [ ! -e "$0.ran" ]; then : > "$0.ran"; printf 'UNIX-SIGNAL:  SIGSEGV  errno= 0\nxorriso : ABORT : Trying to shut down drive and library\n' >&2; exit 1; fi; echo iso > "$0"`, output],
+  });
+  await makeSeedIso(dir, join(dir, 'a.iso'), undefined, crashOnce);
+  t.is(readFileSync(join(dir, 'a.iso'), 'utf8'), 'iso\n');
+  const refuses = (): CommandPlan => ({ cmd: 'bash', args: ['-c', `echo run >> "$0"; echo 'xorriso : FAILURE : Cannot determine attributes of source file' >&2; exit 1`, join(dir, 'runs')] });
+  await t.throwsAsync(makeSeedIso(dir, join(dir, 'b.iso'), undefined, refuses), { message: /Cannot determine attributes/ });
+  t.is(readFileSync(join(dir, 'runs'), 'utf8'), 'run\n');
+  t.false(xorrisoCrashed(new Error('UNIX-SIGNAL: SIGSEGV')));
 });
 
 test('seed --into writes the seed onto the config partition of a copy of a raw image (mtools, 0600), the original untouched', async (t) => {

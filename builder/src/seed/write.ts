@@ -7,7 +7,7 @@ import { ExitCode, GeminiError } from '#common/errors.ts';
 import { runPlan } from '#common/exec.ts';
 import { writeFileAtomic } from '#common/fsutil.ts';
 import type { RenderedFile } from '../render/index.ts';
-import { seedIsoPlan } from '#common/install/seed-iso.ts';
+import { makeSeedIso } from '#common/install/seed-iso.ts';
 import { mcopyPlans, SEED_MEDIUM_FILE, SEED_MEDIUM_LABEL } from '#common/install/media.ts';
 import type { CommandPlan } from '#common/exec.ts';
 
@@ -31,7 +31,7 @@ export async function writeSeed(out: string, files: RenderedFile[], format: 'dir
     await chmod(join(staging, 'geminik8s'), 0o700);
     if (format === 'iso') {
       const tmpIso = join(dirname(out), `.${basename(out)}.tmp-${process.pid}`);
-      await runPlan(seedIsoPlan(staging, tmpIso, process.env.SOURCE_DATE_EPOCH));
+      await makeSeedIso(staging, tmpIso, process.env.SOURCE_DATE_EPOCH);
       // The ISO carries secrets: owner-only, like the seed directory.
       await chmod(tmpIso, 0o600);
       await rename(tmpIso, out);
