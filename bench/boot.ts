@@ -1,10 +1,13 @@
-// npm run bench:boot -- [--arch amd64|arm64|all] [--only unseeded,direct,uefi,leader,reboot,follower] [--reboots N] [--json FILE]
+// npm run bench:boot -- [--arch amd64|arm64|all] [--only unseeded,direct,uefi,leader,reboot,follower] [--reboots N]
+//                        [--direct-runs N] [--direct-append 'ARGS'] [--json FILE]
 // Guest seconds to GEMINIK8S-READY (the guest's uptime on the marker line) under TCG, for the
 // offline test image (built and cached like the e2e suites):
 //   unseeded   the generic image, BIOS (amd64) or UEFI (arm64)
 //   uefi       the same under UEFI (amd64)
 //   direct     the same with the kernel and initrd given to QEMU: no firmware, no GRUB. Wall
 //              time minus guest uptime, against the firmware boot, splits off GRUB's share.
+//              --direct-runs N boots it N times; --direct-append adds kernel arguments to every
+//              other run (the first run without), so two command lines compare without a rebuild.
 //   leader     node1's first boot from its seed (initdb, setup)
 //   reboot     node1 rebooted (`systemctl reboot`) once configured; --reboots N times (default
 //              1): the same image varies by ±10 s between boots under TCG, so take the median
@@ -29,6 +32,8 @@ const arches: Arch[] = arg('--arch', 'amd64') === 'all' ? ['amd64', 'arm64'] : [
 const only = new Set(arg('--only', 'unseeded,uefi,direct,leader,reboot,follower').split(','));
 const jsonFile = arg('--json', '');
 const reboots = Math.max(1, Number.parseInt(arg('--reboots', '1'), 10) || 1);
+const directRuns = Math.max(1, Number.parseInt(arg('--direct-runs', '1'), 10) || 1);
+const directAppend = arg('--direct-append', '').trim();
 const BOOT_TIMEOUT = 20 * 60_000;
 const NET = { node1: '192.168.77.11', node2: '192.168.77.12', vip: '192.168.77.50' };
 const MAC = { node1: '52:54:00:77:00:11', node2: '52:54:00:77:00:12' };
@@ -143,7 +148,13 @@ for (const arch of arches) {
     }
     if (only.has('direct')) {
       const kernel = await directKernel(img, dir);
-      await withVm({ arch, firmware: fw, image: img.qcow2, format: 'qcow2', kernel, name: 'direct' }, async (vm) => record(arch, 'unseeded', 'direct', vm, await vm.waitFor(READY_MARKER, BOOT_TIMEOUT), false));
+      // Alternated rather than in two blocks, so that a change in the machine's load falls on both.
+      for (let i = 0; i < directRuns; i++) {
+        const extra = directAppend && i % 2 === 1;
+        const scenario = extra ? `direct+${directAppend}` : 'direct';
+        const k = extra ? { ...kernel, append: `${kernel.append} ${directAppend}` } : kernel;
+        await withVm({ arch, firmware: fw, image: img.qcow2, format: 'qcow2', kernel: k, name: 'direct' }, async (vm) => record(arch, 'unseeded', scenario, vm, await vm.waitFor(READY_MARKER, BOOT_TIMEOUT), directRuns > 1));
+      }
     }
     if (only.has('leader') || only.has('reboot') || only.has('follower')) {
       const clusterDir = join(dir, 'cluster');
@@ -180,10 +191,15 @@ for (const arch of arches) {
 
 console.log('\narch   scenario  firmware  role          guest s  wall s  before kernel s');
 for (const f of figures) console.log(`${f.arch.padEnd(6)} ${f.scenario.padEnd(9)} ${f.firmware.padEnd(9)} ${f.role.padEnd(12)} ${(f.guestS?.toFixed(1) ?? '?').padStart(7)} ${f.wallS.toFixed(1).padStart(7)} ${(f.preKernelS?.toFixed(1) ?? '?').padStart(15)}`);
-for (const arch of arches) {
-  const sorted = figures.filter((f) => f.arch === arch && f.scenario === 'reboot' && f.guestS !== null).map((f) => f.guestS!).sort((a, b) => a - b);
-  if (sorted.length < 2) continue;
+/** Min, median and max guest seconds of the boots that match, when there are at least two. */
+function spread(label: string, match: (f: Figure) => boolean): void {
+  const sorted = figures.filter((f) => match(f) && f.guestS !== null).map((f) => f.guestS!).sort((a, b) => a - b);
+  if (sorted.length < 2) return;
   const median = sorted.length % 2 ? sorted[(sorted.length - 1) / 2]! : (sorted[sorted.length / 2 - 1]! + sorted[sorted.length / 2]!) / 2;
-  console.log(`${arch} reboots: ${sorted.length}, guest s min ${sorted[0]!.toFixed(1)}, median ${median.toFixed(1)}, max ${sorted.at(-1)!.toFixed(1)}`);
+  console.log(`${label}: ${sorted.length}, guest s min ${sorted[0]!.toFixed(1)}, median ${median.toFixed(1)}, max ${sorted.at(-1)!.toFixed(1)}`);
+}
+for (const arch of arches) {
+  spread(`${arch} reboots`, (f) => f.arch === arch && f.scenario === 'reboot');
+  for (const fw of new Set(figures.filter((f) => f.arch === arch && f.firmware.startsWith('direct')).map((f) => f.firmware))) spread(`${arch} ${fw} boots`, (f) => f.arch === arch && f.firmware === fw);
 }
 if (jsonFile) writeFileSync(jsonFile, `${JSON.stringify(figures, null, 2)}\n`);
