@@ -1,5 +1,5 @@
 // npm run bench:image -- [--image images/test-amd64.yaml] [--json FILE] [--no-cold] [--no-boot]
-// Full image build (root tar + disk images), cold (empty apt cache) and warm; the size of every
+// Full image build (root tar + disk images), cold (empty apt and base root caches) and warm; the size of every
 // output; boot-to-marker time under TCG for BIOS and UEFI, wall and guest (uptime at the marker).
 // Prints figures; asserts nothing.
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -47,8 +47,8 @@ async function boot(file: string, firmware: Firmware): Promise<{ wallSeconds: nu
 }
 
 try {
-  const cold = process.argv.includes('--no-cold') ? null : await build('cold (empty apt cache)', coldCache);
-  const warm = await build('warm (apt cache filled)', warmCache);
+  const cold = process.argv.includes('--no-cold') ? null : await build('cold (empty apt and base root caches)', coldCache);
+  const warm = await build('warm (caches filled)', warmCache);
   const qcow2 = warm.outputs.find((o) => o.format === 'qcow2')?.file;
   const boots: Record<string, unknown> = {};
   if (qcow2 && !process.argv.includes('--no-boot')) {

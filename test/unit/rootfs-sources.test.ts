@@ -24,7 +24,7 @@ process.env.DOCKER_HOST = NO_ENGINE;
 const quiet = new Logger({ level: 'error', color: false, write: () => undefined });
 
 async function sourceCtx() {
-  return { image: await loadImageDef('test-amd64.yaml'), staging: tempDir(), cacheDir: tempDir(), workDir: tempDir(), sourceDateEpoch: 1_700_000_000, logger: quiet, progress: () => undefined };
+  return { image: await loadImageDef('test-amd64.yaml'), staging: tempDir(), cacheDir: tempDir(), workDir: tempDir(), sourceDateEpoch: 1_700_000_000, baseCache: true, logger: quiet, progress: () => undefined };
 }
 
 /** Read a tar (bytes) back: header, raw PAX records and body of each entry. */

@@ -40,6 +40,8 @@ export interface BuildContext {
   cacheDir: string;
   artifactsDir?: string;
   offline: boolean;
+  /** The mmdebstrap source may reuse a cached base root (`--no-base-cache` turns it off). */
+  baseCache: boolean;
   sourceDateEpoch: number;
   logger: Logger;
   /** The upgrade bundle's signing key (`--sign-key`); unsigned bundles are refused by nodes. */

@@ -77,14 +77,10 @@ export interface RootfsPlanInput {
   sourceDateEpoch: number;
 }
 
-/**
- * The mmdebstrap call that builds a root tar. Rootless-friendly and reproducible
- * (SOURCE_DATE_EPOCH); downloaded packages are kept in `aptCache` for the next build, and
- * neither the cache nor apt's lists end up in the root.
- */
-export function mmdebstrapPlan(input: RootfsPlanInput): CommandPlan {
+/** The packages' part of every mmdebstrap call that installs them: options, apt cache, early files. */
+function packageArgs(input: Pick<RootfsPlanInput, 'image' | 'staging' | 'aptCache'>): string[] {
   const { image } = input;
-  const args = [
+  return [
     '--variant=apt',
     // The output is a temporary name, so the format cannot come from its extension.
     '--format=tar',
@@ -102,15 +98,68 @@ export function mmdebstrapPlan(input: RootfsPlanInput): CommandPlan {
     // The cache's apt lock goes too: synced in from the builder's cache, a rootless build left
     // it owned by the build user's uid in the root.
     '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb "$1"/var/cache/apt/archives/lock',
+  ];
+}
+
+/**
+ * The environment of an mmdebstrap run. A foreign arm64 root runs its maintainer scripts and the
+ * customize script under qemu-user, whose default CPU emulates QARMA5 pointer authentication on
+ * every call of Debian's branch-protected code; QEMU's own hash is 3x faster (python3 under
+ * qemu-aarch64 here) and changes nothing in the root.
+ */
+export function mmdebstrapEnv(image: Pick<Image, 'arch'>, sourceDateEpoch: number): Record<string, string> {
+  const env: Record<string, string> = { SOURCE_DATE_EPOCH: String(sourceDateEpoch) };
+  if (image.arch === 'arm64' && process.arch !== 'arm64') env.QEMU_CPU = 'max,pauth-impdef=on';
+  return env;
+}
+
+/**
+ * The mmdebstrap call that builds a root tar in one pass (`--no-base-cache`, or when the mirror's
+ * InRelease cannot be read). Rootless-friendly and reproducible (SOURCE_DATE_EPOCH); downloaded
+ * packages are kept in `aptCache` for the next build, and neither the cache nor apt's lists end
+ * up in the root.
+ */
+export function mmdebstrapPlan(input: RootfsPlanInput): CommandPlan {
+  const { image } = input;
+  const args = [...packageArgs(input), ...stagingHooks(input.stagingTar), image.base.suite, input.output, image.base.mirror];
+  return { cmd: 'mmdebstrap', args, env: mmdebstrapEnv(image, input.sourceDateEpoch), title: `mmdebstrap ${image.base.suite} ${image.arch}` };
+}
+
+/**
+ * The base root of the cache: the same packages as `mmdebstrapPlan`, nothing of the staging tree
+ * but its early files, and no /dev (mmdebstrap makes its own when the base is laid in again).
+ */
+export function mmdebstrapBasePlan(input: Omit<RootfsPlanInput, 'stagingTar'>): CommandPlan {
+  const { image } = input;
+  const args = [...packageArgs(input), '--skip=output/dev', image.base.suite, input.output, image.base.mirror];
+  return { cmd: 'mmdebstrap', args, env: mmdebstrapEnv(image, input.sourceDateEpoch), title: `mmdebstrap base ${image.base.suite} ${image.arch}` };
+}
+
+/**
+ * A root from a cached base: `--variant=custom` installs nothing, mmdebstrap's `tar-in` unpacks the
+ * base as the invoking user (so a rootless build reads its own cache), then the same hooks as the
+ * one-pass build lay the staging tree over it and run the customize script.
+ */
+export function fromBasePlan(input: { image: Image; base: string; output: string; stagingTar: string; sourceDateEpoch: number }): CommandPlan {
+  const { image } = input;
+  const args = [
+    '--variant=custom',
+    '--format=tar',
+    `--arch=${image.arch}`,
+    '--components=main',
+    // Nothing is installed, so no package index is fetched.
+    '--skip=update',
+    ...APT_OPTIONS.map((o) => `--aptopt=${o}`),
+    ...DPKG_EXCLUDES.map((o) => `--dpkgopt=${o}`),
+    `--setup-hook=tar-in ${input.base} /`,
+    // The base has no /dev. mmdebstrap then makes its device nodes in root mode, but in unshare
+    // mode it binds the host's onto files in an existing /dev only (a rootless build stopped at
+    // customize-root.sh's first `2>/dev/null`). Its own /dev entries go into the output either way.
+    '--setup-hook=mkdir -p "$1/dev"',
     ...stagingHooks(input.stagingTar),
     image.base.suite,
     input.output,
     image.base.mirror,
   ];
-  const env: Record<string, string> = { SOURCE_DATE_EPOCH: String(input.sourceDateEpoch) };
-  // A foreign arm64 root runs its maintainer scripts under qemu-user, whose default CPU emulates
-  // QARMA5 pointer authentication on every call of Debian's branch-protected code; QEMU's own
-  // hash is 3x faster (python3 under qemu-aarch64 here) and changes nothing in the root.
-  if (image.arch === 'arm64' && process.arch !== 'arm64') env.QEMU_CPU = 'max,pauth-impdef=on';
-  return { cmd: 'mmdebstrap', args, env, title: `mmdebstrap ${image.base.suite} ${image.arch}` };
+  return { cmd: 'mmdebstrap', args, env: mmdebstrapEnv(image, input.sourceDateEpoch), title: `mmdebstrap ${image.arch} from the base ${input.base}` };
 }

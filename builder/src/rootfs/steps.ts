@@ -161,7 +161,7 @@ export const ROOTFS_STEPS: Step[] = [
       // --rootfs: mmdebstrap (default), docker[:BASE] or tar:PATH; each lays the staging tree over
       // its root and runs customize-root.sh inside, so all make the same node OS.
       const source = ctx.state.rootSource ?? parseRootSource('mmdebstrap');
-      const sourceCtx = { image: ctx.image, staging: staging(ctx), cacheDir: ctx.cacheDir, workDir: ctx.workDir, sourceDateEpoch: ctx.sourceDateEpoch, logger: ctx.logger, progress: (m: string) => say(ctx, m) };
+      const sourceCtx = { image: ctx.image, staging: staging(ctx), cacheDir: ctx.cacheDir, workDir: ctx.workDir, sourceDateEpoch: ctx.sourceDateEpoch, baseCache: ctx.baseCache, logger: ctx.logger, progress: (m: string) => say(ctx, m) };
       ctx.logger.info(`  root source: ${source.origin}`);
       await source.check(sourceCtx);
       // The manifest, in the root and next to it, records how the root was made.

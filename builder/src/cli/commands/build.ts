@@ -27,6 +27,8 @@ interface BuildOptions {
   rootfs: string;
   artifacts?: string;
   offline?: boolean;
+  /** false with --no-base-cache. */
+  baseCache?: boolean;
   cacheDir: string;
   json?: boolean;
   output?: string;
@@ -72,7 +74,8 @@ export function registerBuild(program: Command, ctx: () => CliContext): void {
     .option('--rootfs-tar <file>', 'disk stage: the root tar to use (default: OUT/<name>-<version>-<arch>.rootfs.tar)')
     .option('--artifacts <dir>', 'air-gapped: pre-fetched upstream release files')
     .option('--offline', 'never open a connection for upstream artifacts')
-    .option('--cache-dir <dir>', 'apt and artifact cache', join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'geminik8s'))
+    .option('--no-base-cache', 'rootfs stage: install the Debian packages in this build instead of taking them from the base root cache (CACHE/base, keyed by packages, mirror InRelease and mmdebstrap)')
+    .option('--cache-dir <dir>', 'apt, base root and artifact cache', join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'geminik8s'))
     .option('--json', 'one JSON line per step event on stdout')
     .option('--output <formats>', `disk stage: what to write, comma-separated (${OUTPUT_FORMATS.join(', ')}); default: the image definition's outputs`)
     .option('--sign-key <file>', 'minisign secret key that signs the upgrade bundle (geminik8s keygen)')
@@ -90,7 +93,7 @@ export function registerBuild(program: Command, ctx: () => CliContext): void {
       const workDir = mkdtempSync(join(tmpdir(), 'gk-build-'));
       const build: BuildContext = {
         image, imageFile: opts.image, outDir: opts.out, workDir, cacheDir: opts.cacheDir, artifactsDir: opts.artifacts,
-        offline: Boolean(opts.offline), sourceDateEpoch: sourceDateEpoch(), logger: c.logger, state: opts.rootfsTar ? { rootfsTar: opts.rootfsTar } : {},
+        offline: Boolean(opts.offline), baseCache: opts.baseCache !== false, sourceDateEpoch: sourceDateEpoch(), logger: c.logger, state: opts.rootfsTar ? { rootfsTar: opts.rootfsTar } : {},
         outputs, signKey,
       };
       build.state.rootSource = rootSource;

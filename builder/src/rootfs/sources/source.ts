@@ -14,6 +14,8 @@ export interface RootSourceContext {
   /** Private scratch space of this build. */
   workDir: string;
   sourceDateEpoch: number;
+  /** Whether the mmdebstrap source may take its packages from the base root cache (`--no-base-cache`: no). */
+  baseCache: boolean;
   logger: Logger;
   /** How far the source is (mmdebstrap's phases, Docker's steps); the build's progress port. */
   progress: (message: string) => void;
