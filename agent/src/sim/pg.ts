@@ -35,6 +35,17 @@ export class SimPostgres {
   receiverStreaming = false;
   /** Gray fault: the receiver stays connected but stops flushing and acknowledging. */
   receiverStalled = false;
+  /**
+   * Standby: how many records the startup process has replayed. Replay trails the flush by one
+   * replication round, and stands still while `replayStalled` (a recovery conflict, a stopped
+   * startup process) although the receiver keeps flushing and acknowledging.
+   */
+  replayed = 0;
+  replayStalled = false;
+  /** Standby: its flushed length at the previous replication round (what replay reaches next). */
+  flushedLastRound = 0;
+  /** Primary: how far the standby replayed (pg_stat_replication.replay_lsn). */
+  peerReplay = 0;
   /** Version of the WAL array's content, bumped on truncation or replacement. */
   version = 0;
   ids = new Set<number>();
@@ -67,6 +78,11 @@ export class SimPostgres {
     return { systemId: 'sim', timeline: this.timeline, history };
   }
 
+  /** What pg_last_wal_replay_lsn() says on a standby; a primary's position otherwise. */
+  get replayLsn(): number {
+    return this.standbySignal ? Math.min(this.replayed, this.wal.length) : this.wal.length;
+  }
+
   get primary(): boolean {
     return this.running && !this.standbySignal;
   }
@@ -82,6 +98,9 @@ export class SimPostgres {
 
   replaceWal(wal: Wal[]): void {
     this.wal = wal;
+    // A cloned or rewound data directory is replayed to its end before the server is consistent.
+    this.replayed = wal.length;
+    this.flushedLastRound = wal.length;
     this.ids = new Set(wal.filter((e) => e.id > 0).map((e) => e.id));
     this.version++;
   }
@@ -124,12 +143,12 @@ export class SimPostgres {
 
   status(): PgStatus {
     if (!this.running) return { up: false, error: 'connection refused' };
-    const s: PgStatus = { up: true, inRecovery: this.standbySignal, lsn: BigInt(this.wal.length), timeline: this.timeline, synchronousStandbyNames: this.syncNames, readOnly: this.readOnly };
+    const s: PgStatus = { up: true, inRecovery: this.standbySignal, lsn: BigInt(this.replayLsn), timeline: this.timeline, synchronousStandbyNames: this.syncNames, readOnly: this.readOnly };
     if (this.standbySignal) s.receiverStreaming = this.receiverStreaming;
     else {
       s.syncWaiters = this.waiters.length;
       if (this.peerStreaming) {
-        s.standby = { state: 'streaming', syncState: this.syncNames ? 'sync' : 'async', flushLsn: BigInt(this.peerFlush), replayLsn: BigInt(this.peerFlush) };
+        s.standby = { state: 'streaming', syncState: this.syncNames ? 'sync' : 'async', flushLsn: BigInt(this.peerFlush), replayLsn: BigInt(Math.min(this.peerReplay, this.peerFlush)) };
       }
     }
     return s;
@@ -257,6 +276,11 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
       });
       await op(100, 1500, () => {
         if (!self.running || !self.standbySignal) throw new Error('server stopped during promotion');
+        // pg_promote() ends recovery only after replaying all that was flushed; the adapter's
+        // call gives up after 30 s. (A real server would still promote once replay resumed; the
+        // model does not, so a late promotion is not explored.)
+        if (self.replayStalled) throw new Error('pg_promote did not complete within 30 s');
+        self.replayed = self.wal.length;
         self.standbySignal = false;
         self.receiverStreaming = false;
         self.timeline++;
@@ -297,6 +321,8 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
           self.onViolation(`${self.node}: standby.signal written into a live primary`);
           throw new Error('refusing to configure a running primary as standby');
         }
+        // What a primary wrote it has applied; a standby's replay goes on from where it stood.
+        if (!self.standbySignal) self.replayed = self.flushedLastRound = self.wal.length;
         self.standbySignal = true;
         self.syncNames = '';
         self.readOnly = false;
@@ -326,6 +352,7 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
         if (path.action === 'clone') return reclone(path.reason);
         if (path.action === 'follow') {
           self.followedTimeline = p.timeline;
+          if (!self.standbySignal) self.replayed = self.flushedLastRound = self.wal.length;
           self.standbySignal = true;
           self.syncNames = '';
           self.readOnly = false;
@@ -377,6 +404,9 @@ export function replicate(world: World, a: SimPostgres, b: SimPostgres): void {
       p.peerStreaming = false;
       continue;
     }
+    // Replay reaches what was flushed by the previous round, whether or not the receiver streams now.
+    if (!s.replayStalled) s.replayed = Math.max(s.replayed, s.flushedLastRound);
+    s.flushedLastRound = s.wal.length;
     const linked = world.linkUp(s.node, p.node) && world.linkUp(p.node, s.node);
     if (!p.primary || !linked || !isPrefix(s.wal, p.wal)) {
       s.receiverStreaming = false;
@@ -391,6 +421,7 @@ export function replicate(world: World, a: SimPostgres, b: SimPostgres): void {
       s.timeline = p.timeline;
     }
     p.peerFlush = s.wal.length;
+    p.peerReplay = s.replayLsn;
     p.releaseWaiters();
   }
 }

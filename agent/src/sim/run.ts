@@ -26,6 +26,7 @@ export function healAll(c: SimCluster): void {
   for (const n of c.nodes) {
     n.diskFull = false;
     n.pg.receiverStalled = false;
+    n.pg.replayStalled = false;
     if (!n.proc.alive) c.startAgent(n);
     n.proc.pausedUntil = 0;
   }
@@ -56,7 +57,7 @@ function injectRandomFault(c: SimCluster): string {
   const node = rng.pick(c.nodes);
   const dur = rng.between(500, 30_000);
   const later = (ms: number, fn: () => void): void => w.at(w.now + ms, fn);
-  const kind = rng.int(0, 16);
+  const kind = rng.int(0, 17);
   switch (kind) {
     case 0:
     case 1: {
@@ -157,6 +158,12 @@ function injectRandomFault(c: SimCluster): string {
       c.cleanStop(node, rng.between(3000, 40_000), pgStopsAfter);
       return `clean stop (reboot) of ${node.name}${pgStopsAfter === undefined ? '' : `, PostgreSQL stopping beside the agent after ${pgStopsAfter.toFixed(0)} ms`}`;
     }
+    case 16:
+      // The standby keeps receiving and acknowledging but stops replaying (a recovery conflict,
+      // the startup process stopped): a switchover must not wait on it forever, a promotion fails.
+      node.pg.replayStalled = true;
+      later(dur, () => (node.pg.replayStalled = false));
+      return `replay of ${node.name} stalls`;
     default: {
       // A crash of the new leader right after its promotion, before anything else.
       c.onPromoted = (n: SimNode) => {
