@@ -112,9 +112,9 @@ export async function ensureBase(req: BaseRequest, ports: BasePorts): Promise<st
   const path = join(req.dir, name);
   if (existsSync(path)) {
     ports.progress(`base root from the cache: ${name}`);
-    // Its use is what keeps it among the bases kept.
+    // Its use is what keeps it among the bases kept (best effort: a cache shared read-only still serves).
     const now = new Date();
-    await utimes(path, now, now);
+    await utimes(path, now, now).catch(() => undefined);
     return path;
   }
   mkdirSync(req.dir, { recursive: true });
