@@ -136,30 +136,47 @@ export function mmdebstrapBasePlan(input: Omit<RootfsPlanInput, 'stagingTar'>): 
 }
 
 /**
- * A root from a cached base: `--variant=custom` installs nothing, mmdebstrap's `tar-in` unpacks the
- * base as the invoking user (so a rootless build reads its own cache), then the same hooks as the
- * one-pass build lay the staging tree over it and run the customize script.
+ * mmdebstrap over a root that already has its packages: `--variant=custom` installs nothing and
+ * `--skip=update` fetches no index; `hooks` bring the root in (setup) and adjust it, then the
+ * same staging hooks as a one-pass build lay the staging tree over it and run the customize
+ * script. mmdebstrap mounts /proc, /sys and /dev for the chroot and packs the tar as for a Debian build.
  */
-export function fromBasePlan(input: { image: Image; base: string; output: string; stagingTar: string; sourceDateEpoch: number }): CommandPlan {
+export function overRootPlan(input: { image: Image; hooks: string[]; output: string; stagingTar: string; env: Record<string, string>; title: string }): CommandPlan {
   const { image } = input;
   const args = [
     '--variant=custom',
     '--format=tar',
     `--arch=${image.arch}`,
-    '--components=main',
     // Nothing is installed, so no package index is fetched.
     '--skip=update',
     ...APT_OPTIONS.map((o) => `--aptopt=${o}`),
     ...DPKG_EXCLUDES.map((o) => `--dpkgopt=${o}`),
-    `--setup-hook=tar-in ${input.base} /`,
-    // The base has no /dev. mmdebstrap then makes its device nodes in root mode, but in unshare
-    // mode it binds the host's onto files in an existing /dev only (a rootless build stopped at
-    // customize-root.sh's first `2>/dev/null`). Its own /dev entries go into the output either way.
-    '--setup-hook=mkdir -p "$1/dev"',
+    ...input.hooks,
     ...stagingHooks(input.stagingTar),
     image.base.suite,
     input.output,
     image.base.mirror,
   ];
-  return { cmd: 'mmdebstrap', args, env: mmdebstrapEnv(image, input.sourceDateEpoch), title: `mmdebstrap ${image.arch} from the base ${input.base}` };
+  return { cmd: 'mmdebstrap', args, env: input.env, title: input.title };
+}
+
+/**
+ * A root from a cached base: mmdebstrap's `tar-in` unpacks the base as the invoking user (so a
+ * rootless build reads its own cache), then `overRootPlan`'s staging hooks.
+ */
+export function fromBasePlan(input: { image: Image; base: string; output: string; stagingTar: string; sourceDateEpoch: number }): CommandPlan {
+  return overRootPlan({
+    image: input.image,
+    hooks: [
+      `--setup-hook=tar-in ${input.base} /`,
+      // The base has no /dev. mmdebstrap then makes its device nodes in root mode, but in unshare
+      // mode it binds the host's onto files in an existing /dev only (a rootless build stopped at
+      // customize-root.sh's first `2>/dev/null`). Its own /dev entries go into the output either way.
+      '--setup-hook=mkdir -p "$1/dev"',
+    ],
+    output: input.output,
+    stagingTar: input.stagingTar,
+    env: mmdebstrapEnv(input.image, input.sourceDateEpoch),
+    title: `mmdebstrap ${input.image.arch} from the base ${input.base}`,
+  });
 }

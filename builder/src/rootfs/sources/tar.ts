@@ -4,7 +4,7 @@ import { ExitCode, GeminiError } from '#common/errors.ts';
 import { fileHead } from '#common/fsutil.ts';
 import { CommandFailedError, lastLines, requireTools, runPlan, shellQuote, type CommandPlan } from '#common/exec.ts';
 import type { Image } from '#common/schema/image.ts';
-import { APT_OPTIONS, DPKG_EXCLUDES, stagingHooks, stagingTarPlan } from '../mmdebstrap.ts';
+import { overRootPlan, stagingTarPlan } from '../mmdebstrap.ts';
 import { rootPackages } from '../packages.ts';
 import { runMmdebstrap } from './mmdebstrap.ts';
 import type { RootSource, RootSourceContext } from './source.ts';
@@ -99,22 +99,14 @@ export function tarSourcePlan(input: TarPlanInput): CommandPlan {
     '--anchored', '--exclude=./dev/*', '--exclude=dev/*',
   ].map((w) => (w === '--directory="$1"' ? w : shellQuote(w))).join(' ');
   const dropOsRelease = `/^(${OS_RELEASE_KEYS.join('|')})=/d`;
-  const args = [
-    '--variant=custom',
-    '--format=tar',
-    `--arch=${image.arch}`,
-    // Nothing is installed, so no package index is fetched.
-    '--skip=update',
-    ...APT_OPTIONS.map((o) => `--aptopt=${o}`),
-    ...DPKG_EXCLUDES.map((o) => `--dpkgopt=${o}`),
-    `--setup-hook=${untar}`,
-    `--customize-hook=chroot "$1" sed -i -E ${shellQuote(dropOsRelease)} /usr/lib/os-release`,
-    ...stagingHooks(input.stagingTar),
-    image.base.suite,
-    input.output,
-    image.base.mirror,
-  ];
-  return { cmd: 'mmdebstrap', args, env: { SOURCE_DATE_EPOCH: String(input.sourceDateEpoch) }, title: `mmdebstrap ${image.arch} from ${input.tarball}` };
+  return overRootPlan({
+    image,
+    hooks: [`--setup-hook=${untar}`, `--customize-hook=chroot "$1" sed -i -E ${shellQuote(dropOsRelease)} /usr/lib/os-release`],
+    output: input.output,
+    stagingTar: input.stagingTar,
+    env: { SOURCE_DATE_EPOCH: String(input.sourceDateEpoch) },
+    title: `mmdebstrap ${image.arch} from ${input.tarball}`,
+  });
 }
 
 /** `--rootfs tar:PATH`: an existing root tarball with the image's packages installed. */
