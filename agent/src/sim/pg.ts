@@ -83,6 +83,17 @@ export class SimPostgres {
     return this.standbySignal ? Math.min(this.replayed, this.wal.length) : this.wal.length;
   }
 
+  /**
+   * standby.signal written: the server starts in recovery, without a standby's settings. What a
+   * primary wrote it has applied; a standby's replay goes on from where it stood.
+   */
+  enterRecovery(): void {
+    if (!this.standbySignal) this.replayed = this.flushedLastRound = this.wal.length;
+    this.standbySignal = true;
+    this.syncNames = '';
+    this.readOnly = false;
+  }
+
   get primary(): boolean {
     return this.running && !this.standbySignal;
   }
@@ -148,7 +159,7 @@ export class SimPostgres {
     else {
       s.syncWaiters = this.waiters.length;
       if (this.peerStreaming) {
-        s.standby = { state: 'streaming', syncState: this.syncNames ? 'sync' : 'async', flushLsn: BigInt(this.peerFlush), replayLsn: BigInt(Math.min(this.peerReplay, this.peerFlush)) };
+        s.standby = { state: 'streaming', syncState: this.syncNames ? 'sync' : 'async', flushLsn: BigInt(this.peerFlush), replayLsn: BigInt(this.peerReplay) };
       }
     }
     return s;
@@ -321,11 +332,7 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
           self.onViolation(`${self.node}: standby.signal written into a live primary`);
           throw new Error('refusing to configure a running primary as standby');
         }
-        // What a primary wrote it has applied; a standby's replay goes on from where it stood.
-        if (!self.standbySignal) self.replayed = self.flushedLastRound = self.wal.length;
-        self.standbySignal = true;
-        self.syncNames = '';
-        self.readOnly = false;
+        self.enterRecovery();
       }),
     rejoin: async (): Promise<RejoinMethod> => {
       await op(50, 400, () => self.halt('stopped for rejoin'));
@@ -340,9 +347,7 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
         const standbyOn = (wal: Wal[]): void => {
           self.replaceWal(wal);
           self.timeline = p.timeline;
-          self.standbySignal = true;
-          self.syncNames = '';
-          self.readOnly = false;
+          self.enterRecovery();
         };
         const reclone = (why: string): RejoinMethod => {
           standbyOn(p.wal.slice());
@@ -352,10 +357,7 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
         if (path.action === 'clone') return reclone(path.reason);
         if (path.action === 'follow') {
           self.followedTimeline = p.timeline;
-          if (!self.standbySignal) self.replayed = self.flushedLastRound = self.wal.length;
-          self.standbySignal = true;
-          self.syncNames = '';
-          self.readOnly = false;
+          self.enterRecovery();
           // PostgreSQL would refuse to follow (replicate() checks the same): the decision was wrong.
           const prefix = isPrefix(self.wal, p.wal);
           world.log(`${self.node} pg: following as it is (${path.reason})${prefix ? '' : ': NOT a prefix of the leader\'s WAL'}`);
