@@ -77,7 +77,7 @@ export class NotifyPipe {
     return this.ready;
   }
 
-  /** End the helper (the agent's own stop; a test). */
+  /** End the helper (a test; when the agent exits, its stdin closes and it ends by itself). */
   async close(): Promise<void> {
     const h = this.helper;
     this.helper = undefined;

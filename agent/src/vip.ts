@@ -94,7 +94,7 @@ export class IpRunner {
     }
   }
 
-  /** End the waiting `ip`, if any (the agent's own stop; a test). */
+  /** End the waiting `ip`, if any (a test; when the agent exits, its stdin closes and it ends by itself). */
   close(): void {
     this.spare?.cancel();
     this.spare = undefined;

@@ -42,7 +42,7 @@ export function mmdebstrapSource(): RootSource {
         ? await ensureBase(
             { image: ctx.image, staging: ctx.staging, dir: join(ctx.cacheDir, 'base'), plan: (out) => mmdebstrapBasePlan({ ...common, output: out }) },
             {
-              releaseDigest: (mirror, suite) => releaseDigest(mirror, suite),
+              releaseDigest,
               mmdebstrapVersion: async () => (await runPlan({ cmd: 'mmdebstrap', args: ['--version'] })).stdout,
               run: (plan) => runMmdebstrap(plan, ctx.progress),
               progress: ctx.progress,
