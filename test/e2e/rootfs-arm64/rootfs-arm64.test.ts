@@ -1,7 +1,7 @@
 import test from 'ava';
-import { closeSync, existsSync, lstatSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import { partitionOffset } from '#common/install/media.ts';
 import { bootVm, parseMarkerFields, READY_MARKER, type Vm } from '#qemu/index.ts';
@@ -10,6 +10,7 @@ import { ROOT, tempDir } from '../../helpers/fixtures.ts';
 import { blankDisk, buildInstaller, INSTALL_TIMEOUT, onConsole, sha256Of, TARGET_SERIAL } from '../../helpers/installer-e2e.ts';
 import { pxeSite } from '../../helpers/pxe.ts';
 import { testImage, type BuiltImage } from '#lab/test-image.ts';
+import { elfHeader, EM, inRoot } from '../../helpers/root-files.ts';
 
 // Builds the arm64 test image (root, then disk) on this amd64 host: mmdebstrap runs the arm64 maintainer
 // scripts, update-initramfs and customize-root.sh through qemu-user-static's binfmt entry (the
@@ -17,7 +18,6 @@ import { testImage, type BuiltImage } from '#lab/test-image.ts';
 // Slow: dpkg runs under emulation. The apt cache under ~/.cache/geminik8s makes a rebuild
 // skip the ~350 MB download, not the emulated installation.
 const NAME = 'test-0.1.0-arm64';
-const EM_AARCH64 = 183;
 let img: BuiltImage;
 let out: string;
 let root: string;
@@ -40,32 +40,6 @@ test.after.always(async () => {
   for (const vm of vms.splice(0)) await vm.stop();
 });
 
-/** Follow symlinks the way they resolve inside the root (absolute targets are root-relative). */
-function inRoot(path: string): string {
-  let p = join(root, path);
-  for (let i = 0; i < 40; i++) {
-    const st = lstatSync(p, { throwIfNoEntry: false });
-    if (!st?.isSymbolicLink()) return p;
-    const target = readlinkSync(p);
-    p = target.startsWith('/') ? join(root, target) : join(dirname(p), target);
-  }
-  throw new Error(`too many symlinks under ${path}`);
-}
-
-/** The ELF header fields that tell the architecture: class, byte order, e_machine. */
-function elfHeader(file: string): { elfClass: number; data: number; machine: number } {
-  const buf = Buffer.alloc(20);
-  const fd = openSync(file, 'r');
-  try {
-    if (readSync(fd, buf, 0, 20, 0) < 20) throw new Error(`${file}: shorter than an ELF header`);
-  } finally {
-    closeSync(fd);
-  }
-  if (buf.readUInt32BE(0) !== 0x7f454c46) throw new Error(`${file}: not an ELF file`);
-  const data = buf[5]!;
-  return { elfClass: buf[4]!, data, machine: data === 1 ? buf.readUInt16LE(18) : buf.readUInt16BE(18) };
-}
-
 test('the root tar and its manifest are written under their final names, for arm64', (t) => {
   const mib = statSync(join(out, `${NAME}.rootfs.tar`)).size / 1048576;
   t.log(`arm64 image build (root + disk) on ${process.arch} through qemu-user binfmt: ${img.buildSeconds ? `${buildSeconds.toFixed(0)} s` : 'cached'}, root ${mib.toFixed(0)} MiB`);
@@ -82,8 +56,8 @@ test('the root tar and its manifest are written under their final names, for arm
 });
 
 test('/usr/bin/node is an aarch64 ELF executable', (t) => {
-  const node = inRoot('/usr/bin/node');
-  t.deepEqual(elfHeader(node), { elfClass: 2, data: 1, machine: EM_AARCH64 }, node);
+  const node = inRoot(root, '/usr/bin/node');
+  t.deepEqual(elfHeader(node), { elfClass: 2, data: 1, machine: EM.arm64 }, node);
 });
 
 test('the kernel and initramfs GRUB loads by fixed names are there, for arm64', (t) => {
@@ -109,7 +83,7 @@ test('grub-efi-arm64-bin modules are under /usr/lib/grub/arm64-efi for the disk 
     t.true(mods.includes(`${m}.mod`), `${m}.mod`);
   }
   t.true(existsSync(join(dir, 'moddep.lst')), 'moddep.lst, which grub-mkimage reads');
-  t.deepEqual(elfHeader(join(dir, 'normal.mod')), { elfClass: 2, data: 1, machine: EM_AARCH64 }, 'aarch64 GRUB modules');
+  t.deepEqual(elfHeader(join(dir, 'normal.mod')), { elfClass: 2, data: 1, machine: EM.arm64 }, 'aarch64 GRUB modules');
 });
 
 test('the agent bundle runs inside the root with the root\'s arm64 Node.js, through binfmt', async (t) => {
