@@ -1,5 +1,7 @@
 // npm run bench:squashfs -- [--variants gzip:1M,gzip:128K,lzo:128K,lz4:128K,zstd:128K,xz:128K] [--json FILE]
-// Chooses the root slot's squashfs codec and block size by measurement. For each variant it
+// Chooses the root slot's squashfs codec and block size by measurement. A variant `erofs:CODEC`
+// or `erofs:CODEC-SIZE` makes an EROFS slot instead (CODEC none, lz4 or lz4hc; SIZE its largest
+// physical cluster, 4K when left out), to compare the two read-only file systems. For each variant it
 // makes the test image's slot from its root tree (size, host seconds), writes it into slot A of
 // a copy of the disk, boots that directly (kernel and initrd given to QEMU, so GRUB's codec
 // support does not limit the choice) under TCG, and times cold reads in the guest, page cache
@@ -8,7 +10,7 @@
 import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runPlan } from '#common/exec.ts';
+import { runPlan, type CommandPlan } from '#common/exec.ts';
 import { squashfsPlan } from '#builder/disk/plans.ts';
 import { writeAt } from '#builder/disk/steps.ts';
 import { partitionOffset } from '#common/install/media.ts';
@@ -29,6 +31,17 @@ const PROBES: Record<string, string> = {
   readUsr: 'tar -cf - /usr 2>/dev/null | wc -c >/dev/null',
 };
 
+/** mkfs.erofs of the tree (erofs-utils 1.5 on Debian 12 knows lz4 and lz4hc): `none`, `lz4hc`, `lz4hc-64K`. */
+function erofsPlan(dir: string, output: string, variant: string): CommandPlan {
+  const [codec, cluster] = variant.split('-');
+  const bytes = cluster ? Number.parseInt(cluster, 10) * 1024 : 0;
+  return {
+    cmd: 'mkfs.erofs',
+    args: [...(codec === 'none' ? [] : [`-z${codec === 'lz4hc' ? 'lz4hc,12' : codec}`]), ...(bytes ? [`-C${bytes}`] : []), '-T1700000000', '-U00000000-0000-4000-8000-000000000001', '--quiet', '--exclude-regex=^(proc|sys|dev|run|tmp)/.', output, dir],
+    title: `mkfs.erofs (${variant})`,
+  };
+}
+
 const img = await testImage('test-amd64.yaml', (m) => console.log(m));
 const work = mkdtempSync(join(tmpdir(), 'gk-bench-squashfs-'));
 const rows: Record<string, unknown>[] = [];
@@ -40,14 +53,14 @@ try {
   for (const [comp, block] of variants) {
     const slot = join(work, `slot-${comp}-${block}.sqfs`);
     const started = performance.now();
-    await runPlan(squashfsPlan({ dir: tree, output: slot, compression: comp as 'gzip', blockSize: block, sourceDateEpoch: 1_700_000_000 }), { timeoutMs: 60 * 60_000 });
+    await runPlan(comp === 'erofs' ? erofsPlan(tree, slot, block) : squashfsPlan({ dir: tree, output: slot, compression: comp as 'gzip', blockSize: block, sourceDateEpoch: 1_700_000_000 }), { timeoutMs: 60 * 60_000 });
     const mkSeconds = (performance.now() - started) / 1000;
     const bytes = statSync(slot).size;
     const raw = join(work, 'disk.raw');
     await runPlan({ cmd: 'cp', args: ['--sparse=always', img.raw, raw] });
     await writeAt(raw, slot, await partitionOffset(raw, 'ROOT_A'));
     const vm = await bootVm({ arch: 'amd64', firmware: 'bios', image: raw, format: 'raw', write: true, console: true, name: `sqfs-${comp}`,
-      kernel: { kernel, initrd, append: 'root=PARTLABEL=ROOT_A rootfstype=squashfs ro geminik8s.slot=A console=tty0 console=ttyS0,115200 panic=10 net.ifnames=0' } });
+      kernel: { kernel, initrd, append: `root=PARTLABEL=ROOT_A rootfstype=${comp === 'erofs' ? 'erofs' : 'squashfs'} ro geminik8s.slot=A console=tty0 console=ttyS0,115200 panic=10 net.ifnames=0` } });
     const row: Record<string, unknown> = { comp, block, mib: +(bytes / 1048576).toFixed(1), mkSeconds: +mkSeconds.toFixed(1) };
     try {
       const ready = await vm.waitFor(READY_MARKER, TIMEOUT);
