@@ -1,7 +1,7 @@
 // npm run bench:squashfs -- [--variants gzip:1M,gzip:128K,lzo:128K,lz4:128K,zstd:128K,xz:128K] [--json FILE]
-// Chooses the root slot's squashfs codec and block size by measurement. A variant `erofs:CODEC`
-// or `erofs:CODEC-SIZE` makes an EROFS slot instead (CODEC none, lz4 or lz4hc; SIZE its largest
-// physical cluster, 4K when left out), to compare the two read-only file systems. For each variant it
+// Chooses the root slot's file system, codec and block size by measurement. A variant
+// `erofs:CODEC-SIZE` makes an EROFS slot with the builder's plan instead (CODEC lz4 or lz4hc,
+// SIZE its largest physical cluster: erofs:lz4hc-64K). For each variant it
 // makes the test image's slot from its root tree (size, host seconds), writes it into slot A of
 // a copy of the disk, boots that directly (kernel and initrd given to QEMU, so GRUB's codec
 // support does not limit the choice) under TCG, and times cold reads in the guest, page cache
@@ -11,7 +11,7 @@ import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runPlan, type CommandPlan } from '#common/exec.ts';
-import { squashfsPlan } from '#builder/disk/plans.ts';
+import { erofsPlan, squashfsPlan } from '#builder/disk/plans.ts';
 import { writeAt } from '#builder/disk/steps.ts';
 import { partitionOffset } from '#common/install/media.ts';
 import { bootVm, GuestShell, READY_MARKER } from '#qemu/index.ts';
@@ -31,15 +31,10 @@ const PROBES: Record<string, string> = {
   readUsr: 'tar -cf - /usr 2>/dev/null | wc -c >/dev/null',
 };
 
-/** mkfs.erofs of the tree (erofs-utils 1.5 on Debian 12 knows lz4 and lz4hc): `none`, `lz4hc`, `lz4hc-64K`. */
-function erofsPlan(dir: string, output: string, variant: string): CommandPlan {
-  const [codec, cluster] = variant.split('-');
-  const bytes = cluster ? Number.parseInt(cluster, 10) * 1024 : 0;
-  return {
-    cmd: 'mkfs.erofs',
-    args: [...(codec === 'none' ? [] : [`-z${codec === 'lz4hc' ? 'lz4hc,12' : codec}`]), ...(bytes ? [`-C${bytes}`] : []), '-T1700000000', '-U00000000-0000-4000-8000-000000000001', '--quiet', '--exclude-regex=^(proc|sys|dev|run|tmp)/.', output, dir],
-    title: `mkfs.erofs (${variant})`,
-  };
+/** The builder's mkfs.erofs plan for a variant `CODEC-SIZE` (lz4hc-64K, lz4-128K). */
+function erofsVariant(dir: string, output: string, variant: string): CommandPlan {
+  const [codec, size] = variant.split('-');
+  return erofsPlan({ dir, output, compression: codec === 'lz4' ? 'lz4' : 'lz4hc', blockSize: (size ?? '128K') as '128K', uuid: '00000000-0000-4000-8000-000000000001', sourceDateEpoch: 1_700_000_000 });
 }
 
 const img = await testImage('test-amd64.yaml', (m) => console.log(m));
@@ -53,7 +48,7 @@ try {
   for (const [comp, block] of variants) {
     const slot = join(work, `slot-${comp}-${block}.sqfs`);
     const started = performance.now();
-    await runPlan(comp === 'erofs' ? erofsPlan(tree, slot, block) : squashfsPlan({ dir: tree, output: slot, compression: comp as 'gzip', blockSize: block, sourceDateEpoch: 1_700_000_000 }), { timeoutMs: 60 * 60_000 });
+    await runPlan(comp === 'erofs' ? erofsVariant(tree, slot, block) : squashfsPlan({ dir: tree, output: slot, compression: comp as 'gzip', blockSize: block, sourceDateEpoch: 1_700_000_000 }), { timeoutMs: 60 * 60_000 });
     const mkSeconds = (performance.now() - started) / 1000;
     const bytes = statSync(slot).size;
     const raw = join(work, 'disk.raw');

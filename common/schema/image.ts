@@ -19,6 +19,10 @@ export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
 /** The outputs that are a whole disk image (the rest: the upgrade bundle, the OCI image holding it, the PXE directory and the installer ISO). */
 export const DISK_FORMATS = ['raw', 'qcow2', 'raw.zst'] as const;
 export const ROOT_FS_TYPES = ['squashfs', 'erofs', 'ext4'] as const;
+/** Slot codecs: zstd, xz, gzip and lz4 for squashfs; lz4hc and lz4 for erofs (what erofs-utils 1.5 makes). */
+export const ROOT_COMPRESSIONS = ['zstd', 'xz', 'gzip', 'lz4', 'lz4hc'] as const;
+export type RootCompression = (typeof ROOT_COMPRESSIONS)[number];
+const EROFS_COMPRESSIONS = ['lz4hc', 'lz4'] as const;
 
 export const ImageSchema = z.strictObject({
   apiVersion: z.literal(API_VERSION),
@@ -53,10 +57,10 @@ export const ImageSchema = z.strictObject({
   rootfs: z
     .strictObject({
       type: z.enum(ROOT_FS_TYPES).default('squashfs'),
-      // zstd at 128 KiB: the fastest cold reads of the codecs measured under TCG, and the
-      // smallest slot (docs/boot.md, npm run bench:squashfs).
-      compression: z.enum(['zstd', 'xz', 'gzip', 'lz4']).default('zstd'),
-      /** squashfs block size: a cold read of a small file decompresses one whole block. */
+      // Left out: zstd for squashfs (at 128 KiB the fastest cold squashfs reads measured under
+      // TCG, and the smallest slot), lz4hc for erofs (docs/boot.md, npm run bench:squashfs).
+      compression: z.enum(ROOT_COMPRESSIONS).optional(),
+      /** squashfs block size, or erofs's largest physical cluster: a cold read of a small file decompresses one whole block or cluster. */
       blockSize: z.enum(['64K', '128K', '256K', '512K', '1M']).default('128K'),
     })
     .prefault({}),
@@ -93,7 +97,10 @@ export const ImageSchema = z.strictObject({
 export type ImageInput = z.input<typeof ImageSchema>;
 type ParsedImage = z.output<typeof ImageSchema>;
 /** A validated, normalized image definition: sizes in bytes, defaults filled in. */
-export type Image = Omit<ParsedImage, 'boot'> & { boot: ParsedImage['boot'] & { serialConsole: string } };
+export type Image = Omit<ParsedImage, 'boot' | 'rootfs'> & {
+  boot: ParsedImage['boot'] & { serialConsole: string };
+  rootfs: ParsedImage['rootfs'] & { compression: RootCompression };
+};
 
 const MiB = 1024 ** 2;
 
@@ -102,6 +109,7 @@ export function normalizeImage(image: ParsedImage): Image {
   return {
     ...image,
     boot: { ...image.boot, serialConsole: image.boot.serialConsole ?? (image.arch === 'arm64' ? 'ttyAMA0,115200' : 'ttyS0,115200') },
+    rootfs: { ...image.rootfs, compression: image.rootfs.compression ?? (image.rootfs.type === 'erofs' ? 'lz4hc' : 'zstd') },
   };
 }
 
@@ -118,8 +126,11 @@ export function imageRules(image: Image): RuleIssue[] {
   if (image.arch === 'arm64' && image.boot.modes.includes('bios')) {
     issues.push({ path: ['boot', 'modes'], message: 'arm64 machines have no BIOS boot', found: '"bios"', expected: '["uefi"]' });
   }
-  if (image.rootfs.type === 'erofs') {
-    issues.push({ path: ['rootfs', 'type'], message: 'the disk builder makes squashfs and ext4 slots only', found: '"erofs"', expected: '"squashfs" or "ext4"' });
+  if (image.rootfs.type === 'erofs' && !(EROFS_COMPRESSIONS as readonly string[]).includes(image.rootfs.compression)) {
+    issues.push({ path: ['rootfs', 'compression'], message: 'an erofs slot is compressed with lz4hc or lz4 (what erofs-utils 1.5 makes)', found: `"${image.rootfs.compression}"`, expected: '"lz4hc" or "lz4"' });
+  }
+  if (image.rootfs.type === 'squashfs' && image.rootfs.compression === 'lz4hc') {
+    issues.push({ path: ['rootfs', 'compression'], message: 'lz4hc is an erofs codec; a squashfs slot takes zstd, xz, gzip or lz4', found: '"lz4hc"', expected: '"zstd", "xz", "gzip" or "lz4"' });
   }
   if (image.boot.debugShell && image.kubernetes.enabled) {
     issues.push({ path: ['boot', 'debugShell'], message: 'a password-less root console is for offline test images only, not for images with the Kubernetes layer', found: 'true', expected: 'false' });

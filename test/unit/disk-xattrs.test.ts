@@ -1,8 +1,9 @@
 import test from 'ava';
-import { chmodSync, chownSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { extractRootPlan, restoreXattrsThen, squashfsPlan } from '#builder/disk/plans.ts';
+import { erofsPlan, extractRootPlan, restoreXattrsThen, squashfsPlan } from '#builder/disk/plans.ts';
 import { setfattrDump, tarXattrs } from '#builder/disk/xattrs.ts';
 import { TarWriter, type TarHeader } from '#builder/rootfs/sources/tarfile.ts';
 import { findTool, runPlan, type CommandPlan } from '#common/exec.ts';
@@ -87,4 +88,32 @@ test('rootless (fakeroot): the root tree keeps the file with a capability, and t
   });
   t.regex(before, /\/usr\/bin\/apt$/m);
   t.log(/\/usr\/bin\/arping$/m.test(before) ? 'tar --xattrs under this fakeroot keeps arping' : 'tar --xattrs under this fakeroot loses arping (the bug the build works around)');
+});
+
+test('an erofs slot keeps the capability and the ownership, and one tree gives one image', async (t) => {
+  if (process.getuid?.() !== 0 || !(await findTool('mkfs.erofs')) || !(await findTool('getfattr'))) {
+    t.pass('needs root (a loop mount) and mkfs.erofs, getfattr');
+    return;
+  }
+  const base = tempDir();
+  await rootTar(join(base, 'root.tar'));
+  mkdirSync(join(base, 'root'));
+  await runPlan(extractRootPlan(join(base, 'root.tar'), join(base, 'root')));
+  const make = async (name: string): Promise<string> => {
+    await runPlan(erofsPlan({ dir: join(base, 'root'), output: join(base, name), compression: 'lz4hc', blockSize: '64K', uuid: '5b1f4b1e-0000-4000-8000-000000000001', sourceDateEpoch: 1700000000 }));
+    return createHash('sha256').update(readFileSync(join(base, name))).digest('hex');
+  };
+  t.is(await make('a.img'), await make('b.img'), 'byte for byte the same');
+  const mnt = join(base, 'mnt');
+  mkdirSync(mnt);
+  await runPlan({ cmd: 'mount', args: ['-t', 'erofs', '-o', 'loop,ro', join(base, 'a.img'), mnt] });
+  try {
+    const cap = await runPlan({ cmd: 'getfattr', args: ['--absolute-names', '-n', 'security.capability', '-e', 'hex', join(mnt, 'usr/bin/arping')] });
+    t.regex(cap.stdout, new RegExp(`security\\.capability=0x${CAP.toString('hex')}`), 'the capability is in the slot');
+    t.is(readFileSync(join(mnt, 'usr/bin/apt'), 'utf8'), 'apt\n');
+    const ls = (await runPlan({ cmd: 'stat', args: ['-c', '%a %u %g %Y %n', join(mnt, 'usr/bin/apt'), join(mnt, 'usr/bin/odd name=1')] })).stdout;
+    t.is(ls.replaceAll(`${mnt}/`, ''), '755 0 0 1700000000 usr/bin/apt\n644 0 0 1700000000 usr/bin/odd name=1\n');
+  } finally {
+    await runPlan({ cmd: 'umount', args: [mnt] });
+  }
 });

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { patchBiosBoot } from '#builder/disk/bios.ts';
 import { assertFits, derivedUuid, derivedVolumeId, layoutSeed, partition, planDisk, sfdiskScript } from '#builder/disk/layout.ts';
 import { mcopyPlans } from '#common/install/media.ts';
-import { ext4Plan, grubEarlyConfig, grubMkimagePlan, sfdiskPlan, squashfsPlan, vfatPlan } from '#builder/disk/plans.ts';
+import { erofsPlan, ext4Plan, grubEarlyConfig, grubMkimagePlan, sfdiskPlan, squashfsPlan, vfatPlan } from '#builder/disk/plans.ts';
 import { writeAt } from '#builder/disk/steps.ts';
 import { runPlan } from '#common/exec.ts';
 import { GeminiError } from '#common/errors.ts';
@@ -57,13 +57,14 @@ test('content that does not fit names the partition and the bytes missing', asyn
   t.regex(err!.message, /partition 4 \(ROOT_A\).*4096 bytes .* missing; raise partitions\.root/);
 });
 
-test('tool plans snapshot: grub-mkimage per target, mksquashfs, mkfs.ext4, mkfs.vfat, mtools, sfdisk', async (t) => {
+test('tool plans snapshot: grub-mkimage per target, mksquashfs, mkfs.erofs, mkfs.ext4, mkfs.vfat, mtools, sfdisk', async (t) => {
   const image = await loadImageDef('test-amd64.yaml');
   const layout = planDisk(image, layoutSeed(image, EPOCH));
   t.snapshot({
     grub: (['i386-pc', 'x86_64-efi', 'arm64-efi'] as const).map((target) => grubMkimagePlan({ target, moduleDir: `/mods/${target}`, earlyConfig: '/w/early.cfg', output: `/w/${target}.img`, sourceDateEpoch: EPOCH })),
     early: grubEarlyConfig(partition(layout, 'esp').fsId!),
     squashfs: squashfsPlan({ dir: '/w/root', output: '/w/root.sqfs', compression: 'xz', sourceDateEpoch: EPOCH }),
+    erofs: erofsPlan({ dir: '/w/root', output: '/w/root.erofs', compression: 'lz4hc', blockSize: '64K', uuid: partition(layout, 'rootA').uuid.toLowerCase(), sourceDateEpoch: EPOCH }),
     ext4: ext4Plan({ output: '/w/p.img', part: partition(layout, 'persistent'), sourceDateEpoch: EPOCH }),
     vfat: vfatPlan({ output: '/w/esp.img', part: partition(layout, 'esp'), fat32: true }),
     mtools: mcopyPlans('/w/esp.img', [{ from: '/w/grub.cfg', to: '/grub/grub.cfg' }, { from: '/w/x.efi', to: '/EFI/BOOT/BOOTX64.EFI' }], EPOCH),

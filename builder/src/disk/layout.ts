@@ -32,7 +32,7 @@ export interface PartitionPlan {
   offset: number;
   size: number;
   /** Filesystem made in the partition, and its label where it has one. */
-  fs: 'none' | 'vfat' | 'squashfs' | 'ext4';
+  fs: 'none' | 'vfat' | 'squashfs' | 'erofs' | 'ext4';
   label?: string;
   /** Filesystem UUID (ext4) or volume id (vfat, 8 hex digits). */
   fsId?: string;
@@ -71,7 +71,7 @@ export function layoutSeed(image: Pick<Image, 'name' | 'version' | 'arch'>, sour
  */
 export function planDisk(image: Pick<Image, 'name' | 'version' | 'arch' | 'partitions' | 'rootfs'>, seed: string): DiskLayout {
   const rootType = image.arch === 'arm64' ? GPT_TYPES.rootArm64 : GPT_TYPES.rootAmd64;
-  const slotFs = image.rootfs.type === 'ext4' ? 'ext4' : 'squashfs';
+  const slotFs = image.rootfs.type;
   const specs: Omit<PartitionPlan, 'number' | 'offset' | 'uuid'>[] = [
     { role: 'biosBoot', name: 'BIOS', type: GPT_TYPES.biosBoot, size: MiB, fs: 'none' },
     { role: 'esp', name: 'ESP', type: GPT_TYPES.esp, size: image.partitions.esp, fs: 'vfat', label: 'ESP', fsId: derivedVolumeId(seed, 'fs/esp') },

@@ -69,6 +69,31 @@ export function squashfsPlan(input: { dir: string; output: string; compression: 
   };
 }
 
+/** Bytes of a size written as in the image definition's `rootfs.blockSize` (`64K`, `1M`). */
+function sizeBytes(size: string): number {
+  const m = /^(\d+)([KM])$/.exec(size);
+  if (!m) throw new Error(`not a size such as 64K or 1M: ${size}`);
+  return Number(m[1]) * (m[2] === 'M' ? 1024 ** 2 : 1024);
+}
+
+/**
+ * mkfs.erofs of a slot. `-T` gives every inode and the superblock SOURCE_DATE_EPOCH and `-U` a
+ * fixed UUID, so one tree gives one image. `blockSize` is the largest physical cluster: a cold
+ * read decompresses one cluster, as squashfs decompresses one block. lz4hc at level 12, the
+ * densest that erofs-utils 1.5 (Debian 12) makes; Linux decompresses lz4 and lz4hc alike.
+ */
+export function erofsPlan(input: { dir: string; output: string; compression: 'lz4' | 'lz4hc'; uuid: string; sourceDateEpoch: number; blockSize?: Image['rootfs']['blockSize'] }): CommandPlan {
+  return {
+    cmd: 'mkfs.erofs',
+    args: [
+      `-z${input.compression === 'lz4hc' ? 'lz4hc,12' : 'lz4'}`, `-C${sizeBytes(input.blockSize ?? '128K')}`, `-T${input.sourceDateEpoch}`, `-U${input.uuid}`,
+      '--quiet', '--exclude-regex=^(proc|sys|dev|run|tmp)/.', input.output, input.dir,
+    ],
+    env: { SOURCE_DATE_EPOCH: String(input.sourceDateEpoch) },
+    title: `mkfs.erofs (${input.compression})`,
+  };
+}
+
 /** The percentage in a line of mksquashfs's progress bar, or undefined. */
 export function squashfsPercent(line: string): number | undefined {
   const m = /\]\s+\d+\/\d+\s+(\d{1,3})%\s*$/.exec(line);

@@ -29,7 +29,7 @@ export function buildReport(ctx: BuildContext, steps: StepTiming[], seconds: num
     rootfs: {
       tar: ctx.state.rootfsTar!,
       bytes: ctx.state.rootfsBytes ?? (manifest?.rootfsBytes as number | undefined) ?? 0,
-      slotFilesystem: `${ctx.image.rootfs.type}${ctx.image.rootfs.type === 'squashfs' ? `/${ctx.image.rootfs.compression}` : ''}`,
+      slotFilesystem: `${ctx.image.rootfs.type}${ctx.image.rootfs.type === 'ext4' ? '' : `/${ctx.image.rootfs.compression}`}`,
       slotBytes: state.images.rootA?.used ?? null,
     },
     partitions: partitionReport(state),

@@ -18,7 +18,7 @@ import { DISK_FORMATS, type OutputFormat } from '#common/schema/image.ts';
 import { patchBiosBoot } from './bios.ts';
 import { assertFits, layoutSeed, partition, planDisk, sfdiskScript, type DiskLayout, type PartitionRole } from './layout.ts';
 import { mcopyPlans } from '#common/install/media.ts';
-import { ext4Plan, extractRootPlan, grubEarlyConfig, grubMkimagePlan, qcow2Plan, restoreXattrsThen, sfdiskPlan, squashfsPercent, squashfsPlan, vfatPlan, zstdPlan, type GrubTarget } from './plans.ts';
+import { erofsPlan, ext4Plan, extractRootPlan, grubEarlyConfig, grubMkimagePlan, qcow2Plan, restoreXattrsThen, sfdiskPlan, squashfsPercent, squashfsPlan, vfatPlan, zstdPlan, type GrubTarget } from './plans.ts';
 import { setfattrDump, tarXattrs } from './xattrs.ts';
 
 const HOST_GRUB = '/usr/lib/grub';
@@ -169,6 +169,7 @@ export const DISK_STEPS: Step[] = [
     async run(ctx) {
       const tools = ['tar', 'sfdisk', 'mkfs.ext4', 'mkfs.vfat', 'mmd', 'mcopy', 'grub-mkimage', 'grub-editenv'];
       if (ctx.image.rootfs.type === 'squashfs') tools.push('mksquashfs');
+      if (ctx.image.rootfs.type === 'erofs') tools.push('mkfs.erofs');
       if (ctx.outputs.includes('qcow2')) tools.push('qemu-img');
       if (ctx.outputs.includes('raw.zst') || ctx.outputs.includes('pxe') || ctx.outputs.includes('iso')) tools.push('zstd');
       // On arm64 the ISO takes GRUB's arm64-efi from the root, checked with the disk's GRUB below.
@@ -249,6 +250,10 @@ export const DISK_STEPS: Step[] = [
         if (skipped.length) {
           throw new GeminiError(`mksquashfs left ${skipped.length} entr${skipped.length === 1 ? 'y' : 'ies'} of the root out of the slot:\n${skipped.slice(0, 20).map((l) => `  ${l}`).join('\n')}`, ExitCode.commandFailed);
         }
+      } else if (ctx.image.rootfs.type === 'erofs') {
+        const compression = ctx.image.rootfs.compression === 'lz4' ? 'lz4' : 'lz4hc';
+        say(ctx, `mkfs.erofs (${compression}, ${ctx.image.rootfs.blockSize} clusters)`);
+        await runPlan(privileged(ctx, withXattrs(erofsPlan({ dir, output: file, compression, blockSize: ctx.image.rootfs.blockSize, uuid: slot.uuid.toLowerCase(), sourceDateEpoch: ctx.sourceDateEpoch }))), { timeoutMs: 60 * 60_000 });
       } else {
         await runPlan(privileged(ctx, withXattrs(ext4Plan({ output: file, part: { ...slot, fsId: slot.uuid.toLowerCase(), label: slot.name }, dir, sourceDateEpoch: ctx.sourceDateEpoch, readOnly: true }))), { timeoutMs: 60 * 60_000 });
       }
@@ -396,7 +401,7 @@ export const DISK_STEPS: Step[] = [
       const tree = disk(ctx).rootTree!;
       const manifest = await writeBundle(file, {
         image: ctx.image.name, version: ctx.image.version, arch: ctx.image.arch, postgresqlMajor: ctx.image.components.postgresql.major,
-        upgradableFrom: ctx.image.upgrade.from ?? [`<${ctx.image.version}`], rootfsType: ctx.image.rootfs.type === 'ext4' ? 'ext4' : 'squashfs',
+        upgradableFrom: ctx.image.upgrade.from ?? [`<${ctx.image.version}`], rootfsType: ctx.image.rootfs.type,
         sourceDateEpoch: ctx.sourceDateEpoch,
         parts: { vmlinuz: join(tree, 'boot/vmlinuz'), 'initrd.img': join(tree, 'boot/initrd.img'), 'root.img': disk(ctx).images.rootA!.file },
       }, ctx.signKey);
