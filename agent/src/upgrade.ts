@@ -122,8 +122,8 @@ export async function noteTrialFailure(file: string, slot: Slot | undefined, rea
   await writeUpgradeRecord(file, { ...record, current: { ...record.current, reason } });
 }
 
-/** The running image, from the build manifest it carries. */
-export async function loadRunningImage(file: string): Promise<RunningImage> {
+/** The running image, from the build manifest it carries, and the slot file system its kernel command line names. */
+export async function loadRunningImage(file: string, cmdlineFile?: string): Promise<RunningImage> {
   let m: { image?: unknown; version?: unknown; arch?: unknown; components?: { postgresql?: { major?: unknown } } };
   try {
     m = JSON.parse(await readFile(file, 'utf8')) as typeof m;
@@ -134,7 +134,9 @@ export async function loadRunningImage(file: string): Promise<RunningImage> {
   if (typeof m.image !== 'string' || typeof m.version !== 'string' || typeof m.arch !== 'string' || typeof major !== 'number') {
     throw new GeminiError(`${file}: expected image, version, arch and components.postgresql.major`, ExitCode.invalidInput);
   }
-  return { image: m.image, version: m.version, arch: m.arch, postgresqlMajor: major };
+  const cmdline = cmdlineFile ? await readFile(cmdlineFile, 'utf8').catch(() => '') : '';
+  const rootfsType = /(?:^|\s)rootfstype=(\S+)/.exec(cmdline)?.[1];
+  return { image: m.image, version: m.version, arch: m.arch, postgresqlMajor: major, ...(rootfsType ? { rootfsType } : {}) };
 }
 
 /** Every *.pub in the directories (missing directories are skipped; a bad key file is an error). */
@@ -214,7 +216,7 @@ export async function stageUpgrade(o: StageOptions): Promise<StageResult> {
   const slot: Slot = from === 'A' ? 'B' : 'A';
 
   const t0 = performance.now();
-  const running = await loadRunningImage(o.upgrade.imageManifest);
+  const running = await loadRunningImage(o.upgrade.imageManifest, o.boot.cmdlineFile);
   const keys = await loadTrustedKeys(o.upgrade.trustedKeyDirs);
   say(`checking ${o.bundle}: signature, manifest and the sha256 of every part`);
   let verified: VerifiedBundle;

@@ -43,7 +43,7 @@ export const BundleManifestSchema = z.strictObject({
       }),
     )
     .min(1),
-  rootfsType: z.enum(['squashfs', 'ext4']),
+  rootfsType: z.enum(['squashfs', 'erofs', 'ext4']),
   /** SOURCE_DATE_EPOCH of the build, as ISO 8601. */
   created: z.string(),
   parts: z.array(z.strictObject({ name: z.enum(PART_NAMES), bytes: z.number().int().min(1), sha256: sha256Hex })).length(PART_NAMES.length),
@@ -164,6 +164,8 @@ export interface RunningImage {
   version: string;
   arch: string;
   postgresqlMajor: number;
+  /** The slot file system GRUB's kernel command line names (`rootfstype=`), when it names one. */
+  rootfsType?: string;
 }
 
 /** A bundle whose signature, manifest and parts all checked out. */
@@ -210,6 +212,10 @@ export function mismatch(manifest: BundleManifest, running: RunningImage): strin
   if (manifest.image !== running.image) return `the bundle is image ${manifest.image}; this node runs image ${running.image}`;
   if (manifest.postgresqlMajor !== running.postgresqlMajor) {
     return `the bundle carries PostgreSQL ${manifest.postgresqlMajor}; this node's data is PostgreSQL ${running.postgresqlMajor} (a slot swap never migrates data)`;
+  }
+  if (running.rootfsType && manifest.rootfsType !== running.rootfsType) {
+    // grub.cfg on the ESP gives both slots one rootfstype=, and an upgrade does not rewrite it.
+    return `the bundle's slot is ${manifest.rootfsType}; this node's GRUB mounts its slots as ${running.rootfsType} (rootfstype= on its kernel command line), so the new slot could not boot: changing the slot file system needs a re-flash`;
   }
   if (!manifest.upgradableFrom.some((r) => satisfies(running.version, r))) {
     return `the bundle (${manifest.version}) upgrades from ${manifest.upgradableFrom.join(' or ')}; this node runs ${running.version}`;

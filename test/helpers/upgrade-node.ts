@@ -24,7 +24,7 @@ export function fakeNode(opts: { slotBytes?: number; version?: string } = {}) {
   const keys = join(dir, 'keys');
   mkdirSync(keys);
   writeFileSync(join(dir, 'manifest.json'), JSON.stringify({ image: 'edge', version: opts.version ?? '1.0.0', arch: 'amd64', components: { postgresql: { major: 17, source: 'debian' } } }));
-  writeFileSync(join(dir, 'cmdline'), 'BOOT_IMAGE=/slot-a/vmlinuz root=PARTLABEL=ROOT_A geminik8s.slot=A ro\n');
+  writeFileSync(join(dir, 'cmdline'), 'BOOT_IMAGE=/slot-a/vmlinuz root=PARTLABEL=ROOT_A rootfstype=squashfs ro geminik8s.slot=A\n');
   writeFileSync(join(dir, 'boot_id'), `${randomUUID()}\n`);
   mkdirSync(join(dir, 'state'));
   const config = AgentConfigSchema.parse({

@@ -95,7 +95,7 @@ test('staging writes the passive slot, its kernel and initrd on the ESP, then ar
   t.true(lines.some((l) => l.includes('writing root.img')));
 });
 
-test('refused bundles write nothing: unsigned, untrusted key, tampered part, tampered manifest, other arch, image, version or PostgreSQL major, too big', async (t) => {
+test('refused bundles write nothing: unsigned, untrusted key, tampered part, tampered manifest, other arch, image, version, PostgreSQL major or slot file system, too big', async (t) => {
   const node = fakeNode({ slotBytes: 4 * MiB });
   await grubenv(node, 'active_slot=A', 'try_slot=', 'try_count=0');
   const key = generateKeyPair();
@@ -109,6 +109,7 @@ test('refused bundles write nothing: unsigned, untrusted key, tampered part, tam
     ['other image', () => bundle(dir, key, { image: 'other' }, 'image.tar'), /image other; this node runs image edge/],
     ['not from this version', () => bundle(dir, key, { upgradableFrom: ['>=1.0.1'] }, 'from.tar'), /upgrades from >=1\.0\.1; this node runs 1\.0\.0/],
     ['PostgreSQL major', () => bundle(dir, key, { postgresqlMajor: 18 }, 'pg.tar'), /PostgreSQL 18; this node's data is PostgreSQL 17/],
+    ['other slot file system', () => bundle(dir, key, { rootfsType: 'erofs' }, 'erofs.tar'), /slot is erofs; this node's GRUB mounts its slots as squashfs .*needs a re-flash/],
     ['too big', async () => bundle(dir, key, { parts: parts(dir, 5 * MiB) }, 'big.tar'), /root\.img is \d+ bytes; slot B .* holds 4194304/],
     ['tampered part', async () => {
       const f = await bundle(dir, key, {}, 'tampered.tar');
