@@ -1,7 +1,8 @@
 // npm run bench:boot -- [--arch amd64|arm64|all] [--only unseeded,direct,uefi,leader,reboot,follower] [--reboots N]
-//                        [--direct-runs N] [--direct-append 'ARGS'] [--json FILE]
+//                        [--direct-runs N] [--direct-append 'ARGS'] [--image FILE] [--json FILE]
 // Guest seconds to GEMINIK8S-READY (the guest's uptime on the marker line) under TCG, for the
-// offline test image (built and cached like the e2e suites):
+// offline test image (built and cached like the e2e suites; --image names another definition
+// under images/, such as test-erofs-amd64.yaml, for one --arch):
 //   unseeded   the generic image, BIOS (amd64) or UEFI (arm64)
 //   uefi       the same under UEFI (amd64)
 //   direct     the same with the kernel and initrd given to QEMU: no firmware, no GRUB. Wall
@@ -34,6 +35,7 @@ const jsonFile = arg('--json', '');
 const reboots = Math.max(1, Number.parseInt(arg('--reboots', '1'), 10) || 1);
 const directRuns = Math.max(1, Number.parseInt(arg('--direct-runs', '1'), 10) || 1);
 const directAppend = arg('--direct-append', '').trim();
+const imageFile = arg('--image', '');
 const BOOT_TIMEOUT = 20 * 60_000;
 const NET = { node1: '192.168.77.11', node2: '192.168.77.12', vip: '192.168.77.50' };
 const MAC = { node1: '52:54:00:77:00:11', node2: '52:54:00:77:00:12' };
@@ -56,6 +58,26 @@ interface Figure {
   units?: { unit: string; startS: number | null; activeS: number | null }[];
   /** The agent's own account of its start (its `ready` log line). */
   agentReady?: string;
+  /** PID 1's own phases before its first unit, guest seconds (the manager's timestamps). */
+  manager?: Record<string, number | null>;
+}
+
+/** The manager's timestamps: PID 1 started (Userspace), its security setup, generators, unit loading. */
+const MANAGER_PHASES = ['Userspace', 'SecurityStart', 'SecurityFinish', 'GeneratorsStart', 'GeneratorsFinish', 'UnitsLoadStart', 'UnitsLoadFinish'];
+
+function parseManagerTimes(text: string): Record<string, number | null> {
+  const out: Record<string, number | null> = {};
+  for (const line of text.trim().split('\n')) {
+    const m = /^(\w+)TimestampMonotonic=(\d+)$/.exec(line.trim());
+    if (m) out[m[1]!] = m[2] === '0' ? null : Number(m[2]) / 1e6;
+  }
+  return out;
+}
+
+function managerLine(t: Record<string, number | null> | undefined): string {
+  if (!t) return '(none)';
+  const at = (k: string): string => t[k]?.toFixed(1) ?? '?';
+  return `started ${at('Userspace')}, security ${at('SecurityStart')} -> ${at('SecurityFinish')}, generators ${at('GeneratorsStart')} -> ${at('GeneratorsFinish')}, units loaded ${at('UnitsLoadStart')} -> ${at('UnitsLoadFinish')}`;
 }
 
 /** Units on the way to the marker, in the order a configured boot reaches them. */
@@ -99,12 +121,13 @@ async function record(arch: Arch, scenario: string, firmware: string, vm: Vm, r:
       f.blame = (await shell.run('systemd-analyze blame --no-pager 2>&1 | head -n 15')).output.trim();
       // The kernel's share split: its own init, then the initramfs until systemd runs from the root.
       f.units = parseUnitTimes((await shell.run(`systemctl show -p Id,InactiveExitTimestampMonotonic,ActiveEnterTimestampMonotonic ${PROFILED_UNITS.join(' ')}`)).output);
+      f.manager = parseManagerTimes((await shell.run(`systemctl show ${MANAGER_PHASES.map((p) => `-p ${p}TimestampMonotonic`).join(' ')}`)).output);
       f.agentReady = (await shell.run(`journalctl -b -u geminik8s-agent.service -o cat --no-pager | grep -m1 '"event":"ready"' | sed 's/.*"msg":"\\([^"]*\\)".*/\\1/'`)).output.trim();
       f.kernelLog = (await shell.run("dmesg | grep -E 'Unpacking initramfs|Freeing initrd memory|Run /init as init process|systemd\\[1\\]: systemd [0-9]+ running|EXT4-fs \\(vda6\\): mounted|squashfs: version' | cut -c1-110")).output.trim();
     } finally {
       shell.close();
     }
-    console.log(`  ${f.systemdAnalyze?.replaceAll('\n', '\n  ')}\n  critical chain:\n    ${f.criticalChain?.replaceAll('\n', '\n    ')}\n  blame:\n    ${f.blame?.replaceAll('\n', '\n    ')}\n  kernel and initramfs:\n    ${f.kernelLog?.replaceAll('\n', '\n    ')}\n  units (guest s, start -> active):\n    ${(f.units ?? []).map((u) => `${u.unit.padEnd(30)} ${u.startS?.toFixed(1) ?? '-'} -> ${u.activeS?.toFixed(1) ?? '-'}`).join('\n    ')}\n  agent: ${f.agentReady || '(no ready line)'}`);
+    console.log(`  ${f.systemdAnalyze?.replaceAll('\n', '\n  ')}\n  critical chain:\n    ${f.criticalChain?.replaceAll('\n', '\n    ')}\n  blame:\n    ${f.blame?.replaceAll('\n', '\n    ')}\n  kernel and initramfs:\n    ${f.kernelLog?.replaceAll('\n', '\n    ')}\n  units (guest s, start -> active):\n    ${(f.units ?? []).map((u) => `${u.unit.padEnd(30)} ${u.startS?.toFixed(1) ?? '-'} -> ${u.activeS?.toFixed(1) ?? '-'}`).join('\n    ')}\n  agent: ${f.agentReady || '(no ready line)'}\n  PID 1 (guest s): ${managerLine(f.manager)}`);
   }
   figures.push(f);
   return f;
@@ -136,7 +159,7 @@ async function seeded(img: BuiltImage, clusterDir: string, node: string, dir: st
 }
 
 for (const arch of arches) {
-  const img = await testImage(`test-${arch}.yaml`, (m) => console.log(m));
+  const img = await testImage(imageFile || `test-${arch}.yaml`, (m) => console.log(m));
   const dir = mkdtempSync(join(tmpdir(), 'gk-bench-boot-'));
   const fw = arch === 'arm64' ? 'uefi' : 'bios';
   try {
