@@ -18,11 +18,12 @@ import { recloneHere, restoreHere } from './restore.ts';
 import { MAX_BUNDLE_BYTES, stageHere } from './upgradestage.ts';
 import { clusterView, STATUS_PAGE_HTML, statusPageCsp } from './statuspage.ts';
 import { hostPreflight } from './preflight.ts';
+import { slotFromCmdline } from './bootslot.ts';
 
 /** The slot this system booted from (kernel command line `geminik8s.slot=A|B`). */
 export function bootSlot(cmdlineFile: string): string | null {
   try {
-    return /(?:^|\s)geminik8s\.slot=([AB])(?:\s|$)/.exec(readFileSync(cmdlineFile, 'utf8'))?.[1] ?? null;
+    return slotFromCmdline(readFileSync(cmdlineFile, 'utf8')) ?? null;
   } catch {
     return null;
   }

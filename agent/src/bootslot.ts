@@ -47,9 +47,14 @@ export interface BootFacts {
 
 const isSlot = (v: string | undefined): v is Slot => v === 'A' || v === 'B';
 
+/** The value of `name=VALUE` on a kernel command line, or undefined when it is not there. */
+export function cmdlineValue(cmdline: string, name: string): string | undefined {
+  return new RegExp(`(?:^|\\s)${name.replaceAll('.', '\\.')}=(\\S*)(?:\\s|$)`).exec(cmdline)?.[1];
+}
+
 /** The slot named by `geminik8s.slot=A|B` on a kernel command line. */
 export function slotFromCmdline(cmdline: string): Slot | undefined {
-  const m = /(?:^|\s)geminik8s\.slot=(\S*)(?:\s|$)/.exec(cmdline)?.[1];
+  const m = cmdlineValue(cmdline, 'geminik8s.slot');
   return isSlot(m) ? m : undefined;
 }
 

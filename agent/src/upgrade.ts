@@ -9,7 +9,7 @@ import { parsePublicKey, type MinisignPublicKey } from '#common/minisign.ts';
 import { slotBootPath } from '#common/render/paths.ts';
 import type { BootSettings, Slot, UpgradeSettings } from '#common/schema/agent.ts';
 import { verifyBundle, type PartName, type RunningImage, type TarMember, type VerifiedBundle } from '#common/upgrade/bundle.ts';
-import { armTry, maxTries, readBootState, type BootChange, type BootState } from './bootslot.ts';
+import { armTry, cmdlineValue, maxTries, readBootState, type BootChange, type BootState } from './bootslot.ts';
 import { withWritableEsp } from './esp.ts';
 import { editEnvFile } from './grubenv.ts';
 
@@ -135,7 +135,7 @@ export async function loadRunningImage(file: string, cmdlineFile?: string): Prom
     throw new GeminiError(`${file}: expected image, version, arch and components.postgresql.major`, ExitCode.invalidInput);
   }
   const cmdline = cmdlineFile ? await readFile(cmdlineFile, 'utf8').catch(() => '') : '';
-  const rootfsType = /(?:^|\s)rootfstype=(\S+)/.exec(cmdline)?.[1];
+  const rootfsType = cmdlineValue(cmdline, 'rootfstype');
   return { image: m.image, version: m.version, arch: m.arch, postgresqlMajor: major, ...(rootfsType ? { rootfsType } : {}) };
 }
 
