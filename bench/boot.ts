@@ -66,12 +66,8 @@ interface Figure {
 const MANAGER_PHASES = ['Userspace', 'SecurityStart', 'SecurityFinish', 'GeneratorsStart', 'GeneratorsFinish', 'UnitsLoadStart', 'UnitsLoadFinish'];
 
 function parseManagerTimes(text: string): Record<string, number | null> {
-  const out: Record<string, number | null> = {};
-  for (const line of text.trim().split('\n')) {
-    const m = /^(\w+)TimestampMonotonic=(\d+)$/.exec(line.trim());
-    if (m) out[m[1]!] = m[2] === '0' ? null : Number(m[2]) / 1e6;
-  }
-  return out;
+  const kv = showBlocks(text)[0] ?? {};
+  return Object.fromEntries(MANAGER_PHASES.map((p) => [p, usSeconds(kv[`${p}TimestampMonotonic`])]));
 }
 
 function managerLine(t: Record<string, number | null> | undefined): string {
@@ -83,15 +79,17 @@ function managerLine(t: Record<string, number | null> | undefined): string {
 /** Units on the way to the marker, in the order a configured boot reaches them. */
 const PROFILED_UNITS = ['systemd-journal-flush.service', 'geminik8s-grow.service', 'geminik8s-firstboot.service', 'systemd-networkd.service', 'network.target', 'geminik8s-agent.service', 'geminik8s-postgresql.service', 'multi-user.target', 'geminik8s-ready.service'];
 
+/** `systemctl show` output: one key=value map per unit (blank lines between units). */
+function showBlocks(text: string): Record<string, string>[] {
+  return text.trim().split(/\n\s*\n/).map((block) => Object.fromEntries(block.split('\n').map((l) => [l.slice(0, l.indexOf('=')).trim(), l.slice(l.indexOf('=') + 1).trim()])));
+}
+
+/** A monotonic timestamp in µs as guest seconds; 0 (never happened) as null. */
+const usSeconds = (v: string | undefined): number | null => (v && v !== '0' ? Number(v) / 1e6 : null);
+
 /** `systemctl show -p Id,InactiveExitTimestampMonotonic,ActiveEnterTimestampMonotonic` of several units, in guest seconds. */
 function parseUnitTimes(text: string): { unit: string; startS: number | null; activeS: number | null }[] {
-  const out: { unit: string; startS: number | null; activeS: number | null }[] = [];
-  const sec = (v: string | undefined): number | null => (v && v !== '0' ? Number(v) / 1e6 : null);
-  for (const block of text.trim().split(/\n\s*\n/)) {
-    const kv = Object.fromEntries(block.split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
-    if (kv.Id) out.push({ unit: kv.Id, startS: sec(kv.InactiveExitTimestampMonotonic), activeS: sec(kv.ActiveEnterTimestampMonotonic) });
-  }
-  return out;
+  return showBlocks(text).filter((kv) => kv.Id).map((kv) => ({ unit: kv.Id!, startS: usSeconds(kv.InactiveExitTimestampMonotonic), activeS: usSeconds(kv.ActiveEnterTimestampMonotonic) }));
 }
 const figures: Figure[] = [];
 
