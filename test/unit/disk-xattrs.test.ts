@@ -1,8 +1,8 @@
 import test from 'ava';
 import { chmodSync, chownSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
+import { sha256File } from '#builder/components/download.ts';
 import { erofsPlan, extractRootPlan, restoreXattrsThen, squashfsPlan } from '#builder/disk/plans.ts';
 import { setfattrDump, tarXattrs } from '#builder/disk/xattrs.ts';
 import { TarWriter, type TarHeader } from '#builder/rootfs/sources/tarfile.ts';
@@ -101,7 +101,7 @@ test('an erofs slot keeps the capability and the ownership, and one tree gives o
   await runPlan(extractRootPlan(join(base, 'root.tar'), join(base, 'root')));
   const make = async (name: string): Promise<string> => {
     await runPlan(erofsPlan({ dir: join(base, 'root'), output: join(base, name), compression: 'lz4hc', blockSize: '64K', uuid: '5b1f4b1e-0000-4000-8000-000000000001', sourceDateEpoch: 1700000000 }));
-    return createHash('sha256').update(readFileSync(join(base, name))).digest('hex');
+    return sha256File(join(base, name));
   };
   t.is(await make('a.img'), await make('b.img'), 'byte for byte the same');
   const mnt = join(base, 'mnt');
