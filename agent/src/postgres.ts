@@ -701,11 +701,20 @@ export async function setSyncStandby(ctx: NodeContext, names: string): Promise<v
   await withClient(ctx, localHost(ctx), (c) => alterSystemApplied(c, 'synchronous_standby_names', names, 3000), 5000);
 }
 
-export async function promote(ctx: NodeContext): Promise<void> {
-  await withClient(ctx, localHost(ctx), async (c) => {
-    const r = await c.query(`SELECT pg_promote(true, 30)`);
-    if (r.rows[0]?.pg_promote !== true) throw new Error('pg_promote did not complete within 30 s');
-  }, 35_000);
+/** Promote the local standby on the adapter's kept `session`; returns once it is out of recovery. */
+export async function promote(session: KeptSession, timeoutMs = 30_000): Promise<void> {
+  await session.run(async (c) => {
+    // Not pg_promote(true): its wait looks every 100 ms (WAITS_PER_SECOND in PostgreSQL's
+    // xlogfuncs.c), and a switchover's write pause waits on this. On the kept connection, which
+    // also spares a new backend's start under TCG.
+    const r = await c.query('SELECT pg_promote(false)');
+    if (r.rows[0]?.pg_promote !== true) throw new Error('pg_promote did not signal the promotion');
+    const until = performance.now() + timeoutMs;
+    while ((await c.query('SELECT pg_is_in_recovery() AS r')).rows[0]?.r !== false) {
+      if (performance.now() >= until) throw new Error(`pg_promote did not complete within ${timeoutMs / 1000} s`);
+      await sleep(10);
+    }
+  }, timeoutMs + 5000);
 }
 
 /** A CHECKPOINT on this node's running server (before a planned switchover's shutdown). */

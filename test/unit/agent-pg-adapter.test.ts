@@ -188,6 +188,10 @@ maybe('pg adapter on a real PostgreSQL: bootstrap, status, sync waiters, refusal
     // configureStandby cleared the switchover's read-only: promoted later, it takes writes at once.
     t.like(await pg.status(), { up: true, inRecovery: true, receiverStreaming: false, synchronousStandbyNames: '', readOnly: false });
     await pg.configureStandby(); // a running standby may be re-configured
+    // Promoted on the adapter's kept connection: it returns once the server is out of recovery.
+    await pg.promote();
+    t.like(await pg.status(), { up: true, inRecovery: false });
+    await t.throwsAsync(pg.promote(), { message: /recovery is not in progress/ });
     await pg.fence();
     t.like(await pg.status(), { up: false });
     t.deepEqual(lines, []);

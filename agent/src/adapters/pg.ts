@@ -438,7 +438,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
       throw new Error(`cannot fence PostgreSQL: postmaster ${(await livePostmasterPid(dataDir)) ?? 'gone'}, ${st.up ? 'still accepting connections' : 'not answering'} after SIGKILL`);
     },
 
-    promote: () => pgc.promote(ctx),
+    promote: () => pgc.promote(session),
 
     async setSyncStandby(names: string): Promise<void> {
       await pgc.setSyncStandby(ctx, names);
