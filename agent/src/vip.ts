@@ -59,8 +59,9 @@ export async function vipHeld(v: VipSpec): Promise<boolean> {
 /**
  * Runs `ip` commands for one node's VIP with an `ip -batch -` started ahead and waiting for
  * its line: the take or drop inside a switchover's write pause does not pay a program start
- * (0.3-0.7 s under TCG). After each use the next one is started in the background; when none
- * is ready (the first use, two at once) the plan runs as a program of its own.
+ * (0.3-0.7 s under TCG). After each use the next one is started once the caller has moved on
+ * (a start blocks this process while it forks: not before the caller's next step is under way);
+ * when none is ready (the first use, two in a row) the plan runs as a program of its own.
  */
 export class IpRunner {
   private spare: PreparedRun | undefined;
@@ -90,12 +91,25 @@ export class IpRunner {
       this.runs.cold++;
       return await runPlan(plan, options);
     } finally {
-      this.prepare();
+      this.prepareSoon();
     }
+  }
+
+  private next: NodeJS.Immediate | undefined;
+
+  private prepareSoon(): void {
+    if (this.next) return;
+    this.next = setImmediate(() => {
+      this.next = undefined;
+      this.prepare();
+    });
+    this.next.unref();
   }
 
   /** End the waiting `ip`, if any (a test; when the agent exits, its stdin closes and it ends by itself). */
   close(): void {
+    if (this.next) clearImmediate(this.next);
+    this.next = undefined;
     this.spare?.cancel();
     this.spare = undefined;
   }
@@ -116,12 +130,74 @@ export function ipBatchPlan(): CommandPlan {
   return { cmd: 'ip', args: ['-batch', '-'] };
 }
 
-export async function takeVip(v: VipSpec, ip: IpRunner): Promise<void> {
+export async function takeVip(v: VipSpec, ip: IpRunner, garp?: WaitingPlan): Promise<void> {
   // One command, not a look and an add: each program start costs a switchover's write pause
   // most of a second under TCG (see IpRunner).
   await ip.run(vipAddPlan(v), { timeoutMs: 5000 });
-  // Announce in the background: the VIP is usable now; arping takes ~2 s.
-  void runPlan(garpPlan(v), { allowFailure: true, timeoutMs: 5000 }).catch(() => undefined);
+  // Announce in the background: the VIP is usable now; arping takes ~2 s. Clients whose ARP
+  // cache still names the old holder reach no one until it goes out.
+  const announced = garp ? garp.start({ allowFailure: true, timeoutMs: 5000 }) : runPlan(garpPlan(v), { allowFailure: true, timeoutMs: 5000 });
+  void announced.catch(() => undefined);
+}
+
+/**
+ * One fixed plan, started on a shell that waits for a line and then becomes the plan's program
+ * (`exec`): starting it is a write to a pipe, not a fork of this process (which under TCG blocks
+ * the agent for a fraction of a second). The next shell starts once the caller has moved on;
+ * when none is ready the plan runs as a program of its own. A waiting shell whose stdin closes
+ * (the agent exits) ends without running anything.
+ */
+export class WaitingPlan {
+  private spare: PreparedRun | undefined;
+  private next: NodeJS.Immediate | undefined;
+  /** How many starts found a waiting shell, and how many ran as programs of their own. */
+  readonly runs = { warm: 0, cold: 0 };
+
+  constructor(private readonly plan: CommandPlan) {}
+
+  /** The waiting shell's plan: `sh -c 'read -r _ || exit 0; exec "$@"' sh CMD ARGS...`. */
+  static shellPlan(plan: CommandPlan): CommandPlan {
+    return { cmd: 'sh', args: ['-c', 'read -r _ || exit 0; exec "$@"', 'sh', plan.cmd, ...plan.args], ...(plan.env ? { env: plan.env } : {}) };
+  }
+
+  start(options: { allowFailure?: boolean; timeoutMs: number }): Promise<RunResult> {
+    const warm = this.spare?.ready() ? this.spare : undefined;
+    this.spare = undefined;
+    try {
+      if (warm) {
+        this.runs.warm++;
+        return warm.run('go\n', options);
+      }
+      this.runs.cold++;
+      return runPlan(this.plan, options);
+    } finally {
+      if (!this.next) {
+        this.next = setImmediate(() => {
+          this.next = undefined;
+          this.prepare();
+        });
+        this.next.unref();
+      }
+    }
+  }
+
+  /** Start the waiting shell now, so that the first start finds it. */
+  prepare(): void {
+    if (this.spare?.ready()) return;
+    try {
+      this.spare = preparePlan(WaitingPlan.shellPlan(this.plan));
+    } catch {
+      this.spare = undefined;
+    }
+  }
+
+  /** End the waiting shell, if any (a test). */
+  close(): void {
+    if (this.next) clearImmediate(this.next);
+    this.next = undefined;
+    this.spare?.cancel();
+    this.spare = undefined;
+  }
 }
 
 /** Remove the VIP; `ip` fails with "Cannot assign requested address" when it is not there, which is fine. */

@@ -1,11 +1,12 @@
 import test from 'ava';
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NODE_PATHS } from '#common/render/paths.ts';
 import type { NetworkInterfaceInfo } from 'node:os';
-import { dropVip, IpRunner, takeVip, vipAddPlan, vipDelPlan, vipHeldIn, vipReleaseText } from '#agent/vip.ts';
+import { dropVip, IpRunner, takeVip, vipAddPlan, vipDelPlan, vipHeldIn, vipReleaseText, WaitingPlan } from '#agent/vip.ts';
+import { preparePlan } from '#common/exec.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 
 /**
@@ -89,15 +90,41 @@ maybe('the agent takes and drops the VIP through an ip -batch started ahead (IpR
     await takeVip(spec, ip);
     t.regex(await addrs(ns), /10\.77\.9\.60\/24 .*lan0:gk/);
     await takeVip(spec, ip); // replace: taking it again is fine
+    t.regex(await addrs(ns), /10\.77\.9\.60\/24 .*lan0:gk/);
     await dropVip(spec, ip);
     t.notRegex(await addrs(ns), /10\.77\.9\.60/);
     t.regex(await addrs(ns), /10\.77\.9\.11\/24/, 'the node address stays');
     await dropVip(spec, ip); // not there: allowed to fail
     t.deepEqual(ip.runs, { warm: 4, cold: 0 });
+    // The next ip starts once the caller has moved on (a turn of the event loop), not before
+    // the command's caller gets its answer.
+    await new Promise((r) => setImmediate(r));
     // The command's own failure is the answer, named with what ip was told.
     await t.throwsAsync(takeVip({ ...spec, device: 'nosuch0' }, ip), { message: /exited with code 1: ip -n gk-vip-\w+ -batch - '<<< addr replace 10\.77\.9\.60\/24 dev nosuch0/ });
     t.deepEqual(ip.runs, { warm: 5, cold: 0 });
   });
+});
+
+test('WaitingPlan: a start on a waiting shell runs the plan; the next shell waits once the caller moves on; two starts in a row run the second as a program of its own; a shell whose stdin closes runs nothing', async (t) => {
+  const out = join(tempDir(), 'ran');
+  const plan = { cmd: 'sh', args: ['-c', 'echo "ran $$" >> "$1"', 'sh', out] };
+  const w = new WaitingPlan(plan);
+  t.teardown(() => w.close());
+  w.prepare();
+  const r = await w.start({ timeoutMs: 10_000 });
+  t.is(r.exitCode, 0);
+  t.is(readFileSync(out, 'utf8').trim().split('\n').length, 1);
+  t.deepEqual(w.runs, { warm: 1, cold: 0 });
+  // The next shell starts on the event loop's next turn, after the caller got its answer.
+  await new Promise((r) => setImmediate(r));
+  await Promise.all([w.start({ timeoutMs: 10_000 }), w.start({ timeoutMs: 10_000 })]);
+  t.deepEqual(w.runs, { warm: 2, cold: 1 });
+  t.is(readFileSync(out, 'utf8').trim().split('\n').length, 3);
+  // The agent exits: the waiting shell's stdin closes before any line, and the plan never runs.
+  const other = join(tempDir(), 'never');
+  const shell = preparePlan(WaitingPlan.shellPlan({ cmd: 'sh', args: ['-c', 'echo ran > "$1"', 'sh', other] }));
+  t.is((await shell.run('', { timeoutMs: 10_000 })).exitCode, 0);
+  t.false(existsSync(other));
 });
 
 maybe('vipHeldIn reads the VIP from what getifaddrs lists in the namespace: under its label, gone after the drop, and no answer for a link that is down', async (t) => {

@@ -1,6 +1,6 @@
 import type { NodeContext } from '../context.ts';
 import type { VipPort } from '../core/ports.ts';
-import { dropVip, IpRunner, takeVip, vipHeld, type VipSpec } from '../vip.ts';
+import { dropVip, garpPlan, IpRunner, takeVip, vipHeld, WaitingPlan, type VipSpec } from '../vip.ts';
 
 export function vipSpecOf(ctx: NodeContext): VipSpec {
   return { address: ctx.spec.network.vip, prefix: ctx.spec.network.prefix, device: ctx.spec.network.interface };
@@ -26,13 +26,15 @@ export function createVipPort(ctx: NodeContext): VipPort {
   }
   const spec = vipSpecOf(ctx);
   const ip = new IpRunner();
+  const garp = new WaitingPlan(garpPlan(spec));
   return {
     held: async () => {
-      // The loop looks before it ever takes or drops: from then on a warm `ip` waits.
+      // The loop looks before it ever takes or drops: from then on a warm `ip` and arping wait.
       ip.prepare();
+      garp.prepare();
       return vipHeld(spec);
     },
-    take: () => takeVip(spec, ip),
+    take: () => takeVip(spec, ip, garp),
     drop: () => dropVip(spec, ip),
   };
 }
