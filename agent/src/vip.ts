@@ -57,22 +57,71 @@ export async function vipHeld(v: VipSpec): Promise<boolean> {
 }
 
 /**
+ * A program started ahead of its use and waiting on its stdin (`preparePlan`). Whoever takes it
+ * owns it; the next one starts on the event loop's next turn after `prepareSoon`, not at once: a
+ * start blocks this process while it forks, and must not come before the caller's next step is
+ * under way.
+ */
+class Spare {
+  private waiting: PreparedRun | undefined;
+  private next: NodeJS.Immediate | undefined;
+
+  constructor(private readonly plan: CommandPlan) {}
+
+  /** The waiting program if one is ready (it is the caller's from now on), else undefined. */
+  take(): PreparedRun | undefined {
+    const ready = this.waiting?.ready() ? this.waiting : undefined;
+    this.waiting = undefined;
+    return ready;
+  }
+
+  /** Start the next one now, unless one waits already. */
+  prepare(): void {
+    if (this.waiting?.ready()) return;
+    try {
+      this.waiting = preparePlan(this.plan);
+    } catch {
+      this.waiting = undefined;
+    }
+  }
+
+  /** Start the next one on the event loop's next turn. */
+  prepareSoon(): void {
+    if (this.next) return;
+    this.next = setImmediate(() => {
+      this.next = undefined;
+      this.prepare();
+    });
+    this.next.unref();
+  }
+
+  /** End the waiting program, and the one about to start, if any. */
+  close(): void {
+    if (this.next) clearImmediate(this.next);
+    this.next = undefined;
+    this.waiting?.cancel();
+    this.waiting = undefined;
+  }
+}
+
+/**
  * Runs `ip` commands for one node's VIP with an `ip -batch -` started ahead and waiting for
  * its line: the take or drop inside a switchover's write pause does not pay a program start
  * (0.3-0.7 s under TCG). After each use the next one is started once the caller has moved on
- * (a start blocks this process while it forks: not before the caller's next step is under way);
- * when none is ready (the first use, two in a row) the plan runs as a program of its own.
+ * (see Spare); when none is ready (the first use, two in a row) the plan runs as a program of
+ * its own.
  */
 export class IpRunner {
-  private spare: PreparedRun | undefined;
+  private readonly spare: Spare;
   /** How many commands ran on a waiting `ip`, and how many as programs of their own. */
   readonly runs = { warm: 0, cold: 0 };
 
-  constructor(private readonly batch: CommandPlan = ipBatchPlan()) {}
+  constructor(batch: CommandPlan = ipBatchPlan()) {
+    this.spare = new Spare(batch);
+  }
 
   async run(plan: CommandPlan, options: { allowFailure?: boolean; timeoutMs: number }): Promise<RunResult> {
-    const warm = this.spare?.ready() ? this.spare : undefined;
-    this.spare = undefined;
+    const warm = this.spare.take();
     try {
       if (warm && plan.cmd === 'ip') {
         const r = await warm.run(`${plan.args.join(' ')}\n`, options).catch((err: Error) => {
@@ -91,37 +140,18 @@ export class IpRunner {
       this.runs.cold++;
       return await runPlan(plan, options);
     } finally {
-      this.prepareSoon();
+      this.spare.prepareSoon();
     }
-  }
-
-  private next: NodeJS.Immediate | undefined;
-
-  private prepareSoon(): void {
-    if (this.next) return;
-    this.next = setImmediate(() => {
-      this.next = undefined;
-      this.prepare();
-    });
-    this.next.unref();
   }
 
   /** End the waiting `ip`, if any (a test; when the agent exits, its stdin closes and it ends by itself). */
   close(): void {
-    if (this.next) clearImmediate(this.next);
-    this.next = undefined;
-    this.spare?.cancel();
-    this.spare = undefined;
+    this.spare.close();
   }
 
   /** Start the spare now, so that the first take or drop finds it ready. */
   prepare(): void {
-    if (this.spare?.ready()) return;
-    try {
-      this.spare = preparePlan(this.batch);
-    } catch {
-      this.spare = undefined;
-    }
+    this.spare.prepare();
   }
 }
 
@@ -148,12 +178,13 @@ export async function takeVip(v: VipSpec, ip: IpRunner, garp?: WaitingPlan): Pro
  * (the agent exits) ends without running anything.
  */
 export class WaitingPlan {
-  private spare: PreparedRun | undefined;
-  private next: NodeJS.Immediate | undefined;
+  private readonly spare: Spare;
   /** How many starts found a waiting shell, and how many ran as programs of their own. */
   readonly runs = { warm: 0, cold: 0 };
 
-  constructor(private readonly plan: CommandPlan) {}
+  constructor(private readonly plan: CommandPlan) {
+    this.spare = new Spare(WaitingPlan.shellPlan(plan));
+  }
 
   /** The waiting shell's plan: `sh -c 'read -r _ || exit 0; exec "$@"' sh CMD ARGS...`. */
   static shellPlan(plan: CommandPlan): CommandPlan {
@@ -161,8 +192,7 @@ export class WaitingPlan {
   }
 
   start(options: { allowFailure?: boolean; timeoutMs: number }): Promise<RunResult> {
-    const warm = this.spare?.ready() ? this.spare : undefined;
-    this.spare = undefined;
+    const warm = this.spare.take();
     try {
       if (warm) {
         this.runs.warm++;
@@ -171,32 +201,18 @@ export class WaitingPlan {
       this.runs.cold++;
       return runPlan(this.plan, options);
     } finally {
-      if (!this.next) {
-        this.next = setImmediate(() => {
-          this.next = undefined;
-          this.prepare();
-        });
-        this.next.unref();
-      }
+      this.spare.prepareSoon();
     }
   }
 
   /** Start the waiting shell now, so that the first start finds it. */
   prepare(): void {
-    if (this.spare?.ready()) return;
-    try {
-      this.spare = preparePlan(WaitingPlan.shellPlan(this.plan));
-    } catch {
-      this.spare = undefined;
-    }
+    this.spare.prepare();
   }
 
   /** End the waiting shell, if any (a test). */
   close(): void {
-    if (this.next) clearImmediate(this.next);
-    this.next = undefined;
-    this.spare?.cancel();
-    this.spare = undefined;
+    this.spare.close();
   }
 }
 
