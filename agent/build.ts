@@ -14,10 +14,13 @@ export async function buildAgent(outfile = 'dist/agent.mjs'): Promise<string> {
     minify: false,
     sourcemap: false,
     legalComments: 'none',
-    define: { GEMINIK8S_VERSION: JSON.stringify(pkg.version) },
+    // A navigator as Node.js 21+ has one: without it, pg's check for Cloudflare Workers (at its
+    // first require) makes a Response, which loads Node.js 20's whole fetch implementation at
+    // every start of the agent.
+    define: { GEMINIK8S_VERSION: JSON.stringify(pkg.version), navigator: '__gkNavigator' },
     // pg's optional native binding is never used.
     external: ['pg-native'],
-    banner: { js: "import { createRequire as __gkCreateRequire } from 'node:module'; const require = __gkCreateRequire(import.meta.url);" },
+    banner: { js: "import { createRequire as __gkCreateRequire } from 'node:module'; const require = __gkCreateRequire(import.meta.url); const __gkNavigator = { userAgent: 'Node.js' };" },
   });
   return outfile;
 }

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
-import type { z } from 'zod';
+import type * as z from 'zod';
 import { ExitCode, GeminiError, ValidationError, type ValidationIssue } from './errors.ts';
 import { registerSecret } from './log.ts';
 import { ClusterSchema, clusterRules, type Cluster } from './schema/cluster.ts';

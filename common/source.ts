@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
-import type { z } from 'zod';
+import type * as z from 'zod';
 import { ExitCode, GeminiError, ValidationError, type ValidationIssue } from './errors.ts';
 
 /** A parsed YAML file that can point back at the line and column of any path in it. */

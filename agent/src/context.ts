@@ -1,7 +1,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { parseSeed } from '#common/config.ts';
 import { ExitCode, formatIssue, GeminiError, ValidationError, type ValidationIssue } from '#common/errors.ts';
 import { describeValue, issuesFromZod, parseSource, type SourceDocument } from '#common/source.ts';

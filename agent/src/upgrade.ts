@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { deviceSize, syncDirectory, syncRenamed, writeFileAtomic } from '#common/fsutil.ts';
 import { parsePublicKey, type MinisignPublicKey } from '#common/minisign.ts';

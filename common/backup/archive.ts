@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import tarStream, { type Header, type Pack } from 'tar-stream';
-import { z } from 'zod';
+import * as z from 'zod';
 import { BackupIdentityShape } from './format.ts';
 
 /**

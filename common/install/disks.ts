@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import type { CommandPlan } from '../exec.ts';
 import type { ValidationIssue } from '../errors.ts';
 

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import { NODE_PATHS } from '../render/paths.ts';
 
 /** The agent's A/B boot settings; every field has a default. */

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import { API_VERSION } from './image.ts';
 import type { RuleIssue } from './rules.ts';
 import { DiskRulesSchema, diskRuleProblems } from '../install/disks.ts';

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import { dnsLabel, size } from './units.ts';
 import type { RuleIssue } from './rules.ts';
 import { rangeError } from '../semver.ts';

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { deviceSize } from '../fsutil.ts';
-import { z } from 'zod';
+import * as z from 'zod';
 import { ExitCode, GeminiError } from '../errors.ts';
 import { verifyData, type MinisignPublicKey, type MinisignVerified } from '../minisign.ts';
 import { API_VERSION, ARCHES } from '../schema/image.ts';

@@ -1,5 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { z } from 'zod';
+import * as z from 'zod';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { writeFileAtomic } from '#common/fsutil.ts';
 

@@ -6,7 +6,7 @@ import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tarStream from 'tar-stream';
-import { z } from 'zod';
+import * as z from 'zod';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import type { ImageArtifact } from './catalog.ts';
 import { saveHashed, sha256File } from './download.ts';

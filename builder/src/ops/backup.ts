@@ -2,7 +2,7 @@ import { createReadStream, existsSync, readdirSync } from 'node:fs';
 import { mkdir, mkdtemp, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
-import { z } from 'zod';
+import * as z from 'zod';
 import { packPayload, readPayload, type BackupMeta, type EntrySink, type PayloadSummary } from '#common/backup/archive.ts';
 import { extractSink } from '#common/backup/extract.ts';
 import { CHUNK_BYTES, decodeBackup, encodeBackup, encryptionFor, readBackupHeader, type BackupHeader } from '#common/backup/format.ts';
