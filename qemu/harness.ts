@@ -27,6 +27,8 @@ export interface BootOptions {
   seedAs?: 'virtio' | 'cdrom';
   memoryMiB?: number;
   cpus?: number;
+  /** QEMU's `-cpu` (QemuOptions.cpu). */
+  cpu?: string;
   networks?: NetworkSpec[];
   /** Run QEMU in this network namespace (see QemuOptions.netns): for `tap` networks. */
   netns?: string;
@@ -431,6 +433,7 @@ export async function bootVm(opts: BootOptions): Promise<Vm> {
       uefi: opts.firmware === 'uefi' ? { vars: join(dir, 'efivars.fd') } : undefined,
       memoryMiB: opts.memoryMiB,
       cpus: opts.cpus,
+      cpu: opts.cpu,
       serialLog,
       qmpSocket: join(dir, 'qmp.sock'),
       consoleSocket: opts.console ? join(dir, 'console.sock') : undefined,

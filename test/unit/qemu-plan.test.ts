@@ -145,6 +145,13 @@ const invalid = (opts: QemuOptions): GeminiError => {
   return err;
 };
 
+test('the CPU under TCG: max less ERMS and FSRM on amd64 (TCG runs rep movsb a byte at a time), max with the cheap pointer authentication on arm64; an explicit model wins', (t) => {
+  const cpuOf = (plan: CommandPlan): string | undefined => plan.args[plan.args.indexOf('-cpu') + 1];
+  t.is(cpuOf(qemuPlan(base({}))), 'max,-erms,-fsrm');
+  t.is(cpuOf(qemuPlan(base({ arch: 'arm64', firmware: 'uefi', uefi: { vars: `${RUN}/vars.fd` } }))), 'max,pauth-impdef=on');
+  t.is(cpuOf(qemuPlan(base({ cpu: 'qemu64' }))), 'qemu64');
+});
+
 test('BIOS on arm64 is refused with exit 2 and a hint', (t) => {
   const err = invalid(base({ arch: 'arm64', firmware: 'bios' }));
   t.is(err.exitCode, ExitCode.invalidInput);
@@ -157,6 +164,7 @@ test('every problem is reported at once', (t) => {
       firmware: 'uefi',
       memoryMiB: 64,
       cpus: 0,
+      cpu: 'max -erms',
       drives: [{ path: '/x', serial: 'a serial with spaces' }],
       networks: [
         { kind: 'user', hostfwd: [{ hostPort: 70000, guestPort: 22 }, { hostPort: 2222, guestPort: 22 }, { hostPort: 2222, guestPort: 23 }] },
@@ -174,6 +182,7 @@ test('every problem is reported at once', (t) => {
     /^drives\.0\.serial: expected 1 to 20 letters/,
     /^memory: .*found 64/,
     /^cpus: expected 1 to 8, found 0/,
+    /^cpu: expected a QEMU CPU model with optional ,feature flags \(as max,-erms\), found "max -erms"/,
     /^networks\.0\.hostfwd\.0\.hostPort: expected a port 1-65535, found 70000/,
     /^networks\.0\.hostfwd\.2\.hostPort: 127\.0\.0\.1:2222 is forwarded twice/,
     /^networks\.1\.mac: 53:54:00:00:00:01 is a multicast address/,

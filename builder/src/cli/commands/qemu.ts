@@ -2,7 +2,7 @@ import { existsSync, statSync } from 'node:fs';
 import { Argument, Command, Option } from 'commander';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { quoteCommand } from '#common/exec.ts';
-import { archFromFileName, bootVm, formatFromFileName, parseMarkerFields, READY_MARKER, type Arch, type HostForward } from '#qemu/index.ts';
+import { archFromFileName, bootVm, formatFromFileName, parseMarkerFields, READY_MARKER, TCG_CPU, type Arch, type HostForward } from '#qemu/index.ts';
 import type { CliContext } from '../context.ts';
 
 interface BootCliOptions {
@@ -14,6 +14,7 @@ interface BootCliOptions {
   forward: string[];
   memory: string;
   cpus: string;
+  cpu?: string;
   write?: boolean;
   keepRunning?: boolean;
   json?: boolean;
@@ -52,6 +53,7 @@ export function registerQemu(program: Command, ctx: () => CliContext): void {
     .option('--forward <host:guest>', 'forward 127.0.0.1:HOST to the guest port GUEST (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
     .option('--memory <MiB>', 'guest memory in MiB', '2048')
     .option('--cpus <n>', 'virtual CPUs', '2')
+    .option('--cpu <model>', `QEMU -cpu value (default: ${TCG_CPU.amd64} on amd64, ${TCG_CPU.arm64} on arm64)`)
     .option('--write', 'boot the image itself, keeping changes (default: a throwaway overlay)')
     .option('--keep-running', 'leave the VM running after the ready line, until interrupted')
     .option('--json', 'print one JSON object')
@@ -70,7 +72,7 @@ export function registerQemu(program: Command, ctx: () => CliContext): void {
       const firmware = opts.uefi || arch === 'arm64' ? 'uefi' : 'bios';
 
       const vm = await bootVm({
-        arch, firmware, image, format, write: opts.write, seed: opts.seed, memoryMiB, cpus, serialLog: opts.log,
+        arch, firmware, image, format, write: opts.write, seed: opts.seed, memoryMiB, cpus, cpu: opts.cpu, serialLog: opts.log,
         networks: [{ kind: 'user', hostfwd }],
         onProgress: (m) => c.logger.info(m),
       });
