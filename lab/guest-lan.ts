@@ -94,6 +94,8 @@ export interface VipWriter {
   proc: RunningProcess;
   acks: Ack[];
   errors: string[];
+  /** The writer's failed attempts with their times (ms since the epoch, the writer's clock). */
+  errorsAt: { t: number; error: string }[];
   /** Stop the writer; it counts, through the VIP, how many of the ids it acknowledged are there. */
   stopAndVerify(): Promise<{ last: number; kept: number }>;
 }
@@ -116,6 +118,7 @@ export async function startVipWriter(lan: GuestLan, clusterDir: string, vip: str
   const cert = tlsFiles(secretsDir, 'node1');
   const acks: Ack[] = [];
   const errors: string[] = [];
+  const errorsAt: { t: number; error: string }[] = [];
   const out: { verified?: { last: number; kept: number } } = {};
   const proc = spawnPlan(
     inNs(lan.ns, process.execPath, [writerBundle, vip, '5432', 'kine', kinePassword(secrets.postgresPassword), 'kine', '3600', String(options.intervalMs ?? 200)], {
@@ -135,13 +138,16 @@ export async function startVipWriter(lan: GuestLan, clusterDir: string, vip: str
         }
         if (m.ack) acks.push({ id: m.ack, t: m.t });
         else if (m.verified) out.verified = m.verified;
-        else if (m.error) errors.push(m.error);
+        else if (m.error) {
+          errors.push(m.error);
+          errorsAt.push({ t: m.t, error: m.error });
+        }
       },
       stderr: (l) => errors.push(l),
     },
   );
   return {
-    proc, acks, errors,
+    proc, acks, errors, errorsAt,
     async stopAndVerify() {
       proc.kill('SIGTERM');
       await proc.exited;

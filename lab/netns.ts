@@ -57,6 +57,9 @@ export function topologyPlans(prefix: string): { topology: Topology; plans: Comm
       ip('-n', m.ns, 'route', 'add', 'default', 'via', NET.gateway),
     );
   }
+  // As the image sets it (overlays/usr/lib/sysctl.d/60-geminik8s.conf): a node answers ARP only
+  // for the addresses it carries, so the agent keeps a refusing route after it drops the VIP.
+  for (const ns of Object.values(nodeNs)) plans.push(ip('netns', 'exec', ns, 'sysctl', '-q', '-w', 'net.ipv4.conf.all.arp_ignore=1'));
   return {
     topology: { prefix, nodeNs, witnessNs, clientNs, bridgePort: Object.fromEntries(members.map((m) => [m.name, m.port])) },
     plans,

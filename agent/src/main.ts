@@ -10,7 +10,7 @@ import { slotCommand } from './slotcli.ts';
 import { upgradeCommand } from './upgradecli.ts';
 import { installCommand } from './install.ts';
 import { agentLogger, createLogPort } from './adapters/log.ts';
-import { createVipPort, vipSpecOf } from './adapters/vip.ts';
+import { releaseVipNow, vipSpecOf } from './adapters/vip.ts';
 import { vipReleaseText } from './vip.ts';
 import { writeFileAtomic } from '#common/fsutil.ts';
 import { DEFAULT_WITNESS_STATE_DIR, serveWitness } from './witness/serve.ts';
@@ -115,7 +115,7 @@ async function releaseVip(args: string[]): Promise<number> {
   const config = await loadAgentConfig(configFile);
   if (!config.vip.enabled) return 0;
   const { ctx } = await loadNodeContext(config);
-  await createVipPort(ctx).drop();
+  await releaseVipNow(ctx);
   return 0;
 }
 

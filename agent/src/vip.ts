@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { networkInterfaces, type NetworkInterfaceInfo } from 'node:os';
 import type { CommandPlan, PreparedRun, RunResult } from '#common/exec.ts';
 import { CommandFailedError, preparePlan, runPlan } from '#common/exec.ts';
@@ -21,6 +22,42 @@ export function vipReleaseText(v?: VipSpec): string {
 
 export function vipDelPlan(v: VipSpec): CommandPlan {
   return { cmd: 'ip', args: ['addr', 'del', `${v.address}/${v.prefix}`, 'dev', v.device] };
+}
+
+/**
+ * After this node gives the VIP up, a route that makes it take packets for the address as its
+ * own without carrying it: a connection attempt that still reaches this node (a client's ARP
+ * cache names it until the new holder's gratuitous ARP) is then refused at once, or reaches the
+ * server here, which refuses writes, and the client tries again. Without it the kernel drops the
+ * packet and the client's connect waits for its SYN's retransmission, a second later. Marked
+ * `proto static`: the kernel's own local route of a held address is `proto kernel`, and a delete
+ * naming the protocol never takes that one. Safe only where the interface answers ARP for the
+ * addresses it carries alone (`arp_ignore` 1 or more: see arpIgnoresForeign).
+ */
+export function vipRefusePlan(v: VipSpec): CommandPlan {
+  // replace, not add: one left by an agent that died meanwhile is taken over, not an error.
+  return { cmd: 'ip', args: ['route', 'replace', 'local', `${v.address}/32`, 'dev', v.device, 'table', 'local', 'proto', 'static'] };
+}
+
+/** Remove the route of vipRefusePlan (and never the kernel's own for a held address). */
+export function vipUnrefusePlan(v: VipSpec): CommandPlan {
+  return { cmd: 'ip', args: ['route', 'del', 'local', `${v.address}/32`, 'dev', v.device, 'table', 'local', 'proto', 'static'] };
+}
+
+/**
+ * Whether `device` answers ARP only for the addresses it carries: the larger of
+ * `net.ipv4.conf.all.arp_ignore` and the device's own is 1 or more (the image sets `all` to 1).
+ * With 0 the kernel would answer for the route of vipRefusePlan too, and the VIP would have two
+ * owners on the LAN. False when either cannot be read.
+ */
+export function arpIgnoresForeign(device: string, read: (path: string) => string = (p) => readFileSync(p, 'utf8')): boolean {
+  try {
+    const value = (name: string): number => Number(read(`/proc/sys/net/ipv4/conf/${name}/arp_ignore`).trim());
+    const mode = Math.max(value('all'), value(device));
+    return Number.isInteger(mode) && mode >= 1;
+  } catch {
+    return false;
+  }
 }
 
 /** Gratuitous ARP so switches and neighbours learn the VIP's new MAC at once. */
@@ -120,11 +157,16 @@ export class IpRunner {
     this.spare = new Spare(batch);
   }
 
-  async run(plan: CommandPlan, options: { allowFailure?: boolean; timeoutMs: number }): Promise<RunResult> {
+  /**
+   * Run `ip` plans in order, on the waiting `ip` when one is ready (one line each); they stop at
+   * the first that fails, whose failure is the answer unless `allowFailure`.
+   */
+  async run(plan: CommandPlan | CommandPlan[], options: { allowFailure?: boolean; timeoutMs: number }): Promise<RunResult> {
+    const plans = Array.isArray(plan) ? plan : [plan];
     const warm = this.spare.take();
     try {
-      if (warm && plan.cmd === 'ip') {
-        const r = await warm.run(`${plan.args.join(' ')}\n`, options).catch((err: Error) => {
+      if (warm && plans.every((p) => p.cmd === 'ip')) {
+        const r = await warm.run(plans.map((p) => `${p.args.join(' ')}\n`).join(''), options).catch((err: Error) => {
           // The command's own failure is the answer; a waiting `ip` killed meanwhile is not.
           if (err instanceof CommandFailedError && err.commandExitCode !== undefined) {
             this.runs.warm++;
@@ -138,7 +180,12 @@ export class IpRunner {
         }
       }
       this.runs.cold++;
-      return await runPlan(plan, options);
+      let last: RunResult | undefined;
+      for (const p of plans) {
+        last = await runPlan(p, options);
+        if (last.exitCode !== 0) break;
+      }
+      return last!;
     } finally {
       this.spare.prepareSoon();
     }
@@ -160,10 +207,14 @@ export function ipBatchPlan(): CommandPlan {
   return { cmd: 'ip', args: ['-batch', '-'] };
 }
 
-export async function takeVip(v: VipSpec, ip: IpRunner, garp?: WaitingPlan): Promise<void> {
+/**
+ * Add the VIP and announce it. `refused`: this node's route of vipRefusePlan is there (it gave
+ * the address up moments ago), and goes once the address is back.
+ */
+export async function takeVip(v: VipSpec, ip: IpRunner, garp?: WaitingPlan, refused = false): Promise<void> {
   // One command, not a look and an add: each program start costs a switchover's write pause
   // most of a second under TCG (see IpRunner).
-  await ip.run(vipAddPlan(v), { timeoutMs: 5000 });
+  await ip.run(refused ? [vipAddPlan(v), vipUnrefusePlan(v)] : vipAddPlan(v), { timeoutMs: 5000 });
   // Announce in the background: the VIP is usable now; arping takes ~2 s. Clients whose ARP
   // cache still names the old holder reach no one until it goes out.
   const announced = garp ? garp.start({ allowFailure: true, timeoutMs: 5000 }) : runPlan(garpPlan(v), { allowFailure: true, timeoutMs: 5000 });
@@ -216,7 +267,12 @@ export class WaitingPlan {
   }
 }
 
-/** Remove the VIP; `ip` fails with "Cannot assign requested address" when it is not there, which is fine. */
-export async function dropVip(v: VipSpec, ip: IpRunner): Promise<void> {
-  await ip.run(vipDelPlan(v), { allowFailure: true, timeoutMs: 5000 });
+/**
+ * Remove the VIP; `ip` fails with "Cannot assign requested address" when it is not there, which is
+ * fine. `refuse`: then add the route of vipRefusePlan, whose removal is the caller's; the answer
+ * says whether it was added (not when the address was not there).
+ */
+export async function dropVip(v: VipSpec, ip: IpRunner, refuse = false): Promise<boolean> {
+  const r = await ip.run(refuse ? [vipDelPlan(v), vipRefusePlan(v)] : vipDelPlan(v), { allowFailure: true, timeoutMs: 5000 });
+  return refuse && r.exitCode === 0;
 }

@@ -5,7 +5,9 @@ import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NODE_PATHS } from '#common/render/paths.ts';
 import type { NetworkInterfaceInfo } from 'node:os';
-import { dropVip, IpRunner, takeVip, vipAddPlan, vipDelPlan, vipHeldIn, vipReleaseText, WaitingPlan } from '#agent/vip.ts';
+import { arpIgnoresForeign, dropVip, IpRunner, takeVip, vipAddPlan, vipDelPlan, vipHeldIn, vipRefusePlan, vipReleaseText, WaitingPlan } from '#agent/vip.ts';
+import { createVipPort } from '#agent/adapters/vip.ts';
+import type { NodeContext } from '#agent/context.ts';
 import { preparePlan } from '#common/exec.ts';
 import { ROOT, tempDir } from '../helpers/fixtures.ts';
 
@@ -149,5 +151,130 @@ maybe('vipHeldIn reads the VIP from what getifaddrs lists in the namespace: unde
     await execa('ip', ['-n', ns, ...vipAddPlan(spec).args]);
     await execa('ip', ['-n', ns, 'link', 'set', 'lan0', 'down']);
     t.is(vipHeldIn(await listed(), spec), undefined);
+  });
+});
+
+test('arpIgnoresForeign: the larger of all and the device\'s arp_ignore must be 1 or more; unreadable is no', (t) => {
+  const reader = (values: Record<string, string>) => (path: string): string => {
+    const name = /conf\/([^/]+)\/arp_ignore$/.exec(path)?.[1] ?? '';
+    if (!(name in values)) throw new Error(`ENOENT: ${path}`);
+    return `${values[name]}\n`;
+  };
+  t.false(arpIgnoresForeign('eth0', reader({ all: '0', eth0: '0' })));
+  t.true(arpIgnoresForeign('eth0', reader({ all: '1', eth0: '0' })));
+  t.true(arpIgnoresForeign('eth0', reader({ all: '0', eth0: '2' })));
+  t.false(arpIgnoresForeign('eth0', reader({ all: '1' })), 'no such device');
+  t.false(arpIgnoresForeign('eth0', reader({ all: 'x', eth0: 'y' })));
+});
+
+/**
+ * Two namespaces on one veth link: the node (lan0, 10.77.9.11) and a client (lan1, 10.77.9.20).
+ * `connect` runs Node's net.connect in the client namespace: 'refused', 'timeout' (none within
+ * `ms`) or 'connected'.
+ */
+async function withNodeAndClient<T>(fn: (node: string, client: string) => Promise<T>): Promise<T> {
+  return withNs(async (node) => {
+    const client = `${node}-c`;
+    await execa('ip', ['netns', 'add', client]);
+    try {
+      await execa('ip', ['-n', node, 'link', 'set', 'lan1', 'netns', client]);
+      await execa('ip', ['-n', client, 'addr', 'add', '10.77.9.20/24', 'dev', 'lan1']);
+      await execa('ip', ['-n', client, 'link', 'set', 'lan1', 'up']);
+      return await fn(node, client);
+    } finally {
+      await execa('ip', ['netns', 'del', client]);
+    }
+  });
+}
+const connect = async (ns: string, address: string, ms: number): Promise<string> =>
+  (
+    await execa('ip', ['netns', 'exec', ns, process.execPath, '-e', `const s = require('net').connect(5432, ${JSON.stringify(address)}); const t = setTimeout(() => { console.log('timeout'); process.exit(0); }, ${ms}); s.on('connect', () => { console.log('connected'); process.exit(0); }); s.on('error', (e) => { console.log(e.code === 'ECONNREFUSED' ? 'refused' : e.code); process.exit(0); });`])
+  ).stdout.trim();
+/** MAC addresses that answer ARP for `address` on the client's link. */
+const arpAnswers = async (ns: string, address: string): Promise<string[]> => {
+  const r = await execa('ip', ['netns', 'exec', ns, 'arping', '-c', '2', '-w', '2', '-I', 'lan1', address], { reject: false });
+  return [...new Set([...r.stdout.matchAll(/\[([0-9a-f:]{17})\]/gi)].map((m) => m[1]!.toLowerCase()))];
+};
+const staticLocalRoutes = async (ns: string): Promise<string> => (await execa('ip', ['-n', ns, 'route', 'show', 'table', 'local', 'proto', 'static'])).stdout;
+
+maybe('after the agent drops the VIP, a client that still sends to this node is refused at once instead of waiting out its SYN, and nobody answers ARP for the address; the take removes the route, and without arp_ignore the drop is a plain delete', async (t) => {
+  await withNodeAndClient(async (node, client) => {
+    await execa('ip', ['netns', 'exec', node, 'sysctl', '-q', '-w', 'net.ipv4.conf.all.arp_ignore=1']);
+    const spec = { address: '10.77.9.50', prefix: 24, device: 'lan0' };
+    const ctx = { config: { vip: { enabled: true } }, spec: { network: { vip: spec.address, prefix: spec.prefix, interface: spec.device } } } as unknown as NodeContext;
+    const ip = new IpRunner({ cmd: 'ip', args: ['-n', node, '-batch', '-'] });
+    const garp = new WaitingPlan({ cmd: 'ip', args: ['netns', 'exec', node, 'arping', '-U', '-c', '1', '-I', spec.device, spec.address] });
+    t.teardown(() => {
+      ip.close();
+      garp.close();
+    });
+    const port = createVipPort(ctx, { ip, garp, refuse: true, refuseMs: 60_000 });
+    // As the control loop's first look does: a waiting ip (in the node's namespace) from now on.
+    ip.prepare();
+    await port.take();
+    const nodeMac = (await execa('ip', ['-n', node, '-o', 'link', 'show', 'lan0'])).stdout.match(/link\/ether ([0-9a-f:]{17})/)![1]!;
+    t.deepEqual(await arpAnswers(client, spec.address), [nodeMac], 'the holder answers ARP');
+    t.is(await connect(client, spec.address, 3000), 'refused', 'held, nothing listening: refused');
+
+    await port.drop();
+    t.notRegex(await addrs(node), /10\.77\.9\.50/, 'the address is gone');
+    t.regex(await staticLocalRoutes(node), /^local 10\.77\.9\.50 dev lan0 /m);
+    // The client's neighbour entry still names the node, as a LAN client's would until the
+    // new holder's gratuitous ARP.
+    t.is(await connect(client, spec.address, 3000), 'refused', 'dropped, refusing: refused at once');
+    t.deepEqual(await arpAnswers(client, spec.address), [], 'nobody answers ARP for the VIP');
+
+    await port.take();
+    t.is(await staticLocalRoutes(node), '', 'the take removed the refusing route');
+    t.regex(await addrs(node), /10\.77\.9\.50\/24/);
+
+    // Without the refusing route (arp_ignore 0 on a node): the packet is dropped and the
+    // client's connect waits; this is what the route saves a client from.
+    const plain = createVipPort(ctx, { ip, garp, refuse: false });
+    await plain.drop();
+    t.is(await staticLocalRoutes(node), '');
+    await execa('ip', ['-n', client, 'neigh', 'replace', spec.address, 'lladdr', nodeMac, 'dev', 'lan1']);
+    t.is(await connect(client, spec.address, 1500), 'timeout', 'dropped without the route: the SYN is lost');
+
+    // A drop of an address this node does not carry adds no route, and the next take needs none gone.
+    ip.prepare();
+    await port.drop();
+    t.is(await staticLocalRoutes(node), '');
+    ip.prepare();
+    await port.take();
+    t.regex(await addrs(node), /10\.77\.9\.50\/24/);
+  });
+});
+
+maybe('the refusing route ends by itself after its time, and release-vip.sh removes one an agent left behind', async (t) => {
+  await withNodeAndClient(async (node) => {
+    await execa('ip', ['netns', 'exec', node, 'sysctl', '-q', '-w', 'net.ipv4.conf.all.arp_ignore=1']);
+    const spec = { address: '10.77.9.51', prefix: 24, device: 'lan0' };
+    const ctx = { config: { vip: { enabled: true } }, spec: { network: { vip: spec.address, prefix: spec.prefix, interface: spec.device } } } as unknown as NodeContext;
+    const ip = new IpRunner({ cmd: 'ip', args: ['-n', node, '-batch', '-'] });
+    const garp = new WaitingPlan({ cmd: 'true', args: [] });
+    t.teardown(() => {
+      ip.close();
+      garp.close();
+    });
+    const port = createVipPort(ctx, { ip, garp, refuse: true, refuseMs: 300 });
+    ip.prepare();
+    await port.take();
+    // A command that found no waiting ip would run in this test's namespace, not the node's.
+    ip.prepare();
+    await port.drop();
+    t.regex(await staticLocalRoutes(node), /10\.77\.9\.51/);
+    const until = Date.now() + 20_000;
+    while ((await staticLocalRoutes(node)) !== '' && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    t.is(await staticLocalRoutes(node), '', 'gone after refuseMs');
+
+    // An agent that ended within the moment: the unit's ExecStopPost removes the route.
+    await execa('ip', ['-n', node, ...vipRefusePlan(spec).args]);
+    const file = join(tempDir('gk-release-vip-'), 'vip');
+    writeFileSync(file, vipReleaseText(spec));
+    const r = await release(node, file);
+    t.is(r.exitCode, 0, r.stderr);
+    t.is(await staticLocalRoutes(node), '');
+    t.regex((await execa('ip', ['-n', node, 'route', 'show', 'table', 'local'])).stdout, /local 10\.77\.9\.11 dev lan0 proto kernel/, 'the kernel\'s own routes stay');
   });
 });

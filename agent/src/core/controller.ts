@@ -761,7 +761,8 @@ export class Controller {
       steps.mark('stopped');
       // Only now: while the server stops, clients reaching it through the address are refused at
       // once and retry, where at an address nobody holds their connection attempt is lost for a
-      // second (the SYN's first retransmission).
+      // second (the SYN's first retransmission). The adapter goes on refusing them for a moment
+      // after the drop, until the peer has taken the address (vipRefusePlan in vip.ts).
       await vip.drop();
       steps.mark('address dropped');
       await this.persist();

@@ -188,6 +188,9 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   t.regex(await s1.check("grep -lx 0x0004 /sys/bus/virtio/devices/*/device | wc -l"), /^[1-9]/m, 'the guest has a virtio entropy device (virtio device ID 4)');
   t.is((await s1.check('test -e /sys/module/virtio_rng && echo loaded || echo absent')).trim(), 'absent', 'and its module was not loaded');
   t.regex(node1.log(), /geminik8s: initramfs: first boot check done/, 'the initramfs logs its steps to the kernel log');
+  // The image's sysctl.d: ARP answered only for an interface's own addresses, which the agent's
+  // refusing route after a VIP drop needs.
+  t.is((await s1.check('sysctl -n net.ipv4.conf.all.arp_ignore')).trim(), '1');
 
   const syncState = await until('node2 to stream synchronously', 8 * 60_000, async () => {
     const row = await sql(s1, "select application_name || ' ' || state || ' ' || sync_state from pg_stat_replication");
@@ -376,7 +379,7 @@ async function failoverTest(t: import('ava').ExecutionContext, p: NonNullable<ty
 /** node2 leads, node1 follows in sync: reboot node2 cleanly, then hand the lead back to it. */
 async function leaderRebootTest(t: import('ava').ExecutionContext, p: NonNullable<typeof pair>): Promise<NonNullable<typeof pair>> {
   const { node2, s1 } = p;
-  const { proc: writer, acks, errors: writerErrors } = await startVipWriter(lan, clusterDir, NET.vip, join(work, 'writer.mjs'));
+  const { proc: writer, acks, errors: writerErrors, errorsAt: writerErrorsAt } = await startVipWriter(lan, clusterDir, NET.vip, join(work, 'writer.mjs'));
   try {
     await until('20 acknowledged writes through the VIP', 5 * 60_000, async () => (acks.length >= 20 ? true : undefined));
     const generation = witnessRecord().generation;
@@ -434,6 +437,10 @@ async function leaderRebootTest(t: import('ava').ExecutionContext, p: NonNullabl
     const maxAck = acks.at(-1)!.id;
     const backGap = longestGap(acks.filter((a) => a.t >= backAt && a.t <= backDone + 20_000).map((a) => a.t));
     t.log(`writer: ${acks.length} acknowledged writes; longest gap around node2's reboot ${(gap / 1000).toFixed(1)} s, around the hand-back ${(backGap / 1000).toFixed(1)} s; ${writerErrors.length} errors (last: ${writerErrors.at(-1) ?? 'none'})`);
+    // What the writer met in the hand-back's pause: a refused or read-only attempt is retried at
+    // once, one whose SYN was lost (`timeout expired`) a second later.
+    const backErrors = writerErrorsAt.filter((e) => e.t >= backAt && e.t <= backDone + 20_000);
+    t.log(`the writer's failed attempts in the hand-back (ms from the request): ${backErrors.map((e) => `${e.t - backAt} ${e.error.slice(0, 60)}`).join('; ') || 'none'}`);
     t.is(await sql(s2, `select count(*) from harness_writes where id <= ${maxAck}`, 'kine'), String(maxAck), 'every acknowledged write is on the leader');
     return { ...p, s2 };
   } finally {

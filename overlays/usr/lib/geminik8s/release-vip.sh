@@ -19,6 +19,11 @@ case "$address/$prefix" in
 	exit 1
 	;;
 esac
+# The route that refuses connections for a moment after the agent gave the VIP up (vip.ts,
+# vipRefusePlan), if the agent ended within that moment. Only ours: proto static.
+if ip -o route show table local type local "$address/32" dev "$device" proto static | grep -q .; then
+	ip route del local "$address/32" dev "$device" table local proto static
+fi
 if ip -o -4 addr show dev "$device" | grep -qF " inet $address/"; then
 	exec ip addr del "$address/$prefix" dev "$device"
 fi
