@@ -1,11 +1,11 @@
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NODE_PATHS } from '#common/render/paths.ts';
 import type { NetworkInterfaceInfo } from 'node:os';
-import { arpIgnoresForeign, dropVip, IpRunner, takeVip, vipAddPlan, vipDelPlan, vipHeldIn, vipRefusePlan, vipReleaseText, WaitingPlan } from '#agent/vip.ts';
+import { arpIgnoresForeign, dropVip, IpRunner, takeVip, vipAddPlan, vipDelPlan, vipHeldIn, vipRefusePlan, vipReleaseText, WaitingPlan, type VipSpec } from '#agent/vip.ts';
 import { createVipPort } from '#agent/adapters/vip.ts';
 import type { NodeContext } from '#agent/context.ts';
 import { preparePlan } from '#common/exec.ts';
@@ -197,20 +197,28 @@ const arpAnswers = async (ns: string, address: string): Promise<string[]> => {
 };
 const staticLocalRoutes = async (ns: string): Promise<string> => (await execa('ip', ['-n', ns, 'route', 'show', 'table', 'local', 'proto', 'static'])).stdout;
 
+/**
+ * The agent's VIP port for `spec` in namespace `node` (arp_ignore set there as the image sets
+ * it), its `ip` and arping waiting in that namespace: a command that found none waiting would run
+ * in this test's namespace instead, so each step prepares one first, as the control loop's looks do.
+ */
+async function nodePort(t: ExecutionContext, node: string, spec: VipSpec, refuseMs: number) {
+  await execa('ip', ['netns', 'exec', node, 'sysctl', '-q', '-w', 'net.ipv4.conf.all.arp_ignore=1']);
+  const ctx = { config: { vip: { enabled: true } }, spec: { network: { vip: spec.address, prefix: spec.prefix, interface: spec.device } } } as unknown as NodeContext;
+  const ip = new IpRunner({ cmd: 'ip', args: ['-n', node, '-batch', '-'] });
+  const garp = new WaitingPlan({ cmd: 'ip', args: ['netns', 'exec', node, 'arping', '-U', '-c', '1', '-I', spec.device, spec.address] });
+  t.teardown(() => {
+    ip.close();
+    garp.close();
+  });
+  ip.prepare();
+  return { ctx, ip, garp, port: createVipPort(ctx, { ip, garp, refuse: true, refuseMs }) };
+}
+
 maybe('after the agent drops the VIP, a client that still sends to this node is refused at once instead of waiting out its SYN, and nobody answers ARP for the address; the take removes the route, and without arp_ignore the drop is a plain delete', async (t) => {
   await withNodeAndClient(async (node, client) => {
-    await execa('ip', ['netns', 'exec', node, 'sysctl', '-q', '-w', 'net.ipv4.conf.all.arp_ignore=1']);
     const spec = { address: '10.77.9.50', prefix: 24, device: 'lan0' };
-    const ctx = { config: { vip: { enabled: true } }, spec: { network: { vip: spec.address, prefix: spec.prefix, interface: spec.device } } } as unknown as NodeContext;
-    const ip = new IpRunner({ cmd: 'ip', args: ['-n', node, '-batch', '-'] });
-    const garp = new WaitingPlan({ cmd: 'ip', args: ['netns', 'exec', node, 'arping', '-U', '-c', '1', '-I', spec.device, spec.address] });
-    t.teardown(() => {
-      ip.close();
-      garp.close();
-    });
-    const port = createVipPort(ctx, { ip, garp, refuse: true, refuseMs: 60_000 });
-    // As the control loop's first look does: a waiting ip (in the node's namespace) from now on.
-    ip.prepare();
+    const { ctx, ip, garp, port } = await nodePort(t, node, spec, 60_000);
     await port.take();
     const nodeMac = (await execa('ip', ['-n', node, '-o', 'link', 'show', 'lan0'])).stdout.match(/link\/ether ([0-9a-f:]{17})/)![1]!;
     t.deepEqual(await arpAnswers(client, spec.address), [nodeMac], 'the holder answers ARP');
@@ -248,19 +256,9 @@ maybe('after the agent drops the VIP, a client that still sends to this node is 
 
 maybe('the refusing route ends by itself after its time, and release-vip.sh removes one an agent left behind', async (t) => {
   await withNodeAndClient(async (node) => {
-    await execa('ip', ['netns', 'exec', node, 'sysctl', '-q', '-w', 'net.ipv4.conf.all.arp_ignore=1']);
     const spec = { address: '10.77.9.51', prefix: 24, device: 'lan0' };
-    const ctx = { config: { vip: { enabled: true } }, spec: { network: { vip: spec.address, prefix: spec.prefix, interface: spec.device } } } as unknown as NodeContext;
-    const ip = new IpRunner({ cmd: 'ip', args: ['-n', node, '-batch', '-'] });
-    const garp = new WaitingPlan({ cmd: 'true', args: [] });
-    t.teardown(() => {
-      ip.close();
-      garp.close();
-    });
-    const port = createVipPort(ctx, { ip, garp, refuse: true, refuseMs: 300 });
-    ip.prepare();
+    const { ip, port } = await nodePort(t, node, spec, 300);
     await port.take();
-    // A command that found no waiting ip would run in this test's namespace, not the node's.
     ip.prepare();
     await port.drop();
     t.regex(await staticLocalRoutes(node), /10\.77\.9\.51/);
