@@ -20,10 +20,9 @@ case "$address/$prefix" in
 	;;
 esac
 # The route that refuses connections for a moment after the agent gave the VIP up (vip.ts,
-# vipRefusePlan), if the agent ended within that moment. Only ours: proto static.
-if ip -o route show table local type local "$address/32" dev "$device" proto static | grep -q .; then
-	ip route del local "$address/32" dev "$device" table local proto static
-fi
+# vipRefusePlan), if the agent ended within that moment. Only ours: proto static. One `ip`,
+# whose "No such process" when there is none is no error here.
+ip route del local "$address/32" dev "$device" table local proto static 2>/dev/null || true
 if ip -o -4 addr show dev "$device" | grep -qF " inet $address/"; then
 	exec ip addr del "$address/$prefix" dev "$device"
 fi
