@@ -362,6 +362,28 @@ test('planned switchover hands over; a switchover whose peer hangs ends with exa
   t.truthy(leaderOf(hung));
 });
 
+test('a switchover\'s old leader drops its address while its server stops when a drop refuses connections, and only after it stopped when not', async (t) => {
+  const order = async (refusesAfterDrop: boolean): Promise<{ dropped: number; stopped: number; promoted: number }> => {
+    const c = new SimCluster({ seed: 33, rewindFailure: 0, refusesAfterDrop });
+    await c.run(20_000, () => c.healthy());
+    t.true(c.healthy(), 'a healthy pair first');
+    const from = c.world.trace.length;
+    let answer: { ok: boolean } | undefined;
+    c.world.at(c.world.now + 10, () => void leaderOf(c)!.controller!.switchover().then((r) => (answer = r)));
+    await c.run(c.world.now + 20_000, () => answer !== undefined);
+    t.true(answer?.ok, `refusesAfterDrop ${refusesAfterDrop}: ${JSON.stringify(answer)}`);
+    t.deepEqual(c.violations, [], report(c));
+    const lines = c.world.trace.slice(from);
+    const at = (re: RegExp): number => lines.findIndex((l) => re.test(l));
+    return { dropped: at(/n1: VIP dropped/), stopped: at(/n1 pg: stopped \(clean shutdown\)/), promoted: at(/n2 pg: promoted/) };
+  };
+  // The model's clean stop takes 50-400 ms, a drop 1-20 ms: begun together, the drop ends first.
+  const refusing = await order(true);
+  t.true(refusing.dropped >= 0 && refusing.dropped < refusing.stopped && refusing.stopped < refusing.promoted, JSON.stringify(refusing));
+  const plain = await order(false);
+  t.true(plain.stopped >= 0 && plain.stopped < plain.dropped && plain.dropped < plain.promoted, JSON.stringify(plain));
+});
+
 test('a switchover\'s new leader: under degrade its address comes up while it promotes; under strict only after its standby is named', async (t) => {
   const order = async (syncPolicy: 'degrade' | 'strict'): Promise<{ vip: number; promoted: number; named: number }> => {
     const c = new SimCluster({ seed: 31, rewindFailure: 0, syncPolicy });

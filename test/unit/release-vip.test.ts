@@ -219,6 +219,7 @@ maybe('after the agent drops the VIP, a client that still sends to this node is 
   await withNodeAndClient(async (node, client) => {
     const spec = { address: '10.77.9.50', prefix: 24, device: 'lan0' };
     const { ctx, ip, garp, port } = await nodePort(t, node, spec, 60_000);
+    t.true(port.refusesAfterDrop, 'the controller may drop the address while the server stops');
     await port.take();
     const nodeMac = (await execa('ip', ['-n', node, '-o', 'link', 'show', 'lan0'])).stdout.match(/link\/ether ([0-9a-f:]{17})/)![1]!;
     t.deepEqual(await arpAnswers(client, spec.address), [nodeMac], 'the holder answers ARP');
@@ -239,6 +240,7 @@ maybe('after the agent drops the VIP, a client that still sends to this node is 
     // Without the refusing route (arp_ignore 0 on a node): the packet is dropped and the
     // client's connect waits; this is what the route saves a client from.
     const plain = createVipPort(ctx, { ip, garp, refuse: false });
+    t.false(plain.refusesAfterDrop, 'without the route, the controller drops the address only after the server stopped');
     await plain.drop();
     t.is(await staticLocalRoutes(node), '');
     await execa('ip', ['-n', client, 'neigh', 'replace', spec.address, 'lladdr', nodeMac, 'dev', 'lan1']);

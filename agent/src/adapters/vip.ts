@@ -41,6 +41,7 @@ export function createVipPort(ctx: NodeContext, deps: { ip?: IpRunner; garp?: Wa
     return was;
   };
   return {
+    refusesAfterDrop: refuse,
     held: async () => {
       // The loop looks before it ever takes or drops: from then on a warm `ip` and arping wait.
       ip.prepare();
@@ -51,9 +52,10 @@ export function createVipPort(ctx: NodeContext, deps: { ip?: IpRunner; garp?: Wa
     drop: async () => {
       stopRefusing();
       if (!(await dropVip(spec, ip, refuse))) return;
-      // Long enough for the peer's take and gratuitous ARP in a switchover (about 0.5 s after
-      // the drop under TCG); short, since meanwhile this node's own connections to the VIP (its
-      // Kine) reach its own server.
+      // Long enough for the peer's take and gratuitous ARP in a switchover, which drops the
+      // address as its server begins to stop: under TCG the peer took it up to 2.2 s later,
+      // in a rolling upgrade's switchover. Short, since meanwhile this node's own connections to
+      // the VIP (its Kine) reach its own server.
       refusing = setTimeout(() => {
         refusing = undefined;
         void ip.run(vipUnrefusePlan(spec), { allowFailure: true, timeoutMs: 5000 }).catch(() => undefined);
@@ -64,7 +66,7 @@ export function createVipPort(ctx: NodeContext, deps: { ip?: IpRunner; garp?: Wa
 }
 
 /** How long a node refuses connections to the VIP it gave up (vipRefusePlan). */
-export const REFUSE_AFTER_DROP_MS = 2000;
+export const REFUSE_AFTER_DROP_MS = 4000;
 
 /** Give the VIP up for good (the unit's ExecStopPost when the agent could not say where it is): the address and a refusing route, if any. */
 export async function releaseVipNow(ctx: NodeContext): Promise<void> {

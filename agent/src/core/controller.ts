@@ -757,14 +757,24 @@ export class Controller {
       this.meta = { ...this.meta, role: 'fenced' };
       // A renewal already in flight must reach the witness before our release, never after it.
       while (this.renewing) await clock.sleep(10);
-      await pg.stop();
-      steps.mark('stopped');
-      // Only now: while the server stops, clients reaching it through the address are refused at
-      // once and retry, where at an address nobody holds their connection attempt is lost for a
-      // second (the SYN's first retransmission). The adapter goes on refusing them for a moment
-      // after the drop, until the peer has taken the address (vipRefusePlan in vip.ts).
-      await vip.drop();
-      steps.mark('address dropped');
+      if (vip.refusesAfterDrop) {
+        // The address goes while the server stops: clients that still reach this node are
+        // refused at once either way (by the stopping server, or by the route the drop leaves
+        // until the peer has taken the address), and the drop is off the write pause.
+        const [stopped, dropped] = await Promise.allSettled([
+          pg.stop().then(() => steps.mark('stopped')),
+          vip.drop().then(() => steps.mark('address dropped')),
+        ]);
+        for (const r of [stopped, dropped]) if (r.status === 'rejected') throw r.reason;
+      } else {
+        await pg.stop();
+        steps.mark('stopped');
+        // Only now: while the server stops, clients reaching it through the address are refused
+        // at once and retry, where at an address nobody holds their connection attempt is lost
+        // for a second (the SYN's first retransmission).
+        await vip.drop();
+        steps.mark('address dropped');
+      }
       await this.persist();
       if (this.arbiter) await this.witness({ op: 'release', node: this.s.self, generation });
       steps.mark('lease released');

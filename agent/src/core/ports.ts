@@ -133,6 +133,12 @@ export interface VipPort {
   held(): Promise<boolean>;
   take(): Promise<void>;
   drop(): Promise<void>;
+  /**
+   * A drop leaves the address refusing connections for a moment (vipRefusePlan): clients that
+   * still reach this node are answered at once rather than losing their SYN, so a switchover may
+   * drop the address while its server stops instead of after.
+   */
+  readonly refusesAfterDrop?: boolean;
 }
 
 /** hostmeta.json, written atomically and durably. */

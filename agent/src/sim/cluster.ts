@@ -28,6 +28,8 @@ export interface SimOptions {
   kubeFails?: boolean;
   /** How many of a node's VIP takes fail (`ip` exiting non-zero) before they succeed again. */
   vipTakeFailures?: number;
+  /** Whether a VIP drop leaves the address refusing connections (VipPort.refusesAfterDrop); by default, by seed and node. */
+  refusesAfterDrop?: boolean;
   /** A stopping agent neither hands over (a leader) nor tells its leader (a follower), as agents before either: for comparison. */
   noLeave?: boolean;
   /** Failover timings other than init's (to measure a trade-off; validation's rules are not applied). */
@@ -298,6 +300,9 @@ export class SimCluster {
           }, lingers(req) ? LINGER_MS : 0),
       },
       vip: {
+        // Both ways a switchover drops the address (with the server's stop, or after it), by
+        // seed and node and without a draw, so that a seed's other draws stay as they were.
+        refusesAfterDrop: this.opts.refusesAfterDrop ?? (this.opts.seed + this.nodes.indexOf(n)) % 2 === 0,
         held: () => new Promise((r) => w.inProcess(proc, 1, () => r(n.vip))),
         take: () =>
           new Promise((r, reject) =>
