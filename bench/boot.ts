@@ -60,6 +60,43 @@ interface Figure {
   agentReady?: string;
   /** PID 1's own phases before its first unit, guest seconds (the manager's timestamps). */
   manager?: Record<string, number | null>;
+  /** Where the vCPUs' time went until the shell's first command, just after the marker. */
+  cpu?: CpuAccount;
+}
+
+/** The guest's CPU accounting since boot (`/proc/stat`, `/proc/pressure`), in seconds. */
+interface CpuAccount {
+  uptimeS: number;
+  vcpus: number;
+  userS: number;
+  systemS: number;
+  iowaitS: number;
+  idleS: number;
+  /** Time in which at least one runnable task waited for a CPU (PSI `some`), when the kernel keeps it. */
+  cpuWaitS: number | null;
+  /** Time in which at least one task waited for I/O (PSI `some`). */
+  ioWaitS: number | null;
+}
+
+/** Parses `cat /proc/uptime; grep '^cpu' /proc/stat; cat /proc/pressure/cpu /proc/pressure/io`. */
+function parseCpu(text: string): CpuAccount | undefined {
+  const uptime = /^([\d.]+) [\d.]+$/m.exec(text);
+  const all = /^cpu +(\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)/m.exec(text);
+  if (!uptime || !all) return undefined;
+  // USER_HZ is 100 on every Linux architecture the image is built for.
+  const [user, nice, system, idle, iowait, irq, softirq] = all.slice(1, 8).map((v) => Number(v) / 100) as [number, number, number, number, number, number, number];
+  const psi = [...text.matchAll(/^some avg10=\S+ avg60=\S+ avg300=\S+ total=(\d+)$/gm)].map((m) => Number(m[1]) / 1e6);
+  return {
+    uptimeS: Number(uptime[1]), vcpus: (text.match(/^cpu\d+ /gm) ?? []).length,
+    userS: user + nice, systemS: system + irq + softirq, iowaitS: iowait, idleS: idle,
+    cpuWaitS: psi.length === 2 ? psi[0]! : null, ioWaitS: psi.length === 2 ? psi[1]! : null,
+  };
+}
+
+function cpuLine(c: CpuAccount | undefined): string {
+  if (!c) return '(not read)';
+  const psi = c.cpuWaitS === null ? 'no PSI' : `a task waiting for a CPU ${c.cpuWaitS.toFixed(1)} s, for I/O ${c.ioWaitS!.toFixed(1)} s`;
+  return `at ${c.uptimeS.toFixed(1)} s uptime, ${c.vcpus} vCPUs: user ${c.userS.toFixed(1)} s, system ${c.systemS.toFixed(1)} s, iowait ${c.iowaitS.toFixed(1)} s, idle ${c.idleS.toFixed(1)} s (${((100 * c.idleS) / (c.uptimeS * c.vcpus)).toFixed(0)}% of the vCPUs' time); ${psi}`;
 }
 
 /** The manager's timestamps: PID 1 started (Userspace), its security setup, generators, unit loading. */
@@ -111,6 +148,8 @@ async function record(arch: Arch, scenario: string, firmware: string, vm: Vm, r:
   if (profile && vm.consoleSocket) {
     const shell = await GuestShell.open(vm.consoleSocket, BOOT_TIMEOUT);
     try {
+      // First, as close to the marker as the shell gets: what kept the vCPUs busy until then.
+      f.cpu = parseCpu((await shell.run("cat /proc/uptime; grep '^cpu' /proc/stat; cat /proc/pressure/cpu /proc/pressure/io 2>/dev/null")).output);
       // systemd-analyze answers only once the boot has finished: let the last jobs end first.
       const pending = (await shell.run('timeout 300 systemctl is-system-running --wait >/dev/null 2>&1 || systemctl list-jobs --no-pager --no-legend', 330_000)).output.trim();
       if (pending) console.log(`  jobs still running 300 s after the marker:\n    ${pending.replaceAll('\n', '\n    ')}`);
@@ -125,7 +164,7 @@ async function record(arch: Arch, scenario: string, firmware: string, vm: Vm, r:
     } finally {
       shell.close();
     }
-    console.log(`  ${f.systemdAnalyze?.replaceAll('\n', '\n  ')}\n  critical chain:\n    ${f.criticalChain?.replaceAll('\n', '\n    ')}\n  blame:\n    ${f.blame?.replaceAll('\n', '\n    ')}\n  kernel and initramfs:\n    ${f.kernelLog?.replaceAll('\n', '\n    ')}\n  units (guest s, start -> active):\n    ${(f.units ?? []).map((u) => `${u.unit.padEnd(30)} ${u.startS?.toFixed(1) ?? '-'} -> ${u.activeS?.toFixed(1) ?? '-'}`).join('\n    ')}\n  agent: ${f.agentReady || '(no ready line)'}\n  PID 1 (guest s): ${managerLine(f.manager)}`);
+    console.log(`  ${f.systemdAnalyze?.replaceAll('\n', '\n  ')}\n  critical chain:\n    ${f.criticalChain?.replaceAll('\n', '\n    ')}\n  blame:\n    ${f.blame?.replaceAll('\n', '\n    ')}\n  kernel and initramfs:\n    ${f.kernelLog?.replaceAll('\n', '\n    ')}\n  units (guest s, start -> active):\n    ${(f.units ?? []).map((u) => `${u.unit.padEnd(30)} ${u.startS?.toFixed(1) ?? '-'} -> ${u.activeS?.toFixed(1) ?? '-'}`).join('\n    ')}\n  agent: ${f.agentReady || '(no ready line)'}\n  PID 1 (guest s): ${managerLine(f.manager)}\n  CPU: ${cpuLine(f.cpu)}`);
   }
   figures.push(f);
   return f;
