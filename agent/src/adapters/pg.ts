@@ -409,12 +409,15 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
     },
 
     async stop(): Promise<void> {
-      if (!(await postmasterRunning()) && !(await status()).up) return;
+      // One look at the postmaster, used for both the check and the signal: each look is three
+      // reads, and a switchover's write pause waits on them.
+      const live = await livePostmasterPid(dataDir);
+      if (live === undefined && !(await status()).up) return;
       try {
         // Under systemd, SIGINT straight to the postmaster (the MainPID of its Type=notify unit),
         // as `systemctl kill --kill-whom=main` sends it, without starting a program: under TCG
         // that start was 0.3-0.5 s of a switchover's write pause. The plan when no pid is readable.
-        const pid = ctx.config.serviceManager === 'systemd' ? await livePostmasterPid(dataDir) : undefined;
+        const pid = ctx.config.serviceManager === 'systemd' ? live : undefined;
         if (pid !== undefined) signalGone(pid, 'SIGINT');
         else await pgc.run(pgc.pgCtlStopPlan(ctx, 'fast'), 40_000);
         // pg_ctl -w has waited already; under systemd the signal was only sent.

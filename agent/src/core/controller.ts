@@ -755,8 +755,6 @@ export class Controller {
       // From here this node is not writable: role, lease, server, address, in that order.
       this.dropLease();
       this.meta = { ...this.meta, role: 'fenced' };
-      // A renewal already in flight must reach the witness before our release, never after it.
-      while (this.renewing) await clock.sleep(10);
       if (vip.refusesAfterDrop) {
         // The address goes while the server stops: clients that still reach this node are
         // refused at once either way (by the stopping server, or by the route the drop leaves
@@ -776,6 +774,10 @@ export class Controller {
         steps.mark('address dropped');
       }
       await this.persist();
+      // A renewal already in flight must reach the witness before our release, never after it.
+      // Waited for here, not before the stop: its answer changes nothing now (dropLease), and
+      // there its round trip to the witness held the stop back inside the write pause.
+      while (this.renewing) await clock.sleep(10);
       if (this.arbiter) await this.witness({ op: 'release', node: this.s.self, generation });
       steps.mark('lease released');
       const res = await this.p.peer.promote({ lsn: target, generation }).catch((err: Error) => ({ ok: false, generation: undefined, reason: err.message }));
