@@ -1,5 +1,5 @@
-import test from 'ava';
-import { INIT_TIMINGS, SimCluster, type SimNode, type Timings } from '#agent/sim/cluster.ts';
+import test, { type ExecutionContext } from 'ava';
+import { INIT_TIMINGS, SimCluster, type SimNode, type SimOptions, type Timings } from '#agent/sim/cluster.ts';
 import { healAll, runSeed } from '#agent/sim/run.ts';
 import { Rng, SimProcess, World } from '#agent/sim/world.ts';
 import type { ForceResult } from '#agent/core/controller.ts';
@@ -362,21 +362,27 @@ test('planned switchover hands over; a switchover whose peer hangs ends with exa
   t.truthy(leaderOf(hung));
 });
 
+/**
+ * A healthy pair from `opts`, then one planned switchover asked of its leader: it must succeed
+ * with no violation. Returns where each pattern first appears in the trace from the request on.
+ */
+async function switchoverOrder<K extends string>(t: ExecutionContext, opts: SimOptions, label: string, marks: Record<K, RegExp>): Promise<Record<K, number>> {
+  const c = new SimCluster(opts);
+  await c.run(20_000, () => c.healthy());
+  t.true(c.healthy(), `${label}: a healthy pair first`);
+  const from = c.world.trace.length;
+  let answer: { ok: boolean } | undefined;
+  c.world.at(c.world.now + 10, () => void leaderOf(c)!.controller!.switchover().then((r) => (answer = r)));
+  await c.run(c.world.now + 20_000, () => answer !== undefined);
+  t.true(answer?.ok, `${label}: ${JSON.stringify(answer)}`);
+  t.deepEqual(c.violations, [], report(c));
+  const lines = c.world.trace.slice(from);
+  return Object.fromEntries(Object.entries<RegExp>(marks).map(([k, re]) => [k, lines.findIndex((l) => re.test(l))])) as Record<K, number>;
+}
+
 test('a switchover\'s old leader drops its address while its server stops when a drop refuses connections, and only after it stopped when not', async (t) => {
-  const order = async (refusesAfterDrop: boolean): Promise<{ dropped: number; stopped: number; promoted: number }> => {
-    const c = new SimCluster({ seed: 33, rewindFailure: 0, refusesAfterDrop });
-    await c.run(20_000, () => c.healthy());
-    t.true(c.healthy(), 'a healthy pair first');
-    const from = c.world.trace.length;
-    let answer: { ok: boolean } | undefined;
-    c.world.at(c.world.now + 10, () => void leaderOf(c)!.controller!.switchover().then((r) => (answer = r)));
-    await c.run(c.world.now + 20_000, () => answer !== undefined);
-    t.true(answer?.ok, `refusesAfterDrop ${refusesAfterDrop}: ${JSON.stringify(answer)}`);
-    t.deepEqual(c.violations, [], report(c));
-    const lines = c.world.trace.slice(from);
-    const at = (re: RegExp): number => lines.findIndex((l) => re.test(l));
-    return { dropped: at(/n1: VIP dropped/), stopped: at(/n1 pg: stopped \(clean shutdown\)/), promoted: at(/n2 pg: promoted/) };
-  };
+  const order = (refusesAfterDrop: boolean) =>
+    switchoverOrder(t, { seed: 33, rewindFailure: 0, refusesAfterDrop }, `refusesAfterDrop ${refusesAfterDrop}`, { dropped: /n1: VIP dropped/, stopped: /n1 pg: stopped \(clean shutdown\)/, promoted: /n2 pg: promoted/ });
   // The model's clean stop takes 50-400 ms, a drop 1-20 ms: begun together, the drop ends first.
   const refusing = await order(true);
   t.true(refusing.dropped >= 0 && refusing.dropped < refusing.stopped && refusing.stopped < refusing.promoted, JSON.stringify(refusing));
@@ -385,20 +391,8 @@ test('a switchover\'s old leader drops its address while its server stops when a
 });
 
 test('a switchover\'s new leader: under degrade its address comes up while it promotes; under strict only after its standby is named', async (t) => {
-  const order = async (syncPolicy: 'degrade' | 'strict'): Promise<{ vip: number; promoted: number; named: number }> => {
-    const c = new SimCluster({ seed: 31, rewindFailure: 0, syncPolicy });
-    await c.run(20_000, () => c.healthy());
-    t.true(c.healthy(), `${syncPolicy}: a healthy pair first`);
-    const from = c.world.trace.length;
-    let answer: { ok: boolean } | undefined;
-    c.world.at(c.world.now + 10, () => void leaderOf(c)!.controller!.switchover().then((r) => (answer = r)));
-    await c.run(c.world.now + 20_000, () => answer !== undefined);
-    t.true(answer?.ok, `${syncPolicy}: ${JSON.stringify(answer)}`);
-    t.deepEqual(c.violations, [], report(c));
-    const lines = c.world.trace.slice(from);
-    const at = (re: RegExp): number => lines.findIndex((l) => re.test(l));
-    return { vip: at(/n2: VIP taken/), promoted: at(/n2 pg: promoted/), named: at(/n2 pg: synchronous_standby_names='"n1"'/) };
-  };
+  const order = (syncPolicy: 'degrade' | 'strict') =>
+    switchoverOrder(t, { seed: 31, rewindFailure: 0, syncPolicy }, syncPolicy, { vip: /n2: VIP taken/, promoted: /n2 pg: promoted/, named: /n2 pg: synchronous_standby_names='"n1"'/ });
   const degrade = await order('degrade');
   t.true(degrade.vip >= 0 && degrade.vip < degrade.promoted, JSON.stringify(degrade));
   const strict = await order('strict');
