@@ -752,7 +752,8 @@ export class Controller {
       }
       const target = st.lsn!;
       steps.mark('caught up');
-      // From here this node is not writable: role, lease, server, address, in that order.
+      // From here this node is not writable: role and lease, then server and address (together
+      // where a drop refuses connections, else in that order), then the lease at the witness.
       this.dropLease();
       this.meta = { ...this.meta, role: 'fenced' };
       if (vip.refusesAfterDrop) {
