@@ -390,6 +390,29 @@ test('a switchover\'s old leader drops its address while its server stops when a
   t.true(plain.stopped >= 0 && plain.stopped < plain.dropped && plain.dropped < plain.promoted, JSON.stringify(plain));
 });
 
+test('a switchover\'s promote request travels beside the release: a standby that still finds the lease held by the leader asking asks the witness again', async (t) => {
+  const c = new SimCluster({ seed: 34, rewindFailure: 0 });
+  await c.run(20_000, () => c.healthy());
+  t.true(c.healthy(), 'a healthy pair first');
+  const leader = leaderOf(c)!;
+  const standby = leader.name === 'n1' ? 'n2' : 'n1';
+  // The leader's requests reach the witness 150 ms late: its release lands after the standby's first ask.
+  c.world.setLinkQuality(leader.name, 'witness', 0, 150, 160);
+  const from = c.world.trace.length;
+  let answer: { ok: boolean; reason: string } | undefined;
+  c.world.at(c.world.now + 10, () => void leader.controller!.switchover().then((r) => (answer = r)));
+  await c.run(c.world.now + 20_000, () => answer !== undefined);
+  t.deepEqual(c.violations, [], report(c));
+  t.true(answer?.ok, JSON.stringify(answer));
+  const lines = c.world.trace.slice(from);
+  const at = (re: RegExp): number => lines.findIndex((l) => re.test(l));
+  const held = at(new RegExp(`witness: acquire ${standby} -> held`));
+  const released = at(new RegExp(`witness: release ${leader.name} -> released`));
+  const granted = at(new RegExp(`witness: acquire ${standby} -> granted`));
+  t.true(held >= 0 && held < released && released < granted, `held ${held}, released ${released}, granted ${granted}:\n${lines.join('\n')}`);
+  t.is(leaderOf(c)?.name, standby);
+});
+
 test('a switchover\'s new leader: under degrade its address comes up while it promotes; under strict only after its standby is named', async (t) => {
   const order = (syncPolicy: 'degrade' | 'strict') =>
     switchoverOrder(t, { seed: 31, rewindFailure: 0, syncPolicy }, syncPolicy, { vip: /n2: VIP taken/, promoted: /n2 pg: promoted/, named: /n2 pg: synchronous_standby_names='"n1"'/ });

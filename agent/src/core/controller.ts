@@ -26,6 +26,12 @@ export function switchoverCaughtUp(st: PgStatus, replayBefore: bigint | null | u
   return sb.replayLsn >= st.lsn || (replayBefore != null && sb.replayLsn > replayBefore);
 }
 
+/**
+ * How soon a standby asked to take over asks the witness again while the lease is still the
+ * requesting leader's: its release travels beside the request (a planned switchover).
+ */
+export const RELEASE_RETRY_MS = 20;
+
 /** A leader stops signalling life this long before its watchdog period would outlast its lease. */
 export const WATCHDOG_SLACK_MS = 500;
 /** How often the guard pings the supervisor (through NotifyPipe's helper, or a systemd-notify process each). */
@@ -91,6 +97,8 @@ export class Controller {
   private timers: TimerHandle[] = [];
   private renewing = false;
   private metaDirty = false;
+  /** The last hostmeta write asked for (persist chains writes so that two never overlap). */
+  private persisting: Promise<void> = Promise.resolve();
   /** Until reconcile has decided, hostmeta's role is a memory, not a fact the guard may act on. */
   private reconciled = false;
   /** Called on every role change (and a restore), for the status page's recent transitions. */
@@ -138,15 +146,23 @@ export class Controller {
     await this.persist();
   }
 
-  /** Write hostmeta; on failure (disk full) keep going and retry every round. */
-  private async persist(): Promise<void> {
-    try {
-      await this.p.state.write(this.meta);
-      this.metaDirty = false;
-    } catch (err) {
-      this.metaDirty = true;
-      this.p.log.error({ event: 'state-write', err: (err as Error).message }, 'could not write hostmeta; will retry');
-    }
+  /**
+   * Write hostmeta; on failure (disk full) keep going and retry every round. Writes run one after
+   * another, each with the meta as it was when asked for, so a caller may leave one running
+   * while it goes on (a promotion with the witness, whose record is the truth after a crash).
+   */
+  private persist(): Promise<void> {
+    const meta = this.meta;
+    this.persisting = this.persisting.then(async () => {
+      try {
+        await this.p.state.write(meta);
+        this.metaDirty = false;
+      } catch (err) {
+        this.metaDirty = true;
+        this.p.log.error({ event: 'state-write', err: (err as Error).message }, 'could not write hostmeta; will retry');
+      }
+    });
+    return this.persisting;
   }
 
   private async witness(req: ArbiterRequest): Promise<ArbiterAnswer | undefined> {
@@ -573,15 +589,21 @@ export class Controller {
     }
     this.holdLease(sentAt, answer);
     this.p.log.warn({ event: 'takeover', generation: answer.generation }, `the witness handed us the lease at generation ${answer.generation}: promoting`);
-    // Recorded before the promotion: a crash from here on finishes it on restart (the witness agrees).
-    await this.setRole('leader', `leader lost; the witness handed over the lease (generation ${answer.generation}) to its synchronous standby`, answer.generation);
+    // The witness's record names us at this generation: a crash from here on finishes the
+    // promotion on restart (reconcile), so hostmeta's write goes on while the server promotes.
+    const persisted = this.setRole('leader', `leader lost; the witness handed over the lease (generation ${answer.generation}) to its synchronous standby`, answer.generation);
     await this.finishPromotion('failover');
+    await persisted;
   }
 
-  /** Promote our server (if it still is a standby), record the timeline, take the VIP, restart Kubernetes. */
-  private async finishPromotion(why: string, steps?: Steps): Promise<void> {
+  /**
+   * Promote our server (if it still is a standby), record the timeline, take the VIP, restart
+   * Kubernetes. `seen`: the server's status as the caller just read it (a switchover's replay
+   * wait), instead of another look inside the write pause.
+   */
+  private async finishPromotion(why: string, steps?: Steps, seen?: PgStatus): Promise<void> {
     const { pg } = this.p;
-    const st0 = await pg.status();
+    const st0 = seen?.up ? seen : await pg.status();
     if (!st0.up) {
       const disk = await pg.disk();
       if (!this.mayWrite()) return;
@@ -589,7 +611,8 @@ export class Controller {
       steps?.mark('started');
       if (!disk.standbySignal) return this.afterPromotion(why, false, steps);
     }
-    const st = await pg.status();
+    // One look when the server ran: under TCG each is tens of milliseconds of the write pause.
+    const st = st0.up ? st0 : await pg.status();
     if (st.up && st.inRecovery) {
       if (!this.mayWrite()) return;
       // The address comes up while the server promotes (we hold the lease; the old leader
@@ -774,15 +797,23 @@ export class Controller {
         await vip.drop();
         steps.mark('address dropped');
       }
-      await this.persist();
+      // With a witness its record, not hostmeta, says after a crash that this node does not lead
+      // (reconcile): the write goes on beside the handover, off the write pause. Without one,
+      // hostmeta is all a restart has, and it must say "fenced" before the peer may promote.
+      const persisted = this.persist();
+      if (!this.arbiter) await persisted;
       // A renewal already in flight must reach the witness before our release, never after it.
       // Waited for here, not before the stop: its answer changes nothing now (dropLease), and
       // there its round trip to the witness held the stop back inside the write pause.
       while (this.renewing) await clock.sleep(10);
-      if (this.arbiter) await this.witness({ op: 'release', node: this.s.self, generation });
-      steps.mark('lease released');
+      // The promote request goes out with the release, not after its answer: the peer asks the
+      // witness again while it still finds the lease ours (promoteOnRequest), and one round trip
+      // to the witness is off the write pause.
+      const released = this.arbiter ? this.witness({ op: 'release', node: this.s.self, generation }).then(() => steps.mark('lease released')) : undefined;
       const res = await this.p.peer.promote({ lsn: target, generation }).catch((err: Error) => ({ ok: false, generation: undefined, reason: err.message }));
       steps.mark('peer promoted');
+      await released;
+      await persisted;
       if (res.ok) {
         await this.becomeStandby('planned switchover', res.generation ?? generation + 1, !stopping);
         steps.mark('standby');
@@ -1017,7 +1048,13 @@ export class Controller {
       steps.mark('replayed');
       let generation: number;
       if (this.arbiter) {
-        const { sentAt, answer } = await this.acquire(req.generation);
+        let { sentAt, answer } = await this.acquire(req.generation);
+        // The leader sends this request with its release (switchover): until the release has
+        // reached the witness, the lease is still the leader's at the generation it sent.
+        while (answer && !answer.ok && answer.code === 'held' && answer.holder === this.s.peer && answer.generation === req.generation && clock.now() < until && !this.stopped) {
+          await clock.sleep(RELEASE_RETRY_MS);
+          ({ sentAt, answer } = await this.acquire(req.generation));
+        }
         if (!answer?.ok) return { ok: false, reason: `the witness did not hand us the lease: ${answer?.reason ?? 'unreachable'}` };
         this.holdLease(sentAt, answer);
         generation = answer.generation;
@@ -1025,9 +1062,14 @@ export class Controller {
         generation = Math.max(req.generation, this.meta.generation) + 1;
       }
       steps.mark('lease');
-      await this.setRole('leader', 'planned switchover', generation);
+      // With a witness, hostmeta's "leader" goes on disk while the server promotes: after a crash
+      // the witness's record, which names us at this generation, finishes the promotion
+      // (reconcile). Without one, hostmeta is the only record, and it comes first.
+      const persisted = this.setRole('leader', 'planned switchover', generation);
+      if (!this.arbiter) await persisted;
       steps.mark('role');
-      await this.finishPromotion('switchover', steps);
+      await this.finishPromotion('switchover', steps, st);
+      await persisted;
       this.p.log.info({ event: 'switchover-promoted', generation, steps: steps.ms }, `took over from ${this.s.peer} in a switchover (${steps.text()})`);
       return { ok: true, generation, reason: 'promoted' };
     } finally {
