@@ -94,16 +94,28 @@ export async function vipHeld(v: VipSpec): Promise<boolean> {
 }
 
 /**
+ * How long after a use the next waiting program starts (`Spare.prepareSoon`): past a switchover's
+ * write pause and the promotion beside it. A start forks this process, which blocks it (and takes
+ * a vCPU) under TCG, and a start on the next turn of the event loop came inside the pause: on the
+ * old leader between its decision to stop and the postmaster's signal, on the new one while its
+ * server promoted. A drop's refusing route goes after REFUSE_AFTER_DROP_MS (4 s) and finds the
+ * next `ip` waiting.
+ */
+export const SPARE_AFTER_MS = 3000;
+
+/**
  * A program started ahead of its use and waiting on its stdin (`preparePlan`). Whoever takes it
- * owns it; the next one starts on the event loop's next turn after `prepareSoon`, not at once: a
- * start blocks this process while it forks, and must not come before the caller's next step is
- * under way.
+ * owns it; the next one starts `afterMs` after `prepareSoon` (on the event loop's next turn when
+ * 0), not at once: a start blocks this process while it forks. A use before then runs cold.
  */
 class Spare {
   private waiting: PreparedRun | undefined;
-  private next: NodeJS.Immediate | undefined;
+  private next: NodeJS.Timeout | undefined;
 
-  constructor(private readonly plan: CommandPlan) {}
+  constructor(
+    private readonly plan: CommandPlan,
+    private readonly afterMs = SPARE_AFTER_MS,
+  ) {}
 
   /** The waiting program if one is ready (it is the caller's from now on), else undefined. */
   take(): PreparedRun | undefined {
@@ -122,19 +134,19 @@ class Spare {
     }
   }
 
-  /** Start the next one on the event loop's next turn. */
+  /** Start the next one `afterMs` from now. */
   prepareSoon(): void {
     if (this.next) return;
-    this.next = setImmediate(() => {
+    this.next = setTimeout(() => {
       this.next = undefined;
       this.prepare();
-    });
+    }, this.afterMs);
     this.next.unref();
   }
 
   /** End the waiting program, and the one about to start, if any. */
   close(): void {
-    if (this.next) clearImmediate(this.next);
+    if (this.next) clearTimeout(this.next);
     this.next = undefined;
     this.waiting?.cancel();
     this.waiting = undefined;
@@ -144,7 +156,7 @@ class Spare {
 /**
  * Runs `ip` commands for one node's VIP with an `ip -batch -` started ahead and waiting for
  * its line: the take or drop inside a switchover's write pause does not pay a program start
- * (0.3-0.7 s under TCG). After each use the next one is started once the caller has moved on
+ * (0.3-0.7 s under TCG). After each use the next one is started SPARE_AFTER_MS later
  * (see Spare); when none is ready (the first use, two in a row) the plan runs as a program of
  * its own.
  */
@@ -153,8 +165,8 @@ export class IpRunner {
   /** How many commands ran on a waiting `ip`, and how many as programs of their own. */
   readonly runs = { warm: 0, cold: 0 };
 
-  constructor(batch: CommandPlan = ipBatchPlan()) {
-    this.spare = new Spare(batch);
+  constructor(batch: CommandPlan = ipBatchPlan(), options: { spareAfterMs?: number } = {}) {
+    this.spare = new Spare(batch, options.spareAfterMs);
   }
 
   /**
@@ -224,7 +236,7 @@ export async function takeVip(v: VipSpec, ip: IpRunner, garp?: WaitingPlan, refu
 /**
  * One fixed plan, started on a shell that waits for a line and then becomes the plan's program
  * (`exec`): starting it is a write to a pipe, not a fork of this process (which under TCG blocks
- * the agent for a fraction of a second). The next shell starts once the caller has moved on;
+ * the agent for a fraction of a second). The next shell starts SPARE_AFTER_MS after a start;
  * when none is ready the plan runs as a program of its own. A waiting shell whose stdin closes
  * (the agent exits) ends without running anything.
  */
@@ -233,8 +245,11 @@ export class WaitingPlan {
   /** How many starts found a waiting shell, and how many ran as programs of their own. */
   readonly runs = { warm: 0, cold: 0 };
 
-  constructor(private readonly plan: CommandPlan) {
-    this.spare = new Spare(WaitingPlan.shellPlan(plan));
+  constructor(
+    private readonly plan: CommandPlan,
+    options: { spareAfterMs?: number } = {},
+  ) {
+    this.spare = new Spare(WaitingPlan.shellPlan(plan), options.spareAfterMs);
   }
 
   /** The waiting shell's plan: `sh -c 'read -r _ || exit 0; exec "$@"' sh CMD ARGS...`. */

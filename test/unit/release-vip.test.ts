@@ -86,7 +86,7 @@ maybe('the agent takes and drops the VIP through an ip -batch started ahead (IpR
     const spec = { address: '10.77.9.60', prefix: 24, device: 'lan0' };
     // The waiting ip runs in the namespace; a command that found none ready would run as a
     // program of its own in this test's namespace, where lan0 does not exist, and fail.
-    const ip = new IpRunner({ cmd: 'ip', args: ['-n', ns, '-batch', '-'] });
+    const ip = new IpRunner({ cmd: 'ip', args: ['-n', ns, '-batch', '-'] }, { spareAfterMs: 0 });
     t.teardown(() => ip.close());
     ip.prepare();
     await takeVip(spec, ip);
@@ -98,30 +98,34 @@ maybe('the agent takes and drops the VIP through an ip -batch started ahead (IpR
     t.regex(await addrs(ns), /10\.77\.9\.11\/24/, 'the node address stays');
     await dropVip(spec, ip); // not there: allowed to fail
     t.deepEqual(ip.runs, { warm: 4, cold: 0 });
-    // The next ip starts once the caller has moved on (a turn of the event loop), not before
-    // the command's caller gets its answer.
-    await new Promise((r) => setImmediate(r));
+    // The next ip starts spareAfterMs after a use (here 0: a timer's turn of the event loop),
+    // not before the command's caller gets its answer.
+    await new Promise((r) => setTimeout(r, 20));
     // The command's own failure is the answer, named with what ip was told.
     await t.throwsAsync(takeVip({ ...spec, device: 'nosuch0' }, ip), { message: /exited with code 1: ip -n gk-vip-\w+ -batch - '<<< addr replace 10\.77\.9\.60\/24 dev nosuch0/ });
     t.deepEqual(ip.runs, { warm: 5, cold: 0 });
   });
 });
 
-test('WaitingPlan: a start on a waiting shell runs the plan; the next shell waits once the caller moves on; two starts in a row run the second as a program of its own; a shell whose stdin closes runs nothing', async (t) => {
+test('WaitingPlan: a start on a waiting shell runs the plan; the next shell waits from spareAfterMs after it, a start before then runs as a program of its own, as does the second of two in a row; a shell whose stdin closes runs nothing', async (t) => {
   const out = join(tempDir(), 'ran');
   const plan = { cmd: 'sh', args: ['-c', 'echo "ran $$" >> "$1"', 'sh', out] };
-  const w = new WaitingPlan(plan);
+  const w = new WaitingPlan(plan, { spareAfterMs: 300 });
   t.teardown(() => w.close());
   w.prepare();
   const r = await w.start({ timeoutMs: 10_000 });
   t.is(r.exitCode, 0);
   t.is(readFileSync(out, 'utf8').trim().split('\n').length, 1);
   t.deepEqual(w.runs, { warm: 1, cold: 0 });
-  // The next shell starts on the event loop's next turn, after the caller got its answer.
+  // Not on the event loop's next turn (the start would fork this process inside a switchover's pause).
   await new Promise((r) => setImmediate(r));
+  await w.start({ timeoutMs: 10_000 });
+  t.deepEqual(w.runs, { warm: 1, cold: 1 });
+  // spareAfterMs after the last start, a shell waits again.
+  await new Promise((r) => setTimeout(r, 400));
   await Promise.all([w.start({ timeoutMs: 10_000 }), w.start({ timeoutMs: 10_000 })]);
-  t.deepEqual(w.runs, { warm: 2, cold: 1 });
-  t.is(readFileSync(out, 'utf8').trim().split('\n').length, 3);
+  t.deepEqual(w.runs, { warm: 2, cold: 2 });
+  t.is(readFileSync(out, 'utf8').trim().split('\n').length, 4);
   // The agent exits: the waiting shell's stdin closes before any line, and the plan never runs.
   const other = join(tempDir(), 'never');
   const shell = preparePlan(WaitingPlan.shellPlan({ cmd: 'sh', args: ['-c', 'echo ran > "$1"', 'sh', other] }));
@@ -205,8 +209,10 @@ const staticLocalRoutes = async (ns: string): Promise<string> => (await execa('i
 async function nodePort(t: ExecutionContext, node: string, spec: VipSpec, refuseMs: number) {
   await execa('ip', ['netns', 'exec', node, 'sysctl', '-q', '-w', 'net.ipv4.conf.all.arp_ignore=1']);
   const ctx = { config: { vip: { enabled: true } }, spec: { network: { vip: spec.address, prefix: spec.prefix, interface: spec.device } } } as unknown as NodeContext;
-  const ip = new IpRunner({ cmd: 'ip', args: ['-n', node, '-batch', '-'] });
-  const garp = new WaitingPlan({ cmd: 'ip', args: ['netns', 'exec', node, 'arping', '-U', '-c', '1', '-I', spec.device, spec.address] });
+  // Spares at once after each use (not SPARE_AFTER_MS later): these steps follow each other
+  // within the agent's 3 s, and here a cold command would run in the wrong namespace.
+  const ip = new IpRunner({ cmd: 'ip', args: ['-n', node, '-batch', '-'] }, { spareAfterMs: 0 });
+  const garp = new WaitingPlan({ cmd: 'ip', args: ['netns', 'exec', node, 'arping', '-U', '-c', '1', '-I', spec.device, spec.address] }, { spareAfterMs: 0 });
   t.teardown(() => {
     ip.close();
     garp.close();
