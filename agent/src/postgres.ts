@@ -707,15 +707,35 @@ export async function promote(session: KeptSession, timeoutMs = 30_000): Promise
     // Not pg_promote(true): its wait looks every 100 ms (WAITS_PER_SECOND in PostgreSQL's
     // xlogfuncs.c), and a switchover's write pause waits on this. On the kept connection, which
     // also spares a new backend's start under TCG.
-    const r = await c.query('SELECT pg_promote(false)');
-    if (r.rows[0]?.pg_promote !== true) throw new Error('pg_promote did not signal the promotion');
-    const until = performance.now() + timeoutMs;
+    const signal = async (): Promise<void> => {
+      const r = await c.query('SELECT pg_promote(false)');
+      if (r.rows[0]?.pg_promote !== true) throw new Error('pg_promote did not signal the promotion');
+    };
+    await signal();
+    let signalled = performance.now();
+    const until = signalled + timeoutMs;
     while ((await c.query('SELECT pg_is_in_recovery() AS r')).rows[0]?.r !== false) {
       if (performance.now() >= until) throw new Error(`pg_promote did not complete within ${timeoutMs / 1000} s`);
+      // The startup process takes the request while it waits on streaming, and when streaming
+      // failed less than wal_retrieve_retry_interval before (the old primary's stop in a
+      // switchover), it then sleeps out the rest of that interval before it promotes
+      // (WaitForWALToBecomeAvailable in xlogrecovery.c): 985 ms under TCG in one switchover. A new
+      // signal sets the latch it sleeps on. The signal files this leaves are removed by the
+      // adapter, and by the postmaster at its next start.
+      if (performance.now() - signalled >= PROMOTE_RESIGNAL_MS) {
+        await signal().catch((err: Error) => {
+          // Promoted meanwhile: the next look sees it.
+          if (!/recovery is not in progress/.test(err.message)) throw err;
+        });
+        signalled = performance.now();
+      }
       await sleep(10);
     }
   }, timeoutMs + 5000);
 }
+
+/** How often `promote` signals the promotion again while the server is still in recovery. */
+export const PROMOTE_RESIGNAL_MS = 50;
 
 /** A CHECKPOINT on this node's running server (before a planned switchover's shutdown). */
 export async function checkpoint(ctx: NodeContext): Promise<void> {

@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { chmod, chown, lstat, mkdir, readdir, readFile, rename, rm, statfs, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { CommandFailedError, lastLines, runPlan } from '#common/exec.ts';
@@ -110,9 +110,15 @@ export function canKeepAside(dataBytes: number, freeBytes: number): boolean {
 // ---------------------------------------------------------------------------------------------
 // Processes: the postmaster of our data directory, found through postmaster.pid.
 
-async function procComm(pid: number): Promise<string | undefined | null> {
+// Synchronous reads: a few bytes from /proc and the data directory, and a switchover's stop
+// signals in the same turn of the event loop in which it decided to stop. With awaited reads, a
+// program start elsewhere in the agent (the VIP's next waiting `ip`, which forks this process)
+// could come in between: under TCG 195-533 ms passed between "caught up" and the postmaster's
+// "received fast shutdown request".
+
+function procComm(pid: number): string | undefined | null {
   try {
-    return (await readFile(`/proc/${pid}/comm`, 'utf8')).trim();
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return null;
     // No /proc at all: unknown. No /proc/<pid>: the process is gone.
@@ -121,9 +127,9 @@ async function procComm(pid: number): Promise<string | undefined | null> {
 }
 
 /** The process has exited and waits to be reaped (state Z or X in /proc/<pid>/stat). */
-async function isZombie(pid: number): Promise<boolean> {
+function isZombie(pid: number): boolean {
   try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
     return state === 'Z' || state === 'X';
   } catch {
@@ -144,26 +150,26 @@ export async function removeZombieLock(dataDir: string, log: LogPort): Promise<v
   } catch {
     return;
   }
-  if (Number.isInteger(pid) && pid > 1 && (await isZombie(pid))) {
+  if (Number.isInteger(pid) && pid > 1 && isZombie(pid)) {
     log.warn({ event: 'pg-start', pid }, `postmaster ${pid} is a zombie: removing its stale postmaster.pid`);
     await rm(file, { force: true });
   }
 }
 
-/** The pid in postmaster.pid if that process is alive and a PostgreSQL process; undefined otherwise. */
-export async function livePostmasterPid(dataDir: string): Promise<number | undefined> {
+/** The pid in postmaster.pid if that process is alive and a PostgreSQL process; undefined otherwise (synchronous: see above). */
+export function livePostmasterPidNow(dataDir: string): number | undefined {
   let text: string;
   try {
-    text = await readFile(join(dataDir, 'postmaster.pid'), 'utf8');
+    text = readFileSync(join(dataDir, 'postmaster.pid'), 'utf8');
   } catch {
     return undefined;
   }
   const pid = Number(text.split('\n')[0]);
   if (!Number.isInteger(pid) || pid <= 1) return undefined;
-  const comm = await procComm(pid);
+  const comm = procComm(pid);
   if (comm === undefined) return undefined;
   // A killed postmaster whose parent never reaps it stays a zombie: it runs nothing.
-  if (await isZombie(pid)) return undefined;
+  if (isZombie(pid)) return undefined;
   if (comm !== null) return /^(postgres|postmaster)/.test(comm) ? pid : undefined;
   try {
     process.kill(pid, 0);
@@ -171,6 +177,11 @@ export async function livePostmasterPid(dataDir: string): Promise<number | undef
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM' ? pid : undefined;
   }
+}
+
+/** livePostmasterPidNow for callers that await it. */
+export async function livePostmasterPid(dataDir: string): Promise<number | undefined> {
+  return livePostmasterPidNow(dataDir);
 }
 
 /** Send a signal; a process already gone (ESRCH) is what the caller waits for anyway. */
@@ -409,9 +420,9 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
     },
 
     async stop(): Promise<void> {
-      // One look at the postmaster, used for both the check and the signal: each look is three
-      // reads, and a switchover's write pause waits on them.
-      const live = await livePostmasterPid(dataDir);
+      // One look at the postmaster, used for both the check and the signal.
+      // Looked at synchronously, and signalled before this call's first await (see procComm).
+      const live = livePostmasterPidNow(dataDir);
       if (live === undefined && !(await status()).up) return;
       try {
         // Under systemd, SIGINT straight to the postmaster (the MainPID of its Type=notify unit),
@@ -441,7 +452,12 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
       throw new Error(`cannot fence PostgreSQL: postmaster ${(await livePostmasterPid(dataDir)) ?? 'gone'}, ${st.up ? 'still accepting connections' : 'not answering'} after SIGKILL`);
     },
 
-    promote: () => pgc.promote(session),
+    async promote(): Promise<void> {
+      await pgc.promote(session);
+      // A signal file of a repeated request (pgc.promote) the startup process never took: harmless
+      // on a primary, but pg_basebackup and pg_rewind would copy it.
+      await rm(join(dataDir, 'promote'), { force: true });
+    },
 
     async setSyncStandby(names: string): Promise<void> {
       await pgc.setSyncStandby(ctx, names);
