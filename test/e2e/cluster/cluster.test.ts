@@ -439,7 +439,7 @@ async function leaderRebootTest(t: import('ava').ExecutionContext, p: NonNullabl
     const gap = longestGap(acks.filter((a) => a.t >= rebootAt && a.t <= led + 60_000).map((a) => a.t));
     const maxAck = acks.at(-1)!.id;
     const backGap = longestGap(acks.filter((a) => a.t >= backAt && a.t <= backDone + 20_000).map((a) => a.t));
-    t.log(`writer: ${acks.length} acknowledged writes; longest gap around node2's reboot ${(gap / 1000).toFixed(1)} s, around the hand-back ${(backGap / 1000).toFixed(1)} s; ${writerErrors.length} errors (last: ${writerErrors.at(-1) ?? 'none'})`);
+    t.log(`writer: ${acks.length} acknowledged writes; longest gap around node2's reboot ${(gap / 1000).toFixed(2)} s, around the hand-back ${(backGap / 1000).toFixed(2)} s; ${writerErrors.length} errors (last: ${writerErrors.at(-1) ?? 'none'})`);
     // What the writer met in the hand-back's pause: a refused or read-only attempt is retried at
     // once, one whose SYN was lost (`timeout expired`) a second later.
     const backErrors = writerErrorsAt.filter((e) => e.t >= backAt && e.t <= backDone + 20_000);
@@ -529,7 +529,7 @@ async function rollingUpgradeTest(t: import('ava').ExecutionContext, p: NonNulla
     const during = acks.filter((a) => a.t >= started);
     const gap = longestGap(during.map((a) => a.t));
     const maxAck = acks.at(-1)!.id;
-    t.log(`writer: ${acks.length} acknowledged writes, ${during.length} during the upgrade; longest gap between two acknowledged writes ${(gap / 1000).toFixed(1)} s; ${writerErrors.length} errors (last: ${writerErrors.at(-1) ?? 'none'})`);
+    t.log(`writer: ${acks.length} acknowledged writes, ${during.length} during the upgrade; longest gap between two acknowledged writes ${(gap / 1000).toFixed(2)} s; ${writerErrors.length} errors (last: ${writerErrors.at(-1) ?? 'none'})`);
     // Where each pause of the writer fell: after which step of the upgrade.
     const pauses: string[] = [];
     for (let i = 1; i < during.length; i++) {
@@ -538,7 +538,7 @@ async function rollingUpgradeTest(t: import('ava').ExecutionContext, p: NonNulla
       if (ms < 2000) continue;
       let k = progressAt.length - 1;
       while (k >= 0 && progressAt[k]! > from) k--;
-      pauses.push(`${(ms / 1000).toFixed(1)} s from +${((from - started) / 1000).toFixed(0)} s, after "${k >= 0 ? progress[k] : 'the start'}"`);
+      pauses.push(`${(ms / 1000).toFixed(2)} s from +${((from - started) / 1000).toFixed(0)} s, after "${k >= 0 ? progress[k] : 'the start'}"`);
     }
     t.log(`writer pauses of 2 s or more: ${pauses.length ? `\n${pauses.join('\n')}` : 'none'}`);
     t.is(await sql(s1, `select count(*) from harness_writes where id <= ${maxAck}`, 'kine'), String(maxAck), 'every acknowledged write is on the primary');
