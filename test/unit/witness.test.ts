@@ -124,6 +124,38 @@ test('release: the holder ends its lease now and the promotable standby takes ov
   t.like(r[4]!.answer, { ok: true, code: 'granted', holder: 'b', generation: 2 });
 });
 
+test('release names the lease it gives up: one overtaken by a later renewal of the holder is refused as stale and the lease stays; the current one ends it; one without a name ends whatever lease is current', (t) => {
+  const r = run([
+    [0, boot('a')],
+    [10, promotable('a', 1, 'b')],
+    [20, acquire('a', 1)],
+  ]);
+  const first = r[0]!.answer.lease;
+  const renewed = r[2]!.answer.lease;
+  t.true(Number.isInteger(first) && Number.isInteger(renewed) && first !== renewed, `a grant and a renewal are different leases (${first}, ${renewed})`);
+  // The release sent before that renewal (the switchover's, landing after the old leader took its lease back):
+  const late = arbitrate(r[2]!.state, { op: 'release', node: 'a', generation: 1, lease: first! }, 30);
+  t.like(late.answer, { ok: false, code: 'stale', holder: 'a', lease: renewed });
+  t.is(late.state.expiresAt, 20 + TTL, 'the renewed lease runs on');
+  t.like(arbitrate(late.state, acquire('b', 1), 31).answer, { ok: false, code: 'held' }, 'so the standby still asking is refused');
+  const current = arbitrate(r[2]!.state, { op: 'release', node: 'a', generation: 1, lease: renewed! }, 30);
+  t.like(current.answer, { ok: true, code: 'released', remainingMs: 0 });
+  t.like(arbitrate(current.state, acquire('b', 1), 31).answer, { ok: true, code: 'granted', holder: 'b' });
+  t.like(arbitrate(r[2]!.state, { op: 'release', node: 'a', generation: 1 }, 30).answer, { ok: true, code: 'released' }, 'an older agent names no lease');
+});
+
+test('lease tags: the service draws each from its source, and a restarted witness does not repeat them', async (t) => {
+  const store: RecordStore = { load: async () => [], save: async () => undefined };
+  const service = new WitnessService({ store, now: () => 0, audit: () => undefined });
+  await service.load();
+  const a = await service.handle('site-a', boot('a'));
+  const b = await service.handle('site-a', acquire('a', 1));
+  const again = new WitnessService({ store, now: () => 0, audit: () => undefined });
+  await again.load();
+  const c = await again.handle('site-a', boot('a'));
+  t.true(new Set([a.lease, b.lease, c.lease]).size === 3, JSON.stringify([a.lease, b.lease, c.lease]));
+});
+
 const force = (node: string, generation: number): ArbiterRequest => ({ op: 'force', node, generation });
 
 test('force: only after the lease expired, only at the generation the operator saw, never for the holder; it revokes the lease (generation + 1, nobody holds) and names the standby, durably', (t) => {

@@ -421,7 +421,8 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
 
     async stop(): Promise<void> {
       // One look at the postmaster, used for both the check and the signal.
-      // Looked at synchronously, and signalled before this call's first await (see procComm).
+      // Looked at synchronously and, under systemd with a readable pid, signalled before this
+      // call's first await (see procComm); otherwise pg_ctl stops it.
       const live = livePostmasterPidNow(dataDir);
       if (live === undefined && !(await status()).up) return;
       try {

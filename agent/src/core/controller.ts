@@ -85,6 +85,8 @@ export class Controller {
   private memory!: Memory;
   /** Local monotonic deadline of our lease (leader, lease mode): writable strictly before it. */
   private leaseDeadline = 0;
+  /** The witness's tag of the grant or renewal we last heard of: a switchover's release names it. */
+  private leaseTag: number | undefined;
   /** When the guard last pinged the supervisor (-Infinity: never). */
   private lastPingAt = -Infinity;
   /** Bumped whenever the lease is given up or lost: renewals sent before it are ignored. */
@@ -153,7 +155,7 @@ export class Controller {
    */
   private persist(): Promise<void> {
     const meta = this.meta;
-    this.persisting = this.persisting.then(async () => {
+    const write = async (): Promise<void> => {
       try {
         await this.p.state.write(meta);
         this.metaDirty = false;
@@ -161,7 +163,9 @@ export class Controller {
         this.metaDirty = true;
         this.p.log.error({ event: 'state-write', err: (err as Error).message }, 'could not write hostmeta; will retry');
       }
-    });
+    };
+    // Onward whatever the write before did: one failure must not stop the writes after it.
+    this.persisting = this.persisting.then(write, write);
     return this.persisting;
   }
 
@@ -177,6 +181,7 @@ export class Controller {
   /** Start holding a lease the witness just granted, counted from when we sent the request. */
   private holdLease(sentAt: number, a: ArbiterAnswer): void {
     this.leaseDeadline = Math.max(this.leaseDeadline, sentAt + this.s.fenceAfter);
+    this.leaseTag = a.lease;
     this.promotable = a.promotable;
   }
 
@@ -809,7 +814,11 @@ export class Controller {
       // The promote request goes out with the release, not after its answer: the peer asks the
       // witness again while it still finds the lease ours (promoteOnRequest), and one round trip
       // to the witness is off the write pause.
-      const released = this.arbiter ? this.witness({ op: 'release', node: this.s.self, generation }).then(() => steps.mark('lease released')) : undefined;
+      // The release names the lease it gives up: if it reaches the witness only after this node
+      // has taken its lease back (the peer refused or did not answer: recoverSwitchover), the
+      // witness refuses it instead of ending the newer lease while the peer still asks.
+      const lease = this.leaseTag;
+      const released = this.arbiter ? this.witness({ op: 'release', node: this.s.self, generation, ...(lease === undefined ? {} : { lease }) }).then(() => steps.mark('lease released')) : undefined;
       const res = await this.p.peer.promote({ lsn: target, generation }).catch((err: Error) => ({ ok: false, generation: undefined, reason: err.message }));
       steps.mark('peer promoted');
       await released;
@@ -1047,6 +1056,8 @@ export class Controller {
       }
       steps.mark('replayed');
       let generation: number;
+      // The replay wait's status, unless the lease took more than one ask (then it is looked at again).
+      let stale = false;
       if (this.arbiter) {
         let { sentAt, answer } = await this.acquire(req.generation);
         // The leader sends this request with its release (switchover): until the release has
@@ -1054,6 +1065,7 @@ export class Controller {
         while (answer && !answer.ok && answer.code === 'held' && answer.holder === this.s.peer && answer.generation === req.generation && clock.now() < until && !this.stopped) {
           await clock.sleep(RELEASE_RETRY_MS);
           ({ sentAt, answer } = await this.acquire(req.generation));
+          stale = true;
         }
         if (!answer?.ok) return { ok: false, reason: `the witness did not hand us the lease: ${answer?.reason ?? 'unreachable'}` };
         this.holdLease(sentAt, answer);
@@ -1068,7 +1080,7 @@ export class Controller {
       const persisted = this.setRole('leader', 'planned switchover', generation);
       if (!this.arbiter) await persisted;
       steps.mark('role');
-      await this.finishPromotion('switchover', steps, st);
+      await this.finishPromotion('switchover', steps, stale ? undefined : st);
       await persisted;
       this.p.log.info({ event: 'switchover-promoted', generation, steps: steps.ms }, `took over from ${this.s.peer} in a switchover (${steps.text()})`);
       return { ok: true, generation, reason: 'promoted' };

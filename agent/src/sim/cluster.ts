@@ -83,6 +83,8 @@ export class SimCluster {
   witnessRecord?: ArbiterRecord;
   witnessDiskFull = false;
   witness?: WitnessService;
+  /** The witness's last lease tag (WitnessDeps.leaseTag), over restarts. */
+  private leaseTags = 0;
   readonly violations: Violation[] = [];
   readonly acked: number[] = [];
   private nextWrite = 1;
@@ -140,6 +142,9 @@ export class SimCluster {
     w.alive = true;
     w.epoch++;
     const service = new WitnessService({
+      // Counted over the whole run, so that a restarted witness does not repeat a tag (and the
+      // seed's random draws stay as they were).
+      leaseTag: () => ++this.leaseTags,
       store: {
         load: () => new Promise((resolve) => this.world.inProcess(w, 5, () => resolve(this.witnessRecord ? [{ ...this.witnessRecord }] : []))),
         save: (record) =>

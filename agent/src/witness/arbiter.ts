@@ -27,6 +27,11 @@ export interface ArbiterRecord {
 export interface ArbiterState {
   record: ArbiterRecord;
   expiresAt: number;
+  /**
+   * Which grant or renewal the current lease is (a new value at each, chosen by the caller of
+   * arbitrate): a `release` that names an older one was sent before a renewal and ends nothing.
+   */
+  lease?: number;
 }
 
 export type ArbiterRequest =
@@ -34,8 +39,12 @@ export type ArbiterRequest =
   | { op: 'acquire'; node: string; generation: number; ttlMs: number; bootstrap?: boolean }
   /** The holder names the standby that may be promoted, or nobody (`null`). */
   | { op: 'promotable'; node: string; generation: number; promotable: string | null }
-  /** The holder gives the lease up now (planned switchover); `promotable` is kept. */
-  | { op: 'release'; node: string; generation: number }
+  /**
+   * The holder gives the lease up now (planned switchover); `promotable` is kept. `lease`: the
+   * grant or renewal it gives up (ArbiterAnswer.lease); a release that arrives after a later
+   * renewal is refused as `stale`. Without it (an older agent), the current lease ends.
+   */
+  | { op: 'release'; node: string; generation: number; lease?: number }
   /** The holder reports its timeline after a promotion (audit). */
   | { op: 'timeline'; node: string; generation: number; timeline: number }
   /**
@@ -56,6 +65,8 @@ export interface ArbiterAnswer {
   promotable: string | null;
   /** Lease time left at the witness (0 when expired). */
   remainingMs: number;
+  /** Which grant or renewal the current lease is (ArbiterState.lease), for the holder's release. */
+  lease?: number;
   reason: string;
 }
 
@@ -95,11 +106,15 @@ export function restoredState(record: ArbiterRecord, now: number, marginMs: numb
 
 function answer(s: ArbiterState, now: number, ok: boolean, code: AnswerCode, reason: string): ArbiterAnswer {
   const r = s.record;
-  return { ok, code, generation: r.generation, holder: r.holder, promotable: r.promotable, remainingMs: Math.max(0, Math.round(s.expiresAt - now)), reason };
+  return { ok, code, generation: r.generation, holder: r.holder, promotable: r.promotable, remainingMs: Math.max(0, Math.round(s.expiresAt - now)), ...(s.lease === undefined ? {} : { lease: s.lease }), reason };
 }
 
-/** Apply one request at witness time `now` (pure). */
-export function arbitrate(state: ArbiterState, req: ArbiterRequest, now: number): ArbiterResult {
+/**
+ * Apply one request at witness time `now` (pure). `nextLease`: the value a grant or renewal made
+ * by this request takes as ArbiterState.lease (the shell draws it: it must differ from every
+ * earlier one, across restarts too).
+ */
+export function arbitrate(state: ArbiterState, req: ArbiterRequest, now: number, nextLease = (state.lease ?? 0) + 1): ArbiterResult {
   const r = state.record;
   const same = (s: ArbiterState, persist: boolean, code: AnswerCode, ok: boolean, reason: string, extra: Partial<ArbiterEvent> = {}): ArbiterResult => ({
     state: s,
@@ -115,12 +130,12 @@ export function arbitrate(state: ArbiterState, req: ArbiterRequest, now: number)
       const ttlMs = Math.max(r.ttlMs, req.ttlMs);
       if (r.holder === req.node) {
         if (req.generation !== r.generation) return same(state, false, 'stale', false, `holder ${req.node} asked with generation ${req.generation}; the lease is at generation ${r.generation}`);
-        const next = { record: ttlMs === r.ttlMs ? r : { ...r, ttlMs }, expiresAt: now + req.ttlMs };
+        const next = { record: ttlMs === r.ttlMs ? r : { ...r, ttlMs }, expiresAt: now + req.ttlMs, lease: nextLease };
         return { ...same(next, ttlMs !== r.ttlMs, 'renewed', true, 'lease renewed'), event: undefined };
       }
       if (r.holder === null && r.generation === 0) {
         if (!req.bootstrap) return same(state, false, 'not-promotable', false, 'the cluster has never had a leader; only the bootstrap leader may take the first lease');
-        const next = { record: { ...r, generation: 1, holder: req.node, promotable: null, ttlMs }, expiresAt: now + req.ttlMs };
+        const next = { record: { ...r, generation: 1, holder: req.node, promotable: null, ttlMs }, expiresAt: now + req.ttlMs, lease: nextLease };
         return same(next, true, 'granted', true, 'first lease of the cluster (bootstrap)', { previousHolder: null });
       }
       if (!expired) return same(state, false, 'held', false, `${r.holder} holds the lease for ${Math.round(state.expiresAt - now)} ms more`);
@@ -130,7 +145,7 @@ export function arbitrate(state: ArbiterState, req: ArbiterRequest, now: number)
           : `the lease expired, but only ${r.promotable} may be promoted`);
       }
       if (req.generation > r.generation) return same(state, false, 'stale', false, `generation ${req.generation} is newer than the witness's ${r.generation}`);
-      const next = { record: { ...r, generation: r.generation + 1, holder: req.node, promotable: null, ttlMs, timeline: null }, expiresAt: now + req.ttlMs };
+      const next = { record: { ...r, generation: r.generation + 1, holder: req.node, promotable: null, ttlMs, timeline: null }, expiresAt: now + req.ttlMs, lease: nextLease };
       return same(next, true, 'granted', true, `lease of ${r.holder} expired; ${req.node} was the recorded synchronous standby: handed over`, { previousHolder: r.holder });
     }
     case 'promotable': {
@@ -144,6 +159,9 @@ export function arbitrate(state: ArbiterState, req: ArbiterRequest, now: number)
     }
     case 'release': {
       if (r.holder !== req.node || r.generation !== req.generation) return same(state, false, 'not-holder', false, `${req.node} does not hold the lease at generation ${req.generation}`);
+      // A release that was overtaken by a renewal of the same holder (the switchover failed and
+      // it took its lease back, or a renewal sent earlier landed later) must not end the newer lease.
+      if (req.lease !== undefined && req.lease !== state.lease) return same(state, false, 'stale', false, `this release gives up lease ${req.lease}; the lease is ${state.lease ?? 'unnamed'} now (renewed since): it stays`);
       return same({ ...state, expiresAt: now }, false, 'released', true, `released; ${r.promotable ?? 'nobody'} may take it over`);
     }
     case 'force': {
@@ -181,8 +199,8 @@ export function parseRequest(body: unknown): ArbiterRequest | string {
       if (!str('node') || !int('generation') || !(b.promotable === null || str('promotable'))) return 'promotable needs node, generation, promotable (a node name or null)';
       return { op: 'promotable', node: b.node as string, generation: b.generation as number, promotable: b.promotable as string | null };
     case 'release':
-      if (!str('node') || !int('generation')) return 'release needs node, generation';
-      return { op: 'release', node: b.node as string, generation: b.generation as number };
+      if (!str('node') || !int('generation') || (b.lease !== undefined && !int('lease'))) return 'release needs node, generation (and lease, if any, an integer)';
+      return { op: 'release', node: b.node as string, generation: b.generation as number, ...(b.lease === undefined ? {} : { lease: b.lease as number }) };
     case 'force':
       if (!str('node') || !int('generation')) return 'force needs node, generation';
       return { op: 'force', node: b.node as string, generation: b.generation as number };

@@ -151,7 +151,7 @@ export function isArbiterAnswer(v: unknown): v is ArbiterAnswer {
   const a = v as Record<string, unknown>;
   const name = (x: unknown): boolean => x === null || typeof x === 'string';
   return typeof a.ok === 'boolean' && typeof a.code === 'string' && ANSWER_CODES.has(a.code) && Number.isInteger(a.generation) && name(a.holder) && name(a.promotable)
-    && typeof a.remainingMs === 'number' && typeof a.reason === 'string';
+    && typeof a.remainingMs === 'number' && (a.lease === undefined || Number.isInteger(a.lease)) && typeof a.reason === 'string';
 }
 
 /** Whether a timed-out request may still reach the witness later (see httpWitnessPort). */

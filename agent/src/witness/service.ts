@@ -1,3 +1,4 @@
+import { randomInt } from 'node:crypto';
 import { arbitrate, emptyRecord, restoredState, type ArbiterAnswer, type ArbiterEvent, type ArbiterRecord, type ArbiterRequest, type ArbiterState } from './arbiter.ts';
 
 /** Where the witness keeps its records durably. Production: one fsynced file per cluster. */
@@ -15,6 +16,17 @@ export interface WitnessDeps {
   audit: (cluster: string, event: ArbiterEvent) => void;
   /** Added to the longest lease after a restart before anyone but the holder may take over. */
   restartMarginMs?: number;
+  /**
+   * The next lease tag (ArbiterState.lease): different from every earlier one, across restarts
+   * too. Default: a counter from a random 47-bit start drawn when the service is made.
+   */
+  leaseTag?: () => number;
+}
+
+/** Lease tags from a random start: a restarted witness does not repeat the tags of the one before. */
+export function randomLeaseTags(): () => number {
+  let next = randomInt(1, 2 ** 47);
+  return () => next++;
 }
 
 /**
@@ -26,7 +38,11 @@ export class WitnessService {
   private queue: Promise<unknown> = Promise.resolve();
   private loaded = false;
 
-  constructor(private readonly deps: WitnessDeps) {}
+  private readonly leaseTag: () => number;
+
+  constructor(private readonly deps: WitnessDeps) {
+    this.leaseTag = deps.leaseTag ?? randomLeaseTags();
+  }
 
   async load(): Promise<void> {
     const now = this.deps.now();
@@ -44,7 +60,7 @@ export class WitnessService {
       if (!this.loaded) throw new Error('witness records not loaded');
       const now = this.deps.now();
       const before = this.states.get(cluster) ?? { record: emptyRecord(cluster), expiresAt: now };
-      const result = arbitrate(before, req, now);
+      const result = arbitrate(before, req, now, this.leaseTag());
       // Persist first: an answer must never promise what a restart would forget.
       if (result.persist) await this.deps.store.save(result.state.record);
       this.states.set(cluster, result.state);
