@@ -106,22 +106,22 @@ test('rejoin fallback: the name of the copy kept aside, older copies, and the fr
 
 test('postmaster.pid: only a live PostgreSQL process counts', async (t) => {
   const dir = tempDir();
-  t.is(await livePostmasterPid(dir), undefined, 'no pid file');
+  t.is(livePostmasterPid(dir), undefined, 'no pid file');
   writeFileSync(join(dir, 'postmaster.pid'), `${process.pid}\n${dir}\n`);
-  t.is(await livePostmasterPid(dir), undefined, 'a live process that is not PostgreSQL (pid reuse) does not count');
+  t.is(livePostmasterPid(dir), undefined, 'a live process that is not PostgreSQL (pid reuse) does not count');
   writeFileSync(join(dir, 'postmaster.pid'), '999999999\n');
-  t.is(await livePostmasterPid(dir), undefined, 'a dead pid');
+  t.is(livePostmasterPid(dir), undefined, 'a dead pid');
   const fake = join(tempDir(), 'postgres');
   copyFileSync('/bin/sleep', fake);
   const p = spawnPlan({ cmd: fake, args: ['30'] });
   try {
     writeFileSync(join(dir, 'postmaster.pid'), `${p.pid}\n`);
-    t.is(await livePostmasterPid(dir), p.pid);
+    t.is(livePostmasterPid(dir), p.pid);
   } finally {
     p.kill('SIGKILL');
     await p.exited;
   }
-  t.is(await livePostmasterPid(dir), undefined);
+  t.is(livePostmasterPid(dir), undefined);
 });
 
 test('pg port guards: disk facts, and no standby.signal, clone or initdb over a running postmaster', async (t) => {

@@ -157,7 +157,7 @@ export async function removeZombieLock(dataDir: string, log: LogPort): Promise<v
 }
 
 /** The pid in postmaster.pid if that process is alive and a PostgreSQL process; undefined otherwise (synchronous: see above). */
-export function livePostmasterPidNow(dataDir: string): number | undefined {
+export function livePostmasterPid(dataDir: string): number | undefined {
   let text: string;
   try {
     text = readFileSync(join(dataDir, 'postmaster.pid'), 'utf8');
@@ -177,11 +177,6 @@ export function livePostmasterPidNow(dataDir: string): number | undefined {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM' ? pid : undefined;
   }
-}
-
-/** livePostmasterPidNow for callers that await it. */
-export async function livePostmasterPid(dataDir: string): Promise<number | undefined> {
-  return livePostmasterPidNow(dataDir);
 }
 
 /** Send a signal; a process already gone (ESRCH) is what the caller waits for anyway. */
@@ -272,13 +267,13 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
     }
   };
 
-  const postmasterRunning = async (): Promise<boolean> => (await livePostmasterPid(dataDir)) !== undefined;
+  const postmasterRunning = (): boolean => livePostmasterPid(dataDir) !== undefined;
 
   /** Stopped = no live postmaster for our data directory and nothing answers on our port. */
   const waitStopped = async (ms: number): Promise<boolean> => {
     const until = performance.now() + ms;
     for (;;) {
-      if (!(await postmasterRunning()) && !(await status()).up) return true;
+      if (!postmasterRunning() && !(await status()).up) return true;
       if (performance.now() >= until) return false;
       // A switchover's write pause waits here: a look is a read of postmaster.pid and /proc.
       await sleep(25);
@@ -336,7 +331,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
     if (ctx.config.serviceManager === 'systemd') {
       await runPlan({ cmd: 'systemctl', args: ['kill', '--signal=SIGKILL', 'geminik8s-postgresql.service'] }, { allowFailure: true, timeoutMs: 5000 }).catch(() => undefined);
     }
-    const pid = await livePostmasterPid(dataDir);
+    const pid = livePostmasterPid(dataDir);
     if (pid === undefined) return;
     // Children first collected, then the postmaster killed so it restarts nothing, then them:
     // orphaned backends would keep serving their sessions and pin the shared memory.
@@ -379,7 +374,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
   };
 
   const configureStandby = async (): Promise<void> => {
-    const refusal = standbyRefusal({ status: await status(), postmasterRunning: await postmasterRunning(), standbySignal: existsSync(join(dataDir, 'standby.signal')) });
+    const refusal = standbyRefusal({ status: await status(), postmasterRunning: postmasterRunning(), standbySignal: existsSync(join(dataDir, 'standby.signal')) });
     if (refusal) throw new Error(refusal);
     await pgc.configureStandby(ctx);
   };
@@ -393,7 +388,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
 
     async start(): Promise<void> {
       if ((await status()).up) return;
-      if (!(await postmasterRunning())) {
+      if (!postmasterRunning()) {
         await removeZombieLock(dataDir, log);
         await prepare();
         // What the seed says wins at every start, not only at initdb, clone or rewind: an
@@ -413,7 +408,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
       while (!last.up) {
         if (performance.now() >= until) throw new Error(`PostgreSQL was started but does not accept connections after 60 s: ${last.error ?? 'unknown error'}`);
         // A fence (or a crash) meanwhile: nothing left to wait for.
-        if (!(await postmasterRunning())) throw new Error(`PostgreSQL stopped while we waited for it to accept connections: ${last.error ?? 'unknown error'}`);
+        if (!postmasterRunning()) throw new Error(`PostgreSQL stopped while we waited for it to accept connections: ${last.error ?? 'unknown error'}`);
         await sleep(250);
         last = await status();
       }
@@ -423,7 +418,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
       // One look at the postmaster, used for both the check and the signal.
       // Looked at synchronously and, under systemd with a readable pid, signalled before this
       // call's first await (see procComm); otherwise pg_ctl stops it.
-      const live = livePostmasterPidNow(dataDir);
+      const live = livePostmasterPid(dataDir);
       if (live === undefined && !(await status()).up) return;
       try {
         // Under systemd, SIGINT straight to the postmaster (the MainPID of its Type=notify unit),
@@ -446,11 +441,11 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
         log.warn({ event: 'fence', err: err.message.split('\n')[0] }, 'immediate shutdown command failed'),
       );
       if (await waitStopped(10_000)) return;
-      log.warn({ event: 'fence', pid: await livePostmasterPid(dataDir) }, 'PostgreSQL still runs 10 s after an immediate shutdown: SIGKILL');
+      log.warn({ event: 'fence', pid: livePostmasterPid(dataDir) }, 'PostgreSQL still runs 10 s after an immediate shutdown: SIGKILL');
       await sigkill();
       if (await waitStopped(5000)) return;
       const st = await status();
-      throw new Error(`cannot fence PostgreSQL: postmaster ${(await livePostmasterPid(dataDir)) ?? 'gone'}, ${st.up ? 'still accepting connections' : 'not answering'} after SIGKILL`);
+      throw new Error(`cannot fence PostgreSQL: postmaster ${livePostmasterPid(dataDir) ?? 'gone'}, ${st.up ? 'still accepting connections' : 'not answering'} after SIGKILL`);
     },
 
     async promote(): Promise<void> {
@@ -483,7 +478,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
 
     async initPrimary(syncStandbyNames: string): Promise<void> {
       if ((await port.disk()).hasData) throw new Error(`refusing to initdb: ${dataDir} holds a complete data directory`);
-      if (await postmasterRunning()) throw new Error(`refusing to initdb: a postmaster runs on ${dataDir}`);
+      if (postmasterRunning()) throw new Error(`refusing to initdb: a postmaster runs on ${dataDir}`);
       log.info({ event: 'bootstrap' }, 'bootstrap leader: initdb with data checksums');
       await prepare();
       await setMarker('initdb');
@@ -521,7 +516,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
       // throw the local data away for a clone that cannot happen: give up and let the caller retry.
       const source = await peerPrimary();
       if (source !== true) throw new Error(`refusing to rejoin: the peer's PostgreSQL (${ctx.peer.ip}:${ctx.spec.postgresql.port}) ${source}; nothing was changed`);
-      if ((await postmasterRunning()) || (await status()).up) await port.stop();
+      if (postmasterRunning() || (await status()).up) await port.stop();
       if (!(await waitStopped(1000))) throw new Error('refusing to rejoin: PostgreSQL still runs after stop');
       await prepare();
       if (!existsSync(marker)) {
@@ -568,7 +563,7 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
     },
 
     async clone(): Promise<void> {
-      if (await postmasterRunning()) throw new Error(`refusing to clone over ${dataDir}: a postmaster runs on it (stop it first)`);
+      if (postmasterRunning()) throw new Error(`refusing to clone over ${dataDir}: a postmaster runs on it (stop it first)`);
       const source = await peerPrimary();
       if (source !== true) throw new Error(`refusing to clone: the peer's PostgreSQL (${ctx.peer.ip}:${ctx.spec.postgresql.port}) ${source}; nothing was changed`);
       await prepare();

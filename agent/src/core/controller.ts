@@ -151,7 +151,8 @@ export class Controller {
   /**
    * Write hostmeta; on failure (disk full) keep going and retry every round. Writes run one after
    * another, each with the meta as it was when asked for, so a caller may leave one running
-   * while it goes on (a promotion with the witness, whose record is the truth after a crash).
+   * while it goes on (a switchover's old leader with a witness, whose record is the truth after
+   * a crash) and the guard's fence may write meanwhile.
    */
   private persist(): Promise<void> {
     const meta = this.meta;
