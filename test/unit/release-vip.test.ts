@@ -274,6 +274,17 @@ maybe('the refusing route ends by itself after its time, and release-vip.sh remo
     while ((await staticLocalRoutes(node)) !== '' && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
     t.is(await staticLocalRoutes(node), '', 'gone after refuseMs');
 
+    // A second drop within refuseMs (the address already gone) keeps the first one's timer.
+    ip.prepare();
+    await port.take();
+    ip.prepare();
+    await port.drop();
+    ip.prepare();
+    await port.drop();
+    const again = Date.now() + 20_000;
+    while ((await staticLocalRoutes(node)) !== '' && Date.now() < again) await new Promise((r) => setTimeout(r, 100));
+    t.is(await staticLocalRoutes(node), '', 'gone after refuseMs, a second drop notwithstanding');
+
     // An agent that ended within the moment: the unit's ExecStopPost removes the route.
     await execa('ip', ['-n', node, ...vipRefusePlan(spec).args]);
     const file = join(tempDir('gk-release-vip-'), 'vip');

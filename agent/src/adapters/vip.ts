@@ -50,8 +50,11 @@ export function createVipPort(ctx: NodeContext, deps: { ip?: IpRunner; garp?: Wa
     },
     take: () => takeVip(spec, ip, garp, stopRefusing()),
     drop: async () => {
-      stopRefusing();
+      // A drop of an address already gone adds no route and must leave the timer of the one an
+      // earlier drop added (a second drop within REFUSE_AFTER_DROP_MS): cleared, that route
+      // stayed until the next take, and this node kept refusing the VIP's clients.
       if (!(await dropVip(spec, ip, refuse))) return;
+      stopRefusing();
       // Long enough for the peer's take and gratuitous ARP in a switchover, which drops the
       // address as its server begins to stop: under TCG the peer took it up to 2.2 s later,
       // in a rolling upgrade's switchover. Short, since meanwhile this node's own connections to
