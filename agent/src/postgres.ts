@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { chmod, chown, mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { endianness } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import type { CommandPlan, RunResult } from '#common/exec.ts';
@@ -111,6 +112,40 @@ export function controlDataPlan(ctx: NodeContext): CommandPlan {
 /** The "Database cluster state" line of `pg_controldata`'s output ("in production", "shut down", ...). */
 export function clusterState(controlData: string): string | undefined {
   return controlField(controlData, 'Database cluster state');
+}
+
+/** pg_control's DBState values (catalog/pg_control.h), the same since PostgreSQL 9.x. */
+const DB_SHUTDOWNED_IN_RECOVERY = 2;
+const DB_IN_ARCHIVE_RECOVERY = 5;
+
+/**
+ * The cluster state pg_control records, read from the file itself rather than through
+ * `pg_controldata` (a program start costs most of a second under TCG): the `state` field comes
+ * after the 8-byte system identifier and two 4-byte version numbers, in the machine's byte order.
+ * Undefined when the file cannot be read.
+ */
+export function controlStateCode(dataDir: string): number | undefined {
+  try {
+    const b = readFileSync(join(dataDir, 'global', 'pg_control'));
+    if (b.length < 20) return undefined;
+    return endianness() === 'LE' ? b.readInt32LE(16) : b.readInt32BE(16);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A promotion that died midway: the server was in recovery when it stopped ("in archive
+ * recovery", "shut down in recovery") and neither standby.signal nor recovery.signal is left.
+ * PostgreSQL removes the signal file after "selected new timeline ID" and before its
+ * end-of-recovery record (StartupXLOG). Started like that, crash recovery ends as a primary on
+ * the old timeline: the promotion skipped, and with it the agent's work after it (the peer's
+ * slot, the timeline's record), so the old leader could never stream from it.
+ */
+export function interruptedPromotion(dataDir: string): boolean {
+  if (existsSync(join(dataDir, 'standby.signal')) || existsSync(join(dataDir, 'recovery.signal'))) return false;
+  const state = controlStateCode(dataDir);
+  return state === DB_IN_ARCHIVE_RECOVERY || state === DB_SHUTDOWNED_IN_RECOVERY;
 }
 
 /** One `Name: value` line of `pg_controldata`'s output. */

@@ -7,7 +7,7 @@ import { createPeerPort } from '#agent/adapters/peer.ts';
 import { createPgPort, inProgressMarker, livePostmasterPid } from '#agent/adapters/pg.ts';
 import { nodeContext, type NodeContext } from '#agent/context.ts';
 import type { LogPort } from '#agent/core/ports.ts';
-import { pgCtlStartPlan, pgCtlStopPlan, withClient } from '#agent/postgres.ts';
+import { controlStateCode, interruptedPromotion, pgCtlStartPlan, pgCtlStopPlan, withClient } from '#agent/postgres.ts';
 import { runPlan } from '#common/exec.ts';
 import { AgentConfigSchema } from '#common/schema/agent.ts';
 import { pgHbaConf } from '#common/render/postgresql.ts';
@@ -218,6 +218,68 @@ maybe('pg adapter: a bootstrap interrupted before its end leaves no usable data'
     }
     t.true(existsSync(join(ctx.config.postgresql.dataDir, 'PG_VERSION')));
     t.deepEqual(await pg.disk(), { hasData: false, standbySignal: false }, 'the marker says the directory is unfinished');
+  } finally {
+    await pg.fence().catch(() => undefined);
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+maybe('pg adapter: a promotion that died after PostgreSQL removed standby.signal starts as a standby again and is promoted onto a new timeline; a crashed primary stays a primary', async (t) => {
+  const root = tempDir('gk-pg-');
+  chmodSync(root, 0o755);
+  const ctx = await context(root);
+  const warnings: string[] = [];
+  const pg = createPgPort(ctx, { info: () => undefined, debug: () => undefined, warn: (_f, m) => warnings.push(m), error: (_f, m) => warnings.push(m) });
+  const data = ctx.config.postgresql.dataDir;
+  const controlState = (): string => /Database cluster state:\s+(.+)\n/.exec(execFileSync(join(BIN, 'pg_controldata'), ['-D', data], { encoding: 'utf8', env: { ...process.env, LC_ALL: 'C' } }))![1]!;
+  const kept = async (): Promise<number> => withClient(ctx, '127.0.0.1', async (c) => (await c.query('SELECT count(*)::int AS n FROM kept')).rows[0].n as number);
+  try {
+    await pg.initPrimary('');
+    await withClient(ctx, '127.0.0.1', (c) => c.query('CREATE TABLE kept (x int); INSERT INTO kept VALUES (1)'));
+    await pg.stop();
+    t.is(controlState(), 'shut down');
+    t.is(controlStateCode(data), 1, 'pg_control read directly agrees with pg_controldata');
+    await pg.configureStandby();
+    await pg.start();
+    t.like(await pg.status(), { up: true, inRecovery: true, timeline: 1 });
+
+    // What a server killed between "selected new timeline ID" and its end-of-recovery record
+    // leaves: pg_control still says archive recovery, and standby.signal is already gone.
+    await pg.fence();
+    t.is(controlState(), 'in archive recovery');
+    rmSync(join(data, 'standby.signal'));
+    t.true(interruptedPromotion(data));
+    t.deepEqual(await pg.disk(), { hasData: true, standbySignal: true }, 'the server starts as a standby');
+    await pg.start();
+    t.true(existsSync(join(data, 'standby.signal')));
+    t.like(await pg.status(), { up: true, inRecovery: true, timeline: 1 }, 'a standby, not a primary on the old timeline');
+    t.regex(warnings.join('\n'), /stopped inside a promotion/);
+    await pg.promote();
+    t.like(await pg.status(), { up: true, inRecovery: false, timeline: 2 });
+    t.is(await kept(), 1);
+
+    // A standby shut down cleanly whose standby.signal went: the same.
+    await pg.stop();
+    await pg.configureStandby();
+    await pg.start();
+    await pg.stop();
+    t.is(controlState(), 'shut down in recovery');
+    rmSync(join(data, 'standby.signal'));
+    t.true(interruptedPromotion(data));
+    await pg.start();
+    t.like(await pg.status(), { up: true, inRecovery: true });
+    await pg.promote();
+    t.like(await pg.status(), { up: true, inRecovery: false, timeline: 3 });
+
+    // A primary that crashed is no promotion: it starts as a primary, as before.
+    await pg.fence();
+    t.is(controlState(), 'in production');
+    t.false(interruptedPromotion(data));
+    t.deepEqual(await pg.disk(), { hasData: true, standbySignal: false });
+    await pg.start();
+    t.like(await pg.status(), { up: true, inRecovery: false, timeline: 3 });
+    t.false(existsSync(join(data, 'standby.signal')));
+    t.is(await kept(), 1);
   } finally {
     await pg.fence().catch(() => undefined);
     rmSync(root, { recursive: true, force: true });

@@ -383,7 +383,8 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
     status,
 
     async disk(): Promise<PgDiskFacts> {
-      return { hasData: pgc.hasData(ctx) && !existsSync(marker), standbySignal: existsSync(join(dataDir, 'standby.signal')) };
+      // An interrupted promotion starts as a standby: start() puts standby.signal back.
+      return { hasData: pgc.hasData(ctx) && !existsSync(marker), standbySignal: existsSync(join(dataDir, 'standby.signal')) || pgc.interruptedPromotion(dataDir) };
     },
 
     async start(): Promise<void> {
@@ -395,7 +396,12 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
         // upgraded image (a new pg_hba row) or a seed turned to TLS takes effect here.
         if ((await port.disk()).hasData) {
           await pgc.writeNodeConfig(ctx);
-          if (existsSync(join(dataDir, 'standby.signal'))) await pgc.configureStandby(ctx);
+          // Never the primary a promotion that died midway would come up as (on the old timeline,
+          // with nothing of what follows a promotion done): a standby again, which the
+          // controller promotes anew (a leader's server in recovery), onto a new timeline.
+          const interrupted = pgc.interruptedPromotion(dataDir);
+          if (interrupted) log.warn({ event: 'start', state: 'interrupted promotion' }, 'PostgreSQL stopped inside a promotion (in recovery, its standby.signal already removed): standby.signal put back, so that it starts as a standby and is promoted again');
+          if (interrupted || existsSync(join(dataDir, 'standby.signal'))) await pgc.configureStandby(ctx);
           // A restore's recovery settings outlive its recovery only by accident (a crash right
           // after the promotion); on a later standby, recovery_target would stop replication.
           if (!existsSync(join(dataDir, 'recovery.signal'))) await rm(join(dataDir, 'conf.d', RESTORE_CONF), { force: true });

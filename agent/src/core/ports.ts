@@ -41,7 +41,7 @@ export interface PgStatus {
 export interface PgDiskFacts {
   /** A complete data directory exists (PG_VERSION, and no unfinished bootstrap). */
   hasData: boolean;
-  /** standby.signal exists: the server starts as a standby. */
+  /** The server starts as a standby: standby.signal exists, or a promotion died midway (the adapter's start puts the file back). */
   standbySignal: boolean;
 }
 
