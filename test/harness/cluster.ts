@@ -197,6 +197,23 @@ export abstract class PairHarness {
     this.logFile = join(dir, 'harness.log');
   }
 
+  /**
+   * Where the VIP's packets go, into the harness log: each node's addresses and static local
+   * routes (a drop's refusing route), and the client's neighbour entry for the VIP.
+   */
+  async logVipState(why: string): Promise<void> {
+    const show = async (ns: string, args: string[]): Promise<string> => {
+      const r = await runPlan({ cmd: 'ip', args: ['-n', ns, ...args] }, { allowFailure: true });
+      return (r.stdout || r.stderr).trim().replace(/\s*\n\s*/g, ' | ');
+    };
+    this.log(`[harness] VIP state (${why}):`);
+    for (const [node, ns] of Object.entries(this.topology.nodeNs)) {
+      this.log(`[harness]   ${node} addresses: ${await show(ns, ['-4', '-o', 'addr', 'show', 'dev', 'eth0'])}`);
+      this.log(`[harness]   ${node} static local routes: ${(await show(ns, ['route', 'show', 'table', 'local', 'proto', 'static'])) || 'none'}`);
+    }
+    this.log(`[harness]   client neighbour for ${NET.vip}: ${(await show(this.topology.clientNs, ['neigh', 'show', NET.vip])) || 'none'}`);
+  }
+
   log(line: string): void {
     appendFileSync(this.logFile, `${new Date().toISOString()} ${line}\n`);
   }

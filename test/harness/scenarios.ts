@@ -696,6 +696,7 @@ export async function runScenario(c: HarnessCluster, s: Scenario, recoveryBoundM
     await c.waitFor('writes after recovery', async () => (c.acks.length >= target ? true : undefined), 30_000);
   } catch (err) {
     x.failures.push(`no acknowledged write within 30 s of recovery: ${(err as Error).message}`);
+    await c.logVipState('no writes after recovery').catch(() => undefined);
     leaderAfter = await repair(x, what, recovered);
     await c.waitFor('writes after the repair', async () => (c.acks.length >= target ? true : undefined), 60_000).catch((e: Error) => x.failures.push(`still no writes: ${e.message}`));
   }
