@@ -269,7 +269,17 @@ export class Controller {
         await this.setRole('leader', record.generation > this.meta.generation ? `the witness handed us generation ${record.generation}: finishing the promotion` : 'restarted as the lease holder', record.generation);
         if (disk.standbySignal) return this.finishPromotion('restart');
         // A failed start is the loop's to handle (restarts, then a handover), not a failed agent.
-        await this.p.pg.start().catch((err: Error) => this.p.log.warn({ event: 'start', err: err.message }, 'PostgreSQL did not start; the loop retries'));
+        const started = await this.p.pg.start().then(
+          () => true,
+          (err: Error) => {
+            this.p.log.warn({ event: 'start', err: err.message }, 'PostgreSQL did not start; the loop retries');
+            return false;
+          },
+        );
+        // A primary's directory may be one whose promotion completed after the last agent died,
+        // before it did what follows: without the peer's slot the old leader cannot stream, and
+        // rewound every 30 s (failover suite, "peer dies mid-switchover", 2026-12-06).
+        if (started) await this.afterPromotion('restart', false);
         return;
       }
     }
@@ -701,9 +711,10 @@ export class Controller {
       this.holdLease(sentAt, answer);
       await this.setRole('leader', 'the witness renewed our lease: unfencing', answer.generation);
       await this.p.pg.start();
-      if (!this.mayWrite()) return;
-      await this.p.pg.setReadOnly(false);
-      await this.p.vip.take();
+      // Writable, the address, and what else follows a promotion: this node may have crashed
+      // right after its own, before the peer's slot existed (the simulator's seed 3 once its
+      // model had slots: the old leader never streamed again).
+      await this.afterPromotion('unfence', false);
       return;
     }
     const peerLeads = o.peer?.role === 'leader' || o.peerPg.primary === true;

@@ -57,6 +57,13 @@ export class SimPostgres {
   followedTimeline: number | undefined;
   /** Rejoins that kept WAL the leader does not hold: a follow onto a WAL ours is not a prefix of, or a pg_rewind that trusted histories the WAL disagrees with. */
   followRefused = 0;
+  /**
+   * The data directory holds the physical slot its peer streams through (primary_slot_name):
+   * made by the bootstrap and by ensurePeerSlot; a clone has none (pg_basebackup copies no
+   * slots); pg_rewind keeps the target's own; a promotion keeps what the standby had, which is
+   * none unless it once led. A standby streams only from a primary that has it.
+   */
+  peerSlot = false;
   /** Set by the simulator: called when a standby.signal would land in a live primary. */
   onViolation: (what: string) => void = () => undefined;
 
@@ -323,6 +330,9 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
         self.standbySignal = false;
         self.timeline = 1;
         self.syncNames = names;
+        // The real bootstrap makes it once the server runs (bootstrapPrimaryObjects); here with
+        // the data, so that a seed's random draws stay as they were.
+        self.peerSlot = true;
       });
       await startAndWait();
     },
@@ -351,6 +361,7 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
         };
         const reclone = (why: string): RejoinMethod => {
           standbyOn(p.wal.slice());
+          self.peerSlot = false;
           world.log(`${self.node} pg: ${why}; re-cloned (${p.wal.length} records)`);
           return 'pg_basebackup';
         };
@@ -388,14 +399,20 @@ export function simPgPort(world: World, agent: SimProcess, self: SimPostgres, pe
       op(1000, 3000, () => {
         const p = peer();
         if (!reachable() || !p.primary) throw new Error('the peer is not a reachable primary');
+        if (!p.peerSlot) throw new Error(`pg_basebackup: replication slot of ${self.node} does not exist on ${p.node}`);
         self.replaceWal(p.wal.slice());
+        self.peerSlot = false;
         self.hasData = true;
         self.timeline = p.timeline;
         self.standbySignal = true;
         self.syncNames = '';
         world.log(`${self.node} pg: cloned ${p.wal.length} records`);
       }),
-    ensurePeerSlot: () => op(1, 5, () => undefined),
+    ensurePeerSlot: () =>
+      op(1, 5, () => {
+        if (!self.running) throw new Error('connection refused');
+        self.peerSlot = true;
+      }),
   };
 }
 
@@ -410,7 +427,7 @@ export function replicate(world: World, a: SimPostgres, b: SimPostgres): void {
     if (!s.replayStalled) s.replayed = Math.max(s.replayed, s.flushedLastRound);
     s.flushedLastRound = s.wal.length;
     const linked = world.linkUp(s.node, p.node) && world.linkUp(p.node, s.node);
-    if (!p.primary || !linked || !isPrefix(s.wal, p.wal)) {
+    if (!p.primary || !linked || !p.peerSlot || !isPrefix(s.wal, p.wal)) {
       s.receiverStreaming = false;
       if (p.running) p.peerStreaming = false;
       continue;
