@@ -612,9 +612,11 @@ export class Controller {
     }
     this.holdLease(sentAt, answer);
     this.p.log.warn({ event: 'takeover', generation: answer.generation }, `the witness handed us the lease at generation ${answer.generation}: promoting`);
-    // Recorded before the promotion: a crash from here on finishes it on restart (the witness agrees).
-    await this.setRole('leader', `leader lost; the witness handed over the lease (generation ${answer.generation}) to its synchronous standby`, answer.generation);
+    // The witness's record names us at this generation: a crash from here on finishes the
+    // promotion on restart (reconcile), so hostmeta's write goes on while the server promotes.
+    const persisted = this.setRole('leader', `leader lost; the witness handed over the lease (generation ${answer.generation}) to its synchronous standby`, answer.generation);
     await this.finishPromotion('failover');
+    await persisted;
   }
 
   /**
@@ -1091,13 +1093,15 @@ export class Controller {
         generation = Math.max(req.generation, this.meta.generation) + 1;
       }
       steps.mark('lease');
-      // Recorded before the promotion: a crash from here on finishes it on restart (the witness
-      // agrees). Writing it beside pg_promote instead moved a crash of the failover suite's
-      // "peer dies mid-switchover" into PostgreSQL's promotion, after which the old leader never
-      // followed (2026-12-06): that path is not understood yet.
-      await this.setRole('leader', 'planned switchover', generation);
+      // With a witness, hostmeta's "leader" goes on disk while the server promotes: after a crash
+      // (one inside PostgreSQL's promotion too: the adapter's start makes that a standby again)
+      // the witness's record, which names us at this generation, finishes the promotion
+      // (reconcile). Without one, hostmeta is the only record, and it comes first.
+      const persisted = this.setRole('leader', 'planned switchover', generation);
+      if (!this.arbiter) await persisted;
       steps.mark('role');
       await this.finishPromotion('switchover', steps, stale ? undefined : st);
+      await persisted;
       this.p.log.info({ event: 'switchover-promoted', generation, steps: steps.ms }, `took over from ${this.s.peer} in a switchover (${steps.text()})`);
       return { ok: true, generation, reason: 'promoted' };
     } finally {
