@@ -390,21 +390,32 @@ test('a switchover\'s old leader drops its address while its server stops when a
   t.true(plain.stopped >= 0 && plain.stopped < plain.dropped && plain.dropped < plain.promoted, JSON.stringify(plain));
 });
 
-test('a switchover\'s promote request travels beside the release: a standby that still finds the lease held by the leader asking asks the witness again', async (t) => {
-  const c = new SimCluster({ seed: 34, rewindFailure: 0 });
+/** A sim cluster of `seed` run until its pair is healthy: the cluster, its leader and the standby's name. */
+async function healthyPair(t: ExecutionContext, seed: number) {
+  const c = new SimCluster({ seed, rewindFailure: 0 });
   await c.run(20_000, () => c.healthy());
   t.true(c.healthy(), 'a healthy pair first');
   const leader = leaderOf(c)!;
-  const standby = leader.name === 'n1' ? 'n2' : 'n1';
-  // The leader's requests reach the witness 150 ms late: its release lands after the standby's first ask.
-  c.world.setLinkQuality(leader.name, 'witness', 0, 150, 160);
+  return { c, leader, standby: leader.name === 'n1' ? 'n2' : 'n1' };
+}
+
+/** A planned switchover asked of `leader` in `inMs`, which must succeed with no violation: the trace from the request on, and when it was asked (s). */
+async function switchoverNow(t: ExecutionContext, c: SimCluster, leader: SimNode, inMs: number) {
   const from = c.world.trace.length;
+  const askedAt = c.world.now / 1000;
   let answer: { ok: boolean; reason: string } | undefined;
-  c.world.at(c.world.now + 10, () => void leader.controller!.switchover().then((r) => (answer = r)));
+  c.world.at(c.world.now + inMs, () => void leader.controller!.switchover().then((r) => (answer = r)));
   await c.run(c.world.now + 20_000, () => answer !== undefined);
   t.deepEqual(c.violations, [], report(c));
   t.true(answer?.ok, JSON.stringify(answer));
-  const lines = c.world.trace.slice(from);
+  return { lines: c.world.trace.slice(from), askedAt };
+}
+
+test('a switchover\'s promote request travels beside the release: a standby that still finds the lease held by the leader asking asks the witness again', async (t) => {
+  const { c, leader, standby } = await healthyPair(t, 34);
+  // The leader's requests reach the witness 150 ms late: its release lands after the standby's first ask.
+  c.world.setLinkQuality(leader.name, 'witness', 0, 150, 160);
+  const { lines } = await switchoverNow(t, c, leader, 10);
   const at = (re: RegExp): number => lines.findIndex((l) => re.test(l));
   const held = at(new RegExp(`witness: acquire ${standby} -> held`));
   const released = at(new RegExp(`witness: release ${leader.name} -> released`));
@@ -414,11 +425,7 @@ test('a switchover\'s promote request travels beside the release: a standby that
 });
 
 test('a switchover asked while a renewal is in flight: the release names the lease that renewal got, so the witness takes it (not stale) and the peer is granted at once', async (t) => {
-  const c = new SimCluster({ seed: 35, rewindFailure: 0 });
-  await c.run(20_000, () => c.healthy());
-  t.true(c.healthy(), 'a healthy pair first');
-  const leader = leaderOf(c)!;
-  const standby = leader.name === 'n1' ? 'n2' : 'n1';
+  const { c, leader, standby } = await healthyPair(t, 35);
   // The witness's answers reach the leader 650 ms late (within its 800 ms timeout): a renewal
   // granted now is still unanswered when the switchover drops the lease a few hundred ms later.
   c.world.setLinkQuality('witness', leader.name, 0, 650, 660);
@@ -428,14 +435,7 @@ test('a switchover asked while a renewal is in flight: the release names the lea
   await c.run(c.world.now + 10_000, () => !renewing());
   await c.run(c.world.now + 10_000, renewing);
   t.true(renewing(), 'a renewal is out');
-  const from = c.world.trace.length;
-  const askedAt = c.world.now / 1000;
-  let answer: { ok: boolean; reason: string } | undefined;
-  c.world.at(c.world.now + 1, () => void leader.controller!.switchover().then((r) => (answer = r)));
-  await c.run(c.world.now + 20_000, () => answer !== undefined);
-  t.deepEqual(c.violations, [], report(c));
-  t.true(answer?.ok, JSON.stringify(answer));
-  const lines = c.world.trace.slice(from);
+  const { lines, askedAt } = await switchoverNow(t, c, leader, 1);
   const release = lines.find((l) => l.includes(`witness: release ${leader.name} `));
   t.regex(release ?? '(no release)', / -> released /, lines.join('\n'));
   // Granted on the release, not after the lease ran out (2.5 s after the last renewal).
