@@ -394,14 +394,16 @@ export function createPgPort(ctx: NodeContext, log: LogPort): PgPort {
         await prepare();
         // What the seed says wins at every start, not only at initdb, clone or rewind: an
         // upgraded image (a new pg_hba row) or a seed turned to TLS takes effect here.
-        if ((await port.disk()).hasData) {
+        const disk = await port.disk();
+        if (disk.hasData) {
           await pgc.writeNodeConfig(ctx);
-          // Never the primary a promotion that died midway would come up as (on the old timeline,
-          // with nothing of what follows a promotion done): a standby again, which the
-          // controller promotes anew (a leader's server in recovery), onto a new timeline.
-          const interrupted = pgc.interruptedPromotion(dataDir);
-          if (interrupted) log.warn({ event: 'start', state: 'interrupted promotion' }, 'PostgreSQL stopped inside a promotion (in recovery, its standby.signal already removed): standby.signal put back, so that it starts as a standby and is promoted again');
-          if (interrupted || existsSync(join(dataDir, 'standby.signal'))) await pgc.configureStandby(ctx);
+          // disk() counts a promotion that died midway as a standby: never the primary it would
+          // come up as (on the old timeline, with nothing of what follows a promotion done), but
+          // a standby again, which the controller promotes anew onto a new timeline.
+          if (disk.standbySignal && !existsSync(join(dataDir, 'standby.signal'))) {
+            log.warn({ event: 'start', state: 'interrupted promotion' }, 'PostgreSQL stopped inside a promotion (in recovery, its standby.signal already removed): standby.signal put back, so that it starts as a standby and is promoted again');
+          }
+          if (disk.standbySignal) await pgc.configureStandby(ctx);
           // A restore's recovery settings outlive its recovery only by accident (a crash right
           // after the promotion); on a later standby, recovery_target would stop replication.
           if (!existsSync(join(dataDir, 'recovery.signal'))) await rm(join(dataDir, 'conf.d', RESTORE_CONF), { force: true });

@@ -233,6 +233,20 @@ export class Controller {
     for (const t of this.timers) t.cancel();
   }
 
+  /**
+   * Start PostgreSQL; whether it started. A failure is logged, not thrown: it is the loop's to
+   * handle (restarts, then a handover), not a failed agent or switchover.
+   */
+  private startOrWarn(event: string, message: string): Promise<boolean> {
+    return this.p.pg.start().then(
+      () => true,
+      (err: Error) => {
+        this.p.log.warn({ event, err: err.message }, message);
+        return false;
+      },
+    );
+  }
+
   private every(ms: number, fn: () => void): TimerHandle {
     let handle: TimerHandle;
     const loop = (): void => {
@@ -268,14 +282,7 @@ export class Controller {
         // The witness issued this generation to us: we are (or were becoming) the leader.
         await this.setRole('leader', record.generation > this.meta.generation ? `the witness handed us generation ${record.generation}: finishing the promotion` : 'restarted as the lease holder', record.generation);
         if (disk.standbySignal) return this.finishPromotion('restart');
-        // A failed start is the loop's to handle (restarts, then a handover), not a failed agent.
-        const started = await this.p.pg.start().then(
-          () => true,
-          (err: Error) => {
-            this.p.log.warn({ event: 'start', err: err.message }, 'PostgreSQL did not start; the loop retries');
-            return false;
-          },
-        );
+        const started = await this.startOrWarn('start', 'PostgreSQL did not start; the loop retries');
         // A primary's directory may be one whose promotion completed after the last agent died,
         // before it did what follows: without the peer's slot the old leader cannot stream, and
         // rewound every 30 s (failover suite, "peer dies mid-switchover", 2026-12-06).
@@ -874,11 +881,7 @@ export class Controller {
       if (answer?.ok) {
         this.holdLease(sentAt, answer);
         await this.setRole('leader', `switchover failed (${why}); the lease is ours again`, answer.generation);
-        // If the server does not come back, the loop's restarts (then a handover) take it from here.
-        const started = await this.p.pg.start().then(() => true, (err: Error) => {
-          this.p.log.warn({ event: 'switchover', err: err.message }, 'PostgreSQL did not start after the failed switchover; the loop retries');
-          return false;
-        });
+        const started = await this.startOrWarn('switchover', 'PostgreSQL did not start after the failed switchover; the loop retries');
         if (started && this.mayWrite()) {
           await this.p.pg.setReadOnly(false);
           await this.p.vip.take();
