@@ -77,6 +77,42 @@ export class VmTimeoutError extends GeminiError {
 }
 
 const TAIL_LINES = 30;
+
+/**
+ * How long a Linux kernel may print nothing, before it has run its init, until a wait resets
+ * the VM. The kernel's own start takes seconds of guest time even under load; an amd64 guest
+ * in CI once stopped for good after `i8042: PNP: PS/2 Controller`, right after a
+ * `system_reset`, and the boot wait ran out 720 s later (a TCG hang, not the node's code).
+ */
+export const KERNEL_STALL_MS = 240_000;
+
+const KERNEL_LINE = /^\[\s*\d+\.\d+\] /;
+
+/**
+ * The console's last line when it shows a Linux kernel still starting: its latest boot printed
+ * `Linux version`, has not printed `Run ... as init process` since, and the last line is a
+ * kernel message. Undefined otherwise (firmware, GRUB, the initramfs, userspace: they may be quiet).
+ */
+export function kernelInitStall(text: string): string | undefined {
+  const lines = text.slice(-65_536).split('\n').map(cleanLine).filter((l) => l.trim() !== '');
+  const last = lines.at(-1);
+  if (last === undefined || !KERNEL_LINE.test(last)) return undefined;
+  for (let i = lines.length - 1; i >= 0; i--) {
+    if (/\] Run \S+ as init process/.test(lines[i]!)) return undefined;
+    if (/\] Linux version /.test(lines[i]!)) return last;
+  }
+  return undefined;
+}
+
+/** A kernel stall that a wait answered with a reset (see KERNEL_STALL_MS). */
+export interface KernelStall {
+  /** The last line the kernel printed. */
+  line: string;
+  /** How long the console had been silent, ms. */
+  quietMs: number;
+  /** Each vCPU's instruction pointer at the time (QEMU's `info registers -a`), when QEMU said. */
+  registers: string;
+}
 const ESCAPES = /\u001b(?:\[[0-9;=?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>78])/g;
 
 /** A console line as a person reads it: no terminal escape sequences, no carriage returns. */
@@ -188,13 +224,27 @@ export class Vm {
    * escape sequences). On timeout the VM is stopped and a VmTimeoutError (exit 7) says what was
    * awaited, for how long, with the end of the serial log and of QEMU's stderr.
    */
-  async waitFor(pattern: RegExp, timeoutMs: number, options: { since?: number } = {}): Promise<WaitResult> {
+  async waitFor(pattern: RegExp, timeoutMs: number, options: { since?: number; kernelStallMs?: number } = {}): Promise<WaitResult> {
     const re = new RegExp(pattern.source, pattern.flags.replace(/[gy]/g, ''));
     const started = performance.now();
+    const stallMs = options.kernelStallMs ?? KERNEL_STALL_MS;
+    const stalls: KernelStall[] = [];
     let scan = options.since ?? 0;
+    let length = -1;
+    let grewAt = started;
     for (;;) {
       const wasRunning = this.running;
       this.pull();
+      if (this.text.length !== length) {
+        length = this.text.length;
+        grewAt = performance.now();
+      } else if (wasRunning && stallMs > 0 && stalls.length < 2 && performance.now() - grewAt >= stallMs) {
+        const line = kernelInitStall(this.text);
+        if (line !== undefined) {
+          stalls.push(await this.resetStalledKernel(line, performance.now() - grewAt));
+          grewAt = performance.now();
+        }
+      }
       const end = this.text.lastIndexOf('\n') + 1;
       while (scan < end) {
         const nl = this.text.indexOf('\n', scan);
@@ -223,6 +273,7 @@ export class Vm {
         await this.stop();
         throw new VmTimeoutError(
           `timed out after ${formatSeconds(waited)} waiting for ${pattern} on the serial console of ${this.image} (QEMU pid ${this.pid})` +
+            section('kernel stalls answered with a reset', stalls.map(describeStall).join('\n')) +
             section(`last ${TAIL_LINES} lines of the serial console`, serial || '(nothing was printed)') +
             section('QEMU stderr', stderr || '(empty)'),
           serial,
@@ -239,6 +290,26 @@ export class Vm {
     const call = this.qmpQueue.then(() => qmpRequest(this.qmpSocket, command, args, timeoutMs, () => this.running));
     this.qmpQueue = call.catch(() => undefined);
     return call;
+  }
+
+  /** Every kernel stall a wait answered with a reset, in order. */
+  readonly kernelStalls: KernelStall[] = [];
+
+  /** Record where the vCPUs are, say so on stderr (CI logs keep it), and reset the VM. */
+  private async resetStalledKernel(line: string, quietMs: number): Promise<KernelStall> {
+    let registers = '';
+    try {
+      const out = String(await this.qmp('human-monitor-command', { 'command-line': 'info registers -a' }));
+      // x86 prints `CPU#0`, then `RIP=...` (`EIP=` below long mode) and `HLT=1` (HLT: the vCPU waits for an interrupt); arm64 `PC=...`.
+      registers = out.split(/\s+/).filter((w) => /^(CPU#\d+|[RE]IP=|PC=|HLT=)/.test(w)).join(' ');
+    } catch (err) {
+      registers = `(not read: ${(err as Error).message})`;
+    }
+    const stall = { line, quietMs, registers };
+    this.kernelStalls.push(stall);
+    process.stderr.write(`${this.image} (QEMU pid ${this.pid}): ${describeStall(stall)}; resetting the VM\n`);
+    await this.reset();
+    return stall;
   }
 
   /** Hard reset, like the reset button. */
@@ -310,6 +381,10 @@ export class Vm {
 
 function section(title: string, body: string): string {
   return body ? `\n--- ${title} ---\n${body}` : '';
+}
+
+function describeStall(s: KernelStall): string {
+  return `the kernel printed nothing for ${formatSeconds(s.quietMs)} before running its init, after "${s.line}"${s.registers ? ` (${s.registers})` : ''}`;
 }
 
 function formatSeconds(ms: number): string {

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ExitCode, GeminiError } from '#common/errors.ts';
 import { spawnPlan } from '#common/exec.ts';
-import { bootVm, cleanLine, parseMarkerFields, qmpRequest, VmTimeoutError, type Vm } from '#qemu/index.ts';
+import { bootVm, cleanLine, kernelInitStall, parseMarkerFields, qmpRequest, READY_MARKER, VmTimeoutError, type Vm } from '#qemu/index.ts';
 import { cli } from '#lab/cli.ts';
 import { ROOT, tempDir as makeTempDir } from '../helpers/fixtures.ts';
 
@@ -51,6 +51,56 @@ function bootSector(message: string): Buffer {
   const disk = Buffer.alloc(1024 * 1024);
   Buffer.from(code).copy(disk, 0);
   text.copy(disk, 0x22);
+  disk[510] = 0x55;
+  disk[511] = 0xaa;
+  return disk;
+}
+
+/**
+ * A boot sector that prints `first` on its first boot and `later` after a reset: it keeps a
+ * flag in CMOS byte 0x7e (an unused byte; QEMU's system_reset keeps CMOS RAM).
+ */
+function twoBootSector(first: string, later: string): Buffer {
+  // prettier-ignore
+  const code = [
+    0xfc,             // 00 cld
+    0x31, 0xc0,       // 01 xor ax, ax
+    0x8e, 0xd8,       // 03 mov ds, ax
+    0xb0, 0x7e,       // 05 mov al, 0x7e
+    0xe6, 0x70,       // 07 out 0x70, al (CMOS index)
+    0xe4, 0x71,       // 09 in al, 0x71
+    0x84, 0xc0,       // 0b test al, al
+    0xbe, 0, 0,       // 0d mov si, later (flags unchanged)
+    0x75, 0x0b,       // 10 jnz next
+    0xb0, 0x7e,       // 12 mov al, 0x7e
+    0xe6, 0x70,       // 14 out 0x70, al
+    0xb0, 0x01,       // 16 mov al, 1
+    0xe6, 0x71,       // 18 out 0x71, al (the flag)
+    0xbe, 0, 0,       // 1a mov si, first
+    0xac,             // 1d next: lodsb
+    0x84, 0xc0,       // 1e test al, al
+    0x74, 0x12,       // 20 jz halt
+    0x88, 0xc3,       // 22 mov bl, al
+    0xba, 0xfd, 0x03, // 24 mov dx, 0x3fd
+    0xec,             // 27 wait: in al, dx
+    0xa8, 0x20,       // 28 test al, 0x20
+    0x74, 0xfb,       // 2a jz wait
+    0xba, 0xf8, 0x03, // 2c mov dx, 0x3f8
+    0x88, 0xd8,       // 2f mov al, bl
+    0xee,             // 31 out dx, al
+    0xeb, 0xe9,       // 32 jmp next
+    0xf4,             // 34 halt: hlt
+    0xeb, 0xfd,       // 35 jmp halt
+  ];
+  const a = Buffer.from(`${first}\r\n\0`, 'latin1');
+  const b = Buffer.from(`${later}\r\n\0`, 'latin1');
+  if (code.length !== 0x37 || 0x37 + a.length + b.length > 510) throw new Error('boot sector does not fit');
+  const disk = Buffer.alloc(1024 * 1024);
+  Buffer.from(code).copy(disk, 0);
+  disk.writeUInt16LE(0x7c37 + a.length, 0x0e);
+  disk.writeUInt16LE(0x7c37, 0x1b);
+  a.copy(disk, 0x37);
+  b.copy(disk, 0x37 + a.length);
   disk[510] = 0x55;
   disk[511] = 0xaa;
   return disk;
@@ -270,6 +320,51 @@ test('geminik8s qemu boot: bad input exits 2', async (t) => {
 test('marker fields and console line cleaning', (t) => {
   t.deepEqual(parseMarkerFields('GEMINIK8S-READY slot=B role=follower root=ro persistent=none uptime=12.07'), { slot: 'B', role: 'follower', root: 'ro', persistent: 'none', uptime: '12.07' });
   t.is(cleanLine('\u001b[2J\u001b[01;01H\u001b[=3hUEFI \u001b[1m\u001b[33mShell\u001b[0m\r'), 'UEFI Shell');
+});
+
+const STALLED_KERNEL = '[    0.000000] Linux version 6.1.0-fake (a boot sector)\r\n[    1.966222] i8042: PNP: PS/2 Controller [PNP0303:KBD,PNP0f13:MOU] at 0x60,0x64 irq 1,12';
+
+test('a kernel silent before its init is a stall; firmware, GRUB, the initramfs and userspace are not', (t) => {
+  const kernel = '[    0.000000] Linux version 6.1.0-28-amd64\n[    1.402647] Trying to unpack rootfs image as initramfs...\n';
+  t.is(kernelInitStall(`SeaBIOS\r\n${kernel}[    1.966222] i8042: PNP: PS/2 Controller\r\n\r\n`), '[    1.966222] i8042: PNP: PS/2 Controller');
+  t.is(kernelInitStall(`${kernel}[    3.1] Run /init as init process\n[    3.2] with arguments:\n`), undefined, 'the initramfs runs');
+  t.is(kernelInitStall(`${kernel}[    9.0] Run /sbin/init as init process\n[   30.5] EXT4-fs (vda4): mounted\n`), undefined);
+  t.is(kernelInitStall(`${kernel}Loading Linux 6.1.0-28-amd64 ...\n`), undefined, 'not a kernel line');
+  t.is(kernelInitStall('[    1.0] a line without the start of its boot\n'), undefined);
+  t.is(kernelInitStall(''), undefined);
+  // A later boot of the same VM counts from its own Linux version line.
+  t.is(kernelInitStall(`${kernel}[    3.1] Run /init as init process\nGEMINIK8S-READY\n${kernel}`), '[    1.402647] Trying to unpack rootfs image as initramfs...');
+});
+
+test('a wait resets a VM whose kernel stalls before its init, once, and records where the vCPUs were', async (t) => {
+  const file = join(tempDir('gk-qemu-test-'), 'stall.raw');
+  writeFileSync(file, twoBootSector(STALLED_KERNEL, 'GEMINIK8S-READY uptime=2.50'));
+  const vm = await bootVm({ ...small, image: file, format: 'raw' });
+  try {
+    const ready = await vm.waitFor(READY_MARKER, 60_000, { kernelStallMs: 2000 });
+    t.is(ready.guestUptimeS, 2.5);
+    t.is(vm.kernelStalls.length, 1);
+    const [stall] = vm.kernelStalls;
+    t.is(stall!.line, '[    1.966222] i8042: PNP: PS/2 Controller [PNP0303:KBD,PNP0f13:MOU] at 0x60,0x64 irq 1,12');
+    t.true(stall!.quietMs >= 2000);
+    t.regex(stall!.registers, /^CPU#0 EIP=[0-9a-f]+ HLT=1$/, 'the vCPU was halted, waiting for an interrupt (real mode: EIP)');
+    t.is(vm.log().split('i8042').length - 1, 1, 'the reset booted it again');
+  } finally {
+    await vm.stop();
+  }
+});
+
+test('no reset once the kernel ran its init, or with kernelStallMs 0: the wait times out as before', async (t) => {
+  for (const [first, stallMs] of [[`${STALLED_KERNEL}\r\n[    2.000000] Run /init as init process`, 1500], [STALLED_KERNEL, 0]] as const) {
+    const file = join(tempDir('gk-qemu-test-'), 'stall.raw');
+    writeFileSync(file, twoBootSector(first, 'GEMINIK8S-READY uptime=2.50'));
+    const vm = await bootVm({ ...small, image: file, format: 'raw' });
+    await vm.waitFor(/i8042/, 30_000);
+    const err = await t.throwsAsync(vm.waitFor(READY_MARKER, 5000, { kernelStallMs: stallMs }));
+    t.true(err instanceof VmTimeoutError, `${stallMs}`);
+    t.deepEqual(vm.kernelStalls, []);
+    t.notRegex(err!.message, /kernel stalls/);
+  }
 });
 
 test('QEMU dying while waiting is reported at once (exit 4), not as a timeout', async (t) => {
