@@ -148,6 +148,11 @@ export class Agent {
     this.controller.meta = m;
   }
 
+  /** Whether the agent may tell systemd it lives (Controller.maySignalLife). */
+  maySignalLife(): boolean {
+    return this.controller.maySignalLife();
+  }
+
   get role(): Role {
     return this.controller.meta?.role ?? 'init';
   }

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Agent } from './agent.ts';
-import { watchdogMs } from './core/controller.ts';
+import { PING_EVERY_MS, watchdogMs } from './core/controller.ts';
 import { firstboot } from './firstboot.ts';
 import { startApi } from './api.ts';
 import { loadAgentConfig, loadNodeContext } from './context.ts';
@@ -56,6 +56,9 @@ async function run(args: string[]): Promise<number> {
   const stop = (signal: string): void => {
     if (stopping) return;
     stopping = true;
+    // First: the unit's TimeoutStopSec is short, and only these keep a live agent from its SIGKILL.
+    extendStop();
+    setInterval(extendStop, PING_EVERY_MS).unref();
     log.info({ event: 'stop', signal }, 'stopping');
     void agent.shutdown().catch((err: Error) => log.error({ event: 'stop', err: err.message }, 'stop failed')).finally(() => setTimeout(() => process.exit(0), 200).unref());
   };
@@ -70,12 +73,26 @@ async function run(args: string[]): Promise<number> {
   let pinging = false;
   agent.heartbeat = () => {
     // One at a time: before the helper is ready a ping is a systemd-notify, and on a loaded box a spawn can take seconds.
-    if (!watchdog || pinging) return;
+    // Once stopping, extendStop speaks instead (systemd runs no watchdog during a stop).
+    if (!watchdog || pinging || stopping) return;
     pinging = true;
     void notifier.send(`WATCHDOG=1\nSTATUS=role ${agent.role}`).finally(() => {
       pinging = false;
     });
   };
+  // systemd stops a unit's watchdog when the unit starts to stop (service_set_state) and kills
+  // it TimeoutStopSec after SIGTERM unless told it lives: told here, as often as the watchdog's
+  // pings and under the guard's rule (a leader only while its lease outlasts the period), so that
+  // an agent frozen in its handover is killed as soon as a frozen running one.
+  const extendUsec = Math.round(watchdogMs(ctx.spec.failover.fenceAfter) * 1000);
+  let extending = false;
+  function extendStop(): void {
+    if (!watchdog || extending || !agent.maySignalLife()) return;
+    extending = true;
+    void notifier.send(`EXTEND_TIMEOUT_USEC=${extendUsec}\nSTATUS=stopping as ${agent.role}`).finally(() => {
+      extending = false;
+    });
+  }
   // Before the watchdog is armed: waiting for the network must not look like a frozen agent.
   // 120 s, systemd-networkd-wait-online's default, after which it goes on as that unit did.
   const device = ctx.spec.network.interface;

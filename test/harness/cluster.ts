@@ -14,7 +14,7 @@ import { buildClusterInput, validateClusterInput, type InitFlags } from '#builde
 import { writeSecrets } from '#builder/init/secrets.ts';
 import { writeClusterTls, writeWitnessCredentials } from '#builder/init/tls.ts';
 import { SEED_FILE_IN_PARTITION } from '#builder/render/cloud-init.ts';
-import { AGENT_WATCHDOG_SEC, renderSeedFiles } from '#builder/render/index.ts';
+import { AGENT_WATCHDOG_SEC, agentUnit, renderSeedFiles } from '#builder/render/index.ts';
 import { createTopology, destroyNamespaces, inNs, NET, type Topology } from '#lab/netns.ts';
 import { bundleProbe } from '#lab/probes/bundle.ts';
 import { hostPgBinDir } from '../helpers/host-pg.ts';
@@ -22,6 +22,56 @@ import { hostPgBinDir } from '../helpers/host-pg.ts';
 /** The host's PostgreSQL binaries (the newest installed major; GEMINIK8S_PG_BIN overrides). */
 export const PG_BIN = hostPgBinDir() ?? '/usr/lib/postgresql/15/bin';
 const ROOT = new URL('../../', import.meta.url).pathname;
+
+function signalProcess(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    // already gone
+  }
+}
+
+/** A systemd time span as unit files write it (`90`, `1s`, `500ms`, `2min 30s`), in ms. */
+export function timespanMs(text: string): number {
+  const units: Record<string, number> = { '': 1000, us: 0.001, ms: 1, s: 1000, sec: 1000, m: 60_000, min: 60_000, h: 3_600_000 };
+  let ms = 0;
+  for (const part of text.trim().split(/\s+/)) {
+    const m = /^(\d+(?:\.\d+)?)([a-z]*)$/.exec(part);
+    if (!m || units[m[2]!] === undefined) throw new Error(`not a systemd time span: '${text}'`);
+    ms += Number(m[1]) * units[m[2]!]!;
+  }
+  return ms;
+}
+
+/** The [Service] settings of a unit file (the last assignment of a key wins, as in systemd). */
+export function serviceSettings(unitText: string): Map<string, string> {
+  const settings = new Map<string, string>();
+  let section = '';
+  for (const raw of unitText.split('\n')) {
+    const line = raw.trim();
+    if (!line || line.startsWith('#') || line.startsWith(';')) continue;
+    const header = /^\[(.+)\]$/.exec(line);
+    if (header) section = header[1]!;
+    else if (section === 'Service' && line.includes('=')) settings.set(line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1));
+  }
+  return settings;
+}
+
+/**
+ * What systemd does to a frozen or slow agent, read from the agent unit the image ships: the
+ * signal its watchdog sends (WatchdogSignal=, SIGABRT by default), how long it then waits for
+ * SIGKILL (TimeoutAbortSec=, by default TimeoutStopSec=), and how long a stop may take without
+ * EXTEND_TIMEOUT_USEC (TimeoutStopSec=, Debian's DefaultTimeoutStopSec of 90 s by default).
+ */
+export const AGENT_UNIT_TIMEOUTS = (() => {
+  const unit = serviceSettings(agentUnit().content);
+  const stopMs = timespanMs(unit.get('TimeoutStopSec') ?? '90s');
+  return {
+    watchdogSignal: (unit.get('WatchdogSignal') ?? 'SIGABRT') as NodeJS.Signals,
+    abortMs: unit.has('TimeoutAbortSec') ? timespanMs(unit.get('TimeoutAbortSec')!) : stopMs,
+    stopMs,
+  };
+})();
 
 export interface Ack {
   id: number;
@@ -497,8 +547,9 @@ export class HarnessCluster extends PairHarness {
   /**
    * systemd's watchdog for each running agent, emulated (the unit has WatchdogSec= and
    * NotifyAccess=all): the period (WATCHDOG_USEC, lowered by the agent at start) and the last
-   * WATCHDOG=1 on the node's notify socket. Past the period the agent is SIGKILLed, and what
-   * systemd does next follows as for any other exit (see startAgent).
+   * WATCHDOG=1 on the node's notify socket. Past the period the agent gets the unit's
+   * WatchdogSignal, SIGKILL after TimeoutAbortSec if it is still there (AGENT_UNIT_TIMEOUTS),
+   * and what systemd does next follows as for any other exit (see startAgent).
    */
   private readonly watchdog = new Map<string, { pid: number; periodMs: number; lastPing: number }>();
   private watchdogTimer?: NodeJS.Timeout;
@@ -524,6 +575,12 @@ export class HarnessCluster extends PairHarness {
       "    print(s.recv(65536).decode('utf-8', 'replace').replace(chr(10), '|'), flush=True)",
     ].join('\n');
     this.others.push(this.spawnLogged(`notify-${node}`, { cmd: 'python3', args: ['-c', receiver, path] }, (line) => {
+      for (const field of line.split('|')) {
+        const extend = /^EXTEND_TIMEOUT_USEC=(\d+)$/.exec(field);
+        const deadline = this.stopDeadline.get(node);
+        // As systemd (service_extend_timeout): a later deadline, never an earlier one.
+        if (extend && deadline !== undefined) this.stopDeadline.set(node, Math.max(deadline, Date.now() + Number(extend[1]) / 1000));
+      }
       const w = this.watchdog.get(node);
       if (!w) return;
       for (const field of line.split('|')) {
@@ -550,10 +607,20 @@ export class HarnessCluster extends PairHarness {
       if (now - w.lastPing <= w.periodMs) continue;
       this.watchdog.delete(node);
       this.watchdogKills.push({ node, at: now, silentMs: now - w.lastPing });
-      this.log(`[harness] ${node}: watchdog: no WATCHDOG=1 for ${now - w.lastPing} ms (period ${w.periodMs} ms): SIGKILL the agent, as systemd would`);
-      p.kill('SIGKILL');
+      const { watchdogSignal, abortMs } = AGENT_UNIT_TIMEOUTS;
+      this.log(`[harness] ${node}: watchdog: no WATCHDOG=1 for ${now - w.lastPing} ms (period ${w.periodMs} ms): ${watchdogSignal} to the agent (the unit's WatchdogSignal), as systemd would`);
+      signalProcess(p.pid, watchdogSignal);
       let gone = false;
       void p.processExited.then(() => (gone = true));
+      if (watchdogSignal !== 'SIGKILL') {
+        // A stopped process keeps any other signal pending: systemd's SIGKILL after TimeoutAbortSec ends it.
+        setTimeout(() => {
+          if (gone || this.stopping) return;
+          this.log(`[harness] ${node}: agent pid ${p.pid} still there ${abortMs} ms after ${watchdogSignal} (TimeoutAbortSec): SIGKILL, as systemd would`);
+          p.kill('SIGKILL');
+        }, abortMs).unref();
+        continue;
+      }
       setTimeout(() => {
         if (gone) return;
         let stat = 'no /proc entry';
@@ -742,9 +809,14 @@ export class HarnessCluster extends PairHarness {
    * SIGINT to PostgreSQL (its unit is ordered Before= the agent's, so it stops after it) and
    * ExecStopPost= release-vip. Start the node again with powerOn.
    */
-  async cleanStop(node: string): Promise<void> {
-    await this.endAgent(node, 'SIGTERM', 'stopped cleanly (agent SIGTERM; PostgreSQL SIGINT once it has exited)');
+  async cleanStop(node: string, opts: { freeze?: boolean } = {}): Promise<void> {
+    await this.endAgent(node, 'SIGTERM', opts.freeze ? 'stopped (agent SIGTERM, then frozen with SIGSTOP; PostgreSQL SIGINT once it was gone)' : 'stopped cleanly (agent SIGTERM; PostgreSQL SIGINT once it has exited)', opts);
   }
+
+  /** Per node, the deadline of its agent's stop (TimeoutStopSec, then EXTEND_TIMEOUT_USEC), while it stops. */
+  private readonly stopDeadline = new Map<string, number>();
+  /** Agents whose stop passed TimeoutStopSec and were SIGKILLed, with when. */
+  readonly stopTimeoutKills: { node: string; at: number }[] = [];
 
   override async powerOff(node: string): Promise<void> {
     const p = this.agents.get(node);
@@ -769,15 +841,34 @@ export class HarnessCluster extends PairHarness {
   }
 
   /** End a node's agent on purpose with `signal`, then what systemd does after the unit. */
-  private async endAgent(node: string, signal: 'SIGKILL' | 'SIGTERM', what: string): Promise<void> {
+  private async endAgent(node: string, signal: 'SIGKILL' | 'SIGTERM', what: string, opts: { freeze?: boolean } = {}): Promise<void> {
     const p = this.agents.get(node);
     if (!p) throw new Error(`no agent process for ${node}`);
     this.deliberate.add(p);
     // systemd stops a unit's watchdog once the unit leaves "running" (service_set_state): a
-    // stopping agent is not killed for the pings its shutdown no longer sends.
+    // stopping agent is not killed for the pings its shutdown no longer sends. Its stop has
+    // TimeoutStopSec instead, pushed back by EXTEND_TIMEOUT_USEC (startNotifyReceiver).
     this.watchdog.delete(node);
-    p.kill(signal);
+    let timer: NodeJS.Timeout | undefined;
+    if (signal === 'SIGTERM') {
+      this.stopDeadline.set(node, Date.now() + AGENT_UNIT_TIMEOUTS.stopMs);
+      timer = setInterval(() => {
+        const deadline = this.stopDeadline.get(node);
+        if (deadline === undefined || Date.now() <= deadline) return;
+        this.stopDeadline.delete(node);
+        this.stopTimeoutKills.push({ node, at: Date.now() });
+        this.log(`[harness] ${node}: the agent's stop passed TimeoutStopSec (${AGENT_UNIT_TIMEOUTS.stopMs} ms, extended by EXTEND_TIMEOUT_USEC): SIGKILL, as systemd would`);
+        p.kill('SIGKILL');
+      }, 20);
+    }
+    // Signals sent directly: execa's kill() follows a SIGTERM with its own SIGKILL 5 s later,
+    // which systemd does not (it waits TimeoutStopSec).
+    signalProcess(p.pid, signal);
+    // A freeze inside the stop (SIGSTOP at once, before or while its handler runs).
+    if (opts.freeze) signalProcess(p.pid, 'SIGSTOP');
     await p.processExited;
+    clearInterval(timer);
+    this.stopDeadline.delete(node);
     this.agents.delete(node);
     this.log(`[harness] ${node}: ${what}`);
     await this.stopServiceAfterAgent(node);

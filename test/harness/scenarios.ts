@@ -64,6 +64,11 @@ function agentPid(c: HarnessCluster, node: string): number {
   return p;
 }
 
+/** A live agent's clean stop is never cut short by the unit's TimeoutStopSec (its EXTEND_TIMEOUT_USEC). */
+function noStopTimeoutKill(x: Ctx, node: string): void {
+  if (x.c.stopTimeoutKills.some((k) => k.node === node && k.at >= x.tFault)) x.failures.push(`${node}'s live agent was killed by its stop timeout (TimeoutStopSec, no EXTEND_TIMEOUT_USEC in time)`);
+}
+
 function stop(x: Ctx, pid: number): void {
   process.kill(pid, 'SIGSTOP');
   x.stopped.add(pid);
@@ -227,6 +232,28 @@ export const SCENARIOS: Scenario[] = [
     },
   },
   {
+    // A double fault: the leader's agent freezes, then the leader is cut from its peer. Its
+    // PostgreSQL serves on (the follower, streaming from it, does not promote while it sees it),
+    // until the cut: then the follower takes the lease once it expires. Only the watchdog's kill
+    // of the frozen agent (PostgreSQL stops with it, BindsTo=) keeps the old primary from taking
+    // writes meanwhile. With systemd's default WatchdogSignal (SIGABRT, pending on a stopped
+    // process) that kill came TimeoutAbortSec (90 s) later.
+    name: 'agent frozen, then the leader cut from its peer',
+    expect: 'failover',
+    fault: async (x) => {
+      stop(x, agentPid(x.c, x.leader));
+      await blockPeer(x.c.topology, x.leader, ipOf(x.follower), true);
+    },
+    during: async (x) => {
+      await waitNewLeader(x.c, x.leader);
+      await sleep(3_000);
+    },
+    heal: async (x) => {
+      for (const pid of [...x.stopped]) cont(x, pid);
+      await blockPeer(x.c.topology, x.leader, ipOf(x.follower), false);
+    },
+  },
+  {
     name: 'PostgreSQL crash only',
     expect: 'same',
     fault: async (x) => {
@@ -275,6 +302,7 @@ export const SCENARIOS: Scenario[] = [
       if (!left) x.failures.push(`${x.leader} never logged that its standby leaves (event standby-leaving)`);
       else x.notes.push(`${x.leader} turned synchronous commit off ${left.at - x.tFault} ms after the stop began`);
       if (degraded) x.failures.push(`${x.leader} degraded (${degraded.e.reason ?? degraded.e.msg}): its commits waited for the stopping standby`);
+      noStopTimeoutKill(x, x.follower);
     },
   },
   {
@@ -298,6 +326,29 @@ export const SCENARIOS: Scenario[] = [
       if (took) x.notes.push(`${x.follower}: ${JSON.stringify(took.e.steps)}`);
       const bound = failover(x.c).fenceAfter / 1000;
       if (r.outageSeconds >= bound) x.failures.push(`writes paused ${r.outageSeconds.toFixed(1)} s, as long as a lease expiry (fenceAfter ${bound} s)`);
+      noStopTimeoutKill(x, x.leader);
+    },
+  },
+  {
+    // The leader's agent freezes as its stop begins (SIGSTOP right after SIGTERM: a debugger, a
+    // stuck loop). systemd runs no watchdog during a stop, so the unit's TimeoutStopSec, pushed
+    // back only by a live agent's EXTEND_TIMEOUT_USEC, must kill it before the follower may take
+    // the lease: with systemd's default 90 s its PostgreSQL stayed a writable primary meanwhile.
+    name: 'leader agent frozen as its stop begins',
+    expect: 'failover',
+    fault: (x) => x.c.cleanStop(x.leader, { freeze: true }),
+    during: async (x) => {
+      await waitNewLeader(x.c, x.leader);
+    },
+    heal: (x) => x.c.powerOn(x.leader),
+    verify: async (x) => {
+      // The safety bound, not a speed target: the follower may be granted the lease promoteAfter
+      // after the frozen leader's last renewal, which came before the SIGTERM.
+      const kill = x.c.stopTimeoutKills.find((k) => k.node === x.leader && k.at >= x.tFault);
+      const bound = failover(x.c).promoteAfter;
+      if (!kill) x.failures.push(`${x.leader}'s frozen agent was not killed by its stop timeout`);
+      else if (kill.at - x.tFault >= bound) x.failures.push(`${x.leader}'s frozen agent was killed ${((kill.at - x.tFault) / 1000).toFixed(1)} s after SIGTERM, when the follower could have had the lease for a while (promoteAfter ${bound / 1000} s): its PostgreSQL served on as a primary meanwhile`);
+      else x.notes.push(`the stop timeout killed the frozen agent ${((kill.at - x.tFault) / 1000).toFixed(2)} s after SIGTERM`);
     },
   },
   {

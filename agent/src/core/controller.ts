@@ -376,8 +376,8 @@ export class Controller {
     // Before reconcile no lease is held and a primary left running is stopped first: ping, or a
     // restart while the witness is unreachable would be killed over and over.
     const now = this.p.clock.now();
-    const leading = this.reconciled && this.arbiter && this.meta?.role === 'leader';
-    const beforeSilence = this.leaseDeadline - now - (watchdogMs(this.s.fenceAfter) - WATCHDOG_SLACK_MS);
+    const leading = this.leadingWithLease();
+    const beforeSilence = this.beforeSilence(now);
     if (!leading || beforeSilence > 0) {
       // Every PING_EVERY_MS, and once more within the last two guard periods before a leader
       // falls silent: the silence until the fence lets it ping again is then about
@@ -393,6 +393,23 @@ export class Controller {
     if (leading && !this.leaseValid()) {
       void this.fence('our lease deadline passed without a granted renewal');
     }
+  }
+
+  private leadingWithLease(): boolean {
+    return this.reconciled && this.arbiter && this.meta?.role === 'leader';
+  }
+
+  /** How long a leader may still signal life: until its lease outlasts the watchdog period by less than the slack. */
+  private beforeSilence(now: number): number {
+    return this.leaseDeadline - now - (watchdogMs(this.s.fenceAfter) - WATCHDOG_SLACK_MS);
+  }
+
+  /**
+   * Whether this agent may tell systemd it lives now: the guard's rule for its pings, for the
+   * EXTEND_TIMEOUT_USEC a stopping agent sends instead (systemd runs no watchdog during a stop).
+   */
+  maySignalLife(): boolean {
+    return !this.leadingWithLease() || this.beforeSilence(this.p.clock.now()) > 0;
   }
 
   /** The lease keeper: a leader renews every interval, independent of the loop. */

@@ -6,7 +6,7 @@ import { API_VERSION, type Image } from '#common/schema/image.ts';
 import { seedDocument, type NodeSeed, type Secrets } from '#common/schema/seed.ts';
 import { metaData, networkConfig, SEED_FILE_IN_PARTITION, userData } from './cloud-init.ts';
 import { kernelCmdline, renderGrubCfg } from './grub.ts';
-import { NODE_PATHS, pgBinDir, pgDataDir } from '#common/render/paths.ts';
+import { AGENT_STOP_TIMEOUT_SEC, NODE_PATHS, pgBinDir, pgDataDir } from '#common/render/paths.ts';
 import { renderNodeFiles, type RenderedFile, type Scope } from '#common/render/node.ts';
 import { renderTemplate } from './templates.ts';
 import type { TlsMaterial } from '#common/tls.ts';
@@ -14,8 +14,9 @@ import type { TlsMaterial } from '#common/tls.ts';
 export type { RenderedFile, Scope };
 export { renderNodeFiles };
 
-/** Seconds between watchdog deadlines; the agent pings at a third of it. */
+/** The agent unit's WatchdogSec, until the agent lowers it to watchdogMs(fenceAfter) at start (WATCHDOG_USEC). */
 export const AGENT_WATCHDOG_SEC = 30;
+
 
 export function agentConfigFor(image: Image): AgentConfig {
   return AgentConfigSchema.parse({
@@ -36,12 +37,25 @@ function unit(name: string, context: Record<string, unknown>): RenderedFile {
   return { path: `${NODE_PATHS.unitDir}/${name}`, content: renderTemplate(`systemd/${name}.hbs`, context), mode: 0o644, scope: 'image' };
 }
 
+/** geminik8s-agent.service, the same for every image. */
+export function agentUnit(): RenderedFile {
+  return unit('geminik8s-agent.service', {
+    agentBundle: NODE_PATHS.agentBundle,
+    agentConfig: NODE_PATHS.agentConfig,
+    seedFile: NODE_PATHS.seedFile,
+    watchdogSec: AGENT_WATCHDOG_SEC,
+    stopTimeoutSec: AGENT_STOP_TIMEOUT_SEC,
+    releaseVipScript: NODE_PATHS.releaseVipScript,
+    vipReleaseFile: NODE_PATHS.vipReleaseFile,
+  });
+}
+
 /** Files every node of this image carries, whatever its seed. */
 export function renderImageFiles(image: Image): RenderedFile[] {
   const major = image.components.postgresql.major;
   const common = { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig };
   const files: RenderedFile[] = [
-    unit('geminik8s-agent.service', { ...common, seedFile: NODE_PATHS.seedFile, watchdogSec: AGENT_WATCHDOG_SEC, releaseVipScript: NODE_PATHS.releaseVipScript, vipReleaseFile: NODE_PATHS.vipReleaseFile }),
+    agentUnit(),
     unit('geminik8s-firstboot.service', { ...common, mountSeedScript: NODE_PATHS.mountSeedScript, seedMount: NODE_PATHS.seedMount, firstbootNeededScript: NODE_PATHS.firstbootNeededScript, firstbootStamp: NODE_PATHS.firstbootStamp, firstbootUnchanged: NODE_PATHS.firstbootUnchanged }),
     unit('geminik8s-postgresql.service', { pgMajor: major, pgBinDir: pgBinDir(major), pgDataDir: pgDataDir(major) }),
     unit('geminik8s-ready.service', { readyScript: NODE_PATHS.readyScript }),
