@@ -71,6 +71,20 @@ test('isolated leader whose agent then freezes before its deadline: the watchdog
   t.is(c.witnessRecord?.holder, 'n2');
 });
 
+test('a leader frozen as its clean stop begins, then cut from its peer: systemd kills it at its stop timeout before the follower holds the lease', async (t) => {
+  const c = await scenario(22, (c) => {
+    c.world.at(20_000, () => {
+      c.cleanStop(c.node('n1'), 30_000);
+      // systemd runs no watchdog during a stop: only TimeoutStopSec (no EXTEND_TIMEOUT_USEC from a frozen agent) ends it.
+      c.pauseAgent(c.node('n1'), 20_000);
+      cutBoth(c, 'n1', 'n2');
+    });
+  }, 60_000);
+  t.deepEqual(c.violations, [], report(c));
+  t.is(c.witnessRecord?.holder, 'n2');
+  t.true(c.world.trace.some((l) => /n1 agent: killed at its stop timeout/.test(l)), 'the stop timeout killed the frozen agent');
+});
+
 /**
  * The follower stops seeing the leader first, and the leader loses the witness 3 s later: the
  * follower asks for the lease early, and only the lease's expiry keeps it waiting until the old

@@ -1,7 +1,8 @@
 import { LINGER_MS } from '#common/httpclient.ts';
 import { ClusterSpecSchema } from '#common/schema/cluster.ts';
 import type { HostMeta } from '#common/schema/hostmeta.ts';
-import { Controller, watchdogMs } from '../core/controller.ts';
+import { AGENT_STOP_TIMEOUT_SEC } from '#common/render/paths.ts';
+import { Controller, PING_EVERY_MS, watchdogMs } from '../core/controller.ts';
 import type { Observation } from '../core/rules.ts';
 import { PROMOTE_TIMEOUT_MS, type ControllerSettings, type LogPort, type PeerView, type Ports } from '../core/ports.ts';
 import type { ArbiterRecord } from '../witness/arbiter.ts';
@@ -56,6 +57,10 @@ export class SimNode {
   lastFrozenAt = -Infinity;
   /** The unit is stopping: systemd no longer watches it. */
   watchdogOff = false;
+  /** While the unit stops: when systemd kills the agent (TimeoutStopSec, pushed back by EXTEND_TIMEOUT_USEC). */
+  stopDeadline?: number;
+  /** The reboot after that stop, as cleanStop was asked for it. */
+  stopBootAfter?: number;
   restarts = 0;
   rejoins: string[] = [];
   /** Restarts of Kine and K3s the agent asked for (after promotions), and what it logged when one failed. */
@@ -183,6 +188,7 @@ export class SimCluster {
     n.proc.pausedUntil = 0;
     n.lastHeartbeat = this.world.now;
     n.watchdogOff = false;
+    n.stopDeadline = undefined;
     const c = new Controller(this.ports(n), { ...this.settings, self: n.name, peer: this.other(n).name, isBootstrapLeader: n === this.nodes[0] });
     n.controller = c;
     c.onRound = (o) => this.onRound?.(n, o);
@@ -234,10 +240,21 @@ export class SimCluster {
       });
     }
     // systemd stops the unit's watchdog once it leaves "running": not a frozen agent, a stopping one.
+    // It kills the agent once TimeoutStopSec has passed instead, which the agent's SIGTERM handler
+    // and its interval push back (EXTEND_TIMEOUT_USEC, agent/src/main.ts) while Controller.maySignalLife.
     n.watchdogOff = true;
+    const reboot = bootAfter === undefined ? undefined : Math.max(bootAfter, (pgStopsAfter ?? 0) + 1);
+    n.stopDeadline = this.world.now + AGENT_STOP_TIMEOUT_SEC * 1000;
+    n.stopBootAfter = reboot;
+    const extend = (): void => {
+      if (n.proc.epoch !== epoch) return;
+      if (c.maySignalLife()) n.stopDeadline = Math.max(n.stopDeadline ?? 0, this.world.now + watchdogMs(this.settings.fenceAfter));
+      this.world.timer(n.proc, PING_EVERY_MS, extend);
+    };
+    this.world.timer(n.proc, 0, extend);
     const shutdown = this.opts.noLeave ? Promise.resolve(c.stop()) : c.shutdown();
     void shutdown.finally(() => {
-      if (n.proc.epoch === epoch) this.crashAgent(n, 'stopped cleanly', bootAfter === undefined ? undefined : Math.max(bootAfter, (pgStopsAfter ?? 0) + 1));
+      if (n.proc.epoch === epoch) this.crashAgent(n, 'stopped cleanly', reboot);
     });
   }
 
@@ -420,6 +437,10 @@ export class SimCluster {
       if (w.now > until) return;
       for (const n of this.nodes) {
         if (n.proc.pausedUntil > w.now) n.lastFrozenAt = w.now;
+        if (n.proc.alive && n.stopDeadline !== undefined && w.now > n.stopDeadline) {
+          this.crashAgent(n, 'killed at its stop timeout (TimeoutStopSec, no EXTEND_TIMEOUT_USEC in time)', n.stopBootAfter);
+          continue;
+        }
         if (n.proc.alive && !n.watchdogOff && w.now - n.lastHeartbeat > watchdogMs(this.settings.fenceAfter)) {
           // A frozen agent is what the watchdog is for; one whose timers ran all through its
           // silence was killed for nothing.
