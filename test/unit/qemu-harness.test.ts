@@ -21,6 +21,28 @@ test.after.always(() => {
 });
 
 /**
+ * 16-bit code, position independent: write the NUL-terminated string at DS:SI to COM1 (0x3f8),
+ * waiting for the transmitter before each byte, then halt for good.
+ */
+// prettier-ignore
+const PRINT_AND_HALT = [
+  0xac,             // 00 next: lodsb
+  0x84, 0xc0,       // 01 test al, al
+  0x74, 0x12,       // 03 jz halt
+  0x88, 0xc3,       // 05 mov bl, al
+  0xba, 0xfd, 0x03, // 07 wait: mov dx, 0x3fd (line status)
+  0xec,             // 0a in al, dx
+  0xa8, 0x20,       // 0b test al, 0x20 (transmitter holding register empty)
+  0x74, 0xf8,       // 0d jz wait
+  0xba, 0xf8, 0x03, // 0f mov dx, 0x3f8 (data)
+  0x88, 0xd8,       // 12 mov al, bl
+  0xee,             // 14 out dx, al
+  0xeb, 0xe9,       // 15 jmp next
+  0xf4,             // 17 halt: hlt
+  0xeb, 0xfd,       // 18 jmp halt
+];
+
+/**
  * A real x86 boot sector (16-bit real mode, loaded by SeaBIOS at 0x7c00): writes `message`
  * and CR LF to COM1 (0x3f8), waiting for the transmitter before each byte, then halts.
  */
@@ -31,20 +53,7 @@ function bootSector(message: string): Buffer {
     0x31, 0xc0,       // 01 xor ax, ax
     0x8e, 0xd8,       // 03 mov ds, ax
     0xbe, 0x22, 0x7c, // 05 mov si, 0x7c22 (the message)
-    0xac,             // 08 next: lodsb
-    0x84, 0xc0,       // 09 test al, al
-    0x74, 0x12,       // 0b jz halt
-    0x88, 0xc3,       // 0d mov bl, al
-    0xba, 0xfd, 0x03, // 0f wait: mov dx, 0x3fd (line status)
-    0xec,             // 12 in al, dx
-    0xa8, 0x20,       // 13 test al, 0x20 (transmitter holding register empty)
-    0x74, 0xf8,       // 15 jz wait
-    0xba, 0xf8, 0x03, // 17 mov dx, 0x3f8 (data)
-    0x88, 0xd8,       // 1a mov al, bl
-    0xee,             // 1c out dx, al
-    0xeb, 0xe9,       // 1d jmp next
-    0xf4,             // 1f halt: hlt
-    0xeb, 0xfd,       // 20 jmp halt
+    ...PRINT_AND_HALT, // 08
   ];
   const text = Buffer.from(`${message}\r\n\0`, 'latin1');
   if (code.length !== 0x22 || 0x22 + text.length > 510) throw new Error('boot sector does not fit');
@@ -71,26 +80,13 @@ function twoBootSector(first: string, later: string): Buffer {
     0xe4, 0x71,       // 09 in al, 0x71
     0x84, 0xc0,       // 0b test al, al
     0xbe, 0, 0,       // 0d mov si, later (flags unchanged)
-    0x75, 0x0b,       // 10 jnz next
+    0x75, 0x0b,       // 10 jnz 1d (PRINT_AND_HALT)
     0xb0, 0x7e,       // 12 mov al, 0x7e
     0xe6, 0x70,       // 14 out 0x70, al
     0xb0, 0x01,       // 16 mov al, 1
     0xe6, 0x71,       // 18 out 0x71, al (the flag)
     0xbe, 0, 0,       // 1a mov si, first
-    0xac,             // 1d next: lodsb
-    0x84, 0xc0,       // 1e test al, al
-    0x74, 0x12,       // 20 jz halt
-    0x88, 0xc3,       // 22 mov bl, al
-    0xba, 0xfd, 0x03, // 24 mov dx, 0x3fd
-    0xec,             // 27 wait: in al, dx
-    0xa8, 0x20,       // 28 test al, 0x20
-    0x74, 0xfb,       // 2a jz wait
-    0xba, 0xf8, 0x03, // 2c mov dx, 0x3f8
-    0x88, 0xd8,       // 2f mov al, bl
-    0xee,             // 31 out dx, al
-    0xeb, 0xe9,       // 32 jmp next
-    0xf4,             // 34 halt: hlt
-    0xeb, 0xfd,       // 35 jmp halt
+    ...PRINT_AND_HALT, // 1d
   ];
   const a = Buffer.from(`${first}\r\n\0`, 'latin1');
   const b = Buffer.from(`${later}\r\n\0`, 'latin1');
