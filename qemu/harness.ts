@@ -113,6 +113,7 @@ export interface KernelStall {
   /** Each vCPU's instruction pointer at the time (QEMU's `info registers -a`), when QEMU said. */
   registers: string;
 }
+
 const ESCAPES = /\u001b(?:\[[0-9;=?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>78])/g;
 
 /** A console line as a person reads it: no terminal escape sequences, no carriage returns. */
@@ -232,15 +233,18 @@ export class Vm {
     let scan = options.since ?? 0;
     let length = -1;
     let grewAt = started;
+    // The log's length when it was last found not to be a stalled kernel: not looked at again until it grows.
+    let notStalled = -1;
     for (;;) {
       const wasRunning = this.running;
       this.pull();
       if (this.text.length !== length) {
         length = this.text.length;
         grewAt = performance.now();
-      } else if (wasRunning && stallMs > 0 && stalls.length < 2 && performance.now() - grewAt >= stallMs) {
+      } else if (wasRunning && stallMs > 0 && stalls.length < 2 && notStalled !== length && performance.now() - grewAt >= stallMs) {
         const line = kernelInitStall(this.text);
-        if (line !== undefined) {
+        if (line === undefined) notStalled = length;
+        else {
           stalls.push(await this.resetStalledKernel(line, performance.now() - grewAt));
           grewAt = performance.now();
         }

@@ -62,11 +62,11 @@ export function pgDataDir(major: number): string {
   return `/var/lib/postgresql/${major}/main`;
 }
 
-/** GPT partition numbers; grub.cfg finds the root slots by number on the boot disk. */
 /**
  * The agent unit's TimeoutStopSec: how long a stopping agent has to say it lives
  * (EXTEND_TIMEOUT_USEC) before systemd kills it. Its SIGTERM handler says so at once.
  */
 export const AGENT_STOP_TIMEOUT_SEC = 1;
 
+/** GPT partition numbers; grub.cfg finds the root slots by number on the boot disk. */
 export const PARTITION_NUMBERS = { biosBoot: 1, esp: 2, config: 3, rootA: 4, rootB: 5, persistent: 6 } as const;

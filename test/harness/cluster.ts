@@ -575,15 +575,13 @@ export class HarnessCluster extends PairHarness {
       "    print(s.recv(65536).decode('utf-8', 'replace').replace(chr(10), '|'), flush=True)",
     ].join('\n');
     this.others.push(this.spawnLogged(`notify-${node}`, { cmd: 'python3', args: ['-c', receiver, path] }, (line) => {
+      const w = this.watchdog.get(node);
       for (const field of line.split('|')) {
         const extend = /^EXTEND_TIMEOUT_USEC=(\d+)$/.exec(field);
         const deadline = this.stopDeadline.get(node);
         // As systemd (service_extend_timeout): a later deadline, never an earlier one.
         if (extend && deadline !== undefined) this.stopDeadline.set(node, Math.max(deadline, Date.now() + Number(extend[1]) / 1000));
-      }
-      const w = this.watchdog.get(node);
-      if (!w) return;
-      for (const field of line.split('|')) {
+        if (!w) continue;
         if (field === 'WATCHDOG=1') w.lastPing = Date.now();
         const usec = /^WATCHDOG_USEC=(\d+)$/.exec(field);
         if (usec) {

@@ -17,7 +17,6 @@ export { renderNodeFiles };
 /** The agent unit's WatchdogSec, until the agent lowers it to watchdogMs(fenceAfter) at start (WATCHDOG_USEC). */
 export const AGENT_WATCHDOG_SEC = 30;
 
-
 export function agentConfigFor(image: Image): AgentConfig {
   return AgentConfigSchema.parse({
     seedFile: NODE_PATHS.seedFile,
