@@ -138,7 +138,7 @@ test('waitFor finds the boot sector line on the serial console; QMP works; reset
     t.is(ready.line, 'HELLO-FROM-THE-BOOT-SECTOR uptime=1.25');
     t.is(ready.guestUptimeS, 1.25);
     t.true(ready.elapsedMs > 0 && ready.waitedMs <= ready.elapsedMs);
-    t.deepEqual(await vm.qmp('query-status'), { status: 'running', singlestep: false, running: true });
+    t.like(await vm.qmp('query-status'), { status: 'running', running: true });
     await t.throwsAsync(vm.qmp('no-such-command'), { message: /QMP no-such-command failed: CommandNotFound/ });
 
     // The forward listens on 127.0.0.1: the port is taken there now.
