@@ -76,16 +76,18 @@ export const ROOTFS_STEPS: Step[] = [
       if (!(await findTool('arch-test'))) {
         throw new GeminiError(`building an ${ctx.image.arch} root on ${hostArch()} needs \`arch-test\` (mmdebstrap's foreign-architecture check): install the Debian packages arch-test qemu-user-static binfmt-support (apt-get install arch-test qemu-user-static binfmt-support), or run scripts/install-host-deps.sh`, ExitCode.missingTool);
       }
-      // A foreign root runs its maintainer scripts through qemu-user-static's binfmt entry. On a
-      // fresh machine (CI, containers without systemd-binfmt) binfmt_misc may be unmounted or the
-      // entry disabled: mount it and enable the entry before giving up.
+      // A foreign root runs its maintainer scripts through qemu-user's binfmt entry. On a fresh
+      // machine (CI, containers without systemd as PID 1) binfmt_misc may be unmounted or the
+      // entry missing: mount it and register the entry before giving up. QEMU 8 and later ship
+      // the entry for systemd-binfmt (/usr/lib/binfmt.d); 7.2's qemu-user-static for binfmt-support.
       const binfmt = '/proc/sys/fs/binfmt_misc';
       const entry = `qemu-${ctx.image.arch === 'arm64' ? 'aarch64' : 'x86_64'}`;
       const enabled = (): boolean => existsSync(`${binfmt}/${entry}`) && readFileSync(`${binfmt}/${entry}`, 'utf8').startsWith('enabled');
       if (!enabled()) {
+        const conf = `/usr/lib/binfmt.d/${entry}.conf`;
         const plans: CommandPlan[] = [
           ...(existsSync(`${binfmt}/register`) ? [] : [{ cmd: 'mount', args: ['-t', 'binfmt_misc', 'binfmt_misc', binfmt] }]),
-          { cmd: 'update-binfmts', args: ['--enable', entry] },
+          existsSync(conf) ? { cmd: '/usr/lib/systemd/systemd-binfmt', args: [conf] } : { cmd: 'update-binfmts', args: ['--enable', entry] },
         ];
         for (const plan of plans) {
           ctx.logger.info(`  ${quoteCommand(plan)}`);
@@ -93,7 +95,7 @@ export const ROOTFS_STEPS: Step[] = [
         }
       }
       if (!enabled()) {
-        throw new GeminiError(`building an ${ctx.image.arch} root on ${hostArch()} needs binfmt emulation (${binfmt}/${entry}), and enabling it failed: install qemu-user-static and binfmt-support (apt-get install qemu-user-static binfmt-support), then run \`update-binfmts --enable ${entry}\` as root`, ExitCode.missingTool);
+        throw new GeminiError(`building an ${ctx.image.arch} root on ${hostArch()} needs binfmt emulation (${binfmt}/${entry}), and enabling it failed: install qemu-user-static and binfmt-support (apt-get install qemu-user-static binfmt-support), then run \`/usr/lib/systemd/systemd-binfmt /usr/lib/binfmt.d/${entry}.conf\` (QEMU 8 and later) or \`update-binfmts --enable ${entry}\` as root`, ExitCode.missingTool);
       }
     },
   },
