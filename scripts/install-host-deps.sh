@@ -80,7 +80,8 @@ done
 qemu_release=()
 if [ ${#qemu_now[@]} -gt 0 ] && [ "$CODENAME" = bookworm ]; then
   list=/etc/apt/sources.list.d/geminik8s-bookworm-backports.sources
-  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  # A commented-out line does not count: apt would not know the suite -t names.
+  if ! grep -rqsE '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
     printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' | $SUDO tee "$list" > /dev/null
   fi
   qemu_release=(-t bookworm-backports)
