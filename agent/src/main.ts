@@ -34,9 +34,20 @@ const USAGE = `usage: geminik8s-agent run --config FILE
        geminik8s-agent --version`;
 
 
+/**
+ * How long the agent's start waits for the watchdog's ping helper before it arms the watchdog
+ * anyway: well inside the unit's own WatchdogSec (30 s), whichever way systemd counts a start.
+ */
+const HELPER_READY_TIMEOUT_MS = 20_000;
+
 async function run(args: string[]): Promise<number> {
   // How long Node.js took to start and load the bundle: on a cold root slot, a share of the boot.
   const loadMs = Math.round(process.uptime() * 1000);
+  // The watchdog's ping helper starts first: its Python start (seconds under TCG) runs while the
+  // configuration loads and the address comes, and the watchdog is armed only once it is ready.
+  const watchdog = watchdogIntervalMs() !== undefined;
+  const notifier = new NotifyPipe();
+  if (watchdog) notifier.prepare();
   const configFile = option(args, '--config');
   if (!configFile) {
     process.stderr.write(`${USAGE}\n`);
@@ -67,11 +78,9 @@ async function run(args: string[]): Promise<number> {
   // The guard timer pings systemd (a leader only while its lease outlasts the watchdog period), so
   // a frozen agent is killed, and PostgreSQL stopped with it (BindsTo=), before the lease can pass.
   // It decides how often (PING_EVERY_MS, and once just before a leader falls silent).
-  const watchdog = watchdogIntervalMs() !== undefined;
-  const notifier = new NotifyPipe();
-  if (watchdog) notifier.prepare();
   let pinging = false;
-  agent.heartbeat = () => {
+  let guardPinged = false;
+  const ping = (): void => {
     // One at a time: before the helper is ready a ping is a systemd-notify, and on a loaded box a spawn can take seconds.
     // Once stopping, extendStop speaks instead (systemd runs no watchdog during a stop).
     if (!watchdog || pinging || stopping) return;
@@ -79,6 +88,10 @@ async function run(args: string[]): Promise<number> {
     void notifier.send(`WATCHDOG=1\nSTATUS=role ${agent.role}`).finally(() => {
       pinging = false;
     });
+  };
+  agent.heartbeat = () => {
+    guardPinged = true;
+    ping();
   };
   // systemd stops a unit's watchdog when the unit starts to stop (service_set_state) and kills
   // it TimeoutStopSec after SIGTERM unless told it lives: told here, as often as the watchdog's
@@ -106,10 +119,28 @@ async function run(args: string[]): Promise<number> {
     { timeoutMs: 120_000, pollMs: 200, reportEveryMs: 30_000 },
   );
   if (!net.present) log.warn({ event: 'wait-address', device, address, waitedMs: Math.round(net.waitedMs) }, `${address} is not on ${device} after ${Math.round(net.waitedMs / 1000)} s: starting anyway`);
-  if (watchdog) await sdNotify(`WATCHDOG_USEC=${Math.round(watchdogMs(ctx.spec.failover.fenceAfter) * 1000)}`);
+  let helperWaitMs = 0;
+  if (watchdog) {
+    // The short watchdog (half of fenceAfter) is armed only once a ping is a line to the helper,
+    // not a program start: on a loaded arm64 guest under TCG a systemd-notify start took longer
+    // than the 1.25 s, and systemd killed the agent at every start of its first boot. Nothing
+    // is at stake while it waits: no lease is held before agent.init().
+    const t0 = performance.now();
+    const ready = await notifier.whenReady(HELPER_READY_TIMEOUT_MS);
+    helperWaitMs = Math.round(performance.now() - t0);
+    if (!ready) log.warn({ event: 'watchdog', waitedMs: helperWaitMs }, `the watchdog's ping helper (python3) is not ready after ${helperWaitMs} ms: pinging through systemd-notify`);
+    await notifier.send(`WATCHDOG_USEC=${extendUsec}\nWATCHDOG=1`);
+    // Until the controller's guard pings (its first round, before its first reconcile can hold a
+    // lease), this does: the API and the state file come first, and the period is short.
+    const bridge = setInterval(() => {
+      if (guardPinged) clearInterval(bridge);
+      else ping();
+    }, PING_EVERY_MS);
+    bridge.unref();
+  }
   const server = await startApi(agent);
   const addressWaitMs = Math.round(net.waitedMs);
-  log.info({ event: 'start', version: VERSION, api: ctx.apiPort, witness: ctx.witness.kind, tls: Boolean(ctx.tls), loadMs, addressWaitMs }, `geminik8s agent ${VERSION} starting`);
+  log.info({ event: 'start', version: VERSION, api: ctx.apiPort, witness: ctx.witness.kind, tls: Boolean(ctx.tls), loadMs, addressWaitMs, helperWaitMs }, `geminik8s agent ${VERSION} starting`);
   if (!ctx.tls) log.warn({ event: 'plaintext' }, 'no TLS: the API, the witness calls and PostgreSQL between the nodes are in plain text (cluster.agent.insecurePlaintext, or a seed from before TLS); write new seeds with `geminik8s seed` to turn it on');
   const tInit = performance.now();
   await agent.init();

@@ -53,6 +53,7 @@ export class NotifyPipe {
   private ready = false;
   private unavailable = false;
   private deaths = 0;
+  private waiters: ((ready: boolean) => void)[] = [];
 
   constructor(private readonly socket = process.env.NOTIFY_SOCKET, private readonly pid = process.pid) {}
 
@@ -77,6 +78,29 @@ export class NotifyPipe {
     return this.ready;
   }
 
+  /**
+   * Start the helper if need be and wait until it is ready: true then; false at once without a
+   * notification socket or python3, when it died, or after `timeoutMs`.
+   */
+  whenReady(timeoutMs: number): Promise<boolean> {
+    this.prepare();
+    if (this.ready) return Promise.resolve(true);
+    if (!this.helper) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => settle(false), timeoutMs);
+      const settle = (ready: boolean): void => {
+        clearTimeout(timer);
+        this.waiters = this.waiters.filter((w) => w !== settle);
+        resolve(ready);
+      };
+      this.waiters.push(settle);
+    });
+  }
+
+  private settle(ready: boolean): void {
+    for (const w of [...this.waiters]) w(ready);
+  }
+
   /** End the helper (a test; when the agent exits, its stdin closes and it ends by itself). */
   async close(): Promise<void> {
     const h = this.helper;
@@ -89,10 +113,14 @@ export class NotifyPipe {
 
   private start(): void {
     try {
-      const helper = spawnPlan({ cmd: 'python3', args: ['-c', PIPE_HELPER, String(this.pid), this.socket!] }, {
+      // -I -S: no user site, no site module, no environment; the start is what the watchdog waits for.
+      const helper = spawnPlan({ cmd: 'python3', args: ['-I', '-S', '-c', PIPE_HELPER, String(this.pid), this.socket!] }, {
         stdin: true,
         stdout: (line) => {
-          if (line === 'ready' && this.helper === helper) this.ready = true;
+          if (line === 'ready' && this.helper === helper) {
+            this.ready = true;
+            this.settle(true);
+          }
         },
       });
       this.helper = helper;
@@ -102,6 +130,7 @@ export class NotifyPipe {
         this.helper = undefined;
         this.ready = false;
         if (++this.deaths >= 3) this.unavailable = true;
+        this.settle(false);
       });
     } catch {
       // No python3: systemd-notify, as before.

@@ -496,3 +496,14 @@ with open(sys.argv[2],'w') as f:
   t.deepEqual(got, [['WATCHDOG=1\nSTATUS=role leader', [process.pid]], ['WATCHDOG=1\nSTATUS=role follower', [process.pid]], ['WATCHDOG=1', [process.pid]]]);
   t.false(await new NotifyPipe(undefined).send('WATCHDOG=1'), 'without NOTIFY_SOCKET nothing is sent');
 });
+
+test('NotifyPipe.whenReady: true once the helper said ready (what the agent waits for before it arms its watchdog), false at once without a socket', async (t) => {
+  t.false(await new NotifyPipe(undefined).whenReady(60_000));
+  // The helper needs no socket to start: it opens none until the first line.
+  const pipe = new NotifyPipe(join(tempDir(), 'no.sock'), process.pid);
+  t.teardown(() => pipe.close());
+  t.false(pipe.isReady());
+  t.true(await pipe.whenReady(60_000));
+  t.true(pipe.isReady());
+  t.true(await pipe.whenReady(1), 'ready stays ready');
+});
