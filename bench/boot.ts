@@ -22,6 +22,7 @@ import { join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import { bootVm, GuestShell, parseMarkerFields, READY_MARKER, type Arch, type BootOptions, type Vm, type WaitResult } from '#qemu/index.ts';
 import { cli } from '#lab/cli.ts';
+import { validateFiles } from '#common/config.ts';
 import { partitionOffset } from '#common/install/media.ts';
 import { bootFiles, testImage, type BuiltImage } from '#lab/test-image.ts';
 
@@ -138,6 +139,19 @@ const freePort = (): Promise<number> =>
     });
   });
 
+/**
+ * Whether the image definition gives its guests a root shell on hvc0 (boot.debugShell). The
+ * profile after each marker and the reboots go through that shell; without it GuestShell.open
+ * would wait out its whole timeout.
+ */
+async function hasDebugShell(file: string): Promise<boolean> {
+  const { results, issues } = await validateFiles([file]);
+  const r = results[0];
+  if (!r || r.kind !== 'Image') throw new Error(`${file}: not a valid image definition: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);
+  return r.value.boot.debugShell;
+}
+let debugShell = true;
+
 async function record(arch: Arch, scenario: string, firmware: string, vm: Vm, r: WaitResult, profile = true): Promise<Figure> {
   const guestS = r.guestUptimeS ?? null;
   const wallS = r.waitedMs / 1000;
@@ -145,7 +159,7 @@ async function record(arch: Arch, scenario: string, firmware: string, vm: Vm, r:
   const f: Figure = { arch, scenario, firmware, role, wallS, guestS, preKernelS: guestS === null ? null : wallS - guestS };
   // The marker comes whatever the outcome: a node that should be leader but says "init" failed.
   console.log(`${arch} ${scenario.padEnd(9)} ${firmware.padEnd(6)} ready as ${role}: ${guestS?.toFixed(1) ?? '?'} s guest, ${wallS.toFixed(1)} s wall (${f.preKernelS?.toFixed(1) ?? '?'} s before the kernel)`);
-  if (profile && vm.consoleSocket) {
+  if (profile && vm.consoleSocket && debugShell) {
     const shell = await GuestShell.open(vm.consoleSocket, BOOT_TIMEOUT);
     try {
       // First, as close to the marker as the shell gets: what kept the vCPUs busy until then.
@@ -197,6 +211,8 @@ async function seeded(img: BuiltImage, clusterDir: string, node: string, dir: st
 
 for (const arch of arches) {
   const img = await testImage(imageFile || `test-${arch}.yaml`, (m) => console.log(m));
+  debugShell = await hasDebugShell(join('images', imageFile || `test-${arch}.yaml`));
+  if (!debugShell) console.log(`${arch}: images/${imageFile || `test-${arch}.yaml`} has no boot.debugShell: times to the marker only, no profile and no reboots`);
   const dir = mkdtempSync(join(tmpdir(), 'gk-bench-boot-'));
   const fw = arch === 'arm64' ? 'uefi' : 'bios';
   try {
@@ -225,7 +241,7 @@ for (const arch of arches) {
       const node1 = await bootVm({ arch, firmware: fw, image: await seeded(img, clusterDir, 'node1', dir), format: 'raw', write: true, console: true, name: 'node1', networks: [{ kind: 'socket', listen: port, mac: MAC.node1 }] });
       try {
         await record(arch, 'leader', fw, node1, await node1.waitFor(READY_MARKER, BOOT_TIMEOUT), only.has('leader'));
-        for (let i = 0; only.has('reboot') && i < reboots; i++) {
+        for (let i = 0; only.has('reboot') && debugShell && i < reboots; i++) {
           const shell = await GuestShell.open(node1.consoleSocket!, BOOT_TIMEOUT);
           const mark = node1.mark();
           await shell.run('systemctl reboot', 10_000).catch(() => undefined);
