@@ -210,9 +210,10 @@ async function seeded(img: BuiltImage, clusterDir: string, node: string, dir: st
 }
 
 for (const arch of arches) {
-  const img = await testImage(imageFile || `test-${arch}.yaml`, (m) => console.log(m));
-  debugShell = await hasDebugShell(join('images', imageFile || `test-${arch}.yaml`));
-  if (!debugShell) console.log(`${arch}: images/${imageFile || `test-${arch}.yaml`} has no boot.debugShell: times to the marker only, no profile and no reboots`);
+  const file = imageFile || `test-${arch}.yaml`;
+  const img = await testImage(file, (m) => console.log(m));
+  debugShell = await hasDebugShell(join('images', file));
+  if (!debugShell) console.log(`${arch}: images/${file} has no boot.debugShell: times to the marker only, no profile and no reboots`);
   const dir = mkdtempSync(join(tmpdir(), 'gk-bench-boot-'));
   const fw = arch === 'arm64' ? 'uefi' : 'bios';
   try {

@@ -97,12 +97,12 @@ async function run(args: string[]): Promise<number> {
   // it TimeoutStopSec after SIGTERM unless told it lives: told here, as often as the watchdog's
   // pings and under the guard's rule (a leader only while its lease outlasts the period), so that
   // an agent frozen in its handover is killed as soon as a frozen running one.
-  const extendUsec = Math.round(watchdogMs(ctx.spec.failover.fenceAfter) * 1000);
+  const watchdogUsec = Math.round(watchdogMs(ctx.spec.failover.fenceAfter) * 1000);
   let extending = false;
   function extendStop(): void {
     if (!watchdog || extending || !agent.maySignalLife()) return;
     extending = true;
-    void notifier.send(`EXTEND_TIMEOUT_USEC=${extendUsec}\nSTATUS=stopping as ${agent.role}`).finally(() => {
+    void notifier.send(`EXTEND_TIMEOUT_USEC=${watchdogUsec}\nSTATUS=stopping as ${agent.role}`).finally(() => {
       extending = false;
     });
   }
@@ -129,7 +129,7 @@ async function run(args: string[]): Promise<number> {
     const ready = await notifier.whenReady(HELPER_READY_TIMEOUT_MS);
     helperWaitMs = Math.round(performance.now() - t0);
     if (!ready) log.warn({ event: 'watchdog', waitedMs: helperWaitMs }, `the watchdog's ping helper (python3) is not ready after ${helperWaitMs} ms: pinging through systemd-notify`);
-    await notifier.send(`WATCHDOG_USEC=${extendUsec}\nWATCHDOG=1`);
+    await notifier.send(`WATCHDOG_USEC=${watchdogUsec}\nWATCHDOG=1`);
     // Until the controller's guard pings (its first round, before its first reconcile can hold a
     // lease), this does: the API and the state file come first, and the period is short.
     const bridge = setInterval(() => {

@@ -97,7 +97,7 @@ export class NotifyPipe {
     });
   }
 
-  private settle(ready: boolean): void {
+  private notifyWaiters(ready: boolean): void {
     for (const w of [...this.waiters]) w(ready);
   }
 
@@ -119,7 +119,7 @@ export class NotifyPipe {
         stdout: (line) => {
           if (line === 'ready' && this.helper === helper) {
             this.ready = true;
-            this.settle(true);
+            this.notifyWaiters(true);
           }
         },
       });
@@ -130,7 +130,7 @@ export class NotifyPipe {
         this.helper = undefined;
         this.ready = false;
         if (++this.deaths >= 3) this.unavailable = true;
-        this.settle(false);
+        this.notifyWaiters(false);
       });
     } catch {
       // No python3: systemd-notify, as before.
