@@ -550,11 +550,19 @@ export class HarnessCluster extends PairHarness {
    * WATCHDOG=1 on the node's notify socket. Past the period the agent gets the unit's
    * WatchdogSignal, SIGKILL after TimeoutAbortSec if it is still there (AGENT_UNIT_TIMEOUTS),
    * and what systemd does next follows as for any other exit (see startAgent).
+   *
+   * The clock runs in the node's notify receiver, a process of its own as systemd is, not on
+   * this process's event loop: a test that blocks this loop for a second (reading a 50 MB backup
+   * file) used to run the check before the pings queued meanwhile, and killed a live leader.
    */
-  private readonly watchdog = new Map<string, { pid: number; periodMs: number; lastPing: number }>();
-  private watchdogTimer?: NodeJS.Timeout;
+  private readonly receivers = new Map<string, RunningProcess>();
   /** Agents the watchdog killed, with when. */
   readonly watchdogKills: { node: string; at: number; silentMs: number }[] = [];
+
+  /** Tell `node`'s notify receiver to watch agent `pid` with `periodMs`, or to stop watching. */
+  private armWatchdog(node: string, watch: { pid: number; periodMs: number } | undefined): void {
+    this.receivers.get(node)?.stdin?.write(watch ? `arm ${watch.pid} ${watch.periodMs}\n` : 'disarm\n');
+  }
 
   private notifySocket(node: string): string {
     return join(this.nodeDir(node), 'notify.sock');
@@ -562,74 +570,94 @@ export class HarnessCluster extends PairHarness {
 
   /**
    * A datagram receiver on the node's notify socket (Node has no unix datagram sockets; the
-   * agent sends through its python3 helper or systemd-notify, as under systemd), one line per message.
+   * agent sends through its python3 helper or systemd-notify, as under systemd), one line per
+   * message, and the agent's watchdog clock: `arm PID PERIOD_MS` or `disarm` on its stdin, a
+   * line `!expired PID SILENT_MS PERIOD_MS` when a watched agent has been silent too long.
    */
   private startNotifyReceiver(node: string): void {
     const path = this.notifySocket(node);
     rmSync(path, { force: true });
     const receiver = [
-      'import socket, sys',
+      'import os, select, socket, sys, time',
       's = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)',
       's.bind(sys.argv[1])',
+      'now = lambda: time.monotonic() * 1000',
+      'watch = None  # [pid, period ms, last ping]',
+      "pending = b''",
       'while True:',
-      "    print(s.recv(65536).decode('utf-8', 'replace').replace(chr(10), '|'), flush=True)",
+      '    ready = select.select([s, 0], [], [], 0.02)[0]',
+      '    if s in ready:',
+      "        msg = s.recv(65536).decode('utf-8', 'replace')",
+      '        for f in msg.split(chr(10)):',
+      "            if watch and f == 'WATCHDOG=1': watch[2] = now()",
+      "            if watch and f.startswith('WATCHDOG_USEC='): watch[1], watch[2] = int(f[14:]) / 1000, now()",
+      "        print(msg.replace(chr(10), '|'), flush=True)",
+      '    if 0 in ready:',
+      '        data = os.read(0, 4096)',
+      '        if not data: sys.exit(0)',
+      '        pending += data',
+      "        while b'\\n' in pending:",
+      "            line, pending = pending.split(b'\\n', 1)",
+      '            w = line.split()',
+      "            watch = [int(w[1]), float(w[2]), now()] if w and w[0] == b'arm' else None",
+      '    if watch and now() - watch[2] > watch[1]:',
+      "        print('!expired %d %d %d' % (watch[0], now() - watch[2], watch[1]), flush=True)",
+      '        watch = None',
     ].join('\n');
-    this.others.push(this.spawnLogged(`notify-${node}`, { cmd: 'python3', args: ['-c', receiver, path] }, (line) => {
-      const w = this.watchdog.get(node);
-      for (const field of line.split('|')) {
-        const extend = /^EXTEND_TIMEOUT_USEC=(\d+)$/.exec(field);
-        const deadline = this.stopDeadline.get(node);
-        // As systemd (service_extend_timeout): a later deadline, never an earlier one.
-        if (extend && deadline !== undefined) this.stopDeadline.set(node, Math.max(deadline, Date.now() + Number(extend[1]) / 1000));
-        if (!w) continue;
-        if (field === 'WATCHDOG=1') w.lastPing = Date.now();
-        const usec = /^WATCHDOG_USEC=(\d+)$/.exec(field);
-        if (usec) {
-          // As systemd: a new period applies from now.
-          w.periodMs = Number(usec[1]) / 1000;
-          w.lastPing = Date.now();
-          this.log(`[harness] ${node}: watchdog period ${w.periodMs} ms`);
+    const p = spawnPlan({ cmd: 'python3', args: ['-c', receiver, path] }, {
+      stdin: true,
+      stderr: (l) => this.log(`[notify-${node}!] ${l}`),
+      stdout: (line) => {
+        const expired = /^!expired (\d+) (\d+) (\d+)$/.exec(line);
+        if (expired) {
+          this.watchdogExpired(node, Number(expired[1]), Number(expired[2]), Number(expired[3]));
+          return;
         }
-      }
-    }));
+        for (const field of line.split('|')) {
+          const extend = /^EXTEND_TIMEOUT_USEC=(\d+)$/.exec(field);
+          const deadline = this.stopDeadline.get(node);
+          // As systemd (service_extend_timeout): a later deadline, never an earlier one.
+          if (extend && deadline !== undefined) this.stopDeadline.set(node, Math.max(deadline, Date.now() + Number(extend[1]) / 1000));
+          // As systemd, a new period applies from now (the receiver restarts its clock).
+          const usec = /^WATCHDOG_USEC=(\d+)$/.exec(field);
+          if (usec && this.agents.has(node)) this.log(`[harness] ${node}: watchdog period ${Number(usec[1]) / 1000} ms`);
+        }
+      },
+    });
+    this.receivers.set(node, p);
+    this.others.push(p);
   }
 
-  private checkWatchdogs(): void {
+  /** The receiver's clock ran out for agent `pid`: what systemd does then, if that agent still runs. */
+  private watchdogExpired(node: string, pid: number, silentMs: number, periodMs: number): void {
+    const p = this.agents.get(node);
+    if (this.stopping || !p || p.pid !== pid) return;
     const now = Date.now();
-    for (const [node, w] of this.watchdog) {
-      const p = this.agents.get(node);
-      if (!p || p.pid !== w.pid) {
-        this.watchdog.delete(node);
-        continue;
-      }
-      if (now - w.lastPing <= w.periodMs) continue;
-      this.watchdog.delete(node);
-      this.watchdogKills.push({ node, at: now, silentMs: now - w.lastPing });
-      const { watchdogSignal, abortMs } = AGENT_UNIT_TIMEOUTS;
-      this.log(`[harness] ${node}: watchdog: no WATCHDOG=1 for ${now - w.lastPing} ms (period ${w.periodMs} ms): ${watchdogSignal} to the agent (the unit's WatchdogSignal), as systemd would`);
-      signalProcess(p.pid, watchdogSignal);
-      let gone = false;
-      void p.processExited.then(() => (gone = true));
-      if (watchdogSignal !== 'SIGKILL') {
-        // A stopped process keeps any other signal pending: systemd's SIGKILL after TimeoutAbortSec ends it.
-        setTimeout(() => {
-          if (gone || this.stopping) return;
-          this.log(`[harness] ${node}: agent pid ${p.pid} still there ${abortMs} ms after ${watchdogSignal} (TimeoutAbortSec): SIGKILL, as systemd would`);
-          p.kill('SIGKILL');
-        }, abortMs).unref();
-        continue;
-      }
+    this.watchdogKills.push({ node, at: now, silentMs });
+    const { watchdogSignal, abortMs } = AGENT_UNIT_TIMEOUTS;
+    this.log(`[harness] ${node}: watchdog: no WATCHDOG=1 for ${silentMs} ms (period ${periodMs} ms): ${watchdogSignal} to the agent (the unit's WatchdogSignal), as systemd would`);
+    signalProcess(p.pid, watchdogSignal);
+    let gone = false;
+    void p.processExited.then(() => (gone = true));
+    if (watchdogSignal !== 'SIGKILL') {
+      // A stopped process keeps any other signal pending: systemd's SIGKILL after TimeoutAbortSec ends it.
       setTimeout(() => {
-        if (gone) return;
-        let stat = 'no /proc entry';
-        try {
-          stat = readFileSync(`/proc/${p.pid}/stat`, 'utf8').trim();
-        } catch {
-          // gone without an exit event
-        }
-        this.log(`[harness] ${node}: agent pid ${p.pid} has not exited 3 s after the watchdog's SIGKILL: ${stat}`);
-      }, 3000).unref();
+        if (gone || this.stopping) return;
+        this.log(`[harness] ${node}: agent pid ${p.pid} still there ${abortMs} ms after ${watchdogSignal} (TimeoutAbortSec): SIGKILL, as systemd would`);
+        p.kill('SIGKILL');
+      }, abortMs).unref();
+      return;
     }
+    setTimeout(() => {
+      if (gone) return;
+      let stat = 'no /proc entry';
+      try {
+        stat = readFileSync(`/proc/${p.pid}/stat`, 'utf8').trim();
+      } catch {
+        // gone without an exit event
+      }
+      this.log(`[harness] ${node}: agent pid ${p.pid} has not exited 3 s after the watchdog's SIGKILL: ${stat}`);
+    }, 3000).unref();
   }
 
   /**
@@ -664,7 +692,6 @@ export class HarnessCluster extends PairHarness {
     this.startWitness();
     for (const n of NET.nodes) this.writeNodeFiles(n.name);
     for (const n of NET.nodes) this.startNotifyReceiver(n.name);
-    this.watchdogTimer = setInterval(() => this.checkWatchdogs(), 100);
     for (const n of NET.nodes) this.startAgent(n.name);
   }
 
@@ -764,7 +791,7 @@ export class HarnessCluster extends PairHarness {
     });
     const p = this.spawnJsonLogged(node, plan);
     this.agents.set(node, p);
-    this.watchdog.set(node, { pid: p.pid, periodMs: AGENT_WATCHDOG_SEC * 1000, lastPing: Date.now() });
+    this.armWatchdog(node, { pid: p.pid, periodMs: AGENT_WATCHDOG_SEC * 1000 });
     const pipe = pipeOf(p.pid, 1);
     // systemd acts on the main PID's exit, not on its output closing: a child that inherited the
     // agent's stdout would otherwise keep a dead agent unnoticed and its PostgreSQL running.
@@ -824,7 +851,6 @@ export class HarnessCluster extends PairHarness {
 
   override async stop(): Promise<void> {
     this.stopping = true;
-    clearInterval(this.watchdogTimer);
     await super.stop();
   }
 
@@ -846,7 +872,7 @@ export class HarnessCluster extends PairHarness {
     // systemd stops a unit's watchdog once the unit leaves "running" (service_set_state): a
     // stopping agent is not killed for the pings its shutdown no longer sends. Its stop has
     // TimeoutStopSec instead, pushed back by EXTEND_TIMEOUT_USEC (startNotifyReceiver).
-    this.watchdog.delete(node);
+    this.armWatchdog(node, undefined);
     let timer: NodeJS.Timeout | undefined;
     if (signal === 'SIGTERM') {
       this.stopDeadline.set(node, Date.now() + AGENT_UNIT_TIMEOUTS.stopMs);
