@@ -57,6 +57,13 @@ export function postgresqlSettings(spec: ClusterSpec): Record<string, string | n
     tcp_keepalives_idle: 5,
     tcp_keepalives_interval: 2,
     tcp_keepalives_count: 3,
+    // How long a connection may take to send its startup packet and authenticate. One that
+    // arrives during a shutdown and sends nothing holds the postmaster that long (a
+    // scratch PostgreSQL 15: 61.6 s at the default 60 s, 6.5 s at 5 s). A writer's connection
+    // left half-open when the VIP moved away did that to a fenced old leader in the failover
+    // suite: its stop took 62.6 s, and its rejoin waited for it. Kine, the peer and the agent
+    // authenticate in well under a second, a loaded TCG guest in a few.
+    authentication_timeout: '10s',
   };
 }
 

@@ -73,6 +73,12 @@ export const AGENT_UNIT_TIMEOUTS = (() => {
   };
 })();
 
+/**
+ * How long systemd lets geminik8s-postgresql.service stop (TimeoutStopSec=) before it SIGKILLs
+ * what is left (KillMode=mixed), read from the unit's template.
+ */
+export const PG_UNIT_STOP_MS = timespanMs(serviceSettings(readFileSync(join(ROOT, 'templates/systemd/geminik8s-postgresql.service.hbs'), 'utf8')).get('TimeoutStopSec') ?? '90s');
+
 export interface Ack {
   id: number;
   t: number;
@@ -554,14 +560,19 @@ export class HarnessCluster extends PairHarness {
    * The clock runs in the node's notify receiver, a process of its own as systemd is, not on
    * this process's event loop: a test that blocks this loop for a second (reading a 50 MB backup
    * file) used to run the check before the pings queued meanwhile, and killed a live leader.
+   * A stop's clock (TimeoutStopSec, EXTEND_TIMEOUT_USEC) runs there too.
    */
   private readonly receivers = new Map<string, RunningProcess>();
   /** Agents the watchdog killed, with when. */
   readonly watchdogKills: { node: string; at: number; silentMs: number }[] = [];
 
-  /** Tell `node`'s notify receiver to watch agent `pid` with `periodMs`, or to stop watching. */
-  private armWatchdog(node: string, watch: { pid: number; periodMs: number } | undefined): void {
-    this.receivers.get(node)?.stdin?.write(watch ? `arm ${watch.pid} ${watch.periodMs}\n` : 'disarm\n');
+  /**
+   * Tell `node`'s notify receiver what to time: agent `pid`'s watchdog with `periodMs` (running),
+   * its stop with `stopMs` (stopping: no watchdog then, as under systemd), or nothing.
+   */
+  private armWatchdog(node: string, clock: { pid: number; periodMs: number } | { pid: number; stopMs: number } | undefined): void {
+    const line = !clock ? 'disarm' : 'periodMs' in clock ? `arm ${clock.pid} ${clock.periodMs}` : `stop ${clock.pid} ${clock.stopMs}`;
+    this.receivers.get(node)?.stdin?.write(`${line}\n`);
   }
 
   private notifySocket(node: string): string {
@@ -571,8 +582,10 @@ export class HarnessCluster extends PairHarness {
   /**
    * A datagram receiver on the node's notify socket (Node has no unix datagram sockets; the
    * agent sends through its python3 helper or systemd-notify, as under systemd), one line per
-   * message, and the agent's watchdog clock: `arm PID PERIOD_MS` or `disarm` on its stdin, a
-   * line `!expired PID SILENT_MS PERIOD_MS` when a watched agent has been silent too long.
+   * message, and the agent unit's clocks. On its stdin `arm PID PERIOD_MS` (the watchdog), `stop
+   * PID STOP_MS` (a stop's TimeoutStopSec, which EXTEND_TIMEOUT_USEC pushes back, never forward)
+   * or `disarm`; it prints `!expired PID SILENT_MS PERIOD_MS` when a watched agent has been silent
+   * too long, `!stop-expired PID` when a stop ran past its deadline.
    */
   private startNotifyReceiver(node: string): void {
     const path = this.notifySocket(node);
@@ -583,15 +596,10 @@ export class HarnessCluster extends PairHarness {
       's.bind(sys.argv[1])',
       'now = lambda: time.monotonic() * 1000',
       'watch = None  # [pid, period ms, last ping]',
+      'stop = None  # [pid, deadline]',
       "pending = b''",
       'while True:',
       '    ready = select.select([s, 0], [], [], 0.02)[0]',
-      '    if s in ready:',
-      "        msg = s.recv(65536).decode('utf-8', 'replace')",
-      '        for f in msg.split(chr(10)):',
-      "            if watch and f == 'WATCHDOG=1': watch[2] = now()",
-      "            if watch and f.startswith('WATCHDOG_USEC='): watch[1], watch[2] = int(f[14:]) / 1000, now()",
-      "        print(msg.replace(chr(10), '|'), flush=True)",
       '    if 0 in ready:',
       '        data = os.read(0, 4096)',
       '        if not data: sys.exit(0)',
@@ -600,9 +608,20 @@ export class HarnessCluster extends PairHarness {
       "            line, pending = pending.split(b'\\n', 1)",
       '            w = line.split()',
       "            watch = [int(w[1]), float(w[2]), now()] if w and w[0] == b'arm' else None",
+      "            stop = [int(w[1]), now() + float(w[2])] if w and w[0] == b'stop' else None",
+      '    if s in ready:',
+      "        msg = s.recv(65536).decode('utf-8', 'replace')",
+      '        for f in msg.split(chr(10)):',
+      "            if watch and f == 'WATCHDOG=1': watch[2] = now()",
+      "            if watch and f.startswith('WATCHDOG_USEC='): watch[1], watch[2] = int(f[14:]) / 1000, now()",
+      "            if stop and f.startswith('EXTEND_TIMEOUT_USEC='): stop[1] = max(stop[1], now() + int(f[20:]) / 1000)",
+      "        print(msg.replace(chr(10), '|'), flush=True)",
       '    if watch and now() - watch[2] > watch[1]:',
       "        print('!expired %d %d %d' % (watch[0], now() - watch[2], watch[1]), flush=True)",
       '        watch = None',
+      '    if stop and now() > stop[1]:',
+      "        print('!stop-expired %d' % stop[0], flush=True)",
+      '        stop = None',
     ].join('\n');
     const p = spawnPlan({ cmd: 'python3', args: ['-c', receiver, path] }, {
       stdin: true,
@@ -613,12 +632,14 @@ export class HarnessCluster extends PairHarness {
           this.watchdogExpired(node, Number(expired[1]), Number(expired[2]), Number(expired[3]));
           return;
         }
+        const stopExpired = /^!stop-expired (\d+)$/.exec(line);
+        if (stopExpired) {
+          this.stopExpired(node, Number(stopExpired[1]));
+          return;
+        }
+        // As systemd: a new period applies from now, and an extension gives a later stop
+        // deadline, never an earlier one (service_extend_timeout); the receiver keeps both clocks.
         for (const field of line.split('|')) {
-          const extend = /^EXTEND_TIMEOUT_USEC=(\d+)$/.exec(field);
-          const deadline = this.stopDeadline.get(node);
-          // As systemd (service_extend_timeout): a later deadline, never an earlier one.
-          if (extend && deadline !== undefined) this.stopDeadline.set(node, Math.max(deadline, Date.now() + Number(extend[1]) / 1000));
-          // As systemd, a new period applies from now (the receiver restarts its clock).
           const usec = /^WATCHDOG_USEC=(\d+)$/.exec(field);
           if (usec && this.agents.has(node)) this.log(`[harness] ${node}: watchdog period ${Number(usec[1]) / 1000} ms`);
         }
@@ -626,6 +647,15 @@ export class HarnessCluster extends PairHarness {
     });
     this.receivers.set(node, p);
     this.others.push(p);
+  }
+
+  /** A stop of agent `pid` passed TimeoutStopSec, extensions included: SIGKILL, as systemd does. */
+  private stopExpired(node: string, pid: number): void {
+    const p = this.agents.get(node);
+    if (this.stopping || !p || p.pid !== pid) return;
+    this.stopTimeoutKills.push({ node, at: Date.now() });
+    this.log(`[harness] ${node}: the agent's stop passed TimeoutStopSec (${AGENT_UNIT_TIMEOUTS.stopMs} ms, extended by EXTEND_TIMEOUT_USEC): SIGKILL, as systemd would`);
+    p.kill('SIGKILL');
   }
 
   /** The receiver's clock ran out for agent `pid`: what systemd does then, if that agent still runs. */
@@ -812,12 +842,16 @@ export class HarnessCluster extends PairHarness {
   private async stopServiceAfterAgent(node: string): Promise<void> {
     const pm = this.postmasterPid(node);
     if (pm && processAlive(pm)) {
-      try {
-        process.kill(pm, 'SIGINT');
-      } catch {
-        // not running
+      signalProcess(pm, 'SIGINT');
+      // A fast shutdown also waits for every connection still reading its startup packet: one
+      // left half-open when the VIP moved away waits out authentication_timeout (60 s). As
+      // systemd does, wait TimeoutStopSec, then SIGKILL, and go on in any case.
+      const gone = await this.waitFor(`${node}: postmaster ${pm} gone`, async () => (processAlive(pm) ? undefined : true), PG_UNIT_STOP_MS).catch(() => false);
+      if (!gone) {
+        this.log(`[harness] ${node}: postmaster ${pm} still there ${PG_UNIT_STOP_MS} ms after SIGINT (the PostgreSQL unit's TimeoutStopSec): SIGKILL, as systemd would`);
+        signalProcess(pm, 'SIGKILL');
+        await this.waitFor(`${node}: postmaster ${pm} gone after SIGKILL`, async () => (processAlive(pm) ? undefined : true), 30_000).catch(() => this.log(`[harness] ${node}: postmaster ${pm} still there 30 s after SIGKILL`));
       }
-      await this.waitFor(`${node}: postmaster ${pm} gone`, async () => (processAlive(pm) ? undefined : true), 60_000);
     }
     // The unit's own ExecStopPost script, on the release file this node's agent wrote at its start.
     const script = join(ROOT, 'overlays', NODE_PATHS.releaseVipScript);
@@ -838,8 +872,6 @@ export class HarnessCluster extends PairHarness {
     await this.endAgent(node, 'SIGTERM', opts.freeze ? 'stopped (agent SIGTERM, then frozen with SIGSTOP; PostgreSQL SIGINT once it was gone)' : 'stopped cleanly (agent SIGTERM; PostgreSQL SIGINT once it has exited)', opts);
   }
 
-  /** Per node, the deadline of its agent's stop (TimeoutStopSec, then EXTEND_TIMEOUT_USEC), while it stops. */
-  private readonly stopDeadline = new Map<string, number>();
   /** Agents whose stop passed TimeoutStopSec and were SIGKILLed, with when. */
   readonly stopTimeoutKills: { node: string; at: number }[] = [];
 
@@ -872,27 +904,14 @@ export class HarnessCluster extends PairHarness {
     // systemd stops a unit's watchdog once the unit leaves "running" (service_set_state): a
     // stopping agent is not killed for the pings its shutdown no longer sends. Its stop has
     // TimeoutStopSec instead, pushed back by EXTEND_TIMEOUT_USEC (startNotifyReceiver).
-    this.armWatchdog(node, undefined);
-    let timer: NodeJS.Timeout | undefined;
-    if (signal === 'SIGTERM') {
-      this.stopDeadline.set(node, Date.now() + AGENT_UNIT_TIMEOUTS.stopMs);
-      timer = setInterval(() => {
-        const deadline = this.stopDeadline.get(node);
-        if (deadline === undefined || Date.now() <= deadline) return;
-        this.stopDeadline.delete(node);
-        this.stopTimeoutKills.push({ node, at: Date.now() });
-        this.log(`[harness] ${node}: the agent's stop passed TimeoutStopSec (${AGENT_UNIT_TIMEOUTS.stopMs} ms, extended by EXTEND_TIMEOUT_USEC): SIGKILL, as systemd would`);
-        p.kill('SIGKILL');
-      }, 20);
-    }
+    this.armWatchdog(node, signal === 'SIGTERM' ? { pid: p.pid, stopMs: AGENT_UNIT_TIMEOUTS.stopMs } : undefined);
     // Signals sent directly: execa's kill() follows a SIGTERM with its own SIGKILL 5 s later,
     // which systemd does not (it waits TimeoutStopSec).
     signalProcess(p.pid, signal);
     // A freeze inside the stop (SIGSTOP at once, before or while its handler runs).
     if (opts.freeze) signalProcess(p.pid, 'SIGSTOP');
     await p.processExited;
-    clearInterval(timer);
-    this.stopDeadline.delete(node);
+    this.armWatchdog(node, undefined);
     this.agents.delete(node);
     this.log(`[harness] ${node}: ${what}`);
     await this.stopServiceAfterAgent(node);

@@ -1,4 +1,5 @@
 import test, { type ExecutionContext } from 'ava';
+import { recloneRefusalIsTransient } from '#builder/ops/restore.ts';
 import { INIT_TIMINGS, SimCluster, type SimNode, type SimOptions, type Timings } from '#agent/sim/cluster.ts';
 import { healAll, runSeed } from '#agent/sim/run.ts';
 import { Rng, SimProcess, World } from '#agent/sim/world.ts';
@@ -624,6 +625,17 @@ test('an operator operation on the leader (a restore): promotion forbidden at th
     ['running mid-operation', false],
     ['first', true],
   ]);
+  // The refusals as the agent words them: `geminik8s restore` asks a busy node again, not one in the wrong role for good.
+  const said = (what: string): string => String((answers as [string, unknown][]).find(([k]) => k === what)![1]);
+  t.true(recloneRefusalIsTransient(said('second')));
+  t.false(recloneRefusalIsTransient(said('on the follower')));
+});
+
+test('geminik8s restore asks again for a re-clone the follower refused while it rejoined by itself (fenced or init), not one refused for good', (t) => {
+  t.true(recloneRefusalIsTransient('this node is the fenced; a re-clone runs on the follower'));
+  t.true(recloneRefusalIsTransient('this node is the init; a re-clone runs on the follower'));
+  t.false(recloneRefusalIsTransient('this node is the leader; a re-clone runs on the follower'));
+  t.false(recloneRefusalIsTransient('no space left on device'));
 });
 
 test('simulated network: a lingering request the link loses still arrives after the caller gave up; a torn-down one never does', async (t) => {

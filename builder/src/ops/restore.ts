@@ -60,6 +60,26 @@ export async function requestReclone(cluster: Cluster, secrets: Secrets, tls: Cl
   return { ok: r.status === 200 && r.body.ok === true, reason: String(r.body.reason ?? r.body.error ?? `HTTP ${r.status}`) };
 }
 
+/**
+ * Whether a refused re-clone is worth asking again: the follower was between roles, or busy.
+ * Right after a restore it may be rejoining by itself (it saw the peer lead on a newer
+ * timeline), and its agent refuses a re-clone until it is a follower again ("this node is the
+ * fenced; ...").
+ */
+export function recloneRefusalIsTransient(reason: string): boolean {
+  return /^this node is the (fenced|init); a re-clone runs on the follower$/.test(reason) || reason.startsWith('busy: ');
+}
+
+/** requestReclone, asked again every 2 s while the refusal is transient, until `waitMs` has passed. */
+export async function recloneWhenFollower(cluster: Cluster, secrets: Secrets, tls: ClientTls | undefined, node: string, waitMs: number, sleep: (ms: number) => Promise<void>): Promise<{ ok: boolean; reason: string }> {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    const r = await requestReclone(cluster, secrets, tls, node);
+    if (r.ok || !recloneRefusalIsTransient(r.reason) || Date.now() > deadline) return r;
+    await sleep(2000);
+  }
+}
+
 export interface RestoreOutcome {
   timeline: number;
   kept?: string;
@@ -87,7 +107,8 @@ export async function runRestore(cluster: Cluster, secrets: Secrets, tls: Client
     throw new GeminiError(`${leader.name} did not restore the backup (HTTP ${r.status}): ${String(r.body.reason ?? r.body.error ?? 'no reason given')}`, r.status === 409 || r.status === 400 ? ExitCode.refused : ExitCode.commandFailed);
   }
   const outcome: Omit<RestoreOutcome, 'status' | 'healthy'> = { timeline: Number(r.body.timeline), ...(typeof r.body.kept === 'string' ? { kept: r.body.kept } : {}) };
-  if (plan.follower) outcome.reclone = await requestReclone(cluster, secrets, tls, plan.follower);
-  const w = await waitForLeader(cluster, secrets, leader.name, fetcher, waitMs, (ms) => new Promise((res) => setTimeout(res, ms)));
+  const sleep = (ms: number) => new Promise<void>((res) => setTimeout(res, ms));
+  if (plan.follower) outcome.reclone = await recloneWhenFollower(cluster, secrets, tls, plan.follower, waitMs, sleep);
+  const w = await waitForLeader(cluster, secrets, leader.name, fetcher, waitMs, sleep);
   return { ...outcome, status: w.status, healthy: w.done };
 }
