@@ -570,7 +570,7 @@ export class HarnessCluster extends PairHarness {
    * Tell `node`'s notify receiver what to time: agent `pid`'s watchdog with `periodMs` (running),
    * its stop with `stopMs` (stopping: no watchdog then, as under systemd), or nothing.
    */
-  private armWatchdog(node: string, clock: { pid: number; periodMs: number } | { pid: number; stopMs: number } | undefined): void {
+  private setUnitClock(node: string, clock: { pid: number; periodMs: number } | { pid: number; stopMs: number } | undefined): void {
     const line = !clock ? 'disarm' : 'periodMs' in clock ? `arm ${clock.pid} ${clock.periodMs}` : `stop ${clock.pid} ${clock.stopMs}`;
     this.receivers.get(node)?.stdin?.write(`${line}\n`);
   }
@@ -821,7 +821,7 @@ export class HarnessCluster extends PairHarness {
     });
     const p = this.spawnJsonLogged(node, plan);
     this.agents.set(node, p);
-    this.armWatchdog(node, { pid: p.pid, periodMs: AGENT_WATCHDOG_SEC * 1000 });
+    this.setUnitClock(node, { pid: p.pid, periodMs: AGENT_WATCHDOG_SEC * 1000 });
     const pipe = pipeOf(p.pid, 1);
     // systemd acts on the main PID's exit, not on its output closing: a child that inherited the
     // agent's stdout would otherwise keep a dead agent unnoticed and its PostgreSQL running.
@@ -904,14 +904,14 @@ export class HarnessCluster extends PairHarness {
     // systemd stops a unit's watchdog once the unit leaves "running" (service_set_state): a
     // stopping agent is not killed for the pings its shutdown no longer sends. Its stop has
     // TimeoutStopSec instead, pushed back by EXTEND_TIMEOUT_USEC (startNotifyReceiver).
-    this.armWatchdog(node, signal === 'SIGTERM' ? { pid: p.pid, stopMs: AGENT_UNIT_TIMEOUTS.stopMs } : undefined);
+    this.setUnitClock(node, signal === 'SIGTERM' ? { pid: p.pid, stopMs: AGENT_UNIT_TIMEOUTS.stopMs } : undefined);
     // Signals sent directly: execa's kill() follows a SIGTERM with its own SIGKILL 5 s later,
     // which systemd does not (it waits TimeoutStopSec).
     signalProcess(p.pid, signal);
     // A freeze inside the stop (SIGSTOP at once, before or while its handler runs).
     if (opts.freeze) signalProcess(p.pid, 'SIGSTOP');
     await p.processExited;
-    this.armWatchdog(node, undefined);
+    this.setUnitClock(node, undefined);
     this.agents.delete(node);
     this.log(`[harness] ${node}: ${what}`);
     await this.stopServiceAfterAgent(node);
