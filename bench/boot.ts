@@ -115,7 +115,7 @@ function managerLine(t: Record<string, number | null> | undefined): string {
 }
 
 /** Units on the way to the marker, in the order a configured boot reaches them. */
-const PROFILED_UNITS = ['systemd-journal-flush.service', 'geminik8s-grow.service', 'geminik8s-firstboot.service', 'systemd-networkd.service', 'network.target', 'geminik8s-agent.service', 'geminik8s-postgresql.service', 'multi-user.target', 'geminik8s-ready.service'];
+const PROFILED_UNITS = ['systemd-journal-flush.service', 'geminik8s-grow.service', 'systemd-networkd.service', 'network.target', 'geminik8s-agent.service', 'geminik8s-postgresql.service', 'multi-user.target', 'geminik8s-ready.service'];
 
 /** `systemctl show` output: one key=value map per unit (blank lines between units). */
 function showBlocks(text: string): Record<string, string>[] {

@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseSeed } from '#common/config.ts';
+import { NODE_PATHS } from '#common/render/paths.ts';
 import { formatIssue, type ValidationIssue } from '#common/errors.ts';
 import { writeFileAtomic } from '#common/fsutil.ts';
 import { renderNodeFiles } from '#common/render/node.ts';
@@ -15,6 +16,11 @@ export interface FirstbootResult {
   node?: string;
   issues: ValidationIssue[];
   written: string[];
+}
+
+/** Where first boot records what it read, in sha256sum format (firstboot-needed.sh compares it). */
+export function firstbootStampFile(config: AgentConfig): string {
+  return join(config.stateDir, 'firstboot.sha256');
 }
 
 /** PostgreSQL major version from the configured binary directory (/usr/lib/postgresql/N/bin). */
@@ -30,9 +36,9 @@ function pgMajor(config: AgentConfig): number {
  * Idempotent: running it again rewrites the same files.
  *
  * Once configured it records, in sha256sum format, what it read: the seed, and `stampInputs`
- * (the agent bundle and its configuration file). geminik8s-firstboot.service skips the next
- * first boot while all of them are unchanged (firstboot-needed.sh); an unconfigured outcome
- * removes the record.
+ * (the agent bundle and its configuration file). the agent's start (`run --firstboot`, see
+ * firstbootAtStart) skips the next first boot while all of them are unchanged
+ * (firstboot-needed.sh); an unconfigured outcome removes the record.
  */
 export async function firstboot(
   config: AgentConfig,
@@ -42,7 +48,7 @@ export async function firstboot(
 ): Promise<FirstbootResult> {
   const at = (p: string): string => join(root, p);
   const statusFile = at(join(config.stateDir, 'status.json'));
-  const stampFile = at(join(config.stateDir, 'firstboot.sha256'));
+  const stampFile = at(firstbootStampFile(config));
   const finish = async (result: FirstbootResult): Promise<FirstbootResult> => {
     if (result.state !== 'configured') await rm(stampFile, { force: true });
     await writeFileAtomic(statusFile, `${JSON.stringify({ ...result, at: new Date().toISOString() }, null, 2)}\n`, 0o644);
@@ -80,4 +86,42 @@ export async function firstboot(
   await writeFileAtomic(stampFile, `${lines.join('\n')}\n`, 0o600);
   print(`geminik8s: node ${seed.node} of cluster ${seed.cluster.name} configured from its seed`);
   return finish({ state: 'configured', node: seed.node, issues: [], written });
+}
+
+/** What firstbootAtStart needs from the node: each one a port, so that a test can stand in. */
+export interface FirstbootStartPorts {
+  exists(path: string): boolean;
+  /**
+   * Runs firstboot-needed.sh (STAMP SEED_MOUNT): it mounts the seed medium if nothing has, then
+   * exits 1 when the seed, the agent and its configuration are those recorded, 0 otherwise.
+   */
+  neededScript(script: string, stamp: string, seedMount: string): Promise<number>;
+  /** First boot itself (`firstboot` above, with its stamp inputs and console). */
+  run(): Promise<FirstbootResult>;
+  print(line: string): void;
+}
+
+/** firstbootAtStart's outcome: skipped (and why), or first boot's own result. */
+export type FirstbootAtStart = { ran: false; why: 'initramfs' | 'unchanged' } | { ran: true; result: FirstbootResult };
+
+/**
+ * First boot inside the agent's own process (`geminik8s-agent run --firstboot`), so that a node
+ * starts Node.js once per boot: skipped when the initramfs found nothing changed (its marker,
+ * no process started), or when firstboot-needed.sh says so; otherwise first boot runs here. Any
+ * other answer of the script than "unchanged" (1) runs first boot, which is idempotent.
+ */
+export async function firstbootAtStart(
+  config: AgentConfig,
+  ports: FirstbootStartPorts,
+  paths: { firstbootUnchanged: string; firstbootNeededScript: string; seedMount: string } = NODE_PATHS,
+): Promise<FirstbootAtStart> {
+  if (ports.exists(paths.firstbootUnchanged)) {
+    ports.print('geminik8s: seed, agent and agent configuration unchanged (decided in the initramfs): first boot skipped');
+    return { ran: false, why: 'initramfs' };
+  }
+  if ((await ports.neededScript(paths.firstbootNeededScript, firstbootStampFile(config), paths.seedMount)) === 1) {
+    ports.print('geminik8s: seed, agent and agent configuration unchanged since the last first boot: first boot skipped');
+    return { ran: false, why: 'unchanged' };
+  }
+  return { ran: true, result: await ports.run() };
 }

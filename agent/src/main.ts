@@ -1,8 +1,10 @@
-import { readFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Agent } from './agent.ts';
 import { PING_EVERY_MS, watchdogMs } from './core/controller.ts';
-import { firstboot } from './firstboot.ts';
+import { firstboot, firstbootAtStart } from './firstboot.ts';
+import { runPlan } from '#common/exec.ts';
+import { ExitCode } from '#common/errors.ts';
 import { startApi } from './api.ts';
 import { loadAgentConfig, loadNodeContext } from './context.ts';
 import { NotifyPipe, sdNotify, watchdogIntervalMs } from './sdnotify.ts';
@@ -23,7 +25,7 @@ import { deviceHasAddress, waitForOwnAddress } from './netwait.ts';
 declare const GEMINIK8S_VERSION: string | undefined;
 const VERSION = typeof GEMINIK8S_VERSION === 'string' ? GEMINIK8S_VERSION : 'dev';
 
-const USAGE = `usage: geminik8s-agent run --config FILE
+const USAGE = `usage: geminik8s-agent run --config FILE [--firstboot]   (--firstboot: first boot here when needed; exit 2 if the node is unconfigured)
        geminik8s-agent firstboot --config FILE [--root DIR]
        geminik8s-agent witness [serve] --listen HOST:PORT --token-file FILE (--tls-dir DIR | --insecure-plaintext) [--state-dir DIR]
        geminik8s-agent release-vip --config FILE     (the agent unit's ExecStopPost)
@@ -40,6 +42,24 @@ const USAGE = `usage: geminik8s-agent run --config FILE
  */
 const HELPER_READY_TIMEOUT_MS = 20_000;
 
+/** What first boot read besides the seed (this bundle and its configuration): the next boot skips it while all are unchanged. */
+function stampInputs(configFile: string): string[] {
+  return [process.argv[1], configFile].filter((f): f is string => !!f).map((f) => resolve(f));
+}
+
+/**
+ * First boot's lines, for the journal and the console: an unconfigured node says why where its
+ * operator looks. The agent's own log stays off the console (a serial console is slow).
+ */
+function consoleLine(line: string): void {
+  process.stdout.write(`${line}\n`);
+  try {
+    appendFileSync('/dev/console', `${line}\n`);
+  } catch {
+    // No console (a container, a test): the journal has the line.
+  }
+}
+
 async function run(args: string[]): Promise<number> {
   // How long Node.js took to start and load the bundle: on a cold root slot, a share of the boot.
   const loadMs = Math.round(process.uptime() * 1000);
@@ -54,6 +74,17 @@ async function run(args: string[]): Promise<number> {
     return 2;
   }
   const config = await loadAgentConfig(configFile);
+  // First boot in this same process (the unit passes --firstboot): one Node.js start per boot.
+  if (args.includes('--firstboot')) {
+    const fb = await firstbootAtStart(config, {
+      exists: existsSync,
+      neededScript: async (script, stamp, seedMount) => (await runPlan({ cmd: script, args: [stamp, seedMount] }, { allowFailure: true, timeoutMs: 120_000 }).catch(() => ({ exitCode: -1 }))).exitCode,
+      run: () => firstboot(config, '/', consoleLine, stampInputs(configFile)),
+      print: (line) => process.stdout.write(`${line}\n`),
+    });
+    // Reported on the console and in status.json; the unit does not restart on this code.
+    if (fb.ran && fb.result.state !== 'configured') return ExitCode.invalidInput;
+  }
   const { ctx, override, ignored, tlsIgnored, tlsRotatedAt } = await loadNodeContext(config);
   const log = agentLogger(ctx.self.name);
   if (override && !ignored) log.info({ event: 'peer-override', peer: override.name, ip: override.ip, seedIp: override.previousIp }, `${override.name} was replaced at ${override.ip} (${override.at}); the seed's ${override.previousIp} no longer applies`);
@@ -212,9 +243,7 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
     // An unconfigured node is a valid outcome: boot goes on and the node stays reachable for repair.
-    // What first boot read besides the seed: the next boot skips it while all are unchanged.
-    const inputs = [process.argv[1], configFile].filter((f): f is string => !!f).map((f) => resolve(f));
-    await firstboot(await loadAgentConfig(configFile), option(rest, '--root') ?? '/', undefined, inputs);
+    await firstboot(await loadAgentConfig(configFile), option(rest, '--root') ?? '/', undefined, stampInputs(configFile));
     return 0;
   }
   if (command === 'witness') return witness(rest);

@@ -8,14 +8,14 @@ export const NODE_PATHS = {
   /** `ADDRESS PREFIX DEVICE` of the VIP, written by the agent at its start (empty with the VIP off). */
   vipReleaseFile: '/run/geminik8s/vip',
   seedFile: '/var/lib/geminik8s/seed.yaml',
-  /** Where geminik8s-firstboot mounts the seed medium (config partition or cidata ISO), read-only. */
+  /** Where the initramfs (or first boot, in the agent) mounts the seed medium (config partition or cidata ISO), read-only. */
   seedMount: '/run/geminik8s/config',
   mountSeedScript: '/usr/lib/geminik8s/mount-seed.sh',
-  /** ExecCondition of geminik8s-firstboot: skip it when nothing it reads has changed. */
+  /** Run by the agent's start (`run --firstboot`) and the initramfs: first boot is skipped when nothing it reads has changed. */
   firstbootNeededScript: '/usr/lib/geminik8s/firstboot-needed.sh',
   /** sha256sum lines of what the last configuring first boot read (seed, agent, agent config). */
   firstbootStamp: '/var/lib/geminik8s/firstboot.sha256',
-  /** Written by the initramfs when firstboot-needed.sh finds nothing changed: the unit is skipped without a fork. */
+  /** Written by the initramfs when firstboot-needed.sh finds nothing changed: the agent skips first boot without running the check again. */
   firstbootUnchanged: '/run/geminik8s/firstboot-unchanged',
   growScript: '/usr/lib/geminik8s/grow-persistent.sh',
   customizeScript: '/usr/lib/geminik8s/customize-root.sh',

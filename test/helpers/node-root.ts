@@ -9,12 +9,13 @@ export async function assertNodeRoot(t: ExecutionContext, root: string): Promise
   for (const f of [
     'usr/lib/postgresql/17/bin/postgres', 'usr/lib/postgresql/17/bin/pg_rewind', 'usr/lib/postgresql/17/bin/pg_basebackup',
     'usr/bin/node', 'usr/lib/geminik8s/agent.mjs', 'usr/lib/geminik8s/ready.sh', 'etc/geminik8s/agent.yaml',
-    'etc/systemd/system/geminik8s-agent.service', 'etc/systemd/system/geminik8s-firstboot.service', 'etc/systemd/system/geminik8s-postgresql.service',
+    'etc/systemd/system/geminik8s-agent.service', 'etc/systemd/system/geminik8s-postgresql.service',
     'usr/share/geminik8s/manifest.json', 'usr/share/geminik8s/packages.tsv', 'usr/bin/arping', 'usr/bin/cloud-init',
   ]) t.true(existsSync(join(root, f)), f);
   const wants = join(root, 'etc/systemd/system/multi-user.target.wants/geminik8s-agent.service');
   t.true(lstatSync(wants, { throwIfNoEntry: false })?.isSymbolicLink() ?? false, 'agent enabled');
   t.is(readlinkSync(wants), '/etc/systemd/system/geminik8s-agent.service');
+  t.false(existsSync(join(root, 'etc/systemd/system/geminik8s-firstboot.service')), 'first boot runs in the agent, with no unit of its own');
   t.false(existsSync(join(root, 'usr/local/bin/k3s')), 'no K3s in the test image');
   t.false(existsSync(join(root, 'var/lib/postgresql/17/main')), 'no packaged default cluster');
   t.is(readlinkSync(join(root, 'etc/systemd/system/postgresql.service')), '/dev/null', 'packaged postgresql.service masked');

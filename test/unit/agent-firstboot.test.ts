@@ -1,7 +1,7 @@
 import test from 'ava';
-import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { firstboot } from '#agent/firstboot.ts';
+import { firstboot, firstbootAtStart } from '#agent/firstboot.ts';
 import { renderSeedFiles } from '#builder/render/index.ts';
 import { AgentConfigSchema } from '#common/schema/agent.ts';
 import { FAKE_SECRETS, fakeTls, loadFixtureCluster, tempDir } from '../helpers/fixtures.ts';
@@ -66,7 +66,8 @@ test('no seed at all: unconfigured with a message that says how to provide one',
 });
 
 // firstboot-needed.sh (the unit's ExecCondition) reads the record first boot writes: run for real.
-const NEEDED = join(new URL('../../', import.meta.url).pathname, 'overlays/usr/lib/geminik8s/firstboot-needed.sh');
+const ROOT_DIR = new URL('../../', import.meta.url).pathname;
+const NEEDED = join(ROOT_DIR, 'overlays/usr/lib/geminik8s/firstboot-needed.sh');
 const needed = async (stamp: string): Promise<{ code: number; out: string }> => {
   const { runPlan } = await import('#common/exec.ts');
   const r = await runPlan({ cmd: 'sh', args: [NEEDED, stamp] }, { allowFailure: true });
@@ -142,4 +143,78 @@ test('firstboot-needed.sh under GEMINIK8S_ROOT reads the recorded paths under th
   writeFileSync(join(media, 'geminik8s/seed.yaml'), 'seed v1\n');
   writeFileSync(join(root, 'usr/lib/geminik8s/agent.mjs'), '// agent v2\n');
   t.is(await check(env), 0, 'a new agent in the root: first boot runs');
+});
+
+// First boot runs inside the agent's start (`run --firstboot`): one Node.js start per boot.
+const START_PATHS = { firstbootUnchanged: '/run/geminik8s/firstboot-unchanged', firstbootNeededScript: '/usr/lib/geminik8s/firstboot-needed.sh', seedMount: '/run/geminik8s/config' };
+
+test("the agent's start skips first boot on the initramfs's marker without running the check, and on the check's 1", async (t) => {
+  const calls: string[] = [];
+  const ports = (marker: boolean, code: number) => ({
+    exists: (p: string) => marker && p === START_PATHS.firstbootUnchanged,
+    neededScript: async (...args: string[]) => {
+      calls.push(args.join(' '));
+      return code;
+    },
+    run: async () => {
+      calls.push('firstboot');
+      return { state: 'configured' as const, issues: [], written: [] };
+    },
+    print: () => undefined,
+  });
+  t.deepEqual(await firstbootAtStart(config(false), ports(true, 0), START_PATHS), { ran: false, why: 'initramfs' });
+  t.deepEqual(calls, []);
+  t.deepEqual(await firstbootAtStart(config(false), ports(false, 1), START_PATHS), { ran: false, why: 'unchanged' });
+  t.deepEqual(calls, ['/usr/lib/geminik8s/firstboot-needed.sh /var/lib/geminik8s/firstboot.sha256 /run/geminik8s/config']);
+  // Changed (0), or the check could not run (-1, 127): first boot runs, it is idempotent.
+  for (const code of [0, -1, 127]) {
+    calls.length = 0;
+    t.like(await firstbootAtStart(config(false), ports(false, code), START_PATHS), { ran: true, result: { state: 'configured' } });
+    t.is(calls.at(-1), 'firstboot', `check exit ${code}`);
+  }
+});
+
+test("the agent's start with the real check and first boot: configures, then skips, runs again on a new seed, and ends unconfigured on a bad one", async (t) => {
+  const { runPlan } = await import('#common/exec.ts');
+  const root = tempDir();
+  await seedInto(root);
+  const bundle = join(root, 'agent.mjs');
+  const agentYaml = join(root, 'agent.yaml');
+  writeFileSync(bundle, '// agent v1\n');
+  writeFileSync(agentYaml, 'kubernetes: {enabled: false}\n');
+  const cfg = config(false);
+  const marker = join(root, 'run/geminik8s/firstboot-unchanged');
+  const lines: string[] = [];
+  const start = () =>
+    firstbootAtStart(cfg, {
+      exists: (p) => existsSync(join(root, p)),
+      // The script as the node runs it, on this root's record (no seed mount: nothing to mount here).
+      neededScript: async (script, stamp) => (await runPlan({ cmd: 'sh', args: [join(ROOT_DIR, 'overlays', script), join(root, stamp)] }, { allowFailure: true })).exitCode,
+      run: () => firstboot(cfg, root, (l) => lines.push(l), [bundle, agentYaml]),
+      print: (l) => lines.push(l),
+    }, START_PATHS);
+  t.like(await start(), { ran: true, result: { state: 'configured', node: 'node1' } });
+  t.deepEqual(await start(), { ran: false, why: 'unchanged' });
+  t.regex(lines.at(-1)!, /first boot skipped/);
+  writeFileSync(bundle, '// agent v2\n');
+  t.like(await start(), { ran: true, result: { state: 'configured' } }, 'a new agent: first boot again');
+  mkdirSync(join(marker, '..'), { recursive: true });
+  writeFileSync(marker, '');
+  t.deepEqual(await start(), { ran: false, why: 'initramfs' });
+  rmSync(marker);
+  await seedInto(root, (text) => text.replace('vip: 192.168.10.50', 'vip: 192.168.10.11'));
+  t.like(await start(), { ran: true, result: { state: 'unconfigured' } });
+  t.regex(lines.join('\n'), /UNCONFIGURED: the node seed is invalid/);
+});
+
+test('geminik8s-agent run --firstboot without a seed exits 2 (the unit does not restart it) and records "unconfigured"', async (t) => {
+  const { runPlan } = await import('#common/exec.ts');
+  const root = tempDir();
+  const configFile = join(root, 'agent.yaml');
+  // Everything first boot would write is under this root; no seed at either place.
+  writeFileSync(configFile, `stateDir: ${root}/state\nseedFile: ${root}/state/seed.yaml\nseedSource: ${root}/media/geminik8s/seed.yaml\npostgresql: {binDir: /usr/lib/postgresql/17/bin, dataDir: ${root}/pg}\nkubernetes: {enabled: false}\n`);
+  const r = await runPlan({ cmd: process.execPath, args: ['--import', 'tsx', join(ROOT_DIR, 'agent/src/main.ts'), 'run', '--firstboot', '--config', configFile], cwd: ROOT_DIR }, { allowFailure: true, timeoutMs: 60_000 });
+  t.is(r.exitCode, 2, r.stderr);
+  t.regex(r.stdout, /UNCONFIGURED: .*no geminik8s seed found/);
+  t.like(JSON.parse(readFileSync(join(root, 'state/status.json'), 'utf8')), { state: 'unconfigured' });
 });

@@ -170,8 +170,6 @@ test('rendered units pass systemd-analyze verify; only units whose binaries a bu
     const reported = output.filter((l) => missing.test(l)).map((l) => l.replace(missing, '$1 $2')).sort();
     t.deepEqual(output.filter((l) => !missing.test(l)), [], `${arch}: systemd-analyze reported problems`);
     const expected = [
-      'geminik8s-firstboot.service ' + NODE_PATHS.firstbootNeededScript,
-      'geminik8s-firstboot.service ' + NODE_PATHS.mountSeedScript,
       'geminik8s-ready.service ' + NODE_PATHS.readyScript,
       'geminik8s-grow.service ' + NODE_PATHS.growScript,
       'geminik8s-k3s-images.service ' + NODE_PATHS.k3sImagesScript,
@@ -191,10 +189,6 @@ test('the templates of units that skip above verify cleanly with their real bina
   const overlay = (p: string): string => join(ROOT, 'overlays', p);
   const units = [
     { name: 'geminik8s-ready.service', content: renderTemplate('systemd/geminik8s-ready.service.hbs', { readyScript: overlay(NODE_PATHS.readyScript) }) },
-    {
-      name: 'geminik8s-firstboot.service',
-      content: renderTemplate('systemd/geminik8s-firstboot.service.hbs', { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig, mountSeedScript: overlay(NODE_PATHS.mountSeedScript), seedMount: NODE_PATHS.seedMount, firstbootNeededScript: overlay(NODE_PATHS.firstbootNeededScript), firstbootStamp: NODE_PATHS.firstbootStamp, firstbootUnchanged: NODE_PATHS.firstbootUnchanged }),
-    },
     { name: 'geminik8s-grow.service', content: renderTemplate('systemd/geminik8s-grow.service.hbs', { growScript: overlay(NODE_PATHS.growScript), persistentMount: NODE_PATHS.persistentMount }) },
     { name: 'geminik8s-k3s-images.service', content: renderTemplate('systemd/geminik8s-k3s-images.service.hbs', { k3sImagesDir: NODE_PATHS.k3sImagesDir, k3sImagesShipped: NODE_PATHS.k3sImagesShipped, k3sImagesScript: overlay(NODE_PATHS.k3sImagesScript) }) },
     { name: 'geminik8s-postgresql.service', content: renderTemplate('systemd/geminik8s-postgresql.service.hbs', { pgMajor: major, pgBinDir: pgBinDir(major), pgDataDir: pgDataDir(major) }) },
@@ -257,13 +251,22 @@ test('K3s extraArgs become config keys: repeated flags as lists, list flags exte
   }
 });
 
-test('the firstboot unit mounts the seed medium where the agent config says the seed is', async (t) => {
+test('first boot runs in the agent, which mounts the seed medium where the agent config says the seed is', async (t) => {
   const files = await renderFor('edge-amd64.yaml');
-  const firstboot = files.find((f) => f.path.endsWith('/geminik8s-firstboot.service'))!;
+  t.false(files.some((f) => f.path.endsWith('/geminik8s-firstboot.service')), 'no unit of its own: one Node.js start per boot');
+  const agentUnit = files.find((f) => f.path.endsWith('/geminik8s-agent.service'))!;
+  t.regex(agentUnit.content, new RegExp(`^ExecStart=/usr/bin/node ${NODE_PATHS.agentBundle} run --firstboot --config ${NODE_PATHS.agentConfig}$`, 'm'));
+  // An unconfigured node (exit 2) is not started again in a loop.
+  t.regex(agentUnit.content, /^RestartPreventExitStatus=2$/m);
+  t.notRegex(agentUnit.content, /^ConditionPathExists=/m, 'the agent starts without a kept seed: it makes one');
   const agentYaml = files.find((f) => f.path === NODE_PATHS.agentConfig)!;
-  t.regex(firstboot.content, new RegExp(`^ExecStartPre=${NODE_PATHS.mountSeedScript} ${NODE_PATHS.seedMount}$`, 'm'));
-  t.regex(agentYaml.content, new RegExp(`^seedSource: ${NODE_PATHS.seedMount}/geminik8s/seed.yaml$`, 'm'));
-  t.is(statSync(join(ROOT, 'overlays', NODE_PATHS.mountSeedScript)).mode & 0o111, 0o111, 'mount-seed.sh is executable');
+  const seedSource = `${NODE_PATHS.seedMount}/geminik8s/seed.yaml`;
+  t.regex(agentYaml.content, new RegExp(`^seedSource: ${seedSource}$`, 'm'));
+  // systemd-networkd-wait-online waits only on a node that kept a seed: not before cloud-init's
+  // network stage on a first boot, where nothing needs it.
+  const waitOnline = readFileSync(join(ROOT, 'overlays/usr/lib/systemd/system/systemd-networkd-wait-online.service.d/geminik8s.conf'), 'utf8');
+  t.deepEqual(waitOnline.split('\n').filter((l) => l.startsWith('Condition')), [`ConditionPathExists=${NODE_PATHS.seedFile}`]);
+  for (const script of [NODE_PATHS.mountSeedScript, NODE_PATHS.firstbootNeededScript]) t.is(statSync(join(ROOT, 'overlays', script)).mode & 0o111, 0o111, `${script} is executable`);
 });
 
 test("the agent unit's ExecStopPost reads the VIP from the file the agent config says the agent writes", async (t) => {

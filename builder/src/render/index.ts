@@ -41,7 +41,6 @@ export function agentUnit(): RenderedFile {
   return unit('geminik8s-agent.service', {
     agentBundle: NODE_PATHS.agentBundle,
     agentConfig: NODE_PATHS.agentConfig,
-    seedFile: NODE_PATHS.seedFile,
     watchdogSec: AGENT_WATCHDOG_SEC,
     stopTimeoutSec: AGENT_STOP_TIMEOUT_SEC,
     releaseVipScript: NODE_PATHS.releaseVipScript,
@@ -52,10 +51,8 @@ export function agentUnit(): RenderedFile {
 /** Files every node of this image carries, whatever its seed. */
 export function renderImageFiles(image: Image): RenderedFile[] {
   const major = image.components.postgresql.major;
-  const common = { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig };
   const files: RenderedFile[] = [
     agentUnit(),
-    unit('geminik8s-firstboot.service', { ...common, mountSeedScript: NODE_PATHS.mountSeedScript, seedMount: NODE_PATHS.seedMount, firstbootNeededScript: NODE_PATHS.firstbootNeededScript, firstbootStamp: NODE_PATHS.firstbootStamp, firstbootUnchanged: NODE_PATHS.firstbootUnchanged }),
     unit('geminik8s-postgresql.service', { pgMajor: major, pgBinDir: pgBinDir(major), pgDataDir: pgDataDir(major) }),
     unit('geminik8s-ready.service', { readyScript: NODE_PATHS.readyScript }),
     unit('geminik8s-grow.service', { growScript: NODE_PATHS.growScript, persistentMount: NODE_PATHS.persistentMount }),

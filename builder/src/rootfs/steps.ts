@@ -27,7 +27,7 @@ const put = (ctx: BuildContext, path: string): string => join(staging(ctx), path
 
 /** Units enabled in every image, and those of the Kubernetes layer. */
 export function enabledUnits(ctx: Pick<BuildContext, 'image'>): string[] {
-  const units = ['geminik8s-grow.service', 'geminik8s-firstboot.service', 'geminik8s-agent.service', 'geminik8s-ready.service', 'geminik8s-install.service', 'systemd-networkd.service'];
+  const units = ['geminik8s-grow.service', 'geminik8s-agent.service', 'geminik8s-ready.service', 'geminik8s-install.service', 'systemd-networkd.service'];
   if (ctx.image.kubernetes.enabled) units.push('kine.service', 'k3s.service', 'kube-vip.service');
   if (ctx.image.boot.debugShell) units.push('geminik8s-debug-shell.service');
   return units;

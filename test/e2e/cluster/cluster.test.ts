@@ -284,10 +284,11 @@ async function pairTest(t: import('ava').ExecutionContext): Promise<void> {
   t.is(cloned.output.trim(), '0', 'no pg_basebackup in this boot');
   t.is((await s2b.check('hostname')).trim(), 'node2');
   t.regex((await s2b.check("ls /boot/efi >/dev/null && awk '$2 == \"/boot/efi\" && $3 == \"vfat\" { print $4 }' /proc/mounts")).trim(), /^ro,/, 'the ESP is mounted read-only');
-  t.is((await s2b.run('systemctl is-active cloud-init-main.service geminik8s-firstboot.service')).output.trim().split('\n').join(' '), 'inactive inactive');
-  // The initramfs decided that (no first boot process started), and left the seed medium mounted
-  // as mount-seed.sh would: read-only, files readable by root alone.
-  t.is((await s2b.run('test -e /run/geminik8s/firstboot-unchanged && systemctl show -P ConditionResult geminik8s-firstboot.service')).output.trim(), 'no');
+  t.is((await s2b.run('systemctl is-active cloud-init-main.service')).output.trim(), 'inactive');
+  // The initramfs decided that (the agent ran no check and no first boot), and left the seed
+  // medium mounted as mount-seed.sh would: read-only, files readable by root alone.
+  t.is((await s2b.run('test -e /run/geminik8s/firstboot-unchanged && echo marker')).output.trim(), 'marker');
+  t.regex((await s2b.check('journalctl -b -u geminik8s-agent --no-pager -o cat | grep -m1 "first boot skipped" || true')).trim(), /decided in the initramfs/);
   // From /proc/mounts: findmnt cuts its columns to the console's width.
   const seedMount = (await s2b.check("awk '$2 == \"/run/geminik8s/config\" { print $3, $4 }' /proc/mounts")).trim();
   t.regex(seedMount, /^vfat ro,/);
@@ -577,4 +578,7 @@ test.serial('a node booted with a bad seed ends "unconfigured", with the error o
   const status = JSON.parse(await shell.check('cat /var/lib/geminik8s/status.json'));
   t.is(status.state, 'unconfigured');
   t.is((await shell.run(`test -e ${DATA}`)).code, 1, 'no PostgreSQL data was created');
+  // First boot ran in the agent, which exited 2 and was not started again (RestartPreventExitStatus).
+  t.is((await shell.check('systemctl show -P ExecMainStatus geminik8s-agent')).trim(), '2');
+  t.is((await shell.check('systemctl show -P NRestarts geminik8s-agent')).trim(), '0');
 });

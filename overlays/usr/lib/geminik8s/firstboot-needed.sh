@@ -1,8 +1,8 @@
 #!/bin/sh
-# ExecCondition of geminik8s-firstboot.service: exit 0 (run first boot) unless the seed, the
+# Run by the agent at its start (`run --firstboot`): exit 0 (run first boot) unless the seed, the
 # agent and its configuration are byte for byte those of the last first boot that configured
-# the node, as recorded in STAMP (sha256sum format, written by first boot); then exit 1, which
-# systemd takes as "skip", and the agent starts without a second Node.js start before it.
+# the node, as recorded in STAMP (sha256sum format, written by first boot); then exit 1, and
+# the agent skips first boot.
 # Remove STAMP to force a first boot.
 #   firstboot-needed.sh STAMP [SEED_MOUNT]
 # The initramfs runs it before the switch to the root, with GEMINIK8S_ROOT set to the new root:

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Mount the node seed medium read-only where geminik8s-firstboot reads it: the config
+# Mount the node seed medium read-only where first boot (in the agent) reads it: the config
 # partition (vfat, label CIDATA) or a seed ISO (iso9660, volume id cidata).
 # Several media may carry the label (a generic image's config partition with no seed, plus
 # a seed ISO): the first one that holds geminik8s/seed.yaml wins; failing that, the first one.
