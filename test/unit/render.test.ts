@@ -2,7 +2,7 @@ import test from 'ava';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
-import { renderImageFiles, renderNode, type RenderedFile } from '#builder/render/index.ts';
+import { agentUnitContext, renderImageFiles, renderNode, type RenderedFile } from '#builder/render/index.ts';
 import { renderTemplate } from '#builder/render/templates.ts';
 import { k3sConfig } from '#common/render/k3s.ts';
 import { AuditPolicySchema, ClusterSchema } from '#common/schema/cluster.ts';
@@ -193,7 +193,7 @@ test('the templates of units that skip above verify cleanly with their real bina
     { name: 'geminik8s-k3s-images.service', content: renderTemplate('systemd/geminik8s-k3s-images.service.hbs', { k3sImagesDir: NODE_PATHS.k3sImagesDir, k3sImagesShipped: NODE_PATHS.k3sImagesShipped, k3sImagesScript: overlay(NODE_PATHS.k3sImagesScript) }) },
     { name: 'geminik8s-postgresql.service', content: renderTemplate('systemd/geminik8s-postgresql.service.hbs', { pgMajor: major, pgBinDir: pgBinDir(major), pgDataDir: pgDataDir(major) }) },
     // PostgreSQL is bound to the agent (BindsTo=), so the agent's unit is verified beside it.
-    { name: 'geminik8s-agent.service', content: renderTemplate('systemd/geminik8s-agent.service.hbs', { agentBundle: NODE_PATHS.agentBundle, agentConfig: NODE_PATHS.agentConfig, seedFile: NODE_PATHS.seedFile, watchdogSec: 30, stopTimeoutSec: 1, releaseVipScript: overlay(NODE_PATHS.releaseVipScript), vipReleaseFile: NODE_PATHS.vipReleaseFile }) },
+    { name: 'geminik8s-agent.service', content: renderTemplate('systemd/geminik8s-agent.service.hbs', { ...agentUnitContext(), releaseVipScript: overlay(NODE_PATHS.releaseVipScript) }) },
   ];
   t.deepEqual(await verifyUnits(tempDir(), units), []);
   // And the check can fail: a misspelt key is reported.

@@ -36,16 +36,21 @@ function unit(name: string, context: Record<string, unknown>): RenderedFile {
   return { path: `${NODE_PATHS.unitDir}/${name}`, content: renderTemplate(`systemd/${name}.hbs`, context), mode: 0o644, scope: 'image' };
 }
 
-/** geminik8s-agent.service, the same for every image. */
-export function agentUnit(): RenderedFile {
-  return unit('geminik8s-agent.service', {
+/** The agent unit's template values (a test renders it with the overlay's script paths instead). */
+export function agentUnitContext(): Record<string, string | number> {
+  return {
     agentBundle: NODE_PATHS.agentBundle,
     agentConfig: NODE_PATHS.agentConfig,
     watchdogSec: AGENT_WATCHDOG_SEC,
     stopTimeoutSec: AGENT_STOP_TIMEOUT_SEC,
     releaseVipScript: NODE_PATHS.releaseVipScript,
     vipReleaseFile: NODE_PATHS.vipReleaseFile,
-  });
+  };
+}
+
+/** geminik8s-agent.service, the same for every image. */
+export function agentUnit(): RenderedFile {
+  return unit('geminik8s-agent.service', agentUnitContext());
 }
 
 /** Files every node of this image carries, whatever its seed. */
