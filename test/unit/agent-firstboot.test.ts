@@ -74,13 +74,19 @@ const needed = async (stamp: string): Promise<{ code: number; out: string }> => 
   return { code: r.exitCode, out: r.stdout.trim() };
 };
 
-test('a configured node skips its next first boot until the seed, the agent or its config changes', async (t) => {
+/** A root with a good seed on its medium, and the two other inputs first boot records (a bundle and an agent config). */
+async function seededRoot(): Promise<{ root: string; bundle: string; agentYaml: string }> {
   const root = tempDir();
   await seedInto(root);
   const bundle = join(root, 'agent.mjs');
   const agentYaml = join(root, 'agent.yaml');
   writeFileSync(bundle, '// agent v1\n');
   writeFileSync(agentYaml, 'kubernetes: {enabled: false}\n');
+  return { root, bundle, agentYaml };
+}
+
+test('a configured node skips its next first boot until the seed, the agent or its config changes', async (t) => {
+  const { root, bundle, agentYaml } = await seededRoot();
   const stamp = join(root, 'var/lib/geminik8s/firstboot.sha256');
   t.is((await needed(stamp)).code, 0, 'never configured: first boot runs');
 
@@ -174,14 +180,9 @@ test("the agent's start skips first boot on the initramfs's marker without runni
   }
 });
 
-test("the agent's start with the real check and first boot: configures, then skips, runs again on a new seed, and ends unconfigured on a bad one", async (t) => {
+test("the agent's start with the real check and first boot: configures, then skips, runs again for a new agent, skips on the initramfs's marker, and ends unconfigured on a bad seed", async (t) => {
   const { runPlan } = await import('#common/exec.ts');
-  const root = tempDir();
-  await seedInto(root);
-  const bundle = join(root, 'agent.mjs');
-  const agentYaml = join(root, 'agent.yaml');
-  writeFileSync(bundle, '// agent v1\n');
-  writeFileSync(agentYaml, 'kubernetes: {enabled: false}\n');
+  const { root, bundle, agentYaml } = await seededRoot();
   const cfg = config(false);
   const marker = join(root, 'run/geminik8s/firstboot-unchanged');
   const lines: string[] = [];
