@@ -82,8 +82,12 @@ async function run(args: string[]): Promise<number> {
       run: () => firstboot(config, '/', consoleLine, stampInputs(configFile)),
       print: (line) => process.stdout.write(`${line}\n`),
     });
-    // Reported on the console and in status.json; the unit does not restart on this code.
-    if (fb.ran && fb.result.state !== 'configured') return ExitCode.invalidInput;
+    // Reported on the console and in status.json; the unit does not restart on this code. This
+    // process took no VIP: the file says so, or the unit's ExecStopPost would start Node.js again.
+    if (fb.ran && fb.result.state !== 'configured') {
+      await writeFileAtomic(config.vip.releaseFile, vipReleaseText(undefined), 0o644);
+      return ExitCode.invalidInput;
+    }
   }
   const { ctx, override, ignored, tlsIgnored, tlsRotatedAt } = await loadNodeContext(config);
   const log = agentLogger(ctx.self.name);

@@ -208,14 +208,20 @@ test("the agent's start with the real check and first boot: configures, then ski
   t.regex(lines.join('\n'), /UNCONFIGURED: the node seed is invalid/);
 });
 
-test('geminik8s-agent run --firstboot without a seed exits 2 (the unit does not restart it) and records "unconfigured"', async (t) => {
+test('geminik8s-agent run --firstboot without a seed exits 2 (the unit does not restart it), records "unconfigured", and leaves an empty VIP file for the unit'\''s ExecStopPost', async (t) => {
   const { runPlan } = await import('#common/exec.ts');
   const root = tempDir();
   const configFile = join(root, 'agent.yaml');
   // Everything first boot would write is under this root; no seed at either place.
-  writeFileSync(configFile, `stateDir: ${root}/state\nseedFile: ${root}/state/seed.yaml\nseedSource: ${root}/media/geminik8s/seed.yaml\npostgresql: {binDir: /usr/lib/postgresql/17/bin, dataDir: ${root}/pg}\nkubernetes: {enabled: false}\n`);
+  const vipFile = join(root, 'run/vip');
+  writeFileSync(configFile, `stateDir: ${root}/state\nseedFile: ${root}/state/seed.yaml\nseedSource: ${root}/media/geminik8s/seed.yaml\nvip: {releaseFile: ${vipFile}}\npostgresql: {binDir: /usr/lib/postgresql/17/bin, dataDir: ${root}/pg}\nkubernetes: {enabled: false}\n`);
   const r = await runPlan({ cmd: process.execPath, args: ['--import', 'tsx', join(ROOT_DIR, 'agent/src/main.ts'), 'run', '--firstboot', '--config', configFile], cwd: ROOT_DIR }, { allowFailure: true, timeoutMs: 60_000 });
   t.is(r.exitCode, 2, r.stderr);
   t.regex(r.stdout, /UNCONFIGURED: .*no geminik8s seed found/);
   t.like(JSON.parse(readFileSync(join(root, 'state/status.json'), 'utf8')), { state: 'unconfigured' });
+  // No VIP to drop, and the unit's ExecStopPost knows it without a second Node.js start: with
+  // no file it would run the bundle given here, which does not exist.
+  t.is(readFileSync(vipFile, 'utf8'), '');
+  const post = await runPlan({ cmd: 'sh', args: [join(ROOT_DIR, 'overlays/usr/lib/geminik8s/release-vip.sh'), vipFile, join(root, 'no-such-agent.mjs'), configFile] }, { allowFailure: true });
+  t.is(post.exitCode, 0, post.stderr);
 });
