@@ -208,7 +208,7 @@ test("the agent's start with the real check and first boot: configures, then ski
   t.regex(lines.join('\n'), /UNCONFIGURED: the node seed is invalid/);
 });
 
-test('geminik8s-agent run --firstboot without a seed exits 2 (the unit does not restart it), records "unconfigured", and leaves an empty VIP file for the unit'\''s ExecStopPost', async (t) => {
+test('geminik8s-agent run --firstboot without a seed exits 2 (the unit does not restart it), records "unconfigured", and leaves an empty VIP file for the ExecStopPost', async (t) => {
   const { runPlan } = await import('#common/exec.ts');
   const root = tempDir();
   const configFile = join(root, 'agent.yaml');
