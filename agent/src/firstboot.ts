@@ -18,7 +18,10 @@ export interface FirstbootResult {
   written: string[];
 }
 
-/** Where first boot records what it read, in sha256sum format (firstboot-needed.sh compares it). */
+/**
+ * Where first boot records what it read: sha256sum lines of the seed, the agent and its
+ * configuration (firstboot-needed.sh compares them; the initramfs reads the default path).
+ */
 export function firstbootStampFile(config: AgentConfig): string {
   return join(config.stateDir, 'firstboot.sha256');
 }
@@ -36,7 +39,7 @@ function pgMajor(config: AgentConfig): number {
  * Idempotent: running it again rewrites the same files.
  *
  * Once configured it records, in sha256sum format, what it read: the seed, and `stampInputs`
- * (the agent bundle and its configuration file). the agent's start (`run --firstboot`, see
+ * (the agent bundle and its configuration file). The agent's start (`run --firstboot`, see
  * firstbootAtStart) skips the next first boot while all of them are unchanged
  * (firstboot-needed.sh); an unconfigured outcome removes the record.
  */

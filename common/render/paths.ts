@@ -13,8 +13,6 @@ export const NODE_PATHS = {
   mountSeedScript: '/usr/lib/geminik8s/mount-seed.sh',
   /** Run by the agent's start (`run --firstboot`) and the initramfs: first boot is skipped when nothing it reads has changed. */
   firstbootNeededScript: '/usr/lib/geminik8s/firstboot-needed.sh',
-  /** sha256sum lines of what the last configuring first boot read (seed, agent, agent config). */
-  firstbootStamp: '/var/lib/geminik8s/firstboot.sha256',
   /** Written by the initramfs when firstboot-needed.sh finds nothing changed: the agent skips first boot without running the check again. */
   firstbootUnchanged: '/run/geminik8s/firstboot-unchanged',
   growScript: '/usr/lib/geminik8s/grow-persistent.sh',
