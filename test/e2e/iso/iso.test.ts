@@ -6,7 +6,7 @@ import { until } from '#lab/guest-cluster.ts';
 import { cli } from '#lab/cli.ts';
 import { tempDir } from '../../helpers/fixtures.ts';
 import { blankDisk, BOOT_TIMEOUT, buildInstaller, INSTALL_TIMEOUT, onConsole, OTHER_SERIAL, sha256Of, TARGET_SERIAL } from '../../helpers/installer-e2e.ts';
-import { pxeSite } from '../../helpers/pxe.ts';
+import { MAC1, pxeSite } from '../../helpers/pxe.ts';
 import { testImage, type BuiltImage } from '#lab/test-image.ts';
 
 let img: BuiltImage;
@@ -90,7 +90,9 @@ test.serial('under UEFI, the ISO installs onto the disk its seed names by serial
   const otherBefore = await sha256Of(other);
   const started = Date.now();
   // Boot order disk, then CD: the blank target falls through to the ISO; once installed, it boots itself.
-  const vm = await bootVm({ arch: 'amd64', firmware: 'uefi', image: target, format: 'raw', write: true, console: true, diskSerial: TARGET_SERIAL, drives: [{ path: other, serial: OTHER_SERIAL, writable: true }], cdrom: seeded, serialLog: join(dir, 'serial.log') });
+  // node1's NIC (the MAC its seed names) on QEMU's own network: without it cloud-init fails its
+  // network stage and the agent waits 120 s for an address it cannot get.
+  const vm = await bootVm({ arch: 'amd64', firmware: 'uefi', image: target, format: 'raw', write: true, console: true, diskSerial: TARGET_SERIAL, drives: [{ path: other, serial: OTHER_SERIAL, writable: true }], cdrom: seeded, networks: [{ kind: 'user', mac: MAC1 }], serialLog: join(dir, 'serial.log') });
   vms.push(vm);
   const done = await onConsole(vm, /installed node1 onto \S+|refusing to install[^\n]*|geminik8s-install\.service: Failed[^\n]*/, INSTALL_TIMEOUT);
   const installedAt = Date.now();
@@ -107,6 +109,9 @@ test.serial('under UEFI, the ISO installs onto the disk its seed names by serial
   t.log(`installed system: ${ready.line}`);
   t.like(f, { slot: 'A', root: 'ro', etc: 'overlay', boots: '1' });
   t.is(vm.log().match(/efi: EFI v[\d.]+ by EDK II/g)?.length, 2, 'the installed system too');
+  // The installed system applied its seed whole: cloud-init found node1's NIC (no failed stage).
+  const installedBoot = vm.log().slice(vm.log().lastIndexOf('Linux version'));
+  t.notRegex(installedBoot, /Failed to start[^\n]*cloud-/, 'no cloud-init stage failed on the installed system');
   // The marker prints the role hostmeta holds when the agent has started: on a loaded host the
   // leader's bootstrap (initdb) may still be under way (one run said role=init at 320 s).
   if (f.role !== 'leader') {
