@@ -1,0 +1,100 @@
+import test from 'ava';
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { runPlan } from '#common/exec.ts';
+import { ROOT, tempDir } from '../helpers/fixtures.ts';
+
+// The real .ci/run, in a tree of its own where `npm` and QEMU are stand-ins: `npm run e2e --
+// SUITE` records when the suite started and ended, sleeps, and fails when told to. What is
+// under test is the script's own scheduling: what runs beside what, and what the deadline skips.
+
+const SUITES = ['failover', 'rootfs', 'edge', 'edge-arm64', 'rootless', 'rootfs-arm64', 'boot', 'cluster', 'upgrade', 'demo', 'pxe', 'iso', 'rootfs-docker'];
+
+const FAKE_NPM = `#!/usr/bin/env bash
+# npm ci, npm run typecheck, npm test: nothing to do.
+[ "$1 $2" = "run e2e" ] || exit 0
+suite=$4
+echo "start $suite $(date +%s%N)" >> "$FAKE_EVENTS"
+echo "running $suite"
+var=FAKE_SLEEP_\${suite//-/_}
+sleep "\${!var:-\${FAKE_SLEEP:-0.3}}"
+echo "end $suite $(date +%s%N)" >> "$FAKE_EVENTS"
+case " $FAKE_FAIL " in *" $suite "*) echo "  ✘ $suite: a test failed"; exit 1 ;; esac
+exit 0
+`;
+
+interface Run { code: number; out: string; spans: Map<string, { start: number; end: number }> }
+
+async function ciRun(env: Record<string, string>): Promise<Run> {
+  const dir = tempDir('gk-ci-run-');
+  const main = join(dir, 'main');
+  for (const d of ['.ci', 'scripts', 'bin']) mkdirSync(join(main, d), { recursive: true });
+  for (const s of SUITES) mkdirSync(join(main, 'test/e2e', s), { recursive: true });
+  copyFileSync(join(ROOT, '.ci/run'), join(main, '.ci/run'));
+  writeFileSync(join(main, 'scripts/install-host-deps.sh'), 'echo host packages: stand-in\n');
+  writeFileSync(join(main, 'bin/npm'), FAKE_NPM);
+  writeFileSync(join(main, 'bin/qemu-system-x86_64'), '#!/bin/sh\necho "QEMU emulator version 0.0 (stand-in)"\n');
+  for (const b of ['npm', 'qemu-system-x86_64']) chmodSync(join(main, 'bin', b), 0o755);
+  const events = join(dir, 'events');
+  writeFileSync(events, '');
+  // The run's own settings only: a CI run of the suite must not hand its selection down.
+  const unset = ['GEMINIK8S_CI_E2E_SUITES', 'GEMINIK8S_CI_DEADLINE_SECONDS', 'GEMINIK8S_CI_BESIDE_FAILOVER'].filter((v) => !(v in env)).flatMap((v) => ['-u', v]);
+  const r = await runPlan(
+    { cmd: 'env', args: [...unset, 'bash', join(main, '.ci/run')], env: { PATH: `${join(main, 'bin')}:${process.env.PATH}`, FAKE_EVENTS: events, FAKE_FAIL: '', ...env } },
+    { allowFailure: true, timeoutMs: 60_000 },
+  );
+  const spans = new Map<string, { start: number; end: number }>();
+  for (const line of readFileSync(events, 'utf8').split('\n').filter(Boolean)) {
+    const [what, suite, ns] = line.split(' ');
+    const span = spans.get(suite!) ?? { start: NaN, end: NaN };
+    span[what as 'start' | 'end'] = Number(BigInt(ns!) / 1_000_000n);
+    spans.set(suite!, span);
+  }
+  return { code: r.exitCode, out: `${r.stdout}${r.stderr}`, spans };
+}
+
+const overlaps = (a: { start: number; end: number }, b: { start: number; end: number }) => a.start < b.end && b.start < a.end;
+
+test('rootfs runs alone first; the build suites run beside failover; every other suite runs alone, after both', async (t) => {
+  // failover the longest: the three build suites fit beside it.
+  const r = await ciRun({ FAKE_SLEEP_failover: '2' });
+  t.is(r.code, 0, r.out);
+  t.deepEqual([...r.spans.keys()].sort(), [...SUITES].sort(), 'every suite ran');
+  const span = (s: string) => r.spans.get(s)!;
+  for (const s of SUITES.filter((x) => x !== 'rootfs')) t.true(span('rootfs').end <= span(s).start, `${s} after rootfs`);
+  for (const s of ['edge', 'edge-arm64', 'rootless']) t.true(overlaps(span('failover'), span(s)), `${s} beside failover`);
+  const alone = ['rootfs-arm64', 'boot', 'cluster', 'upgrade', 'demo', 'pxe', 'iso', 'rootfs-docker'];
+  for (const s of alone) {
+    for (const o of SUITES.filter((x) => x !== s)) t.false(overlaps(span(s), span(o)), `${s} alone, not beside ${o}`);
+  }
+  t.regex(r.out, /slow tier \(with edge edge-arm64 rootless beside it\): failover/);
+  t.regex(r.out, /slow tier \(beside failover\): edge-arm64/);
+  t.regex(r.out, /\[edge-arm64\] running edge-arm64/);
+  t.regex(r.out, /\[ci \+\d+s\] done/);
+});
+
+test('GEMINIK8S_CI_BESIDE_FAILOVER="" runs every suite one after another', async (t) => {
+  const r = await ciRun({ GEMINIK8S_CI_BESIDE_FAILOVER: '', FAKE_SLEEP: '0.1' });
+  t.is(r.code, 0, r.out);
+  const all = [...r.spans.entries()];
+  for (const [a, sa] of all) for (const [b, sb] of all) if (a < b) t.false(overlaps(sa, sb), `${a} and ${b}`);
+});
+
+test('a build suite that fails beside failover fails the run, after every other suite has run, and its failed tests are printed again at the end', async (t) => {
+  const r = await ciRun({ FAKE_FAIL: 'rootless', FAKE_SLEEP: '0.1' });
+  t.is(r.code, 1);
+  t.is(r.spans.size, SUITES.length, 'the other suites still ran');
+  t.regex(r.out, /slow tier: FAILED: rootless/);
+  t.regex(r.out, /\[ci\] rootless FAILED; its failed tests[^\n]*\n\[rootless\] +✘ rootless: a test failed/);
+});
+
+test('a suite whose budget would pass the deadline is skipped by name, with the command that runs it', async (t) => {
+  // 800 s: rootfs (500) fits, failover (900) does not.
+  const r = await ciRun({ GEMINIK8S_CI_DEADLINE_SECONDS: '800', FAKE_SLEEP: '0.1' });
+  t.is(r.code, 0, r.out);
+  t.true(r.spans.has('rootfs'));
+  t.false(r.spans.has('failover'));
+  t.true(r.spans.has('edge'), 'a build suite runs without failover beside it');
+  t.regex(r.out, /SKIPPED failover: \d+s used, it may take 900s, past the 800s deadline \(run: npm run e2e -- failover\)/);
+  t.regex(r.out, /slow tier: skipped for time: [^\n]*failover/);
+});
