@@ -19,6 +19,8 @@ echo "running $suite"
 var=FAKE_SLEEP_\${suite//-/_}
 sleep "\${!var:-\${FAKE_SLEEP:-0.3}}"
 echo "end $suite $(date +%s%N)" >> "$FAKE_EVENTS"
+# The lane's job itself killed (as by the OOM killer): the shell that runs the suite's pipeline.
+if [ "$FAKE_KILL_JOB" = "$suite" ]; then kill -9 "$(ps -o ppid= -p "$PPID" | tr -d ' ')"; fi
 case " $FAKE_FAIL " in *" $suite "*) echo "  ✘ $suite: a test failed"; exit 1 ;; esac
 exit 0
 `;
@@ -38,9 +40,10 @@ async function ciRun(env: Record<string, string>): Promise<Run> {
   const events = join(dir, 'events');
   writeFileSync(events, '');
   // The run's own settings only: a CI run of the suite must not hand its selection down.
-  const unset = ['GEMINIK8S_CI_E2E_SUITES', 'GEMINIK8S_CI_DEADLINE_SECONDS', 'GEMINIK8S_CI_BESIDE_FAILOVER'].filter((v) => !(v in env)).flatMap((v) => ['-u', v]);
+  const unset = ['GEMINIK8S_CI_E2E_SUITES', 'GEMINIK8S_CI_DEADLINE_SECONDS', 'GEMINIK8S_CI_BESIDE_FAILOVER', 'GEMINIK8S_CI_LANES'].filter((v) => !(v in env)).flatMap((v) => ['-u', v]);
   const r = await runPlan(
-    { cmd: 'env', args: [...unset, 'bash', join(main, '.ci/run')], env: { PATH: `${join(main, 'bin')}:${process.env.PATH}`, FAKE_EVENTS: events, FAKE_FAIL: '', ...env } },
+    // TMPDIR: the script's own mktemp files go with the test's directory.
+    { cmd: 'env', args: [...unset, 'bash', join(main, '.ci/run')], env: { PATH: `${join(main, 'bin')}:${process.env.PATH}`, TMPDIR: dir, FAKE_EVENTS: events, FAKE_FAIL: '', FAKE_KILL_JOB: '', ...env } },
     { allowFailure: true, timeoutMs: 60_000 },
   );
   const spans = new Map<string, { start: number; end: number }>();
@@ -62,7 +65,9 @@ test('rootfs runs alone first; the build suites run beside failover; every other
   t.deepEqual([...r.spans.keys()].sort(), [...SUITES].sort(), 'every suite ran');
   const span = (s: string) => r.spans.get(s)!;
   for (const s of SUITES.filter((x) => x !== 'rootfs')) t.true(span('rootfs').end <= span(s).start, `${s} after rootfs`);
-  for (const s of ['edge', 'edge-arm64', 'rootless']) t.true(overlaps(span('failover'), span(s)), `${s} beside failover`);
+  const builds = ['edge', 'edge-arm64', 'rootless'];
+  for (const s of builds) t.true(overlaps(span('failover'), span(s)), `${s} beside failover`);
+  for (const a of builds) for (const b of builds) if (a < b) t.false(overlaps(span(a), span(b)), `${a} and ${b} one after the other`);
   const alone = ['rootfs-arm64', 'boot', 'cluster', 'upgrade', 'demo', 'pxe', 'iso', 'rootfs-docker'];
   for (const s of alone) {
     for (const o of SUITES.filter((x) => x !== s)) t.false(overlaps(span(s), span(o)), `${s} alone, not beside ${o}`);
@@ -88,6 +93,36 @@ test('a build suite that fails beside failover fails the run, after every other 
   t.regex(r.out, /\[ci\] rootless FAILED; its failed tests[^\n]*\n\[rootless\] +✘ rootless: a test failed/);
 });
 
+test('failover failing in its lane fails the run, and its failed tests are printed again at the end', async (t) => {
+  const r = await ciRun({ FAKE_FAIL: 'failover', FAKE_SLEEP: '0.1', FAKE_SLEEP_failover: '0.5' });
+  t.is(r.code, 1);
+  t.is(r.spans.size, SUITES.length, 'the other suites still ran');
+  t.regex(r.out, /slow tier: FAILED: failover/);
+  t.regex(r.out, /\[ci\] failover FAILED; its failed tests[^\n]*\n\[failover\] +✘ failover: a test failed/);
+});
+
+test('failover\'s lane killed mid-run counts as a failure, not as a pass', async (t) => {
+  const r = await ciRun({ FAKE_KILL_JOB: 'failover', FAKE_SLEEP: '0.1', FAKE_SLEEP_failover: '0.5' });
+  t.is(r.code, 1, r.out);
+  t.regex(r.out, /slow tier: failover's job ended early \(status 137\)/);
+  t.regex(r.out, /slow tier: FAILED: failover/);
+  t.is(r.spans.size, SUITES.length, 'the other suites still ran');
+});
+
+test('GEMINIK8S_CI_BESIDE_FAILOVER naming rootfs or failover, or the old GEMINIK8S_CI_LANES, is refused before any set-up (exit 2)', async (t) => {
+  for (const [env, message] of [
+    [{ GEMINIK8S_CI_BESIDE_FAILOVER: 'edge rootfs' }, /GEMINIK8S_CI_BESIDE_FAILOVER lists rootfs/],
+    [{ GEMINIK8S_CI_BESIDE_FAILOVER: 'failover' }, /GEMINIK8S_CI_BESIDE_FAILOVER lists failover/],
+    [{ GEMINIK8S_CI_LANES: '2' }, /GEMINIK8S_CI_LANES is gone/],
+  ] as const) {
+    const r = await ciRun(env);
+    t.is(r.code, 2, r.out);
+    t.regex(r.out, message);
+    t.notRegex(r.out, /host packages: stand-in/, 'no set-up ran');
+    t.is(r.spans.size, 0);
+  }
+});
+
 test('a suite whose budget would pass the deadline is skipped by name, with the command that runs it', async (t) => {
   // 800 s: rootfs (500) fits, failover (900) does not.
   const r = await ciRun({ GEMINIK8S_CI_DEADLINE_SECONDS: '800', FAKE_SLEEP: '0.1' });
@@ -95,6 +130,8 @@ test('a suite whose budget would pass the deadline is skipped by name, with the 
   t.true(r.spans.has('rootfs'));
   t.false(r.spans.has('failover'));
   t.true(r.spans.has('edge'), 'a build suite runs without failover beside it');
+  t.regex(r.out, /slow tier: edge\n/, 'and says so');
+  t.notRegex(r.out, /beside failover/);
   t.regex(r.out, /SKIPPED failover: \d+s used, it may take 900s, past the 800s deadline \(run: npm run e2e -- failover\)/);
   t.regex(r.out, /slow tier: skipped for time: [^\n]*failover/);
 });
