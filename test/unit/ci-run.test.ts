@@ -85,21 +85,15 @@ test('GEMINIK8S_CI_BESIDE_FAILOVER="" runs every suite one after another', async
   for (const [a, sa] of all) for (const [b, sb] of all) if (a < b) t.false(overlaps(sa, sb), `${a} and ${b}`);
 });
 
-test('a build suite that fails beside failover fails the run, after every other suite has run, and its failed tests are printed again at the end', async (t) => {
-  const r = await ciRun({ FAKE_FAIL: 'rootless', FAKE_SLEEP: '0.1' });
-  t.is(r.code, 1);
-  t.is(r.spans.size, SUITES.length, 'the other suites still ran');
-  t.regex(r.out, /slow tier: FAILED: rootless/);
-  t.regex(r.out, /\[ci\] rootless FAILED; its failed tests[^\n]*\n\[rootless\] +✘ rootless: a test failed/);
-});
-
-test('failover failing in its lane fails the run, and its failed tests are printed again at the end', async (t) => {
-  const r = await ciRun({ FAKE_FAIL: 'failover', FAKE_SLEEP: '0.1', FAKE_SLEEP_failover: '0.5' });
-  t.is(r.code, 1);
-  t.is(r.spans.size, SUITES.length, 'the other suites still ran');
-  t.regex(r.out, /slow tier: FAILED: failover/);
-  t.regex(r.out, /\[ci\] failover FAILED; its failed tests[^\n]*\n\[failover\] +✘ failover: a test failed/);
-});
+for (const [suite, lane] of [['rootless', 'beside failover'], ['failover', 'its own lane']] as const) {
+  test(`${suite} failing (${lane}) fails the run, after every other suite has run, and its failed tests are printed again at the end`, async (t) => {
+    const r = await ciRun({ FAKE_FAIL: suite, FAKE_SLEEP: '0.1', FAKE_SLEEP_failover: '0.5' });
+    t.is(r.code, 1);
+    t.is(r.spans.size, SUITES.length, 'the other suites still ran');
+    t.regex(r.out, new RegExp(`slow tier: FAILED: ${suite}`));
+    t.regex(r.out, new RegExp(`\\[ci\\] ${suite} FAILED; its failed tests[^\\n]*\\n\\[${suite}\\] +✘ ${suite}: a test failed`));
+  });
+}
 
 test('failover\'s lane killed mid-run counts as a failure, not as a pass', async (t) => {
   const r = await ciRun({ FAKE_KILL_JOB: 'failover', FAKE_SLEEP: '0.1', FAKE_SLEEP_failover: '0.5' });
