@@ -110,7 +110,8 @@ test.serial('under UEFI, the ISO installs onto the disk its seed names by serial
   t.like(f, { slot: 'A', root: 'ro', etc: 'overlay', boots: '1' });
   t.is(vm.log().match(/efi: EFI v[\d.]+ by EDK II/g)?.length, 2, 'the installed system too');
   // The installed system applied its seed whole: cloud-init found node1's NIC (no failed stage).
-  const installedBoot = vm.log().slice(vm.log().lastIndexOf('Linux version'));
+  const log = vm.log();
+  const installedBoot = log.slice(log.lastIndexOf('Linux version'));
   t.notRegex(installedBoot, /Failed to start[^\n]*cloud-/, 'no cloud-init stage failed on the installed system');
   // The marker prints the role hostmeta holds when the agent has started: on a loaded host the
   // leader's bootstrap (initdb) may still be under way (one run said role=init at 320 s).
