@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { runPlan, spawnPlan } from '#common/exec.ts';
 import { HarnessCluster } from '../../harness/cluster.ts';
 import { blockPeer, flushRules, inNs, ipOf } from '#lab/netns.ts';
-import { ROOT } from '../../helpers/fixtures.ts';
+import { ROOT, tempDir } from '../../helpers/fixtures.ts';
 import { resultLine, runScenario, SCENARIOS, type ScenarioResult } from '../../harness/scenarios.ts';
 
 // Two real PostgreSQL nodes with the real agent, in network namespaces: needs root.
@@ -21,13 +21,17 @@ const selected = SCENARIOS.filter((s) => !only || only.test(s.name));
 let cluster: HarnessCluster;
 const results: ScenarioResult[] = [];
 let started = 0;
+let clusterDir = '';
+/** Whether the hooks and every test passed: only then does the 2 GB cluster directory go. */
+let allPassed = false;
 let deploy: { exited: Promise<number | string>; lines: string[]; errors: string[] } | undefined;
 
 test.before(async (t) => {
   if (!canRun) return;
   t.timeout(300_000);
   started = Date.now();
-  cluster = new HarnessCluster(mkdtempSync(join(tmpdir(), 'gk-failover-')));
+  clusterDir = mkdtempSync(join(tmpdir(), 'gk-failover-'));
+  cluster = new HarnessCluster(clusterDir);
   await cluster.start();
   // An operator following the fresh pair: started as the agents start, before either has bootstrapped.
   const lines: string[] = [];
@@ -37,6 +41,11 @@ test.before(async (t) => {
   await cluster.waitFor('leader + synchronous standby after bootstrap', () => cluster.healthyPair(), 120_000);
   cluster.startTraffic(2400);
   await cluster.waitFor('first writes', async () => (cluster.acks.length > 10 ? true : undefined), 30_000);
+  allPassed = true;
+});
+
+test.afterEach.always((t) => {
+  if (!t.passed) allPassed = false;
 });
 
 test.after.always(async (t) => {
@@ -46,6 +55,14 @@ test.after.always(async (t) => {
   for (const r of results) console.log(resultLine(r));
   for (const x of cluster.unexpectedExits) console.log(`agent of ${x.node} exited by itself at ${new Date(x.at).toISOString()} (${x.code}); restarted as systemd would`);
   console.log(`${results.length} scenarios in ${((Date.now() - started) / 1000).toFixed(0)} s; harness log: ${cluster.logFile}`);
+  // Each run's nodes, WAL and logs take about 2 GB: kept after a failure (or with
+  // GEMINIK8S_KEEP_TEMP=1) for a look, removed otherwise.
+  if (allPassed && process.env.GEMINIK8S_KEEP_TEMP !== '1') {
+    rmSync(clusterDir, { recursive: true, force: true, maxRetries: 3 });
+    console.log(`removed ${clusterDir} (every test passed; GEMINIK8S_KEEP_TEMP=1 keeps it)`);
+  } else {
+    console.log(`kept ${clusterDir} for a look`);
+  }
 });
 
 serial('geminik8s deploy --watch follows the fresh pair from its first look to up: one line per step change, in the order the pair comes up, then exit 0', async (t) => {
@@ -244,7 +261,7 @@ serial('geminik8s backup on the running pair, from the client namespace: encrypt
   t.timeout(600_000);
   const leader = await cluster.waitFor('a healthy pair', () => cluster.healthyPair(), 120_000);
   const follower = cluster.other(leader);
-  const dir = mkdtempSync(join(tmpdir(), 'gk-backups-'));
+  const dir = tempDir('gk-backups-');
   const cli = (...args: string[]) => runPlan(inNs(cluster.topology.clientNs, 'node', [join(ROOT, 'bin/geminik8s.js'), ...args]), { allowFailure: true, timeoutMs: 600_000 });
   const key = join(dir, 'backup.key');
   writeFileSync(key, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
@@ -325,7 +342,7 @@ serial('geminik8s restore on the running pair: a damaged, mis-keyed or truncated
   t.timeout(900_000);
   const leader = await cluster.waitFor('a healthy pair', () => cluster.healthyPair(), 180_000);
   const follower = cluster.other(leader);
-  const dir = mkdtempSync(join(tmpdir(), 'gk-restore-'));
+  const dir = tempDir('gk-restore-');
   const clusterFile = join(cluster.configDir, 'cluster.yaml');
   const cli = (...args: string[]) => runPlan(inNs(cluster.topology.clientNs, 'node', [join(ROOT, 'bin/geminik8s.js'), ...args]), { allowFailure: true, timeoutMs: 900_000 });
   const key = join(dir, 'backup.key');
