@@ -244,3 +244,52 @@ export async function upgradeBundle(img: BuiltImage, version: string, file = 'te
   }
   return out;
 }
+
+/** An installer built from a test image: the ISO file, or the PXE directory `pxe serve` serves. */
+export interface BuiltInstaller {
+  path: string;
+  /** Seconds the build took, or 0 when it came from the cache. */
+  seconds: number;
+}
+
+/**
+ * `build --stage disk --output iso|pxe` of a built test image's root, cached beside the image and
+ * keyed the same way (a change to the builder or the definition builds it again). The path is
+ * the cache's own: a caller that may write beside it (pxe serve keeps its state in its
+ * directory) works on links to it, as test/helpers/installer-e2e.ts does.
+ */
+export async function installerBuild(img: BuiltImage, format: 'iso' | 'pxe', arch: 'amd64' | 'arm64', log: (m: string) => void = () => {}): Promise<BuiltInstaller> {
+  const file = `test-${arch}.yaml`;
+  const name = `test-${arch}-${format}`;
+  const cacheRoot = join(img.dir, '..');
+  const dir = join(cacheRoot, `${name}-${imageKey(join('images', file))}`);
+  const path = join(dir, `${basename(img.base)}.${format}`);
+  if (existsSync(join(dir, 'complete'))) {
+    log(`using the cached ${format} build in ${dir}`);
+    touchUsed(dir);
+    return { path, seconds: 0 };
+  }
+  pruneStale(cacheRoot, name, dir);
+  // Built beside its place and renamed into it once complete, as the upgrade bundles are.
+  const tmp = `${dir}.tmp-${process.pid}`;
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  log(`building --output ${format} into ${tmp}`);
+  const started = Date.now();
+  try {
+    const r = await cli('build', '--image', join(ROOT, 'images', file), '--stage', 'disk', '--rootfs-tar', img.rootfsTar, '--output', format, '--out', tmp, '--json');
+    if (r.code !== 0) throw new Error(`build --output ${format} failed (${r.code}): ${r.stderr.slice(-3000)}`);
+    writeFileSync(join(tmp, 'complete'), `${new Date().toISOString()}\n`);
+    if (existsSync(join(dir, 'complete'))) {
+      log(`another run finished ${dir} first; using it`);
+      rmSync(tmp, { recursive: true, force: true });
+    } else {
+      rmSync(dir, { recursive: true, force: true });
+      renameSync(tmp, dir);
+    }
+  } catch (err) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw err;
+  }
+  return { path, seconds: Math.round((Date.now() - started) / 1000) };
+}

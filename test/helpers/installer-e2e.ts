@@ -1,11 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, createReadStream, openSync, writeFileSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { closeSync, copyFileSync, createReadStream, linkSync, mkdirSync, openSync, readdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import type { Vm } from '#qemu/index.ts';
-import { cli } from '#lab/cli.ts';
-import { ROOT, tempDir } from './fixtures.ts';
-import type { BuiltImage } from '#lab/test-image.ts';
+import { tempDir } from './fixtures.ts';
+import { installerBuild, type BuiltImage, type BuiltInstaller } from '#lab/test-image.ts';
+import { STATE_FILE } from '#builder/pxe/server.ts';
 
 // Under TCG on a loaded 2-core machine an installer moves its live root, then writes, reads
 // back and hashes gigabytes. AVA gives up after 40 minutes without a result, so both waits
@@ -17,13 +17,31 @@ export const PANIC = /Kernel panic - not syncing|Rebooting automatically due to 
 export const TARGET_SERIAL = 'GK-TARGET';
 export const OTHER_SERIAL = 'GK-OTHER';
 
-/** `build --stage disk --output FORMAT` of the cached test root; the output's path and the seconds it took. */
-export async function buildInstaller(img: BuiltImage, format: 'pxe' | 'iso', arch: 'amd64' | 'arm64' = 'amd64'): Promise<{ path: string; seconds: number }> {
-  const out = tempDir(`gk-e2e-${format}-build-`);
-  const started = Date.now();
-  const r = await cli('build', '--image', join(ROOT, `images/test-${arch}.yaml`), '--stage', 'disk', '--rootfs-tar', img.rootfsTar, '--output', format, '--out', out, '--json');
-  if (r.code !== 0) throw new Error(`build --output ${format} failed (${r.code}): ${r.stderr.slice(-3000)}`);
-  return { path: join(out, `test-0.1.0-${arch}.${format}`), seconds: Math.round((Date.now() - started) / 1000) };
+/**
+ * `build --stage disk --output FORMAT` of the cached test root (cached itself, keyed like the
+ * image: installerBuild), linked into a directory of this test's own so that nothing a test
+ * writes there (pxe serve's state file) reaches the cache. The path, and the seconds the build
+ * took (0 from the cache).
+ */
+export async function buildInstaller(img: BuiltImage, format: 'pxe' | 'iso', arch: 'amd64' | 'arm64' = 'amd64', log: (m: string) => void = () => {}): Promise<BuiltInstaller> {
+  const built = await installerBuild(img, format, arch, log);
+  const path = join(tempDir(`gk-e2e-${format}-build-`), basename(built.path));
+  linkTree(built.path, path);
+  return { path, seconds: built.seconds };
+}
+
+/** Hard links of `from` (a file, or a directory's files) at `to`, but never pxe serve's state; copies across file systems. */
+function linkTree(from: string, to: string): void {
+  if (!statSync(from).isDirectory()) {
+    try {
+      return linkSync(from, to);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+      return copyFileSync(from, to);
+    }
+  }
+  mkdirSync(to);
+  for (const n of readdirSync(from)) if (n !== STATE_FILE) linkTree(join(from, n), join(to, n));
 }
 
 export async function sha256Of(file: string): Promise<string> {

@@ -15,9 +15,9 @@ const vms: Vm[] = [];
 
 test.before(async (t) => {
   img = await testImage('test-amd64.yaml', (m) => t.log(m));
-  const built = await buildInstaller(img, 'iso');
+  const built = await buildInstaller(img, 'iso', 'amd64', (m) => t.log(m));
   iso = built.path;
-  t.log(`build --output iso from the cached root: ${built.seconds} s; ${statSync(iso).size} bytes`);
+  t.log(`build --output iso from the cached root: ${built.seconds ? `${built.seconds} s` : 'cached'}; ${statSync(iso).size} bytes`);
 });
 
 test.afterEach.always(async () => {

@@ -21,9 +21,9 @@ const vms: Vm[] = [];
 
 test.before(async (t) => {
   img = await testImage('test-amd64.yaml', (m) => t.log(m));
-  const built = await buildInstaller(img, 'pxe');
+  const built = await buildInstaller(img, 'pxe', 'amd64', (m) => t.log(m));
   pxeDir = built.path;
-  t.log(`build --output pxe from the cached root: ${built.seconds} s; root.squashfs ${statSync(join(pxeDir, 'root.squashfs')).size} bytes, image.raw.zst ${statSync(join(pxeDir, 'image.raw.zst')).size} bytes`);
+  t.log(`build --output pxe from the cached root: ${built.seconds ? `${built.seconds} s` : 'cached'}; root.squashfs ${statSync(join(pxeDir, 'root.squashfs')).size} bytes, image.raw.zst ${statSync(join(pxeDir, 'image.raw.zst')).size} bytes`);
 });
 
 test.afterEach.always(async () => {
