@@ -33,6 +33,34 @@ function pruneStale(cacheRoot: string, name: string, keep: string): void {
   }
 }
 
+/**
+ * Make the cache entry `dir` (one of `name`'s, under `cacheRoot`) with `build`, which writes into
+ * a temporary directory beside it; renamed into place once complete, so that a killed run leaves
+ * only its own temporary directory and two runs building the same entry never write into each
+ * other's.
+ */
+async function buildEntry(cacheRoot: string, name: string, dir: string, log: (m: string) => void, build: (tmp: string) => Promise<void>): Promise<void> {
+  pruneStale(cacheRoot, name, dir);
+  const tmp = `${dir}.tmp-${process.pid}`;
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  try {
+    await build(tmp);
+    writeFileSync(join(tmp, 'complete'), `${new Date().toISOString()}\n`);
+    if (existsSync(join(dir, 'complete'))) {
+      log(`another run finished ${dir} first; using it`);
+      rmSync(tmp, { recursive: true, force: true });
+    } else {
+      // An entry without its marker is a killed run's leftover.
+      rmSync(dir, { recursive: true, force: true });
+      renameSync(tmp, dir);
+    }
+  } catch (err) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw err;
+  }
+}
+
 /** Mark a cache entry as used now (pruneStale keeps what was used recently). */
 function touchUsed(dir: string): void {
   const now = new Date();
@@ -213,14 +241,8 @@ export async function upgradeBundle(img: BuiltImage, version: string, file = 'te
     touchUsed(dir);
     return out;
   }
-  pruneStale(cacheRoot, name, dir);
-  // Built beside its place and renamed into it once complete: a killed run leaves only its own
-  // temporary directory, and two runs building the same bundle never write into each other's.
-  const tmp = `${dir}.tmp-${process.pid}`;
-  rmSync(tmp, { recursive: true, force: true });
-  mkdirSync(tmp, { recursive: true });
-  log(`building the ${version} upgrade bundle into ${tmp}`);
-  try {
+  log(`building the ${version} upgrade bundle into ${dir}.tmp-${process.pid}`);
+  await buildEntry(cacheRoot, name, dir, log, async (tmp) => {
     const definition = join(tmp, `${name}.yaml`);
     writeFileSync(definition, readFileSync(join(ROOT, 'images', file), 'utf8').replace(/^version: .*$/m, `version: ${version}`));
     const k = await cli('keygen', '--out', join(tmp, 'release'));
@@ -229,19 +251,7 @@ export async function upgradeBundle(img: BuiltImage, version: string, file = 'te
     if (r.code !== 0) throw new Error(`build of the ${version} bundle failed (${r.code}): ${r.stderr.slice(-4000)}`);
     // The re-made root tar is only an intermediate here.
     rmSync(join(tmp, `${base}.rootfs.tar`), { force: true });
-    writeFileSync(join(tmp, 'complete'), `${new Date().toISOString()}\n`);
-    if (existsSync(join(dir, 'complete'))) {
-      log(`another run finished ${dir} first; using it`);
-      rmSync(tmp, { recursive: true, force: true });
-    } else {
-      // An entry without its marker is a killed run's leftover of the old layout.
-      rmSync(dir, { recursive: true, force: true });
-      renameSync(tmp, dir);
-    }
-  } catch (err) {
-    rmSync(tmp, { recursive: true, force: true });
-    throw err;
-  }
+  });
   return out;
 }
 
@@ -269,27 +279,11 @@ export async function installerBuild(img: BuiltImage, format: 'iso' | 'pxe', arc
     touchUsed(dir);
     return { path, seconds: 0 };
   }
-  pruneStale(cacheRoot, name, dir);
-  // Built beside its place and renamed into it once complete, as the upgrade bundles are.
-  const tmp = `${dir}.tmp-${process.pid}`;
-  rmSync(tmp, { recursive: true, force: true });
-  mkdirSync(tmp, { recursive: true });
-  log(`building --output ${format} into ${tmp}`);
+  log(`building --output ${format} into ${dir}.tmp-${process.pid}`);
   const started = Date.now();
-  try {
+  await buildEntry(cacheRoot, name, dir, log, async (tmp) => {
     const r = await cli('build', '--image', join(ROOT, 'images', file), '--stage', 'disk', '--rootfs-tar', img.rootfsTar, '--output', format, '--out', tmp, '--json');
     if (r.code !== 0) throw new Error(`build --output ${format} failed (${r.code}): ${r.stderr.slice(-3000)}`);
-    writeFileSync(join(tmp, 'complete'), `${new Date().toISOString()}\n`);
-    if (existsSync(join(dir, 'complete'))) {
-      log(`another run finished ${dir} first; using it`);
-      rmSync(tmp, { recursive: true, force: true });
-    } else {
-      rmSync(dir, { recursive: true, force: true });
-      renameSync(tmp, dir);
-    }
-  } catch (err) {
-    rmSync(tmp, { recursive: true, force: true });
-    throw err;
-  }
+  });
   return { path, seconds: Math.round((Date.now() - started) / 1000) };
 }
