@@ -106,6 +106,20 @@ export interface Ack {
 }
 
 /**
+ * When the writes resumed after an outage that began at `cutAt`: the acknowledgement that ends the
+ * longest gap after it. Not the first acknowledgement after `cutAt`, which can be a write the old
+ * leader acknowledged as it went down, milliseconds later (a demo run reported "0.0 s").
+ */
+export function outageEnd(acks: readonly Ack[], cutAt: number): Ack | undefined {
+  let best: { ack: Ack; gap: number } | undefined;
+  acks.forEach((a, i) => {
+    const gap = a.t - (acks[i - 1]?.t ?? cutAt);
+    if (a.t > cutAt && (!best || gap > best.gap)) best = { ack: a, gap };
+  });
+  return best?.ack;
+}
+
+/**
  * The harness writer (`writerBundle`, see bundleProbe) on the LAN's host side, inserting through
  * `vip` as Kine on node1 does: user kine, TLS verify-full against the cluster CA, node1's
  * certificate. Every acknowledged insert lands in `acks`; ids are sequential, so 1..last

@@ -19,7 +19,7 @@ import { bootVm, READY_MARKER, type Vm } from '#qemu/index.ts';
 import { cli } from '#lab/cli.ts';
 import { chooseDemoImage, probeUpstream } from '#lab/demo-image.ts';
 import { initGuestCluster, until } from '#lab/guest-cluster.ts';
-import { arpOwners, createGuestLan, destroyGuestLan, startLanWitness, startVipWriter, type GuestLan } from '#lab/guest-lan.ts';
+import { arpOwners, createGuestLan, destroyGuestLan, outageEnd, startLanWitness, startVipWriter, type GuestLan } from '#lab/guest-lan.ts';
 import { inNs } from '#lab/netns.ts';
 import { bundleProbe } from '#lab/probes/bundle.ts';
 import { testImage } from '#lab/test-image.ts';
@@ -40,7 +40,7 @@ export interface DemoReport {
   /**
    * promotedS: from the power-off (host clock) to the promotion as node2's agent recorded it (its
    * last transition; the guest's clock, set from the host's at boot). writesResumedS: to the
-   * writer's first acknowledged write after the power-off.
+   * acknowledged write that ends the writer's longest gap after the power-off (the outage).
    */
   failover: { promotedS: number; writesResumedS: number; newLeader: string; vipOwners: string[] };
   /** From node1's power-on: to a synchronous standby of node2 (syncWallS), and to the pair HEALTHY again (healthyWallS). */
@@ -169,7 +169,7 @@ async function demo(): Promise<DemoReport> {
     return v?.role === 'leader' && v.pg?.role === 'primary' && v.pg.readOnly === false && v.lastTransition?.to === 'leader' ? v.lastTransition : undefined;
   }, 1000);
   await until('the writer to resume', 5 * 60_000, async () => (writer.acks.some((a) => a.t > cutAt) ? true : undefined), 500);
-  const resumed = writer.acks.find((a) => a.t > cutAt)!;
+  const resumed = outageEnd(writer.acks, cutAt)!;
   const vipOwners = await arpOwners(lan, NET.vip);
   const failover = { promotedS: (Date.parse(promoted.at) - cutAt) / 1000, writesResumedS: (resumed.t - cutAt) / 1000, newLeader: 'node2', vipOwners };
   say(`node2 promoted ${failover.promotedS.toFixed(1)} s after the power-off (${promoted.reason}); writes resumed after ${failover.writesResumedS.toFixed(1)} s; the VIP answers with ${vipOwners.join(', ') || 'nobody'}`);
