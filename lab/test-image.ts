@@ -61,6 +61,15 @@ async function buildEntry(cacheRoot: string, name: string, dir: string, log: (m:
   }
 }
 
+/** `from` at `to`: a hard link when both are on one file system (and links are allowed), else a copy. */
+export function linkOrCopy(from: string, to: string): void {
+  try {
+    linkSync(from, to);
+  } catch {
+    copyFileSync(from, to);
+  }
+}
+
 /** Mark a cache entry as used now (pruneStale keeps what was used recently). */
 function touchUsed(dir: string): void {
   const now = new Date();
@@ -140,15 +149,7 @@ export async function seedTestImage(file: string, rootfsTar: string, manifest: s
   if (existsSync(join(dir, 'complete'))) return;
   pruneStale(cacheRoot, name, dir);
   mkdirSync(dir, { recursive: true });
-  for (const f of [rootfsTar, manifest]) {
-    const to = join(dir, basename(f));
-    // A hard link when the cache is on the same file system, else a copy.
-    try {
-      linkSync(f, to);
-    } catch {
-      copyFileSync(f, to);
-    }
-  }
+  for (const f of [rootfsTar, manifest]) linkOrCopy(f, join(dir, basename(f)));
   log(`disk stage of ${imageFile} from ${rootfsTar} into ${dir}`);
   const r = await cli('build', '--image', join(ROOT, imageFile), '--stage', 'disk', '--out', dir, '--json');
   if (r.code !== 0) throw new Error(`disk stage of ${imageFile} failed (${r.code}): ${r.stderr.slice(-4000)}`);

@@ -1,10 +1,10 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, copyFileSync, createReadStream, linkSync, mkdirSync, openSync, readdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, createReadStream, mkdirSync, openSync, readdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { runPlan } from '#common/exec.ts';
 import type { Vm } from '#qemu/index.ts';
 import { tempDir } from './fixtures.ts';
-import { installerBuild, type BuiltImage, type BuiltInstaller } from '#lab/test-image.ts';
+import { installerBuild, linkOrCopy, type BuiltImage, type BuiltInstaller } from '#lab/test-image.ts';
 import { STATE_FILE } from '#builder/pxe/server.ts';
 
 // Under TCG on a loaded 2-core machine an installer moves its live root, then writes, reads
@@ -30,16 +30,9 @@ export async function buildInstaller(img: BuiltImage, format: 'pxe' | 'iso', arc
   return { path, seconds: built.seconds };
 }
 
-/** Hard links of `from` (a file, or a directory's files) at `to`, but never pxe serve's state; copies across file systems. */
+/** Hard links (or copies) of `from`, a file or a directory's files, at `to`; never pxe serve's state. */
 function linkTree(from: string, to: string): void {
-  if (!statSync(from).isDirectory()) {
-    try {
-      return linkSync(from, to);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
-      return copyFileSync(from, to);
-    }
-  }
+  if (!statSync(from).isDirectory()) return linkOrCopy(from, to);
   mkdirSync(to);
   for (const n of readdirSync(from)) if (n !== STATE_FILE) linkTree(join(from, n), join(to, n));
 }

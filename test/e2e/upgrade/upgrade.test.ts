@@ -95,7 +95,8 @@ if [ "$IMAGE_VERSION" = 0.3.0 ]; then echo "this site's PLC is not found under $
  * is the gate's at the deadline, so PostgreSQL must be up by then. READY came at 30 s of guest
  * time in the CI runs of 2026-12-07 (QEMU 10, this suite alone); the test logs it for each try.
  */
-const SHORT_TRIAL = 'boot:\n  trialTimeoutMs: 90000\n';
+const TRIAL_MS = 90_000;
+const SHORT_TRIAL = `boot:\n  trialTimeoutMs: ${TRIAL_MS}\n`;
 /**
  * The settle before a bless, 10 s instead of the image's 60 s, for 0.4.0 and the rollback: the
  * first bless (0.2.0, staged by the SUC job) waits the image's own settle, and the settle's
@@ -256,7 +257,7 @@ test.serial('v1 -> v2 on one node: refused bundles write nothing; a power cut mi
         // READY of the try: how far under the trial timeout PostgreSQL was up.
         const r = await vm.waitFor(READY_MARKER, BOOT_TIMEOUT, { since });
         since = r.end;
-        t.log(`  READY at guest uptime ${parseMarkerFields(r.line).uptime} s, trial timeout 90 s`);
+        t.log(`  READY at guest uptime ${parseMarkerFields(r.line).uptime} s, trial timeout ${TRIAL_MS / 1000} s`);
       }
     }
     t.deepEqual(booted, ['A', 'A', 'B'], 'two tries of 0.3.0, then slot B');
